@@ -1,0 +1,1 @@
+"""The asyncio Kafka server: connections, one handler module per API family."""

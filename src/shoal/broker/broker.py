@@ -1,0 +1,94 @@
+"""The broker's state: configuration, metadata, storage engine, topic catalog.
+
+Handlers receive this object; it is the only thing they share.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from shoal.config import BrokerConfig
+from shoal.meta.store import MetaStore, PartitionRecord
+from shoal.protocol.errors import ErrorCode, KafkaError
+from shoal.storage.objectstore import ObjectStore
+from shoal.storage.streams import EngineConfig, StreamEngine
+from shoal.storage.wal import WalConfig
+from shoal.broker.topics import Topic, TopicCatalog
+
+log = logging.getLogger("shoal.broker")
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    node_id: int
+    host: str
+    port: int
+    rack: str | None
+
+
+class Broker:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        meta: MetaStore,
+        store: ObjectStore,
+        engine: StreamEngine,
+        catalog: TopicCatalog,
+        cluster_id: str,
+    ) -> None:
+        self.config = config
+        self.meta = meta
+        self.store = store
+        self.engine = engine
+        self.topics = catalog
+        self.cluster_id = cluster_id
+        host, port = config.advertised
+        self.node = Node(int(config["node.id"]), host, port, config["rack"] or None)
+        self.started = time.time()
+
+    @classmethod
+    async def open(cls, config: BrokerConfig) -> Broker:
+        store = ObjectStore(config.objects_url)
+        await store.check()
+        meta = await MetaStore.open(config.metadata_url)
+        engine = StreamEngine(
+            store,
+            meta,
+            EngineConfig(
+                node_id=int(config["node.id"]),
+                wal=WalConfig(
+                    max_bytes=config["wal.max.bytes"],
+                    linger_ms=config["wal.linger.ms"],
+                    max_inflight=config["wal.max.inflight"],
+                    buffer_max_bytes=config["wal.buffer.max.bytes"],
+                ),
+                log_cache_bytes=config["log.cache.bytes"],
+                block_cache_bytes=config["block.cache.bytes"],
+            ),
+        )
+        catalog = TopicCatalog(meta, config)
+        await catalog.load()
+        return cls(config, meta, store, engine, catalog, await meta.cluster_id())
+
+    async def close(self) -> None:
+        """Commit everything pending, then let go of the metadata store."""
+        await self.engine.close()
+        await self.meta.close()
+
+    def partition(self, topic_name: str, index: int) -> tuple[Topic, PartitionRecord]:
+        topic = self.topics.get(topic_name)
+        if topic is None or not 0 <= index < len(topic.partitions):
+            raise KafkaError(
+                ErrorCode.unknown_topic_or_partition, f"no partition {topic_name}-{index}"
+            )
+        return topic, topic.partitions[index]
+
+    def check_leader_epoch(self, part: PartitionRecord, current_leader_epoch: int) -> None:
+        """Clients send the leader epoch they know; Kafka fences stale or future ones."""
+        if current_leader_epoch < 0 or current_leader_epoch == part.leader_epoch:
+            return
+        if current_leader_epoch < part.leader_epoch:
+            raise KafkaError(ErrorCode.fenced_leader_epoch)
+        raise KafkaError(ErrorCode.unknown_leader_epoch)

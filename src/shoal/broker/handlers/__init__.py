@@ -1,0 +1,67 @@
+"""One module per API family. `HANDLERS` maps an API key to its handler.
+
+A handler returns the response body, `None` for no response (acks=0), or a
+`Deferred` when the answer must wait (a produce awaiting its WAL commit, a
+fetch long-polling) so that the connection can read the next request
+meanwhile, while responses still leave in request order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from shoal.broker.broker import Broker
+from shoal.protocol.headers import RequestHeader
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Who sent a request, for logs."""
+
+    peer: str
+    client_id: str | None
+
+    def __str__(self) -> str:
+        return f"{self.client_id or '-'}@{self.peer}"
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    result: Awaitable[Any]
+
+
+Handler = Callable[[Broker, Client, RequestHeader, Any], Awaitable[Any]]
+
+
+def registry() -> dict[int, Handler]:
+    from shoal.broker.handlers import (
+        api_versions,
+        configs,
+        delete_records,
+        describe_cluster,
+        fetch,
+        leader_epoch,
+        list_offsets,
+        metadata,
+        produce,
+        topics,
+    )
+
+    return {
+        0: produce.handle_produce,
+        1: fetch.handle_fetch,
+        2: list_offsets.handle_list_offsets,
+        3: metadata.handle_metadata,
+        18: api_versions.handle_api_versions,
+        19: topics.handle_create_topics,
+        20: topics.handle_delete_topics,
+        21: delete_records.handle_delete_records,
+        23: leader_epoch.handle_offset_for_leader_epoch,
+        32: configs.handle_describe_configs,
+        33: configs.handle_alter_configs,
+        37: topics.handle_create_partitions,
+        44: configs.handle_incremental_alter_configs,
+        60: describe_cluster.handle_describe_cluster,
+    }

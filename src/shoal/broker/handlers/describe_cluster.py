@@ -1,0 +1,31 @@
+"""DescribeCluster: the cluster id, controller and brokers."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from shoal.broker.broker import Broker
+from shoal.broker.handlers import Client
+from shoal.protocol.build import Schema
+from shoal.protocol.errors import ErrorCode
+from shoal.protocol.headers import RequestHeader
+
+
+async def handle_describe_cluster(
+    broker: Broker, client: Client, header: RequestHeader, body: Any
+) -> Any:
+    s = Schema(60, header.api_version)
+    node = broker.node
+    return s.DescribeClusterResponse(
+        throttle_time=datetime.timedelta(0),
+        error_code=ErrorCode.none,
+        error_message=None,
+        cluster_id=broker.cluster_id,
+        controller_id=node.node_id,
+        brokers=(
+            s.DescribeClusterBroker(
+                broker_id=node.node_id, host=node.host, port=node.port, rack=node.rack
+            ),
+        ),
+    )

@@ -1,0 +1,79 @@
+"""Metadata: brokers, topics, partition leaders; auto-creates topics."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Any
+
+from shoal.broker.broker import Broker
+from shoal.broker.handlers import Client
+from shoal.broker.topics import Topic
+from shoal.protocol.build import Schema
+from shoal.protocol.errors import ErrorCode, KafkaError
+from shoal.protocol.headers import RequestHeader
+
+log = logging.getLogger("shoal.metadata")
+ZERO = datetime.timedelta(0)
+
+
+async def handle_metadata(broker: Broker, client: Client, header: RequestHeader, body: Any) -> Any:
+    s = Schema(3, header.api_version)
+    version = header.api_version
+    allow_auto = bool(getattr(body, "allow_auto_topic_creation", True))
+    requested = body.topics
+    results = []
+    if requested is None or (version == 0 and not requested):
+        topics = sorted(broker.topics.all(), key=lambda t: t.name)
+        results = [_topic(s, broker, t) for t in topics]
+    else:
+        for req in requested:
+            name = req.name
+            try:
+                topic = await broker.topics.get_or_create(name, allow_auto)
+                if topic is None:
+                    raise KafkaError(ErrorCode.unknown_topic_or_partition)
+                results.append(_topic(s, broker, topic))
+            except KafkaError as exc:
+                if exc.code != ErrorCode.unknown_topic_or_partition:
+                    log.info("metadata for %r from %s: %s", name, client, exc)
+                results.append(
+                    s.MetadataResponseTopic(
+                        error_code=exc.code, name=name, topic_id=None, is_internal=False,
+                        partitions=(),
+                    )
+                )
+    node = broker.node
+    return s.MetadataResponse(
+        throttle_time=ZERO,
+        brokers=(
+            s.MetadataResponseBroker(
+                node_id=node.node_id, host=node.host, port=node.port, rack=node.rack
+            ),
+        ),
+        cluster_id=broker.cluster_id,
+        controller_id=node.node_id,
+        topics=tuple(results),
+    )
+
+
+def _topic(s: Schema, broker: Broker, topic: Topic) -> Any:
+    leader = broker.node.node_id
+    return s.MetadataResponseTopic(
+        error_code=ErrorCode.none,
+        name=topic.name,
+        topic_id=topic.topic_uuid,
+        is_internal=False,
+        partitions=tuple(
+            s.MetadataResponsePartition(
+                error_code=ErrorCode.none,
+                partition_index=p.partition,
+                leader_id=leader,
+                leader_epoch=p.leader_epoch,
+                replica_nodes=(leader,),
+                isr_nodes=(leader,),
+                offline_replicas=(),
+            )
+            for p in topic.partitions
+        ),
+    )

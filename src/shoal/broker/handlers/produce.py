@@ -1,0 +1,134 @@
+"""Produce: validate batches, append them in request order, answer after commit."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from typing import Any
+
+from shoal.broker.broker import Broker
+from shoal.broker.handlers import Client, Deferred
+from shoal.protocol.build import Schema
+from shoal.protocol.errors import ErrorCode, KafkaError
+from shoal.protocol.headers import RequestHeader
+from shoal.protocol.records import validate_batches
+from shoal.storage.errors import AppendTimeout, Fenced, StorageError
+
+log = logging.getLogger("shoal.produce")
+ZERO = datetime.timedelta(0)
+
+# (topic, partition, base-offset future or error, log start offset, log append time)
+_Slot = tuple[str, int, "asyncio.Future[int] | ErrorCode", int, int | None]
+
+
+async def handle_produce(broker: Broker, client: Client, header: RequestHeader, body: Any) -> Any:
+    slots: list[_Slot] = []
+    if body.transactional_id is not None:
+        # Transactions come with their own issue; say so instead of storing
+        # batches whose markers would never arrive.
+        for td in body.topic_data:
+            for pd in td.partition_data:
+                slots.append((td.name, pd.index, ErrorCode.transactional_id_authorization_failed,
+                              -1, None))
+    else:
+        for td in body.topic_data:
+            for pd in td.partition_data:
+                slots.append(await _append(broker, client, td.name, pd.index, pd.records))
+    if body.acks == 0:
+        for slot in slots:
+            fut = slot[2]
+            if isinstance(fut, asyncio.Future):
+                fut.add_done_callback(_swallow)
+        return None
+    timeout = max(body.timeout.total_seconds(), 0.0)
+    return Deferred(_respond(broker, client, header, slots, timeout))
+
+
+async def _append(
+    broker: Broker, client: Client, topic_name: str, index: int, records: bytes | None
+) -> _Slot:
+    try:
+        topic, part = broker.partition(topic_name, index)
+        if records is None:
+            raise KafkaError(ErrorCode.corrupt_message, "null record set")
+        batches = validate_batches(records, broker.topics.max_message_bytes(topic))
+        append_time: int | None = None
+        if broker.topics.effective(topic, "message.timestamp.type") == "LogAppendTime":
+            append_time = int(time.time() * 1000)
+        fut = await broker.engine.append(part.stream_id, batches, part.leader_epoch, append_time)
+        start, _end = await broker.engine.bounds(part.stream_id)
+        return topic_name, index, fut, start, append_time
+    except KafkaError as exc:
+        log.info("produce to %s-%d from %s rejected: %s (%s)", topic_name, index, client,
+                 exc.code.name, exc)
+        return topic_name, index, exc.code, -1, None
+    except StorageError as exc:
+        log.warning("produce to %s-%d from %s failed: %s", topic_name, index, client, exc)
+        return topic_name, index, ErrorCode.not_leader_or_follower, -1, None
+
+
+async def _respond(
+    broker: Broker, client: Client, header: RequestHeader, slots: list[_Slot], timeout: float
+) -> Any:
+    pending = [s[2] for s in slots if isinstance(s[2], asyncio.Future)]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)
+    s = Schema(0, header.api_version)
+    by_topic: dict[str, list[Any]] = {}
+    for topic_name, index, fut, start, append_time in slots:
+        base = -1
+        if isinstance(fut, asyncio.Future):
+            code = _outcome(fut, topic_name, index, client)
+            if code == ErrorCode.none:
+                base = fut.result()
+        else:
+            code = fut
+        by_topic.setdefault(topic_name, []).append(
+            s.PartitionProduceResponse(
+                index=index,
+                error_code=code,
+                base_offset=base,
+                log_append_time=(
+                    datetime.datetime.fromtimestamp(append_time / 1000, datetime.UTC)
+                    if append_time is not None and code == ErrorCode.none
+                    else None
+                ),
+                log_start_offset=start,
+                record_errors=(),
+                error_message=None,
+            )
+        )
+    return s.ProduceResponse(
+        responses=tuple(
+            s.TopicProduceResponse(name=name, partition_responses=tuple(parts))
+            for name, parts in by_topic.items()
+        ),
+        throttle_time=ZERO,
+    )
+
+
+def _outcome(fut: asyncio.Future[int], topic: str, index: int, client: Client) -> ErrorCode:
+    if not fut.done():
+        # Still uploading: the client retries; the data may still commit, as
+        # with any Kafka request that times out.
+        log.warning("produce to %s-%d from %s timed out waiting for commit", topic, index, client)
+        fut.add_done_callback(_swallow)
+        return ErrorCode.request_timed_out
+    exc = fut.exception()
+    if exc is None:
+        return ErrorCode.none
+    log.warning("produce to %s-%d from %s failed: %s", topic, index, client, exc)
+    if isinstance(exc, Fenced):
+        return ErrorCode.not_leader_or_follower
+    if isinstance(exc, AppendTimeout):
+        return ErrorCode.request_timed_out
+    if isinstance(exc, StorageError):
+        return ErrorCode.kafka_storage_error
+    return ErrorCode.unknown_server_error
+
+
+def _swallow(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()

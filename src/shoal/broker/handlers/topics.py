@@ -1,0 +1,105 @@
+"""CreateTopics, DeleteTopics and CreatePartitions."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Any
+
+from shoal.broker.broker import Broker
+from shoal.broker.handlers import Client
+from shoal.broker.handlers.configs import topic_config_entries
+from shoal.protocol.build import Schema
+from shoal.protocol.errors import ErrorCode, KafkaError
+from shoal.protocol.headers import RequestHeader
+
+log = logging.getLogger("shoal.topics")
+ZERO = datetime.timedelta(0)
+
+
+async def handle_create_topics(
+    broker: Broker, client: Client, header: RequestHeader, body: Any
+) -> Any:
+    s = Schema(19, header.api_version)
+    results = []
+    seen: set[str] = set()
+    for t in body.topics:
+        code, message, topic = ErrorCode.none, None, None
+        try:
+            if t.name in seen:
+                raise KafkaError(ErrorCode.invalid_request, f"topic {t.name!r} listed twice")
+            seen.add(t.name)
+            if t.replication_factor == 0 or t.replication_factor < -1:
+                raise KafkaError(
+                    ErrorCode.invalid_replication_factor,
+                    f"replication factor must be -1 or at least 1, got {t.replication_factor}",
+                )
+            partitions = t.num_partitions
+            if t.assignments:
+                partitions = len(t.assignments)
+            topic = await broker.topics.create(
+                t.name, partitions, {c.name: c.value for c in t.configs},
+                validate_only=bool(body.validate_only),
+            )
+        except KafkaError as exc:
+            code, message = exc.code, str(exc)
+            log.info("create topic %r from %s: %s", t.name, client, message)
+        configs = None
+        if topic is not None and s.has("CreatableTopicResult", "configs"):
+            configs = tuple(
+                s.CreatableTopicConfigs(
+                    name=e.name, value=e.value, read_only=False, config_source=e.source,
+                    is_sensitive=False,
+                )
+                for e in topic_config_entries(broker, topic)
+            )
+        results.append(
+            s.CreatableTopicResult(
+                name=t.name,
+                topic_id=topic.topic_uuid if topic is not None else None,
+                error_code=code,
+                error_message=message,
+                num_partitions=len(topic.partitions) if topic is not None else -1,
+                replication_factor=1 if topic is not None else -1,
+                configs=configs,
+            )
+        )
+    return s.CreateTopicsResponse(throttle_time=ZERO, topics=tuple(results))
+
+
+async def handle_delete_topics(
+    broker: Broker, client: Client, header: RequestHeader, body: Any
+) -> Any:
+    s = Schema(20, header.api_version)
+    results = []
+    for name in body.topic_names:
+        code, message = ErrorCode.none, None
+        try:
+            topic = await broker.topics.delete(name)
+            for p in topic.partitions:
+                broker.engine.forget(p.stream_id)
+            log.info("deleted topic %s for %s", name, client)
+        except KafkaError as exc:
+            code, message = exc.code, str(exc)
+        results.append(s.DeletableTopicResult(name=name, error_code=code, error_message=message))
+    return s.DeleteTopicsResponse(throttle_time=ZERO, responses=tuple(results))
+
+
+async def handle_create_partitions(
+    broker: Broker, client: Client, header: RequestHeader, body: Any
+) -> Any:
+    s = Schema(37, header.api_version)
+    results = []
+    for t in body.topics:
+        code, message = ErrorCode.none, None
+        try:
+            await broker.topics.add_partitions(
+                t.name, t.count, validate_only=bool(body.validate_only)
+            )
+        except KafkaError as exc:
+            code, message = exc.code, str(exc)
+            log.info("create partitions %r from %s: %s", t.name, client, message)
+        results.append(
+            s.CreatePartitionsTopicResult(name=t.name, error_code=code, error_message=message)
+        )
+    return s.CreatePartitionsResponse(throttle_time=ZERO, results=tuple(results))

@@ -1,0 +1,190 @@
+"""The topic catalog: validated names, effective configs, auto-creation.
+
+A write-through cache of the metadata store. On one node this broker is the
+only writer, so the cache is the truth between restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from shoal.config import TOPIC_KEYS, BrokerConfig, ConfigError, validate_topic_configs
+from shoal.meta.store import MetaStore, PartitionRecord, TopicExists, TopicRecord
+from shoal.protocol.errors import ErrorCode, KafkaError
+
+log = logging.getLogger("shoal.topics")
+
+_LEGAL = re.compile(r"^[a-zA-Z0-9._-]+$")
+MAX_NAME = 249
+MAX_PARTITIONS = 10_000
+
+
+def check_topic_name(name: str | None) -> str:
+    """Kafka's rules for topic names, as INVALID_TOPIC_EXCEPTION."""
+    if not name:
+        raise KafkaError(ErrorCode.invalid_topic_exception, "topic name is empty")
+    if name in (".", ".."):
+        raise KafkaError(ErrorCode.invalid_topic_exception, f"topic name {name!r} is reserved")
+    if len(name) > MAX_NAME:
+        raise KafkaError(
+            ErrorCode.invalid_topic_exception, f"topic name longer than {MAX_NAME} characters"
+        )
+    if not _LEGAL.match(name):
+        raise KafkaError(
+            ErrorCode.invalid_topic_exception,
+            f"topic name {name!r} may only contain ASCII letters, digits, '.', '_' and '-'",
+        )
+    return name
+
+
+@dataclass(slots=True)
+class Topic:
+    id: int
+    name: str
+    topic_uuid: uuid.UUID
+    overrides: dict[str, str]
+    partitions: list[PartitionRecord] = field(default_factory=list)
+
+
+class TopicCatalog:
+    def __init__(self, meta: MetaStore, config: BrokerConfig) -> None:
+        self.meta = meta
+        self.config = config
+        self._topics: dict[str, Topic] = {}
+        self._creating: dict[str, asyncio.Future[Topic]] = {}
+        self._lock = asyncio.Lock()
+
+    async def load(self) -> None:
+        self._topics = {t.name: _topic(t) for t in await self.meta.list_topics()}
+
+    def get(self, name: str) -> Topic | None:
+        return self._topics.get(name)
+
+    def all(self) -> list[Topic]:
+        return list(self._topics.values())
+
+    def effective(self, topic: Topic, key: str) -> Any:
+        """A topic config's value: its override, else the broker default, typed."""
+        raw = topic.overrides.get(key)
+        if raw is None:
+            return self.config.topic_default(key)
+        return TOPIC_KEYS[key].parse(raw, f"topic {topic.name}")
+
+    def max_message_bytes(self, topic: Topic) -> int:
+        return int(self.effective(topic, "max.message.bytes"))
+
+    async def create(
+        self, name: str, partitions: int, configs: dict[str, str | None], *, validate_only: bool = False
+    ) -> Topic:
+        check_topic_name(name)
+        if partitions == -1:
+            partitions = int(self.config["num.partitions"])
+        if not 1 <= partitions <= MAX_PARTITIONS:
+            raise KafkaError(
+                ErrorCode.invalid_partitions,
+                f"number of partitions must be between 1 and {MAX_PARTITIONS}, got {partitions}",
+            )
+        try:
+            clean = validate_topic_configs(configs)
+        except ConfigError as exc:
+            raise KafkaError(ErrorCode.invalid_config, str(exc)) from None
+        if name in self._topics:
+            raise KafkaError(ErrorCode.topic_already_exists, f"topic {name!r} already exists")
+        if validate_only:
+            return Topic(-1, name, uuid.uuid4(), clean,
+                         [PartitionRecord(i, -1, 0) for i in range(partitions)])
+        async with self._lock:
+            if name in self._topics:
+                raise KafkaError(ErrorCode.topic_already_exists, f"topic {name!r} already exists")
+            try:
+                rec = await self.meta.create_topic(name, partitions, clean)
+            except TopicExists:
+                raise KafkaError(
+                    ErrorCode.topic_already_exists, f"topic {name!r} already exists"
+                ) from None
+            topic = _topic(rec)
+            self._topics[name] = topic
+        log.info("created topic %s with %d partitions %s", name, partitions, clean or "")
+        return topic
+
+    async def get_or_create(self, name: str, allow_auto_create: bool = True) -> Topic | None:
+        """The topic, auto-created on first use when the broker allows it."""
+        topic = self._topics.get(name)
+        if topic is not None:
+            return topic
+        if not (allow_auto_create and self.config["auto.create.topics.enable"]):
+            return None
+        check_topic_name(name)
+        try:
+            return await self.create(name, -1, {})
+        except KafkaError as exc:
+            if exc.code == ErrorCode.topic_already_exists:
+                return self._topics.get(name)
+            raise
+
+    async def delete(self, name: str) -> Topic:
+        if not self.config["delete.topic.enable"]:
+            raise KafkaError(ErrorCode.topic_deletion_disabled, "delete.topic.enable is false")
+        async with self._lock:
+            if name not in self._topics:
+                raise KafkaError(ErrorCode.unknown_topic_or_partition, f"no topic {name!r}")
+            await self.meta.delete_topic(name)
+            topic = self._topics.pop(name)
+        log.info("deleted topic %s", name)
+        return topic
+
+    async def add_partitions(self, name: str, total: int, *, validate_only: bool = False) -> Topic:
+        topic = self._topics.get(name)
+        if topic is None:
+            raise KafkaError(ErrorCode.unknown_topic_or_partition, f"no topic {name!r}")
+        have = len(topic.partitions)
+        if total <= have:
+            raise KafkaError(
+                ErrorCode.invalid_partitions,
+                f"topic {name!r} has {have} partitions; the new count must be larger, got {total}",
+            )
+        if total > MAX_PARTITIONS:
+            raise KafkaError(ErrorCode.invalid_partitions, f"at most {MAX_PARTITIONS} partitions")
+        if validate_only:
+            return topic
+        async with self._lock:
+            rec = await self.meta.add_partitions(name, total)
+            topic.partitions = list(rec.partitions)
+        log.info("topic %s now has %d partitions", name, total)
+        return topic
+
+    async def alter_configs(
+        self,
+        name: str,
+        set_: dict[str, str | None],
+        remove: list[str],
+        *,
+        replace: bool,
+        validate_only: bool = False,
+    ) -> None:
+        topic = self._topics.get(name)
+        if topic is None:
+            raise KafkaError(ErrorCode.unknown_topic_or_partition, f"no topic {name!r}")
+        try:
+            clean = validate_topic_configs(set_)
+            for key in remove:
+                if key not in TOPIC_KEYS:
+                    raise ConfigError(f"unknown topic config {key!r}")
+        except ConfigError as exc:
+            raise KafkaError(ErrorCode.invalid_config, str(exc)) from None
+        if validate_only:
+            return
+        async with self._lock:
+            topic.overrides = await self.meta.set_topic_configs(
+                name, clean, remove, replace=replace
+            )
+        log.info("topic %s configs now %s", name, topic.overrides)
+
+
+def _topic(rec: TopicRecord) -> Topic:
+    return Topic(rec.id, rec.name, rec.topic_uuid, dict(rec.configs), list(rec.partitions))

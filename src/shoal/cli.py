@@ -1,0 +1,76 @@
+"""The `shoal` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from shoal.config import ConfigError, load_config
+
+
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is absent on Windows
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+@click.group()
+@click.version_option(package_name="shoal")
+def cli() -> None:
+    """Shoal: Kafka-compatible streaming on object storage, for IoT fleets."""
+
+
+@cli.command()
+@click.option("--listen", metavar="HOST:PORT", help="Address to listen on [127.0.0.1:9092].")
+@click.option("--advertise", metavar="HOST:PORT", help="Address given to clients [--listen].")
+@click.option("--data-dir", metavar="DIR", help="Local data directory [./shoal-data].")
+@click.option("--objects", metavar="URL", help="Object store [file://DATA_DIR/objects].")
+@click.option("--metadata", metavar="URL", help="Metadata store [sqlite:///DATA_DIR/meta.db].")
+@click.option("--node-id", type=int, help="This broker's id [0].")
+@click.option("--rack", help="Availability zone of this broker.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="TOML file of configuration keys (Kafka names).")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def serve(
+    listen: str | None, advertise: str | None, data_dir: str | None, objects: str | None,
+    metadata: str | None, node_id: int | None, rack: str | None, config_file: str | None,
+    log_level: str,
+) -> None:
+    """Run a broker. Keys: file < SHOAL_* environment < flags."""
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    flags = {
+        "listen": listen, "advertise": advertise, "data.dir": data_dir, "objects": objects,
+        "metadata": metadata, "node.id": node_id, "rack": rack,
+    }
+    try:
+        config = load_config(config_file, os.environ, flags)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    from shoal.broker.server import serve as run_server
+    from shoal.meta.store import MetaError
+    from shoal.storage.errors import StorageError
+
+    try:
+        _run(run_server(config))
+    except (StorageError, MetaError) as exc:
+        click.echo(f"shoal: cannot start: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"shoal: cannot listen on {config['listen']}: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,258 @@
+"""Configuration: Kafka's key names where one exists, typed and validated.
+
+Precedence: defaults < TOML file < SHOAL_* environment < command-line flags.
+Every error names the key and the bad value.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad key or value; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    name: str
+    kind: type  # int, bool or str
+    default: Any
+    doc: str
+    check: Callable[[Any], str | None] | None = None  # returns a complaint or None
+
+    @property
+    def env(self) -> str:
+        return "SHOAL_" + self.name.upper().replace(".", "_").replace("-", "_")
+
+    def parse(self, raw: Any, source: str) -> Any:
+        value: Any
+        try:
+            if self.kind is bool:
+                if isinstance(raw, bool):
+                    value = raw
+                elif isinstance(raw, str) and raw.lower() in ("true", "false", "1", "0"):
+                    value = raw.lower() in ("true", "1")
+                else:
+                    raise ValueError
+            elif self.kind is int:
+                if isinstance(raw, bool):
+                    raise ValueError
+                value = int(raw) if isinstance(raw, int) else int(str(raw).strip())
+            else:
+                if not isinstance(raw, str | int | float):
+                    raise ValueError
+                value = str(raw)
+        except ValueError:
+            raise ConfigError(
+                f"{self.name}: {raw!r} from {source} is not a valid {self.kind.__name__}"
+            ) from None
+        if self.check is not None:
+            complaint = self.check(value)
+            if complaint:
+                raise ConfigError(f"{self.name}: {raw!r} from {source} {complaint}")
+        return value
+
+
+def at_least(n: int) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= n else f"must be at least {n}"
+
+
+def one_of(*choices: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else "must be one of " + ", ".join(choices)
+
+
+def host_port(v: str) -> str | None:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return "must be HOST:PORT"
+    return None
+
+
+def cleanup_policy(v: str) -> str | None:
+    parts = {p.strip() for p in v.split(",")}
+    return None if parts and parts <= {"delete", "compact"} else "must be delete, compact or both"
+
+
+MIB = 1024 * 1024
+
+BROKER_KEYS: dict[str, Key] = {
+    k.name: k
+    for k in [
+        Key("listen", str, "127.0.0.1:9092", "address the Kafka listener binds", host_port),
+        Key("advertise", str, "", "address given to clients (default: listen)",
+            lambda v: None if v == "" else host_port(v)),
+        Key("data.dir", str, "./shoal-data", "local directory for the embedded default"),
+        Key("objects", str, "", "object store URL (default file://DATA_DIR/objects)"),
+        Key("metadata", str, "", "metadata URL (default sqlite:///DATA_DIR/meta.db)"),
+        Key("node.id", int, 0, "this broker's id", at_least(0)),
+        Key("rack", str, "", "availability zone of this broker"),
+        Key("num.partitions", int, 1, "partitions of an auto-created topic", at_least(1)),
+        Key("default.replication.factor", int, 1,
+            "accepted for compatibility: durability comes from the object store",
+            at_least(1)),
+        Key("auto.create.topics.enable", bool, True, "create topics on first use"),
+        Key("delete.topic.enable", bool, True, "allow DeleteTopics"),
+        Key("socket.request.max.bytes", int, 100 * MIB, "largest request frame", at_least(1024)),
+        Key("message.max.bytes", int, MIB + 12, "default max.message.bytes of topics",
+            at_least(0)),
+        Key("log.retention.ms", int, 7 * 24 * 3600 * 1000, "default retention.ms of topics",
+            at_least(-1)),
+        Key("log.retention.bytes", int, -1, "default retention.bytes of topics", at_least(-1)),
+        Key("log.retention.check.interval.ms", int, 300_000, "how often retention runs",
+            at_least(100)),
+        Key("log.cleanup.policy", str, "delete", "default cleanup.policy of topics",
+            cleanup_policy),
+        Key("log.message.timestamp.type", str, "CreateTime",
+            "default message.timestamp.type of topics", one_of("CreateTime", "LogAppendTime")),
+        Key("wal.max.bytes", int, 8 * MIB, "WAL object size that triggers an upload",
+            at_least(1024)),
+        Key("wal.linger.ms", int, 5, "longest an append waits before its WAL object uploads",
+            at_least(0)),
+        Key("wal.max.inflight", int, 4, "WAL objects uploading at once", at_least(1)),
+        Key("wal.buffer.max.bytes", int, 64 * MIB,
+            "unflushed bytes before produce requests wait (back-pressure)", at_least(1024)),
+        Key("log.cache.bytes", int, 256 * MIB, "tail-read cache size", at_least(0)),
+        Key("block.cache.bytes", int, 256 * MIB, "catch-up read cache size", at_least(0)),
+        Key("fetch.max.wait.cap.ms", int, 30_000, "cap on a fetch's max_wait_ms", at_least(0)),
+    ]
+}
+
+#: topic config -> broker key supplying its default
+TOPIC_KEYS: dict[str, Key] = {
+    k.name: k
+    for k in [
+        Key("retention.ms", int, None, "how long records are kept (-1: forever)", at_least(-1)),
+        Key("retention.bytes", int, None, "size kept per partition (-1: unbounded)",
+            at_least(-1)),
+        Key("max.message.bytes", int, None, "largest record batch", at_least(0)),
+        Key("cleanup.policy", str, None, "delete, compact or both", cleanup_policy),
+        Key("message.timestamp.type", str, None, "CreateTime or LogAppendTime",
+            one_of("CreateTime", "LogAppendTime")),
+        Key("delete.retention.ms", int, 86_400_000, "how long tombstones stay in compacted topics",
+            at_least(0)),
+        Key("min.compaction.lag.ms", int, 0, "youngest record compaction may remove",
+            at_least(0)),
+        Key("compression.type", str, "producer",
+            "batches are stored as the producer compressed them", one_of("producer")),
+        Key("segment.bytes", int, 1 << 30, "accepted for compatibility (no segments here)",
+            at_least(14)),
+        Key("segment.ms", int, 7 * 24 * 3600 * 1000, "accepted for compatibility",
+            at_least(1)),
+        Key("min.insync.replicas", int, 1, "accepted for compatibility", at_least(1)),
+    ]
+}
+
+TOPIC_DEFAULT_FROM = {
+    "retention.ms": "log.retention.ms",
+    "retention.bytes": "log.retention.bytes",
+    "max.message.bytes": "message.max.bytes",
+    "cleanup.policy": "log.cleanup.policy",
+    "message.timestamp.type": "log.message.timestamp.type",
+}
+
+
+class BrokerConfig(Mapping[str, Any]):
+    """Resolved broker configuration: values[key] -> typed value."""
+
+    def __init__(self, values: dict[str, Any], sources: dict[str, str]) -> None:
+        self._values = values
+        self.sources = sources
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Any:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self["data.dir"])
+
+    @property
+    def objects_url(self) -> str:
+        return str(self["objects"]) or (self.data_dir.resolve() / "objects").as_uri()
+
+    @property
+    def metadata_url(self) -> str:
+        return str(self["metadata"]) or f"sqlite:///{(self.data_dir.resolve() / 'meta.db')}"
+
+    @property
+    def advertised(self) -> tuple[str, int]:
+        host, _, port = (self["advertise"] or self["listen"]).rpartition(":")
+        return host, int(port)
+
+    def topic_default(self, key: str) -> Any:
+        if key in TOPIC_DEFAULT_FROM:
+            return self[TOPIC_DEFAULT_FROM[key]]
+        return TOPIC_KEYS[key].default
+
+
+def load_config(
+    file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> BrokerConfig:
+    values = {k.name: k.default for k in BROKER_KEYS.values()}
+    sources = dict.fromkeys(values, "default")
+    if file is not None:
+        try:
+            with open(file, "rb") as fh:
+                doc = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"config file {file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file}: invalid TOML: {exc}") from None
+        for name, raw in _flatten(doc).items():
+            key = BROKER_KEYS.get(name)
+            if key is None:
+                raise ConfigError(f"{name}: unknown configuration key in {file}")
+            values[name] = key.parse(raw, str(file))
+            sources[name] = str(file)
+    environ = os.environ if env is None else env
+    for key in BROKER_KEYS.values():
+        if key.env in environ:
+            values[key.name] = key.parse(environ[key.env], f"environment {key.env}")
+            sources[key.name] = key.env
+    for name, raw in (flags or {}).items():
+        if raw is None:
+            continue
+        key = BROKER_KEYS[name]
+        values[name] = key.parse(raw, f"--{name.replace('.', '-')}")
+        sources[name] = "flag"
+    return BrokerConfig(values, sources)
+
+
+def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Accept both `"num.partitions" = 3` and `[num] partitions = 3` spellings."""
+    out: dict[str, Any] = {}
+    for k, v in doc.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def validate_topic_configs(configs: Mapping[str, str | None]) -> dict[str, str]:
+    """Check topic configs as a client sends them (strings). Raises ConfigError
+    naming the first unknown key or bad value; returns normalised strings."""
+    out: dict[str, str] = {}
+    for name, raw in configs.items():
+        key = TOPIC_KEYS.get(name)
+        if key is None:
+            raise ConfigError(f"unknown topic config {name!r}")
+        if raw is None:
+            raise ConfigError(f"topic config {name!r} needs a value")
+        value = key.parse(raw, "request")
+        out[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out

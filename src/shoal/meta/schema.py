@@ -1,0 +1,95 @@
+"""One schema for SQLite and PostgreSQL, as SQLAlchemy Core tables."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True),
+)
+
+cluster = Table(
+    "cluster",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+topics = Table(
+    "topics",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(249), nullable=False, unique=True),
+    Column("topic_uuid", String(36), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+topic_configs = Table(
+    "topic_configs",
+    metadata,
+    Column("topic_id", Integer, ForeignKey("topics.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+streams = Table(
+    "streams",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # Taking the stream bumps the epoch; every commit checks it (fencing).
+    Column("epoch", Integer, nullable=False, default=0),
+    Column("start_offset", BigInteger, nullable=False, default=0),
+    Column("end_offset", BigInteger, nullable=False, default=0),
+    Column("deleted", Boolean, nullable=False, default=False),
+)
+
+partitions = Table(
+    "partitions",
+    metadata,
+    Column("topic_id", Integer, ForeignKey("topics.id", ondelete="CASCADE"), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("stream_id", Integer, ForeignKey("streams.id"), nullable=False),
+    Column("leader_epoch", Integer, nullable=False, default=0),
+    Column("owner_node", Integer, nullable=True),
+)
+
+objects = Table(
+    "objects",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(512), nullable=False, unique=True),
+    Column("size", BigInteger, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("node_id", Integer, nullable=False),
+)
+
+stream_ranges = Table(
+    "stream_ranges",
+    metadata,
+    Column("stream_id", Integer, ForeignKey("streams.id"), primary_key=True),
+    Column("start_offset", BigInteger, primary_key=True),
+    Column("end_offset", BigInteger, nullable=False),  # exclusive
+    Column("object_id", Integer, ForeignKey("objects.id"), nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("max_timestamp", BigInteger, nullable=False),
+)
+
+Index("stream_ranges_object", stream_ranges.c.object_id)

@@ -1,0 +1,404 @@
+"""The async repository over the metadata schema.
+
+Every multi-row change is one transaction. Stream commits are fenced with
+`UPDATE ... WHERE epoch = :epoch AND end_offset = :start` and a row-count check,
+so a writer that lost its stream, or a commit out of order, changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, event, insert, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from shoal.meta import schema as s
+
+
+class MetaError(Exception):
+    pass
+
+
+class InvalidMetadataURL(MetaError):
+    pass
+
+
+class TopicExists(MetaError):
+    pass
+
+
+class TopicNotFound(MetaError):
+    pass
+
+
+class StreamFenced(MetaError):
+    """The stream's epoch or end offset is not what the committer expected."""
+
+    def __init__(self, stream_id: int, message: str) -> None:
+        super().__init__(message)
+        self.stream_id = stream_id
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionRecord:
+    partition: int
+    stream_id: int
+    leader_epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRecord:
+    id: int
+    name: str
+    topic_uuid: uuid.UUID
+    configs: dict[str, str]
+    partitions: list[PartitionRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRecord:
+    id: int
+    epoch: int
+    start_offset: int
+    end_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class RangeRecord:
+    stream_id: int
+    start_offset: int
+    end_offset: int
+    object_key: str
+    position: int
+    size: int
+    max_timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class RangeCommit:
+    """One stream's part of a WAL object, to commit."""
+
+    stream_id: int
+    epoch: int
+    start_offset: int
+    end_offset: int
+    position: int
+    size: int
+    max_timestamp: int
+
+
+def engine_url(url: str) -> str:
+    """Map user URLs (sqlite:///path, postgresql://...) to async drivers."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise InvalidMetadataURL(f"invalid metadata URL {url!r}: {exc}") from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    elif backend in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    else:
+        raise InvalidMetadataURL(
+            f"unsupported metadata URL {url!r}: use sqlite:///PATH or postgresql://..."
+        )
+    return parsed.render_as_string(hide_password=False)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class MetaStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        # SQLite has one writer; serialising here avoids "database is locked".
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, url: str) -> MetaStore:
+        engine = create_async_engine(engine_url(url))
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        store = cls(engine)
+        try:
+            await store.migrate()
+        except MetaError:
+            raise
+        except Exception as exc:
+            await engine.dispose()
+            raise MetaError(f"cannot open metadata store {url!r}: {exc}") from exc
+        return store
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[AsyncConnection]:
+        async with self._write_lock, self.engine.begin() as conn:
+            yield conn
+
+    async def migrate(self) -> int:
+        """Create or upgrade the schema; returns the version now in place."""
+        async with self._tx() as conn:
+            await conn.run_sync(s.metadata.create_all)
+            version = (await conn.execute(select(s.schema_version.c.version))).scalar()
+            if version is None:
+                await conn.execute(insert(s.schema_version).values(version=s.SCHEMA_VERSION))
+                version = s.SCHEMA_VERSION
+            elif version > s.SCHEMA_VERSION:
+                raise MetaError(
+                    f"metadata schema v{version} is newer than this Shoal (v{s.SCHEMA_VERSION})"
+                )
+            cid = (
+                await conn.execute(select(s.cluster.c.value).where(s.cluster.c.key == "cluster_id"))
+            ).scalar()
+            if cid is None:
+                await conn.execute(
+                    insert(s.cluster).values(key="cluster_id", value=uuid.uuid4().hex[:22])
+                )
+        return int(version)
+
+    async def cluster_id(self) -> str:
+        async with self.engine.connect() as conn:
+            value = (
+                await conn.execute(select(s.cluster.c.value).where(s.cluster.c.key == "cluster_id"))
+            ).scalar_one()
+        return str(value)
+
+    # topics -------------------------------------------------------------
+
+    async def create_topic(
+        self, name: str, num_partitions: int, configs: dict[str, str]
+    ) -> TopicRecord:
+        try:
+            async with self._tx() as conn:
+                topic_uuid = uuid.uuid4()
+                result = await conn.execute(
+                    insert(s.topics).values(
+                        name=name, topic_uuid=str(topic_uuid), created_ms=now_ms()
+                    )
+                )
+                topic_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+                if configs:
+                    await conn.execute(
+                        insert(s.topic_configs),
+                        [{"topic_id": topic_id, "key": k, "value": v} for k, v in configs.items()],
+                    )
+                parts = await self._add_partitions(conn, topic_id, 0, num_partitions)
+        except IntegrityError as exc:
+            raise TopicExists(name) from exc
+        return TopicRecord(topic_id, name, topic_uuid, dict(configs), parts)
+
+    async def _add_partitions(
+        self, conn: AsyncConnection, topic_id: int, first: int, count: int
+    ) -> list[PartitionRecord]:
+        parts = []
+        for index in range(first, first + count):
+            result = await conn.execute(
+                insert(s.streams).values(epoch=0, start_offset=0, end_offset=0, deleted=False)
+            )
+            stream_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+            await conn.execute(
+                insert(s.partitions).values(
+                    topic_id=topic_id, partition=index, stream_id=stream_id, leader_epoch=0
+                )
+            )
+            parts.append(PartitionRecord(index, stream_id, 0))
+        return parts
+
+    async def add_partitions(self, name: str, new_total: int) -> TopicRecord:
+        async with self._tx() as conn:
+            topic = await self._topic(conn, name)
+            have = len(topic.partitions)
+            topic.partitions.extend(
+                await self._add_partitions(conn, topic.id, have, new_total - have)
+            )
+        return topic
+
+    async def delete_topic(self, name: str) -> TopicRecord:
+        """Remove the topic; its streams are marked deleted so that their
+        objects can be reclaimed by the cleaner."""
+        async with self._tx() as conn:
+            topic = await self._topic(conn, name)
+            ids = [p.stream_id for p in topic.partitions]
+            await conn.execute(
+                update(s.streams).where(s.streams.c.id.in_(ids)).values(deleted=True)
+            )
+            await conn.execute(delete(s.partitions).where(s.partitions.c.topic_id == topic.id))
+            await conn.execute(delete(s.topic_configs).where(s.topic_configs.c.topic_id == topic.id))
+            await conn.execute(delete(s.topics).where(s.topics.c.id == topic.id))
+        return topic
+
+    async def set_topic_configs(
+        self, name: str, set_: dict[str, str], remove: Iterable[str] = (), replace: bool = False
+    ) -> dict[str, str]:
+        async with self._tx() as conn:
+            topic = await self._topic(conn, name)
+            cfg = {} if replace else dict(topic.configs)
+            for key in remove:
+                cfg.pop(key, None)
+            cfg.update(set_)
+            await conn.execute(delete(s.topic_configs).where(s.topic_configs.c.topic_id == topic.id))
+            if cfg:
+                await conn.execute(
+                    insert(s.topic_configs),
+                    [{"topic_id": topic.id, "key": k, "value": v} for k, v in cfg.items()],
+                )
+        return cfg
+
+    async def _topic(self, conn: AsyncConnection, name: str) -> TopicRecord:
+        topics = await self._load_topics(conn, name)
+        if not topics:
+            raise TopicNotFound(name)
+        return topics[0]
+
+    async def list_topics(self) -> list[TopicRecord]:
+        async with self.engine.connect() as conn:
+            return await self._load_topics(conn, None)
+
+    async def _load_topics(self, conn: AsyncConnection, name: str | None) -> list[TopicRecord]:
+        q = select(s.topics)
+        if name is not None:
+            q = q.where(s.topics.c.name == name)
+        rows = (await conn.execute(q.order_by(s.topics.c.name))).all()
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        cfgs: dict[int, dict[str, str]] = {i: {} for i in ids}
+        for r in await conn.execute(
+            select(s.topic_configs).where(s.topic_configs.c.topic_id.in_(ids))
+        ):
+            cfgs[r.topic_id][r.key] = r.value
+        parts: dict[int, list[PartitionRecord]] = {i: [] for i in ids}
+        for r in await conn.execute(
+            select(s.partitions)
+            .where(s.partitions.c.topic_id.in_(ids))
+            .order_by(s.partitions.c.topic_id, s.partitions.c.partition)
+        ):
+            parts[r.topic_id].append(PartitionRecord(r.partition, r.stream_id, r.leader_epoch))
+        return [
+            TopicRecord(r.id, r.name, uuid.UUID(r.topic_uuid), cfgs[r.id], parts[r.id])
+            for r in rows
+        ]
+
+    # streams ------------------------------------------------------------
+
+    async def open_stream(self, stream_id: int) -> StreamRecord:
+        """Take the stream: bump its epoch so any previous writer is fenced."""
+        async with self._tx() as conn:
+            await conn.execute(
+                update(s.streams)
+                .where(s.streams.c.id == stream_id)
+                .values(epoch=s.streams.c.epoch + 1)
+            )
+            row = (
+                await conn.execute(select(s.streams).where(s.streams.c.id == stream_id))
+            ).one_or_none()
+        if row is None:
+            raise MetaError(f"stream {stream_id} does not exist")
+        return StreamRecord(row.id, row.epoch, row.start_offset, row.end_offset)
+
+    async def load_ranges(self, stream_id: int, from_offset: int = 0) -> list[RangeRecord]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(s.stream_ranges, s.objects.c.key)
+                .join(s.objects, s.objects.c.id == s.stream_ranges.c.object_id)
+                .where(
+                    s.stream_ranges.c.stream_id == stream_id,
+                    s.stream_ranges.c.end_offset > from_offset,
+                )
+                .order_by(s.stream_ranges.c.start_offset)
+            )
+            return [
+                RangeRecord(
+                    r.stream_id, r.start_offset, r.end_offset, r.key, r.position, r.size,
+                    r.max_timestamp,
+                )
+                for r in rows
+            ]
+
+    async def commit_object(
+        self, key: str, size: int, node_id: int, ranges: Sequence[RangeCommit]
+    ) -> None:
+        """Record an uploaded object and advance each stream's end, atomically.
+
+        Raises StreamFenced (and changes nothing) if any stream's epoch or end
+        offset is not what the writer expects.
+        """
+        async with self._tx() as conn:
+            result = await conn.execute(
+                insert(s.objects).values(key=key, size=size, created_ms=now_ms(), node_id=node_id)
+            )
+            object_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+            for r in ranges:
+                res = await conn.execute(
+                    update(s.streams)
+                    .where(
+                        s.streams.c.id == r.stream_id,
+                        s.streams.c.epoch == r.epoch,
+                        s.streams.c.end_offset == r.start_offset,
+                        s.streams.c.deleted.is_(False),
+                    )
+                    .values(end_offset=r.end_offset)
+                )
+                if res.rowcount != 1:
+                    raise StreamFenced(
+                        r.stream_id,
+                        f"stream {r.stream_id}: epoch {r.epoch} / end {r.start_offset} is stale"
+                    )
+            await conn.execute(
+                insert(s.stream_ranges),
+                [
+                    {
+                        "stream_id": r.stream_id, "start_offset": r.start_offset,
+                        "end_offset": r.end_offset, "object_id": object_id,
+                        "position": r.position, "size": r.size, "max_timestamp": r.max_timestamp,
+                    }
+                    for r in ranges
+                ],
+            )
+
+    async def trim_stream(self, stream_id: int, new_start: int) -> int:
+        """Move a stream's start offset forward (never back); returns it."""
+        async with self._tx() as conn:
+            await conn.execute(
+                update(s.streams)
+                .where(s.streams.c.id == stream_id, s.streams.c.start_offset < new_start)
+                .values(start_offset=new_start)
+            )
+            row = (
+                await conn.execute(
+                    select(s.streams.c.start_offset).where(s.streams.c.id == stream_id)
+                )
+            ).scalar_one()
+        return int(row)
+
+    async def object_keys(self) -> set[str]:
+        async with self.engine.connect() as conn:
+            return {r.key for r in await conn.execute(select(s.objects.c.key))}
+
+    async def execute_read(self, statement: Any) -> list[Any]:
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(statement)).all())
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()

@@ -1,0 +1,113 @@
+"""The API table: which versions Shoal speaks, and kio's codecs for each.
+
+Versions stop short of the ones that address topics by id only (Fetch v13+,
+Produce v13+): clients negotiate down through ApiVersions, and names keep the
+handlers simple until topic ids are needed elsewhere.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from kio.index import load_request_schema, load_response_schema
+from kio.serial import entity_reader, entity_writer
+
+from shoal.protocol.errors import RequestDecodeError
+from shoal.protocol.frames import encode_size
+from shoal.protocol.headers import RequestHeader, body_offset, peek_header, response_header
+
+API_VERSIONS = 18
+
+#: api key -> (name, min version, max version)
+SUPPORTED: dict[int, tuple[str, int, int]] = {
+    0: ("Produce", 3, 11),
+    1: ("Fetch", 4, 12),
+    2: ("ListOffsets", 1, 8),
+    3: ("Metadata", 0, 12),
+    18: ("ApiVersions", 0, 4),
+    19: ("CreateTopics", 2, 7),
+    20: ("DeleteTopics", 1, 5),
+    21: ("DeleteRecords", 0, 2),
+    23: ("OffsetForLeaderEpoch", 2, 4),
+    32: ("DescribeConfigs", 1, 4),
+    33: ("AlterConfigs", 0, 2),
+    37: ("CreatePartitions", 0, 3),
+    44: ("IncrementalAlterConfigs", 0, 1),
+    60: ("DescribeCluster", 0, 1),
+}
+
+
+def api_name(api_key: int) -> str:
+    entry = SUPPORTED.get(api_key)
+    return entry[0] if entry else f"api-{api_key}"
+
+
+def is_supported(api_key: int, api_version: int) -> bool:
+    entry = SUPPORTED.get(api_key)
+    return entry is not None and entry[1] <= api_version <= entry[2]
+
+
+@cache
+def request_type(api_key: int, api_version: int) -> type[Any]:
+    return load_request_schema(api_key, api_version)
+
+
+@cache
+def response_type(api_key: int, api_version: int) -> type[Any]:
+    return load_response_schema(api_key, api_version)
+
+
+@cache
+def _reader(cls: type[Any]) -> Callable[[Any, int], tuple[Any, int]]:
+    return entity_reader(cls)  # type: ignore[no-any-return]
+
+
+@cache
+def _writer(cls: type[Any]) -> Callable[[Any, Any], None]:
+    return entity_writer(cls)
+
+
+def is_flexible(api_key: int, api_version: int) -> bool:
+    return bool(request_type(api_key, api_version).__flexible__)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    header: RequestHeader
+    body: Any
+
+
+def decode_request(frame: bytes) -> Request:
+    """Decode a whole frame (without its size prefix) whose version is supported."""
+    header = peek_header(frame)
+    if not is_supported(header.api_key, header.api_version):
+        raise RequestDecodeError(
+            f"unsupported {api_name(header.api_key)} v{header.api_version}"
+        )
+    cls = request_type(header.api_key, header.api_version)
+    pos = body_offset(frame, header, bool(cls.__flexible__))
+    try:
+        body, _size = _reader(cls)(frame, pos)
+    except Exception as exc:  # kio raises a variety of decode errors
+        raise RequestDecodeError(
+            f"cannot decode {api_name(header.api_key)} v{header.api_version}: {exc}"
+        ) from exc
+    return Request(header, body)
+
+
+def encode_response(header: RequestHeader, body: Any) -> bytes:
+    """Size prefix, response header, body. ApiVersions always answers with header
+    v0 so that a client that guessed a version can still read it."""
+    flexible = bool(type(body).__flexible__) and header.api_key != API_VERSIONS
+    out = io.BytesIO()
+    out.write(b"\x00\x00\x00\x00")
+    out.write(response_header(header.correlation_id, flexible))
+    _writer(type(body))(out, body)
+    data = out.getbuffer()
+    data[0:4] = encode_size(len(data) - 4)
+    del data
+    return out.getvalue()

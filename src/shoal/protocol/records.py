@@ -1,0 +1,212 @@
+"""Record batch v2 as opaque bytes: header fields, CRC32C and in-place patches.
+
+The broker never decodes records on the produce or fetch path. It reads and
+writes the 61-byte batch header only; records (and their compression) pass
+through untouched.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import crc32c
+
+from shoal.protocol.errors import ErrorCode, KafkaError
+
+HEADER_SIZE = 61
+LOG_OVERHEAD = 12  # baseOffset + batchLength precede the length-counted part
+CRC_START = 21  # the CRC covers attributes .. end of batch
+MAGIC_OFFSET = 16
+
+_HEADER = struct.Struct(">qiibIhiqqqhii")
+_BASE_OFFSET = struct.Struct(">q")
+_PATCH = struct.Struct(">qii")  # baseOffset, batchLength, partitionLeaderEpoch
+_LENGTH_MAGIC = struct.Struct(">ib")  # batchLength at 8, magic at 16 (after epoch)
+_MAX_TS = struct.Struct(">q")
+_ATTR = struct.Struct(">h")
+_CRC = struct.Struct(">I")
+
+COMPRESSION_MASK = 0x07
+TIMESTAMP_TYPE_BIT = 0x08
+TRANSACTIONAL_BIT = 0x10
+CONTROL_BIT = 0x20
+
+NO_PRODUCER_ID = -1
+
+
+@dataclass(frozen=True, slots=True)
+class BatchHeader:
+    base_offset: int
+    batch_length: int
+    partition_leader_epoch: int
+    magic: int
+    crc: int
+    attributes: int
+    last_offset_delta: int
+    base_timestamp: int
+    max_timestamp: int
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+    records_count: int
+
+    @property
+    def size(self) -> int:
+        return self.batch_length + LOG_OVERHEAD
+
+    @property
+    def last_offset(self) -> int:
+        return self.base_offset + self.last_offset_delta
+
+    @property
+    def compression(self) -> int:
+        return self.attributes & COMPRESSION_MASK
+
+    @property
+    def is_transactional(self) -> bool:
+        return bool(self.attributes & TRANSACTIONAL_BIT)
+
+    @property
+    def is_control(self) -> bool:
+        return bool(self.attributes & CONTROL_BIT)
+
+
+def read_header(buf: bytes | memoryview, pos: int = 0) -> BatchHeader:
+    return BatchHeader(*_HEADER.unpack_from(buf, pos))
+
+
+def batch_spans(buf: bytes | memoryview) -> Iterator[tuple[int, int]]:
+    """(start, end) of each whole batch; a partial trailing batch is ignored, as
+    Kafka clients ignore one at the end of a fetch."""
+    pos = 0
+    n = len(buf)
+    while pos + LOG_OVERHEAD <= n:
+        (length,) = struct.unpack_from(">i", buf, pos + 8)
+        end = pos + LOG_OVERHEAD + length
+        if length < HEADER_SIZE - LOG_OVERHEAD or end > n:
+            return
+        yield pos, end
+        pos = end
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatedBatch:
+    """One batch of a produce request, checked and ready to be stored."""
+
+    data: memoryview
+    header: BatchHeader
+
+    @property
+    def record_count(self) -> int:
+        return self.header.last_offset_delta + 1
+
+
+def validate_batches(records: bytes | memoryview, max_batch_bytes: int) -> list[ValidatedBatch]:
+    """Check every batch of a produce request's records field.
+
+    Raises KafkaError with the code Kafka uses: CORRUPT_MESSAGE for framing and
+    CRC damage, UNSUPPORTED_FOR_MESSAGE_FORMAT for magic 0/1 message sets,
+    MESSAGE_TOO_LARGE over max.message.bytes, INVALID_RECORD when the declared
+    record count and offset delta disagree (offsets would not be dense).
+    """
+    view = memoryview(records)
+    n = len(view)
+    if n == 0:
+        raise KafkaError(ErrorCode.corrupt_message, "empty record set")
+    out: list[ValidatedBatch] = []
+    pos = 0
+    while pos < n:
+        if n - pos < LOG_OVERHEAD + 5:
+            raise KafkaError(ErrorCode.corrupt_message, "truncated batch header")
+        length, magic = _LENGTH_MAGIC.unpack_from(view, pos + 8)[0], view[pos + MAGIC_OFFSET]
+        if magic != 2:
+            raise KafkaError(
+                ErrorCode.unsupported_for_message_format,
+                f"message format v{magic} is not supported; use record batch v2",
+            )
+        size = LOG_OVERHEAD + length
+        if length < HEADER_SIZE - LOG_OVERHEAD or pos + size > n:
+            raise KafkaError(ErrorCode.corrupt_message, f"batch length {length} is out of bounds")
+        if size > max_batch_bytes:
+            raise KafkaError(
+                ErrorCode.message_too_large,
+                f"batch of {size} bytes exceeds max.message.bytes={max_batch_bytes}",
+            )
+        batch = view[pos : pos + size]
+        header = read_header(batch)
+        if crc32c.crc32c(batch[CRC_START:]) != header.crc:
+            raise KafkaError(ErrorCode.corrupt_message, "record batch CRC mismatch")
+        if header.records_count <= 0 or header.records_count != header.last_offset_delta + 1:
+            raise KafkaError(
+                ErrorCode.invalid_record,
+                f"batch declares {header.records_count} records "
+                f"but last offset delta {header.last_offset_delta}",
+            )
+        out.append(ValidatedBatch(batch, header))
+        pos += size
+    return out
+
+
+def patch_prefix(base_offset: int, batch_length: int, leader_epoch: int) -> bytes:
+    """The first 16 bytes of a stored batch. Written in front of batch[16:], it
+    assigns the offset without touching the CRC-covered part."""
+    return _PATCH.pack(base_offset, batch_length, leader_epoch)
+
+
+def with_log_append_time(batch: memoryview, now_ms: int) -> bytearray:
+    """A copy of the batch stamped with LogAppendTime, CRC recomputed, for topics
+    with message.timestamp.type=LogAppendTime."""
+    out = bytearray(batch)
+    (attrs,) = _ATTR.unpack_from(out, 21)
+    _ATTR.pack_into(out, 21, attrs | TIMESTAMP_TYPE_BIT)
+    _MAX_TS.pack_into(out, 35, now_ms)
+    _CRC.pack_into(out, 17, crc32c.crc32c(memoryview(out)[CRC_START:]))
+    return out
+
+
+def read_base_offset(buf: bytes | memoryview, pos: int = 0) -> int:
+    return int(_BASE_OFFSET.unpack_from(buf, pos)[0])
+
+
+def _varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """Zigzag varint as used inside records."""
+    result = 0
+    shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def record_timestamps(batch: bytes | memoryview) -> list[tuple[int, int]] | None:
+    """(offset, timestamp) of each record, for timestamp lookups (ListOffsets),
+    never for produce or fetch. None when the batch is compressed with a codec
+    we do not decode, in which case callers fall back to batch granularity."""
+    import zlib
+
+    header = read_header(batch)
+    body: bytes | memoryview = memoryview(batch)[HEADER_SIZE : header.size]
+    if header.compression == 1:
+        body = zlib.decompress(bytes(body), 16 + zlib.MAX_WBITS)
+    elif header.compression != 0:
+        return None
+    if header.attributes & TIMESTAMP_TYPE_BIT:
+        return [(header.base_offset + i, header.max_timestamp) for i in range(header.records_count)]
+    out = []
+    pos = 0
+    for _ in range(header.records_count):
+        length, pos = _varint(body, pos)
+        end = pos + length
+        pos += 1  # attributes
+        ts_delta, pos = _varint(body, pos)
+        off_delta, pos = _varint(body, pos)
+        out.append((header.base_offset + off_delta, header.base_timestamp + ts_delta))
+        pos = end
+    return out

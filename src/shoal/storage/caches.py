@@ -1,0 +1,156 @@
+"""The two read caches: LogCache (tail reads) and BlockCache (catch-up reads).
+
+Both are bounded in bytes and count hits and misses, so that memory use
+follows configuration and the hit rate is observable.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+@dataclass(slots=True)
+class _StreamTail:
+    bases: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    data: list[bytes] = field(default_factory=list)
+    max_ts: list[int] = field(default_factory=list)
+    first: int = 0  # index of the first live entry; lists are compacted lazily
+
+    def live(self) -> int:
+        return len(self.bases) - self.first
+
+    def drop_first(self) -> int:
+        size = len(self.data[self.first])
+        self.data[self.first] = b""
+        self.first += 1
+        if self.first > 64 and self.first * 2 > len(self.bases):
+            del self.bases[: self.first], self.ends[: self.first]
+            del self.data[: self.first], self.max_ts[: self.first]
+            self.first = 0
+        return size
+
+
+class LogCache:
+    """Recently committed batches per stream, oldest evicted first, globally.
+
+    Appended in commit order, so each stream's entries are sorted and dense:
+    a tail read is a bisect and a slice.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.stats = CacheStats()
+        self._streams: dict[int, _StreamTail] = {}
+        self._order: deque[int] = deque()  # stream id of each entry, oldest first
+
+    def put(self, stream_id: int, base: int, end: int, data: bytes, max_ts: int) -> None:
+        if len(data) > self.max_bytes:
+            return
+        tail = self._streams.setdefault(stream_id, _StreamTail())
+        if tail.live() and tail.ends[-1] != base:
+            self.drop_stream(stream_id)  # a gap: never serve a non-dense tail
+            tail = self._streams.setdefault(stream_id, _StreamTail())
+        tail.bases.append(base)
+        tail.ends.append(end)
+        tail.data.append(data)
+        tail.max_ts.append(max_ts)
+        self._order.append(stream_id)
+        self.size += len(data)
+        while self.size > self.max_bytes and self._order:
+            victim = self._order.popleft()
+            vt = self._streams.get(victim)
+            if vt is None or not vt.live():
+                continue
+            self.size -= vt.drop_first()
+            self.stats.evictions += 1
+
+    def first_offset(self, stream_id: int) -> int | None:
+        tail = self._streams.get(stream_id)
+        if tail is None or not tail.live():
+            return None
+        return tail.bases[tail.first]
+
+    def read(self, stream_id: int, offset: int, max_bytes: int) -> list[bytes] | None:
+        """Whole batches from the one containing `offset`, at least one, then as
+        many as fit in max_bytes. None when the cache does not cover offset."""
+        tail = self._streams.get(stream_id)
+        if tail is None or not tail.live() or offset < tail.bases[tail.first]:
+            self.stats.misses += 1
+            return None
+        i = bisect.bisect_right(tail.ends, offset, lo=tail.first)
+        if i >= len(tail.bases):
+            self.stats.misses += 1
+            return None
+        self.stats.hits += 1
+        out = [tail.data[i]]
+        total = len(tail.data[i])
+        i += 1
+        while i < len(tail.data) and total + len(tail.data[i]) <= max_bytes:
+            out.append(tail.data[i])
+            total += len(tail.data[i])
+            i += 1
+        return out
+
+    def entries(self, stream_id: int) -> list[tuple[int, int, int]]:
+        """(base, end, max_ts) of the cached batches, for timestamp lookups."""
+        tail = self._streams.get(stream_id)
+        if tail is None:
+            return []
+        return list(
+            zip(tail.bases[tail.first :], tail.ends[tail.first :], tail.max_ts[tail.first :],
+                strict=True)
+        )
+
+    def drop_stream(self, stream_id: int) -> None:
+        tail = self._streams.pop(stream_id, None)
+        if tail is not None:
+            self.size -= sum(len(d) for d in tail.data[tail.first :])
+
+
+class BlockCache:
+    """Blocks read from objects, LRU by bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.stats = CacheStats()
+        self._blocks: OrderedDict[tuple[str, int], memoryview] = OrderedDict()
+
+    def get(self, key: str, position: int) -> memoryview | None:
+        block = self._blocks.get((key, position))
+        if block is None:
+            self.stats.misses += 1
+            return None
+        self._blocks.move_to_end((key, position))
+        self.stats.hits += 1
+        return block
+
+    def put(self, key: str, position: int, block: memoryview) -> None:
+        if len(block) > self.max_bytes or (key, position) in self._blocks:
+            return
+        self._blocks[(key, position)] = block
+        self.size += len(block)
+        while self.size > self.max_bytes:
+            _, old = self._blocks.popitem(last=False)
+            self.size -= len(old)
+            self.stats.evictions += 1
+
+    def drop_object(self, key: str) -> None:
+        for k in [k for k in self._blocks if k[0] == key]:
+            self.size -= len(self._blocks.pop(k))

@@ -1,0 +1,37 @@
+"""Typed storage errors; the broker maps them to Kafka error codes."""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base of everything the storage engine raises on purpose."""
+
+
+class ObjectStoreUnavailable(StorageError):
+    """The object store cannot be reached or refuses: retriable."""
+
+
+class ObjectNotFound(StorageError):
+    pass
+
+
+class ObjectExists(StorageError):
+    """A conditional create found the key taken."""
+
+
+class Fenced(StorageError):
+    """Another writer owns the stream now (its epoch moved on)."""
+
+
+class OffsetOutOfRange(StorageError):
+    def __init__(self, offset: int, start: int, end: int) -> None:
+        super().__init__(f"offset {offset} outside [{start}, {end}]")
+        self.offset, self.start, self.end = offset, start, end
+
+
+class AppendTimeout(StorageError):
+    """An append was not committed before its request's timeout: retriable."""
+
+
+class CorruptObject(StorageError):
+    """An object's footer or index does not check out."""

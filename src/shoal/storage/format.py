@@ -1,0 +1,108 @@
+"""The object format shared by WAL objects and, later, compacted stream objects.
+
+    [block 0][block 1]...[index][footer]
+
+A block is a contiguous offset range of one stream: whole record batches, back
+to back. The index has one fixed-size entry per block; the footer (fixed size,
+at the end) locates the index and carries the format version and magic, so a
+reader needs one small range read for the footer+index and one per block.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import crc32c
+
+from shoal.storage.errors import CorruptObject
+
+MAGIC = b"SHOALOB1"
+FORMAT_VERSION = 1
+
+# stream_id, start_offset, end_offset (exclusive), position, size, max_timestamp
+_ENTRY = struct.Struct(">qqqQIq")
+# index_position, index_size, index_crc, version, flags, magic
+_FOOTER = struct.Struct(">QIIHH8s")
+FOOTER_SIZE = _FOOTER.size
+#: how much to read from the end to get footer and a typical index in one go
+TAIL_READ = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class BlockEntry:
+    stream_id: int
+    start_offset: int
+    end_offset: int
+    position: int
+    size: int
+    max_timestamp: int
+
+
+@dataclass(slots=True)
+class BlockBuilder:
+    """Collects the batches of one stream for one object."""
+
+    stream_id: int
+    start_offset: int
+    end_offset: int
+    max_timestamp: int
+    parts: list[bytes | memoryview]
+    size: int = 0
+
+    def add(self, part: bytes | memoryview, end_offset: int, max_timestamp: int) -> None:
+        self.parts.append(part)
+        self.size += len(part)
+        self.end_offset = end_offset
+        if max_timestamp > self.max_timestamp:
+            self.max_timestamp = max_timestamp
+
+
+def encode_object(blocks: Sequence[BlockBuilder]) -> tuple[bytes, list[BlockEntry]]:
+    """Lay out blocks, index and footer in one buffer (one copy of the data)."""
+    entries: list[BlockEntry] = []
+    out = bytearray()
+    for b in blocks:
+        position = len(out)
+        for part in b.parts:
+            out += part
+        entries.append(
+            BlockEntry(b.stream_id, b.start_offset, b.end_offset, position, b.size, b.max_timestamp)
+        )
+    index = b"".join(
+        _ENTRY.pack(e.stream_id, e.start_offset, e.end_offset, e.position, e.size, e.max_timestamp)
+        for e in entries
+    )
+    index_pos = len(out)
+    out += index
+    out += _FOOTER.pack(index_pos, len(index), crc32c.crc32c(index), FORMAT_VERSION, 0, MAGIC)
+    return bytes(out), entries
+
+
+def decode_footer(tail: bytes | memoryview, object_size: int) -> tuple[int, int, int]:
+    """(index position, index size, index crc) from the last bytes of an object."""
+    if len(tail) < FOOTER_SIZE:
+        raise CorruptObject("object shorter than its footer")
+    pos, size, crc, version, _flags, magic = _FOOTER.unpack_from(tail, len(tail) - FOOTER_SIZE)
+    if magic != MAGIC:
+        raise CorruptObject(f"bad magic {magic!r}")
+    if version > FORMAT_VERSION:
+        raise CorruptObject(f"object format v{version} is newer than this broker (v{FORMAT_VERSION})")
+    if pos + size + FOOTER_SIZE != object_size:
+        raise CorruptObject("footer does not match the object size")
+    return int(pos), int(size), int(crc)
+
+
+def decode_index(index: bytes | memoryview, crc: int) -> list[BlockEntry]:
+    if crc32c.crc32c(index) != crc:
+        raise CorruptObject("index CRC mismatch")
+    if len(index) % _ENTRY.size:
+        raise CorruptObject("index size is not a whole number of entries")
+    return [BlockEntry(*fields) for fields in _ENTRY.iter_unpack(index)]
+
+
+def decode_object(data: bytes | memoryview) -> list[BlockEntry]:
+    """Index of a whole object held in memory (tools, tests, compaction)."""
+    pos, size, crc = decode_footer(data, len(data))
+    return decode_index(memoryview(data)[pos : pos + size], crc)

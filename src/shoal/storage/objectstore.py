@@ -1,0 +1,123 @@
+"""Object store access through obstore (Rust object_store): file, S3, GCS,
+Azure and memory behind one small async interface."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import obstore
+from obstore.store import from_url
+
+from shoal.storage.errors import (
+    ObjectExists,
+    ObjectNotFound,
+    ObjectStoreUnavailable,
+    StorageError,
+)
+
+SCHEMES = ("file", "memory", "s3", "s3a", "gs", "az", "abfs", "abfss")
+
+
+class InvalidObjectStoreURL(StorageError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    last_modified_ms: int
+
+
+class ObjectStore:
+    """Keys are relative paths ("wal/0/00000000000000000001.obj")."""
+
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        self.url = url
+        parsed = urlparse(url)
+        if parsed.scheme not in SCHEMES:
+            raise InvalidObjectStoreURL(
+                f"unsupported object store URL {url!r}: use one of "
+                + ", ".join(f"{s}://" for s in SCHEMES if s not in ("s3a", "abfs", "abfss"))
+            )
+        kwargs: dict[str, Any] = dict(options or {})
+        if parsed.scheme == "file":
+            if not parsed.path:
+                raise InvalidObjectStoreURL(f"file URL {url!r} has no path")
+            Path(parsed.path).mkdir(parents=True, exist_ok=True)
+            kwargs.setdefault("mkdir", True)
+        try:
+            self._store = from_url(url, **kwargs)
+        except Exception as exc:
+            raise InvalidObjectStoreURL(f"cannot open object store {url!r}: {exc}") from exc
+
+    @classmethod
+    def for_data_dir(cls, data_dir: str | os.PathLike[str]) -> ObjectStore:
+        return cls(Path(data_dir).resolve().joinpath("objects").as_uri())
+
+    async def put(self, key: str, data: bytes | bytearray | memoryview, *, create: bool = True) -> None:
+        """Conditional create by default: an object key is never overwritten."""
+        try:
+            await obstore.put_async(self._store, key, data, mode="create" if create else "overwrite")
+        except Exception as exc:
+            raise _translate(exc, key) from exc
+
+    async def get(self, key: str) -> bytes:
+        try:
+            result = await obstore.get_async(self._store, key)
+            return bytes(await result.bytes_async())
+        except Exception as exc:
+            raise _translate(exc, key) from exc
+
+    async def get_range(self, key: str, start: int, end: int) -> memoryview:
+        try:
+            data = await obstore.get_range_async(self._store, key, start=start, end=end)
+        except Exception as exc:
+            raise _translate(exc, key) from exc
+        return memoryview(data)
+
+    async def delete(self, key: str) -> None:
+        try:
+            await obstore.delete_async(self._store, key)
+        except FileNotFoundError:
+            return
+        except Exception as exc:
+            err = _translate(exc, key)
+            if isinstance(err, ObjectNotFound):
+                return
+            raise err from exc
+
+    async def list(self, prefix: str = "") -> list[ObjectInfo]:
+        # The synchronous lister runs in a thread: obstore's async stream
+        # aborts the interpreter at exit when it is left behind.
+        return await asyncio.to_thread(self._list_sync, prefix)
+
+    def _list_sync(self, prefix: str) -> list[ObjectInfo]:
+        out: list[ObjectInfo] = []
+        try:
+            for chunk in obstore.list(self._store, prefix=prefix or None):
+                for meta in chunk:
+                    modified = meta["last_modified"].timestamp()
+                    out.append(ObjectInfo(meta["path"], int(meta["size"]), int(modified * 1000)))
+        except Exception as exc:
+            raise _translate(exc, prefix) from exc
+        return out
+
+    async def check(self) -> None:
+        """Prove at start-up that the store answers, so a wrong URL or bucket
+        fails with a clear message instead of on the first produce."""
+        await self.list("__shoal_check__/")
+
+
+def _translate(exc: Exception, key: str) -> StorageError:
+    name = type(exc).__name__
+    if isinstance(exc, FileNotFoundError) or name == "NotFoundError":
+        return ObjectNotFound(key)
+    if isinstance(exc, FileExistsError) or name == "AlreadyExistsError":
+        return ObjectExists(key)
+    return ObjectStoreUnavailable(f"{name} on {key!r}: {exc}")

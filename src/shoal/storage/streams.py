@@ -1,0 +1,345 @@
+"""Streams: append-only sequences of record batches with dense offsets.
+
+This is the engine's public face. It assigns offsets, feeds the WAL, keeps each
+stream's committed end (the high watermark), serves reads from the LogCache or
+from objects through the BlockCache, and wakes readers waiting for data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from shoal.meta.store import MetaStore, RangeCommit, RangeRecord
+from shoal.protocol.records import (
+    ValidatedBatch,
+    batch_spans,
+    patch_prefix,
+    read_header,
+    record_timestamps,
+    with_log_append_time,
+)
+from shoal.storage.caches import BlockCache, LogCache
+from shoal.storage.errors import ObjectNotFound, OffsetOutOfRange, StorageError
+from shoal.storage.objectstore import ObjectStore
+from shoal.storage.wal import Append, Wal, WalConfig
+
+log = logging.getLogger("shoal.streams")
+
+_BASE_AND_DELTA = struct.Struct(">q")
+_LAST_DELTA = struct.Struct(">i")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    node_id: int = 0
+    wal: WalConfig = field(default_factory=WalConfig)
+    log_cache_bytes: int = 256 * 1024 * 1024
+    block_cache_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class StreamState:
+    id: int
+    epoch: int
+    start_offset: int
+    end_offset: int  # committed: the high watermark
+    next_offset: int  # handed out to appends not yet committed
+    range_starts: list[int] = field(default_factory=list)
+    ranges: list[RangeRecord] = field(default_factory=list)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    max_timestamp: int = -1
+    max_timestamp_offset: int = -1
+    closed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    chunks: list[bytes | memoryview]
+    high_watermark: int
+    log_start_offset: int
+
+    @property
+    def size(self) -> int:
+        return sum(len(c) for c in self.chunks)
+
+
+class StreamEngine:
+    def __init__(self, store: ObjectStore, meta: MetaStore, config: EngineConfig) -> None:
+        self.store = store
+        self.meta = meta
+        self.config = config
+        self.log_cache = LogCache(config.log_cache_bytes)
+        self.block_cache = BlockCache(config.block_cache_bytes)
+        self.wal = Wal(store, meta, config.node_id, config.wal, self._committed, self._fenced)
+        self._streams: dict[int, StreamState] = {}
+        self._opening: dict[int, asyncio.Task[StreamState]] = {}
+
+    async def close(self) -> None:
+        await self.wal.close()
+
+    # opening -------------------------------------------------------------
+
+    async def open(self, stream_id: int) -> StreamState:
+        """The stream's state, taking the stream (epoch bump) on first use."""
+        st = self._streams.get(stream_id)
+        if st is not None:
+            return st
+        task = self._opening.get(stream_id)
+        if task is None:
+            task = asyncio.create_task(self._open(stream_id))
+            self._opening[stream_id] = task
+            task.add_done_callback(lambda _t: self._opening.pop(stream_id, None))
+        return await asyncio.shield(task)
+
+    async def _open(self, stream_id: int) -> StreamState:
+        rec = await self.meta.open_stream(stream_id)
+        ranges = await self.meta.load_ranges(stream_id, rec.start_offset)
+        st = StreamState(
+            rec.id, rec.epoch, rec.start_offset, rec.end_offset, rec.end_offset,
+            [r.start_offset for r in ranges], ranges,
+        )
+        for r in ranges:
+            if r.max_timestamp > st.max_timestamp:
+                st.max_timestamp = r.max_timestamp
+        self._streams[stream_id] = st
+        log.debug("opened stream %d epoch %d [%d, %d)", stream_id, st.epoch,
+                  st.start_offset, st.end_offset)
+        return st
+
+    def forget(self, stream_id: int) -> None:
+        """Drop a stream (its topic was deleted): readers waiting on it wake up."""
+        st = self._streams.pop(stream_id, None)
+        self.log_cache.drop_stream(stream_id)
+        if st is not None:
+            st.closed = True
+            self._wake(st)
+
+    # writing -------------------------------------------------------------
+
+    async def append(
+        self,
+        stream_id: int,
+        batches: Sequence[ValidatedBatch],
+        leader_epoch: int,
+        log_append_time_ms: int | None = None,
+    ) -> asyncio.Future[int]:
+        """Assign offsets and hand the batches to the WAL.
+
+        Returns once offsets are assigned (so the caller's order is the log's
+        order); the returned future resolves to the first base offset when the
+        WAL object holding them is committed.
+        """
+        await self.wal.wait_for_room(sum(len(b.data) for b in batches))
+        st = await self.open(stream_id)
+        if st.closed:
+            raise StorageError(f"stream {stream_id} is closed")
+        loop = asyncio.get_running_loop()
+        first = st.next_offset
+        futures = []
+        for b in batches:
+            count = b.record_count
+            body: bytes | bytearray | memoryview = b.data
+            max_ts = b.header.max_timestamp
+            if log_append_time_ms is not None:
+                body = with_log_append_time(b.data, log_append_time_ms)
+                max_ts = log_append_time_ms
+            data = patch_prefix(st.next_offset, b.header.batch_length, leader_epoch) + body[16:]
+            fut: asyncio.Future[None] = loop.create_future()
+            self.wal.add(
+                Append(st.id, st.epoch, st.next_offset, st.next_offset + count, data, max_ts, fut)
+            )
+            futures.append(fut)
+            st.next_offset += count
+        done = loop.create_future()
+
+        def finish(_f: object) -> None:
+            if done.done():
+                return
+            for f in futures:
+                if not f.done():
+                    return
+                if f.exception() is not None:
+                    done.set_exception(f.exception())  # type: ignore[arg-type]
+                    return
+            done.set_result(first)
+
+        for f in futures:
+            f.add_done_callback(finish)
+        return done
+
+    def _committed(self, key: str, ranges: list[RangeCommit], appends: list[Append]) -> None:
+        for r in ranges:
+            st = self._streams.get(r.stream_id)
+            if st is None:
+                continue
+            st.ranges.append(
+                RangeRecord(r.stream_id, r.start_offset, r.end_offset, key, r.position, r.size,
+                            r.max_timestamp)
+            )
+            st.range_starts.append(r.start_offset)
+        touched: dict[int, StreamState] = {}
+        for a in appends:
+            st = self._streams.get(a.stream_id)
+            if st is None:
+                continue
+            st.end_offset = a.end
+            if a.max_ts > st.max_timestamp:
+                st.max_timestamp = a.max_ts
+                st.max_timestamp_offset = -1  # resolved lazily by ListOffsets
+            self.log_cache.put(a.stream_id, a.base, a.end, a.data, a.max_ts)
+            touched[a.stream_id] = st
+        for st in touched.values():
+            self._wake(st)
+
+    def _fenced(self, stream_id: int) -> None:
+        """Another writer took the stream: forget our state; the next use reopens."""
+        log.warning("stream %d: fenced, dropping local state", stream_id)
+        self.forget(stream_id)
+
+    # reading -------------------------------------------------------------
+
+    async def read(self, stream_id: int, offset: int, max_bytes: int) -> ReadResult:
+        st = await self.open(stream_id)
+        if offset < st.start_offset or offset > st.end_offset:
+            raise OffsetOutOfRange(offset, st.start_offset, st.end_offset)
+        hw = st.end_offset
+        if offset == hw:
+            return ReadResult([], hw, st.start_offset)
+        cached = self.log_cache.read(stream_id, offset, max_bytes)
+        if cached is not None:
+            return ReadResult(list(cached), hw, st.start_offset)
+        chunks = await self._read_objects(st, offset, max_bytes, hw)
+        return ReadResult(chunks, hw, st.start_offset)
+
+    async def _read_objects(
+        self, st: StreamState, offset: int, max_bytes: int, hw: int
+    ) -> list[bytes | memoryview]:
+        out: list[bytes | memoryview] = []
+        total = 0
+        while offset < hw and (not out or total < max_bytes):
+            i = bisect.bisect_right(st.range_starts, offset) - 1
+            if i < 0 or st.ranges[i].end_offset <= offset:
+                break
+            r = st.ranges[i]
+            block = await self._block(st, r)
+            for start, end in batch_spans(block):
+                last = _BASE_AND_DELTA.unpack_from(block, start)[0] + _LAST_DELTA.unpack_from(
+                    block, start + 23
+                )[0]
+                if last < offset:
+                    continue
+                size = end - start
+                if out and total + size > max_bytes:
+                    return out
+                out.append(block[start:end])
+                total += size
+            offset = r.end_offset
+            if offset < hw and total < max_bytes:
+                tail = self.log_cache.read(st.id, offset, max_bytes - total)
+                if tail is not None:
+                    for chunk in tail:
+                        if total + len(chunk) > max_bytes:
+                            break
+                        out.append(chunk)
+                        total += len(chunk)
+                    break
+        return out
+
+    async def _block(self, st: StreamState, r: RangeRecord) -> memoryview:
+        block = self.block_cache.get(r.object_key, r.position)
+        if block is not None:
+            return block
+        try:
+            block = await self.store.get_range(r.object_key, r.position, r.position + r.size)
+        except ObjectNotFound:
+            # The object was replaced (compaction) or trimmed: re-resolve once.
+            ranges = await self.meta.load_ranges(st.id, st.start_offset)
+            st.ranges = ranges
+            st.range_starts = [x.start_offset for x in ranges]
+            raise
+        self.block_cache.put(r.object_key, r.position, block)
+        return block
+
+    # waiting -------------------------------------------------------------
+
+    def watch(self, stream_id: int) -> asyncio.Future[None] | None:
+        """A future resolved at the next commit to this stream (long polls)."""
+        st = self._streams.get(stream_id)
+        if st is None:
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        st.waiters.append(fut)
+        return fut
+
+    @staticmethod
+    def _wake(st: StreamState) -> None:
+        waiters, st.waiters = st.waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    # offsets ---------------------------------------------------------------
+
+    async def bounds(self, stream_id: int) -> tuple[int, int]:
+        """(log start offset, high watermark)."""
+        st = await self.open(stream_id)
+        return st.start_offset, st.end_offset
+
+    async def trim(self, stream_id: int, new_start: int) -> int:
+        """Move the log start offset (DeleteRecords); never backwards."""
+        st = await self.open(stream_id)
+        if new_start > st.end_offset:
+            raise OffsetOutOfRange(new_start, st.start_offset, st.end_offset)
+        if new_start <= st.start_offset:
+            return st.start_offset
+        st.start_offset = await self.meta.trim_stream(stream_id, new_start)
+        keep = [r for r in st.ranges if r.end_offset > st.start_offset]
+        st.ranges = keep
+        st.range_starts = [r.start_offset for r in keep]
+        return st.start_offset
+
+    async def offset_for_timestamp(self, stream_id: int, ts: int) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first record with timestamp >= ts."""
+        st = await self.open(stream_id)
+        for batch in await self._batches_from(st, lambda max_ts: max_ts >= ts):
+            stamps = record_timestamps(batch)
+            h = read_header(batch)
+            if stamps is None:
+                return max(h.base_offset, st.start_offset), h.max_timestamp
+            for off, t in stamps:
+                if t >= ts and off >= st.start_offset:
+                    return off, t
+        return None
+
+    async def max_timestamp(self, stream_id: int) -> tuple[int, int] | None:
+        """(offset, timestamp) of the record with the largest timestamp."""
+        st = await self.open(stream_id)
+        if st.end_offset == st.start_offset or st.max_timestamp < 0:
+            return None
+        target = st.max_timestamp
+        for batch in await self._batches_from(st, lambda max_ts: max_ts >= target):
+            stamps = record_timestamps(batch)
+            h = read_header(batch)
+            if stamps is None:
+                return h.last_offset, h.max_timestamp
+            for off, t in stamps:
+                if t == target and off >= st.start_offset:
+                    return off, t
+        return None
+
+    async def _batches_from(self, st: StreamState, want: object) -> list[memoryview]:
+        """Batches of the first block (object range or cached tail) whose max
+        timestamp satisfies `want`, in offset order. Not a hot path."""
+        pred = want  # Callable[[int], bool]
+        for r in list(st.ranges):
+            if r.end_offset <= st.start_offset or not pred(r.max_timestamp):  # type: ignore[operator]
+                continue
+            block = await self._block(st, r)
+            return [block[s:e] for s, e in batch_spans(block)
+                    if pred(read_header(block, s).max_timestamp)]  # type: ignore[operator]
+        return []
