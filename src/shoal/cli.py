@@ -36,23 +36,44 @@ def cli() -> None:
 @click.option("--metadata", metavar="URL", help="Metadata store [sqlite:///DATA_DIR/meta.db].")
 @click.option("--node-id", type=int, help="This broker's id [0].")
 @click.option("--rack", help="Availability zone of this broker.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",
-              help="TOML file of configuration keys (Kafka names).")
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="TOML file of configuration keys (Kafka names).",
+)
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
 def serve(
-    listen: str | None, advertise: str | None, data_dir: str | None, objects: str | None,
-    metadata: str | None, node_id: int | None, rack: str | None, config_file: str | None,
+    listen: str | None,
+    advertise: str | None,
+    data_dir: str | None,
+    objects: str | None,
+    metadata: str | None,
+    node_id: int | None,
+    rack: str | None,
+    config_file: str | None,
     log_level: str,
 ) -> None:
     """Run a broker. Keys: file < SHOAL_* environment < flags."""
     logging.basicConfig(
-        level=log_level.upper(), stream=sys.stderr,
+        level=log_level.upper(),
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     flags = {
-        "listen": listen, "advertise": advertise, "data.dir": data_dir, "objects": objects,
-        "metadata": metadata, "node.id": node_id, "rack": rack,
+        "listen": listen,
+        "advertise": advertise,
+        "data.dir": data_dir,
+        "objects": objects,
+        "metadata": metadata,
+        "node.id": node_id,
+        "rack": rack,
     }
     try:
         config = load_config(config_file, os.environ, flags)

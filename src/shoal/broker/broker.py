@@ -9,13 +9,13 @@ import logging
 import time
 from dataclasses import dataclass
 
+from shoal.broker.topics import Topic, TopicCatalog
 from shoal.config import BrokerConfig
 from shoal.meta.store import MetaStore, PartitionRecord
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.streams import EngineConfig, StreamEngine
 from shoal.storage.wal import WalConfig
-from shoal.broker.topics import Topic, TopicCatalog
 
 log = logging.getLogger("shoal.broker")
 

@@ -16,7 +16,13 @@ from typing import Any
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import Client, Deferred, Handler
 from shoal.broker.handlers.api_versions import unsupported_version_response
-from shoal.protocol.apis import API_VERSIONS, api_name, decode_request, encode_response, is_supported
+from shoal.protocol.apis import (
+    API_VERSIONS,
+    api_name,
+    decode_request,
+    encode_response,
+    is_supported,
+)
 from shoal.protocol.errors import FrameError
 from shoal.protocol.frames import SIZE_PREFIX, decode_size
 from shoal.protocol.headers import RequestHeader, peek_header
@@ -53,8 +59,11 @@ class Connection:
             log.warning("closing connection from %s: %s", self.client, exc)
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
-                log.warning("closing connection from %s: frame cut off after %d bytes",
-                            self.client, len(exc.partial))
+                log.warning(
+                    "closing connection from %s: frame cut off after %d bytes",
+                    self.client,
+                    len(exc.partial),
+                )
         except asyncio.CancelledError:
             sender.cancel()
             raise
@@ -103,8 +112,12 @@ class Connection:
                 try:
                     result = await result.result
                 except Exception:
-                    log.exception("request %s v%d from %s failed",
-                                  api_name(header.api_key), header.api_version, self.client)
+                    log.exception(
+                        "request %s v%d from %s failed",
+                        api_name(header.api_key),
+                        header.api_version,
+                        self.client,
+                    )
                     self.writer.close()
                     return
             self.writer.write(encode_response(header, result))

@@ -79,7 +79,12 @@ class TopicCatalog:
         return int(self.effective(topic, "max.message.bytes"))
 
     async def create(
-        self, name: str, partitions: int, configs: dict[str, str | None], *, validate_only: bool = False
+        self,
+        name: str,
+        partitions: int,
+        configs: dict[str, str | None],
+        *,
+        validate_only: bool = False,
     ) -> Topic:
         check_topic_name(name)
         if partitions == -1:
@@ -96,8 +101,13 @@ class TopicCatalog:
         if name in self._topics:
             raise KafkaError(ErrorCode.topic_already_exists, f"topic {name!r} already exists")
         if validate_only:
-            return Topic(-1, name, uuid.uuid4(), clean,
-                         [PartitionRecord(i, -1, 0) for i in range(partitions)])
+            return Topic(
+                -1,
+                name,
+                uuid.uuid4(),
+                clean,
+                [PartitionRecord(i, -1, 0) for i in range(partitions)],
+            )
         async with self._lock:
             if name in self._topics:
                 raise KafkaError(ErrorCode.topic_already_exists, f"topic {name!r} already exists")

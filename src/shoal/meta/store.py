@@ -238,7 +238,9 @@ class MetaStore:
                 update(s.streams).where(s.streams.c.id.in_(ids)).values(deleted=True)
             )
             await conn.execute(delete(s.partitions).where(s.partitions.c.topic_id == topic.id))
-            await conn.execute(delete(s.topic_configs).where(s.topic_configs.c.topic_id == topic.id))
+            await conn.execute(
+                delete(s.topic_configs).where(s.topic_configs.c.topic_id == topic.id)
+            )
             await conn.execute(delete(s.topics).where(s.topics.c.id == topic.id))
         return topic
 
@@ -251,7 +253,9 @@ class MetaStore:
             for key in remove:
                 cfg.pop(key, None)
             cfg.update(set_)
-            await conn.execute(delete(s.topic_configs).where(s.topic_configs.c.topic_id == topic.id))
+            await conn.execute(
+                delete(s.topic_configs).where(s.topic_configs.c.topic_id == topic.id)
+            )
             if cfg:
                 await conn.execute(
                     insert(s.topic_configs),
@@ -324,7 +328,12 @@ class MetaStore:
             )
             return [
                 RangeRecord(
-                    r.stream_id, r.start_offset, r.end_offset, r.key, r.position, r.size,
+                    r.stream_id,
+                    r.start_offset,
+                    r.end_offset,
+                    r.key,
+                    r.position,
+                    r.size,
                     r.max_timestamp,
                 )
                 for r in rows
@@ -357,15 +366,19 @@ class MetaStore:
                 if res.rowcount != 1:
                     raise StreamFenced(
                         r.stream_id,
-                        f"stream {r.stream_id}: epoch {r.epoch} / end {r.start_offset} is stale"
+                        f"stream {r.stream_id}: epoch {r.epoch} / end {r.start_offset} is stale",
                     )
             await conn.execute(
                 insert(s.stream_ranges),
                 [
                     {
-                        "stream_id": r.stream_id, "start_offset": r.start_offset,
-                        "end_offset": r.end_offset, "object_id": object_id,
-                        "position": r.position, "size": r.size, "max_timestamp": r.max_timestamp,
+                        "stream_id": r.stream_id,
+                        "start_offset": r.start_offset,
+                        "end_offset": r.end_offset,
+                        "object_id": object_id,
+                        "position": r.position,
+                        "size": r.size,
+                        "max_timestamp": r.max_timestamp,
                     }
                     for r in ranges
                 ],

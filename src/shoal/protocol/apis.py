@@ -62,13 +62,13 @@ def response_type(api_key: int, api_version: int) -> type[Any]:
 
 
 @cache
-def _reader(cls: type[Any]) -> Callable[[Any, int], tuple[Any, int]]:
-    return entity_reader(cls)  # type: ignore[no-any-return]
+def _reader(api_key: int, api_version: int) -> Callable[[Any, int], tuple[Any, int]]:
+    return entity_reader(request_type(api_key, api_version))
 
 
 @cache
-def _writer(cls: type[Any]) -> Callable[[Any, Any], None]:
-    return entity_writer(cls)
+def _writer(api_key: int, api_version: int) -> Callable[[Any, Any], None]:
+    return entity_writer(response_type(api_key, api_version))
 
 
 def is_flexible(api_key: int, api_version: int) -> bool:
@@ -85,13 +85,11 @@ def decode_request(frame: bytes) -> Request:
     """Decode a whole frame (without its size prefix) whose version is supported."""
     header = peek_header(frame)
     if not is_supported(header.api_key, header.api_version):
-        raise RequestDecodeError(
-            f"unsupported {api_name(header.api_key)} v{header.api_version}"
-        )
+        raise RequestDecodeError(f"unsupported {api_name(header.api_key)} v{header.api_version}")
     cls = request_type(header.api_key, header.api_version)
     pos = body_offset(frame, header, bool(cls.__flexible__))
     try:
-        body, _size = _reader(cls)(frame, pos)
+        body, _size = _reader(header.api_key, header.api_version)(frame, pos)
     except Exception as exc:  # kio raises a variety of decode errors
         raise RequestDecodeError(
             f"cannot decode {api_name(header.api_key)} v{header.api_version}: {exc}"
@@ -106,7 +104,7 @@ def encode_response(header: RequestHeader, body: Any) -> bytes:
     out = io.BytesIO()
     out.write(b"\x00\x00\x00\x00")
     out.write(response_header(header.correlation_id, flexible))
-    _writer(type(body))(out, body)
+    _writer(int(body.__api_key__), int(body.__version__))(out, body)
     data = out.getbuffer()
     data[0:4] = encode_size(len(data) - 4)
     del data

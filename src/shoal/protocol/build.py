@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from functools import cache
 from typing import Any
 
 from shoal.protocol.apis import response_type
 
+_FIELDS: dict[str, frozenset[str]] = {}
 
-@cache
+
 def _field_names(cls: type[Any]) -> frozenset[str]:
-    return frozenset(f.name for f in dataclasses.fields(cls))
+    key = f"{cls.__module__}.{cls.__qualname__}"
+    names = _FIELDS.get(key)
+    if names is None:
+        names = _FIELDS[key] = frozenset(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 def make(cls: type[Any], **fields: Any) -> Any:

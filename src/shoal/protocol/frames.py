@@ -22,7 +22,7 @@ def decode_size(prefix: bytes, max_size: int) -> int:
         raise FrameError(f"frame of {size} bytes exceeds socket.request.max.bytes={max_size}")
     if size < 8:
         raise FrameError(f"frame of {size} bytes is shorter than a request header")
-    return size
+    return int(size)
 
 
 def encode_size(length: int) -> bytes:

@@ -113,8 +113,12 @@ class LogCache:
         if tail is None:
             return []
         return list(
-            zip(tail.bases[tail.first :], tail.ends[tail.first :], tail.max_ts[tail.first :],
-                strict=True)
+            zip(
+                tail.bases[tail.first :],
+                tail.ends[tail.first :],
+                tail.max_ts[tail.first :],
+                strict=True,
+            )
         )
 
     def drop_stream(self, stream_id: int) -> None:

@@ -88,7 +88,9 @@ def decode_footer(tail: bytes | memoryview, object_size: int) -> tuple[int, int,
     if magic != MAGIC:
         raise CorruptObject(f"bad magic {magic!r}")
     if version > FORMAT_VERSION:
-        raise CorruptObject(f"object format v{version} is newer than this broker (v{FORMAT_VERSION})")
+        raise CorruptObject(
+            f"object format v{version} is newer than this broker (v{FORMAT_VERSION})"
+        )
     if pos + size + FOOTER_SIZE != object_size:
         raise CorruptObject("footer does not match the object size")
     return int(pos), int(size), int(crc)

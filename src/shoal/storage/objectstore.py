@@ -4,6 +4,7 @@ Azure and memory behind one small async interface."""
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,10 +61,14 @@ class ObjectStore:
     def for_data_dir(cls, data_dir: str | os.PathLike[str]) -> ObjectStore:
         return cls(Path(data_dir).resolve().joinpath("objects").as_uri())
 
-    async def put(self, key: str, data: bytes | bytearray | memoryview, *, create: bool = True) -> None:
+    async def put(
+        self, key: str, data: bytes | bytearray | memoryview, *, create: bool = True
+    ) -> None:
         """Conditional create by default: an object key is never overwritten."""
         try:
-            await obstore.put_async(self._store, key, data, mode="create" if create else "overwrite")
+            await obstore.put_async(
+                self._store, key, data, mode="create" if create else "overwrite"
+            )
         except Exception as exc:
             raise _translate(exc, key) from exc
 
@@ -97,8 +102,8 @@ class ObjectStore:
         # aborts the interpreter at exit when it is left behind.
         return await asyncio.to_thread(self._list_sync, prefix)
 
-    def _list_sync(self, prefix: str) -> list[ObjectInfo]:
-        out: list[ObjectInfo] = []
+    def _list_sync(self, prefix: str) -> builtins.list[ObjectInfo]:
+        out: builtins.list[ObjectInfo] = []
         try:
             for chunk in obstore.list(self._store, prefix=prefix or None):
                 for meta in chunk:

@@ -11,7 +11,7 @@ import asyncio
 import bisect
 import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from shoal.meta.store import MetaStore, RangeCommit, RangeRecord
@@ -100,15 +100,25 @@ class StreamEngine:
         rec = await self.meta.open_stream(stream_id)
         ranges = await self.meta.load_ranges(stream_id, rec.start_offset)
         st = StreamState(
-            rec.id, rec.epoch, rec.start_offset, rec.end_offset, rec.end_offset,
-            [r.start_offset for r in ranges], ranges,
+            rec.id,
+            rec.epoch,
+            rec.start_offset,
+            rec.end_offset,
+            rec.end_offset,
+            [r.start_offset for r in ranges],
+            ranges,
         )
         for r in ranges:
             if r.max_timestamp > st.max_timestamp:
                 st.max_timestamp = r.max_timestamp
         self._streams[stream_id] = st
-        log.debug("opened stream %d epoch %d [%d, %d)", stream_id, st.epoch,
-                  st.start_offset, st.end_offset)
+        log.debug(
+            "opened stream %d epoch %d [%d, %d)",
+            stream_id,
+            st.epoch,
+            st.start_offset,
+            st.end_offset,
+        )
         return st
 
     def forget(self, stream_id: int) -> None:
@@ -178,8 +188,15 @@ class StreamEngine:
             if st is None:
                 continue
             st.ranges.append(
-                RangeRecord(r.stream_id, r.start_offset, r.end_offset, key, r.position, r.size,
-                            r.max_timestamp)
+                RangeRecord(
+                    r.stream_id,
+                    r.start_offset,
+                    r.end_offset,
+                    key,
+                    r.position,
+                    r.size,
+                    r.max_timestamp,
+                )
             )
             st.range_starts.append(r.start_offset)
         touched: dict[int, StreamState] = {}
@@ -228,9 +245,10 @@ class StreamEngine:
             r = st.ranges[i]
             block = await self._block(st, r)
             for start, end in batch_spans(block):
-                last = _BASE_AND_DELTA.unpack_from(block, start)[0] + _LAST_DELTA.unpack_from(
-                    block, start + 23
-                )[0]
+                last = (
+                    _BASE_AND_DELTA.unpack_from(block, start)[0]
+                    + _LAST_DELTA.unpack_from(block, start + 23)[0]
+                )
                 if last < offset:
                     continue
                 size = end - start
@@ -332,14 +350,17 @@ class StreamEngine:
                     return off, t
         return None
 
-    async def _batches_from(self, st: StreamState, want: object) -> list[memoryview]:
+    async def _batches_from(self, st: StreamState, want: Callable[[int], bool]) -> list[memoryview]:
         """Batches of the first block (object range or cached tail) whose max
         timestamp satisfies `want`, in offset order. Not a hot path."""
-        pred = want  # Callable[[int], bool]
+        pred = want
         for r in list(st.ranges):
-            if r.end_offset <= st.start_offset or not pred(r.max_timestamp):  # type: ignore[operator]
+            if r.end_offset <= st.start_offset or not pred(r.max_timestamp):
                 continue
             block = await self._block(st, r)
-            return [block[s:e] for s, e in batch_spans(block)
-                    if pred(read_header(block, s).max_timestamp)]  # type: ignore[operator]
+            return [
+                block[s:e]
+                for s, e in batch_spans(block)
+                if pred(read_header(block, s).max_timestamp)
+            ]
         return []

@@ -11,6 +11,7 @@ are the appends' futures resolved, so an acknowledgement means durable.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -94,8 +95,7 @@ class Wal:
             return
         async with self._room:
             await self._room.wait_for(
-                lambda: self.unflushed == 0
-                or self.unflushed + size <= self.config.buffer_max_bytes
+                lambda: self.unflushed == 0 or self.unflushed + size <= self.config.buffer_max_bytes
             )
 
     def add(self, append: Append) -> None:
@@ -171,8 +171,9 @@ class Wal:
         for a in buf.appends:
             b = blocks.get(a.stream_id)
             if b is None:
-                blocks[a.stream_id] = BlockBuilder(a.stream_id, a.base, a.end, a.max_ts, [a.data],
-                                                   len(a.data))
+                blocks[a.stream_id] = BlockBuilder(
+                    a.stream_id, a.base, a.end, a.max_ts, [a.data], len(a.data)
+                )
             else:
                 b.add(a.data, a.end, a.max_ts)
         data, _entries = encode_object(list(blocks.values()))
@@ -191,14 +192,21 @@ class Wal:
         ranges: list[RangeCommit] = []
         while True:
             ranges = [
-                RangeCommit(sid, epochs[sid], b.start_offset, b.end_offset, positions[sid],
-                            b.size, b.max_timestamp)
+                RangeCommit(
+                    sid,
+                    epochs[sid],
+                    b.start_offset,
+                    b.end_offset,
+                    positions[sid],
+                    b.size,
+                    b.max_timestamp,
+                )
                 for sid, b in blocks.items()
             ]
             try:
                 if ranges:
                     await self._retry(
-                        lambda: self.meta.commit_object(key, size, self.node_id, ranges),
+                        functools.partial(self.meta.commit_object, key, size, self.node_id, ranges),
                         f"commit {key}",
                         retry_on=(Exception,),
                         give_up_on=(StreamFenced,),

@@ -533,6 +533,10 @@ def ensure_topic(
     asked for; the result records the actual count).
     """
     admin = AdminClient(_admin_config(bootstrap, extra or {}))
+    try:  # fail fast, with the client's reason, when nothing answers
+        admin.list_topics(timeout=min(10.0, timeout_s))
+    except KafkaException as e:
+        raise BenchError(f"cannot reach {bootstrap}: {_kafka_error(e)}") from e
     futures = admin.create_topics(
         [NewTopic(topic, num_partitions=partitions, replication_factor=replication_factor)],
         request_timeout=timeout_s,

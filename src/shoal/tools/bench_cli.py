@@ -20,42 +20,35 @@ from shoal.tools import bench as b
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class KeyValue(click.ParamType):
-    """A librdkafka setting `key=value`, passed through unchanged."""
-
-    name = "key=value"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> tuple[str, str]:
-        if isinstance(value, tuple):
-            return (str(value[0]), str(value[1]))
-        key, sep, val = str(value).partition("=")
+def _parse_settings(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
+    """`-X key=value` librdkafka settings, passed through unchanged."""
+    out: dict[str, str] = {}
+    for raw in values:
+        key, sep, val = raw.partition("=")
         if not sep or not key.strip():
-            self.fail(f"expected key=value, got {value!r}", param, ctx)
-        return key.strip(), val
+            raise click.BadParameter(f"expected key=value, got {raw!r}", ctx=ctx, param=param)
+        out[key.strip()] = val
+    return out
 
 
-class Rate(click.ParamType):
+def _parse_rate(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
     """Records per second, or `unlimited` (also `max` or 0) for as fast as possible."""
-
-    name = "rate"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float | None:
-        if value is None or isinstance(value, float):
-            return value
-        text = str(value).strip().lower()
-        if text in ("unlimited", "max", "0"):
-            return None
-        try:
-            rate = float(text)
-        except ValueError:
-            self.fail(f"expected records/s or 'unlimited', got {value!r}", param, ctx)
-        if not rate > 0:
-            self.fail(f"must be > 0 records/s or 'unlimited', got {value!r}", param, ctx)
-        return rate
+    text = str(value).strip().lower()
+    if text in ("unlimited", "max", "0"):
+        return None
+    try:
+        rate = float(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"expected records/s or 'unlimited', got {value!r}", ctx=ctx, param=param
+        ) from None
+    if not rate > 0 or rate == float("inf"):
+        raise click.BadParameter(
+            f"must be > 0 records/s or 'unlimited', got {value!r}", ctx=ctx, param=param
+        )
+    return rate
 
 
 def _common(f: F) -> F:
@@ -63,7 +56,8 @@ def _common(f: F) -> F:
     options = [
         click.option("--bootstrap", default="127.0.0.1:9092", show_default=True,
                      help="Bootstrap address of any Kafka-compatible cluster."),
-        click.option("-X", "extra", type=KeyValue(), multiple=True, metavar="KEY=VALUE",
+        click.option("-X", "extra", multiple=True, metavar="KEY=VALUE",
+                     callback=_parse_settings,
                      help="librdkafka client setting, passed through (repeatable)."),
         click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
                      help="Write the full result as JSON to FILE."),
@@ -93,8 +87,8 @@ def _producer_options(default_rate: str, default_duration: float) -> Callable[[F
                          show_default=True, help="Partitions when the topic is created."),
             click.option("--replication-factor", type=click.IntRange(min=1), default=1,
                          show_default=True, help="Replication factor when the topic is created."),
-            click.option("--rate", type=Rate(), default=default_rate, show_default=True,
-                         help="Target records/s, or 'unlimited'."),
+            click.option("--rate", default=default_rate, show_default=True,
+                         callback=_parse_rate, help="Target records/s, or 'unlimited'."),
             click.option("--duration", type=click.FloatRange(min=0, min_open=True),
                          default=default_duration, show_default=True, help="Seconds to produce."),
             click.option("--acks", type=click.Choice(b.ACKS), default="all", show_default=True),
@@ -123,7 +117,7 @@ def _produce_spec(topic: str, kw: dict[str, Any]) -> b.ProduceSpec:
             key_dist=kw["key_dist"], keys=kw["keys"], zipf_s=kw["zipf_s"],
             partitions=kw["partitions"], replication_factor=kw["replication_factor"],
             rate=kw["rate"], duration_s=kw["duration"], acks=kw["acks"],
-            compression=kw["compression"], linger_ms=kw["linger_ms"], extra=dict(kw["extra"]),
+            compression=kw["compression"], linger_ms=kw["linger_ms"], extra=kw["extra"],
         )
     except ValueError as e:  # options are range-checked already; this is a backstop
         raise click.UsageError(str(e)) from e
@@ -196,7 +190,7 @@ def consume(**kw: Any) -> None:
     try:
         spec = b.ConsumeSpec(
             bootstrap=kw["bootstrap"], topic=kw["topic"], duration_s=kw["duration"],
-            max_records=kw["records"], follow=kw["follow"], extra=dict(kw["extra"]),
+            max_records=kw["records"], follow=kw["follow"], extra=kw["extra"],
         )
     except ValueError as e:
         raise click.UsageError(str(e)) from e
@@ -207,8 +201,8 @@ def consume(**kw: Any) -> None:
 @bench.command()
 @_common
 @_producer_options(default_rate="1000", default_duration=10.0)
-@click.option("--consumer-X", "consumer_extra", type=KeyValue(), multiple=True,
-              metavar="KEY=VALUE", help="Setting for the consumer only (repeatable).")
+@click.option("--consumer-X", "consumer_extra", multiple=True, metavar="KEY=VALUE",
+              callback=_parse_settings, help="Setting for the consumer only (repeatable).")
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Seconds to wait for the consumer to catch up after producing.")
 @_guard
@@ -222,7 +216,7 @@ def e2e(**kw: Any) -> None:
             param_hint="'--record-size'",
         )
     spec = _produce_spec(kw["topic"] or _fresh_topic(), kw)
-    consumer_extra = {**dict(kw["extra"]), **dict(kw["consumer_extra"])}
+    consumer_extra = {**kw["extra"], **kw["consumer_extra"]}
     result = b.run_e2e(
         spec, consumer_extra=consumer_extra, drain_timeout_s=kw["drain_timeout"],
         quiet=kw["quiet"],

@@ -74,9 +74,14 @@ def topic_config_entries(broker: Broker, topic: Topic) -> list[Entry]:
 def broker_config_entries(broker: Broker) -> list[Entry]:
     return [
         Entry(
-            name, _render(broker.config[name]),
-            DEFAULT_CONFIG if broker.config.sources.get(name) == "default" else STATIC_BROKER_CONFIG,
-            _type(key), True, key.doc,
+            name,
+            _render(broker.config[name]),
+            DEFAULT_CONFIG
+            if broker.config.sources.get(name) == "default"
+            else STATIC_BROKER_CONFIG,
+            _type(key),
+            True,
+            key.doc,
         )
         for name, key in BROKER_KEYS.items()
     ]
@@ -93,17 +98,21 @@ async def handle_describe_configs(
             if r.resource_type == TOPIC:
                 topic = broker.topics.get(r.resource_name)
                 if topic is None:
-                    raise KafkaError(ErrorCode.unknown_topic_or_partition,
-                                     f"no topic {r.resource_name!r}")
+                    raise KafkaError(
+                        ErrorCode.unknown_topic_or_partition, f"no topic {r.resource_name!r}"
+                    )
                 entries = topic_config_entries(broker, topic)
             elif r.resource_type == BROKER:
                 if r.resource_name not in ("", str(broker.node.node_id)):
-                    raise KafkaError(ErrorCode.invalid_request,
-                                     f"this is broker {broker.node.node_id}, not {r.resource_name}")
+                    raise KafkaError(
+                        ErrorCode.invalid_request,
+                        f"this is broker {broker.node.node_id}, not {r.resource_name}",
+                    )
                 entries = broker_config_entries(broker)
             else:
-                raise KafkaError(ErrorCode.invalid_request,
-                                 f"resource type {r.resource_type} is not supported")
+                raise KafkaError(
+                    ErrorCode.invalid_request, f"resource type {r.resource_type} is not supported"
+                )
         except KafkaError as exc:
             code, message = exc.code, str(exc)
         wanted = set(r.configuration_keys) if r.configuration_keys else None
@@ -115,8 +124,12 @@ async def handle_describe_configs(
                 resource_name=r.resource_name,
                 configs=tuple(
                     s.DescribeConfigsResourceResult(
-                        name=e.name, value=e.value, read_only=e.read_only,
-                        config_source=e.source, is_sensitive=False, synonyms=(),
+                        name=e.name,
+                        value=e.value,
+                        read_only=e.read_only,
+                        config_source=e.source,
+                        is_sensitive=False,
+                        synonyms=(),
                         config_type=e.config_type,
                         documentation=e.doc if body.include_documentation else None,
                         is_default=e.source == DEFAULT_CONFIG,
@@ -140,7 +153,10 @@ async def handle_alter_configs(
         try:
             _check_topic_resource(r.resource_type)
             await broker.topics.alter_configs(
-                r.resource_name, {c.name: c.value for c in r.configs}, [], replace=True,
+                r.resource_name,
+                {c.name: c.value for c in r.configs},
+                [],
+                replace=True,
                 validate_only=bool(body.validate_only),
             )
         except KafkaError as exc:
@@ -148,7 +164,9 @@ async def handle_alter_configs(
             log.info("alter configs %r from %s: %s", r.resource_name, client, message)
         out.append(
             s.AlterConfigsResourceResponse(
-                error_code=code, error_message=message, resource_type=r.resource_type,
+                error_code=code,
+                error_message=message,
+                resource_type=r.resource_type,
                 resource_name=r.resource_name,
             )
         )
@@ -166,8 +184,9 @@ async def handle_incremental_alter_configs(
             _check_topic_resource(r.resource_type)
             topic = broker.topics.get(r.resource_name)
             if topic is None:
-                raise KafkaError(ErrorCode.unknown_topic_or_partition,
-                                 f"no topic {r.resource_name!r}")
+                raise KafkaError(
+                    ErrorCode.unknown_topic_or_partition, f"no topic {r.resource_name!r}"
+                )
             set_: dict[str, str | None] = {}
             remove: list[str] = []
             for c in r.configs:
@@ -188,10 +207,14 @@ async def handle_incremental_alter_configs(
                         items = [x for x in items if x not in change]
                     set_[c.name] = ",".join(items)
                 else:
-                    raise KafkaError(ErrorCode.invalid_config,
-                                     f"operation {op} is not valid for {c.name!r}")
+                    raise KafkaError(
+                        ErrorCode.invalid_config, f"operation {op} is not valid for {c.name!r}"
+                    )
             await broker.topics.alter_configs(
-                r.resource_name, set_, remove, replace=False,
+                r.resource_name,
+                set_,
+                remove,
+                replace=False,
                 validate_only=bool(body.validate_only),
             )
         except KafkaError as exc:
@@ -199,7 +222,9 @@ async def handle_incremental_alter_configs(
             log.info("incremental alter configs %r from %s: %s", r.resource_name, client, message)
         out.append(
             s.AlterConfigsResourceResponse(
-                error_code=code, error_message=message, resource_type=r.resource_type,
+                error_code=code,
+                error_message=message,
+                resource_type=r.resource_type,
                 resource_name=r.resource_name,
             )
         )
@@ -213,5 +238,6 @@ def _check_topic_resource(resource_type: int) -> None:
             "broker configs are static: set them in the config file or environment",
         )
     if resource_type != TOPIC:
-        raise KafkaError(ErrorCode.invalid_request,
-                         f"resource type {resource_type} is not supported")
+        raise KafkaError(
+            ErrorCode.invalid_request, f"resource type {resource_type} is not supported"
+        )

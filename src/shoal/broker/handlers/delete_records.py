@@ -33,8 +33,13 @@ async def handle_delete_records(
                 if offset < 0:
                     raise OffsetOutOfRange(offset, 0, 0)
                 low = await broker.engine.trim(rec.stream_id, offset)
-                log.info("deleted records of %s-%d before %d for %s", t.name,
-                         p.partition_index, low, client)
+                log.info(
+                    "deleted records of %s-%d before %d for %s",
+                    t.name,
+                    p.partition_index,
+                    low,
+                    client,
+                )
             except KafkaError as exc:
                 code = exc.code
             except OffsetOutOfRange:

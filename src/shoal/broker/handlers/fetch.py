@@ -35,8 +35,13 @@ class _Part:
 
 async def handle_fetch(broker: Broker, client: Client, header: RequestHeader, body: Any) -> Any:
     parts = [
-        _Part(t.topic, p.partition, p.fetch_offset, p.partition_max_bytes,
-              getattr(p, "current_leader_epoch", -1))
+        _Part(
+            t.topic,
+            p.partition,
+            p.fetch_offset,
+            p.partition_max_bytes,
+            getattr(p, "current_leader_epoch", -1),
+        )
         for t in body.topics
         for p in t.partitions
     ]
@@ -55,8 +60,13 @@ async def handle_fetch(broker: Broker, client: Client, header: RequestHeader, bo
 
 
 async def _run(
-    broker: Broker, client: Client, header: RequestHeader, parts: list[_Part],
-    max_wait: float, min_bytes: int, max_bytes: int,
+    broker: Broker,
+    client: Client,
+    header: RequestHeader,
+    parts: list[_Part],
+    max_wait: float,
+    min_bytes: int,
+    max_bytes: int,
 ) -> Any:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max_wait
@@ -93,14 +103,22 @@ async def _read_all(broker: Broker, client: Client, parts: list[_Part], max_byte
                 continue
             result = await _read(broker, p, max(budget, 1))
         except OffsetOutOfRange as exc:
-            log.info("fetch %s-%d at %d from %s: out of range [%d, %d]", p.topic, p.index,
-                     p.offset, client, exc.start, exc.end)
+            log.info(
+                "fetch %s-%d at %d from %s: out of range [%d, %d]",
+                p.topic,
+                p.index,
+                p.offset,
+                client,
+                exc.start,
+                exc.end,
+            )
             p.error = ErrorCode.offset_out_of_range
             p.log_start, p.high_watermark = exc.start, exc.end
             continue
         except StorageError as exc:
-            log.warning("fetch %s-%d at %d from %s failed: %s", p.topic, p.index, p.offset,
-                        client, exc)
+            log.warning(
+                "fetch %s-%d at %d from %s failed: %s", p.topic, p.index, p.offset, client, exc
+            )
             p.error = ErrorCode.kafka_storage_error
             continue
         if total > 0 and result.size > budget:

@@ -38,13 +38,17 @@ async def handle_list_offsets(
             except KafkaError as exc:
                 code = exc.code
             except StorageError as exc:
-                log.warning("list offsets %s-%d from %s: %s", t.name, p.partition_index,
-                            client, exc)
+                log.warning(
+                    "list offsets %s-%d from %s: %s", t.name, p.partition_index, client, exc
+                )
                 code = ErrorCode.kafka_storage_error
             parts.append(
                 s.ListOffsetsPartitionResponse(
-                    partition_index=p.partition_index, error_code=code, timestamp=ts,
-                    offset=offset, leader_epoch=epoch,
+                    partition_index=p.partition_index,
+                    error_code=code,
+                    timestamp=ts,
+                    offset=offset,
+                    leader_epoch=epoch,
                 )
             )
         topics.append(s.ListOffsetsTopicResponse(name=t.name, partitions=tuple(parts)))

@@ -39,7 +39,10 @@ async def handle_metadata(broker: Broker, client: Client, header: RequestHeader,
                     log.info("metadata for %r from %s: %s", name, client, exc)
                 results.append(
                     s.MetadataResponseTopic(
-                        error_code=exc.code, name=name, topic_id=None, is_internal=False,
+                        error_code=exc.code,
+                        name=name,
+                        topic_id=None,
+                        is_internal=False,
                         partitions=(),
                     )
                 )

@@ -30,8 +30,9 @@ async def handle_produce(broker: Broker, client: Client, header: RequestHeader, 
         # batches whose markers would never arrive.
         for td in body.topic_data:
             for pd in td.partition_data:
-                slots.append((td.name, pd.index, ErrorCode.transactional_id_authorization_failed,
-                              -1, None))
+                slots.append(
+                    (td.name, pd.index, ErrorCode.transactional_id_authorization_failed, -1, None)
+                )
     else:
         for td in body.topic_data:
             for pd in td.partition_data:
@@ -61,8 +62,14 @@ async def _append(
         start, _end = await broker.engine.bounds(part.stream_id)
         return topic_name, index, fut, start, append_time
     except KafkaError as exc:
-        log.info("produce to %s-%d from %s rejected: %s (%s)", topic_name, index, client,
-                 exc.code.name, exc)
+        log.info(
+            "produce to %s-%d from %s rejected: %s (%s)",
+            topic_name,
+            index,
+            client,
+            exc.code.name,
+            exc,
+        )
         return topic_name, index, exc.code, -1, None
     except StorageError as exc:
         log.warning("produce to %s-%d from %s failed: %s", topic_name, index, client, exc)

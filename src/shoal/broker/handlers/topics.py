@@ -38,7 +38,9 @@ async def handle_create_topics(
             if t.assignments:
                 partitions = len(t.assignments)
             topic = await broker.topics.create(
-                t.name, partitions, {c.name: c.value for c in t.configs},
+                t.name,
+                partitions,
+                {c.name: c.value for c in t.configs},
                 validate_only=bool(body.validate_only),
             )
         except KafkaError as exc:
@@ -48,7 +50,10 @@ async def handle_create_topics(
         if topic is not None and s.has("CreatableTopicResult", "configs"):
             configs = tuple(
                 s.CreatableTopicConfigs(
-                    name=e.name, value=e.value, read_only=False, config_source=e.source,
+                    name=e.name,
+                    value=e.value,
+                    read_only=False,
+                    config_source=e.source,
                     is_sensitive=False,
                 )
                 for e in topic_config_entries(broker, topic)

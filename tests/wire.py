@@ -1,0 +1,131 @@
+"""Test-side helpers to speak raw Kafka: build frames and record batches by hand,
+so tests can send exactly the malformed input a real client never would."""
+
+from __future__ import annotations
+
+import io
+import socket
+import struct
+import time
+from typing import Any
+
+import crc32c
+from kio.index import load_request_schema, load_response_schema
+from kio.serial import entity_reader, entity_writer
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _varint(n: int) -> bytes:
+    return _uvarint((n << 1) ^ (n >> 63))
+
+
+def record(key: bytes | None, value: bytes | None, offset_delta: int, ts_delta: int = 0) -> bytes:
+    body = bytearray(b"\x00")  # attributes
+    body += _varint(ts_delta) + _varint(offset_delta)
+    body += _varint(-1) if key is None else _varint(len(key)) + key
+    body += _varint(-1) if value is None else _varint(len(value)) + value
+    body += _varint(0)  # headers
+    return _varint(len(body)) + bytes(body)
+
+
+def make_batch(
+    values: list[bytes | None],
+    *,
+    base_timestamp: int | None = None,
+    records_count: int | None = None,
+    last_offset_delta: int | None = None,
+    magic: int = 2,
+    producer_id: int = -1,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
+    corrupt_crc: bool = False,
+) -> bytes:
+    """An uncompressed v2 batch with a correct CRC unless told otherwise."""
+    ts = int(time.time() * 1000) if base_timestamp is None else base_timestamp
+    recs = b"".join(record(None, v, i) for i, v in enumerate(values))
+    count = len(values) if records_count is None else records_count
+    lod = len(values) - 1 if last_offset_delta is None else last_offset_delta
+    after_crc = (
+        struct.pack(">hiqqqhii", 0, lod, ts, ts, producer_id, producer_epoch, base_sequence, count)
+        + recs
+    )
+    crc = crc32c.crc32c(after_crc) ^ (1 if corrupt_crc else 0)
+    length = 4 + 1 + 4 + len(after_crc)  # epoch, magic, crc, rest
+    return struct.pack(">qiibI", 0, length, -1, magic, crc) + after_crc
+
+
+def request_frame(
+    api_key: int, version: int, body: Any, correlation_id: int = 1, client_id: str = "test"
+) -> bytes:
+    cls = load_request_schema(api_key, version)
+    out = io.BytesIO()
+    cid = client_id.encode()
+    out.write(struct.pack(">hhih", api_key, version, correlation_id, len(cid)) + cid)
+    if cls.__flexible__:
+        out.write(b"\x00")
+    entity_writer(cls)(out, body)
+    data = out.getvalue()
+    return struct.pack(">i", len(data)) + data
+
+
+class RawClient:
+    def __init__(self, bootstrap: str, timeout: float = 10.0) -> None:
+        host, _, port = bootstrap.rpartition(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_frame(self) -> bytes:
+        size = struct.unpack(">i", self._exact(4))[0]
+        return self._exact(size)
+
+    def _exact(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("closed by broker")
+            buf += chunk
+        return bytes(buf)
+
+    def call(self, api_key: int, version: int, body: Any, correlation_id: int = 1) -> Any:
+        self.send_raw(request_frame(api_key, version, body, correlation_id))
+        frame = self.read_frame()
+        assert struct.unpack_from(">i", frame)[0] == correlation_id
+        resp = load_response_schema(api_key, version)
+        pos = 4
+        if resp.__flexible__ and api_key != 18:
+            pos += 1  # empty tagged fields of response header v1
+        value, _ = entity_reader(resp)(frame, pos)
+        return value
+
+    def is_closed(self, wait: float = 5.0) -> bool:
+        """True once the broker has closed this connection."""
+        self.sock.settimeout(wait)
+        try:
+            return self.sock.recv(1) == b""
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            return False
