@@ -22,7 +22,29 @@ def _run(coro: Any) -> None:
         uvloop.run(coro)
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """Subcommands whose modules load on first use, so `shoal serve` does not
+    pay for the tools' imports (Kafka clients, charts)."""
+
+    lazy = {
+        "bench": ("shoal.tools.bench_cli", "bench"),
+        "cost": ("shoal.tools.cost_cli", "cost"),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            import importlib
+
+            module, attr = self.lazy[name]
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup)
 @click.version_option(package_name="shoal")
 def cli() -> None:
     """Shoal: Kafka-compatible streaming on object storage, for IoT fleets."""

@@ -1,0 +1,191 @@
+"""The stream engine on a memory object store and a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from faults import FaultyStore
+from shoal.meta.store import MetaStore
+from shoal.protocol.records import read_header, validate_batches
+from shoal.storage.errors import CorruptObject, Fenced, OffsetOutOfRange
+from shoal.storage.format import BlockBuilder, decode_object, encode_object
+from shoal.storage.streams import EngineConfig, StreamEngine
+from shoal.storage.wal import WalConfig
+from wire import make_batch
+
+
+def batch(*values: bytes) -> list:  # type: ignore[type-arg]
+    return validate_batches(make_batch(list(values)), 1 << 20)
+
+
+@pytest.fixture
+async def meta(tmp_path: Path) -> AsyncIterator[MetaStore]:
+    m = await MetaStore.open(f"sqlite:///{tmp_path}/meta.db")
+    yield m
+    await m.close()
+
+
+async def new_stream(meta: MetaStore, partitions: int = 1) -> list[int]:
+    import uuid
+
+    topic = await meta.create_topic(f"t{uuid.uuid4().hex[:6]}", partitions, {})
+    return [p.stream_id for p in topic.partitions]
+
+
+def engine(store: FaultyStore, meta: MetaStore, **wal: object) -> StreamEngine:
+    cfg = EngineConfig(wal=WalConfig(**{"linger_ms": 2, **wal}), log_cache_bytes=1 << 20)  # type: ignore[arg-type]
+    return StreamEngine(store, meta, cfg)
+
+
+def offsets_of(chunks: list[bytes | memoryview]) -> list[int]:
+    return [read_header(c).base_offset for c in chunks]
+
+
+async def test_append_read_dense_offsets(meta: MetaStore) -> None:
+    [sid] = await new_stream(meta)
+    eng = engine(FaultyStore(), meta)
+    futs = [await eng.append(sid, batch(b"a", b"b"), 0) for _ in range(5)]
+    assert [await f for f in futs] == [0, 2, 4, 6, 8]
+    result = await eng.read(sid, 0, 1 << 20)
+    assert offsets_of(result.chunks) == [0, 2, 4, 6, 8]
+    assert result.high_watermark == 10
+    # A read in the middle of a batch starts at that batch.
+    assert offsets_of((await eng.read(sid, 3, 1 << 20)).chunks)[0] == 2
+    with pytest.raises(OffsetOutOfRange):
+        await eng.read(sid, 11, 100)
+    await eng.close()
+
+
+async def test_high_watermark_moves_only_at_commit(meta: MetaStore) -> None:
+    [sid] = await new_stream(meta)
+    store = FaultyStore()
+    store.put_delays = [0.3]
+    eng = engine(store, meta)
+    fut = await eng.append(sid, batch(b"x"), 0)
+    await asyncio.sleep(0.1)
+    assert (await eng.bounds(sid))[1] == 0  # uploaded? not yet: nothing visible
+    assert (await eng.read(sid, 0, 100)).chunks == []
+    assert await fut == 0
+    assert (await eng.bounds(sid))[1] == 1
+    await eng.close()
+
+
+async def test_commits_apply_in_order_when_uploads_finish_out_of_order(meta: MetaStore) -> None:
+    [sid] = await new_stream(meta)
+    store = FaultyStore()
+    store.put_delays = [0.4, 0.0, 0.0]  # the first object uploads last
+    eng = engine(store, meta, linger_ms=1)
+    done: list[int] = []
+    futs = []
+    for _ in range(3):
+        f = await eng.append(sid, batch(b"v"), 0)
+        f.add_done_callback(lambda f: done.append(f.result()))
+        futs.append(f)
+        await asyncio.sleep(0.02)  # each append in its own WAL object
+    await asyncio.gather(*futs)
+    assert done == [0, 1, 2]
+    ranges = await meta.load_ranges(sid)
+    assert [(r.start_offset, r.end_offset) for r in ranges] == [(0, 1), (1, 2), (2, 3)]
+    await eng.close()
+
+
+async def test_store_outage_is_retried_without_loss_or_duplicates(meta: MetaStore) -> None:
+    [sid] = await new_stream(meta)
+    store = FaultyStore()
+    store.fail_puts = 4
+    eng = engine(store, meta, retry_backoff_ms=5)
+    futs = [await eng.append(sid, batch(b"%d" % i), 0) for i in range(10)]
+    assert [await f for f in futs] == list(range(10))
+    assert store.failed_puts == 4
+    assert offsets_of((await eng.read(sid, 0, 1 << 20)).chunks) == list(range(10))
+    await eng.close()
+
+
+async def test_back_pressure_waits_instead_of_failing(meta: MetaStore) -> None:
+    [sid] = await new_stream(meta)
+    store = FaultyStore()
+    store.put_delays = [0.2] * 50
+    eng = engine(store, meta, buffer_max_bytes=2048, max_bytes=1024)
+    big = b"x" * 900
+    futs = [await eng.append(sid, batch(big), 0) for _ in range(10)]
+    assert eng.wal.unflushed <= 2048 + 1100  # bounded, never the whole backlog
+    assert [await f for f in futs] == list(range(10))
+    await eng.close()
+
+
+async def test_restart_reads_from_objects(meta: MetaStore) -> None:
+    [a, b] = await new_stream(meta, 2)
+    store = FaultyStore()
+    eng = engine(store, meta)
+    for i in range(20):
+        await (await eng.append(a if i % 2 else b, batch(b"r%d" % i), 0))
+    await eng.close()
+    again = engine(store, meta)  # cold caches: every read goes to objects
+    ra = await again.read(a, 0, 1 << 20)
+    rb = await again.read(b, 0, 1 << 20)
+    assert offsets_of(ra.chunks) == list(range(10))
+    assert offsets_of(rb.chunks) == list(range(10))
+    assert again.block_cache.stats.misses > 0
+    # A max_bytes smaller than one batch still returns that whole batch.
+    one = await again.read(a, 0, 1)
+    assert len(one.chunks) == 1
+    await again.close()
+
+
+async def test_a_second_writer_fences_the_first(meta: MetaStore) -> None:
+    [sid] = await new_stream(meta)
+    store = FaultyStore()
+    first = engine(store, meta)
+    await (await first.append(sid, batch(b"a"), 0))
+    second = engine(store, meta)
+    await second.open(sid)  # takes the stream: epoch bump
+    late = await first.append(sid, batch(b"stale"), 0)
+    with pytest.raises(Fenced):
+        await late
+    assert await (await second.append(sid, batch(b"b"), 0)) == 1
+    await first.close()
+    await second.close()
+
+
+async def test_trim_moves_log_start(meta: MetaStore) -> None:
+    [sid] = await new_stream(meta)
+    eng = engine(FaultyStore(), meta)
+    for _ in range(5):
+        await (await eng.append(sid, batch(b"a"), 0))
+    assert await eng.trim(sid, 3) == 3
+    assert await eng.trim(sid, 1) == 3  # never backwards
+    with pytest.raises(OffsetOutOfRange):
+        await eng.read(sid, 2, 100)
+    assert offsets_of((await eng.read(sid, 3, 1 << 20)).chunks) == [3, 4]
+    await eng.close()
+
+
+async def test_timestamp_lookup(meta: MetaStore) -> None:
+    [sid] = await new_stream(meta)
+    eng = engine(FaultyStore(), meta)
+    for ts in (1000, 2000, 3000):
+        b = validate_batches(make_batch([b"a", b"b"], base_timestamp=ts), 1 << 20)
+        await (await eng.append(sid, b, 0))
+    assert await eng.offset_for_timestamp(sid, 1500) == (2, 2000)
+    assert await eng.offset_for_timestamp(sid, 0) == (0, 1000)
+    assert await eng.offset_for_timestamp(sid, 9999) is None
+    assert await eng.max_timestamp(sid) == (4, 3000)
+    await eng.close()
+
+
+def test_object_format_round_trip_and_corruption() -> None:
+    b1 = BlockBuilder(1, 0, 2, 10, [b"aa"], 2)
+    b2 = BlockBuilder(7, 5, 9, 20, [b"bbb", b"c"], 4)
+    data, entries = encode_object([b1, b2])
+    assert decode_object(data) == entries
+    assert [(e.stream_id, e.position, e.size) for e in entries] == [(1, 0, 2), (7, 2, 4)]
+    damaged = bytearray(data)
+    damaged[8] ^= 0xFF  # inside the index
+    with pytest.raises(CorruptObject):
+        decode_object(bytes(damaged))
+    with pytest.raises(CorruptObject):
+        decode_object(data[:-1])
