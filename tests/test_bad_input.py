@@ -15,7 +15,7 @@ import pytest
 from kio.schema.errors import ErrorCode
 
 from harness import BrokerProcess
-from wire import RawClient, make_batch, request_frame
+from wire import RawClient, make_batch
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("SHOAL_TEST_TARGET", "shoal") != "shoal", reason="Shoal's own error paths"

@@ -61,7 +61,9 @@ def create_topic(
 
 
 def partition_count(admin: AdminClient, name: str) -> int:
-    md = admin.list_topics(name, timeout=TIMEOUT)
+    """-1 if the topic does not exist. Lists all topics: asking for one by name would
+    auto-create it (librdkafka's admin handle sends allow_auto_topic_creation=true)."""
+    md = admin.list_topics(timeout=TIMEOUT)
     t = md.topics.get(name)
     if t is None or t.error is not None:
         return -1
@@ -161,8 +163,7 @@ def as_record(msg: Message) -> Record:
 
 def sample_records(n: int, size: int = 100) -> list[Record]:
     return [
-        (f"k{i}".encode(), (f"v{i:06d}-".encode() * (size // 8 + 1))[:size], [])
-        for i in range(n)
+        (f"k{i}".encode(), (f"v{i:06d}-".encode() * (size // 8 + 1))[:size], []) for i in range(n)
     ]
 
 
@@ -188,9 +189,7 @@ def test_create_list_describe_delete_topic(admin: AdminClient, topic_name: str) 
     assert not desc.is_internal
 
     admin.delete_topics([topic_name], operation_timeout=TIMEOUT)[topic_name].result(TIMEOUT)
-    wait_for(
-        lambda: topic_name not in admin.list_topics(timeout=TIMEOUT).topics, "topic deletion"
-    )
+    wait_for(lambda: topic_name not in admin.list_topics(timeout=TIMEOUT).topics, "topic deletion")
 
 
 def test_delete_unknown_topic(admin: AdminClient, topic_name: str) -> None:
@@ -269,9 +268,7 @@ def test_describe_configs(admin: AdminClient, topic_name: str) -> None:
 def test_alter_configs_replaces_set(admin: AdminClient, topic_name: str) -> None:
     """Legacy AlterConfigs replaces the topic's whole config set, as Kafka does."""
     create_topic(admin, topic_name, config={"retention.ms": "123456"})
-    res = ConfigResource(
-        ResourceType.TOPIC, topic_name, set_config={"retention.bytes": "1000000"}
-    )
+    res = ConfigResource(ResourceType.TOPIC, topic_name, set_config={"retention.bytes": "1000000"})
     admin.alter_configs([res])[res].result(TIMEOUT)
     cfg = describe(admin, topic_name)
     assert cfg["retention.bytes"] == "1000000"
@@ -336,16 +333,14 @@ def test_alter_unknown_config(admin: AdminClient, topic_name: str) -> None:
 # --------------------------------------------------------------------------- produce
 
 
-def test_auto_create_on_produce(
-    admin: AdminClient, broker: BrokerProcess, topic_name: str
-) -> None:
+def test_auto_create_on_produce(admin: AdminClient, broker: BrokerProcess, topic_name: str) -> None:
     """Producing to an unknown topic creates it with num.partitions (default 1)."""
     producer = Producer({"bootstrap.servers": broker.bootstrap})
     reports: list[tuple[KafkaError | None, int, int]] = []
     producer.produce(
-        topic_name, value=b"hello", on_delivery=lambda e, m: reports.append(
-            (e, m.partition(), m.offset())
-        )
+        topic_name,
+        value=b"hello",
+        on_delivery=lambda e, m: reports.append((e, m.partition(), m.offset())),
     )
     assert producer.flush(TIMEOUT * 2) == 0
     assert reports == [(None, 0, 0)]
@@ -389,7 +384,11 @@ def test_headers_and_null_key_value(
     """Headers keep order, duplicates and null values; null differs from empty."""
     create_topic(admin, topic_name)
     headers: list[tuple[str, bytes | None]] = [
-        ("trace", b"abc"), ("dup", b"1"), ("dup", b"2"), ("empty", b""), ("null", None)
+        ("trace", b"abc"),
+        ("dup", b"1"),
+        ("dup", b"2"),
+        ("empty", b""),
+        ("null", None),
     ]
     records: list[Record] = [
         (b"k", b"v", headers),
@@ -503,8 +502,13 @@ def test_list_offsets(admin: AdminClient, broker: BrokerProcess, topic_name: str
 
     base = 1_700_000_000_000
     stamps = [base, base + 1000, base + 5000, base + 2000, base + 3000]
-    produce(broker.bootstrap, topic_name, sample_records(5), timestamps=stamps,
-            **{"batch.num.messages": 2})
+    produce(
+        broker.bootstrap,
+        topic_name,
+        sample_records(5),
+        timestamps=stamps,
+        **{"batch.num.messages": 2},
+    )
     assert list_offsets(admin, tp, OffsetSpec.earliest())[0] == 0
     assert list_offsets(admin, tp, OffsetSpec.latest())[0] == 5
     assert list_offsets(admin, tp, OffsetSpec.for_timestamp(base))[0] == 0

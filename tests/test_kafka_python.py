@@ -3,7 +3,9 @@
 kafka-python is a pure-Python client with its own protocol code, so it exercises
 request versions and encodings librdkafka never sends. Note that kafka-python 3.x
 producers are idempotent by default (InitProducerId + producer ids in batches) unless
-acks is set to something other than all.
+acks is set to something other than all. The two default-producer tests cover that
+path; the others opt out of idempotence (NOT_IDEMPOTENT) so one missing API fails two
+tests, not every test in the file.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from kafka.errors import (
 from harness import BrokerProcess
 
 TIMEOUT = 15.0
+NOT_IDEMPOTENT: dict[str, Any] = {"enable_idempotence": False}
 Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
 
 
@@ -117,7 +120,10 @@ def test_round_trip_default_producer(
 def test_acks(
     admin: KafkaAdminClient, broker: BrokerProcess, topic_name: str, acks: int | str
 ) -> None:
-    """All acks levels land every record; acked sends report dense offsets."""
+    """All acks levels land every record; acked sends report dense offsets.
+
+    acks=all keeps kafka-python's default idempotence; 0 and 1 switch it off.
+    """
     create_topic(admin, topic_name)
     records: list[Record] = [(b"k", f"v{i}".encode(), []) for i in range(20)]
     offsets = send_all(broker.bootstrap, topic_name, records, acks=acks)
@@ -127,16 +133,21 @@ def test_acks(
     assert [as_record(r) for r in got] == records
 
 
-def test_gzip_round_trip(
-    admin: KafkaAdminClient, broker: BrokerProcess, topic_name: str
-) -> None:
+def test_gzip_round_trip(admin: KafkaAdminClient, broker: BrokerProcess, topic_name: str) -> None:
     """A gzip batch from kafka-python's own encoder comes back byte for byte."""
     create_topic(admin, topic_name)
     records: list[Record] = [
         (str(i).encode(), bytes([i % 5]) * (100 + i * 13), [("h", b"x")]) for i in range(100)
     ]
     records.append((b"rnd", uuid.uuid4().bytes * 100, []))
-    send_all(broker.bootstrap, topic_name, records, compression_type="gzip", linger_ms=50)
+    send_all(
+        broker.bootstrap,
+        topic_name,
+        records,
+        compression_type="gzip",
+        linger_ms=50,
+        **NOT_IDEMPOTENT,
+    )
     got = consume(broker.bootstrap, topic_name, len(records))
     assert [r.offset for r in got] == list(range(len(records)))
     assert [as_record(r) for r in got] == records
@@ -146,7 +157,7 @@ def test_seek_into_middle(admin: KafkaAdminClient, broker: BrokerProcess, topic_
     """Seeking to an offset inside a batch yields records from exactly that offset."""
     create_topic(admin, topic_name, partitions=2)
     records: list[Record] = [(None, f"r{i}".encode(), []) for i in range(50)]
-    send_all(broker.bootstrap, topic_name, records, partition=1, linger_ms=50)
+    send_all(broker.bootstrap, topic_name, records, partition=1, linger_ms=50, **NOT_IDEMPOTENT)
     got = consume(broker.bootstrap, topic_name, 10, partition=1, offset=23)
     assert [r.offset for r in got] == list(range(23, 33))
     assert [r.value for r in got] == [f"r{i}".encode() for i in range(23, 33)]
@@ -191,9 +202,7 @@ def test_alter_unknown_config(admin: KafkaAdminClient, topic_name: str) -> None:
     """Both AlterConfigs flavours answer an unknown key with INVALID_CONFIG (40)."""
     create_topic(admin, topic_name)
     for incremental in (True, False):
-        res = ConfigResource(
-            ConfigResourceType.TOPIC, topic_name, configs={"no.such.config": "1"}
-        )
+        res = ConfigResource(ConfigResourceType.TOPIC, topic_name, configs={"no.such.config": "1"})
         result = admin.alter_configs([res], raise_on_unknown=False, incremental=incremental)
         assert result["topic"][topic_name].startswith("[Error 40] InvalidConfiguration"), result
 
@@ -202,12 +211,13 @@ def test_offset_lookups(admin: KafkaAdminClient, broker: BrokerProcess, topic_na
     """beginning_offsets, end_offsets and offsets_for_times agree with what was written."""
     create_topic(admin, topic_name)
     tp = TopicPartition(topic_name, 0)
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, **NOT_IDEMPOTENT)
     base = 1_700_000_000_000
     try:
         futures = [
-            producer.send(topic_name, value=f"v{i}".encode(), partition=0,
-                          timestamp_ms=base + i * 1000)
+            producer.send(
+                topic_name, value=f"v{i}".encode(), partition=0, timestamp_ms=base + i * 1000
+            )
             for i in range(6)
         ]
         producer.flush(timeout=TIMEOUT)

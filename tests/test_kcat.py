@@ -53,7 +53,16 @@ def test_kcat_produce_consume(broker: BrokerProcess, topic_name: str) -> None:
     """Keyed lines with a header go in with -P and come back with -C -e, in order."""
     lines = [f"key{i}:value number {i}" for i in range(25)]
     kcat(
-        broker, "-P", "-t", topic_name, "-p", "0", "-K", ":", "-H", "origin=kcat",
+        broker,
+        "-P",
+        "-t",
+        topic_name,
+        "-p",
+        "0",
+        "-K",
+        ":",
+        "-H",
+        "origin=kcat",
         stdin=("\n".join(lines) + "\n").encode(),
     )
     msgs = consume_json(broker, topic_name)
@@ -69,7 +78,14 @@ def test_kcat_compressed(broker: BrokerProcess, topic_name: str, codec: str) -> 
     """Batches compressed by kcat's librdkafka come back intact."""
     payloads = [f"{codec}-{i}-" + "abc" * i for i in range(50)]
     kcat(
-        broker, "-P", "-t", topic_name, "-p", "0", "-z", codec,
+        broker,
+        "-P",
+        "-t",
+        topic_name,
+        "-p",
+        "0",
+        "-z",
+        codec,
         stdin=("\n".join(payloads) + "\n").encode(),
     )
     msgs = consume_json(broker, topic_name)

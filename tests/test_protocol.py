@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kio.index import load_request_schema
+from kio.static.primitive import Records
 
 from shoal.protocol.apis import SUPPORTED, decode_request, encode_response
 from shoal.protocol.errors import ErrorCode, FrameError, KafkaError
@@ -22,8 +23,6 @@ from shoal.protocol.records import (
     with_log_append_time,
 )
 from wire import make_batch, request_frame
-
-from kio.static.primitive import Records
 
 st.register_type_strategy(Records, st.binary(max_size=64).map(Records))
 

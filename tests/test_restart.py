@@ -78,8 +78,12 @@ def produce(producer: Producer, topic: str, seqs: range, acks: Acks, flush: bool
         rec = make_record(seq)
         kwargs: dict[str, Any] = {"headers": rec[2]} if rec[2] else {}
         producer.produce(
-            topic, key=rec[0], value=rec[1], partition=seq % PARTITIONS,
-            on_delivery=acks.callback(rec), **kwargs,
+            topic,
+            key=rec[0],
+            value=rec[1],
+            partition=seq % PARTITIONS,
+            on_delivery=acks.callback(rec),
+            **kwargs,
         )
         producer.poll(0)
     if flush:
@@ -97,8 +101,14 @@ def produce_in_phases(bootstrap: str, topic: str, count: int, acks: Acks) -> lis
 
 def read_all(bootstrap: str, topic: str) -> dict[int, list[tuple[int, Stored]]]:
     """Every partition from offset 0 up to its high watermark."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"unused-{uuid.uuid4().hex[:8]}",
-                  "enable.auto.commit": False, "auto.offset.reset": "error"})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"unused-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "error",
+        }
+    )
     try:
         ends = {
             p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=TIMEOUT)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from shoal.broker.topics import Topic, TopicCatalog
 from shoal.config import BrokerConfig
 from shoal.meta.store import MetaStore, PartitionRecord
+from shoal.producer.ids import ProducerIdAllocator
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.streams import EngineConfig, StreamEngine
@@ -47,6 +48,7 @@ class Broker:
         host, port = config.advertised
         self.node = Node(int(config["node.id"]), host, port, config["rack"] or None)
         self.started = time.time()
+        self.producer_ids = ProducerIdAllocator(meta)
 
     @classmethod
     async def open(cls, config: BrokerConfig) -> Broker:

@@ -93,3 +93,54 @@ stream_ranges = Table(
 )
 
 Index("stream_ranges_object", stream_ranges.c.object_id)
+
+# Idempotent producers: the last batches of each producer, per stream, written
+# in the same transaction as the WAL commit that makes those batches visible.
+producer_states = Table(
+    "producer_states",
+    metadata,
+    Column("stream_id", Integer, ForeignKey("streams.id"), primary_key=True),
+    Column("producer_id", BigInteger, primary_key=True),
+    Column("epoch", Integer, nullable=False),
+    Column("batches", Text, nullable=False),  # JSON [[first_seq, last_seq, base, last], ...]
+    Column("last_timestamp_ms", BigInteger, nullable=False),
+)
+
+# Named counters (producer id blocks).
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+# Consumer groups (issue 4). A group's row carries what must survive a restart:
+# its protocol type (for ListGroups and expiry), its generation (so generations
+# keep increasing) and since when it has been Empty (for offset expiry). Members
+# are not stored: after a restart they rejoin, as they would after a coordinator
+# move in Kafka.
+consumer_groups = Table(
+    "consumer_groups",
+    metadata,
+    Column("group_id", Text, primary_key=True),
+    Column("protocol_type", Text, nullable=False, default=""),
+    Column("generation", Integer, nullable=False, default=0),
+    Column("state", String(32), nullable=False),
+    Column("state_ms", BigInteger, nullable=False),
+)
+
+# Committed offsets by topic name: a deleted topic's offsets are removed with it,
+# so a topic re-created under the same name starts without them.
+group_offsets = Table(
+    "group_offsets",
+    metadata,
+    Column("group_id", Text, primary_key=True),
+    Column("topic", String(249), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("committed_offset", BigInteger, nullable=False),
+    Column("leader_epoch", Integer, nullable=False, default=-1),
+    Column("metadata", Text, nullable=False, default=""),
+    Column("commit_ms", BigInteger, nullable=False),
+)
+
+Index("group_offsets_topic", group_offsets.c.topic)

@@ -96,6 +96,17 @@ class RangeCommit:
     max_timestamp: int
 
 
+@dataclass(frozen=True, slots=True)
+class ProducerRow:
+    """One producer's state on one stream, as of a commit."""
+
+    stream_id: int
+    producer_id: int
+    epoch: int
+    batches: str
+    last_timestamp_ms: int
+
+
 def engine_url(url: str) -> str:
     """Map user URLs (sqlite:///path, postgresql://...) to async drivers."""
     try:
@@ -340,7 +351,12 @@ class MetaStore:
             ]
 
     async def commit_object(
-        self, key: str, size: int, node_id: int, ranges: Sequence[RangeCommit]
+        self,
+        key: str,
+        size: int,
+        node_id: int,
+        ranges: Sequence[RangeCommit],
+        producers: Sequence[ProducerRow] = (),
     ) -> None:
         """Record an uploaded object and advance each stream's end, atomically.
 
@@ -383,6 +399,55 @@ class MetaStore:
                     for r in ranges
                 ],
             )
+            for p in producers:
+                await self._upsert_producer(conn, p)
+
+    async def _upsert_producer(self, conn: AsyncConnection, p: ProducerRow) -> None:
+        t = s.producer_states
+        res = await conn.execute(
+            update(t)
+            .where(t.c.stream_id == p.stream_id, t.c.producer_id == p.producer_id)
+            .values(epoch=p.epoch, batches=p.batches, last_timestamp_ms=p.last_timestamp_ms)
+        )
+        if res.rowcount == 0:
+            await conn.execute(
+                insert(t).values(
+                    stream_id=p.stream_id,
+                    producer_id=p.producer_id,
+                    epoch=p.epoch,
+                    batches=p.batches,
+                    last_timestamp_ms=p.last_timestamp_ms,
+                )
+            )
+
+    async def load_producers(self, stream_id: int) -> list[ProducerRow]:
+        t = s.producer_states
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(t).where(t.c.stream_id == stream_id))
+            return [
+                ProducerRow(r.stream_id, r.producer_id, r.epoch, r.batches, r.last_timestamp_ms)
+                for r in rows
+            ]
+
+    async def expire_producers(self, older_than_ms: int) -> int:
+        """Forget producers idle since before the cut-off (producer.id.expiration.ms)."""
+        t = s.producer_states
+        async with self._tx() as conn:
+            res = await conn.execute(delete(t).where(t.c.last_timestamp_ms < older_than_ms))
+        return int(res.rowcount or 0)
+
+    async def allocate_counter(self, name: str, count: int) -> int:
+        """Reserve `count` values of a named counter; returns the first."""
+        t = s.counters
+        async with self._tx() as conn:
+            res = await conn.execute(
+                update(t).where(t.c.name == name).values(value=t.c.value + count)
+            )
+            if res.rowcount == 0:
+                await conn.execute(insert(t).values(name=name, value=count))
+                return 0
+            value = (await conn.execute(select(t.c.value).where(t.c.name == name))).scalar_one()
+        return int(value) - count
 
     async def trim_stream(self, stream_id: int, new_start: int) -> int:
         """Move a stream's start offset forward (never back); returns it."""

@@ -11,10 +11,11 @@ import asyncio
 import bisect
 import logging
 import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from shoal.meta.store import MetaStore, RangeCommit, RangeRecord
+from shoal.meta.store import MetaStore, ProducerRow, RangeCommit, RangeRecord
 from shoal.protocol.records import (
     ValidatedBatch,
     batch_spans,
@@ -23,9 +24,11 @@ from shoal.protocol.records import (
     record_timestamps,
     with_log_append_time,
 )
+from shoal.storage import producers as producer_state
 from shoal.storage.caches import BlockCache, LogCache
 from shoal.storage.errors import ObjectNotFound, OffsetOutOfRange, StorageError
 from shoal.storage.objectstore import ObjectStore
+from shoal.storage.producers import BatchMeta, ProducerEntry
 from shoal.storage.wal import Append, Wal, WalConfig
 
 log = logging.getLogger("shoal.streams")
@@ -55,6 +58,7 @@ class StreamState:
     max_timestamp: int = -1
     max_timestamp_offset: int = -1
     closed: bool = False
+    producers: dict[int, ProducerEntry] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +79,15 @@ class StreamEngine:
         self.config = config
         self.log_cache = LogCache(config.log_cache_bytes)
         self.block_cache = BlockCache(config.block_cache_bytes)
-        self.wal = Wal(store, meta, config.node_id, config.wal, self._committed, self._fenced)
+        self.wal = Wal(
+            store,
+            meta,
+            config.node_id,
+            config.wal,
+            self._committed,
+            self._fenced,
+            self._producer_rows,
+        )
         self._streams: dict[int, StreamState] = {}
         self._opening: dict[int, asyncio.Task[StreamState]] = {}
 
@@ -111,6 +123,10 @@ class StreamEngine:
         for r in ranges:
             if r.max_timestamp > st.max_timestamp:
                 st.max_timestamp = r.max_timestamp
+        for row in await self.meta.load_producers(stream_id):
+            st.producers[row.producer_id] = ProducerEntry.decode(
+                row.epoch, row.batches, row.last_timestamp_ms
+            )
         self._streams[stream_id] = st
         log.debug(
             "opened stream %d epoch %d [%d, %d)",
@@ -149,10 +165,37 @@ class StreamEngine:
         if st.closed:
             raise StorageError(f"stream {stream_id} is closed")
         loop = asyncio.get_running_loop()
-        first = st.next_offset
-        futures = []
+        first = -1
+        futures: list[asyncio.Future[None]] = []
+        duplicate_of: asyncio.Future[int] | None = None
+        now = int(time.time() * 1000)
         for b in batches:
             count = b.record_count
+            h = b.header
+            meta: BatchMeta | None = None
+            if h.producer_id >= 0:
+                dup = producer_state.check(
+                    st.producers, h.producer_id, h.producer_epoch, h.base_sequence, count
+                )
+                if dup is not None:
+                    # A retry of a batch we already have: answer with its offset.
+                    log.info(
+                        "stream %d: duplicate batch of producer %d seq %d, offset %d",
+                        st.id,
+                        h.producer_id,
+                        h.base_sequence,
+                        dup.base_offset,
+                    )
+                    if first < 0:
+                        first = dup.base_offset
+                        duplicate_of = dup.committed
+                    continue
+                meta = BatchMeta(
+                    h.base_sequence,
+                    producer_state.next_seq(h.base_sequence, count - 1),
+                    st.next_offset,
+                    st.next_offset + count - 1,
+                )
             body: bytes | bytearray | memoryview = b.data
             max_ts = b.header.max_timestamp
             if log_append_time_ms is not None:
@@ -161,11 +204,38 @@ class StreamEngine:
             data = patch_prefix(st.next_offset, b.header.batch_length, leader_epoch) + body[16:]
             fut: asyncio.Future[None] = loop.create_future()
             self.wal.add(
-                Append(st.id, st.epoch, st.next_offset, st.next_offset + count, data, max_ts, fut)
+                Append(
+                    st.id,
+                    st.epoch,
+                    st.next_offset,
+                    st.next_offset + count,
+                    data,
+                    max_ts,
+                    fut,
+                    h.producer_id,
+                )
             )
+            if meta is not None:
+                meta.committed = _offset_when_done(fut, meta.base_offset)
+                producer_state.record(st.producers, h.producer_id, h.producer_epoch, meta, now)
+            if first < 0:
+                first = st.next_offset
             futures.append(fut)
             st.next_offset += count
-        done = loop.create_future()
+        done: asyncio.Future[int] = loop.create_future()
+        if not futures:
+            # Only duplicates: resolve once the original is committed.
+            if duplicate_of is None or (duplicate_of.done() and not duplicate_of.exception()):
+                done.set_result(first)
+            else:
+                duplicate_of.add_done_callback(
+                    lambda f: (
+                        done.set_exception(f.exception())  # type: ignore[arg-type]
+                        if f.exception()
+                        else done.set_result(first)
+                    )
+                )
+            return done
 
         def finish(_f: object) -> None:
             if done.done():
@@ -212,6 +282,33 @@ class StreamEngine:
             touched[a.stream_id] = st
         for st in touched.values():
             self._wake(st)
+
+    def _producer_rows(self, stream_id: int, end_offset: int, pids: set[int]) -> list[ProducerRow]:
+        """Producer state to persist with a commit: only batches the commit
+        makes durable, never ones still in flight."""
+        st = self._streams.get(stream_id)
+        if st is None:
+            return []
+        rows = []
+        for pid in pids:
+            entry = st.producers.get(pid)
+            if entry is None:
+                continue
+            durable = ProducerEntry(entry.epoch, last_timestamp_ms=entry.last_timestamp_ms)
+            for b in entry.batches:
+                if b.last_offset < end_offset:
+                    durable.batches.append(b)
+            if durable.batches:
+                rows.append(
+                    ProducerRow(
+                        stream_id,
+                        pid,
+                        durable.epoch,
+                        durable.encode_batches(),
+                        durable.last_timestamp_ms,
+                    )
+                )
+        return rows
 
     def _fenced(self, stream_id: int) -> None:
         """Another writer took the stream: forget our state; the next use reopens."""
@@ -364,3 +461,20 @@ class StreamEngine:
                 if pred(read_header(block, s).max_timestamp)
             ]
         return []
+
+
+def _offset_when_done(fut: asyncio.Future[None], offset: int) -> asyncio.Future[int]:
+    """A future of the batch's base offset that follows its commit."""
+    out: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def relay(f: asyncio.Future[None]) -> None:
+        if f.cancelled():
+            out.cancel()
+        elif f.exception() is not None:
+            out.set_exception(f.exception())  # type: ignore[arg-type]
+        else:
+            out.set_result(offset)
+
+    fut.add_done_callback(relay)
+    out.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return out

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from shoal.meta.store import MetaStore, RangeCommit, StreamFenced
+from shoal.meta.store import MetaStore, ProducerRow, RangeCommit, StreamFenced
 from shoal.storage.errors import Fenced, ObjectExists, StorageError
 from shoal.storage.format import BlockBuilder, encode_object
 from shoal.storage.objectstore import ObjectStore
@@ -46,6 +46,7 @@ class Append:
     data: bytes
     max_ts: int
     future: asyncio.Future[None]
+    producer_id: int = -1
 
 
 @dataclass(slots=True)
@@ -57,6 +58,8 @@ class _Buffer:
 
 
 CommitCallback = Callable[[str, list[RangeCommit], list[Append]], None]
+# (stream id, committed end offset, producer ids) -> rows to persist with the commit
+ProducerRows = Callable[[int, int, set[int]], list[ProducerRow]]
 
 
 class Wal:
@@ -68,6 +71,7 @@ class Wal:
         config: WalConfig,
         on_commit: CommitCallback,
         on_fenced: Callable[[int], None],
+        producer_rows: ProducerRows | None = None,
     ) -> None:
         self.store = store
         self.meta = meta
@@ -75,6 +79,7 @@ class Wal:
         self.config = config
         self._on_commit = on_commit
         self._on_fenced = on_fenced
+        self._producer_rows = producer_rows
         self._seq = 0
         self._buffer = _Buffer(0)
         self._inflight = asyncio.Semaphore(config.max_inflight)
@@ -203,10 +208,13 @@ class Wal:
                 )
                 for sid, b in blocks.items()
             ]
+            producers = self._producers(appends, blocks)
             try:
                 if ranges:
                     await self._retry(
-                        functools.partial(self.meta.commit_object, key, size, self.node_id, ranges),
+                        functools.partial(
+                            self.meta.commit_object, key, size, self.node_id, ranges, producers
+                        ),
                         f"commit {key}",
                         retry_on=(Exception,),
                         give_up_on=(StreamFenced,),
@@ -230,6 +238,21 @@ class Wal:
         for a in appends:
             if not a.future.done():
                 a.future.set_result(None)
+
+    def _producers(
+        self, appends: list[Append], blocks: dict[int, BlockBuilder]
+    ) -> list[ProducerRow]:
+        if self._producer_rows is None:
+            return []
+        pids: dict[int, set[int]] = {}
+        for a in appends:
+            if a.producer_id >= 0:
+                pids.setdefault(a.stream_id, set()).add(a.producer_id)
+        rows: list[ProducerRow] = []
+        for sid, ids in pids.items():
+            if sid in blocks:
+                rows.extend(self._producer_rows(sid, blocks[sid].end_offset, ids))
+        return rows
 
     async def _retry(
         self,

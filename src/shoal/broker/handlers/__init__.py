@@ -46,6 +46,7 @@ def registry() -> dict[int, Handler]:
         list_offsets,
         metadata,
         produce,
+        producer_ids,
         topics,
     )
 
@@ -58,6 +59,7 @@ def registry() -> dict[int, Handler]:
         19: topics.handle_create_topics,
         20: topics.handle_delete_topics,
         21: delete_records.handle_delete_records,
+        22: producer_ids.handle_init_producer_id,
         23: leader_epoch.handle_offset_for_leader_epoch,
         32: configs.handle_describe_configs,
         33: configs.handle_alter_configs,

@@ -131,7 +131,9 @@ async def handle_describe_configs(
                         is_sensitive=False,
                         synonyms=(),
                         config_type=e.config_type,
-                        documentation=e.doc if body.include_documentation else None,
+                        documentation=e.doc
+                        if getattr(body, "include_documentation", False)
+                        else None,
                         is_default=e.source == DEFAULT_CONFIG,
                     )
                     for e in entries

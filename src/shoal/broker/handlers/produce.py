@@ -15,6 +15,7 @@ from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
 from shoal.protocol.records import validate_batches
 from shoal.storage.errors import AppendTimeout, Fenced, StorageError
+from shoal.storage.producers import SequenceError
 
 log = logging.getLogger("shoal.produce")
 ZERO = datetime.timedelta(0)
@@ -71,6 +72,9 @@ async def _append(
             exc,
         )
         return topic_name, index, exc.code, -1, None
+    except SequenceError as exc:
+        log.info("produce to %s-%d from %s rejected: %s", topic_name, index, client, exc)
+        return topic_name, index, ErrorCode[exc.code], -1, None
     except StorageError as exc:
         log.warning("produce to %s-%d from %s failed: %s", topic_name, index, client, exc)
         return topic_name, index, ErrorCode.not_leader_or_follower, -1, None

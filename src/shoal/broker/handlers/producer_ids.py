@@ -1,0 +1,50 @@
+"""InitProducerId: ids for idempotent producers.
+
+A fresh producer gets a new id at epoch 0. A producer that sends its current
+id and epoch (KIP-360, after an error it cannot otherwise recover from) keeps
+its id with the epoch bumped, which resets its sequences on every partition.
+Transactional ids are not supported yet and are refused clearly.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Any
+
+from shoal.broker.broker import Broker
+from shoal.broker.handlers import Client
+from shoal.protocol.build import Schema
+from shoal.protocol.errors import ErrorCode
+from shoal.protocol.headers import RequestHeader
+
+log = logging.getLogger("shoal.producer_ids")
+MAX_EPOCH = 32767
+
+
+async def handle_init_producer_id(
+    broker: Broker, client: Client, header: RequestHeader, body: Any
+) -> Any:
+    s = Schema(22, header.api_version)
+    code, pid, epoch = ErrorCode.none, -1, -1
+    if body.transactional_id is not None:
+        code = ErrorCode.transactional_id_authorization_failed
+        log.info(
+            "InitProducerId from %s: transactions are not supported yet (%r)",
+            client,
+            body.transactional_id,
+        )
+    else:
+        known_pid = int(getattr(body, "producer_id", -1))
+        known_epoch = int(getattr(body, "producer_epoch", -1))
+        if known_pid >= 0 and 0 <= known_epoch < MAX_EPOCH - 1:
+            pid, epoch = known_pid, known_epoch + 1
+        else:
+            pid, epoch = await broker.producer_ids.allocate(), 0
+        log.info("producer id %d epoch %d for %s", pid, epoch, client)
+    return s.InitProducerIdResponse(
+        throttle_time=datetime.timedelta(0),
+        error_code=code,
+        producer_id=pid,
+        producer_epoch=epoch,
+    )

@@ -1,0 +1,28 @@
+"""Producer id allocation: blocks reserved from the metadata store, so that
+InitProducerId costs a transaction only once per block."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shoal.meta.store import MetaStore
+
+BLOCK = 1000
+
+
+class ProducerIdAllocator:
+    def __init__(self, meta: MetaStore, block: int = BLOCK) -> None:
+        self.meta = meta
+        self.block = block
+        self._next = 0
+        self._end = 0
+        self._lock = asyncio.Lock()
+
+    async def allocate(self) -> int:
+        async with self._lock:
+            if self._next >= self._end:
+                self._next = await self.meta.allocate_counter("producer_id", self.block)
+                self._end = self._next + self.block
+            pid = self._next
+            self._next += 1
+            return pid
