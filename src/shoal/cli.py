@@ -29,6 +29,7 @@ class LazyGroup(click.Group):
     lazy = {
         "bench": ("shoal.tools.bench_cli", "bench"),
         "cost": ("shoal.tools.cost_cli", "cost"),
+        "storage": ("shoal.tools.storage_cli", "storage"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

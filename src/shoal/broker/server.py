@@ -9,6 +9,8 @@ import signal
 from shoal.broker.broker import Broker
 from shoal.broker.connection import Connection
 from shoal.broker.handlers import registry
+from shoal.broker.maintenance import Maintenance
+from shoal.broker.metrics import start_metrics
 from shoal.config import BrokerConfig
 
 log = logging.getLogger("shoal.server")
@@ -16,6 +18,9 @@ log = logging.getLogger("shoal.server")
 
 async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> None:
     broker = await Broker.open(config)
+    maintenance = Maintenance(broker)
+    maintenance.start()
+    metrics = start_metrics(broker)
     handlers = registry()
     connections: set[asyncio.Task[None]] = set()
 
@@ -48,6 +53,9 @@ async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> Non
         await stop.wait()
     finally:
         log.info("stopping: committing pending data")
+        await maintenance.stop()
+        if metrics is not None:
+            metrics.shutdown()
         server.close()
         for task in list(connections):
             task.cancel()

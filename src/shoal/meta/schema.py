@@ -78,6 +78,11 @@ objects = Table(
     Column("size", BigInteger, nullable=False),
     Column("created_ms", BigInteger, nullable=False),
     Column("node_id", Integer, nullable=False),
+    # "wal" (one broker's flush, many streams) or "compacted" (merged blocks).
+    Column("kind", String(16), nullable=False, default="wal"),
+    # Set once no range refers to the object: deleted from the store after it,
+    # so that readers in flight finish first.
+    Column("delete_after_ms", BigInteger, nullable=True),
 )
 
 stream_ranges = Table(

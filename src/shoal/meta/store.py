@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, event, insert, select, update
+from sqlalchemy import delete, event, func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -137,6 +137,7 @@ class MetaStore:
         self.is_sqlite = engine.dialect.name == "sqlite"
         # SQLite has one writer; serialising here avoids "database is locked".
         self._write_lock = asyncio.Lock()
+        self.delete_grace_ms = 60_000  # how long replaced objects stay readable
 
     @classmethod
     async def open(cls, url: str) -> MetaStore:
@@ -248,6 +249,11 @@ class MetaStore:
             await conn.execute(
                 update(s.streams).where(s.streams.c.id.in_(ids)).values(deleted=True)
             )
+            await conn.execute(delete(s.stream_ranges).where(s.stream_ranges.c.stream_id.in_(ids)))
+            await conn.execute(
+                delete(s.producer_states).where(s.producer_states.c.stream_id.in_(ids))
+            )
+            await self._schedule_unreferenced(conn, self.delete_grace_ms)
             await conn.execute(delete(s.partitions).where(s.partitions.c.topic_id == topic.id))
             await conn.execute(
                 delete(s.topic_configs).where(s.topic_configs.c.topic_id == topic.id)
@@ -449,8 +455,12 @@ class MetaStore:
             value = (await conn.execute(select(t.c.value).where(t.c.name == name))).scalar_one()
         return int(value) - count
 
-    async def trim_stream(self, stream_id: int, new_start: int) -> int:
-        """Move a stream's start offset forward (never back); returns it."""
+    async def trim_stream(self, stream_id: int, new_start: int, grace_ms: int = 0) -> int:
+        """Move a stream's start offset forward (never back); returns it.
+
+        Ranges wholly below the new start go, and objects left without any
+        range are scheduled for deletion after the grace period.
+        """
         async with self._tx() as conn:
             await conn.execute(
                 update(s.streams)
@@ -462,7 +472,175 @@ class MetaStore:
                     select(s.streams.c.start_offset).where(s.streams.c.id == stream_id)
                 )
             ).scalar_one()
+            r = s.stream_ranges
+            await conn.execute(delete(r).where(r.c.stream_id == stream_id, r.c.end_offset <= row))
+            await self._schedule_unreferenced(conn, grace_ms)
         return int(row)
+
+    async def _schedule_unreferenced(self, conn: AsyncConnection, grace_ms: int) -> None:
+        o, r = s.objects, s.stream_ranges
+        referenced = select(r.c.object_id).where(r.c.object_id == o.c.id).exists()
+        await conn.execute(
+            update(o)
+            .where(o.c.delete_after_ms.is_(None), ~referenced)
+            .values(delete_after_ms=now_ms() + grace_ms)
+        )
+
+    async def objects_due(self, at_ms: int) -> list[str]:
+        """Keys of objects scheduled for deletion whose grace period is over."""
+        o = s.objects
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(o.c.key).where(
+                    o.c.delete_after_ms.is_not(None), o.c.delete_after_ms <= at_ms
+                )
+            )
+            return [row.key for row in rows]
+
+    async def forget_objects(self, keys: Sequence[str]) -> None:
+        """Drop the rows of objects already deleted from the store."""
+        if not keys:
+            return
+        o, r = s.objects, s.stream_ranges
+        async with self._tx() as conn:
+            referenced = select(r.c.object_id).where(r.c.object_id == o.c.id).exists()
+            await conn.execute(delete(o).where(o.c.key.in_(keys), ~referenced))
+
+    async def replace_ranges(
+        self,
+        key: str,
+        size: int,
+        node_id: int,
+        kind: str,
+        replacements: Sequence[tuple[int, Sequence[int], Sequence[RangeCommit]]],
+        grace_ms: int,
+    ) -> list[int]:
+        """Swap streams' ranges for those of a compacted object, atomically.
+
+        `replacements` holds (stream id, start offsets of the old ranges, new
+        ranges). A stream whose old ranges are not all there any more (trimmed
+        meanwhile) keeps its ranges. Returns the stream ids swapped; objects
+        left unreferenced are scheduled for deletion.
+        """
+        r = s.stream_ranges
+        done: list[int] = []
+        async with self._tx() as conn:
+            result = await conn.execute(
+                insert(s.objects).values(
+                    key=key, size=size, created_ms=now_ms(), node_id=node_id, kind=kind
+                )
+            )
+            object_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+            for stream_id, old_starts, new_ranges in replacements:
+                present = (
+                    await conn.execute(
+                        select(func.count()).where(
+                            r.c.stream_id == stream_id, r.c.start_offset.in_(old_starts)
+                        )
+                    )
+                ).scalar_one()
+                if present != len(old_starts):
+                    continue
+                await conn.execute(
+                    delete(r).where(r.c.stream_id == stream_id, r.c.start_offset.in_(old_starts))
+                )
+                await conn.execute(
+                    insert(r),
+                    [
+                        {
+                            "stream_id": stream_id,
+                            "start_offset": x.start_offset,
+                            "end_offset": x.end_offset,
+                            "object_id": object_id,
+                            "position": x.position,
+                            "size": x.size,
+                            "max_timestamp": x.max_timestamp,
+                        }
+                        for x in new_ranges
+                    ],
+                )
+                done.append(stream_id)
+            await self._schedule_unreferenced(conn, grace_ms)
+        return done
+
+    async def wal_objects(self, node_id: int, older_than_ms: int, limit: int) -> list[str]:
+        """Committed WAL objects of a node, oldest first, for compaction."""
+        o = s.objects
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(o.c.key)
+                .where(
+                    o.c.node_id == node_id,
+                    o.c.kind == "wal",
+                    o.c.delete_after_ms.is_(None),
+                    o.c.created_ms <= older_than_ms,
+                )
+                .order_by(o.c.id)
+                .limit(limit)
+            )
+            return [row.key for row in rows]
+
+    async def ranges_in_objects(self, keys: Sequence[str]) -> list[RangeRecord]:
+        o, r = s.objects, s.stream_ranges
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(r, o.c.key)
+                .join(o, o.c.id == r.c.object_id)
+                .where(o.c.key.in_(keys))
+                .order_by(r.c.stream_id, r.c.start_offset)
+            )
+            return [
+                RangeRecord(
+                    x.stream_id,
+                    x.start_offset,
+                    x.end_offset,
+                    x.key,
+                    x.position,
+                    x.size,
+                    x.max_timestamp,
+                )
+                for x in rows
+            ]
+
+    async def storage_summary(self) -> dict[str, Any]:
+        """Objects, bytes and per-topic sizes, for `shoal storage stats`."""
+        o, r, p, t = s.objects, s.stream_ranges, s.partitions, s.topics
+        async with self.engine.connect() as conn:
+            by_kind = {
+                row.kind: (int(row.n), int(row.bytes or 0))
+                for row in await conn.execute(
+                    select(o.c.kind, func.count().label("n"), func.sum(o.c.size).label("bytes"))
+                    .where(o.c.delete_after_ms.is_(None))
+                    .group_by(o.c.kind)
+                )
+            }
+            pending_delete = (
+                await conn.execute(
+                    select(func.count(), func.sum(o.c.size)).where(o.c.delete_after_ms.is_not(None))
+                )
+            ).one()
+            topics = {
+                row.name: (int(row.bytes or 0), int(row.ranges))
+                for row in await conn.execute(
+                    select(
+                        t.c.name,
+                        func.sum(r.c.size).label("bytes"),
+                        func.count(r.c.stream_id).label("ranges"),
+                    )
+                    .select_from(
+                        t.join(p, p.c.topic_id == t.c.id).outerjoin(
+                            r, r.c.stream_id == p.c.stream_id
+                        )
+                    )
+                    .group_by(t.c.name)
+                    .order_by(t.c.name)
+                )
+            }
+        return {
+            "objects": by_kind,
+            "pending_delete": (int(pending_delete[0]), int(pending_delete[1] or 0)),
+            "topics": topics,
+        }
 
     async def object_keys(self) -> set[str]:
         async with self.engine.connect() as conn:

@@ -136,13 +136,15 @@ class BlockCache:
         self.stats = CacheStats()
         self._blocks: OrderedDict[tuple[str, int], memoryview] = OrderedDict()
 
-    def get(self, key: str, position: int) -> memoryview | None:
+    def get(self, key: str, position: int, *, count: bool = True) -> memoryview | None:
         block = self._blocks.get((key, position))
         if block is None:
-            self.stats.misses += 1
+            if count:
+                self.stats.misses += 1
             return None
-        self._blocks.move_to_end((key, position))
-        self.stats.hits += 1
+        if count:
+            self._blocks.move_to_end((key, position))
+            self.stats.hits += 1
         return block
 
     def put(self, key: str, position: int, block: memoryview) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import logging
 import struct
 import time
@@ -26,9 +27,12 @@ from shoal.protocol.records import (
 )
 from shoal.storage import producers as producer_state
 from shoal.storage.caches import BlockCache, LogCache
+from shoal.storage.cleaner import Cleaner
+from shoal.storage.compaction import CompactionConfig, Compactor
 from shoal.storage.errors import ObjectNotFound, OffsetOutOfRange, StorageError
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.producers import BatchMeta, ProducerEntry
+from shoal.storage.retention import retention_point
 from shoal.storage.wal import Append, Wal, WalConfig
 
 log = logging.getLogger("shoal.streams")
@@ -41,8 +45,11 @@ _LAST_DELTA = struct.Struct(">i")
 class EngineConfig:
     node_id: int = 0
     wal: WalConfig = field(default_factory=WalConfig)
+    compaction: CompactionConfig = field(default_factory=CompactionConfig)
     log_cache_bytes: int = 256 * 1024 * 1024
     block_cache_bytes: int = 256 * 1024 * 1024
+    readahead_blocks: int = 4
+    orphan_grace_ms: int = 600_000
 
 
 @dataclass(slots=True)
@@ -90,6 +97,12 @@ class StreamEngine:
         )
         self._streams: dict[int, StreamState] = {}
         self._opening: dict[int, asyncio.Task[StreamState]] = {}
+        self.compactor = Compactor(
+            store, meta, config.node_id, config.compaction, self._ranges_replaced
+        )
+        self.cleaner = Cleaner(store, meta, config.orphan_grace_ms)
+        self._prefetching: dict[tuple[str, int], asyncio.Task[None]] = {}
+        meta.delete_grace_ms = config.compaction.delete_grace_ms
 
     async def close(self) -> None:
         await self.wal.close()
@@ -310,6 +323,19 @@ class StreamEngine:
                 )
         return rows
 
+    def _ranges_replaced(
+        self, stream_id: int, old_starts: list[int], new: list[RangeRecord]
+    ) -> None:
+        """Compaction swapped ranges: serve reads from the new object."""
+        st = self._streams.get(stream_id)
+        if st is None:
+            return
+        gone = set(old_starts)
+        kept = [r for r in st.ranges if r.start_offset not in gone]
+        merged = sorted(kept + new, key=lambda r: r.start_offset)
+        st.ranges = merged
+        st.range_starts = [r.start_offset for r in merged]
+
     def _fenced(self, stream_id: int) -> None:
         """Another writer took the stream: forget our state; the next use reopens."""
         log.warning("stream %d: fenced, dropping local state", stream_id)
@@ -341,6 +367,7 @@ class StreamEngine:
                 break
             r = st.ranges[i]
             block = await self._block(st, r)
+            self._readahead(st, i + 1)
             for start, end in batch_spans(block):
                 last = (
                     _BASE_AND_DELTA.unpack_from(block, start)[0]
@@ -365,7 +392,34 @@ class StreamEngine:
                     break
         return out
 
+    def _readahead(self, st: StreamState, first: int) -> None:
+        """Fetch the next blocks in the background: a consumer catching up
+        reads them next, and the object store's latency then overlaps."""
+        tail = self.log_cache.first_offset(st.id)
+        for r in st.ranges[first : first + self.config.readahead_blocks]:
+            if tail is not None and r.start_offset >= tail:
+                return  # the tail is served from the LogCache
+            k = (r.object_key, r.position)
+            if k in self._prefetching or self.block_cache.get(*k, count=False) is not None:
+                continue
+            task = asyncio.create_task(self._prefetch(r))
+            self._prefetching[k] = task
+            task.add_done_callback(functools.partial(self._prefetched, k))
+
+    def _prefetched(self, key: tuple[str, int], _task: asyncio.Task[None]) -> None:
+        self._prefetching.pop(key, None)
+
+    async def _prefetch(self, r: RangeRecord) -> None:
+        try:
+            block = await self.store.get_range(r.object_key, r.position, r.position + r.size)
+        except StorageError:
+            return
+        self.block_cache.put(r.object_key, r.position, block)
+
     async def _block(self, st: StreamState, r: RangeRecord) -> memoryview:
+        pending = self._prefetching.get((r.object_key, r.position))
+        if pending is not None:
+            await asyncio.shield(pending)
         block = self.block_cache.get(r.object_key, r.position)
         if block is not None:
             return block
@@ -412,11 +466,26 @@ class StreamEngine:
             raise OffsetOutOfRange(new_start, st.start_offset, st.end_offset)
         if new_start <= st.start_offset:
             return st.start_offset
-        st.start_offset = await self.meta.trim_stream(stream_id, new_start)
+        st.start_offset = await self.meta.trim_stream(
+            stream_id, new_start, self.config.compaction.delete_grace_ms
+        )
         keep = [r for r in st.ranges if r.end_offset > st.start_offset]
         st.ranges = keep
         st.range_starts = [r.start_offset for r in keep]
         return st.start_offset
+
+    async def apply_retention(
+        self, stream_id: int, now_ms: int, retention_ms: int, retention_bytes: int
+    ) -> tuple[int, int] | None:
+        """Trim by retention; returns (old start, new start) when it moved."""
+        st = await self.open(stream_id)
+        point = retention_point(st.ranges, st.start_offset, now_ms, retention_ms, retention_bytes)
+        point = min(point, st.end_offset)
+        if point <= st.start_offset:
+            return None
+        old = st.start_offset
+        await self.trim(stream_id, point)
+        return old, st.start_offset
 
     async def offset_for_timestamp(self, stream_id: int, ts: int) -> tuple[int, int] | None:
         """(offset, timestamp) of the first record with timestamp >= ts."""

@@ -1,0 +1,89 @@
+"""Background upkeep of the log: retention, compaction, object cleanup,
+producer-state expiry. Each runs on its own interval; a failure is logged and
+retried next round, never fatal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from shoal.broker.broker import Broker
+
+log = logging.getLogger("shoal.maintenance")
+
+
+class Maintenance:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        cfg = self.broker.config
+        self._tasks = [
+            asyncio.create_task(
+                self._every(
+                    cfg["log.retention.check.interval.ms"], self.retention_once, "retention"
+                )
+            ),
+            asyncio.create_task(
+                self._every(cfg["compaction.interval.ms"], self.compaction_once, "compaction")
+            ),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _every(
+        self, interval_ms: int, job: Callable[[], Awaitable[object]], name: str
+    ) -> None:
+        while True:
+            await asyncio.sleep(interval_ms / 1000)
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s round failed; retrying next round", name)
+
+    async def retention_once(self) -> int:
+        """Apply retention.ms / retention.bytes to every partition whose
+        cleanup.policy includes delete; returns the partitions trimmed."""
+        topics = self.broker.topics
+        now = int(time.time() * 1000)
+        trimmed = 0
+        for topic in topics.all():
+            if "delete" not in str(topics.effective(topic, "cleanup.policy")):
+                continue
+            ms = int(topics.effective(topic, "retention.ms"))
+            size = int(topics.effective(topic, "retention.bytes"))
+            if ms < 0 and size < 0:
+                continue
+            for p in list(topic.partitions):
+                moved = await self.broker.engine.apply_retention(p.stream_id, now, ms, size)
+                if moved is not None:
+                    trimmed += 1
+                    log.info(
+                        "retention moved log start of %s-%d from %d to %d "
+                        "(retention.ms=%d retention.bytes=%d)",
+                        topic.name,
+                        p.partition,
+                        moved[0],
+                        moved[1],
+                        ms,
+                        size,
+                    )
+        expired = await self.broker.meta.expire_producers(
+            now - int(self.broker.config["producer.id.expiration.ms"])
+        )
+        if expired:
+            log.info("forgot %d idle producers", expired)
+        return trimmed
+
+    async def compaction_once(self) -> None:
+        engine = self.broker.engine
+        await engine.compactor.run_once()
+        await engine.cleaner.run_once()

@@ -1,0 +1,63 @@
+"""Prometheus endpoint: engine counters read at scrape time, so the produce
+and fetch paths pay nothing for being observable."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from shoal.broker.broker import Broker
+
+log = logging.getLogger("shoal.metrics")
+
+
+class EngineCollector(Collector):
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def collect(self) -> Iterator[Any]:
+        e = self.broker.engine
+        for name, cache in (("log", e.log_cache), ("block", e.block_cache)):
+            hits = CounterMetricFamily(f"shoal_{name}_cache_hits", f"{name} cache hits")
+            hits.add_metric([], cache.stats.hits)
+            yield hits
+            misses = CounterMetricFamily(f"shoal_{name}_cache_misses", f"{name} cache misses")
+            misses.add_metric([], cache.stats.misses)
+            yield misses
+            size = GaugeMetricFamily(f"shoal_{name}_cache_bytes", f"{name} cache size")
+            size.add_metric([], cache.size)
+            yield size
+        wal = e.wal
+        for metric, value, doc in (
+            ("shoal_wal_objects_committed", wal.objects_committed, "WAL objects committed"),
+            ("shoal_wal_bytes_committed", wal.bytes_committed, "bytes in committed WAL objects"),
+            ("shoal_wal_retries", wal.upload_retries, "object store or commit retries"),
+            ("shoal_compaction_rounds", e.compactor.rounds, "compaction rounds"),
+            ("shoal_compaction_objects_in", e.compactor.totals.objects_in, "objects compacted"),
+            ("shoal_objects_deleted", e.cleaner.totals.deleted, "replaced objects deleted"),
+            ("shoal_orphans_deleted", e.cleaner.totals.orphans, "uncommitted uploads deleted"),
+        ):
+            c = CounterMetricFamily(metric, doc)
+            c.add_metric([], value)
+            yield c
+        g = GaugeMetricFamily("shoal_wal_unflushed_bytes", "appended bytes not yet committed")
+        g.add_metric([], wal.unflushed)
+        yield g
+
+
+def start_metrics(broker: Broker) -> Any | None:
+    """Serve /metrics on metrics.listen (in a thread, off the event loop)."""
+    listen = str(broker.config["metrics.listen"])
+    if not listen:
+        return None
+    host, _, port = listen.rpartition(":")
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(broker))
+    server, _thread = start_http_server(int(port), host, registry)
+    log.info("metrics on http://%s/metrics", listen)
+    return server

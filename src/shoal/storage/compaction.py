@@ -1,0 +1,191 @@
+"""Compaction: rewrite small WAL objects into large, per-stream ones.
+
+WAL objects are small and mix every partition of a broker, which is right for
+write latency and wrong for catch-up reads. A round takes the oldest WAL
+objects of this broker, and rewrites each stream's data as contiguous,
+batch-aligned blocks of about `block_bytes`: streams with at least
+`stream_object_bytes` in the round get an object of their own, the rest share
+one. One metadata transaction swaps the ranges; the replaced objects are
+deleted after a grace period, so readers in flight finish first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shoal.meta.store import MetaStore, RangeCommit, RangeRecord
+from shoal.protocol.records import batch_spans
+from shoal.storage.format import BlockBuilder, encode_object
+from shoal.storage.objectstore import ObjectStore
+
+log = logging.getLogger("shoal.compaction")
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionConfig:
+    min_age_ms: int = 10_000
+    max_objects: int = 256
+    max_bytes: int = 128 * 1024 * 1024
+    block_bytes: int = 1024 * 1024
+    stream_object_bytes: int = 8 * 1024 * 1024
+    delete_grace_ms: int = 60_000
+
+
+@dataclass(slots=True)
+class CompactionResult:
+    objects_in: int = 0
+    objects_out: int = 0
+    bytes_in: int = 0
+    streams: int = 0
+
+
+# stream id -> its new ranges, so the engine can update what it serves from
+RangesChanged = Callable[[int, list[int], list[RangeRecord]], None]
+
+
+class Compactor:
+    def __init__(
+        self,
+        store: ObjectStore,
+        meta: MetaStore,
+        node_id: int,
+        config: CompactionConfig,
+        on_change: RangesChanged,
+    ) -> None:
+        self.store = store
+        self.meta = meta
+        self.node_id = node_id
+        self.config = config
+        self.on_change = on_change
+        self._seq = 0
+        self.rounds = 0
+        self.totals = CompactionResult()
+
+    async def pending(self) -> int:
+        """WAL objects old enough to compact (for stats)."""
+        cutoff = int(time.time() * 1000) - self.config.min_age_ms
+        return len(await self.meta.wal_objects(self.node_id, cutoff, 1_000_000))
+
+    async def run_once(self) -> CompactionResult:
+        cutoff = int(time.time() * 1000) - self.config.min_age_ms
+        keys = await self.meta.wal_objects(self.node_id, cutoff, self.config.max_objects)
+        result = CompactionResult()
+        if not keys:
+            return result
+        ranges = await self.meta.ranges_in_objects(keys)
+        # Bound the round's memory: whole objects in id order until max_bytes.
+        chosen: list[str] = []
+        size = 0
+        sizes: dict[str, int] = {}
+        for r in ranges:
+            sizes[r.object_key] = sizes.get(r.object_key, 0) + r.size
+        for key in keys:
+            if chosen and size + sizes.get(key, 0) > self.config.max_bytes:
+                break
+            chosen.append(key)
+            size += sizes.get(key, 0)
+        chosen_set = set(chosen)
+        ranges = [r for r in ranges if r.object_key in chosen_set]
+        data = {key: await self.store.get(key) for key in chosen if key in sizes}
+        by_stream: dict[int, list[RangeRecord]] = {}
+        for r in ranges:
+            by_stream.setdefault(r.stream_id, []).append(r)
+        shared: list[tuple[int, list[RangeRecord]]] = []
+        for sid, rs in sorted(by_stream.items()):
+            for run in _contiguous(rs):
+                run_bytes = sum(r.size for r in run)
+                if run_bytes >= self.config.stream_object_bytes:
+                    await self._write([(sid, run)], data, "stream", result)
+                else:
+                    shared.append((sid, run))
+        if shared:
+            await self._write(shared, data, "set", result)
+        # WAL objects with no range left (all trimmed, or only empty) still
+        # need scheduling: replace_ranges did that for the swapped ones.
+        result.objects_in = len(chosen)
+        result.bytes_in = size
+        self.rounds += 1
+        self.totals.objects_in += result.objects_in
+        self.totals.objects_out += result.objects_out
+        self.totals.bytes_in += result.bytes_in
+        self.totals.streams += result.streams
+        log.info(
+            "compacted %d WAL objects (%d bytes) of %d streams into %d objects",
+            result.objects_in,
+            result.bytes_in,
+            result.streams,
+            result.objects_out,
+        )
+        return result
+
+    async def _write(
+        self,
+        runs: list[tuple[int, list[RangeRecord]]],
+        data: dict[str, bytes],
+        kind: str,
+        result: CompactionResult,
+    ) -> None:
+        blocks: list[BlockBuilder] = []
+        plan: list[tuple[int, list[int], int, int]] = []  # stream, old starts, first, last block
+        for sid, run in runs:
+            first_block = len(blocks)
+            current: BlockBuilder | None = None
+            for r in run:
+                block = memoryview(data[r.object_key])[r.position : r.position + r.size]
+                for start, end in batch_spans(block):
+                    batch = block[start:end]
+                    base = int.from_bytes(batch[0:8], "big", signed=True)
+                    last = base + int.from_bytes(batch[23:27], "big", signed=True)
+                    max_ts = int.from_bytes(batch[35:43], "big", signed=True)
+                    if current is None or current.size + len(batch) > self.config.block_bytes:
+                        current = BlockBuilder(sid, base, last + 1, max_ts, [], 0)
+                        blocks.append(current)
+                    current.add(batch, last + 1, max_ts)
+            plan.append((sid, [r.start_offset for r in run], first_block, len(blocks)))
+        if not blocks:
+            return
+        payload, entries = encode_object(blocks)
+        self._seq += 1
+        key = (
+            f"compacted/{self.node_id}/{int(time.time() * 1000):013d}-{os.getpid()}-"
+            f"{self._seq:08d}.obj"
+        )
+        await self.store.put(key, payload)
+        replacements = []
+        new_by_stream: dict[int, list[RangeRecord]] = {}
+        for sid, old_starts, lo, hi in plan:
+            new = [
+                RangeCommit(
+                    sid, 0, e.start_offset, e.end_offset, e.position, e.size, e.max_timestamp
+                )
+                for e in entries[lo:hi]
+            ]
+            replacements.append((sid, old_starts, new))
+            new_by_stream[sid] = [
+                RangeRecord(
+                    sid, x.start_offset, x.end_offset, key, x.position, x.size, x.max_timestamp
+                )
+                for x in new
+            ]
+        done = await self.meta.replace_ranges(
+            key, len(payload), self.node_id, kind, replacements, self.config.delete_grace_ms
+        )
+        old = {sid: starts for sid, starts, _lo, _hi in plan}
+        for sid in done:
+            self.on_change(sid, old[sid], new_by_stream[sid])
+        result.objects_out += 1
+        result.streams += len(done)
+
+
+def _contiguous(ranges: list[RangeRecord]) -> list[list[RangeRecord]]:
+    runs: list[list[RangeRecord]] = []
+    for r in ranges:
+        if runs and runs[-1][-1].end_offset == r.start_offset:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    return runs
