@@ -79,8 +79,15 @@ def test_key_distributions() -> None:
 
 
 def test_spec_rejects_bad_values() -> None:
-    for kw in ({"acks": "5"}, {"record_size": -1}, {"rate": 0.0}, {"compression": "brotli"},
-               {"partitions": 0}, {"duration_s": 0.0}, {"key_dist": "pareto"}):
+    for kw in (
+        {"acks": "5"},
+        {"record_size": -1},
+        {"rate": 0.0},
+        {"compression": "brotli"},
+        {"partitions": 0},
+        {"duration_s": 0.0},
+        {"key_dist": "pareto"},
+    ):
         with pytest.raises(ValueError):
             b.ProduceSpec("x:1", "t", **kw)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
@@ -101,8 +108,9 @@ def test_chart_from_result_alone(tmp_path: Path) -> None:
     tput = b.Throughput.of(1000, 1_000_000, 1_500_000_000, tl)
     produce = b.ProduceStats(1000, 1000, 0, {}, 0, 1000.0, 1000.0, tput, lat)
     consume = b.ConsumeStats(1000, 0, {}, 6, True, 0, tput)
-    result = b.BenchResult("e2e", "x:1", "t", "2024-01-01T00:00:00+00:00", {}, {},
-                           produce, consume, lat)
+    result = b.BenchResult(
+        "e2e", "x:1", "t", "2024-01-01T00:00:00+00:00", {}, {}, produce, consume, lat
+    )
     again = b.BenchResult.from_dict(json.loads(result.to_json()))
     out = tmp_path / "chart.png"
     b.write_chart(again, out)
@@ -113,8 +121,16 @@ def test_chart_from_result_alone(tmp_path: Path) -> None:
 
 
 def test_produce_at_rate_is_consistent(broker: BrokerProcess, topic_name: str) -> None:
-    spec = b.ProduceSpec(broker.bootstrap, topic_name, record_size=200, key_dist="uniform",
-                         keys=50, partitions=3, rate=2000.0, duration_s=1.5)
+    spec = b.ProduceSpec(
+        broker.bootstrap,
+        topic_name,
+        record_size=200,
+        key_dist="uniform",
+        keys=50,
+        partitions=3,
+        rate=2000.0,
+        duration_s=1.5,
+    )
     result = b.run_produce(spec, quiet=True)
     p = result.produce
     assert p is not None and result.kind == "produce"
@@ -126,16 +142,51 @@ def test_produce_at_rate_is_consistent(broker: BrokerProcess, topic_name: str) -
     assert_round_trips(result)
 
 
+def test_per_record_send_path_is_consistent(broker: BrokerProcess, topic_name: str) -> None:
+    # Clients without produce_batch take this path; the counts must add up the same way.
+    spec = b.ProduceSpec(
+        broker.bootstrap,
+        topic_name,
+        record_size=300,
+        key_dist="zipf",
+        keys=7,
+        partitions=2,
+        rate=3000.0,
+        duration_s=1.0,
+    )
+    b.ensure_topic(spec.bootstrap, spec.topic, spec.partitions)
+    run = b._ProducerRun(spec, stamp=False, nonce=bytes(8), batch=False)
+    try:
+        run.warm_up()
+        run.run(b._Progress(quiet=True), "produce")
+        run.finish()
+    finally:
+        run.close()
+    stats = run.stats()
+    assert_produce_consistent(stats)
+    assert stats.errors == 0, stats.error_counts
+    assert stats.throughput.bytes == stats.delivered * (300 + len(b"key-0"))
+
+
 def test_consume_reads_back_a_fresh_topic(broker: BrokerProcess, topic_name: str) -> None:
-    spec = b.ProduceSpec(broker.bootstrap, topic_name, record_size=100, key_dist="zipf",
-                         keys=20, partitions=4, duration_s=1.0, compression="lz4")
+    spec = b.ProduceSpec(
+        broker.bootstrap,
+        topic_name,
+        record_size=100,
+        key_dist="zipf",
+        keys=20,
+        partitions=4,
+        duration_s=1.0,
+        compression="lz4",
+    )
     produced = b.run_produce(spec, quiet=True)
     assert produced.produce is not None
     assert_produce_consistent(produced.produce)
     assert produced.produce.errors == 0, produced.produce.error_counts
 
-    consumed = b.run_consume(b.ConsumeSpec(broker.bootstrap, topic_name, duration_s=60.0),
-                             quiet=True)
+    consumed = b.run_consume(
+        b.ConsumeSpec(broker.bootstrap, topic_name, duration_s=60.0), quiet=True
+    )
     c = consumed.consume
     assert c is not None and consumed.kind == "consume"
     assert c.end_reached
@@ -146,14 +197,20 @@ def test_consume_reads_back_a_fresh_topic(broker: BrokerProcess, topic_name: str
     assert sum(c.throughput.per_second_records) == c.consumed
     assert_round_trips(consumed)
 
-    first = b.run_consume(b.ConsumeSpec(broker.bootstrap, topic_name, max_records=10),
-                          quiet=True)
+    first = b.run_consume(b.ConsumeSpec(broker.bootstrap, topic_name, max_records=10), quiet=True)
     assert first.consume is not None and first.consume.consumed == 10
 
 
 def test_e2e_receives_everything_it_sent(broker: BrokerProcess, topic_name: str) -> None:
-    spec = b.ProduceSpec(broker.bootstrap, topic_name, record_size=64, partitions=2,
-                         rate=500.0, duration_s=1.5, acks="1")
+    spec = b.ProduceSpec(
+        broker.bootstrap,
+        topic_name,
+        record_size=64,
+        partitions=2,
+        rate=500.0,
+        duration_s=1.5,
+        acks="1",
+    )
     result = b.run_e2e(spec, quiet=True, drain_timeout_s=30.0)
     p, c, e2e = result.produce, result.consume, result.e2e_latency
     assert p is not None and c is not None and e2e is not None
@@ -166,16 +223,38 @@ def test_e2e_receives_everything_it_sent(broker: BrokerProcess, topic_name: str)
     assert_round_trips(result)
 
 
-def test_cli_produce_then_consume(broker: BrokerProcess, topic_name: str,
-                                  tmp_path: Path) -> None:
+def test_cli_produce_then_consume(broker: BrokerProcess, topic_name: str, tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "produce.json"
-    res = runner.invoke(bench_cli, [
-        "produce", "--bootstrap", broker.bootstrap, "--topic", topic_name,
-        "--record-size", "512", "--partitions", "2", "--rate", "1000", "--duration", "1",
-        "--acks", "1", "--compression", "zstd", "--linger-ms", "1",
-        "-X", "client.id=bench-test", "--json", str(out), "--quiet",
-    ])
+    res = runner.invoke(
+        bench_cli,
+        [
+            "produce",
+            "--bootstrap",
+            broker.bootstrap,
+            "--topic",
+            topic_name,
+            "--record-size",
+            "512",
+            "--partitions",
+            "2",
+            "--rate",
+            "1000",
+            "--duration",
+            "1",
+            "--acks",
+            "1",
+            "--compression",
+            "zstd",
+            "--linger-ms",
+            "1",
+            "-X",
+            "client.id=bench-test",
+            "--json",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     produced = b.BenchResult.from_dict(json.loads(out.read_text()))
     assert produced.produce is not None
@@ -184,10 +263,19 @@ def test_cli_produce_then_consume(broker: BrokerProcess, topic_name: str,
     assert produced.spec["compression"] == "zstd"
 
     out2 = tmp_path / "consume.json"
-    res = runner.invoke(bench_cli, [
-        "consume", "--bootstrap", broker.bootstrap, "--topic", topic_name,
-        "--json", str(out2), "--quiet",
-    ])
+    res = runner.invoke(
+        bench_cli,
+        [
+            "consume",
+            "--bootstrap",
+            broker.bootstrap,
+            "--topic",
+            topic_name,
+            "--json",
+            str(out2),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     consumed = b.BenchResult.from_dict(json.loads(out2.read_text()))
     assert consumed.consume is not None

@@ -155,6 +155,124 @@ BROKER_KEYS: dict[str, Key] = {
         Key("log.cache.bytes", int, 256 * MIB, "tail-read cache size", at_least(0)),
         Key("block.cache.bytes", int, 256 * MIB, "catch-up read cache size", at_least(0)),
         Key("fetch.max.wait.cap.ms", int, 30_000, "cap on a fetch's max_wait_ms", at_least(0)),
+        Key(
+            "compaction.interval.ms",
+            int,
+            30_000,
+            "how often WAL objects are compacted",
+            at_least(100),
+        ),
+        Key(
+            "compaction.min.age.ms",
+            int,
+            10_000,
+            "youngest WAL object compaction takes",
+            at_least(0),
+        ),
+        Key(
+            "compaction.max.bytes",
+            int,
+            128 * MIB,
+            "most data one compaction round reads",
+            at_least(1024),
+        ),
+        Key(
+            "compaction.block.bytes",
+            int,
+            MIB,
+            "block size of compacted objects (range reads)",
+            at_least(1024),
+        ),
+        Key(
+            "compaction.stream.object.bytes",
+            int,
+            8 * MIB,
+            "data of one stream in a round that earns it an object of its own",
+            at_least(1024),
+        ),
+        Key(
+            "object.delete.grace.ms",
+            int,
+            60_000,
+            "how long replaced objects stay readable before deletion",
+            at_least(0),
+        ),
+        Key(
+            "object.orphan.grace.ms",
+            int,
+            600_000,
+            "age after which an uploaded but uncommitted object is deleted",
+            at_least(1000),
+        ),
+        Key(
+            "producer.id.expiration.ms",
+            int,
+            86_400_000,
+            "idle time after which a producer's sequence state is forgotten",
+            at_least(1000),
+        ),
+        Key(
+            "metrics.listen",
+            str,
+            "",
+            "HOST:PORT of the Prometheus endpoint (off when empty)",
+            lambda v: None if v == "" else host_port(v),
+        ),
+        Key("s3.endpoint", str, "", "S3 endpoint URL (MinIO, Ceph, R2...); or AWS_ENDPOINT_URL"),
+        Key("s3.region", str, "", "S3 region; or AWS_REGION"),
+        Key("s3.access.key.id", str, "", "S3 access key; or AWS_ACCESS_KEY_ID"),
+        Key("s3.secret.access.key", str, "", "S3 secret key; or AWS_SECRET_ACCESS_KEY"),
+        Key("s3.path.style", bool, False, "path-style requests instead of virtual hosts"),
+        Key("s3.allow.http", bool, False, "allow a plain-HTTP endpoint; or AWS_ALLOW_HTTP"),
+        Key(
+            "group.min.session.timeout.ms",
+            int,
+            6_000,
+            "shortest session.timeout.ms a group member may ask for",
+            at_least(1),
+        ),
+        Key(
+            "group.max.session.timeout.ms",
+            int,
+            1_800_000,
+            "longest session.timeout.ms a group member may ask for",
+            at_least(1),
+        ),
+        Key(
+            "group.initial.rebalance.delay.ms",
+            int,
+            3_000,
+            "how long a new group waits for more members before its first assignment",
+            at_least(0),
+        ),
+        Key(
+            "offsets.retention.minutes",
+            int,
+            10_080,
+            "how long an empty group's committed offsets are kept",
+            at_least(1),
+        ),
+        Key(
+            "offsets.retention.check.interval.ms",
+            int,
+            600_000,
+            "how often expired offsets are removed",
+            at_least(1),
+        ),
+        Key(
+            "offset.metadata.max.bytes",
+            int,
+            4096,
+            "longest metadata string of a committed offset",
+            at_least(0),
+        ),
+        Key(
+            "group.max.size",
+            int,
+            2**31 - 1,
+            "most members a consumer group may have (default: unbounded)",
+            at_least(1),
+        ),
     ]
 }
 
@@ -241,6 +359,27 @@ class BrokerConfig(Mapping[str, Any]):
     def advertised(self) -> tuple[str, int]:
         host, _, port = (self["advertise"] or self["listen"]).rpartition(":")
         return host, int(port)
+
+    @property
+    def object_store_options(self) -> dict[str, Any]:
+        """obstore options from the s3.* keys; unset keys leave the standard
+        AWS environment variables in charge."""
+        if not self.objects_url.startswith(("s3://", "s3a://")):
+            return {}
+        opts: dict[str, Any] = {}
+        for key, name in (
+            ("s3.endpoint", "endpoint"),
+            ("s3.region", "region"),
+            ("s3.access.key.id", "access_key_id"),
+            ("s3.secret.access.key", "secret_access_key"),
+        ):
+            if self[key]:
+                opts[name] = self[key]
+        if self["s3.path.style"]:
+            opts["virtual_hosted_style_request"] = False
+        if self["s3.allow.http"]:
+            opts["client_options"] = {"allow_http": True}
+        return opts
 
     def topic_default(self, key: str) -> Any:
         if key in TOPIC_DEFAULT_FROM:

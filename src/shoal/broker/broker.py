@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 from shoal.broker.topics import Topic, TopicCatalog
 from shoal.config import BrokerConfig
+from shoal.group.coordinator import GroupConfig, GroupCoordinator
 from shoal.meta.store import MetaStore, PartitionRecord
 from shoal.producer.ids import ProducerIdAllocator
 from shoal.protocol.errors import ErrorCode, KafkaError
+from shoal.storage.compaction import CompactionConfig
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.streams import EngineConfig, StreamEngine
 from shoal.storage.wal import WalConfig
@@ -30,6 +32,8 @@ class Node:
 
 
 class Broker:
+    groups: GroupCoordinator  # set by open()
+
     def __init__(
         self,
         config: BrokerConfig,
@@ -52,7 +56,7 @@ class Broker:
 
     @classmethod
     async def open(cls, config: BrokerConfig) -> Broker:
-        store = ObjectStore(config.objects_url)
+        store = ObjectStore(config.objects_url, config.object_store_options)
         await store.check()
         meta = await MetaStore.open(config.metadata_url)
         engine = StreamEngine(
@@ -66,16 +70,27 @@ class Broker:
                     max_inflight=config["wal.max.inflight"],
                     buffer_max_bytes=config["wal.buffer.max.bytes"],
                 ),
+                compaction=CompactionConfig(
+                    min_age_ms=config["compaction.min.age.ms"],
+                    max_bytes=config["compaction.max.bytes"],
+                    block_bytes=config["compaction.block.bytes"],
+                    stream_object_bytes=config["compaction.stream.object.bytes"],
+                    delete_grace_ms=config["object.delete.grace.ms"],
+                ),
                 log_cache_bytes=config["log.cache.bytes"],
                 block_cache_bytes=config["block.cache.bytes"],
+                orphan_grace_ms=config["object.orphan.grace.ms"],
             ),
         )
         catalog = TopicCatalog(meta, config)
         await catalog.load()
-        return cls(config, meta, store, engine, catalog, await meta.cluster_id())
+        broker = cls(config, meta, store, engine, catalog, await meta.cluster_id())
+        broker.groups = await GroupCoordinator.open(meta, GroupConfig.from_config(config))
+        return broker
 
     async def close(self) -> None:
         """Commit everything pending, then let go of the metadata store."""
+        await self.groups.close()
         await self.engine.close()
         await self.meta.close()
 

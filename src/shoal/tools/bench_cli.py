@@ -54,15 +54,33 @@ def _parse_rate(ctx: click.Context, param: click.Parameter, value: str) -> float
 def _common(f: F) -> F:
     """Options every subcommand takes."""
     options = [
-        click.option("--bootstrap", default="127.0.0.1:9092", show_default=True,
-                     help="Bootstrap address of any Kafka-compatible cluster."),
-        click.option("-X", "extra", multiple=True, metavar="KEY=VALUE",
-                     callback=_parse_settings,
-                     help="librdkafka client setting, passed through (repeatable)."),
-        click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Write the full result as JSON to FILE."),
-        click.option("--chart", "chart_path", type=click.Path(dir_okay=False, path_type=Path),
-                     callback=_check_png, help="Write a PNG chart (needs matplotlib)."),
+        click.option(
+            "--bootstrap",
+            default="127.0.0.1:9092",
+            show_default=True,
+            help="Bootstrap address of any Kafka-compatible cluster.",
+        ),
+        click.option(
+            "-X",
+            "extra",
+            multiple=True,
+            metavar="KEY=VALUE",
+            callback=_parse_settings,
+            help="librdkafka client setting, passed through (repeatable).",
+        ),
+        click.option(
+            "--json",
+            "json_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Write the full result as JSON to FILE.",
+        ),
+        click.option(
+            "--chart",
+            "chart_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            callback=_check_png,
+            help="Write a PNG chart (needs matplotlib).",
+        ),
         click.option("--quiet", is_flag=True, help="No live progress line."),
     ]
     for option in reversed(options):
@@ -73,29 +91,81 @@ def _common(f: F) -> F:
 def _producer_options(default_rate: str, default_duration: float) -> Callable[[F], F]:
     def wrap(f: F) -> F:
         options = [
-            click.option("--topic", default=None,
-                         help="Topic (created if missing). Default: a fresh bench-* name."),
-            click.option("--record-size", type=click.IntRange(min=0), default=1024,
-                         show_default=True, help="Value size in bytes."),
-            click.option("--keys", type=click.IntRange(min=1), default=1000, show_default=True,
-                         help="Number of distinct keys (with --key-dist uniform|zipf)."),
-            click.option("--key-dist", type=click.Choice(b.KEY_DISTS), default="none",
-                         show_default=True, help="Key distribution; none sends null keys."),
-            click.option("--zipf-s", type=click.FloatRange(min=0, min_open=True), default=1.0,
-                         show_default=True, help="Zipf exponent for --key-dist zipf."),
-            click.option("--partitions", type=click.IntRange(min=1), default=6,
-                         show_default=True, help="Partitions when the topic is created."),
-            click.option("--replication-factor", type=click.IntRange(min=1), default=1,
-                         show_default=True, help="Replication factor when the topic is created."),
-            click.option("--rate", default=default_rate, show_default=True,
-                         callback=_parse_rate, help="Target records/s, or 'unlimited'."),
-            click.option("--duration", type=click.FloatRange(min=0, min_open=True),
-                         default=default_duration, show_default=True, help="Seconds to produce."),
+            click.option(
+                "--topic",
+                default=None,
+                help="Topic (created if missing). Default: a fresh bench-* name.",
+            ),
+            click.option(
+                "--record-size",
+                type=click.IntRange(min=0),
+                default=1024,
+                show_default=True,
+                help="Value size in bytes.",
+            ),
+            click.option(
+                "--keys",
+                type=click.IntRange(min=1),
+                default=1000,
+                show_default=True,
+                help="Number of distinct keys (with --key-dist uniform|zipf).",
+            ),
+            click.option(
+                "--key-dist",
+                type=click.Choice(b.KEY_DISTS),
+                default="none",
+                show_default=True,
+                help="Key distribution; none sends null keys.",
+            ),
+            click.option(
+                "--zipf-s",
+                type=click.FloatRange(min=0, min_open=True),
+                default=1.0,
+                show_default=True,
+                help="Zipf exponent for --key-dist zipf.",
+            ),
+            click.option(
+                "--partitions",
+                type=click.IntRange(min=1),
+                default=6,
+                show_default=True,
+                help="Partitions when the topic is created.",
+            ),
+            click.option(
+                "--replication-factor",
+                type=click.IntRange(min=1),
+                default=1,
+                show_default=True,
+                help="Replication factor when the topic is created.",
+            ),
+            click.option(
+                "--rate",
+                default=default_rate,
+                show_default=True,
+                callback=_parse_rate,
+                help="Target records/s, or 'unlimited'.",
+            ),
+            click.option(
+                "--duration",
+                type=click.FloatRange(min=0, min_open=True),
+                default=default_duration,
+                show_default=True,
+                help="Seconds to produce.",
+            ),
             click.option("--acks", type=click.Choice(b.ACKS), default="all", show_default=True),
-            click.option("--compression", type=click.Choice(b.COMPRESSIONS), default="none",
-                         show_default=True),
-            click.option("--linger-ms", type=click.FloatRange(min=0), default=5.0,
-                         show_default=True, help="linger.ms of the producer."),
+            click.option(
+                "--compression",
+                type=click.Choice(b.COMPRESSIONS),
+                default="none",
+                show_default=True,
+            ),
+            click.option(
+                "--linger-ms",
+                type=click.FloatRange(min=0),
+                default=5.0,
+                show_default=True,
+                help="linger.ms of the producer.",
+            ),
         ]
         for option in reversed(options):
             f = option(f)
@@ -113,11 +183,20 @@ def _check_png(ctx: click.Context, param: click.Parameter, value: Path | None) -
 def _produce_spec(topic: str, kw: dict[str, Any]) -> b.ProduceSpec:
     try:
         return b.ProduceSpec(
-            bootstrap=kw["bootstrap"], topic=topic, record_size=kw["record_size"],
-            key_dist=kw["key_dist"], keys=kw["keys"], zipf_s=kw["zipf_s"],
-            partitions=kw["partitions"], replication_factor=kw["replication_factor"],
-            rate=kw["rate"], duration_s=kw["duration"], acks=kw["acks"],
-            compression=kw["compression"], linger_ms=kw["linger_ms"], extra=kw["extra"],
+            bootstrap=kw["bootstrap"],
+            topic=topic,
+            record_size=kw["record_size"],
+            key_dist=kw["key_dist"],
+            keys=kw["keys"],
+            zipf_s=kw["zipf_s"],
+            partitions=kw["partitions"],
+            replication_factor=kw["replication_factor"],
+            rate=kw["rate"],
+            duration_s=kw["duration"],
+            acks=kw["acks"],
+            compression=kw["compression"],
+            linger_ms=kw["linger_ms"],
+            extra=kw["extra"],
         )
     except ValueError as e:  # options are range-checked already; this is a backstop
         raise click.UsageError(str(e)) from e
@@ -128,15 +207,12 @@ def _fresh_topic() -> str:
 
 
 def _finish(result: b.BenchResult, json_path: Path | None, chart_path: Path | None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"shoal bench {result.kind}", show_header=False, box=None)
-    table.add_column(style="bold")
-    table.add_column()
-    for name, value in result.summary():
-        table.add_row(name, value)
-    Console().print(table)
+    # Plain aligned lines: they stay one line per figure in logs and pipes too.
+    rows = result.summary()
+    width = max(len(name) for name, _ in rows)
+    click.echo(f"shoal bench {result.kind}")
+    for name, value in rows:
+        click.echo(f"  {name:<{width}}  {value}")
     if json_path is not None:
         json_path.write_text(result.to_json() + "\n")
     if chart_path is not None:
@@ -178,19 +254,32 @@ def produce(**kw: Any) -> None:
 @bench.command()
 @_common
 @click.option("--topic", required=True, help="Topic to read from the beginning.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=30.0,
-              show_default=True, help="Stop after this many seconds.")
-@click.option("--records", type=click.IntRange(min=1), default=None,
-              help="Stop after this many records.")
-@click.option("--follow", is_flag=True,
-              help="Keep reading new records until --duration instead of stopping at the end.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Stop after this many seconds.",
+)
+@click.option(
+    "--records", type=click.IntRange(min=1), default=None, help="Stop after this many records."
+)
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep reading new records until --duration instead of stopping at the end.",
+)
 @_guard
 def consume(**kw: Any) -> None:
     """Read a topic from the beginning (no consumer group) and measure throughput."""
     try:
         spec = b.ConsumeSpec(
-            bootstrap=kw["bootstrap"], topic=kw["topic"], duration_s=kw["duration"],
-            max_records=kw["records"], follow=kw["follow"], extra=kw["extra"],
+            bootstrap=kw["bootstrap"],
+            topic=kw["topic"],
+            duration_s=kw["duration"],
+            max_records=kw["records"],
+            follow=kw["follow"],
+            extra=kw["extra"],
         )
     except ValueError as e:
         raise click.UsageError(str(e)) from e
@@ -201,10 +290,21 @@ def consume(**kw: Any) -> None:
 @bench.command()
 @_common
 @_producer_options(default_rate="1000", default_duration=10.0)
-@click.option("--consumer-X", "consumer_extra", multiple=True, metavar="KEY=VALUE",
-              callback=_parse_settings, help="Setting for the consumer only (repeatable).")
-@click.option("--drain-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="Seconds to wait for the consumer to catch up after producing.")
+@click.option(
+    "--consumer-X",
+    "consumer_extra",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_parse_settings,
+    help="Setting for the consumer only (repeatable).",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the consumer to catch up after producing.",
+)
 @_guard
 def e2e(**kw: Any) -> None:
     """Produce at a fixed rate while tailing the topic; end-to-end latency percentiles."""
@@ -218,7 +318,9 @@ def e2e(**kw: Any) -> None:
     spec = _produce_spec(kw["topic"] or _fresh_topic(), kw)
     consumer_extra = {**kw["extra"], **kw["consumer_extra"]}
     result = b.run_e2e(
-        spec, consumer_extra=consumer_extra, drain_timeout_s=kw["drain_timeout"],
+        spec,
+        consumer_extra=consumer_extra,
+        drain_timeout_s=kw["drain_timeout"],
         quiet=kw["quiet"],
     )
     _finish(result, kw["json_path"], kw["chart_path"])

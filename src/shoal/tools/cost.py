@@ -149,11 +149,13 @@ class Network:
 
     azs: int = _f(3, "availability zones the cluster spans", lo=1)
     producer_cross_zone_share: float | None = _f(
-        None, "share of producer bytes sent to a leader in another zone; default (azs-1)/azs",
+        None,
+        "share of producer bytes sent to a leader in another zone; default (azs-1)/azs",
         hi=1.0,
     )
     consumer_cross_zone_share: float | None = _f(
-        None, "share of consumer bytes read from a leader in another zone; default (azs-1)/azs",
+        None,
+        "share of consumer bytes read from a leader in another zone; default (azs-1)/azs",
         hi=1.0,
     )
     cross_region_copies: int = _f(0, "full copies of the stream sent to other regions")
@@ -186,8 +188,9 @@ class Kafka:
     follower_fetching: bool = _f(False, "consumers read from an in-zone replica (KIP-392)")
     controllers: int = _f(3, "KRaft controller nodes")
     controller_instance: str = _f("m7g.large", "EC2 instance type of a controller")
-    disk_max_fill: float = _f(0.7, "EBS is provisioned so data fills this share", lo=None,
-                              gt=0.0, hi=1.0)
+    disk_max_fill: float = _f(
+        0.7, "EBS is provisioned so data fills this share", lo=None, gt=0.0, hi=1.0
+    )
 
 
 @dataclass(frozen=True)
@@ -199,20 +202,21 @@ class Tiered:
     puts_per_segment: float = _f(
         6.0, "PUTs per uploaded segment: data, indexes, snapshots, multipart parts"
     )
-    fetch_chunk_mb: float = _f(4.0, "bytes per GET when reading remote segments", lo=None,
-                               gt=0.0)
+    fetch_chunk_mb: float = _f(4.0, "bytes per GET when reading remote segments", lo=None, gt=0.0)
 
 
 @dataclass(frozen=True)
 class Shoal:
     """Shoal (shared storage) settings."""
 
-    wal_linger_ms: float = _f(250.0, "a WAL object is uploaded at least this often (wal.linger.ms)",
-                              lo=None, gt=0.0)
+    wal_linger_ms: float = _f(
+        250.0, "a WAL object is uploaded at least this often (wal.linger.ms)", lo=None, gt=0.0
+    )
     wal_max_mb: float = _f(8.0, "or when it reaches this size (wal.max.bytes)", lo=None, gt=0.0)
     compaction_rewrites: float = _f(1.0, "times compaction rewrites each byte")
-    compaction_put_mb: float = _f(16.0, "bytes per compaction PUT (multipart part size)",
-                                  lo=None, gt=0.0)
+    compaction_put_mb: float = _f(
+        16.0, "bytes per compaction PUT (multipart part size)", lo=None, gt=0.0
+    )
     read_block_mb: float = _f(4.0, "bytes per range GET of a catch-up read", lo=None, gt=0.0)
     zone_local_reads: bool = _f(
         False, "consumers fetch from a broker in their own zone, which reads S3"
@@ -258,8 +262,9 @@ class Profile:
         return asdict(self)
 
 
-def _read_toml(source: Path | str | Mapping[str, Any], error: type[CostInputError],
-               what: str) -> Mapping[str, Any]:
+def _read_toml(
+    source: Path | str | Mapping[str, Any], error: type[CostInputError], what: str
+) -> Mapping[str, Any]:
     if isinstance(source, Mapping):
         return source
     try:
@@ -458,8 +463,10 @@ def _parse_price_layer(data: Mapping[str, Any], prefix: str) -> dict[str, PriceS
         elif key in FLAT_PRICES:
             out[key] = _price_entry(name, raw)
         else:
-            raise PriceError(name, f"unknown price (known: {', '.join(FLAT_PRICES)}, "
-                                   "instance.NAME, db_instance.NAME)")
+            raise PriceError(
+                name,
+                f"unknown price (known: {', '.join(FLAT_PRICES)}, instance.NAME, db_instance.NAME)",
+            )
     return out
 
 
@@ -643,8 +650,9 @@ def _zone_counts(replication_factor: int, azs: int) -> list[int]:
     ]
 
 
-def brokers_needed(load_in: float, load_out: float, per_broker: float, minimum: int,
-                   azs: int) -> int:
+def brokers_needed(
+    load_in: float, load_out: float, per_broker: float, minimum: int, azs: int
+) -> int:
     """Brokers for the busier direction, at least ``minimum``, a multiple of ``azs``.
 
     The multiple keeps the same capacity in every zone, which both rack-aware
@@ -689,8 +697,7 @@ class _Bill:
 
     def lines(self) -> tuple[Line, ...]:
         return tuple(
-            Line(category=cat, item=item, quantity=self.qty[item], unit=unit,
-                 cost=self.cost[item])
+            Line(category=cat, item=item, quantity=self.qty[item], unit=unit, cost=self.cost[item])
             for cat, item, unit in LINE_ITEMS
         )
 
@@ -796,9 +803,10 @@ def _kafka(ctx: _Ctx, scenario: str, tiered: bool) -> ScenarioCost:
             remote_share = max(0.0, one - local_bytes) / one
             remote_read_bytes = total * remote_share
         brokers = max(base, size(w, r, extra_in=rate * remote_share, extra_out=rate))
-        notes.append(f"replays read {total / GB:,.0f} GB/month from "
-                     + ("broker disks" if not tiered else
-                        f"disks and S3 ({remote_share:.0%} remote)"))
+        notes.append(
+            f"replays read {total / GB:,.0f} GB/month from "
+            + ("broker disks" if not tiered else f"disks and S3 ({remote_share:.0%} remote)")
+        )
     elif scenario == "failover" and p.failover.broker_losses_per_month > 0:
         per_broker = local_bytes * rf / base
         rebuild_bytes = per_broker * p.failover.broker_losses_per_month
@@ -810,8 +818,9 @@ def _kafka(ctx: _Ctx, scenario: str, tiered: bool) -> ScenarioCost:
 
     bill = _Bill()
     broker_price = _instance_price("brokers.instance", p.brokers.instance, prices.instance)
-    ctrl_price = _instance_price("kafka.controller_instance", p.kafka.controller_instance,
-                                 prices.instance)
+    ctrl_price = _instance_price(
+        "kafka.controller_instance", p.kafka.controller_instance, prices.instance
+    )
     bill.add("brokers", brokers * MONTH_H, brokers * MONTH_H * broker_price)
     ctrl_hours = p.kafka.controllers * MONTH_H
     bill.add("metadata", ctrl_hours, ctrl_hours * ctrl_price)
@@ -845,8 +854,9 @@ def _kafka(ctx: _Ctx, scenario: str, tiered: bool) -> ScenarioCost:
     )
 
 
-def wal_objects_per_s(brokers: int, ingest_bytes_s: float, linger_ms: float,
-                      max_bytes: float) -> float:
+def wal_objects_per_s(
+    brokers: int, ingest_bytes_s: float, linger_ms: float, max_bytes: float
+) -> float:
     """WAL uploads per second: every broker flushes at least every linger, or when full."""
     return max(brokers * 1000.0 / linger_ms, ingest_bytes_s / max_bytes)
 
@@ -880,8 +890,10 @@ def _shoal(ctx: _Ctx, scenario: str) -> ScenarioCost:
         events = ctx.burst_events()
         burst_s = min(MONTH_S, events * v.catch_up_hours * 3600)
         elastic_hours = (peak - base) * events * (v.catch_up_hours + overhead_h)
-        wal_objects = (wal_objects_per_s(base, w, linger, wal_max) * (MONTH_S - burst_s)
-                       + wal_objects_per_s(peak, peak_w, linger, wal_max) * burst_s)
+        wal_objects = (
+            wal_objects_per_s(base, w, linger, wal_max) * (MONTH_S - burst_s)
+            + wal_objects_per_s(peak, peak_w, linger, wal_max) * burst_s
+        )
         notes.append(
             f"{base} brokers all month, {peak} during each {v.catch_up_hours:.2f} h catch-up "
             f"at {peak_w / MB:.1f} MB/s (stateless brokers are added without moving data)"
@@ -893,15 +905,17 @@ def _shoal(ctx: _Ctx, scenario: str) -> ScenarioCost:
         duration_h = one / (p.replay.read_mb_s * MB) / 3600
         elastic_hours = (peak - base) * p.replay.per_month * (duration_h + overhead_h)
         catch_up_gets = total / (s.read_block_mb * MB)
-        notes.append(f"replays read {total / GB:,.0f} GB/month from S3 in "
-                     f"{s.read_block_mb:g} MB range reads")
+        notes.append(
+            f"replays read {total / GB:,.0f} GB/month from S3 in {s.read_block_mb:g} MB range reads"
+        )
     elif scenario == "failover" and p.failover.broker_losses_per_month > 0:
         notes.append("a lost broker's partitions move to others in metadata: no data is copied")
 
     bill = _Bill()
     broker_price = _instance_price("brokers.instance", p.brokers.instance, prices.instance)
-    db_price = _instance_price("shoal.metadata_db_instance", s.metadata_db_instance,
-                               prices.db_instance)
+    db_price = _instance_price(
+        "shoal.metadata_db_instance", s.metadata_db_instance, prices.db_instance
+    )
     db_copies = 2 if s.metadata_db_multi_az else 1
     bill.add("brokers", base * MONTH_H, base * MONTH_H * broker_price)
     bill.add("elastic_brokers", elastic_hours, elastic_hours * broker_price)
@@ -924,8 +938,9 @@ def _shoal(ctx: _Ctx, scenario: str) -> ScenarioCost:
     compaction_gets = cf * max(wal_objects, v.month_ingest_bytes / (s.read_block_mb * MB))
     gets = compaction_gets + wal_objects * other_zones + catch_up_gets
     bill.add("object_get", gets, gets / 1000 * prices.s3_get_per_1000)
-    notes.append(f"{wal_objects / MONTH_S:.1f} WAL objects/s on average, one metadata "
-                 "transaction each")
+    notes.append(
+        f"{wal_objects / MONTH_S:.1f} WAL objects/s on average, one metadata transaction each"
+    )
     return ScenarioCost(
         architecture="shared_storage",
         scenario=scenario,
@@ -959,4 +974,3 @@ def with_overrides(profile: Profile, **sections: Mapping[str, Any]) -> Profile:
     out = replace(profile, **changes)
     _check_profile(out)
     return out
-

@@ -66,9 +66,15 @@ def render_table(report: CostReport, console: Console) -> None:
 
     summary = Table(title="Monthly cost by architecture and scenario", show_lines=False)
     headers: tuple[tuple[str, JustifyMethod], ...] = (
-        ("scenario", "left"), ("arch.", "left"), ("brokers", "right"),
-        ("compute", "right"), ("storage", "right"), ("network", "right"),
-        ("requests", "right"), ("total", "right"), ("vs RF=3", "right"),
+        ("scenario", "left"),
+        ("arch.", "left"),
+        ("brokers", "right"),
+        ("compute", "right"),
+        ("storage", "right"),
+        ("network", "right"),
+        ("requests", "right"),
+        ("total", "right"),
+        ("vs RF=3", "right"),
     )
     for name, justify in headers:
         summary.add_column(name, justify=justify)
@@ -76,8 +82,9 @@ def render_table(report: CostReport, console: Console) -> None:
         reference = report.get("shared_nothing", scenario).total
         for i, arch in enumerate(ARCHITECTURES):
             r = report.get(arch, scenario)
-            brokers = str(r.brokers) if r.peak_brokers == r.brokers else (
-                f"{r.brokers}→{r.peak_brokers}")
+            brokers = (
+                str(r.brokers) if r.peak_brokers == r.brokers else (f"{r.brokers}→{r.peak_brokers}")
+            )
             ratio = f"{r.total / reference:.0%}" if reference > 0 else "-"
             summary.add_row(
                 SCENARIO_LABELS[scenario] if i == 0 else "",
@@ -94,8 +101,17 @@ def render_table(report: CostReport, console: Console) -> None:
     console.print(summary)
 
     net = Table(title="Network and object-store requests (USD/month)")
-    for name in ("scenario", "arch.", "replication", "cross-zone", "PrivateLink", "egress",
-                 "S3 PUT", "S3 GET", "PUT/GET M"):
+    for name in (
+        "scenario",
+        "arch.",
+        "replication",
+        "cross-zone",
+        "PrivateLink",
+        "egress",
+        "S3 PUT",
+        "S3 GET",
+        "PUT/GET M",
+    ):
         net.add_column(name, justify="left" if name in ("scenario", "arch.") else "right")
     for scenario in SCENARIOS:
         for i, arch in enumerate(ARCHITECTURES):
@@ -142,8 +158,12 @@ def render_chart(report: CostReport, path: Path) -> None:
             f"--chart needs matplotlib, which is not installed: pip install '{MATPLOTLIB_PIN}'"
         ) from exc
 
-    colors = {"compute": "#4C72B0", "storage": "#DD8452", "network": "#55A868",
-              "requests": "#C44E52"}
+    colors = {
+        "compute": "#4C72B0",
+        "storage": "#DD8452",
+        "network": "#55A868",
+        "requests": "#C44E52",
+    }
     width = 0.26
     fig, ax = plt.subplots(figsize=(11, 5.5))
     ticks: list[float] = []
@@ -157,15 +177,21 @@ def render_chart(report: CostReport, path: Path) -> None:
             for category in CATEGORIES:
                 value = r.category(category)
                 label = category if (s_index, a_index) == (0, 0) else None
-                ax.bar(x, value, width * 0.92, bottom=bottom, color=colors[category],
-                       label=label)
+                ax.bar(x, value, width * 0.92, bottom=bottom, color=colors[category], label=label)
                 bottom += value
             ax.text(x, bottom, f"${bottom:,.0f}", ha="center", va="bottom", fontsize=7)
             top = max(top, bottom)
             ticks.append(x)
             labels.append(SHORT_LABELS[arch])
-        ax.text(s_index, -0.09, SCENARIO_LABELS[scenario], transform=ax.get_xaxis_transform(),
-                ha="center", va="top", fontweight="bold")
+        ax.text(
+            s_index,
+            -0.09,
+            SCENARIO_LABELS[scenario],
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="top",
+            fontweight="bold",
+        )
     ax.set_xticks(ticks)
     ax.set_xticklabels(labels, fontsize=8)
     ax.set_ylim(0, top * 1.12 if top > 0 else 1)
@@ -175,8 +201,7 @@ def render_chart(report: CostReport, path: Path) -> None:
         "Monthly cost: Kafka RF=3, Kafka tiered storage, Shoal shared storage\n"
         f"({sheet.get('region', '?')} list prices as of {sheet.get('as_of', '?')})"
     )
-    ax.legend(loc="upper center", ncols=len(CATEGORIES), bbox_to_anchor=(0.5, 1.0),
-              frameon=False)
+    ax.legend(loc="upper center", ncols=len(CATEGORIES), bbox_to_anchor=(0.5, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -206,21 +231,32 @@ def build_report(profile_path: Path, prices_path: Path | None) -> CostReport:
 
 @click.command("cost")
 @click.option(
-    "--profile", "profile_path", required=True,
+    "--profile",
+    "profile_path",
+    required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Workload profile (TOML), e.g. profiles/iot-fleet.toml.",
 )
 @click.option(
-    "--prices", "prices_path", default=None,
+    "--prices",
+    "prices_path",
+    default=None,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Price overrides (TOML, same layout as the packaged sheet); wins over [prices].",
 )
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
     help="Human table or JSON for machines.",
 )
 @click.option(
-    "--chart", "chart_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+    "--chart",
+    "chart_path",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
     help="Also write a PNG of stacked costs (needs matplotlib).",
 )
 def cost(profile_path: Path, prices_path: Path | None, fmt: str, chart_path: Path | None) -> None:

@@ -83,6 +83,7 @@ async def handle_delete_topics(
             topic = await broker.topics.delete(name)
             for p in topic.partitions:
                 broker.engine.forget(p.stream_id)
+            await broker.groups.topic_deleted(name)
             log.info("deleted topic %s for %s", name, client)
         except KafkaError as exc:
             code, message = exc.code, str(exc)

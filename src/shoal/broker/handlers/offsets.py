@@ -1,0 +1,238 @@
+"""OffsetCommit, OffsetFetch and OffsetDelete.
+
+A commit is checked against the group (generation, member) and each partition
+against the topic catalog and `offset.metadata.max.bytes`; the valid part is
+queued for the offset writer at once and answered when it is durable, through
+`Deferred`, so a client's pipelined commits share transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from typing import Any
+
+from shoal.broker.broker import Broker
+from shoal.broker.handlers import Client, Deferred
+from shoal.group.offsets import CommittedOffset, OffsetWriteError, TopicPartition, now_ms
+from shoal.protocol.build import Schema
+from shoal.protocol.errors import ErrorCode
+from shoal.protocol.headers import RequestHeader
+
+log = logging.getLogger("shoal.offsets")
+ZERO = datetime.timedelta(0)
+
+
+def _partition_exists(broker: Broker, topic: str, index: int) -> bool:
+    t = broker.topics.get(topic)
+    return t is not None and 0 <= index < len(t.partitions)
+
+
+async def handle_offset_commit(
+    broker: Broker, client: Client, header: RequestHeader, body: Any
+) -> Any:
+    s = Schema(8, header.api_version)
+    groups = broker.groups
+    group_code = groups.check_commit(
+        body.group_id,
+        int(body.generation_id_or_member_epoch),
+        body.member_id,
+        getattr(body, "group_instance_id", None),
+    )
+    if group_code != ErrorCode.none:
+        log.info(
+            "offset commit for group %s from %s (member %r, generation %d): %s",
+            body.group_id,
+            client,
+            body.member_id,
+            body.generation_id_or_member_epoch,
+            group_code.name,
+        )
+    max_meta = groups.config.offset_metadata_max_bytes
+    codes: dict[TopicPartition, ErrorCode] = {}
+    entries: dict[TopicPartition, CommittedOffset] = {}
+    stamp = now_ms()
+    for t in body.topics:
+        for p in t.partitions:
+            key = (t.name, int(p.partition_index))
+            meta = p.committed_metadata or ""
+            if group_code != ErrorCode.none:
+                codes[key] = group_code
+            elif not _partition_exists(broker, t.name, key[1]):
+                codes[key] = ErrorCode.unknown_topic_or_partition
+            elif len(meta) > max_meta:
+                codes[key] = ErrorCode.offset_metadata_too_large
+            else:
+                codes[key] = ErrorCode.none
+                entries[key] = CommittedOffset(
+                    int(p.committed_offset),
+                    int(getattr(p, "committed_leader_epoch", -1)),
+                    meta,
+                    stamp,
+                )
+    if not entries:
+        return _commit_response(s, body, codes)
+    write = groups.commit(body.group_id, entries)
+    return Deferred(_commit_when_durable(s, body, codes, write, client))
+
+
+async def _commit_when_durable(
+    s: Schema,
+    body: Any,
+    codes: dict[TopicPartition, ErrorCode],
+    write: asyncio.Future[None],
+    client: Client,
+) -> Any:
+    try:
+        await asyncio.shield(write)
+    except OffsetWriteError as exc:
+        log.warning("offset commit for group %s from %s failed: %s", body.group_id, client, exc)
+        for key, code in codes.items():
+            if code == ErrorCode.none:
+                codes[key] = ErrorCode.coordinator_not_available
+    return _commit_response(s, body, codes)
+
+
+def _commit_response(s: Schema, body: Any, codes: dict[TopicPartition, ErrorCode]) -> Any:
+    return s.OffsetCommitResponse(
+        throttle_time=ZERO,
+        topics=tuple(
+            s.OffsetCommitResponseTopic(
+                name=t.name,
+                partitions=tuple(
+                    s.OffsetCommitResponsePartition(
+                        partition_index=p.partition_index,
+                        error_code=codes[(t.name, int(p.partition_index))],
+                    )
+                    for p in t.partitions
+                ),
+            )
+            for t in body.topics
+        ),
+    )
+
+
+async def handle_offset_fetch(
+    broker: Broker, client: Client, header: RequestHeader, body: Any
+) -> Any:
+    """v1-7 ask for one group, v8+ for several; `topics` null means every
+    partition the group has committed (v2+)."""
+    version = header.api_version
+    group_ids = [g.group_id for g in body.groups] if version >= 8 else [body.group_id]
+    pending = broker.groups.pending_writes(group_ids)
+    if pending:
+        return Deferred(_fetch_after(pending, broker, header, body))
+    return _fetch_response(broker, header, body)
+
+
+async def _fetch_after(
+    pending: list[asyncio.Future[None]], broker: Broker, header: RequestHeader, body: Any
+) -> Any:
+    await asyncio.gather(*(asyncio.shield(f) for f in pending), return_exceptions=True)
+    return _fetch_response(broker, header, body)
+
+
+def _fetch_response(broker: Broker, header: RequestHeader, body: Any) -> Any:
+    version = header.api_version
+    s = Schema(9, version)
+    if version >= 8:
+        return s.OffsetFetchResponse(
+            throttle_time=ZERO,
+            groups=tuple(
+                s.OffsetFetchResponseGroup(
+                    group_id=g.group_id,
+                    topics=_fetch_topics(
+                        s,
+                        broker,
+                        g.group_id,
+                        g.topics,
+                        "OffsetFetchResponseTopics",
+                        "OffsetFetchResponsePartitions",
+                    ),
+                    error_code=ErrorCode.none,
+                )
+                for g in body.groups
+            ),
+        )
+    return s.OffsetFetchResponse(
+        throttle_time=ZERO,
+        topics=_fetch_topics(
+            s,
+            broker,
+            body.group_id,
+            body.topics,
+            "OffsetFetchResponseTopic",
+            "OffsetFetchResponsePartition",
+        ),
+        error_code=ErrorCode.none,
+    )
+
+
+def _fetch_topics(
+    s: Schema, broker: Broker, group_id: str, topics: Any, topic_cls: str, part_cls: str
+) -> tuple[Any, ...]:
+    committed = broker.groups.committed(group_id)
+    wanted: dict[str, list[int]] = {}
+    if topics is None:
+        for name, index in sorted(committed):
+            wanted.setdefault(name, []).append(index)
+    else:
+        for t in topics:
+            wanted.setdefault(t.name, []).extend(int(i) for i in t.partition_indexes)
+    make_topic = getattr(s, topic_cls)
+    make_part = getattr(s, part_cls)
+    out = []
+    for name, indexes in wanted.items():
+        parts = []
+        for index in indexes:
+            c = committed.get((name, index))
+            parts.append(
+                make_part(
+                    partition_index=index,
+                    committed_offset=c.offset if c is not None else -1,
+                    committed_leader_epoch=c.leader_epoch if c is not None else -1,
+                    metadata=c.metadata if c is not None else "",
+                    error_code=ErrorCode.none,
+                )
+            )
+        out.append(make_topic(name=name, partitions=tuple(parts)))
+    return tuple(out)
+
+
+async def handle_offset_delete(
+    broker: Broker, client: Client, header: RequestHeader, body: Any
+) -> Any:
+    s = Schema(47, header.api_version)
+    keys: list[TopicPartition] = []
+    unknown: set[TopicPartition] = set()
+    for t in body.topics:
+        for p in t.partitions:
+            key = (t.name, int(p.partition_index))
+            if _partition_exists(broker, t.name, key[1]):
+                keys.append(key)
+            else:
+                unknown.add(key)
+    code, results = await broker.groups.delete_offsets(body.group_id, keys)
+    if code != ErrorCode.none:
+        log.info("offset delete for group %s from %s: %s", body.group_id, client, code.name)
+        return s.OffsetDeleteResponse(error_code=code, throttle_time=ZERO, topics=())
+    return s.OffsetDeleteResponse(
+        error_code=ErrorCode.none,
+        throttle_time=ZERO,
+        topics=tuple(
+            s.OffsetDeleteResponseTopic(
+                name=t.name,
+                partitions=tuple(
+                    s.OffsetDeleteResponsePartition(
+                        partition_index=p.partition_index,
+                        error_code=ErrorCode.unknown_topic_or_partition
+                        if (t.name, int(p.partition_index)) in unknown
+                        else results.get((t.name, int(p.partition_index)), ErrorCode.none),
+                    )
+                    for p in t.partitions
+                ),
+            )
+            for t in body.topics
+        ),
+    )
