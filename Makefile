@@ -18,10 +18,15 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/shoal serve --listen 127.0.0.1:9092 --data-dir ./shoal-data
 
+# The end-to-end storage tests run a second time against an S3 endpoint (moto).
+S3_SUITE := tests/test_confluent.py tests/test_restart.py tests/test_idempotence.py \
+	tests/test_retention.py tests/test_reliability.py
+
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+	SHOAL_TEST_STORE=s3 $(BIN)/pytest -q $(S3_SUITE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

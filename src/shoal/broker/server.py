@@ -22,16 +22,17 @@ async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> Non
     maintenance.start()
     metrics = start_metrics(broker)
     handlers = registry()
-    connections: set[asyncio.Task[None]] = set()
+    connections: dict[Connection, asyncio.Task[None]] = {}
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        connections.add(task)
+        conn = Connection(broker, handlers, reader, writer)
+        connections[conn] = task
         try:
-            await Connection(broker, handlers, reader, writer).run()
+            await conn.run()
         finally:
-            connections.discard(task)
+            connections.pop(conn, None)
 
     host, _, port = str(config["listen"]).rpartition(":")
     server = await asyncio.start_server(
@@ -57,8 +58,12 @@ async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> Non
         if metrics is not None:
             metrics.shutdown()
         server.close()
-        for task in list(connections):
-            task.cancel()
+        # Closing the sockets ends each connection's loop the way a client
+        # disconnect does; in-flight produce requests still get committed below.
+        for conn in list(connections):
+            conn.writer.transport.abort()
+        if connections:
+            await asyncio.wait(list(connections.values()), timeout=5)
         await broker.close()
         await server.wait_closed()
         log.info("stopped")
