@@ -17,6 +17,7 @@ class CuttingProxy:
         self.connections = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._refuse = False
+        self.delay = 0.0  # seconds added before forwarding each chunk (a slow link)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -64,6 +65,8 @@ class CuttingProxy:
         async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             try:
                 while data := await r.read(65536):
+                    if self.delay:
+                        await asyncio.sleep(self.delay)
                     w.write(data)
                     await w.drain()
             except (ConnectionError, OSError):
