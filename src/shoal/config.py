@@ -44,6 +44,10 @@ class Key:
                 if isinstance(raw, bool):
                     raise ValueError
                 value = int(raw) if isinstance(raw, int) else int(str(raw).strip())
+            elif self.kind is float:
+                if isinstance(raw, bool):
+                    raise ValueError
+                value = float(raw) if isinstance(raw, int | float) else float(str(raw).strip())
             else:
                 if not isinstance(raw, str | int | float):
                     raise ValueError
@@ -155,6 +159,13 @@ BROKER_KEYS: dict[str, Key] = {
         Key("log.cache.bytes", int, 256 * MIB, "tail-read cache size", at_least(0)),
         Key("block.cache.bytes", int, 256 * MIB, "catch-up read cache size", at_least(0)),
         Key("fetch.max.wait.cap.ms", int, 30_000, "cap on a fetch's max_wait_ms", at_least(0)),
+        Key(
+            "log.cleaner.backoff.ms",
+            int,
+            15_000,
+            "how often compacted topics (cleanup.policy=compact) are cleaned",
+            at_least(100),
+        ),
         Key(
             "compaction.interval.ms",
             int,
@@ -299,6 +310,13 @@ TOPIC_KEYS: dict[str, Key] = {
             at_least(0),
         ),
         Key("min.compaction.lag.ms", int, 0, "youngest record compaction may remove", at_least(0)),
+        Key(
+            "min.cleanable.dirty.ratio",
+            float,
+            0.5,
+            "share of not-yet-compacted data that triggers key compaction",
+            lambda v: None if 0.0 <= v <= 1.0 else "must be between 0 and 1",
+        ),
         Key(
             "compression.type",
             str,

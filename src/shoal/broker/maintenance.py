@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from shoal.broker.broker import Broker
+from shoal.storage.keycompaction import KeyCompactionPolicy
 
 log = logging.getLogger("shoal.maintenance")
 
@@ -29,6 +30,9 @@ class Maintenance:
             ),
             asyncio.create_task(
                 self._every(cfg["compaction.interval.ms"], self.compaction_once, "compaction")
+            ),
+            asyncio.create_task(
+                self._every(cfg["log.cleaner.backoff.ms"], self.key_compaction_once, "cleaner")
             ),
         ]
 
@@ -82,6 +86,25 @@ class Maintenance:
         if expired:
             log.info("forgot %d idle producers", expired)
         return trimmed
+
+    async def key_compaction_once(self) -> int:
+        """Clean every partition of topics with cleanup.policy=compact."""
+        topics = self.broker.topics
+        cleaned = 0
+        for topic in topics.all():
+            if "compact" not in str(topics.effective(topic, "cleanup.policy")):
+                continue
+            policy = KeyCompactionPolicy(
+                now_ms=int(time.time() * 1000),
+                min_lag_ms=int(topics.effective(topic, "min.compaction.lag.ms")),
+                delete_retention_ms=int(topics.effective(topic, "delete.retention.ms")),
+                min_dirty_ratio=float(topics.effective(topic, "min.cleanable.dirty.ratio")),
+                block_bytes=int(self.broker.config["compaction.block.bytes"]),
+            )
+            for p in list(topic.partitions):
+                if await self.broker.engine.compact_keys(p.stream_id, policy):
+                    cleaned += 1
+        return cleaned
 
     async def compaction_once(self) -> None:
         engine = self.broker.engine

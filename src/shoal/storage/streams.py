@@ -30,6 +30,7 @@ from shoal.storage.caches import BlockCache, LogCache
 from shoal.storage.cleaner import Cleaner
 from shoal.storage.compaction import CompactionConfig, Compactor
 from shoal.storage.errors import ObjectNotFound, OffsetOutOfRange, StorageError
+from shoal.storage.keycompaction import KeyCompactionPolicy, compact_keys
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.producers import BatchMeta, ProducerEntry
 from shoal.storage.retention import retention_point
@@ -66,6 +67,7 @@ class StreamState:
     max_timestamp_offset: int = -1
     closed: bool = False
     producers: dict[int, ProducerEntry] = field(default_factory=dict)
+    cleaned_end: int = 0  # key compaction has rewritten the stream up to here
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,6 +419,8 @@ class StreamEngine:
         self.block_cache.put(r.object_key, r.position, block)
 
     async def _block(self, st: StreamState, r: RangeRecord) -> memoryview:
+        if r.size == 0:
+            return memoryview(b"")
         pending = self._prefetching.get((r.object_key, r.position))
         if pending is not None:
             await asyncio.shield(pending)
@@ -486,6 +490,35 @@ class StreamEngine:
         old = st.start_offset
         await self.trim(stream_id, point)
         return old, st.start_offset
+
+    async def compact_keys(self, stream_id: int, policy: KeyCompactionPolicy) -> bool:
+        """One key-compaction pass (cleanup.policy=compact); True if it ran."""
+        st = await self.open(stream_id)
+        if not st.ranges:
+            return False
+
+        async def read(r: RangeRecord) -> memoryview:
+            return await self._block(st, r)
+
+        outcome = await compact_keys(
+            self.store,
+            self.meta,
+            self.config.node_id,
+            st.id,
+            list(st.ranges),
+            read,
+            policy,
+            st.cleaned_end,
+            self.config.compaction.delete_grace_ms,
+        )
+        if outcome is None:
+            return False
+        old_starts, new, end, _stats = outcome
+        self._ranges_replaced(st.id, old_starts, new)
+        # The cache holds the batches as written; readers now get the cleaned ones.
+        self.log_cache.drop_stream(st.id)
+        st.cleaned_end = end
+        return True
 
     async def offset_for_timestamp(self, stream_id: int, ts: int) -> tuple[int, int] | None:
         """(offset, timestamp) of the first record with timestamp >= ts."""
