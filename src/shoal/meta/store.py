@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, event, func, insert, select, update
+from sqlalchemy import bindparam, delete, event, func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -105,6 +105,16 @@ class ProducerRow:
     epoch: int
     batches: str
     last_timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectCommit:
+    """One uploaded object, its stream ranges and producer state, to commit."""
+
+    key: str
+    size: int
+    ranges: list[RangeCommit]
+    producers: list[ProducerRow] = field(default_factory=list)
 
 
 def engine_url(url: str) -> str:
@@ -356,43 +366,52 @@ class MetaStore:
                 for r in rows
             ]
 
-    async def commit_object(
-        self,
-        key: str,
-        size: int,
-        node_id: int,
-        ranges: Sequence[RangeCommit],
-        producers: Sequence[ProducerRow] = (),
-    ) -> None:
-        """Record an uploaded object and advance each stream's end, atomically.
+    async def commit_objects(self, objects: Sequence[ObjectCommit], node_id: int) -> None:
+        """Record uploaded objects and advance each stream's end, atomically
+        (a group commit of several WAL objects, in order).
 
         Raises StreamFenced (and changes nothing) if any stream's epoch or end
         offset is not what the writer expects.
         """
+        # One end-offset move per stream across the whole group.
+        moves: dict[int, list[int]] = {}  # stream -> [epoch, first start, final end]
+        for obj in objects:
+            for r in obj.ranges:
+                m = moves.get(r.stream_id)
+                if m is None:
+                    moves[r.stream_id] = [r.epoch, r.start_offset, r.end_offset]
+                elif m[2] == r.start_offset:
+                    m[2] = r.end_offset
+                else:
+                    raise StreamFenced(r.stream_id, f"stream {r.stream_id}: ranges not contiguous")
+        st = s.streams
         async with self._tx() as conn:
-            result = await conn.execute(
-                insert(s.objects).values(key=key, size=size, created_ms=now_ms(), node_id=node_id)
-            )
-            object_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-            for r in ranges:
+            if moves:
                 res = await conn.execute(
-                    update(s.streams)
+                    update(st)
                     .where(
-                        s.streams.c.id == r.stream_id,
-                        s.streams.c.epoch == r.epoch,
-                        s.streams.c.end_offset == r.start_offset,
-                        s.streams.c.deleted.is_(False),
+                        st.c.id == bindparam("b_sid"),
+                        st.c.epoch == bindparam("b_epoch"),
+                        st.c.end_offset == bindparam("b_start"),
+                        st.c.deleted.is_(False),
                     )
-                    .values(end_offset=r.end_offset)
+                    .values(end_offset=bindparam("b_end")),
+                    [
+                        {"b_sid": sid, "b_epoch": e, "b_start": a, "b_end": b}
+                        for sid, (e, a, b) in moves.items()
+                    ],
                 )
-                if res.rowcount != 1:
-                    raise StreamFenced(
-                        r.stream_id,
-                        f"stream {r.stream_id}: epoch {r.epoch} / end {r.start_offset} is stale",
+                if res.rowcount != len(moves):
+                    await self._raise_fenced(conn, moves)
+            rows: list[dict[str, int]] = []
+            for obj in objects:
+                result = await conn.execute(
+                    insert(s.objects).values(
+                        key=obj.key, size=obj.size, created_ms=now_ms(), node_id=node_id
                     )
-            await conn.execute(
-                insert(s.stream_ranges),
-                [
+                )
+                object_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+                rows.extend(
                     {
                         "stream_id": r.stream_id,
                         "start_offset": r.start_offset,
@@ -402,11 +421,40 @@ class MetaStore:
                         "size": r.size,
                         "max_timestamp": r.max_timestamp,
                     }
-                    for r in ranges
-                ],
-            )
-            for p in producers:
-                await self._upsert_producer(conn, p)
+                    for r in obj.ranges
+                )
+            if rows:
+                await conn.execute(insert(s.stream_ranges), rows)
+            for obj in objects:
+                for p in obj.producers:
+                    await self._upsert_producer(conn, p)
+
+    async def _raise_fenced(self, conn: AsyncConnection, moves: dict[int, list[int]]) -> None:
+        """Find which stream a group commit could not move, then abort."""
+        st = s.streams
+        for sid, (epoch, start, _end) in moves.items():
+            row = (
+                await conn.execute(
+                    select(st.c.epoch, st.c.end_offset, st.c.deleted).where(st.c.id == sid)
+                )
+            ).one_or_none()
+            if row is None or row.deleted or row.epoch != epoch:
+                raise StreamFenced(sid, f"stream {sid}: epoch {epoch} is stale")
+            if row.end_offset != start:
+                raise StreamFenced(sid, f"stream {sid}: end {row.end_offset}, expected {start}")
+        sid = next(iter(moves))
+        raise StreamFenced(sid, f"stream {sid}: end offset moved under the writer")
+
+    async def commit_object(
+        self,
+        key: str,
+        size: int,
+        node_id: int,
+        ranges: Sequence[RangeCommit],
+        producers: Sequence[ProducerRow] = (),
+    ) -> None:
+        """Commit one object (see commit_objects)."""
+        await self.commit_objects([ObjectCommit(key, size, list(ranges), list(producers))], node_id)
 
     async def _upsert_producer(self, conn: AsyncConnection, p: ProducerRow) -> None:
         t = s.producer_states

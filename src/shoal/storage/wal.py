@@ -3,9 +3,10 @@
 Appends from every partition of the broker go into one open buffer. The buffer
 is sealed into one object when it reaches `wal.max.bytes` or when its oldest
 append is `wal.linger.ms` old. Sealed buffers upload concurrently (up to
-`wal.max.inflight`), but commit strictly in order: each commit is one metadata
-transaction that records the object and advances every stream in it. Only then
-are the appends' futures resolved, so an acknowledgement means durable.
+`wal.max.inflight`) but commit strictly in order, by one committer: it takes
+every uploaded object at the head of the queue and records them all in one
+metadata transaction (group commit), which advances every stream in them.
+Only then are the appends' futures resolved: an acknowledgement means durable.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from shoal.meta.store import MetaStore, ProducerRow, RangeCommit, StreamFenced
+from shoal.meta.store import MetaStore, ObjectCommit, ProducerRow, RangeCommit, StreamFenced
 from shoal.storage.errors import Fenced, ObjectExists, StorageError
 from shoal.storage.format import BlockBuilder, encode_object
 from shoal.storage.objectstore import ObjectStore
 
 log = logging.getLogger("shoal.wal")
+
+MAX_GROUP = 64  # objects per group commit
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,11 @@ class _Buffer:
     appends: list[Append] = field(default_factory=list)
     size: int = 0
     timer: asyncio.TimerHandle | None = None
+    key: str = ""
+    object_size: int = 0
+    blocks: dict[int, BlockBuilder] = field(default_factory=dict)
+    uploaded: bool = False
+    failed: BaseException | None = None
 
 
 CommitCallback = Callable[[str, list[RangeCommit], list[Append]], None]
@@ -83,15 +92,17 @@ class Wal:
         self._seq = 0
         self._buffer = _Buffer(0)
         self._inflight = asyncio.Semaphore(config.max_inflight)
-        self._last_commit: asyncio.Future[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._sealed: deque[_Buffer] = deque()  # in seq order, until committed
+        self._uploads: set[asyncio.Task[None]] = set()
+        self._wakeup = asyncio.Event()
+        self._committer: asyncio.Task[None] | None = None
         self.unflushed = 0
         self._room = asyncio.Condition()
         self._prefix = f"wal/{node_id}/{int(time.time() * 1000):013d}-{os.getpid()}"
         self.objects_committed = 0
         self.bytes_committed = 0
+        self.group_commits = 0
         self.upload_retries = 0
-        self._closing = False
 
     async def wait_for_room(self, size: int) -> None:
         """Back-pressure: hold new appends while unflushed bytes are over the
@@ -124,44 +135,38 @@ class Wal:
             return
         self._seq += 1
         self._buffer = _Buffer(self._seq)
-        previous = self._last_commit
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._last_commit = done
-        task = asyncio.create_task(self._flush(buf, previous, done))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._sealed.append(buf)
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_loop())
+        task = asyncio.create_task(self._upload(buf))
+        self._uploads.add(task)
+        task.add_done_callback(self._uploads.discard)
 
     async def close(self, timeout: float = 30.0) -> None:
         """Seal and commit everything pending (graceful shutdown)."""
-        self._closing = True
         self.seal()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
+        if self._committer is not None:
+            done, _pending = await asyncio.wait([self._committer], timeout=timeout)
+            if not done:
+                self._committer.cancel()
+        for t in list(self._uploads):
+            t.cancel()
 
-    async def _flush(
-        self, buf: _Buffer, previous: asyncio.Future[None] | None, done: asyncio.Future[None]
-    ) -> None:
+    # upload --------------------------------------------------------------
+
+    async def _upload(self, buf: _Buffer) -> None:
         try:
             async with self._inflight:
-                data, blocks = self._encode(buf)
-                key = f"{self._prefix}-{buf.seq:010d}.wal"
-                await self._retry(lambda: self._put_once(key, data), f"upload {key}")
-            if previous is not None:
-                await asyncio.shield(previous)
-            await self._commit(key, len(data), buf, blocks)
+                data = self._encode(buf)
+                buf.key = f"{self._prefix}-{buf.seq:010d}.wal"
+                buf.object_size = len(data)
+                await self._retry(lambda: self._put_once(buf.key, data), f"upload {buf.key}")
+            buf.uploaded = True
         except BaseException as exc:
-            for a in buf.appends:
-                if not a.future.done():
-                    a.future.set_exception(
-                        exc if isinstance(exc, StorageError) else StorageError(str(exc))
-                    )
+            buf.failed = exc
             raise
         finally:
-            if not done.done():
-                done.set_result(None)
-            self.unflushed -= buf.size
-            async with self._room:
-                self._room.notify_all()
+            self._wakeup.set()
 
     async def _put_once(self, key: str, data: bytes) -> None:
         try:
@@ -171,8 +176,8 @@ class Wal:
             # answer was lost already wrote it.
             pass
 
-    def _encode(self, buf: _Buffer) -> tuple[bytes, dict[int, BlockBuilder]]:
-        blocks: dict[int, BlockBuilder] = {}
+    def _encode(self, buf: _Buffer) -> bytes:
+        blocks = buf.blocks
         for a in buf.appends:
             b = blocks.get(a.stream_id)
             if b is None:
@@ -182,81 +187,111 @@ class Wal:
             else:
                 b.add(a.data, a.end, a.max_ts)
         data, _entries = encode_object(list(blocks.values()))
-        return data, blocks
+        return data
 
-    async def _commit(
-        self, key: str, size: int, buf: _Buffer, blocks: dict[int, BlockBuilder]
-    ) -> None:
-        epochs = {a.stream_id: a.epoch for a in buf.appends}
-        appends = buf.appends
-        position = 0
-        positions: dict[int, int] = {}
-        for sid, b in blocks.items():
-            positions[sid] = position
-            position += b.size
-        ranges: list[RangeCommit] = []
-        while True:
-            ranges = [
-                RangeCommit(
-                    sid,
-                    epochs[sid],
-                    b.start_offset,
-                    b.end_offset,
-                    positions[sid],
-                    b.size,
-                    b.max_timestamp,
-                )
-                for sid, b in blocks.items()
-            ]
-            producers = self._producers(appends, blocks)
+    # commit --------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while self._sealed:
+            head = self._sealed[0]
+            if head.failed is not None:
+                self._sealed.popleft()
+                self._fail(head, head.failed)
+                continue
+            if not head.uploaded:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            group: list[_Buffer] = []
+            for buf in self._sealed:
+                if not buf.uploaded or len(group) >= MAX_GROUP:
+                    break
+                group.append(buf)
             try:
-                if ranges:
-                    await self._retry(
-                        functools.partial(
-                            self.meta.commit_object, key, size, self.node_id, ranges, producers
-                        ),
-                        f"commit {key}",
-                        retry_on=(Exception,),
-                        give_up_on=(StreamFenced,),
-                    )
+                await self._commit_group(group)
+            except BaseException as exc:
+                for buf in group:
+                    self._fail(buf, exc)
+                raise
+            finally:
+                for _ in group:
+                    self._sealed.popleft()
+                for buf in group:
+                    self.unflushed -= buf.size
+                async with self._room:
+                    self._room.notify_all()
+
+    def _fail(self, buf: _Buffer, exc: BaseException) -> None:
+        err = exc if isinstance(exc, StorageError) else StorageError(str(exc))
+        for a in buf.appends:
+            if not a.future.done():
+                a.future.set_exception(err)
+
+    async def _commit_group(self, group: list[_Buffer]) -> None:
+        fenced: set[int] = set()
+        while True:
+            objects = [self._object_commit(buf, fenced) for buf in group]
+            try:
+                await self._retry(
+                    functools.partial(self.meta.commit_objects, objects, self.node_id),
+                    f"commit {group[0].key}..{group[-1].key}",
+                    retry_on=(Exception,),
+                    give_up_on=(StreamFenced,),
+                )
                 break
             except StreamFenced as exc:
-                # Drop the fenced stream and commit the rest of the object.
-                log.warning("stream %d fenced while committing %s: %s", exc.stream_id, key, exc)
-                blocks.pop(exc.stream_id, None)
+                # Drop the fenced stream and commit the rest of the objects.
+                log.warning("stream %d fenced while committing WAL objects: %s", exc.stream_id, exc)
+                fenced.add(exc.stream_id)
                 self._on_fenced(exc.stream_id)
-                kept = []
-                for a in appends:
-                    if a.stream_id == exc.stream_id:
-                        a.future.set_exception(Fenced(str(exc)))
-                    else:
-                        kept.append(a)
-                appends = kept
-        self.objects_committed += 1
-        self.bytes_committed += size
-        self._on_commit(key, ranges, appends)
-        for a in appends:
-            if not a.future.done():
-                a.future.set_result(None)
+        self.group_commits += 1
+        for buf, obj in zip(group, objects, strict=True):
+            appends = [a for a in buf.appends if a.stream_id not in fenced]
+            for a in buf.appends:
+                if a.stream_id in fenced and not a.future.done():
+                    a.future.set_exception(Fenced(f"stream {a.stream_id} has a new owner"))
+            self.objects_committed += 1
+            self.bytes_committed += buf.object_size
+            self._on_commit(buf.key, list(obj.ranges), appends)
+            for a in appends:
+                if not a.future.done():
+                    a.future.set_result(None)
 
-    def _producers(
-        self, appends: list[Append], blocks: dict[int, BlockBuilder]
-    ) -> list[ProducerRow]:
+    def _object_commit(self, buf: _Buffer, fenced: set[int]) -> ObjectCommit:
+        epochs = {a.stream_id: a.epoch for a in buf.appends}
+        ranges = []
+        position = 0
+        for sid, b in buf.blocks.items():
+            if sid not in fenced:
+                ranges.append(
+                    RangeCommit(
+                        sid,
+                        epochs[sid],
+                        b.start_offset,
+                        b.end_offset,
+                        position,
+                        b.size,
+                        b.max_timestamp,
+                    )
+                )
+            position += b.size
+        return ObjectCommit(buf.key, buf.object_size, ranges, self._producers(buf, fenced))
+
+    def _producers(self, buf: _Buffer, fenced: set[int]) -> list[ProducerRow]:
         if self._producer_rows is None:
             return []
         pids: dict[int, set[int]] = {}
-        for a in appends:
-            if a.producer_id >= 0:
+        for a in buf.appends:
+            if a.producer_id >= 0 and a.stream_id not in fenced:
                 pids.setdefault(a.stream_id, set()).add(a.producer_id)
         rows: list[ProducerRow] = []
         for sid, ids in pids.items():
-            if sid in blocks:
-                rows.extend(self._producer_rows(sid, blocks[sid].end_offset, ids))
+            rows.extend(self._producer_rows(sid, buf.blocks[sid].end_offset, ids))
         return rows
 
     async def _retry(
         self,
-        op: Callable[[], object],
+        op: Callable[[], Awaitable[object]],
         what: str,
         retry_on: tuple[type[BaseException], ...] = (StorageError,),
         give_up_on: tuple[type[BaseException], ...] = (),
@@ -267,9 +302,7 @@ class Wal:
         attempt = 0
         while True:
             try:
-                result = op()
-                if asyncio.iscoroutine(result):
-                    await result
+                await op()
                 return
             except give_up_on:
                 raise
