@@ -263,6 +263,43 @@ async def test_static_member_restart_keeps_assignment(coordinator: GroupCoordina
     assert coordinator.heartbeat("g7", gen, old.member_id, "i1") == ErrorCode.fenced_instance_id
 
 
+async def test_static_leader_restart_skips_assignment(coordinator: GroupCoordinator) -> None:
+    """KIP-814 (JoinGroup v9): a restarted static leader is told it leads, with the
+    member list, but to skip computing an assignment the stable group keeps."""
+    first = await result(coordinator.join(join_req("g13", instance="lead")))
+    s = coordinator.sync(
+        "g13", first.generation, first.member_id, "lead", None, None, {first.member_id: b"mine"}
+    )
+    assert (await result(s)).assignment == b"mine"
+    req = dataclasses.replace(join_req("g13", instance="lead"), supports_skip_assignment=True)
+    again = await result(coordinator.join(req))
+    assert again.error == ErrorCode.none and again.generation == first.generation
+    assert again.skip_assignment and again.leader == again.member_id != first.member_id
+    assert [m.member_id for m in again.members] == [again.member_id]
+    s = coordinator.sync("g13", again.generation, again.member_id, "lead", None, None, {})
+    assert (await result(s)).assignment == b"mine"
+
+
+async def test_member_that_never_syncs_is_dropped(coordinator: GroupCoordinator) -> None:
+    """A member that joins a generation but never sends SyncGroup is removed after
+    the rebalance timeout, and the group rebalances without it."""
+    first = await result(coordinator.join(join_req("g14", rebalance_ms=1000)))
+    futs = [
+        coordinator.join(join_req("g14", rebalance_ms=1000)),
+        coordinator.join(join_req("g14", first.member_id, rebalance_ms=1000)),
+    ]
+    a, b = [await result(f) for f in futs]
+    leader = a if a.member_id == a.leader else b
+    silent = b if leader is a else a
+    s = coordinator.sync("g14", leader.generation, leader.member_id, None, None, None, {})
+    assert (await result(s)).error == ErrorCode.none
+    group = coordinator.groups["g14"]
+    await eventually(lambda: silent.member_id not in group.members, "the silent member to go")
+    again = await result(coordinator.join(join_req("g14", leader.member_id, rebalance_ms=1000)))
+    assert again.error == ErrorCode.none and again.generation == leader.generation + 1
+    assert [m.member_id for m in again.members] == [leader.member_id]
+
+
 async def test_initial_rebalance_delay_gathers_members(tmp_path: Path) -> None:
     """With group.initial.rebalance.delay.ms, members arriving together land in
     the first generation instead of causing one rebalance each."""

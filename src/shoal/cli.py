@@ -29,6 +29,8 @@ class LazyGroup(click.Group):
     lazy = {
         "bench": ("shoal.tools.bench_cli", "bench"),
         "cost": ("shoal.tools.cost_cli", "cost"),
+        "edge": ("shoal.edge.cli", "edge"),
+        "groups": ("shoal.tools.groups_cli", "groups"),
         "storage": ("shoal.tools.storage_cli", "storage"),
     }
 

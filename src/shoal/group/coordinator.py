@@ -227,7 +227,11 @@ class Group:
 
     def row(self) -> GroupRow:
         return GroupRow(
-            self.group_id, self.protocol_type or "", self.generation, self.state, self.state_ms
+            self.group_id,
+            self.protocol_type or "",
+            self.generation,
+            self.state.value,
+            self.state_ms,
         )
 
 
@@ -931,7 +935,7 @@ class GroupCoordinator:
 
     async def delete_groups(self, group_ids: list[str]) -> list[ErrorCode]:
         results: list[ErrorCode] = []
-        writes: list[asyncio.Future[None]] = []
+        writes: dict[int, asyncio.Future[None]] = {}
         for gid in group_ids:
             group = self.groups.get(gid)
             if not gid:
@@ -942,10 +946,15 @@ class GroupCoordinator:
                 results.append(ErrorCode.non_empty_group)
             else:
                 self._drop_group(group)
-                writes.append(self.offsets.delete_group(gid))
+                writes[len(results)] = self.offsets.delete_group(gid)
                 log.info("group %s: deleted", gid)
                 results.append(ErrorCode.none)
-        await asyncio.gather(*writes)
+        outcomes = await asyncio.gather(*writes.values(), return_exceptions=True)
+        for index, outcome in zip(writes, outcomes, strict=True):
+            if isinstance(outcome, OffsetWriteError):
+                results[index] = ErrorCode.coordinator_not_available
+            elif isinstance(outcome, BaseException):
+                raise outcome
         return results
 
     def _drop_group(self, group: Group) -> None:
@@ -1014,7 +1023,10 @@ class GroupCoordinator:
         committed = self.offsets.committed(group_id)
         present = [k for k in deletable if k in committed]
         if present:
-            await self.offsets.delete(group_id, present)
+            try:
+                await self.offsets.delete(group_id, present)
+            except OffsetWriteError:
+                return ErrorCode.coordinator_not_available, {}
             log.info("group %s: deleted offsets of %d partitions", group_id, len(present))
         for k in deletable:
             results[k] = ErrorCode.none

@@ -1,0 +1,172 @@
+"""Consumer groups through kafka-python: its own implementation of the group
+protocol (JoinGroup/SyncGroup/Heartbeat/OffsetCommit/OffsetFetch versions that
+librdkafka never sends). Two members in one group consume every record exactly
+once; a member that commits and leaves is followed by one that resumes at the
+commit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from kafka import KafkaConsumer
+from kafka.errors import CommitFailedError, KafkaError
+
+from harness import BrokerProcess
+
+TIMEOUT = 60.0
+GROUP_ENV = {
+    "SHOAL_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+    "SHOAL_GROUP_MIN_SESSION_TIMEOUT_MS": "1000",
+}
+
+
+def setup_topic(
+    bootstrap: str, partitions: int, per_partition: int, tag: str
+) -> tuple[str, set[str]]:
+    name = f"kp-{uuid.uuid4().hex[:10]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[
+        name
+    ].result(TIMEOUT)
+    return name, produce(bootstrap, name, partitions, per_partition, tag)
+
+
+def produce(bootstrap: str, topic: str, partitions: int, per_partition: int, tag: str) -> set[str]:
+    p = Producer({"bootstrap.servers": bootstrap})
+    values = set()
+    for i in range(per_partition):
+        for part in range(partitions):
+            v = f"{tag}-{part}-{i}"
+            p.produce(topic, value=v.encode(), partition=part)
+            values.add(v)
+    assert p.flush(TIMEOUT) == 0
+    return values
+
+
+class Member:
+    """A consumer polling in its own thread, as applications run them: kafka-python's
+    poll() may block through a whole rebalance, so one thread cannot serve two
+    members (each would wait for the other to rejoin)."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, limit: int | None = None) -> None:
+        self.limit = limit  # stop consuming (and close) after this many records
+        self.c = KafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=3000,
+            heartbeat_interval_ms=300,
+        )
+        self.values: list[str] = []
+        self.partitions: set[int] = set()
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self.limit is not None and len(self.values) >= self.limit:
+                    break
+                self._poll()
+                self.partitions = {tp.partition for tp in self.c.assignment()}
+        except BaseException as exc:  # surfaced by the test, not lost in a thread
+            self.errors.append(exc)
+        finally:
+            self.c.close()
+
+    def _poll(self) -> None:
+        batch: dict[Any, list[Any]] = self.c.poll(timeout_ms=100, max_records=20)
+        records = [r for rs in batch.values() for r in rs]
+        if not records:
+            return
+        try:
+            self.c.commit()  # the positions after these records, synchronously
+        except (CommitFailedError, KafkaError):
+            for tp, rs in batch.items():  # not counted: rewind if still ours
+                try:
+                    self.c.seek(tp, rs[0].offset)
+                except (AssertionError, KafkaError):
+                    pass
+            return
+        self.values.extend(r.value.decode() for r in records)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(TIMEOUT)
+        assert not self.errors, self.errors
+
+
+def poll_until(members: list[Member], cond: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        for m in members:
+            assert not m.errors, m.errors
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_two_members_exactly_once(tmp_path: Any) -> None:
+    broker = BrokerProcess(tmp_path / "data", env=GROUP_ENV).start()
+    try:
+        topic, expected = setup_topic(broker.bootstrap, 4, 40, "a")
+        group = f"grp-{uuid.uuid4().hex[:8]}"
+        members = [Member(broker.bootstrap, group, topic) for _ in range(2)]
+        try:
+            poll_until(
+                members,
+                lambda: (
+                    all(m.c.assignment() for m in members)
+                    and sum(len(m.values) for m in members) >= len(expected)
+                ),
+                "both members assigned and every record consumed",
+            )
+            parts = [m.partitions for m in members]
+            assert parts[0].isdisjoint(parts[1]) and parts[0] | parts[1] == {0, 1, 2, 3}
+            expected |= produce(broker.bootstrap, topic, 4, 20, "b")
+            poll_until(
+                members,
+                lambda: sum(len(m.values) for m in members) >= len(expected),
+                "the second batch",
+            )
+            got = [v for m in members for v in m.values]
+            assert len(got) == len(set(got)) and set(got) == expected
+            assert all(m.values for m in members), "both members did work"
+        finally:
+            for m in members:
+                m.close()
+    finally:
+        broker.stop()
+
+
+def test_commit_and_resume(tmp_path: Any) -> None:
+    broker = BrokerProcess(tmp_path / "data", env=GROUP_ENV).start()
+    try:
+        topic, expected = setup_topic(broker.bootstrap, 1, 100, "r")
+        group = f"grp-{uuid.uuid4().hex[:8]}"
+        first = Member(broker.bootstrap, group, topic, limit=30)
+        poll_until([first], lambda: len(first.values) >= 30, "30 records")
+        first.close()
+        assert len(first.values) < 100
+        second = Member(broker.bootstrap, group, topic)
+        try:
+            poll_until([second], lambda: len(first.values) + len(second.values) >= 100, "the rest")
+            assert second.values[0] == f"r-0-{len(first.values)}"
+            got = first.values + second.values
+            assert len(got) == len(set(got)) and set(got) == expected
+        finally:
+            second.close()
+    finally:
+        broker.stop()
