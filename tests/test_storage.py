@@ -13,6 +13,7 @@ from shoal.meta.store import MetaStore
 from shoal.protocol.records import read_header, validate_batches
 from shoal.storage.errors import CorruptObject, Fenced, OffsetOutOfRange
 from shoal.storage.format import BlockBuilder, decode_object, encode_object
+from shoal.storage.producers import OutOfOrderSequence
 from shoal.storage.streams import EngineConfig, StreamEngine
 from shoal.storage.wal import WalConfig
 from wire import make_batch
@@ -189,3 +190,21 @@ def test_object_format_round_trip_and_corruption() -> None:
         decode_object(bytes(damaged))
     with pytest.raises(CorruptObject):
         decode_object(data[:-1])
+
+
+async def test_idle_producers_expire(meta: MetaStore) -> None:
+    [sid] = await new_stream(meta)
+    eng = engine(FaultyStore(), meta)
+
+    def seq_batch(seq: int) -> list:  # type: ignore[type-arg]
+        data = make_batch([b"x"], producer_id=7, producer_epoch=0, base_sequence=seq)
+        return validate_batches(data, 1 << 20)
+
+    assert await (await eng.append(sid, seq_batch(0), 0)) == 0
+    with pytest.raises(OutOfOrderSequence):
+        await eng.append(sid, seq_batch(5), 0)
+    assert eng.expire_producers(cutoff_ms=2**62) == 1
+    assert await meta.expire_producers(2**62) == 1
+    # A forgotten producer may resume at any sequence, as Kafka allows.
+    assert await (await eng.append(sid, seq_batch(5), 0)) == 1
+    await eng.close()

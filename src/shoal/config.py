@@ -84,6 +84,8 @@ def cleanup_policy(v: str) -> str | None:
 
 
 MIB = 1024 * 1024
+LOCAL_LINGER_MS = 5  # a local PUT costs nothing and takes well under 1 ms
+REMOTE_LINGER_MS = 50  # at most 20 PUTs/s per idle broker; see docs/STORAGE.md
 
 BROKER_KEYS: dict[str, Key] = {
     k.name: k
@@ -144,9 +146,10 @@ BROKER_KEYS: dict[str, Key] = {
         Key(
             "wal.linger.ms",
             int,
-            5,
-            "longest an append waits before its WAL object uploads",
-            at_least(0),
+            -1,
+            "longest an append waits before its WAL object uploads; -1: 5 on a local "
+            "store (file, memory), 50 on a remote one (S3, GCS, Azure), where each PUT is paid",
+            at_least(-1),
         ),
         Key("wal.max.inflight", int, 4, "WAL objects uploading at once", at_least(1)),
         Key(
@@ -377,6 +380,15 @@ class BrokerConfig(Mapping[str, Any]):
     def advertised(self) -> tuple[str, int]:
         host, _, port = (self["advertise"] or self["listen"]).rpartition(":")
         return host, int(port)
+
+    @property
+    def wal_linger_ms(self) -> int:
+        """wal.linger.ms, resolving -1 by where the objects go (see README)."""
+        value = int(self["wal.linger.ms"])
+        if value >= 0:
+            return value
+        local = self.objects_url.startswith(("file:", "memory:"))
+        return LOCAL_LINGER_MS if local else REMOTE_LINGER_MS
 
     @property
     def object_store_options(self) -> dict[str, Any]:

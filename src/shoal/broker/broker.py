@@ -66,7 +66,7 @@ class Broker:
                 node_id=int(config["node.id"]),
                 wal=WalConfig(
                     max_bytes=config["wal.max.bytes"],
-                    linger_ms=config["wal.linger.ms"],
+                    linger_ms=config.wal_linger_ms,
                     max_inflight=config["wal.max.inflight"],
                     buffer_max_bytes=config["wal.buffer.max.bytes"],
                 ),

@@ -80,9 +80,9 @@ class Maintenance:
                         ms,
                         size,
                     )
-        expired = await self.broker.meta.expire_producers(
-            now - int(self.broker.config["producer.id.expiration.ms"])
-        )
+        cutoff = now - int(self.broker.config["producer.id.expiration.ms"])
+        self.broker.engine.expire_producers(cutoff)
+        expired = await self.broker.meta.expire_producers(cutoff)
         if expired:
             log.info("forgot %d idle producers", expired)
         return trimmed

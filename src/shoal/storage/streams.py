@@ -520,6 +520,16 @@ class StreamEngine:
         st.cleaned_end = end
         return True
 
+    def expire_producers(self, cutoff_ms: int) -> int:
+        """Forget idle producers' sequence state (producer.id.expiration.ms);
+        the metadata rows go in the same round."""
+        count = 0
+        for st in self._streams.values():
+            for pid in [p for p, e in st.producers.items() if e.last_timestamp_ms < cutoff_ms]:
+                del st.producers[pid]
+                count += 1
+        return count
+
     async def offset_for_timestamp(self, stream_id: int, ts: int) -> tuple[int, int] | None:
         """(offset, timestamp) of the first record with timestamp >= ts."""
         st = await self.open(stream_id)
