@@ -170,8 +170,8 @@ def read_base_offset(buf: bytes | memoryview, pos: int = 0) -> int:
     return int(_BASE_OFFSET.unpack_from(buf, pos)[0])
 
 
-def _varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
-    """Zigzag varint as used inside records."""
+def read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """Zigzag varint as used inside records; returns (value, new position)."""
     result = 0
     shift = 0
     while True:
@@ -202,11 +202,11 @@ def record_timestamps(batch: bytes | memoryview) -> list[tuple[int, int]] | None
     out = []
     pos = 0
     for _ in range(header.records_count):
-        length, pos = _varint(body, pos)
+        length, pos = read_varint(body, pos)
         end = pos + length
         pos += 1  # attributes
-        ts_delta, pos = _varint(body, pos)
-        off_delta, pos = _varint(body, pos)
+        ts_delta, pos = read_varint(body, pos)
+        off_delta, pos = read_varint(body, pos)
         out.append((header.base_offset + off_delta, header.base_timestamp + ts_delta))
         pos = end
     return out

@@ -30,6 +30,7 @@ from shoal.protocol.records import (
     TIMESTAMP_TYPE_BIT,
     batch_spans,
     read_header,
+    read_varint,
 )
 from shoal.storage.format import BlockBuilder, encode_object
 from shoal.storage.objectstore import ObjectStore
@@ -60,17 +61,6 @@ class CleanResult:
     bytes_out: int = 0
 
 
-def _varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return (result >> 1) ^ -(result & 1), pos
-        shift += 7
-
-
 def record_spans(
     batch: memoryview,
 ) -> tuple[bytes | memoryview, list[tuple[int, bytes | None, bool, int, int, int]]]:
@@ -85,16 +75,16 @@ def record_spans(
     out = []
     pos = 0
     for _ in range(h.records_count):
-        length, pos = _varint(body, pos)
+        length, pos = read_varint(body, pos)
         start_len = pos
         end = pos + length
         pos += 1
-        ts_delta, pos = _varint(body, pos)
-        off_delta, pos = _varint(body, pos)
-        klen, pos = _varint(body, pos)
+        ts_delta, pos = read_varint(body, pos)
+        off_delta, pos = read_varint(body, pos)
+        klen, pos = read_varint(body, pos)
         key = bytes(body[pos : pos + klen]) if klen >= 0 else None
         pos += max(klen, 0)
-        vlen, _ = _varint(body, pos)
+        vlen, _ = read_varint(body, pos)
         ts = h.max_timestamp if log_append else h.base_timestamp + ts_delta
         # The span starts at the record's own length varint.
         span_start = start_len - _varint_size(length)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,84 +145,85 @@ async def handle_describe_configs(
     return s.DescribeConfigsResponse(throttle_time=ZERO, results=tuple(results))
 
 
+# (set, remove, replace) for one resource of an alter request
+Changes = tuple[dict[str, str | None], list[str], bool]
+
+
 async def handle_alter_configs(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
     """The legacy, non-incremental form: the given set replaces all overrides."""
     s = Schema(33, header.api_version)
-    out = []
-    for r in body.resources:
-        code, message = ErrorCode.none, None
-        try:
-            _check_topic_resource(r.resource_type)
-            await broker.topics.alter_configs(
-                r.resource_name,
-                {c.name: c.value for c in r.configs},
-                [],
-                replace=True,
-                validate_only=bool(body.validate_only),
-            )
-        except KafkaError as exc:
-            code, message = exc.code, str(exc)
-            log.info("alter configs %r from %s: %s", r.resource_name, client, message)
-        out.append(
-            s.AlterConfigsResourceResponse(
-                error_code=code,
-                error_message=message,
-                resource_type=r.resource_type,
-                resource_name=r.resource_name,
-            )
-        )
-    return s.AlterConfigsResponse(throttle_time=ZERO, responses=tuple(out))
+
+    def changes(r: Any) -> Changes:
+        return {c.name: c.value for c in r.configs}, [], True
+
+    out = await _alter(broker, client, s, body, changes, "alter configs")
+    return s.AlterConfigsResponse(throttle_time=ZERO, responses=out)
 
 
 async def handle_incremental_alter_configs(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
     s = Schema(44, header.api_version)
+
+    def changes(r: Any) -> Changes:
+        topic = broker.topics.get(r.resource_name)
+        if topic is None:
+            raise KafkaError(ErrorCode.unknown_topic_or_partition, f"no topic {r.resource_name!r}")
+        set_: dict[str, str | None] = {}
+        remove: list[str] = []
+        for c in r.configs:
+            op = c.config_operation
+            if op == SET:
+                set_[c.name] = c.value
+            elif op == DELETE:
+                remove.append(c.name)
+            elif op in (APPEND, SUBTRACT) and c.name in LIST_KEYS:
+                current = topic.overrides.get(c.name) or _render(
+                    broker.config.topic_default(c.name)
+                )
+                items = [x for x in current.split(",") if x]
+                change = [x.strip() for x in (c.value or "").split(",") if x.strip()]
+                if op == APPEND:
+                    items += [x for x in change if x not in items]
+                else:
+                    items = [x for x in items if x not in change]
+                set_[c.name] = ",".join(items)
+            else:
+                raise KafkaError(
+                    ErrorCode.invalid_config, f"operation {op} is not valid for {c.name!r}"
+                )
+        return set_, remove, False
+
+    out = await _alter(broker, client, s, body, changes, "incremental alter configs")
+    return s.IncrementalAlterConfigsResponse(throttle_time=ZERO, responses=out)
+
+
+async def _alter(
+    broker: Broker,
+    client: Client,
+    s: Schema,
+    body: Any,
+    changes: Callable[[Any], Changes],
+    what: str,
+) -> tuple[Any, ...]:
     out = []
     for r in body.resources:
         code, message = ErrorCode.none, None
         try:
             _check_topic_resource(r.resource_type)
-            topic = broker.topics.get(r.resource_name)
-            if topic is None:
-                raise KafkaError(
-                    ErrorCode.unknown_topic_or_partition, f"no topic {r.resource_name!r}"
-                )
-            set_: dict[str, str | None] = {}
-            remove: list[str] = []
-            for c in r.configs:
-                op = c.config_operation
-                if op == SET:
-                    set_[c.name] = c.value
-                elif op == DELETE:
-                    remove.append(c.name)
-                elif op in (APPEND, SUBTRACT) and c.name in LIST_KEYS:
-                    current = topic.overrides.get(c.name) or _render(
-                        broker.config.topic_default(c.name)
-                    )
-                    items = [x for x in current.split(",") if x]
-                    change = [x.strip() for x in (c.value or "").split(",") if x.strip()]
-                    if op == APPEND:
-                        items += [x for x in change if x not in items]
-                    else:
-                        items = [x for x in items if x not in change]
-                    set_[c.name] = ",".join(items)
-                else:
-                    raise KafkaError(
-                        ErrorCode.invalid_config, f"operation {op} is not valid for {c.name!r}"
-                    )
+            set_, remove, replace = changes(r)
             await broker.topics.alter_configs(
                 r.resource_name,
                 set_,
                 remove,
-                replace=False,
+                replace=replace,
                 validate_only=bool(body.validate_only),
             )
         except KafkaError as exc:
             code, message = exc.code, str(exc)
-            log.info("incremental alter configs %r from %s: %s", r.resource_name, client, message)
+            log.info("%s %r from %s: %s", what, r.resource_name, client, message)
         out.append(
             s.AlterConfigsResourceResponse(
                 error_code=code,
@@ -230,7 +232,7 @@ async def handle_incremental_alter_configs(
                 resource_name=r.resource_name,
             )
         )
-    return s.IncrementalAlterConfigsResponse(throttle_time=ZERO, responses=tuple(out))
+    return tuple(out)
 
 
 def _check_topic_resource(resource_type: int) -> None:
