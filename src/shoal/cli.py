@@ -28,9 +28,12 @@ class LazyGroup(click.Group):
 
     lazy = {
         "bench": ("shoal.tools.bench_cli", "bench"),
+        "cluster": ("shoal.cluster.cli", "cluster"),
         "cost": ("shoal.tools.cost_cli", "cost"),
         "edge": ("shoal.edge.cli", "edge"),
         "groups": ("shoal.tools.groups_cli", "groups"),
+        "partitions": ("shoal.cluster.cli", "partitions"),
+        "scorecard": ("shoal.tools.scorecard_cli", "scorecard"),
         "storage": ("shoal.tools.storage_cli", "storage"),
     }
 

@@ -287,6 +287,64 @@ BROKER_KEYS: dict[str, Key] = {
             "most members a consumer group may have (default: unbounded)",
             at_least(1),
         ),
+        Key(
+            "cluster.enable",
+            str,
+            "auto",
+            "cluster mode: leases, controller, partition owners (auto: on with PostgreSQL)",
+            one_of("auto", "true", "false"),
+        ),
+        Key(
+            "broker.session.timeout.ms",
+            int,
+            6000,
+            "a broker whose lease is not renewed for this long loses its partitions",
+            at_least(100),
+        ),
+        Key(
+            "broker.heartbeat.interval.ms",
+            int,
+            1000,
+            "how often a broker renews its lease (and the controller runs)",
+            at_least(10),
+        ),
+        Key(
+            "cluster.refresh.interval.ms",
+            int,
+            250,
+            "how often a broker reloads topics and partition owners",
+            at_least(10),
+        ),
+        Key(
+            "cluster.reader.refresh.ms",
+            int,
+            100,
+            "how stale a read replica's view of a partition's end may get",
+            at_least(0),
+        ),
+        Key("balancer.enable", bool, True, "move partitions to even out load between brokers"),
+        Key(
+            "balancer.band.percent",
+            int,
+            20,
+            "brokers within this percentage of the mean load are left alone",
+            at_least(0),
+        ),
+        Key(
+            "balancer.cooldown.ms",
+            int,
+            60_000,
+            "a partition moved by the balancer stays put this long",
+            at_least(0),
+        ),
+        Key("balancer.max.moves", int, 2, "partitions the balancer moves per round", at_least(1)),
+        Key(
+            "balancer.interval.ms",
+            int,
+            10_000,
+            "how often the balancer looks at the load",
+            at_least(100),
+        ),
     ]
 }
 
@@ -375,6 +433,15 @@ class BrokerConfig(Mapping[str, Any]):
     @property
     def metadata_url(self) -> str:
         return str(self["metadata"]) or f"sqlite:///{(self.data_dir.resolve() / 'meta.db')}"
+
+    @property
+    def cluster_mode(self) -> bool:
+        """Leases and partition owners: on by default with PostgreSQL
+        metadata (several brokers can share it), off with SQLite."""
+        mode = str(self["cluster.enable"])
+        if mode == "auto":
+            return self.metadata_url.startswith(("postgresql", "postgres"))
+        return mode == "true"
 
     @property
     def advertised(self) -> tuple[str, int]:

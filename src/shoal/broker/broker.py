@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from shoal.broker.topics import Topic, TopicCatalog
 from shoal.config import BrokerConfig
@@ -19,6 +20,9 @@ from shoal.storage.compaction import CompactionConfig
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.streams import EngineConfig, StreamEngine
 from shoal.storage.wal import WalConfig
+
+if TYPE_CHECKING:
+    from shoal.cluster.member import ClusterMember
 
 log = logging.getLogger("shoal.broker")
 
@@ -33,6 +37,7 @@ class Node:
 
 class Broker:
     groups: GroupCoordinator  # set by open()
+    cluster: ClusterMember | None = None  # cluster mode only
 
     def __init__(
         self,
@@ -80,16 +85,37 @@ class Broker:
                 log_cache_bytes=config["log.cache.bytes"],
                 block_cache_bytes=config["block.cache.bytes"],
                 orphan_grace_ms=config["object.orphan.grace.ms"],
+                reader_refresh_ms=config["cluster.reader.refresh.ms"],
             ),
         )
         catalog = TopicCatalog(meta, config)
         await catalog.load()
         broker = cls(config, meta, store, engine, catalog, await meta.cluster_id())
         broker.groups = await GroupCoordinator.open(meta, GroupConfig.from_config(config))
+        if config.cluster_mode:
+            from shoal.cluster.member import ClusterMember
+
+            node = broker.node
+            catalog.cluster_mode = True
+            broker.cluster = ClusterMember(
+                config,
+                meta,
+                engine,
+                catalog,
+                broker.groups,
+                node.node_id,
+                node.host,
+                node.port,
+                node.rack,
+            )
+            catalog.on_created = broker.cluster.assign_new
+            await broker.cluster.start()
         return broker
 
     async def close(self) -> None:
         """Commit everything pending, then let go of the metadata store."""
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.groups.close()
         await self.engine.close()
         await self.meta.close()
@@ -101,6 +127,45 @@ class Broker:
                 ErrorCode.unknown_topic_or_partition, f"no partition {topic_name}-{index}"
             )
         return topic, topic.partitions[index]
+
+    def live_nodes(self) -> list[Node]:
+        """Brokers to list in Metadata: every live one in a cluster."""
+        if self.cluster is None or not self.cluster.live:
+            return [self.node]
+        return [Node(b.node_id, b.host, b.port, b.rack) for b in self.cluster.live]
+
+    def coordinator_node(self, key: str) -> Node:
+        """The broker that coordinates a group (this one, alone)."""
+        if self.cluster is None:
+            return self.node
+        target = self.cluster.coordinator_for(key)
+        for n in self.live_nodes():
+            if n.node_id == target:
+                return n
+        return self.node
+
+    def controller_id(self) -> int:
+        if self.cluster is None:
+            return self.node.node_id
+        return self.cluster.controller_id
+
+    def owns(self, part: PartitionRecord) -> bool:
+        """May this broker write (and answer ListOffsets for) the partition?
+        Always on one node; in a cluster, while it is the owner with a live lease."""
+        return self.cluster is None or self.cluster.owns(part)
+
+    def check_owner(self, part: PartitionRecord) -> None:
+        if not self.owns(part):
+            raise KafkaError(
+                ErrorCode.not_leader_or_follower,
+                f"partition owned by node {part.owner}, not {self.node.node_id}",
+            )
+
+    def record_traffic(
+        self, topic: Topic, part: PartitionRecord, bytes_in: int, bytes_out: int
+    ) -> None:
+        if self.cluster is not None:
+            self.cluster.record(topic.id, part.partition, bytes_in, bytes_out)
 
     def check_leader_epoch(self, part: PartitionRecord, current_leader_epoch: int) -> None:
         """Clients send the leader epoch they know; Kafka fences stale or future ones."""

@@ -67,6 +67,8 @@ class Maintenance:
             if ms < 0 and size < 0:
                 continue
             for p in list(topic.partitions):
+                if not self.broker.owns(p):
+                    continue
                 moved = await self.broker.engine.apply_retention(p.stream_id, now, ms, size)
                 if moved is not None:
                     trimmed += 1
@@ -102,6 +104,8 @@ class Maintenance:
                 block_bytes=int(self.broker.config["compaction.block.bytes"]),
             )
             for p in list(topic.partitions):
+                if not self.broker.owns(p):
+                    continue
                 if await self.broker.engine.compact_keys(p.stream_id, policy):
                     cleaned += 1
         return cleaned

@@ -1,7 +1,9 @@
 """The topic catalog: validated names, effective configs, auto-creation.
 
 A write-through cache of the metadata store. On one node this broker is the
-only writer, so the cache is the truth between restarts.
+only writer, so the cache is the truth between restarts. In cluster mode other
+brokers create topics and move owners too: the cluster member calls `refresh`
+on a short interval, and a miss is looked up in the store before auto-creating.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import logging
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,9 +61,30 @@ class TopicCatalog:
         self._topics: dict[str, Topic] = {}
         self._creating: dict[str, asyncio.Future[Topic]] = {}
         self._lock = asyncio.Lock()
+        self.cluster_mode = False
+        # Cluster mode: gives a new topic's partitions owners.
+        self.on_created: Callable[[Topic], Awaitable[None]] | None = None
 
     async def load(self) -> None:
         self._topics = {t.name: _topic(t) for t in await self.meta.list_topics()}
+
+    async def refresh(self) -> list[Topic]:
+        """Reload every topic from the store; returns topics that went away."""
+        recs = await self.meta.list_topics()
+        async with self._lock:
+            fresh = {t.name: _topic(t) for t in recs}
+            gone = [
+                t for name, t in self._topics.items() if name not in fresh or fresh[name].id != t.id
+            ]
+            self._topics = fresh
+        return gone
+
+    async def _lookup(self, name: str) -> Topic | None:
+        """Cluster mode: a topic another broker may have created just now."""
+        if not self.cluster_mode:
+            return None
+        await self.refresh()
+        return self._topics.get(name)
 
     def get(self, name: str) -> Topic | None:
         return self._topics.get(name)
@@ -120,11 +144,13 @@ class TopicCatalog:
             topic = _topic(rec)
             self._topics[name] = topic
         log.info("created topic %s with %d partitions %s", name, partitions, clean or "")
+        if self.on_created is not None:
+            await self.on_created(topic)
         return topic
 
     async def get_or_create(self, name: str, allow_auto_create: bool = True) -> Topic | None:
         """The topic, auto-created on first use when the broker allows it."""
-        topic = self._topics.get(name)
+        topic = self._topics.get(name) or await self._lookup(name)
         if topic is not None:
             return topic
         if not (allow_auto_create and self.config["auto.create.topics.enable"]):
@@ -134,7 +160,7 @@ class TopicCatalog:
             return await self.create(name, -1, {})
         except KafkaError as exc:
             if exc.code == ErrorCode.topic_already_exists:
-                return self._topics.get(name)
+                return self._topics.get(name) or await self._lookup(name)
             raise
 
     async def delete(self, name: str) -> Topic:
@@ -166,6 +192,8 @@ class TopicCatalog:
             rec = await self.meta.add_partitions(name, total)
             topic.partitions = list(rec.partitions)
         log.info("topic %s now has %d partitions", name, total)
+        if self.on_created is not None:
+            await self.on_created(topic)
         return topic
 
     async def alter_configs(

@@ -23,7 +23,7 @@ import logging
 import struct
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -264,6 +264,9 @@ class GroupCoordinator:
         self.groups: dict[str, Group] = {}
         self._loop = asyncio.get_running_loop()
         self._expiry: asyncio.Task[None] | None = None
+        # Cluster mode: NOT_COORDINATOR (or load in progress) for groups this
+        # broker does not coordinate; None when it does.
+        self.gate: Callable[[str], ErrorCode | None] = _no_gate
 
     @classmethod
     async def open(cls, meta: MetaStore, config: GroupConfig) -> GroupCoordinator:
@@ -317,6 +320,8 @@ class GroupCoordinator:
     def _join(self, req: JoinRequest, fut: asyncio.Future[JoinResult]) -> ErrorCode | None:
         if not req.group_id:
             return ErrorCode.invalid_group_id
+        if (gated := self.gate(req.group_id)) is not None:
+            return gated
         cfg = self.config
         if not cfg.min_session_timeout_ms <= req.session_timeout_ms <= cfg.max_session_timeout_ms:
             log.info(
@@ -683,7 +688,7 @@ class GroupCoordinator:
         assignments: Mapping[str, bytes],
     ) -> asyncio.Future[SyncResult]:
         fut: asyncio.Future[SyncResult] = self._loop.create_future()
-        error = self._sync(
+        error = self.gate(group_id) or self._sync(
             fut,
             group_id,
             generation,
@@ -710,6 +715,8 @@ class GroupCoordinator:
     ) -> ErrorCode | None:
         if not group_id:
             return ErrorCode.invalid_group_id
+        if (gated := self.gate(group_id)) is not None:
+            return gated
         group = self.groups.get(group_id)
         if group is None:
             return ErrorCode.unknown_member_id
@@ -768,6 +775,8 @@ class GroupCoordinator:
     ) -> ErrorCode:
         if not group_id:
             return ErrorCode.invalid_group_id
+        if (gated := self.gate(group_id)) is not None:
+            return gated
         group = self.groups.get(group_id)
         if group is None:
             return ErrorCode.unknown_member_id
@@ -792,6 +801,8 @@ class GroupCoordinator:
         instance id alone. Returns the group error and one error per member."""
         if not group_id:
             return ErrorCode.invalid_group_id, [ErrorCode.invalid_group_id] * len(leaving)
+        if (gated := self.gate(group_id)) is not None:
+            return gated, [gated] * len(leaving)
         group = self.groups.get(group_id)
         if group is None:
             return ErrorCode.none, [ErrorCode.unknown_member_id] * len(leaving)
@@ -969,6 +980,8 @@ class GroupCoordinator:
     ) -> ErrorCode:
         """May this request commit offsets? Creates the group for a simple
         (generation -1) commit, as Kafka does."""
+        if (gated := self.gate(group_id)) is not None:
+            return gated
         group = self.groups.get(group_id)
         if group is None:
             if generation >= 0:
@@ -999,6 +1012,32 @@ class GroupCoordinator:
 
     def committed(self, group_id: str) -> Mapping[TopicPartition, CommittedOffset]:
         return self.offsets.committed(group_id)
+
+    async def adopt(self, group_id: str) -> None:
+        """Cluster mode: this broker now coordinates the group. Load it (and
+        its offsets) from the metadata store, where the previous coordinator
+        wrote them; members rejoin, as after a coordinator move in Kafka."""
+        self.release(group_id)
+        row, offsets = await self.offsets.repo.load_group(group_id)
+        self.offsets.replace(group_id, offsets)
+        self._restore([row] if row is not None else [])
+
+    def release(self, group_id: str) -> None:
+        """Cluster mode: another broker coordinates the group now; forget it
+        here (queued offset writes still go out)."""
+        group = self.groups.pop(group_id, None)
+        if group is not None:
+            self._cancel_timers(group)
+            for m in group.members.values():
+                if m.join_future is not None and not m.join_future.done():
+                    _resolve(m.join_future, JoinResult(ErrorCode.not_coordinator, m.member_id))
+                if m.sync_future is not None and not m.sync_future.done():
+                    _resolve(m.sync_future, SyncResult(ErrorCode.not_coordinator))
+        self.offsets.replace(group_id, [])
+
+    def release_all(self) -> None:
+        for gid in list(self.groups) + list(self.offsets.group_ids()):
+            self.release(gid)
 
     def pending_writes(self, group_ids: Iterable[str]) -> list[asyncio.Future[None]]:
         """Unwritten changes to these groups, for reads that must see them."""
@@ -1081,6 +1120,10 @@ class GroupCoordinator:
                 await self.expire_offsets()
             except Exception:
                 log.exception("offset expiry failed")
+
+
+def _no_gate(_group_id: str) -> ErrorCode | None:
+    return None
 
 
 def _check_member(group: Group, member_id: str, group_instance_id: str | None) -> ErrorCode | None:

@@ -90,6 +90,14 @@ class OffsetStore:
     def group_ids(self) -> set[str]:
         return set(self._offsets)
 
+    def replace(self, group_id: str, rows: list[OffsetRow]) -> None:
+        """Cluster mode: the group's offsets as loaded from the store (or none)."""
+        self._offsets.pop(group_id, None)
+        for r in rows:
+            self._offsets.setdefault(group_id, {})[(r.topic, r.partition)] = CommittedOffset(
+                r.offset, r.leader_epoch, r.metadata, r.commit_ms
+            )
+
     def barrier(self, group_id: str) -> asyncio.Future[None] | None:
         """Done when every change to the group queued so far is written: an
         OffsetFetch pipelined behind a commit on one connection waits for it,

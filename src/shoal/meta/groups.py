@@ -122,6 +122,37 @@ class GroupRepository:
             ]
         return groups, offsets
 
+    async def load_group(self, group_id: str) -> tuple[GroupRow | None, list[OffsetRow]]:
+        """One group and its offsets (cluster mode: a group moving here)."""
+        g, o = s.consumer_groups, s.group_offsets
+        async with self.meta.engine.connect() as conn:
+            r = (await conn.execute(select(g).where(g.c.group_id == group_id))).one_or_none()
+            row = (
+                GroupRow(r.group_id, r.protocol_type, r.generation, r.state, r.state_ms)
+                if r is not None
+                else None
+            )
+            offsets = [
+                OffsetRow(
+                    x.group_id,
+                    x.topic,
+                    x.partition,
+                    x.committed_offset,
+                    x.leader_epoch,
+                    x.metadata,
+                    x.commit_ms,
+                )
+                for x in await conn.execute(select(o).where(o.c.group_id == group_id))
+            ]
+        return row, offsets
+
+    async def group_ids(self) -> list[str]:
+        g, o = s.consumer_groups, s.group_offsets
+        async with self.meta.engine.connect() as conn:
+            ids = {r[0] for r in await conn.execute(select(g.c.group_id))}
+            ids |= {r[0] for r in await conn.execute(select(o.c.group_id).distinct())}
+        return sorted(ids)
+
     async def apply(self, ops: Sequence[Op]) -> None:
         """Make every change in `ops`, in order, in one transaction."""
         async with self.meta._tx() as conn:

@@ -149,3 +149,51 @@ group_offsets = Table(
 )
 
 Index("group_offsets_topic", group_offsets.c.topic)
+
+# Cluster mode (issue 5). A broker's row is its lease: renewed every heartbeat,
+# replaced (incarnation + 1) when the broker registers again, deleted by the
+# controller once expired. Owners of partitions live in partitions.owner_node.
+brokers = Table(
+    "brokers",
+    metadata,
+    Column("node_id", Integer, primary_key=True),
+    Column("incarnation", Integer, nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("rack", String(255), nullable=True),
+    Column("registered_ms", BigInteger, nullable=False),
+    Column("lease_expiry_ms", BigInteger, nullable=False),
+    # Moves everything off this broker and keeps new partitions away (drain).
+    Column("draining", Boolean, nullable=False, default=False),
+    # Load reported with each heartbeat: bytes/s in and out, and per partition
+    # as JSON {"topic_id:partition": [in, out]} for self-balancing.
+    Column("bytes_in", BigInteger, nullable=False, default=0),
+    Column("bytes_out", BigInteger, nullable=False, default=0),
+    Column("load", Text, nullable=False, default="{}"),
+)
+
+# One row (id = 1): the controller lease, taken with compare-and-set.
+controller = Table(
+    "controller",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("node_id", Integer, nullable=False),
+    Column("incarnation", Integer, nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("lease_expiry_ms", BigInteger, nullable=False),
+)
+
+# Requested partition moves (AlterPartitionReassignments, `shoal partitions
+# move`, drains, balancing). The controller moves the owner (moved_ms set);
+# the target deletes the row once it has opened the stream.
+reassignments = Table(
+    "reassignments",
+    metadata,
+    Column("topic_id", Integer, ForeignKey("topics.id", ondelete="CASCADE"), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("source_node", Integer, nullable=True),
+    Column("target_node", Integer, nullable=False),
+    Column("requested_ms", BigInteger, nullable=False),
+    Column("moved_ms", BigInteger, nullable=True),
+    Column("reason", String(32), nullable=False, default="admin"),
+)

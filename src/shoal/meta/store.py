@@ -53,6 +53,7 @@ class PartitionRecord:
     partition: int
     stream_id: int
     leader_epoch: int
+    owner: int | None = None  # cluster mode: the broker that writes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +152,16 @@ class MetaStore:
 
     @classmethod
     async def open(cls, url: str) -> MetaStore:
-        engine = create_async_engine(engine_url(url))
+        connect_args: dict[str, Any] = {}
+        if make_url(engine_url(url)).get_backend_name() == "postgresql":
+            # A broker paused (SIGSTOP) inside a transaction must not hold row
+            # locks that the controller needs to fence it: PostgreSQL ends
+            # such sessions, and the paused commit then fails.
+            connect_args["server_settings"] = {
+                "idle_in_transaction_session_timeout": "2000",
+                "application_name": "shoal",
+            }
+        engine = create_async_engine(engine_url(url), connect_args=connect_args)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         store = cls(engine)
@@ -319,7 +329,9 @@ class MetaStore:
             .where(s.partitions.c.topic_id.in_(ids))
             .order_by(s.partitions.c.topic_id, s.partitions.c.partition)
         ):
-            parts[r.topic_id].append(PartitionRecord(r.partition, r.stream_id, r.leader_epoch))
+            parts[r.topic_id].append(
+                PartitionRecord(r.partition, r.stream_id, r.leader_epoch, r.owner_node)
+            )
         return [
             TopicRecord(r.id, r.name, uuid.UUID(r.topic_uuid), cfgs[r.id], parts[r.id])
             for r in rows
@@ -327,14 +339,33 @@ class MetaStore:
 
     # streams ------------------------------------------------------------
 
-    async def open_stream(self, stream_id: int) -> StreamRecord:
-        """Take the stream: bump its epoch so any previous writer is fenced."""
+    async def open_stream(self, stream_id: int, owner: int | None = None) -> StreamRecord:
+        """Take the stream: bump its epoch so any previous writer is fenced.
+
+        In cluster mode `owner` is this broker's node id, and the stream is
+        taken only while its partition is assigned to that node, so a broker
+        with a stale view cannot fence the rightful owner (StreamFenced).
+        """
+        st, p = s.streams, s.partitions
         async with self._tx() as conn:
-            await conn.execute(
-                update(s.streams)
-                .where(s.streams.c.id == stream_id)
-                .values(epoch=s.streams.c.epoch + 1)
-            )
+            q = update(st).where(st.c.id == stream_id)
+            if owner is not None:
+                q = q.where(
+                    select(p.c.stream_id)
+                    .where(p.c.stream_id == stream_id, p.c.owner_node == owner)
+                    .exists()
+                )
+            res = await conn.execute(q.values(epoch=st.c.epoch + 1))
+            row = (await conn.execute(select(st).where(st.c.id == stream_id))).one_or_none()
+        if row is None:
+            raise MetaError(f"stream {stream_id} does not exist")
+        if res.rowcount != 1:
+            raise StreamFenced(stream_id, f"stream {stream_id} is not assigned to node {owner}")
+        return StreamRecord(row.id, row.epoch, row.start_offset, row.end_offset)
+
+    async def read_stream(self, stream_id: int) -> StreamRecord:
+        """The stream's committed bounds, without taking it (read replicas)."""
+        async with self.engine.connect() as conn:
             row = (
                 await conn.execute(select(s.streams).where(s.streams.c.id == stream_id))
             ).one_or_none()
@@ -387,7 +418,7 @@ class MetaStore:
         st = s.streams
         async with self._tx() as conn:
             if moves:
-                res = await conn.execute(
+                stmt = (
                     update(st)
                     .where(
                         st.c.id == bindparam("b_sid"),
@@ -395,13 +426,24 @@ class MetaStore:
                         st.c.end_offset == bindparam("b_start"),
                         st.c.deleted.is_(False),
                     )
-                    .values(end_offset=bindparam("b_end")),
-                    [
-                        {"b_sid": sid, "b_epoch": e, "b_start": a, "b_end": b}
-                        for sid, (e, a, b) in moves.items()
-                    ],
+                    .values(end_offset=bindparam("b_end"))
                 )
-                if res.rowcount != len(moves):
+                params = [
+                    {"b_sid": sid, "b_epoch": e, "b_start": a, "b_end": b}
+                    for sid, (e, a, b) in moves.items()
+                ]
+                if conn.dialect.supports_sane_multi_rowcount or len(params) == 1:
+                    res = await conn.execute(stmt, params)
+                    moved = res.rowcount == len(moves)
+                else:
+                    # asyncpg's executemany reports no per-row counts: one
+                    # statement per stream keeps the fencing check exact.
+                    moved = True
+                    for prm in params:
+                        if (await conn.execute(stmt, prm)).rowcount != 1:
+                            moved = False
+                            break
+                if not moved:
                     await self._raise_fenced(conn, moves)
             rows: list[dict[str, int]] = []
             for obj in objects:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from shoal.meta.store import MetaStore, ProducerRow, RangeCommit, RangeRecord
+from shoal.meta.store import MetaStore, ProducerRow, RangeCommit, RangeRecord, StreamFenced
 from shoal.protocol.records import (
     ValidatedBatch,
     batch_spans,
@@ -29,7 +29,7 @@ from shoal.storage import producers as producer_state
 from shoal.storage.caches import BlockCache, LogCache
 from shoal.storage.cleaner import Cleaner
 from shoal.storage.compaction import CompactionConfig, Compactor
-from shoal.storage.errors import ObjectNotFound, OffsetOutOfRange, StorageError
+from shoal.storage.errors import Fenced, ObjectNotFound, OffsetOutOfRange, StorageError
 from shoal.storage.keycompaction import KeyCompactionPolicy, compact_keys
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.producers import BatchMeta, ProducerEntry
@@ -51,6 +51,9 @@ class EngineConfig:
     block_cache_bytes: int = 256 * 1024 * 1024
     readahead_blocks: int = 4
     orphan_grace_ms: int = 600_000
+    # Cluster mode: how stale a read replica's view of a stream may get
+    # before a read at its end asks the metadata store again.
+    reader_refresh_ms: int = 100
 
 
 @dataclass(slots=True)
@@ -98,6 +101,11 @@ class StreamEngine:
             self._producer_rows,
         )
         self._streams: dict[int, StreamState] = {}
+        # Streams read but not owned (cluster read replicas): never taken.
+        self._readers: dict[int, StreamState] = {}
+        self._reader_at: dict[int, float] = {}
+        # Cluster mode: streams are taken only while assigned to this node.
+        self.owner: int | None = None
         self._opening: dict[int, asyncio.Task[StreamState]] = {}
         self.compactor = Compactor(
             store, meta, config.node_id, config.compaction, self._ranges_replaced
@@ -124,7 +132,11 @@ class StreamEngine:
         return await asyncio.shield(task)
 
     async def _open(self, stream_id: int) -> StreamState:
-        rec = await self.meta.open_stream(stream_id)
+        try:
+            rec = await self.meta.open_stream(stream_id, self.owner)
+        except StreamFenced as exc:
+            raise Fenced(str(exc)) from None
+        self._readers.pop(stream_id, None)
         ranges = await self.meta.load_ranges(stream_id, rec.start_offset)
         st = StreamState(
             rec.id,
@@ -152,8 +164,74 @@ class StreamEngine:
         )
         return st
 
+    def owned(self, stream_id: int) -> bool:
+        return stream_id in self._streams
+
+    async def open_reader(self, stream_id: int) -> StreamState:
+        """A read-only view of a stream another broker writes: loaded from
+        the metadata store without bumping the epoch, refreshed on reads at
+        its end (see read_only)."""
+        st = self._streams.get(stream_id) or self._readers.get(stream_id)
+        if st is not None:
+            return st
+        rec = await self.meta.read_stream(stream_id)
+        ranges = await self.meta.load_ranges(stream_id, rec.start_offset)
+        st = StreamState(
+            rec.id,
+            rec.epoch,
+            rec.start_offset,
+            rec.end_offset,
+            rec.end_offset,
+            [r.start_offset for r in ranges],
+            ranges,
+        )
+        self._readers[stream_id] = st
+        self._reader_at[stream_id] = time.monotonic()
+        return st
+
+    async def _refresh_reader(self, st: StreamState, force: bool = False) -> None:
+        """Catch a read replica up with commits made by the owner."""
+        now = time.monotonic()
+        if (
+            not force
+            and now - self._reader_at.get(st.id, 0.0) < self.config.reader_refresh_ms / 1000
+        ):
+            return
+        self._reader_at[st.id] = now
+        rec = await self.meta.read_stream(st.id)
+        if rec.end_offset > st.end_offset:
+            known = st.ranges[-1].end_offset if st.ranges else st.start_offset
+            for r in await self.meta.load_ranges(st.id, known):
+                if r.start_offset >= known:
+                    st.ranges.append(r)
+                    st.range_starts.append(r.start_offset)
+            st.end_offset = st.next_offset = rec.end_offset
+        if rec.start_offset > st.start_offset:
+            st.start_offset = rec.start_offset
+            keep = [r for r in st.ranges if r.end_offset > st.start_offset]
+            st.ranges = keep
+            st.range_starts = [r.start_offset for r in keep]
+
+    async def read_only(self, stream_id: int, offset: int, max_bytes: int) -> ReadResult:
+        """Read without owning: any broker can serve any stream from the store."""
+        if stream_id in self._streams:
+            return await self.read(stream_id, offset, max_bytes)
+        st = await self.open_reader(stream_id)
+        if offset >= st.end_offset or offset < st.start_offset:
+            await self._refresh_reader(st, force=offset > st.end_offset or offset < st.start_offset)
+        if offset < st.start_offset or offset > st.end_offset:
+            raise OffsetOutOfRange(offset, st.start_offset, st.end_offset)
+        hw = st.end_offset
+        if offset == hw:
+            return ReadResult([], hw, st.start_offset)
+        chunks = await self._read_objects(st, offset, max_bytes, hw)
+        return ReadResult(chunks, hw, st.start_offset)
+
     def forget(self, stream_id: int) -> None:
-        """Drop a stream (its topic was deleted): readers waiting on it wake up."""
+        """Drop a stream (its topic was deleted, or another broker owns it
+        now): readers waiting on it wake up; the next use reopens it."""
+        self._readers.pop(stream_id, None)
+        self._reader_at.pop(stream_id, None)
         st = self._streams.pop(stream_id, None)
         self.log_cache.drop_stream(stream_id)
         if st is not None:

@@ -27,6 +27,7 @@ async def handle_delete_records(
             code, low = ErrorCode.none, -1
             try:
                 _topic, rec = broker.partition(t.name, p.partition_index)
+                broker.check_owner(rec)
                 offset = int(p.offset)
                 if offset == -1:  # "up to the high watermark"
                     offset = (await broker.engine.bounds(rec.stream_id))[1]

@@ -16,16 +16,14 @@ async def handle_describe_cluster(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
     s = Schema(60, header.api_version)
-    node = broker.node
     return s.DescribeClusterResponse(
         throttle_time=datetime.timedelta(0),
         error_code=ErrorCode.none,
         error_message=None,
         cluster_id=broker.cluster_id,
-        controller_id=node.node_id,
-        brokers=(
-            s.DescribeClusterBroker(
-                broker_id=node.node_id, host=node.host, port=node.port, rack=node.rack
-            ),
+        controller_id=broker.controller_id(),
+        brokers=tuple(
+            s.DescribeClusterBroker(broker_id=n.node_id, host=n.host, port=n.port, rack=n.rack)
+            for n in broker.live_nodes()
         ),
     )

@@ -31,6 +31,9 @@ class _Part:
     records: bytes = b""
     high_watermark: int = -1
     log_start: int = -1
+    owned: bool = True
+    topic_id: int = -1
+    preferred: int = -1  # cluster: fetch from this broker instead (same rack)
 
 
 async def handle_fetch(broker: Broker, client: Client, header: RequestHeader, body: Any) -> Any:
@@ -45,11 +48,24 @@ async def handle_fetch(broker: Broker, client: Client, header: RequestHeader, bo
         for t in body.topics
         for p in t.partitions
     ]
+    rack = getattr(body, "rack_id", None) or None
     for p in parts:
         try:
-            _topic, rec = broker.partition(p.topic, p.index)
+            topic, rec = broker.partition(p.topic, p.index)
+            p.owned = broker.owns(rec)
+            p.topic_id = topic.id
+            if broker.cluster is not None:
+                # Every broker can read every stream; a non-owner serves only
+                # consumers it was chosen for (same rack, KIP-392).
+                if not p.owned and (rack is None or rack != broker.node.rack):
+                    raise KafkaError(ErrorCode.not_leader_or_follower)
+                if p.owned and header.api_version >= 11:
+                    p.preferred = broker.cluster.read_replica(
+                        rec.owner, rack, f"{p.topic}-{p.index}"
+                    )
             broker.check_leader_epoch(rec, p.current_leader_epoch)
-            p.stream_id = rec.stream_id
+            if p.preferred < 0:
+                p.stream_id = rec.stream_id
         except KafkaError as exc:
             p.error = exc.code
     cap = int(broker.config["fetch.max.wait.cap.ms"])
@@ -76,6 +92,9 @@ async def _run(
         if total >= min_bytes or remaining <= 0 or any(p.error for p in parts):
             break
         waiters = [w for p in parts if (w := broker.engine.watch(p.stream_id)) is not None]
+        if any(not p.owned and p.stream_id >= 0 for p in parts):
+            # Read replicas learn of commits by polling the metadata store.
+            remaining = min(remaining, max(broker.engine.config.reader_refresh_ms, 10) / 1000)
         if not waiters:
             await asyncio.sleep(remaining)
             continue
@@ -99,7 +118,8 @@ async def _read_all(broker: Broker, client: Client, parts: list[_Part], max_byte
         try:
             if budget <= 0 and total > 0:
                 p.records = b""
-                p.log_start, p.high_watermark = await broker.engine.bounds(p.stream_id)
+                if p.owned:
+                    p.log_start, p.high_watermark = await broker.engine.bounds(p.stream_id)
                 continue
             result = await _read(broker, p, max(budget, 1))
         except OffsetOutOfRange as exc:
@@ -126,17 +146,20 @@ async def _read_all(broker: Broker, client: Client, parts: list[_Part], max_byte
         else:
             p.records = b"".join(result.chunks)
             total += len(p.records)
+            if broker.cluster is not None and p.records:
+                broker.cluster.record(p.topic_id, p.index, 0, len(p.records))
         p.high_watermark, p.log_start = result.high_watermark, result.log_start_offset
     return total
 
 
 async def _read(broker: Broker, p: _Part, budget: int) -> Any:
+    read = broker.engine.read if p.owned else broker.engine.read_only
     try:
-        return await broker.engine.read(p.stream_id, p.offset, budget)
+        return await read(p.stream_id, p.offset, budget)
     except ObjectNotFound:
         # An object went away under us (retention, compaction): the engine
         # re-resolved its ranges; one more try sees the new layout.
-        return await broker.engine.read(p.stream_id, p.offset, budget)
+        return await read(p.stream_id, p.offset, budget)
 
 
 def _response(header: RequestHeader, parts: list[_Part]) -> Any:
@@ -151,7 +174,7 @@ def _response(header: RequestHeader, parts: list[_Part]) -> Any:
                 last_stable_offset=p.high_watermark,
                 log_start_offset=p.log_start,
                 aborted_transactions=None,
-                preferred_read_replica=-1,
+                preferred_read_replica=p.preferred,
                 records=p.records,
             )
         )

@@ -43,7 +43,8 @@ def _ms(value: Any) -> int:
 async def handle_find_coordinator(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
-    """Every group (and transactional id) is coordinated by this broker."""
+    """One node alone coordinates everything; a cluster hashes each key to a
+    live broker (rendezvous hashing, see shoal.cluster.member)."""
     s = Schema(10, header.api_version)
     key_type = int(getattr(body, "key_type", KEY_GROUP))
     keys = list(body.coordinator_keys) if header.api_version >= 4 else [body.key]
@@ -51,21 +52,22 @@ async def handle_find_coordinator(
     if key_type not in (KEY_GROUP, KEY_TRANSACTION):
         code, message = ErrorCode.invalid_request, f"unknown coordinator key type {key_type}"
         log.info("FindCoordinator from %s: %s", client, message)
-    node = broker.node
+    node = broker.coordinator_node(keys[0]) if keys else broker.node
     found = code == ErrorCode.none
     if header.api_version >= 4:
+        nodes = [broker.coordinator_node(key) for key in keys]
         return s.FindCoordinatorResponse(
             throttle_time=ZERO,
             coordinators=tuple(
                 s.Coordinator(
                     key=key,
-                    node_id=node.node_id if found else -1,
-                    host=node.host if found else "",
-                    port=node.port if found else -1,
+                    node_id=n.node_id if found else -1,
+                    host=n.host if found else "",
+                    port=n.port if found else -1,
                     error_code=code,
                     error_message=message,
                 )
-                for key in keys
+                for key, n in zip(keys, nodes, strict=True)
             ),
         )
     return s.FindCoordinatorResponse(

@@ -27,6 +27,7 @@ async def handle_offset_for_leader_epoch(
             code, epoch, end = ErrorCode.none, -1, -1
             try:
                 _topic, rec = broker.partition(t.topic, p.partition)
+                broker.check_owner(rec)
                 broker.check_leader_epoch(rec, p.current_leader_epoch)
                 if p.leader_epoch <= rec.leader_epoch:
                     epoch = rec.leader_epoch

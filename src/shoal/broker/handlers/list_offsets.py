@@ -32,6 +32,7 @@ async def handle_list_offsets(
             code, offset, ts, epoch = ErrorCode.none, -1, -1, -1
             try:
                 _topic, rec = broker.partition(t.name, p.partition_index)
+                broker.check_owner(rec)
                 broker.check_leader_epoch(rec, getattr(p, "current_leader_epoch", -1))
                 epoch = rec.leader_epoch
                 offset, ts = await _lookup(broker, rec.stream_id, p.timestamp)

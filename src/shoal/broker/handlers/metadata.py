@@ -46,37 +46,40 @@ async def handle_metadata(broker: Broker, client: Client, header: RequestHeader,
                         partitions=(),
                     )
                 )
-    node = broker.node
     return s.MetadataResponse(
         throttle_time=ZERO,
-        brokers=(
-            s.MetadataResponseBroker(
-                node_id=node.node_id, host=node.host, port=node.port, rack=node.rack
-            ),
+        brokers=tuple(
+            s.MetadataResponseBroker(node_id=n.node_id, host=n.host, port=n.port, rack=n.rack)
+            for n in broker.live_nodes()
         ),
         cluster_id=broker.cluster_id,
-        controller_id=node.node_id,
+        controller_id=broker.controller_id(),
         topics=tuple(results),
     )
 
 
 def _topic(s: Schema, broker: Broker, topic: Topic) -> Any:
-    leader = broker.node.node_id
+    cluster = broker.cluster
+    live = None if cluster is None else {b.node_id for b in cluster.live}
+    parts = []
+    for p in topic.partitions:
+        leader = broker.node.node_id if live is None else (p.owner if p.owner in live else -1)
+        assert leader is not None
+        parts.append(
+            s.MetadataResponsePartition(
+                error_code=ErrorCode.none if leader >= 0 else ErrorCode.leader_not_available,
+                partition_index=p.partition,
+                leader_id=leader,
+                leader_epoch=p.leader_epoch,
+                replica_nodes=(leader,) if leader >= 0 else (),
+                isr_nodes=(leader,) if leader >= 0 else (),
+                offline_replicas=(),
+            )
+        )
     return s.MetadataResponseTopic(
         error_code=ErrorCode.none,
         name=topic.name,
         topic_id=topic.topic_uuid,
         is_internal=False,
-        partitions=tuple(
-            s.MetadataResponsePartition(
-                error_code=ErrorCode.none,
-                partition_index=p.partition,
-                leader_id=leader,
-                leader_epoch=p.leader_epoch,
-                replica_nodes=(leader,),
-                isr_nodes=(leader,),
-                offline_replicas=(),
-            )
-            for p in topic.partitions
-        ),
+        partitions=tuple(parts),
     )

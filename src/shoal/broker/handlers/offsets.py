@@ -150,7 +150,7 @@ def _fetch_response(broker: Broker, header: RequestHeader, body: Any) -> Any:
                         "OffsetFetchResponseTopics",
                         "OffsetFetchResponsePartitions",
                     ),
-                    error_code=ErrorCode.none,
+                    error_code=broker.groups.gate(g.group_id) or ErrorCode.none,
                 )
                 for g in body.groups
             ),
@@ -165,7 +165,7 @@ def _fetch_response(broker: Broker, header: RequestHeader, body: Any) -> Any:
             "OffsetFetchResponseTopic",
             "OffsetFetchResponsePartition",
         ),
-        error_code=ErrorCode.none,
+        error_code=broker.groups.gate(body.group_id) or ErrorCode.none,
     )
 
 

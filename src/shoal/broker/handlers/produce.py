@@ -53,6 +53,7 @@ async def _append(
 ) -> _Slot:
     try:
         topic, part = broker.partition(topic_name, index)
+        broker.check_owner(part)
         if records is None:
             raise KafkaError(ErrorCode.corrupt_message, "null record set")
         batches = validate_batches(records, broker.topics.max_message_bytes(topic))
@@ -60,6 +61,7 @@ async def _append(
         if broker.topics.effective(topic, "message.timestamp.type") == "LogAppendTime":
             append_time = int(time.time() * 1000)
         fut = await broker.engine.append(part.stream_id, batches, part.leader_epoch, append_time)
+        broker.record_traffic(topic, part, len(records), 0)
         start, _end = await broker.engine.bounds(part.stream_id)
         return topic_name, index, fut, start, append_time
     except KafkaError as exc:

@@ -1,0 +1,155 @@
+"""The controller: one broker at a time (the holder of the controller lease)
+expires dead brokers and decides who owns which partition.
+
+Each round it: deletes expired broker rows; carries out requested moves
+(reassignments) whose target is alive; gives partitions of dead, draining or
+no brokers to the live broker with the fewest; and, when enabled, evens out
+partition counts and bytes in/out between brokers within a band, with a
+cool-down per partition and a cap on moves per round. Every change is a
+conditional owner update that also bumps the stream epoch (fencing).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from shoal.meta.cluster import BrokerRow, ClusterStore, Move, OwnerRow
+from shoal.meta.store import now_ms
+
+log = logging.getLogger("shoal.controller")
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceConfig:
+    enable: bool = True
+    band: float = 0.2  # keep each broker within mean * (1 +- band)
+    cooldown_ms: int = 60_000  # a partition moved by balancing stays put this long
+    max_moves: int = 2  # balancing moves per round
+    interval_ms: int = 10_000
+
+
+class Controller:
+    def __init__(self, store: ClusterStore, balance: BalanceConfig) -> None:
+        self.store = store
+        self.balance = balance
+        self._moved_at: dict[tuple[int, int], float] = {}
+        self._last_balance = 0.0
+        self.rounds = 0
+
+    async def round(self) -> list[Move]:
+        """One pass; returns the moves made."""
+        self.rounds += 1
+        now = now_ms()
+        for node in await self.store.expire(now):
+            log.warning("broker %d lease expired: handing its partitions on", node)
+        live = [b for b in await self.store.brokers() if b.lease_expiry_ms >= now]
+        live_ids = {b.node_id for b in live}
+        targets = [b for b in live if not b.draining]
+        owners = await self.store.owners()
+        by_key = {(o.topic_id, o.partition): o for o in owners}
+        counts = {b.node_id: 0 for b in targets}
+        for o in owners:
+            if o.owner in counts:
+                counts[o.owner] += 1
+        moves: list[Move] = []
+        planned: set[tuple[int, int]] = set()
+        requested: set[tuple[int, int]] = set()
+
+        def plan(o: OwnerRow, target: int) -> None:
+            moves.append(Move(o.topic_id, o.partition, o.stream_id, o.owner, target))
+            planned.add((o.topic_id, o.partition))
+            if o.owner in counts:
+                counts[o.owner] -= 1
+            if target in counts:
+                counts[target] += 1
+
+        for r in await self.store.reassignments():
+            if r.moved_ms is not None or r.target_node not in live_ids:
+                continue
+            row = by_key.get((r.topic_id, r.partition))
+            if row is None:
+                continue
+            if row.owner == r.target_node:
+                await self.store.mark_moved(r.topic_id, r.partition)
+                continue
+            plan(row, r.target_node)
+            requested.add((r.topic_id, r.partition))
+        if targets:
+            for o in owners:
+                if (o.topic_id, o.partition) in planned:
+                    continue
+                if o.owner is None or o.owner not in counts:
+                    plan(o, min(counts, key=lambda n: (counts[n], n)))
+        if self.balance.enable and not moves:
+            moves.extend(self._balance(live, owners, counts))
+        done = await self.store.apply_moves(moves)
+        for m in done:
+            key = (m.topic_id, m.partition)
+            if key in requested:
+                await self.store.mark_moved(m.topic_id, m.partition)
+            log.info(
+                "partition %d/%d: owner %s -> %d", m.topic_id, m.partition, m.old_owner, m.new_owner
+            )
+        return done
+
+    def _balance(
+        self, live: list[BrokerRow], owners: list[OwnerRow], counts: dict[int, int]
+    ) -> list[Move]:
+        """Even out load: bytes in+out when brokers report traffic, else
+        partition counts. Moves from the most to the least loaded broker,
+        only partitions past their cool-down, at most max_moves a round."""
+        mono = time.monotonic()
+        if len(counts) < 2 or mono - self._last_balance < self.balance.interval_ms / 1000:
+            return []
+        self._last_balance = mono
+        load: dict[int, float] = {n: 0.0 for n in counts}
+        part_load: dict[tuple[int, int], float] = {}
+        for b in live:
+            for name, (bin_, bout) in b.load.items():
+                tid, _, p = name.partition(":")
+                part_load[(int(tid), int(p))] = float(bin_ + bout)
+        traffic = sum(part_load.values()) > 0
+        mine: dict[int, list[OwnerRow]] = {n: [] for n in counts}
+        for o in owners:
+            if o.owner in mine:
+                mine[o.owner].append(o)
+                load[o.owner] += part_load.get((o.topic_id, o.partition), 0.0) if traffic else 1.0
+        mean = sum(load.values()) / len(load)
+        moves: list[Move] = []
+        cool = self.balance.cooldown_ms / 1000
+        for _ in range(self.balance.max_moves):
+            hi = max(load, key=lambda n: (load[n], -n))
+            lo = min(load, key=lambda n: (load[n], n))
+            if load[hi] <= mean * (1 + self.balance.band) and load[lo] >= mean * (
+                1 - self.balance.band
+            ):
+                break
+            gap = load[hi] - load[lo]
+            best: OwnerRow | None = None
+            best_w = 0.0
+            for o in mine[hi]:
+                tp = (o.topic_id, o.partition)
+                if mono - self._moved_at.get(tp, -1e18) < cool:
+                    continue
+                w = part_load.get(tp, 0.0) if traffic else 1.0
+                # Only moves that shrink the gap (never overshoot it).
+                if 0 < w < gap and w > best_w:
+                    best, best_w = o, w
+            if best is None:
+                break
+            moves.append(Move(best.topic_id, best.partition, best.stream_id, best.owner, lo))
+            self._moved_at[(best.topic_id, best.partition)] = mono
+            mine[hi].remove(best)
+            mine[lo].append(best)
+            load[hi] -= best_w
+            load[lo] += best_w
+        if moves:
+            log.info(
+                "balancing: %d moves (load per broker %s, band %.0f%%)",
+                len(moves),
+                {n: round(v) for n, v in load.items()},
+                self.balance.band * 100,
+            )
+        return moves

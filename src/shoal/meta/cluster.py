@@ -1,0 +1,395 @@
+"""Repository for cluster mode: broker leases, the controller lease, partition
+owners and reassignments.
+
+Every ownership change is one transaction that moves `partitions.owner_node`,
+bumps the partition's leader epoch (clients refresh their metadata) and bumps
+the stream's epoch, so the previous owner is fenced at its next commit even if
+it never hears about the change (paused, partitioned, slow).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shoal.meta import schema as s
+from shoal.meta.store import MetaStore, now_ms
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerRow:
+    node_id: int
+    incarnation: int
+    host: str
+    port: int
+    rack: str | None
+    registered_ms: int
+    lease_expiry_ms: int
+    draining: bool
+    bytes_in: int
+    bytes_out: int
+    load: dict[str, list[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerRow:
+    node_id: int
+    incarnation: int
+    epoch: int
+    lease_expiry_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerRow:
+    topic_id: int
+    topic: str
+    partition: int
+    stream_id: int
+    owner: int | None
+    leader_epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReassignmentRow:
+    topic_id: int
+    topic: str
+    partition: int
+    source_node: int | None
+    target_node: int
+    requested_ms: int
+    moved_ms: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    topic_id: int
+    partition: int
+    stream_id: int
+    old_owner: int | None
+    new_owner: int
+
+
+class ClusterStore:
+    def __init__(self, meta: MetaStore) -> None:
+        self.meta = meta
+
+    # brokers -------------------------------------------------------------
+
+    async def register(
+        self, node_id: int, host: str, port: int, rack: str | None, lease_ms: int
+    ) -> int:
+        """Register (or re-register) this node; returns its new incarnation.
+
+        A new incarnation makes any older process with the same id fail its
+        next renewal, so it steps down.
+        """
+        b = s.brokers
+        now = now_ms()
+        async with self.meta._tx() as conn:
+            old = (
+                await conn.execute(select(b.c.incarnation).where(b.c.node_id == node_id))
+            ).scalar()
+            # From a counter, not the row: the row goes when the lease expires,
+            # and incarnations must never repeat.
+            c = s.counters
+            res = await conn.execute(
+                update(c).where(c.c.name == "broker_incarnation").values(value=c.c.value + 1)
+            )
+            if res.rowcount == 0:
+                await conn.execute(insert(c).values(name="broker_incarnation", value=1))
+            inc = int(
+                (
+                    await conn.execute(select(c.c.value).where(c.c.name == "broker_incarnation"))
+                ).scalar_one()
+            )
+            values = {
+                "incarnation": inc,
+                "host": host,
+                "port": port,
+                "rack": rack,
+                "registered_ms": now,
+                "lease_expiry_ms": now + lease_ms,
+                "draining": False,
+                "bytes_in": 0,
+                "bytes_out": 0,
+                "load": "{}",
+            }
+            if old is None:
+                await conn.execute(insert(b).values(node_id=node_id, **values))
+            else:
+                await conn.execute(update(b).where(b.c.node_id == node_id).values(**values))
+        return inc
+
+    async def renew(
+        self,
+        node_id: int,
+        incarnation: int,
+        lease_ms: int,
+        bytes_in: int = 0,
+        bytes_out: int = 0,
+        load: dict[str, list[int]] | None = None,
+    ) -> bool:
+        """Extend the lease; False if this incarnation is no longer registered."""
+        b = s.brokers
+        async with self.meta._tx() as conn:
+            res = await conn.execute(
+                update(b)
+                .where(b.c.node_id == node_id, b.c.incarnation == incarnation)
+                .values(
+                    lease_expiry_ms=now_ms() + lease_ms,
+                    bytes_in=bytes_in,
+                    bytes_out=bytes_out,
+                    load=json.dumps(load or {}),
+                )
+            )
+        return res.rowcount == 1
+
+    async def deregister(self, node_id: int, incarnation: int) -> None:
+        """Graceful shutdown: let the controller hand our partitions on now."""
+        b = s.brokers
+        async with self.meta._tx() as conn:
+            await conn.execute(
+                delete(b).where(b.c.node_id == node_id, b.c.incarnation == incarnation)
+            )
+
+    async def brokers(self) -> list[BrokerRow]:
+        b = s.brokers
+        async with self.meta.engine.connect() as conn:
+            rows = await conn.execute(select(b).order_by(b.c.node_id))
+            return [
+                BrokerRow(
+                    r.node_id,
+                    r.incarnation,
+                    r.host,
+                    r.port,
+                    r.rack,
+                    r.registered_ms,
+                    r.lease_expiry_ms,
+                    bool(r.draining),
+                    r.bytes_in,
+                    r.bytes_out,
+                    _load(r.load),
+                )
+                for r in rows
+            ]
+
+    async def expire(self, now: int) -> list[int]:
+        """Delete the rows of brokers whose lease ran out; returns their ids."""
+        b = s.brokers
+        async with self.meta._tx() as conn:
+            ids = [
+                int(r[0])
+                for r in await conn.execute(select(b.c.node_id).where(b.c.lease_expiry_ms < now))
+            ]
+            if ids:
+                await conn.execute(delete(b).where(b.c.node_id.in_(ids), b.c.lease_expiry_ms < now))
+        return ids
+
+    async def set_draining(self, node_id: int, draining: bool = True) -> bool:
+        b = s.brokers
+        async with self.meta._tx() as conn:
+            res = await conn.execute(
+                update(b).where(b.c.node_id == node_id).values(draining=draining)
+            )
+        return res.rowcount == 1
+
+    # controller ------------------------------------------------------------
+
+    async def take_controller(self, node_id: int, incarnation: int, lease_ms: int) -> bool:
+        """Take or renew the controller lease (compare-and-set on one row)."""
+        c = s.controller
+        now = now_ms()
+        async with self.meta._tx() as conn:
+            mine = (c.c.node_id == node_id) & (c.c.incarnation == incarnation)
+            res = await conn.execute(
+                update(c).where(c.c.id == 1, mine).values(lease_expiry_ms=now + lease_ms)
+            )
+            if res.rowcount == 1:
+                return True
+            res = await conn.execute(
+                update(c)
+                .where(c.c.id == 1, c.c.lease_expiry_ms < now)
+                .values(
+                    node_id=node_id,
+                    incarnation=incarnation,
+                    epoch=c.c.epoch + 1,
+                    lease_expiry_ms=now + lease_ms,
+                )
+            )
+            if res.rowcount == 1:
+                return True
+            exists = (await conn.execute(select(c.c.id).where(c.c.id == 1))).scalar()
+            if exists is not None:
+                return False
+        try:
+            async with self.meta._tx() as conn:
+                await conn.execute(
+                    insert(c).values(
+                        id=1,
+                        node_id=node_id,
+                        incarnation=incarnation,
+                        epoch=1,
+                        lease_expiry_ms=now + lease_ms,
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    async def controller(self) -> ControllerRow | None:
+        c = s.controller
+        async with self.meta.engine.connect() as conn:
+            r = (await conn.execute(select(c).where(c.c.id == 1))).one_or_none()
+        if r is None:
+            return None
+        return ControllerRow(r.node_id, r.incarnation, r.epoch, r.lease_expiry_ms)
+
+    # owners ----------------------------------------------------------------
+
+    async def owners(self) -> list[OwnerRow]:
+        p, t = s.partitions, s.topics
+        async with self.meta.engine.connect() as conn:
+            rows = await conn.execute(
+                select(p, t.c.name)
+                .join(t, t.c.id == p.c.topic_id)
+                .order_by(t.c.name, p.c.partition)
+            )
+            return [
+                OwnerRow(r.topic_id, r.name, r.partition, r.stream_id, r.owner_node, r.leader_epoch)
+                for r in rows
+            ]
+
+    async def apply_moves(self, moves: list[Move]) -> list[Move]:
+        """Move owners, each only if its owner is still the one expected;
+        returns the moves made. One transaction."""
+        done: list[Move] = []
+        if not moves:
+            return done
+        async with self.meta._tx() as conn:
+            for m in moves:
+                if await _move(conn, m):
+                    done.append(m)
+        return done
+
+    # reassignments -----------------------------------------------------------
+
+    async def request_move(
+        self, topic: str, partition: int, target: int, reason: str = "admin"
+    ) -> None:
+        """Ask the controller to move a partition (replaces a pending request)."""
+        t, r, p = s.topics, s.reassignments, s.partitions
+        async with self.meta._tx() as conn:
+            row = (
+                await conn.execute(
+                    select(p.c.topic_id, p.c.owner_node)
+                    .join(t, t.c.id == p.c.topic_id)
+                    .where(t.c.name == topic, p.c.partition == partition)
+                )
+            ).one_or_none()
+            if row is None:
+                raise KeyError(f"{topic}-{partition}")
+            await conn.execute(
+                delete(r).where(r.c.topic_id == row.topic_id, r.c.partition == partition)
+            )
+            await conn.execute(
+                insert(r).values(
+                    topic_id=row.topic_id,
+                    partition=partition,
+                    source_node=row.owner_node,
+                    target_node=target,
+                    requested_ms=now_ms(),
+                    moved_ms=None,
+                    reason=reason,
+                )
+            )
+
+    async def cancel_move(self, topic: str, partition: int) -> bool:
+        t, r = s.topics, s.reassignments
+        async with self.meta._tx() as conn:
+            tid = (await conn.execute(select(t.c.id).where(t.c.name == topic))).scalar()
+            if tid is None:
+                return False
+            res = await conn.execute(
+                delete(r).where(
+                    r.c.topic_id == tid, r.c.partition == partition, r.c.moved_ms.is_(None)
+                )
+            )
+        return res.rowcount == 1
+
+    async def reassignments(self) -> list[ReassignmentRow]:
+        t, r = s.topics, s.reassignments
+        async with self.meta.engine.connect() as conn:
+            rows = await conn.execute(
+                select(r, t.c.name)
+                .join(t, t.c.id == r.c.topic_id)
+                .order_by(t.c.name, r.c.partition)
+            )
+            return [
+                ReassignmentRow(
+                    x.topic_id,
+                    x.name,
+                    x.partition,
+                    x.source_node,
+                    x.target_node,
+                    x.requested_ms,
+                    x.moved_ms,
+                    x.reason,
+                )
+                for x in rows
+            ]
+
+    async def mark_moved(self, topic_id: int, partition: int) -> None:
+        r = s.reassignments
+        async with self.meta._tx() as conn:
+            await conn.execute(
+                update(r)
+                .where(r.c.topic_id == topic_id, r.c.partition == partition)
+                .values(moved_ms=now_ms())
+            )
+
+    async def finish_moves(self, node_id: int, done: list[tuple[int, int]]) -> None:
+        """The target opened these partitions: their reassignments are over."""
+        r = s.reassignments
+        if not done:
+            return
+        async with self.meta._tx() as conn:
+            for topic_id, partition in done:
+                await conn.execute(
+                    delete(r).where(
+                        r.c.topic_id == topic_id,
+                        r.c.partition == partition,
+                        r.c.target_node == node_id,
+                        r.c.moved_ms.is_not(None),
+                    )
+                )
+
+
+async def _move(conn: AsyncConnection, m: Move) -> bool:
+    p, st = s.partitions, s.streams
+    res = await conn.execute(
+        update(p)
+        .where(
+            p.c.topic_id == m.topic_id,
+            p.c.partition == m.partition,
+            p.c.owner_node.is_not_distinct_from(m.old_owner),
+        )
+        .values(owner_node=m.new_owner, leader_epoch=p.c.leader_epoch + 1)
+    )
+    if res.rowcount != 1:
+        return False
+    # Fence the old owner now: its pending commits fail, whatever it knows.
+    await conn.execute(update(st).where(st.c.id == m.stream_id).values(epoch=st.c.epoch + 1))
+    return True
+
+
+def _load(raw: str | None) -> dict[str, list[int]]:
+    try:
+        value = json.loads(raw or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,269 @@
+"""Cluster mode: three brokers on one embedded PostgreSQL and one moto S3
+bucket. Metadata agreement, kill -9 failover and restart, SIGSTOP fencing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from cluster_harness import Cluster, wait_for
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("SHOAL_TEST_TARGET", "shoal") != "shoal", reason="Shoal cluster mode"
+)
+
+PARTITIONS = 6
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def view(bootstrap: str, topic: str) -> tuple[set[int], dict[int, int]]:
+    """(broker ids, partition -> leader) as one broker reports them."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    md = admin.list_topics(topic, timeout=10)
+    t = md.topics[topic]
+    return set(md.brokers), {p: t.partitions[p].leader for p in t.partitions}
+
+
+def create_topic(c: Cluster, name: str, partitions: int = PARTITIONS) -> None:
+    admin = AdminClient({"bootstrap.servers": c.bootstrap})
+    admin.create_topics([NewTopic(name, partitions, 1)])[name].result(15)
+
+
+def agreed(c: Cluster, topic: str, nodes: set[int]) -> dict[int, int] | None:
+    """The owners if every running broker reports the same live brokers and
+    owners, every partition having a live leader; else None."""
+    views = [
+        view(b.bootstrap, topic) for b in c.brokers.values() if b.proc and b.proc.poll() is None
+    ]
+    first = views[0]
+    if any(v != first for v in views) or first[0] != nodes:
+        return None
+    owners = first[1]
+    if len(owners) != PARTITIONS or any(o not in nodes for o in owners.values()):
+        return None
+    return owners
+
+
+class Load:
+    """An idempotent producer writing keyed records from a thread; keeps
+    every acknowledged (partition, offset, value) and each partition's
+    acknowledgement times."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "message.timeout.ms": 60000,
+                "topic.metadata.refresh.interval.ms": 1000,
+            }
+        )
+        self.acked: list[tuple[int, int, bytes]] = []
+        self.ack_times: dict[int, list[float]] = {}
+        self.errors: list[str] = []
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _cb(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.errors.append(str(err))
+            return
+        self.acked.append((msg.partition(), msg.offset(), msg.value()))
+        self.ack_times.setdefault(msg.partition(), []).append(time.monotonic())
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for _ in range(20):
+                self.producer.produce(
+                    self.topic,
+                    key=b"k%d" % (self.sent % 24),
+                    value=b"v%08d" % self.sent,
+                    on_delivery=self._cb,
+                )
+                self.sent += 1
+            self.producer.poll(0.01)
+        left = self.producer.flush(60)
+        assert left == 0, f"{left} records never acknowledged"
+
+    def start(self) -> Load:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(90)
+        assert not self._thread.is_alive()
+
+
+def consume_all(bootstrap: str, topic: str, expected: int) -> list[tuple[int, int, bytes]]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"check-{time.monotonic_ns()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    got: list[tuple[int, int, bytes]] = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(got) < expected and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                assert msg.error().code() == KafkaError._PARTITION_EOF or msg.error().retriable()
+                continue
+            got.append((msg.partition(), msg.offset(), msg.value()))
+        # Anything past the acknowledged records would be a phantom write.
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            msg = consumer.poll(0.2)
+            if msg is not None and not msg.error():
+                got.append((msg.partition(), msg.offset(), msg.value()))
+    finally:
+        consumer.close()
+    return got
+
+
+def check_exactly_once(load: Load, got: list[tuple[int, int, bytes]]) -> None:
+    values = [v for _p, _o, v in got]
+    assert len(values) == len(set(values)), "a record was read twice (duplicate)"
+    assert set(values) == {v for _p, _o, v in load.acked}, (
+        f"acked {len(load.acked)} read {len(got)}: lost or phantom records"
+    )
+    by_part: dict[int, list[int]] = {}
+    for p, o, _v in got:
+        by_part.setdefault(p, []).append(o)
+    for p, offsets in by_part.items():
+        assert offsets == sorted(offsets), f"partition {p} out of order"
+    acked_order: dict[int, list[bytes]] = {}
+    for p, _o, v in sorted(load.acked, key=lambda x: (x[0], x[1])):
+        acked_order.setdefault(p, []).append(v)
+    read_order: dict[int, list[bytes]] = {}
+    for p, _o, v in got:
+        read_order.setdefault(p, []).append(v)
+    assert read_order == acked_order
+
+
+def test_metadata_lists_all_brokers_and_same_owners(cluster: Cluster) -> None:
+    create_topic(cluster, "spread")
+    owners = wait_for(lambda: agreed(cluster, "spread", {1, 2, 3}), 20, "agreement")
+    counts = {n: list(owners.values()).count(n) for n in (1, 2, 3)}
+    assert counts == {1: 2, 2: 2, 3: 2}, counts
+
+
+def test_kill9_failover_and_restart(cluster: Cluster) -> None:
+    create_topic(cluster, "failover")
+    owners = wait_for(lambda: agreed(cluster, "failover", {1, 2, 3}), 20, "agreement")
+    load = Load(cluster.bootstrap, "failover").start()
+    wait_for(lambda: len(load.acked) > 2000, 30, "initial load")
+    victim = cluster.brokers[2]
+    moved = [p for p, o in owners.items() if o == 2]
+    killed = time.monotonic()
+    victim.kill()
+    survivors = [b for n, b in cluster.brokers.items() if n != 2]
+    new = wait_for(
+        lambda: (
+            (o := view(survivors[0].bootstrap, "failover")[1])
+            and all(o[p] in (1, 3) for p in moved)
+            and o
+        ),
+        30,
+        "the killed broker's partitions to move",
+    )
+    assert all(new[p] in (1, 3) for p in moved)
+
+    def writable() -> bool:
+        return all(any(t > killed for t in load.ack_times.get(p, [])) for p in moved)
+
+    wait_for(writable, 30, "moved partitions to take writes again")
+    for p in moved:
+        first = min(t for t in load.ack_times[p] if t > killed)
+        print(f"partition {p}: first acknowledged produce {first - killed:.2f}s after kill -9")
+    victim.start()
+    wait_for(lambda: agreed(cluster, "failover", {1, 2, 3}), 30, "restarted broker listed")
+    time.sleep(1)
+    load.stop()
+    assert not load.errors, load.errors[:5]
+    got = consume_all(cluster.bootstrap, "failover", len(load.acked))
+    check_exactly_once(load, got)
+
+
+def test_sigstop_fencing(cluster: Cluster) -> None:
+    create_topic(cluster, "fencing")
+    owners = wait_for(lambda: agreed(cluster, "fencing", {1, 2, 3}), 20, "agreement")
+    load = Load(cluster.bootstrap, "fencing").start()
+    wait_for(lambda: len(load.acked) > 1000, 30, "initial load")
+    paused = cluster.brokers[3]
+    assert paused.proc is not None
+    moved = [p for p, o in owners.items() if o == 3]
+    paused.proc.send_signal(signal.SIGSTOP)
+    try:
+        others = cluster.brokers[1].bootstrap
+        wait_for(
+            lambda: all(view(others, "fencing")[1][p] != 3 for p in moved),
+            30,
+            "the paused broker's partitions to move",
+        )
+        # Let the producer pile requests on the paused broker's socket.
+        time.sleep(1)
+    finally:
+        paused.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: "lost its lease" in paused.log(), 15, "the paused broker to step down")
+    wait_for(
+        lambda: paused.log().count("registered as node 3") >= 2,
+        15,
+        "re-registration as a fresh member",
+    )
+    wait_for(lambda: agreed(cluster, "fencing", {1, 2, 3}), 30, "agreement after resume")
+    time.sleep(1)
+    load.stop()
+    assert not load.errors, load.errors[:5]
+    got = consume_all(cluster.bootstrap, "fencing", len(load.acked))
+    check_exactly_once(load, got)
+    # The stale epoch of every stream it held was refused by the metadata store.
+    assert "NOT_LEADER" in paused.log() or "fenced" in paused.log()
+
+
+def test_incarnations_in_metadata(cluster: Cluster) -> None:
+    """The schema is created by the brokers themselves and holds one lease row
+    per broker and one controller."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from shoal.meta.store import engine_url
+
+    async def rows() -> tuple[list[Any], list[Any]]:
+        engine = create_async_engine(engine_url(cluster.url))
+        async with engine.connect() as conn:
+            b = list(await conn.execute(text("select node_id, incarnation from brokers")))
+            c = list(await conn.execute(text("select node_id from controller")))
+        await engine.dispose()
+        return b, c
+
+    brokers, controller = asyncio.run(rows())
+    assert sorted(r[0] for r in brokers) == [1, 2, 3]
+    assert len(controller) == 1 and controller[0][0] in (1, 2, 3)

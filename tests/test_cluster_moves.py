@@ -1,0 +1,95 @@
+"""Cluster mode: partition moves while producing, adding a broker and
+draining one, `shoal cluster status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cluster_harness import Cluster, wait_for
+from test_cluster_failover import (
+    Load,
+    agreed,
+    check_exactly_once,
+    consume_all,
+    create_topic,
+    view,
+)
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("SHOAL_TEST_TARGET", "shoal") != "shoal", reason="Shoal cluster mode"
+)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def shoal(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shoal", *args], capture_output=True, text=True, timeout=90
+    )
+
+
+def test_move_while_producing(cluster: Cluster) -> None:
+    create_topic(cluster, "moving")
+    owners = wait_for(lambda: agreed(cluster, "moving", {1, 2, 3}), 20, "agreement")
+    load = Load(cluster.bootstrap, "moving").start()
+    wait_for(lambda: len(load.acked) > 3000, 60, "data in the partition")
+    p = 0
+    target = 1 if owners[p] != 1 else 2
+    out = shoal(
+        "partitions", "move", "moving", str(p), "--to", str(target), "--metadata", cluster.url
+    )
+    assert out.returncode == 0, out.stderr
+    print(out.stdout.strip())
+    wait_for(lambda: view(cluster.bootstrap.split(",")[0], "moving")[1][p] == target, 10, "move")
+    moved_at = time.monotonic()
+    wait_for(
+        lambda: any(t > moved_at for t in load.ack_times.get(p, [])), 20, "writes on the new owner"
+    )
+    load.stop()
+    assert not load.errors, load.errors[:5]
+    check_exactly_once(load, consume_all(cluster.bootstrap, "moving", len(load.acked)))
+
+
+def test_add_broker_and_drain(cluster: Cluster) -> None:
+    create_topic(cluster, "grow")
+    wait_for(lambda: agreed(cluster, "grow", {1, 2, 3}), 20, "agreement")
+    load = Load(cluster.bootstrap, "grow").start()
+    wait_for(lambda: len(load.acked) > 1000, 60, "initial load")
+    cluster.add(4)
+    wait_for(lambda: agreed(cluster, "grow", {1, 2, 3, 4}), 20, "the fourth broker listed")
+    out = shoal("cluster", "drain", "2", "--metadata", cluster.url, "--timeout", "30")
+    assert out.returncode == 0, out.stderr
+    owners = wait_for(
+        lambda: (o := agreed(cluster, "grow", {1, 2, 3, 4})) and 2 not in o.values() and o,
+        20,
+        "broker 2 to own nothing",
+    )
+    print("owners after drain:", owners)
+    status = shoal("cluster", "status", "--metadata", cluster.url, "--format", "json")
+    assert status.returncode == 0, status.stderr
+    data = json.loads(status.stdout)
+    by_node = {b["node_id"]: b for b in data["brokers"]}
+    assert by_node[2]["draining"] and by_node[2]["partitions"] == 0
+    assert sum(b["partitions"] for b in data["brokers"]) == 6
+    assert data["controller"] in by_node
+    print(shoal("cluster", "status", "--metadata", cluster.url).stdout)
+    cluster.brokers[2].stop()
+    time.sleep(1)
+    load.stop()
+    assert not load.errors, load.errors[:5]
+    check_exactly_once(load, consume_all(cluster.bootstrap, "grow", len(load.acked)))
