@@ -234,3 +234,34 @@ def test_missing_topic_without_auto_create(no_autocreate: BrokerProcess) -> None
     assert meta.topics[0].error_code == ErrorCode.unknown_topic_or_partition
     resp = produce(no_autocreate.bootstrap, "nope", make_batch([b"a"]))
     assert resp.error_code == ErrorCode.unknown_topic_or_partition
+
+
+def test_reassignment_on_a_single_node(broker: BrokerProcess, topic_name: str) -> None:
+    from kio.schema.alter_partition_reassignments.v0 import request as ar
+    from kio.schema.list_partition_reassignments.v0 import request as lr
+
+    assert create_topic(broker.bootstrap, topic_name) == ErrorCode.none
+    body = ar.AlterPartitionReassignmentsRequest(
+        timeout=datetime.timedelta(seconds=10),
+        topics=(
+            ar.ReassignableTopic(
+                name=topic_name,
+                partitions=(
+                    ar.ReassignablePartition(partition_index=0, replicas=(1,)),
+                    ar.ReassignablePartition(partition_index=7, replicas=(1,)),
+                ),
+            ),
+        ),
+    )
+    with RawClient(broker.bootstrap) as c:
+        parts = c.call(45, 0, body).responses[0].partitions
+        listed = c.call(
+            46,
+            0,
+            lr.ListPartitionReassignmentsRequest(
+                timeout=datetime.timedelta(seconds=10), topics=None
+            ),
+        )
+    assert parts[0].error_code == ErrorCode.invalid_replica_assignment
+    assert parts[1].error_code == ErrorCode.unknown_topic_or_partition
+    assert listed.error_code == ErrorCode.none and listed.topics == ()

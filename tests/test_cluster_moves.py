@@ -93,3 +93,80 @@ def test_add_broker_and_drain(cluster: Cluster) -> None:
     load.stop()
     assert not load.errors, load.errors[:5]
     check_exactly_once(load, consume_all(cluster.bootstrap, "grow", len(load.acked)))
+
+
+def test_kafka_admin_reassignment(cluster: Cluster) -> None:
+    """AlterPartitionReassignments from a stock admin client moves the partition;
+    ListPartitionReassignments shows only moves not yet carried out."""
+    from kafka import TopicPartition as KTP
+    from kafka.admin import KafkaAdminClient
+
+    create_topic(cluster, "admin-move")
+    owners = wait_for(lambda: agreed(cluster, "admin-move", {1, 2, 3}), 20, "agreement")
+    target = 1 if owners[0] != 1 else 2
+    admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap.split(","))
+    try:
+        result = admin.alter_partition_reassignments({KTP("admin-move", 0): [target]})
+        assert result.get(KTP("admin-move", 0)) is None, result
+        wait_for(
+            lambda: view(cluster.bootstrap.split(",")[0], "admin-move")[1][0] == target, 15, "move"
+        )
+        wait_for(lambda: not admin.list_partition_reassignments(), 15, "reassignment done")
+        # Two replicas make no sense when the data is in the object store.
+        bad = admin.alter_partition_reassignments({KTP("admin-move", 0): [1, 2]})
+        assert bad.get(KTP("admin-move", 0)) is not None
+    finally:
+        admin.close()
+
+
+def test_zone_aware_fetch_names_a_broker_in_the_consumers_rack(tmp_path: Path) -> None:
+    """A Fetch with rack_id to the owner is answered with preferred_read_replica
+    = a live broker in that rack (KIP-392): every broker can read every stream."""
+    import datetime
+
+    from kio.schema.fetch.v12 import request as fr
+
+    from wire import RawClient
+
+    c = Cluster(tmp_path, racks=["az-a", "az-b", "az-c"]).start()
+    try:
+        create_topic(c, "zoned")
+        owners = wait_for(lambda: agreed(c, "zoned", {1, 2, 3}), 20, "agreement")
+        owner = owners[0]
+        other = next(n for n in (1, 2, 3) if n != owner)
+        other_rack = ["az-a", "az-b", "az-c"][other - 1]
+        body = fr.FetchRequest(
+            max_wait=datetime.timedelta(milliseconds=10),
+            min_bytes=1,
+            max_bytes=1 << 20,
+            isolation_level=0,
+            session_id=0,
+            session_epoch=-1,
+            topics=(
+                fr.FetchTopic(
+                    topic="zoned",
+                    partitions=(
+                        fr.FetchPartition(
+                            partition=0,
+                            fetch_offset=0,
+                            partition_max_bytes=1 << 20,
+                            current_leader_epoch=-1,
+                            last_fetched_epoch=-1,
+                            log_start_offset=-1,
+                        ),
+                    ),
+                ),
+            ),
+            forgotten_topics_data=(),
+            rack_id=other_rack,
+        )
+        with RawClient(c.brokers[owner].bootstrap) as raw:
+            part = raw.call(1, 12, body).responses[0].partitions[0]
+        assert part.error_code == 0
+        assert part.preferred_read_replica == other
+        # That broker serves the consumer of its own rack.
+        with RawClient(c.brokers[other].bootstrap) as raw:
+            part = raw.call(1, 12, body).responses[0].partitions[0]
+        assert part.error_code == 0
+    finally:
+        c.stop()

@@ -49,6 +49,7 @@ def registry() -> dict[int, Handler]:
         offsets,
         produce,
         producer_ids,
+        reassignments,
         topics,
     )
 
@@ -77,6 +78,8 @@ def registry() -> dict[int, Handler]:
         37: topics.handle_create_partitions,
         42: groups.handle_delete_groups,
         44: configs.handle_incremental_alter_configs,
+        45: reassignments.handle_alter_partition_reassignments,
+        46: reassignments.handle_list_partition_reassignments,
         47: offsets.handle_offset_delete,
         60: describe_cluster.handle_describe_cluster,
     }

@@ -1,0 +1,122 @@
+"""AlterPartitionReassignments and ListPartitionReassignments.
+
+A partition has one replica here, its owner: a reassignment to [N] asks the
+controller to move the partition to broker N, which moves no data (the new
+owner opens the stream from the shared store). replicas=null cancels a move
+not yet carried out. A single-node broker has nowhere to move anything.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Any
+
+from shoal.broker.broker import Broker
+from shoal.broker.handlers import Client
+from shoal.protocol.build import Schema
+from shoal.protocol.errors import ErrorCode, KafkaError
+from shoal.protocol.headers import RequestHeader
+
+log = logging.getLogger("shoal.reassignments")
+ZERO = datetime.timedelta(0)
+
+
+async def handle_alter_partition_reassignments(
+    broker: Broker, client: Client, header: RequestHeader, body: Any
+) -> Any:
+    s = Schema(45, header.api_version)
+    topics = []
+    for t in body.topics:
+        parts = []
+        for p in t.partitions:
+            code, message = ErrorCode.none, None
+            try:
+                await _alter(broker, t.name, p.partition_index, p.replicas)
+                log.info(
+                    "reassignment of %s-%d to %s requested by %s",
+                    t.name,
+                    p.partition_index,
+                    p.replicas,
+                    client,
+                )
+            except KafkaError as exc:
+                code, message = exc.code, str(exc)
+                log.info(
+                    "reassignment of %s-%d from %s refused: %s",
+                    t.name,
+                    p.partition_index,
+                    client,
+                    message,
+                )
+            parts.append(
+                s.ReassignablePartitionResponse(
+                    partition_index=p.partition_index, error_code=code, error_message=message
+                )
+            )
+        topics.append(s.ReassignableTopicResponse(name=t.name, partitions=tuple(parts)))
+    return s.AlterPartitionReassignmentsResponse(
+        throttle_time=ZERO,
+        error_code=ErrorCode.none,
+        error_message=None,
+        responses=tuple(topics),
+    )
+
+
+async def _alter(broker: Broker, topic: str, index: int, replicas: Any) -> None:
+    broker.partition(topic, index)  # UNKNOWN_TOPIC_OR_PARTITION
+    cluster = broker.cluster
+    if cluster is None:
+        raise KafkaError(
+            ErrorCode.invalid_replica_assignment,
+            "a single-node broker has no other broker to move to",
+        )
+    if replicas is None:
+        if not await cluster.store.cancel_move(topic, index):
+            raise KafkaError(
+                ErrorCode.no_reassignment_in_progress,
+                f"no reassignment of {topic}-{index} in progress",
+            )
+        return
+    if len(replicas) != 1:
+        raise KafkaError(
+            ErrorCode.invalid_replica_assignment,
+            "data lives in the object store: give exactly one broker, the new owner",
+        )
+    target = int(replicas[0])
+    if target not in {b.node_id for b in cluster.live}:
+        raise KafkaError(ErrorCode.invalid_replica_assignment, f"broker {target} is not live")
+    await cluster.store.request_move(topic, index, target)
+
+
+async def handle_list_partition_reassignments(
+    broker: Broker, client: Client, header: RequestHeader, body: Any
+) -> Any:
+    s = Schema(46, header.api_version)
+    wanted: dict[str, set[int]] | None = None
+    if body.topics is not None:
+        wanted = {t.name: set(t.partition_indexes) for t in body.topics}
+    rows = await broker.cluster.store.reassignments() if broker.cluster is not None else []
+    by_topic: dict[str, list[Any]] = {}
+    for r in rows:
+        if r.moved_ms is not None:
+            continue  # done
+        if wanted is not None and r.partition not in wanted.get(r.topic, set()):
+            continue
+        source = [] if r.source_node is None else [r.source_node]
+        by_topic.setdefault(r.topic, []).append(
+            s.OngoingPartitionReassignment(
+                partition_index=r.partition,
+                replicas=(*source, r.target_node),
+                adding_replicas=(r.target_node,),
+                removing_replicas=tuple(source),
+            )
+        )
+    return s.ListPartitionReassignmentsResponse(
+        throttle_time=ZERO,
+        error_code=ErrorCode.none,
+        error_message=None,
+        topics=tuple(
+            s.OngoingTopicReassignment(name=n, partitions=tuple(ps)) for n, ps in by_topic.items()
+        ),
+    )
