@@ -113,4 +113,11 @@ class Maintenance:
     async def compaction_once(self) -> None:
         engine = self.broker.engine
         await engine.compactor.run_once()
+        cluster = self.broker.cluster
+        if cluster is not None and cluster.is_controller:
+            # Brokers that died (or left) leave WAL objects behind: the
+            # controller rewrites them so that their streams stay compact.
+            live = {b.node_id for b in cluster.live}
+            for node in await self.broker.meta.wal_nodes() - live:
+                await engine.compactor.run_once(node)
         await engine.cleaner.run_once()

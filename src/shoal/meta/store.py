@@ -670,6 +670,17 @@ class MetaStore:
             )
             return [row.key for row in rows]
 
+    async def wal_nodes(self) -> set[int]:
+        """Brokers that have WAL objects still awaiting compaction."""
+        o = s.objects
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(o.c.node_id)
+                .where(o.c.kind == "wal", o.c.delete_after_ms.is_(None))
+                .distinct()
+            )
+            return {int(r.node_id) for r in rows}
+
     async def ranges_in_objects(self, keys: Sequence[str]) -> list[RangeRecord]:
         o, r = s.objects, s.stream_ranges
         async with self.engine.connect() as conn:

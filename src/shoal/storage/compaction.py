@@ -70,9 +70,13 @@ class Compactor:
         cutoff = int(time.time() * 1000) - self.config.min_age_ms
         return len(await self.meta.wal_objects(self.node_id, cutoff, 1_000_000))
 
-    async def run_once(self) -> CompactionResult:
+    async def run_once(self, node_id: int | None = None) -> CompactionResult:
+        """One round over the WAL objects of `node_id` (default: this broker;
+        the controller passes dead brokers' ids, whose objects nobody else
+        would ever rewrite)."""
         cutoff = int(time.time() * 1000) - self.config.min_age_ms
-        keys = await self.meta.wal_objects(self.node_id, cutoff, self.config.max_objects)
+        node = self.node_id if node_id is None else node_id
+        keys = await self.meta.wal_objects(node, cutoff, self.config.max_objects)
         result = CompactionResult()
         if not keys:
             return result
