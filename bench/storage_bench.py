@@ -250,8 +250,8 @@ def bench_memory(tmp: Path, partitions: int = 1000) -> str:
     assert result.produce is not None and consume.consume is not None
     configured = 2 * cache + 32 * 1024 * 1024
     return (
-        "| partitions | produced | consumed | RSS idle | RSS peak | caches + WAL buffer configured | "
-        "peak − configured |\n|---|---|---|---|---|---|---|\n"
+        "| partitions | produced | consumed | RSS idle | RSS peak | "
+        "caches + WAL buffer configured | peak - configured |\n|---|---|---|---|---|---|---|\n"
         f"| {partitions:,} | {result.produce.throughput.bytes / MB:,.0f} MB | "
         f"{consume.consume.throughput.records:,} records | {idle / 1024:.0f} MiB | "
         f"{peak / 1024:.0f} MiB | {configured / 2**20:.0f} MiB | "
