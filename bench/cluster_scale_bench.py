@@ -20,9 +20,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from cluster_harness import Cluster, wait_for
 from shoal.tools.bench import ProduceSpec, run_produce
-from test_cluster_failover import agreed, create_topic, view
+from test_cluster_failover import create_topic, view
 
 MB = 1_000_000
+
+
+def settled(c: Cluster, topic: str, nodes: set[int], partitions: int) -> dict[int, int] | None:
+    """Owners once every broker reports the same live brokers and owners."""
+    views = [
+        view(b.bootstrap, topic) for b in c.brokers.values() if b.proc and b.proc.poll() is None
+    ]
+    first = views[0]
+    if any(v != first for v in views) or first[0] != nodes or len(first[1]) != partitions:
+        return None
+    return first[1] if all(o in nodes for o in first[1].values()) else None
 
 
 def move_times(sizes_mb: list[int]) -> list[str]:
@@ -33,7 +44,7 @@ def move_times(sizes_mb: list[int]) -> list[str]:
         for size in sizes_mb:
             topic = f"size-{size}"
             create_topic(c, topic, partitions=1)
-            wait_for(lambda t=topic: agreed(c, t, {1, 2, 3}), 30, "agreement")
+            wait_for(lambda t=topic: settled(c, t, {1, 2, 3}, 1), 30, "agreement")
             fill = run_produce(
                 ProduceSpec(
                     c.bootstrap,
@@ -87,7 +98,7 @@ def throughput(counts: list[int]) -> list[str]:
         c = Cluster(root, size=n).start()
         try:
             create_topic(c, "scale", partitions=6)
-            wait_for(lambda c=c, n=n: agreed(c, "scale", set(range(1, n + 1))), 30, "agreement")
+            wait_for(lambda c=c, n=n: settled(c, "scale", set(range(1, n + 1)), 6), 30, "agreement")
             r = run_produce(
                 ProduceSpec(
                     c.bootstrap, "scale", record_size=1024, partitions=6, duration_s=15, linger_ms=5
