@@ -170,3 +170,35 @@ def test_zone_aware_fetch_names_a_broker_in_the_consumers_rack(tmp_path: Path) -
         assert part.error_code == 0
     finally:
         c.stop()
+
+
+def test_new_broker_takes_its_share_under_load(tmp_path: Path) -> None:
+    """With the balancer on, a fourth broker added under load gets partitions
+    within a minute; nothing acknowledged is lost or doubled meanwhile."""
+    c = Cluster(
+        tmp_path,
+        env={
+            "SHOAL_BALANCER_ENABLE": "true",
+            "SHOAL_BALANCER_INTERVAL_MS": "1000",
+            "SHOAL_BALANCER_COOLDOWN_MS": "2000",
+            "SHOAL_BALANCER_MAX_MOVES": "1",
+        },
+    ).start()
+    try:
+        create_topic(c, "share")
+        wait_for(lambda: agreed(c, "share", {1, 2, 3}), 20, "agreement")
+        load = Load(c.bootstrap, "share").start()
+        wait_for(lambda: len(load.acked) > 1000, 60, "initial load")
+        c.add(4)
+        owners = wait_for(
+            lambda: (o := agreed(c, "share", {1, 2, 3, 4})) and 4 in o.values() and o,
+            60,
+            "the fourth broker to own a partition",
+        )
+        print("owners with four brokers:", owners)
+        time.sleep(1)
+        load.stop()
+        assert not load.errors, load.errors[:5]
+        check_exactly_once(load, consume_all(c.bootstrap, "share", len(load.acked)))
+    finally:
+        c.stop()
