@@ -208,3 +208,35 @@ async def test_idle_producers_expire(meta: MetaStore) -> None:
     # A forgotten producer may resume at any sequence, as Kafka allows.
     assert await (await eng.append(sid, seq_batch(5), 0)) == 1
     await eng.close()
+
+
+async def test_a_slow_commit_is_not_an_orphan(meta: MetaStore) -> None:
+    """An upload whose commit is still pending (a metadata outage longer than
+    the orphan grace) must survive the garbage collector."""
+    [sid] = await new_stream(meta)
+    store = FaultyStore()
+    eng = engine(store, meta)
+    eng.cleaner.orphan_grace_ms = 0
+    real_commit = meta.commit_objects
+    gate = asyncio.Event()
+
+    async def stalled(*args: object, **kw: object) -> None:
+        await gate.wait()
+        await real_commit(*args, **kw)  # type: ignore[arg-type]
+
+    meta.commit_objects = stalled  # type: ignore[method-assign]
+    fut = await eng.append(sid, batch(b"precious"), 0)
+    for _ in range(100):
+        if store.puts:
+            break
+        await asyncio.sleep(0.01)
+    assert store.puts == 1
+    result = await eng.cleaner.run_once()
+    assert result.orphans == 0
+    gate.set()
+    assert await fut == 0
+    assert offsets_of((await eng.read(sid, 0, 1 << 20)).chunks) == [0]
+    eng.log_cache.drop_stream(sid)
+    eng.block_cache = type(eng.block_cache)(1 << 20)
+    assert offsets_of((await eng.read(sid, 0, 1 << 20)).chunks) == [0]  # from the object
+    await eng.close()

@@ -23,13 +23,26 @@ class CleanResult:
 
 
 class Cleaner:
-    def __init__(self, store: ObjectStore, meta: MetaStore, orphan_grace_ms: int) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        meta: MetaStore,
+        orphan_grace_ms: int,
+        uploading: set[str] | None = None,
+    ) -> None:
         self.store = store
         self.meta = meta
         self.orphan_grace_ms = orphan_grace_ms
+        # Keys this process has uploaded (or is uploading) but not committed
+        # yet: never orphans, however slow their commit (a metadata outage).
+        self.uploading = uploading if uploading is not None else set()
         self.totals = CleanResult()
 
-    async def run_once(self, *, orphans: bool = True) -> CleanResult:
+    async def run_once(self, *, orphans: bool = True, nodes: set[int] | None = None) -> CleanResult:
+        """Delete due objects; with `orphans`, also uncommitted uploads of the
+        given broker ids (None: every broker, for a single node). In a cluster
+        a broker only sweeps its own uploads and, as controller, those of
+        brokers that are gone: a live broker's slow commit is not an orphan."""
         result = CleanResult()
         now = int(time.time() * 1000)
         due = await self.meta.objects_due(now)
@@ -38,7 +51,7 @@ class Cleaner:
         await self.meta.forget_objects(due)
         result.deleted = len(due)
         if orphans:
-            result.orphans = await self._orphans(now)
+            result.orphans = await self._orphans(now, nodes)
         if result.deleted or result.orphans:
             log.info(
                 "deleted %d replaced objects and %d uncommitted uploads",
@@ -49,7 +62,7 @@ class Cleaner:
         self.totals.orphans += result.orphans
         return result
 
-    async def _orphans(self, now: int) -> int:
+    async def _orphans(self, now: int, nodes: set[int] | None) -> int:
         """Objects in the store without a metadata row, older than the grace
         period (longer than any upload-to-commit window)."""
         known = await self.meta.object_keys()
@@ -57,7 +70,9 @@ class Cleaner:
             info
             for prefix in PREFIXES
             for info in await self.store.list(prefix)
-            if info.key not in known and now - info.last_modified_ms >= self.orphan_grace_ms
+            if info.key not in known
+            and now - info.last_modified_ms >= self.orphan_grace_ms
+            and (nodes is None or _node_of(info.key) in nodes)
         ]
         if not candidates:
             return 0
@@ -65,9 +80,18 @@ class Cleaner:
         known = await self.meta.object_keys()
         count = 0
         for info in candidates:
-            if info.key in known:
+            if info.key in known or info.key in self.uploading:
                 continue
             log.warning("deleting uncommitted object %s (%d bytes)", info.key, info.size)
             await self.store.delete(info.key)
             count += 1
         return count
+
+
+def _node_of(key: str) -> int | None:
+    """The broker id in "wal/<node>/..." or "compacted/<node>/..."."""
+    parts = key.split("/", 2)
+    try:
+        return int(parts[1]) if len(parts) > 2 else None
+    except ValueError:
+        return None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from shoal.meta.store import MetaStore, RangeCommit, RangeRecord
 from shoal.protocol.records import batch_spans
-from shoal.storage.format import BlockBuilder, encode_object
+from shoal.storage.format import BlockBuilder, BlockEntry, encode_object
 from shoal.storage.objectstore import ObjectStore
 
 log = logging.getLogger("shoal.compaction")
@@ -55,7 +55,9 @@ class Compactor:
         node_id: int,
         config: CompactionConfig,
         on_change: RangesChanged,
+        uploading: set[str] | None = None,
     ) -> None:
+        self.uploading = uploading if uploading is not None else set()
         self.store = store
         self.meta = meta
         self.node_id = node_id
@@ -158,7 +160,22 @@ class Compactor:
             f"compacted/{self.node_id}/{int(time.time() * 1000):013d}-{os.getpid()}-"
             f"{self._seq:08d}.obj"
         )
-        await self.store.put(key, payload)
+        self.uploading.add(key)
+        try:
+            await self.store.put(key, payload)
+            await self._swap(key, payload, kind, plan, entries, result)
+        finally:
+            self.uploading.discard(key)
+
+    async def _swap(
+        self,
+        key: str,
+        payload: bytes,
+        kind: str,
+        plan: list[tuple[int, list[int], int, int]],
+        entries: list[BlockEntry],
+        result: CompactionResult,
+    ) -> None:
         replacements = []
         new_by_stream: dict[int, list[RangeRecord]] = {}
         for sid, old_starts, lo, hi in plan:

@@ -143,6 +143,7 @@ async def compact_keys(
     policy: KeyCompactionPolicy,
     cleaned_end: int,
     delete_grace_ms: int,
+    uploading: set[str],
 ) -> tuple[list[int], list[RangeRecord], int, CleanResult] | None:
     """One cleaning pass over a stream. Returns (replaced range starts, new
     ranges, end offset cleaned up to, stats), or None when nothing is due."""
@@ -217,20 +218,24 @@ async def compact_keys(
     object_key = (
         f"compacted/{node_id}/{int(time.time() * 1000):013d}-{os.getpid()}-keys-{stream_id}.obj"
     )
-    await store.put(object_key, payload)
     new = [
         RangeCommit(stream_id, 0, e.start_offset, e.end_offset, e.position, e.size, e.max_timestamp)
         for e in entries
     ]
     old_starts = [r.start_offset for r in cleanable]
-    done = await meta.replace_ranges(
-        object_key,
-        len(payload),
-        node_id,
-        "cleaned",
-        [(stream_id, old_starts, new)],
-        delete_grace_ms,
-    )
+    uploading.add(object_key)
+    try:
+        await store.put(object_key, payload)
+        done = await meta.replace_ranges(
+            object_key,
+            len(payload),
+            node_id,
+            "cleaned",
+            [(stream_id, old_starts, new)],
+            delete_grace_ms,
+        )
+    finally:
+        uploading.discard(object_key)
     if stream_id not in done:
         return None
     log.info(

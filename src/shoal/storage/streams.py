@@ -91,6 +91,8 @@ class StreamEngine:
         self.config = config
         self.log_cache = LogCache(config.log_cache_bytes)
         self.block_cache = BlockCache(config.block_cache_bytes)
+        # Objects uploaded by this process and not committed yet (see Cleaner).
+        self.uploading: set[str] = set()
         self.wal = Wal(
             store,
             meta,
@@ -99,6 +101,7 @@ class StreamEngine:
             self._committed,
             self._fenced,
             self._producer_rows,
+            self.uploading,
         )
         self._streams: dict[int, StreamState] = {}
         # Streams read but not owned (cluster read replicas): never taken.
@@ -108,9 +111,9 @@ class StreamEngine:
         self.owner: int | None = None
         self._opening: dict[int, asyncio.Task[StreamState]] = {}
         self.compactor = Compactor(
-            store, meta, config.node_id, config.compaction, self._ranges_replaced
+            store, meta, config.node_id, config.compaction, self._ranges_replaced, self.uploading
         )
-        self.cleaner = Cleaner(store, meta, config.orphan_grace_ms)
+        self.cleaner = Cleaner(store, meta, config.orphan_grace_ms, self.uploading)
         self._prefetching: dict[tuple[str, int], asyncio.Task[None]] = {}
         meta.delete_grace_ms = config.compaction.delete_grace_ms
 
@@ -588,6 +591,7 @@ class StreamEngine:
             policy,
             st.cleaned_end,
             self.config.compaction.delete_grace_ms,
+            self.uploading,
         )
         if outcome is None:
             return False

@@ -81,8 +81,10 @@ class Wal:
         on_commit: CommitCallback,
         on_fenced: Callable[[int], None],
         producer_rows: ProducerRows | None = None,
+        uploading: set[str] | None = None,
     ) -> None:
         self.store = store
+        self.uploading = uploading if uploading is not None else set()
         self.meta = meta
         self.node_id = node_id
         self.config = config
@@ -159,6 +161,7 @@ class Wal:
             async with self._inflight:
                 data = self._encode(buf)
                 buf.key = f"{self._prefix}-{buf.seq:010d}.wal"
+                self.uploading.add(buf.key)
                 buf.object_size = len(data)
                 await self._retry(lambda: self._put_once(buf.key, data), f"upload {buf.key}")
             buf.uploaded = True
@@ -196,6 +199,7 @@ class Wal:
             head = self._sealed[0]
             if head.failed is not None:
                 self._sealed.popleft()
+                self.uploading.discard(head.key)
                 self._fail(head, head.failed)
                 continue
             if not head.uploaded:
@@ -214,8 +218,9 @@ class Wal:
                     self._fail(buf, exc)
                 raise
             finally:
-                for _ in group:
+                for buf in group:
                     self._sealed.popleft()
+                    self.uploading.discard(buf.key)
                 for buf in group:
                     self.unflushed -= buf.size
                 async with self._room:
