@@ -163,6 +163,14 @@ BROKER_KEYS: dict[str, Key] = {
         Key("block.cache.bytes", int, 256 * MIB, "catch-up read cache size", at_least(0)),
         Key("fetch.max.wait.cap.ms", int, 30_000, "cap on a fetch's max_wait_ms", at_least(0)),
         Key(
+            "fetch.response.max.bytes",
+            int,
+            8 * MIB,
+            "cap on one fetch response (at least one batch is always sent): one large "
+            "catch-up read must not stall the event loop for every other client",
+            at_least(1024),
+        ),
+        Key(
             "log.cleaner.backoff.ms",
             int,
             15_000,

@@ -428,7 +428,7 @@ async def _check(
         return
 
     new_key = None
-    payload = b""
+    payload = bytearray()
     entries: list[BlockEntry] = []
     if keep_new:
         payload, entries = encode_object(keep_new)

@@ -11,6 +11,7 @@ deleted after a grace period, so readers in flight finish first.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 from shoal.meta.store import MetaStore, RangeCommit, RangeRecord
 from shoal.protocol.records import batch_spans
-from shoal.storage.format import BlockBuilder, BlockEntry, encode_object
+from shoal.storage.format import BlockBuilder, BlockEntry, append_block, finish_object
 from shoal.storage.objectstore import ObjectStore
 
 log = logging.getLogger("shoal.compaction")
@@ -140,6 +141,7 @@ class Compactor:
         for sid, run in runs:
             first_block = len(blocks)
             current: BlockBuilder | None = None
+            await asyncio.sleep(0)  # one stream's run at a time, then let clients in
             for r in run:
                 block = memoryview(data[r.object_key])[r.position : r.position + r.size]
                 for start, end in batch_spans(block):
@@ -154,7 +156,16 @@ class Compactor:
             plan.append((sid, [r.start_offset for r in run], first_block, len(blocks)))
         if not blocks:
             return
-        payload, entries = encode_object(blocks)
+        # Built a block at a time, yielding to the event loop between blocks:
+        # a round copies up to compaction.max.bytes, which in one go would
+        # stall every client of the broker for tens of milliseconds.
+        payload = bytearray()
+        entries: list[BlockEntry] = []
+        for i, builder in enumerate(blocks):
+            entries.append(append_block(payload, builder))
+            if i % 8 == 7:
+                await asyncio.sleep(0)
+        finish_object(payload, entries)
         self._seq += 1
         key = (
             f"compacted/{self.node_id}/{int(time.time() * 1000):013d}-{os.getpid()}-"
@@ -170,7 +181,7 @@ class Compactor:
     async def _swap(
         self,
         key: str,
-        payload: bytes,
+        payload: bytearray,
         kind: str,
         plan: list[tuple[int, list[int], int, int]],
         entries: list[BlockEntry],

@@ -59,17 +59,24 @@ class BlockBuilder:
             self.max_timestamp = max_timestamp
 
 
-def encode_object(blocks: Sequence[BlockBuilder]) -> tuple[bytes, list[BlockEntry]]:
+def encode_object(blocks: Sequence[BlockBuilder]) -> tuple[bytearray, list[BlockEntry]]:
     """Lay out blocks, index and footer in one buffer (one copy of the data)."""
-    entries: list[BlockEntry] = []
     out = bytearray()
-    for b in blocks:
-        position = len(out)
-        for part in b.parts:
-            out += part
-        entries.append(
-            BlockEntry(b.stream_id, b.start_offset, b.end_offset, position, b.size, b.max_timestamp)
-        )
+    entries = [append_block(out, b) for b in blocks]
+    finish_object(out, entries)
+    return out, entries
+
+
+def append_block(out: bytearray, b: BlockBuilder) -> BlockEntry:
+    """Copy one block into an object being built; its index entry."""
+    position = len(out)
+    for part in b.parts:
+        out += part
+    return BlockEntry(b.stream_id, b.start_offset, b.end_offset, position, b.size, b.max_timestamp)
+
+
+def finish_object(out: bytearray, entries: Sequence[BlockEntry]) -> None:
+    """Append the index and the footer after the blocks."""
     index = b"".join(
         _ENTRY.pack(e.stream_id, e.start_offset, e.end_offset, e.position, e.size, e.max_timestamp)
         for e in entries
@@ -77,7 +84,6 @@ def encode_object(blocks: Sequence[BlockBuilder]) -> tuple[bytes, list[BlockEntr
     index_pos = len(out)
     out += index
     out += _FOOTER.pack(index_pos, len(index), crc32c.crc32c(index), FORMAT_VERSION, 0, MAGIC)
-    return bytes(out), entries
 
 
 def decode_footer(tail: bytes | memoryview, object_size: int) -> tuple[int, int, int]:

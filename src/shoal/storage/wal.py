@@ -171,7 +171,7 @@ class Wal:
         finally:
             self._wakeup.set()
 
-    async def _put_once(self, key: str, data: bytes) -> None:
+    async def _put_once(self, key: str, data: bytes | bytearray) -> None:
         try:
             await self.store.put(key, data)
         except ObjectExists:
@@ -179,7 +179,7 @@ class Wal:
             # answer was lost already wrote it.
             pass
 
-    def _encode(self, buf: _Buffer) -> bytes:
+    def _encode(self, buf: _Buffer) -> bytearray:
         blocks = buf.blocks
         for a in buf.appends:
             b = blocks.get(a.stream_id)

@@ -70,7 +70,9 @@ async def handle_fetch(broker: Broker, client: Client, header: RequestHeader, bo
             p.error = exc.code
     cap = int(broker.config["fetch.max.wait.cap.ms"])
     max_wait = min(max(body.max_wait.total_seconds() * 1000, 0), cap) / 1000
-    max_bytes = int(getattr(body, "max_bytes", 0x7FFFFFFF))
+    max_bytes = min(
+        int(getattr(body, "max_bytes", 0x7FFFFFFF)), int(broker.config["fetch.response.max.bytes"])
+    )
     min_bytes = max(int(body.min_bytes), 0)
     return Deferred(_run(broker, client, header, parts, max_wait, min_bytes, max_bytes))
 
