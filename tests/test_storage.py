@@ -240,3 +240,16 @@ async def test_a_slow_commit_is_not_an_orphan(meta: MetaStore) -> None:
     eng.block_cache = type(eng.block_cache)(1 << 20)
     assert offsets_of((await eng.read(sid, 0, 1 << 20)).chunks) == [0]  # from the object
     await eng.close()
+
+
+async def test_catch_up_rate_accounts_debt() -> None:
+    from shoal.storage.throttle import ByteRate
+
+    free = ByteRate(0)
+    await free.take(10**9)
+    assert free.waited_s == 0.0
+    bucket = ByteRate(1_000_000, burst_s=0.01)  # 10 kB of burst
+    await bucket.take(5_000)
+    assert bucket.waited_s == 0.0  # within the burst
+    await bucket.take(25_000)  # 20 kB of debt at 1 MB/s: about 20 ms of waiting
+    assert 0.015 <= bucket.waited_s <= 0.025

@@ -163,6 +163,14 @@ BROKER_KEYS: dict[str, Key] = {
         Key("block.cache.bytes", int, 256 * MIB, "catch-up read cache size", at_least(0)),
         Key("fetch.max.wait.cap.ms", int, 30_000, "cap on a fetch's max_wait_ms", at_least(0)),
         Key(
+            "catchup.read.max.bytes.per.sec",
+            int,
+            256 * MIB,
+            "bytes/s served from objects (catch-up reads; the tail is not counted), so a "
+            "backlog read leaves CPU for tail traffic; 0: unlimited",
+            at_least(0),
+        ),
+        Key(
             "fetch.response.max.bytes",
             int,
             8 * MIB,

@@ -34,6 +34,7 @@ from shoal.storage.keycompaction import KeyCompactionPolicy, compact_keys
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.producers import BatchMeta, ProducerEntry
 from shoal.storage.retention import retention_point
+from shoal.storage.throttle import ByteRate
 from shoal.storage.wal import Append, Wal, WalConfig
 
 log = logging.getLogger("shoal.streams")
@@ -50,6 +51,7 @@ class EngineConfig:
     log_cache_bytes: int = 256 * 1024 * 1024
     block_cache_bytes: int = 256 * 1024 * 1024
     readahead_blocks: int = 4
+    catchup_bytes_per_s: int = 0  # 0: unlimited
     orphan_grace_ms: int = 600_000
     # Cluster mode: how stale a read replica's view of a stream may get
     # before a read at its end asks the metadata store again.
@@ -113,6 +115,7 @@ class StreamEngine:
         self.compactor = Compactor(
             store, meta, config.node_id, config.compaction, self._ranges_replaced, self.uploading
         )
+        self.catchup = ByteRate(config.catchup_bytes_per_s)
         self.cleaner = Cleaner(store, meta, config.orphan_grace_ms, self.uploading)
         self._prefetching: dict[tuple[str, int], asyncio.Task[None]] = {}
         meta.delete_grace_ms = config.compaction.delete_grace_ms
@@ -449,6 +452,7 @@ class StreamEngine:
             if i < 0 or st.ranges[i].end_offset <= offset:
                 break
             r = st.ranges[i]
+            await self.catchup.take(r.size)
             block = await self._block(st, r)
             self._readahead(st, i + 1)
             for start, end in batch_spans(block):
