@@ -16,40 +16,10 @@ from typing import Any, TypeVar
 import click
 
 from shoal.tools import bench as b
+from shoal.tools.options import parse_rate, parse_settings
 from shoal.tools.replay_cli import replay
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _parse_settings(
-    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
-) -> dict[str, str]:
-    """`-X key=value` librdkafka settings, passed through unchanged."""
-    out: dict[str, str] = {}
-    for raw in values:
-        key, sep, val = raw.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected key=value, got {raw!r}", ctx=ctx, param=param)
-        out[key.strip()] = val
-    return out
-
-
-def _parse_rate(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
-    """Records per second, or `unlimited` (also `max` or 0) for as fast as possible."""
-    text = str(value).strip().lower()
-    if text in ("unlimited", "max", "0"):
-        return None
-    try:
-        rate = float(text)
-    except ValueError:
-        raise click.BadParameter(
-            f"expected records/s or 'unlimited', got {value!r}", ctx=ctx, param=param
-        ) from None
-    if not rate > 0 or rate == float("inf"):
-        raise click.BadParameter(
-            f"must be > 0 records/s or 'unlimited', got {value!r}", ctx=ctx, param=param
-        )
-    return rate
 
 
 def _common(f: F) -> F:
@@ -66,7 +36,7 @@ def _common(f: F) -> F:
             "extra",
             multiple=True,
             metavar="KEY=VALUE",
-            callback=_parse_settings,
+            callback=parse_settings,
             help="librdkafka client setting, passed through (repeatable).",
         ),
         click.option(
@@ -143,7 +113,7 @@ def _producer_options(default_rate: str, default_duration: float) -> Callable[[F
                 "--rate",
                 default=default_rate,
                 show_default=True,
-                callback=_parse_rate,
+                callback=parse_rate,
                 help="Target records/s, or 'unlimited'.",
             ),
             click.option(
@@ -296,7 +266,7 @@ def consume(**kw: Any) -> None:
     "consumer_extra",
     multiple=True,
     metavar="KEY=VALUE",
-    callback=_parse_settings,
+    callback=parse_settings,
     help="Setting for the consumer only (repeatable).",
 )
 @click.option(

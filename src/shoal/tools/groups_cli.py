@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import click
 
+from shoal.tools.options import parse_settings
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 STATES = {
@@ -28,18 +30,6 @@ STATES = {
 def _state(value: Any) -> str:
     name = getattr(value, "name", str(value))
     return STATES.get(name, name.title())
-
-
-def _parse_settings(
-    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
-) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for raw in values:
-        key, sep, val = raw.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected key=value, got {raw!r}", ctx=ctx, param=param)
-        out[key.strip()] = val
-    return out
 
 
 def _common(f: F) -> F:
@@ -69,7 +59,7 @@ def _common(f: F) -> F:
             "extra",
             multiple=True,
             metavar="KEY=VALUE",
-            callback=_parse_settings,
+            callback=parse_settings,
             help="librdkafka client setting, passed through (repeatable).",
         ),
     ]

@@ -15,34 +15,7 @@ import click
 
 from shoal.tools import replay as r
 from shoal.tools.bench import BenchError
-
-
-def _settings(
-    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
-) -> dict[str, str]:
-    """`-X key=value` librdkafka settings, passed through unchanged."""
-    out: dict[str, str] = {}
-    for raw in values:
-        key, sep, val = raw.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected key=value, got {raw!r}", ctx=ctx, param=param)
-        out[key.strip()] = val
-    return out
-
-
-def _replay_rate(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
-    text = str(value).strip().lower()
-    if text in ("unlimited", "max", "0"):
-        return None
-    try:
-        rate = float(text)
-    except ValueError:
-        raise click.BadParameter(
-            f"expected records/s or 'unlimited', got {value!r}", ctx=ctx, param=param
-        ) from None
-    if not rate > 0 or rate == float("inf"):
-        raise click.BadParameter(f"must be > 0 or 'unlimited', got {value!r}", ctx=ctx, param=param)
-    return rate
+from shoal.tools.options import parse_rate, parse_settings
 
 
 def _png(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
@@ -100,7 +73,7 @@ _POSITIVE = click.FloatRange(min=0, min_open=True)
     "--replay-rate",
     default="unlimited",
     show_default=True,
-    callback=_replay_rate,
+    callback=parse_rate,
     help="Backlog records/s per site, or 'unlimited'.",
 )
 @click.option(
@@ -121,7 +94,7 @@ _POSITIVE = click.FloatRange(min=0, min_open=True)
     "extra",
     multiple=True,
     metavar="KEY=VALUE",
-    callback=_settings,
+    callback=parse_settings,
     help="librdkafka setting for producer and consumer (repeatable).",
 )
 @click.option(
@@ -129,7 +102,7 @@ _POSITIVE = click.FloatRange(min=0, min_open=True)
     "consumer_extra",
     multiple=True,
     metavar="KEY=VALUE",
-    callback=_settings,
+    callback=parse_settings,
     help="Setting for the consumer only (repeatable).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -12,20 +12,9 @@ from typing import Any
 import click
 
 from shoal.tools import scorecard as sc
+from shoal.tools.options import parse_settings
 
 _STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
-
-
-def _settings(
-    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
-) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for raw in values:
-        key, sep, val = raw.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected key=value, got {raw!r}", ctx=ctx, param=param)
-        out[key.strip()] = val
-    return out
 
 
 def _only(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
@@ -67,7 +56,7 @@ def _only(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
     "extra",
     multiple=True,
     metavar="KEY=VALUE",
-    callback=_settings,
+    callback=parse_settings,
     help="librdkafka setting for every client (repeatable).",
 )
 def scorecard(**kw: Any) -> None:
