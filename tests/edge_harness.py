@@ -309,13 +309,19 @@ def consume_all(
         }
     )
     try:
-        if partitions is None:
+        deadline = time.monotonic() + timeout
+        while partitions is None or partitions == 0:
+            # The gateway may not have created the central topic yet (its
+            # uplink is still connecting): wait for it, within the timeout.
             md = c.list_topics(topic, timeout=10)
             partitions = len(md.topics[topic].partitions)
+            if partitions == 0:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
         c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
         out: list[Rec] = []
         errors: list[str] = []
-        deadline = time.monotonic() + timeout
         last_new = time.monotonic()
         while time.monotonic() < deadline:
             m = c.poll(0.2)

@@ -130,6 +130,7 @@ class MqttIngest:
         if self.cfg.username is not None:
             client.username_pw_set(self.cfg.username, self.cfg.password)
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_socket_open = self._on_socket_open
@@ -323,13 +324,26 @@ class MqttIngest:
                 self._connack.set_exception(ConnectionError(self.last_error))
             self._disconnected.set()
             return
-        self.connected = True
         self.connects += 1
         self.last_error = None
         log.info("MQTT connected to %s:%d as %s", self.cfg.host, self.cfg.port, self.cfg.client_id)
         client.subscribe([(r.filter, r.qos) for r in self.cfg.routes])
         if not self._connack.done():
             self._connack.set_result(None)
+
+    def _on_subscribe(
+        self, _client: paho.Client, _ud: Any, _mid: Any, reasons: Any, _props: Any
+    ) -> None:
+        """ "Connected" in status means ingest is live: the broker has
+        acknowledged the subscriptions, not merely the connection."""
+        failed = [r for r in reasons or () if getattr(r, "is_failure", False)]
+        if failed:
+            self.last_error = f"subscription refused: {failed}"
+            log.warning(
+                "MQTT subscription refused by %s:%d: %s", self.cfg.host, self.cfg.port, failed
+            )
+            return
+        self.connected = True
 
     def _on_disconnect(
         self, _client: paho.Client, _ud: Any, _flags: Any, reason: Any, _props: Any
