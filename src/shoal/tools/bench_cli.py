@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from shoal.tools import bench as b
-from shoal.tools.options import parse_rate, parse_settings
+from shoal.tools.options import bootstrap_option, parse_rate, parse_settings, settings_option
 from shoal.tools.replay_cli import replay
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -25,20 +25,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _common(f: F) -> F:
     """Options every subcommand takes."""
     options = [
-        click.option(
-            "--bootstrap",
-            default="127.0.0.1:9092",
-            show_default=True,
-            help="Bootstrap address of any Kafka-compatible cluster.",
-        ),
-        click.option(
-            "-X",
-            "extra",
-            multiple=True,
-            metavar="KEY=VALUE",
-            callback=parse_settings,
-            help="librdkafka client setting, passed through (repeatable).",
-        ),
+        bootstrap_option(),
+        settings_option(),
         click.option(
             "--json",
             "json_path",

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from shoal.tools.options import parse_settings
+from shoal.tools.options import bootstrap_option, settings_option
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,12 +34,7 @@ def _state(value: Any) -> str:
 
 def _common(f: F) -> F:
     options = [
-        click.option(
-            "--bootstrap",
-            default="127.0.0.1:9092",
-            show_default=True,
-            help="Bootstrap address of any Kafka-compatible cluster.",
-        ),
+        bootstrap_option(),
         click.option(
             "--format",
             "fmt",
@@ -54,14 +49,7 @@ def _common(f: F) -> F:
             show_default=True,
             help="Seconds to wait for each admin request.",
         ),
-        click.option(
-            "-X",
-            "extra",
-            multiple=True,
-            metavar="KEY=VALUE",
-            callback=parse_settings,
-            help="librdkafka client setting, passed through (repeatable).",
-        ),
+        settings_option(),
     ]
     for option in reversed(options):
         f = option(f)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def parse_settings(
@@ -34,3 +39,25 @@ def parse_rate(ctx: click.Context, param: click.Parameter, value: str) -> float 
             f"must be > 0 records/s or 'unlimited', got {value!r}", ctx=ctx, param=param
         )
     return rate
+
+
+def bootstrap_option() -> Callable[[F], F]:
+    """--bootstrap, for every command that talks to a cluster."""
+    return click.option(
+        "--bootstrap",
+        default="127.0.0.1:9092",
+        show_default=True,
+        help="Bootstrap address of any Kafka-compatible cluster.",
+    )
+
+
+def settings_option() -> Callable[[F], F]:
+    """-X KEY=VALUE client settings, repeatable."""
+    return click.option(
+        "-X",
+        "extra",
+        multiple=True,
+        metavar="KEY=VALUE",
+        callback=parse_settings,
+        help="librdkafka client setting, passed through (repeatable).",
+    )
