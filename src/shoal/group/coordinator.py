@@ -713,17 +713,8 @@ class GroupCoordinator:
         protocol_name: str | None,
         assignments: Mapping[str, bytes],
     ) -> ErrorCode | None:
-        if not group_id:
-            return ErrorCode.invalid_group_id
-        if (gated := self.gate(group_id)) is not None:
-            return gated
-        group = self.groups.get(group_id)
+        group, error = self._member_group(group_id, member_id, group_instance_id)
         if group is None:
-            return ErrorCode.unknown_member_id
-        if group.state is State.DEAD:
-            return ErrorCode.coordinator_not_available
-        error = _check_member(group, member_id, group_instance_id)
-        if error is not None:
             return error
         if generation != group.generation:
             return ErrorCode.illegal_generation
@@ -768,22 +759,32 @@ class GroupCoordinator:
             ErrorCode.none, member.assignment, group.protocol_type, group.protocol_name
         )
 
+    def _member_group(
+        self, group_id: str, member_id: str, group_instance_id: str | None
+    ) -> tuple[Group | None, ErrorCode]:
+        """The group of a known member, or the error SyncGroup and Heartbeat
+        answer: bad id, not the coordinator, unknown group or member, dead."""
+        if not group_id:
+            return None, ErrorCode.invalid_group_id
+        if (gated := self.gate(group_id)) is not None:
+            return None, gated
+        group = self.groups.get(group_id)
+        if group is None:
+            return None, ErrorCode.unknown_member_id
+        if group.state is State.DEAD:
+            return None, ErrorCode.coordinator_not_available
+        error = _check_member(group, member_id, group_instance_id)
+        if error is not None:
+            return None, error
+        return group, ErrorCode.none
+
     # Heartbeat, LeaveGroup ------------------------------------------------------
 
     def heartbeat(
         self, group_id: str, generation: int, member_id: str, group_instance_id: str | None
     ) -> ErrorCode:
-        if not group_id:
-            return ErrorCode.invalid_group_id
-        if (gated := self.gate(group_id)) is not None:
-            return gated
-        group = self.groups.get(group_id)
+        group, error = self._member_group(group_id, member_id, group_instance_id)
         if group is None:
-            return ErrorCode.unknown_member_id
-        if group.state is State.DEAD:
-            return ErrorCode.coordinator_not_available
-        error = _check_member(group, member_id, group_instance_id)
-        if error is not None:
             return error
         if group.state is State.EMPTY:
             return ErrorCode.unknown_member_id
