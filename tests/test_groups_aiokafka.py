@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, KafkaError
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
+from group_data import produce, setup_topic
 from harness import BrokerProcess
 
 TIMEOUT = 60.0
@@ -30,29 +29,6 @@ async def gbroker(tmp_path: Path) -> AsyncIterator[BrokerProcess]:
     await asyncio.to_thread(b.start)
     yield b
     await asyncio.to_thread(b.stop)
-
-
-def setup_topic(
-    bootstrap: str, partitions: int, per_partition: int, tag: str
-) -> tuple[str, set[str]]:
-    name = f"ak-{uuid.uuid4().hex[:10]}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[
-        name
-    ].result(TIMEOUT)
-    return name, produce(bootstrap, name, partitions, per_partition, tag)
-
-
-def produce(bootstrap: str, topic: str, partitions: int, per_partition: int, tag: str) -> set[str]:
-    p = Producer({"bootstrap.servers": bootstrap})
-    values = set()
-    for i in range(per_partition):
-        for part in range(partitions):
-            v = f"{tag}-{part}-{i}"
-            p.produce(topic, value=v.encode(), partition=part)
-            values.add(v)
-    assert p.flush(TIMEOUT) == 0
-    return values
 
 
 class Member:

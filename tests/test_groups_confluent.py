@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
+from group_data import create_topic, produce
 from harness import BrokerProcess
 
 TIMEOUT = 60.0
@@ -50,28 +50,6 @@ def wait_for(cond: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> f
             return time.monotonic() - start
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def create_topic(bootstrap: str, partitions: int) -> str:
-    name = f"g-{uuid.uuid4().hex[:10]}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[
-        name
-    ].result(TIMEOUT)
-    return name
-
-
-def produce(bootstrap: str, topic: str, partitions: int, per_partition: int, tag: str) -> set[str]:
-    """Values `tag-P-I`, spread evenly; returns the set produced."""
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    values = set()
-    for i in range(per_partition):
-        for part in range(partitions):
-            v = f"{tag}-{part}-{i}"
-            p.produce(topic, value=v.encode(), partition=part)
-            values.add(v)
-    assert p.flush(TIMEOUT) == 0
-    return values
 
 
 class Worker:

@@ -13,11 +13,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 from kafka import KafkaConsumer
 from kafka.errors import CommitFailedError, KafkaError
 
+from group_data import produce, setup_topic
 from harness import BrokerProcess
 
 TIMEOUT = 60.0
@@ -25,29 +24,6 @@ GROUP_ENV = {
     "SHOAL_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
     "SHOAL_GROUP_MIN_SESSION_TIMEOUT_MS": "1000",
 }
-
-
-def setup_topic(
-    bootstrap: str, partitions: int, per_partition: int, tag: str
-) -> tuple[str, set[str]]:
-    name = f"kp-{uuid.uuid4().hex[:10]}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[
-        name
-    ].result(TIMEOUT)
-    return name, produce(bootstrap, name, partitions, per_partition, tag)
-
-
-def produce(bootstrap: str, topic: str, partitions: int, per_partition: int, tag: str) -> set[str]:
-    p = Producer({"bootstrap.servers": bootstrap})
-    values = set()
-    for i in range(per_partition):
-        for part in range(partitions):
-            v = f"{tag}-{part}-{i}"
-            p.produce(topic, value=v.encode(), partition=part)
-            values.add(v)
-    assert p.flush(TIMEOUT) == 0
-    return values
 
 
 class Member:
@@ -136,7 +112,7 @@ def poll_until(members: list[Member], cond: Callable[[], bool], what: str) -> No
 def test_two_members_exactly_once(tmp_path: Any) -> None:
     broker = BrokerProcess(tmp_path / "data", env=GROUP_ENV).start()
     try:
-        topic, expected = setup_topic(broker.bootstrap, 4, 40, "a")
+        topic, expected = setup_topic(broker.bootstrap, 4, 40, "a", prefix="kp")
         group = f"grp-{uuid.uuid4().hex[:8]}"
         members = [Member(broker.bootstrap, group, topic) for _ in range(2)]
         try:
@@ -169,7 +145,7 @@ def test_two_members_exactly_once(tmp_path: Any) -> None:
 def test_commit_and_resume(tmp_path: Any) -> None:
     broker = BrokerProcess(tmp_path / "data", env=GROUP_ENV).start()
     try:
-        topic, expected = setup_topic(broker.bootstrap, 1, 100, "r")
+        topic, expected = setup_topic(broker.bootstrap, 1, 100, "r", prefix="kp")
         group = f"grp-{uuid.uuid4().hex[:8]}"
         first = Member(broker.bootstrap, group, topic, limit=30, commit_each_poll=False)
         poll_until([first], lambda: len(first.values) >= 30, "30 records")
