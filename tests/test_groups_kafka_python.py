@@ -20,8 +20,16 @@ from group_data import produce, setup_topic
 from harness import BrokerProcess
 
 TIMEOUT = 60.0
+# The initial rebalance delay stays on (shorter than Kafka's 3 s default). With
+# none, a new group's first JoinGroup can be answered before kafka-python has the
+# subscribed topic's metadata: the leader assigns nothing, rejoins when the
+# metadata lands, and if that rejoin completes after poll()'s timer ran out,
+# kafka-python 3.0.12 never applies its result (the join task finishes, but
+# need_rejoin() is already false, so nothing awaits it): no assignment, no
+# heartbeats, and the session expires. A client bug, seen in its debug log;
+# Kafka's own default delay hides it the same way.
 GROUP_ENV = {
-    "SHOAL_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+    "SHOAL_GROUP_INITIAL_REBALANCE_DELAY_MS": "1000",
     "SHOAL_GROUP_MIN_SESSION_TIMEOUT_MS": "1000",
 }
 
@@ -49,7 +57,7 @@ class Member:
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            # Client defaults (10 s session, 3 s heartbeats): no test here
+            # Client defaults (45 s session, 3 s heartbeats): no test here
             # relies on a session expiring, and short ones flap on a busy machine.
         )
         self.values: list[str] = []
