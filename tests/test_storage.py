@@ -137,6 +137,32 @@ async def test_restart_reads_from_objects(meta: MetaStore) -> None:
     await again.close()
 
 
+async def test_catch_up_pacing_charges_bytes_served(meta: MetaStore) -> None:
+    """Small fetches that stop inside a block are charged for what they return,
+    not for the whole block each time (which held catch-up reads far below the
+    configured rate)."""
+    [sid] = await new_stream(meta)
+    store = FaultyStore()
+    eng = engine(store, meta, linger_ms=50)
+    futs = [await eng.append(sid, batch(b"v" * 100), 0) for _ in range(40)]
+    await asyncio.gather(*futs)  # one WAL object: one block holding 40 batches
+    await eng.close()
+    cold = StreamEngine(
+        store, meta, EngineConfig(log_cache_bytes=1 << 20, catchup_bytes_per_s=10**12)
+    )
+    offset, served, fetches = 0, 0, 0
+    while True:
+        res = await cold.read(sid, offset, 300)  # about two batches per fetch
+        if not res.chunks:
+            break
+        fetches += 1
+        served += sum(len(c) for c in res.chunks)
+        offset = read_header(res.chunks[-1]).last_offset + 1
+    assert offset == 40 and fetches >= 10
+    assert cold.catchup.taken_bytes == served
+    await cold.close()
+
+
 async def test_a_second_writer_fences_the_first(meta: MetaStore) -> None:
     [sid] = await new_stream(meta)
     store = FaultyStore()

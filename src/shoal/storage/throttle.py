@@ -19,10 +19,12 @@ class ByteRate:
         self.tokens = self.capacity
         self.stamp = time.monotonic()
         self.waited_s = 0.0
+        self.taken_bytes = 0
 
     async def take(self, n: int) -> None:
         """Wait until `n` bytes may go; a read larger than the burst goes in
         debt rather than waiting forever. A rate of 0 means unlimited."""
+        self.taken_bytes += n
         if self.rate <= 0:
             return
         now = time.monotonic()
