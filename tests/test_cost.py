@@ -44,15 +44,19 @@ def base(**sections: dict[str, Any]) -> dict[str, Any]:
     clients, no events. Tests switch on what they check."""
     profile: dict[str, Any] = {
         "workload": {
-            "sites": 100, "devices_per_site": 100, "messages_per_device_per_s": 1.0,
-            "message_bytes": 1000, "record_overhead_bytes": 0, "compression_ratio": 1.0,
-            "retention_days": 1, "consumer_fanout": 1,
+            "sites": 100,
+            "devices_per_site": 100,
+            "messages_per_device_per_s": 1.0,
+            "message_bytes": 1000,
+            "record_overhead_bytes": 0,
+            "compression_ratio": 1.0,
+            "retention_days": 1,
+            "consumer_fanout": 1,
         },
         "outage": {"per_month": 0},
         "replay": {"per_month": 0},
         "failover": {"broker_losses_per_month": 0},
-        "network": {"azs": 3, "producer_cross_zone_share": 0.0,
-                    "consumer_cross_zone_share": 0.0},
+        "network": {"azs": 3, "producer_cross_zone_share": 0.0, "consumer_cross_zone_share": 0.0},
         "brokers": {"instance": "m7g.xlarge", "throughput_mb_s": 100, "min_brokers": 3},
         "kafka": {"replication_factor": 3, "disk_max_fill": 1.0},
         "shoal": {"compaction_rewrites": 0.0, "metadata_db_multi_az": False},
@@ -153,12 +157,19 @@ def test_cross_zone_clients_private_link_and_egress() -> None:
     # x 3 zones x 720 h x 0.01 = 43.20 $.
     # Internet: 1 group x 25,920 GB x 0.09 = 2,332.80 $. Cross-region: 1 copy x 25,920
     # x 0.02 = 518.40 $.
-    report = run(base(
-        workload={"consumer_fanout": 2},
-        network={"producer_cross_zone_share": 2 / 3, "consumer_cross_zone_share": 0.25,
-                 "private_link_producer_share": 1.0, "private_link_endpoints": 2,
-                 "internet_consumer_groups": 1, "cross_region_copies": 1},
-    ))
+    report = run(
+        base(
+            workload={"consumer_fanout": 2},
+            network={
+                "producer_cross_zone_share": 2 / 3,
+                "consumer_cross_zone_share": 0.25,
+                "private_link_producer_share": 1.0,
+                "private_link_endpoints": 2,
+                "internet_consumer_groups": 1,
+                "cross_region_copies": 1,
+            },
+        )
+    )
     for arch in ARCHITECTURES:
         r = report.get(arch, "steady")
         # fan-out 2 doubles consumer bytes: 51,840 GB x 0.25 = 12,960 GB cross-zone.
@@ -184,15 +195,19 @@ def test_default_cross_zone_share_follows_azs() -> None:
 
 
 def test_follower_fetching_and_zone_local_reads_remove_consumer_cross_zone() -> None:
-    profile = base(network={"consumer_cross_zone_share": 1.0},
-                   kafka={"follower_fetching": True}, shoal={"zone_local_reads": True})
+    profile = base(
+        network={"consumer_cross_zone_share": 1.0},
+        kafka={"follower_fetching": True},
+        shoal={"zone_local_reads": True},
+    )
     report = run(profile)
     for arch in ARCHITECTURES:
         assert report.get(arch, "steady").line("cross_zone").cost == 0.0
     # Shoal pays with GETs instead: each of the 2 other zones reads each of the
     # 31,104,000 WAL objects once = 62,208,000 GETs.
     assert report.get("shared_storage", "steady").line("object_get").quantity == pytest.approx(
-        62_208_000)
+        62_208_000
+    )
 
 
 def test_tiered_storage_split() -> None:
@@ -241,8 +256,9 @@ def test_reconnect_burst_kafka_provisions_peak_shoal_scales() -> None:
 
 def test_partial_outage_peak() -> None:
     # 40 % of sites replay at 6x, the rest send live: 10 x (0.6 + 0.4 x 6) = 30 MB/s.
-    profile = base(outage={"per_month": 1, "hours": 5, "site_share": 0.4,
-                           "replay_rate_multiple": 6})
+    profile = base(
+        outage={"per_month": 1, "hours": 5, "site_share": 0.4, "replay_rate_multiple": 6}
+    )
     v = run(profile).volumes
     assert v.peak_ingest_bytes_s == pytest.approx(30e6)
     assert v.catch_up_hours == pytest.approx(1.0)
@@ -252,14 +268,18 @@ def test_failover_rereplication() -> None:
     # Kafka: a lost broker held 864 GB x 3 / 3 brokers = 864 GB, all re-copied from
     # other zones: 864 x 0.02 = 17.28 $ on top of 1,036.80 of steady replication.
     # Tiered: only its hot share, 432 GB x 3 / 3 = 432 GB -> 8.64 $. Shoal: nothing.
-    report = run(base(failover={"broker_losses_per_month": 1},
-                      tiered={"local_retention_hours": 12}))
+    report = run(
+        base(failover={"broker_losses_per_month": 1}, tiered={"local_retention_hours": 12})
+    )
     assert report.get("shared_nothing", "failover").line("replication").cost == pytest.approx(
-        1_036.80 + 17.28)
+        1_036.80 + 17.28
+    )
     assert report.get("tiered", "failover").line("replication").cost == pytest.approx(
-        1_036.80 + 8.64)
+        1_036.80 + 8.64
+    )
     assert report.get("shared_storage", "failover").total == pytest.approx(
-        report.get("shared_storage", "steady").total)
+        report.get("shared_storage", "steady").total
+    )
 
 
 def test_replay_reads() -> None:
@@ -269,12 +289,17 @@ def test_replay_reads() -> None:
     # 1,296 GB / 4 MB = 324,000 GETs.
     # At 100 MB/s on brokers of 100 MB/s: Shoal steady out = 20 -> 3 brokers; with
     # the replay out = 120 -> 2 -> 3: no elastic brokers needed.
-    report = run(base(replay={"per_month": 2, "history_hours": 24, "read_mb_s": 100},
-                      tiered={"local_retention_hours": 6}))
+    report = run(
+        base(
+            replay={"per_month": 2, "history_hours": 24, "read_mb_s": 100},
+            tiered={"local_retention_hours": 6},
+        )
+    )
     shoal = report.get("shared_storage", "replay")
     steady = report.get("shared_storage", "steady")
     assert shoal.line("object_get").quantity - steady.line("object_get").quantity == (
-        pytest.approx(432_000))
+        pytest.approx(432_000)
+    )
     assert shoal.line("elastic_brokers").quantity == 0.0
     assert report.get("tiered", "replay").line("object_get").quantity == pytest.approx(324_000)
     assert shoal.line("consumer_egress").quantity == pytest.approx(25_920 + 1_728)
@@ -284,8 +309,9 @@ def test_replay_elastic_brokers() -> None:
     # Replay at 200 MB/s on brokers of 100 MB/s: Shoal out = 20 + 200 = 220 -> 3;
     # in = 10 + 200 = 210 -> 3: still 3. With 3 groups: 620 -> 7 -> 9 brokers, 6 extra
     # for 864,000 MB / 200 MB/s = 4,320 s = 1.2 h + 0.25 h = 1.45 h: 8.7 broker-hours.
-    report = run(base(replay={"per_month": 1, "history_hours": 24, "read_mb_s": 200,
-                              "consumer_groups": 3}))
+    report = run(
+        base(replay={"per_month": 1, "history_hours": 24, "read_mb_s": 200, "consumer_groups": 3})
+    )
     shoal = report.get("shared_storage", "replay")
     assert shoal.peak_brokers == 9
     assert shoal.line("elastic_brokers").quantity == pytest.approx(8.7)
@@ -326,7 +352,8 @@ def test_totals_are_the_sum_of_parts_for_every_architecture_and_scenario() -> No
         assert totals["total"] == pytest.approx(sum(totals[c] for c in CATEGORIES))
         for c in CATEGORIES:
             assert totals[c] == pytest.approx(
-                sum(line["cost"] for line in res["lines"] if line["category"] == c))
+                sum(line["cost"] for line in res["lines"] if line["category"] == c)
+            )
 
 
 def test_example_profile_volumes() -> None:
@@ -368,17 +395,29 @@ def test_price_overrides_from_profile_and_file(tmp_path: Path) -> None:
     # --prices FILE wins over the profile's [prices].
     (tmp_path / "p.toml").write_text("[inter_az_gb_each_direction]\nvalue = 0.005\n")
     (tmp_path / "w.toml").write_text(
-        '[workload]\nsites = 100\ndevices_per_site = 100\nmessage_bytes = 1000\n'
-        'retention_days = 1\n[outage]\nper_month = 0\n[network]\n'
-        'producer_cross_zone_share = 0.0\nconsumer_cross_zone_share = 0.0\n'
-        '[prices]\ninter_az_gb_each_direction = 0.02\n'
+        "[workload]\nsites = 100\ndevices_per_site = 100\nmessage_bytes = 1000\n"
+        "retention_days = 1\n[outage]\nper_month = 0\n[network]\n"
+        "producer_cross_zone_share = 0.0\nconsumer_cross_zone_share = 0.0\n"
+        "[prices]\ninter_az_gb_each_direction = 0.02\n"
     )
-    result = CliRunner().invoke(cost, ["--profile", str(tmp_path / "w.toml"), "--prices",
-                                       str(tmp_path / "p.toml"), "--format", "json"])
+    result = CliRunner().invoke(
+        cost,
+        [
+            "--profile",
+            str(tmp_path / "w.toml"),
+            "--prices",
+            str(tmp_path / "p.toml"),
+            "--format",
+            "json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    res = next(x for x in data["results"]
-               if x["architecture"] == "shared_nothing" and x["scenario"] == "steady")
+    res = next(
+        x
+        for x in data["results"]
+        if x["architecture"] == "shared_nothing" and x["scenario"] == "steady"
+    )
     repl = next(line for line in res["lines"] if line["item"] == "replication")
     # 51,840 GB x (0.005 x 2) = 518.40
     assert repl["cost"] == pytest.approx(518.40)
@@ -409,8 +448,10 @@ def test_bad_prices() -> None:
         ({"network": {"producer_cross_zone_share": 1.5}}, "network.producer_cross_zone_share"),
         ({"network": {"azs": 0}}, "network.azs"),
         ({"network": {"internet_consumer_groups": 5}}, "network.internet_consumer_groups"),
-        ({"outage": {"per_month": 1, "hours": 2, "replay_rate_multiple": 1.0}},
-         "outage.replay_rate_multiple"),
+        (
+            {"outage": {"per_month": 1, "hours": 2, "replay_rate_multiple": 1.0}},
+            "outage.replay_rate_multiple",
+        ),
         ({"kafka": {"follower_fetching": "yes"}}, "kafka.follower_fetching"),
         ({"brokers": {"instance": 7}}, "brokers.instance"),
         ({"brokers": {"throughput_mb_s": 0}}, "brokers.throughput_mb_s"),
@@ -444,7 +485,8 @@ def test_cli_table_and_json() -> None:
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
     assert {(r["architecture"], r["scenario"]) for r in data["results"]} == {
-        (a, s) for a in ARCHITECTURES for s in SCENARIOS}
+        (a, s) for a in ARCHITECTURES for s in SCENARIOS
+    }
     assert data["volumes"]["ingest_mb_s"] == pytest.approx(6.5)
 
 
@@ -479,7 +521,8 @@ def test_cli_bad_price_file(tmp_path: Path) -> None:
 def test_cli_chart_needs_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     result = CliRunner().invoke(
-        cost, ["--profile", str(EXAMPLE), "--chart", str(tmp_path / "c.png")])
+        cost, ["--profile", str(EXAMPLE), "--chart", str(tmp_path / "c.png")]
+    )
     assert result.exit_code == 1
     assert "pip install 'matplotlib" in result.output
 
@@ -487,7 +530,8 @@ def test_cli_chart_needs_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_cli_chart(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     png = tmp_path / "cost.png"
-    result = CliRunner().invoke(cost, ["--profile", str(EXAMPLE), "--chart", str(png),
-                                       "--format", "json"])
+    result = CliRunner().invoke(
+        cost, ["--profile", str(EXAMPLE), "--chart", str(png), "--format", "json"]
+    )
     assert result.exit_code == 0, result.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
