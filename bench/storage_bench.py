@@ -138,7 +138,9 @@ class TailLoad:
         return self.result
 
 
-def bench_catchup(tmp: Path, backlog_mb: int) -> str:
+def bench_catchup(tmp: Path, backlog_mb: int, rates: list[str]) -> str:
+    """One backlog, read from cold caches once per pacing rate (MiB/s; 0 is
+    unpaced, "default" is the broker's default)."""
     env = {
         "SHOAL_COMPACTION_MIN_AGE_MS": "0",
         "SHOAL_COMPACTION_INTERVAL_MS": "1000",
@@ -147,6 +149,7 @@ def bench_catchup(tmp: Path, backlog_mb: int) -> str:
         "SHOAL_BLOCK_CACHE_BYTES": str(128 * 1024 * 1024),
     }
     b = broker(tmp, "catchup", "file", env)
+    rows = []
     try:
         records = backlog_mb * MB // 1024
         fill = run_produce(
@@ -167,37 +170,45 @@ def bench_catchup(tmp: Path, backlog_mb: int) -> str:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and any(p.is_file() for p in wal_dir.rglob("*")):
             time.sleep(1)
-        b.restart()  # cold caches
-        alone = TailLoad(b.bootstrap, "tail-alone", 2000).start().join()
-        tail = TailLoad(b.bootstrap, "tail-busy", 2000).start()
-        read = run_consume(
-            ConsumeSpec(
-                b.bootstrap,
-                "backlog",
-                duration_s=600,
-                max_records=records,
-                extra={
-                    "fetch.max.bytes": str(64 * 1024 * 1024),
-                    "max.partition.fetch.bytes": str(8 * 1024 * 1024),
-                },
-            ),
-            quiet=True,
-        )
-        busy = tail.join()
+        for i, rate in enumerate(rates):
+            b.env.pop("SHOAL_CATCHUP_READ_MAX_BYTES_PER_SEC", None)
+            if rate != "default":
+                b.env["SHOAL_CATCHUP_READ_MAX_BYTES_PER_SEC"] = str(int(rate) * 2**20)
+            b.restart()  # cold caches
+            alone = TailLoad(b.bootstrap, f"tail-alone-{i}", 2000).start().join()
+            tail = TailLoad(b.bootstrap, f"tail-busy-{i}", 2000).start()
+            read = run_consume(
+                ConsumeSpec(
+                    b.bootstrap,
+                    "backlog",
+                    duration_s=600,
+                    max_records=records,
+                    extra={
+                        "fetch.max.bytes": str(64 * 1024 * 1024),
+                        "max.partition.fetch.bytes": str(8 * 1024 * 1024),
+                    },
+                ),
+                quiet=True,
+            )
+            busy = tail.join()
+            assert read.consume is not None
+            c = read.consume.throughput
+            p99_alone = alone.produce.latency.p99_ms
+            p99_busy = busy.produce.latency.p99_ms
+            growth = (p99_busy / p99_alone - 1) * 100 if p99_alone else 0.0
+            label = {"default": "default (256)", "0": "unpaced"}.get(rate, rate)
+            rows.append(
+                f"| {label} | {c.mb_per_s:.1f} MB/s ({c.records:,} records in "
+                f"{c.elapsed_s:.1f} s) | {p99_alone:.1f} ms | {p99_busy:.1f} ms | "
+                f"{growth:+.0f} % |"
+            )
     finally:
         b.stop()
-    assert read.consume is not None
-    c = read.consume.throughput
-    p99_alone = alone.produce.latency.p99_ms
-    p99_busy = busy.produce.latency.p99_ms
-    growth = (p99_busy / p99_alone - 1) * 100 if p99_alone else 0.0
     return (
-        "| backlog | filled at | catch-up read (cold, compacted) | tail p99 alone | "
-        "tail p99 during catch-up | growth |\n|---|---|---|---|---|---|\n"
-        f"| {fill.produce.throughput.bytes / MB:,.0f} MB | "
-        f"{fill.produce.throughput.mb_per_s:.1f} MB/s | {c.mb_per_s:.1f} MB/s "
-        f"({c.records:,} records in {c.elapsed_s:.1f} s) | {p99_alone:.1f} ms | "
-        f"{p99_busy:.1f} ms | {growth:+.0f} % |"
+        f"backlog {fill.produce.throughput.bytes / MB:,.0f} MB, filled at "
+        f"{fill.produce.throughput.mb_per_s:.1f} MB/s\n\n"
+        "| pacing MiB/s | catch-up read (cold, compacted) | tail p99 alone | "
+        "tail p99 during catch-up | growth |\n|---|---|---|---|---|\n" + "\n".join(rows)
     )
 
 
@@ -265,6 +276,9 @@ def main() -> None:
     ap.add_argument("--backlog-mb", type=int, default=2048)
     ap.add_argument("--lingers", default="1,5,20,50,100")
     ap.add_argument("--stores", default="file,s3")
+    ap.add_argument(
+        "--catchup-rates", default="default", help="pacing rates in MiB/s: 0 unpaced, default"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as d:
         tmp = Path(d)
@@ -276,7 +290,7 @@ def main() -> None:
                 flush=True,
             )
         if "catchup" in args.which:
-            print(bench_catchup(tmp, args.backlog_mb), flush=True)
+            print(bench_catchup(tmp, args.backlog_mb, args.catchup_rates.split(",")), flush=True)
         if "memory" in args.which:
             print(bench_memory(tmp), flush=True)
 

@@ -163,6 +163,25 @@ async def test_catch_up_pacing_charges_bytes_served(meta: MetaStore) -> None:
     await cold.close()
 
 
+async def test_a_read_that_must_fit_returns_nothing_too_large(meta: MetaStore) -> None:
+    """A fetch filling the rest of its response reads only what it can send;
+    the first partition with data still gets one batch larger than the limit."""
+    [sid] = await new_stream(meta)
+    store = FaultyStore()
+    eng = engine(store, meta)
+    await (await eng.append(sid, batch(b"x" * 500), 0))
+    size = len((await eng.read(sid, 0, 1)).chunks[0])
+    assert size > 500  # at least one batch, whatever the limit
+    assert (await eng.read(sid, 0, 100, at_least_one=False)).chunks == []  # LogCache
+    assert len((await eng.read(sid, 0, size, at_least_one=False)).chunks) == 1
+    await eng.close()
+    cold = engine(store, meta)  # from the object
+    assert (await cold.read(sid, 0, 100, at_least_one=False)).chunks == []
+    assert cold.catchup.taken_bytes == 0
+    assert len((await cold.read(sid, 0, 100)).chunks) == 1
+    await cold.close()
+
+
 async def test_a_second_writer_fences_the_first(meta: MetaStore) -> None:
     [sid] = await new_stream(meta)
     store = FaultyStore()

@@ -41,6 +41,8 @@ class EngineCollector(Collector):
             ("shoal_compaction_objects_in", e.compactor.totals.objects_in, "objects compacted"),
             ("shoal_objects_deleted", e.cleaner.totals.deleted, "replaced objects deleted"),
             ("shoal_orphans_deleted", e.cleaner.totals.orphans, "uncommitted uploads deleted"),
+            ("shoal_catchup_read_bytes", e.catchup.taken_bytes, "bytes served from objects"),
+            ("shoal_catchup_paced_seconds", e.catchup.waited_s, "catch-up reads held back"),
         ):
             c = CounterMetricFamily(metric, doc)
             c.add_metric([], value)

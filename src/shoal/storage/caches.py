@@ -86,9 +86,12 @@ class LogCache:
             return None
         return tail.bases[tail.first]
 
-    def read(self, stream_id: int, offset: int, max_bytes: int) -> list[bytes] | None:
-        """Whole batches from the one containing `offset`, at least one, then as
-        many as fit in max_bytes. None when the cache does not cover offset."""
+    def read(
+        self, stream_id: int, offset: int, max_bytes: int, at_least_one: bool = True
+    ) -> list[bytes] | None:
+        """Whole batches from the one containing `offset`, at least one (unless
+        `at_least_one` is off and it does not fit), then as many as fit in
+        max_bytes. None when the cache does not cover offset."""
         tail = self._streams.get(stream_id)
         if tail is None or not tail.live() or offset < tail.bases[tail.first]:
             self.stats.misses += 1
@@ -98,6 +101,8 @@ class LogCache:
             self.stats.misses += 1
             return None
         self.stats.hits += 1
+        if not at_least_one and len(tail.data[i]) > max_bytes:
+            return []
         out = [tail.data[i]]
         total = len(tail.data[i])
         i += 1

@@ -218,10 +218,12 @@ class StreamEngine:
             st.ranges = keep
             st.range_starts = [r.start_offset for r in keep]
 
-    async def read_only(self, stream_id: int, offset: int, max_bytes: int) -> ReadResult:
+    async def read_only(
+        self, stream_id: int, offset: int, max_bytes: int, at_least_one: bool = True
+    ) -> ReadResult:
         """Read without owning: any broker can serve any stream from the store."""
         if stream_id in self._streams:
-            return await self.read(stream_id, offset, max_bytes)
+            return await self.read(stream_id, offset, max_bytes, at_least_one)
         st = await self.open_reader(stream_id)
         if offset >= st.end_offset or offset < st.start_offset:
             await self._refresh_reader(st, force=offset > st.end_offset or offset < st.start_offset)
@@ -230,7 +232,7 @@ class StreamEngine:
         hw = st.end_offset
         if offset == hw:
             return ReadResult([], hw, st.start_offset)
-        chunks = await self._read_objects(st, offset, max_bytes, hw)
+        chunks = await self._read_objects(st, offset, max_bytes, hw, at_least_one)
         return ReadResult(chunks, hw, st.start_offset)
 
     def forget(self, stream_id: int) -> None:
@@ -429,23 +431,29 @@ class StreamEngine:
 
     # reading -------------------------------------------------------------
 
-    async def read(self, stream_id: int, offset: int, max_bytes: int) -> ReadResult:
+    async def read(
+        self, stream_id: int, offset: int, max_bytes: int, at_least_one: bool = True
+    ) -> ReadResult:
+        """Whole batches from the one holding `offset`, up to max_bytes. The
+        first may exceed max_bytes (so a batch larger than every limit still
+        gets through) unless `at_least_one` is off: a fetch filling the rest of
+        its response asks for that, rather than reading what it cannot send."""
         st = await self.open(stream_id)
         if offset < st.start_offset or offset > st.end_offset:
             raise OffsetOutOfRange(offset, st.start_offset, st.end_offset)
         hw = st.end_offset
         if offset == hw:
             return ReadResult([], hw, st.start_offset)
-        cached = self.log_cache.read(stream_id, offset, max_bytes)
+        cached = self.log_cache.read(stream_id, offset, max_bytes, at_least_one)
         if cached is not None:
             return ReadResult(list(cached), hw, st.start_offset)
-        chunks = await self._read_objects(st, offset, max_bytes, hw)
+        chunks = await self._read_objects(st, offset, max_bytes, hw, at_least_one)
         return ReadResult(chunks, hw, st.start_offset)
 
     async def _read_objects(
-        self, st: StreamState, offset: int, max_bytes: int, hw: int
+        self, st: StreamState, offset: int, max_bytes: int, hw: int, at_least_one: bool = True
     ) -> list[bytes | memoryview]:
-        out = await self._collect_objects(st, offset, max_bytes, hw)
+        out = await self._collect_objects(st, offset, max_bytes, hw, at_least_one)
         # Paced by the bytes served, not by the blocks touched: a fetch that
         # stops inside a block re-reads it (cached) next time, and charging the
         # whole block twice held catch-up reads well below the configured rate.
@@ -453,7 +461,7 @@ class StreamEngine:
         return out
 
     async def _collect_objects(
-        self, st: StreamState, offset: int, max_bytes: int, hw: int
+        self, st: StreamState, offset: int, max_bytes: int, hw: int, at_least_one: bool
     ) -> list[bytes | memoryview]:
         out: list[bytes | memoryview] = []
         total = 0
@@ -472,7 +480,7 @@ class StreamEngine:
                 if last < offset:
                     continue
                 size = end - start
-                if out and total + size > max_bytes:
+                if (out or not at_least_one) and total + size > max_bytes:
                     return out
                 out.append(block[start:end])
                 total += size

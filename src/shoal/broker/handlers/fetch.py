@@ -123,7 +123,9 @@ async def _read_all(broker: Broker, client: Client, parts: list[_Part], max_byte
                 if p.owned:
                     p.log_start, p.high_watermark = await broker.engine.bounds(p.stream_id)
                 continue
-            result = await _read(broker, p, max(budget, 1))
+            # Only the first partition with data may overshoot; the others
+            # read nothing they could not send.
+            result = await _read(broker, p, max(budget, 1), at_least_one=total == 0)
         except OffsetOutOfRange as exc:
             log.info(
                 "fetch %s-%d at %d from %s: out of range [%d, %d]",
@@ -154,14 +156,14 @@ async def _read_all(broker: Broker, client: Client, parts: list[_Part], max_byte
     return total
 
 
-async def _read(broker: Broker, p: _Part, budget: int) -> Any:
+async def _read(broker: Broker, p: _Part, budget: int, at_least_one: bool) -> Any:
     read = broker.engine.read if p.owned else broker.engine.read_only
     try:
-        return await read(p.stream_id, p.offset, budget)
+        return await read(p.stream_id, p.offset, budget, at_least_one)
     except ObjectNotFound:
         # An object went away under us (retention, compaction): the engine
         # re-resolved its ranges; one more try sees the new layout.
-        return await read(p.stream_id, p.offset, budget)
+        return await read(p.stream_id, p.offset, budget, at_least_one)
 
 
 def _response(header: RequestHeader, parts: list[_Part]) -> Any:
