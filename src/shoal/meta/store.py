@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, delete, event, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, event, func, insert, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from shoal.meta import schema as s
+from shoal.meta.checkpoint import Checkpointer
 
 
 class MetaError(Exception):
@@ -149,6 +150,7 @@ class MetaStore:
         # SQLite has one writer; serialising here avoids "database is locked".
         self._write_lock = asyncio.Lock()
         self.delete_grace_ms = 60_000  # how long replaced objects stay readable
+        self.checkpointer: Checkpointer | None = None
 
     @classmethod
     async def open(cls, url: str) -> MetaStore:
@@ -172,9 +174,15 @@ class MetaStore:
         except Exception as exc:
             await engine.dispose()
             raise MetaError(f"cannot open metadata store {url!r}: {exc}") from exc
+        path = make_url(engine_url(url)).database
+        if store.is_sqlite and path and path != ":memory:":
+            store.checkpointer = Checkpointer(path)
+            store.checkpointer.start()
         return store
 
     async def close(self) -> None:
+        if self.checkpointer is not None:
+            await self.checkpointer.stop()
         await self.engine.dispose()
 
     @asynccontextmanager
@@ -621,35 +629,37 @@ class MetaStore:
                 )
             )
             object_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-            for stream_id, old_starts, new_ranges in replacements:
-                present = (
-                    await conn.execute(
-                        select(func.count()).where(
-                            r.c.stream_id == stream_id, r.c.start_offset.in_(old_starts)
-                        )
-                    )
-                ).scalar_one()
-                if present != len(old_starts):
-                    continue
-                await conn.execute(
-                    delete(r).where(r.c.stream_id == stream_id, r.c.start_offset.in_(old_starts))
+            # A few statements for all streams, not three per stream: this
+            # transaction holds the write lock, and under load every statement
+            # is a round trip through a busy event loop that WAL commits (and
+            # so every produce ack) would wait behind.
+            present: dict[int, int] = {}
+            for chunk in _param_chunks(replacements):
+                rows = await conn.execute(
+                    select(r.c.stream_id, func.count())
+                    .where(_ranges_at(r, chunk))
+                    .group_by(r.c.stream_id)
                 )
-                await conn.execute(
-                    insert(r),
-                    [
-                        {
-                            "stream_id": stream_id,
-                            "start_offset": x.start_offset,
-                            "end_offset": x.end_offset,
-                            "object_id": object_id,
-                            "position": x.position,
-                            "size": x.size,
-                            "max_timestamp": x.max_timestamp,
-                        }
-                        for x in new_ranges
-                    ],
-                )
-                done.append(stream_id)
+                present.update({int(sid): int(n) for sid, n in rows.tuples()})
+            swap = [x for x in replacements if present.get(x[0], 0) == len(x[1])]
+            for chunk in _param_chunks(swap):
+                await conn.execute(delete(r).where(_ranges_at(r, chunk)))
+            new_rows = [
+                {
+                    "stream_id": stream_id,
+                    "start_offset": x.start_offset,
+                    "end_offset": x.end_offset,
+                    "object_id": object_id,
+                    "position": x.position,
+                    "size": x.size,
+                    "max_timestamp": x.max_timestamp,
+                }
+                for stream_id, _old, new_ranges in swap
+                for x in new_ranges
+            ]
+            if new_rows:
+                await conn.execute(insert(r), new_rows)
+            done = [stream_id for stream_id, _old, _new in swap]
             await self._schedule_unreferenced(conn, grace_ms)
         return done
 
@@ -758,4 +768,39 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA wal_autocheckpoint=0")  # see shoal.meta.checkpoint
     cur.close()
+
+
+_MAX_PARAMS = 2_000  # well under SQLite's and PostgreSQL's bind-parameter limits
+
+
+def _param_chunks(
+    replacements: Sequence[tuple[int, Sequence[int], Sequence[RangeCommit]]],
+) -> list[list[tuple[int, Sequence[int], Sequence[RangeCommit]]]]:
+    """Replacements grouped so one statement binds at most _MAX_PARAMS values."""
+    chunks: list[list[tuple[int, Sequence[int], Sequence[RangeCommit]]]] = []
+    current: list[tuple[int, Sequence[int], Sequence[RangeCommit]]] = []
+    params = 0
+    for rep in replacements:
+        n = len(rep[1]) + 1
+        if current and params + n > _MAX_PARAMS:
+            chunks.append(current)
+            current, params = [], 0
+        current.append(rep)
+        params += n
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _ranges_at(
+    r: Any, replacements: Sequence[tuple[int, Sequence[int], Sequence[RangeCommit]]]
+) -> Any:
+    """Rows of the given streams at the given start offsets."""
+    return or_(
+        *(
+            and_(r.c.stream_id == sid, r.c.start_offset.in_(starts))
+            for sid, starts, _ in replacements
+        )
+    )
