@@ -86,18 +86,23 @@ def bench_linger(tmp: Path, lingers: list[int], stores: list[str]) -> str:
                 )
                 assert peak.produce is not None
                 rate = peak.produce.throughput.records_per_s / 2
-                half = run_produce(
-                    ProduceSpec(
-                        b.bootstrap,
-                        f"half-{linger}",
-                        record_size=1024,
-                        partitions=6,
-                        duration_s=8,
-                        rate=rate,
-                        linger_ms=5,
-                    ),
-                    quiet=True,
-                )
+                # Steady state at half the peak: let the flat-out phase's work
+                # settle, then warm the topic up at the rate (not measured:
+                # topic creation and the first WAL objects) before measuring.
+                time.sleep(5)
+                for seconds in (3, 15):
+                    half = run_produce(
+                        ProduceSpec(
+                            b.bootstrap,
+                            f"half-{linger}",
+                            record_size=1024,
+                            partitions=6,
+                            duration_s=seconds,
+                            rate=rate,
+                            linger_ms=5,
+                        ),
+                        quiet=True,
+                    )
                 assert half.produce is not None
                 lat = half.produce.latency
                 goal = linger + put_ms + 20
