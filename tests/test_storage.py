@@ -163,6 +163,28 @@ async def test_catch_up_pacing_charges_bytes_served(meta: MetaStore) -> None:
     await cold.close()
 
 
+async def test_catch_up_is_paced_only_while_producers_are_active(meta: MetaStore) -> None:
+    """Pacing protects live traffic: with no produce in the last seconds a
+    backlog is read flat out; once producers append, catch-up reads wait."""
+    [sid, other] = await new_stream(meta, 2)
+    store = FaultyStore()
+    eng = engine(store, meta, linger_ms=50)
+    futs = [await eng.append(sid, batch(b"v" * 1000), 0) for _ in range(200)]
+    await asyncio.gather(*futs)
+    await eng.close()
+    cold = StreamEngine(
+        store,
+        meta,
+        EngineConfig(log_cache_bytes=1 << 20, catchup_bytes_per_s=200_000),  # 20 kB burst
+    )
+    assert len((await cold.read(sid, 0, 150_000)).chunks) > 100  # ~200 kB: past the burst
+    assert cold.catchup.waited_s == 0.0  # nobody producing: not paced
+    await (await cold.append(other, batch(b"live"), 0))
+    assert len((await cold.read(sid, 100, 150_000)).chunks) == 100
+    assert cold.catchup.waited_s > 0.3  # a producer is active: ~100 kB at 200 kB/s
+    await cold.close()
+
+
 async def test_a_read_that_must_fit_returns_nothing_too_large(meta: MetaStore) -> None:
     """A fetch filling the rest of its response reads only what it can send;
     the first partition with data still gets one batch larger than the limit."""

@@ -166,8 +166,8 @@ BROKER_KEYS: dict[str, Key] = {
             "catchup.read.max.bytes.per.sec",
             int,
             256 * MIB,
-            "bytes/s served from objects (catch-up reads; the tail is not counted), so a "
-            "backlog read leaves CPU for tail traffic; 0: unlimited",
+            "bytes/s served from objects (catch-up reads; the tail is not counted) while "
+            "producers are active, so a backlog read leaves CPU for live traffic; 0: unlimited",
             at_least(0),
         ),
         Key(

@@ -39,6 +39,9 @@ from shoal.storage.wal import Append, Wal, WalConfig
 
 log = logging.getLogger("shoal.streams")
 
+# How long after the last produce append catch-up reads stay paced.
+PACE_AFTER_APPEND_S = 2.0
+
 _BASE_AND_DELTA = struct.Struct(">q")
 _LAST_DELTA = struct.Struct(">i")
 
@@ -116,6 +119,9 @@ class StreamEngine:
             store, meta, config.node_id, config.compaction, self._ranges_replaced, self.uploading
         )
         self.catchup = ByteRate(config.catchup_bytes_per_s)
+        # Catch-up reads are paced only while producers are active: the pacing
+        # protects live traffic, and a broker with none lets a backlog go flat out.
+        self.last_append = float("-inf")
         self.cleaner = Cleaner(store, meta, config.orphan_grace_ms, self.uploading)
         self._prefetching: dict[tuple[str, int], asyncio.Task[None]] = {}
         meta.delete_grace_ms = config.compaction.delete_grace_ms
@@ -261,6 +267,7 @@ class StreamEngine:
         order); the returned future resolves to the first base offset when the
         WAL object holding them is committed.
         """
+        self.last_append = time.monotonic()
         await self.wal.wait_for_room(sum(len(b.data) for b in batches))
         st = await self.open(stream_id)
         if st.closed:
@@ -457,7 +464,8 @@ class StreamEngine:
         # Paced by the bytes served, not by the blocks touched: a fetch that
         # stops inside a block re-reads it (cached) next time, and charging the
         # whole block twice held catch-up reads well below the configured rate.
-        await self.catchup.take(sum(len(c) for c in out))
+        live = time.monotonic() - self.last_append < PACE_AFTER_APPEND_S
+        await self.catchup.take(sum(len(c) for c in out), pace=live)
         return out
 
     async def _collect_objects(

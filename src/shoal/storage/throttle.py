@@ -21,11 +21,12 @@ class ByteRate:
         self.waited_s = 0.0
         self.taken_bytes = 0
 
-    async def take(self, n: int) -> None:
+    async def take(self, n: int, pace: bool = True) -> None:
         """Wait until `n` bytes may go; a read larger than the burst goes in
-        debt rather than waiting forever. A rate of 0 means unlimited."""
+        debt rather than waiting forever. A rate of 0 means unlimited; with
+        `pace` off the bytes are only counted."""
         self.taken_bytes += n
-        if self.rate <= 0:
+        if self.rate <= 0 or not pace:
             return
         now = time.monotonic()
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
