@@ -201,7 +201,7 @@ def bench_catchup(tmp: Path, backlog_mb: int, rates: list[str]) -> str:
             p99_alone = alone.produce.latency.p99_ms
             p99_busy = busy.produce.latency.p99_ms
             growth = (p99_busy / p99_alone - 1) * 100 if p99_alone else 0.0
-            label = {"default": "default (256)", "0": "unpaced"}.get(rate, rate)
+            label = {"default": "default", "0": "unpaced"}.get(rate, rate)
             rows.append(
                 f"| {label} | {c.mb_per_s:.1f} MB/s ({c.records:,} records in "
                 f"{c.elapsed_s:.1f} s) | {p99_alone:.1f} ms | {p99_busy:.1f} ms | "

@@ -165,7 +165,7 @@ BROKER_KEYS: dict[str, Key] = {
         Key(
             "catchup.read.max.bytes.per.sec",
             int,
-            256 * MIB,
+            200 * MIB,
             "bytes/s served from objects (catch-up reads; the tail is not counted) while "
             "producers are active, so a backlog read leaves CPU for live traffic; 0: unlimited",
             at_least(0),
