@@ -610,7 +610,7 @@ class MetaStore:
         size: int,
         node_id: int,
         kind: str,
-        replacements: Sequence[tuple[int, Sequence[int], Sequence[RangeCommit]]],
+        replacements: Sequence[Replacement],
         grace_ms: int,
     ) -> list[int]:
         """Swap streams' ranges for those of a compacted object, atomically.
@@ -774,13 +774,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 _MAX_PARAMS = 2_000  # well under SQLite's and PostgreSQL's bind-parameter limits
 
+# (stream id, start offsets of its old ranges, its new ranges)
+Replacement = tuple[int, Sequence[int], Sequence[RangeCommit]]
 
-def _param_chunks(
-    replacements: Sequence[tuple[int, Sequence[int], Sequence[RangeCommit]]],
-) -> list[list[tuple[int, Sequence[int], Sequence[RangeCommit]]]]:
+
+def _param_chunks(replacements: Sequence[Replacement]) -> list[list[Replacement]]:
     """Replacements grouped so one statement binds at most _MAX_PARAMS values."""
-    chunks: list[list[tuple[int, Sequence[int], Sequence[RangeCommit]]]] = []
-    current: list[tuple[int, Sequence[int], Sequence[RangeCommit]]] = []
+    chunks: list[list[Replacement]] = []
+    current: list[Replacement] = []
     params = 0
     for rep in replacements:
         n = len(rep[1]) + 1
@@ -794,9 +795,7 @@ def _param_chunks(
     return chunks
 
 
-def _ranges_at(
-    r: Any, replacements: Sequence[tuple[int, Sequence[int], Sequence[RangeCommit]]]
-) -> Any:
+def _ranges_at(r: Any, replacements: Sequence[Replacement]) -> Any:
     """Rows of the given streams at the given start offsets."""
     return or_(
         *(

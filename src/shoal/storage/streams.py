@@ -458,7 +458,7 @@ class StreamEngine:
         return ReadResult(chunks, hw, st.start_offset)
 
     async def _read_objects(
-        self, st: StreamState, offset: int, max_bytes: int, hw: int, at_least_one: bool = True
+        self, st: StreamState, offset: int, max_bytes: int, hw: int, at_least_one: bool
     ) -> list[bytes | memoryview]:
         out = await self._collect_objects(st, offset, max_bytes, hw, at_least_one)
         # Paced by the bytes served, not by the blocks touched: a fetch that
@@ -494,13 +494,9 @@ class StreamEngine:
                 total += size
             offset = r.end_offset
             if offset < hw and total < max_bytes:
-                tail = self.log_cache.read(st.id, offset, max_bytes - total)
+                tail = self.log_cache.read(st.id, offset, max_bytes - total, at_least_one=False)
                 if tail is not None:
-                    for chunk in tail:
-                        if total + len(chunk) > max_bytes:
-                            break
-                        out.append(chunk)
-                        total += len(chunk)
+                    out.extend(tail)
                     break
         return out
 

@@ -145,13 +145,10 @@ async def _read_all(broker: Broker, client: Client, parts: list[_Part], max_byte
             )
             p.error = ErrorCode.kafka_storage_error
             continue
-        if total > 0 and result.size > budget:
-            p.records = b""
-        else:
-            p.records = b"".join(result.chunks)
-            total += len(p.records)
-            if broker.cluster is not None and p.records:
-                broker.cluster.record(p.topic_id, p.index, 0, len(p.records))
+        p.records = b"".join(result.chunks)
+        total += len(p.records)
+        if broker.cluster is not None and p.records:
+            broker.cluster.record(p.topic_id, p.index, 0, len(p.records))
         p.high_watermark, p.log_start = result.high_watermark, result.log_start_offset
     return total
 
