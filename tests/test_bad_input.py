@@ -9,13 +9,12 @@ import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kio.schema.errors import ErrorCode
 
 from harness import BrokerProcess
-from wire import RawClient, make_batch
+from wire import RawClient, create_topic, fetch_request, make_batch, produce
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("SHOAL_TEST_TARGET", "shoal") != "shoal", reason="Shoal's own error paths"
@@ -30,47 +29,6 @@ def api_versions_ok(bootstrap: str) -> bool:
             18, 3, ApiVersionsRequest(client_software_name="t", client_software_version="1")
         )
     return resp.error_code == ErrorCode.none and len(resp.api_keys) > 5
-
-
-def create_topic(
-    bootstrap: str, name: str, partitions: int = 1, configs: dict[str, str] | None = None
-) -> ErrorCode:
-    from kio.schema.create_topics.v7 import request as ct
-
-    body = ct.CreateTopicsRequest(
-        topics=(
-            ct.CreatableTopic(
-                name=name,
-                num_partitions=partitions,
-                replication_factor=-1,
-                assignments=(),
-                configs=tuple(
-                    ct.CreatableTopicConfig(name=k, value=v) for k, v in (configs or {}).items()
-                ),
-            ),
-        ),
-        timeout=datetime.timedelta(seconds=10),
-        validate_only=False,
-    )
-    with RawClient(bootstrap) as c:
-        return ErrorCode(c.call(19, 7, body).topics[0].error_code)
-
-
-def produce(bootstrap: str, topic: str, records: bytes, version: int = 9) -> Any:
-    from kio.schema.produce.v9 import request as pr
-
-    body = pr.ProduceRequest(
-        transactional_id=None,
-        acks=-1,
-        timeout=datetime.timedelta(seconds=10),
-        topic_data=(
-            pr.TopicProduceData(
-                name=topic, partition_data=(pr.PartitionProduceData(index=0, records=records),)
-            ),
-        ),
-    )
-    with RawClient(bootstrap) as c:
-        return c.call(0, 9, body).responses[0].partition_responses[0]
 
 
 @pytest.mark.parametrize(
@@ -176,35 +134,10 @@ def test_invalid_and_duplicate_topic_names(broker: BrokerProcess, topic_name: st
 
 
 def test_fetch_out_of_range(broker: BrokerProcess, topic_name: str) -> None:
-    from kio.schema.fetch.v12 import request as fr
 
     assert create_topic(broker.bootstrap, topic_name) == ErrorCode.none
     assert produce(broker.bootstrap, topic_name, make_batch([b"a"])).error_code == 0
-    body = fr.FetchRequest(
-        max_wait=datetime.timedelta(milliseconds=10),
-        min_bytes=1,
-        max_bytes=1 << 20,
-        isolation_level=0,
-        session_id=0,
-        session_epoch=-1,
-        topics=(
-            fr.FetchTopic(
-                topic=topic_name,
-                partitions=(
-                    fr.FetchPartition(
-                        partition=0,
-                        fetch_offset=5,
-                        partition_max_bytes=1 << 20,
-                        current_leader_epoch=-1,
-                        last_fetched_epoch=-1,
-                        log_start_offset=-1,
-                    ),
-                ),
-            ),
-        ),
-        forgotten_topics_data=(),
-        rack_id="",
-    )
+    body = fetch_request(topic_name, {0: 5})
     with RawClient(broker.bootstrap) as c:
         part = c.call(1, 12, body).responses[0].partitions[0]
     assert part.error_code == ErrorCode.offset_out_of_range

@@ -122,11 +122,7 @@ def test_kafka_admin_reassignment(cluster: Cluster) -> None:
 def test_zone_aware_fetch_names_a_broker_in_the_consumers_rack(tmp_path: Path) -> None:
     """A Fetch with rack_id to the owner is answered with preferred_read_replica
     = a live broker in that rack (KIP-392): every broker can read every stream."""
-    import datetime
-
-    from kio.schema.fetch.v12 import request as fr
-
-    from wire import RawClient
+    from wire import RawClient, fetch_request
 
     c = Cluster(tmp_path, racks=["az-a", "az-b", "az-c"]).start()
     try:
@@ -135,31 +131,7 @@ def test_zone_aware_fetch_names_a_broker_in_the_consumers_rack(tmp_path: Path) -
         owner = owners[0]
         other = next(n for n in (1, 2, 3) if n != owner)
         other_rack = ["az-a", "az-b", "az-c"][other - 1]
-        body = fr.FetchRequest(
-            max_wait=datetime.timedelta(milliseconds=10),
-            min_bytes=1,
-            max_bytes=1 << 20,
-            isolation_level=0,
-            session_id=0,
-            session_epoch=-1,
-            topics=(
-                fr.FetchTopic(
-                    topic="zoned",
-                    partitions=(
-                        fr.FetchPartition(
-                            partition=0,
-                            fetch_offset=0,
-                            partition_max_bytes=1 << 20,
-                            current_leader_epoch=-1,
-                            last_fetched_epoch=-1,
-                            log_start_offset=-1,
-                        ),
-                    ),
-                ),
-            ),
-            forgotten_topics_data=(),
-            rack_id=other_rack,
-        )
+        body = fetch_request("zoned", {0: 0}, rack_id=other_rack)
         with RawClient(c.brokers[owner].bootstrap) as raw:
             part = raw.call(1, 12, body).responses[0].partitions[0]
         assert part.error_code == 0

@@ -5,83 +5,16 @@ gets nothing still reports its high watermark."""
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
 from kio.schema.errors import ErrorCode
 
 from harness import BrokerProcess
-from wire import RawClient, make_batch
-
-
-def create(bootstrap: str, name: str, partitions: int) -> None:
-    from kio.schema.create_topics.v7 import request as ct
-
-    body = ct.CreateTopicsRequest(
-        topics=(
-            ct.CreatableTopic(
-                name=name,
-                num_partitions=partitions,
-                replication_factor=1,
-                assignments=(),
-                configs=(),
-            ),
-        ),
-        timeout=datetime.timedelta(seconds=10),
-        validate_only=False,
-    )
-    with RawClient(bootstrap) as c:
-        assert c.call(19, 7, body).topics[0].error_code == ErrorCode.none
-
-
-def produce(bootstrap: str, topic: str, partition: int, records: bytes) -> None:
-    from kio.schema.produce.v9 import request as pr
-
-    body = pr.ProduceRequest(
-        transactional_id=None,
-        acks=-1,
-        timeout=datetime.timedelta(seconds=10),
-        topic_data=(
-            pr.TopicProduceData(
-                name=topic,
-                partition_data=(pr.PartitionProduceData(index=partition, records=records),),
-            ),
-        ),
-    )
-    with RawClient(bootstrap) as c:
-        resp = c.call(0, 9, body).responses[0].partition_responses[0]
-    assert resp.error_code == ErrorCode.none
+from wire import RawClient, create_topic, fetch_request, make_batch, produce
 
 
 def fetch(bootstrap: str, topic: str, max_bytes: int, partition_max: int) -> list[Any]:
-    from kio.schema.fetch.v12 import request as fr
-
-    body = fr.FetchRequest(
-        max_wait=datetime.timedelta(milliseconds=10),
-        min_bytes=1,
-        max_bytes=max_bytes,
-        isolation_level=0,
-        session_id=0,
-        session_epoch=-1,
-        topics=(
-            fr.FetchTopic(
-                topic=topic,
-                partitions=tuple(
-                    fr.FetchPartition(
-                        partition=p,
-                        fetch_offset=0,
-                        partition_max_bytes=partition_max,
-                        current_leader_epoch=-1,
-                        last_fetched_epoch=-1,
-                        log_start_offset=-1,
-                    )
-                    for p in (0, 1)
-                ),
-            ),
-        ),
-        forgotten_topics_data=(),
-        rack_id="",
-    )
+    body = fetch_request(topic, {0: 0, 1: 0}, max_bytes, partition_max)
     with RawClient(bootstrap) as c:
         parts = c.call(1, 12, body).responses[0].partitions
     return sorted(parts, key=lambda p: p.partition_index)
@@ -92,10 +25,10 @@ def sizes(parts: list[Any]) -> list[int]:
 
 
 def test_fetch_limits(broker: BrokerProcess, topic_name: str) -> None:
-    create(broker.bootstrap, topic_name, 2)
+    assert create_topic(broker.bootstrap, topic_name, 2) == ErrorCode.none
     batches = [make_batch([bytes([65 + p]) * 2000]) for p in (0, 1)]
     for p, b in enumerate(batches):
-        produce(broker.bootstrap, topic_name, p, b)
+        assert produce(broker.bootstrap, topic_name, b, partition=p).error_code == 0
     one = len(batches[0])
 
     everything = fetch(broker.bootstrap, topic_name, 1 << 20, 1 << 20)

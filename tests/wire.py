@@ -129,3 +129,93 @@ class RawClient:
             return True
         except TimeoutError:
             return False
+
+
+def fetch_request(
+    topic: str,
+    partitions: dict[int, int],
+    max_bytes: int = 1 << 20,
+    partition_max_bytes: int = 1 << 20,
+    rack_id: str = "",
+) -> Any:
+    """A Fetch v12 body reading `partitions` ({partition: offset}) of one topic,
+    answered at once (10 ms max wait) with whatever there is."""
+    import datetime
+
+    from kio.schema.fetch.v12 import request as fr
+
+    return fr.FetchRequest(
+        max_wait=datetime.timedelta(milliseconds=10),
+        min_bytes=1,
+        max_bytes=max_bytes,
+        isolation_level=0,
+        session_id=0,
+        session_epoch=-1,
+        topics=(
+            fr.FetchTopic(
+                topic=topic,
+                partitions=tuple(
+                    fr.FetchPartition(
+                        partition=p,
+                        fetch_offset=offset,
+                        partition_max_bytes=partition_max_bytes,
+                        current_leader_epoch=-1,
+                        last_fetched_epoch=-1,
+                        log_start_offset=-1,
+                    )
+                    for p, offset in partitions.items()
+                ),
+            ),
+        ),
+        forgotten_topics_data=(),
+        rack_id=rack_id,
+    )
+
+
+def create_topic(
+    bootstrap: str, name: str, partitions: int = 1, configs: dict[str, str] | None = None
+) -> Any:
+    """CreateTopics v7 for one topic; returns its ErrorCode."""
+    import datetime
+
+    from kio.schema.create_topics.v7 import request as ct
+    from kio.schema.errors import ErrorCode
+
+    body = ct.CreateTopicsRequest(
+        topics=(
+            ct.CreatableTopic(
+                name=name,
+                num_partitions=partitions,
+                replication_factor=-1,
+                assignments=(),
+                configs=tuple(
+                    ct.CreatableTopicConfig(name=k, value=v) for k, v in (configs or {}).items()
+                ),
+            ),
+        ),
+        timeout=datetime.timedelta(seconds=10),
+        validate_only=False,
+    )
+    with RawClient(bootstrap) as c:
+        return ErrorCode(c.call(19, 7, body).topics[0].error_code)
+
+
+def produce(bootstrap: str, topic: str, records: bytes, partition: int = 0) -> Any:
+    """Produce v9 (acks=all) of `records` to one partition; returns its response."""
+    import datetime
+
+    from kio.schema.produce.v9 import request as pr
+
+    body = pr.ProduceRequest(
+        transactional_id=None,
+        acks=-1,
+        timeout=datetime.timedelta(seconds=10),
+        topic_data=(
+            pr.TopicProduceData(
+                name=topic,
+                partition_data=(pr.PartitionProduceData(index=partition, records=records),),
+            ),
+        ),
+    )
+    with RawClient(bootstrap) as c:
+        return c.call(0, 9, body).responses[0].partition_responses[0]
