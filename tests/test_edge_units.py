@@ -74,7 +74,7 @@ def base() -> dict[str, object]:
 def test_config_errors_name_the_key(patch: dict[str, object], key: str) -> None:
     doc = {**base(), **patch}
     with pytest.raises(ConfigError) as err:
-        parse_edge_config(doc).broker_config()
+        parse_edge_config(doc)  # every error, [local.broker] too, before start-up
     assert key in str(err.value)
 
 

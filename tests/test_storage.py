@@ -204,6 +204,28 @@ async def test_a_read_that_must_fit_returns_nothing_too_large(meta: MetaStore) -
     await cold.close()
 
 
+async def test_compaction_swaps_several_runs_of_one_stream(meta: MetaStore) -> None:
+    """Two runs of one stream in one compacted object (a gap between them) are
+    swapped together, not refused because their counts were summed."""
+    from shoal.meta.store import RangeCommit
+
+    [sid] = await new_stream(meta)
+    eng = engine(FaultyStore(), meta)
+    for i in range(4):  # four WAL objects, one range each
+        await (await eng.append(sid, batch(b"r%d" % i), 0))
+    await eng.close()
+    keys = sorted(await meta.object_keys())
+    assert sorted(r.start_offset for r in await meta.ranges_in_objects(keys)) == [0, 1, 2, 3]
+    runs = [
+        (sid, [0, 1], [RangeCommit(sid, 0, 0, 2, 0, 10, 0)]),
+        (sid, [2, 3], [RangeCommit(sid, 0, 2, 4, 10, 10, 0)]),
+    ]
+    done = await meta.replace_ranges("compacted/x.obj", 20, 0, "set", runs, 60_000)
+    assert done == [sid]
+    swapped = await meta.ranges_in_objects(["compacted/x.obj"])
+    assert [(r.start_offset, r.end_offset) for r in swapped] == [(0, 2), (2, 4)]
+
+
 async def test_a_second_writer_fences_the_first(meta: MetaStore) -> None:
     [sid] = await new_stream(meta)
     store = FaultyStore()

@@ -13,7 +13,8 @@ import click
 from shoal.config import ConfigError, load_config
 
 
-def _run(coro: Any) -> None:
+def run_async(coro: Any) -> None:
+    """Run the server's coroutine on uvloop where it is available."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is absent on Windows
@@ -112,7 +113,7 @@ def serve(
     from shoal.storage.errors import StorageError
 
     try:
-        _run(run_server(config))
+        run_async(run_server(config))
     except (StorageError, MetaError) as exc:
         click.echo(f"shoal: cannot start: {exc}", err=True)
         sys.exit(1)

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from shoal.cli import run_async
 from shoal.config import ConfigError
 from shoal.edge.config import EdgeConfig, load_edge_config
 
@@ -29,15 +30,6 @@ def _load(config_file: str | None) -> EdgeConfig:
         return load_edge_config(config_file)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-
-
-def _run(coro: Any) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
 
 
 @click.group("edge", invoke_without_command=True)
@@ -74,7 +66,7 @@ def edge(ctx: click.Context, config_file: str | None, log_level: str) -> None:
     from shoal.storage.errors import StorageError
 
     try:
-        _run(run_gateway(cfg))
+        run_async(run_gateway(cfg))
     except (GatewayRunning, SiteMismatch, StorageError, MetaError, ConfigError) as exc:
         click.echo(f"shoal edge: cannot start: {exc}", err=True)
         sys.exit(1)

@@ -468,7 +468,7 @@ def parse_edge_config(
             if complaint := _topic(r.topic):
                 raise ConfigError(f"mqtt.routes[{i}].topic: {r.topic!r} {complaint}")
     t.done()
-    return EdgeConfig(
+    cfg = EdgeConfig(
         site=site,
         data_dir=data_dir,
         local=local,
@@ -481,6 +481,8 @@ def parse_edge_config(
         uplinks=tuple(uplinks),
         source=source,
     )
+    cfg.broker_config()  # [local.broker] errors now, not after start-up's repairs
+    return cfg
 
 
 def _optional(v: str) -> str | None:

@@ -146,7 +146,7 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self._tasks.append(asyncio.create_task(self._progress_loop(), name="progress"))
         await self.refresh_status()
-        self._write_status_file()
+        await asyncio.to_thread(self._write_status_file)
 
     def _configured_topics(self) -> Iterable[str]:
         cfg = self.config
@@ -229,7 +229,7 @@ class Gateway:
             await self.broker.close()
         with contextlib.suppress(Exception):
             await self.refresh_status(final=True)
-            self._write_status_file()
+            await asyncio.to_thread(self._write_status_file)
         await self.state.close()
         self._stack.close()
         log.info("edge gateway stopped")

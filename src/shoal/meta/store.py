@@ -633,6 +633,13 @@ class MetaStore:
             # transaction holds the write lock, and under load every statement
             # is a round trip through a busy event loop that WAL commits (and
             # so every produce ack) would wait behind.
+            # One entry per stream: compaction may hand over several runs of one.
+            merged: dict[int, tuple[list[int], list[RangeCommit]]] = {}
+            for stream_id, old_starts, new_ranges in replacements:
+                starts, news = merged.setdefault(stream_id, ([], []))
+                starts.extend(old_starts)
+                news.extend(new_ranges)
+            replacements = [(sid, starts, news) for sid, (starts, news) in merged.items()]
             present: dict[int, int] = {}
             for chunk in _param_chunks(replacements):
                 rows = await conn.execute(

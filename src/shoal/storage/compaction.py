@@ -197,16 +197,18 @@ class Compactor:
                 for e in entries[lo:hi]
             ]
             replacements.append((sid, old_starts, new))
-            new_by_stream[sid] = [
+            new_by_stream.setdefault(sid, []).extend(
                 RangeRecord(
                     sid, x.start_offset, x.end_offset, key, x.position, x.size, x.max_timestamp
                 )
                 for x in new
-            ]
+            )
         done = await self.meta.replace_ranges(
             key, len(payload), self.node_id, kind, replacements, self.config.delete_grace_ms
         )
-        old = {sid: starts for sid, starts, _lo, _hi in plan}
+        old: dict[int, list[int]] = {}
+        for sid, starts, _lo, _hi in plan:  # a stream may come in several runs
+            old.setdefault(sid, []).extend(starts)
         for sid in done:
             self.on_change(sid, old[sid], new_by_stream[sid])
         result.objects_out += 1
