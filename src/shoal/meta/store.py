@@ -475,9 +475,10 @@ class MetaStore:
                 )
             if rows:
                 await conn.execute(insert(s.stream_ranges), rows)
-            for obj in objects:
-                for p in obj.producers:
-                    await self._upsert_producer(conn, p)
+            # A producer seen in several objects of the group: its newest state wins.
+            latest = {(p.stream_id, p.producer_id): p for obj in objects for p in obj.producers}
+            for p in latest.values():
+                await self._upsert_producer(conn, p)
 
     async def _raise_fenced(self, conn: AsyncConnection, moves: dict[int, list[int]]) -> None:
         """Find which stream a group commit could not move, then abort."""

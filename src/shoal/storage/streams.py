@@ -84,10 +84,6 @@ class ReadResult:
     high_watermark: int
     log_start_offset: int
 
-    @property
-    def size(self) -> int:
-        return sum(len(c) for c in self.chunks)
-
 
 class StreamEngine:
     def __init__(self, store: ObjectStore, meta: MetaStore, config: EngineConfig) -> None:
@@ -460,7 +456,12 @@ class StreamEngine:
     async def _read_objects(
         self, st: StreamState, offset: int, max_bytes: int, hw: int, at_least_one: bool
     ) -> list[bytes | memoryview]:
-        out = await self._collect_objects(st, offset, max_bytes, hw, at_least_one)
+        try:
+            out = await self._collect_objects(st, offset, max_bytes, hw, at_least_one)
+        except ObjectNotFound:
+            # An object went away under us (compaction, retention): _block
+            # re-resolved the stream's ranges; one more try sees the new layout.
+            out = await self._collect_objects(st, offset, max_bytes, hw, at_least_one)
         # Paced by the bytes served, not by the blocks touched: a fetch that
         # stops inside a block re-reads it (cached) next time, and charging the
         # whole block twice held catch-up reads well below the configured rate.

@@ -121,18 +121,18 @@ class ProduceSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.record_size >= 0, "record_size must be >= 0")
-        _check(self.key_dist in KEY_DISTS, f"key_dist must be one of {KEY_DISTS}")
-        _check(self.keys >= 1, "keys must be >= 1")
-        _check(self.zipf_s > 0, "zipf_s must be > 0")
-        _check(self.partitions >= 1, "partitions must be >= 1")
-        _check(self.replication_factor >= 1, "replication_factor must be >= 1")
-        _check(self.rate is None or self.rate > 0, "rate must be > 0 (None = unlimited)")
-        _check(self.duration_s > 0, "duration_s must be > 0")
-        _check(self.max_records is None or self.max_records >= 0, "max_records must be >= 0")
-        _check(self.acks in ACKS, f"acks must be one of {ACKS}")
-        _check(self.compression in COMPRESSIONS, f"compression must be one of {COMPRESSIONS}")
-        _check(self.linger_ms >= 0, "linger_ms must be >= 0")
+        check_arg(self.record_size >= 0, "record_size must be >= 0")
+        check_arg(self.key_dist in KEY_DISTS, f"key_dist must be one of {KEY_DISTS}")
+        check_arg(self.keys >= 1, "keys must be >= 1")
+        check_arg(self.zipf_s > 0, "zipf_s must be > 0")
+        check_arg(self.partitions >= 1, "partitions must be >= 1")
+        check_arg(self.replication_factor >= 1, "replication_factor must be >= 1")
+        check_arg(self.rate is None or self.rate > 0, "rate must be > 0 (None = unlimited)")
+        check_arg(self.duration_s > 0, "duration_s must be > 0")
+        check_arg(self.max_records is None or self.max_records >= 0, "max_records must be >= 0")
+        check_arg(self.acks in ACKS, f"acks must be one of {ACKS}")
+        check_arg(self.compression in COMPRESSIONS, f"compression must be one of {COMPRESSIONS}")
+        check_arg(self.linger_ms >= 0, "linger_ms must be >= 0")
 
     def client_config(self) -> dict[str, Any]:
         """librdkafka settings; `extra` wins so any default can be overridden."""
@@ -173,12 +173,12 @@ class ConsumeSpec:
     end_grace_s: float = 0.5
 
     def __post_init__(self) -> None:
-        _check(self.duration_s > 0, "duration_s must be > 0")
-        _check(self.end_grace_s >= 0, "end_grace_s must be >= 0")
-        _check(self.max_records is None or self.max_records >= 0, "max_records must be >= 0")
+        check_arg(self.duration_s > 0, "duration_s must be > 0")
+        check_arg(self.end_grace_s >= 0, "end_grace_s must be >= 0")
+        check_arg(self.max_records is None or self.max_records >= 0, "max_records must be >= 0")
 
 
-def _check(ok: bool, message: str) -> None:
+def check_arg(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
 
@@ -583,7 +583,7 @@ def ensure_topic(
         time.sleep(0.1)
 
 
-def _topic_partitions(client: Consumer, topic: str, timeout_s: float) -> list[int]:
+def topic_partitions(client: Consumer, topic: str, timeout_s: float) -> list[int]:
     deadline = time.monotonic() + timeout_s
     last = "no metadata"
     while True:
@@ -874,7 +874,7 @@ def run_consume(spec: ConsumeSpec, *, quiet: bool = False) -> BenchResult:
     started = _now_iso()
     consumer = Consumer(_consumer_config(spec.bootstrap, spec.extra))
     try:
-        parts = _topic_partitions(consumer, spec.topic, 15.0)
+        parts = topic_partitions(consumer, spec.topic, 15.0)
         marks = _watermarks(consumer, spec.topic, parts)
         ends = {p: hi for p, (lo, hi) in marks.items() if hi > lo}
         consumer.assign([TopicPartition(spec.topic, p, OFFSET_BEGINNING) for p in parts])
@@ -1084,7 +1084,7 @@ def run_e2e(
     run: _ProducerRun | None = None
     tail: _TailConsumer | None = None
     try:
-        parts = _topic_partitions(consumer, spec.topic, 15.0)
+        parts = topic_partitions(consumer, spec.topic, 15.0)
         starts = {p: hi for p, (_, hi) in _watermarks(consumer, spec.topic, parts).items()}
         hard_stop = spec.duration_s + drain_timeout_s + spec.message_timeout_s() + 60.0
         tail = _TailConsumer(consumer, spec.topic, starts, nonce, hard_stop)

@@ -21,7 +21,7 @@ import math
 import tomllib
 import types
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -962,15 +962,3 @@ def evaluate(profile: Profile, prices: Prices | None = None) -> CostReport:
         results.append(_kafka(ctx, scenario, tiered=True))
         results.append(_shoal(ctx, scenario))
     return CostReport(profile=profile, prices=prices, volumes=ctx.v, results=tuple(results))
-
-
-def with_overrides(profile: Profile, **sections: Mapping[str, Any]) -> Profile:
-    """A copy of ``profile`` with some keys of some sections replaced (validated)."""
-    changes: dict[str, Any] = {}
-    for name, values in sections.items():
-        merged = {**asdict(getattr(profile, name)), **values}
-        merged = {k: v for k, v in merged.items() if v is not None}
-        changes[name] = _build_section(name, SECTIONS[name], merged)
-    out = replace(profile, **changes)
-    _check_profile(out)
-    return out

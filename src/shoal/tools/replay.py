@@ -33,7 +33,15 @@ from typing import Any, Literal
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from shoal.tools.bench import BenchError, LatencyStats, ensure_topic, machine_info, percentile
+from shoal.tools.bench import (
+    BenchError,
+    LatencyStats,
+    check_arg,
+    ensure_topic,
+    machine_info,
+    percentile,
+    topic_partitions,
+)
 
 __all__ = [
     "MIN_RECORD_SIZE",
@@ -92,21 +100,21 @@ class ReplaySpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.sites >= 1, "sites must be >= 1")
-        _check(self.rate > 0, "rate must be > 0")
-        _check(self.offline_s >= 0, "offline_s must be >= 0")
-        _check(self.before_s > 0, "before_s must be > 0 (the baseline needs records)")
-        _check(self.after_s > 0, "after_s must be > 0")
-        _check(self.record_size >= MIN_RECORD_SIZE, f"record_size must be >= {MIN_RECORD_SIZE}")
-        _check(self.partitions >= 1, "partitions must be >= 1")
-        _check(self.reconnect in RECONNECT_MODES, f"reconnect must be one of {RECONNECT_MODES}")
-        _check(self.jitter_s >= 0, "jitter_s must be >= 0")
-        _check(self.replay_rate is None or self.replay_rate > 0, "replay_rate must be > 0")
-        _check(
+        check_arg(self.sites >= 1, "sites must be >= 1")
+        check_arg(self.rate > 0, "rate must be > 0")
+        check_arg(self.offline_s >= 0, "offline_s must be >= 0")
+        check_arg(self.before_s > 0, "before_s must be > 0 (the baseline needs records)")
+        check_arg(self.after_s > 0, "after_s must be > 0")
+        check_arg(self.record_size >= MIN_RECORD_SIZE, f"record_size must be >= {MIN_RECORD_SIZE}")
+        check_arg(self.partitions >= 1, "partitions must be >= 1")
+        check_arg(self.reconnect in RECONNECT_MODES, f"reconnect must be one of {RECONNECT_MODES}")
+        check_arg(self.jitter_s >= 0, "jitter_s must be >= 0")
+        check_arg(self.replay_rate is None or self.replay_rate > 0, "replay_rate must be > 0")
+        check_arg(
             self.catchup_threshold_ms is None or self.catchup_threshold_ms > 0,
             "catchup_threshold_ms must be > 0",
         )
-        _check(self.drain_timeout_s > 0, "drain_timeout_s must be > 0")
+        check_arg(self.drain_timeout_s > 0, "drain_timeout_s must be > 0")
 
     def producer_config(self) -> dict[str, Any]:
         """acks=all and a small linger, like an edge uplink; `extra` overrides."""
@@ -141,11 +149,6 @@ class ReplaySpec:
             return float(raw) / 1000 if raw is not None else _DEFAULT_MESSAGE_TIMEOUT_MS / 1000
         except ValueError:
             return _DEFAULT_MESSAGE_TIMEOUT_MS / 1000
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 # --------------------------------------------------------------------------- results
@@ -548,7 +551,7 @@ def run_replay(spec: ReplaySpec, *, quiet: bool = True) -> ReplayResult:
     tail: _Tail | None = None
     sender: _Sender | None = None
     try:
-        parts = _partitions(consumer, spec.topic)
+        parts = topic_partitions(consumer, spec.topic, 15.0)
         starts: dict[int, int] = {}
         for p in parts:
             try:
@@ -599,20 +602,6 @@ def run_replay(spec: ReplaySpec, *, quiet: bool = True) -> ReplayResult:
     return _result(
         spec, started, partitions, sender, tail, sites, start, end, backlog_total, backlog_left
     )
-
-
-def _partitions(consumer: Consumer, topic: str) -> list[int]:
-    deadline = time.monotonic() + 15.0
-    while True:
-        try:
-            t = consumer.list_topics(topic, timeout=5.0).topics.get(topic)
-            if t is not None and t.error is None and t.partitions:
-                return sorted(t.partitions)
-        except KafkaException:
-            pass
-        if time.monotonic() >= deadline:
-            raise BenchError(f"topic {topic!r} not readable")
-        time.sleep(0.1)
 
 
 def _result(

@@ -13,7 +13,7 @@ from shoal.broker.handlers import Client, Deferred
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
-from shoal.storage.errors import ObjectNotFound, OffsetOutOfRange, StorageError
+from shoal.storage.errors import OffsetOutOfRange, StorageError
 
 log = logging.getLogger("shoal.fetch")
 ZERO = datetime.timedelta(0)
@@ -155,12 +155,7 @@ async def _read_all(broker: Broker, client: Client, parts: list[_Part], max_byte
 
 async def _read(broker: Broker, p: _Part, budget: int, at_least_one: bool) -> Any:
     read = broker.engine.read if p.owned else broker.engine.read_only
-    try:
-        return await read(p.stream_id, p.offset, budget, at_least_one)
-    except ObjectNotFound:
-        # An object went away under us (retention, compaction): the engine
-        # re-resolved its ranges; one more try sees the new layout.
-        return await read(p.stream_id, p.offset, budget, at_least_one)
+    return await read(p.stream_id, p.offset, budget, at_least_one)
 
 
 def _response(header: RequestHeader, parts: list[_Part]) -> Any:
