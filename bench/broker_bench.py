@@ -44,6 +44,7 @@ from typing import Any
 import click
 
 from shoal.tools import bench as b
+from shoal.tools.options import parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = "_child"
@@ -504,18 +505,6 @@ def _parse_bootstrap(
     return out
 
 
-def _parse_settings(
-    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
-) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for raw in values:
-        key, sep, val = raw.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected key=value, got {raw!r}", ctx=ctx, param=param)
-        out[key] = val
-    return out
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--bootstrap",
@@ -576,7 +565,7 @@ def _parse_settings(
     "-X",
     "extra",
     multiple=True,
-    callback=_parse_settings,
+    callback=parse_settings,
     metavar="KEY=VALUE",
     help="librdkafka setting for every client (repeatable).",
 )

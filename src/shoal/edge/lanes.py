@@ -20,8 +20,6 @@ from shoal.broker.broker import Broker
 from shoal.edge.config import EdgeConfig, LaneConfig
 from shoal.meta import schema as s
 
-DROP_REASONS = ("ttl", "disk-budget", "rejected", "torn")
-
 
 @dataclass(slots=True)
 class Lane:

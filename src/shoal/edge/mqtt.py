@@ -81,7 +81,6 @@ class MqttIngest:
         self.failed = 0
         self.connects = 0
         self.last_error: str | None = None
-        self.last_message_ms = 0
         self._acks: collections.deque[tuple[int, int, asyncio.Future[None] | None]] = (
             collections.deque()
         )
@@ -410,6 +409,5 @@ class MqttIngest:
             if qos > 0 and client is not None:
                 client.ack(mid, qos)
                 self.acked += 1
-            self.last_message_ms = self._now_ms
         if self._paused is not None and len(acks) < self.cfg.receive_maximum // 2:
             self._resume()

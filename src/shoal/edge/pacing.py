@@ -95,14 +95,8 @@ class PriorityScheduler:
         self._heap: list[tuple[int, int, float, asyncio.Future[None]]] = []
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
-        self.granted: dict[int, float] = {}
-
-    @property
-    def waiting(self) -> int:
-        return len(self._heap)
 
     async def acquire(self, priority: int, n: float) -> None:
-        self.granted[priority] = self.granted.get(priority, 0.0) + n
         if self.bucket is None:
             return
         if not self._heap and self.bucket.try_take(n):

@@ -102,8 +102,6 @@ class Forwarder:
     fgen: int = 0
     end_offset: int = 0
     start_offset: int = 0
-    sent_records: int = 0
-    sent_bytes: int = 0
     error: str | None = None
     error_kind: str | None = None
     paused_until: float = 0.0
@@ -113,8 +111,6 @@ class Forwarder:
     inflight: int = 0
     counted: list[list[int]] = field(default_factory=list)  # [lo, hi) counted as dropped
     trims: int = 0
-    backlog_bytes: int = 0
-    oldest_unsent_ms: int | None = None
     task: asyncio.Task[None] | None = None
 
     @property
@@ -365,8 +361,6 @@ class Forwarder:
             return
         if err is None:
             self.done.add(offset)
-            self.sent_records += 1
-            self.sent_bytes += nbytes
             up.succeeded(nbytes)
             if self.error_kind in ("topic-missing", "rejected"):
                 self.error = self.error_kind = None
@@ -440,10 +434,8 @@ class Uplink:
         self.last_success_wall = 0.0
         self.reachable_at = 0.0
         self.busy_since = 0.0
-        self.connected_since = 0.0
         self.last_error: str | None = None
         self.last_error_kind: str | None = None
-        self.last_error_at = 0.0
         self.retry_at = 0.0
         self.failures = 0
         self.reconnects = 0
@@ -525,14 +517,10 @@ class Uplink:
             if self.state == "connecting":
                 log.info("uplink %s: connected (first produce acknowledged)", self.cfg.name)
             self.state = "connected"
-            self.connected_since = now
             self.backoff.reset()
             self._window.set()
         if self.last_error_kind in ("transport", "stall", "auth", "fatal"):
             self.last_error_kind = None
-
-    def gen_changed_since(self, gen: int) -> bool:
-        return self.gen != gen
 
     # producing -----------------------------------------------------------------
 
@@ -580,7 +568,6 @@ class Uplink:
         if message != self.last_error:
             log.warning("uplink %s: %s (%s)", self.cfg.name, message, kind)
         self.last_error, self.last_error_kind = message, kind
-        self.last_error_at = time.time()
 
     def fail(self, kind: str, message: str) -> None:
         """Tear this producer down and reconnect after a backoff. The first
