@@ -18,10 +18,13 @@ from shoal.protocol.headers import RequestHeader
 
 @dataclass(frozen=True, slots=True)
 class Client:
-    """Who sent a request, for logs."""
+    """Who sent a request: for logs, and the authenticated principal and the
+    listener it connected on, for authorization and per-listener answers."""
 
     peer: str
     client_id: str | None
+    principal: str = "User:ANONYMOUS"
+    listener: str = "PLAINTEXT"
 
     def __str__(self) -> str:
         return f"{self.client_id or '-'}@{self.peer}"
