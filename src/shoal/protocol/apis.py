@@ -18,6 +18,7 @@ from kio.serial import entity_reader, entity_writer
 
 from shoal.protocol.errors import RequestDecodeError
 from shoal.protocol.frames import encode_size
+from shoal.protocol.guard import check_body
 from shoal.protocol.headers import RequestHeader, body_offset, peek_header, response_header
 
 API_VERSIONS = 18
@@ -96,12 +97,15 @@ class Request:
 
 
 def decode_request(frame: bytes) -> Request:
-    """Decode a whole frame (without its size prefix) whose version is supported."""
+    """Decode a whole frame (without its size prefix) whose version is supported.
+    The guard bounds every count first: kio's native reader would abort the
+    process on a huge one, and reads null where the schema forbids it."""
     header = peek_header(frame)
     if not is_supported(header.api_key, header.api_version):
         raise RequestDecodeError(f"unsupported {api_name(header.api_key)} v{header.api_version}")
     cls = request_type(header.api_key, header.api_version)
     pos = body_offset(frame, header, bool(cls.__flexible__))
+    check_body(frame, pos, cls)  # before kio allocates what the frame claims
     try:
         body, _size = _reader(header.api_key, header.api_version)(frame, pos)
     except Exception as exc:  # kio raises a variety of decode errors

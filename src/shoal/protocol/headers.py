@@ -21,10 +21,10 @@ class RequestHeader:
 
 
 def read_uvarint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
-    """Unsigned LEB128, as used by tagged fields; returns (value, new position)."""
+    """Unsigned LEB128, as used by tagged fields; returns (value, new position).
+    At most 5 bytes, as Kafka reads it."""
     result = 0
-    shift = 0
-    while True:
+    for shift in range(0, 35, 7):
         if pos >= len(buf):
             raise RequestDecodeError("truncated varint")
         byte = buf[pos]
@@ -32,13 +32,13 @@ def read_uvarint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
         result |= (byte & 0x7F) << shift
         if not byte & 0x80:
             return result, pos
-        shift += 7
-        if shift > 35:
-            raise RequestDecodeError("varint too long")
+    raise RequestDecodeError("varint longer than 5 bytes")
 
 
 def skip_tagged_fields(buf: bytes | memoryview, pos: int) -> int:
     count, pos = read_uvarint(buf, pos)
+    if count * 2 > len(buf) - pos:  # a tag and a size of one byte each at least
+        raise RequestDecodeError(f"{count} tagged fields cannot fit in {len(buf) - pos} bytes")
     for _ in range(count):
         _tag, pos = read_uvarint(buf, pos)
         size, pos = read_uvarint(buf, pos)
@@ -55,6 +55,8 @@ def peek_header(frame: bytes | memoryview) -> RequestHeader:
     api_key, api_version, correlation_id, client_len = _FIXED.unpack_from(frame, 0)
     client_id: str | None = None
     end = _FIXED.size
+    if client_len < -1:
+        raise RequestDecodeError(f"client_id length {client_len}")
     if client_len >= 0:
         end = _FIXED.size + client_len
         if end > len(frame):
