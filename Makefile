@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint setup
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py src/shoal/protocol/_recordcheck.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

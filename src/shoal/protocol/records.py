@@ -1,8 +1,9 @@
 """Record batch v2 as opaque bytes: header fields, CRC32C and in-place patches.
 
-The broker never decodes records on the produce or fetch path. It reads and
+The broker never rewrites records on the produce or fetch path. It reads and
 writes the 61-byte batch header only; records (and their compression) pass
-through untouched.
+through untouched. On produce it does check them, as Kafka does, without
+copying them (recordcheck.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import crc32c
 
+from shoal.protocol import recordcheck
 from shoal.protocol.errors import ErrorCode, KafkaError
 
 HEADER_SIZE = 61
@@ -34,6 +36,23 @@ TRANSACTIONAL_BIT = 0x10
 CONTROL_BIT = 0x20
 
 NO_PRODUCER_ID = -1
+ZSTD = 4
+# A compressed batch may decompress to at most this much (or max.message.bytes
+# when that is larger): a few KiB of zip bomb must not allocate gigabytes.
+# Real clients stay far below: librdkafka's batch.size caps an uncompressed
+# batch at 1 MB, the Java producer's batch.size at 16 KiB (estimated).
+DECOMPRESSED_LIMIT = 64 << 20
+
+
+class BatchRejected(KafkaError):
+    """A refused batch, with the records that failed where they are known:
+    Produce v8+ carries them as record_errors (batch_index, message)."""
+
+    def __init__(
+        self, code: ErrorCode, message: str, record_errors: tuple[tuple[int, str], ...] = ()
+    ) -> None:
+        super().__init__(code, message)
+        self.record_errors = record_errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,25 +116,25 @@ class ValidatedBatch:
 
     data: memoryview
     header: BatchHeader
+    first_null_key: int = -1  # index of the first record without a key, or -1
 
     @property
     def record_count(self) -> int:
         return self.header.last_offset_delta + 1
 
 
-def validate_batches(records: bytes | memoryview, max_batch_bytes: int) -> list[ValidatedBatch]:
-    """Check every batch of a produce request's records field.
+def _frame(view: memoryview, max_batch_bytes: int) -> list[tuple[memoryview, BatchHeader]]:
+    """Split a records field into batches and check each header and CRC.
 
-    Raises KafkaError with the code Kafka uses: CORRUPT_MESSAGE for framing and
-    CRC damage, UNSUPPORTED_FOR_MESSAGE_FORMAT for magic 0/1 message sets,
-    MESSAGE_TOO_LARGE over max.message.bytes, INVALID_RECORD when the declared
-    record count and offset delta disagree (offsets would not be dense).
+    CORRUPT_MESSAGE for framing and CRC damage, UNSUPPORTED_FOR_MESSAGE_FORMAT
+    for magic 0/1 message sets, MESSAGE_TOO_LARGE over max.message.bytes,
+    INVALID_RECORD when the declared record count and offset delta disagree
+    (offsets would not be dense).
     """
-    view = memoryview(records)
     n = len(view)
     if n == 0:
         raise KafkaError(ErrorCode.corrupt_message, "empty record set")
-    out: list[ValidatedBatch] = []
+    out: list[tuple[memoryview, BatchHeader]] = []
     pos = 0
     while pos < n:
         if n - pos < LOG_OVERHEAD + 5:
@@ -144,9 +163,126 @@ def validate_batches(records: bytes | memoryview, max_batch_bytes: int) -> list[
                 f"batch declares {header.records_count} records "
                 f"but last offset delta {header.last_offset_delta}",
             )
-        out.append(ValidatedBatch(batch, header))
+        out.append((batch, header))
         pos += size
     return out
+
+
+def check_records(batch: memoryview, header: BatchHeader, max_batch_bytes: int) -> int:
+    """Walk the records of one framed batch (decompressing it once, bounded);
+    returns the index of its first record without a key, or -1.
+
+    INVALID_RECORD (with the failing record) when a record breaks Kafka's
+    rules, CORRUPT_MESSAGE when the records do not decompress,
+    MESSAGE_TOO_LARGE when they decompress beyond the limit,
+    UNSUPPORTED_COMPRESSION_TYPE for a codec id Kafka does not define.
+    """
+    body: bytes | bytearray | memoryview = batch[HEADER_SIZE:]
+    data = batch[HEADER_SIZE:]
+    codec = header.compression
+    if codec > ZSTD:
+        raise KafkaError(
+            ErrorCode.unsupported_compression_type, f"unknown compression codec {codec}"
+        )
+    try:
+        if codec:
+            body = recordcheck.decompress_limited(
+                codec, data, max(DECOMPRESSED_LIMIT, max_batch_bytes)
+            )
+        return recordcheck.check_records(body, header.records_count)
+    except recordcheck.DecompressedTooLarge as exc:
+        raise KafkaError(ErrorCode.message_too_large, str(exc)) from exc
+    except recordcheck.DecompressError as exc:
+        raise KafkaError(ErrorCode.corrupt_message, f"records do not decompress: {exc}") from exc
+    except ValueError as exc:
+        reason, index = exc.args
+        raise BatchRejected(ErrorCode.invalid_record, reason, ((index, reason),)) from exc
+    finally:
+        if codec:
+            recordcheck.release_scratch()
+
+
+def validate_batches(records: bytes | memoryview, max_batch_bytes: int) -> list[ValidatedBatch]:
+    """Check every batch of a records field: header, CRC and every record
+    (errors as in `_frame` and `check_records`)."""
+    view = memoryview(records)
+    return [
+        ValidatedBatch(batch, header, check_records(batch, header, max_batch_bytes))
+        for batch, header in _frame(view, max_batch_bytes)
+    ]
+
+
+def validate_produce(
+    records: bytes | memoryview,
+    max_batch_bytes: int,
+    *,
+    api_version: int,
+    compacted: bool = False,
+    log_append_time: bool = False,
+) -> ValidatedBatch:
+    """Check one partition's records of a Produce request as Kafka checks a
+    client's append (ProduceRequest.validateRecords, UnifiedLog and
+    LogValidator): exactly one batch, base offset 0, no control batch, a
+    sequence with every producer id, a transactional batch only with a
+    producer id, zstd only from Produce v7, well-formed records, keys on
+    compacted topics, and no client-set LogAppendTime on LogAppendTime
+    topics (or without a timestamp). Raises KafkaError / BatchRejected."""
+    batches = _frame(memoryview(records), max_batch_bytes)
+    if len(batches) != 1:
+        raise KafkaError(
+            ErrorCode.invalid_record,
+            f"Produce requests must carry exactly one record batch per partition, "
+            f"not {len(batches)}",
+        )
+    batch, h = batches[0]
+    if h.compression == ZSTD and api_version < 7:
+        raise KafkaError(
+            ErrorCode.unsupported_compression_type,
+            f"Produce v{api_version} requests may not use zstd compression (v7+)",
+        )
+    if h.base_offset != 0:
+        raise KafkaError(
+            ErrorCode.invalid_record, f"batch base offset must be 0, not {h.base_offset}"
+        )
+    if h.is_control:
+        raise KafkaError(ErrorCode.invalid_record, "clients may not write control batches")
+    if h.producer_id > NO_PRODUCER_ID and h.base_sequence < 0:
+        raise KafkaError(
+            ErrorCode.invalid_record,
+            f"invalid sequence {h.base_sequence} for producer id {h.producer_id}",
+        )
+    if h.is_transactional and h.producer_id < 0:
+        raise KafkaError(
+            ErrorCode.invalid_record,
+            f"transactional batch without a producer id ({h.producer_id})",
+        )
+    first_null_key = check_records(batch, h, max_batch_bytes)
+    if compacted and first_null_key >= 0:
+        message = "compacted topics cannot accept records without a key"
+        raise BatchRejected(
+            ErrorCode.invalid_record,
+            message,
+            tuple((i, message) for i in _null_keys(batch, h, max_batch_bytes)),
+        )
+    if h.attributes & TIMESTAMP_TYPE_BIT and (log_append_time or h.max_timestamp < 0):
+        message = "producers may not set the timestamp type to LogAppendTime"
+        raise BatchRejected(
+            ErrorCode.invalid_timestamp,
+            message,
+            tuple((i, message) for i in range(h.records_count)),
+        )
+    return ValidatedBatch(batch, h, first_null_key)
+
+
+def _null_keys(batch: memoryview, header: BatchHeader, max_batch_bytes: int) -> list[int]:
+    """Indexes of the keyless records of a batch already checked (rare: only
+    to answer a refused produce to a compacted topic)."""
+    body: bytes | bytearray | memoryview = batch[HEADER_SIZE:]
+    if header.compression:
+        body = recordcheck.decompress_limited(
+            header.compression, batch[HEADER_SIZE:], max(DECOMPRESSED_LIMIT, max_batch_bytes)
+        )
+    return recordcheck.null_keys(body, header.records_count)
 
 
 def patch_prefix(base_offset: int, batch_length: int, leader_epoch: int) -> bytes:
