@@ -34,8 +34,11 @@ class LazyGroup(click.Group):
         "edge": ("shoal.edge.cli", "edge"),
         "groups": ("shoal.tools.groups_cli", "groups"),
         "partitions": ("shoal.cluster.cli", "partitions"),
+        "produce": ("shoal.tools.console_io", "produce"),
+        "consume": ("shoal.tools.console_io", "consume"),
         "scorecard": ("shoal.tools.scorecard_cli", "scorecard"),
         "storage": ("shoal.tools.storage_cli", "storage"),
+        "topics": ("shoal.tools.topics_cli", "topics"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

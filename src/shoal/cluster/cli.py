@@ -1,4 +1,4 @@
-"""`shoal cluster status|drain` and `shoal partitions move`: cluster
+"""`shoal cluster status|drain|undrain` and `shoal partitions move`: cluster
 operations against the shared metadata store (the controller carries them out)."""
 
 from __future__ import annotations
@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import click
 
 from shoal.meta.cluster import ClusterStore
-from shoal.meta.store import MetaStore, now_ms
+from shoal.meta.store import MetaError, MetaStore, now_ms
+
+T = TypeVar("T")
 
 _metadata = click.option(
     "--metadata",
@@ -22,8 +25,31 @@ _metadata = click.option(
 )
 
 
+def _is_sqlite(url: str) -> bool:
+    return url.strip().lower().startswith("sqlite")
+
+
+NOT_CLUSTER = (
+    "not in cluster mode: the metadata store is SQLite (one broker); "
+    "cluster commands need the cluster's postgresql:// URL"
+)
+
+
 async def _store(url: str) -> ClusterStore:
+    if _is_sqlite(url):
+        raise click.ClickException(NOT_CLUSTER)
     return ClusterStore(await MetaStore.open(url))
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; an unreachable or broken metadata store is
+    one line naming the store (its password redacted), not a traceback."""
+    try:
+        return asyncio.run(coro)
+    except MetaError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"metadata store: {exc.strerror or exc}") from None
 
 
 async def status_data(url: str) -> dict[str, Any]:
@@ -40,6 +66,7 @@ async def status_data(url: str) -> dict[str, Any]:
     for o in owners:
         counts[o.owner] = counts.get(o.owner, 0) + 1
     return {
+        "cluster_mode": True,
         "controller": ctrl.node_id if ctrl and ctrl.lease_expiry_ms >= now else None,
         "brokers": [
             {
@@ -48,6 +75,7 @@ async def status_data(url: str) -> dict[str, Any]:
                 "rack": b.rack,
                 "incarnation": b.incarnation,
                 "alive": b.lease_expiry_ms >= now,
+                "state": _state(b.lease_expiry_ms >= now, b.draining),
                 "lease_ms_left": b.lease_expiry_ms - now,
                 "draining": b.draining,
                 "partitions": counts.get(b.node_id, 0),
@@ -72,6 +100,18 @@ async def status_data(url: str) -> dict[str, Any]:
     }
 
 
+def _state(alive: bool, draining: bool) -> str:
+    if not alive:
+        return "expired"
+    return "draining" if draining else "alive"
+
+
+def _lease(ms_left: int) -> str:
+    if ms_left >= 0:
+        return f"{ms_left / 1000:.1f}s"
+    return f"expired {-ms_left / 1000:.0f}s ago"
+
+
 @click.group()
 def cluster() -> None:
     """Brokers, leases, controller and load of a Shoal cluster."""
@@ -81,23 +121,38 @@ def cluster() -> None:
 @_metadata
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 def status(metadata: str, fmt: str) -> None:
-    """Brokers with their leases, partition counts and load; the controller."""
-    data = asyncio.run(status_data(metadata))
+    """Brokers with their leases, partition counts and load; the controller.
+
+    A broker whose lease ran out (it crashed or lost the store) is listed as
+    expired; one that shut down cleanly has left and is not listed."""
+    if _is_sqlite(metadata):
+        if fmt == "json":
+            click.echo(json.dumps({"cluster_mode": False}, indent=2))
+        else:
+            click.echo(NOT_CLUSTER)
+        return
+    data = _run(status_data(metadata))
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(f"controller: {data['controller']}")
-    click.echo(
-        f"{'node':>4}  {'address':<21} {'rack':<10} {'lease':>7} {'parts':>5} "
-        f"{'in B/s':>10} {'out B/s':>10}  state"
-    )
-    for b in data["brokers"]:
-        state = "draining" if b["draining"] else ("alive" if b["alive"] else "expired")
-        click.echo(
-            f"{b['node_id']:>4}  {b['address']:<21} {b['rack'] or '-':<10} "
-            f"{b['lease_ms_left'] / 1000:>6.1f}s {b['partitions']:>5} "
-            f"{b['bytes_in_per_s']:>10} {b['bytes_out_per_s']:>10}  {state}"
+    rows = [
+        (
+            str(b["node_id"]),
+            b["address"],
+            b["rack"] or "-",
+            _lease(b["lease_ms_left"]),
+            str(b["partitions"]),
+            str(b["bytes_in_per_s"]),
+            str(b["bytes_out_per_s"]),
+            b["state"],
         )
+        for b in data["brokers"]
+    ]
+    head = ("NODE", "ADDRESS", "RACK", "LEASE-LEFT", "PARTITIONS", "IN-B/S", "OUT-B/S", "STATE")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     if data["unowned_partitions"]:
         click.echo(f"partitions without a live owner: {data['unowned_partitions']}")
     for r in data["reassignments"]:
@@ -126,10 +181,28 @@ def drain(metadata: str, node: int, wait: bool, timeout: float) -> None:
         finally:
             await store.meta.close()
 
-    left = asyncio.run(run())
-    if left:
+    left = _run(run())
+    if left and wait:
         raise click.ClickException(f"broker {node} still owns {left} partitions")
     click.echo(f"broker {node} drained" if wait else f"broker {node} draining")
+
+
+@cluster.command()
+@_metadata
+@click.argument("node", type=int)
+def undrain(metadata: str, node: int) -> None:
+    """Let broker NODE take partitions again (ends `cluster drain`)."""
+
+    async def run() -> None:
+        store = await _store(metadata)
+        try:
+            if not await store.set_draining(node, False):
+                raise click.ClickException(f"broker {node} is not registered")
+        finally:
+            await store.meta.close()
+
+    _run(run())
+    click.echo(f"broker {node} takes partitions again")
 
 
 @click.group()
@@ -170,5 +243,5 @@ def move(metadata: str, topic: str, partition: int, target: int, timeout: float)
         finally:
             await store.meta.close()
 
-    took = asyncio.run(run())
+    took = _run(run())
     click.echo(f"moved {topic}-{partition} to broker {target} in {took:.2f}s")

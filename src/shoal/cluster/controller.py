@@ -37,13 +37,16 @@ class Controller:
         self._moved_at: dict[tuple[int, int], float] = {}
         self._last_balance = 0.0
         self.rounds = 0
+        self._expired: set[int] = set()  # warned about once each
 
     async def round(self) -> list[Move]:
         """One pass; returns the moves made."""
         self.rounds += 1
         now = now_ms()
-        for node in await self.store.expire(now):
+        expired = set(await self.store.expire(now))
+        for node in sorted(expired - self._expired):
             log.warning("broker %d lease expired: handing its partitions on", node)
+        self._expired = expired
         live = [b for b in await self.store.brokers() if b.lease_expiry_ms >= now]
         live_ids = {b.node_id for b in live}
         targets = [b for b in live if not b.draining]

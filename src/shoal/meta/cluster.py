@@ -178,16 +178,17 @@ class ClusterStore:
                 for r in rows
             ]
 
-    async def expire(self, now: int) -> list[int]:
-        """Delete the rows of brokers whose lease ran out; returns their ids."""
+    async def expire(self, now: int, forget_after_ms: int = 3_600_000) -> list[int]:
+        """Ids of brokers whose lease ran out. Their rows stay for an hour so
+        `cluster status` can show them as expired (a crashed broker should not
+        just vanish from the list); older ones are deleted."""
         b = s.brokers
         async with self.meta._tx() as conn:
+            await conn.execute(delete(b).where(b.c.lease_expiry_ms < now - forget_after_ms))
             ids = [
                 int(r[0])
                 for r in await conn.execute(select(b.c.node_id).where(b.c.lease_expiry_ms < now))
             ]
-            if ids:
-                await conn.execute(delete(b).where(b.c.node_id.in_(ids), b.c.lease_expiry_ms < now))
         return ids
 
     async def set_draining(self, node_id: int, draining: bool = True) -> bool:

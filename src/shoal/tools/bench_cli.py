@@ -16,7 +16,13 @@ from typing import Any, TypeVar
 import click
 
 from shoal.tools import bench as b
-from shoal.tools.options import bootstrap_option, parse_rate, parse_settings, settings_option
+from shoal.tools.options import (
+    bootstrap_option,
+    client_errors,
+    parse_rate,
+    parse_settings,
+    settings_option,
+)
 from shoal.tools.replay_cli import replay
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -182,7 +188,8 @@ def _finish(result: b.BenchResult, json_path: Path | None, chart_path: Path | No
 
 
 def _guard(f: F) -> F:
-    """Turn a bench that cannot run into a one-line error instead of a traceback."""
+    """Turn a bench that cannot run into a one-line error instead of a traceback:
+    its own errors, and the Kafka client's (a bad -X setting, a refused request)."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -191,7 +198,7 @@ def _guard(f: F) -> F:
         except b.BenchError as e:
             raise click.ClickException(str(e)) from e
 
-    return wrapper  # type: ignore[return-value]
+    return client_errors(wrapper)  # type: ignore[return-value]
 
 
 @click.group(name="bench")

@@ -28,6 +28,7 @@ from shoal.tools.cost import (
     load_prices,
     load_profile,
 )
+from shoal.tools.options import console
 
 MATPLOTLIB_PIN = "matplotlib>=3.11,<4"
 SHORT_LABELS = {"shared_nothing": "RF=3", "tiered": "tiered", "shared_storage": "Shoal"}
@@ -269,6 +270,6 @@ def cost(profile_path: Path, prices_path: Path | None, fmt: str, chart_path: Pat
     if fmt == "json":
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        render_table(report, Console())
+        render_table(report, console())
         if chart_path is not None:
             click.echo(f"chart written to {chart_path}")

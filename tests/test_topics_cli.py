@@ -1,0 +1,153 @@
+"""`shoal topics list|describe|create|alter|delete` against a real broker: what
+the commands print is what the cluster holds, and bad input is one clear line."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from click.testing import CliRunner, Result
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+
+from harness import BrokerProcess, free_port
+from shoal.cli import cli
+
+TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="module")
+def bootstrap(broker: BrokerProcess) -> Iterator[str]:
+    yield broker.bootstrap
+
+
+def shoal(*args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), input=input)
+
+
+def ok(*args: str) -> str:
+    result = shoal(*args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def fails(*args: str, input: str | None = None) -> str:
+    result = shoal(*args, input=input)
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    return result.output
+
+
+def test_create_describe_alter_delete(bootstrap: str) -> None:
+    topic = f"tc-{uuid.uuid4().hex[:8]}"
+    out = ok(
+        "topics", "create", topic, "--partitions", "2", "--config", "retention.ms=3600000",
+        "--bootstrap", bootstrap,
+    )  # fmt: skip
+    assert f"created topic {topic}" in out
+    p = Producer({"bootstrap.servers": bootstrap})
+    for i in range(7):
+        p.produce(topic, value=f"v{i}".encode(), partition=i % 2)
+    assert p.flush(TIMEOUT) == 0
+
+    listed = json.loads(ok("topics", "list", "--bootstrap", bootstrap, "--format", "json"))
+    assert {"topic": topic, "partitions": 2, "replication_factor": 1} in listed
+    assert topic in ok("topics", "list", "--bootstrap", bootstrap)
+
+    (info,) = json.loads(
+        ok("topics", "describe", topic, "--bootstrap", bootstrap, "--format", "json")
+    )
+    rows = [
+        (p["partition"], p["log_start"], p["log_end"], p["records"]) for p in info["partitions"]
+    ]
+    assert rows == [(0, 0, 4, 4), (1, 0, 3, 3)]
+    assert all(p["leader"] == 0 for p in info["partitions"])
+    # Shoal has no DescribeLogDirs yet: sizes are unknown, never made up.
+    assert info["size_bytes"] is None
+    assert all(p["size_bytes"] is None for p in info["partitions"])
+    configs = {c["name"]: c for c in info["configs"]}
+    assert configs["retention.ms"]["value"] == "3600000"
+    assert configs["retention.ms"]["source"] == "DYNAMIC_TOPIC_CONFIG"
+    assert not configs["retention.ms"]["default"]
+    table = ok("topics", "describe", topic, "--bootstrap", bootstrap)
+    assert "records 7" in table and "size n/a" in table
+    assert "retention.ms" in table and "DYNAMIC_TOPIC_CONFIG" in table
+
+    out = ok(
+        "topics", "alter", topic, "--partitions", "3", "--config", "retention.ms=7200000",
+        "--bootstrap", bootstrap,
+    )  # fmt: skip
+    assert "now has 3 partitions" in out
+    (info,) = json.loads(
+        ok("topics", "describe", topic, "--bootstrap", bootstrap, "--format", "json")
+    )
+    assert len(info["partitions"]) == 3
+    assert {c["name"]: c["value"] for c in info["configs"]}["retention.ms"] == "7200000"
+    ok("topics", "alter", topic, "--delete-config", "retention.ms", "--bootstrap", bootstrap)
+    (info,) = json.loads(
+        ok("topics", "describe", topic, "--bootstrap", bootstrap, "--format", "json")
+    )
+    assert {c["name"]: c for c in info["configs"]}["retention.ms"]["source"] != (
+        "DYNAMIC_TOPIC_CONFIG"
+    )
+
+    # Deleting asks first; "no" (or no terminal) keeps the topic.
+    fails("topics", "delete", topic, "--bootstrap", bootstrap, input="n\n")
+    assert topic in ok("topics", "list", "--bootstrap", bootstrap)
+    assert f"deleted topic {topic}" in ok(
+        "topics", "delete", topic, "--yes", "--bootstrap", bootstrap
+    )
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    assert topic not in admin.list_topics(timeout=TIMEOUT).topics
+
+
+def test_create_existing_topic(bootstrap: str) -> None:
+    topic = f"tc-{uuid.uuid4().hex[:8]}"
+    ok("topics", "create", topic, "--bootstrap", bootstrap)
+    assert "already exists" in fails("topics", "create", topic, "--bootstrap", bootstrap)
+    assert "exists already" in ok(
+        "topics", "create", topic, "--if-not-exists", "--bootstrap", bootstrap
+    )
+
+
+def test_unknown_topic(bootstrap: str) -> None:
+    name = f"nope-{uuid.uuid4().hex[:6]}"
+    for args in (
+        ("describe", name),
+        ("alter", name, "--partitions", "4"),
+        ("delete", name, "--yes"),
+    ):
+        out = fails("topics", *args, "--bootstrap", bootstrap)
+        assert f"unknown topic '{name}'" in out, out
+    # describe must not have created it on the way
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    assert name not in admin.list_topics(timeout=TIMEOUT).topics
+
+
+def test_bad_input(bootstrap: str) -> None:
+    topic = f"tc-{uuid.uuid4().hex[:8]}"
+    ok("topics", "create", topic, "--partitions", "2", "--bootstrap", bootstrap)
+    assert "cannot shrink to 1" in fails(
+        "topics", "alter", topic, "--partitions", "1", "--bootstrap", bootstrap
+    )
+    assert "nothing to change" in fails("topics", "alter", topic, "--bootstrap", bootstrap)
+    assert "expected key=value" in fails(
+        "topics", "create", "x", "--config", "retention.ms", "--bootstrap", bootstrap
+    )
+    assert "0 is not in the range" in fails(
+        "topics", "create", "x", "--partitions", "0", "--bootstrap", bootstrap
+    )
+    out = fails("topics", "create", "bad/name", "--bootstrap", bootstrap)
+    assert "cannot create topic 'bad/name'" in out
+    out = fails("topics", "list", "--bootstrap", bootstrap, "-X", "foo.bar=1")
+    assert "bad client setting" in out and "foo.bar" in out
+
+
+def test_closed_port() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    for args in (("list",), ("describe", "t"), ("create", "t"), ("delete", "t", "--yes")):
+        out = fails("topics", *args, "--bootstrap", address, "--timeout", "10")
+        assert out.count("\n") == 1, out
+        assert f"cannot reach {address}" in out and "Connection refused" in out
