@@ -5,13 +5,20 @@ batches are appended in its order. Handlers that must wait (produce commits,
 long-poll fetches) return a Deferred; the connection moves on to the next
 request and a writer task sends responses strictly in request order.
 A malformed frame closes this connection only, with one log line.
+
+Limits (see listener.py): a frame is read in chunks taken from the broker's
+request budget as they arrive; until the connection has authenticated (or,
+without SASL, sent one valid request) frames are capped at
+`sasl.server.max.receive.size`; at most `connection.max.inflight.requests`
+responses wait per connection before reading pauses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import Client, Deferred, Handler
@@ -27,9 +34,13 @@ from shoal.protocol.errors import FrameError
 from shoal.protocol.frames import SIZE_PREFIX, decode_size
 from shoal.protocol.headers import RequestHeader, peek_header
 
+if TYPE_CHECKING:
+    from shoal.broker.listener import ListenerLimits, RequestBudget
+
 log = logging.getLogger("shoal.connection")
 
-MAX_INFLIGHT = 64  # responses queued per connection before reading pauses
+CHUNK = 64 * 1024  # frames larger than this are read (and budgeted) in chunks
+WRITE_BUFFER_HIGH = 4 * 1024 * 1024
 _CLOSE = None
 
 
@@ -40,16 +51,60 @@ class Connection:
         handlers: dict[int, Handler],
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        *,
+        limits: ListenerLimits | None = None,
+        budget: RequestBudget | None = None,
     ) -> None:
+        from shoal.broker.listener import ListenerLimits, RequestBudget
+
         self.broker = broker
         self.handlers = handlers
         self.reader = reader
         self.writer = writer
+        self.limits = limits or ListenerLimits.from_config(broker.config)
+        self.budget = budget or RequestBudget(
+            self.limits.queued_max_request_bytes, self.limits.max_frame
+        )
+        self.listener = "PLAINTEXT"
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.client = Client(self.peer, None)
-        self._queue: asyncio.Queue[tuple[RequestHeader, Any] | None] = asyncio.Queue(MAX_INFLIGHT)
-        self.max_frame = int(broker.config["socket.request.max.bytes"])
+        self._queue: asyncio.Queue[tuple[RequestHeader, Any] | None] = asyncio.Queue(
+            self.limits.max_inflight
+        )
+        self.max_frame = self.limits.max_frame
+        #: Authenticated, or (on a listener without SASL) sent a valid request:
+        #: until then frames are capped at sasl.server.max.receive.size.
+        self.authenticated = False
+        self.requires_sasl = False
+        self._last_activity = time.monotonic()
+        self._pending = 0  # requests read but not yet answered
+        self._blocked_since: float | None = None  # writer waiting on a client that does not read
+
+    # -- state the listener and the security layer use --------------------------
+
+    def mark_authenticated(self) -> None:
+        self.authenticated = True
+
+    def frame_limit(self) -> int:
+        if self.authenticated:
+            return self.max_frame
+        return min(self.max_frame, self.limits.pre_auth_max_frame)
+
+    def idle_for(self, now: float) -> float:
+        """Seconds this connection has made no progress: nothing in flight and
+        no frame completed, or a response stuck because the client stopped
+        reading."""
+        if self._blocked_since is not None:
+            return now - self._blocked_since
+        if self._pending:
+            return 0.0
+        return now - self._last_activity
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
+
+    # -- the loops ----------------------------------------------------------------
 
     async def run(self) -> None:
         sender = asyncio.create_task(self._send_loop())
@@ -67,8 +122,14 @@ class Connection:
         except asyncio.CancelledError:
             sender.cancel()
             raise
-        except Exception:
-            log.exception("closing connection from %s: unexpected error", self.client)
+        except Exception as exc:
+            log.error(
+                "closing connection from %s: unexpected %s: %s",
+                self.client,
+                type(exc).__name__,
+                exc,
+                exc_info=True,  # a bug of ours: worth its traceback (rate-limited)
+            )
         await self._queue.put(_CLOSE)
         try:
             await asyncio.wait_for(sender, timeout=5)
@@ -76,30 +137,75 @@ class Connection:
             sender.cancel()
         self.writer.close()
 
+    async def _read_frame(self, size: int) -> bytes:
+        """The frame's bytes, taken from the request budget as they arrive."""
+        budget = self.budget
+        if size <= CHUNK:
+            await budget.acquire(size)
+            try:
+                return await self.reader.readexactly(size)
+            except BaseException:
+                budget.release(size)
+                raise
+        parts: list[bytes] = []
+        got = 0
+        try:
+            while got < size:
+                n = min(CHUNK, size - got)
+                await budget.acquire(n, large=True)
+                got += n
+                parts.append(await self.reader.readexactly(n))
+        except BaseException:
+            budget.release(got, large=True)
+            raise
+        return b"".join(parts)
+
+    def _release(self, size: int) -> None:
+        self.budget.release(size, large=size > CHUNK)
+
     async def _read_loop(self) -> None:
         while True:
             prefix = await self.reader.readexactly(SIZE_PREFIX)
             size = decode_size(prefix, self.max_frame)
-            frame = await self.reader.readexactly(size)
-            header = peek_header(frame)
-            if header.client_id != self.client.client_id:
-                self.client = Client(self.peer, header.client_id)
-            if not is_supported(header.api_key, header.api_version):
-                if header.api_key == API_VERSIONS:
-                    # The client guessed too high: answer in v0 with our ranges.
-                    await self._queue.put((header, unsupported_version_response()))
-                    continue
+            if size > self.frame_limit():
                 raise FrameError(
-                    f"unsupported request {api_name(header.api_key)} "
-                    f"(key {header.api_key}) v{header.api_version}"
+                    f"frame of {size} bytes before authentication exceeds "
+                    f"sasl.server.max.receive.size={self.limits.pre_auth_max_frame}"
                 )
-            request = decode_request(frame)
-            result = await self.handlers[header.api_key](
-                self.broker, self.client, request.header, request.body
+            frame = await self._read_frame(size)
+            try:
+                self._last_activity = time.monotonic()
+                await self._dispatch(frame)
+            finally:
+                self._release(size)
+
+    async def _dispatch(self, frame: bytes) -> None:
+        header = peek_header(frame)
+        if header.client_id != self.client.client_id:
+            self.client = Client(
+                self.peer, header.client_id, self.client.principal, self.client.listener
             )
-            if result is None:
-                continue  # acks=0
-            await self._queue.put((request.header, result))
+        if not is_supported(header.api_key, header.api_version):
+            if header.api_key == API_VERSIONS:
+                # The client guessed too high: answer in v0 with our ranges.
+                await self._answer(header, unsupported_version_response())
+                return
+            raise FrameError(
+                f"unsupported request {api_name(header.api_key)} "
+                f"(key {header.api_key}) v{header.api_version}"
+            )
+        request = decode_request(frame)
+        if not self.requires_sasl:
+            self.authenticated = True
+        result = await self.handlers[header.api_key](
+            self.broker, self.client, request.header, request.body
+        )
+        if result is not None:  # None: acks=0, no response
+            await self._answer(request.header, result)
+
+    async def _answer(self, header: RequestHeader, result: Any) -> None:
+        self._pending += 1
+        await self._queue.put((header, result))
 
     async def _send_loop(self) -> None:
         transport = self.writer.transport
@@ -111,15 +217,24 @@ class Connection:
             if isinstance(result, Deferred):
                 try:
                     result = await result.result
-                except Exception:
-                    log.exception(
-                        "request %s v%d from %s failed",
+                except Exception as exc:
+                    log.error(
+                        "request %s v%d from %s failed: %s: %s",
                         api_name(header.api_key),
                         header.api_version,
                         self.client,
+                        type(exc).__name__,
+                        exc,
+                        exc_info=True,
                     )
                     self.writer.close()
                     return
             self.writer.write(encode_response(header, result))
-            if transport.get_write_buffer_size() > 4 * 1024 * 1024:
-                await self.writer.drain()
+            self._pending -= 1
+            self._last_activity = time.monotonic()
+            if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+                self._blocked_since = self._last_activity
+                try:
+                    await self.writer.drain()
+                finally:
+                    self._blocked_since = None

@@ -7,11 +7,12 @@ import logging
 import signal
 
 from shoal.broker.broker import Broker
-from shoal.broker.connection import Connection
 from shoal.broker.handlers import registry
+from shoal.broker.listener import ConnectionLimiter, KafkaListener, ListenerLimits, RequestBudget
 from shoal.broker.maintenance import Maintenance
 from shoal.broker.metrics import start_metrics
 from shoal.config import BrokerConfig
+from shoal.logs import flush_summaries
 
 log = logging.getLogger("shoal.server")
 
@@ -22,22 +23,16 @@ async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> Non
     maintenance.start()
     metrics = start_metrics(broker)
     handlers = registry()
-    connections: dict[Connection, asyncio.Task[None]] = {}
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        conn = Connection(broker, handlers, reader, writer)
-        connections[conn] = task
-        try:
-            await conn.run()
-        finally:
-            connections.pop(conn, None)
-
-    host, _, port = str(config["listen"]).rpartition(":")
-    server = await asyncio.start_server(
-        on_connect, host, int(port), limit=1024 * 1024, backlog=1024, reuse_address=True
+    limits = ListenerLimits.from_config(config)
+    listener = KafkaListener(
+        broker,
+        handlers,
+        limits=limits,
+        budget=RequestBudget(limits.queued_max_request_bytes, limits.max_frame),
+        limiter=ConnectionLimiter(limits),
     )
+    host, _, port = str(config["listen"]).rpartition(":")
+    await listener.start(host, int(port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -57,13 +52,9 @@ async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> Non
         await maintenance.stop()
         if metrics is not None:
             metrics.shutdown()
-        server.close()
         # Closing the sockets ends each connection's loop the way a client
         # disconnect does; in-flight produce requests still get committed below.
-        for conn in list(connections):
-            conn.writer.transport.abort()
-        if connections:
-            await asyncio.wait(list(connections.values()), timeout=5)
+        await listener.close()
         await broker.close()
-        await server.wait_closed()
         log.info("stopped")
+        flush_summaries()

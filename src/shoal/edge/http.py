@@ -40,6 +40,7 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    keep_alive: bool = False
 
     def param(self, name: str) -> str | None:
         v = self.query.get(name)
@@ -58,9 +59,26 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 class HttpServer:
-    def __init__(self, handler: Handler, max_body: int = 1024 * 1024) -> None:
+    """Limits against slow or hostile clients: `max_body` per request,
+    `request_timeout` to receive a whole request (request line, headers and
+    body: a client that stalls half-way is closed), `idle_timeout` between
+    keep-alive requests, and at most `max_connections` at once."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        max_body: int = 1024 * 1024,
+        *,
+        request_timeout: float = 30.0,
+        idle_timeout: float = 60.0,
+        max_connections: int = 1024,
+    ) -> None:
         self.handler = handler
         self.max_body = max_body
+        self.request_timeout = request_timeout
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.refused = 0
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
 
@@ -86,6 +104,15 @@ class HttpServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._conns) >= self.max_connections:
+            self.refused += 1
+            log.warning(
+                "refusing HTTP connection from %s: %d connections open",
+                _peer(writer),
+                len(self._conns),
+            )
+            writer.transport.abort()
+            return
         self._conns.add(task)
         try:
             while True:
@@ -96,19 +123,40 @@ class HttpServer:
             pass
         except ValueError:
             pass  # a line over the limit
+        except TimeoutError:
+            log.info("closing HTTP connection from %s: request not received in time", _peer(writer))
         finally:
             self._conns.discard(task)
             writer.close()
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        line = await reader.readline()
+        async with asyncio.timeout(self.idle_timeout):
+            line = await reader.readline()
         if not line:
             return False
+        async with asyncio.timeout(self.request_timeout):
+            req = await self._read_request(line, reader, writer)
+        if req is None:
+            return False
+        try:
+            resp = await self.handler(req)
+        except Exception:
+            log.exception("HTTP %s %s failed", req.method, req.path)
+            resp = Response(500, b"internal error\n")
+        keep = req.keep_alive
+        async with asyncio.timeout(self.request_timeout):  # a client that does not read
+            await self._write(writer, resp, keep)
+        return keep
+
+    async def _read_request(
+        self, line: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Request | None:
+        """The rest of one request, or None when it was answered with an error."""
         try:
             method, target, version = line.decode("latin-1").strip().split(" ", 2)
         except ValueError:
             await self._write(writer, Response(400, b"bad request line\n"), False)
-            return False
+            return None
         headers: dict[str, str] = {}
         size = 0
         while True:
@@ -116,7 +164,7 @@ class HttpServer:
             size += len(h)
             if size > MAX_HEADER_BYTES:
                 await self._write(writer, Response(400, b"headers too large\n"), False)
-                return False
+                return None
             if h in (b"\r\n", b"\n", b""):
                 break
             name, _, value = h.decode("latin-1").partition(":")
@@ -125,29 +173,23 @@ class HttpServer:
         body = b""
         if "transfer-encoding" in headers:
             await self._write(writer, Response(411, b"send a Content-Length\n"), False)
-            return False
+            return None
         length = headers.get("content-length")
         if length is not None:
-            try:
-                n = int(length)
-            except ValueError:
+            n = int(length) if length.isdigit() else -1
+            if n < 0:
                 await self._write(writer, Response(400, b"bad Content-Length\n"), False)
-                return False
+                return None
             if n > self.max_body:
                 await self._write(
                     writer, Response(413, f"body over {self.max_body} bytes\n".encode()), False
                 )
-                return False
+                return None
             body = await reader.readexactly(n)
         parts = urlsplit(target)
-        req = Request(method.upper(), unquote(parts.path), parse_qs(parts.query), headers, body)
-        try:
-            resp = await self.handler(req)
-        except Exception:
-            log.exception("HTTP %s %s failed", method, target)
-            resp = Response(500, b"internal error\n")
-        await self._write(writer, resp, keep)
-        return keep
+        return Request(
+            method.upper(), unquote(parts.path), parse_qs(parts.query), headers, body, keep
+        )
 
     @staticmethod
     async def _write(writer: asyncio.StreamWriter, resp: Response, keep: bool) -> None:
@@ -160,3 +202,8 @@ class HttpServer:
         ]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + resp.body)
         await writer.drain()
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)

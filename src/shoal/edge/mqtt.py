@@ -78,6 +78,7 @@ class MqttIngest:
         self.received = 0
         self.acked = 0
         self.unrouted = 0
+        self.oversize = 0  # payloads over max_payload_bytes: acknowledged, counted, not stored
         self.failed = 0
         self.connects = 0
         self.last_error: str | None = None
@@ -159,6 +160,9 @@ class MqttIngest:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self.cfg.session_expiry_s
             props.ReceiveMaximum = self.cfg.receive_maximum
+            # The broker then never sends us more than this (topic, properties
+            # and payload); our own check below counts what gets through.
+            props.MaximumPacketSize = self.cfg.max_payload_bytes + 64 * 1024
             kwargs["properties"] = props
             kwargs["clean_start"] = self.cfg.clean_start
         # connect() resolves and opens a TCP socket: blocking, so off the loop
@@ -368,6 +372,19 @@ class MqttIngest:
         if route is None or topic is None:
             # Nothing maps it: acknowledge, or the broker would resend it forever.
             self.unrouted += 1
+            self._acks.append((msg.mid, msg.qos, None))
+            self._drain_acks()
+            return
+        if len(msg.payload) > self.cfg.max_payload_bytes:
+            # Stored, it would be a record no uplink can forward: count it,
+            # say so (rate-limited), and acknowledge so it is not resent forever.
+            self.oversize += 1
+            log.warning(
+                "MQTT message on %s dropped: %d-byte payload exceeds mqtt.max_payload_bytes=%d",
+                topic,
+                len(msg.payload),
+                self.cfg.max_payload_bytes,
+            )
             self._acks.append((msg.mid, msg.qos, None))
             self._drain_acks()
             return
