@@ -342,3 +342,30 @@ async def test_catch_up_rate_accounts_debt() -> None:
     assert bucket.waited_s == 0.0  # within the burst
     await bucket.take(25_000)  # 20 kB of debt at 1 MB/s: about 20 ms of waiting
     assert 0.015 <= bucket.waited_s <= 0.025
+
+
+async def test_eager_wal_flushes_a_lone_append_without_the_linger(meta: MetaStore) -> None:
+    """On a local store an append with nothing else in flight is written at
+    once: with a one-minute linger it still commits (it would time out here
+    if it waited for the linger)."""
+    [sid] = await new_stream(meta)
+    eng = engine(FaultyStore(), meta, linger_ms=60_000, eager=True)
+    fut = await eng.append(sid, batch(b"a"), 0)
+    assert await asyncio.wait_for(fut, 10) == 0
+    await eng.close()
+
+
+async def test_eager_wal_gathers_appends_behind_a_flush_in_progress(meta: MetaStore) -> None:
+    """While one flush uploads, later appends gather (group commit) and go as
+    one object as soon as it commits, not after the linger."""
+    [sid] = await new_stream(meta)
+    store = FaultyStore()
+    store.put_delays = [0.5]  # the first upload is slow
+    eng = engine(store, meta, linger_ms=60_000, eager=True)
+    first = await eng.append(sid, batch(b"a"), 0)
+    await asyncio.sleep(0.05)  # the first flush is in progress
+    behind = [await eng.append(sid, batch(b"b"), 0) for _ in range(3)]
+    assert await asyncio.wait_for(first, 10) == 0
+    assert [await asyncio.wait_for(f, 10) for f in behind] == [1, 2, 3]
+    assert store.puts == 2  # the three gathered appends made one object
+    await eng.close()

@@ -2,11 +2,13 @@
 
 Appends from every partition of the broker go into one open buffer. The buffer
 is sealed into one object when it reaches `wal.max.bytes` or when its oldest
-append is `wal.linger.ms` old. Sealed buffers upload concurrently (up to
-`wal.max.inflight`) but commit strictly in order, by one committer: it takes
-every uploaded object at the head of the queue and records them all in one
-metadata transaction (group commit), which advances every stream in them.
-Only then are the appends' futures resolved: an acknowledgement means durable.
+append is `wal.linger.ms` old; on a local store (`eager`) also as soon as no
+other flush is in progress, so a lone append never waits for the linger.
+Sealed buffers upload concurrently (up to `wal.max.inflight`) but commit
+strictly in order, by one committer: it takes every uploaded object at the
+head of the queue and records them all in one metadata transaction (group
+commit), which advances every stream in them. Only then are the appends'
+futures resolved: an acknowledgement means durable.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ class WalConfig:
     max_inflight: int = 4
     buffer_max_bytes: int = 64 * 1024 * 1024
     retry_backoff_ms: float = 50.0
+    #: Seal as soon as nothing is uploading or committing, lingering only
+    #: behind a flush in progress: right for stores where a PUT costs nothing
+    #: (file, memory); remote stores keep the linger, where each PUT is paid.
+    eager: bool = False
     retry_backoff_max_ms: float = 5000.0
 
 
@@ -58,7 +64,7 @@ class _Buffer:
     seq: int
     appends: list[Append] = field(default_factory=list)
     size: int = 0
-    timer: asyncio.TimerHandle | None = None
+    timer: asyncio.Handle | None = None
     key: str = ""
     object_size: int = 0
     blocks: dict[int, BlockBuilder] = field(default_factory=dict)
@@ -125,9 +131,14 @@ class Wal:
         if buf.size >= self.config.max_bytes:
             self.seal()
         elif buf.timer is None:
-            buf.timer = asyncio.get_running_loop().call_later(
-                self.config.linger_ms / 1000, self.seal
-            )
+            loop = asyncio.get_running_loop()
+            if self.config.eager and not self._sealed:
+                # Nothing in flight: flush now, with whatever else this event
+                # loop turn appends (the other partitions of the same request).
+                buf.timer = loop.call_soon(self.seal)
+            else:
+                # A flush is in progress: gather behind it (group commit).
+                buf.timer = loop.call_later(self.config.linger_ms / 1000, self.seal)
 
     def seal(self) -> None:
         buf = self._buffer
@@ -223,6 +234,8 @@ class Wal:
                     self.uploading.discard(buf.key)
                 for buf in group:
                     self.unflushed -= buf.size
+                if self.config.eager and not self._sealed and self._buffer.appends:
+                    self.seal()  # what gathered behind this flush goes now
                 async with self._room:
                     self._room.notify_all()
 
