@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import click
 
-from shoal.config import ConfigError, load_config
+from shoal.config import BrokerConfig, ConfigError, load_config
+
+
+def restore_stop_signals() -> None:
+    """`shoal serve &` in a script starts with SIGINT ignored (background
+    jobs of a non-interactive shell do): a SIGINT sent while the broker
+    starts would be lost and the broker would run on. Restore the defaults
+    as early as possible so SIGINT stops it however it was started."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run_async(coro: Any) -> None:
     """Run the server's coroutine on uvloop where it is available."""
+    restore_stop_signals()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is absent on Windows
@@ -116,7 +133,11 @@ def serve(
     from shoal.storage.errors import StorageError
 
     try:
-        run_async(run_server(config))
+        with local_state(config):
+            run_async(run_server(config))
+    except KeyboardInterrupt:
+        click.echo("shoal: stopped by SIGINT while starting", err=True)
+        sys.exit(130)
     except (StorageError, MetaError) as exc:
         click.echo(f"shoal: cannot start: {exc}", err=True)
         sys.exit(1)
@@ -125,5 +146,41 @@ def serve(
         sys.exit(1)
 
 
+@contextlib.contextmanager
+def local_state(config: BrokerConfig) -> Iterator[None]:
+    """Lock the directory of the broker's local state and prove it can write
+    where it must, before anything opens: two brokers on one SQLite database
+    would both be node 0 and take each other's streams, and an unwritable
+    objects directory would otherwise show only as produce timeouts."""
+    from sqlalchemy.engine import make_url
+
+    from shoal.storage.localdirs import ensure_writable, ensure_writable_file, locked
+
+    sqlite: Path | None = None
+    if config.metadata_url.startswith("sqlite:"):
+        database = make_url(config.metadata_url).database
+        if database and database != ":memory:":
+            sqlite = Path(database).resolve()
+    objects: Path | None = None
+    if config.objects_url.startswith("file:"):
+        objects = Path(urlparse(config.objects_url).path)
+    if sqlite is not None:
+        lock_dir: Path | None = sqlite.parent
+    elif objects is not None and not config["objects"]:
+        lock_dir = config.data_dir.resolve()  # objects default to DATA_DIR/objects
+    else:
+        lock_dir = None  # remote stores only: nothing local to share
+    with contextlib.ExitStack() as stack:
+        if lock_dir is not None:
+            what = "data directory" if lock_dir == config.data_dir.resolve() else "directory"
+            stack.enter_context(locked(lock_dir, what))
+        if objects is not None:
+            ensure_writable(objects, "objects directory")
+        if sqlite is not None:
+            ensure_writable_file(sqlite, "metadata database")
+        yield
+
+
 def main() -> None:
+    restore_stop_signals()
     cli()

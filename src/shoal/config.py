@@ -73,8 +73,10 @@ def one_of(*choices: str) -> Callable[[Any], str | None]:
 
 def host_port(v: str) -> str | None:
     host, sep, port = v.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit():
         return "must be HOST:PORT"
+    if not 0 < int(port) < 65536:
+        return f"has port {int(port)} out of range 1-65535"
     return None
 
 

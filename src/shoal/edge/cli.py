@@ -208,13 +208,30 @@ def check(ctx: click.Context, config_file: str | None, repair: bool, as_json: bo
     """
     cfg = _load(config_file or ctx.obj.get("config"))
     from shoal.edge.integrity import GatewayRunning, check_log, data_dir_lock
+    from shoal.storage.errors import StorageError
 
+    # Read-only where there is nothing: a wrong data_dir must not be created
+    # and reported as a clean log.
+    if not cfg.data_dir.is_dir():
+        click.echo(
+            f"shoal edge check: data directory {cfg.data_dir} does not exist "
+            f"(data_dir in {cfg.source}): nothing to check",
+            err=True,
+        )
+        sys.exit(2)
+    if not (cfg.log_dir / "meta.db").is_file():
+        click.echo(
+            f"shoal edge check: {cfg.data_dir} holds no local log ({cfg.log_dir / 'meta.db'} "
+            "is missing): not a gateway's data directory, or the gateway never started",
+            err=True,
+        )
+        sys.exit(2)
     try:
         with data_dir_lock(cfg.data_dir):
             report = asyncio.run(
                 check_log(cfg.log_dir, cfg.data_dir / "quarantine", repair=repair, deep=True)
             )
-    except GatewayRunning as exc:
+    except (GatewayRunning, StorageError) as exc:
         click.echo(f"shoal edge check: {exc}", err=True)
         sys.exit(2)
     if as_json:

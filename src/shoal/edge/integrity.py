@@ -24,7 +24,6 @@ damaged buffer never makes the gateway crash-loop.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import shutil
@@ -44,6 +43,7 @@ from shoal.meta.store import MetaStore
 from shoal.protocol.records import CRC_START, batch_spans, read_header
 from shoal.storage.errors import CorruptObject
 from shoal.storage.format import BlockBuilder, BlockEntry, decode_object, encode_object
+from shoal.storage.localdirs import DirectoryLocked, locked
 
 log = logging.getLogger("shoal.edge.integrity")
 
@@ -54,19 +54,16 @@ class GatewayRunning(Exception):
 
 @contextmanager
 def data_dir_lock(data_dir: Path) -> Iterator[None]:
-    """One gateway (or one `shoal edge check`) per data directory."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(data_dir / "LOCK", "a+")
+    """One gateway (or one `shoal edge check`) per data directory; the error
+    names the holder's pid. Raises NotWritable when the directory refuses."""
     try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise GatewayRunning(
-                f"{data_dir} is in use by a running gateway (stop it first)"
-            ) from None
-        yield
-    finally:
-        fh.close()
+        with locked(data_dir, "data directory"):
+            yield
+    except DirectoryLocked as exc:
+        holder = f"pid {exc.pid}" if exc.pid else "another process"
+        raise GatewayRunning(
+            f"{data_dir} is in use by a running gateway ({holder}; stop it first)"
+        ) from None
 
 
 @dataclass(slots=True)

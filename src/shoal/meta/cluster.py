@@ -96,17 +96,7 @@ class ClusterStore:
             ).scalar()
             # From a counter, not the row: the row goes when the lease expires,
             # and incarnations must never repeat.
-            c = s.counters
-            res = await conn.execute(
-                update(c).where(c.c.name == "broker_incarnation").values(value=c.c.value + 1)
-            )
-            if res.rowcount == 0:
-                await conn.execute(insert(c).values(name="broker_incarnation", value=1))
-            inc = int(
-                (
-                    await conn.execute(select(c.c.value).where(c.c.name == "broker_incarnation"))
-                ).scalar_one()
-            )
+            inc = await self.meta.bump_counter(conn, "broker_incarnation", 1)
             values = {
                 "incarnation": inc,
                 "host": host,

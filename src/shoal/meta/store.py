@@ -8,6 +8,7 @@ so a writer that lost its stream, or a commit out of order, changes nothing.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -16,13 +17,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, event, func, insert, or_, select, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from shoal.meta import schema as s
 from shoal.meta.checkpoint import Checkpointer
+
+# Key of the PostgreSQL advisory lock held while the schema is created or migrated.
+MIGRATION_LOCK = 0x5E0A1_5C4E
 
 
 class MetaError(Exception):
@@ -31,6 +48,10 @@ class MetaError(Exception):
 
 class InvalidMetadataURL(MetaError):
     pass
+
+
+class SchemaMissing(MetaError):
+    """A read-only open found no Shoal metadata where it looked."""
 
 
 class TopicExists(MetaError):
@@ -119,22 +140,28 @@ class ObjectCommit:
     producers: list[ProducerRow] = field(default_factory=list)
 
 
-def engine_url(url: str) -> str:
-    """Map user URLs (sqlite:///path, postgresql://...) to async drivers."""
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ***: for every message and log line."""
+    return re.sub(r"(://[^/@:]*:)[^/]*@", r"\1***@", url)
+
+
+def engine_url(url: str, create: bool = True) -> str:
+    """Map user URLs (sqlite:///path, postgresql://...) to async drivers;
+    with `create`, make the SQLite file's directory."""
     try:
         parsed = make_url(url)
     except Exception as exc:
-        raise InvalidMetadataURL(f"invalid metadata URL {url!r}: {exc}") from exc
+        raise InvalidMetadataURL(f"invalid metadata URL {redact_url(url)!r}: {exc}") from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         parsed = parsed.set(drivername="sqlite+aiosqlite")
-        if parsed.database and parsed.database != ":memory:":
+        if create and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     elif backend in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+asyncpg")
     else:
         raise InvalidMetadataURL(
-            f"unsupported metadata URL {url!r}: use sqlite:///PATH or postgresql://..."
+            f"unsupported metadata URL {redact_url(url)!r}: use sqlite:///PATH or postgresql://..."
         )
     return parsed.render_as_string(hide_password=False)
 
@@ -153,9 +180,18 @@ class MetaStore:
         self.checkpointer: Checkpointer | None = None
 
     @classmethod
-    async def open(cls, url: str) -> MetaStore:
+    async def open(cls, url: str, *, create: bool = True) -> MetaStore:
+        """Open, creating or migrating the schema. With create=False (read-only
+        commands) nothing is created: a missing SQLite file or a database
+        without Shoal's schema raises SchemaMissing naming what is missing."""
         connect_args: dict[str, Any] = {}
-        if make_url(engine_url(url)).get_backend_name() == "postgresql":
+        target = make_url(engine_url(url, create))
+        if not create and target.get_backend_name() == "sqlite":
+            path = target.database
+            exists = bool(path) and await asyncio.to_thread(Path(str(path)).is_file)
+            if not exists:
+                raise SchemaMissing(f"no metadata database at {path} (no Shoal data there)")
+        if target.get_backend_name() == "postgresql":
             # A broker paused (SIGSTOP) inside a transaction must not hold row
             # locks that the controller needs to fence it: PostgreSQL ends
             # such sessions, and the paused commit then fails.
@@ -163,19 +199,25 @@ class MetaStore:
                 "idle_in_transaction_session_timeout": "2000",
                 "application_name": "shoal",
             }
-        engine = create_async_engine(engine_url(url), connect_args=connect_args)
+        engine = create_async_engine(engine_url(url, create), connect_args=connect_args)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         store = cls(engine)
         try:
-            await store.migrate()
+            if create:
+                await store.migrate()
+            else:
+                await store._check_schema(url)
         except MetaError:
+            await engine.dispose()
             raise
         except Exception as exc:
             await engine.dispose()
-            raise MetaError(f"cannot open metadata store {url!r}: {exc}") from exc
-        path = make_url(engine_url(url)).database
-        if store.is_sqlite and path and path != ":memory:":
+            raise MetaError(
+                f"cannot open metadata store {redact_url(url)!r}: {redact_url(str(exc))}"
+            ) from exc
+        path = target.database
+        if create and store.is_sqlite and path and path != ":memory:":
             store.checkpointer = Checkpointer(path)
             store.checkpointer.start()
         return store
@@ -191,8 +233,14 @@ class MetaStore:
             yield conn
 
     async def migrate(self) -> int:
-        """Create or upgrade the schema; returns the version now in place."""
+        """Create or upgrade the schema; returns the version now in place.
+
+        Brokers of a new cluster start together: on PostgreSQL a transaction
+        advisory lock makes them migrate one after another (concurrent CREATE
+        TABLEs collide on PostgreSQL's catalog, not on our tables)."""
         async with self._tx() as conn:
+            if not self.is_sqlite:
+                await conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
             await conn.run_sync(s.metadata.create_all)
             version = (await conn.execute(select(s.schema_version.c.version))).scalar()
             if version is None:
@@ -210,6 +258,22 @@ class MetaStore:
                     insert(s.cluster).values(key="cluster_id", value=uuid.uuid4().hex[:22])
                 )
         return int(version)
+
+    async def _check_schema(self, url: str) -> None:
+        def has_schema(conn: Any) -> bool:
+            return bool(inspect(conn).has_table(s.schema_version.name))
+
+        async with self.engine.connect() as conn:
+            if not await conn.run_sync(has_schema):
+                raise SchemaMissing(
+                    f"no Shoal schema in {redact_url(url)} (no schema_version table: "
+                    "no broker has run on this database)"
+                )
+            version = (await conn.execute(select(s.schema_version.c.version))).scalar()
+        if version is not None and version > s.SCHEMA_VERSION:
+            raise MetaError(
+                f"metadata schema v{version} is newer than this Shoal (v{s.SCHEMA_VERSION})"
+            )
 
     async def cluster_id(self) -> str:
         async with self.engine.connect() as conn:
@@ -543,16 +607,25 @@ class MetaStore:
 
     async def allocate_counter(self, name: str, count: int) -> int:
         """Reserve `count` values of a named counter; returns the first."""
-        t = s.counters
         async with self._tx() as conn:
-            res = await conn.execute(
-                update(t).where(t.c.name == name).values(value=t.c.value + count)
-            )
-            if res.rowcount == 0:
-                await conn.execute(insert(t).values(name=name, value=count))
-                return 0
-            value = (await conn.execute(select(t.c.value).where(t.c.name == name))).scalar_one()
-        return int(value) - count
+            value = await self.bump_counter(conn, name, count)
+        return value - count
+
+    async def bump_counter(self, conn: AsyncConnection, name: str, count: int) -> int:
+        """Add `count` to a named counter (created at 0) inside `conn`'s
+        transaction; returns the new value. The row is created with ON
+        CONFLICT DO NOTHING: brokers starting together would otherwise both
+        insert it and one would fail on the primary key."""
+        t = s.counters
+        dialect_insert = sqlite_insert if self.is_sqlite else pg_insert
+        await conn.execute(
+            dialect_insert(t)
+            .values(name=name, value=0)
+            .on_conflict_do_nothing(index_elements=[t.c.name])
+        )
+        await conn.execute(update(t).where(t.c.name == name).values(value=t.c.value + count))
+        value = (await conn.execute(select(t.c.value).where(t.c.name == name))).scalar_one()
+        return int(value)
 
     async def trim_stream(self, stream_id: int, new_start: int, grace_ms: int = 0) -> int:
         """Move a stream's start offset forward (never back); returns it.

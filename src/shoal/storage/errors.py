@@ -10,6 +10,8 @@ class StorageError(Exception):
 class ObjectStoreUnavailable(StorageError):
     """The object store cannot be reached or refuses: retriable."""
 
+    reason: str = ""  # the cause in one line, without the object key
+
 
 class ObjectNotFound(StorageError):
     pass

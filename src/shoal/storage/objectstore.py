@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,11 @@ class ObjectInfo:
 class ObjectStore:
     """Keys are relative paths ("wal/0/00000000000000000001.obj")."""
 
-    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, url: str, options: dict[str, Any] | None = None, *, create: bool = True
+    ) -> None:
+        """`create=False` (read-only commands): a file:// directory that does
+        not exist is an error, not something to make."""
         self.url = url
         parsed = urlparse(url)
         if parsed.scheme not in SCHEMES:
@@ -50,12 +55,17 @@ class ObjectStore:
         if parsed.scheme == "file":
             if not parsed.path:
                 raise InvalidObjectStoreURL(f"file URL {url!r} has no path")
-            Path(parsed.path).mkdir(parents=True, exist_ok=True)
-            kwargs.setdefault("mkdir", True)
+            if create:
+                Path(parsed.path).mkdir(parents=True, exist_ok=True)
+                kwargs.setdefault("mkdir", True)
+            elif not Path(parsed.path).is_dir():
+                raise InvalidObjectStoreURL(f"objects directory {parsed.path} does not exist")
         try:
             self._store = from_url(url, **kwargs)
         except Exception as exc:
-            raise InvalidObjectStoreURL(f"cannot open object store {url!r}: {exc}") from exc
+            raise InvalidObjectStoreURL(
+                f"cannot open object store {url!r}: {explain(exc)}"
+            ) from exc
 
     @classmethod
     def for_data_dir(cls, data_dir: str | os.PathLike[str]) -> ObjectStore:
@@ -116,7 +126,10 @@ class ObjectStore:
     async def check(self) -> None:
         """Prove at start-up that the store answers, so a wrong URL or bucket
         fails with a clear message instead of on the first produce."""
-        await self.list("__shoal_check__/")
+        try:
+            await self.list("__shoal_check__/")
+        except ObjectStoreUnavailable as exc:
+            raise ObjectStoreUnavailable(f"object store {self.url}: {exc.reason}") from exc
 
 
 def _translate(exc: Exception, key: str) -> StorageError:
@@ -125,4 +138,65 @@ def _translate(exc: Exception, key: str) -> StorageError:
         return ObjectNotFound(key)
     if isinstance(exc, FileExistsError) or name == "AlreadyExistsError":
         return ObjectExists(key)
-    return ObjectStoreUnavailable(f"{name} on {key!r}: {exc}")
+    reason = explain(exc)
+    err = ObjectStoreUnavailable(f"{key!r}: {reason}")
+    err.reason = reason
+    return err
+
+
+# (pattern in the error's text, cause, what fixes it); first match wins.
+_CAUSES: list[tuple[re.Pattern[str], str, str]] = [
+    (
+        re.compile(r"BadScheme|builder error"),
+        "plain-HTTP endpoint refused",
+        "set s3.allow.http = true or AWS_ALLOW_HTTP=true, or use https://",
+    ),
+    (
+        re.compile(r"169\.254\.169\.254"),
+        "no credentials (the instance metadata service was tried)",
+        "set s3.access.key.id and s3.secret.access.key, or AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY",
+    ),
+    (
+        re.compile(r"ConnectionRefused|Connection refused"),
+        "connection refused",
+        "check that it is up and that s3.endpoint or AWS_ENDPOINT_URL points at it",
+    ),
+    (
+        re.compile(r"dns error|failed to lookup address"),
+        "host name not found",
+        "check s3.endpoint or AWS_ENDPOINT_URL, and s3.region or AWS_REGION",
+    ),
+    (
+        re.compile(r"<Code>NoSuchBucket</Code>"),
+        "the bucket does not exist",
+        "create it, or correct the bucket in the objects URL",
+    ),
+    (
+        re.compile(r"<Code>(AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch)</Code>"),
+        "access denied",
+        "check s3.access.key.id and s3.secret.access.key, or AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY, and the bucket's policy",
+    ),
+    (
+        re.compile(r"timed out|TimedOut|Timeout"),
+        "timed out",
+        "check the network path to the endpoint",
+    ),
+]
+
+
+def explain(exc: BaseException) -> str:
+    """One line from obstore's error: the endpoint, the cause and the setting
+    that fixes it, instead of the Rust debug dump that follows its message."""
+    text = str(exc)
+    head = " ".join(text.partition("Debug source:")[0].split())
+    endpoint = re.search(r"\b(https?://[^/\s?]+)", head)
+    where = f"{endpoint.group(1)}: " if endpoint else ""
+    for pattern, cause, fix in _CAUSES:
+        if pattern.search(text):
+            return f"{where}{cause}; {fix}"
+    code = re.search(r"<Code>([^<]+)</Code>(?:<Message>([^<]+)</Message>)?", text)
+    if code:
+        return f"{where}{code.group(1)}: {code.group(2) or ''}".rstrip(": ")
+    return head if len(head) <= 300 else head[:297] + "..."

@@ -20,14 +20,15 @@ from shoal.config import ConfigError, load_config
 
 
 async def gather_stats(config_flags: dict[str, Any], config_file: str | None) -> dict[str, Any]:
-    from shoal.meta.store import MetaStore
+    from shoal.meta.store import MetaStore, redact_url
     from shoal.storage.objectstore import ObjectStore
 
     config = load_config(config_file, os.environ, config_flags)
-    meta = await MetaStore.open(config.metadata_url)
+    # Read-only: a mistyped --data-dir must not become an empty store.
+    meta = await MetaStore.open(config.metadata_url, create=False)
     try:
         summary = await meta.storage_summary()
-        store = ObjectStore(config.objects_url, config.object_store_options)
+        store = ObjectStore(config.objects_url, config.object_store_options, create=False)
         listed = await store.list("")
         known = await meta.object_keys()
         import time
@@ -39,7 +40,7 @@ async def gather_stats(config_flags: dict[str, Any], config_file: str | None) ->
         await meta.close()
     return {
         "objects_url": config.objects_url,
-        "metadata_url": config.metadata_url.split("@")[-1],
+        "metadata_url": redact_url(config.metadata_url),
         "objects": {k: {"count": n, "bytes": b} for k, (n, b) in summary["objects"].items()},
         "pending_delete": {
             "count": summary["pending_delete"][0],
