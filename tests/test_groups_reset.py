@@ -225,3 +225,27 @@ def test_closed_port() -> None:
         assert result.output.count("\n") == 1, result.output
         assert f"cannot reach {address}" in result.output, result.output
         assert "Connection refused" in result.output
+
+
+def test_describe_table_is_not_cut_in_a_pipe(bootstrap: str, topic: str) -> None:
+    """Output that is not a terminal gets whole lines, however wide the table."""
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    client_id = "a-rather-long-client-id-" + "x" * 40
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "client.id": client_id})
+    c.subscribe([topic])
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not c.assignment():
+            assert time.monotonic() < deadline, "no assignment"
+            c.poll(0.1)
+        info = json.loads(ok("describe", group, "--bootstrap", bootstrap, "--format", "json"))
+        (member,) = info["members"]
+        table = ok("describe", group, "--bootstrap", bootstrap)
+    finally:
+        c.close()
+    assert "…" not in table
+    rows = [line for line in table.splitlines() if line.startswith("│ ")]
+    assert len(rows) == 2, table
+    for row in rows:
+        assert member["member_id"] in row and client_id in row
+    assert max(len(line) for line in table.splitlines()) > 200

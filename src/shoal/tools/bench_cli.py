@@ -19,8 +19,8 @@ from shoal.tools import bench as b
 from shoal.tools.options import (
     bootstrap_option,
     client_errors,
+    parse_client_settings,
     parse_rate,
-    parse_settings,
     settings_option,
 )
 from shoal.tools.replay_cli import replay
@@ -261,7 +261,7 @@ def consume(**kw: Any) -> None:
     "consumer_extra",
     multiple=True,
     metavar="KEY=VALUE",
-    callback=parse_settings,
+    callback=parse_client_settings,
     help="Setting for the consumer only (repeatable).",
 )
 @click.option(

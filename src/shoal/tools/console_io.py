@@ -7,6 +7,7 @@ creates a topic: a mistyped name is an error, not a new topic.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from typing import Any, BinaryIO
@@ -242,8 +243,8 @@ def _start_offsets(
     "--offset",
     callback=_offset,
     metavar="beginning|end|N|-N",
-    help="Where to start: beginning, end, offset N, or N records before the end "
-    "[end; with --group: the committed offset, else end].",
+    help="Where to start: beginning, end, offset N, or N records before the end [end]. "
+    "With --group, beginning and end apply only where the group has committed nothing.",
 )
 @click.option(
     "--timestamp",
@@ -305,7 +306,9 @@ def consume(
 
         def on_assign(c: Any, tps: list[Any]) -> None:
             assigned.update(tp.partition for tp in tps)
-            if isinstance(offset, int) or timestamp is not None or offset == "end":
+            # beginning/end only say where to start without a committed
+            # offset (auto.offset.reset); N, -N and a time always apply.
+            if isinstance(offset, int) or timestamp is not None:
                 c.assign(
                     _start_offsets(k, c, topic, [tp.partition for tp in tps], offset, timestamp)
                 )
@@ -336,5 +339,9 @@ def consume(
             seen += 1
     except KeyboardInterrupt:
         pass
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as kcat does; point
+        # stdout at /dev/null so the interpreter's final flush cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         consumer.close()

@@ -55,6 +55,22 @@ def bootstrap_option() -> Callable[[F], F]:
     )
 
 
+def parse_client_settings(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
+    """`-X key=value` librdkafka settings, checked by librdkafka itself before
+    the command starts (a client without brokers connects to nothing)."""
+    out = parse_settings(ctx, param, values)
+    if out:
+        from confluent_kafka import KafkaException, Producer
+
+        try:
+            Producer({**out, "bootstrap.servers": "", "logger": _QUIET})
+        except KafkaException as exc:
+            raise click.BadParameter(kafka_error_text(exc), ctx=ctx, param=param) from None
+    return out
+
+
 def settings_option() -> Callable[[F], F]:
     """-X KEY=VALUE client settings, repeatable."""
     return click.option(
@@ -62,7 +78,7 @@ def settings_option() -> Callable[[F], F]:
         "extra",
         multiple=True,
         metavar="KEY=VALUE",
-        callback=parse_settings,
+        callback=parse_client_settings,
         help="librdkafka client setting, passed through (repeatable).",
     )
 
@@ -110,6 +126,7 @@ class KafkaClients:
         self.extra = dict(extra)
         self.timeout = timeout
         self.fatal: str | None = None
+        self.reached = False  # the cluster has answered once
         self._last: str | None = None
         self._admin: Any = None
 
@@ -124,7 +141,11 @@ class KafkaClients:
 
     def _on_error(self, err: Any) -> None:
         name = err.name()
-        if name in self._FATAL:
+        if name == "_ALL_BROKERS_DOWN" and self.reached:
+            # Once the cluster answered, an outage is waited out (like kcat):
+            # a long `consume` must survive a broker restart.
+            self._last = err.str()
+        elif name in self._FATAL:
             # "1/1 brokers are down" says less than the connect error before it.
             cause = self._last if name == "_ALL_BROKERS_DOWN" and self._last else err.str()
             self.fatal = f"cannot reach {self.bootstrap}: {cause}"
@@ -173,6 +194,7 @@ class KafkaClients:
                     continue
                 raise
             self.check()
+            self.reached = True
             return metadata
 
     def wait(self, future: Any, what: str) -> Any:

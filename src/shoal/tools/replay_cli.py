@@ -15,7 +15,7 @@ import click
 
 from shoal.tools import replay as r
 from shoal.tools.bench import BenchError
-from shoal.tools.options import parse_rate, parse_settings
+from shoal.tools.options import client_errors, parse_client_settings, parse_rate
 
 
 def _png(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
@@ -94,7 +94,7 @@ _POSITIVE = click.FloatRange(min=0, min_open=True)
     "extra",
     multiple=True,
     metavar="KEY=VALUE",
-    callback=parse_settings,
+    callback=parse_client_settings,
     help="librdkafka setting for producer and consumer (repeatable).",
 )
 @click.option(
@@ -102,7 +102,7 @@ _POSITIVE = click.FloatRange(min=0, min_open=True)
     "consumer_extra",
     multiple=True,
     metavar="KEY=VALUE",
-    callback=parse_settings,
+    callback=parse_client_settings,
     help="Setting for the consumer only (repeatable).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -111,6 +111,7 @@ _POSITIVE = click.FloatRange(min=0, min_open=True)
     "--chart", "chart_path", type=click.Path(dir_okay=False, path_type=Path), callback=_png
 )
 @click.option("--quiet", is_flag=True, help="No start line.")
+@client_errors
 def replay(**kw: Any) -> None:
     """Sites go offline together, then reconnect and replay their backlog.
 

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from shoal.tools import scorecard as sc
-from shoal.tools.options import parse_settings
+from shoal.tools.options import parse_client_settings
 
 _STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
 
@@ -56,7 +56,7 @@ def _only(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
     "extra",
     multiple=True,
     metavar="KEY=VALUE",
-    callback=parse_settings,
+    callback=parse_client_settings,
     help="librdkafka setting for every client (repeatable).",
 )
 def scorecard(**kw: Any) -> None:
