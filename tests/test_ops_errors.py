@@ -204,3 +204,27 @@ def test_s3_errors_name_the_endpoint_the_cause_and_the_fix(tmp_path: Path) -> No
 
     line = serve_s3(tmp_path, s3, "no-such-bucket")
     assert "s3://no-such-bucket/shoal" in line and "bucket does not exist" in line, line
+
+
+def test_cluster_status_on_an_empty_database_creates_nothing() -> None:
+    import asyncpg
+
+    from cluster_harness import new_database
+
+    url = new_database()
+    for args in (["cluster", "status"], ["cluster", "drain", "1", "--no-wait"]):
+        out = shoal(*args, "--metadata", url)
+        line = one_line(out)
+        assert "no Shoal schema" in line and "schema_version" in line, line
+
+    async def tables() -> list[str]:
+        conn = await asyncpg.connect(url)
+        try:
+            rows = await conn.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+            )
+        finally:
+            await conn.close()
+        return [r["table_name"] for r in rows]
+
+    assert asyncio.run(tables()) == []

@@ -38,7 +38,8 @@ NOT_CLUSTER = (
 async def _store(url: str) -> ClusterStore:
     if _is_sqlite(url):
         raise click.ClickException(NOT_CLUSTER)
-    return ClusterStore(await MetaStore.open(url))
+    # Read-only: an empty or mistyped database must not get Shoal's tables.
+    return ClusterStore(await MetaStore.open(url, create=False))
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
