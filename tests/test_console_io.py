@@ -21,8 +21,13 @@ BASE_MS = 1_700_000_000_000
 
 
 @pytest.fixture(scope="module")
-def bootstrap(broker: BrokerProcess) -> Iterator[str]:
-    yield broker.bootstrap
+def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    b = BrokerProcess(
+        tmp_path_factory.mktemp("console-io") / "data",
+        env={"SHOAL_GROUP_INITIAL_REBALANCE_DELAY_MS": "0"},
+    ).start()
+    yield b.bootstrap
+    b.stop()
 
 
 def new_topic(bootstrap: str, partitions: int = 1) -> str:
@@ -173,3 +178,16 @@ def test_bad_client_setting_is_one_line() -> None:
         assert error == [
             "Error: Invalid value for '-X': No such configuration property: \"foo.bar\""
         ], command
+
+
+def test_bad_bootstrap_is_refused_before_connecting() -> None:
+    """librdkafka would wrap port 99999 round to another port and try that."""
+    for command in (("bench", "produce"), ("scorecard",), ("groups", "list"), ("consume", "t")):
+        for address, bad in (
+            ("127.0.0.1:99999", "127.0.0.1:99999"),
+            ("127.0.0.1:1,host:x", "host:x"),
+            ("", ""),
+        ):
+            result = shoal(*command, "--bootstrap", address)
+            assert result.exit_code == 2, (command, result.output)
+            assert f"port in 1-65535, got {bad!r}" in result.output, result.output

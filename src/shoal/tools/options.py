@@ -45,13 +45,31 @@ def parse_rate(ctx: click.Context, param: click.Parameter, value: str) -> float 
     return rate
 
 
+def parse_bootstrap(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """HOST[:PORT][,HOST[:PORT]...], each port in 1-65535 (librdkafka would
+    silently wrap 99999 to another port)."""
+    addresses = [a.strip() for a in value.split(",")]
+    for address in addresses:
+        host, sep, port = address.rpartition(":")
+        if not sep:
+            host, port = address, "9092"
+        if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+            raise click.BadParameter(
+                f"expected HOST:PORT with a port in 1-65535, got {address!r}",
+                ctx=ctx,
+                param=param,
+            )
+    return ",".join(addresses)
+
+
 def bootstrap_option() -> Callable[[F], F]:
     """--bootstrap, for every command that talks to a cluster."""
     return click.option(
         "--bootstrap",
         default="127.0.0.1:9092",
         show_default=True,
-        help="Bootstrap address of any Kafka-compatible cluster.",
+        callback=parse_bootstrap,
+        help="Bootstrap address of any Kafka-compatible cluster (HOST:PORT[,...]).",
     )
 
 

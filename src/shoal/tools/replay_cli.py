@@ -15,7 +15,7 @@ import click
 
 from shoal.tools import replay as r
 from shoal.tools.bench import BenchError
-from shoal.tools.options import client_errors, parse_client_settings, parse_rate
+from shoal.tools.options import bootstrap_option, client_errors, parse_client_settings, parse_rate
 
 
 def _png(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
@@ -28,7 +28,7 @@ _POSITIVE = click.FloatRange(min=0, min_open=True)
 
 
 @click.command(name="replay")
-@click.option("--bootstrap", default="127.0.0.1:9092", show_default=True)
+@bootstrap_option()
 @click.option(
     "--sites", type=click.IntRange(min=1), default=100, show_default=True, help="Edge sites."
 )

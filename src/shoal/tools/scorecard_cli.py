@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from shoal.tools import scorecard as sc
-from shoal.tools.options import parse_client_settings
+from shoal.tools.options import bootstrap_option, parse_client_settings
 
 _STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
 
@@ -28,7 +28,7 @@ def _only(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
 
 
 @click.command(name="scorecard")
-@click.option("--bootstrap", default="127.0.0.1:9092", show_default=True)
+@bootstrap_option()
 @click.option(
     "--format",
     "fmt",
