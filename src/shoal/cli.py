@@ -45,6 +45,7 @@ class LazyGroup(click.Group):
     pay for the tools' imports (Kafka clients, charts)."""
 
     lazy = {
+        "acls": ("shoal.tools.acls_cli", "acls"),
         "bench": ("shoal.tools.bench_cli", "bench"),
         "cluster": ("shoal.cluster.cli", "cluster"),
         "cost": ("shoal.tools.cost_cli", "cost"),

@@ -363,6 +363,37 @@ BROKER_KEYS: dict[str, Key] = {
             "how often the balancer looks at the load",
             at_least(100),
         ),
+        Key(
+            "authorizer.class.name",
+            str,
+            "",
+            "any non-empty value (e.g. shoal) turns ACL authorization on; empty: "
+            "everything is allowed, as Kafka without an authorizer",
+        ),
+        Key(
+            "super.users",
+            str,
+            "",
+            "principals allowed everything, ;-separated (User:admin;User:ops)",
+            lambda v: (
+                None
+                if all(":" in p.strip() for p in v.split(";") if p.strip())
+                else "must be Type:name principals separated by ;"
+            ),
+        ),
+        Key(
+            "allow.everyone.if.no.acl.found",
+            bool,
+            False,
+            "allow a resource that no ACL names at all (with an authorizer)",
+        ),
+        Key(
+            "acl.refresh.interval.ms",
+            int,
+            500,
+            "cluster mode: how often a broker checks for ACL changes made through another",
+            at_least(10),
+        ),
     ]
 }
 

@@ -13,9 +13,18 @@ from typing import TYPE_CHECKING
 from shoal.broker.topics import Topic, TopicCatalog
 from shoal.config import BrokerConfig
 from shoal.group.coordinator import GroupConfig, GroupCoordinator
+from shoal.meta.acls import AclStore
 from shoal.meta.store import MetaStore, PartitionRecord
 from shoal.producer.ids import ProducerIdAllocator
 from shoal.protocol.errors import ErrorCode, KafkaError
+from shoal.security.acls import AclBinding, AclOperation, ResourceType
+from shoal.security.authorizer import (
+    AclSync,
+    Authorizer,
+    Requester,
+    parse_super_users,
+    peer_host,
+)
 from shoal.storage.compaction import CompactionConfig
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.streams import EngineConfig, StreamEngine
@@ -25,6 +34,16 @@ if TYPE_CHECKING:
     from shoal.cluster.member import ClusterMember
 
 log = logging.getLogger("shoal.broker")
+
+#: the error code of a denial, by resource type (Kafka's)
+DENIED: dict[ResourceType, ErrorCode] = {
+    ResourceType.TOPIC: ErrorCode.topic_authorization_failed,
+    ResourceType.GROUP: ErrorCode.group_authorization_failed,
+    ResourceType.CLUSTER: ErrorCode.cluster_authorization_failed,
+    ResourceType.TRANSACTIONAL_ID: ErrorCode.transactional_id_authorization_failed,
+    ResourceType.DELEGATION_TOKEN: ErrorCode.delegation_token_authorization_failed,
+    ResourceType.USER: ErrorCode.cluster_authorization_failed,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +77,18 @@ class Broker:
         self.node = Node(int(config["node.id"]), host, port, config["rack"] or None)
         self.started = time.time()
         self.producer_ids = ProducerIdAllocator(meta)
+        self.acl_store = AclStore(meta)
+        self.authorizer = Authorizer(
+            bool(config["authorizer.class.name"]),
+            parse_super_users(config["super.users"]),
+            bool(config["allow.everyone.if.no.acl.found"]),
+        )
+        self.acl_sync = AclSync(
+            self.authorizer,
+            self.acl_store.version,
+            self.load_acls,
+            int(config["acl.refresh.interval.ms"]) / 1000,
+        )
 
     @classmethod
     async def open(cls, config: BrokerConfig) -> Broker:
@@ -93,6 +124,9 @@ class Broker:
         await catalog.load()
         broker = cls(config, meta, store, engine, catalog, await meta.cluster_id())
         broker.groups = await GroupCoordinator.open(meta, GroupConfig.from_config(config))
+        await broker.acl_sync.refresh()
+        if config.cluster_mode:
+            broker.acl_sync.start()
         if config.cluster_mode:
             from shoal.cluster.member import ClusterMember
 
@@ -117,9 +151,54 @@ class Broker:
         """Commit everything pending, then let go of the metadata store."""
         if self.cluster is not None:
             await self.cluster.stop()
+        await self.acl_sync.stop()
         await self.groups.close()
         await self.engine.close()
         await self.meta.close()
+
+    async def load_acls(self) -> tuple[int, list[AclBinding]]:
+        version, rows = await self.acl_store.load()
+        return version, [AclBinding.of(*row) for row in rows]
+
+    async def acls_changed(self, version: int) -> None:
+        """After this broker changed the stored ACLs: apply them at once."""
+        if version != self.authorizer.version:
+            await self.acl_sync.refresh()
+
+    def authorize(
+        self,
+        client: Requester,
+        op: AclOperation,
+        rtype: ResourceType,
+        name: str,
+        log_denial: bool = True,
+    ) -> bool:
+        """May this client do `op` on the resource? (Always, with no authorizer.)"""
+        if not self.authorizer.enabled:
+            return True
+        if self.authorizer.authorize_peer(client.principal, client.peer, op, rtype, name):
+            return True
+        if log_denial:
+            log.info(
+                "authorization denied: %s may not %s %s %r (client %s)",
+                client.principal,
+                op.name,
+                rtype.name,
+                name,
+                client,
+            )
+        return False
+
+    def require(self, client: Requester, op: AclOperation, rtype: ResourceType, name: str) -> None:
+        """`authorize`, raising the Kafka error a client expects when denied."""
+        if not self.authorize(client, op, rtype, name):
+            raise KafkaError(
+                DENIED[rtype], f"{client.principal} may not {op.name} {rtype.name} {name!r}"
+            )
+
+    def authorize_any(self, client: Requester, op: AclOperation, rtype: ResourceType) -> bool:
+        """May this client do `op` on at least one resource of the type?"""
+        return self.authorizer.authorize_any(client.principal, peer_host(client.peer), op, rtype)
 
     def partition(self, topic_name: str, index: int) -> tuple[Topic, PartitionRecord]:
         topic = self.topics.get(topic_name)

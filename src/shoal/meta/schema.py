@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 SCHEMA_VERSION = 1
@@ -196,4 +197,30 @@ reassignments = Table(
     Column("requested_ms", BigInteger, nullable=False),
     Column("moved_ms", BigInteger, nullable=True),
     Column("reason", String(32), nullable=False, default="admin"),
+)
+
+# ACLs (issue 10), Kafka's model with its wire codes: one row per binding,
+# no duplicates. Every change bumps counters["acls.version"] in the same
+# transaction; brokers poll that one row to reload.
+acls = Table(
+    "acls",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("resource_type", Integer, nullable=False),
+    Column("resource_name", String(1024), nullable=False),
+    Column("pattern_type", Integer, nullable=False),
+    Column("principal", String(1024), nullable=False),
+    Column("host", String(64), nullable=False),
+    Column("operation", Integer, nullable=False),
+    Column("permission", Integer, nullable=False),
+    UniqueConstraint(
+        "resource_type",
+        "resource_name",
+        "pattern_type",
+        "principal",
+        "host",
+        "operation",
+        "permission",
+        name="acls_binding",
+    ),
 )

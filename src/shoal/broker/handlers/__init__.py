@@ -40,6 +40,7 @@ Handler = Callable[[Broker, Client, RequestHeader, Any], Awaitable[Any]]
 
 def registry() -> dict[int, Handler]:
     from shoal.broker.handlers import (
+        acls,
         api_versions,
         configs,
         delete_records,
@@ -76,6 +77,9 @@ def registry() -> dict[int, Handler]:
         21: delete_records.handle_delete_records,
         22: producer_ids.handle_init_producer_id,
         23: leader_epoch.handle_offset_for_leader_epoch,
+        29: acls.handle_describe_acls,
+        30: acls.handle_create_acls,
+        31: acls.handle_delete_acls,
         32: configs.handle_describe_configs,
         33: configs.handle_alter_configs,
         37: topics.handle_create_partitions,

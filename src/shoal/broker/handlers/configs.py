@@ -19,6 +19,7 @@ from shoal.config import BROKER_KEYS, TOPIC_DEFAULT_FROM, TOPIC_KEYS, Key
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
+from shoal.security.acls import CLUSTER_NAME, AclOperation, ResourceType
 
 log = logging.getLogger("shoal.configs")
 ZERO = datetime.timedelta(0)
@@ -36,6 +37,7 @@ BOOLEAN, STRING, LONG, LIST = 1, 2, 5, 7
 
 SET, DELETE, APPEND, SUBTRACT = 0, 1, 2, 3
 LIST_KEYS = {"cleanup.policy"}
+DESCRIBE_CONFIGS = AclOperation.DESCRIBE_CONFIGS
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,7 @@ async def handle_describe_configs(
         code, message, entries = ErrorCode.none, None, []
         try:
             if r.resource_type == TOPIC:
+                broker.require(client, DESCRIBE_CONFIGS, ResourceType.TOPIC, r.resource_name)
                 topic = broker.topics.get(r.resource_name)
                 if topic is None:
                     raise KafkaError(
@@ -109,6 +112,7 @@ async def handle_describe_configs(
                         ErrorCode.invalid_request,
                         f"this is broker {broker.node.node_id}, not {r.resource_name}",
                     )
+                broker.require(client, DESCRIBE_CONFIGS, ResourceType.CLUSTER, CLUSTER_NAME)
                 entries = broker_config_entries(broker)
             else:
                 raise KafkaError(
@@ -213,6 +217,7 @@ async def _alter(
         code, message = ErrorCode.none, None
         try:
             _check_topic_resource(r.resource_type)
+            broker.require(client, AclOperation.ALTER_CONFIGS, ResourceType.TOPIC, r.resource_name)
             set_, remove, replace = changes(r)
             await broker.topics.alter_configs(
                 r.resource_name,

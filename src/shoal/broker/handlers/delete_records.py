@@ -11,6 +11,7 @@ from shoal.broker.handlers import Client
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
+from shoal.security.acls import AclOperation, ResourceType
 from shoal.storage.errors import OffsetOutOfRange, StorageError
 
 log = logging.getLogger("shoal.delete_records")
@@ -26,6 +27,7 @@ async def handle_delete_records(
         for p in t.partitions:
             code, low = ErrorCode.none, -1
             try:
+                broker.require(client, AclOperation.DELETE, ResourceType.TOPIC, t.name)
                 _topic, rec = broker.partition(t.name, p.partition_index)
                 broker.check_owner(rec)
                 offset = int(p.offset)

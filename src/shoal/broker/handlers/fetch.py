@@ -13,6 +13,7 @@ from shoal.broker.handlers import Client, Deferred
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
+from shoal.security.acls import AclOperation, ResourceType
 from shoal.storage.errors import OffsetOutOfRange, StorageError
 
 log = logging.getLogger("shoal.fetch")
@@ -51,6 +52,7 @@ async def handle_fetch(broker: Broker, client: Client, header: RequestHeader, bo
     rack = getattr(body, "rack_id", None) or None
     for p in parts:
         try:
+            broker.require(client, AclOperation.READ, ResourceType.TOPIC, p.topic)
             topic, rec = broker.partition(p.topic, p.index)
             p.owned = broker.owns(rec)
             p.topic_id = topic.id

@@ -14,12 +14,13 @@ import datetime
 import logging
 from typing import Any
 
-from shoal.broker.broker import Broker
+from shoal.broker.broker import DENIED, Broker
 from shoal.broker.handlers import Client, Deferred
 from shoal.group.coordinator import JoinRequest, JoinResult, SyncResult
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode
 from shoal.protocol.headers import RequestHeader
+from shoal.security.acls import CLUSTER_NAME, AclOperation, ResourceType
 
 log = logging.getLogger("shoal.groups")
 ZERO = datetime.timedelta(0)
@@ -53,6 +54,11 @@ async def handle_find_coordinator(
         code, message = ErrorCode.invalid_request, f"unknown coordinator key type {key_type}"
         log.info("FindCoordinator from %s: %s", client, message)
     node = broker.coordinator_node(keys[0]) if keys else broker.node
+    codes = [
+        code if code != ErrorCode.none else _may_find(broker, client, key_type, k) for k in keys
+    ]
+    if keys and codes[0] != ErrorCode.none:
+        code = codes[0]
     found = code == ErrorCode.none
     if header.api_version >= 4:
         nodes = [broker.coordinator_node(key) for key in keys]
@@ -61,13 +67,13 @@ async def handle_find_coordinator(
             coordinators=tuple(
                 s.Coordinator(
                     key=key,
-                    node_id=n.node_id if found else -1,
-                    host=n.host if found else "",
-                    port=n.port if found else -1,
-                    error_code=code,
+                    node_id=n.node_id if c == ErrorCode.none else -1,
+                    host=n.host if c == ErrorCode.none else "",
+                    port=n.port if c == ErrorCode.none else -1,
+                    error_code=c,
                     error_message=message,
                 )
-                for key, n in zip(keys, nodes, strict=True)
+                for key, n, c in zip(keys, nodes, codes, strict=True)
             ),
         )
     return s.FindCoordinatorResponse(
@@ -80,10 +86,37 @@ async def handle_find_coordinator(
     )
 
 
+def _may_find(broker: Broker, client: Client, key_type: int, key: str) -> ErrorCode:
+    """Kafka: DESCRIBE on the group (or transactional id) to find its coordinator."""
+    if key_type == KEY_TRANSACTION:
+        rtype = ResourceType.TRANSACTIONAL_ID
+    else:
+        rtype = ResourceType.GROUP
+    if broker.authorize(client, AclOperation.DESCRIBE, rtype, key):
+        return ErrorCode.none
+    return DENIED[rtype]
+
+
+def _may(broker: Broker, client: Client, op: AclOperation, group_id: str) -> bool:
+    return broker.authorize(client, op, ResourceType.GROUP, group_id)
+
+
 async def handle_join_group(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
     s = Schema(11, header.api_version)
+    if not _may(broker, client, AclOperation.READ, body.group_id):
+        return s.JoinGroupResponse(
+            throttle_time=ZERO,
+            error_code=ErrorCode.group_authorization_failed,
+            generation_id=-1,
+            protocol_type=None,
+            protocol_name=None if s.version >= 7 else "",
+            leader="",
+            skip_assignment=False,
+            member_id=body.member_id,
+            members=(),
+        )
     version = header.api_version
     session_ms = _ms(body.session_timeout)
     rebalance_ms = _ms(getattr(body, "rebalance_timeout", session_ms))
@@ -132,6 +165,14 @@ async def handle_sync_group(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
     s = Schema(14, header.api_version)
+    if not _may(broker, client, AclOperation.READ, body.group_id):
+        return s.SyncGroupResponse(
+            throttle_time=ZERO,
+            error_code=ErrorCode.group_authorization_failed,
+            protocol_type=None,
+            protocol_name=None,
+            assignment=b"",
+        )
     assignments: dict[str, bytes] = {}
     for a in body.assignments:
         assignments[a.member_id] = bytes(a.assignment)
@@ -160,6 +201,10 @@ async def _sync_response(s: Schema, fut: asyncio.Future[SyncResult]) -> Any:
 
 async def handle_heartbeat(broker: Broker, client: Client, header: RequestHeader, body: Any) -> Any:
     s = Schema(12, header.api_version)
+    if not _may(broker, client, AclOperation.READ, body.group_id):
+        return s.HeartbeatResponse(
+            throttle_time=ZERO, error_code=ErrorCode.group_authorization_failed
+        )
     code = broker.groups.heartbeat(
         body.group_id,
         int(body.generation_id),
@@ -174,6 +219,10 @@ async def handle_leave_group(
 ) -> Any:
     """v0-2 name one member; v3+ a batch, each with its own error."""
     s = Schema(13, header.api_version)
+    if not _may(broker, client, AclOperation.READ, body.group_id):
+        return s.LeaveGroupResponse(
+            throttle_time=ZERO, error_code=ErrorCode.group_authorization_failed, members=()
+        )
     if header.api_version >= 3:
         leaving = [(m.member_id, m.group_instance_id) for m in body.members]
     else:
@@ -198,12 +247,17 @@ async def handle_list_groups(
 ) -> Any:
     s = Schema(16, header.api_version)
     states = tuple(getattr(body, "states_filter", ()) or ())
+    everything = broker.authorize(
+        client, AclOperation.DESCRIBE, ResourceType.CLUSTER, CLUSTER_NAME, False
+    )
     return s.ListGroupsResponse(
         throttle_time=ZERO,
         error_code=ErrorCode.none,
         groups=tuple(
             s.ListedGroup(group_id=gid, protocol_type=ptype, group_state=state)
             for gid, ptype, state in broker.groups.list_groups(states)
+            if everything
+            or broker.authorize(client, AclOperation.DESCRIBE, ResourceType.GROUP, gid, False)
         ),
     )
 
@@ -215,6 +269,19 @@ async def handle_describe_groups(
     s = Schema(15, header.api_version)
     out = []
     for gid in body.groups:
+        if not _may(broker, client, AclOperation.DESCRIBE, gid):
+            out.append(
+                s.DescribedGroup(
+                    error_code=ErrorCode.group_authorization_failed,
+                    group_id=gid,
+                    group_state="",
+                    protocol_type="",
+                    protocol_data="",
+                    members=(),
+                    authorized_operations=NO_AUTHORIZED_OPERATIONS,
+                )
+            )
+            continue
         g = broker.groups.describe(gid)
         out.append(
             s.DescribedGroup(
@@ -245,7 +312,9 @@ async def handle_delete_groups(
 ) -> Any:
     s = Schema(42, header.api_version)
     names = list(body.groups_names)
-    codes = await broker.groups.delete_groups(names)
+    allowed = [n for n in names if _may(broker, client, AclOperation.DELETE, n)]
+    done = dict(zip(allowed, await broker.groups.delete_groups(allowed), strict=True))
+    codes = [done.get(n, ErrorCode.group_authorization_failed) for n in names]
     for name, code in zip(names, codes, strict=True):
         if code != ErrorCode.none:
             log.info("delete group %r from %s: %s", name, client, code.name)

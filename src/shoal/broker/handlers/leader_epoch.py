@@ -14,6 +14,7 @@ from shoal.broker.handlers import Client
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
+from shoal.security.acls import AclOperation, ResourceType
 
 
 async def handle_offset_for_leader_epoch(
@@ -26,6 +27,7 @@ async def handle_offset_for_leader_epoch(
         for p in t.partitions:
             code, epoch, end = ErrorCode.none, -1, -1
             try:
+                broker.require(client, AclOperation.DESCRIBE, ResourceType.TOPIC, t.topic)
                 _topic, rec = broker.partition(t.topic, p.partition)
                 broker.check_owner(rec)
                 broker.check_leader_epoch(rec, p.current_leader_epoch)

@@ -11,6 +11,7 @@ from shoal.broker.handlers import Client
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
+from shoal.security.acls import AclOperation, ResourceType
 from shoal.storage.errors import StorageError
 
 log = logging.getLogger("shoal.list_offsets")
@@ -31,6 +32,7 @@ async def handle_list_offsets(
         for p in t.partitions:
             code, offset, ts, epoch = ErrorCode.none, -1, -1, -1
             try:
+                broker.require(client, AclOperation.DESCRIBE, ResourceType.TOPIC, t.name)
                 _topic, rec = broker.partition(t.name, p.partition_index)
                 broker.check_owner(rec)
                 broker.check_leader_epoch(rec, getattr(p, "current_leader_epoch", -1))

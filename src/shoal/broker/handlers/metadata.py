@@ -12,6 +12,7 @@ from shoal.broker.topics import Topic
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
+from shoal.security.acls import CLUSTER_NAME, AclOperation, ResourceType
 
 log = logging.getLogger("shoal.metadata")
 ZERO = datetime.timedelta(0)
@@ -24,12 +25,18 @@ async def handle_metadata(broker: Broker, client: Client, header: RequestHeader,
     requested = body.topics
     results = []
     if requested is None or (version == 0 and not requested):
-        topics = sorted(broker.topics.all(), key=lambda t: t.name)
+        topics = sorted(
+            (t for t in broker.topics.all() if _visible(broker, client, t.name)),
+            key=lambda t: t.name,
+        )
         results = [_topic(s, broker, t) for t in topics]
     else:
         for req in requested:
             name = req.name
             try:
+                broker.require(client, AclOperation.DESCRIBE, ResourceType.TOPIC, name)
+                if allow_auto and broker.topics.get(name) is None:
+                    _require_create(broker, client, name)
                 topic = await broker.topics.get_or_create(name, allow_auto)
                 if topic is None:
                     raise KafkaError(ErrorCode.unknown_topic_or_partition)
@@ -56,6 +63,20 @@ async def handle_metadata(broker: Broker, client: Client, header: RequestHeader,
         controller_id=broker.controller_id(),
         topics=tuple(results),
     )
+
+
+def _visible(broker: Broker, client: Client, name: str) -> bool:
+    """Kafka lists only the topics a principal may DESCRIBE, silently."""
+    return broker.authorize(client, AclOperation.DESCRIBE, ResourceType.TOPIC, name, False)
+
+
+def _require_create(broker: Broker, client: Client, name: str) -> None:
+    """Auto-creation needs CREATE on the cluster or on the topic."""
+    if not broker.config["auto.create.topics.enable"]:
+        return
+    if broker.authorize(client, AclOperation.CREATE, ResourceType.CLUSTER, CLUSTER_NAME, False):
+        return
+    broker.require(client, AclOperation.CREATE, ResourceType.TOPIC, name)
 
 
 def _topic(s: Schema, broker: Broker, topic: Topic) -> Any:

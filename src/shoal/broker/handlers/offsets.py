@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from shoal.broker.broker import Broker
@@ -19,6 +20,7 @@ from shoal.group.offsets import CommittedOffset, OffsetWriteError, TopicPartitio
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode
 from shoal.protocol.headers import RequestHeader
+from shoal.security.acls import AclOperation, ResourceType
 
 log = logging.getLogger("shoal.offsets")
 ZERO = datetime.timedelta(0)
@@ -29,17 +31,24 @@ def _partition_exists(broker: Broker, topic: str, index: int) -> bool:
     return t is not None and 0 <= index < len(t.partitions)
 
 
+def _may(broker: Broker, client: Client, op: AclOperation, rtype: ResourceType, name: str) -> bool:
+    return broker.authorize(client, op, rtype, name)
+
+
 async def handle_offset_commit(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
     s = Schema(8, header.api_version)
     groups = broker.groups
-    group_code = groups.check_commit(
-        body.group_id,
-        int(body.generation_id_or_member_epoch),
-        body.member_id,
-        getattr(body, "group_instance_id", None),
-    )
+    if not _may(broker, client, AclOperation.READ, ResourceType.GROUP, body.group_id):
+        group_code = ErrorCode.group_authorization_failed
+    else:
+        group_code = groups.check_commit(
+            body.group_id,
+            int(body.generation_id_or_member_epoch),
+            body.member_id,
+            getattr(body, "group_instance_id", None),
+        )
     if group_code != ErrorCode.none:
         log.info(
             "offset commit for group %s from %s (member %r, generation %d): %s",
@@ -59,6 +68,8 @@ async def handle_offset_commit(
             meta = p.committed_metadata or ""
             if group_code != ErrorCode.none:
                 codes[key] = group_code
+            elif not _may(broker, client, AclOperation.READ, ResourceType.TOPIC, t.name):
+                codes[key] = ErrorCode.topic_authorization_failed
             elif not _partition_exists(broker, t.name, key[1]):
                 codes[key] = ErrorCode.unknown_topic_or_partition
             elif len(meta) > max_meta:
@@ -122,20 +133,37 @@ async def handle_offset_fetch(
     group_ids = [g.group_id for g in body.groups] if version >= 8 else [body.group_id]
     pending = broker.groups.pending_writes(group_ids)
     if pending:
-        return Deferred(_fetch_after(pending, broker, header, body))
-    return _fetch_response(broker, header, body)
+        return Deferred(_fetch_after(pending, broker, client, header, body))
+    return _fetch_response(broker, client, header, body)
 
 
 async def _fetch_after(
-    pending: list[asyncio.Future[None]], broker: Broker, header: RequestHeader, body: Any
+    pending: list[asyncio.Future[None]],
+    broker: Broker,
+    client: Client,
+    header: RequestHeader,
+    body: Any,
 ) -> Any:
     await asyncio.gather(*(asyncio.shield(f) for f in pending), return_exceptions=True)
-    return _fetch_response(broker, header, body)
+    return _fetch_response(broker, client, header, body)
 
 
-def _fetch_response(broker: Broker, header: RequestHeader, body: Any) -> Any:
+def _fetch_response(broker: Broker, client: Client, header: RequestHeader, body: Any) -> Any:
+    """Kafka: DESCRIBE on the group, and on each topic (topics the principal
+    may not describe are left out of an "all topics" answer)."""
     version = header.api_version
     s = Schema(9, version)
+
+    def group_code(group_id: str) -> ErrorCode:
+        if not _may(broker, client, AclOperation.DESCRIBE, ResourceType.GROUP, group_id):
+            return ErrorCode.group_authorization_failed
+        return broker.groups.gate(group_id) or ErrorCode.none
+
+    def visible(topic: str, log_denial: bool) -> bool:
+        return broker.authorize(
+            client, AclOperation.DESCRIBE, ResourceType.TOPIC, topic, log_denial
+        )
+
     if version >= 8:
         return s.OffsetFetchResponse(
             throttle_time=ZERO,
@@ -149,12 +177,17 @@ def _fetch_response(broker: Broker, header: RequestHeader, body: Any) -> Any:
                         g.topics,
                         "OffsetFetchResponseTopics",
                         "OffsetFetchResponsePartitions",
-                    ),
-                    error_code=broker.groups.gate(g.group_id) or ErrorCode.none,
+                        visible,
+                    )
+                    if code == ErrorCode.none
+                    else (),
+                    error_code=code,
                 )
                 for g in body.groups
+                for code in (group_code(g.group_id),)
             ),
         )
+    code = group_code(body.group_id)
     return s.OffsetFetchResponse(
         throttle_time=ZERO,
         topics=_fetch_topics(
@@ -164,19 +197,29 @@ def _fetch_response(broker: Broker, header: RequestHeader, body: Any) -> Any:
             body.topics,
             "OffsetFetchResponseTopic",
             "OffsetFetchResponsePartition",
-        ),
-        error_code=broker.groups.gate(body.group_id) or ErrorCode.none,
+            visible,
+        )
+        if code == ErrorCode.none
+        else (),
+        error_code=code,
     )
 
 
 def _fetch_topics(
-    s: Schema, broker: Broker, group_id: str, topics: Any, topic_cls: str, part_cls: str
+    s: Schema,
+    broker: Broker,
+    group_id: str,
+    topics: Any,
+    topic_cls: str,
+    part_cls: str,
+    visible: Callable[[str, bool], bool],
 ) -> tuple[Any, ...]:
     committed = broker.groups.committed(group_id)
     wanted: dict[str, list[int]] = {}
     if topics is None:
         for name, index in sorted(committed):
-            wanted.setdefault(name, []).append(index)
+            if visible(name, False):
+                wanted.setdefault(name, []).append(index)
     else:
         for t in topics:
             wanted.setdefault(t.name, []).extend(int(i) for i in t.partition_indexes)
@@ -185,15 +228,16 @@ def _fetch_topics(
     out = []
     for name, indexes in wanted.items():
         parts = []
+        allowed = topics is None or visible(name, True)
         for index in indexes:
-            c = committed.get((name, index))
+            c = committed.get((name, index)) if allowed else None
             parts.append(
                 make_part(
                     partition_index=index,
                     committed_offset=c.offset if c is not None else -1,
                     committed_leader_epoch=c.leader_epoch if c is not None else -1,
                     metadata=c.metadata if c is not None else "",
-                    error_code=ErrorCode.none,
+                    error_code=ErrorCode.none if allowed else ErrorCode.topic_authorization_failed,
                 )
             )
         out.append(make_topic(name=name, partitions=tuple(parts)))
@@ -204,12 +248,19 @@ async def handle_offset_delete(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
     s = Schema(47, header.api_version)
+    if not _may(broker, client, AclOperation.DELETE, ResourceType.GROUP, body.group_id):
+        return s.OffsetDeleteResponse(
+            error_code=ErrorCode.group_authorization_failed, throttle_time=ZERO, topics=()
+        )
     keys: list[TopicPartition] = []
     unknown: set[TopicPartition] = set()
+    denied: set[TopicPartition] = set()
     for t in body.topics:
         for p in t.partitions:
             key = (t.name, int(p.partition_index))
-            if _partition_exists(broker, t.name, key[1]):
+            if not _may(broker, client, AclOperation.READ, ResourceType.TOPIC, t.name):
+                denied.add(key)
+            elif _partition_exists(broker, t.name, key[1]):
                 keys.append(key)
             else:
                 unknown.add(key)
@@ -226,7 +277,9 @@ async def handle_offset_delete(
                 partitions=tuple(
                     s.OffsetDeleteResponsePartition(
                         partition_index=p.partition_index,
-                        error_code=ErrorCode.unknown_topic_or_partition
+                        error_code=ErrorCode.topic_authorization_failed
+                        if (t.name, int(p.partition_index)) in denied
+                        else ErrorCode.unknown_topic_or_partition
                         if (t.name, int(p.partition_index)) in unknown
                         else results.get((t.name, int(p.partition_index)), ErrorCode.none),
                     )

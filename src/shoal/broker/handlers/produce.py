@@ -14,6 +14,7 @@ from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
 from shoal.protocol.records import validate_batches
+from shoal.security.acls import AclOperation, ResourceType
 from shoal.storage.errors import AppendTimeout, Fenced, StorageError
 from shoal.storage.producers import SequenceError
 
@@ -51,6 +52,8 @@ async def handle_produce(broker: Broker, client: Client, header: RequestHeader, 
 async def _append(
     broker: Broker, client: Client, topic_name: str, index: int, records: bytes | None
 ) -> _Slot:
+    if not broker.authorize(client, AclOperation.WRITE, ResourceType.TOPIC, topic_name):
+        return topic_name, index, ErrorCode.topic_authorization_failed, -1, None
     try:
         topic, part = broker.partition(topic_name, index)
         broker.check_owner(part)

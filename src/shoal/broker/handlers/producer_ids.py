@@ -17,6 +17,7 @@ from shoal.broker.handlers import Client
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode
 from shoal.protocol.headers import RequestHeader
+from shoal.security.acls import CLUSTER_NAME, AclOperation, ResourceType
 
 log = logging.getLogger("shoal.producer_ids")
 MAX_EPOCH = 32767
@@ -34,6 +35,11 @@ async def handle_init_producer_id(
             client,
             body.transactional_id,
         )
+    elif not broker.authorize(
+        client, AclOperation.IDEMPOTENT_WRITE, ResourceType.CLUSTER, CLUSTER_NAME
+    ) and not broker.authorize_any(client, AclOperation.WRITE, ResourceType.TOPIC):
+        # Kafka: IDEMPOTENT_WRITE on the cluster, or WRITE on any topic.
+        code = ErrorCode.cluster_authorization_failed
     else:
         known_pid = int(getattr(body, "producer_id", -1))
         known_epoch = int(getattr(body, "producer_epoch", -1))

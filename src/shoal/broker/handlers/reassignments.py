@@ -17,6 +17,7 @@ from shoal.broker.handlers import Client
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
+from shoal.security.acls import CLUSTER_NAME, AclOperation, ResourceType
 
 log = logging.getLogger("shoal.reassignments")
 ZERO = datetime.timedelta(0)
@@ -26,6 +27,13 @@ async def handle_alter_partition_reassignments(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
     s = Schema(45, header.api_version)
+    if not broker.authorize(client, AclOperation.ALTER, ResourceType.CLUSTER, CLUSTER_NAME):
+        return s.AlterPartitionReassignmentsResponse(
+            throttle_time=ZERO,
+            error_code=ErrorCode.cluster_authorization_failed,
+            error_message=f"{client.principal} may not ALTER the cluster",
+            responses=(),
+        )
     topics = []
     for t in body.topics:
         parts = []
@@ -93,6 +101,13 @@ async def handle_list_partition_reassignments(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
     s = Schema(46, header.api_version)
+    if not broker.authorize(client, AclOperation.DESCRIBE, ResourceType.CLUSTER, CLUSTER_NAME):
+        return s.ListPartitionReassignmentsResponse(
+            throttle_time=ZERO,
+            error_code=ErrorCode.cluster_authorization_failed,
+            error_message=f"{client.principal} may not DESCRIBE the cluster",
+            topics=(),
+        )
     wanted: dict[str, set[int]] | None = None
     if body.topics is not None:
         wanted = {t.name: set(t.partition_indexes) for t in body.topics}

@@ -12,6 +12,7 @@ from shoal.broker.handlers.configs import topic_config_entries
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
+from shoal.security.acls import CLUSTER_NAME, AclOperation, ResourceType
 
 log = logging.getLogger("shoal.topics")
 ZERO = datetime.timedelta(0)
@@ -29,6 +30,10 @@ async def handle_create_topics(
             if t.name in seen:
                 raise KafkaError(ErrorCode.invalid_request, f"topic {t.name!r} listed twice")
             seen.add(t.name)
+            if not broker.authorize(
+                client, AclOperation.CREATE, ResourceType.CLUSTER, CLUSTER_NAME, False
+            ):
+                broker.require(client, AclOperation.CREATE, ResourceType.TOPIC, t.name)
             if t.replication_factor == 0 or t.replication_factor < -1:
                 raise KafkaError(
                     ErrorCode.invalid_replication_factor,
@@ -80,6 +85,7 @@ async def handle_delete_topics(
     for name in body.topic_names:
         code, message = ErrorCode.none, None
         try:
+            broker.require(client, AclOperation.DELETE, ResourceType.TOPIC, name)
             topic = await broker.topics.delete(name)
             for p in topic.partitions:
                 broker.engine.forget(p.stream_id)
@@ -99,6 +105,7 @@ async def handle_create_partitions(
     for t in body.topics:
         code, message = ErrorCode.none, None
         try:
+            broker.require(client, AclOperation.ALTER, ResourceType.TOPIC, t.name)
             await broker.topics.add_partitions(
                 t.name, t.count, validate_only=bool(body.validate_only)
             )

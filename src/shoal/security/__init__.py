@@ -1,0 +1,1 @@
+"""Listeners' TLS, SASL, principals, the ACL authorizer, quotas, the audit trail."""
