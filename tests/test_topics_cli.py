@@ -151,3 +151,91 @@ def test_closed_port() -> None:
         out = fails("topics", *args, "--bootstrap", address, "--timeout", "10")
         assert out.count("\n") == 1, out
         assert f"cannot reach {address}" in out and "Connection refused" in out
+
+
+class LogDirsServer:
+    """A stand-in for a Kafka broker that offers DescribeLogDirs, which neither
+    Shoal nor tansu do: it answers ApiVersions and DescribeLogDirs v1 with
+    fixed sizes, so the size path of `topics describe` runs against real bytes."""
+
+    def __init__(self, sizes: dict[tuple[str, int], int], offer: bool = True) -> None:
+        import socket
+        import threading
+
+        self.sizes, self.offer = sizes, offer
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import datetime
+        import io
+        import struct
+
+        from kio.schema.api_versions.v0 import response as av
+        from kio.schema.describe_log_dirs.v1 import response as ld
+        from kio.schema.errors import ErrorCode
+        from kio.schema.types import TopicName
+        from kio.serial import entity_writer
+        from kio.static.primitive import i16, i32, i32Timedelta, i64
+
+        conn, _ = self.sock.accept()
+        with conn:
+            while head := conn.recv(4):
+                (size,) = struct.unpack(">i", head)
+                frame = b""
+                while len(frame) < size:
+                    frame += conn.recv(size - len(frame))
+                key, _version, correlation = struct.unpack(">hhi", frame[:8])
+                body: object
+                if key == 18:
+                    keys = [(i16(18), i16(0), i16(3))]
+                    if self.offer:
+                        keys.append((i16(35), i16(0), i16(4)))
+                    body = av.ApiVersionsResponse(
+                        error_code=ErrorCode.none,
+                        api_keys=tuple(
+                            av.ApiVersion(api_key=k, min_version=lo, max_version=hi)
+                            for k, lo, hi in keys
+                        ),
+                    )
+                    writer = entity_writer(av.ApiVersionsResponse)
+                else:
+                    topics: dict[str, list[ld.DescribeLogDirsPartition]] = {}
+                    for (topic, p), n in self.sizes.items():
+                        topics.setdefault(topic, []).append(
+                            ld.DescribeLogDirsPartition(
+                                partition_index=i32(p),
+                                partition_size=i64(n),
+                                offset_lag=i64(0),
+                                is_future_key=False,
+                            )
+                        )
+                    body = ld.DescribeLogDirsResponse(
+                        throttle_time=i32Timedelta.parse(datetime.timedelta(0)),
+                        results=(
+                            ld.DescribeLogDirsResult(
+                                error_code=ErrorCode.none,
+                                log_dir="/var/lib/kafka",
+                                topics=tuple(
+                                    ld.DescribeLogDirsTopic(name=TopicName(t), partitions=tuple(ps))
+                                    for t, ps in topics.items()
+                                ),
+                            ),
+                        ),
+                    )
+                    writer = entity_writer(ld.DescribeLogDirsResponse)
+                out = io.BytesIO()
+                out.write(struct.pack(">i", correlation))
+                writer(out, body)
+                data = out.getvalue()
+                conn.sendall(struct.pack(">i", len(data)) + data)
+
+
+def test_sizes_come_from_describe_log_dirs() -> None:
+    from shoal.tools import kafka_wire
+
+    a = LogDirsServer({("t", 0): 100, ("t", 1): 7})
+    b = LogDirsServer({("t", 0): 150})  # a second replica of t-0, further along
+    assert kafka_wire.log_dir_sizes([a.address, b.address], 5) == {("t", 0): 150, ("t", 1): 7}
+    assert kafka_wire.log_dir_sizes([LogDirsServer({}, offer=False).address], 5) is None
