@@ -2,8 +2,9 @@
 confluent-kafka does not expose (OffsetDelete, DescribeLogDirs).
 
 It speaks only non-flexible request versions (header v1, response header v0),
-which every Kafka since 2.4 still accepts, and checks ApiVersions first so a
-cluster without the API gets a clear "not supported" instead of a dropped
+which Kafka accepts from 2.4 (OffsetDelete's first release) through 4.x (KIP-896
+dropped only versions older than Kafka 2.1's), and checks ApiVersions first so
+a cluster without the API gets a clear "not supported" instead of a dropped
 connection.
 """
 
