@@ -56,6 +56,7 @@ class LazyGroup(click.Group):
         "consume": ("shoal.tools.console_io", "consume"),
         "scorecard": ("shoal.tools.scorecard_cli", "scorecard"),
         "storage": ("shoal.tools.storage_cli", "storage"),
+        "users": ("shoal.tools.users_cli", "users"),
         "topics": ("shoal.tools.topics_cli", "topics"),
     }
 
@@ -127,6 +128,9 @@ def serve(
     }
     try:
         config = load_config(config_file, os.environ, flags)
+        from shoal.security.listeners import check_security
+
+        check_security(config)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     from shoal.broker.server import serve as run_server

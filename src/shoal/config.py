@@ -25,6 +25,8 @@ class Key:
     default: Any
     doc: str
     check: Callable[[Any], str | None] | None = None  # returns a complaint or None
+    #: Never shown (DescribeConfigs, logs); may be given as file:/path or env:NAME.
+    secret: bool = False
 
     @property
     def env(self) -> str:
@@ -32,6 +34,8 @@ class Key:
 
     def parse(self, raw: Any, source: str) -> Any:
         value: Any
+        if self.secret and isinstance(raw, str):
+            raw = resolve_secret(self.name, raw, source)
         try:
             if self.kind is bool:
                 if isinstance(raw, bool):
@@ -63,6 +67,27 @@ class Key:
         return value
 
 
+def resolve_secret(name: str, raw: str, source: str) -> str:
+    """`file:/path` (the file's content, one trailing newline dropped) or
+    `env:NAME` (that variable), so secrets stay out of config files."""
+    if raw.startswith("file:"):
+        path = raw[len("file:") :]
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise ConfigError(
+                f"{name}: cannot read secret file {path!r} from {source}: {exc.strerror}"
+            ) from None
+        return text[:-1] if text.endswith("\n") else text
+    if raw.startswith("env:"):
+        var = raw[len("env:") :]
+        if var not in os.environ:
+            raise ConfigError(f"{name}: environment variable {var!r} from {source} is not set")
+        return os.environ[var]
+    return raw
+
+
 def at_least(n: int) -> Callable[[Any], str | None]:
     return lambda v: None if v >= n else f"must be at least {n}"
 
@@ -86,6 +111,146 @@ def cleanup_policy(v: str) -> str | None:
 
 
 MIB = 1024 * 1024
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
+
+
+def _names_in(allowed: tuple[str, ...], what: str) -> Callable[[Any], str | None]:
+    def check(v: str) -> str | None:
+        bad = [n for n in (p.strip() for p in v.split(",")) if n and n not in allowed]
+        return f"has {what} {bad[0]!r}; known: {', '.join(allowed)}" if bad else None
+
+    return check
+
+
+#: Listeners, TLS and SASL (docs/SECURITY.md); checked together by
+#: shoal.security.listeners.check_security once the config is loaded.
+SECURITY_KEYS = [
+    Key(
+        "listeners",
+        str,
+        "",
+        "listeners as NAME://HOST:PORT,... (names map to protocols by "
+        "listener.security.protocol.map); empty: one PLAINTEXT listener on `listen`",
+    ),
+    Key(
+        "advertised.listeners",
+        str,
+        "",
+        "addresses given to clients per listener, NAME://HOST:PORT,... (default: listeners)",
+    ),
+    Key(
+        "listener.security.protocol.map",
+        str,
+        "PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL",
+        "listener name to security protocol, NAME:PROTOCOL,...",
+    ),
+    Key("ssl.keystore.type", str, "PEM", "format of the key material", one_of("PEM")),
+    Key(
+        "ssl.keystore.location",
+        str,
+        "",
+        "PEM file holding the private key and the certificate chain",
+    ),
+    Key(
+        "ssl.keystore.certificate.chain",
+        str,
+        "",
+        "certificate chain: inline PEM, or the path of a PEM file",
+    ),
+    Key(
+        "ssl.keystore.key",
+        str,
+        "",
+        "private key: inline PEM, or the path of a PEM file",
+        secret=True,
+    ),
+    Key("ssl.key.password", str, "", "password of an encrypted private key", secret=True),
+    Key("ssl.truststore.type", str, "PEM", "format of the trusted certificates", one_of("PEM")),
+    Key(
+        "ssl.truststore.location",
+        str,
+        "",
+        "PEM file of the CA certificates client certificates are checked against",
+    ),
+    Key(
+        "ssl.client.auth",
+        str,
+        "none",
+        "client certificates: none, requested (checked when sent) or required",
+        one_of("none", "requested", "required"),
+    ),
+    Key(
+        "ssl.enabled.protocols",
+        str,
+        "TLSv1.2,TLSv1.3",
+        "TLS versions accepted",
+        _names_in(("TLSv1.2", "TLSv1.3"), "protocol"),
+    ),
+    Key(
+        "ssl.cipher.suites",
+        str,
+        "",
+        "TLS 1.2 cipher suites, OpenSSL names, comma-separated (empty: OpenSSL's defaults)",
+    ),
+    Key(
+        "ssl.principal.mapping.rules",
+        str,
+        "DEFAULT",
+        "client certificate subject to principal name, Kafka's RULE:pattern/replacement/[LU] "
+        "syntax",
+    ),
+    Key(
+        "ssl.reload.check.interval.ms",
+        int,
+        2000,
+        "how often (at most, on new connections) the key and trust files are checked for "
+        "changes; changed files are loaded for new connections",
+        at_least(0),
+    ),
+    Key(
+        "sasl.enabled.mechanisms",
+        str,
+        "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN",
+        "SASL mechanisms offered on SASL listeners",
+        _names_in(SASL_MECHANISMS, "mechanism"),
+    ),
+    Key(
+        "sasl.oauthbearer.jwks.endpoint.url",
+        str,
+        "",
+        "JWKS of the keys OAUTHBEARER tokens are signed with: file:///path.json",
+    ),
+    Key(
+        "sasl.oauthbearer.expected.audience",
+        str,
+        "",
+        "audiences a token must name (any of), comma-separated",
+    ),
+    Key("sasl.oauthbearer.expected.issuer", str, "", "issuer a token must name"),
+    Key("sasl.oauthbearer.sub.claim.name", str, "sub", "claim holding the principal name"),
+    Key(
+        "sasl.oauthbearer.clock.skew.seconds",
+        int,
+        30,
+        "tolerance on a token's exp, nbf and iat",
+        at_least(0),
+    ),
+    Key(
+        "connections.max.reauth.ms",
+        int,
+        0,
+        "SASL session lifetime: a connection must re-authenticate within it or is closed "
+        "(0: sessions do not expire; an OAUTHBEARER token's expiry still applies)",
+        at_least(0),
+    ),
+    Key(
+        "connection.failed.authentication.delay.ms",
+        int,
+        100,
+        "delay before a failed authentication is answered and the connection closed",
+        at_least(0),
+    ),
+]
 LOCAL_LINGER_MS = 5  # a local PUT costs nothing and takes well under 1 ms
 REMOTE_LINGER_MS = 50  # at most 20 PUTs/s per idle broker; see docs/STORAGE.md
 
@@ -100,6 +265,7 @@ BROKER_KEYS: dict[str, Key] = {
             "address given to clients (default: listen)",
             lambda v: None if v == "" else host_port(v),
         ),
+        *SECURITY_KEYS,
         Key("data.dir", str, "./shoal-data", "local directory for the embedded default"),
         Key("objects", str, "", "object store URL (default file://DATA_DIR/objects)"),
         Key("metadata", str, "", "metadata URL (default sqlite:///DATA_DIR/meta.db)"),
@@ -253,7 +419,13 @@ BROKER_KEYS: dict[str, Key] = {
         Key("s3.endpoint", str, "", "S3 endpoint URL (MinIO, Ceph, R2...); or AWS_ENDPOINT_URL"),
         Key("s3.region", str, "", "S3 region; or AWS_REGION"),
         Key("s3.access.key.id", str, "", "S3 access key; or AWS_ACCESS_KEY_ID"),
-        Key("s3.secret.access.key", str, "", "S3 secret key; or AWS_SECRET_ACCESS_KEY"),
+        Key(
+            "s3.secret.access.key",
+            str,
+            "",
+            "S3 secret key; or AWS_SECRET_ACCESS_KEY",
+            secret=True,
+        ),
         Key("s3.path.style", bool, False, "path-style requests instead of virtual hosts"),
         Key("s3.allow.http", bool, False, "allow a plain-HTTP endpoint; or AWS_ALLOW_HTTP"),
         Key(
@@ -494,8 +666,11 @@ class BrokerConfig(Mapping[str, Any]):
 
     @property
     def advertised(self) -> tuple[str, int]:
-        host, _, port = (self["advertise"] or self["listen"]).rpartition(":")
-        return host, int(port)
+        """This broker's registered address: its first listener's advertised one."""
+        from shoal.security.listeners import resolve_listeners
+
+        first = resolve_listeners(self)[0]
+        return first.advertised_host, first.advertised_port
 
     @property
     def wal_linger_ms(self) -> int:

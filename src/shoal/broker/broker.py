@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from shoal.broker.advertised import Advertised
 from shoal.broker.topics import Topic, TopicCatalog
 from shoal.config import BrokerConfig
 from shoal.group.coordinator import GroupConfig, GroupCoordinator
@@ -25,6 +26,7 @@ from shoal.security.authorizer import (
     parse_super_users,
     peer_host,
 )
+from shoal.security.listeners import resolve_listeners
 from shoal.storage.compaction import CompactionConfig
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.streams import EngineConfig, StreamEngine
@@ -75,6 +77,8 @@ class Broker:
         self.cluster_id = cluster_id
         host, port = config.advertised
         self.node = Node(int(config["node.id"]), host, port, config["rack"] or None)
+        self.listeners = resolve_listeners(config)
+        self.advertised = Advertised(self.node.node_id, self.listeners, meta)
         self.started = time.time()
         self.producer_ids = ProducerIdAllocator(meta)
         self.acl_store = AclStore(meta)
@@ -130,6 +134,7 @@ class Broker:
         if config.cluster_mode:
             from shoal.cluster.member import ClusterMember
 
+            await broker.advertised.publish()  # before others can see this broker
             node = broker.node
             catalog.cluster_mode = True
             broker.cluster = ClusterMember(

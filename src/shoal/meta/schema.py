@@ -9,6 +9,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -118,6 +119,30 @@ counters = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("value", BigInteger, nullable=False),
+)
+
+# SCRAM credentials (issue 10), as Kafka keeps them: never the password, only
+# what verifies a proof (StoredKey) and proves the server (ServerKey).
+scram_credentials = Table(
+    "scram_credentials",
+    metadata,
+    Column("user_name", String(255), primary_key=True),
+    Column("mechanism", String(32), primary_key=True),
+    Column("salt", LargeBinary, nullable=False),
+    Column("stored_key", LargeBinary, nullable=False),
+    Column("server_key", LargeBinary, nullable=False),
+    Column("iterations", Integer, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+# Each broker's advertised address per listener name (issue 10), JSON
+# {"NAME": [host, port]}: Metadata answers a client with the addresses of the
+# listener it connected on. Written at registration, beside the lease row.
+broker_listeners = Table(
+    "broker_listeners",
+    metadata,
+    Column("node_id", Integer, primary_key=True),
+    Column("listeners", Text, nullable=False),
 )
 
 # Consumer groups (issue 4). A group's row carries what must survive a restart:

@@ -9,7 +9,7 @@ meanwhile, while responses still leave in request order.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.broker.broker import Broker
@@ -25,6 +25,8 @@ class Client:
     client_id: str | None
     principal: str = "User:ANONYMOUS"
     listener: str = "PLAINTEXT"
+    #: the connection's SaslSession on a SASL listener (for the SASL handlers)
+    session: Any = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.client_id or '-'}@{self.peer}"
@@ -54,7 +56,9 @@ def registry() -> dict[int, Handler]:
         produce,
         producer_ids,
         reassignments,
+        sasl,
         topics,
+        users,
     )
 
     return {
@@ -71,6 +75,7 @@ def registry() -> dict[int, Handler]:
         14: groups.handle_sync_group,
         15: groups.handle_describe_groups,
         16: groups.handle_list_groups,
+        17: sasl.handle_sasl_handshake,
         18: api_versions.handle_api_versions,
         19: topics.handle_create_topics,
         20: topics.handle_delete_topics,
@@ -82,11 +87,14 @@ def registry() -> dict[int, Handler]:
         31: acls.handle_delete_acls,
         32: configs.handle_describe_configs,
         33: configs.handle_alter_configs,
+        36: sasl.handle_sasl_authenticate,
         37: topics.handle_create_partitions,
         42: groups.handle_delete_groups,
         44: configs.handle_incremental_alter_configs,
         45: reassignments.handle_alter_partition_reassignments,
         46: reassignments.handle_list_partition_reassignments,
         47: offsets.handle_offset_delete,
+        50: users.handle_describe_user_scram_credentials,
+        51: users.handle_alter_user_scram_credentials,
         60: describe_cluster.handle_describe_cluster,
     }

@@ -48,6 +48,7 @@ class Entry:
     config_type: int
     read_only: bool
     doc: str
+    sensitive: bool = False  # a secret: never sent (Kafka sends null)
 
 
 def _type(key: Key) -> int:
@@ -78,16 +79,29 @@ def broker_config_entries(broker: Broker) -> list[Entry]:
     return [
         Entry(
             name,
-            _render(broker.config[name]),
+            None if key.secret else _public(name, _render(broker.config[name])),
             DEFAULT_CONFIG
             if broker.config.sources.get(name) == "default"
             else STATIC_BROKER_CONFIG,
             _type(key),
             True,
             key.doc,
+            key.secret,
         )
         for name, key in BROKER_KEYS.items()
     ]
+
+
+def _public(name: str, value: str) -> str:
+    """A URL's password is not shown (postgresql://user:***@host/db)."""
+    if name != "metadata" or "@" not in value:
+        return value
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(value).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: show nothing of it
+        return "***"
 
 
 async def handle_describe_configs(
@@ -133,7 +147,7 @@ async def handle_describe_configs(
                         value=e.value,
                         read_only=e.read_only,
                         config_source=e.source,
-                        is_sensitive=False,
+                        is_sensitive=e.sensitive,
                         synonyms=(),
                         config_type=e.config_type,
                         documentation=e.doc

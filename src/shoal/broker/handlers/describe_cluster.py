@@ -34,6 +34,6 @@ async def handle_describe_cluster(
         controller_id=broker.controller_id(),
         brokers=tuple(
             s.DescribeClusterBroker(broker_id=n.node_id, host=n.host, port=n.port, rack=n.rack)
-            for n in broker.live_nodes()
+            for n in await broker.advertised.nodes(broker.live_nodes(), client.listener)
         ),
     )

@@ -54,6 +54,7 @@ async def handle_find_coordinator(
         code, message = ErrorCode.invalid_request, f"unknown coordinator key type {key_type}"
         log.info("FindCoordinator from %s: %s", client, message)
     node = broker.coordinator_node(keys[0]) if keys else broker.node
+    (node,) = await broker.advertised.nodes([node], client.listener)
     codes = [
         code if code != ErrorCode.none else _may_find(broker, client, key_type, k) for k in keys
     ]
@@ -61,7 +62,9 @@ async def handle_find_coordinator(
         code = codes[0]
     found = code == ErrorCode.none
     if header.api_version >= 4:
-        nodes = [broker.coordinator_node(key) for key in keys]
+        nodes = await broker.advertised.nodes(
+            [broker.coordinator_node(key) for key in keys], client.listener
+        )
         return s.FindCoordinatorResponse(
             throttle_time=ZERO,
             coordinators=tuple(

@@ -57,7 +57,7 @@ async def handle_metadata(broker: Broker, client: Client, header: RequestHeader,
         throttle_time=ZERO,
         brokers=tuple(
             s.MetadataResponseBroker(node_id=n.node_id, host=n.host, port=n.port, rack=n.rack)
-            for n in broker.live_nodes()
+            for n in await broker.advertised.nodes(broker.live_nodes(), client.listener)
         ),
         cluster_id=broker.cluster_id,
         controller_id=broker.controller_id(),

@@ -1,0 +1,119 @@
+"""SaslHandshake (17) and SaslAuthenticate (36): drive the connection's
+SaslSession (shoal.security.sasl) with credentials from the metadata store.
+
+Every authentication is one log line: principal or user, mechanism, client
+address, listener, outcome (and, on failure, the reason, which the client is
+not told).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from typing import Any
+
+from shoal.broker.broker import Broker
+from shoal.broker.handlers import Client, Deferred
+from shoal.meta.security import SecurityStore
+from shoal.protocol.build import Schema
+from shoal.protocol.errors import ErrorCode
+from shoal.protocol.headers import RequestHeader
+from shoal.security.sasl import AuthenticationFailed, SaslSession
+
+log = logging.getLogger("shoal.sasl")
+
+
+async def handle_sasl_handshake(
+    broker: Broker, client: Client, header: RequestHeader, body: Any
+) -> Any:
+    s = Schema(17, header.api_version)
+    session: SaslSession | None = client.session
+    if session is None:
+        log.info("SaslHandshake from %s on %s: not a SASL listener", client, client.listener)
+        return s.SaslHandshakeResponse(error_code=ErrorCode.illegal_sasl_state, mechanisms=())
+    mechanisms = tuple(session.mechanisms)
+    if session.mechanism is not None:
+        session.closing = True
+        log.info("SaslHandshake from %s: handshake in the middle of an exchange", client)
+        return s.SaslHandshakeResponse(
+            error_code=ErrorCode.illegal_sasl_state, mechanisms=mechanisms
+        )
+    if not session.handshake(body.mechanism, header.api_version):
+        log.info(
+            "authentication failed: client %s on %s asked for mechanism %r; enabled: %s",
+            client,
+            client.listener,
+            body.mechanism,
+            ", ".join(mechanisms),
+        )
+        return s.SaslHandshakeResponse(
+            error_code=ErrorCode.unsupported_sasl_mechanism, mechanisms=mechanisms
+        )
+    return s.SaslHandshakeResponse(error_code=ErrorCode.none, mechanisms=mechanisms)
+
+
+async def handle_sasl_authenticate(
+    broker: Broker, client: Client, header: RequestHeader, body: Any
+) -> Any:
+    s = Schema(36, header.api_version)
+    session: SaslSession | None = client.session
+    mech = None if session is None else session.mechanism
+    if session is None or mech is None:
+        if session is not None:
+            session.closing = True
+        log.info("SaslAuthenticate from %s on %s without a handshake", client, client.listener)
+        return s.SaslAuthenticateResponse(
+            error_code=ErrorCode.illegal_sasl_state,
+            error_message="SaslAuthenticate before SaslHandshake",
+            auth_bytes=b"",
+            session_lifetime=datetime.timedelta(0),
+        )
+    token = bytes(body.auth_bytes)
+    try:
+        user = mech.user_of(token)
+        credentials = await SecurityStore(broker.meta).credentials(user) if user else {}
+        if mech.costly:
+            reply = await asyncio.to_thread(mech.step, token, credentials)
+        else:
+            reply = mech.step(token, credentials)
+        lifetime_ms = session.finish(mech) if mech.complete else 0
+    except AuthenticationFailed as exc:
+        session.closing = True
+        session.mechanism = None
+        log.info(
+            "authentication failed: %s with %s from %s on %s: %s",
+            session.principal or "client",
+            mech.name,
+            client.peer,
+            client.listener,
+            exc.reason,
+        )
+        return Deferred(_fail_later(s, str(exc), session.failure_delay_ms))
+    if mech.complete:
+        log.info(
+            "authenticated %s with %s from %s on %s%s",
+            session.principal,
+            mech.name,
+            client.peer,
+            client.listener,
+            " (re-authentication)" if session.authentications > 1 else "",
+        )
+    return s.SaslAuthenticateResponse(
+        error_code=ErrorCode.none,
+        error_message=None,
+        auth_bytes=reply,
+        session_lifetime=datetime.timedelta(milliseconds=lifetime_ms),
+    )
+
+
+async def _fail_later(s: Schema, message: str, delay_ms: int) -> Any:
+    """Kafka's connection.failed.authentication.delay.ms: a client guessing
+    passwords gets its answer late (the connection closes after it)."""
+    await asyncio.sleep(delay_ms / 1000)
+    return s.SaslAuthenticateResponse(
+        error_code=ErrorCode.sasl_authentication_failed,
+        error_message=message,
+        auth_bytes=b"",
+        session_lifetime=datetime.timedelta(0),
+    )
