@@ -8,21 +8,31 @@ Measures, in one process:
   decision computed: the cache dropped before each one);
 - the same cold decision by a linear scan over all ACLs, the design the index
   replaces, for scale;
-- produce requests/s that 1 % of one core buys at each cost, set against the
-  broker's own produce rate (docs/BENCHMARKS.md, "Broker: produce/consume").
+
+With --produce, end to end as well: two brokers run side by side, one without
+an authorizer and one with the 10,000 ACLs plus the bench client's own
+(User:ANONYMOUS may do anything on every topic, group and the cluster, so each
+produce is decided against the full index), and bench/broker_bench.py takes
+turns between them (flat-out produce, phase (a); extra arguments go to it).
 
     .venv/bin/python bench/acl_bench.py [--sites 1000] [--seconds 2]
+    .venv/bin/python bench/acl_bench.py --produce -- --repeat 3 --duration 15
 
-Prints a markdown table for docs/BENCHMARKS.md.
+Prints markdown tables for docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import platform
 import random
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -107,12 +117,88 @@ def calls_for(seconds: float, fn: Callable[[int], Any]) -> int:
     return n * 4
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _harness() -> Any:
+    spec = importlib.util.spec_from_file_location("acl_bench_harness", ROOT / "tests/harness.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _create_acls(bootstrap: str, acls: list[AclBinding]) -> None:
+    from confluent_kafka import admin as ca
+
+    admin = ca.AdminClient({"bootstrap.servers": bootstrap})
+    for start in range(0, len(acls), 1000):
+        chunk = [
+            ca.AclBinding(
+                ca.ResourceType(int(a.resource_type)),
+                a.resource_name,
+                ca.ResourcePatternType(int(a.pattern_type)),
+                a.principal,
+                a.host,
+                ca.AclOperation(int(a.operation)),
+                ca.AclPermissionType(int(a.permission)),
+            )
+            for a in acls[start : start + 1000]
+        ]
+        for fut in admin.create_acls(chunk, request_timeout=60).values():
+            fut.result(60)
+
+
+def produce_bench(sites: int, bench_args: list[str]) -> None:
+    """Two brokers, no authorizer and 10,000 ACLs, benched in turns."""
+    harness = _harness()
+    work = Path(tempfile.mkdtemp(prefix="acl-bench-"))
+    anon = "User:ANONYMOUS"
+    acls = [a for s in range(sites) for a in site_acls(s)]
+    acls += [
+        AclBinding(RT.TOPIC, "*", PT.LITERAL, anon, "*", Op.ALL, P.ALLOW),
+        AclBinding(RT.GROUP, "*", PT.LITERAL, anon, "*", Op.ALL, P.ALLOW),
+        AclBinding(RT.CLUSTER, "kafka-cluster", PT.LITERAL, anon, "*", Op.ALL, P.ALLOW),
+    ]
+    authz = {"SHOAL_AUTHORIZER_CLASS_NAME": "shoal"}
+    plain = harness.BrokerProcess(work / "noauth").start()
+    # Load the ACLs as a super user, then restart without one.
+    acl = harness.BrokerProcess(work / "acls", env={**authz, "SHOAL_SUPER_USERS": anon}).start()
+    try:
+        _create_acls(acl.bootstrap, acls)
+        acl.stop()
+        acl.env = dict(authz)
+        acl.start()
+        print(f"{len(acls):,} ACLs loaded; brokers: {plain.bootstrap} (none), {acl.bootstrap}")
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "bench/broker_bench.py"),
+                "--bootstrap",
+                f"no-authorizer={plain.bootstrap}",
+                "--bootstrap",
+                f"acls-10k={acl.bootstrap}",
+                "--fixed-fraction",
+                "0",
+                *bench_args,
+            ],
+            check=True,
+        )
+    finally:
+        plain.stop()
+        acl.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sites", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=2.0, help="per measurement")
     ap.add_argument("--seed", type=int, default=7)
-    args = ap.parse_args()
+    ap.add_argument("--produce", action="store_true", help="end to end, see above")
+    args, rest = ap.parse_known_args()
+    if args.produce:
+        produce_bench(args.sites, [a for a in rest if a != "--"])
+        return
     rng = random.Random(args.seed)
     acls = [a for s in range(args.sites) for a in site_acls(s)]
 

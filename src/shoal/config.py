@@ -566,6 +566,21 @@ BROKER_KEYS: dict[str, Key] = {
             "cluster mode: how often a broker checks for ACL changes made through another",
             at_least(10),
         ),
+        Key(
+            "audit.log.path",
+            str,
+            "",
+            "file of the audit trail, one JSON line per authentication, denial and "
+            "admin change (off when empty)",
+        ),
+        Key(
+            "audit.log.max.bytes",
+            int,
+            100 * MIB,
+            "size at which the audit file rotates",
+            at_least(1024),
+        ),
+        Key("audit.log.backup.count", int, 10, "rotated audit files kept", at_least(0)),
     ]
 }
 

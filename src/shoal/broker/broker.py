@@ -19,10 +19,10 @@ from shoal.meta.store import MetaStore, PartitionRecord
 from shoal.producer.ids import ProducerIdAllocator
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.security.acls import AclBinding, AclOperation, ResourceType
+from shoal.security.audit import AuditLog, Who
 from shoal.security.authorizer import (
     AclSync,
     Authorizer,
-    Requester,
     parse_super_users,
     peer_host,
 )
@@ -82,6 +82,11 @@ class Broker:
         self.started = time.time()
         self.producer_ids = ProducerIdAllocator(meta)
         self.acl_store = AclStore(meta)
+        self.audit = AuditLog(
+            config["audit.log.path"],
+            config["audit.log.max.bytes"],
+            config["audit.log.backup.count"],
+        )
         self.authorizer = Authorizer(
             bool(config["authorizer.class.name"]),
             parse_super_users(config["super.users"]),
@@ -157,6 +162,7 @@ class Broker:
         if self.cluster is not None:
             await self.cluster.stop()
         await self.acl_sync.stop()
+        self.audit.close()
         await self.groups.close()
         await self.engine.close()
         await self.meta.close()
@@ -172,7 +178,7 @@ class Broker:
 
     def authorize(
         self,
-        client: Requester,
+        client: Who,
         op: AclOperation,
         rtype: ResourceType,
         name: str,
@@ -192,16 +198,17 @@ class Broker:
                 name,
                 client,
             )
+            self.audit.denied(client, op.name, rtype.name, name)
         return False
 
-    def require(self, client: Requester, op: AclOperation, rtype: ResourceType, name: str) -> None:
+    def require(self, client: Who, op: AclOperation, rtype: ResourceType, name: str) -> None:
         """`authorize`, raising the Kafka error a client expects when denied."""
         if not self.authorize(client, op, rtype, name):
             raise KafkaError(
                 DENIED[rtype], f"{client.principal} may not {op.name} {rtype.name} {name!r}"
             )
 
-    def authorize_any(self, client: Requester, op: AclOperation, rtype: ResourceType) -> bool:
+    def authorize_any(self, client: Who, op: AclOperation, rtype: ResourceType) -> bool:
         """May this client do `op` on at least one resource of the type?"""
         return self.authorizer.authorize_any(client.principal, peer_host(client.peer), op, rtype)
 

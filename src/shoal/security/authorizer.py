@@ -19,7 +19,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from shoal.security.acls import (
     IMPLIED_BY,
@@ -236,16 +235,6 @@ class AclSync:
                 await self.refresh()
             except Exception as exc:  # the store may be briefly unreachable
                 log.warning("reloading ACLs failed: %s", exc)
-
-
-class Requester(Protocol):
-    """What a decision needs from a connection's client."""
-
-    @property
-    def principal(self) -> str: ...
-
-    @property
-    def peer(self) -> str: ...
 
 
 def peer_host(peer: str) -> str:

@@ -64,6 +64,9 @@ async def handle_create_acls(
             ).validate()
         except AclError as exc:
             log.info("create ACL from %s refused: %s", client, exc)
+            broker.audit.admin(
+                client, "CreateAcls", "ACL", c.resource_name, "INVALID_REQUEST", error=str(exc)
+            )
             results.append((ErrorCode.invalid_request, str(exc)))
             continue
         valid.append(acl)
@@ -73,6 +76,9 @@ async def handle_create_acls(
         await broker.acls_changed(version)
         for acl in valid:
             log.info("ACL created by %s: %s", client, describe(acl))
+            broker.audit.admin(
+                client, "CreateAcls", acl.resource_type.name, acl.resource_name, acl=describe(acl)
+            )
     return s.CreateAclsResponse(
         throttle_time=ZERO,
         results=tuple(
@@ -154,8 +160,12 @@ async def handle_delete_acls(
     if filters:
         version, matched = await broker.acl_store.delete([_predicate(f) for f in filters])
         await broker.acls_changed(version)
-        for acl in {row for rows in matched for row in rows}:
-            log.info("ACL deleted by %s: %s", client, describe(AclBinding.of(*acl)))
+        for row in {row for rows in matched for row in rows}:
+            acl = AclBinding.of(*row)
+            log.info("ACL deleted by %s: %s", client, describe(acl))
+            broker.audit.admin(
+                client, "DeleteAcls", acl.resource_type.name, acl.resource_name, acl=describe(acl)
+            )
     results = []
     it = iter(matched)
     for code, message in errors:

@@ -243,6 +243,10 @@ async def _alter(
         except KafkaError as exc:
             code, message = exc.code, str(exc)
             log.info("%s %r from %s: %s", what, r.resource_name, client, message)
+        broker.audit.admin(
+            client, what, "TOPIC", r.resource_name, code.name,
+            configs={c.name: c.value for c in r.configs}, validate_only=bool(body.validate_only),
+        )  # fmt: skip
         out.append(
             s.AlterConfigsResourceResponse(
                 error_code=code,

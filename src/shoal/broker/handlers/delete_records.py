@@ -50,6 +50,10 @@ async def handle_delete_records(
             except StorageError as exc:
                 log.warning("delete records %s-%d: %s", t.name, p.partition_index, exc)
                 code = ErrorCode.kafka_storage_error
+            broker.audit.admin(
+                client, "DeleteRecords", "TOPIC", t.name, code.name,
+                partition=p.partition_index, offset=int(p.offset), low_watermark=low,
+            )  # fmt: skip
             parts.append(
                 s.DeleteRecordsPartitionResult(
                     partition_index=p.partition_index, low_watermark=low, error_code=code

@@ -10,22 +10,12 @@ from shoal.broker.handlers import Client
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode
 from shoal.protocol.headers import RequestHeader
-from shoal.security.acls import CLUSTER_NAME, AclOperation, ResourceType
 
 
 async def handle_describe_cluster(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
     s = Schema(60, header.api_version)
-    if not broker.authorize(client, AclOperation.DESCRIBE, ResourceType.CLUSTER, CLUSTER_NAME):
-        return s.DescribeClusterResponse(
-            throttle_time=datetime.timedelta(0),
-            error_code=ErrorCode.cluster_authorization_failed,
-            error_message=f"{client.principal} may not DESCRIBE the cluster",
-            cluster_id="",
-            controller_id=-1,
-            brokers=(),
-        )
     return s.DescribeClusterResponse(
         throttle_time=datetime.timedelta(0),
         error_code=ErrorCode.none,

@@ -319,6 +319,7 @@ async def handle_delete_groups(
     done = dict(zip(allowed, await broker.groups.delete_groups(allowed), strict=True))
     codes = [done.get(n, ErrorCode.group_authorization_failed) for n in names]
     for name, code in zip(names, codes, strict=True):
+        broker.audit.admin(client, "DeleteGroups", "GROUP", name, code.name)
         if code != ErrorCode.none:
             log.info("delete group %r from %s: %s", name, client, code.name)
     return s.DeleteGroupsResponse(

@@ -249,6 +249,9 @@ async def handle_offset_delete(
 ) -> Any:
     s = Schema(47, header.api_version)
     if not _may(broker, client, AclOperation.DELETE, ResourceType.GROUP, body.group_id):
+        broker.audit.admin(
+            client, "OffsetDelete", "GROUP", body.group_id, "GROUP_AUTHORIZATION_FAILED"
+        )
         return s.OffsetDeleteResponse(
             error_code=ErrorCode.group_authorization_failed, throttle_time=ZERO, topics=()
         )
@@ -265,6 +268,10 @@ async def handle_offset_delete(
             else:
                 unknown.add(key)
     code, results = await broker.groups.delete_offsets(body.group_id, keys)
+    broker.audit.admin(
+        client, "OffsetDelete", "GROUP", body.group_id, code.name,
+        partitions=[f"{t}-{i}" for t, i in keys],
+    )  # fmt: skip
     if code != ErrorCode.none:
         log.info("offset delete for group %s from %s: %s", body.group_id, client, code.name)
         return s.OffsetDeleteResponse(error_code=code, throttle_time=ZERO, topics=())

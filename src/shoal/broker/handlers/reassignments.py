@@ -57,6 +57,11 @@ async def handle_alter_partition_reassignments(
                     client,
                     message,
                 )
+            broker.audit.admin(
+                client, "AlterPartitionReassignments", "TOPIC", t.name, code.name,
+                partition=p.partition_index,
+                replicas=None if p.replicas is None else list(p.replicas),
+            )  # fmt: skip
             parts.append(
                 s.ReassignablePartitionResponse(
                     partition_index=p.partition_index, error_code=code, error_message=message

@@ -51,6 +51,10 @@ async def handle_create_topics(
         except KafkaError as exc:
             code, message = exc.code, str(exc)
             log.info("create topic %r from %s: %s", t.name, client, message)
+        broker.audit.admin(
+            client, "CreateTopics", "TOPIC", t.name, code.name,
+            partitions=t.num_partitions, validate_only=bool(body.validate_only),
+        )  # fmt: skip
         configs = None
         if topic is not None and s.has("CreatableTopicResult", "configs"):
             configs = tuple(
@@ -93,6 +97,7 @@ async def handle_delete_topics(
             log.info("deleted topic %s for %s", name, client)
         except KafkaError as exc:
             code, message = exc.code, str(exc)
+        broker.audit.admin(client, "DeleteTopics", "TOPIC", name, code.name)
         results.append(s.DeletableTopicResult(name=name, error_code=code, error_message=message))
     return s.DeleteTopicsResponse(throttle_time=ZERO, responses=tuple(results))
 
@@ -112,6 +117,10 @@ async def handle_create_partitions(
         except KafkaError as exc:
             code, message = exc.code, str(exc)
             log.info("create partitions %r from %s: %s", t.name, client, message)
+        broker.audit.admin(
+            client, "CreatePartitions", "TOPIC", t.name, code.name,
+            count=t.count, validate_only=bool(body.validate_only),
+        )  # fmt: skip
         results.append(
             s.CreatePartitionsTopicResult(name=t.name, error_code=code, error_message=message)
         )
