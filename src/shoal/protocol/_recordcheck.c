@@ -29,7 +29,12 @@ typedef struct {
 } cursor;
 
 /* Kafka's ByteUtils.readVarint: at most 5 bytes, bits past 32 dropped. */
-static int read_varint(cursor *c, int32_t *out) {
+static inline int read_varint(cursor *c, int32_t *out) {
+    if (c->pos < c->end && !(c->p[c->pos] & 0x80)) { /* one byte: nearly always */
+        uint32_t v = c->p[c->pos++];
+        *out = (int32_t)((v >> 1) ^ (~(v & 1) + 1));
+        return 0;
+    }
     uint32_t value = 0;
     int shift = 0;
     for (;;) {
@@ -50,7 +55,7 @@ static int read_varint(cursor *c, int32_t *out) {
 }
 
 /* Kafka's ByteUtils.readVarlong: at most 10 bytes, bits past 64 dropped. */
-static int skip_varlong(cursor *c) {
+static inline int skip_varlong(cursor *c) {
     int shift = 0;
     for (;;) {
         if (c->pos >= c->end)

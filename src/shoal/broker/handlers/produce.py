@@ -13,7 +13,7 @@ from shoal.broker.handlers import Client, Deferred
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
-from shoal.protocol.records import validate_batches
+from shoal.protocol.records import BatchRejected, validate_produce
 from shoal.security.acls import AclOperation, ResourceType
 from shoal.storage.errors import AppendTimeout, Fenced, StorageError
 from shoal.storage.producers import SequenceError
@@ -22,7 +22,7 @@ log = logging.getLogger("shoal.produce")
 ZERO = datetime.timedelta(0)
 
 # (topic, partition, base-offset future or error, log start offset, log append time)
-_Slot = tuple[str, int, "asyncio.Future[int] | ErrorCode", int, int | None]
+_Slot = tuple[str, int, "asyncio.Future[int] | ErrorCode | KafkaError", int, int | None]
 
 
 async def handle_produce(broker: Broker, client: Client, header: RequestHeader, body: Any) -> Any:
@@ -38,7 +38,9 @@ async def handle_produce(broker: Broker, client: Client, header: RequestHeader, 
     else:
         for td in body.topic_data:
             for pd in td.partition_data:
-                slots.append(await _append(broker, client, td.name, pd.index, pd.records))
+                slots.append(
+                    await _append(broker, client, header.api_version, td.name, pd.index, pd.records)
+                )
     if body.acks == 0:
         for slot in slots:
             fut = slot[2]
@@ -50,7 +52,12 @@ async def handle_produce(broker: Broker, client: Client, header: RequestHeader, 
 
 
 async def _append(
-    broker: Broker, client: Client, topic_name: str, index: int, records: bytes | None
+    broker: Broker,
+    client: Client,
+    api_version: int,
+    topic_name: str,
+    index: int,
+    records: bytes | None,
 ) -> _Slot:
     if not broker.authorize(client, AclOperation.WRITE, ResourceType.TOPIC, topic_name):
         return topic_name, index, ErrorCode.topic_authorization_failed, -1, None
@@ -59,11 +66,22 @@ async def _append(
         broker.check_owner(part)
         if records is None:
             raise KafkaError(ErrorCode.corrupt_message, "null record set")
-        batches = validate_batches(records, broker.topics.max_message_bytes(topic))
-        append_time: int | None = None
-        if broker.topics.effective(topic, "message.timestamp.type") == "LogAppendTime":
-            append_time = int(time.time() * 1000)
-        fut = await broker.engine.append(part.stream_id, batches, part.leader_epoch, append_time)
+        log_append = broker.topics.effective(topic, "message.timestamp.type") == "LogAppendTime"
+        batch = validate_produce(
+            records,
+            broker.topics.max_message_bytes(topic),
+            api_version=api_version,
+            compacted="compact" in str(broker.topics.effective(topic, "cleanup.policy")),
+            log_append_time=log_append,
+        )
+        if batch.header.is_transactional:
+            # Kafka's answer to transactional records without a transactional id
+            raise KafkaError(
+                ErrorCode.transactional_id_authorization_failed,
+                "transactional batch in a produce request without a transactional id",
+            )
+        append_time = int(time.time() * 1000) if log_append else None
+        fut = await broker.engine.append(part.stream_id, [batch], part.leader_epoch, append_time)
         broker.record_traffic(topic, part, len(records), 0)
         start, _end = await broker.engine.bounds(part.stream_id)
         return topic_name, index, fut, start, append_time
@@ -76,7 +94,7 @@ async def _append(
             exc.code.name,
             exc,
         )
-        return topic_name, index, exc.code, -1, None
+        return topic_name, index, exc, -1, None
     except SequenceError as exc:
         log.info("produce to %s-%d from %s rejected: %s", topic_name, index, client, exc)
         return topic_name, index, ErrorCode[exc.code], -1, None
@@ -95,10 +113,21 @@ async def _respond(
     by_topic: dict[str, list[Any]] = {}
     for topic_name, index, fut, start, append_time in slots:
         base = -1
+        message: str | None = None
+        record_errors: tuple[Any, ...] = ()
         if isinstance(fut, asyncio.Future):
             code = _outcome(fut, topic_name, index, client)
             if code == ErrorCode.none:
                 base = fut.result()
+        elif isinstance(fut, KafkaError):
+            code, message = fut.code, str(fut)
+            if isinstance(fut, BatchRejected) and s.has(
+                "PartitionProduceResponse", "record_errors"
+            ):
+                record_errors = tuple(
+                    s.BatchIndexAndErrorMessage(batch_index=i, batch_index_error_message=m)
+                    for i, m in fut.record_errors
+                )
         else:
             code = fut
         by_topic.setdefault(topic_name, []).append(
@@ -112,8 +141,8 @@ async def _respond(
                     else None
                 ),
                 log_start_offset=start,
-                record_errors=(),
-                error_message=None,
+                record_errors=record_errors,
+                error_message=message,
             )
         )
     return s.ProduceResponse(
