@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import tomllib
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -32,11 +34,21 @@ def test_example_config_is_valid_and_complete() -> None:
     assert up.central_topic("telemetry") == "plant-7.telemetry"
     conf = up.producer_config()
     assert conf["enable.idempotence"] is True and conf["acks"] == "all"
-    assert conf["security.protocol"] == "SASL_SSL"
-    assert conf["sasl.mechanisms"] == "SCRAM-SHA-512"
+    # As shipped it runs beside `make run`: plain connection, other local port.
+    assert conf["security.protocol"] == "PLAINTEXT"
     assert conf["linger.ms"] == "20"
     assert cfg.mqtt is not None and cfg.mqtt.routes[0].key_level == 1
-    assert cfg.broker_config()["listen"] == "127.0.0.1:9092"
+    assert cfg.broker_config()["listen"] == "127.0.0.1:19092"
+    # The TLS and SASL lines shown commented out are valid once uncommented.
+    head, _, tail = EXAMPLE.read_text().rpartition("\ntls = false\n")  # the uplink's
+    text = head + "\n" + tail
+    text = re.sub(r"(?m)^# ((tls|ca_file|sasl_\w+) = )", r"\1", text)
+    doc = tomllib.loads(text)
+    up = parse_edge_config(doc, EXAMPLE.parent).uplinks[0]
+    conf = up.producer_config()
+    assert conf["security.protocol"] == "SASL_SSL"
+    assert conf["sasl.mechanisms"] == "SCRAM-SHA-512"
+    assert conf["ssl.ca.location"] == "/etc/shoal/ca.pem"
 
 
 def base() -> dict[str, object]:

@@ -228,3 +228,20 @@ def test_cluster_status_on_an_empty_database_creates_nothing() -> None:
         return [r["table_name"] for r in rows]
 
     assert asyncio.run(tables()) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["bench", "produce", "--duration", "3"],
+        ["bench", "replay", "--sites", "2", "--offline", "1", "--rate", "10"],
+    ],
+)
+def test_tools_print_one_error_not_librdkafka_lines(command: list[str]) -> None:
+    """librdkafka logs a `%3|FAIL|` line per reconnect attempt; a tool
+    against a closed port says once that it cannot reach it."""
+    closed = f"127.0.0.1:{free_port()}"
+    out = shoal(*command, "--bootstrap", closed, timeout=120)
+    assert "|FAIL|" not in out.stderr + out.stdout
+    assert f"cannot reach {closed}" in one_line(out)
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr

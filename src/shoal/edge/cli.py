@@ -91,7 +91,9 @@ def status(ctx: click.Context, config_file: str | None, url: str | None, as_json
 
     Asks the running gateway's admin endpoint; if it does not answer, shows
     the status file it last wrote (and says how old it is). Exit 0 when the
-    gateway answered, 3 when only the file was read, 1 when neither.
+    gateway answered and every uplink is up, 2 when it answered and an
+    uplink is down (backing off, refused, or its last attempt failed), 3
+    when only the file was read, 1 when neither.
     """
     config_file = config_file or ctx.obj.get("config")
     doc: dict[str, Any] | None = None
@@ -117,6 +119,8 @@ def status(ctx: click.Context, config_file: str | None, url: str | None, as_json
     if doc is None:
         click.echo("shoal edge status: no answer from the gateway and no status file", err=True)
         sys.exit(1)
+    if code == 0 and any(up.get("down") for up in doc.get("uplinks", [])):
+        code = 2
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
@@ -165,7 +169,9 @@ def _print_status(doc: dict[str, Any], source: str) -> None:
         age = up.get("last_success_age_s")
         ut.add_row(
             up["name"],
-            up["state"] + (f" (retry in {up['retry_in_s']}s)" if up.get("retry_in_s") else ""),
+            ("[red]DOWN[/red] " if up.get("down") else "")
+            + up["state"]
+            + (f" (retry in {up['retry_in_s']}s)" if up.get("retry_in_s") is not None else ""),
             "never" if age is None else f"{age:.1f}s ago",
             f"{_fmt_bytes(up['rate_bytes_per_s'])}/s, {up['rate_records_per_s']:.0f} rec/s",
             str(up["sent_records"]),

@@ -6,6 +6,8 @@ commented example examples/edge.toml; the two and this module change together.
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -43,20 +45,29 @@ class _Table:
             raise ConfigError(f"{path}: must be a table")
         self.data = dict(data)
         self.path = path
+        self.known: set[str] = set()  # every key asked for: suggestions for typos
+        # Required keys found absent: reported by done(), after unknown keys,
+        # since a mistyped key (`bootstrp`) is the likelier cause.
+        self.missing: list[str] = []
 
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
 
     def _get(self, name: str, default: Any) -> Any:
+        self.known.add(name)
         return self.data.pop(name, default)
 
     def text(
         self, name: str, default: str, check: Callable[[str], str | None] | None = None
     ) -> str:
+        present = name in self.data
         v = self._get(name, default)
         if not isinstance(v, str):
             raise ConfigError(f"{self.key(name)}: {v!r} is not a string")
         if check is not None and (complaint := check(v)):
+            if not present:
+                self.missing.append(f"{self.key(name)}: {complaint}")
+                return v
             raise ConfigError(f"{self.key(name)}: {v!r} {complaint}")
         return v
 
@@ -110,12 +121,17 @@ class _Table:
         return dict(v)
 
     def has(self, name: str) -> bool:
+        self.known.add(name)
         return name in self.data
 
     def done(self) -> None:
         if self.data:
             name = sorted(self.data)[0]
-            raise ConfigError(f"{self.key(name)}: unknown configuration key")
+            close = difflib.get_close_matches(name, sorted(self.known), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{self.key(name)}: unknown configuration key{hint}")
+        if self.missing:
+            raise ConfigError(self.missing[0])
 
 
 def _host_port(v: str) -> str | None:
@@ -325,6 +341,27 @@ class EdgeConfig:
     @property
     def status_path(self) -> Path:
         return self.data_dir / "status.json"
+
+    def check_files(self) -> None:
+        """TLS files exist and can be read: checked at start, naming the key,
+        rather than found by the uplink's producer or the MQTT client later."""
+        files: list[tuple[str, str | None]] = []
+        names = ("ca_file", "cert_file", "key_file")
+        if self.mqtt is not None:
+            files += [(f"mqtt.{n}", getattr(self.mqtt, n)) for n in names]
+        for i, up in enumerate(self.uplinks):
+            files += [(f"uplinks[{i}].{n}", getattr(up, n)) for n in names]
+        for key, name in files:
+            if not name:
+                continue
+            path = Path(name)
+            shown = name if path.is_absolute() else f"{name} ({path.resolve()})"
+            if not path.exists():
+                raise ConfigError(f"{key}: {shown} does not exist")
+            if not path.is_file():
+                raise ConfigError(f"{key}: {shown} is not a file")
+            if not os.access(path, os.R_OK):
+                raise ConfigError(f"{key}: {shown} is not readable")
 
     def broker_config(self) -> BrokerConfig:
         """The embedded single-node broker: file object store and SQLite

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 from shoal.broker.broker import Broker
 from shoal.broker.connection import Connection
 from shoal.broker.handlers import Client, Handler, registry
+from shoal.config import ConfigError
 from shoal.edge import integrity
 from shoal.edge.config import EdgeConfig
 from shoal.edge.http import HttpServer, Request, Response
@@ -74,7 +76,9 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.config
+        cfg.check_files()
         self._stack.enter_context(integrity.data_dir_lock(cfg.data_dir))
+        self._reserve_ports()
         await self.state.open(cfg.site)
         report = await integrity.check_log(
             cfg.log_dir, cfg.data_dir / "quarantine", repair=True, deep=False
@@ -147,6 +151,36 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._progress_loop(), name="progress"))
         await self.refresh_status()
         await asyncio.to_thread(self._write_status_file)
+
+    def _reserve_ports(self) -> None:
+        """Bind every listener's address before anything else: a clash must
+        fail the start naming the listener's key, before MQTT is touched (the
+        same client id would kick a running gateway's session) or the local
+        log is opened. The sockets are bound, not listening (SO_REUSEADDR
+        lets the real servers bind beside them) and closed at stop."""
+        cfg = self.config
+        wanted = [("local.listen", cfg.local.listen)]
+        if cfg.http is not None:
+            wanted.append(("http.listen", cfg.http.listen))
+        if cfg.admin.listen:
+            wanted.append(("admin.listen", cfg.admin.listen))
+        for key, address in wanted:
+            host, _, port = address.rpartition(":")
+            try:
+                infos = socket.getaddrinfo(
+                    host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+                )
+                for family, kind, proto, _name, sockaddr in infos:
+                    sock = socket.socket(family, kind, proto)
+                    self._stack.callback(sock.close)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if family == socket.AF_INET6:
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    sock.bind(sockaddr)
+            except OSError as exc:
+                raise ConfigError(
+                    f"{key}: cannot listen on {address}: {exc.strerror or exc}"
+                ) from None
 
     def _configured_topics(self) -> Iterable[str]:
         cfg = self.config
@@ -565,6 +599,7 @@ class Gateway:
                     "name": up.cfg.name,
                     "bootstrap": up.cfg.bootstrap,
                     "state": "stopped" if final else up.current_state(),
+                    "down": False if final else up.down,
                     "last_success_age_s": (
                         round(now - up.last_success_wall, 3) if up.last_success_wall else None
                     ),

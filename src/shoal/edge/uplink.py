@@ -42,9 +42,12 @@ from shoal.storage.errors import OffsetOutOfRange, StorageError
 
 log = logging.getLogger("shoal.edge.uplink")
 # librdkafka's own log lines (served by poll() on the event loop): connection
-# failures during an outage are expected and already summed up in status.
+# failures during an outage are expected; error_cb reports the same events,
+# summed up by OutageLog and in status. Only critical ones go through.
 rdkafka_log = logging.getLogger("shoal.edge.rdkafka")
-rdkafka_log.setLevel(logging.ERROR)
+rdkafka_log.setLevel(logging.CRITICAL)
+# How often a continuing outage is summarised in the log.
+OUTAGE_REPORT_S = 30.0
 
 TOPIC_MISSING = {
     KafkaError.UNKNOWN_TOPIC_OR_PART,
@@ -75,6 +78,53 @@ def error_kind(code: int) -> str:
     if code in TOO_LARGE:
         return "rejected"
     return "delivery"
+
+
+class OutageLog:
+    """An uplink outage is an expected condition at the edge: one warning
+    when it starts, one summary per OUTAGE_REPORT_S while it lasts, one line
+    when the link is back, instead of a line per failed attempt."""
+
+    def __init__(self, name: str, interval: float = OUTAGE_REPORT_S) -> None:
+        self.name = name
+        self.interval = interval
+        self.since = 0.0  # monotonic start of the outage; 0: none
+        self.failures = 0
+        self._reported_at = 0.0
+        self._unreported = 0
+
+    def failed(self, message: str) -> None:
+        now = time.monotonic()
+        self.failures += 1
+        if not self.since:
+            self.since = self._reported_at = now
+            self._unreported = 0
+            log.warning("uplink %s: down: %s; retrying with backoff", self.name, message)
+            return
+        self._unreported += 1
+        if now - self._reported_at >= self.interval:
+            log.warning(
+                "uplink %s: still down after %.0fs (%d failed attempts in the last %.0fs; "
+                "last: %s)",
+                self.name,
+                now - self.since,
+                self._unreported,
+                now - self._reported_at,
+                message,
+            )
+            self._reported_at = now
+            self._unreported = 0
+
+    def recovered(self) -> None:
+        if self.since:
+            log.info(
+                "uplink %s: connected again after %.1fs down (%d failed attempts)",
+                self.name,
+                time.monotonic() - self.since,
+                self.failures,
+            )
+        self.since = 0.0
+        self.failures = 0
 
 
 @dataclass(slots=True)
@@ -432,6 +482,10 @@ class Uplink:
         )
         self.last_success = 0.0  # monotonic
         self.last_success_wall = 0.0
+        # monotonic time of the last failed attempt (delivery, connection,
+        # metadata probe): "connected" needs a success after it.
+        self.last_failure = 0.0
+        self.outage = OutageLog(cfg.name)
         self.reachable_at = 0.0
         self.busy_since = 0.0
         self.last_error: str | None = None
@@ -513,8 +567,10 @@ class Uplink:
         self.sent_records += 1
         self.sent_bytes += nbytes
         self.unsaved += 1
+        if self.outage.since:
+            self.outage.recovered()
         if self.state != "connected":
-            if self.state == "connecting":
+            if self.state == "connecting" and self.reconnects <= 1:
                 log.info("uplink %s: connected (first produce acknowledged)", self.cfg.name)
             self.state = "connected"
             self.backoff.reset()
@@ -565,7 +621,11 @@ class Uplink:
         return epoch
 
     def record_error(self, kind: str, message: str) -> None:
-        if message != self.last_error:
+        if kind in ("transport", "stall", "delivery"):
+            # The link itself failed: not connected until a produce succeeds.
+            self.last_failure = time.monotonic()
+            self.outage.failed(f"{message} ({kind})")
+        elif message != self.last_error:
             log.warning("uplink %s: %s (%s)", self.cfg.name, message, kind)
         self.last_error, self.last_error_kind = message, kind
 
@@ -575,6 +635,7 @@ class Uplink:
         down after an authentication failure, say) is a consequence."""
         if self._failed is None or self._failed.done():
             return
+        self.last_failure = time.monotonic()
         self.record_error(kind, message)
         self._failed.set_result((kind, message))
 
@@ -586,10 +647,14 @@ class Uplink:
             self.fail("fatal", f"{err.name()}: {err.str()}")
         elif code in AUTH:
             self.fail("auth", f"{err.name()}: {err.str()}")
+        elif code == KafkaError._ALL_BROKERS_DOWN:
+            # Every connection to the central cluster is down: tear the
+            # producer down and back off (status shows backoff and retry_in_s
+            # at once, not after the stall timeout).
+            self.fail("transport", f"{err.name()}: {err.str()}")
         else:
-            # Transport errors (all brokers down included) come and go while
-            # librdkafka connects; only the stall timeout (records in flight,
-            # nothing acknowledged) decides the link is down.
+            # One broker's connection failed: not connected until a produce
+            # succeeds again; librdkafka reconnects it.
             self.record_error("transport", f"{err.name()}: {err.str()}")
 
     # life cycle ----------------------------------------------------------------
@@ -629,7 +694,7 @@ class Uplink:
             delay = self.backoff.next_delay()
             self.state = "backoff"
             self.retry_at = time.time() + delay
-            log.warning(
+            log.debug(
                 "uplink %s: %s; reconnecting in %.1fs (attempt %d)",
                 self.cfg.name,
                 self.last_error,
@@ -649,8 +714,8 @@ class Uplink:
                 try:
                     await asyncio.to_thread(producer.list_topics, timeout=2)
                     self.reachable_at = time.monotonic()
-                except Exception:
-                    pass
+                except Exception as exc:
+                    self.record_error("transport", f"metadata request failed: {exc}")
             await asyncio.sleep(1)
 
     async def _teardown(self) -> None:
@@ -754,10 +819,17 @@ class Uplink:
     # status --------------------------------------------------------------------
 
     def current_state(self) -> str:
+        """`connected` only while the last attempt succeeded: a failed send,
+        connection or metadata request ends it at once."""
         now = time.monotonic()
         if self.state in ("backoff", "starting"):
             return self.state
-        if self.last_success and now - self.last_success <= self.cfg.connected_window_ms / 1000:
+        failed = self.last_failure > max(self.last_success, self.reachable_at)
+        if (
+            not failed
+            and self.last_success
+            and now - self.last_success <= self.cfg.connected_window_ms / 1000
+        ):
             if any(f.error_kind == "topic-missing" for f in self.forwarders.values()):
                 return "degraded"
             return "connected"
@@ -765,6 +837,14 @@ class Uplink:
             return "error"
         if any(f.backlog_records for f in self.forwarders.values()):
             return "connecting"
-        if self.reachable_at and now - self.reachable_at <= 15:
+        if not failed and self.reachable_at and now - self.reachable_at <= 15:
             return "idle"
         return "connecting"
+
+    @property
+    def down(self) -> bool:
+        """For monitoring (`shoal edge status` exits non-zero): backing off,
+        refused, or the last attempt failed."""
+        if self.state == "backoff" or self.current_state() == "error":
+            return True
+        return self.last_failure > max(self.last_success, self.reachable_at)

@@ -14,6 +14,7 @@ import bisect
 import dataclasses
 import itertools
 import json
+import logging
 import math
 import os
 import platform
@@ -87,6 +88,13 @@ _KEY_SEQ_LEN = 1 << 16
 _HIST_EDGES_NS: tuple[int, ...] = tuple(round(10 ** (k / 10) * 1_000) for k in range(81))
 _DEFAULT_MESSAGE_TIMEOUT_MS = 30_000
 
+# librdkafka's own log lines (`%3|FAIL|...`, one per reconnect attempt) go
+# nowhere: the tools report errors themselves, once, from error callbacks and
+# results (an unreachable cluster printed hundreds of lines before its error).
+LIBRDKAFKA_LOG = logging.getLogger("shoal.tools.librdkafka")
+LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
+LIBRDKAFKA_LOG.propagate = False
+
 
 class BenchError(RuntimeError):
     """The bench could not run (cluster unreachable, topic missing, bad spec)."""
@@ -138,6 +146,7 @@ class ProduceSpec:
         """librdkafka settings; `extra` wins so any default can be overridden."""
         cfg: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap,
+            "logger": LIBRDKAFKA_LOG,
             "acks": self.acks,
             "compression.type": self.compression,
             "linger.ms": self.linger_ms,
@@ -530,7 +539,7 @@ def _kafka_error(exc: BaseException) -> str:
 
 def _admin_config(bootstrap: str, extra: Mapping[str, str]) -> dict[str, Any]:
     # Pass connection/security settings through; client-kind specific keys only warn.
-    return {"bootstrap.servers": bootstrap, **extra}
+    return {"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG, **extra}
 
 
 def ensure_topic(
@@ -617,6 +626,7 @@ def _consumer_config(bootstrap: str, extra: Mapping[str, str]) -> dict[str, Any]
     # joins or commits, so this works against brokers without consumer groups.
     cfg: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
+        "logger": LIBRDKAFKA_LOG,
         "group.id": f"shoal-bench-{os.urandom(4).hex()}",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,

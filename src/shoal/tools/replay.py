@@ -34,6 +34,7 @@ from typing import Any, Literal
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from shoal.tools.bench import (
+    LIBRDKAFKA_LOG,
     BenchError,
     LatencyStats,
     check_arg,
@@ -120,6 +121,7 @@ class ReplaySpec:
         """acks=all and a small linger, like an edge uplink; `extra` overrides."""
         cfg: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap,
+            "logger": LIBRDKAFKA_LOG,
             "acks": "all",
             "linger.ms": 5,
             "message.timeout.ms": _DEFAULT_MESSAGE_TIMEOUT_MS,
@@ -133,6 +135,7 @@ class ReplaySpec:
         # assign() with explicit offsets never joins the group: works without groups.
         cfg: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap,
+            "logger": LIBRDKAFKA_LOG,
             "group.id": f"shoal-replay-{os.urandom(4).hex()}",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
