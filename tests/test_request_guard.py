@@ -23,7 +23,19 @@ from kio.index import load_request_schema
 from kio.serial import entity_reader
 from kio.static.primitive import Records, i64Timedelta
 
-from request_samples import VERSIONS, sample_body, sample_frame
+from request_samples import (
+    ABORTS,
+    FETCH_FIXED,
+    HUGE_COMPACT,
+    HUGE_INT32,
+    PRODUCE_FIXED,
+    VERSIONS,
+    compact_str,
+    header,
+    legacy_str,
+    sample_body,
+    sample_frame,
+)
 from shoal.protocol.apis import decode_request, request_type
 from shoal.protocol.errors import FrameError, RequestDecodeError
 from shoal.protocol.guard import check_body
@@ -31,9 +43,6 @@ from shoal.protocol.headers import body_offset, peek_header
 from wire import request_frame
 
 TESTS = Path(__file__).resolve().parent
-HUGE_COMPACT = b"\xff\xff\xff\xff\x0f"  # uvarint 2^32 - 1: a compact count of 2^32 - 2
-HUGE_INT32 = struct.pack(">i", 0x7FFFFFFF)
-
 st.register_type_strategy(Records, st.binary(max_size=64).map(Records))
 st.register_type_strategy(
     i64Timedelta,
@@ -42,72 +51,6 @@ st.register_type_strategy(
     ),
 )
 
-
-def header(api_key: int, version: int, flexible: bool, client_id: bytes = b"fuzz") -> bytes:
-    head = struct.pack(">hhih", api_key, version, 1, len(client_id)) + client_id
-    return head + (b"\x00" if flexible else b"")
-
-
-def compact_str(text: bytes) -> bytes:
-    return bytes([len(text) + 1]) + text
-
-
-def legacy_str(text: bytes) -> bytes:
-    return struct.pack(">h", len(text)) + text
-
-
-FETCH_FIXED = struct.pack(">iiiibii", -1, 500, 1, 1 << 20, 0, 0, -1)  # up to session_epoch
-PRODUCE_FIXED = struct.pack(">hi", -1, 10_000)  # acks, timeout
-
-#: name -> (frame without its size prefix, words the rejection must contain)
-ABORTS: dict[str, tuple[bytes, str]] = {
-    "metadata-v9-issue": (
-        bytes.fromhex("000000170003000900000001000466757a7a00ffffffff0f000000")[4:],
-        "topics: 4294967294 elements",
-    ),
-    "metadata-v1-issue": (
-        bytes.fromhex("000000120003000100000001000466757a7a7fffffff")[4:],
-        "topics: 2147483647 elements",
-    ),
-    "produce-v9-topics": (
-        header(0, 9, True) + b"\x00" + PRODUCE_FIXED + HUGE_COMPACT + b"\x00\x00",
-        "topic_data: 4294967294 elements",
-    ),
-    "produce-v9-partitions": (
-        header(0, 9, True)
-        + b"\x00"
-        + PRODUCE_FIXED
-        + b"\x02"
-        + compact_str(b"fuzz")
-        + HUGE_COMPACT
-        + b"\x00\x00",
-        "topic_data.partition_data: 4294967294 elements",
-    ),
-    "produce-v3-topics": (
-        header(0, 3, False) + legacy_str(b"") + PRODUCE_FIXED + HUGE_INT32,
-        "topic_data: 2147483647 elements",
-    ),
-    "fetch-v12-topics": (
-        header(1, 12, True) + FETCH_FIXED + HUGE_COMPACT + b"\x01\x01\x00",
-        "topics: 4294967294 elements",
-    ),
-    "fetch-v12-partitions": (
-        header(1, 12, True) + FETCH_FIXED + b"\x02" + compact_str(b"fuzz") + HUGE_COMPACT,
-        "topics.partitions: 4294967294 elements",
-    ),
-    "fetch-v12-forgotten": (
-        header(1, 12, True) + FETCH_FIXED + b"\x01" + HUGE_COMPACT + b"\x01\x00",
-        "forgotten_topics_data: 4294967294 elements",
-    ),
-    "fetch-v4-partitions": (
-        header(1, 4, False)
-        + struct.pack(">iiiib", -1, 500, 1, 1 << 20, 0)
-        + struct.pack(">i", 1)
-        + legacy_str(b"fuzz")
-        + HUGE_INT32,
-        "topics.partitions: 2147483647 elements",
-    ),
-}
 
 _DECODE_ALL = """
 import json, sys

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.config import TOPIC_KEYS, BrokerConfig, ConfigError, validate_topic_configs
-from shoal.meta.store import MetaStore, PartitionRecord, TopicExists, TopicRecord
+from shoal.meta.store import (
+    MetaStore,
+    PartitionRecord,
+    TopicExists,
+    TopicNotFound,
+    TopicRecord,
+)
 from shoal.protocol.errors import ErrorCode, KafkaError
 
 log = logging.getLogger("shoal.topics")
@@ -189,7 +195,16 @@ class TopicCatalog:
         if validate_only:
             return topic
         async with self._lock:
-            rec = await self.meta.add_partitions(name, total)
+            # A DeleteTopics may have run while this request waited for the lock,
+            # or another broker of the cluster may have deleted the topic.
+            if name not in self._topics:
+                raise KafkaError(ErrorCode.unknown_topic_or_partition, f"no topic {name!r}")
+            try:
+                rec = await self.meta.add_partitions(name, total)
+            except TopicNotFound:
+                raise KafkaError(
+                    ErrorCode.unknown_topic_or_partition, f"no topic {name!r}"
+                ) from None
             topic.partitions = list(rec.partitions)
         log.info("topic %s now has %d partitions", name, total)
         if self.on_created is not None:
@@ -218,9 +233,16 @@ class TopicCatalog:
         if validate_only:
             return
         async with self._lock:
-            topic.overrides = await self.meta.set_topic_configs(
-                name, clean, remove, replace=replace
-            )
+            if name not in self._topics:  # deleted while this request waited
+                raise KafkaError(ErrorCode.unknown_topic_or_partition, f"no topic {name!r}")
+            try:
+                topic.overrides = await self.meta.set_topic_configs(
+                    name, clean, remove, replace=replace
+                )
+            except TopicNotFound:
+                raise KafkaError(
+                    ErrorCode.unknown_topic_or_partition, f"no topic {name!r}"
+                ) from None
         log.info("topic %s configs now %s", name, topic.overrides)
 
 
