@@ -645,7 +645,9 @@ def test_authentication_failure_is_reported_and_data_kept(
         text=True,
         timeout=30,
     )
-    assert out.returncode == 0 and "auth" in out.stdout, out.stdout + out.stderr
+    # An uplink refused by the central cluster is down: exit 2 for monitoring.
+    assert out.returncode == 2 and "auth" in out.stdout, out.stdout + out.stderr
+    assert "DOWN" in out.stdout
     assert gw.stop() == 0
 
 
