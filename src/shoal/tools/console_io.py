@@ -318,12 +318,16 @@ def consume(
 
         consumer.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
     out = sys.stdout.buffer
+    # A terminal sees each record at once; a pipe gets full buffers, flushed
+    # whenever the topic goes quiet (a flush per record costs a syscall each).
+    eager = out.isatty()
     seen = 0
     try:
         while count is None or seen < count:
             msg = consumer.poll(0.2)
             k.check()
             if msg is None:
+                out.flush()
                 continue
             err = msg.error()
             if err is not None:
@@ -335,8 +339,10 @@ def consume(
                 raise click.ClickException(f"{topic}-{msg.partition()}: {err.str()}")
             at_end.discard(msg.partition())
             out.write(render(fmt, msg))
-            out.flush()
+            if eager:
+                out.flush()
             seen += 1
+        out.flush()
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:

@@ -1,4 +1,6 @@
-"""Click option parsers shared by the tools' commands."""
+"""What the tools' commands share, so they parse, fail and print alike: option
+parsers (checked before anything connects), KafkaClients (one-line errors from
+librdkafka) and a rich Console that never cuts tables in a pipe."""
 
 from __future__ import annotations
 
