@@ -146,6 +146,8 @@ def test_reset_refused_while_group_is_active(bootstrap: str, topic: str) -> None
             assert "1 active member" in out and "stop its consumers first" in out
         out = fails("delete", group, "--bootstrap", bootstrap)
         assert "active members" in out
+        out = fails("delete-offsets", group, "--topic", topic, "--bootstrap", bootstrap)
+        assert f"{topic}-0: not deleted: a live member subscribes to it" in out
         assert committed(bootstrap, group) == {(topic, 0): 5}
     finally:
         c.close()
