@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from shoal.tools import scorecard as sc
-from shoal.tools.options import bootstrap_option, parse_client_settings
+from shoal.tools.options import bootstrap_option, console, parse_client_settings
 
 _STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
 
@@ -91,7 +91,10 @@ def scorecard(**kw: Any) -> None:
             table.add_row(
                 label, f"[{_STYLE[r.status]}]{r.status}[/]", f"{r.seconds:.1f}", r.evidence
             )
-        Console(width=max(120, Console().width)).print(table)
+        out = console()  # whole lines in a pipe
+        if out.is_terminal:
+            out = Console(width=max(120, out.width))
+        out.print(table)
         verdict = "all mandatory checks passed" if card.passed else "mandatory checks failed"
         click.echo(verdict)
     sys.exit(0 if card.passed else 1)
