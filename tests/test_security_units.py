@@ -170,6 +170,7 @@ def test_several_named_listeners(tmp_path: Path) -> None:
     [
         ({"listeners": "PLAINTEXT://127.0.0.1"}, "is not NAME://HOST:PORT"),
         ({"listeners": "PLAINTEXT://a:1,PLAINTEXT://b:2"}, "appears twice"),
+        ({"listeners": "PLAINTEXT://127.0.0.1:0"}, "not 1-65535"),
         ({"listeners": "OTHER://127.0.0.1:9092"}, "no protocol"),
         ({"listeners": "PLAINTEXT://a:9092,SSL://b:9092"}, "both use port 9092"),
         ({"listeners": "PLAINTEXT://0.0.0.0:9092"}, "give clients an address"),

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from shoal.config import BrokerConfig
+from shoal.security.audit import AuditLog
 from shoal.security.listeners import Listener
 from shoal.security.oauth import JwtValidator
 from shoal.security.principal import NoMatchingRule, PrincipalMapper, subject_dn
@@ -26,8 +27,11 @@ log = logging.getLogger("shoal.security")
 class Security:
     """Shared by every listener of one broker."""
 
-    def __init__(self, config: BrokerConfig, listeners: list[Listener]) -> None:
+    def __init__(
+        self, config: BrokerConfig, listeners: list[Listener], audit: AuditLog | None = None
+    ) -> None:
         self.listeners = listeners
+        self.audit = audit
         self.mapper = PrincipalMapper.parse(str(config["ssl.principal.mapping.rules"]))
         self.tls = (
             TlsContexts(TlsSettings.from_config(config))
@@ -66,6 +70,9 @@ class Security:
                         listener.name,
                         exc,
                     )
+                    if self.audit is not None:
+                        who = replace(conn.client, principal=dn, listener=listener.name)
+                        self.audit.authentication(who, "SSL", False, str(exc))
                     conn.abort()
                     return
                 log.info(
@@ -75,6 +82,9 @@ class Security:
                     conn.peer,
                     listener.name,
                 )
+                if self.audit is not None:
+                    who = replace(conn.client, principal=principal, listener=listener.name)
+                    self.audit.authentication(who, "SSL", True)
         session = None
         if listener.sasl:
             session = SaslSession(

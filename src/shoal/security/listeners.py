@@ -67,7 +67,7 @@ def parse_listener_list(key: str, raw: str) -> dict[str, tuple[str, int]]:
         if m is None or not _NAME.match(m["name"]):
             raise ConfigError(f"{key}: {entry!r} is not NAME://HOST:PORT")
         port = int(m["port"])
-        if not 0 <= port < 65536 or (port == 0 and key == "advertised.listeners"):
+        if not 0 < port < 65536:
             raise ConfigError(f"{key}: {entry!r} has port {port}, not 1-65535")
         name = m["name"].upper()
         if name in out:
@@ -115,7 +115,7 @@ def resolve_listeners(config: BrokerConfig | Any) -> list[Listener]:
                 f"listeners: {name} has no protocol in listener.security.protocol.map "
                 f"(name it after a protocol or map it, e.g. {name}:SASL_SSL)"
             )
-        if port and port in seen_ports:
+        if port in seen_ports:
             raise ConfigError(f"listeners: {name} and {seen_ports[port]} both use port {port}")
         seen_ports[port] = name
         adv_host, adv_port = advertised.get(name, (host, port))

@@ -45,6 +45,7 @@ class Mechanism(ABC):
     def __init__(self) -> None:
         self.principal: str | None = None  # "User:name" once complete
         self.expires_ms: int | None = None  # credential expiry (tokens)
+        self.claimed: str | None = None  # the user the client says it is, once read
 
     @property
     def complete(self) -> bool:
@@ -84,9 +85,10 @@ class Plain(Mechanism):
 
     def user_of(self, token: bytes) -> str | None:
         try:
-            return self._parse(token)[0]
+            self.claimed = self._parse(token)[0]
         except AuthenticationFailed:
             return None  # step() says why
+        return self.claimed
 
     def step(self, token: bytes, credentials: Mapping[str, ScramCredential]) -> bytes:
         if self.complete:
@@ -128,7 +130,7 @@ class Scram(Mechanism):
             raise self.fail("SCRAM message is not UTF-8") from None
         try:
             if self._server is None:
-                user = _scram_user(text)
+                user = self.claimed = _scram_user(text)
                 cred = credentials.get(self.name)
                 if cred is None:
                     raise self.fail(f"unknown user {user!r} for {self.name}")

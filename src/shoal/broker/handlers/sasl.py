@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+from dataclasses import replace
 from typing import Any
 
 from shoal.broker.broker import Broker
@@ -46,6 +47,9 @@ async def handle_sasl_handshake(
             client.listener,
             body.mechanism,
             ", ".join(mechanisms),
+        )
+        broker.audit.authentication(
+            client, str(body.mechanism), False, "UNSUPPORTED_SASL_MECHANISM"
         )
         return s.SaslHandshakeResponse(
             error_code=ErrorCode.unsupported_sasl_mechanism, mechanisms=mechanisms
@@ -89,6 +93,8 @@ async def handle_sasl_authenticate(
             client.listener,
             exc.reason,
         )
+        who = replace(client, principal=f"User:{mech.claimed}") if mech.claimed else client
+        broker.audit.authentication(who, mech.name, False, exc.reason)
         return Deferred(_fail_later(s, str(exc), session.failure_delay_ms))
     if mech.complete:
         log.info(
@@ -99,6 +105,8 @@ async def handle_sasl_authenticate(
             client.listener,
             " (re-authentication)" if session.authentications > 1 else "",
         )
+        assert session.principal is not None
+        broker.audit.authentication(replace(client, principal=session.principal), mech.name, True)
     return s.SaslAuthenticateResponse(
         error_code=ErrorCode.none,
         error_message=None,

@@ -4,6 +4,8 @@ Kafka's per-user errors, so Kafka's admin tools and clients manage SCRAM users.
 Alter is all-or-nothing per user, as in Kafka: a user whose changes include a
 bad one (unknown mechanism, iterations out of bounds, a duplicate, deleting a
 credential that does not exist) gets that error and none of its changes.
+With an authorizer, describing needs DESCRIBE and altering ALTER on the
+cluster (Kafka's rule), else CLUSTER_AUTHORIZATION_FAILED.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from shoal.meta.security import SecurityStore
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode
 from shoal.protocol.headers import RequestHeader
+from shoal.security.acls import CLUSTER_NAME, AclOperation, ResourceType
 from shoal.security.scram import (
     MECHANISM_IDS,
     MECHANISM_NAMES,
@@ -34,6 +37,13 @@ async def handle_describe_user_scram_credentials(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
     s = Schema(50, header.api_version)
+    if not broker.authorize(client, AclOperation.DESCRIBE, ResourceType.CLUSTER, CLUSTER_NAME):
+        return s.DescribeUserScramCredentialsResponse(
+            throttle_time=ZERO,
+            error_code=ErrorCode.cluster_authorization_failed,
+            error_message=f"{client.principal} may not DESCRIBE the cluster",
+            results=(),
+        )
     names = [u.name for u in body.users or ()]
     found = await SecurityStore(broker.meta).describe(names or None)
     results = []
@@ -76,6 +86,13 @@ async def handle_alter_user_scram_credentials(
         errors.setdefault(user, (code, message))
 
     changes = [(d, False) for d in body.deletions] + [(u, True) for u in body.upsertions]
+    if not broker.authorize(client, AclOperation.ALTER, ResourceType.CLUSTER, CLUSTER_NAME):
+        for change, _ in changes:
+            reject(
+                change.name,
+                ErrorCode.cluster_authorization_failed,
+                f"{client.principal} may not ALTER the cluster",
+            )
     for change, upsert in changes:
         user = change.name
         if user not in order:
@@ -125,6 +142,17 @@ async def handle_alter_user_scram_credentials(
             log.info("AlterUserScramCredentials from %s: %s: %s", client, user, errors[user][1])
         else:
             log.info("SCRAM credentials of %r changed by %s", user, client.principal)
+        code = errors[user][0] if user in errors else ErrorCode.none
+        mechanisms = sorted(
+            {
+                MECHANISM_NAMES.get(int(c.mechanism), str(c.mechanism))
+                for c, _ in changes
+                if c.name == user
+            }
+        )
+        broker.audit.admin(
+            client, "AlterUserScramCredentials", "USER", user, code.name, mechanisms=mechanisms
+        )
     return s.AlterUserScramCredentialsResponse(
         throttle_time=ZERO,
         results=tuple(
