@@ -126,6 +126,11 @@ def test_uplink_outage_shows_in_status_at_once_and_logs_little(
             assert not_connected is not None and not_connected < 3, seen[:20]
             backoffs = [u for _t, u in seen if u["state"] == "backoff"]
             assert backoffs, [u["state"] for _t, u in seen]
+            first_backoff = next(t for t, u in seen if u["state"] == "backoff")
+            print(
+                f"after the cut: not connected at {not_connected:.2f}s, "
+                f"backoff at {first_backoff:.2f}s"
+            )
             assert all(u["retry_in_s"] is not None for u in backoffs)
             assert all(u["down"] for t, u in seen if t > 3), [(t, u["state"]) for t, u in seen]
             out = shoal(*status_cmd)
@@ -224,6 +229,10 @@ def test_port_clash_names_the_listener_and_leaves_mqtt_alone(
         assert mq["connected"] and mq["connects"] == connects, mq
         time.sleep(0.1)
     assert not (tmp_path / "b" / "data" / "log").exists()
+    # The data directory's lock names the running gateway.
+    out = shoal("edge", "check", "--config", str(first.path))
+    assert out.returncode == 2 and first.proc is not None
+    assert f"pid {first.proc.pid}" in out.stderr, out.stderr
     assert first.stop() == 0
 
 
