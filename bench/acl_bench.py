@@ -253,11 +253,17 @@ def main() -> None:
     for client, topic, _ in reqs:  # fill the cache
         Broker.authorize(broker, client, Op.WRITE, RT.TOPIC, topic, False)
     results: dict[str, float] = {}
+
+    def by_type(i: int) -> bool:
+        client, _topic, _ = reqs[i % len(reqs)]
+        return Broker.authorize_any(broker, client, Op.WRITE, RT.TOPIC)
+
     for name, fn in [
         ("no authorizer", disabled),
         ("warm (cache hit)", warm),
         ("cold (index)", cold),
         ("linear scan", linear),
+        ("WRITE on any topic (InitProducerId)", by_type),
     ]:
         results[name] = timed(fn, calls_for(args.seconds, fn))
     results["cold (index)"] -= timed(clear_only, 200_000)

@@ -129,6 +129,17 @@ def test_authorize_any_for_idempotent_producers() -> None:
     assert not a.authorize_any("User:bob", "h", Op.WRITE, TOPIC)
     b = authz(acl("t"), acl("*", op=Op.WRITE, perm=P.DENY))
     assert not b.authorize_any("User:alice", "h", Op.WRITE, TOPIC)
+    # A DENY of one topic does not take back WRITE on others; User:* counts.
+    c = authz(acl("t", principal="User:*"), acl("u", op=Op.ALL, perm=P.DENY))
+    assert c.authorize_any("User:bob", "h", Op.WRITE, TOPIC)
+    assert not c.authorize_any("User:bob", "h", Op.READ, TOPIC)
+    # No ACL of the type at all: allow.everyone.if.no.acl.found decides.
+    assert authz(acl("g", rtype=GROUP), allow_if_none=True).authorize_any(
+        "User:bob", "h", Op.WRITE, TOPIC
+    )
+    assert not authz(acl("t", principal="User:x"), allow_if_none=True).authorize_any(
+        "User:bob", "h", Op.WRITE, TOPIC
+    )
 
 
 def test_filters_match_as_kafka() -> None:

@@ -46,11 +46,16 @@ class _Index:
     literal: dict[tuple[ResourceType, str], list[AclBinding]] = field(default_factory=dict)
     prefixed: dict[ResourceType, dict[str, list[AclBinding]]] = field(default_factory=dict)
     prefix_lengths: dict[ResourceType, list[int]] = field(default_factory=dict)
+    # For decisions by resource type (authorize_any): ACLs by (type, principal).
+    by_principal: dict[tuple[ResourceType, str], list[AclBinding]] = field(default_factory=dict)
+    types: set[ResourceType] = field(default_factory=set)
 
     @classmethod
     def build(cls, acls: Iterable[AclBinding]) -> _Index:
         index = cls()
         for acl in acls:
+            index.types.add(acl.resource_type)
+            index.by_principal.setdefault((acl.resource_type, acl.principal), []).append(acl)
             if acl.pattern_type == PatternType.PREFIXED:
                 index.prefixed.setdefault(acl.resource_type, {}).setdefault(
                     acl.resource_name, []
@@ -146,15 +151,15 @@ class Authorizer:
         empty prefix) takes it back."""
         if not self.enabled or principal in self.super_users:
             return True
+        if rtype not in self._index.types:
+            return self.allow_if_no_acl
         allow_ops = IMPLIED_BY.get(op, frozenset((op,)))
-        found = False
         allowed = False
-        for acl in self._acls:
-            if acl.resource_type != rtype:
-                continue
-            found = True
-            if acl.principal != principal and acl.principal != WILDCARD_PRINCIPAL:
-                continue
+        by_principal = self._index.by_principal
+        for acl in (
+            *by_principal.get((rtype, principal), ()),
+            *by_principal.get((rtype, WILDCARD_PRINCIPAL), ()),
+        ):
             if acl.host != host and acl.host != WILDCARD:
                 continue
             if acl.permission == Permission.DENY:
@@ -165,7 +170,7 @@ class Authorizer:
                     return False
             elif acl.operation == AclOperation.ALL or acl.operation in allow_ops:
                 allowed = True
-        return allowed or (not found and self.allow_if_no_acl)
+        return allowed
 
     def _decide(
         self, principal: str, host: str, op: AclOperation, rtype: ResourceType, name: str
