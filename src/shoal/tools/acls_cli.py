@@ -36,7 +36,11 @@ from shoal.tools.options import (
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-OPERATIONS = [op.name for op in AclOperation if op not in (AclOperation.UNKNOWN, AclOperation.ANY)]
+# What confluent-kafka's AdminClient can send (CREATE_TOKENS and DESCRIBE_TOKENS,
+# for USER resources, are not among them).
+OPERATIONS = [
+    op.name for op in AclOperation if AclOperation.ALL <= op <= AclOperation.IDEMPOTENT_WRITE
+]
 
 
 def _ca() -> Any:
