@@ -177,8 +177,8 @@ def check_records(batch: memoryview, header: BatchHeader, max_batch_bytes: int) 
     MESSAGE_TOO_LARGE when they decompress beyond the limit,
     UNSUPPORTED_COMPRESSION_TYPE for a codec id Kafka does not define.
     """
-    body: bytes | bytearray | memoryview = batch[HEADER_SIZE:]
     data = batch[HEADER_SIZE:]
+    body: bytes | bytearray | memoryview = data
     codec = header.compression
     if codec > ZSTD:
         raise KafkaError(
