@@ -64,15 +64,16 @@ def test_create_describe_alter_delete(bootstrap: str) -> None:
     ]
     assert rows == [(0, 0, 4, 4), (1, 0, 3, 3)]
     assert all(p["leader"] == 0 for p in info["partitions"])
-    # Shoal has no DescribeLogDirs yet: sizes are unknown, never made up.
-    assert info["size_bytes"] is None
-    assert all(p["size_bytes"] is None for p in info["partitions"])
+    # Sizes from DescribeLogDirs: each partition's stored bytes, summed per topic.
+    sizes = [p["size_bytes"] for p in info["partitions"]]
+    assert all(size > 0 for size in sizes)
+    assert info["size_bytes"] == sum(sizes)
     configs = {c["name"]: c for c in info["configs"]}
     assert configs["retention.ms"]["value"] == "3600000"
     assert configs["retention.ms"]["source"] == "DYNAMIC_TOPIC_CONFIG"
     assert not configs["retention.ms"]["default"]
     table = ok("topics", "describe", topic, "--bootstrap", bootstrap)
-    assert "records 7" in table and "size n/a" in table
+    assert "records 7" in table and "size n/a" not in table
     assert "retention.ms" in table and "DYNAMIC_TOPIC_CONFIG" in table
 
     out = ok(

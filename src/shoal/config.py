@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shoal.config_catalog import TOPIC_CONFIGS
+
 
 class ConfigError(ValueError):
     """A bad key or value; the message names it."""
@@ -584,53 +586,10 @@ BROKER_KEYS: dict[str, Key] = {
     ]
 }
 
-#: topic config -> broker key supplying its default
+#: Kafka 4's topic configs (config_catalog.py). Keys whose default a broker key
+#: supplies (TOPIC_DEFAULT_FROM) have no default of their own here.
 TOPIC_KEYS: dict[str, Key] = {
-    k.name: k
-    for k in [
-        Key("retention.ms", int, None, "how long records are kept (-1: forever)", at_least(-1)),
-        Key("retention.bytes", int, None, "size kept per partition (-1: unbounded)", at_least(-1)),
-        Key("max.message.bytes", int, None, "largest record batch", at_least(0)),
-        Key("cleanup.policy", str, None, "delete, compact or both", cleanup_policy),
-        Key(
-            "message.timestamp.type",
-            str,
-            None,
-            "CreateTime or LogAppendTime",
-            one_of("CreateTime", "LogAppendTime"),
-        ),
-        Key(
-            "delete.retention.ms",
-            int,
-            86_400_000,
-            "how long tombstones stay in compacted topics",
-            at_least(0),
-        ),
-        Key("min.compaction.lag.ms", int, 0, "youngest record compaction may remove", at_least(0)),
-        Key(
-            "min.cleanable.dirty.ratio",
-            float,
-            0.5,
-            "share of not-yet-compacted data that triggers key compaction",
-            lambda v: None if 0.0 <= v <= 1.0 else "must be between 0 and 1",
-        ),
-        Key(
-            "compression.type",
-            str,
-            "producer",
-            "batches are stored as the producer compressed them",
-            one_of("producer"),
-        ),
-        Key(
-            "segment.bytes",
-            int,
-            1 << 30,
-            "accepted for compatibility (no segments here)",
-            at_least(14),
-        ),
-        Key("segment.ms", int, 7 * 24 * 3600 * 1000, "accepted for compatibility", at_least(1)),
-        Key("min.insync.replicas", int, 1, "accepted for compatibility", at_least(1)),
-    ]
+    d.name: Key(d.name, d.kind, d.default, d.doc, d.check) for d in TOPIC_CONFIGS
 }
 
 TOPIC_DEFAULT_FROM = {

@@ -18,7 +18,7 @@ from kio.serial import entity_reader, entity_writer
 
 from shoal.protocol.errors import RequestDecodeError
 from shoal.protocol.frames import encode_size
-from shoal.protocol.guard import check_body
+from shoal.protocol.guard import guard_body
 from shoal.protocol.headers import RequestHeader, body_offset, peek_header, response_header
 
 API_VERSIONS = 18
@@ -50,16 +50,22 @@ SUPPORTED: dict[int, tuple[str, int, int]] = {
     31: ("DeleteAcls", 1, 3),
     32: ("DescribeConfigs", 1, 4),
     33: ("AlterConfigs", 0, 2),
+    34: ("AlterReplicaLogDirs", 1, 2),
+    35: ("DescribeLogDirs", 1, 4),
     36: ("SaslAuthenticate", 0, 2),
     37: ("CreatePartitions", 0, 3),
     42: ("DeleteGroups", 0, 2),
+    43: ("ElectLeaders", 0, 2),
     44: ("IncrementalAlterConfigs", 0, 1),
     45: ("AlterPartitionReassignments", 0, 0),
     46: ("ListPartitionReassignments", 0, 0),
     47: ("OffsetDelete", 0, 0),
     50: ("DescribeUserScramCredentials", 0, 0),
     51: ("AlterUserScramCredentials", 0, 0),
+    55: ("DescribeQuorum", 0, 2),
     60: ("DescribeCluster", 0, 1),
+    74: ("ListConfigResources", 0, 1),
+    75: ("DescribeTopicPartitions", 0, 0),
 }
 
 
@@ -112,7 +118,7 @@ def decode_request(frame: bytes) -> Request:
         raise RequestDecodeError(f"unsupported {api_name(header.api_key)} v{header.api_version}")
     cls = request_type(header.api_key, header.api_version)
     pos = body_offset(frame, header, bool(cls.__flexible__))
-    check_body(frame, pos, cls)  # before kio allocates what the frame claims
+    frame = guard_body(frame, pos, cls)  # before kio allocates what the frame claims
     try:
         body, _size = _reader(header.api_key, header.api_version)(frame, pos)
     except Exception as exc:  # kio raises a variety of decode errors

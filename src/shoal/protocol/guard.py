@@ -38,7 +38,7 @@ from kio.serial._introspect import (
 
 from shoal.protocol.errors import RequestDecodeError
 
-__all__ = ["check_body", "walker_source"]
+__all__ = ["check_body", "guard_body", "walker_source"]
 
 #: Encoded size of kio's fixed-width kafka types.
 _FIXED_SIZES = {
@@ -326,23 +326,85 @@ def _uvarint(buf: Any, pos: int, end: int, what: str) -> tuple[int, int]:
     raise _Reject(f"{what}: varint longer than 5 bytes")
 
 
+#: (start, end, replacement) of tagged-field sections to rewrite without their
+#: unknown tags, in frame order; filled by one walk (synchronous, so one list
+#: serves the event loop's thread).
+_EDITS: list[tuple[int, int, bytes]] = []
+
+
 def _tags(buf: Any, pos: int, end: int, known: dict[int, Walker], what: str) -> int:
     """A tagged-field section: count, then (tag, size, value) each. A known tag's
-    value must fill exactly its declared size; unknown ones are skipped."""
+    value must fill exactly its declared size. Unknown ones are skipped, as Kafka
+    skips them, and the section is queued for rewriting without them (kio's
+    decoder refuses a tag it does not know): nothing is copied otherwise."""
+    start = pos
     count, pos = _uvarint(buf, pos, end, what)
     if count * 2 > end - pos:
         raise _Reject(f"{what}: {count} fields cannot fit in {end - pos} bytes")
-    for _ in range(count):
+    kept: list[bytes | tuple[int, int]] | None = None  # set once something changes
+    for i in range(count):
+        entry = pos
         tag, pos = _uvarint(buf, pos, end, what)
         size, pos = _uvarint(buf, pos, end, what)
         stop = pos + size
         if stop > end:
             raise _Reject(f"{what}: tag {tag} of {size} bytes runs past the end")
         walk = known.get(tag)
-        if walk is not None and walk(buf, pos, stop) != stop:
-            raise _Reject(f"{what}: tag {tag} does not fill its {size} bytes")
+        if walk is None:
+            if kept is None:
+                kept = [(start_entry, e) for start_entry, e in _entries(buf, start, entry, i)]
+        else:
+            mark = len(_EDITS)
+            if walk(buf, pos, stop) != stop:
+                raise _Reject(f"{what}: tag {tag} does not fill its {size} bytes")
+            if len(_EDITS) > mark:  # unknown tags inside: the value changes size
+                value = _apply(bytes(buf[pos:stop]), _EDITS[mark:], pos)
+                del _EDITS[mark:]
+                if kept is None:
+                    kept = [(a, b) for a, b in _entries(buf, start, entry, i)]
+                kept.append(_encode_uvarint(tag) + _encode_uvarint(len(value)) + value)
+            elif kept is not None:
+                kept.append((entry, stop))
         pos = stop
+    if kept is not None:
+        parts = [_encode_uvarint(sum(1 for _ in kept))]
+        parts += [k if isinstance(k, bytes) else bytes(buf[k[0] : k[1]]) for k in kept]
+        _EDITS.append((start, pos, b"".join(parts)))
     return pos
+
+
+def _entries(buf: Any, start: int, upto: int, n: int) -> list[tuple[int, int]]:
+    """Spans of the first `n` entries of the section at `start` (already checked)."""
+    _count, pos = _uvarint(buf, start, upto, "tags")
+    out = []
+    for _ in range(n):
+        entry = pos
+        _tag, pos = _uvarint(buf, pos, upto, "tags")
+        size, pos = _uvarint(buf, pos, upto, "tags")
+        pos += size
+        out.append((entry, pos))
+    return out
+
+
+def _encode_uvarint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _apply(data: bytes, edits: list[tuple[int, int, bytes]], base: int) -> bytes:
+    """`data` (found at `base` in the frame) with the edits' spans replaced."""
+    out = bytearray()
+    pos = 0
+    for start, stop, replacement in edits:
+        out += data[pos : start - base]
+        out += replacement
+        pos = stop - base
+    out += data[pos:]
+    return bytes(out)
 
 
 # --- entry points --------------------------------------------------------------------
@@ -366,7 +428,26 @@ def walker_source(cls: type[Any]) -> str:
 def check_body(frame: Any, pos: int, cls: type[Any]) -> int:
     """Walk the body of `cls` at frame[pos:] and return where it ends; raise
     RequestDecodeError with a short reason when kio's decoder must not see it."""
+    _EDITS.clear()
     try:
         return _walker(cls)(frame, pos, len(frame))
     except _Reject as exc:
         raise RequestDecodeError(f"malformed {cls.__name__} v{cls.__version__}: {exc}") from None
+    finally:
+        _EDITS.clear()
+
+
+def guard_body(frame: bytes, pos: int, cls: type[Any]) -> bytes:
+    """`check_body`, then the frame kio may decode: the same object, or, when a
+    newer client sent tagged fields this schema does not know, a copy without
+    them (Kafka skips unknown tags; kio's decoder would refuse the request)."""
+    _EDITS.clear()
+    try:
+        _walker(cls)(frame, pos, len(frame))
+        if not _EDITS:
+            return frame
+        return _apply(frame, _EDITS, 0)
+    except _Reject as exc:
+        raise RequestDecodeError(f"malformed {cls.__name__} v{cls.__version__}: {exc}") from None
+    finally:
+        _EDITS.clear()

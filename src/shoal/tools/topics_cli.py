@@ -192,7 +192,7 @@ def describe_command(
 ) -> None:
     """Describe topics: partition owners, log start and end offsets, sizes, configs
     and where each config comes from. Sizes are n/a when the cluster does not
-    offer DescribeLogDirs (Shoal does not yet)."""
+    offer DescribeLogDirs."""
     k = KafkaClients(bootstrap, extra, timeout)
     infos = [describe_topic(k, name) for name in names]
     if fmt == "json":

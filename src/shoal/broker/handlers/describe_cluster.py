@@ -7,9 +7,11 @@ from typing import Any
 
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import Client
+from shoal.broker.handlers.authorized import authorized_operations
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode
 from shoal.protocol.headers import RequestHeader
+from shoal.security.acls import CLUSTER_NAME, ResourceType
 
 
 async def handle_describe_cluster(
@@ -25,5 +27,12 @@ async def handle_describe_cluster(
         brokers=tuple(
             s.DescribeClusterBroker(broker_id=n.node_id, host=n.host, port=n.port, rack=n.rack)
             for n in await broker.advertised.nodes(broker.live_nodes(), client.listener)
+        ),
+        cluster_authorized_operations=authorized_operations(
+            broker,
+            client,
+            ResourceType.CLUSTER,
+            CLUSTER_NAME,
+            bool(getattr(body, "include_cluster_authorized_operations", False)),
         ),
     )

@@ -16,6 +16,7 @@ from typing import Any
 
 from shoal.broker.broker import DENIED, Broker
 from shoal.broker.handlers import Client, Deferred
+from shoal.broker.handlers.authorized import authorized_operations
 from shoal.group.coordinator import JoinRequest, JoinResult, SyncResult
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode
@@ -304,7 +305,13 @@ async def handle_describe_groups(
                     )
                     for m in g.members
                 ),
-                authorized_operations=NO_AUTHORIZED_OPERATIONS,
+                authorized_operations=authorized_operations(
+                    broker,
+                    client,
+                    ResourceType.GROUP,
+                    gid,
+                    bool(getattr(body, "include_authorized_operations", False)),
+                ),
             )
         )
     return s.DescribeGroupsResponse(throttle_time=ZERO, groups=tuple(out))

@@ -8,6 +8,7 @@ from typing import Any
 
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import Client
+from shoal.broker.handlers.authorized import authorized_operations
 from shoal.broker.topics import Topic
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
@@ -23,13 +24,14 @@ async def handle_metadata(broker: Broker, client: Client, header: RequestHeader,
     version = header.api_version
     allow_auto = bool(getattr(body, "allow_auto_topic_creation", True))
     requested = body.topics
+    topic_ops = bool(getattr(body, "include_topic_authorized_operations", False))
     results = []
     if requested is None or (version == 0 and not requested):
         topics = sorted(
             (t for t in broker.topics.all() if _visible(broker, client, t.name)),
             key=lambda t: t.name,
         )
-        results = [_topic(s, broker, t) for t in topics]
+        results = [_topic(s, broker, t, client, topic_ops) for t in topics]
     else:
         for req in requested:
             name = req.name
@@ -40,7 +42,7 @@ async def handle_metadata(broker: Broker, client: Client, header: RequestHeader,
                 topic = await broker.topics.get_or_create(name, allow_auto)
                 if topic is None:
                     raise KafkaError(ErrorCode.unknown_topic_or_partition)
-                results.append(_topic(s, broker, topic))
+                results.append(_topic(s, broker, topic, client, topic_ops))
             except KafkaError as exc:
                 if exc.code != ErrorCode.unknown_topic_or_partition:
                     log.info("metadata for %r from %s: %s", name, client, exc)
@@ -62,6 +64,13 @@ async def handle_metadata(broker: Broker, client: Client, header: RequestHeader,
         cluster_id=broker.cluster_id,
         controller_id=broker.controller_id(),
         topics=tuple(results),
+        cluster_authorized_operations=authorized_operations(
+            broker,
+            client,
+            ResourceType.CLUSTER,
+            CLUSTER_NAME,
+            bool(getattr(body, "include_cluster_authorized_operations", False)),
+        ),
     )
 
 
@@ -79,7 +88,7 @@ def _require_create(broker: Broker, client: Client, name: str) -> None:
     broker.require(client, AclOperation.CREATE, ResourceType.TOPIC, name)
 
 
-def _topic(s: Schema, broker: Broker, topic: Topic) -> Any:
+def _topic(s: Schema, broker: Broker, topic: Topic, client: Client, ops: bool) -> Any:
     cluster = broker.cluster
     live = None if cluster is None else {b.node_id for b in cluster.live}
     parts = []
@@ -103,4 +112,7 @@ def _topic(s: Schema, broker: Broker, topic: Topic) -> Any:
         topic_id=topic.topic_uuid,
         is_internal=False,
         partitions=tuple(parts),
+        topic_authorized_operations=authorized_operations(
+            broker, client, ResourceType.TOPIC, topic.name, ops
+        ),
     )

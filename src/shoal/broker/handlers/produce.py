@@ -10,10 +10,14 @@ from typing import Any
 
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import Client, Deferred
+from shoal.broker.topics import Topic
+from shoal.config import TOPIC_KEYS
+from shoal.config_catalog import COMPRESSION_CODECS
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
-from shoal.protocol.records import BatchRejected, validate_produce
+from shoal.protocol.recompress import recompress, timestamp_violations
+from shoal.protocol.records import BatchRejected, ValidatedBatch, validate_produce
 from shoal.security.acls import AclOperation, ResourceType
 from shoal.storage.errors import AppendTimeout, Fenced, StorageError
 from shoal.storage.producers import SequenceError
@@ -80,6 +84,9 @@ async def _append(
                 ErrorCode.transactional_id_authorization_failed,
                 "transactional batch in a produce request without a transactional id",
             )
+        if not log_append:
+            _check_timestamps(broker, topic, batch)
+        batch = _to_topic_codec(broker, topic, batch)
         append_time = int(time.time() * 1000) if log_append else None
         fut = await broker.engine.append(part.stream_id, [batch], part.leader_epoch, append_time)
         broker.record_traffic(topic, part, len(records), 0)
@@ -101,6 +108,37 @@ async def _append(
     except StorageError as exc:
         log.warning("produce to %s-%d from %s failed: %s", topic_name, index, client, exc)
         return topic_name, index, ErrorCode.not_leader_or_follower, -1, None
+
+
+def _check_timestamps(broker: Broker, topic: Topic, batch: ValidatedBatch) -> None:
+    """message.timestamp.before/after.max.ms on a CreateTime topic, as Kafka:
+    INVALID_TIMESTAMP naming each record outside the window."""
+    bad = timestamp_violations(
+        batch,
+        int(time.time() * 1000),
+        int(broker.topics.effective(topic, "message.timestamp.before.max.ms")),
+        int(broker.topics.effective(topic, "message.timestamp.after.max.ms")),
+    )
+    if bad:
+        raise BatchRejected(
+            ErrorCode.invalid_timestamp,
+            f"{len(bad)} record(s) with a timestamp out of range: {bad[0][1]}",
+            tuple(bad),
+        )
+
+
+def _to_topic_codec(broker: Broker, topic: Topic, batch: ValidatedBatch) -> ValidatedBatch:
+    """Recompress to the topic's compression.type unless it is `producer` or
+    the batch is in that codec already (Kafka keeps those as they are)."""
+    wanted = str(broker.topics.effective(topic, "compression.type"))
+    if wanted == "producer":
+        return batch
+    codec = COMPRESSION_CODECS[wanted]
+    if batch.header.compression == codec:
+        return batch
+    level_key = f"compression.{wanted}.level"
+    level = int(broker.topics.effective(topic, level_key)) if level_key in TOPIC_KEYS else None
+    return recompress(batch, codec, level)
 
 
 async def _respond(

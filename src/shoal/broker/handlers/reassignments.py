@@ -77,8 +77,11 @@ async def handle_alter_partition_reassignments(
 
 
 async def _alter(broker: Broker, topic: str, index: int, replicas: Any) -> None:
-    broker.partition(topic, index)  # UNKNOWN_TOPIC_OR_PARTITION
+    _topic, part = broker.partition(topic, index)  # UNKNOWN_TOPIC_OR_PARTITION
     cluster = broker.cluster
+    owner = broker.node.node_id if cluster is None else part.owner
+    if replicas is not None and list(replicas) == [owner]:
+        return  # already there: nothing to move, as Kafka accepts a same-replica plan
     if cluster is None:
         raise KafkaError(
             ErrorCode.invalid_replica_assignment,

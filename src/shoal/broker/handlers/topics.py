@@ -111,6 +111,7 @@ async def handle_create_partitions(
         code, message = ErrorCode.none, None
         try:
             broker.require(client, AclOperation.ALTER, ResourceType.TOPIC, t.name)
+            _check_assignments(broker, t.name, t.count, t.assignments)
             await broker.topics.add_partitions(
                 t.name, t.count, validate_only=bool(body.validate_only)
             )
@@ -125,3 +126,37 @@ async def handle_create_partitions(
             s.CreatePartitionsTopicResult(name=t.name, error_code=code, error_message=message)
         )
     return s.CreatePartitionsResponse(throttle_time=ZERO, results=tuple(results))
+
+
+def _check_assignments(broker: Broker, name: str, count: int, assignments: Any) -> None:
+    """Kafka's checks of explicit assignments for new partitions: one list per
+    new partition, each of brokers that exist, once each. A partition has one
+    replica here (its owner, chosen by the controller), so each list names one
+    broker."""
+    if assignments is None:
+        return
+    topic = broker.topics.get(name)
+    if topic is None:
+        return  # add_partitions answers UNKNOWN_TOPIC_OR_PARTITION
+    added = count - len(topic.partitions)
+    if added > 0 and len(assignments) != added:
+        raise KafkaError(
+            ErrorCode.invalid_replica_assignment,
+            f"increasing the partition count by {added} needs {added} assignments, "
+            f"not {len(assignments)}",
+        )
+    brokers = {n.node_id for n in broker.live_nodes()}
+    for i, a in enumerate(assignments):
+        ids = list(a.broker_ids)
+        unknown = sorted(set(ids) - brokers)
+        if unknown:
+            raise KafkaError(
+                ErrorCode.invalid_replica_assignment,
+                f"assignment {i} names unknown broker(s) {unknown}; brokers: {sorted(brokers)}",
+            )
+        if len(ids) != 1:
+            raise KafkaError(
+                ErrorCode.invalid_replica_assignment,
+                f"assignment {i} has {len(ids)} replicas: data lives in the object store, "
+                "so each partition has one replica, its owner",
+            )
