@@ -396,3 +396,97 @@ def test_session_gates_and_reauth() -> None:
     other.principal = "User:b"
     with pytest.raises(AuthenticationFailed, match="invalid credentials"):
         session.finish(other)
+
+
+# -- start-up errors: one line naming the key, no traceback --------------------------
+
+
+@pytest.mark.parametrize(
+    ("keys", "flags", "error"),
+    [
+        (
+            {"listeners": "SSL://127.0.0.1:19093", "ssl.keystore.location": "/nonexistent.pem"},
+            [],
+            "ssl.keystore.location: no file '/nonexistent.pem'",
+        ),
+        ({"listeners": "SSL://127.0.0.1:19093"}, [], "a TLS listener needs a certificate"),
+        (
+            {"listeners": "PLAINTEXT://127.0.0.1:19092"},
+            ["--listen", "127.0.0.1:19094"],
+            "listen: set by flag together with listeners",
+        ),
+        (
+            {
+                "listeners": "SASL_PLAINTEXT://127.0.0.1:19092",
+                "sasl.enabled.mechanisms": "OAUTHBEARER",
+            },
+            [],
+            "sasl.oauthbearer.jwks.endpoint.url: OAUTHBEARER is enabled but no JWKS is set",
+        ),
+        ({"sasl.enabled.mechanisms": "GSSAPI"}, [], "has mechanism 'GSSAPI'"),
+    ],
+)
+def test_serve_refuses_bad_security_config(
+    tmp_path: Path, keys: dict[str, str], flags: list[str], error: str
+) -> None:
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("".join(f'"{k}" = "{v}"\n' for k, v in keys.items()))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shoal",
+            "serve",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--config",
+            str(cfg),
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert error in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_port_in_use_names_the_listener(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from harness import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(
+            f'listeners = "PLAINTEXT://127.0.0.1:{free_port()},OTHER://127.0.0.1:{busy}"\n'
+            'listener.security.protocol.map = "PLAINTEXT:PLAINTEXT,OTHER:PLAINTEXT"\n'
+        )
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "shoal",
+                "serve",
+                "--data-dir",
+                str(tmp_path / "d"),
+                "--config",
+                str(cfg),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert f"cannot listen on OTHER://127.0.0.1:{busy}: " in done.stderr
+    assert "already in use" in done.stderr.lower()
+    assert "Traceback" not in done.stderr

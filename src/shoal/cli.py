@@ -147,7 +147,8 @@ def serve(
         click.echo(f"shoal: cannot start: {exc}", err=True)
         sys.exit(1)
     except OSError as exc:
-        click.echo(f"shoal: cannot listen on {config['listen']}: {exc.strerror or exc}", err=True)
+        where = exc.filename if "://" in str(exc.filename) else config["listen"]
+        click.echo(f"shoal: cannot listen on {where}: {exc.strerror or exc}", err=True)
         sys.exit(1)
 
 

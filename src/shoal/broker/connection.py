@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from shoal.broker.broker import Broker
@@ -104,6 +105,18 @@ class Connection:
     def abort(self) -> None:
         self.writer.transport.abort()
 
+    def _after_sasl(self) -> bool:
+        """After each request on a SASL listener: take on the principal the
+        session authenticated (or re-authenticated) as; True if the session
+        says to close (failed or out-of-order authentication)."""
+        session = self.client.session
+        if session is None:
+            return False
+        if session.principal is not None and session.principal != self.client.principal:
+            self.client = replace(self.client, principal=session.principal)
+        self.authenticated = session.authenticated
+        return bool(session.closing)
+
     # -- the loops ----------------------------------------------------------------
 
     async def run(self) -> None:
@@ -178,13 +191,18 @@ class Connection:
                 await self._dispatch(frame)
             finally:
                 self._release(size)
+            if self._after_sasl():
+                return  # failed authentication: its answer goes out, then the socket closes
 
     async def _dispatch(self, frame: bytes) -> None:
         header = peek_header(frame)
         if header.client_id != self.client.client_id:
-            self.client = Client(
-                self.peer, header.client_id, self.client.principal, self.client.listener
-            )
+            self.client = replace(self.client, client_id=header.client_id)
+        session = self.client.session
+        if session is not None:
+            refused = session.allows(header.api_key)
+            if refused is not None:
+                raise FrameError(f"{refused} ({api_name(header.api_key)})")
         if not is_supported(header.api_key, header.api_version):
             if header.api_key == API_VERSIONS:
                 # The client guessed too high: answer in v0 with our ranges.

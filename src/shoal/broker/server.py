@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 
@@ -11,6 +12,7 @@ from shoal.broker.handlers import registry
 from shoal.broker.listener import ConnectionLimiter, KafkaListener, ListenerLimits, RequestBudget
 from shoal.broker.maintenance import Maintenance
 from shoal.broker.metrics import start_metrics
+from shoal.broker.secure import Security
 from shoal.config import BrokerConfig
 from shoal.logs import flush_summaries
 
@@ -24,15 +26,34 @@ async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> Non
     metrics = start_metrics(broker)
     handlers = registry()
     limits = ListenerLimits.from_config(config)
-    listener = KafkaListener(
-        broker,
-        handlers,
-        limits=limits,
-        budget=RequestBudget(limits.queued_max_request_bytes, limits.max_frame),
-        limiter=ConnectionLimiter(limits),
-    )
-    host, _, port = str(config["listen"]).rpartition(":")
-    await listener.start(host, int(port))
+    budget = RequestBudget(limits.queued_max_request_bytes, limits.max_frame)
+    limiter = ConnectionLimiter(limits)
+    security = Security(config, broker.listeners, broker.audit)
+    servers: list[KafkaListener] = []
+    try:
+        for lst in broker.listeners:  # one socket per listener, the first first
+            server = KafkaListener(
+                broker,
+                handlers,
+                limits=limits,
+                budget=budget,
+                limiter=limiter,
+                name=lst.name,
+                on_connection=functools.partial(security.on_connection, lst),
+            )
+            try:
+                await server.start(lst.host, lst.port, security.ssl_context(lst))
+            except OSError as exc:  # named by listener for the one-line error
+                raise OSError(exc.errno, exc.strerror, str(lst)) from None
+            servers.append(server)
+    except BaseException:
+        for server in servers:
+            await server.close()
+        await maintenance.stop()
+        await broker.close()
+        raise
+    listener = servers[0]
+    host, port = broker.listeners[0].host, listener.port
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -40,7 +61,14 @@ async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> Non
     adv_host, adv_port = config.advertised
     print(
         f"shoal: ready on {host}:{port} (advertised {adv_host}:{adv_port}, node "
-        f"{broker.node.node_id}, cluster {broker.cluster_id}, objects {config.objects_url})",
+        f"{broker.node.node_id}, cluster {broker.cluster_id}, objects {config.objects_url}"
+        + ", listeners "
+        + " ".join(
+            f"{lst.name}{'' if lst.name == lst.protocol else f'({lst.protocol})'}"
+            f"://{lst.host}:{srv.port}"
+            for lst, srv in zip(broker.listeners, servers, strict=True)
+        )
+        + ")",
         flush=True,
     )
     if ready is not None:
@@ -54,7 +82,8 @@ async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> Non
             metrics.shutdown()
         # Closing the sockets ends each connection's loop the way a client
         # disconnect does; in-flight produce requests still get committed below.
-        await listener.close()
+        for server in servers:
+            await server.close()
         await broker.close()
         log.info("stopped")
         flush_summaries()

@@ -119,6 +119,14 @@ class TlsSettings:
                     f"ssl.cipher.suites: {self.ciphers!r} names no cipher OpenSSL knows"
                 ) from None
         password = self.key_password or None
+        for key_name, value in (
+            ("ssl.keystore.location", self.keystore_location),
+            ("ssl.keystore.certificate.chain", self.certificate_chain),
+            ("ssl.keystore.key", self.key),
+            ("ssl.truststore.location", self.truststore_location),
+        ):
+            if value and not _is_pem(value) and not os.path.isfile(value):
+                raise ConfigError(f"{key_name}: no file {value!r}")
         try:
             if self.keystore_location:
                 key_name = "ssl.keystore.location"
@@ -130,8 +138,6 @@ class TlsSettings:
                     _as_file(self.key) as key,
                 ):
                     ctx.load_cert_chain(chain, key, password=password)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{key_name}: no file {exc.filename!r}") from None
         except (ssl.SSLError, OSError) as exc:
             raise ConfigError(
                 f"{key_name}: cannot load the certificate and key "
