@@ -202,11 +202,21 @@ def create_topic(
 
 def produce(bootstrap: str, topic: str, records: bytes, partition: int = 0) -> Any:
     """Produce v9 (acks=all) of `records` to one partition; returns its response."""
+    with RawClient(bootstrap) as c:
+        return (
+            c.call(0, 9, produce_request(topic, records, partition))
+            .responses[0]
+            .partition_responses[0]
+        )
+
+
+def produce_request(topic: str, records: bytes, partition: int = 0) -> Any:
+    """A Produce v9 body (acks=all) of `records` to one partition."""
     import datetime
 
     from kio.schema.produce.v9 import request as pr
 
-    body = pr.ProduceRequest(
+    return pr.ProduceRequest(
         transactional_id=None,
         acks=-1,
         timeout=datetime.timedelta(seconds=10),
@@ -217,5 +227,3 @@ def produce(bootstrap: str, topic: str, records: bytes, partition: int = 0) -> A
             ),
         ),
     )
-    with RawClient(bootstrap) as c:
-        return c.call(0, 9, body).responses[0].partition_responses[0]

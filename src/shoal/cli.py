@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -112,11 +111,9 @@ def serve(
     log_level: str,
 ) -> None:
     """Run a broker. Keys: file < SHOAL_* environment < flags."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from shoal.logs import configure as configure_logging
+
+    configure_logging(log_level)
     flags = {
         "listen": listen,
         "advertise": advertise,

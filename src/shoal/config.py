@@ -107,6 +107,14 @@ def host_port(v: str) -> str | None:
     return None
 
 
+def ip_overrides(v: str) -> str | None:
+    for entry in filter(None, (e.strip() for e in v.split(","))):
+        host, sep, count = entry.rpartition(":")
+        if not sep or not host or not count.strip().isdigit():
+            return f"has {entry!r}, which is not HOST:COUNT"
+    return None
+
+
 def cleanup_policy(v: str) -> str | None:
     parts = {p.strip() for p in v.split(",")}
     return None if parts and parts <= {"delete", "compact"} else "must be delete, compact or both"
@@ -284,6 +292,52 @@ BROKER_KEYS: dict[str, Key] = {
         Key("auto.create.topics.enable", bool, True, "create topics on first use"),
         Key("delete.topic.enable", bool, True, "allow DeleteTopics"),
         Key("socket.request.max.bytes", int, 100 * MIB, "largest request frame", at_least(1024)),
+        Key(
+            "sasl.server.max.receive.size",
+            int,
+            512 * 1024,
+            "largest frame before a connection has authenticated (without SASL: before "
+            "its first valid request)",
+            at_least(1024),
+        ),
+        Key(
+            "queued.max.request.bytes",
+            int,
+            256 * MIB,
+            "bytes of requests being read or handled across all connections; past it the "
+            "broker stops reading sockets instead of growing (-1: unbounded)",
+            lambda v: None if v == -1 or v >= 1024 else "must be -1 or at least 1024",
+        ),
+        Key(
+            "connections.max.idle.ms",
+            int,
+            600_000,
+            "close a connection with nothing in flight and no complete request for this long "
+            "(a client that stalls inside a frame included)",
+            at_least(100),
+        ),
+        Key("max.connections", int, 2**31 - 1, "connections accepted at once", at_least(1)),
+        Key(
+            "max.connections.per.ip",
+            int,
+            2**31 - 1,
+            "connections accepted at once from one IP address",
+            at_least(1),
+        ),
+        Key(
+            "max.connections.per.ip.overrides",
+            str,
+            "",
+            "per-address exceptions: HOST:COUNT,HOST:COUNT",
+            ip_overrides,
+        ),
+        Key(
+            "connection.max.inflight.requests",
+            int,
+            64,
+            "requests read from one connection and not yet answered before reading it pauses",
+            at_least(1),
+        ),
         Key("message.max.bytes", int, MIB + 12, "default max.message.bytes of topics", at_least(0)),
         Key(
             "log.retention.ms",
@@ -677,6 +731,11 @@ class BrokerConfig(Mapping[str, Any]):
         return opts
 
     def topic_default(self, key: str) -> Any:
+    @property
+    def wal_eager(self) -> bool:
+        """Flush a lone append at once on a local store (see WalConfig.eager)."""
+        return self.objects_url.startswith(("file:", "memory:"))
+
         if key in TOPIC_DEFAULT_FROM:
             return self[TOPIC_DEFAULT_FROM[key]]
         return TOPIC_KEYS[key].default
@@ -736,6 +795,14 @@ def validate_topic_configs(configs: Mapping[str, str | None]) -> dict[str, str]:
     for name, raw in configs.items():
         key = TOPIC_KEYS.get(name)
         if key is None:
+    queued = values["queued.max.request.bytes"]
+    if queued != -1 and queued < values["socket.request.max.bytes"]:
+        # A frame larger than the whole budget could never be read.
+        raise ConfigError(
+            f"queued.max.request.bytes: {queued} from {sources['queued.max.request.bytes']} "
+            "must be -1 or at least socket.request.max.bytes "
+            f"({values['socket.request.max.bytes']})"
+        )
             raise ConfigError(f"unknown topic config {name!r}")
         if raw is None:
             raise ConfigError(f"topic config {name!r} needs a value")

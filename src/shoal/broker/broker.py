@@ -124,6 +124,7 @@ class Broker:
                 ),
                 log_cache_bytes=config["log.cache.bytes"],
                 block_cache_bytes=config["block.cache.bytes"],
+                    eager=config.wal_eager,
                 catchup_bytes_per_s=config["catchup.read.max.bytes.per.sec"],
                 orphan_grace_ms=config["object.orphan.grace.ms"],
                 reader_refresh_ms=config["cluster.reader.refresh.ms"],

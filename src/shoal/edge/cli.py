@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 import time
 import urllib.error
@@ -54,11 +53,9 @@ def edge(ctx: click.Context, config_file: str | None, log_level: str) -> None:
     if ctx.invoked_subcommand is not None:
         return
     cfg = _load(config_file)
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from shoal.logs import configure as configure_logging
+
+    configure_logging(log_level)
     from shoal.edge.gateway import run_gateway
     from shoal.edge.integrity import GatewayRunning
     from shoal.edge.state import SiteMismatch

@@ -206,6 +206,7 @@ class MqttConfig:
     clean_start: bool
     session_expiry_s: int
     receive_maximum: int
+    max_payload_bytes: int
     tls: bool
     ca_file: str | None
     cert_file: str | None
@@ -555,6 +556,7 @@ def _mqtt(mt: _Table, site: str) -> MqttConfig:
         clean_start=mt.flag("clean_start", False),
         session_expiry_s=mt.integer("session_expiry_s", 7 * 24 * 3600, 0),
         receive_maximum=mt.integer("receive_maximum", 2000, 1),
+        max_payload_bytes=mt.integer("max_payload_bytes", 1_000_000, 1),
         tls=mt.flag("tls", False),
         ca_file=_optional(mt.text("ca_file", "")),
         cert_file=_optional(mt.text("cert_file", "")),

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from shoal.broker.broker import Broker
-from shoal.broker.connection import Connection
 from shoal.broker.handlers import Client, Handler, registry
+from shoal.broker.listener import ConnectionLimiter, KafkaListener, ListenerLimits, RequestBudget
 from shoal.config import ConfigError
 from shoal.edge import integrity
 from shoal.edge.config import EdgeConfig
@@ -59,14 +59,13 @@ class Gateway:
         self.integrity: integrity.Report | None = None
         self.http_in: HttpServer | None = None
         self.admin: HttpServer | None = None
-        self.kafka_server: asyncio.Server | None = None
+        self.kafka_listener: KafkaListener | None = None
         self.http_records = 0
         self.kafka_produce_requests = 0
         self.disk_used_bytes = 0
         self.status_snapshot: dict[str, Any] = {}
         self._maintenance: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._connections: dict[Connection, asyncio.Task[None]] = {}
         self._stack = contextlib.ExitStack()
         self._rates: dict[str, list[tuple[float, int, int]]] = {}
         self._head_ts: dict[tuple[int, int], int | None] = {}
@@ -199,20 +198,18 @@ class Gateway:
         handlers = registry()
         handlers[PRODUCE] = self._budgeted_produce(handlers[PRODUCE])
 
-        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            conn = Connection(broker, handlers, reader, writer)
-            self._connections[conn] = task
-            try:
-                await conn.run()
-            finally:
-                self._connections.pop(conn, None)
-
-        host, _, port = self.config.local.listen.rpartition(":")
-        self.kafka_server = await asyncio.start_server(
-            on_connect, host, int(port), limit=1024 * 1024, backlog=1024, reuse_address=True
+        # The same listener as the broker's: idle timeout, frame caps, the
+        # request memory budget and connection limits from [local.broker].
+        limits = ListenerLimits.from_config(broker.config)
+        self.kafka_listener = KafkaListener(
+            broker,
+            handlers,
+            limits=limits,
+            budget=RequestBudget(limits.queued_max_request_bytes, limits.max_frame),
+            limiter=ConnectionLimiter(limits),
         )
+        host, _, port = self.config.local.listen.rpartition(":")
+        await self.kafka_listener.start(host, int(port))
 
     def _budgeted_produce(self, inner: Handler) -> Handler:
         """Local Kafka producers go through the lanes too: under the block
@@ -240,12 +237,8 @@ class Gateway:
             await self.mqtt.stop()
         if self.http_in is not None:
             await self.http_in.close()
-        if self.kafka_server is not None:
-            self.kafka_server.close()
-            for conn in list(self._connections):
-                conn.writer.transport.abort()
-            if self._connections:
-                await asyncio.wait(list(self._connections.values()), timeout=5)
+        if self.kafka_listener is not None:
+            await self.kafka_listener.close()
         if self.locallog is not None:
             await self.locallog.close()
         for up in self.uplinks:
@@ -652,6 +645,7 @@ class Gateway:
                     "acked": mq.acked,
                     "pending_acks": mq.pending_acks,
                     "unrouted": mq.unrouted,
+                    "oversize": mq.oversize,
                     "read_pauses": mq.pauses,
                     "connects": mq.connects,
                     "last_error": mq.last_error,
