@@ -710,6 +710,11 @@ class BrokerConfig(Mapping[str, Any]):
         return LOCAL_LINGER_MS if local else REMOTE_LINGER_MS
 
     @property
+    def wal_eager(self) -> bool:
+        """Flush a lone append at once on a local store (see WalConfig.eager)."""
+        return self.objects_url.startswith(("file:", "memory:"))
+
+    @property
     def object_store_options(self) -> dict[str, Any]:
         """obstore options from the s3.* keys; unset keys leave the standard
         AWS environment variables in charge."""
@@ -731,11 +736,6 @@ class BrokerConfig(Mapping[str, Any]):
         return opts
 
     def topic_default(self, key: str) -> Any:
-    @property
-    def wal_eager(self) -> bool:
-        """Flush a lone append at once on a local store (see WalConfig.eager)."""
-        return self.objects_url.startswith(("file:", "memory:"))
-
         if key in TOPIC_DEFAULT_FROM:
             return self[TOPIC_DEFAULT_FROM[key]]
         return TOPIC_KEYS[key].default
@@ -773,6 +773,14 @@ def load_config(
         key = BROKER_KEYS[name]
         values[name] = key.parse(raw, f"--{name.replace('.', '-')}")
         sources[name] = "flag"
+    queued = values["queued.max.request.bytes"]
+    if queued != -1 and queued < values["socket.request.max.bytes"]:
+        # A frame larger than the whole budget could never be read.
+        raise ConfigError(
+            f"queued.max.request.bytes: {queued} from {sources['queued.max.request.bytes']} "
+            "must be -1 or at least socket.request.max.bytes "
+            f"({values['socket.request.max.bytes']})"
+        )
     return BrokerConfig(values, sources)
 
 
@@ -795,14 +803,6 @@ def validate_topic_configs(configs: Mapping[str, str | None]) -> dict[str, str]:
     for name, raw in configs.items():
         key = TOPIC_KEYS.get(name)
         if key is None:
-    queued = values["queued.max.request.bytes"]
-    if queued != -1 and queued < values["socket.request.max.bytes"]:
-        # A frame larger than the whole budget could never be read.
-        raise ConfigError(
-            f"queued.max.request.bytes: {queued} from {sources['queued.max.request.bytes']} "
-            "must be -1 or at least socket.request.max.bytes "
-            f"({values['socket.request.max.bytes']})"
-        )
             raise ConfigError(f"unknown topic config {name!r}")
         if raw is None:
             raise ConfigError(f"topic config {name!r} needs a value")

@@ -112,6 +112,7 @@ class Broker:
                 wal=WalConfig(
                     max_bytes=config["wal.max.bytes"],
                     linger_ms=config.wal_linger_ms,
+                    eager=config.wal_eager,
                     max_inflight=config["wal.max.inflight"],
                     buffer_max_bytes=config["wal.buffer.max.bytes"],
                 ),
@@ -124,7 +125,6 @@ class Broker:
                 ),
                 log_cache_bytes=config["log.cache.bytes"],
                 block_cache_bytes=config["block.cache.bytes"],
-                    eager=config.wal_eager,
                 catchup_bytes_per_s=config["catchup.read.max.bytes.per.sec"],
                 orphan_grace_ms=config["object.orphan.grace.ms"],
                 reader_refresh_ms=config["cluster.reader.refresh.ms"],
