@@ -52,6 +52,7 @@ class LazyGroup(click.Group):
         "groups": ("shoal.tools.groups_cli", "groups"),
         "partitions": ("shoal.cluster.cli", "partitions"),
         "produce": ("shoal.tools.console_io", "produce"),
+        "quotas": ("shoal.tools.quotas_cli", "quotas"),
         "consume": ("shoal.tools.console_io", "consume"),
         "scorecard": ("shoal.tools.scorecard_cli", "scorecard"),
         "storage": ("shoal.tools.storage_cli", "storage"),

@@ -637,6 +637,28 @@ BROKER_KEYS: dict[str, Key] = {
             at_least(1024),
         ),
         Key("audit.log.backup.count", int, 10, "rotated audit files kept", at_least(0)),
+        Key(
+            "quota.window.num",
+            int,
+            11,
+            "samples a client quota's rate is measured over (Kafka's)",
+            at_least(2),
+        ),
+        Key(
+            "quota.window.size.seconds",
+            int,
+            1,
+            "length of one client quota sample, in seconds (Kafka's)",
+            at_least(1),
+        ),
+        Key(
+            "quota.refresh.interval.ms",
+            int,
+            500,
+            "cluster mode: how often a broker checks for client quota changes made "
+            "through another",
+            at_least(10),
+        ),
     ]
 }
 

@@ -15,6 +15,7 @@ from shoal.broker.topics import Topic, TopicCatalog
 from shoal.config import BrokerConfig
 from shoal.group.coordinator import GroupConfig, GroupCoordinator
 from shoal.meta.acls import AclStore
+from shoal.meta.quotas import QuotaStore
 from shoal.meta.store import MetaStore, PartitionRecord
 from shoal.producer.ids import ProducerIdAllocator
 from shoal.protocol.errors import ErrorCode, KafkaError
@@ -27,6 +28,7 @@ from shoal.security.authorizer import (
     peer_host,
 )
 from shoal.security.listeners import resolve_listeners
+from shoal.security.quotas import Entity, Quotas, QuotaSync
 from shoal.storage.compaction import CompactionConfig
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.streams import EngineConfig, StreamEngine
@@ -98,6 +100,16 @@ class Broker:
             self.load_acls,
             int(config["acl.refresh.interval.ms"]) / 1000,
         )
+        self.quota_store = QuotaStore(meta)
+        self.quotas = Quotas(
+            int(config["quota.window.num"]), float(config["quota.window.size.seconds"])
+        )
+        self.quota_sync = QuotaSync(
+            self.quotas,
+            self.quota_store.version,
+            self.load_quotas,
+            int(config["quota.refresh.interval.ms"]) / 1000,
+        )
 
     @classmethod
     async def open(cls, config: BrokerConfig) -> Broker:
@@ -135,8 +147,10 @@ class Broker:
         broker = cls(config, meta, store, engine, catalog, await meta.cluster_id())
         broker.groups = await GroupCoordinator.open(meta, GroupConfig.from_config(config))
         await broker.acl_sync.refresh()
+        await broker.quota_sync.refresh()
         if config.cluster_mode:
             broker.acl_sync.start()
+            broker.quota_sync.start()
         if config.cluster_mode:
             from shoal.cluster.member import ClusterMember
 
@@ -163,6 +177,7 @@ class Broker:
         if self.cluster is not None:
             await self.cluster.stop()
         await self.acl_sync.stop()
+        await self.quota_sync.stop()
         self.audit.close()
         await self.groups.close()
         await self.engine.close()
@@ -176,6 +191,18 @@ class Broker:
         """After this broker changed the stored ACLs: apply them at once."""
         if version != self.authorizer.version:
             await self.acl_sync.refresh()
+
+    async def load_quotas(self) -> tuple[int, dict[Entity, dict[str, float]]]:
+        version, rows = await self.quota_store.load()
+        configs: dict[Entity, dict[str, float]] = {}
+        for entity, key, value in rows:
+            configs.setdefault(Entity.from_key(entity), {})[key] = value
+        return version, configs
+
+    async def quotas_changed(self, version: int) -> None:
+        """After this broker changed the stored quotas: apply them at once."""
+        if version != self.quotas.version:
+            await self.quota_sync.refresh()
 
     def authorize(
         self,

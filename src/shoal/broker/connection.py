@@ -11,11 +11,18 @@ request budget as they arrive; until the connection has authenticated (or,
 without SASL, sent one valid request) frames are capped at
 `sasl.server.max.receive.size`; at most `connection.max.inflight.requests`
 responses wait per connection before reading pauses.
+
+Client quotas (security/quotas.py): a request's bytes and handling time, and a
+Fetch answer's bytes, are measured here; a client over its quota gets the
+throttle in `throttle_time` and nothing more is read from it until the time is
+over (the channel is held, as Kafka mutes it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
 import logging
 import time
 from dataclasses import replace
@@ -34,6 +41,7 @@ from shoal.protocol.apis import (
 from shoal.protocol.errors import FrameError
 from shoal.protocol.frames import SIZE_PREFIX, decode_size
 from shoal.protocol.headers import RequestHeader, peek_header
+from shoal.security.quotas import delays_response, request_throttle, response_throttle
 
 if TYPE_CHECKING:
     from shoal.broker.listener import ListenerLimits, RequestBudget
@@ -70,7 +78,7 @@ class Connection:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.client = Client(self.peer, None)
-        self._queue: asyncio.Queue[tuple[RequestHeader, Any] | None] = asyncio.Queue(
+        self._queue: asyncio.Queue[tuple[RequestHeader, Any, int] | None] = asyncio.Queue(
             self.limits.max_inflight
         )
         self.max_frame = self.limits.max_frame
@@ -81,6 +89,8 @@ class Connection:
         self._last_activity = time.monotonic()
         self._pending = 0  # requests read but not yet answered
         self._blocked_since: float | None = None  # writer waiting on a client that does not read
+        #: client quotas hold the channel: no request is read before this (monotonic)
+        self.throttle_until = 0.0
 
     # -- state the listener and the security layer use --------------------------
 
@@ -178,6 +188,7 @@ class Connection:
 
     async def _read_loop(self) -> None:
         while True:
+            await self._hold()
             prefix = await self.reader.readexactly(SIZE_PREFIX)
             size = decode_size(prefix, self.max_frame)
             if size > self.frame_limit():
@@ -187,6 +198,7 @@ class Connection:
                 )
             frame = await self._read_frame(size)
             try:
+                await self._hold()  # a throttle set while this frame was read
                 self._last_activity = time.monotonic()
                 await self._dispatch(frame)
             finally:
@@ -212,18 +224,70 @@ class Connection:
                 f"unsupported request {api_name(header.api_key)} "
                 f"(key {header.api_key}) v{header.api_version}"
             )
+        started = time.monotonic()
         request = decode_request(frame)
         if not self.requires_sasl:
             self.authenticated = True
         result = await self.handlers[header.api_key](
             self.broker, self.client, request.header, request.body
         )
+        now = time.monotonic()
+        throttle = request_throttle(
+            self.broker.quotas,
+            self.client.principal,
+            header.client_id,
+            header.api_key,
+            len(frame),
+            (now - started) * 1000,
+            now,
+        )
         if result is not None:  # None: acks=0, no response
-            await self._answer(request.header, result)
+            await self._answer(request.header, result, throttle)
+        elif throttle:
+            self._throttle(throttle)
 
-    async def _answer(self, header: RequestHeader, result: Any) -> None:
+    async def _answer(self, header: RequestHeader, result: Any, throttle: int = 0) -> None:
         self._pending += 1
-        await self._queue.put((header, result))
+        await self._queue.put((header, result, throttle))
+
+    def _throttle(self, ms: int) -> None:
+        """Hold the channel: read nothing more from this client for `ms`."""
+        self.throttle_until = max(self.throttle_until, time.monotonic() + ms / 1000)
+        log.debug("throttling %s for %d ms (client quota)", self.client, ms)
+
+    async def _hold(self) -> None:
+        delay = self.throttle_until - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def _throttled(self, header: RequestHeader, result: Any, throttle: int) -> bytes:
+        """The response's bytes with the quota throttle in `throttle_time`
+        (a Fetch's own bytes count against the consumer byte rate); the
+        channel is held for that time, and a client too old to back off by
+        itself gets its response that much later."""
+        data = encode_response(header, result)
+        throttle = max(
+            throttle,
+            response_throttle(
+                self.broker.quotas,
+                self.client.principal,
+                header.client_id,
+                header.api_key,
+                len(data),
+                time.monotonic(),
+            ),
+        )
+        if throttle <= 0:
+            return data
+        if hasattr(result, "throttle_time"):
+            result = dataclasses.replace(
+                result, throttle_time=datetime.timedelta(milliseconds=throttle)
+            )
+            data = encode_response(header, result)
+        self._throttle(throttle)
+        if delays_response(header.api_key, header.api_version):
+            await asyncio.sleep(throttle / 1000)
+        return data
 
     async def _send_loop(self) -> None:
         transport = self.writer.transport
@@ -231,7 +295,7 @@ class Connection:
             item = await self._queue.get()
             if item is _CLOSE:
                 return
-            header, result = item
+            header, result, throttle = item
             if isinstance(result, Deferred):
                 try:
                     result = await result.result
@@ -247,7 +311,7 @@ class Connection:
                     )
                     self.writer.close()
                     return
-            self.writer.write(encode_response(header, result))
+            self.writer.write(await self._throttled(header, result, throttle))
             self._pending -= 1
             self._last_activity = time.monotonic()
             if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:

@@ -6,6 +6,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -248,4 +249,17 @@ acls = Table(
         "permission",
         name="acls_binding",
     ),
+)
+
+# Client quotas (issue 10): one row per entity and key. `entity` is the
+# canonical JSON of security.quotas.Entity ({"user":"alice"}, null for
+# <default>). Every change bumps counters["quotas.version"] in the same
+# transaction; brokers poll that row to reload. Added after schema v1:
+# migrate()'s create_all adds the table to an existing database.
+client_quotas = Table(
+    "client_quotas",
+    metadata,
+    Column("entity", String(2048), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("value", Float, nullable=False),
 )

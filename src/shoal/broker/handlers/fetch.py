@@ -14,6 +14,7 @@ from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
 from shoal.security.acls import AclOperation, ResourceType
+from shoal.security.quotas import CONSUMER_BYTE_RATE, user_of
 from shoal.storage.errors import OffsetOutOfRange, StorageError
 
 log = logging.getLogger("shoal.fetch")
@@ -75,6 +76,11 @@ async def handle_fetch(broker: Broker, client: Client, header: RequestHeader, bo
     max_bytes = min(
         int(getattr(body, "max_bytes", 0x7FFFFFFF)), int(broker.config["fetch.response.max.bytes"])
     )
+    quota_cap = broker.quotas.max_bytes_in_window(
+        CONSUMER_BYTE_RATE, user_of(client.principal), client.client_id or ""
+    )
+    if quota_cap is not None:  # over it, the connection throttles after the fact
+        max_bytes = min(max_bytes, quota_cap)
     min_bytes = max(int(body.min_bytes), 0)
     return Deferred(_run(broker, client, header, parts, max_wait, min_bytes, max_bytes))
 
