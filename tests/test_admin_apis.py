@@ -369,3 +369,19 @@ def test_every_version_of_the_new_apis_is_answered(broker: BrokerProcess, api_ke
             reply = c.read_frame()
             assert struct.unpack_from(">i", reply)[0] == version + 100, version
         assert not c.is_closed(0.2)
+
+
+def test_confluent_reads_authorized_operations(broker: BrokerProcess) -> None:
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import AclOperation
+
+    topic = new_topic(broker)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    cluster = admin.describe_cluster(include_authorized_operations=True).result(timeout=15)
+    assert AclOperation.ALTER in cluster.authorized_operations
+    assert AclOperation.DESCRIBE_CONFIGS in cluster.authorized_operations
+    (desc,) = admin.describe_topics(
+        TopicCollection([topic]), include_authorized_operations=True
+    ).values()
+    ops = desc.result(timeout=15).authorized_operations
+    assert {AclOperation.READ, AclOperation.WRITE, AclOperation.ALTER_CONFIGS} <= set(ops)

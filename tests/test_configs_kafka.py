@@ -361,3 +361,46 @@ def test_list_config_resources(broker: BrokerProcess, kp_admin: KafkaAdminClient
     with RawClient(broker.bootstrap) as c:
         bad = c.call(74, 1, lcr.ListConfigResourcesRequest(resource_types=(99,)))
     assert bad.error_code == ErrorCode.invalid_request
+
+
+def test_keys_that_conflict_are_refused(broker: BrokerProcess) -> None:
+    """Kafka's cross-key rules, against the topic's other values and defaults."""
+    conflict = {"min.compaction.lag.ms": "5000", "max.compaction.lag.ms": "1000"}
+    assert create_topic(broker.bootstrap, f"cfg-{uuid.uuid4().hex[:8]}", configs=conflict) == (
+        ErrorCode.invalid_config
+    )
+    name = new_topic(broker, {"max.compaction.lag.ms": "1000"})
+    result = alter_raw(broker, TOPIC, name, [("min.compaction.lag.ms", SET, "5000")])
+    assert result.error_code == ErrorCode.invalid_config
+    assert "max.compaction.lag.ms (1000)" in result.error_message
+    # with the max removed in the same request, the default (no bound) applies
+    ok = alter_raw(
+        broker,
+        TOPIC,
+        name,
+        [("min.compaction.lag.ms", SET, "5000"), ("max.compaction.lag.ms", DELETE, None)],
+    )
+    assert ok.error_code == ErrorCode.none, ok.error_message
+    tiered = new_topic(broker, {"remote.storage.enable": "true", "retention.ms": "60000"})
+    bad = alter_raw(broker, TOPIC, tiered, [("local.retention.ms", SET, "120000")])
+    assert bad.error_code == ErrorCode.invalid_config
+    assert "local.retention.ms" in bad.error_message
+    fine = alter_raw(broker, TOPIC, tiered, [("local.retention.ms", SET, "30000")])
+    assert fine.error_code == ErrorCode.none
+
+
+@pytest.mark.parametrize("incremental", [True, False], ids=["incremental", "legacy"])
+def test_kafka_python_alter_configs_with_every_key(
+    broker: BrokerProcess, kp_admin: KafkaAdminClient, incremental: bool
+) -> None:
+    """kafka-python checks each key against the broker's dynamic topic configs
+    first (raise_on_unknown), so every key must be described as alterable."""
+    name = new_topic(broker)
+    kp_admin.alter_configs(
+        [KpConfigResource(ConfigResourceType.TOPIC, name, configs=dict(GOOD))],
+        incremental=incremental,
+    )
+    out = kp_admin.describe_configs([KpConfigResource(ConfigResourceType.TOPIC, name)])
+    got = {k: v["value"] for k, v in out["topic"][name].items()}
+    assert set(got) == set(GOOD)
+    assert got["compression.type"] == "zstd" and got["segment.bytes"] == "1048576"

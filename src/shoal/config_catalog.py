@@ -322,3 +322,22 @@ def render(value: Any) -> str | None:
     if value is None:
         return None
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def combination_problem(value: Callable[[str], Any]) -> str | None:
+    """Kafka's checks across keys (LogConfig.validateValues and the broker's
+    remote-storage ones), given each key's effective typed value."""
+    lo, hi = value("min.compaction.lag.ms"), value("max.compaction.lag.ms")
+    if lo > hi:
+        return f"min.compaction.lag.ms ({lo}) must not exceed max.compaction.lag.ms ({hi})"
+    if value("remote.storage.enable"):
+        for local, total in (
+            ("local.retention.ms", "retention.ms"),
+            ("local.retention.bytes", "retention.bytes"),
+        ):
+            mine, whole = value(local), value(total)
+            if mine == -1 and whole != -1:
+                return f"{local} (-1, unbounded) must not exceed {total} ({whole})"
+            if whole != -1 and mine > whole:
+                return f"{local} ({mine}) must not exceed {total} ({whole})"
+    return None

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.config import TOPIC_KEYS, BrokerConfig, ConfigError, validate_topic_configs
+from shoal.config_catalog import combination_problem
 from shoal.meta.store import (
     MetaStore,
     PartitionRecord,
@@ -105,6 +106,19 @@ class TopicCatalog:
             return self.config.topic_default(key)
         return TOPIC_KEYS[key].parse(raw, f"topic {topic.name}")
 
+    def _check_combination(self, overrides: dict[str, str]) -> None:
+        """INVALID_CONFIG when keys valid alone conflict (Kafka's cross-key rules)."""
+
+        def value(key: str) -> Any:
+            raw = overrides.get(key)
+            if raw is None:
+                return self.config.topic_default(key)
+            return TOPIC_KEYS[key].parse(raw, "request")
+
+        problem = combination_problem(value)
+        if problem is not None:
+            raise KafkaError(ErrorCode.invalid_config, problem)
+
     def max_message_bytes(self, topic: Topic) -> int:
         return int(self.effective(topic, "max.message.bytes"))
 
@@ -128,6 +142,7 @@ class TopicCatalog:
             clean = validate_topic_configs(configs)
         except ConfigError as exc:
             raise KafkaError(ErrorCode.invalid_config, str(exc)) from None
+        self._check_combination(clean)
         if name in self._topics:
             raise KafkaError(ErrorCode.topic_already_exists, f"topic {name!r} already exists")
         if validate_only:
@@ -230,6 +245,8 @@ class TopicCatalog:
                     raise ConfigError(f"unknown topic config {key!r}")
         except ConfigError as exc:
             raise KafkaError(ErrorCode.invalid_config, str(exc)) from None
+        merged = {} if replace else {k: v for k, v in topic.overrides.items() if k not in remove}
+        self._check_combination({**merged, **clean})
         if validate_only:
             return
         async with self._lock:

@@ -1,8 +1,9 @@
 """Record batch v2 as opaque bytes: header fields, CRC32C and in-place patches.
 
-The broker never rewrites records on the produce or fetch path. It reads and
+The broker does not rewrite records on the produce or fetch path. It reads and
 writes the 61-byte batch header only; records (and their compression) pass
-through untouched. On produce it does check them, as Kafka does, without
+through untouched, unless the topic's compression.type asks for another codec
+(recompress.py). On produce it does check them, as Kafka does, without
 copying them (recordcheck.py).
 """
 
