@@ -19,6 +19,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import os
 import secrets
 import ssl
 import struct
@@ -91,7 +92,10 @@ async def _login(port: int, ctx: ssl.SSLContext) -> None:
         writer.close()
 
 
-async def storm(port: int, ctx: ssl.SSLContext, seconds: float, concurrency: int) -> float:
+async def storm(
+    port: int, ctx: ssl.SSLContext, seconds: float, concurrency: int
+) -> tuple[int, float]:
+    """Logins completed, and the seconds they took."""
     done = 0
     end = time.monotonic() + seconds
 
@@ -103,7 +107,13 @@ async def storm(port: int, ctx: ssl.SSLContext, seconds: float, concurrency: int
 
     start = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done / (time.monotonic() - start)
+    return done, time.monotonic() - start
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def produce_rate(conf: dict[str, Any], seconds: float) -> float:
@@ -145,8 +155,18 @@ def main() -> None:
     try:
         store_users(broker.metadata_url, ("alice",))
         ctx = ssl.create_default_context(cafile=str(certs.ca_file))
-        rate = asyncio.run(storm(broker.ports["SASL_SSL"], ctx, args.seconds, args.concurrency))
-        print(f"SASL_SSL SCRAM-SHA-256 logins: {rate:.0f}/s ({args.concurrency} concurrent)")
+        assert broker.proc is not None
+        cpu0 = _cpu_seconds(broker.proc.pid)
+        logins, took = asyncio.run(
+            storm(broker.ports["SASL_SSL"], ctx, args.seconds, args.concurrency)
+        )
+        cpu = _cpu_seconds(broker.proc.pid) - cpu0
+        rate = logins / took
+        print(
+            f"SASL_SSL SCRAM-SHA-256 logins: {rate:.0f}/s ({args.concurrency} concurrent); "
+            f"broker CPU {cpu / logins * 1000:.2f} ms per login "
+            f"(= {logins / cpu:.0f} logins/s per busy core)"
+        )
         base = {"ssl.ca.location": str(certs.ca_file)}
         rates = {}
         for listener in ("PLAINTEXT", "SSL", "SASL_SSL"):

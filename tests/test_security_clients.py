@@ -405,3 +405,33 @@ def test_audit_trail_of_authentications(env: tuple[SecureBroker, Certs, Jwks]) -
     assert cert is not None and cert["success"] is True and cert["listener"] == "SSL"
     assert find(event="authentication", mechanism="OAUTHBEARER", principal="User:plant-7")
     assert PASSWORD not in path.read_text() and SECRET not in path.read_text()
+
+
+def test_users_cli_through_the_kafka_protocol(
+    env: tuple[SecureBroker, Certs, Jwks], tmp_path: Path
+) -> None:
+    broker, _, _ = env
+    pw = tmp_path / "pw"
+    pw.write_text("dave-pass\n")
+    auth = [
+        "--bootstrap", broker.address("SASL_PLAINTEXT"),
+        "-X", "security.protocol=SASL_PLAINTEXT", "-X", "sasl.mechanism=SCRAM-SHA-256",
+        "-X", "sasl.username=admin", "-X", f"sasl.password={PASSWORD}",
+    ]  # fmt: skip
+    added = shoal("users", "add", "dave", "--password-file", str(pw), *auth)
+    assert added.returncode == 0, added.stderr
+    listed = shoal("users", "list", "--metadata", broker.metadata_url, "--format", "json")
+    assert '"user": "dave"' in listed.stdout
+    conf = {
+        "bootstrap.servers": broker.address("SASL_PLAINTEXT"),
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "dave",
+        "sasl.password": "dave-pass",
+    }
+    assert AdminClient(conf).list_topics(timeout=20).brokers
+    deleted = shoal("users", "delete", "dave", *auth)
+    assert deleted.returncode == 0, deleted.stderr
+    assert "SCRAM-SHA-256, SCRAM-SHA-512 credentials deleted" in deleted.stdout
+    gone = shoal("users", "list", "--metadata", broker.metadata_url, "--format", "json")
+    assert '"user": "dave"' not in gone.stdout

@@ -199,7 +199,8 @@ def _admin(bootstrap: str, extra: dict[str, str]) -> Any:
 
 
 def _alter(bootstrap: str, extra: dict[str, str], changes: list[Any]) -> None:
-    futures = _admin(bootstrap, extra).alter_user_scram_credentials(changes, request_timeout=15)
+    admin = _admin(bootstrap, extra)  # kept alive until the answers are in
+    futures = admin.alter_user_scram_credentials(changes, request_timeout=15)
     for user, fut in futures.items():
         try:
             fut.result(timeout=30)
