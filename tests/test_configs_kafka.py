@@ -404,3 +404,32 @@ def test_kafka_python_alter_configs_with_every_key(
     got = {k: v["value"] for k, v in out["topic"][name].items()}
     assert set(got) == set(GOOD)
     assert got["compression.type"] == "zstd" and got["segment.bytes"] == "1048576"
+
+
+def test_aiokafka_alters_configs_and_sees_refusals(broker: BrokerProcess) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource as AioResource
+    from aiokafka.admin.config_resource import ConfigResourceType as AioType
+
+    good, bad = new_topic(broker), new_topic(broker)
+
+    async def go() -> list[tuple[str, int, str]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        try:
+            responses = await admin.alter_configs(
+                [
+                    AioResource(AioType.TOPIC, good, configs=dict(GOOD)),
+                    AioResource(AioType.TOPIC, bad, configs={"segment.ms": "0"}),
+                ]
+            )
+        finally:
+            await admin.close()
+        return [(r[3], r[0], r[1]) for resp in responses for r in resp.resources]
+
+    results = {name: (code, message) for name, code, message in asyncio.run(go())}
+    assert results[good][0] == 0
+    assert results[bad][0] == ErrorCode.invalid_config.value
+    assert "segment.ms" in results[bad][1]
+    got = {c.name: c.value for c in describe_raw(broker, TOPIC, good).configs}
+    assert got["message.timestamp.type"] == "LogAppendTime"

@@ -167,3 +167,18 @@ def test_after_max_ms_zero_and_log_append_time(broker: BrokerProcess) -> None:
     )
     resp = produce(broker.bootstrap, stamped, build_batch([(future, b"a", b"x", [])]))
     assert resp.error_code == ErrorCode.none
+
+
+def test_a_batch_too_large_once_recompressed_is_refused(broker: BrokerProcess) -> None:
+    """max.message.bytes applies to the stored batch, as in Kafka: gzip'd
+    repetitive values that fit, stored uncompressed, no longer do."""
+    topic = new_topic(broker, {"compression.type": "uncompressed", "max.message.bytes": "4000"})
+    now = int(time.time() * 1000)
+    big = build_batch([(now, b"k", b"x" * 10_000, [])], compression=GZIP)
+    assert len(big) < 4000
+    resp = produce(broker.bootstrap, topic, big)
+    assert resp.error_code == ErrorCode.message_too_large
+    assert "max.message.bytes 4000" in resp.error_message
+    assert stored_batches(broker, topic) == []
+    small = build_batch([(now, b"k", b"x" * 1000, [])], compression=GZIP)
+    assert produce(broker.bootstrap, topic, small).error_code == ErrorCode.none

@@ -138,7 +138,15 @@ def _to_topic_codec(broker: Broker, topic: Topic, batch: ValidatedBatch) -> Vali
         return batch
     level_key = f"compression.{wanted}.level"
     level = int(broker.topics.effective(topic, level_key)) if level_key in TOPIC_KEYS else None
-    return recompress(batch, codec, level)
+    out = recompress(batch, codec, level)
+    limit = broker.topics.max_message_bytes(topic)
+    if len(out.data) > limit:
+        # Kafka checks the batch it stores, after recompression
+        raise KafkaError(
+            ErrorCode.message_too_large,
+            f"batch of {len(out.data)} bytes in {wanted} exceeds max.message.bytes {limit}",
+        )
+    return out
 
 
 async def _respond(
