@@ -356,3 +356,74 @@ def test_mutated_requests_in_a_subprocess() -> None:
     assert proc.returncode == 0, f"sweep died ({proc.returncode}): {proc.stderr[-3000:]}"
     counts = json.loads(proc.stdout.strip().splitlines()[-1])
     assert counts["refused"] > 50_000 and counts["accepted"] > 10_000, counts
+
+
+def test_unknown_tags_inside_a_known_tagged_struct_are_dropped() -> None:
+    """Fetch v15's replica_state is a tagged struct with tags of its own: an
+    unknown tag inside it changes the outer tag's size, which the guard fixes."""
+    import io
+
+    from kio.schema.fetch.v15 import request as f15
+    from kio.serial import entity_reader, entity_writer
+
+    from shoal.protocol.guard import guard_body
+
+    cls = request_type(1, 15)
+    body = f15.FetchRequest(
+        cluster_id=None,
+        replica_state=f15.ReplicaState(replica_id=3, replica_epoch=7),
+        max_wait=datetime.timedelta(milliseconds=5),
+        min_bytes=1,
+        max_bytes=1000,
+        isolation_level=0,
+        session_id=0,
+        session_epoch=-1,
+        topics=(),
+        forgotten_topics_data=(),
+        rack_id="",
+    )
+    out = io.BytesIO()
+    entity_writer(cls)(out, body)
+    plain = out.getvalue()
+    # top-level tags: count 1, tag 1, size 13, replica id (4), epoch (8), no inner tags
+    assert plain[-16:-13] == b"\x01\x01\x0d" and plain[-1:] == b"\x00"
+    value = plain[-13:-1]
+    mutated = plain[:-16] + b"\x01\x01\x11" + value + b"\x01\x05\x02zz"
+    with pytest.raises(KeyError, match="Unknown tagged field"):
+        entity_reader(cls)(mutated, 0)  # kio alone refuses it
+    assert guard_body(mutated, 0, cls) == plain
+    decoded, _ = entity_reader(cls)(guard_body(mutated, 0, cls), 0)
+    assert decoded.replica_state == f15.ReplicaState(replica_id=3, replica_epoch=7)
+    # guard_body hands back the very frame when there is nothing to drop
+    assert guard_body(plain, 0, cls) is plain
+
+
+def test_unknown_tags_in_several_sections_are_all_dropped() -> None:
+    """One in an array element's section, one in the body's: both go, in order."""
+    import io
+
+    from kio.schema.metadata.v12 import request as m12
+    from kio.serial import entity_writer
+
+    from shoal.protocol.guard import guard_body
+
+    cls = request_type(3, 12)
+    body = m12.MetadataRequest(
+        topics=(m12.MetadataRequestTopic(topic_id=None, name="ab"),),
+        allow_auto_topic_creation=False,
+        include_topic_authorized_operations=True,
+    )
+    out = io.BytesIO()
+    entity_writer(cls)(out, body)
+    plain = out.getvalue()
+    # topics: count 2 (one), topic id (16 bytes), name (3), the topic's tags (0);
+    # then the two booleans and the body's tags (0)
+    topic_tags = 1 + 16 + 3
+    assert plain[topic_tags] == 0 and plain[-1] == 0
+    mutated = (
+        plain[:topic_tags]
+        + b"\x01\x09\x01q"
+        + plain[topic_tags + 1 : -1]
+        + b"\x02\x04\x00\x06\x01z"
+    )
+    assert guard_body(mutated, 0, cls) == plain
