@@ -6,13 +6,20 @@ features (transactions on a cluster without them) do not fail the run.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 import click
 
 from shoal.tools import scorecard as sc
-from shoal.tools.options import bootstrap_option, console, parse_client_settings
+from shoal.tools.options import (
+    bootstrap_option,
+    console,
+    parse_bootstrap,
+    parse_client_settings,
+)
+from shoal.tools.scorecard_security import SecurityOptions
 
 _STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
 
@@ -25,6 +32,45 @@ def _only(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
                 f"unknown check {v!r}; one of: {', '.join(known)}", ctx=ctx, param=param
             )
     return list(values)
+
+
+def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """One HOST:PORT (the checks talk to that listener only)."""
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    if (
+        not sep
+        or "," in value
+        or not host.strip("[]")
+        or not port.isdigit()
+        or not 0 < int(port) < 65536
+    ):
+        raise click.BadParameter(
+            f"expected one HOST:PORT with a port in 1-65535, got {value!r}", ctx=ctx, param=param
+        )
+    return value
+
+
+def _security(kw: dict[str, Any]) -> SecurityOptions:
+    """The security checks' options; the password never on the command line."""
+    password = os.environ.get("SHOAL_SCORECARD_PASSWORD")
+    if kw["password_file"] is not None:
+        password = kw["password_file"].readline().rstrip("\r\n")
+    if kw["user"] and not password:
+        raise click.UsageError(
+            "--user needs a password: --password-file PATH or SHOAL_SCORECARD_PASSWORD"
+        )
+    return SecurityOptions(
+        tls_bootstrap=kw["tls_bootstrap"],
+        sasl_bootstrap=kw["sasl_bootstrap"],
+        sasl_protocol=kw["sasl_protocol"],
+        mechanism=kw["sasl_mechanism"],
+        user=kw["user"],
+        password=password,
+        ca_file=kw["ca_file"],
+        other_site_topic=kw["other_site_topic"],
+    )
 
 
 @click.command(name="scorecard")
@@ -59,8 +105,52 @@ def _only(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
     callback=parse_client_settings,
     help="librdkafka setting for every client (repeatable).",
 )
+@click.option(
+    "--tls-bootstrap",
+    metavar="HOST:PORT",
+    callback=_address,
+    help="A TLS listener: plain text must be refused there (security.plaintext_on_tls).",
+)
+@click.option(
+    "--sasl-bootstrap",
+    metavar="HOST:PORT",
+    callback=lambda c, p, v: None if v is None else parse_bootstrap(c, p, v),
+    help="A SASL listener: anonymous and wrong-password clients must be refused.",
+)
+@click.option(
+    "--sasl-protocol",
+    type=click.Choice(["SASL_SSL", "SASL_PLAINTEXT"]),
+    default="SASL_SSL",
+    show_default=True,
+)
+@click.option(
+    "--sasl-mechanism",
+    type=click.Choice(["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]),
+    default="SCRAM-SHA-512",
+    show_default=True,
+)
+@click.option("--user", metavar="NAME", help="A site's user on the SASL listener.")
+@click.option(
+    "--password-file",
+    type=click.File("r"),
+    metavar="PATH",
+    help="The user's password, read from PATH (- for stdin); or SHOAL_SCORECARD_PASSWORD.",
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA bundle for the TLS listeners' certificates.",
+)
+@click.option(
+    "--other-site-topic",
+    metavar="TOPIC",
+    help="A topic the user must not write (security.cross_site).",
+)
 def scorecard(**kw: Any) -> None:
-    """Short compatibility and reconnect checks, pass/fail with the evidence."""
+    """Short compatibility and reconnect checks, pass/fail with the evidence.
+
+    Security checks run with their options (--tls-bootstrap; --sasl-bootstrap,
+    --user and a password; --other-site-topic) and are skipped without them."""
     from rich.console import Console
     from rich.table import Table
 
@@ -77,6 +167,7 @@ def scorecard(**kw: Any) -> None:
         timeout_s=kw["timeout"],
         only=kw["only"] or None,
         on_result=progress,
+        security=_security(kw),
     )
     if kw["fmt"] == "json":
         click.echo(card.to_json())
