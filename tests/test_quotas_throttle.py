@@ -52,8 +52,13 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
         "held-producer": "producer_byte_rate",
         "slow-consumer": "consumer_byte_rate",
         "sized-consumer": "consumer_byte_rate",
+        "busy-client": "request_percentage",
     }
-    entries = [({"client-id": cid}, {key: float(RATE)}) for cid, key in quotas.items()]
+    # request_percentage 0.01: a tenth of a millisecond of handling per second
+    value = {"request_percentage": 0.01}
+    entries = [
+        ({"client-id": cid}, {key: value.get(key, float(RATE))}) for cid, key in quotas.items()
+    ]
     assert a.alter(*entries) == [(0, None)] * len(entries)
     a.client.close()
     yield b
@@ -259,6 +264,25 @@ def test_throttled_produce_holds_the_channel(broker: BrokerProcess) -> None:
     with RawClient(broker.bootstrap) as raw:
         resp = call(raw, 0, 9, produce_request(topic, batch), "free-producer")
         assert resp.throttle_time.total_seconds() == 0
+
+
+def test_request_percentage_throttles_any_request(broker: BrokerProcess) -> None:
+    """Metadata requests over a request-time quota: throttle_time set, at most
+    one window (Kafka bounds this one), the connection kept."""
+    from kio.schema.metadata.v12.request import MetadataRequest
+
+    body = MetadataRequest(
+        topics=None, allow_auto_topic_creation=False, include_topic_authorized_operations=False
+    )
+    throttles = []
+    with RawClient(broker.bootstrap) as raw:
+        deadline = time.monotonic() + 20
+        while not any(throttles) and time.monotonic() < deadline:
+            throttles.append(call(raw, 3, 12, body, "busy-client").throttle_time.total_seconds())
+        assert any(throttles), throttles
+        assert max(throttles) <= 1.0
+        # ApiVersions is exempt, and the connection still answers
+        assert call(raw, 18, 0, ApiVersionsRequest(), "busy-client").error_code == 0
 
 
 def test_broker_log_has_no_dropped_connection(broker: BrokerProcess) -> None:
