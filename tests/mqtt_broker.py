@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 
-def serve(port: int, ack_log: str | None) -> None:
+def serve(port: int, ack_log: str | None, tls: list[str] | None = None) -> None:
     from amqtt.broker import Broker
     from amqtt.mqtt.protocol.handler import ProtocolHandler
 
@@ -42,8 +42,18 @@ def serve(port: int, ack_log: str | None) -> None:
 
         ProtocolHandler.handle_puback = handle_puback  # type: ignore[method-assign]
 
+    listeners: dict[str, Any] = {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}}
+    if tls:  # a second listener with TLS: port, server PEM (key + chain), client CA
+        listeners["tls"] = {
+            "type": "tcp",
+            "bind": f"127.0.0.1:{tls[0]}",
+            "ssl": True,
+            "certfile": tls[1],
+            "keyfile": tls[1],
+            "cafile": tls[2],
+        }
     config = {
-        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+        "listeners": listeners,
         "plugins": {
             "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False},
         },
@@ -64,10 +74,18 @@ def serve(port: int, ack_log: str | None) -> None:
 
 
 class MqttBroker:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    """`tls` = (server PEM with key and chain, CA of client certificates): a
+    TLS listener on `tls_port` beside the plain one (amqtt verifies a client
+    certificate when one is sent, and does not require one)."""
+
+    def __init__(
+        self, workdir: Path, port: int | None = None, tls: tuple[Path, Path] | None = None
+    ) -> None:
         from harness import free_port
 
         self.port = port or free_port()
+        self.tls = tls
+        self.tls_port = free_port() if tls else None
         self.workdir = workdir
         self.ack_log = workdir / f"mqtt-{self.port}-acks.log"
         self.log_path = workdir / f"mqtt-{self.port}.log"
@@ -84,6 +102,11 @@ class MqttBroker:
                     str(self.port),
                     "--ack-log",
                     str(self.ack_log),
+                    *(
+                        ["--tls", str(self.tls_port), str(self.tls[0]), str(self.tls[1])]
+                        if self.tls
+                        else []
+                    ),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -126,5 +149,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--ack-log")
+    ap.add_argument("--tls", nargs=3, metavar=("PORT", "SERVER_PEM", "CA"))
     a = ap.parse_args()
-    serve(a.port, a.ack_log)
+    serve(a.port, a.ack_log, a.tls)

@@ -22,6 +22,15 @@ _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 MIB = 1024 * 1024
 COMPRESSION = ("none", "gzip", "snappy", "lz4", "zstd")
 SASL = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+LOCAL_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+# Broker keys that would describe a second listener: [local] owns the one.
+LISTENER_KEYS = (
+    "listen",
+    "advertise",
+    "listeners",
+    "advertised.listeners",
+    "listener.security.protocol.map",
+)
 # librdkafka properties the uplink owns: overriding them would break a guarantee.
 MANAGED_KAFKA_KEYS = {
     "bootstrap.servers": "bootstrap",
@@ -177,6 +186,9 @@ class LocalConfig:
     cache_bytes: int = 32 * MIB
     local_retention_ms: int = 0
     compaction_interval_ms: int = 5000
+    # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL: the local listener's
+    # protocol; its TLS and SASL settings are broker keys in [local.broker].
+    security_protocol: str = "PLAINTEXT"
     broker: dict[str, Any] = field(default_factory=dict)
 
 
@@ -388,7 +400,25 @@ class EdgeConfig:
         for k, v in self.local.broker.items():
             if k not in BROKER_KEYS:
                 raise ConfigError(f"local.broker.{k}: unknown broker configuration key")
+            if k in LISTENER_KEYS:
+                raise ConfigError(
+                    f"local.broker.{k}: the local listener is local.listen, "
+                    "local.advertise and local.security_protocol"
+                )
             flags[k] = v
+        protocol = self.local.security_protocol
+        if protocol != "PLAINTEXT":
+            # One listener named after its protocol (the protocol map's default).
+            host = self.local.listen.rpartition(":")[0].strip("[]")
+            if host in ("", "0.0.0.0", "::") and not self.local.advertise:
+                raise ConfigError(
+                    f"local.advertise: local.listen {self.local.listen} binds every "
+                    "interface; give clients an address"
+                )
+            del flags["listen"], flags["advertise"]
+            flags["listeners"] = f"{protocol}://{self.local.listen}"
+            if self.local.advertise:
+                flags["advertised.listeners"] = f"{protocol}://{self.local.advertise}"
         try:
             return load_config(None, {}, flags)
         except ConfigError as exc:
@@ -426,6 +456,7 @@ def parse_edge_config(
         cache_bytes=lt.integer("cache_bytes", 32 * MIB, 0),
         local_retention_ms=lt.integer("local_retention_ms", 0, 0),
         compaction_interval_ms=lt.integer("compaction_interval_ms", 5000, 100),
+        security_protocol=lt.choice("security_protocol", "PLAINTEXT", LOCAL_PROTOCOLS),
         broker=lt.raw_table("broker"),
     )
     lt.done()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import Any
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import Client, Handler, registry
 from shoal.broker.listener import ConnectionLimiter, KafkaListener, ListenerLimits, RequestBudget
+from shoal.broker.secure import Security
 from shoal.config import ConfigError
 from shoal.edge import integrity
 from shoal.edge.config import EdgeConfig
@@ -201,15 +203,20 @@ class Gateway:
         # The same listener as the broker's: idle timeout, frame caps, the
         # request memory budget and connection limits from [local.broker].
         limits = ListenerLimits.from_config(broker.config)
+        # One listener (local.security_protocol), authenticated the broker's
+        # way: TLS and SASL settings come from [local.broker].
+        (lst,) = broker.listeners
+        security = Security(broker.config, broker.listeners, broker.audit)
         self.kafka_listener = KafkaListener(
             broker,
             handlers,
             limits=limits,
             budget=RequestBudget(limits.queued_max_request_bytes, limits.max_frame),
             limiter=ConnectionLimiter(limits),
+            name=lst.name,
+            on_connection=functools.partial(security.on_connection, lst),
         )
-        host, _, port = self.config.local.listen.rpartition(":")
-        await self.kafka_listener.start(host, int(port))
+        await self.kafka_listener.start(lst.host, lst.port, security.ssl_context(lst))
 
     def _budgeted_produce(self, inner: Handler) -> Handler:
         """Local Kafka producers go through the lanes too: under the block
