@@ -1,0 +1,247 @@
+"""Issue 10's security results, one run: TLS against plaintext throughput, and
+a reconnect storm of 1,000 sites over SASL_SSL with SCRAM-SHA-512.
+
+    .venv/bin/python bench/security_bench.py [--rounds 3] [--sites 1000]
+        [--concurrency 100] [--duration 10] [--json FILE]
+
+Starts one broker (PLAINTEXT, SSL and SASL_SSL listeners, certificates from
+trustme) with users plant-0 ... plant-N (SCRAM-SHA-512, 4096 iterations), then
+for each round:
+
+1. `shoal bench produce` then `shoal bench consume` (1 KiB records, 6
+   partitions, acks=all) over PLAINTEXT, then the same over SSL
+   (`-X security.protocol=SSL -X ssl.ca.location=...`): MB/s each;
+2. the storm: every site opens one new connection — TCP, TLS handshake,
+   SaslHandshake, the two SCRAM-SHA-512 round trips, then a Metadata request
+   (proof the session works) — `concurrency` at a time from one asyncio
+   process; new authenticated connections per second = sites / wall time.
+
+Each site's salted password is computed before the storm, from the salt the
+store holds (a real site computes its own, on its own device): otherwise one
+load generator would pay 1,000 PBKDF2s and measure itself. The server does
+no PBKDF2 per login (it keeps the stored and server keys), as in Kafka.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import ssl
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from kio.index import load_response_schema
+from kio.schema.metadata.v12.request import MetadataRequest
+from kio.schema.sasl_authenticate.v2.request import SaslAuthenticateRequest
+from kio.schema.sasl_handshake.v1.request import SaslHandshakeRequest
+from kio.serial import entity_reader
+
+from security_helpers import SecureBroker, make_certs
+from wire import request_frame
+
+PASSWORD = "site-password"
+MECH = "SCRAM-SHA-512"
+
+
+def store_sites(metadata_url: str, names: list[str]) -> dict[str, bytes]:
+    """SCRAM-SHA-512 credentials for every site, written to the store; returns
+    each site's salted password (what the site's own client derives)."""
+    from shoal.meta.security import SecurityStore
+    from shoal.meta.store import MetaStore
+    from shoal.security.scram import from_salted_password, salted_password
+
+    salted: dict[str, bytes] = {}
+    creds = []
+    for name in names:
+        salt = secrets.token_bytes(32)
+        sp = salted_password(MECH, PASSWORD, salt, 4096)
+        salted[name] = sp
+        creds.append((name, from_salted_password(MECH, salt, sp, 4096)))
+
+    async def go() -> None:
+        meta = await MetaStore.open(metadata_url)
+        try:
+            await SecurityStore(meta).alter(creds, [])
+        finally:
+            await meta.close()
+
+    asyncio.run(go())
+    return salted
+
+
+async def _call(reader: Any, writer: Any, api: int, version: int, body: Any, cid: int) -> Any:
+    writer.write(request_frame(api, version, body, cid))
+    size = struct.unpack(">i", await reader.readexactly(4))[0]
+    frame = await reader.readexactly(size)
+    resp = load_response_schema(api, version)
+    pos = 4 + (1 if resp.__flexible__ else 0)
+    return entity_reader(resp)(frame, pos)[0]
+
+
+def _client_final(bare: str, server_first: str, salted: bytes) -> str:
+    fields = dict(kv.split("=", 1) for kv in server_first.split(","))
+    client_key = hmac.new(salted, b"Client Key", "sha512").digest()
+    stored_key = hashlib.sha512(client_key).digest()
+    without_proof = f"c=biws,r={fields['r']}"
+    auth = f"{bare},{server_first},{without_proof}".encode()
+    signature = hmac.new(stored_key, auth, "sha512").digest()
+    proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+    return f"{without_proof},p={base64.b64encode(proof).decode()}"
+
+
+async def _site(port: int, ctx: ssl.SSLContext, name: str, salted: bytes) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    try:
+        hs = await _call(reader, writer, 17, 1, SaslHandshakeRequest(mechanism=MECH), 1)
+        assert hs.error_code == 0
+        bare = f"n={name},r={secrets.token_urlsafe(18)}"
+        first = await _call(
+            reader, writer, 36, 2, SaslAuthenticateRequest(auth_bytes=f"n,,{bare}".encode()), 2
+        )
+        assert first.error_code == 0, first.error_message
+        msg = _client_final(bare, bytes(first.auth_bytes).decode(), salted)
+        final = await _call(
+            reader, writer, 36, 2, SaslAuthenticateRequest(auth_bytes=msg.encode()), 3
+        )
+        assert final.error_code == 0, final.error_message
+        md = await _call(
+            reader,
+            writer,
+            3,
+            12,
+            MetadataRequest(
+                topics=(),
+                allow_auto_topic_creation=False,
+                include_topic_authorized_operations=False,
+            ),
+            4,
+        )
+        assert md.brokers, "no brokers in the authenticated Metadata answer"
+    finally:
+        writer.close()
+
+
+async def storm(
+    port: int, ctx: ssl.SSLContext, salted: dict[str, bytes], concurrency: int
+) -> float:
+    """Seconds for every site to log in once, `concurrency` at a time."""
+    sites = list(salted.items())
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(name: str, sp: bytes) -> None:
+        async with sem:
+            await _site(port, ctx, name, sp)
+
+    start = time.monotonic()
+    await asyncio.gather(*(one(n, sp) for n, sp in sites))
+    return time.monotonic() - start
+
+
+def shoal_bench(kind: str, bootstrap: str, args: list[str], tls: list[str]) -> float:
+    """MB/s of one `shoal bench produce|consume` run."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd = [sys.executable, "-m", "shoal", "bench", kind, "--bootstrap", bootstrap]
+        cmd += [*args, *tls, "--quiet", "--json", out.name]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+        data = json.loads(Path(out.name).read_text())
+    stats = data["produce"] if kind == "produce" else data["consume"]
+    assert kind != "produce" or stats["errors"] == 0, stats
+    return float(stats["throughput"]["mb_per_s"])
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _summary(xs: list[float]) -> dict[str, float]:
+    return {"min": min(xs), "median": statistics.median(xs), "max": max(xs)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--sites", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=100)
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per produce run")
+    ap.add_argument("--json", help="write the results here")
+    a = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="security-bench-") as tmp:
+        certs = make_certs(Path(tmp) / "certs")
+        keys = {
+            "ssl.keystore.location": str(certs.server_keystore),
+            "ssl.truststore.location": str(certs.ca_file),
+            "sasl.enabled.mechanisms": MECH,
+            "max.connections.per.ip": 100_000,
+        }
+        broker = SecureBroker(Path(tmp) / "data", keys, ("PLAINTEXT", "SSL", "SASL_SSL"))
+        broker.start()
+        try:
+            t0 = time.monotonic()
+            salted = store_sites(broker.metadata_url, [f"plant-{i}" for i in range(a.sites)])
+            print(f"{a.sites} SCRAM-SHA-512 users stored in {time.monotonic() - t0:.1f} s")
+            ctx = ssl.create_default_context(cafile=str(certs.ca_file))
+            tls = ["-X", "security.protocol=SSL", "-X", f"ssl.ca.location={certs.ca_file}"]
+            res: dict[str, list[float]] = {
+                k: [] for k in ("produce_plain", "produce_ssl", "consume_plain", "consume_ssl")
+            }
+            res["storm_per_s"] = []
+            res["storm_broker_cpu_ms_per_login"] = []
+            for r in range(a.rounds):
+                for name, listener, extra in (
+                    ("plain", "PLAINTEXT", []),
+                    ("ssl", "SSL", tls),
+                ):
+                    topic = f"sec-bench-{name}-{r}-{os.urandom(2).hex()}"
+                    boot = broker.address(listener)
+                    produce = ["--topic", topic, "--duration", str(a.duration)]
+                    res[f"produce_{name}"].append(shoal_bench("produce", boot, produce, extra))
+                    consume = ["--topic", topic, "--duration", "60"]
+                    res[f"consume_{name}"].append(shoal_bench("consume", boot, consume, extra))
+                assert broker.proc is not None
+                cpu0 = _cpu_seconds(broker.proc.pid)
+                secs = asyncio.run(storm(broker.ports["SASL_SSL"], ctx, salted, a.concurrency))
+                cpu_ms = (_cpu_seconds(broker.proc.pid) - cpu0) * 1000 / a.sites
+                res["storm_per_s"].append(a.sites / secs)
+                res["storm_broker_cpu_ms_per_login"].append(cpu_ms)
+                print(
+                    f"round {r + 1}: produce {res['produce_plain'][-1]:.1f} / "
+                    f"{res['produce_ssl'][-1]:.1f} MB/s (plain / SSL), consume "
+                    f"{res['consume_plain'][-1]:.1f} / {res['consume_ssl'][-1]:.1f} MB/s, "
+                    f"storm {a.sites} logins in {secs:.2f} s = {a.sites / secs:.0f}/s "
+                    f"(broker CPU {cpu_ms:.2f} ms per login)",
+                    flush=True,
+                )
+        finally:
+            broker.stop()
+    out = {k: _summary(v) for k, v in res.items()}
+    out["produce_ratio_median"] = {
+        "value": out["produce_ssl"]["median"] / out["produce_plain"]["median"]
+    }
+    out["consume_ratio_median"] = {
+        "value": out["consume_ssl"]["median"] / out["consume_plain"]["median"]
+    }
+    text = json.dumps({"rounds": res, "summary": out}, indent=2)
+    print(text)
+    if a.json:
+        Path(a.json).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
