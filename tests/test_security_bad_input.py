@@ -409,3 +409,20 @@ def test_scram_admin_needs_cluster_rights(tmp_path_factory: pytest.TempPathFacto
             assert authenticate(c, b"\x00mallory\x00pw").error_code == ErrorCode.none
     finally:
         broker.stop()
+
+
+def test_silent_client_on_a_tls_port_is_closed(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A client that opens a TLS port and never starts the handshake is cut
+    after min(connections.max.idle.ms, 10 s), not asyncio's default 60 s."""
+    broker, _certs, _jwks = secure_broker(
+        tmp_path_factory.mktemp("silent"), **{"connections.max.idle.ms": 1000}
+    )
+    try:
+        s = socket.create_connection(("127.0.0.1", broker.ports["SSL"]), timeout=20)
+        start = time.monotonic()
+        assert s.recv(1) == b""  # closed by the broker
+        assert time.monotonic() - start < 15
+        s.close()
+        assert_serving(broker)
+    finally:
+        broker.stop()

@@ -32,6 +32,7 @@ log = logging.getLogger("shoal.listener")
 #: StreamReader's buffer limit: it stops reading a socket past twice this, so
 #: this bounds what one connection holds beyond the request budget.
 READ_LIMIT = 64 * 1024
+HANDSHAKE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +214,11 @@ class KafkaListener:
             backlog=1024,
             reuse_address=True,
             ssl=ssl_context,
+            # A client that opens a TLS port and sends nothing would hold a
+            # socket for asyncio's default 60 s, unseen by the idle sweeper.
+            ssl_handshake_timeout=(
+                min(self.limits.idle_ms / 1000, HANDSHAKE_TIMEOUT_S) if ssl_context else None
+            ),
         )
         self._sweeper = asyncio.create_task(self._sweep_idle(), name=f"idle-sweeper-{self.name}")
 
