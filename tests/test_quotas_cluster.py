@@ -33,9 +33,15 @@ def test_quota_set_through_one_broker_throttles_on_another(tmp_path: Path) -> No
         # (whatever the answer's error: broker 2 may not own the partition)
         assert create_topic(one, "t") == 0
         batch = make_batch([record(None, b"v" * 1000, i) for i in range(20)])
-        with RawClient(two) as raw:
-            resp = call(raw, 0, 9, produce_request("t", batch), "site-9")
-        assert resp.throttle_time.total_seconds() > 1
+
+        def throttled() -> bool:
+            # DescribeClientQuotas reads the store; broker 2 applies the quota
+            # at its next reload (quota.refresh.interval.ms)
+            with RawClient(two) as raw:
+                resp = call(raw, 0, 9, produce_request("t", batch), "site-9")
+            return bool(resp.throttle_time.total_seconds() > 1)
+
+        wait_for(throttled, 5, "broker 2 to throttle site-9")
         # removed through broker 2: gone on broker 1
         assert a2.alter(({"client-id": "site-9"}, {"producer_byte_rate": None})) == [(0, None)]
         wait_for(lambda: a1.all() == {}, 5, "removal on 1")

@@ -15,7 +15,6 @@ index and drops the cache.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from shoal.security.acls import (
     Permission,
     ResourceType,
 )
+from shoal.security.sync import VersionPoller
 
 log = logging.getLogger("shoal.authorizer")
 
@@ -195,9 +195,8 @@ class Authorizer:
         return allowed
 
 
-class AclSync:
-    """Keeps a broker's authorizer in step with the metadata store: polls the
-    ACL version counter and reloads when another broker changed the ACLs."""
+class AclSync(VersionPoller):
+    """Keeps a broker's authorizer in step with the metadata store."""
 
     def __init__(
         self,
@@ -207,39 +206,13 @@ class AclSync:
         interval_s: float = 0.5,
     ) -> None:
         self.authorizer = authorizer
-        self._version = version
-        self._load = load
-        self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
 
-    async def refresh(self) -> bool:
-        """Reload if the stored version moved; True when it did."""
-        if await self._version() == self.authorizer.version:
-            return False
-        version, acls = await self._load()
-        self.authorizer.replace(acls, version)
-        log.info("ACLs reloaded: %d ACLs at version %d", len(acls), version)
-        return True
+        async def reload() -> str:
+            stored, acls = await load()
+            authorizer.replace(acls, stored)
+            return f"{len(acls)} ACLs at version {stored}"
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="acl-sync")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.refresh()
-            except Exception as exc:  # the store may be briefly unreachable
-                log.warning("reloading ACLs failed: %s", exc)
+        super().__init__("ACLs", lambda: authorizer.version, version, reload, interval_s)
 
 
 def peer_host(peer: str) -> str:

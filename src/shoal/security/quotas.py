@@ -22,12 +22,13 @@ counter as `AclSync` does for ACLs.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+
+from shoal.security.sync import VersionPoller
 
 log = logging.getLogger("shoal.quotas")
 
@@ -323,9 +324,8 @@ def describe(
     return out
 
 
-class QuotaSync:
-    """Keeps a broker's quotas in step with the metadata store: polls the
-    version counter and reloads when another broker changed the quotas."""
+class QuotaSync(VersionPoller):
+    """Keeps a broker's client quotas in step with the metadata store."""
 
     def __init__(
         self,
@@ -335,39 +335,13 @@ class QuotaSync:
         interval_s: float = 0.5,
     ) -> None:
         self.quotas = quotas
-        self._version = version
-        self._load = load
-        self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
 
-    async def refresh(self) -> bool:
-        """Reload if the stored version moved; True when it did."""
-        if await self._version() == self.quotas.version:
-            return False
-        version, configs = await self._load()
-        self.quotas.replace(configs, version)
-        log.info("client quotas reloaded: %d entities at version %d", len(configs), version)
-        return True
+        async def reload() -> str:
+            stored, configs = await load()
+            quotas.replace(configs, stored)
+            return f"{len(configs)} entities at version {stored}"
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="quota-sync")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.refresh()
-            except Exception as exc:  # the store may be briefly unreachable
-                log.warning("reloading client quotas failed: %s", exc)
+        super().__init__("client quotas", lambda: quotas.version, version, reload, interval_s)
 
 
 #: requests a request_percentage quota never throttles (Kafka exempts them:
