@@ -485,6 +485,24 @@ BROKER_KEYS: dict[str, Key] = {
         Key("s3.path.style", bool, False, "path-style requests instead of virtual hosts"),
         Key("s3.allow.http", bool, False, "allow a plain-HTTP endpoint; or AWS_ALLOW_HTTP"),
         Key(
+            "s3.server.side.encryption",
+            str,
+            "",
+            "S3 server-side encryption of every object: AES256 (SSE-S3), aws:kms (SSE-KMS) "
+            "or aws:kms:dsse; empty: the bucket's default",
+            lambda v: (
+                None
+                if v in ("", "AES256", "aws:kms", "aws:kms:dsse")
+                else ("must be AES256, aws:kms, aws:kms:dsse or empty")
+            ),
+        ),
+        Key(
+            "s3.sse.kms.key.id",
+            str,
+            "",
+            "KMS key (id or ARN) for aws:kms and aws:kms:dsse; empty: the account's default",
+        ),
+        Key(
             "group.min.session.timeout.ms",
             int,
             6_000,
@@ -655,8 +673,7 @@ BROKER_KEYS: dict[str, Key] = {
             "quota.refresh.interval.ms",
             int,
             500,
-            "cluster mode: how often a broker checks for client quota changes made "
-            "through another",
+            "cluster mode: how often a broker checks for client quota changes made through another",
             at_least(10),
         ),
     ]
@@ -755,6 +772,10 @@ class BrokerConfig(Mapping[str, Any]):
             opts["virtual_hosted_style_request"] = False
         if self["s3.allow.http"]:
             opts["client_options"] = {"allow_http": True}
+        if self["s3.server.side.encryption"]:
+            opts["server_side_encryption"] = self["s3.server.side.encryption"]
+        if self["s3.sse.kms.key.id"]:
+            opts["sse_kms_key_id"] = self["s3.sse.kms.key.id"]
         return opts
 
     def topic_default(self, key: str) -> Any:
@@ -795,6 +816,13 @@ def load_config(
         key = BROKER_KEYS[name]
         values[name] = key.parse(raw, f"--{name.replace('.', '-')}")
         sources[name] = "flag"
+    if values["s3.sse.kms.key.id"] and not str(values["s3.server.side.encryption"]).startswith(
+        "aws:kms"
+    ):
+        raise ConfigError(
+            "s3.sse.kms.key.id: a KMS key needs s3.server.side.encryption = aws:kms or "
+            f"aws:kms:dsse (it is {values['s3.server.side.encryption']!r})"
+        )
     queued = values["queued.max.request.bytes"]
     if queued != -1 and queued < values["socket.request.max.bytes"]:
         # A frame larger than the whole budget could never be read.
