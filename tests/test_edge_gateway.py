@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import random
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from mqtt_broker import MqttBroker
 from proxy import CuttingProxy
 
 ORIGIN = "shoal.origin"
+JSON = ("--format", "json")
 
 
 @pytest.fixture(scope="module")
@@ -750,6 +752,13 @@ def test_http_ingest_and_observability(
         timeout=30,
     )
     assert out.returncode == 3 and '"running": false' in out.stdout
+    fmt = subprocess.run(
+        [sys.executable, "-m", "shoal", "edge", "status", "--config", str(gw.path), *JSON],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert fmt.returncode == 3 and json.loads(fmt.stdout)["running"] is False
 
 
 def test_bad_config_exits_naming_the_key(tmp_path: Path) -> None:

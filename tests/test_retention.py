@@ -208,3 +208,20 @@ def test_storage_stats_command(fast_broker: BrokerProcess, topic_name: str) -> N
     assert stats["topics"][topic_name]["bytes"] > 50 * 200
     live = sum(v["count"] for v in stats["objects"].values())
     assert stats["store"]["count"] >= live > 0, stats
+
+
+def test_storage_stats_table_is_not_cut_in_a_pipe(fast_broker: BrokerProcess) -> None:
+    b = fast_broker
+    long_name = "site-" + "x" * 90  # wider than rich's 80-column default alone
+    create(b, long_name, 1)
+    produce(b, long_name, 5)
+    out = subprocess.run(
+        [sys.executable, "-m", "shoal", "storage", "stats", "--data-dir", str(b.data_dir), *b.args],
+        env={**os.environ, **b.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert long_name in out.stdout, out.stdout
+    assert "…" not in out.stdout

@@ -81,9 +81,21 @@ def _fetch_status(url: str) -> dict[str, Any]:
 @edge.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE")
 @click.option("--url", help="Admin endpoint, e.g. http://127.0.0.1:9644 [from the config].")
-@click.option("--json", "as_json", is_flag=True, help="Print the raw status document.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the raw status document (= --format json)."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
 @click.pass_context
-def status(ctx: click.Context, config_file: str | None, url: str | None, as_json: bool) -> None:
+def status(
+    ctx: click.Context, config_file: str | None, url: str | None, as_json: bool, fmt: str
+) -> None:
     """Lanes, backlogs, drops, disk and uplink state of a gateway.
 
     Asks the running gateway's admin endpoint; if it does not answer, shows
@@ -118,7 +130,7 @@ def status(ctx: click.Context, config_file: str | None, url: str | None, as_json
         sys.exit(1)
     if code == 0 and any(up.get("down") for up in doc.get("uplinks", [])):
         code = 2
-    if as_json:
+    if as_json or fmt == "json":
         click.echo(json.dumps(doc, indent=2))
     else:
         _print_status(doc, source)
@@ -134,10 +146,11 @@ def _fmt_bytes(n: float) -> str:
 
 
 def _print_status(doc: dict[str, Any], source: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    from shoal.tools.options import console
+
+    con = console()  # whole tables in a pipe, too
     con.print(f"[bold]site {doc['site']}[/bold]  (from {source}; up {doc.get('uptime_s', 0)}s)")
     local = doc.get("local", {})
     con.print(
@@ -201,9 +214,19 @@ def _print_status(doc: dict[str, Any], source: str) -> None:
 @edge.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE")
 @click.option("--repair", is_flag=True, help="Fix what is found (as the gateway does at start).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (= --format json).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
 @click.pass_context
-def check(ctx: click.Context, config_file: str | None, repair: bool, as_json: bool) -> None:
+def check(
+    ctx: click.Context, config_file: str | None, repair: bool, as_json: bool, fmt: str
+) -> None:
     """Verify the local log offline: every object, every batch's CRC.
 
     Exit 0 when clean, 1 when damage was found (repaired with --repair),
@@ -237,7 +260,7 @@ def check(ctx: click.Context, config_file: str | None, repair: bool, as_json: bo
     except (GatewayRunning, StorageError) as exc:
         click.echo(f"shoal edge check: {exc}", err=True)
         sys.exit(2)
-    if as_json:
+    if as_json or fmt == "json":
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
         click.echo(

@@ -13,10 +13,10 @@ import urllib.request
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from shoal.config import ConfigError, load_config
+from shoal.tools import options
 
 
 async def gather_stats(config_flags: dict[str, Any], config_file: str | None) -> dict[str, Any]:
@@ -116,7 +116,7 @@ def stats(
     if fmt == "json":
         click.echo(json.dumps(result, indent=2))
         return
-    console = Console()
+    console = options.console()  # whole tables in a pipe, too
     console.print(f"objects: {result['objects_url']}   metadata: {result['metadata_url']}")
     t = Table("kind", "objects", "bytes", title="Live objects")
     for kind, v in sorted(result["objects"].items()):
