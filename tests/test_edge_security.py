@@ -210,6 +210,41 @@ def test_mutual_tls_uplink_forwards_as_the_certificate_principal(
         gw.stop()
 
 
+def test_mutual_tls_uplink_without_a_certificate_is_refused(
+    central: Central, tmp_path: Path
+) -> None:
+    """The SSL listener requests a certificate; without one the uplink is
+    User:ANONYMOUS, which may write nothing (its InitProducerId is refused and
+    the producer turns fatal): status says the uplink is down, with the error,
+    and the records stay local. (It used to stay `connecting` with no error.)"""
+    gw = _gateway(
+        tmp_path,
+        {
+            "bootstrap": central.ssl,
+            "topic_prefix": f"{SITE}.",
+            "tls": True,
+            "ca_file": str(central.certs.ca_file),
+        },
+    )
+    gw.start()
+    try:
+        _post(gw, "anon", _values(5, "anon"))
+        up = wait_for(
+            lambda: (u := gw.uplink())["down"] and u["last_error_kind"] in ("auth", "fatal") and u,
+            30,
+            "the refusal in status",
+        )
+        assert up["sent_records"] == 0, up
+        assert "AUTHORIZATION_FAILED" in up["last_error"] or "refusal" in up["last_error"], up
+        lanes = gw.status()["lanes"]
+        assert sum(u["backlog_records"] for ln in lanes for u in ln["uplinks"].values()) == 5
+        assert not [ln["drops"] for ln in lanes if ln["drops"]]
+        assert "Traceback" not in gw.log()
+    finally:
+        gw.stop()
+    assert f"{SITE}.anon" not in central.topics()
+
+
 def test_write_outside_the_prefix_is_refused_kept_and_sent_once_allowed(
     central: Central, tmp_path: Path
 ) -> None:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from shoal.broker.broker import Broker
 from shoal.edge.config import UplinkConfig
@@ -607,6 +607,17 @@ class Uplink:
                 break
             except BufferError:
                 p.poll(0.01)
+            except KafkaException as exc:
+                # A fatal producer state (e.g. the central cluster refused
+                # InitProducerId: the principal may write nothing) does not
+                # always reach error_cb: without this the forwarder retried
+                # forever while status said `connecting` with no error.
+                self.fail(
+                    "fatal",
+                    f"cannot produce: {exc.args[0].str()} (a refusal by the central "
+                    "cluster, e.g. InitProducerId for a principal that may write nothing)",
+                )
+                return False
         if self.inflight_records == 0:
             self.busy_since = time.monotonic()
         self.inflight_records += 1
@@ -638,6 +649,8 @@ class Uplink:
         self.last_failure = time.monotonic()
         self.record_error(kind, message)
         self._failed.set_result((kind, message))
+        # Forwarders wait for the next producer instead of feeding this one.
+        self.ready.clear()
 
     def _error_cb(self, err: KafkaError) -> None:
         if self._failed is None or self._failed.done():
