@@ -30,6 +30,7 @@ from security_helpers import (
     TlsRawClient,
     client_ssl_context,
     secure_broker,
+    store_users,
     wait_for_log,
 )
 from wire import RawClient, request_frame
@@ -424,5 +425,40 @@ def test_silent_client_on_a_tls_port_is_closed(tmp_path_factory: pytest.TempPath
         assert time.monotonic() - start < 15
         s.close()
         assert_serving(broker)
+    finally:
+        broker.stop()
+
+
+def scram_login(broker: SecureBroker, user: str, password: str) -> bool:
+    """A whole SCRAM-SHA-256 exchange over the raw protocol: True if accepted."""
+    client = ScramClient(["SCRAM-SHA-256"], user, password)
+    with RawClient(broker.address("SASL_PLAINTEXT")) as c:
+        assert handshake(c, "SCRAM-SHA-256").error_code == ErrorCode.none
+        resp = authenticate(c, client.get_client_first().encode())
+        if resp.error_code != ErrorCode.none:
+            return False
+        client.set_server_first(bytes(resp.auth_bytes).decode())
+        resp = authenticate(c, client.get_client_final().encode(), cid=3)
+        return bool(resp.error_code == ErrorCode.none)
+
+
+def test_credentials_changed_behind_the_brokers_back_apply(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Logins use the broker's in-memory credentials; a password changed or a
+    user created straight in the metadata store (as `shoal users --metadata`
+    does) applies within the poll interval, and the old password stops working."""
+    broker, _certs, _jwks = secure_broker(tmp_path_factory.mktemp("cache"))
+    try:
+        assert scram_login(broker, "alice", PASSWORD)  # now cached
+        store_users(broker.metadata_url, ("alice",), password="rotated-pw")
+        wait_until = time.monotonic() + 10
+        while scram_login(broker, "alice", PASSWORD):
+            assert time.monotonic() < wait_until, "the old password still works"
+            time.sleep(0.1)
+        assert scram_login(broker, "alice", "rotated-pw")
+        store_users(broker.metadata_url, ("carol",))  # a new user works at once
+        assert scram_login(broker, "carol", PASSWORD)
+        assert "SCRAM credentials reloaded" in broker.log()
     finally:
         broker.stop()

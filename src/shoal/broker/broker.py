@@ -16,6 +16,7 @@ from shoal.config import BrokerConfig
 from shoal.group.coordinator import GroupConfig, GroupCoordinator
 from shoal.meta.acls import AclStore
 from shoal.meta.quotas import QuotaStore
+from shoal.meta.security import SecurityStore
 from shoal.meta.store import MetaStore, PartitionRecord
 from shoal.producer.ids import ProducerIdAllocator
 from shoal.protocol.errors import ErrorCode, KafkaError
@@ -27,6 +28,7 @@ from shoal.security.authorizer import (
     parse_super_users,
     peer_host,
 )
+from shoal.security.credentials import CredentialCache, CredentialSync
 from shoal.security.listeners import resolve_listeners
 from shoal.security.quotas import Entity, Quotas, QuotaSync
 from shoal.storage.compaction import CompactionConfig
@@ -84,6 +86,14 @@ class Broker:
         self.started = time.time()
         self.producer_ids = ProducerIdAllocator(meta)
         self.acl_store = AclStore(meta)
+        credential_store = SecurityStore(meta)
+        self.credentials = CredentialCache()
+        self.credential_sync = CredentialSync(
+            self.credentials,
+            credential_store.version,
+            credential_store.load_all,
+            int(config["acl.refresh.interval.ms"]) / 1000,
+        )
         self.audit = AuditLog(
             config["audit.log.path"],
             config["audit.log.max.bytes"],
@@ -148,6 +158,9 @@ class Broker:
         broker.groups = await GroupCoordinator.open(meta, GroupConfig.from_config(config))
         await broker.acl_sync.refresh()
         await broker.quota_sync.refresh()
+        await broker.credential_sync.refresh()
+        # Always polled: `shoal users --metadata` writes behind a lone broker's back.
+        broker.credential_sync.start()
         if config.cluster_mode:
             broker.acl_sync.start()
             broker.quota_sync.start()
@@ -178,6 +191,7 @@ class Broker:
             await self.cluster.stop()
         await self.acl_sync.stop()
         await self.quota_sync.stop()
+        await self.credential_sync.stop()
         self.audit.close()
         await self.groups.close()
         await self.engine.close()

@@ -1,14 +1,17 @@
 """Repository for security state: SCRAM credentials, brokers' listener addresses.
 
-Credentials are read at each authentication (one indexed lookup), so a change
-made through any broker, or `shoal users`, applies to the next login
-everywhere in a cluster.
+Every credential change bumps a version counter in the same transaction;
+brokers keep the credentials in memory and reload when it moves (see
+security/credentials.py), so a login costs no metadata round trip while a
+change made through any broker, or `shoal users`, applies everywhere within
+about one poll interval.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 
@@ -16,22 +19,46 @@ from shoal.meta import schema as s
 from shoal.meta.store import MetaStore, now_ms
 from shoal.security.scram import ScramCredential
 
+VERSION_COUNTER = "scram_credentials.version"
+
+
+def _credential(r: Any) -> ScramCredential:
+    return ScramCredential(
+        r.mechanism, bytes(r.salt), bytes(r.stored_key), bytes(r.server_key), r.iterations
+    )
+
 
 class SecurityStore:
     def __init__(self, meta: MetaStore) -> None:
         self.meta = meta
+
+    async def version(self) -> int:
+        t = s.counters
+        async with self.meta.engine.connect() as conn:
+            value = (
+                await conn.execute(select(t.c.value).where(t.c.name == VERSION_COUNTER))
+            ).scalar()
+        return int(value or 0)
+
+    async def load_all(self) -> tuple[int, dict[str, dict[str, ScramCredential]]]:
+        """Every user's credentials and the version they are at (one snapshot)."""
+        t, c = s.scram_credentials, s.counters
+        async with self.meta.engine.connect() as conn:
+            version = (
+                await conn.execute(select(c.c.value).where(c.c.name == VERSION_COUNTER))
+            ).scalar()
+            rows = (await conn.execute(select(t))).all()
+        users: dict[str, dict[str, ScramCredential]] = {}
+        for r in rows:
+            users.setdefault(r.user_name, {})[r.mechanism] = _credential(r)
+        return int(version or 0), users
 
     async def credentials(self, user: str) -> dict[str, ScramCredential]:
         """The user's credentials by mechanism (empty: unknown user)."""
         t = s.scram_credentials
         async with self.meta.engine.connect() as conn:
             rows = (await conn.execute(select(t).where(t.c.user_name == user))).all()
-        return {
-            r.mechanism: ScramCredential(
-                r.mechanism, bytes(r.salt), bytes(r.stored_key), bytes(r.server_key), r.iterations
-            )
-            for r in rows
-        }
+        return {r.mechanism: _credential(r) for r in rows}
 
     async def describe(
         self, users: Sequence[str] | None = None
@@ -82,6 +109,7 @@ class SecurityStore:
                     await conn.execute(
                         insert(t).values(user_name=user, mechanism=cred.mechanism, **values)
                     )
+            await self.meta.bump_counter(conn, VERSION_COUNTER, 1)
         return missing
 
     # listeners ---------------------------------------------------------------

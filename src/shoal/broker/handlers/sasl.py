@@ -21,6 +21,7 @@ from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode
 from shoal.protocol.headers import RequestHeader
 from shoal.security.sasl import AuthenticationFailed, SaslSession
+from shoal.security.scram import ScramCredential
 
 log = logging.getLogger("shoal.sasl")
 
@@ -76,7 +77,13 @@ async def handle_sasl_authenticate(
     token = bytes(body.auth_bytes)
     try:
         user = mech.user_of(token)
-        credentials = await SecurityStore(broker.meta).credentials(user) if user else {}
+        credentials: dict[str, ScramCredential] = {}
+        if user:
+            cached = broker.credentials.get(user)
+            if cached is None:  # not in memory (yet): ask the store
+                cached = await SecurityStore(broker.meta).credentials(user)
+                broker.credentials.put(user, cached)
+            credentials = cached
         if mech.costly:
             reply = await asyncio.to_thread(mech.step, token, credentials)
         else:

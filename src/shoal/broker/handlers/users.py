@@ -137,6 +137,7 @@ async def handle_alter_user_scram_credentials(
         [(u, c) for u, c in upserts if u not in errors],
         [(u, m) for u, m in deletes if u not in errors],
     )
+    await broker.credential_sync.refresh()  # this broker's logins see it at once
     for user in order:
         if user in errors:
             log.info("AlterUserScramCredentials from %s: %s: %s", client, user, errors[user][1])
