@@ -407,7 +407,17 @@ def test_disk_budget_drop_oldest_counts_every_drop(
         "oldest data dropped to fit the budget",
     )
     uplink.set_down(False)
-    wait_for(lambda: gw.lane("bulk")["uplinks"]["central"]["backlog_records"] == 0, 60, "drained")
+    # Drained: nothing left to read and nothing in flight. Records in flight
+    # when the cut came are counted only once their delivery fails, so the
+    # backlog alone can reach 0 before the drop count is final.
+    wait_for(
+        lambda: (
+            gw.lane("bulk")["uplinks"]["central"]["backlog_records"] == 0
+            and gw.uplink()["inflight_records"] == 0
+        ),
+        60,
+        "drained",
+    )
     lane = gw.lane("bulk")
     dropped = lane["drops"]["disk-budget"]["records"]
     recs = consume_all(central.bootstrap, topic, len(values) - dropped)
