@@ -240,3 +240,33 @@ def test_sizes_come_from_describe_log_dirs() -> None:
     b = LogDirsServer({("t", 0): 150})  # a second replica of t-0, further along
     assert kafka_wire.log_dir_sizes([a.address, b.address], 5) == {("t", 0): 150, ("t", 1): 7}
     assert kafka_wire.log_dir_sizes([LogDirsServer({}, offer=False).address], 5) is None
+
+
+def test_malformed_answer_is_a_wire_error() -> None:
+    """A broker's answer is walked as the broker walks requests: a null where
+    the schema has none (or a count past the frame) is a WireError, not a
+    TypeError from inside kio's reader."""
+    import socket
+    import struct
+    import threading
+
+    from shoal.tools import kafka_wire
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            (size,) = struct.unpack(">i", conn.recv(4))
+            frame = b""
+            while len(frame) < size:
+                frame += conn.recv(size - len(frame))
+            (correlation,) = struct.unpack(">i", frame[4:8])
+            # ApiVersions v0: error_code 0, then api_keys as a null array.
+            conn.sendall(struct.pack(">iihi", 10, correlation, 0, -1))
+
+    threading.Thread(target=answer, daemon=True).start()
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+    with pytest.raises(kafka_wire.WireError, match="malformed ApiVersionsResponse v0"):
+        kafka_wire.log_dir_sizes([address], 5)
+    server.close()

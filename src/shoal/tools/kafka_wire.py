@@ -28,6 +28,9 @@ from kio.schema.types import GroupId, TopicName
 from kio.serial import entity_reader, entity_writer
 from kio.static.primitive import i8, i32
 
+from shoal.protocol.errors import RequestDecodeError
+from shoal.protocol.guard import check_body
+
 _FIND_COORDINATOR = (10, 2)
 _API_VERSIONS = (18, 0)
 _DESCRIBE_LOG_DIRS = (35, 1)
@@ -97,8 +100,15 @@ class Connection:
         frame = self._recv(size)
         (correlation,) = struct.unpack(">i", frame[:4])
         if correlation != self._correlation:
-            raise WireError(f"{self.address} answered request {correlation}, not {key}")
-        body, _size = entity_reader(load_response_schema(key, version))(frame, 4)
+            raise WireError(
+                f"{self.address} answered request {correlation}, not {self._correlation}"
+            )
+        cls = load_response_schema(key, version)
+        try:
+            check_body(frame, 4, cls)  # kio's reader trusts counts and nulls
+        except RequestDecodeError as exc:
+            raise WireError(f"{self.address} sent a {exc}") from None
+        body, _size = entity_reader(cls)(frame, 4)
         return body
 
     def supports(self, api: tuple[int, int]) -> bool:
