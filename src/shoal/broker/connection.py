@@ -61,20 +61,15 @@ class Connection:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         *,
-        limits: ListenerLimits | None = None,
-        budget: RequestBudget | None = None,
+        limits: ListenerLimits,
+        budget: RequestBudget,
     ) -> None:
-        from shoal.broker.listener import ListenerLimits, RequestBudget
-
         self.broker = broker
         self.handlers = handlers
         self.reader = reader
         self.writer = writer
-        self.limits = limits or ListenerLimits.from_config(broker.config)
-        self.budget = budget or RequestBudget(
-            self.limits.queued_max_request_bytes, self.limits.max_frame
-        )
-        self.listener = "PLAINTEXT"
+        self.limits = limits
+        self.budget = budget
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.client = Client(self.peer, None)
@@ -93,9 +88,6 @@ class Connection:
         self.throttle_until = 0.0
 
     # -- state the listener and the security layer use --------------------------
-
-    def mark_authenticated(self) -> None:
-        self.authenticated = True
 
     def frame_limit(self) -> int:
         if self.authenticated:

@@ -242,7 +242,6 @@ class KafkaListener:
         conn = Connection(
             self.broker, self.handlers, reader, writer, limits=self.limits, budget=self.budget
         )
-        conn.listener = self.name
         self.connections[conn] = task
         if self.on_connection is not None:
             self.on_connection(conn)

@@ -94,7 +94,6 @@ class Security:
                 validator=self.validator,
             )
             conn.requires_sasl = True
-        conn.listener = listener.name
         conn.client = replace(
             conn.client, principal=principal, listener=listener.name, session=session
         )
