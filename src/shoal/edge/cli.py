@@ -20,6 +20,7 @@ import click
 from shoal.cli import run_async
 from shoal.config import ConfigError
 from shoal.edge.config import EdgeConfig, load_edge_config
+from shoal.tools.options import console, format_option
 
 
 def _load(config_file: str | None) -> EdgeConfig:
@@ -84,14 +85,7 @@ def _fetch_status(url: str) -> dict[str, Any]:
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the raw status document (= --format json)."
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@format_option()
 @click.pass_context
 def status(
     ctx: click.Context, config_file: str | None, url: str | None, as_json: bool, fmt: str
@@ -147,8 +141,6 @@ def _fmt_bytes(n: float) -> str:
 
 def _print_status(doc: dict[str, Any], source: str) -> None:
     from rich.table import Table
-
-    from shoal.tools.options import console
 
     con = console()  # whole tables in a pipe, too
     con.print(f"[bold]site {doc['site']}[/bold]  (from {source}; up {doc.get('uptime_s', 0)}s)")
@@ -215,14 +207,7 @@ def _print_status(doc: dict[str, Any], source: str) -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE")
 @click.option("--repair", is_flag=True, help="Fix what is found (as the gateway does at start).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (= --format json).")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@format_option()
 @click.pass_context
 def check(
     ctx: click.Context, config_file: str | None, repair: bool, as_json: bool, fmt: str
