@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shoal.config_catalog import TOPIC_CONFIGS
+from shoal.config_catalog import TOPIC_CONFIGS, cleanup_policy, one_of
 
 
 class ConfigError(ValueError):
@@ -94,10 +94,6 @@ def at_least(n: int) -> Callable[[Any], str | None]:
     return lambda v: None if v >= n else f"must be at least {n}"
 
 
-def one_of(*choices: str) -> Callable[[Any], str | None]:
-    return lambda v: None if v in choices else "must be one of " + ", ".join(choices)
-
-
 def host_port(v: str) -> str | None:
     host, sep, port = v.rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -107,17 +103,28 @@ def host_port(v: str) -> str | None:
     return None
 
 
-def ip_overrides(v: str) -> str | None:
-    for entry in filter(None, (e.strip() for e in v.split(","))):
+def optional_host_port(v: str) -> str | None:
+    return None if v == "" else host_port(v)
+
+
+def parse_ip_overrides(raw: str) -> dict[str, int]:
+    """`host:count,host:count`, Kafka's format for max.connections.per.ip.overrides.
+    Raises ValueError naming the bad entry."""
+    out: dict[str, int] = {}
+    for entry in filter(None, (e.strip() for e in raw.split(","))):
         host, sep, count = entry.rpartition(":")
         if not sep or not host or not count.strip().isdigit():
-            return f"has {entry!r}, which is not HOST:COUNT"
+            raise ValueError(f"{entry!r}, which is not HOST:COUNT")
+        out[host.strip().strip("[]")] = int(count)
+    return out
+
+
+def ip_overrides(v: str) -> str | None:
+    try:
+        parse_ip_overrides(v)
+    except ValueError as exc:
+        return f"has {exc}"
     return None
-
-
-def cleanup_policy(v: str) -> str | None:
-    parts = {p.strip() for p in v.split(",")}
-    return None if parts and parts <= {"delete", "compact"} else "must be delete, compact or both"
 
 
 MIB = 1024 * 1024
@@ -273,7 +280,7 @@ BROKER_KEYS: dict[str, Key] = {
             str,
             "",
             "address given to clients (default: listen)",
-            lambda v: None if v == "" else host_port(v),
+            optional_host_port,
         ),
         *SECURITY_KEYS,
         Key("data.dir", str, "./shoal-data", "local directory for the embedded default"),
@@ -470,7 +477,7 @@ BROKER_KEYS: dict[str, Key] = {
             str,
             "",
             "HOST:PORT of the Prometheus endpoint (off when empty)",
-            lambda v: None if v == "" else host_port(v),
+            optional_host_port,
         ),
         Key("s3.endpoint", str, "", "S3 endpoint URL (MinIO, Ceph, R2...); or AWS_ENDPOINT_URL"),
         Key("s3.region", str, "", "S3 region; or AWS_REGION"),

@@ -78,11 +78,11 @@ def _level(levels: tuple[int, int, int]) -> Check:
     return check
 
 
-def _one_of(*choices: str) -> Check:
+def one_of(*choices: str) -> Check:
     return lambda v: None if v in choices else "must be one of " + ", ".join(choices)
 
 
-def _cleanup_policy(v: str) -> str | None:
+def cleanup_policy(v: str) -> str | None:
     parts = [p.strip() for p in v.split(",")]
     if all(parts) and set(parts) <= {"delete", "compact"}:
         return None
@@ -110,7 +110,7 @@ TOPIC_CONFIGS: tuple[TopicConfigDef, ...] = (
     TopicConfigDef(
         "cleanup.policy", str, LIST, "delete",
         "delete (retention by time and size), compact (keep the last record per key) or both",
-        _cleanup_policy, ("log.cleanup.policy",), HONOURED,
+        cleanup_policy, ("log.cleanup.policy",), HONOURED,
     ),
     TopicConfigDef(
         "compression.gzip.level", int, INT, GZIP_LEVELS[2],
@@ -126,7 +126,7 @@ TOPIC_CONFIGS: tuple[TopicConfigDef, ...] = (
         "compression.type", str, STRING, "producer",
         "codec of stored batches: producer keeps the producer's; another codec "
         "recompresses batches that arrive in a different one",
-        _one_of(*COMPRESSION_TYPES), ("compression.type",), HONOURED,
+        one_of(*COMPRESSION_TYPES), ("compression.type",), HONOURED,
     ),
     TopicConfigDef(
         "compression.zstd.level", int, INT, ZSTD_LEVELS[2],
@@ -221,7 +221,7 @@ TOPIC_CONFIGS: tuple[TopicConfigDef, ...] = (
     TopicConfigDef(
         "message.timestamp.type", str, STRING, "CreateTime",
         "CreateTime (the producer's) or LogAppendTime (the broker's)",
-        _one_of("CreateTime", "LogAppendTime"), ("log.message.timestamp.type",), HONOURED,
+        one_of("CreateTime", "LogAppendTime"), ("log.message.timestamp.type",), HONOURED,
     ),
     TopicConfigDef(
         "min.cleanable.dirty.ratio", float, DOUBLE, 0.5,

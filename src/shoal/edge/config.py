@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoal.config import BROKER_KEYS, BrokerConfig, ConfigError, load_config
+from shoal.config import (
+    BROKER_KEYS,
+    BrokerConfig,
+    ConfigError,
+    host_port,
+    load_config,
+    optional_host_port,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -141,19 +148,6 @@ class _Table:
             raise ConfigError(f"{self.key(name)}: unknown configuration key{hint}")
         if self.missing:
             raise ConfigError(self.missing[0])
-
-
-def _host_port(v: str) -> str | None:
-    host, sep, port = v.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        return "must be HOST:PORT"
-    if not 0 < int(port) < 65536:
-        return f"has port {int(port)} out of range 1-65535"
-    return None
-
-
-def _optional_host_port(v: str) -> str | None:
-    return None if v == "" else _host_port(v)
 
 
 def _name(v: str) -> str | None:
@@ -448,8 +442,8 @@ def parse_edge_config(
 
     lt = t.table("local")
     local = LocalConfig(
-        listen=lt.text("listen", "127.0.0.1:9092", _host_port),
-        advertise=lt.text("advertise", "", _optional_host_port),
+        listen=lt.text("listen", "127.0.0.1:9092", host_port),
+        advertise=lt.text("advertise", "", optional_host_port),
         partitions=lt.integer("partitions", 1, 1),
         linger_ms=lt.number("linger_ms", 1.0),
         max_batch_records=lt.integer("max_batch_records", 5000, 1),
@@ -463,7 +457,7 @@ def parse_edge_config(
 
     at = t.table("admin")
     admin = AdminConfig(
-        listen=at.text("listen", "127.0.0.1:9644", _optional_host_port),
+        listen=at.text("listen", "127.0.0.1:9644", optional_host_port),
         status_interval_ms=at.integer("status_interval_ms", 1000, 100),
     )
     at.done()
@@ -476,7 +470,7 @@ def parse_edge_config(
     if t.has("http"):
         ht = t.table("http")
         http = HttpConfig(
-            listen=ht.text("listen", "127.0.0.1:8080", _host_port),
+            listen=ht.text("listen", "127.0.0.1:8080", host_port),
             topics=tuple(ht.strings("topics", [])),
             max_body_bytes=ht.integer("max_body_bytes", MIB, 1),
             block_timeout_ms=ht.integer("block_timeout_ms", 30_000, 0),
