@@ -361,9 +361,19 @@ async def test_eager_wal_gathers_appends_behind_a_flush_in_progress(meta: MetaSt
     [sid] = await new_stream(meta)
     store = FaultyStore()
     store.put_delays = [0.5]  # the first upload is slow
+    uploading = asyncio.Event()
+    put = store.put
+
+    async def watched_put(
+        key: str, data: bytes | bytearray | memoryview, *, create: bool = True
+    ) -> None:
+        uploading.set()
+        await put(key, data, create=create)
+
+    store.put = watched_put  # type: ignore[method-assign]
     eng = engine(store, meta, linger_ms=60_000, eager=True)
     first = await eng.append(sid, batch(b"a"), 0)
-    await asyncio.sleep(0.05)  # the first flush is in progress
+    await asyncio.wait_for(uploading.wait(), 10)  # the first flush is in progress
     behind = [await eng.append(sid, batch(b"b"), 0) for _ in range(3)]
     assert await asyncio.wait_for(first, 10) == 0
     assert [await asyncio.wait_for(f, 10) for f in behind] == [1, 2, 3]
