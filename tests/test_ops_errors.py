@@ -241,6 +241,7 @@ def test_cluster_status_on_an_empty_database_creates_nothing() -> None:
     [
         ["bench", "produce", "--duration", "3"],
         ["bench", "replay", "--sites", "2", "--offline", "1", "--rate", "10"],
+        ["users", "list"],
     ],
 )
 def test_tools_print_one_error_not_librdkafka_lines(command: list[str]) -> None:

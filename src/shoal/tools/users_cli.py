@@ -18,14 +18,24 @@ from typing import Any, TypeVar
 
 import click
 
-from shoal.tools.options import bootstrap_option, settings_option
+from shoal.tools.options import (
+    KafkaClients,
+    bootstrap_option,
+    client_errors,
+    format_option,
+    kafka_error_text,
+    settings_option,
+    timeout_option,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 def _target(f: F) -> F:
+    f = client_errors(f)
     f = settings_option()(f)
+    f = timeout_option()(f)
     f = bootstrap_option()(f)
     return click.option(
         "--metadata",
@@ -77,6 +87,7 @@ def add(
     password_file: str | None,
     metadata: str | None,
     bootstrap: str,
+    timeout: float,
     extra: dict[str, str],
 ) -> None:
     """Create NAME or change its password."""
@@ -104,7 +115,7 @@ def add(
             )
             for m in mechs
         ]
-        _alter(bootstrap, extra, changes)
+        _alter(KafkaClients(bootstrap, extra, timeout), changes)
     click.echo(f"user {name}: {', '.join(mechs)} credentials stored")
 
 
@@ -123,10 +134,12 @@ def delete(
     mechanisms: tuple[str, ...],
     metadata: str | None,
     bootstrap: str,
+    timeout: float,
     extra: dict[str, str],
 ) -> None:
     """Delete NAME's credentials."""
-    have = {m for m, _ in _describe(metadata, bootstrap, extra, [name]).get(name, [])}
+    k = KafkaClients(bootstrap, extra, timeout)
+    have = {m for m, _ in _describe(metadata, k, [name]).get(name, [])}
     wanted = [m for m in (mechanisms or MECHANISMS) if m in have]
     if not wanted:
         raise click.ClickException(f"user {name!r} has no SCRAM credentials to delete")
@@ -142,22 +155,18 @@ def delete(
             UserScramCredentialDeletion(name, getattr(ScramMechanism, m.replace("-", "_")))
             for m in wanted
         ]
-        _alter(bootstrap, extra, changes)
+        _alter(k, changes)
     click.echo(f"user {name}: {', '.join(wanted)} credentials deleted")
 
 
 @users.command("list")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-)
+@format_option()
 @_target
-def list_users(fmt: str, metadata: str | None, bootstrap: str, extra: dict[str, str]) -> None:
+def list_users(
+    fmt: str, metadata: str | None, bootstrap: str, timeout: float, extra: dict[str, str]
+) -> None:
     """Users with SCRAM credentials: mechanism and iterations (never secrets)."""
-    found = _describe(metadata, bootstrap, extra, None)
+    found = _describe(metadata, KafkaClients(bootstrap, extra, timeout), None)
     rows = [
         {"user": user, "mechanism": m, "iterations": i}
         for user, infos in sorted(found.items())
@@ -192,55 +201,49 @@ def _run(metadata: str, action: Callable[[Any], Any]) -> Any:
         raise click.ClickException(str(exc)) from None
 
 
-def _admin(bootstrap: str, extra: dict[str, str]) -> Any:
-    from confluent_kafka.admin import AdminClient
+def _alter(k: KafkaClients, changes: list[Any]) -> None:
+    from confluent_kafka import KafkaException
 
-    return AdminClient({"bootstrap.servers": bootstrap, **extra})
-
-
-def _alter(bootstrap: str, extra: dict[str, str], changes: list[Any]) -> None:
-    admin = _admin(bootstrap, extra)  # kept alive until the answers are in
-    futures = admin.alter_user_scram_credentials(changes, request_timeout=15)
+    futures = k.admin.alter_user_scram_credentials(changes, request_timeout=k.timeout)
     for user, fut in futures.items():
         try:
-            fut.result(timeout=30)
-        except Exception as exc:
-            raise click.ClickException(f"user {user}: {_reason(exc)}") from None
+            k.wait(fut, "AlterUserScramCredentials")
+        except KafkaException as exc:
+            raise click.ClickException(f"user {user}: {kafka_error_text(exc)}") from None
 
 
 def _describe(
-    metadata: str | None, bootstrap: str, extra: dict[str, str], names: list[str] | None
+    metadata: str | None, k: KafkaClients, names: list[str] | None
 ) -> dict[str, list[tuple[str, int]]]:
+    from confluent_kafka import KafkaException
+
     if metadata:
         found: dict[str, list[tuple[str, int]]] = _run(
             metadata, lambda store: store.describe(names)
         )
         return found
-    admin = _admin(bootstrap, extra)
-    out: dict[str, list[tuple[str, int]]] = {}
+    what = "DescribeUserScramCredentials"
     try:
         if names is None:
-            result = admin.describe_user_scram_credentials(request_timeout=15).result(timeout=30)
+            result = k.wait(
+                k.admin.describe_user_scram_credentials(request_timeout=k.timeout), what
+            )
         else:
-            futures = admin.describe_user_scram_credentials(names, request_timeout=15)
+            futures = k.admin.describe_user_scram_credentials(names, request_timeout=k.timeout)
             result = {}
             for user, fut in futures.items():
                 try:
-                    result[user] = fut.result(timeout=30)
-                except Exception as exc:
+                    result[user] = k.wait(fut, what)
+                except KafkaException as exc:
                     if "RESOURCE_NOT_FOUND" in str(exc) or "nonexistent" in str(exc).lower():
                         continue
                     raise
-    except Exception as exc:
-        raise click.ClickException(f"cannot describe users: {_reason(exc)}") from None
-    for user, desc in result.items():
-        out[user] = [
+    except KafkaException as exc:
+        raise click.ClickException(f"cannot describe users: {kafka_error_text(exc)}") from None
+    return {
+        user: [
             (info.mechanism.name.replace("_", "-"), int(info.iterations))
             for info in desc.scram_credential_infos
         ]
-    return out
-
-
-def _reason(exc: Exception) -> str:
-    err = exc.args[0] if exc.args else exc
-    return str(getattr(err, "str", lambda: err)())
+        for user, desc in result.items()
+    }
