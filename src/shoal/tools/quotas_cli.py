@@ -55,17 +55,17 @@ def _common(f: F) -> F:
 
 def _entity(
     user: str | None, default_user: bool, client_id: str | None, default_client_id: bool
-) -> list[tuple[str, str | None, bool]]:
-    """(entity type, name, given) per component; name None is the default."""
+) -> list[tuple[str, str | None]]:
+    """(entity type, name) per component given; name None is the default."""
     if user is not None and default_user:
         raise click.UsageError("give --user or --default-user, not both")
     if client_id is not None and default_client_id:
         raise click.UsageError("give --client-id or --default-client-id, not both")
-    out: list[tuple[str, str | None, bool]] = []
+    out: list[tuple[str, str | None]] = []
     if user is not None or default_user:
-        out.append((USER, user, True))
+        out.append((USER, user))
     if client_id is not None or default_client_id:
-        out.append((CLIENT_ID, client_id, True))
+        out.append((CLIENT_ID, client_id))
     return out
 
 
@@ -115,7 +115,7 @@ def list_quotas(
 
     components = tuple(
         ComponentData(entity_type=t, match_type=i8(0 if n is not None else 1), match=n)
-        for t, n, _given in _entity(user, default_user, client_id, default_client_id)
+        for t, n in _entity(user, default_user, client_id, default_client_id)
     )
     resp = _request(
         bootstrap,
@@ -160,7 +160,7 @@ def _show(value: Any) -> str:
 def _alter(
     bootstrap: str,
     timeout: float,
-    entity: list[tuple[str, str | None, bool]],
+    entity: list[tuple[str, str | None]],
     ops: list[tuple[str, float, bool]],
 ) -> None:
     from kio.schema.alter_client_quotas.v0.request import (
@@ -178,14 +178,14 @@ def _alter(
     body = AlterClientQuotasRequest(
         entries=(
             EntryData(
-                entity=tuple(EntityData(entity_type=t, entity_name=n) for t, n, _g in entity),
+                entity=tuple(EntityData(entity_type=t, entity_name=n) for t, n in entity),
                 ops=tuple(OpData(key=k, value=f64(v), remove=r) for k, v, r in ops),
             ),
         ),
         validate_only=False,
     )
     resp = _request(bootstrap, timeout, _ALTER, body)
-    label = _label([(t, n) for t, n, _g in entity])
+    label = _label(entity)
     for entry in resp.entries:
         if entry.error_code.value != 0:
             raise click.ClickException(
@@ -234,7 +234,7 @@ def set_quotas(
         )
     entity = _entity(user, default_user, client_id, default_client_id)
     _alter(bootstrap, timeout, entity, ops)
-    label = _label([(t, n) for t, n, _g in entity])
+    label = _label(entity)
     click.echo(f"set: {label} " + " ".join(f"{k}={_show(v)}" for k, v, _r in ops))
 
 
@@ -261,4 +261,4 @@ def remove_quotas(
     entity = _entity(user, default_user, client_id, default_client_id)
     chosen = list(dict.fromkeys(keys)) or list(QUOTA_KEYS)
     _alter(bootstrap, timeout, entity, [(k, 0.0, True) for k in chosen])
-    click.echo(f"removed: {_label([(t, n) for t, n, _g in entity])} {' '.join(chosen)}")
+    click.echo(f"removed: {_label(entity)} {' '.join(chosen)}")
