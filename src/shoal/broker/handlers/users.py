@@ -133,11 +133,11 @@ async def handle_alter_user_scram_credentials(
                 reject(
                     user, ErrorCode.resource_not_found, f"{user!r} has no {mechanism} credential"
                 )
-    await store.alter(
-        [(u, c) for u, c in upserts if u not in errors],
-        [(u, m) for u, m in deletes if u not in errors],
-    )
-    await broker.credential_sync.refresh()  # this broker's logins see it at once
+    upserts = [(u, c) for u, c in upserts if u not in errors]
+    deletes = [(u, m) for u, m in deletes if u not in errors]
+    if upserts or deletes:  # else no version bump: no broker reloads every credential
+        await store.alter(upserts, deletes)
+        await broker.credential_sync.refresh()  # this broker's logins see it at once
     for user in order:
         if user in errors:
             log.info("AlterUserScramCredentials from %s: %s: %s", client, user, errors[user][1])
