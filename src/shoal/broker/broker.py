@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -164,7 +165,6 @@ class Broker:
         if config.cluster_mode:
             broker.acl_sync.start()
             broker.quota_sync.start()
-        if config.cluster_mode:
             from shoal.cluster.member import ClusterMember
 
             await broker.advertised.publish()  # before others can see this broker
@@ -267,6 +267,15 @@ class Broker:
         if self.cluster is None or not self.cluster.live:
             return [self.node]
         return [Node(b.node_id, b.host, b.port, b.rack) for b in self.cluster.live]
+
+    def leaders(self, parts: Sequence[PartitionRecord]) -> list[int]:
+        """The leader to name for each partition (Metadata,
+        DescribeTopicPartitions): this broker, alone; in a cluster the owner
+        while it is live, else -1 (LEADER_NOT_AVAILABLE)."""
+        if self.cluster is None:
+            return [self.node.node_id] * len(parts)
+        live = {b.node_id for b in self.cluster.live}
+        return [p.owner if p.owner is not None and p.owner in live else -1 for p in parts]
 
     def coordinator_node(self, key: str) -> Node:
         """The broker that coordinates a group (this one, alone)."""

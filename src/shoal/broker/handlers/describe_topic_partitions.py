@@ -84,11 +84,9 @@ async def handle_describe_topic_partitions(
 
 
 def _topic(s: Schema, broker: Broker, client: Client, topic: Topic, first: int, last: int) -> Any:
-    live = None if broker.cluster is None else {b.node_id for b in broker.cluster.live}
+    page = topic.partitions[first:last]
     parts = []
-    for p in topic.partitions[first:last]:
-        leader = broker.node.node_id if live is None else (p.owner if p.owner in live else -1)
-        assert leader is not None
+    for p, leader in zip(page, broker.leaders(page), strict=True):
         replicas = (leader,) if leader >= 0 else ()
         parts.append(
             s.DescribeTopicPartitionsResponsePartition(

@@ -89,20 +89,17 @@ def _require_create(broker: Broker, client: Client, name: str) -> None:
 
 
 def _topic(s: Schema, broker: Broker, topic: Topic, client: Client, ops: bool) -> Any:
-    cluster = broker.cluster
-    live = None if cluster is None else {b.node_id for b in cluster.live}
     parts = []
-    for p in topic.partitions:
-        leader = broker.node.node_id if live is None else (p.owner if p.owner in live else -1)
-        assert leader is not None
+    for p, leader in zip(topic.partitions, broker.leaders(topic.partitions), strict=True):
+        replicas = (leader,) if leader >= 0 else ()
         parts.append(
             s.MetadataResponsePartition(
                 error_code=ErrorCode.none if leader >= 0 else ErrorCode.leader_not_available,
                 partition_index=p.partition,
                 leader_id=leader,
                 leader_epoch=p.leader_epoch,
-                replica_nodes=(leader,) if leader >= 0 else (),
-                isr_nodes=(leader,) if leader >= 0 else (),
+                replica_nodes=replicas,
+                isr_nodes=replicas,
                 offline_replicas=(),
             )
         )
