@@ -31,16 +31,12 @@ def _partition_exists(broker: Broker, topic: str, index: int) -> bool:
     return t is not None and 0 <= index < len(t.partitions)
 
 
-def _may(broker: Broker, client: Client, op: AclOperation, rtype: ResourceType, name: str) -> bool:
-    return broker.authorize(client, op, rtype, name)
-
-
 async def handle_offset_commit(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
     s = Schema(8, header.api_version)
     groups = broker.groups
-    if not _may(broker, client, AclOperation.READ, ResourceType.GROUP, body.group_id):
+    if not broker.authorize(client, AclOperation.READ, ResourceType.GROUP, body.group_id):
         group_code = ErrorCode.group_authorization_failed
     else:
         group_code = groups.check_commit(
@@ -68,7 +64,7 @@ async def handle_offset_commit(
             meta = p.committed_metadata or ""
             if group_code != ErrorCode.none:
                 codes[key] = group_code
-            elif not _may(broker, client, AclOperation.READ, ResourceType.TOPIC, t.name):
+            elif not broker.authorize(client, AclOperation.READ, ResourceType.TOPIC, t.name):
                 codes[key] = ErrorCode.topic_authorization_failed
             elif not _partition_exists(broker, t.name, key[1]):
                 codes[key] = ErrorCode.unknown_topic_or_partition
@@ -155,7 +151,7 @@ def _fetch_response(broker: Broker, client: Client, header: RequestHeader, body:
     s = Schema(9, version)
 
     def group_code(group_id: str) -> ErrorCode:
-        if not _may(broker, client, AclOperation.DESCRIBE, ResourceType.GROUP, group_id):
+        if not broker.authorize(client, AclOperation.DESCRIBE, ResourceType.GROUP, group_id):
             return ErrorCode.group_authorization_failed
         return broker.groups.gate(group_id) or ErrorCode.none
 
@@ -248,7 +244,7 @@ async def handle_offset_delete(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
     s = Schema(47, header.api_version)
-    if not _may(broker, client, AclOperation.DELETE, ResourceType.GROUP, body.group_id):
+    if not broker.authorize(client, AclOperation.DELETE, ResourceType.GROUP, body.group_id):
         broker.audit.admin(
             client, "OffsetDelete", "GROUP", body.group_id, "GROUP_AUTHORIZATION_FAILED"
         )
@@ -261,7 +257,7 @@ async def handle_offset_delete(
     for t in body.topics:
         for p in t.partitions:
             key = (t.name, int(p.partition_index))
-            if not _may(broker, client, AclOperation.READ, ResourceType.TOPIC, t.name):
+            if not broker.authorize(client, AclOperation.READ, ResourceType.TOPIC, t.name):
                 denied.add(key)
             elif _partition_exists(broker, t.name, key[1]):
                 keys.append(key)
