@@ -3,6 +3,7 @@ a reconnect storm of 1,000 sites over SASL_SSL with SCRAM-SHA-512.
 
     .venv/bin/python bench/security_bench.py [--rounds 3] [--sites 1000]
         [--concurrency 100] [--duration 10] [--json FILE]
+        [--rdkafka-performance PATH [--rdkafka-count 500000]]
 
 Starts one broker (PLAINTEXT, SSL and SASL_SSL listeners, certificates from
 trustme) with users plant-0 ... plant-N (SCRAM-SHA-512, 4096 iterations), then
@@ -163,6 +164,22 @@ def shoal_bench(kind: str, bootstrap: str, args: list[str], tls: list[str]) -> f
     return float(stats["throughput"]["mb_per_s"])
 
 
+def rdkafka_performance(
+    binary: str, bootstrap: str, topic: str, count: int, tls: list[str]
+) -> float:
+    """MB/s of librdkafka's own C producer (rdkafka_performance -P, 1 KiB
+    records, acks=all, linger.ms=5): a client that cannot be the bottleneck."""
+    cmd = [binary, "-P", "-t", topic, "-b", bootstrap, "-s", "1024", "-c", str(count), "-a", "-1"]
+    cmd += ["-X", "linger.ms=5", "-X", "enable.idempotence=true"]
+    for i in range(0, len(tls), 2):  # -X k=v pairs, as shoal bench takes them
+        cmd += ["-X", tls[i + 1]]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+    last = [line for line in out.stderr.splitlines() + out.stdout.splitlines() if "MB/s" in line]
+    if not last or f"{count} delivered" not in last[-1]:
+        raise SystemExit(f"rdkafka_performance did not deliver everything: {last[-1:]}")
+    return float(last[-1].rsplit(" MB/s", 1)[0].rsplit(" ", 1)[1])
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -180,6 +197,13 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=100)
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per produce run")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument(
+        "--rdkafka-performance",
+        metavar="PATH",
+        help="also produce with librdkafka's rdkafka_performance (built from librdkafka's "
+        "examples/), with the broker's CPU seconds per GB",
+    )
+    ap.add_argument("--rdkafka-count", type=int, default=500_000, help="records per run")
     a = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="security-bench-") as tmp:
@@ -201,6 +225,10 @@ def main() -> None:
             res: dict[str, list[float]] = {
                 k: [] for k in ("produce_plain", "produce_ssl", "consume_plain", "consume_ssl")
             }
+            if a.rdkafka_performance:
+                for k in ("rdk_produce_plain", "rdk_produce_ssl"):
+                    res[k] = []
+                    res[k + "_broker_cpu_s_per_gb"] = []
             res["storm_per_s"] = []
             res["storm_broker_cpu_ms_per_login"] = []
             for r in range(a.rounds):
@@ -215,6 +243,31 @@ def main() -> None:
                     consume = ["--topic", topic, "--duration", "60"]
                     res[f"consume_{name}"].append(shoal_bench("consume", boot, consume, extra))
                 assert broker.proc is not None
+                for name, listener, extra in (
+                    ("plain", "PLAINTEXT", []),
+                    ("ssl", "SSL", tls),
+                ):
+                    if not a.rdkafka_performance:
+                        break
+                    topic = f"sec-rdk-{name}-{r}-{os.urandom(2).hex()}"
+                    cpu0 = _cpu_seconds(broker.proc.pid)
+                    mbs = rdkafka_performance(
+                        a.rdkafka_performance,
+                        broker.address(listener),
+                        topic,
+                        a.rdkafka_count,
+                        extra,
+                    )
+                    gb = a.rdkafka_count * 1024 / 1e9
+                    res[f"rdk_produce_{name}"].append(mbs)
+                    res[f"rdk_produce_{name}_broker_cpu_s_per_gb"].append(
+                        (_cpu_seconds(broker.proc.pid) - cpu0) / gb
+                    )
+                    print(
+                        f"round {r + 1}: rdkafka_performance {name}: {mbs:.1f} MB/s, broker "
+                        f"{res[f'rdk_produce_{name}_broker_cpu_s_per_gb'][-1]:.2f} CPU s/GB",
+                        flush=True,
+                    )
                 cpu0 = _cpu_seconds(broker.proc.pid)
                 secs = asyncio.run(storm(broker.ports["SASL_SSL"], ctx, salted, a.concurrency))
                 cpu_ms = (_cpu_seconds(broker.proc.pid) - cpu0) * 1000 / a.sites
@@ -237,6 +290,10 @@ def main() -> None:
     out["consume_ratio_median"] = {
         "value": out["consume_ssl"]["median"] / out["consume_plain"]["median"]
     }
+    if a.rdkafka_performance:
+        out["rdk_produce_ratio_median"] = {
+            "value": out["rdk_produce_ssl"]["median"] / out["rdk_produce_plain"]["median"]
+        }
     text = json.dumps({"rounds": res, "summary": out}, indent=2)
     print(text)
     if a.json:
