@@ -199,7 +199,7 @@ class MetaStore:
                 "idle_in_transaction_session_timeout": "2000",
                 "application_name": "shoal",
             }
-        engine = create_async_engine(engine_url(url, create), connect_args=connect_args)
+        engine = create_async_engine(target, connect_args=connect_args)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         store = cls(engine)
