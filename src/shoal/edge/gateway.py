@@ -36,6 +36,7 @@ from shoal.edge.mqtt import MqttIngest
 from shoal.edge.pacing import PriorityScheduler
 from shoal.edge.state import StateStore
 from shoal.edge.uplink import Forwarder, Uplink
+from shoal.logs import flush_summaries
 from shoal.protocol.headers import RequestHeader
 from shoal.protocol.records import read_header
 from shoal.storage.errors import StorageError
@@ -706,3 +707,4 @@ async def run_gateway(config: EdgeConfig, ready: asyncio.Event | None = None) ->
         await stop.wait()
     finally:
         await gw.stop()
+        flush_summaries()  # what the rate limiter held back, as `shoal serve` does
