@@ -13,6 +13,7 @@ import click
 
 from shoal.meta.cluster import ClusterStore
 from shoal.meta.store import MetaError, MetaStore, now_ms
+from shoal.tools.options import format_option
 
 T = TypeVar("T")
 
@@ -120,7 +121,7 @@ def cluster() -> None:
 
 @cluster.command()
 @_metadata
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@format_option()
 def status(metadata: str, fmt: str) -> None:
     """Brokers with their leases, partition counts and load; the controller.
 

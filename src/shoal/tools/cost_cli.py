@@ -28,7 +28,7 @@ from shoal.tools.cost import (
     load_prices,
     load_profile,
 )
-from shoal.tools.options import console
+from shoal.tools.options import console, format_option
 
 MATPLOTLIB_PIN = "matplotlib>=3.11,<4"
 SHORT_LABELS = {"shared_nothing": "RF=3", "tiered": "tiered", "shared_storage": "Shoal"}
@@ -245,14 +245,7 @@ def build_report(profile_path: Path, prices_path: Path | None) -> CostReport:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Price overrides (TOML, same layout as the packaged sheet); wins over [prices].",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Human table or JSON for machines.",
-)
+@format_option()
 @click.option(
     "--chart",
     "chart_path",

@@ -16,6 +16,7 @@ from shoal.tools import scorecard as sc
 from shoal.tools.options import (
     bootstrap_option,
     console,
+    format_option,
     parse_bootstrap,
     parse_client_settings,
 )
@@ -75,13 +76,7 @@ def _security(kw: dict[str, Any]) -> SecurityOptions:
 
 @click.command(name="scorecard")
 @bootstrap_option()
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-)
+@format_option()
 @click.option(
     "--timeout",
     type=click.FloatRange(min=1),

@@ -89,9 +89,7 @@ def storage() -> None:
 @click.option("--metadata", metavar="URL", help="Metadata store URL.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE")
 @click.option("--metrics", metavar="HOST:PORT", help="A broker's metrics.listen, for cache hits.")
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+@options.format_option()
 def stats(
     data_dir: str | None,
     objects: str | None,
