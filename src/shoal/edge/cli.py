@@ -58,14 +58,13 @@ def edge(ctx: click.Context, config_file: str | None, log_level: str) -> None:
 
     configure_logging(log_level)
     from shoal.edge.gateway import run_gateway
-    from shoal.edge.integrity import GatewayRunning
     from shoal.edge.state import SiteMismatch
     from shoal.meta.store import MetaError
     from shoal.storage.errors import StorageError
 
     try:
         run_async(run_gateway(cfg))
-    except (GatewayRunning, SiteMismatch, StorageError, MetaError, ConfigError) as exc:
+    except (SiteMismatch, StorageError, MetaError, ConfigError) as exc:
         click.echo(f"shoal edge: cannot start: {exc}", err=True)
         sys.exit(1)
     except OSError as exc:
@@ -218,7 +217,7 @@ def check(
     2 when the check could not run (the gateway is running, say).
     """
     cfg = _load(config_file or ctx.obj.get("config"))
-    from shoal.edge.integrity import GatewayRunning, check_log, data_dir_lock
+    from shoal.edge.integrity import check_log, data_dir_lock
     from shoal.storage.errors import StorageError
 
     # Read-only where there is nothing: a wrong data_dir must not be created
@@ -242,7 +241,7 @@ def check(
             report = asyncio.run(
                 check_log(cfg.log_dir, cfg.data_dir / "quarantine", repair=repair, deep=True)
             )
-    except (GatewayRunning, StorageError) as exc:
+    except StorageError as exc:
         click.echo(f"shoal edge check: {exc}", err=True)
         sys.exit(2)
     if as_json or fmt == "json":

@@ -43,27 +43,18 @@ from shoal.meta.store import MetaStore
 from shoal.protocol.records import CRC_START, batch_spans, read_header
 from shoal.storage.errors import CorruptObject
 from shoal.storage.format import BlockBuilder, BlockEntry, decode_object, encode_object
-from shoal.storage.localdirs import DirectoryLocked, locked
+from shoal.storage.localdirs import locked
 
 log = logging.getLogger("shoal.edge.integrity")
 
 
-class GatewayRunning(Exception):
-    pass
-
-
 @contextmanager
 def data_dir_lock(data_dir: Path) -> Iterator[None]:
-    """One gateway (or one `shoal edge check`) per data directory; the error
-    names the holder's pid. Raises NotWritable when the directory refuses."""
-    try:
-        with locked(data_dir, "data directory"):
-            yield
-    except DirectoryLocked as exc:
-        holder = f"pid {exc.pid}" if exc.pid else "another process"
-        raise GatewayRunning(
-            f"{data_dir} is in use by a running gateway ({holder}; stop it first)"
-        ) from None
+    """One gateway (or one `shoal edge check`) per data directory. Raises
+    DirectoryLocked naming the holder's pid, or NotWritable when the directory
+    refuses (both StorageErrors)."""
+    with locked(data_dir, "data directory"):
+        yield
 
 
 @dataclass(slots=True)
