@@ -4,6 +4,8 @@ INVALID_TIMESTAMP and their indexes in record_errors."""
 
 from __future__ import annotations
 
+import gzip
+import struct
 import time
 import uuid
 
@@ -14,7 +16,14 @@ from kio.schema.errors import ErrorCode
 
 from harness import BrokerProcess
 from shoal.protocol.batches import GZIP, LZ4, NONE, SNAPPY, ZSTD, build_batch, decode_records
-from shoal.protocol.records import CRC_START, read_header
+from shoal.protocol.recompress import recompress, timestamp_violations
+from shoal.protocol.records import (
+    CRC_START,
+    HEADER_SIZE,
+    read_header,
+    record_timestamps,
+    validate_produce,
+)
 from wire import RawClient, create_topic, fetch_request, produce
 
 TIMEOUT = 15.0
@@ -182,3 +191,24 @@ def test_a_batch_too_large_once_recompressed_is_refused(broker: BrokerProcess) -
     assert stored_batches(broker, topic) == []
     small = build_batch([(now, b"k", b"x" * 1000, [])], compression=GZIP)
     assert produce(broker.bootstrap, topic, small).error_code == ErrorCode.none
+
+
+def test_gzip_of_several_members_recompresses_whole() -> None:
+    """The validator reads every gzip member, as Java does; so must recompression
+    and the timestamp walk (zlib alone stopped after the first member: a stored
+    batch with half its records, and an IndexError on produce)."""
+    now = int(time.time() * 1000)
+    recs = [(now - (HOUR if i == 4 else 0), f"k{i}".encode(), b"v" * 30, []) for i in range(6)]
+    plain = build_batch(recs)
+    body = plain[HEADER_SIZE:]
+    two = bytearray(plain[:HEADER_SIZE]) + gzip.compress(body[:100]) + gzip.compress(body[100:])
+    struct.pack_into(">i", two, 8, len(two) - 12)
+    struct.pack_into(">h", two, 21, GZIP)
+    struct.pack_into(">I", two, 17, crc32c.crc32c(bytes(two[CRC_START:])))
+    vb = validate_produce(bytes(two), 1 << 20, api_version=9)
+
+    assert [ts for _o, ts in record_timestamps(vb.data) or ()] == [r[0] for r in recs]
+    assert [i for i, _m in timestamp_violations(vb, now, 60_000, HOUR)] == [4]
+    out = recompress(vb, LZ4)
+    assert read_header(out.data).compression == LZ4
+    assert [(r.key, r.timestamp) for r in decode_records(out.data)] == [(k, t) for t, k, *_ in recs]

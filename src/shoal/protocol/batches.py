@@ -1,12 +1,12 @@
 """Build and decode record batch v2 records (sans-IO).
 
-The broker never needs this: it treats batches as opaque bytes. The edge
-gateway does: it turns MQTT and HTTP messages into batches for its local log,
-and decodes local batches to forward each record (with an origin header) to
-the central cluster. Building is the ingest hot path, so records are encoded
-with cached varints and joined once; decoding supports every Kafka codec
-(gzip from the standard library; snappy, lz4 and zstd through `cramjam` when it
-is installed).
+The broker's produce and fetch paths treat batches as opaque bytes; only
+recompression (compression.type), timestamp lookups and key compaction decode
+them. The edge gateway does: it turns MQTT and HTTP messages into batches for
+its local log, and decodes local batches to forward each record (with an origin
+header) to the central cluster. Building is the ingest hot path, so records are
+encoded with cached varints and joined once; decoding supports every Kafka codec
+(through `cramjam`; gzip is compressed with the standard library).
 """
 
 from __future__ import annotations
@@ -244,9 +244,11 @@ def compress(codec: int, data: bytes) -> bytes:
 
 def decompress(codec: int, data: bytes | memoryview) -> bytes:
     try:
-        if codec == GZIP:
-            return zlib.decompress(bytes(data), 16 + zlib.MAX_WBITS)
         cj = _cramjam()
+        if codec == GZIP:
+            # every gzip member, as Java's GZIPInputStream and the produce
+            # validator (recordcheck) read them; zlib.decompress stops after one
+            return bytes(cj.gzip.decompress(data))  # type: ignore[attr-defined]
         if codec == SNAPPY:
             raw = bytes(data)
             if raw.startswith(_XERIAL_MAGIC):

@@ -23,7 +23,7 @@ from shoal.protocol.records import (
     TIMESTAMP_TYPE_BIT,
     ValidatedBatch,
     read_header,
-    read_varint,
+    record_timestamps,
 )
 
 _LENGTH = struct.Struct(">i")
@@ -66,23 +66,6 @@ def recompress(batch: ValidatedBatch, codec: int, level: int | None = None) -> V
     return ValidatedBatch(memoryview(new), read_header(new), batch.first_null_key)
 
 
-def record_timestamps(batch: ValidatedBatch) -> list[int]:
-    """Each record's timestamp (the batch was validated: records are well formed)."""
-    h = batch.header
-    body: bytes | memoryview = batch.data[HEADER_SIZE : h.size]
-    if h.compression:
-        body = batches.decompress(h.compression, body)
-    out = []
-    pos = 0
-    for _ in range(h.records_count):
-        length, pos = read_varint(body, pos)
-        end = pos + length
-        delta, _ = read_varint(body, pos + 1)  # after the attributes byte
-        out.append(h.base_timestamp + delta)
-        pos = end
-    return out
-
-
 def timestamp_violations(
     batch: ValidatedBatch, now_ms: int, before_max_ms: int, after_max_ms: int
 ) -> list[tuple[int, str]]:
@@ -99,6 +82,6 @@ def timestamp_violations(
     window = f"[{lo}, {hi}]"
     return [
         (i, f"timestamp {ts} of record {i} is out of range: it must be within {window}")
-        for i, ts in enumerate(record_timestamps(batch))
+        for i, (_offset, ts) in enumerate(record_timestamps(batch.data) or ())
         if ts != NO_TIMESTAMP and not lo <= ts <= hi
     ]

@@ -323,19 +323,20 @@ def read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
 
 
 def record_timestamps(batch: bytes | memoryview) -> list[tuple[int, int]] | None:
-    """(offset, timestamp) of each record, for timestamp lookups (ListOffsets),
-    never for produce or fetch. None when the batch is compressed with a codec
-    we do not decode, in which case callers fall back to batch granularity."""
-    import zlib
+    """(offset, timestamp) of each record, for timestamp lookups (ListOffsets)
+    and the CreateTime window on produce (recompress.py). None when the records
+    do not decompress, in which case callers fall back to batch granularity."""
+    from shoal.protocol.batches import BatchDecodeError, decompress  # batches imports us
 
     header = read_header(batch)
-    body: bytes | memoryview = memoryview(batch)[HEADER_SIZE : header.size]
-    if header.compression == 1:
-        body = zlib.decompress(bytes(body), 16 + zlib.MAX_WBITS)
-    elif header.compression != 0:
-        return None
     if header.attributes & TIMESTAMP_TYPE_BIT:
         return [(header.base_offset + i, header.max_timestamp) for i in range(header.records_count)]
+    body: bytes | memoryview = memoryview(batch)[HEADER_SIZE : header.size]
+    if header.compression:
+        try:
+            body = decompress(header.compression, body)
+        except BatchDecodeError:
+            return None
     out = []
     pos = 0
     for _ in range(header.records_count):
