@@ -18,6 +18,7 @@ from shoal.tools.options import (
     KafkaClients,
     bootstrap_option,
     client_errors,
+    known_partitions,
     parse_settings,
     parse_timestamp,
     settings_option,
@@ -26,19 +27,6 @@ from shoal.tools.options import (
 
 _PLACEHOLDER = re.compile(r"%[tpokKsSTh%]|\\[nrt\\]")
 _ESCAPES = {"\\n": b"\n", "\\r": b"\r", "\\t": b"\t", "\\\\": b"\\", "%%": b"%"}
-
-
-def _check_topic(k: KafkaClients, topic: str, partitions: list[int] | None) -> list[int]:
-    """The topic's partitions (all, or those asked for); unknown ones are errors."""
-    metadata = k.metadata()
-    meta = metadata.topics.get(topic)
-    if meta is None or meta.error is not None:
-        raise click.ClickException(f"unknown topic {topic!r} at {k.bootstrap}")
-    have = sorted(meta.partitions)
-    for p in partitions or []:
-        if p not in meta.partitions:
-            raise click.ClickException(f"topic {topic!r} has no partition {p} (it has {len(have)})")
-    return sorted(set(partitions)) if partitions else have
 
 
 def _records(
@@ -104,7 +92,7 @@ def produce(
     if separator == "":
         raise click.BadParameter("must not be empty", param_hint="'--key-separator'")
     k = KafkaClients(bootstrap, extra, timeout)
-    _check_topic(k, topic, [partition] if partition is not None else None)
+    known_partitions(k, k.metadata(), topic, [partition] if partition is not None else None)
     producer = k.producer(**{"enable.idempotence": True})
     sent = failed = 0
     first_error: list[str] = []
@@ -288,7 +276,7 @@ def consume(
     if group is not None and partitions:
         raise click.UsageError("--partition needs no --group (a group assigns partitions)")
     k = KafkaClients(bootstrap, extra, timeout)
-    parts = _check_topic(k, topic, list(partitions))
+    parts = known_partitions(k, k.metadata(), topic, list(partitions))
     conf: dict[str, Any] = {
         "group.id": group or "shoal-consume",
         "enable.auto.commit": group is not None,

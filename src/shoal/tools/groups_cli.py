@@ -23,6 +23,7 @@ from shoal.tools.options import (
     client_errors,
     console,
     format_option,
+    known_partitions,
     parse_datetime,
     parse_topic_partitions,
     settings_option,
@@ -242,19 +243,11 @@ def topic_partitions(k: KafkaClients, wanted: dict[str, list[int] | None]) -> li
     """(topic, partition) pairs named by --topic T[:P,...], checked against the
     cluster's metadata: an unknown topic or partition is an error, not a no-op."""
     metadata = k.metadata()
-    out: list[tuple[str, int]] = []
-    for topic, parts in wanted.items():
-        meta = metadata.topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise click.ClickException(f"unknown topic {topic!r} at {k.bootstrap}")
-        have = sorted(meta.partitions)
-        for p in parts if parts is not None else have:
-            if p not in meta.partitions:
-                raise click.ClickException(
-                    f"topic {topic!r} has no partition {p} (it has {len(have)})"
-                )
-            out.append((topic, p))
-    return sorted(out)
+    return sorted(
+        (topic, p)
+        for topic, parts in wanted.items()
+        for p in known_partitions(k, metadata, topic, parts)
+    )
 
 
 def reset_plan(

@@ -236,6 +236,27 @@ class KafkaClients:
                 )
 
 
+def known_topic(k: KafkaClients, metadata: Any, topic: str) -> Any:
+    """TOPIC's metadata; an unknown topic is an error, not a no-op."""
+    meta = metadata.topics.get(topic)
+    if meta is None or meta.error is not None:
+        raise click.ClickException(f"unknown topic {topic!r} at {k.bootstrap}")
+    return meta
+
+
+def known_partitions(
+    k: KafkaClients, metadata: Any, topic: str, wanted: list[int] | None = None
+) -> list[int]:
+    """TOPIC's partitions, all of them or those `wanted`; an unknown topic or
+    partition is an error."""
+    meta = known_topic(k, metadata, topic)
+    have = sorted(meta.partitions)
+    for p in wanted or []:
+        if p not in meta.partitions:
+            raise click.ClickException(f"topic {topic!r} has no partition {p} (it has {len(have)})")
+    return sorted(set(wanted)) if wanted else have
+
+
 def kafka_error_text(exc: BaseException) -> str:
     """The message of a KafkaException without the KafkaError{...} wrapper."""
     err: Any = exc.args[0] if exc.args else None

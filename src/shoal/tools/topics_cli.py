@@ -21,6 +21,7 @@ from shoal.tools.options import (
     client_errors,
     console,
     format_option,
+    known_topic,
     parse_settings,
     settings_option,
     timeout_option,
@@ -46,20 +47,9 @@ def _config_option(f: F) -> F:
     )(f)
 
 
-def _metadata(k: KafkaClients) -> Any:
-    return k.metadata()
-
-
-def _topic_meta(k: KafkaClients, metadata: Any, topic: str) -> Any:
-    meta = metadata.topics.get(topic)
-    if meta is None or meta.error is not None:
-        raise click.ClickException(f"unknown topic {topic!r} at {k.bootstrap}")
-    return meta
-
-
 def list_topics(k: KafkaClients) -> list[dict[str, Any]]:
     """Every topic with its partition count and replication factor."""
-    metadata = _metadata(k)
+    metadata = k.metadata()
     rows = []
     for name in sorted(metadata.topics):
         meta = metadata.topics[name]
@@ -103,8 +93,8 @@ def describe_topic(k: KafkaClients, topic: str) -> dict[str, Any]:
 
     from shoal.tools.groups_cli import list_offsets
 
-    metadata = _metadata(k)
-    meta = _topic_meta(k, metadata, topic)
+    metadata = k.metadata()
+    meta = known_topic(k, metadata, topic)
     keys = [(topic, p) for p in sorted(meta.partitions)]
     starts = list_offsets(k, keys, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
     ends = list_offsets(k, keys, OffsetSpec.latest())  # type: ignore[no-untyped-call]
@@ -308,7 +298,7 @@ def alter_command(
     if partitions is None and not configs and not deleted:
         raise click.UsageError("nothing to change: give --partitions, --config or --delete-config")
     k = KafkaClients(bootstrap, extra, timeout)
-    meta = _topic_meta(k, _metadata(k), topic)
+    meta = known_topic(k, k.metadata(), topic)
     if partitions is not None and partitions != len(meta.partitions):
         if partitions < len(meta.partitions):
             raise click.ClickException(
@@ -361,9 +351,9 @@ def delete_command(
     from confluent_kafka import KafkaException
 
     k = KafkaClients(bootstrap, extra, timeout)
-    metadata = _metadata(k)
+    metadata = k.metadata()
     for name in names:
-        _topic_meta(k, metadata, name)
+        known_topic(k, metadata, name)
     if not yes:
         click.confirm(
             f"delete {len(names)} topic(s) and all their records: {', '.join(names)}?",
