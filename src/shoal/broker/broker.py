@@ -23,15 +23,11 @@ from shoal.producer.ids import ProducerIdAllocator
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.security.acls import AclBinding, AclOperation, ResourceType
 from shoal.security.audit import AuditLog, Who
-from shoal.security.authorizer import (
-    AclSync,
-    Authorizer,
-    parse_super_users,
-    peer_host,
-)
-from shoal.security.credentials import CredentialCache, CredentialSync
+from shoal.security.authorizer import Authorizer, parse_super_users, peer_host
+from shoal.security.credentials import CredentialCache
 from shoal.security.listeners import resolve_listeners
-from shoal.security.quotas import Entity, Quotas, QuotaSync
+from shoal.security.quotas import Entity, Quotas
+from shoal.security.sync import VersionPoller
 from shoal.storage.compaction import CompactionConfig
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.streams import EngineConfig, StreamEngine
@@ -89,7 +85,8 @@ class Broker:
         self.acl_store = AclStore(meta)
         credential_store = SecurityStore(meta)
         self.credentials = CredentialCache()
-        self.credential_sync = CredentialSync(
+        self.credential_sync = VersionPoller(
+            "SCRAM credentials",
             self.credentials,
             credential_store.version,
             credential_store.load_all,
@@ -105,7 +102,8 @@ class Broker:
             parse_super_users(config["super.users"]),
             bool(config["allow.everyone.if.no.acl.found"]),
         )
-        self.acl_sync = AclSync(
+        self.acl_sync: VersionPoller[list[AclBinding]] = VersionPoller(
+            "ACLs",
             self.authorizer,
             self.acl_store.version,
             self.load_acls,
@@ -115,7 +113,8 @@ class Broker:
         self.quotas = Quotas(
             int(config["quota.window.num"]), float(config["quota.window.size.seconds"])
         )
-        self.quota_sync = QuotaSync(
+        self.quota_sync = VersionPoller(
+            "client quotas",
             self.quotas,
             self.quota_store.version,
             self.load_quotas,
@@ -201,22 +200,12 @@ class Broker:
         version, rows = await self.acl_store.load()
         return version, [AclBinding.of(*row) for row in rows]
 
-    async def acls_changed(self, version: int) -> None:
-        """After this broker changed the stored ACLs: apply them at once."""
-        if version != self.authorizer.version:
-            await self.acl_sync.refresh()
-
     async def load_quotas(self) -> tuple[int, dict[Entity, dict[str, float]]]:
         version, rows = await self.quota_store.load()
         configs: dict[Entity, dict[str, float]] = {}
         for entity, key, value in rows:
             configs.setdefault(Entity.from_key(entity), {})[key] = value
         return version, configs
-
-    async def quotas_changed(self, version: int) -> None:
-        """After this broker changed the stored quotas: apply them at once."""
-        if version != self.quotas.version:
-            await self.quota_sync.refresh()
 
     def authorize(
         self,

@@ -16,7 +16,7 @@ index and drops the cache.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from shoal.security.acls import (
@@ -29,7 +29,6 @@ from shoal.security.acls import (
     Permission,
     ResourceType,
 )
-from shoal.security.sync import VersionPoller
 
 log = logging.getLogger("shoal.authorizer")
 
@@ -193,26 +192,6 @@ class Authorizer:
             elif acl.operation == AclOperation.ALL or acl.operation in allow_ops:
                 allowed = True
         return allowed
-
-
-class AclSync(VersionPoller):
-    """Keeps a broker's authorizer in step with the metadata store."""
-
-    def __init__(
-        self,
-        authorizer: Authorizer,
-        version: Callable[[], Awaitable[int]],
-        load: Callable[[], Awaitable[tuple[int, list[AclBinding]]]],
-        interval_s: float = 0.5,
-    ) -> None:
-        self.authorizer = authorizer
-
-        async def reload() -> str:
-            stored, acls = await load()
-            authorizer.replace(acls, stored)
-            return f"{len(acls)} ACLs at version {stored}"
-
-        super().__init__("ACLs", lambda: authorizer.version, version, reload, interval_s)
 
 
 def peer_host(peer: str) -> str:

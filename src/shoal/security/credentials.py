@@ -9,10 +9,7 @@ looked up in the store, so a credential written a moment ago still works."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from shoal.security.scram import ScramCredential
-from shoal.security.sync import VersionPoller
 
 Credentials = dict[str, ScramCredential]  # mechanism -> credential
 
@@ -36,21 +33,3 @@ class CredentialCache:
 
     def __len__(self) -> int:
         return len(self._users)
-
-
-class CredentialSync(VersionPoller):
-    def __init__(
-        self,
-        cache: CredentialCache,
-        version: Callable[[], Awaitable[int]],
-        load: Callable[[], Awaitable[tuple[int, dict[str, Credentials]]]],
-        interval_s: float = 0.5,
-    ) -> None:
-        self.cache = cache
-
-        async def reload() -> str:
-            stored, users = await load()
-            cache.replace(users, stored)
-            return f"{len(users)} users at version {stored}"
-
-        super().__init__("SCRAM credentials", lambda: cache.version, version, reload, interval_s)

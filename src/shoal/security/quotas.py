@@ -16,8 +16,8 @@ rate of their own). Rates are Kafka's: `quota.window.num` samples of
 span (at least `num - 1` whole windows); a client over its bound is throttled
 for the time that brings its rate back to the bound.
 
-Sans-IO apart from `QuotaSync`, which polls the metadata store's version
-counter as `AclSync` does for ACLs.
+Sans-IO: the broker keeps `Quotas` in step with the metadata store through a
+`VersionPoller` (security/sync.py), as it does for ACLs.
 """
 
 from __future__ import annotations
@@ -25,10 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-
-from shoal.security.sync import VersionPoller
 
 log = logging.getLogger("shoal.quotas")
 
@@ -322,26 +320,6 @@ def describe(
         out.append((entity, dict(values)))
     out.sort(key=lambda ev: ev[0].key())
     return out
-
-
-class QuotaSync(VersionPoller):
-    """Keeps a broker's client quotas in step with the metadata store."""
-
-    def __init__(
-        self,
-        quotas: Quotas,
-        version: Callable[[], Awaitable[int]],
-        load: Callable[[], Awaitable[tuple[int, dict[Entity, dict[str, float]]]]],
-        interval_s: float = 0.5,
-    ) -> None:
-        self.quotas = quotas
-
-        async def reload() -> str:
-            stored, configs = await load()
-            quotas.replace(configs, stored)
-            return f"{len(configs)} entities at version {stored}"
-
-        super().__init__("client quotas", lambda: quotas.version, version, reload, interval_s)
 
 
 #: requests a request_percentage quota never throttles (Kafka exempts them:

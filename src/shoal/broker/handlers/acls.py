@@ -73,7 +73,7 @@ async def handle_create_acls(
         results.append((ErrorCode.none, None))
     if valid:
         version = await broker.acl_store.create([AclRow(*acl) for acl in valid])
-        await broker.acls_changed(version)
+        await broker.acl_sync.applied(version)
         for acl in valid:
             log.info("ACL created by %s: %s", client, describe(acl))
             broker.audit.admin(
@@ -159,7 +159,7 @@ async def handle_delete_acls(
     matched: list[list[AclRow]] = []
     if filters:
         version, matched = await broker.acl_store.delete([_predicate(f) for f in filters])
-        await broker.acls_changed(version)
+        await broker.acl_sync.applied(version)
         for row in {row for rows in matched for row in rows}:
             acl = AclBinding.of(*row)
             log.info("ACL deleted by %s: %s", client, describe(acl))

@@ -107,7 +107,7 @@ async def handle_alter_client_quotas(
         ops.extend((entity.key(), k, v) for k, v in change.items())
     if ops and not body.validate_only:
         version = await broker.quota_store.alter(ops)
-        await broker.quotas_changed(version)
+        await broker.quota_sync.applied(version)
     for entity, change in changes:
         log.info(
             "client quotas of %s altered by %s: %s%s",
