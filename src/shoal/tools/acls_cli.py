@@ -26,12 +26,10 @@ from shoal.security.acls import (
 )
 from shoal.tools.options import (
     KafkaClients,
-    bootstrap_option,
     client_errors,
+    cluster_options,
     console,
     format_option,
-    settings_option,
-    timeout_option,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,12 +46,6 @@ def _ca() -> Any:
     import importlib
 
     return importlib.import_module("confluent_kafka.admin")
-
-
-def _common(f: F) -> F:
-    for option in reversed([bootstrap_option(), timeout_option(), settings_option()]):
-        f = option(f)
-    return f
 
 
 def _resource_options(f: F) -> F:
@@ -167,7 +159,7 @@ def acls() -> None:
 
 
 @acls.command("list")
-@_common
+@cluster_options
 @format_option()
 @_resource_options
 @click.option(
@@ -203,7 +195,7 @@ def list_acls(
 
 
 @acls.command("add")
-@_common
+@cluster_options
 @_resource_options
 @click.option(
     "--principal", required=True, callback=_principal, metavar="TYPE:NAME", help="e.g. User:plant-7"
@@ -268,7 +260,7 @@ def add_acls(
 
 
 @acls.command("remove")
-@_common
+@cluster_options
 @format_option()
 @_resource_options
 @click.option(

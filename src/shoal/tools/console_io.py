@@ -18,6 +18,7 @@ from shoal.tools.options import (
     KafkaClients,
     bootstrap_option,
     client_errors,
+    cluster_options,
     known_partitions,
     parse_settings,
     parse_timestamp,
@@ -251,9 +252,7 @@ def _start_offsets(
     help="json, or kcat placeholders: %t topic %p partition %o offset %k key %s value "
     "%T timestamp (ms) %h headers %K/%S key/value length; \\n \\t escapes.",
 )
-@bootstrap_option()
-@timeout_option()
-@settings_option()
+@cluster_options
 @client_errors
 def consume(
     topic: str,

@@ -12,25 +12,20 @@ in Kafka's tool.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from shoal.tools.options import (
     KafkaClients,
-    bootstrap_option,
     client_errors,
+    cluster_options,
     console,
     format_option,
     known_partitions,
     parse_datetime,
     parse_topic_partitions,
-    settings_option,
-    timeout_option,
 )
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 STATES = {
     "PREPARING_REBALANCING": "PreparingRebalance",
@@ -44,13 +39,6 @@ STATES = {
 def _state(value: Any) -> str:
     name = getattr(value, "name", str(value))
     return STATES.get(name, name.title())
-
-
-def _common(f: F) -> F:
-    options = [bootstrap_option(), format_option(), timeout_option(), settings_option()]
-    for option in reversed(options):
-        f = option(f)
-    return f
 
 
 def list_groups(k: KafkaClients) -> list[dict[str, Any]]:
@@ -176,7 +164,8 @@ def groups() -> None:
 
 
 @groups.command("list")
-@_common
+@cluster_options
+@format_option()
 @client_errors
 def list_command(bootstrap: str, fmt: str, timeout: float, extra: dict[str, str]) -> None:
     """List consumer groups with their state and member count."""
@@ -198,7 +187,8 @@ def list_command(bootstrap: str, fmt: str, timeout: float, extra: dict[str, str]
 
 @groups.command("describe")
 @click.argument("group")
-@_common
+@cluster_options
+@format_option()
 @client_errors
 def describe_command(
     group: str, bootstrap: str, fmt: str, timeout: float, extra: dict[str, str]
@@ -333,7 +323,8 @@ def _require_empty(k: KafkaClients, group: str, action: str) -> Any:
 @click.option("--to-offset", type=int, metavar="N", help="To offset N (clamped to the log).")
 @click.option("--shift-by", type=int, metavar="N", help="Committed offset plus N (may be < 0).")
 @click.option("--execute", is_flag=True, help="Apply the plan (default: print it only).")
-@_common
+@cluster_options
+@format_option()
 @client_errors
 def reset_offsets_command(
     group: str,
@@ -425,9 +416,7 @@ def _apply(k: KafkaClients, group: str, rows: list[dict[str, Any]]) -> None:
 
 @groups.command("delete")
 @click.argument("group_ids", metavar="GROUP...", nargs=-1, required=True)
-@bootstrap_option()
-@timeout_option()
-@settings_option()
+@cluster_options
 @client_errors
 def delete_command(
     group_ids: tuple[str, ...], bootstrap: str, timeout: float, extra: dict[str, str]
@@ -466,9 +455,7 @@ def delete_command(
     callback=parse_topic_partitions,
     help="Topic, or some of its partitions (repeatable).",
 )
-@bootstrap_option()
-@timeout_option()
-@settings_option()
+@cluster_options
 @client_errors
 def delete_offsets_command(
     group: str,

@@ -126,6 +126,13 @@ def timeout_option(default: float = 15.0) -> Callable[[F], F]:
     )
 
 
+def cluster_options(f: F) -> F:
+    """--bootstrap, --timeout and -X, for every command that talks to a cluster."""
+    for option in reversed([bootstrap_option(), timeout_option(), settings_option()]):
+        f = option(f)
+    return f
+
+
 _QUIET = logging.getLogger("shoal.tools.librdkafka")
 _QUIET.addHandler(logging.NullHandler())
 _QUIET.propagate = False

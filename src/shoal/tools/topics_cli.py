@@ -17,23 +17,15 @@ import click
 
 from shoal.tools.options import (
     KafkaClients,
-    bootstrap_option,
     client_errors,
+    cluster_options,
     console,
     format_option,
     known_topic,
     parse_settings,
-    settings_option,
-    timeout_option,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _common(f: F) -> F:
-    for option in reversed([bootstrap_option(), timeout_option(), settings_option()]):
-        f = option(f)
-    return f
 
 
 def _config_option(f: F) -> F:
@@ -146,7 +138,7 @@ def topics() -> None:
 
 
 @topics.command("list")
-@_common
+@cluster_options
 @format_option()
 @client_errors
 def list_command(bootstrap: str, timeout: float, extra: dict[str, str], fmt: str) -> None:
@@ -169,7 +161,7 @@ def list_command(bootstrap: str, timeout: float, extra: dict[str, str], fmt: str
 @topics.command("describe")
 @click.argument("names", metavar="TOPIC...", nargs=-1, required=True)
 @click.option("--all-configs", is_flag=True, help="Show default configs too (table only).")
-@_common
+@cluster_options
 @format_option()
 @client_errors
 def describe_command(
@@ -230,7 +222,7 @@ def describe_command(
 @click.option("--replication-factor", type=click.IntRange(min=1), default=1, show_default=True)
 @_config_option
 @click.option("--if-not-exists", is_flag=True, help="Succeed if the topic exists already.")
-@_common
+@cluster_options
 @client_errors
 def create_command(
     topic: str,
@@ -275,7 +267,7 @@ def create_command(
     metavar="KEY",
     help="Back to the default for KEY (repeatable).",
 )
-@_common
+@cluster_options
 @client_errors
 def alter_command(
     topic: str,
@@ -342,7 +334,7 @@ def alter_command(
 @topics.command("delete")
 @click.argument("names", metavar="TOPIC...", nargs=-1, required=True)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@_common
+@cluster_options
 @client_errors
 def delete_command(
     names: tuple[str, ...], yes: bool, bootstrap: str, timeout: float, extra: dict[str, str]
