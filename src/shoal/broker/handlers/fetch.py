@@ -51,9 +51,16 @@ async def handle_fetch(broker: Broker, client: Client, header: RequestHeader, bo
         for p in t.partitions
     ]
     rack = getattr(body, "rack_id", None) or None
+    # one decision (and at most one denial logged) per topic, as Kafka
+    denied = {
+        t
+        for t in {p.topic for p in parts}
+        if not broker.authorize(client, AclOperation.READ, ResourceType.TOPIC, t)
+    }
     for p in parts:
         try:
-            broker.require(client, AclOperation.READ, ResourceType.TOPIC, p.topic)
+            if p.topic in denied:
+                raise KafkaError(ErrorCode.topic_authorization_failed)
             topic, rec = broker.partition(p.topic, p.index)
             p.owned = broker.owns(rec)
             p.topic_id = topic.id

@@ -31,17 +31,19 @@ _Slot = tuple[str, int, "asyncio.Future[int] | ErrorCode | KafkaError", int, int
 
 async def handle_produce(broker: Broker, client: Client, header: RequestHeader, body: Any) -> Any:
     slots: list[_Slot] = []
-    if body.transactional_id is not None:
-        # Transactions come with their own issue; say so instead of storing
-        # batches whose markers would never arrive.
-        for td in body.topic_data:
-            for pd in td.partition_data:
-                slots.append(
-                    (td.name, pd.index, ErrorCode.transactional_id_authorization_failed, -1, None)
-                )
-    else:
-        for td in body.topic_data:
-            for pd in td.partition_data:
+    for td in body.topic_data:
+        refused: ErrorCode | None = None
+        if body.transactional_id is not None:
+            # Transactions come with their own issue; say so instead of storing
+            # batches whose markers would never arrive.
+            refused = ErrorCode.transactional_id_authorization_failed
+        elif not broker.authorize(client, AclOperation.WRITE, ResourceType.TOPIC, td.name):
+            # one decision (and at most one denial logged) per topic, as Kafka
+            refused = ErrorCode.topic_authorization_failed
+        for pd in td.partition_data:
+            if refused is not None:
+                slots.append((td.name, pd.index, refused, -1, None))
+            else:
                 slots.append(
                     await _append(broker, client, header.api_version, td.name, pd.index, pd.records)
                 )
@@ -63,8 +65,6 @@ async def _append(
     index: int,
     records: bytes | None,
 ) -> _Slot:
-    if not broker.authorize(client, AclOperation.WRITE, ResourceType.TOPIC, topic_name):
-        return topic_name, index, ErrorCode.topic_authorization_failed, -1, None
     try:
         topic, part = broker.partition(topic_name, index)
         broker.check_owner(part)
