@@ -124,9 +124,11 @@ def _filter(
     host: str | None,
     operation: str,
     permission: str,
+    binding: bool = False,
 ) -> Any:
+    """An AclBindingFilter; with binding=True, the AclBinding of those fields."""
     ca = _ca()
-    return ca.AclBindingFilter(
+    return (ca.AclBinding if binding else ca.AclBindingFilter)(
         ca.ResourceType(int(rtype)),
         name,
         ca.ResourcePatternType(int(PatternType[pattern.upper()])),
@@ -232,22 +234,13 @@ def add_acls(
     deny: bool,
 ) -> None:
     """Add one ACL per --operation for a principal on one resource."""
-    ca = _ca()
     rtype, name = _resource(topic, group, transactional_id, cluster)
     if name is None:
         raise click.UsageError("name a resource: --topic, --group, --transactional-id or --cluster")
     k = KafkaClients(bootstrap, extra, timeout)
-    permission = Permission.DENY if deny else Permission.ALLOW
+    permission = "deny" if deny else "allow"
     bindings = [
-        ca.AclBinding(
-            ca.ResourceType(int(rtype)),
-            name,
-            ca.ResourcePatternType(int(PatternType[pattern.upper()])),
-            principal,
-            host,
-            ca.AclOperation(int(AclOperation[op.upper()])),
-            ca.AclPermissionType(int(permission)),
-        )
+        _filter(rtype, name, pattern, principal, host, op, permission, binding=True)
         for op in dict.fromkeys(o.upper() for o in operations)
     ]
     for binding, fut in k.admin.create_acls(bindings, request_timeout=timeout).items():
