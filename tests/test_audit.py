@@ -148,3 +148,18 @@ def test_sasl_failure(broker: tuple[SecureBroker, Path]) -> None:
     assert isinstance(bad["error"], str) and "alice" in bad["error"]
     assert set(bad) == {*COMMON, "mechanism", "success", "error"}
     assert PASSWORD not in audit.read_text()
+
+
+def test_trail_is_not_a_broker_logger(tmp_path: Path) -> None:
+    """Broker-logger configs list and set every shoal.* logger: the audit
+    trail must not be one of them, or an ALTER_CONFIGS could silence it."""
+    from shoal.broker.handlers.configs import logger_entries
+    from shoal.security.audit import AuditLog
+
+    audit = AuditLog(str(tmp_path / "audit.log"))
+    try:
+        assert not [e.name for e in logger_entries() if "audit" in e.name]
+        audit.write("admin", None, action="x")
+    finally:
+        audit.close()
+    assert json.loads((tmp_path / "audit.log").read_text())["action"] == "x"

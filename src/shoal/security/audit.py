@@ -41,9 +41,10 @@ class AuditLog:
         self.enabled = bool(path)
         self.path = path
         self._listener: logging.handlers.QueueListener | None = None
-        self._log = logging.getLogger(f"shoal.audit.{id(self)}")
+        # Not registered with logging's manager: broker-logger configs (which
+        # list and set every shoal.* logger) cannot see or silence the trail.
+        self._log = logging.Logger("shoal.audit", logging.INFO)
         self._log.propagate = False
-        self._log.setLevel(logging.INFO)
         if not self.enabled:
             return
         handler = logging.handlers.RotatingFileHandler(
