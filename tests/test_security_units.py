@@ -5,6 +5,8 @@ against real client implementations (scramp's client), JWT validation."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -401,6 +403,17 @@ def test_session_gates_and_reauth() -> None:
 # -- start-up errors: one line naming the key, no traceback --------------------------
 
 
+def _serve(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """`shoal serve` with tmp_path/c.toml, expected to stop at once."""
+    cmd = [sys.executable, "-m", "shoal", "serve", "--data-dir", str(tmp_path / "d")]
+    return subprocess.run(
+        [*cmd, "--config", str(tmp_path / "c.toml"), *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.mark.parametrize(
     ("keys", "flags", "error"),
     [
@@ -429,27 +442,9 @@ def test_session_gates_and_reauth() -> None:
 def test_serve_refuses_bad_security_config(
     tmp_path: Path, keys: dict[str, str], flags: list[str], error: str
 ) -> None:
-    import subprocess
-    import sys
-
     cfg = tmp_path / "c.toml"
     cfg.write_text("".join(f'"{k}" = "{v}"\n' for k, v in keys.items()))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shoal",
-            "serve",
-            "--data-dir",
-            str(tmp_path / "d"),
-            "--config",
-            str(cfg),
-            *flags,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _serve(tmp_path, *flags)
     assert done.returncode != 0
     assert error in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
@@ -457,8 +452,6 @@ def test_serve_refuses_bad_security_config(
 
 def test_port_in_use_names_the_listener(tmp_path: Path) -> None:
     import socket
-    import subprocess
-    import sys
 
     from harness import free_port
 
@@ -471,21 +464,7 @@ def test_port_in_use_names_the_listener(tmp_path: Path) -> None:
             f'listeners = "PLAINTEXT://127.0.0.1:{free_port()},OTHER://127.0.0.1:{busy}"\n'
             'listener.security.protocol.map = "PLAINTEXT:PLAINTEXT,OTHER:PLAINTEXT"\n'
         )
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "shoal",
-                "serve",
-                "--data-dir",
-                str(tmp_path / "d"),
-                "--config",
-                str(cfg),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = _serve(tmp_path)
     assert done.returncode == 1
     assert f"cannot listen on OTHER://127.0.0.1:{busy}: " in done.stderr
     assert "already in use" in done.stderr.lower()
