@@ -39,18 +39,11 @@ def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> s
     """One HOST:PORT (the checks talk to that listener only)."""
     if value is None:
         return None
-    host, sep, port = value.rpartition(":")
-    if (
-        not sep
-        or "," in value
-        or not host.strip("[]")
-        or not port.isdigit()
-        or not 0 < int(port) < 65536
-    ):
+    if "," in value or ":" not in value:
         raise click.BadParameter(
             f"expected one HOST:PORT with a port in 1-65535, got {value!r}", ctx=ctx, param=param
         )
-    return value
+    return parse_bootstrap(ctx, param, value)
 
 
 def _security(kw: dict[str, Any]) -> SecurityOptions:

@@ -47,12 +47,8 @@ class SecurityOptions:
 _QUIET = logging.getLogger("shoal.scorecard.client")
 
 
-def _opts(ctx: _Ctx) -> SecurityOptions:
-    return ctx.security
-
-
 def _need(ctx: _Ctx, *names: str) -> SecurityOptions:
-    o = _opts(ctx)
+    o = ctx.security
     missing = [n for n in names if not getattr(o, n)]
     if missing:
         flags = ", ".join(
