@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import crc32c
 
+from shoal.protocol.recordcheck import snappy_chunks
 from shoal.protocol.records import (
     COMPRESSION_MASK,
     CONTROL_BIT,
@@ -35,7 +36,6 @@ Header = tuple[str, bytes | None]
 # attributes .. records count: the CRC-covered part of the batch header
 _AFTER_CRC = struct.Struct(">hiqqqhii")
 _PREFIX = struct.Struct(">qiibI")  # base offset, batch length, leader epoch, magic, crc
-_XERIAL_MAGIC = b"\x82SNAPPY\x00"
 
 
 class BatchDecodeError(ValueError):
@@ -250,18 +250,10 @@ def decompress(codec: int, data: bytes | memoryview) -> bytes:
             # validator (recordcheck) read them; zlib.decompress stops after one
             return bytes(cj.gzip.decompress(data))  # type: ignore[attr-defined]
         if codec == SNAPPY:
-            raw = bytes(data)
-            if raw.startswith(_XERIAL_MAGIC):
-                # Java clients frame snappy in xerial chunks: [len][chunk]...
-                out = bytearray()
-                pos = 16
-                while pos + 4 <= len(raw):
-                    n = int.from_bytes(raw[pos : pos + 4], "big")
-                    pos += 4
-                    out += bytes(cj.snappy.decompress_raw(raw[pos : pos + n]))  # type: ignore[attr-defined]
-                    pos += n
-                return bytes(out)
-            return bytes(cj.snappy.decompress_raw(raw))  # type: ignore[attr-defined]
+            return b"".join(
+                bytes(cj.snappy.decompress_raw(chunk))  # type: ignore[attr-defined]
+                for chunk in snappy_chunks(data)
+            )
         if codec == LZ4:
             return bytes(cj.lz4.decompress(bytes(data)))  # type: ignore[attr-defined]
         if codec == ZSTD:

@@ -289,29 +289,34 @@ def _scratch_of(size: int) -> memoryview:
     return memoryview(_scratch)[:size]
 
 
+def snappy_chunks(data: bytes | memoryview) -> list[memoryview]:
+    """The raw snappy blocks of a batch's records: the whole section, or, as
+    Java clients frame them, the xerial chunks (header, [int32 len][chunk]...)."""
+    raw = memoryview(data)
+    if raw[: len(_XERIAL_MAGIC)] != _XERIAL_MAGIC:
+        return [raw]
+    chunks = []
+    pos = _XERIAL_HEADER
+    n = len(raw)
+    if n < pos:
+        raise DecompressError("snappy: xerial header cut short")
+    while pos < n:
+        if n - pos < 4:
+            raise DecompressError("snappy: xerial chunk length cut short")
+        size = int.from_bytes(raw[pos : pos + 4], "big", signed=True)
+        pos += 4
+        if size < 0 or size > n - pos:
+            raise DecompressError(f"snappy: xerial chunk of {size} bytes runs past the end")
+        chunks.append(raw[pos : pos + size])
+        pos += size
+    return chunks
+
+
 def _snappy(data: bytes | memoryview, limit: int) -> memoryview:
     cj = _cramjam()
     sn = cj.snappy  # type: ignore[attr-defined]
-    raw = memoryview(data)
     try:
-        chunks: list[memoryview] = []
-        if raw[: len(_XERIAL_MAGIC)] != _XERIAL_MAGIC:
-            chunks.append(raw)
-        else:
-            # Java clients frame snappy in xerial chunks: header, [int32 len][chunk]...
-            pos = _XERIAL_HEADER
-            n = len(raw)
-            if n < pos:
-                raise DecompressError("snappy: xerial header cut short")
-            while pos < n:
-                if n - pos < 4:
-                    raise DecompressError("snappy: xerial chunk length cut short")
-                size = int.from_bytes(raw[pos : pos + 4], "big", signed=True)
-                pos += 4
-                if size < 0 or size > n - pos:
-                    raise DecompressError(f"snappy: xerial chunk of {size} bytes runs past the end")
-                chunks.append(raw[pos : pos + size])
-                pos += size
+        chunks = snappy_chunks(data)
         # each chunk states its decompressed length up front: check, then
         # decompress every chunk into its place in the reused buffer
         needs = [int(sn.decompress_raw_len(c)) for c in chunks]

@@ -17,6 +17,7 @@ import crc32c
 
 from shoal.protocol import recordcheck
 from shoal.protocol.errors import ErrorCode, KafkaError
+from shoal.protocol.recordcheck import ZSTD
 
 HEADER_SIZE = 61
 LOG_OVERHEAD = 12  # baseOffset + batchLength precede the length-counted part
@@ -37,7 +38,6 @@ TRANSACTIONAL_BIT = 0x10
 CONTROL_BIT = 0x20
 
 NO_PRODUCER_ID = -1
-ZSTD = 4
 # A compressed batch may decompress to at most this much (or max.message.bytes
 # when that is larger): a few KiB of zip bomb must not allocate gigabytes.
 # Real clients stay far below: librdkafka's batch.size caps an uncompressed
