@@ -63,7 +63,7 @@ def recompress(batch: ValidatedBatch, codec: int, level: int | None = None) -> V
     _ATTR.pack_into(out, 21, (h.attributes & ~COMPRESSION_MASK) | codec)
     _CRC.pack_into(out, 17, crc32c.crc32c(memoryview(out)[CRC_START:]))
     new = bytes(out)
-    return ValidatedBatch(memoryview(new), read_header(new), batch.first_null_key)
+    return ValidatedBatch(memoryview(new), read_header(new))
 
 
 def timestamp_violations(

@@ -117,7 +117,6 @@ class ValidatedBatch:
 
     data: memoryview
     header: BatchHeader
-    first_null_key: int = -1  # index of the first record without a key, or -1
 
     @property
     def record_count(self) -> int:
@@ -206,11 +205,11 @@ def check_records(batch: memoryview, header: BatchHeader, max_batch_bytes: int) 
 def validate_batches(records: bytes | memoryview, max_batch_bytes: int) -> list[ValidatedBatch]:
     """Check every batch of a records field: header, CRC and every record
     (errors as in `_frame` and `check_records`)."""
-    view = memoryview(records)
-    return [
-        ValidatedBatch(batch, header, check_records(batch, header, max_batch_bytes))
-        for batch, header in _frame(view, max_batch_bytes)
-    ]
+    out = []
+    for batch, header in _frame(memoryview(records), max_batch_bytes):
+        check_records(batch, header, max_batch_bytes)
+        out.append(ValidatedBatch(batch, header))
+    return out
 
 
 def validate_produce(
@@ -272,7 +271,7 @@ def validate_produce(
             message,
             tuple((i, message) for i in range(h.records_count)),
         )
-    return ValidatedBatch(batch, h, first_null_key)
+    return ValidatedBatch(batch, h)
 
 
 def _null_keys(batch: memoryview, header: BatchHeader, max_batch_bytes: int) -> list[int]:
