@@ -12,9 +12,8 @@ from shoal.broker.listener import (
     ConnectionLimiter,
     ListenerLimits,
     RequestBudget,
-    parse_ip_overrides,
 )
-from shoal.config import ConfigError, load_config
+from shoal.config import ConfigError, load_config, parse_ip_overrides
 from shoal.logs import RateLimitFilter
 
 

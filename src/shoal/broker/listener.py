@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from shoal.config import BrokerConfig
+from shoal.config import BrokerConfig, parse_ip_overrides
 from shoal.logs import sweep_summaries
 
 if TYPE_CHECKING:
@@ -58,18 +58,6 @@ class ListenerLimits:
             max_inflight=int(config["connection.max.inflight.requests"]),
             queued_max_request_bytes=int(config["queued.max.request.bytes"]),
         )
-
-
-def parse_ip_overrides(raw: str) -> dict[str, int]:
-    """`host:count,host:count`, Kafka's format for max.connections.per.ip.overrides.
-    Raises ValueError naming the bad entry."""
-    out: dict[str, int] = {}
-    for entry in filter(None, (e.strip() for e in raw.split(","))):
-        host, sep, count = entry.rpartition(":")
-        if not sep or not host or not count.strip().isdigit():
-            raise ValueError(f"{entry!r} is not HOST:COUNT")
-        out[host.strip().strip("[]")] = int(count)
-    return out
 
 
 class RequestBudget:

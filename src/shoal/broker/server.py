@@ -8,7 +8,7 @@ import logging
 import signal
 
 from shoal.broker.broker import Broker
-from shoal.broker.handlers import registry
+from shoal.broker.handlers import Handler, registry
 from shoal.broker.listener import ConnectionLimiter, KafkaListener, ListenerLimits, RequestBudget
 from shoal.broker.maintenance import Maintenance
 from shoal.broker.metrics import start_metrics
@@ -19,19 +19,18 @@ from shoal.logs import flush_summaries
 log = logging.getLogger("shoal.server")
 
 
-async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> None:
-    broker = await Broker.open(config)
-    maintenance = Maintenance(broker)
-    maintenance.start()
-    metrics = start_metrics(broker)
-    handlers = registry()
-    limits = ListenerLimits.from_config(config)
+async def start_listeners(broker: Broker, handlers: dict[int, Handler]) -> list[KafkaListener]:
+    """One socket per configured listener, the first first, sharing the
+    broker's request budget and connection limits, each authenticating its
+    own way. Used by `shoal serve` and the edge gateway's local listener. A
+    port in use is raised naming its listener; what started is closed."""
+    limits = ListenerLimits.from_config(broker.config)
     budget = RequestBudget(limits.queued_max_request_bytes, limits.max_frame)
     limiter = ConnectionLimiter(limits)
-    security = Security(config, broker.listeners, broker.audit)
+    security = Security(broker.config, broker.listeners, broker.audit)
     servers: list[KafkaListener] = []
     try:
-        for lst in broker.listeners:  # one socket per listener, the first first
+        for lst in broker.listeners:
             server = KafkaListener(
                 broker,
                 handlers,
@@ -49,6 +48,19 @@ async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> Non
     except BaseException:
         for server in servers:
             await server.close()
+        raise
+    return servers
+
+
+async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> None:
+    broker = await Broker.open(config)
+    maintenance = Maintenance(broker)
+    maintenance.start()
+    metrics = start_metrics(broker)
+    handlers = registry()
+    try:
+        servers = await start_listeners(broker, handlers)
+    except BaseException:
         await maintenance.stop()
         await broker.close()
         raise

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -24,8 +23,8 @@ from typing import Any
 
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import Client, Handler, registry
-from shoal.broker.listener import ConnectionLimiter, KafkaListener, ListenerLimits, RequestBudget
-from shoal.broker.secure import Security
+from shoal.broker.listener import KafkaListener
+from shoal.broker.server import start_listeners
 from shoal.config import ConfigError
 from shoal.edge import integrity
 from shoal.edge.config import EdgeConfig
@@ -202,22 +201,9 @@ class Gateway:
         handlers[PRODUCE] = self._budgeted_produce(handlers[PRODUCE])
 
         # The same listener as the broker's: idle timeout, frame caps, the
-        # request memory budget and connection limits from [local.broker].
-        limits = ListenerLimits.from_config(broker.config)
-        # One listener (local.security_protocol), authenticated the broker's
-        # way: TLS and SASL settings come from [local.broker].
-        (lst,) = broker.listeners
-        security = Security(broker.config, broker.listeners, broker.audit)
-        self.kafka_listener = KafkaListener(
-            broker,
-            handlers,
-            limits=limits,
-            budget=RequestBudget(limits.queued_max_request_bytes, limits.max_frame),
-            limiter=ConnectionLimiter(limits),
-            name=lst.name,
-            on_connection=functools.partial(security.on_connection, lst),
-        )
-        await self.kafka_listener.start(lst.host, lst.port, security.ssl_context(lst))
+        # request memory budget, connection limits and authentication, all
+        # from [local.broker] (one listener: local.security_protocol).
+        (self.kafka_listener,) = await start_listeners(broker, handlers)
 
     def _budgeted_produce(self, inner: Handler) -> Handler:
         """Local Kafka producers go through the lanes too: under the block
