@@ -36,23 +36,16 @@ class AclStore:
         self.meta = meta
 
     async def version(self) -> int:
-        t = s.counters
-        async with self.meta.engine.connect() as conn:
-            value = (
-                await conn.execute(select(t.c.value).where(t.c.name == VERSION_COUNTER))
-            ).scalar()
-        return int(value or 0)
+        return await self.meta.read_counter(VERSION_COUNTER)
 
     async def load(self) -> tuple[int, list[AclRow]]:
         """Every ACL and the version they are at, read together."""
-        t, c = s.acls, s.counters
+        t = s.acls
         async with self.meta.engine.connect() as conn:
             async with conn.begin():
-                version = (
-                    await conn.execute(select(c.c.value).where(c.c.name == VERSION_COUNTER))
-                ).scalar()
+                version = await self.meta.read_counter(VERSION_COUNTER, conn)
                 rows = (await conn.execute(select(*(t.c[n] for n in _COLUMNS)))).all()
-        return int(version or 0), [AclRow(*r) for r in rows]
+        return version, [AclRow(*r) for r in rows]
 
     async def create(self, rows: Sequence[AclRow]) -> int:
         """Add the rows that are not there yet (Kafka ignores duplicates);

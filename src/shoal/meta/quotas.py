@@ -22,23 +22,16 @@ class QuotaStore:
         self.meta = meta
 
     async def version(self) -> int:
-        c = s.counters
-        async with self.meta.engine.connect() as conn:
-            value = (
-                await conn.execute(select(c.c.value).where(c.c.name == VERSION_COUNTER))
-            ).scalar()
-        return int(value or 0)
+        return await self.meta.read_counter(VERSION_COUNTER)
 
     async def load(self) -> tuple[int, list[tuple[str, str, float]]]:
         """Every quota and the version they are at, read together."""
-        t, c = s.client_quotas, s.counters
+        t = s.client_quotas
         async with self.meta.engine.connect() as conn:
             async with conn.begin():
-                version = (
-                    await conn.execute(select(c.c.value).where(c.c.name == VERSION_COUNTER))
-                ).scalar()
+                version = await self.meta.read_counter(VERSION_COUNTER, conn)
                 rows = (await conn.execute(select(t.c.entity, t.c.key, t.c.value))).all()
-        return int(version or 0), [(str(e), str(k), float(v)) for e, k, v in rows]
+        return version, [(str(e), str(k), float(v)) for e, k, v in rows]
 
     async def alter(self, ops: Sequence[QuotaOp]) -> int:
         """Set or remove each (entity, key) in one transaction; returns the

@@ -33,25 +33,18 @@ class SecurityStore:
         self.meta = meta
 
     async def version(self) -> int:
-        t = s.counters
-        async with self.meta.engine.connect() as conn:
-            value = (
-                await conn.execute(select(t.c.value).where(t.c.name == VERSION_COUNTER))
-            ).scalar()
-        return int(value or 0)
+        return await self.meta.read_counter(VERSION_COUNTER)
 
     async def load_all(self) -> tuple[int, dict[str, dict[str, ScramCredential]]]:
         """Every user's credentials and the version they are at (one snapshot)."""
-        t, c = s.scram_credentials, s.counters
+        t = s.scram_credentials
         async with self.meta.engine.connect() as conn:
-            version = (
-                await conn.execute(select(c.c.value).where(c.c.name == VERSION_COUNTER))
-            ).scalar()
+            version = await self.meta.read_counter(VERSION_COUNTER, conn)
             rows = (await conn.execute(select(t))).all()
         users: dict[str, dict[str, ScramCredential]] = {}
         for r in rows:
             users.setdefault(r.user_name, {})[r.mechanism] = _credential(r)
-        return int(version or 0), users
+        return version, users
 
     async def credentials(self, user: str) -> dict[str, ScramCredential]:
         """The user's credentials by mechanism (empty: unknown user)."""

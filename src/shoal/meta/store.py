@@ -611,6 +611,16 @@ class MetaStore:
             value = await self.bump_counter(conn, name, count)
         return value - count
 
+    async def read_counter(self, name: str, conn: AsyncConnection | None = None) -> int:
+        """A named counter's value (0 before its first bump): the version
+        counters brokers poll to reload ACLs, quotas and credentials."""
+        t = s.counters
+        query = select(t.c.value).where(t.c.name == name)
+        if conn is not None:
+            return int((await conn.execute(query)).scalar() or 0)
+        async with self.engine.connect() as own:
+            return int((await own.execute(query)).scalar() or 0)
+
     async def bump_counter(self, conn: AsyncConnection, name: str, count: int) -> int:
         """Add `count` to a named counter (created at 0) inside `conn`'s
         transaction; returns the new value. The row is created with ON

@@ -21,6 +21,7 @@ from shoal.broker.handlers import Client
 from shoal.broker.topics import Topic
 from shoal.config import BROKER_KEYS, TOPIC_DEFAULT_FROM, Key
 from shoal.config_catalog import BY_NAME, LIST, TOPIC_CONFIGS, synonym_default
+from shoal.meta.store import redact_url
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
@@ -133,7 +134,7 @@ def broker_config_entries(broker: Broker) -> list[Entry]:
     out = [
         Entry(
             name,
-            None if key.secret else _public(name, _broker_value(broker, name)),
+            None if key.secret else redact_url(_broker_value(broker, name)),  # URLs' passwords
             _broker_source(broker, name),
             _type(key),
             True,
@@ -197,18 +198,6 @@ def _level_name(level: int) -> str:
         if level >= number:
             return _LEVEL_NAMES[number]
     return "TRACE"
-
-
-def _public(name: str, value: str) -> str:
-    """A URL's password is not shown (postgresql://user:***@host/db)."""
-    if name != "metadata" or "@" not in value:
-        return value
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(value).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy reads: show nothing of it
-        return "***"
 
 
 def _check_broker_name(broker: Broker, name: str, *, empty_ok: bool) -> None:
