@@ -457,8 +457,16 @@ def test_credentials_changed_behind_the_brokers_back_apply(
             assert time.monotonic() < wait_until, "the old password still works"
             time.sleep(0.1)
         assert scram_login(broker, "alice", "rotated-pw")
-        store_users(broker.metadata_url, ("carol",))  # a new user works at once
+        store_users(broker.metadata_url, ("carol",))  # a user never tried works at once
         assert scram_login(broker, "carol", PASSWORD)
+        # A miss is remembered (no store query per guessed name) until the
+        # next reload, which a user created behind the broker's back triggers.
+        assert not scram_login(broker, "mallory", PASSWORD)
+        store_users(broker.metadata_url, ("mallory",))
+        wait_until = time.monotonic() + 10
+        while not scram_login(broker, "mallory", PASSWORD):
+            assert time.monotonic() < wait_until, "the new user never got in"
+            time.sleep(0.1)
         assert "SCRAM credentials reloaded" in broker.log()
     finally:
         broker.stop()

@@ -469,3 +469,19 @@ def test_port_in_use_names_the_listener(tmp_path: Path) -> None:
     assert f"cannot listen on OTHER://127.0.0.1:{busy}: " in done.stderr
     assert "already in use" in done.stderr.lower()
     assert "Traceback" not in done.stderr
+
+
+def test_credential_cache_remembers_misses_until_a_reload() -> None:
+    from shoal.security import credentials as cc
+    from shoal.security.scram import make_credential
+
+    cache = cc.CredentialCache()
+    assert cache.get("ghost") is None  # the store must be asked
+    cache.put("ghost", {})
+    assert cache.get("ghost") == {}  # known not to exist: no second query
+    cred = {"SCRAM-SHA-256": make_credential("SCRAM-SHA-256", "pw", 4096)}
+    cache.replace({"ghost": cred}, 7)
+    assert cache.get("ghost") == cred and cache.version == 7
+    for i in range(cc.MAX_UNKNOWN + 1):  # bounded: the set starts over when full
+        cache.put(f"guess-{i}", {})
+    assert cache.get("guess-0") is None and cache.get(f"guess-{cc.MAX_UNKNOWN}") == {}
