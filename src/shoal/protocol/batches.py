@@ -228,17 +228,21 @@ def _cramjam() -> object:
     return cramjam
 
 
-def compress(codec: int, data: bytes) -> bytes:
+def compress(codec: int, data: bytes, level: int | None = None) -> bytes:
+    """`data` in `codec` (NONE: as is), at a Kafka compression level for gzip,
+    lz4 and zstd (None: the codec's default)."""
+    if codec == NONE:
+        return data
     if codec == GZIP:
-        c = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        c = zlib.compressobj(6 if level is None else level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
         return c.compress(data) + c.flush()
     cj = _cramjam()
     if codec == SNAPPY:
         return bytes(cj.snappy.compress_raw(data))  # type: ignore[attr-defined]
     if codec == LZ4:
-        return bytes(cj.lz4.compress(data))  # type: ignore[attr-defined]
+        return bytes(cj.lz4.compress(data, level=level))  # type: ignore[attr-defined]
     if codec == ZSTD:
-        return bytes(cj.zstd.compress(data))  # type: ignore[attr-defined]
+        return bytes(cj.zstd.compress(data, level=level))  # type: ignore[attr-defined]
     raise BatchDecodeError(f"unknown compression codec {codec}")
 
 

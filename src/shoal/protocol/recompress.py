@@ -10,7 +10,6 @@ lower bound is configured.
 from __future__ import annotations
 
 import struct
-import zlib
 
 import crc32c
 
@@ -32,22 +31,6 @@ _CRC = struct.Struct(">I")
 NO_TIMESTAMP = -1
 
 
-def compress(codec: int, data: bytes, level: int | None = None) -> bytes:
-    """`data` in `codec` (0: as is) at a Kafka compression level (None: default)."""
-    if codec == 0:
-        return data
-    if codec == batches.GZIP:
-        c = zlib.compressobj(-1 if level is None else level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-        return c.compress(data) + c.flush()
-    import cramjam
-
-    if codec == batches.LZ4 and level is not None:
-        return bytes(cramjam.lz4.compress(data, level=level))
-    if codec == batches.ZSTD and level is not None:
-        return bytes(cramjam.zstd.compress(data, level=level))
-    return batches.compress(codec, data)
-
-
 def recompress(batch: ValidatedBatch, codec: int, level: int | None = None) -> ValidatedBatch:
     """The batch with its records in `codec`: same header fields but the
     compression bits, the length and the CRC. Callers skip batches already in
@@ -56,7 +39,7 @@ def recompress(batch: ValidatedBatch, codec: int, level: int | None = None) -> V
     h = batch.header
     body = data[HEADER_SIZE : h.size]
     raw = batches.decompress(h.compression, body) if h.compression else bytes(body)
-    packed = compress(codec, raw, level)
+    packed = batches.compress(codec, raw, level)
     out = bytearray(data[:HEADER_SIZE])
     out += packed
     _LENGTH.pack_into(out, 8, len(out) - LOG_OVERHEAD)
