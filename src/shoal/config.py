@@ -644,7 +644,8 @@ BROKER_KEYS: dict[str, Key] = {
             "acl.refresh.interval.ms",
             int,
             500,
-            "cluster mode: how often a broker checks for ACL changes made through another",
+            "how often a broker checks for ACL (cluster mode) and SCRAM credential changes "
+            "made through another broker or straight in the metadata store",
             at_least(10),
         ),
         Key(

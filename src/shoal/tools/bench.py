@@ -14,7 +14,6 @@ import bisect
 import dataclasses
 import itertools
 import json
-import logging
 import math
 import os
 import platform
@@ -45,6 +44,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # the admin module does not re-export it
+
+from shoal.tools.options import LIBRDKAFKA_LOG
 
 __all__ = [
     "ACKS",
@@ -91,9 +92,6 @@ _DEFAULT_MESSAGE_TIMEOUT_MS = 30_000
 # librdkafka's own log lines (`%3|FAIL|...`, one per reconnect attempt) go
 # nowhere: the tools report errors themselves, once, from error callbacks and
 # results (an unreachable cluster printed hundreds of lines before its error).
-LIBRDKAFKA_LOG = logging.getLogger("shoal.tools.librdkafka")
-LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
-LIBRDKAFKA_LOG.propagate = False
 
 
 class BenchError(RuntimeError):

@@ -85,7 +85,7 @@ def parse_client_settings(
         from confluent_kafka import KafkaException, Producer
 
         try:
-            Producer({**out, "bootstrap.servers": "", "logger": _QUIET})
+            Producer({**out, "bootstrap.servers": "", "logger": LIBRDKAFKA_LOG})
         except KafkaException as exc:
             raise click.BadParameter(kafka_error_text(exc), ctx=ctx, param=param) from None
     return out
@@ -133,9 +133,11 @@ def cluster_options(f: F) -> F:
     return f
 
 
-_QUIET = logging.getLogger("shoal.tools.librdkafka")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
+#: librdkafka's own log lines (`%3|FAIL|...`) go here and nowhere: every tool
+#: reports failures itself, in one line.
+LIBRDKAFKA_LOG = logging.getLogger("shoal.tools.librdkafka")
+LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
+LIBRDKAFKA_LOG.propagate = False
 
 
 class KafkaClients:
@@ -161,7 +163,7 @@ class KafkaClients:
         return {
             "bootstrap.servers": self.bootstrap,
             "error_cb": self._on_error,
-            "logger": _QUIET,
+            "logger": LIBRDKAFKA_LOG,
             **self.extra,
             **more,
         }

@@ -34,7 +34,6 @@ from typing import Any, Literal
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from shoal.tools.bench import (
-    LIBRDKAFKA_LOG,
     BenchError,
     LatencyStats,
     check_arg,
@@ -43,6 +42,7 @@ from shoal.tools.bench import (
     percentile,
     topic_partitions,
 )
+from shoal.tools.options import LIBRDKAFKA_LOG
 
 __all__ = [
     "MIN_RECORD_SIZE",

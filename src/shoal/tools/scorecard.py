@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import socket
 import struct
@@ -40,6 +39,7 @@ from confluent_kafka.admin import AdminClient
 
 from shoal.tools.bench import BenchError, ensure_topic
 from shoal.tools.kafka_proxy import KafkaProxy
+from shoal.tools.options import LIBRDKAFKA_LOG
 
 if TYPE_CHECKING:
     from shoal.tools.scorecard_security import SecurityOptions
@@ -149,7 +149,11 @@ class _Ctx:
 
     def base(self, bootstrap: str | None = None) -> dict[str, Any]:
         # Client logs would drown the table; errors reach us through callbacks.
-        return {"bootstrap.servers": bootstrap or self.bootstrap, "logger": _QUIET, **self.extra}
+        return {
+            "bootstrap.servers": bootstrap or self.bootstrap,
+            "logger": LIBRDKAFKA_LOG,
+            **self.extra,
+        }
 
     def producer(self, bootstrap: str | None = None, **cfg: Any) -> Producer:
         conf = {
@@ -171,10 +175,6 @@ class _Ctx:
         conf.update(cfg)
         return Consumer(conf)
 
-
-_QUIET = logging.getLogger("shoal.scorecard.client")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
 
 Rec = tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]] | None]
 

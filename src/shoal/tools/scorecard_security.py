@@ -10,7 +10,6 @@ so a dead address or a broken login cannot pass as "refused".
 
 from __future__ import annotations
 
-import logging
 import socket
 import ssl
 import struct
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
+from shoal.tools.options import LIBRDKAFKA_LOG
 from shoal.tools.scorecard import CheckFailed, Unsupported
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ class SecurityOptions:
 
 
 # The scorecard's quiet client logger (its handler is set up there).
-_QUIET = logging.getLogger("shoal.scorecard.client")
 
 
 def _need(ctx: _Ctx, *names: str) -> SecurityOptions:
@@ -62,7 +61,7 @@ def _client_conf(o: SecurityOptions, *, sasl: bool, password: str | None = None)
     """Settings for a client of the SASL listener: with the login (sasl) or
     with the same transport and no login at all."""
     tls = o.sasl_protocol == "SASL_SSL"
-    conf: dict[str, Any] = {"bootstrap.servers": o.sasl_bootstrap, "logger": _QUIET}
+    conf: dict[str, Any] = {"bootstrap.servers": o.sasl_bootstrap, "logger": LIBRDKAFKA_LOG}
     if tls and o.ca_file:
         conf["ssl.ca.location"] = o.ca_file
     if sasl:
