@@ -432,3 +432,22 @@ def test_hostile_batches_leave_the_topic_readable(broker: BrokerProcess) -> None
     finally:
         c.close()
     assert got == expected
+
+
+@pytest.mark.parametrize("codec", [GZIP, SNAPPY, LZ4, ZSTD])
+def test_batch_decompressing_past_the_inline_limit_is_checked_off_the_loop(
+    broker: BrokerProcess, topic: str, codec: int
+) -> None:
+    """Records that decompress beyond INLINE_DECOMPRESS (1 MiB) are checked in
+    a worker thread: a valid one is stored whole, a bad one is still refused
+    with the failing record named."""
+    values = [bytes([65 + i]) * 400_000 for i in range(4)]  # 1.6 MiB decompressed
+    records = b"".join(rec(i, value=v) for i, v in enumerate(values))
+    before = end_offset(broker.bootstrap, topic)
+    assert produce_v(broker.bootstrap, topic, batch(records, 4, codec=codec)).error_code == 0
+    assert end_offset(broker.bootstrap, topic) == before + 4
+    bad = records + framed(b"\x00")  # a fifth record, cut short
+    resp = produce_v(broker.bootstrap, topic, batch(bad, 5, codec=codec))
+    assert resp.error_code == ErrorCode.invalid_record
+    assert [e.batch_index for e in resp.record_errors] == [4]
+    assert end_offset(broker.bootstrap, topic) == before + 4

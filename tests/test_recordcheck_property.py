@@ -238,8 +238,66 @@ def test_decompression_limit_for_every_codec() -> None:
     recordcheck.release_scratch()
 
 
+def test_decompression_past_the_reused_buffer() -> None:
+    """Outputs over the reused buffer's 4 MiB go to a memory map of the whole
+    limit: exact bytes back, the limit still refused."""
+    plain = bytes(range(256)) * (40 << 10)  # 10 MiB
+    for codec in ("gzip", "snappy", "lz4", "zstd"):
+        packed = compress(CODECS[codec], plain)
+        out = recordcheck.decompress_limited(CODECS[codec], packed, 16 << 20)
+        assert bytes(out) == plain, codec
+        del out
+        recordcheck.release_scratch()
+        with pytest.raises(recordcheck.DecompressedTooLarge):
+            recordcheck.decompress_limited(CODECS[codec], packed, 8 << 20)
+        recordcheck.release_scratch()
+
+
 def test_header_of_kafka_python_batch_matches_ours() -> None:
     """The builder under test writes the header fields our checks read."""
     data = kafka_python_batch([(0, b"k", b"v", [])], "none")
     h = read_header(data)
     assert (h.magic, h.records_count, h.last_offset_delta, h.base_offset) == (2, 1, 0, 0)
+
+
+def test_decompression_scratch_is_per_thread() -> None:
+    """The broker validates compressed batches in worker threads: two threads
+    decompressing at once must each see only their own output."""
+    import threading
+
+    import cramjam
+
+    payloads = [bytes([i]) * 300_000 + bytes(range(256)) * 50 for i in (1, 2)]
+    frames = [bytes(cramjam.zstd.compress(p)) for p in payloads]
+    errors: list[str] = []
+
+    def work(i: int) -> None:
+        for _ in range(200):
+            out = bytes(recordcheck.decompress_limited(recordcheck.ZSTD, frames[i], 1 << 22))
+            if out != payloads[i]:
+                errors.append(f"thread {i} saw another thread's bytes")
+                return
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def test_inline_limit_hands_large_batches_back() -> None:
+    """Past `inline_limit` check_records raises LargeBatch (to be checked off
+    the event loop); without one, or below it, the batch is checked here."""
+    from shoal.protocol.batches import ZSTD as Z
+    from shoal.protocol.batches import BatchBuilder
+    from shoal.protocol.records import LargeBatch, check_records, read_header
+
+    b = BatchBuilder(compression=Z)
+    b.append(0, b"k", b"x" * 300_000)
+    data = memoryview(b.build())
+    h = read_header(data)
+    assert check_records(data, h, 1 << 20) == -1
+    assert check_records(data, h, 1 << 20, inline_limit=1 << 20) == -1
+    with pytest.raises(LargeBatch):
+        check_records(data, h, 1 << 20, inline_limit=100_000)

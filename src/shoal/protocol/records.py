@@ -168,7 +168,14 @@ def _frame(view: memoryview, max_batch_bytes: int) -> list[tuple[memoryview, Bat
     return out
 
 
-def check_records(batch: memoryview, header: BatchHeader, max_batch_bytes: int) -> int:
+class LargeBatch(Exception):
+    """The records decompress past the caller's `inline_limit`: check the batch
+    again where taking long is harmless (a worker thread, not the event loop)."""
+
+
+def check_records(
+    batch: memoryview, header: BatchHeader, max_batch_bytes: int, inline_limit: int | None = None
+) -> int:
     """Walk the records of one framed batch (decompressing it once, bounded);
     returns the index of its first record without a key, or -1.
 
@@ -176,6 +183,8 @@ def check_records(batch: memoryview, header: BatchHeader, max_batch_bytes: int) 
     rules, CORRUPT_MESSAGE when the records do not decompress,
     MESSAGE_TOO_LARGE when they decompress beyond the limit,
     UNSUPPORTED_COMPRESSION_TYPE for a codec id Kafka does not define.
+    With `inline_limit` below that limit, LargeBatch once the records
+    decompress past it (a few kilobytes can decompress to tens of megabytes).
     """
     data = batch[HEADER_SIZE:]
     body: bytes | bytearray | memoryview = data
@@ -184,13 +193,15 @@ def check_records(batch: memoryview, header: BatchHeader, max_batch_bytes: int) 
         raise KafkaError(
             ErrorCode.unsupported_compression_type, f"unknown compression codec {codec}"
         )
+    limit = max(DECOMPRESSED_LIMIT, max_batch_bytes)
+    cap = limit if inline_limit is None else min(inline_limit, limit)
     try:
         if codec:
-            body = recordcheck.decompress_limited(
-                codec, data, max(DECOMPRESSED_LIMIT, max_batch_bytes)
-            )
+            body = recordcheck.decompress_limited(codec, data, cap)
         return recordcheck.check_records(body, header.records_count)
     except recordcheck.DecompressedTooLarge as exc:
+        if cap < limit:
+            raise LargeBatch(str(exc)) from exc
         raise KafkaError(ErrorCode.message_too_large, str(exc)) from exc
     except recordcheck.DecompressError as exc:
         raise KafkaError(ErrorCode.corrupt_message, f"records do not decompress: {exc}") from exc
@@ -219,6 +230,7 @@ def validate_produce(
     api_version: int,
     compacted: bool = False,
     log_append_time: bool = False,
+    inline_limit: int | None = None,
 ) -> ValidatedBatch:
     """Check one partition's records of a Produce request as Kafka checks a
     client's append (ProduceRequest.validateRecords, UnifiedLog and
@@ -226,7 +238,8 @@ def validate_produce(
     sequence with every producer id, a transactional batch only with a
     producer id, zstd only from Produce v7, well-formed records, keys on
     compacted topics, and no client-set LogAppendTime on LogAppendTime
-    topics (or without a timestamp). Raises KafkaError / BatchRejected."""
+    topics (or without a timestamp). Raises KafkaError / BatchRejected, or
+    LargeBatch past `inline_limit` (see check_records)."""
     batches = _frame(memoryview(records), max_batch_bytes)
     if len(batches) != 1:
         raise KafkaError(
@@ -256,7 +269,7 @@ def validate_produce(
             ErrorCode.invalid_record,
             f"transactional batch without a producer id ({h.producer_id})",
         )
-    first_null_key = check_records(batch, h, max_batch_bytes)
+    first_null_key = check_records(batch, h, max_batch_bytes, inline_limit)
     if compacted and first_null_key >= 0:
         message = "compacted topics cannot accept records without a key"
         raise BatchRejected(

@@ -17,12 +17,15 @@ from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
 from shoal.protocol.recompress import recompress, timestamp_violations
-from shoal.protocol.records import BatchRejected, ValidatedBatch, validate_produce
+from shoal.protocol.records import BatchRejected, LargeBatch, ValidatedBatch, validate_produce
 from shoal.security.acls import AclOperation, ResourceType
 from shoal.storage.errors import AppendTimeout, Fenced, StorageError
 from shoal.storage.producers import SequenceError
 
 log = logging.getLogger("shoal.produce")
+#: Decompressed bytes a batch may take on the event loop (about a millisecond);
+#: beyond, it is checked in a worker thread.
+INLINE_DECOMPRESS = 1 << 20
 ZERO = datetime.timedelta(0)
 
 # (topic, partition, base-offset future or error, log start offset, log append time)
@@ -71,22 +74,15 @@ async def _append(
         if records is None:
             raise KafkaError(ErrorCode.corrupt_message, "null record set")
         log_append = broker.topics.effective(topic, "message.timestamp.type") == "LogAppendTime"
-        batch = validate_produce(
-            records,
-            broker.topics.max_message_bytes(topic),
-            api_version=api_version,
-            compacted="compact" in str(broker.topics.effective(topic, "cleanup.policy")),
-            log_append_time=log_append,
-        )
-        if batch.header.is_transactional:
-            # Kafka's answer to transactional records without a transactional id
-            raise KafkaError(
-                ErrorCode.transactional_id_authorization_failed,
-                "transactional batch in a produce request without a transactional id",
+        try:
+            batch = _prepare(broker, topic, records, api_version, log_append, INLINE_DECOMPRESS)
+        except LargeBatch:
+            # A few kilobytes can decompress to tens of megabytes (tens of
+            # milliseconds): such a batch is checked, and recompressed, in a
+            # worker thread (cramjam releases the GIL), not on the event loop.
+            batch = await asyncio.to_thread(
+                _prepare, broker, topic, records, api_version, log_append, None
             )
-        if not log_append:
-            _check_timestamps(broker, topic, batch)
-        batch = _to_topic_codec(broker, topic, batch)
         append_time = int(time.time() * 1000) if log_append else None
         fut = await broker.engine.append(part.stream_id, [batch], part.leader_epoch, append_time)
         broker.record_traffic(topic, part, len(records), 0)
@@ -108,6 +104,38 @@ async def _append(
     except StorageError as exc:
         log.warning("produce to %s-%d from %s failed: %s", topic_name, index, client, exc)
         return topic_name, index, ErrorCode.not_leader_or_follower, -1, None
+
+
+def _prepare(
+    broker: Broker,
+    topic: Topic,
+    records: bytes,
+    api_version: int,
+    log_append: bool,
+    inline_limit: int | None,
+) -> ValidatedBatch:
+    """Everything that reads inside the records: Kafka's checks, the
+    timestamp window and recompression to the topic's codec. Synchronous and
+    touching no shared mutable state, so it may run in a worker thread; with
+    `inline_limit` it raises LargeBatch instead of decompressing past it (the
+    later steps then decompress no more than that either)."""
+    batch = validate_produce(
+        records,
+        broker.topics.max_message_bytes(topic),
+        api_version=api_version,
+        compacted="compact" in str(broker.topics.effective(topic, "cleanup.policy")),
+        log_append_time=log_append,
+        inline_limit=inline_limit,
+    )
+    if batch.header.is_transactional:
+        # Kafka's answer to transactional records without a transactional id
+        raise KafkaError(
+            ErrorCode.transactional_id_authorization_failed,
+            "transactional batch in a produce request without a transactional id",
+        )
+    if not log_append:
+        _check_timestamps(broker, topic, batch)
+    return _to_topic_codec(broker, topic, batch)
 
 
 def _check_timestamps(broker: Broker, topic: Topic, batch: ValidatedBatch) -> None:
