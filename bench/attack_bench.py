@@ -7,6 +7,8 @@ Scenarios, each against a fresh broker with default limits except where named:
   stall         200 clients announce 100 MiB frames, push 2 MiB each as fast
                 as the broker reads, then stall (400 MiB wanted)
   stall-nolimit the same with queued.max.request.bytes=-1 (no budget)
+  bomb          2 clients send, one after another, Produce requests whose 5 KiB
+                zstd batch decompresses to 60 MiB and is refused
 
 For each: the broker's RSS before and at its peak, and the produce latency
 (acks=all, one 200-byte record every 10 ms, linger.ms=0) of a well-behaved
@@ -74,7 +76,7 @@ class Attack:
     def __init__(self, port: int, conns: int, burst: int, rate: int) -> None:
         self.port, self.conns, self.burst, self.rate = port, conns, burst, rate
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.threads = [threading.Thread(target=self.run, daemon=True)]
 
     def run(self) -> None:
         socks = []
@@ -103,6 +105,51 @@ class Attack:
             time.sleep(0.05)
         for s, _ in socks:
             s.close()
+
+
+class BombAttack:
+    """`threads` connections each sending, again and again, a Produce whose
+    few-kilobyte zstd batch decompresses to 60 MiB and is then refused (it
+    declares two records and holds one): CPU spent, nothing stored."""
+
+    def __init__(self, port: int, topic: str, threads: int = 2) -> None:
+        from shoal.protocol.batches import ZSTD, compress, encode_record
+
+        record = encode_record(0, 0, None, b"\x00" * (60 * MIB))
+        frame = _bomb_batch(compress(ZSTD, record))
+        self.frame = bytes(wire.request_frame(0, 9, wire.produce_request(topic, frame)))
+        self.port = port
+        self.sent = 0
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(threads)]
+
+    def run(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port)) as s:
+            s.sendall(hello())
+            s.recv(65536)
+            while not self.stop.is_set():
+                s.sendall(self.frame)
+                size = struct.unpack(">i", _exact(s, 4))[0]
+                _exact(s, size)
+                self.sent += 1
+
+
+def _exact(s: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    return buf
+
+
+def _bomb_batch(compressed: bytes) -> bytes:
+    import crc32c
+
+    after_crc = struct.pack(">hiqqqhii", 4, 1, 0, 0, -1, -1, -1, 2) + compressed
+    crc = crc32c.crc32c(after_crc)
+    return struct.pack(">qiibI", 0, 9 + len(after_crc), -1, 2, crc) + after_crc
 
 
 def producer_latency(bootstrap: str, seconds: float, topic: str) -> list[float]:
@@ -136,13 +183,17 @@ def scenario(name: str, seconds: float) -> dict[str, Any]:
             wire.create_topic(b.bootstrap, "lat")
             producer_latency(b.bootstrap, 1.0, "lat")  # warm up
             base = rss(b.proc.pid)
-            attack = None
-            if name == "trickle":
+            attack: Any = None
+            if name == "bomb":
+                wire.create_topic(b.bootstrap, "bomb")
+                attack = BombAttack(b.port, "bomb")
+            elif name == "trickle":
                 attack = Attack(b.port, 200, 0, 1024)
             elif name.startswith("stall"):
                 attack = Attack(b.port, 200, 2 * MIB, 0)
             if attack is not None:
-                attack.thread.start()
+                for th in attack.threads:
+                    th.start()
                 time.sleep(3)  # let it take hold
             peak = [base]
             sampling = threading.Event()
@@ -159,7 +210,8 @@ def scenario(name: str, seconds: float) -> dict[str, Any]:
             t.join()
             if attack is not None:
                 attack.stop.set()
-                attack.thread.join()
+                for th in attack.threads:
+                    th.join()
             return {
                 "scenario": name,
                 "rss_base_mib": base / MIB,
@@ -175,7 +227,7 @@ def scenario(name: str, seconds: float) -> dict[str, Any]:
 
 @click.command()
 @click.option("--seconds", default=15.0, show_default=True, help="producer run per scenario")
-@click.option("--scenarios", default="baseline,trickle,stall,stall-nolimit", show_default=True)
+@click.option("--scenarios", default="baseline,trickle,stall,stall-nolimit,bomb", show_default=True)
 def main(seconds: float, scenarios: str) -> None:
     rows = [scenario(s.strip(), seconds) for s in scenarios.split(",")]
     print("| scenario | RSS before (MiB) | RSS peak (MiB) | acked | p50 ms | p99 ms |")
