@@ -1089,7 +1089,7 @@ class GroupCoordinator:
             return HeartbeatResult(gated, None, req.member_id, -1, interval)
         classic = self.groups.get(req.group_id)
         if classic is not None and classic.state is not State.DEAD:
-            if classic.members or classic.pending or classic.state is not State.EMPTY:
+            if classic.members or classic.state is not State.EMPTY:
                 log.info(
                     "group %s: consumer-protocol heartbeat from %s refused: a classic group "
                     "with members",
