@@ -145,6 +145,40 @@ def test_static_member_restart_keeps_its_assignment(
     assert len([e for e in a.events if e["event"] in ("assign", "revoke")]) == a_events
 
 
+def test_regex_subscription_picks_up_new_topics(kbroker: BrokerProcess) -> None:
+    """`^prefix-.*` (sent as SubscribedTopicRegex): a matching topic created
+    after the member joined is assigned to it at a later heartbeat."""
+    from confluent_kafka import Consumer
+
+    prefix = f"rx{uuid.uuid4().hex[:6]}"
+    first = create_topic(kbroker.bootstrap, 1, prefix=prefix)
+    produce(kbroker.bootstrap, first, 1, 3, "a")
+    c = Consumer(
+        {
+            "bootstrap.servers": kbroker.bootstrap,
+            "group.id": f"k-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "topic.metadata.refresh.interval.ms": 500,
+            **CONSUMER,
+        }
+    )
+    c.subscribe([f"^{prefix}-.*"])
+    seen: set[str] = set()
+    second = ""
+    try:
+        end = time.monotonic() + TIMEOUT
+        while time.monotonic() < end and second not in seen:
+            m = c.poll(0.1)
+            if m is not None and not m.error():
+                seen.add(m.topic())
+            if seen == {first} and not second:
+                second = create_topic(kbroker.bootstrap, 1, prefix=prefix)
+                produce(kbroker.bootstrap, second, 1, 3, "b")
+    finally:
+        c.close()
+    assert seen == {first, second}
+
+
 # raw protocol ----------------------------------------------------------------------
 
 
@@ -313,3 +347,25 @@ def test_protocols_do_not_mix(kbroker: BrokerProcess, topic: str) -> None:
         assert {g.group_id: g.group_type for g in listed.groups}[group] == "classic"
         _, again = join(c, group, topic)
         assert again.error_code == ErrorCode.none, "an empty classic group turns consumer"
+
+
+def test_group_survives_a_restart(kbroker: BrokerProcess, topic: str) -> None:
+    """The group (its type and epoch) and its offsets survive a broker restart;
+    members do not, as for classic groups: the old member is unknown, a new
+    heartbeat at epoch 0 joins at a later epoch and finds the commits."""
+    group = f"raw-{uuid.uuid4().hex[:8]}"
+    with RawClient(kbroker.bootstrap) as c:
+        member, r = join(c, group, topic)
+        assert commit(c, 9, group, member, r.member_epoch, topic) == ErrorCode.none
+    kbroker.restart()
+    with RawClient(kbroker.bootstrap) as c:
+        listed = c.call(16, 5, lg.ListGroupsRequest(states_filter=(), types_filter=("consumer",)))
+        assert {g.group_id: g.group_state for g in listed.groups}.get(group) == "Empty"
+        assert heartbeat(c, group, member, r.member_epoch).error_code == ErrorCode.unknown_member_id
+        again = heartbeat(c, group, member, 0, topic_partitions=(), subscribed_topic_names=(topic,))
+        assert again.error_code == ErrorCode.none and again.member_epoch > r.member_epoch
+        body = of.OffsetFetchRequest(
+            groups=(of.OffsetFetchRequestGroup(group_id=group, topics=None),), require_stable=True
+        )
+        (t,) = c.call(9, 9, body).groups[0].topics
+        assert (t.name, t.partitions[0].committed_offset) == (topic, 1)
