@@ -29,7 +29,7 @@ from shoal.protocol.errors import ErrorCode
 from test_groups_confluent import Worker, all_values
 from wire import RawClient
 
-SESSION_MS = 1500
+SESSION_MS = 3000
 ENV = {
     "SHOAL_GROUP_CONSUMER_SESSION_TIMEOUT_MS": str(SESSION_MS),
     "SHOAL_GROUP_CONSUMER_MIN_SESSION_TIMEOUT_MS": "500",
@@ -288,12 +288,14 @@ def test_offsets_and_describe_with_member_epochs(kbroker: BrokerProcess, topic: 
             )
             return c.call(9, 9, body).groups[0]
 
+        assert heartbeat(c, group, member, epoch).error_code == ErrorCode.none  # stay alive
         ok = fetch(member, epoch)
         assert ok.error_code == ErrorCode.none
         assert ok.topics[0].partitions[0].committed_offset == 1
         assert fetch(member, epoch + 1).error_code == ErrorCode.stale_member_epoch
         assert fetch(None, -1).error_code == ErrorCode.none, "an admin's fetch"
 
+        assert heartbeat(c, group, member, epoch).error_code == ErrorCode.none
         (m,) = members(c, group)
         assert m.member_id == member and m.member_epoch == epoch and m.member_type == 1
         assert sorted(m.assignment.topic_partitions[0].partitions) == [0, 1]
@@ -303,6 +305,18 @@ def test_offsets_and_describe_with_member_epochs(kbroker: BrokerProcess, topic: 
         described, missing = c.call(69, 1, body).groups
         assert described.assignor_name == "range" and described.group_state == "Stable"
         assert missing.error_code == ErrorCode.group_id_not_found
+
+        from kio.schema.describe_groups.v6 import request as dg
+
+        from shoal.group.coordinator import parse_subscription
+
+        classic_view = c.call(
+            15, 6, dg.DescribeGroupsRequest(groups=(group,), include_authorized_operations=False)
+        ).groups[0]
+        assert (classic_view.protocol_type, classic_view.protocol_data) == ("consumer", "range")
+        assert classic_view.group_state == "Stable"
+        (cm,) = classic_view.members
+        assert cm.member_id == member and parse_subscription(cm.member_metadata) == [topic]
 
         listed = c.call(16, 5, lg.ListGroupsRequest(states_filter=(), types_filter=("consumer",)))
         kinds = {g.group_id: g.group_type for g in listed.groups}
