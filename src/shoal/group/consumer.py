@@ -241,7 +241,7 @@ class ConsumerGroups:
             return self._heartbeat(req, now)
         except RequestError as exc:
             log.info(
-                "group %s: heartbeat of member %s (client %s%s) epoch %d refused: %s (%s)",
+                "group %s: heartbeat of member %s (client %s@%s) epoch %d refused: %s (%s)",
                 req.group_id,
                 req.member_id,
                 req.client_id,
@@ -371,7 +371,7 @@ class ConsumerGroups:
         if req.instance_id is not None:
             group.static[req.instance_id] = member.member_id
         log.info(
-            "group %s: member %s (client %s%s%s) joined",
+            "group %s: member %s (client %s@%s%s) joined",
             group.group_id,
             member.member_id,
             req.client_id,
@@ -433,7 +433,7 @@ class ConsumerGroups:
         for tp in new.holds():
             group.owners[tp] = new.member_id
         log.info(
-            "group %s: static member %s replaced %s (client %s%s, instance %s), epoch %d",
+            "group %s: static member %s replaced %s (client %s@%s, instance %s), epoch %d",
             group.group_id,
             new.member_id,
             old.member_id,
@@ -639,12 +639,12 @@ class ConsumerGroups:
                 continue
             if member.session_deadline <= now:
                 reason = (
-                    f"member {mid} (client {member.client_id}{member.client_host}) expired: "
+                    f"member {mid} (client {member.client_id}@{member.client_host}) expired: "
                     f"no heartbeat for {self.config.session_timeout_ms} ms"
                 )
             elif member.revocation_deadline is not None and member.revocation_deadline <= now:
                 reason = (
-                    f"member {mid} (client {member.client_id}{member.client_host}) fenced: "
+                    f"member {mid} (client {member.client_id}@{member.client_host}) fenced: "
                     f"did not revoke {sorted(member.pending_revocation)} within its "
                     f"rebalance timeout of {member.rebalance_timeout_ms} ms"
                 )
