@@ -359,8 +359,14 @@ def test_protocols_do_not_mix(kbroker: BrokerProcess, topic: str) -> None:
         assert classic_join(c).error_code == ErrorCode.member_id_required, "now classic"
         listed = c.call(16, 5, lg.ListGroupsRequest(states_filter=(), types_filter=()))
         assert {g.group_id: g.group_type for g in listed.groups}[group] == "classic"
+        _, bad = join(c, group, topic, server_assignor="nope")
+        assert bad.error_code == ErrorCode.unsupported_assignor
+        listed = c.call(16, 5, lg.ListGroupsRequest(states_filter=(), types_filter=()))
+        assert {g.group_id: g.group_type for g in listed.groups}[group] == "classic", "unchanged"
         _, again = join(c, group, topic)
         assert again.error_code == ErrorCode.none, "an empty classic group turns consumer"
+        listed = c.call(16, 5, lg.ListGroupsRequest(states_filter=(), types_filter=()))
+        assert {g.group_id: g.group_type for g in listed.groups}[group] == "consumer"
 
 
 def test_group_survives_a_restart(kbroker: BrokerProcess, topic: str) -> None:

@@ -254,6 +254,14 @@ class ConsumerGroups:
                 exc.code, exc.message, req.member_id, -1, self.config.heartbeat_interval_ms
             )
 
+    def refusal(self, req: HeartbeatRequest) -> HeartbeatResult | None:
+        """The answer to a malformed heartbeat, None if it is well formed."""
+        try:
+            self._validate(req)
+        except RequestError:
+            return self.heartbeat(req, 0)  # logs it and answers as heartbeat would
+        return None
+
     def _validate(self, req: HeartbeatRequest) -> None:
         bad = ErrorCode.invalid_request
         if not req.group_id:

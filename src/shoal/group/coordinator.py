@@ -1103,6 +1103,8 @@ class GroupCoordinator:
                     -1,
                     interval,
                 )
+            if (refused := self.consumer.refusal(req)) is not None:
+                return refused
             if req.member_epoch == 0:
                 # An empty classic group becomes a consumer-protocol group
                 # (Kafka's online upgrade of an empty group); offsets stay.
