@@ -35,6 +35,9 @@ def main() -> None:
         "heartbeat.interval.ms": 250,
         **extra,
     }
+    if conf.get("group.protocol") == "consumer":  # KIP-848: the broker sets these
+        conf.pop("session.timeout.ms")
+        conf.pop("heartbeat.interval.ms")
     consumer = Consumer(conf)
     running = True
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, Producer, TopicPartition
@@ -416,3 +417,33 @@ def test_per_site_recipe(tmp_path: Path) -> None:
             admin.close()
     finally:
         b.stop()
+
+
+def test_denied_consumer_group_heartbeat(open_broker: BrokerProcess) -> None:
+    """KIP-848: READ on the group, DESCRIBE on each subscribed topic, as Kafka."""
+    import datetime
+
+    from kio.schema.consumer_group_heartbeat.v1 import request as cgh
+
+    boot = open_broker.bootstrap
+    t, g = name(), name("g")
+    assert create_topic(boot, t) == ErrorCode.none
+
+    def join(group: str) -> Any:
+        body = cgh.ConsumerGroupHeartbeatRequest(
+            group_id=group,
+            member_id=uuid.uuid4().hex,
+            member_epoch=0,
+            rebalance_timeout=datetime.timedelta(seconds=5),
+            subscribed_topic_names=(t,),
+            topic_partitions=(),
+        )
+        with RawClient(boot) as c:
+            return c.call(68, 1, body)
+
+    allow(boot, (GROUP, g, LITERAL, ANON, "*", READ, DENY))
+    assert join(g).error_code == ErrorCode.group_authorization_failed
+    allow(boot, (TOPIC, t, LITERAL, ANON, "*", DESCRIBE, DENY))
+    denied = join(name("g"))
+    assert denied.error_code == ErrorCode.topic_authorization_failed
+    assert t in (denied.error_message or "")

@@ -28,6 +28,25 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
         ({"SHOAL_AUTO_CREATE_TOPICS_ENABLE": "maybe"}, "auto.create.topics.enable"),
         ({"SHOAL_LISTEN": "nohost"}, "listen"),
         ({"SHOAL_WAL_LINGER_MS": "-5"}, "wal.linger.ms"),
+        ({"SHOAL_GROUP_CONSUMER_ASSIGNORS": "uniform,sticky"}, "'sticky'"),
+        ({"SHOAL_GROUP_CONSUMER_ASSIGNORS": " , "}, "group.consumer.assignors"),
+        (
+            {"SHOAL_GROUP_CONSUMER_SESSION_TIMEOUT_MS": "1000"},
+            "group.consumer.session.timeout.ms: 1000 from SHOAL_GROUP_CONSUMER_SESSION_TIMEOUT_MS",
+        ),
+        (
+            {"SHOAL_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS": "20000"},
+            "group.consumer.max.heartbeat.interval.ms (15000)",
+        ),
+        (
+            {
+                "SHOAL_GROUP_CONSUMER_MIN_SESSION_TIMEOUT_MS": "100",
+                "SHOAL_GROUP_CONSUMER_SESSION_TIMEOUT_MS": "1000",
+                "SHOAL_GROUP_CONSUMER_MIN_HEARTBEAT_INTERVAL_MS": "100",
+                "SHOAL_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS": "1000",
+            },
+            "below group.consumer.session.timeout.ms",
+        ),
     ],
 )
 def test_bad_values_name_the_key(env: dict[str, str], named: str) -> None:

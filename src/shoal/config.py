@@ -131,6 +131,14 @@ MIB = 1024 * 1024
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 
 
+def _assignors(v: str) -> str | None:
+    names = [n.strip() for n in v.split(",") if n.strip()]
+    if not names:
+        return "must name at least one assignor (uniform, range)"
+    bad = [n for n in names if n not in ("uniform", "range")]
+    return f"has unknown assignor {bad[0]!r}; known: uniform, range" if bad else None
+
+
 def _names_in(allowed: tuple[str, ...], what: str) -> Callable[[Any], str | None]:
     def check(v: str) -> str | None:
         bad = [n for n in (p.strip() for p in v.split(",")) if n and n not in allowed]
@@ -559,6 +567,62 @@ BROKER_KEYS: dict[str, Key] = {
             at_least(1),
         ),
         Key(
+            "group.consumer.session.timeout.ms",
+            int,
+            45_000,
+            "consumer-protocol (KIP-848) groups: a member not heard from for this long is removed",
+            at_least(1),
+        ),
+        Key(
+            "group.consumer.min.session.timeout.ms",
+            int,
+            45_000,
+            "lowest value group.consumer.session.timeout.ms may take",
+            at_least(1),
+        ),
+        Key(
+            "group.consumer.max.session.timeout.ms",
+            int,
+            60_000,
+            "highest value group.consumer.session.timeout.ms may take",
+            at_least(1),
+        ),
+        Key(
+            "group.consumer.heartbeat.interval.ms",
+            int,
+            5_000,
+            "consumer-protocol groups: how often members heartbeat (sent to them)",
+            at_least(1),
+        ),
+        Key(
+            "group.consumer.min.heartbeat.interval.ms",
+            int,
+            5_000,
+            "lowest value group.consumer.heartbeat.interval.ms may take",
+            at_least(1),
+        ),
+        Key(
+            "group.consumer.max.heartbeat.interval.ms",
+            int,
+            15_000,
+            "highest value group.consumer.heartbeat.interval.ms may take",
+            at_least(1),
+        ),
+        Key(
+            "group.consumer.max.size",
+            int,
+            2**31 - 1,
+            "most members a consumer-protocol group may have (default: unbounded)",
+            at_least(1),
+        ),
+        Key(
+            "group.consumer.assignors",
+            str,
+            "uniform,range",
+            "server-side assignors members may ask for; the first is the default",
+            _assignors,
+        ),
+        Key(
             "cluster.enable",
             str,
             "auto",
@@ -839,7 +903,29 @@ def load_config(
             "must be -1 or at least socket.request.max.bytes "
             f"({values['socket.request.max.bytes']})"
         )
+    _check_consumer_group_bounds(values, sources)
     return BrokerConfig(values, sources)
+
+
+def _check_consumer_group_bounds(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    """Kafka's rules: each group.consumer value within its min/max, and the
+    heartbeat interval below the session timeout."""
+    for what in ("session.timeout.ms", "heartbeat.interval.ms"):
+        name = f"group.consumer.{what}"
+        low = values[f"group.consumer.min.{what}"]
+        high = values[f"group.consumer.max.{what}"]
+        if not low <= values[name] <= high:
+            raise ConfigError(
+                f"{name}: {values[name]} from {sources.get(name, 'the default')} must be between "
+                f"group.consumer.min.{what} ({low}) and group.consumer.max.{what} ({high})"
+            )
+    interval = values["group.consumer.heartbeat.interval.ms"]
+    session = values["group.consumer.session.timeout.ms"]
+    if interval >= session:
+        raise ConfigError(
+            f"group.consumer.heartbeat.interval.ms: {interval} must be below "
+            f"group.consumer.session.timeout.ms ({session})"
+        )
 
 
 def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

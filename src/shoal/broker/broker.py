@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shoal.broker.advertised import Advertised
-from shoal.broker.topics import Topic, TopicCatalog
+from shoal.broker.topics import GroupTopics, Topic, TopicCatalog
 from shoal.config import BrokerConfig
+from shoal.group.consumer import ConsumerGroupConfig
 from shoal.group.coordinator import GroupConfig, GroupCoordinator
 from shoal.meta.acls import AclStore
 from shoal.meta.quotas import QuotaStore
@@ -155,7 +156,12 @@ class Broker:
         catalog = TopicCatalog(meta, config)
         await catalog.load()
         broker = cls(config, meta, store, engine, catalog, await meta.cluster_id())
-        broker.groups = await GroupCoordinator.open(meta, GroupConfig.from_config(config))
+        broker.groups = await GroupCoordinator.open(
+            meta,
+            GroupConfig.from_config(config),
+            ConsumerGroupConfig.from_config(config),
+            GroupTopics(catalog),
+        )
         await broker.acl_sync.refresh()
         await broker.quota_sync.refresh()
         await broker.credential_sync.refresh()

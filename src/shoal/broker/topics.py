@@ -61,6 +61,21 @@ class Topic:
     partitions: list[PartitionRecord] = field(default_factory=list)
 
 
+class GroupTopics:
+    """The catalog as the consumer group protocol sees it: id and partition
+    count by name (`shoal.group.consumer.Catalog`)."""
+
+    def __init__(self, catalog: TopicCatalog) -> None:
+        self._catalog = catalog
+
+    def topic(self, name: str) -> tuple[uuid.UUID, int] | None:
+        t = self._catalog.get(name)
+        return None if t is None else (t.topic_uuid, len(t.partitions))
+
+    def names(self) -> list[str]:
+        return [t.name for t in self._catalog.all()]
+
+
 class TopicCatalog:
     def __init__(self, meta: MetaStore, config: BrokerConfig) -> None:
         self.meta = meta
@@ -95,6 +110,11 @@ class TopicCatalog:
 
     def get(self, name: str) -> Topic | None:
         return self._topics.get(name)
+
+    def by_id(self, topic_id: uuid.UUID) -> Topic | None:
+        """The topic with this id (Metadata v10+ and KIP-848 clients name topics
+        by id); a scan, as lookups by id are rare next to lookups by name."""
+        return next((t for t in self._topics.values() if t.topic_uuid == topic_id), None)
 
     def all(self) -> list[Topic]:
         return list(self._topics.values())

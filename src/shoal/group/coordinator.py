@@ -28,6 +28,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from shoal.group.consumer import (
+    Catalog,
+    ConsumerGroup,
+    ConsumerGroupConfig,
+    ConsumerGroups,
+    GroupState,
+    HeartbeatRequest,
+    HeartbeatResult,
+)
 from shoal.group.offsets import (
     CommittedOffset,
     OffsetStore,
@@ -42,6 +51,11 @@ from shoal.protocol.errors import ErrorCode
 log = logging.getLogger("shoal.groups")
 
 CONSUMER = "consumer"
+CLASSIC_TYPE, CONSUMER_TYPE = "classic", "consumer"  # ListGroups v5 group types
+# A consumer-protocol group's stored row: protocol type "consumer", its group
+# epoch as the generation, and its state with this prefix (classic rows carry
+# bare state names, so the two kinds stay apart without a schema change).
+KIP848_STATE_PREFIX = "kip848:"
 
 
 class State(StrEnum):
@@ -235,6 +249,28 @@ class Group:
         )
 
 
+def _string(value: str) -> bytes:
+    raw = value.encode()
+    return struct.pack(">h", len(raw)) + raw
+
+
+def encode_subscription(topics: Iterable[str]) -> bytes:
+    """ConsumerProtocolSubscription v0 (topics, no user data): how DescribeGroups
+    shows a consumer-protocol member's subscription."""
+    names = list(topics)
+    return struct.pack(">hi", 0, len(names)) + b"".join(map(_string, names)) + struct.pack(">i", -1)
+
+
+def encode_assignment(assignment: Mapping[str, Iterable[int]]) -> bytes:
+    """ConsumerProtocolAssignment v0 (no user data)."""
+    out = [struct.pack(">hi", 0, len(assignment))]
+    for topic in sorted(assignment):
+        parts = sorted(assignment[topic])
+        out.append(_string(topic) + struct.pack(f">i{len(parts)}i", len(parts), *parts))
+    out.append(struct.pack(">i", -1))
+    return b"".join(out)
+
+
 def parse_subscription(data: bytes) -> list[str] | None:
     """Topic names from a ConsumerProtocolSubscription (any version: the topic
     list comes right after the version in all of them)."""
@@ -258,10 +294,23 @@ def parse_subscription(data: bytes) -> list[str] | None:
 class GroupCoordinator:
     """All groups of this broker and their committed offsets."""
 
-    def __init__(self, offsets: OffsetStore, config: GroupConfig) -> None:
+    def __init__(
+        self,
+        offsets: OffsetStore,
+        config: GroupConfig,
+        consumer_config: ConsumerGroupConfig | None = None,
+        catalog: Catalog | None = None,
+    ) -> None:
         self.offsets = offsets
         self.config = config
         self.groups: dict[str, Group] = {}
+        # The consumer protocol (KIP-848) beside the classic one: a group id is
+        # in one of the two at a time; both commit to `offsets`.
+        self.consumer = ConsumerGroups(
+            consumer_config or ConsumerGroupConfig(), catalog or _NoTopics()
+        )
+        self._consumer_timer: asyncio.TimerHandle | None = None
+        self._consumer_timer_at: int | None = None
         self._loop = asyncio.get_running_loop()
         self._expiry: asyncio.Task[None] | None = None
         # Cluster mode: NOT_COORDINATOR (or load in progress) for groups this
@@ -269,10 +318,16 @@ class GroupCoordinator:
         self.gate: Callable[[str], ErrorCode | None] = _no_gate
 
     @classmethod
-    async def open(cls, meta: MetaStore, config: GroupConfig) -> GroupCoordinator:
+    async def open(
+        cls,
+        meta: MetaStore,
+        config: GroupConfig,
+        consumer_config: ConsumerGroupConfig | None = None,
+        catalog: Catalog | None = None,
+    ) -> GroupCoordinator:
         """Load groups and offsets, start the writer and the expiry task."""
         offsets = OffsetStore(GroupRepository(meta))
-        coordinator = cls(offsets, config)
+        coordinator = cls(offsets, config, consumer_config, catalog)
         rows = await offsets.load()
         offsets.start()
         coordinator._restore(rows)
@@ -284,6 +339,18 @@ class GroupCoordinator:
         when the broker stopped counts as empty from now for offset expiry."""
         now = now_ms()
         for row in rows:
+            if row.state.startswith(KIP848_STATE_PREFIX):
+                # Members are not stored (as for classic groups): they get
+                # UNKNOWN_MEMBER_ID and rejoin; the epoch goes on from here.
+                cg = ConsumerGroup(
+                    row.group_id, epoch=row.generation, assignment_epoch=row.generation
+                )
+                empty = row.state == KIP848_STATE_PREFIX + GroupState.EMPTY
+                cg.state_ms = row.state_ms if empty else now
+                self.consumer.groups[row.group_id] = cg
+                if not empty:
+                    self.offsets.save_group(_consumer_row(cg))
+                continue
             g = Group(
                 row.group_id, generation=row.generation, protocol_type=row.protocol_type or None
             )
@@ -291,7 +358,7 @@ class GroupCoordinator:
             self.groups[row.group_id] = g
             if row.state != State.EMPTY:
                 self.offsets.save_group(g.row())
-        for gid in self.offsets.group_ids() - set(self.groups):
+        for gid in self.offsets.group_ids() - set(self.groups) - set(self.consumer.groups):
             g = Group(gid)
             g.state_ms = max(c.commit_ms for c in self.offsets.committed(gid).values())
             self.groups[gid] = g
@@ -306,6 +373,8 @@ class GroupCoordinator:
                 await self._expiry
         for g in self.groups.values():
             self._cancel_timers(g)
+        if self._consumer_timer is not None:
+            self._consumer_timer.cancel()
         await self.offsets.close()
 
     # JoinGroup ---------------------------------------------------------------
@@ -333,6 +402,20 @@ class GroupCoordinator:
                 cfg.max_session_timeout_ms,
             )
             return ErrorCode.invalid_session_timeout
+        cg = self.consumer.groups.get(req.group_id)
+        if cg is not None:
+            if cg.members:
+                log.info(
+                    "group %s: classic join from %s refused: a consumer-protocol group",
+                    req.group_id,
+                    req.client_id,
+                )
+                return ErrorCode.inconsistent_group_protocol
+            # An empty consumer-protocol group becomes a classic one (Kafka's
+            # downgrade once its last consumer-protocol member has left).
+            del self.consumer.groups[req.group_id]
+            self.groups[req.group_id] = Group(req.group_id, generation=cg.epoch)
+            log.info("group %s: converted to a classic group (empty)", req.group_id)
         group = self.groups.get(req.group_id)
         if not req.member_id:
             if group is None:
@@ -913,14 +996,27 @@ class GroupCoordinator:
 
     # ListGroups, DescribeGroups, DeleteGroups ------------------------------------
 
-    def list_groups(self, states: Iterable[str] = ()) -> list[tuple[str, str, str]]:
-        """(group id, protocol type, state) of every live group."""
+    def list_groups(
+        self, states: Iterable[str] = (), types: Iterable[str] = ()
+    ) -> list[tuple[str, str, str, str]]:
+        """(group id, protocol type, state, group type) of every live group,
+        filtered by state and by type (case-insensitive, as Kafka)."""
         wanted = {s.lower() for s in states}
-        return [
-            (g.group_id, g.protocol_type or "", g.state.value)
-            for g in self.groups.values()
-            if g.state is not State.DEAD and (not wanted or g.state.value.lower() in wanted)
-        ]
+        kinds = {t.lower() for t in types}
+        out = []
+        if not kinds or CLASSIC_TYPE in kinds:
+            out += [
+                (g.group_id, g.protocol_type or "", g.state.value, CLASSIC_TYPE)
+                for g in self.groups.values()
+                if g.state is not State.DEAD and (not wanted or g.state.value.lower() in wanted)
+            ]
+        if not kinds or CONSUMER_TYPE in kinds:
+            out += [
+                (gid, CONSUMER, cg.state.value, CONSUMER_TYPE)
+                for gid, cg in self.consumer.groups.items()
+                if not wanted or cg.state.value.lower() in wanted
+            ]
+        return out
 
     def describe(self, group_id: str) -> GroupSummary:
         group = self.groups.get(group_id)
@@ -950,8 +1046,17 @@ class GroupCoordinator:
         writes: dict[int, asyncio.Future[None]] = {}
         for gid in group_ids:
             group = self.groups.get(gid)
+            cg = self.consumer.groups.get(gid)
             if not gid:
                 results.append(ErrorCode.invalid_group_id)
+            elif cg is not None:
+                if cg.members:
+                    results.append(ErrorCode.non_empty_group)
+                else:
+                    del self.consumer.groups[gid]
+                    writes[len(results)] = self.offsets.delete_group(gid)
+                    log.info("group %s: deleted", gid)
+                    results.append(ErrorCode.none)
             elif group is None or group.state is State.DEAD:
                 results.append(ErrorCode.group_id_not_found)
             elif group.state is not State.EMPTY:
@@ -974,15 +1079,108 @@ class GroupCoordinator:
         group.transition(State.DEAD)
         self.groups.pop(group.group_id, None)
 
+    # consumer protocol (KIP-848) ---------------------------------------------------
+
+    def consumer_heartbeat(self, req: HeartbeatRequest) -> HeartbeatResult:
+        """ConsumerGroupHeartbeat: the sans-IO machine, plus what needs the
+        loop and the store (timers, the group's row)."""
+        interval = self.consumer.config.heartbeat_interval_ms
+        if req.group_id and (gated := self.gate(req.group_id)) is not None:
+            return HeartbeatResult(gated, None, req.member_id, -1, interval)
+        classic = self.groups.get(req.group_id)
+        if classic is not None and classic.state is not State.DEAD:
+            if classic.members or classic.state is not State.EMPTY:
+                log.info(
+                    "group %s: consumer-protocol heartbeat from %s refused: a classic group "
+                    "with members",
+                    req.group_id,
+                    req.client_id,
+                )
+                return HeartbeatResult(
+                    ErrorCode.group_id_not_found,
+                    f"Group {req.group_id} is not a consumer group.",
+                    req.member_id,
+                    -1,
+                    interval,
+                )
+            if (refused := self.consumer.refusal(req)) is not None:
+                return refused
+            if req.member_epoch == 0:
+                # An empty classic group becomes a consumer-protocol group
+                # (Kafka's online upgrade of an empty group); offsets stay.
+                self._drop_group(classic)
+                self.consumer.groups[req.group_id] = ConsumerGroup(
+                    req.group_id, epoch=classic.generation, assignment_epoch=classic.generation
+                )
+                log.info("group %s: converted to a consumer-protocol group", req.group_id)
+        result = self.consumer.heartbeat(req, self._now())
+        self._consumer_changed()
+        return result
+
+    def consumer_group(self, group_id: str) -> ConsumerGroup | None:
+        return self.consumer.groups.get(group_id)
+
+    def group_type(self, group_id: str) -> str | None:
+        if group_id in self.consumer.groups:
+            return CONSUMER_TYPE
+        group = self.groups.get(group_id)
+        if group is not None and group.state is not State.DEAD:
+            return CLASSIC_TYPE
+        return None
+
+    def check_fetch(self, group_id: str, member_id: str | None, epoch: int) -> ErrorCode:
+        """OffsetFetch v9+: a consumer-protocol member fetches at its epoch."""
+        if group_id in self.consumer.groups:
+            return self.consumer.check_fetch(group_id, member_id, epoch)
+        return ErrorCode.none
+
+    def _now(self) -> int:
+        return int(self._loop.time() * 1000)
+
+    def _consumer_changed(self) -> None:
+        """Store the rows of groups whose epoch or state changed; aim the one
+        timer at the earliest member deadline."""
+        for gid in self.consumer.changed:
+            cg = self.consumer.groups.get(gid)
+            if cg is None:
+                continue
+            if not cg.members:
+                cg.state_ms = now_ms()
+            self.offsets.save_group(_consumer_row(cg))
+        self.consumer.changed.clear()
+        deadline = self.consumer.next_deadline()
+        if deadline is None or (
+            self._consumer_timer_at is not None and self._consumer_timer_at <= deadline
+        ):
+            return
+        if self._consumer_timer is not None:
+            self._consumer_timer.cancel()
+        self._consumer_timer_at = deadline
+        self._consumer_timer = self._loop.call_at(deadline / 1000, self._consumer_expire)
+
+    def _consumer_expire(self) -> None:
+        self._consumer_timer = None
+        self._consumer_timer_at = None
+        self.consumer.expire(self._now())
+        self._consumer_changed()
+
     # offsets -------------------------------------------------------------------
 
     def check_commit(
-        self, group_id: str, generation: int, member_id: str, group_instance_id: str | None
+        self,
+        group_id: str,
+        generation: int,
+        member_id: str,
+        group_instance_id: str | None,
+        api_version: int = 8,
     ) -> ErrorCode:
         """May this request commit offsets? Creates the group for a simple
-        (generation -1) commit, as Kafka does."""
+        (generation -1) commit, as Kafka does. For a consumer-protocol group
+        the generation is the member epoch."""
         if (gated := self.gate(group_id)) is not None:
             return gated
+        if group_id in self.consumer.groups:
+            return self.consumer.check_commit(group_id, member_id, generation, api_version)
         group = self.groups.get(group_id)
         if group is None:
             if generation >= 0:
@@ -1026,6 +1224,7 @@ class GroupCoordinator:
     def release(self, group_id: str) -> None:
         """Cluster mode: another broker coordinates the group now; forget it
         here (queued offset writes still go out)."""
+        self.consumer.groups.pop(group_id, None)
         group = self.groups.pop(group_id, None)
         if group is not None:
             self._cancel_timers(group)
@@ -1037,7 +1236,7 @@ class GroupCoordinator:
         self.offsets.replace(group_id, [])
 
     def release_all(self) -> None:
-        for gid in list(self.groups) + list(self.offsets.group_ids()):
+        for gid in list(self.groups) + list(self.consumer.groups) + list(self.offsets.group_ids()):
             self.release(gid)
 
     def pending_writes(self, group_ids: Iterable[str]) -> list[asyncio.Future[None]]:
@@ -1048,11 +1247,16 @@ class GroupCoordinator:
         self, group_id: str, keys: list[TopicPartition]
     ) -> tuple[ErrorCode, dict[TopicPartition, ErrorCode]]:
         """OffsetDelete (KIP-496): only offsets no live member subscribes to."""
-        group = self.groups.get(group_id)
-        if group is None or group.state is State.DEAD:
-            return ErrorCode.group_id_not_found, {}
         results: dict[TopicPartition, ErrorCode] = {}
-        if group.members:
+        group = self.groups.get(group_id)
+        if group_id in self.consumer.groups:
+            live = self.consumer.subscribed_topics(group_id)
+            for key in keys:
+                if key[0] in live:
+                    results[key] = ErrorCode.group_subscribed_to_topic
+        elif group is None or group.state is State.DEAD:
+            return ErrorCode.group_id_not_found, {}
+        elif group.members:
             if group.protocol_type != CONSUMER:
                 return ErrorCode.non_empty_group, {}
             subscribed = group.subscribed_topics()
@@ -1088,6 +1292,22 @@ class GroupCoordinator:
         retention = self.config.offsets_retention_ms
         writes: list[asyncio.Future[None]] = []
         expired_total = 0
+        for cg in list(self.consumer.groups.values()):
+            if cg.members:
+                continue
+            committed = self.offsets.committed(cg.group_id)
+            expired = [
+                k for k, c in committed.items() if max(c.commit_ms, cg.state_ms) + retention <= now
+            ]
+            if len(expired) == len(committed):
+                del self.consumer.groups[cg.group_id]
+                writes.append(self.offsets.delete_group(cg.group_id))
+                log.info("group %s: removed (empty, %d offsets expired)", cg.group_id, len(expired))
+                expired_total += len(expired)
+            elif expired:
+                writes.append(self.offsets.delete(cg.group_id, expired))
+                log.info("group %s: %d offsets expired", cg.group_id, len(expired))
+                expired_total += len(expired)
         for group in list(self.groups.values()):
             if group.state is not State.EMPTY:
                 continue
@@ -1125,6 +1345,26 @@ class GroupCoordinator:
 
 def _no_gate(_group_id: str) -> ErrorCode | None:
     return None
+
+
+class _NoTopics:
+    """A catalog without topics, for coordinators built without one (tests)."""
+
+    def topic(self, name: str) -> tuple[uuid.UUID, int] | None:
+        return None
+
+    def names(self) -> Iterable[str]:
+        return ()
+
+
+def _consumer_row(group: ConsumerGroup) -> GroupRow:
+    return GroupRow(
+        group.group_id,
+        CONSUMER,
+        group.epoch,
+        KIP848_STATE_PREFIX + group.state.value,
+        group.state_ms or now_ms(),
+    )
 
 
 def _check_member(group: Group, member_id: str, group_instance_id: str | None) -> ErrorCode | None:

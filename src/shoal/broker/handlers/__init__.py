@@ -45,6 +45,7 @@ def registry() -> dict[int, Handler]:
         acls,
         api_versions,
         configs,
+        consumer_group,
         delete_records,
         describe_cluster,
         describe_topic_partitions,
@@ -107,6 +108,8 @@ def registry() -> dict[int, Handler]:
         51: users.handle_alter_user_scram_credentials,
         55: leaders.handle_describe_quorum,
         60: describe_cluster.handle_describe_cluster,
+        68: consumer_group.handle_consumer_group_heartbeat,
+        69: consumer_group.handle_consumer_group_describe,
         74: configs.handle_list_config_resources,
         75: describe_topic_partitions.handle_describe_topic_partitions,
     }

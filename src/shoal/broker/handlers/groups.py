@@ -17,7 +17,16 @@ from typing import Any
 from shoal.broker.broker import DENIED, Broker
 from shoal.broker.handlers import Client, Deferred
 from shoal.broker.handlers.authorized import authorized_operations
-from shoal.group.coordinator import JoinRequest, JoinResult, SyncResult
+from shoal.group.coordinator import (
+    CONSUMER,
+    GroupSummary,
+    JoinRequest,
+    JoinResult,
+    MemberSummary,
+    SyncResult,
+    encode_assignment,
+    encode_subscription,
+)
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode
 from shoal.protocol.headers import RequestHeader
@@ -251,6 +260,7 @@ async def handle_list_groups(
 ) -> Any:
     s = Schema(16, header.api_version)
     states = tuple(getattr(body, "states_filter", ()) or ())
+    types = tuple(getattr(body, "types_filter", ()) or ())
     everything = broker.authorize(
         client, AclOperation.DESCRIBE, ResourceType.CLUSTER, CLUSTER_NAME, False
     )
@@ -258,8 +268,8 @@ async def handle_list_groups(
         throttle_time=ZERO,
         error_code=ErrorCode.none,
         groups=tuple(
-            s.ListedGroup(group_id=gid, protocol_type=ptype, group_state=state)
-            for gid, ptype, state in broker.groups.list_groups(states)
+            s.ListedGroup(group_id=gid, protocol_type=ptype, group_state=state, group_type=kind)
+            for gid, ptype, state, kind in broker.groups.list_groups(states, types)
             if everything
             or broker.authorize(client, AclOperation.DESCRIBE, ResourceType.GROUP, gid, False)
         ),
@@ -269,7 +279,10 @@ async def handle_list_groups(
 async def handle_describe_groups(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
-    """Unknown groups are described as Dead with no error, as Kafka does."""
+    """Unknown groups are described as Dead with no error, as Kafka does; a
+    consumer-protocol group as a classic one would be (Kafka 4: protocol type
+    `consumer`, members' subscriptions and assignments in the classic
+    consumer protocol's encoding)."""
     s = Schema(15, header.api_version)
     out = []
     for gid in body.groups:
@@ -286,10 +299,11 @@ async def handle_describe_groups(
                 )
             )
             continue
-        g = broker.groups.describe(gid)
+        g = describe_consumer_group(broker, gid) or broker.groups.describe(gid)
         out.append(
             s.DescribedGroup(
                 error_code=ErrorCode.none if gid else ErrorCode.invalid_group_id,
+                error_message=None,
                 group_id=gid,
                 group_state=g.state,
                 protocol_type=g.protocol_type,
@@ -315,6 +329,31 @@ async def handle_describe_groups(
             )
         )
     return s.DescribeGroupsResponse(throttle_time=ZERO, groups=tuple(out))
+
+
+def describe_consumer_group(broker: Broker, group_id: str) -> GroupSummary | None:
+    """A consumer-protocol group in DescribeGroups' terms, None if it is not one."""
+    cg = broker.groups.consumer_group(group_id)
+    if cg is None:
+        return None
+    topics = cg.subscribed(broker.groups.consumer.catalog, {})
+    return GroupSummary(
+        group_id,
+        cg.state.value,
+        CONSUMER,
+        cg.assignor,
+        tuple(
+            MemberSummary(
+                m.member_id,
+                m.instance_id,
+                m.client_id,
+                m.client_host,
+                encode_subscription(sorted(t for t in m.topic_names if t in topics)),
+                encode_assignment(m.assigned),
+            )
+            for m in cg.members.values()
+        ),
+    )
 
 
 async def handle_delete_groups(

@@ -35,6 +35,23 @@ async def handle_metadata(broker: Broker, client: Client, header: RequestHeader,
     else:
         for req in requested:
             name = req.name
+            topic_id = getattr(req, "topic_id", None)
+            if name is None and topic_id is not None:
+                # By id (v10+; librdkafka asks so for KIP-848 assignments).
+                by_id = broker.topics.by_id(topic_id)
+                if by_id is not None and _visible(broker, client, by_id.name):
+                    results.append(_topic(s, broker, by_id, client, topic_ops))
+                else:
+                    results.append(
+                        s.MetadataResponseTopic(
+                            error_code=ErrorCode.unknown_topic_id,
+                            name=None,
+                            topic_id=topic_id,
+                            is_internal=False,
+                            partitions=(),
+                        )
+                    )
+                continue
             try:
                 broker.require(client, AclOperation.DESCRIBE, ResourceType.TOPIC, name)
                 if allow_auto and broker.topics.get(name) is None:

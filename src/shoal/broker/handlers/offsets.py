@@ -44,6 +44,7 @@ async def handle_offset_commit(
             int(body.generation_id_or_member_epoch),
             body.member_id,
             getattr(body, "group_instance_id", None),
+            header.api_version,
         )
     if group_code != ErrorCode.none:
         log.info(
@@ -150,10 +151,23 @@ def _fetch_response(broker: Broker, client: Client, header: RequestHeader, body:
     version = header.api_version
     s = Schema(9, version)
 
-    def group_code(group_id: str) -> ErrorCode:
+    def group_code(group_id: str, member_id: str | None = None, epoch: int = -1) -> ErrorCode:
         if not broker.authorize(client, AclOperation.DESCRIBE, ResourceType.GROUP, group_id):
             return ErrorCode.group_authorization_failed
-        return broker.groups.gate(group_id) or ErrorCode.none
+        gated = broker.groups.gate(group_id)
+        if gated is not None:
+            return gated
+        code = broker.groups.check_fetch(group_id, member_id, epoch)  # v9+: KIP-848 members
+        if code != ErrorCode.none:
+            log.info(
+                "offset fetch for group %s from %s (member %r, epoch %d): %s",
+                group_id,
+                client,
+                member_id,
+                epoch,
+                code.name,
+            )
+        return code
 
     def visible(topic: str, log_denial: bool) -> bool:
         return broker.authorize(
@@ -180,7 +194,13 @@ def _fetch_response(broker: Broker, client: Client, header: RequestHeader, body:
                     error_code=code,
                 )
                 for g in body.groups
-                for code in (group_code(g.group_id),)
+                for code in (
+                    group_code(
+                        g.group_id,
+                        getattr(g, "member_id", None),
+                        int(getattr(g, "member_epoch", -1)),
+                    ),
+                )
             ),
         )
     code = group_code(body.group_id)
