@@ -19,6 +19,7 @@ from shoal.meta.acls import AclStore
 from shoal.meta.quotas import QuotaStore
 from shoal.meta.security import SecurityStore
 from shoal.meta.store import MetaStore, PartitionRecord
+from shoal.meta.transactions import TxnRepository
 from shoal.producer.ids import ProducerIdAllocator
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.security.acls import AclBinding, AclOperation, ResourceType
@@ -32,6 +33,7 @@ from shoal.storage.compaction import CompactionConfig
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.streams import EngineConfig, StreamEngine
 from shoal.storage.wal import WalConfig
+from shoal.txn.coordinator import TransactionCoordinator, TxnConfig
 
 if TYPE_CHECKING:
     from shoal.cluster.member import ClusterMember
@@ -59,6 +61,7 @@ class Node:
 
 class Broker:
     groups: GroupCoordinator  # set by open()
+    txn: TransactionCoordinator  # set by open()
     cluster: ClusterMember | None = None  # cluster mode only
 
     def __init__(
@@ -182,6 +185,17 @@ class Broker:
             )
             catalog.on_created = broker.cluster.assign_new
             await broker.cluster.start()
+        from shoal.broker.txn_io import BrokerTxnIO
+
+        broker.txn = TransactionCoordinator(
+            TxnRepository(meta),
+            broker.producer_ids.allocate,
+            BrokerTxnIO(broker),
+            TxnConfig.from_config(config),
+            shared=config.cluster_mode,
+        )
+        broker.txn.owns = lambda tid: broker.coordinator_node(tid).node_id == broker.node.node_id
+        await broker.txn.start()
         return broker
 
     async def close(self) -> None:
@@ -192,6 +206,8 @@ class Broker:
         await self.quota_sync.stop()
         await self.credential_sync.stop()
         self.audit.close()
+        if hasattr(self, "txn"):
+            await self.txn.close()
         await self.groups.close()
         await self.engine.close()
         await self.meta.close()

@@ -62,6 +62,7 @@ def registry() -> dict[int, Handler]:
         reassignments,
         sasl,
         topics,
+        transactions,
         users,
     )
 
@@ -86,6 +87,10 @@ def registry() -> dict[int, Handler]:
         21: delete_records.handle_delete_records,
         22: producer_ids.handle_init_producer_id,
         23: leader_epoch.handle_offset_for_leader_epoch,
+        24: transactions.handle_add_partitions_to_txn,
+        25: transactions.handle_add_offsets_to_txn,
+        26: transactions.handle_end_txn,
+        28: transactions.handle_txn_offset_commit,
         29: acls.handle_describe_acls,
         30: acls.handle_create_acls,
         31: acls.handle_delete_acls,
