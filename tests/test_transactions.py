@@ -66,6 +66,17 @@ def consume_all(
     return values
 
 
+FAST_SWEEP = {"SHOAL_TRANSACTION_ABORT_TIMED_OUT_TRANSACTION_CLEANUP_INTERVAL_MS": "100"}
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    """This module's broker sweeps for timed-out transactions every 100 ms."""
+    b = BrokerProcess(tmp_path_factory.mktemp("broker") / "data", env=FAST_SWEEP).start()
+    yield b
+    b.stop()
+
+
 @pytest.fixture
 def topic(broker: BrokerProcess, topic_name: str) -> Iterator[str]:
     assert int(create_topic(broker.bootstrap, topic_name, partitions=3)) == 0
@@ -173,3 +184,50 @@ def test_zombie_is_fenced(broker: BrokerProcess, topic: str) -> None:
         old.commit_transaction(30)
     assert info.value.args[0].fatal() or "fenced" in str(info.value).lower()
     assert consume_all(broker.bootstrap, topic, 3, "read_committed", 1) == [b"new"]
+
+
+def test_timed_out_transaction_is_aborted(broker: BrokerProcess, topic: str) -> None:
+    slow = txn_producer(broker.bootstrap, f"slow-{topic}", **{"transaction.timeout.ms": 1000})
+    slow.begin_transaction()
+    slow.produce(topic, value=b"timed-out", partition=0)
+    slow.flush(30)
+    other = txn_producer(broker.bootstrap, f"other-{topic}")
+    other.begin_transaction()
+    other.produce(topic, value=b"after", partition=0)
+    other.commit_transaction(30)
+    # the consumer moves past the aborted transaction once it times out
+    assert consume_all(broker.bootstrap, topic, 3, "read_committed", 1) == [b"after"]
+    with pytest.raises(KafkaException):
+        slow.commit_transaction(10)  # fenced by the abort's epoch bump
+    assert (
+        f"'slow-{topic}': aborting the open transaction (open longer than its timeout of 1000 ms)"
+        in broker.log()
+    )
+
+
+def test_kill_mid_transaction(fresh_broker: BrokerProcess, topic_name: str) -> None:
+    """A broker killed -9 with two transactions open: after the restart one
+    producer commits its transaction whole, the other's times out and is
+    aborted whole; read_committed sees exactly the first."""
+    b = fresh_broker
+    b.env.update(FAST_SWEEP)
+    b.start()
+    assert int(create_topic(b.bootstrap, topic_name, partitions=3)) == 0
+    dying = txn_producer(b.bootstrap, "tx-dies", **{"transaction.timeout.ms": 2000})
+    living = txn_producer(b.bootstrap, "tx-lives", **{"transaction.timeout.ms": 60_000})
+    dying.begin_transaction()
+    living.begin_transaction()
+    for i in range(9):
+        dying.produce(topic_name, value=f"d{i}".encode(), partition=i % 3)
+        living.produce(topic_name, value=f"l{i}".encode(), partition=i % 3)
+    dying.flush(30)  # acknowledged: durable before the kill
+    living.flush(30)
+    b.kill()
+    b.start()
+    living.commit_transaction(30)
+    kept = {f"l{i}".encode() for i in range(9)}
+    # the aborted transaction starts first in each partition: these arrive
+    # only once it has timed out and the last stable offset moved past it
+    assert sorted(consume_all(b.bootstrap, topic_name, 3, "read_committed", 9)) == sorted(kept)
+    everything = consume_all(b.bootstrap, topic_name, 3, "read_uncommitted", 18)
+    assert set(everything) == kept | {f"d{i}".encode() for i in range(9)}

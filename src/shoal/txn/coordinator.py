@@ -138,6 +138,7 @@ class TransactionCoordinator:
             if meta is None:
                 meta = TxnMeta(tid, await self.allocate_pid(), 0, timeout_ms, update_ms=now_ms())
                 await self._save(meta)
+                self._txns[tid] = meta
                 log.info("transactional id %r: producer id %d epoch 0", tid, meta.producer_id)
                 return meta.producer_id, 0
             if producer_id >= 0 and (
