@@ -36,6 +36,7 @@ from shoal.storage.wal import WalConfig
 from shoal.txn.coordinator import TransactionCoordinator, TxnConfig
 
 if TYPE_CHECKING:
+    from shoal.broker.txn_io import MarkerPoller
     from shoal.cluster.member import ClusterMember
 
 log = logging.getLogger("shoal.broker")
@@ -62,6 +63,7 @@ class Node:
 class Broker:
     groups: GroupCoordinator  # set by open()
     txn: TransactionCoordinator  # set by open()
+    markers: MarkerPoller | None = None  # cluster mode: markers asked of this broker
     cluster: ClusterMember | None = None  # cluster mode only
 
     def __init__(
@@ -185,16 +187,20 @@ class Broker:
             )
             catalog.on_created = broker.cluster.assign_new
             await broker.cluster.start()
-        from shoal.broker.txn_io import BrokerTxnIO
+        from shoal.broker.txn_io import BrokerTxnIO, MarkerPoller
 
+        repo = TxnRepository(meta)
         broker.txn = TransactionCoordinator(
-            TxnRepository(meta),
+            repo,
             broker.producer_ids.allocate,
-            BrokerTxnIO(broker),
+            BrokerTxnIO(broker, repo),
             TxnConfig.from_config(config),
             shared=config.cluster_mode,
         )
         broker.txn.owns = lambda tid: broker.coordinator_node(tid).node_id == broker.node.node_id
+        if config.cluster_mode:
+            broker.markers = MarkerPoller(broker, repo)
+            broker.markers.start()
         await broker.txn.start()
         return broker
 
@@ -208,6 +214,8 @@ class Broker:
         self.audit.close()
         if hasattr(self, "txn"):
             await self.txn.close()
+        if self.markers is not None:
+            await self.markers.stop()
         await self.groups.close()
         await self.engine.close()
         await self.meta.close()

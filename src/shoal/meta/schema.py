@@ -149,6 +149,24 @@ transactions = Table(
     Column("update_ms", BigInteger, nullable=False),
 )
 
+# Markers a coordinator asks another broker to write (cluster mode): the
+# owner of the stream writes the marker and deletes the row in the WAL commit
+# that makes the marker durable, so each is written exactly once, by whoever
+# owns the partition then.
+txn_markers = Table(
+    "txn_markers",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("transactional_id", Text, nullable=False),
+    Column("stream_id", Integer, ForeignKey("streams.id"), nullable=False),
+    Column("producer_id", BigInteger, nullable=False),
+    Column("producer_epoch", Integer, nullable=False),
+    Column("commit", Boolean, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+Index("txn_markers_tid", txn_markers.c.transactional_id)
+
 #: (table, column, DDL) added to existing databases by MetaStore.migrate
 ADDED_COLUMNS = [("producer_states", "txn_first_offset", "BIGINT NOT NULL DEFAULT -1")]
 

@@ -152,6 +152,8 @@ class ObjectCommit:
     ranges: list[RangeCommit]
     producers: list[ProducerRow] = field(default_factory=list)
     aborted: list[AbortedTxn] = field(default_factory=list)
+    #: txn_markers rows whose markers this object holds: deleted with the commit
+    markers_done: list[int] = field(default_factory=list)
 
 
 def redact_url(url: str) -> str:
@@ -570,6 +572,9 @@ class MetaStore:
             ]
             if aborted:
                 await conn.execute(insert(s.aborted_txns), aborted)
+            done = [m for obj in objects for m in obj.markers_done]
+            if done:
+                await conn.execute(delete(s.txn_markers).where(s.txn_markers.c.id.in_(done)))
 
     async def _raise_fenced(self, conn: AsyncConnection, moves: dict[int, list[int]]) -> None:
         """Find which stream a group commit could not move, then abort."""

@@ -7,11 +7,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from shoal.meta import schema as s
-from shoal.meta.store import MetaStore
+from shoal.meta.store import MetaStore, now_ms
+
+
+@dataclass(frozen=True, slots=True)
+class MarkerRow:
+    """A marker a coordinator asked the owner of a stream to write."""
+
+    id: int
+    transactional_id: str
+    stream_id: int
+    producer_id: int
+    producer_epoch: int
+    commit: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +93,61 @@ class TxnRepository:
         t = s.transactions
         async with self.meta._tx() as conn:
             await conn.execute(delete(t).where(t.c.transactional_id.in_(transactional_ids)))
+
+    async def ask_markers(
+        self, tid: str, producer_id: int, epoch: int, commit: bool, stream_ids: list[int]
+    ) -> None:
+        """Ask the owners of these streams for a marker each (unless asked already)."""
+        m = s.txn_markers
+        async with self.meta._tx() as conn:
+            asked = {
+                r.stream_id
+                for r in await conn.execute(
+                    select(m.c.stream_id).where(
+                        m.c.transactional_id == tid,
+                        m.c.producer_id == producer_id,
+                        m.c.producer_epoch == epoch,
+                    )
+                )
+            }
+            rows = [
+                {
+                    "transactional_id": tid,
+                    "stream_id": sid,
+                    "producer_id": producer_id,
+                    "producer_epoch": epoch,
+                    "commit": commit,
+                    "created_ms": now_ms(),
+                }
+                for sid in stream_ids
+                if sid not in asked
+            ]
+            if rows:
+                await conn.execute(insert(m), rows)
+
+    async def markers_left(self, tid: str) -> int:
+        m = s.txn_markers
+        async with self.meta.engine.connect() as conn:
+            q = select(func.count()).select_from(m).where(m.c.transactional_id == tid)
+            return int((await conn.execute(q)).scalar_one())
+
+    async def markers_for(self, stream_ids: list[int]) -> list[MarkerRow]:
+        """Markers asked of these streams (the ones this broker owns), oldest first."""
+        if not stream_ids:
+            return []
+        m = s.txn_markers
+        async with self.meta.engine.connect() as conn:
+            rows = await conn.execute(
+                select(m).where(m.c.stream_id.in_(stream_ids)).order_by(m.c.id)
+            )
+            return [
+                MarkerRow(
+                    r.id, r.transactional_id, r.stream_id, r.producer_id, r.producer_epoch, r.commit
+                )
+                for r in rows
+            ]
+
+    async def drop_marker(self, row_id: int) -> None:
+        m = s.txn_markers
+        async with self.meta._tx() as conn:
+            await conn.execute(delete(m).where(m.c.id == row_id))

@@ -400,11 +400,13 @@ class StreamEngine:
         commit: bool,
         coordinator_epoch: int,
         leader_epoch: int,
+        marker_row: int = -1,
     ) -> asyncio.Future[int]:
         """Append a transaction marker for the producer (see control_batch);
         the future resolves to its offset once durable. Written even when the
         producer has no open transaction here, as Kafka does: the marker is
-        what tells a client the transaction is over."""
+        what tells a client the transaction is over. `marker_row`: the
+        txn_markers row asking for it, deleted in the same commit."""
         self.last_append = time.monotonic()
         now = int(time.time() * 1000)
         data = control_batch(producer_id, producer_epoch, commit, coordinator_epoch, now)
@@ -429,6 +431,7 @@ class StreamEngine:
                 fut,
                 producer_id,
                 first if not commit else -1,
+                marker_row,
             )
         )
         st.next_offset += 1

@@ -66,6 +66,8 @@ class Append:
     producer_id: int = -1
     #: an abort marker: the first offset of the transaction it ends (else -1)
     aborted_first: int = -1
+    #: a marker asked for through the metadata store: its txn_markers row
+    marker_row: int = -1
 
 
 @dataclass(slots=True)
@@ -307,7 +309,12 @@ class Wal:
             for a in buf.appends
             if a.aborted_first >= 0 and a.stream_id not in fenced
         ]
-        return ObjectCommit(buf.key, buf.object_size, ranges, self._producers(buf, fenced), aborted)
+        done = [
+            a.marker_row for a in buf.appends if a.marker_row >= 0 and a.stream_id not in fenced
+        ]
+        return ObjectCommit(
+            buf.key, buf.object_size, ranges, self._producers(buf, fenced), aborted, done
+        )
 
     def _producers(self, buf: _Buffer, fenced: set[int]) -> list[ProducerRow]:
         if self._producer_rows is None:

@@ -34,7 +34,12 @@ log = logging.getLogger("shoal.txn")
 
 class TxnIO(Protocol):
     async def write_markers(
-        self, producer_id: int, epoch: int, commit: bool, partitions: set[TopicPartition]
+        self,
+        tid: str,
+        producer_id: int,
+        epoch: int,
+        commit: bool,
+        partitions: set[TopicPartition],
     ) -> None:
         """Write a marker into each partition; return once all are durable."""
 
@@ -104,9 +109,11 @@ class TransactionCoordinator:
         be the id's current incarnation with the partition added to its open
         transaction (Kafka 4 verifies this; older Kafka trusted the client).
         An id this broker does not hold (cluster mode) is not checked here."""
+        if self.shared and not self.owns(tid):
+            return ErrorCode.none
         meta = self._txns.get(tid)
         if meta is None:
-            return ErrorCode.none if self.shared else ErrorCode.invalid_producer_id_mapping
+            return ErrorCode.invalid_producer_id_mapping
         if producer_id != meta.producer_id:
             return ErrorCode.invalid_producer_id_mapping
         if epoch < meta.producer_epoch:
@@ -276,7 +283,11 @@ class TransactionCoordinator:
         commit = meta.state == TxnState.PREPARE_COMMIT
         started = time.monotonic()
         await self.io.write_markers(
-            meta.producer_id, meta.producer_epoch, commit, set(meta.partitions)
+            meta.transactional_id,
+            meta.producer_id,
+            meta.producer_epoch,
+            commit,
+            set(meta.partitions),
         )
         if commit and meta.offsets:
             await self.io.apply_offsets(meta.offsets)
