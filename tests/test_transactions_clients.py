@@ -129,3 +129,41 @@ def test_consume_transform_produce(broker: BrokerProcess, topic_name: str) -> No
     out = consume_all(broker.bootstrap, dst, 2, "read_committed", 40)
     assert sorted(out) == sorted(b"x" + str(i).encode() for i in range(40))
     assert len(consume_all(broker.bootstrap, dst, 2, "read_uncommitted", 40)) > 40
+
+
+def test_operator_apis_with_kafka_python_admin(broker: BrokerProcess, topic_name: str) -> None:
+    """ListTransactions, DescribeTransactions and DescribeProducers answer
+    kafka-python's admin client with an open transaction's state."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import TransactionalIdNotFoundError
+    from kafka.structs import TopicPartition as KTopicPartition
+
+    assert int(create_topic(broker.bootstrap, topic_name, partitions=2)) == 0
+    tid = f"ops-{topic_name}"
+    p = txn_producer(broker.bootstrap, tid)
+    p.begin_transaction()
+    p.produce(topic_name, value=b"open", partition=1)
+    p.flush(30)
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        listed = [t for ts in admin.list_transactions().values() for t in ts]
+        mine = [t for t in listed if t.transactional_id == tid]
+        assert len(mine) == 1 and str(mine[0].state.value) == "Ongoing"
+        ongoing = admin.list_transactions(state_filters=["CompleteCommit"]).values()
+        assert tid not in {t.transactional_id for ts in ongoing for t in ts}
+        d = admin.describe_transactions([tid])[tid]
+        assert d.topic_partitions == {KTopicPartition(topic_name, 1)}
+        assert d.producer_id == mine[0].producer_id and d.transaction_timeout_ms == 60_000
+        states = admin.describe_producers([KTopicPartition(topic_name, 1)])
+        (active,) = states[KTopicPartition(topic_name, 1)].active_producers
+        assert active.producer_id == d.producer_id and active.current_transaction_start_offset == 0
+        try:
+            admin.describe_transactions(["never-used"])
+            raise AssertionError("an unknown id was described")
+        except TransactionalIdNotFoundError:
+            pass
+        p.commit_transaction(30)
+        d = admin.describe_transactions([tid])[tid]
+        assert str(d.state.value) == "CompleteCommit" and not d.topic_partitions
+    finally:
+        admin.close()

@@ -674,6 +674,10 @@ class StreamEngine:
         st = await self.open(stream_id)
         return st.start_offset, st.end_offset
 
+    async def producers(self, stream_id: int) -> dict[int, ProducerEntry]:
+        """Producer state of the stream (DescribeProducers)."""
+        return dict((await self.open(stream_id)).producers)
+
     async def last_stable_offset(self, stream_id: int) -> int:
         return (await self.open(stream_id)).last_stable_offset
 

@@ -131,8 +131,17 @@ class TransactionCoordinator:
             if m.state in (TxnState.ONGOING, TxnState.PREPARE_COMMIT)
         )
 
-    def transactions(self) -> list[TxnMeta]:
-        return list(self._txns.values())
+    async def coordinated(self) -> list[TxnMeta]:
+        """The ids this broker coordinates (ListTransactions), as saved."""
+        if self.shared:
+            metas = [TxnMeta.from_row(r) for r in await self.repo.load()]
+        else:
+            metas = list(self._txns.values())
+        return [m for m in metas if self.owns(m.transactional_id)]
+
+    async def describe(self, tid: str) -> TxnMeta | None:
+        async with self._lock(tid):
+            return await self._get(tid)
 
     # requests ---------------------------------------------------------------
 

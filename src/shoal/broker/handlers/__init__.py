@@ -62,6 +62,7 @@ def registry() -> dict[int, Handler]:
         reassignments,
         sasl,
         topics,
+        transaction_admin,
         transactions,
         users,
     )
@@ -112,6 +113,9 @@ def registry() -> dict[int, Handler]:
         51: users.handle_alter_user_scram_credentials,
         55: leaders.handle_describe_quorum,
         60: describe_cluster.handle_describe_cluster,
+        61: transaction_admin.handle_describe_producers,
+        65: transaction_admin.handle_describe_transactions,
+        66: transaction_admin.handle_list_transactions,
         74: configs.handle_list_config_resources,
         75: describe_topic_partitions.handle_describe_topic_partitions,
     }
