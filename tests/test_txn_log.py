@@ -149,3 +149,46 @@ def test_coordinator_rules() -> None:
     with pytest.raises(TxnError) as info:
         st.prepare_end(meta, True, 500)
     assert info.value.code == ErrorCode.invalid_txn_state
+
+
+def keyed(pid: int, key: bytes, value: bytes, transactional: bool = True) -> list:  # type: ignore[type-arg]
+    b = BatchBuilder(
+        producer_id=pid if transactional else -1,
+        producer_epoch=0 if transactional else -1,
+        base_sequence=0 if transactional else -1,
+        attributes=TRANSACTIONAL_BIT if transactional else 0,
+    )
+    b.append(1_700_000_000_000, key, value)
+    return validate_batches(b.build(), 1 << 20)
+
+
+async def test_key_compaction_with_transactions(meta: MetaStore) -> None:
+    """Aborted records go and never count as a key's latest value; nothing
+    at or past the last stable offset is cleaned; old markers go."""
+    import time
+
+    from shoal.storage.keycompaction import KeyCompactionPolicy
+
+    sid = await stream(meta)
+    eng = engine(meta, FaultyStore())
+    await (await eng.append(sid, keyed(-1, b"a", b"1", transactional=False), 0))  # 0
+    await (await eng.append(sid, keyed(7, b"a", b"aborted"), 0))  # 1
+    await (await eng.write_marker(sid, 7, 0, False, 0, 0))  # 2
+    await (await eng.append(sid, keyed(8, b"b", b"open"), 0))  # 3: the LSO
+    await (await eng.append(sid, keyed(-1, b"a", b"2", transactional=False), 0))  # 4
+
+    def policy(retention_ms: int) -> KeyCompactionPolicy:
+        return KeyCompactionPolicy(int(time.time() * 1000) + 1000, 0, retention_ms, 0.0, 1 << 20)
+
+    async def offsets() -> list[int]:
+        chunks = (await eng.read(sid, 0, 1 << 20)).chunks
+        return [read_header(c).base_offset for c in chunks]
+
+    assert await eng.compact_keys(sid, policy(10**9))
+    # a=1 stays: the later a=2 is past the LSO and the aborted a does not count
+    assert await offsets() == [0, 2, 3, 4]
+    await (await eng.write_marker(sid, 8, 0, True, 0, 0))  # 5: commit
+    assert await eng.compact_keys(sid, policy(0))
+    # now a=2 is the latest a; both markers are old enough to go
+    assert await offsets() == [3, 4]
+    await eng.close()

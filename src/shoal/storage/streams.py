@@ -730,6 +730,8 @@ class StreamEngine:
             st.cleaned_end,
             self.config.compaction.delete_grace_ms,
             self.uploading,
+            st.last_stable_offset,
+            list(st.aborted),
         )
         if outcome is None:
             return False
