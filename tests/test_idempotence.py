@@ -8,7 +8,6 @@ import threading
 import time
 from typing import Any
 
-import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from kio.schema.errors import ErrorCode
 
@@ -169,21 +168,3 @@ def test_confluent_idempotent_through_connection_cuts(
     consumer.close()
     proxy.stop()
     assert values == list(range(n)), f"dups or gaps: {len(values)} values"
-
-
-@pytest.mark.parametrize("cut_after", [1])
-def test_transactional_id_is_refused(broker: BrokerProcess, cut_after: int) -> None:
-    from kio.schema.init_producer_id.v4.request import InitProducerIdRequest
-
-    with RawClient(broker.bootstrap) as c:
-        r = c.call(
-            22,
-            4,
-            InitProducerIdRequest(
-                transactional_id="tx",
-                transaction_timeout=datetime.timedelta(seconds=60),
-                producer_id=-1,
-                producer_epoch=-1,
-            ),
-        )
-    assert r.error_code == ErrorCode.transactional_id_authorization_failed

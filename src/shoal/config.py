@@ -481,6 +481,27 @@ BROKER_KEYS: dict[str, Key] = {
             at_least(1000),
         ),
         Key(
+            "transaction.max.timeout.ms",
+            int,
+            900_000,
+            "largest transaction.timeout.ms a transactional producer may ask for",
+            at_least(1),
+        ),
+        Key(
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+            int,
+            10_000,
+            "how often the coordinator aborts transactions past their timeout",
+            at_least(10),
+        ),
+        Key(
+            "transactional.id.expiration.ms",
+            int,
+            604_800_000,
+            "idle time after which a transactional id with no open transaction is forgotten",
+            at_least(1000),
+        ),
+        Key(
             "metrics.listen",
             str,
             "",

@@ -20,6 +20,7 @@ from shoal.meta.acls import AclStore
 from shoal.meta.quotas import QuotaStore
 from shoal.meta.security import SecurityStore
 from shoal.meta.store import MetaStore, PartitionRecord
+from shoal.meta.transactions import TxnRepository
 from shoal.producer.ids import ProducerIdAllocator
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.security.acls import AclBinding, AclOperation, ResourceType
@@ -33,8 +34,10 @@ from shoal.storage.compaction import CompactionConfig
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.streams import EngineConfig, StreamEngine
 from shoal.storage.wal import WalConfig
+from shoal.txn.coordinator import TransactionCoordinator, TxnConfig
 
 if TYPE_CHECKING:
+    from shoal.broker.txn_io import MarkerPoller
     from shoal.cluster.member import ClusterMember
 
 log = logging.getLogger("shoal.broker")
@@ -60,6 +63,8 @@ class Node:
 
 class Broker:
     groups: GroupCoordinator  # set by open()
+    txn: TransactionCoordinator  # set by open()
+    markers: MarkerPoller | None = None  # cluster mode: markers asked of this broker
     cluster: ClusterMember | None = None  # cluster mode only
 
     def __init__(
@@ -188,6 +193,21 @@ class Broker:
             )
             catalog.on_created = broker.cluster.assign_new
             await broker.cluster.start()
+        from shoal.broker.txn_io import BrokerTxnIO, MarkerPoller
+
+        repo = TxnRepository(meta)
+        broker.txn = TransactionCoordinator(
+            repo,
+            broker.producer_ids.allocate,
+            BrokerTxnIO(broker, repo),
+            TxnConfig.from_config(config),
+            shared=config.cluster_mode,
+        )
+        broker.txn.owns = lambda tid: broker.coordinator_node(tid).node_id == broker.node.node_id
+        if config.cluster_mode:
+            broker.markers = MarkerPoller(broker, repo)
+            broker.markers.start()
+        await broker.txn.start()
         return broker
 
     async def close(self) -> None:
@@ -198,6 +218,10 @@ class Broker:
         await self.quota_sync.stop()
         await self.credential_sync.stop()
         self.audit.close()
+        if hasattr(self, "txn"):
+            await self.txn.close()
+        if self.markers is not None:
+            await self.markers.stop()
         await self.groups.close()
         await self.engine.close()
         await self.meta.close()

@@ -112,7 +112,63 @@ producer_states = Table(
     Column("epoch", Integer, nullable=False),
     Column("batches", Text, nullable=False),  # JSON [[first_seq, last_seq, base, last], ...]
     Column("last_timestamp_ms", BigInteger, nullable=False),
+    # Transactions (issue 11): first offset of the producer's open transaction
+    # on the stream, -1 when none; the oldest is the last stable offset.
+    Column("txn_first_offset", BigInteger, nullable=False, default=-1, server_default="-1"),
 )
+
+# Aborted transactions per stream (first record .. abort marker), written in
+# the WAL commit that makes the marker durable; read_committed fetches list
+# the ones they overlap. Trimmed with the stream's start.
+aborted_txns = Table(
+    "aborted_txns",
+    metadata,
+    Column("stream_id", Integer, ForeignKey("streams.id"), primary_key=True),
+    Column("last_offset", BigInteger, primary_key=True),
+    Column("producer_id", BigInteger, nullable=False),
+    Column("first_offset", BigInteger, nullable=False),
+)
+
+# Transaction coordinator state (issue 11), one row per transactional id.
+# `partitions` is JSON [[topic, partition], ...]; `offsets` JSON
+# {group: [[topic, partition, offset, leader_epoch, metadata], ...]} holds the
+# TxnOffsetCommits applied at commit. A row in PrepareCommit/PrepareAbort is a
+# decision taken whose markers may not all be written: whoever coordinates the
+# id next (after a restart or a move) finishes it.
+transactions = Table(
+    "transactions",
+    metadata,
+    Column("transactional_id", Text, primary_key=True),
+    Column("producer_id", BigInteger, nullable=False),
+    Column("producer_epoch", Integer, nullable=False),
+    Column("timeout_ms", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("partitions", Text, nullable=False, default="[]"),
+    Column("offsets", Text, nullable=False, default="{}"),
+    Column("start_ms", BigInteger, nullable=False, default=-1),
+    Column("update_ms", BigInteger, nullable=False),
+)
+
+# Markers a coordinator asks another broker to write (cluster mode): the
+# owner of the stream writes the marker and deletes the row in the WAL commit
+# that makes the marker durable, so each is written exactly once, by whoever
+# owns the partition then.
+txn_markers = Table(
+    "txn_markers",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("transactional_id", Text, nullable=False),
+    Column("stream_id", Integer, ForeignKey("streams.id"), nullable=False),
+    Column("producer_id", BigInteger, nullable=False),
+    Column("producer_epoch", Integer, nullable=False),
+    Column("commit", Boolean, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+Index("txn_markers_tid", txn_markers.c.transactional_id)
+
+#: (table, column, DDL) added to existing databases by MetaStore.migrate
+ADDED_COLUMNS = [("producer_states", "txn_first_offset", "BIGINT NOT NULL DEFAULT -1")]
 
 # Named counters (producer id blocks).
 counters = Table(

@@ -128,6 +128,19 @@ class ProducerRow:
     epoch: int
     batches: str
     last_timestamp_ms: int
+    #: first offset of the producer's open transaction on the stream, -1 if none
+    txn_first_offset: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class AbortedTxn:
+    """An aborted transaction's span on one stream, from its first record to
+    its abort marker: what read_committed fetches list so clients drop it."""
+
+    stream_id: int
+    producer_id: int
+    first_offset: int
+    last_offset: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +151,9 @@ class ObjectCommit:
     size: int
     ranges: list[RangeCommit]
     producers: list[ProducerRow] = field(default_factory=list)
+    aborted: list[AbortedTxn] = field(default_factory=list)
+    #: txn_markers rows whose markers this object holds: deleted with the commit
+    markers_done: list[int] = field(default_factory=list)
 
 
 def redact_url(url: str) -> str:
@@ -242,6 +258,7 @@ class MetaStore:
             if not self.is_sqlite:
                 await conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
             await conn.run_sync(s.metadata.create_all)
+            await conn.run_sync(_add_missing_columns)
             version = (await conn.execute(select(s.schema_version.c.version))).scalar()
             if version is None:
                 await conn.execute(insert(s.schema_version).values(version=s.SCHEMA_VERSION))
@@ -543,6 +560,21 @@ class MetaStore:
             latest = {(p.stream_id, p.producer_id): p for obj in objects for p in obj.producers}
             for p in latest.values():
                 await self._upsert_producer(conn, p)
+            aborted = [
+                {
+                    "stream_id": a.stream_id,
+                    "producer_id": a.producer_id,
+                    "first_offset": a.first_offset,
+                    "last_offset": a.last_offset,
+                }
+                for obj in objects
+                for a in obj.aborted
+            ]
+            if aborted:
+                await conn.execute(insert(s.aborted_txns), aborted)
+            done = [m for obj in objects for m in obj.markers_done]
+            if done:
+                await conn.execute(delete(s.txn_markers).where(s.txn_markers.c.id.in_(done)))
 
     async def _raise_fenced(self, conn: AsyncConnection, moves: dict[int, list[int]]) -> None:
         """Find which stream a group commit could not move, then abort."""
@@ -576,7 +608,12 @@ class MetaStore:
         res = await conn.execute(
             update(t)
             .where(t.c.stream_id == p.stream_id, t.c.producer_id == p.producer_id)
-            .values(epoch=p.epoch, batches=p.batches, last_timestamp_ms=p.last_timestamp_ms)
+            .values(
+                epoch=p.epoch,
+                batches=p.batches,
+                last_timestamp_ms=p.last_timestamp_ms,
+                txn_first_offset=p.txn_first_offset,
+            )
         )
         if res.rowcount == 0:
             await conn.execute(
@@ -586,6 +623,7 @@ class MetaStore:
                     epoch=p.epoch,
                     batches=p.batches,
                     last_timestamp_ms=p.last_timestamp_ms,
+                    txn_first_offset=p.txn_first_offset,
                 )
             )
 
@@ -594,15 +632,39 @@ class MetaStore:
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(t).where(t.c.stream_id == stream_id))
             return [
-                ProducerRow(r.stream_id, r.producer_id, r.epoch, r.batches, r.last_timestamp_ms)
+                ProducerRow(
+                    r.stream_id,
+                    r.producer_id,
+                    r.epoch,
+                    r.batches,
+                    r.last_timestamp_ms,
+                    r.txn_first_offset,
+                )
                 for r in rows
             ]
 
+    async def load_aborted(self, stream_id: int, from_offset: int = 0) -> list[AbortedTxn]:
+        """Aborted transactions of a stream that end at or after `from_offset`,
+        in marker order."""
+        t = s.aborted_txns
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(t)
+                .where(t.c.stream_id == stream_id, t.c.last_offset >= from_offset)
+                .order_by(t.c.last_offset)
+            )
+            return [
+                AbortedTxn(r.stream_id, r.producer_id, r.first_offset, r.last_offset) for r in rows
+            ]
+
     async def expire_producers(self, older_than_ms: int) -> int:
-        """Forget producers idle since before the cut-off (producer.id.expiration.ms)."""
+        """Forget producers idle since before the cut-off
+        (producer.id.expiration.ms), except those in an open transaction."""
         t = s.producer_states
         async with self._tx() as conn:
-            res = await conn.execute(delete(t).where(t.c.last_timestamp_ms < older_than_ms))
+            res = await conn.execute(
+                delete(t).where(t.c.last_timestamp_ms < older_than_ms, t.c.txn_first_offset < 0)
+            )
         return int(res.rowcount or 0)
 
     async def allocate_counter(self, name: str, count: int) -> int:
@@ -656,6 +718,8 @@ class MetaStore:
             ).scalar_one()
             r = s.stream_ranges
             await conn.execute(delete(r).where(r.c.stream_id == stream_id, r.c.end_offset <= row))
+            a = s.aborted_txns
+            await conn.execute(delete(a).where(a.c.stream_id == stream_id, a.c.last_offset < row))
             await self._schedule_unreferenced(conn, grace_ms)
         return int(row)
 
@@ -851,6 +915,15 @@ class MetaStore:
     async def execute_read(self, statement: Any) -> list[Any]:
         async with self.engine.connect() as conn:
             return list((await conn.execute(statement)).all())
+
+
+def _add_missing_columns(conn: Any) -> None:
+    """Columns added to existing tables after schema v1 (create_all adds
+    only tables): ALTER TABLE ... ADD COLUMN with the column's default."""
+    inspector = inspect(conn)
+    for table, column, ddl in s.ADDED_COLUMNS:
+        if column not in {c["name"] for c in inspector.get_columns(table)}:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

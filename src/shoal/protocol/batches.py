@@ -25,6 +25,7 @@ from shoal.protocol.records import (
     CRC_START,
     HEADER_SIZE,
     TIMESTAMP_TYPE_BIT,
+    TRANSACTIONAL_BIT,
     read_header,
 )
 
@@ -125,6 +126,7 @@ class BatchBuilder:
         "_max_ts",
         "_parts",
         "_size",
+        "attributes",
         "base_sequence",
         "compression",
         "producer_epoch",
@@ -138,10 +140,13 @@ class BatchBuilder:
         producer_id: int = -1,
         producer_epoch: int = -1,
         base_sequence: int = -1,
+        attributes: int = 0,
     ) -> None:
         if compression not in CODECS.values():
             raise ValueError(f"unknown compression codec {compression}")
         self.compression = compression
+        #: flag bits beside the codec (TRANSACTIONAL_BIT, CONTROL_BIT)
+        self.attributes = attributes
         self.producer_id = producer_id
         self.producer_epoch = producer_epoch
         self.base_sequence = base_sequence
@@ -185,7 +190,7 @@ class BatchBuilder:
         count = len(self._parts)
         after_crc = (
             _AFTER_CRC.pack(
-                self.compression,
+                self.compression | self.attributes,
                 count - 1,
                 self._base_ts,
                 self._max_ts,
@@ -213,6 +218,42 @@ def build_batch(
     for ts, key, value, headers in records:
         b.append(ts, key, value, headers)
     return b.build(base_offset)
+
+
+_CONTROL_KEY = struct.Struct(">hh")  # version 0, type (0 abort, 1 commit)
+_CONTROL_VALUE = struct.Struct(">hi")  # version 0, coordinator epoch
+ABORT_MARKER = 0
+COMMIT_MARKER = 1
+
+
+def control_batch(
+    producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int, timestamp: int
+) -> bytes:
+    """A transaction marker, as Kafka writes it into each partition of a
+    transaction: a transactional control batch of one record whose key says
+    commit or abort. Clients skip it; read_committed ones use it to end the
+    producer's transaction."""
+    b = BatchBuilder(
+        producer_id=producer_id,
+        producer_epoch=producer_epoch,
+        attributes=TRANSACTIONAL_BIT | CONTROL_BIT,
+    )
+    b.append(
+        timestamp,
+        _CONTROL_KEY.pack(0, COMMIT_MARKER if commit else ABORT_MARKER),
+        _CONTROL_VALUE.pack(0, coordinator_epoch),
+    )
+    return b.build()
+
+
+def control_type(batch: bytes | memoryview) -> int | None:
+    """COMMIT_MARKER or ABORT_MARKER for a control batch, None otherwise."""
+    if not is_control(batch):
+        return None
+    (rec,) = decode_records(batch)
+    if rec.key is None or len(rec.key) < _CONTROL_KEY.size:
+        return None
+    return int(_CONTROL_KEY.unpack_from(rec.key)[1])
 
 
 # compression --------------------------------------------------------------

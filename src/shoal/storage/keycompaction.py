@@ -8,6 +8,12 @@ min.compaction.lag.ms is rewritten, so consumers of the tail always see every
 update. Batches are re-encoded only when some of their records go; the kept
 records' bytes are copied as they are and the batch is recompressed with its
 own codec.
+
+Transactions, as Kafka's cleaner treats them: nothing at or past the last
+stable offset is cleaned or counts as a key's latest value (an open
+transaction may still abort); records of aborted transactions are removed and
+never count; transaction markers are removed once older than
+delete.retention.ms (by then the records they closed are gone or committed).
 """
 
 from __future__ import annotations
@@ -21,13 +27,15 @@ from dataclasses import dataclass
 
 import crc32c
 
-from shoal.meta.store import MetaStore, RangeCommit, RangeRecord
+from shoal.meta.store import AbortedTxn, MetaStore, RangeCommit, RangeRecord
 from shoal.protocol.batches import compress, decompress
 from shoal.protocol.records import (
     CONTROL_BIT,
     CRC_START,
     HEADER_SIZE,
     TIMESTAMP_TYPE_BIT,
+    TRANSACTIONAL_BIT,
+    BatchHeader,
     batch_spans,
     read_header,
     read_varint,
@@ -133,6 +141,20 @@ def rebuild(batch: memoryview, records: bytes, count: int) -> bytes:
 ReadBlock = Callable[[RangeRecord], Awaitable[memoryview]]
 
 
+class AbortedIndex:
+    """Which transactional batches belong to an aborted transaction."""
+
+    def __init__(self, aborted: Sequence[AbortedTxn]) -> None:
+        self._spans: dict[int, list[tuple[int, int]]] = {}
+        for a in aborted:
+            self._spans.setdefault(a.producer_id, []).append((a.first_offset, a.last_offset))
+
+    def __contains__(self, h: BatchHeader) -> bool:
+        if not h.attributes & TRANSACTIONAL_BIT or h.attributes & CONTROL_BIT:
+            return False
+        return any(f <= h.base_offset < last for f, last in self._spans.get(h.producer_id, ()))
+
+
 async def compact_keys(
     store: ObjectStore,
     meta: MetaStore,
@@ -144,13 +166,19 @@ async def compact_keys(
     cleaned_end: int,
     delete_grace_ms: int,
     uploading: set[str],
+    stable_end: int | None = None,
+    aborted: Sequence[AbortedTxn] = (),
 ) -> tuple[list[int], list[RangeRecord], int, CleanResult] | None:
     """One cleaning pass over a stream. Returns (replaced range starts, new
-    ranges, end offset cleaned up to, stats), or None when nothing is due."""
+    ranges, end offset cleaned up to, stats), or None when nothing is due.
+    `stable_end`: the last stable offset (nothing from there on is cleaned);
+    `aborted`: the stream's aborted transactions (their records go)."""
     lag_cutoff = policy.now_ms - policy.min_lag_ms
+    stable = stable_end if stable_end is not None else ranges[-1].end_offset if ranges else 0
+    dropped = AbortedIndex(aborted)
     cleanable: list[RangeRecord] = []
     for r in ranges:
-        if r.max_timestamp >= lag_cutoff:
+        if r.max_timestamp >= lag_cutoff or r.end_offset > stable:
             break
         cleanable.append(r)
     if not cleanable:
@@ -168,7 +196,8 @@ async def compact_keys(
             blocks[i] = block
         for s, e in batch_spans(block):
             batch = block[s:e]
-            if read_header(batch).attributes & CONTROL_BIT:
+            h = read_header(batch)
+            if h.attributes & CONTROL_BIT or h.base_offset >= stable or h in dropped:
                 continue
             _body, recs = record_spans(batch)
             for off, key, _null, _ts, _a, _b in recs:
@@ -187,7 +216,12 @@ async def compact_keys(
             h = read_header(batch)
             result.bytes_in += e - s
             if h.attributes & CONTROL_BIT:
+                if h.max_timestamp < tombstone_cutoff:
+                    continue  # an old transaction marker
                 kept: bytes | memoryview = batch
+            elif h in dropped:
+                result.records_in += h.records_count
+                continue
             else:
                 body, recs = record_spans(batch)
                 result.records_in += len(recs)

@@ -6,6 +6,10 @@ ProducerStateManager. A retried batch that matches one of them is a duplicate
 and is answered with its original offset; anything else must follow the last
 sequence by exactly one. The state is persisted with each WAL commit, so it
 survives restarts and moves of the stream with the data it describes.
+
+A transactional producer's entry also knows where its open transaction
+starts in this stream (`txn_first`): the oldest of those is the partition's
+last stable offset. A marker (commit or abort) closes it.
 """
 
 from __future__ import annotations
@@ -53,6 +57,10 @@ class ProducerEntry:
     epoch: int
     batches: deque[BatchMeta] = field(default_factory=lambda: deque(maxlen=MAX_CACHED_BATCHES))
     last_timestamp_ms: int = 0
+    #: first offset of the producer's open transaction here, -1 when none
+    txn_first: int = -1
+    #: the last transaction closed here: (first offset, marker offset)
+    prev_txn: tuple[int, int] | None = None
 
     @property
     def last_seq(self) -> int:
@@ -61,9 +69,23 @@ class ProducerEntry:
     def encode_batches(self) -> str:
         return json.dumps([b.to_json() for b in self.batches])
 
+    def durable_txn_first(self, end_offset: int) -> int:
+        """The open transaction's first offset as of a commit up to
+        `end_offset` (exclusive): a marker or a new transaction past it is not
+        durable yet, so the row written with that commit must not show it."""
+        if 0 <= self.txn_first < end_offset:
+            return self.txn_first
+        if self.prev_txn is not None:
+            first, marker = self.prev_txn
+            if marker >= end_offset and first < end_offset:
+                return first
+        return -1
+
     @classmethod
-    def decode(cls, epoch: int, batches: str, last_timestamp_ms: int) -> ProducerEntry:
-        entry = cls(epoch, last_timestamp_ms=last_timestamp_ms)
+    def decode(
+        cls, epoch: int, batches: str, last_timestamp_ms: int, txn_first: int = -1
+    ) -> ProducerEntry:
+        entry = cls(epoch, last_timestamp_ms=last_timestamp_ms, txn_first=txn_first)
         for first, last, base, last_off in json.loads(batches):
             entry.batches.append(BatchMeta(first, last, base, last_off))
         return entry
@@ -121,3 +143,44 @@ def record(
         entry = producers[producer_id] = ProducerEntry(epoch)
     entry.batches.append(meta)
     entry.last_timestamp_ms = timestamp_ms
+
+
+def begin_txn(producers: dict[int, ProducerEntry], producer_id: int, offset: int) -> bool:
+    """A transactional batch at `offset` was appended (after `record`): it
+    opens the producer's transaction here unless one is open. True if it did."""
+    entry = producers[producer_id]
+    if entry.txn_first >= 0:
+        return False
+    entry.txn_first = offset
+    return True
+
+
+def end_txn(
+    producers: dict[int, ProducerEntry],
+    producer_id: int,
+    epoch: int,
+    marker_offset: int,
+    timestamp_ms: int,
+) -> int:
+    """A marker for the producer at `marker_offset`: closes its open
+    transaction and returns where it began (-1 if none was open here, as when
+    a transaction touched the partition but wrote nothing to it).
+
+    A marker from a newer epoch (the coordinator fenced the producer) moves
+    the entry to that epoch with no sequences: the new incarnation starts at
+    sequence 0, and the old one's writes are refused as stale."""
+    entry = producers.get(producer_id)
+    if entry is None:
+        entry = producers[producer_id] = ProducerEntry(epoch)
+    if epoch < entry.epoch:
+        raise InvalidProducerEpoch(
+            f"marker for producer {producer_id} epoch {epoch} is older than {entry.epoch}"
+        )
+    if epoch > entry.epoch:
+        entry.epoch = epoch
+        entry.batches.clear()
+    first = entry.txn_first
+    entry.txn_first = -1
+    entry.prev_txn = (first, marker_offset) if first >= 0 else None
+    entry.last_timestamp_ms = timestamp_ms
+    return first

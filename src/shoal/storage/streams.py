@@ -16,11 +16,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from shoal.meta.store import MetaStore, ProducerRow, RangeCommit, RangeRecord, StreamFenced
+from shoal.meta.store import (
+    AbortedTxn,
+    MetaStore,
+    ProducerRow,
+    RangeCommit,
+    RangeRecord,
+    StreamFenced,
+)
+from shoal.protocol.batches import control_batch
 from shoal.protocol.records import (
     ValidatedBatch,
     batch_spans,
     patch_prefix,
+    read_base_offset,
     read_header,
     record_timestamps,
     with_log_append_time,
@@ -76,6 +85,23 @@ class StreamState:
     closed: bool = False
     producers: dict[int, ProducerEntry] = field(default_factory=dict)
     cleaned_end: int = 0  # key compaction has rewritten the stream up to here
+    #: producer id -> first offset of its open transaction (see producers.py)
+    open_txns: dict[int, int] = field(default_factory=dict)
+    #: aborted transactions, in marker order (read_committed fetches list them)
+    aborted: list[AbortedTxn] = field(default_factory=list)
+
+    @property
+    def last_stable_offset(self) -> int:
+        """The first offset of the oldest open transaction, or the high
+        watermark: read_committed consumers read up to here."""
+        if not self.open_txns:
+            return self.end_offset
+        oldest = max(min(self.open_txns.values()), self.start_offset)
+        return min(self.end_offset, oldest)
+
+    def aborted_between(self, start: int, end: int) -> list[AbortedTxn]:
+        """Aborted transactions overlapping offsets [start, end)."""
+        return [a for a in self.aborted if a.last_offset >= start and a.first_offset < end]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +109,7 @@ class ReadResult:
     chunks: list[bytes | memoryview]
     high_watermark: int
     log_start_offset: int
+    last_stable_offset: int = -1
 
 
 class StreamEngine:
@@ -160,8 +187,13 @@ class StreamEngine:
                 st.max_timestamp = r.max_timestamp
         for row in await self.meta.load_producers(stream_id):
             st.producers[row.producer_id] = ProducerEntry.decode(
-                row.epoch, row.batches, row.last_timestamp_ms
+                row.epoch, row.batches, row.last_timestamp_ms, row.txn_first_offset
             )
+            if row.txn_first_offset >= 0:
+                st.open_txns[row.producer_id] = row.txn_first_offset
+        if st.open_txns:
+            log.info("stream %d: %d open transaction(s)", stream_id, len(st.open_txns))
+        st.aborted = await self.meta.load_aborted(stream_id, rec.start_offset)
         self._streams[stream_id] = st
         log.debug(
             "opened stream %d epoch %d [%d, %d)",
@@ -322,6 +354,10 @@ class StreamEngine:
             if meta is not None:
                 meta.committed = _offset_when_done(fut, meta.base_offset)
                 producer_state.record(st.producers, h.producer_id, h.producer_epoch, meta, now)
+                if h.is_transactional and producer_state.begin_txn(
+                    st.producers, h.producer_id, meta.base_offset
+                ):
+                    st.open_txns[h.producer_id] = meta.base_offset
             if first < 0:
                 first = st.next_offset
             futures.append(fut)
@@ -355,6 +391,60 @@ class StreamEngine:
         for f in futures:
             f.add_done_callback(finish)
         return done
+
+    async def write_marker(
+        self,
+        stream_id: int,
+        producer_id: int,
+        producer_epoch: int,
+        commit: bool,
+        coordinator_epoch: int,
+        leader_epoch: int,
+        marker_row: int = -1,
+    ) -> asyncio.Future[int]:
+        """Append a transaction marker for the producer (see control_batch);
+        the future resolves to its offset once durable. Written even when the
+        producer has no open transaction here, as Kafka does: the marker is
+        what tells a client the transaction is over. `marker_row`: the
+        txn_markers row asking for it, deleted in the same commit."""
+        self.last_append = time.monotonic()
+        now = int(time.time() * 1000)
+        data = control_batch(producer_id, producer_epoch, commit, coordinator_epoch, now)
+        await self.wal.wait_for_room(len(data))
+        st = await self.open(stream_id)
+        if st.closed:
+            raise StorageError(f"stream {stream_id} is closed")
+        offset = st.next_offset
+        first = producer_state.end_txn(st.producers, producer_id, producer_epoch, offset, now)
+        st.open_txns.pop(producer_id, None)
+        if not commit and first >= 0:
+            st.aborted.append(AbortedTxn(st.id, producer_id, first, offset))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.wal.add(
+            Append(
+                st.id,
+                st.epoch,
+                offset,
+                offset + 1,
+                patch_prefix(offset, len(data) - 12, leader_epoch) + data[16:],
+                now,
+                fut,
+                producer_id,
+                first if not commit else -1,
+                marker_row,
+            )
+        )
+        st.next_offset += 1
+        log.info(
+            "stream %d: %s marker for producer %d epoch %d at %d (transaction from %d)",
+            st.id,
+            "commit" if commit else "abort",
+            producer_id,
+            producer_epoch,
+            offset,
+            first,
+        )
+        return _offset_when_done(fut, offset)
 
     def _committed(self, key: str, ranges: list[RangeCommit], appends: list[Append]) -> None:
         for r in ranges:
@@ -402,7 +492,8 @@ class StreamEngine:
             for b in entry.batches:
                 if b.last_offset < end_offset:
                     durable.batches.append(b)
-            if durable.batches:
+            txn_first = entry.durable_txn_first(end_offset)
+            if durable.batches or entry.prev_txn is not None or txn_first >= 0:
                 rows.append(
                     ProducerRow(
                         stream_id,
@@ -410,6 +501,7 @@ class StreamEngine:
                         durable.epoch,
                         durable.encode_batches(),
                         durable.last_timestamp_ms,
+                        txn_first,
                     )
                 )
         return rows
@@ -435,23 +527,35 @@ class StreamEngine:
     # reading -------------------------------------------------------------
 
     async def read(
-        self, stream_id: int, offset: int, max_bytes: int, at_least_one: bool = True
+        self,
+        stream_id: int,
+        offset: int,
+        max_bytes: int,
+        at_least_one: bool = True,
+        committed: bool = False,
     ) -> ReadResult:
         """Whole batches from the one holding `offset`, up to max_bytes. The
         first may exceed max_bytes (so a batch larger than every limit still
         gets through) unless `at_least_one` is off: a fetch filling the rest of
-        its response asks for that, rather than reading what it cannot send."""
+        its response asks for that, rather than reading what it cannot send.
+        `committed` (read_committed) stops at the last stable offset."""
         st = await self.open(stream_id)
         if offset < st.start_offset or offset > st.end_offset:
             raise OffsetOutOfRange(offset, st.start_offset, st.end_offset)
         hw = st.end_offset
-        if offset == hw:
-            return ReadResult([], hw, st.start_offset)
+        lso = st.last_stable_offset
+        limit = lso if committed else hw
+        if offset >= limit:
+            return ReadResult([], hw, st.start_offset, lso)
         cached = self.log_cache.read(stream_id, offset, max_bytes, at_least_one)
         if cached is not None:
-            return ReadResult(list(cached), hw, st.start_offset)
+            return ReadResult(_below(list(cached), limit), hw, st.start_offset, lso)
         chunks = await self._read_objects(st, offset, max_bytes, hw, at_least_one)
-        return ReadResult(chunks, hw, st.start_offset)
+        return ReadResult(_below(chunks, limit), hw, st.start_offset, lso)
+
+    async def aborted_between(self, stream_id: int, start: int, end: int) -> list[AbortedTxn]:
+        """Aborted transactions overlapping [start, end) (read_committed fetches)."""
+        return (await self.open(stream_id)).aborted_between(start, end)
 
     async def _read_objects(
         self, st: StreamState, offset: int, max_bytes: int, hw: int, at_least_one: bool
@@ -570,6 +674,13 @@ class StreamEngine:
         st = await self.open(stream_id)
         return st.start_offset, st.end_offset
 
+    async def producers(self, stream_id: int) -> dict[int, ProducerEntry]:
+        """Producer state of the stream (DescribeProducers)."""
+        return dict((await self.open(stream_id)).producers)
+
+    async def last_stable_offset(self, stream_id: int) -> int:
+        return (await self.open(stream_id)).last_stable_offset
+
     async def trim(self, stream_id: int, new_start: int) -> int:
         """Move the log start offset (DeleteRecords); never backwards."""
         st = await self.open(stream_id)
@@ -583,6 +694,7 @@ class StreamEngine:
         keep = [r for r in st.ranges if r.end_offset > st.start_offset]
         st.ranges = keep
         st.range_starts = [r.start_offset for r in keep]
+        st.aborted = [a for a in st.aborted if a.last_offset >= st.start_offset]
         return st.start_offset
 
     async def apply_retention(
@@ -618,6 +730,8 @@ class StreamEngine:
             st.cleaned_end,
             self.config.compaction.delete_grace_ms,
             self.uploading,
+            st.last_stable_offset,
+            list(st.aborted),
         )
         if outcome is None:
             return False
@@ -633,7 +747,12 @@ class StreamEngine:
         the metadata rows go in the same round."""
         count = 0
         for st in self._streams.values():
-            for pid in [p for p, e in st.producers.items() if e.last_timestamp_ms < cutoff_ms]:
+            idle = [
+                p
+                for p, e in st.producers.items()
+                if e.last_timestamp_ms < cutoff_ms and e.txn_first < 0
+            ]
+            for pid in idle:
                 del st.producers[pid]
                 count += 1
         return count
@@ -681,6 +800,15 @@ class StreamEngine:
                 if pred(read_header(block, s).max_timestamp)
             ]
         return []
+
+
+def _below(chunks: list[bytes | memoryview], limit: int) -> list[bytes | memoryview]:
+    """The leading batches that start below `limit` (the last stable offset
+    is always a batch boundary: the first batch of a transaction)."""
+    for i, c in enumerate(chunks):
+        if read_base_offset(c) >= limit:
+            return chunks[:i]
+    return chunks
 
 
 def _offset_when_done(fut: asyncio.Future[None], offset: int) -> asyncio.Future[int]:

@@ -23,7 +23,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from shoal.meta.store import MetaStore, ObjectCommit, ProducerRow, RangeCommit, StreamFenced
+from shoal.meta.store import (
+    AbortedTxn,
+    MetaStore,
+    ObjectCommit,
+    ProducerRow,
+    RangeCommit,
+    StreamFenced,
+)
 from shoal.storage.errors import Fenced, ObjectExists, StorageError
 from shoal.storage.format import BlockBuilder, encode_object
 from shoal.storage.objectstore import ObjectStore
@@ -57,6 +64,10 @@ class Append:
     max_ts: int
     future: asyncio.Future[None]
     producer_id: int = -1
+    #: an abort marker: the first offset of the transaction it ends (else -1)
+    aborted_first: int = -1
+    #: a marker asked for through the metadata store: its txn_markers row
+    marker_row: int = -1
 
 
 @dataclass(slots=True)
@@ -293,7 +304,17 @@ class Wal:
                     )
                 )
             position += b.size
-        return ObjectCommit(buf.key, buf.object_size, ranges, self._producers(buf, fenced))
+        aborted = [
+            AbortedTxn(a.stream_id, a.producer_id, a.aborted_first, a.base)
+            for a in buf.appends
+            if a.aborted_first >= 0 and a.stream_id not in fenced
+        ]
+        done = [
+            a.marker_row for a in buf.appends if a.marker_row >= 0 and a.stream_id not in fenced
+        ]
+        return ObjectCommit(
+            buf.key, buf.object_size, ranges, self._producers(buf, fenced), aborted, done
+        )
 
     def _producers(self, buf: _Buffer, fenced: set[int]) -> list[ProducerRow]:
         if self._producer_rows is None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import Client, Deferred
+from shoal.broker.isolation import aborted_transactions, read_committed
+from shoal.meta.store import AbortedTxn
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
@@ -36,6 +38,10 @@ class _Part:
     owned: bool = True
     topic_id: int = -1
     preferred: int = -1  # cluster: fetch from this broker instead (same rack)
+    # read_committed (isolation_level 1): see shoal.broker.isolation
+    committed: bool = False
+    last_stable: int = -1
+    aborted: list[AbortedTxn] = field(default_factory=list)
 
 
 async def handle_fetch(broker: Broker, client: Client, header: RequestHeader, body: Any) -> Any:
@@ -46,6 +52,7 @@ async def handle_fetch(broker: Broker, client: Client, header: RequestHeader, bo
             p.fetch_offset,
             p.partition_max_bytes,
             getattr(p, "current_leader_epoch", -1),
+            committed=read_committed(body),
         )
         for t in body.topics
         for p in t.partitions
@@ -69,7 +76,7 @@ async def handle_fetch(broker: Broker, client: Client, header: RequestHeader, bo
                 # consumers it was chosen for (same rack, KIP-392).
                 if not p.owned and (rack is None or rack != broker.node.rack):
                     raise KafkaError(ErrorCode.not_leader_or_follower)
-                if p.owned and header.api_version >= 11:
+                if p.owned and header.api_version >= 11 and not p.committed:
                     p.preferred = broker.cluster.read_replica(
                         rec.owner, rack, f"{p.topic}-{p.index}"
                     )
@@ -137,6 +144,7 @@ async def _read_all(broker: Broker, client: Client, parts: list[_Part], max_byte
                 p.records = b""
                 if p.owned:
                     p.log_start, p.high_watermark = await broker.engine.bounds(p.stream_id)
+                    p.last_stable = await broker.engine.last_stable_offset(p.stream_id)
                 continue
             # Only the first partition with data may overshoot; the others
             # read nothing they could not send.
@@ -165,12 +173,16 @@ async def _read_all(broker: Broker, client: Client, parts: list[_Part], max_byte
         if broker.cluster is not None and p.records:
             broker.cluster.record(p.topic_id, p.index, 0, len(p.records))
         p.high_watermark, p.log_start = result.high_watermark, result.log_start_offset
+        p.last_stable = result.last_stable_offset
+        if p.committed and p.records:
+            p.aborted = await broker.engine.aborted_between(p.stream_id, p.offset, p.last_stable)
     return total
 
 
 async def _read(broker: Broker, p: _Part, budget: int, at_least_one: bool) -> Any:
-    read = broker.engine.read if p.owned else broker.engine.read_only
-    return await read(p.stream_id, p.offset, budget, at_least_one)
+    if not p.owned:
+        return await broker.engine.read_only(p.stream_id, p.offset, budget, at_least_one)
+    return await broker.engine.read(p.stream_id, p.offset, budget, at_least_one, p.committed)
 
 
 def _response(header: RequestHeader, parts: list[_Part]) -> Any:
@@ -182,9 +194,9 @@ def _response(header: RequestHeader, parts: list[_Part]) -> Any:
                 partition_index=p.index,
                 error_code=p.error,
                 high_watermark=p.high_watermark,
-                last_stable_offset=p.high_watermark,
+                last_stable_offset=p.last_stable if p.last_stable >= 0 else p.high_watermark,
                 log_start_offset=p.log_start,
-                aborted_transactions=None,
+                aborted_transactions=aborted_transactions(s, p.committed, p.aborted),
                 preferred_read_replica=p.preferred,
                 records=p.records,
             )

@@ -8,6 +8,7 @@ from typing import Any
 
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import Client
+from shoal.broker.isolation import read_committed
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
@@ -27,6 +28,7 @@ async def handle_list_offsets(
 ) -> Any:
     s = Schema(2, header.api_version)
     topics = []
+    committed = read_committed(body)
     for t in body.topics:
         parts = []
         for p in t.partitions:
@@ -37,7 +39,7 @@ async def handle_list_offsets(
                 broker.check_owner(rec)
                 broker.check_leader_epoch(rec, getattr(p, "current_leader_epoch", -1))
                 epoch = rec.leader_epoch
-                offset, ts = await _lookup(broker, rec.stream_id, p.timestamp)
+                offset, ts = await _lookup(broker, rec.stream_id, p.timestamp, committed)
             except KafkaError as exc:
                 code = exc.code
             except StorageError as exc:
@@ -58,10 +60,13 @@ async def handle_list_offsets(
     return s.ListOffsetsResponse(throttle_time=datetime.timedelta(0), topics=tuple(topics))
 
 
-async def _lookup(broker: Broker, stream_id: int, timestamp: int) -> tuple[int, int]:
+async def _lookup(
+    broker: Broker, stream_id: int, timestamp: int, committed: bool
+) -> tuple[int, int]:
     start, end = await broker.engine.bounds(stream_id)
     if timestamp == LATEST:
-        return end, -1
+        # read_committed: the last stable offset, as Kafka answers
+        return (await broker.engine.last_stable_offset(stream_id) if committed else end), -1
     if timestamp in (EARLIEST, EARLIEST_LOCAL):
         return start, -1
     if timestamp == MAX_TIMESTAMP:

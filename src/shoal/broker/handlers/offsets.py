@@ -188,6 +188,7 @@ def _fetch_response(broker: Broker, client: Client, header: RequestHeader, body:
                         "OffsetFetchResponseTopics",
                         "OffsetFetchResponsePartitions",
                         visible,
+                        bool(getattr(body, "require_stable", False)),
                     )
                     if code == ErrorCode.none
                     else (),
@@ -214,6 +215,7 @@ def _fetch_response(broker: Broker, client: Client, header: RequestHeader, body:
             "OffsetFetchResponseTopic",
             "OffsetFetchResponsePartition",
             visible,
+            bool(getattr(body, "require_stable", False)),
         )
         if code == ErrorCode.none
         else (),
@@ -229,6 +231,7 @@ def _fetch_topics(
     topic_cls: str,
     part_cls: str,
     visible: Callable[[str, bool], bool],
+    require_stable: bool = False,
 ) -> tuple[Any, ...]:
     committed = broker.groups.committed(group_id)
     wanted: dict[str, list[int]] = {}
@@ -247,13 +250,17 @@ def _fetch_topics(
         allowed = topics is None or visible(name, True)
         for index in indexes:
             c = committed.get((name, index)) if allowed else None
+            code = ErrorCode.none if allowed else ErrorCode.topic_authorization_failed
+            if allowed and require_stable and broker.txn.pending_offset(group_id, (name, index)):
+                # a transaction's offset for it is pending (KIP-447)
+                c, code = None, ErrorCode.unstable_offset_commit
             parts.append(
                 make_part(
                     partition_index=index,
                     committed_offset=c.offset if c is not None else -1,
                     committed_leader_epoch=c.leader_epoch if c is not None else -1,
                     metadata=c.metadata if c is not None else "",
-                    error_code=ErrorCode.none if allowed else ErrorCode.topic_authorization_failed,
+                    error_code=code,
                 )
             )
         out.append(make_topic(name=name, partitions=tuple(parts)))

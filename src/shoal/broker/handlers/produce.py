@@ -36,9 +36,10 @@ async def handle_produce(broker: Broker, client: Client, header: RequestHeader, 
     slots: list[_Slot] = []
     for td in body.topic_data:
         refused: ErrorCode | None = None
-        if body.transactional_id is not None:
-            # Transactions come with their own issue; say so instead of storing
-            # batches whose markers would never arrive.
+        tid = body.transactional_id
+        if tid is not None and not broker.authorize(
+            client, AclOperation.WRITE, ResourceType.TRANSACTIONAL_ID, tid
+        ):
             refused = ErrorCode.transactional_id_authorization_failed
         elif not broker.authorize(client, AclOperation.WRITE, ResourceType.TOPIC, td.name):
             # one decision (and at most one denial logged) per topic, as Kafka
@@ -48,7 +49,9 @@ async def handle_produce(broker: Broker, client: Client, header: RequestHeader, 
                 slots.append((td.name, pd.index, refused, -1, None))
             else:
                 slots.append(
-                    await _append(broker, client, header.api_version, td.name, pd.index, pd.records)
+                    await _append(
+                        broker, client, header.api_version, td.name, pd.index, pd.records, tid
+                    )
                 )
     if body.acks == 0:
         for slot in slots:
@@ -67,6 +70,7 @@ async def _append(
     topic_name: str,
     index: int,
     records: bytes | None,
+    tid: str | None = None,
 ) -> _Slot:
     try:
         topic, part = broker.partition(topic_name, index)
@@ -83,6 +87,7 @@ async def _append(
             batch = await asyncio.to_thread(
                 _prepare, broker, topic, records, api_version, log_append, None
             )
+        _check_transactional(broker, tid, batch, topic_name, index)
         append_time = int(time.time() * 1000) if log_append else None
         fut = await broker.engine.append(part.stream_id, [batch], part.leader_epoch, append_time)
         broker.record_traffic(topic, part, len(records), 0)
@@ -127,15 +132,37 @@ def _prepare(
         log_append_time=log_append,
         inline_limit=inline_limit,
     )
-    if batch.header.is_transactional:
+    if not log_append:
+        _check_timestamps(broker, topic, batch)
+    return _to_topic_codec(broker, topic, batch)
+
+
+def _check_transactional(
+    broker: Broker, tid: str | None, batch: ValidatedBatch, topic: str, index: int
+) -> None:
+    """A transactional batch needs a transactional id whose open transaction
+    holds the partition (AddPartitionsToTxn first), as Kafka 4 verifies."""
+    h = batch.header
+    if not h.is_transactional:
+        if tid is not None:
+            raise KafkaError(
+                ErrorCode.invalid_record,
+                f"produce with transactional id {tid!r} carries a non-transactional batch",
+            )
+        return
+    if tid is None:
         # Kafka's answer to transactional records without a transactional id
         raise KafkaError(
             ErrorCode.transactional_id_authorization_failed,
             "transactional batch in a produce request without a transactional id",
         )
-    if not log_append:
-        _check_timestamps(broker, topic, batch)
-    return _to_topic_codec(broker, topic, batch)
+    code = broker.txn.check_write(tid, h.producer_id, h.producer_epoch, (topic, index))
+    if code != ErrorCode.none:
+        raise KafkaError(
+            code,
+            f"transactional id {tid!r} (producer {h.producer_id} epoch {h.producer_epoch}) "
+            "has no open transaction with this partition",
+        )
 
 
 def _check_timestamps(broker: Broker, topic: Topic, batch: ValidatedBatch) -> None:

@@ -1,9 +1,11 @@
-"""InitProducerId: ids for idempotent producers.
+"""InitProducerId: ids for idempotent and transactional producers.
 
 A fresh producer gets a new id at epoch 0. A producer that sends its current
 id and epoch (KIP-360, after an error it cannot otherwise recover from) keeps
 its id with the epoch bumped, which resets its sequences on every partition.
-Transactional ids are not supported yet and are refused clearly.
+With a transactional id the transaction coordinator answers (shoal.txn): the
+id keeps its producer id, and each new incarnation bumps the epoch, fencing
+the previous one after aborting what it left open.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import Client
+from shoal.broker.handlers.transactions import fenced_code, may_write_txn, run
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode
 from shoal.protocol.headers import RequestHeader
@@ -29,12 +32,27 @@ async def handle_init_producer_id(
     s = Schema(22, header.api_version)
     code, pid, epoch = ErrorCode.none, -1, -1
     if body.transactional_id is not None:
-        code = ErrorCode.transactional_id_authorization_failed
-        log.info(
-            "InitProducerId from %s: transactions are not supported yet (%r)",
-            client,
-            body.transactional_id,
-        )
+        tid = body.transactional_id
+        out: list[tuple[int, int]] = []
+
+        async def init() -> None:
+            timeout = body.transaction_timeout
+            out.append(
+                await broker.txn.init_producer_id(
+                    tid,
+                    int(timeout.total_seconds() * 1000),
+                    int(getattr(body, "producer_id", -1)),
+                    int(getattr(body, "producer_epoch", -1)),
+                    fenced_code(header),
+                )
+            )
+
+        if not may_write_txn(broker, client, tid):
+            code = ErrorCode.transactional_id_authorization_failed
+        else:
+            code = await run(broker, client, "InitProducerId", tid, init())
+            if out:
+                pid, epoch = out[0]
     elif not broker.authorize(
         client, AclOperation.IDEMPOTENT_WRITE, ResourceType.CLUSTER, CLUSTER_NAME
     ) and not broker.authorize_any(client, AclOperation.WRITE, ResourceType.TOPIC):

@@ -1,0 +1,381 @@
+"""The transaction coordinator: Kafka's TransactionCoordinator over the
+metadata store.
+
+Each transactional id has one TxnMeta (shoal.txn.state decides the changes);
+every change is saved before it is answered. Ending a transaction is two
+durable steps: the decision (PrepareCommit/PrepareAbort, with the partitions
+and pending offsets), then, once every marker and offset is written, the
+completion. A coordinator that finds a decision without its completion (after
+a restart, a kill -9, or in cluster mode a move of the id) writes the markers
+again and completes it; a marker written twice is harmless (the second closes
+nothing). Open transactions past their timeout are aborted with a bumped
+epoch, which fences the producer that let them time out.
+
+The writes themselves (markers into partitions, offsets into groups) are the
+broker's: they come in as a TxnIO so that this package stays below broker/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from shoal.meta.transactions import TxnRepository
+from shoal.protocol.errors import ErrorCode
+from shoal.txn import state as st
+from shoal.txn.state import PendingOffset, TopicPartition, TxnError, TxnMeta, TxnState
+
+log = logging.getLogger("shoal.txn")
+
+
+class TxnIO(Protocol):
+    async def write_markers(
+        self,
+        tid: str,
+        producer_id: int,
+        epoch: int,
+        commit: bool,
+        partitions: set[TopicPartition],
+    ) -> None:
+        """Write a marker into each partition; return once all are durable."""
+
+    async def apply_offsets(self, offsets: dict[str, dict[TopicPartition, PendingOffset]]) -> None:
+        """Commit a transaction's offsets to their groups; return once durable."""
+
+
+@dataclass(frozen=True, slots=True)
+class TxnConfig:
+    max_timeout_ms: int = 900_000
+    cleanup_interval_ms: int = 10_000
+    id_expiration_ms: int = 604_800_000
+
+    @classmethod
+    def from_config(cls, config: Any) -> TxnConfig:
+        return cls(
+            int(config["transaction.max.timeout.ms"]),
+            int(config["transaction.abort.timed.out.transaction.cleanup.interval.ms"]),
+            int(config["transactional.id.expiration.ms"]),
+        )
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class TransactionCoordinator:
+    def __init__(
+        self,
+        repo: TxnRepository,
+        allocate_pid: Callable[[], Awaitable[int]],
+        io: TxnIO,
+        config: TxnConfig,
+        shared: bool = False,
+    ) -> None:
+        self.repo = repo
+        self.allocate_pid = allocate_pid
+        self.io = io
+        self.config = config
+        #: cluster mode: another broker may have coordinated an id since we
+        #: last saw it, so its row is read again under the id's lock
+        self.shared = shared
+        self._txns: dict[str, TxnMeta] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._task: asyncio.Task[None] | None = None
+        #: may this broker coordinate the id (cluster mode: it hashes here)
+        self.owns: Callable[[str], bool] = lambda _tid: True
+
+    async def start(self) -> None:
+        """Load every id, finish decisions a previous run left half done,
+        then start the timeout sweep."""
+        if not self.shared:
+            for row in await self.repo.load():
+                self._txns[row.transactional_id] = TxnMeta.from_row(row)
+        await self.sweep()
+        self._task = asyncio.create_task(self._sweeper())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    # lookups (the produce and offset paths; no IO) ---------------------------
+
+    def check_write(self, tid: str, producer_id: int, epoch: int, tp: TopicPartition) -> ErrorCode:
+        """May this producer write transactionally to the partition? It must
+        be the id's current incarnation with the partition added to its open
+        transaction (Kafka 4 verifies this; older Kafka trusted the client).
+        An id this broker does not hold (cluster mode) is not checked here."""
+        if self.shared and not self.owns(tid):
+            return ErrorCode.none
+        meta = self._txns.get(tid)
+        if meta is None:
+            return ErrorCode.invalid_producer_id_mapping
+        if producer_id != meta.producer_id:
+            return ErrorCode.invalid_producer_id_mapping
+        if epoch < meta.producer_epoch:
+            return ErrorCode.invalid_producer_epoch
+        if meta.state != TxnState.ONGOING or tp not in meta.partitions:
+            return ErrorCode.invalid_txn_state
+        return ErrorCode.none
+
+    def pending_offset(self, group_id: str, tp: TopicPartition) -> bool:
+        """Is a transaction's offset for this group partition not yet decided
+        (OffsetFetch require_stable answers UNSTABLE_OFFSET_COMMIT)?"""
+        return any(
+            tp in m.offsets.get(group_id, {})
+            for m in self._txns.values()
+            if m.state in (TxnState.ONGOING, TxnState.PREPARE_COMMIT)
+        )
+
+    async def coordinated(self) -> list[TxnMeta]:
+        """The ids this broker coordinates (ListTransactions), as saved."""
+        if self.shared:
+            metas = [TxnMeta.from_row(r) for r in await self.repo.load()]
+        else:
+            metas = list(self._txns.values())
+        return [m for m in metas if self.owns(m.transactional_id)]
+
+    async def describe(self, tid: str) -> TxnMeta | None:
+        async with self._lock(tid):
+            return await self._get(tid)
+
+    # requests ---------------------------------------------------------------
+
+    async def init_producer_id(
+        self, tid: str, timeout_ms: int, producer_id: int, epoch: int, fenced: ErrorCode
+    ) -> tuple[int, int]:
+        st.check_timeout(timeout_ms, self.config.max_timeout_ms)
+        async with self._lock(tid):
+            meta = await self._get(tid)
+            if meta is None:
+                meta = TxnMeta(tid, await self.allocate_pid(), 0, timeout_ms, update_ms=now_ms())
+                await self._save(meta)
+                self._txns[tid] = meta
+                log.info("transactional id %r: producer id %d epoch 0", tid, meta.producer_id)
+                return meta.producer_id, 0
+            if producer_id >= 0 and (
+                producer_id != meta.producer_id or epoch != meta.producer_epoch
+            ):
+                # KIP-360: a producer recovering its own epoch must still be current
+                raise TxnError(
+                    fenced,
+                    f"transactional id {tid!r} is producer {meta.producer_id} epoch "
+                    f"{meta.producer_epoch}, not {producer_id}/{epoch}",
+                )
+            if meta.state.preparing:
+                await self._finish(meta)
+            if meta.state == TxnState.ONGOING:
+                # A new incarnation: fence the old one and abort what it left open.
+                await self._fence_and_abort(meta, "a new producer with the same transactional id")
+            elif not st.bump_epoch(meta):
+                meta.producer_id, meta.producer_epoch = await self.allocate_pid(), 0
+            meta.state = TxnState.EMPTY
+            meta.timeout_ms = timeout_ms
+            meta.update_ms = now_ms()
+            await self._save(meta)
+            log.info(
+                "transactional id %r: producer id %d epoch %d",
+                tid,
+                meta.producer_id,
+                meta.producer_epoch,
+            )
+            return meta.producer_id, meta.producer_epoch
+
+    async def add_partitions(
+        self,
+        tid: str,
+        producer_id: int,
+        epoch: int,
+        partitions: Iterable[TopicPartition],
+        fenced: ErrorCode,
+    ) -> None:
+        async with self._lock(tid):
+            meta = await self._current(tid, producer_id, epoch, fenced)
+            new = set(partitions) - meta.partitions if meta.state == TxnState.ONGOING else None
+            if new is not None and not new:
+                return  # already there: nothing to save
+            st.begin_or_continue(meta, now_ms())
+            meta.partitions |= set(partitions)
+            await self._save(meta)
+
+    async def add_offsets(
+        self, tid: str, producer_id: int, epoch: int, group_id: str, fenced: ErrorCode
+    ) -> None:
+        async with self._lock(tid):
+            meta = await self._current(tid, producer_id, epoch, fenced)
+            if meta.state == TxnState.ONGOING and group_id in meta.offsets:
+                return
+            st.begin_or_continue(meta, now_ms())
+            meta.offsets.setdefault(group_id, {})
+            await self._save(meta)
+
+    async def txn_offset_commit(
+        self,
+        tid: str,
+        producer_id: int,
+        epoch: int,
+        group_id: str,
+        offsets: dict[TopicPartition, PendingOffset],
+        fenced: ErrorCode,
+    ) -> None:
+        async with self._lock(tid):
+            meta = await self._current(tid, producer_id, epoch, fenced)
+            if meta.state != TxnState.ONGOING or group_id not in meta.offsets:
+                raise TxnError(
+                    ErrorCode.invalid_txn_state,
+                    f"transactional id {tid!r} has not added group {group_id!r} "
+                    "(AddOffsetsToTxn) to an open transaction",
+                )
+            meta.offsets[group_id].update(offsets)
+            meta.update_ms = now_ms()
+            await self._save(meta)
+
+    async def end_txn(
+        self, tid: str, producer_id: int, epoch: int, commit: bool, fenced: ErrorCode
+    ) -> None:
+        async with self._lock(tid):
+            meta = await self._current(tid, producer_id, epoch, fenced)
+            if not st.prepare_end(meta, commit, now_ms()):
+                return
+            await self._save(meta)  # the decision is durable from here on
+            await self._finish(meta)
+
+    async def abort(self, tid: str) -> bool:
+        """An operator's abort (`shoal transactions abort`): fence and abort
+        the id's open transaction. False when none was open."""
+        async with self._lock(tid):
+            meta = await self._get(tid)
+            if meta is None or meta.state != TxnState.ONGOING:
+                return False
+            await self._fence_and_abort(meta, "an operator's abort")
+            return True
+
+    # internals --------------------------------------------------------------
+
+    def _lock(self, tid: str) -> asyncio.Lock:
+        lock = self._locks.get(tid)
+        if lock is None:
+            lock = self._locks[tid] = asyncio.Lock()
+        return lock
+
+    async def _get(self, tid: str) -> TxnMeta | None:
+        if self.shared or tid not in self._txns:
+            rows = await self.repo.load(tid)
+            if not rows:
+                self._txns.pop(tid, None)
+                return None
+            self._txns[tid] = TxnMeta.from_row(rows[0])
+        return self._txns[tid]
+
+    async def _current(self, tid: str, producer_id: int, epoch: int, fenced: ErrorCode) -> TxnMeta:
+        meta = await self._get(tid)
+        if meta is None:
+            raise TxnError(
+                ErrorCode.invalid_producer_id_mapping,
+                f"unknown transactional id {tid!r} (InitProducerId first)",
+            )
+        st.check_producer(meta, producer_id, epoch, fenced)
+        if meta.state.preparing:
+            # a decision a crash interrupted: finish it before anything else
+            await self._finish(meta)
+        return meta
+
+    async def _save(self, meta: TxnMeta) -> None:
+        await self.repo.save(meta.to_row())
+
+    async def _finish(self, meta: TxnMeta) -> None:
+        """Write the markers and offsets of a saved decision, then complete."""
+        commit = meta.state == TxnState.PREPARE_COMMIT
+        started = time.monotonic()
+        await self.io.write_markers(
+            meta.transactional_id,
+            meta.producer_id,
+            meta.producer_epoch,
+            commit,
+            set(meta.partitions),
+        )
+        if commit and meta.offsets:
+            await self.io.apply_offsets(meta.offsets)
+        parts, groups = len(meta.partitions), len(meta.offsets)
+        st.complete(meta, now_ms())
+        await self._save(meta)
+        log.info(
+            "transactional id %r: %s (producer %d epoch %d, %d partition(s), %d group(s), %.1f ms)",
+            meta.transactional_id,
+            "committed" if commit else "aborted",
+            meta.producer_id,
+            meta.producer_epoch,
+            parts,
+            groups,
+            (time.monotonic() - started) * 1000,
+        )
+
+    async def _fence_and_abort(self, meta: TxnMeta, reason: str) -> None:
+        """Abort an open transaction with a bumped epoch: the markers carry it,
+        so the fenced incarnation's late writes are refused by the partitions."""
+        if not st.bump_epoch(meta):
+            # out of epochs: the markers still need one the partitions accept
+            meta.producer_epoch = st.MAX_EPOCH
+        log.info(
+            "transactional id %r: aborting the open transaction (%s), epoch now %d",
+            meta.transactional_id,
+            reason,
+            meta.producer_epoch,
+        )
+        meta.state = TxnState.PREPARE_ABORT
+        meta.update_ms = now_ms()
+        await self._save(meta)
+        await self._finish(meta)
+        if meta.producer_epoch >= st.MAX_EPOCH - 1:
+            meta.producer_id, meta.producer_epoch = await self.allocate_pid(), 0
+            await self._save(meta)
+
+    async def sweep(self) -> None:
+        """Finish interrupted decisions, abort timed-out transactions, forget
+        ids idle past transactional.id.expiration.ms."""
+        now = now_ms()
+        metas = (
+            [TxnMeta.from_row(r) for r in await self.repo.load()]
+            if self.shared
+            else list(self._txns.values())
+        )
+        expired: list[str] = []
+        for seen in metas:
+            tid = seen.transactional_id
+            if not self.owns(tid):
+                continue
+            if not (seen.state.preparing or seen.expired(now)):
+                idle = now - seen.update_ms > self.config.id_expiration_ms
+                if seen.state != TxnState.ONGOING and idle:
+                    expired.append(tid)
+                continue
+            try:
+                async with self._lock(tid):
+                    meta = await self._get(tid)
+                    if meta is None:
+                        continue
+                    if meta.state.preparing:
+                        await self._finish(meta)
+                    elif meta.expired(now_ms()):
+                        await self._fence_and_abort(
+                            meta, f"open longer than its timeout of {meta.timeout_ms} ms"
+                        )
+            except Exception as exc:  # retried at the next sweep
+                log.warning("transactional id %r: could not complete: %s", tid, exc)
+        if expired:
+            await self.repo.delete(expired)
+            for tid in expired:
+                self._txns.pop(tid, None)
+            log.info("forgot %d idle transactional id(s)", len(expired))
+
+    async def _sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.cleanup_interval_ms / 1000)
+            try:
+                await self.sweep()
+            except Exception as exc:
+                log.warning("transaction sweep failed: %s", exc)

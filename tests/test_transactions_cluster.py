@@ -1,0 +1,50 @@
+"""Cluster mode on PostgreSQL: a transaction across partitions owned by two
+brokers commits and aborts whole; the coordinator's broker asks the other
+for its markers through the metadata store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from cluster_harness import Cluster, wait_for
+from test_transactions import consume_all, txn_producer
+from wire import create_topic
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("SHOAL_TEST_TARGET", "shoal") != "shoal", reason="Shoal cluster mode"
+)
+
+
+def test_transaction_across_brokers(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, size=2).start()
+    try:
+        assert int(create_topic(cluster.brokers[1].bootstrap, "t", partitions=4)) == 0
+        admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+
+        def leaders() -> set[int]:
+            meta = admin.list_topics("t", timeout=10).topics["t"].partitions
+            return {p.leader for p in meta.values()} if len(meta) == 4 else set()
+
+        wait_for(lambda: leaders() == {1, 2}, 20, "partitions on both brokers")
+        p = txn_producer(cluster.bootstrap, "tx-cluster")
+        p.begin_transaction()
+        for i in range(8):
+            p.produce("t", value=f"a{i}".encode(), partition=i % 4)
+        p.flush(30)
+        p.abort_transaction(30)
+        p.begin_transaction()
+        for i in range(8):
+            p.produce("t", value=f"c{i}".encode(), partition=i % 4)
+        p.commit_transaction(30)
+        committed = consume_all(cluster.bootstrap, "t", 4, "read_committed", 8)
+        assert sorted(committed) == sorted(f"c{i}".encode() for i in range(8))
+        everything = consume_all(cluster.bootstrap, "t", 4, "read_uncommitted", 16)
+        assert len(everything) == 16
+        logs = "".join(b.log() for b in cluster.brokers.values())
+        assert "marker for producer" in logs
+    finally:
+        cluster.stop()
