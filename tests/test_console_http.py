@@ -19,14 +19,16 @@ from confluent_kafka.admin import AdminClient
 
 from console_helpers import PASSWORD, ConsoleBroker, console_broker, gateway
 from edge_harness import GatewayProcess, wait_for
+from harness import free_port
 
 SITE = "site-a"
+METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ConsoleBroker, GatewayProcess]]:
     tmp = tmp_path_factory.mktemp("console_http")
-    broker = console_broker(tmp)
+    broker = console_broker(tmp, **{"metrics.listen": f"127.0.0.1:{METRICS_PORT}"})
     gw = gateway(tmp, broker, SITE).start()
     p = Producer({"bootstrap.servers": gw.kafka})
     for i in range(30):
@@ -130,6 +132,12 @@ async def test_gateway_report_shows_its_site_and_backlog(
     async with admin.get("/api/topics/_shoal_sites") as r:
         configs = {c["name"]: c["value"] for c in (await r.json())["configs"]}
     assert configs["cleanup.policy"] == "compact"
+    # and per-site metrics on the broker's Prometheus endpoint
+    async with aiohttp.ClientSession() as plain:
+        async with plain.get(f"http://127.0.0.1:{METRICS_PORT}/metrics") as r:
+            metrics = await r.text()
+    assert f'shoal_site_backlog_records{{site="{SITE}"}} 30.0' in metrics
+    assert f'shoal_site_up{{site="{SITE}"}} 1.0' in metrics
 
 
 async def _has_backlog(s: aiohttp.ClientSession) -> dict[str, Any] | None:

@@ -71,7 +71,6 @@ async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> Non
     broker = await Broker.open(config)
     maintenance = Maintenance(broker)
     maintenance.start()
-    metrics = start_metrics(broker)
     handlers = registry()
     try:
         servers = await start_listeners(broker, handlers)
@@ -87,6 +86,7 @@ async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> Non
         await maintenance.stop()
         await broker.close()
         raise
+    metrics = start_metrics(broker, *(console.collectors() if console is not None else ()))
     listener = servers[0]
     host, port = broker.listeners[0].host, listener.port
     stop = asyncio.Event()

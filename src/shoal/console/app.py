@@ -22,12 +22,14 @@ from urllib.parse import quote, urlsplit
 
 import jinja2
 from aiohttp import web
+from prometheus_client.registry import Collector
 
 from shoal.broker.broker import Broker
 from shoal.console import data
 from shoal.console.actions import ACTIONS, ActionError, Denied
 from shoal.console.auth import COOKIE, ConsoleUser, Sessions, check_password
 from shoal.console.charts import line_chart
+from shoal.console.metrics import SiteCollector
 from shoal.console.sites import SORT_KEYS, SiteBook, SiteReader
 
 log = logging.getLogger("shoal.console")
@@ -111,6 +113,10 @@ class Console:
         await self.reader.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    def collectors(self) -> list[Collector]:
+        """Per-site Prometheus metrics for the broker's metrics endpoint."""
+        return [SiteCollector(self.book)]
 
     # plumbing ------------------------------------------------------------------
 
