@@ -28,7 +28,10 @@ METRICS_PORT = free_port()
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ConsoleBroker, GatewayProcess]]:
     tmp = tmp_path_factory.mktemp("console_http")
-    broker = console_broker(tmp, **{"metrics.listen": f"127.0.0.1:{METRICS_PORT}"})
+    # cluster mode on one broker (SQLite): leases, owners, drain and moves are real
+    broker = console_broker(
+        tmp, **{"metrics.listen": f"127.0.0.1:{METRICS_PORT}", "cluster.enable": "true"}
+    )
     gw = gateway(tmp, broker, SITE).start()
     p = Producer({"bootstrap.servers": gw.kafka})
     for i in range(30):
@@ -173,6 +176,12 @@ async def test_every_api_endpoint_and_its_bad_input(admin: aiohttp.ClientSession
             assert r.status == 200 and "<html" not in text and "<h1>" in text, page
 
 
+async def _config(s: aiohttp.ClientSession, topic: str, key: str, value: str) -> bool:
+    async with s.get(f"/api/topics/{topic}") as r:
+        configs = {c["name"]: c["value"] for c in (await r.json())["configs"]}
+    return configs[key] == value
+
+
 async def _act(
     s: aiohttp.ClientSession, action: str, form: dict[str, str], csrf: str | None
 ) -> tuple[int, str]:
@@ -195,7 +204,8 @@ async def test_actions_confirm_then_act_and_refuse_bad_input(
     assert "console-a" not in _topics(env[0])
     status, _ = await _act(admin, "create-topic", {"name": "console-a", "partitions": "2"}, csrf)
     assert status == 200
-    assert "console-a" in _topics(env[0])
+    # a Kafka client sees it (once it has an owner: cluster mode)
+    wait_for(lambda: "console-a" in _topics(env[0]), 15, "console-a in Metadata")
     for action, form, words in (
         ("create-topic", {"name": "console-a", "partitions": "1"}, "already exists"),
         ("create-topic", {"name": "bad name!", "partitions": "1"}, "bad name!"),
@@ -212,8 +222,10 @@ async def test_actions_confirm_then_act_and_refuse_bad_input(
             {"group": "g", "topic": "console-a", "to": "99"},
             "offset 99 is outside",
         ),
-        ("move-partition", {"topic": "console-a", "partition": "0", "to": "5"}, "single-node"),
-        ("drain-broker", {"node": "0"}, "single-node broker"),
+        ("move-partition", {"topic": "console-a", "partition": "0", "to": "5"}, "not live"),
+        ("move-partition", {"topic": "console-a", "partition": "7", "to": "0"}, "console-a-7"),
+        ("move-partition", {"topic": "console-a", "partition": "x", "to": "0"}, "'x' is not"),
+        ("drain-broker", {"node": "7"}, "broker 7 is not registered"),
     ):
         status, text = await _act(admin, action, form, csrf)
         assert status == 400, (action, form, text)
@@ -222,9 +234,16 @@ async def test_actions_confirm_then_act_and_refuse_bad_input(
         admin, "alter-config", {"topic": "console-a", "key": "retention.ms", "value": "60000"}, csrf
     )
     assert status == 200, text
-    async with admin.get("/api/topics/console-a") as r:
-        configs = {c["name"]: c["value"] for c in (await r.json())["configs"]}
-    assert configs["retention.ms"] == "60000"
+    # (cluster mode: the catalog's next refresh may briefly show the old value)
+    await _until(lambda: _config(admin, "console-a", "retention.ms", "60000"), 15, "the config")
+    status, text = await _act(admin, "drain-broker", {"node": "0"}, csrf)
+    assert status == 200, text
+    async with admin.get("/api/cluster") as r:
+        assert [b["state"] for b in (await r.json())["brokers"]] == ["draining"]
+    status, text = await _act(admin, "drain-broker", {"node": "0", "undo": "1"}, csrf)
+    assert status == 200, text
+    async with admin.get("/api/cluster") as r:
+        assert [b["state"] for b in (await r.json())["brokers"]] == ["alive"]
     status, text = await _act(
         admin, "reset-offsets", {"group": "ops", "topic": "console-a", "to": "latest"}, csrf
     )
