@@ -52,14 +52,17 @@ class EngineCollector(Collector):
         yield g
 
 
-def start_metrics(broker: Broker) -> Any | None:
-    """Serve /metrics on metrics.listen (in a thread, off the event loop)."""
+def start_metrics(broker: Broker, *extra: Collector) -> Any | None:
+    """Serve /metrics on metrics.listen (in a thread, off the event loop);
+    `extra` collectors too (the console's per-site metrics)."""
     listen = str(broker.config["metrics.listen"])
     if not listen:
         return None
     host, _, port = listen.rpartition(":")
     registry = CollectorRegistry()
     registry.register(EngineCollector(broker))
+    for collector in extra:
+        registry.register(collector)
     server, _thread = start_http_server(int(port), host, registry)
     log.info("metrics on http://%s/metrics", listen)
     return server

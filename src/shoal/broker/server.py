@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import signal
+from typing import TYPE_CHECKING
 
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import Handler, registry
@@ -15,6 +16,9 @@ from shoal.broker.metrics import start_metrics
 from shoal.broker.secure import Security
 from shoal.config import BrokerConfig
 from shoal.logs import flush_summaries
+
+if TYPE_CHECKING:
+    from shoal.console.app import Console
 
 log = logging.getLogger("shoal.server")
 
@@ -52,11 +56,21 @@ async def start_listeners(broker: Broker, handlers: dict[int, Handler]) -> list[
     return servers
 
 
+async def _start_console(broker: Broker) -> Console | None:
+    """The web console on console.listen (imported only when configured)."""
+    if not broker.config["console.listen"]:
+        return None
+    from shoal.console.app import Console
+
+    console = Console(broker)
+    await console.start()
+    return console
+
+
 async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> None:
     broker = await Broker.open(config)
     maintenance = Maintenance(broker)
     maintenance.start()
-    metrics = start_metrics(broker)
     handlers = registry()
     try:
         servers = await start_listeners(broker, handlers)
@@ -64,6 +78,15 @@ async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> Non
         await maintenance.stop()
         await broker.close()
         raise
+    try:
+        console = await _start_console(broker)
+    except BaseException:
+        for server in servers:
+            await server.close()
+        await maintenance.stop()
+        await broker.close()
+        raise
+    metrics = start_metrics(broker, *(console.collectors() if console is not None else ()))
     listener = servers[0]
     host, port = broker.listeners[0].host, listener.port
     stop = asyncio.Event()
@@ -80,6 +103,7 @@ async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> Non
             f"://{lst.host}:{srv.port}"
             for lst, srv in zip(broker.listeners, servers, strict=True)
         )
+        + (f", console http://{config['console.listen']}" if console is not None else "")
         + ")",
         flush=True,
     )
@@ -89,6 +113,8 @@ async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> Non
         await stop.wait()
     finally:
         log.info("stopping: committing pending data")
+        if console is not None:
+            await console.stop()
         await maintenance.stop()
         if metrics is not None:
             metrics.shutdown()

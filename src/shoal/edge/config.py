@@ -273,6 +273,10 @@ class UplinkConfig:
     replay_bytes_per_sec: int
     chunk_bytes: int
     kafka: dict[str, str]
+    # Site status reports (edge/report.py): topic on the central cluster
+    # ("" turns them off) and how often.
+    report_topic: str = "_shoal_sites"
+    report_interval_ms: int = 5000
 
     def central_topic(self, local: str) -> str:
         return self.topic_map.get(local, self.topic_prefix + local)
@@ -649,6 +653,8 @@ def _uplink(ut: _Table) -> UplinkConfig:
         replay_bytes_per_sec=ut.integer("replay_bytes_per_sec", 0, 0),
         chunk_bytes=ut.integer("chunk_bytes", 256 * 1024, 1024),
         kafka=kafka,
+        report_topic=ut.text("report_topic", "_shoal_sites", lambda v: _topic(v) if v else None),
+        report_interval_ms=ut.integer("report_interval_ms", 5000, 200),
     )
     if up.backoff_max_ms < up.backoff_initial_ms:
         raise ConfigError(f"{ut.key('backoff_max_ms')}: must be at least backoff_initial_ms")

@@ -33,6 +33,7 @@ from shoal.edge.lanes import Lanes
 from shoal.edge.locallog import IngestRejected, LocalLog
 from shoal.edge.mqtt import MqttIngest
 from shoal.edge.pacing import PriorityScheduler
+from shoal.edge.report import SiteReporter
 from shoal.edge.state import StateStore
 from shoal.edge.uplink import Forwarder, Uplink
 from shoal.logs import flush_summaries
@@ -54,6 +55,7 @@ class Gateway:
         self.lanes: Lanes | None = None
         self.locallog: LocalLog | None = None
         self.uplinks: list[Uplink] = []
+        self.reporters: list[SiteReporter] = []
         self.mqtt: MqttIngest | None = None
         self.scheduler = PriorityScheduler(
             config.bandwidth.cap_bytes_per_sec, config.bandwidth.burst_bytes
@@ -138,6 +140,10 @@ class Gateway:
             )
             up.start()
             self.uplinks.append(up)
+            if up_cfg.report_topic:
+                reporter = SiteReporter(up_cfg, cfg.site, lambda: self.status_snapshot)
+                reporter.start()
+                self.reporters.append(reporter)
         await self._start_kafka()
         if cfg.mqtt is not None:
             self.mqtt = MqttIngest(cfg.mqtt, self.locallog)
@@ -251,6 +257,8 @@ class Gateway:
         with contextlib.suppress(Exception):
             await self.refresh_status(final=True)
             await asyncio.to_thread(self._write_status_file)
+        for reporter in self.reporters:
+            await reporter.stop(final=self.status_snapshot)
         await self.state.close()
         self._stack.close()
         log.info("edge gateway stopped")

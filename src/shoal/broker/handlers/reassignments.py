@@ -40,7 +40,7 @@ async def handle_alter_partition_reassignments(
         for p in t.partitions:
             code, message = ErrorCode.none, None
             try:
-                await _alter(broker, t.name, p.partition_index, p.replicas)
+                await alter_reassignment(broker, t.name, p.partition_index, p.replicas)
                 log.info(
                     "reassignment of %s-%d to %s requested by %s",
                     t.name,
@@ -76,7 +76,8 @@ async def handle_alter_partition_reassignments(
     )
 
 
-async def _alter(broker: Broker, topic: str, index: int, replicas: Any) -> None:
+async def alter_reassignment(broker: Broker, topic: str, index: int, replicas: Any) -> None:
+    """Request (replicas: [node]) or cancel (None) a move; the console uses it too."""
     _topic, part = broker.partition(topic, index)  # UNKNOWN_TOPIC_OR_PARTITION
     cluster = broker.cluster
     owner = broker.node.node_id if cluster is None else part.owner

@@ -1,0 +1,168 @@
+"""The console in a real browser: headless Chromium (Debian's `chromium`,
+driven by Playwright through its executable path) against a broker, an MQTT
+broker (amqtt) and an edge gateway whose devices publish over MQTT.
+
+The central topic the gateway forwards to does not exist and is not
+auto-created, so the site's backlog grows and shows on the fleet page until
+an operator creates the topic from the console. One browser for the module;
+a context (cookie jar) per user."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from console_helpers import PASSWORD, ConsoleBroker, console_broker, gateway
+from edge_harness import GatewayProcess, publish
+from mqtt_broker import MqttBroker
+
+CHROMIUM = os.environ.get("SHOAL_CHROMIUM") or shutil.which("chromium")
+if CHROMIUM is None:
+    pytest.skip(
+        "chromium is not installed (apt-get install -y chromium); the console's browser "
+        "tests need it",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+expect = sync_api.expect
+
+SITE = "plant-1"
+WAIT_MS = 30_000
+
+
+class Env:
+    def __init__(self, tmp: Path) -> None:
+        self.broker: ConsoleBroker = console_broker(tmp)
+        self.mqtt = MqttBroker(tmp / "mqtt").start()
+        self.gw: GatewayProcess = gateway(tmp, self.broker, SITE, mqtt_port=self.mqtt.port)
+        self.gw.start()
+        self.sent = 0
+
+    def publish(self, n: int) -> None:
+        msgs = [("devices/d1/data", f"reading {self.sent + i}".encode()) for i in range(n)]
+        publish(self.mqtt.port, msgs, client_id="d1")
+        self.sent += n
+
+    def topics(self) -> set[str]:
+        admin = AdminClient({"bootstrap.servers": self.broker.address("PLAINTEXT")})
+        return set(admin.list_topics(timeout=10).topics)
+
+    def stop(self) -> None:
+        self.gw.kill()
+        self.mqtt.stop()
+        self.broker.stop()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    e = Env(tmp_path_factory.mktemp("console_browser"))
+    e.publish(25)
+    yield e
+    e.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(env: Env) -> Iterator[Any]:
+    """After env: Playwright's sync API keeps an event loop on this thread,
+    and env's set-up runs asyncio.run."""
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def login(browser: Any, env: Env, user: str, **context: Any) -> Any:
+    page = browser.new_context(**context).new_page()
+    page.goto(env.broker.console + "/fleet")
+    expect(page.locator("h1")).to_have_text("Log in")
+    page.fill("input[name=user]", user)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    expect(page.locator("h1").first).to_have_text("Fleet")
+    return page
+
+
+@pytest.fixture(scope="module")
+def admin(browser: Any, env: Env) -> Any:
+    return login(browser, env, "admin")
+
+
+def backlog(page: Any) -> Any:
+    return page.locator(f'tr[data-site="{SITE}"] td.backlog')
+
+
+def test_fleet_shows_the_site_and_its_backlog(admin: Any) -> None:
+    expect(backlog(admin)).to_have_text("25", timeout=WAIT_MS)
+    admin.click(f'tr[data-site="{SITE}"] a')
+    expect(admin.locator("h1")).to_contain_text(SITE)
+    expect(admin.locator("dd.backlog")).to_contain_text("25 records")
+    expect(admin.locator("svg.chart")).to_have_count(3)
+    expect(admin.locator("a", has_text="telemetry")).to_be_visible()  # the central topic it feeds
+    assert admin.locator("#no-authorizer").count() == 0  # the authorizer is on
+
+
+def test_the_page_updates_without_a_reload(admin: Any, env: Env) -> None:
+    admin.goto(env.broker.console + "/fleet")
+    expect(backlog(admin)).to_have_text("25", timeout=WAIT_MS)
+    admin.evaluate("window.__notReloaded = true")
+    env.publish(10)
+    expect(backlog(admin)).to_have_text("35", timeout=WAIT_MS)
+    assert admin.evaluate("window.__notReloaded") is True
+    assert int(admin.evaluate("document.getElementById('live').dataset.updates")) > 0
+
+
+def create_topic(page: Any, env: Env, name: str) -> Any:
+    page.goto(env.broker.console + "/topics")
+    form = page.locator("#create-topic")
+    form.locator("input[name=name]").fill(name)
+    form.locator("button[type=submit]").click()
+    expect(page.locator("h1")).to_have_text("Confirm: create topic")
+    page.click("button.danger")
+    return page.locator("#result")
+
+
+def test_create_topic_is_refused_without_permission(browser: Any, env: Env) -> None:
+    viewer = login(browser, env, "viewer")
+    result = create_topic(viewer, env, "telemetry")
+    expect(result).to_have_text("refused: User:viewer may not CREATE TOPIC 'telemetry'")
+    assert "telemetry" not in env.topics()
+    viewer.context.close()
+
+
+def test_create_topic_permitted_and_the_backlog_drains(admin: Any, env: Env) -> None:
+    result = create_topic(admin, env, "telemetry")
+    expect(result).to_have_text("created topic telemetry with 1 partition")
+    assert "telemetry" in env.topics()
+    admin.goto(env.broker.console + "/fleet")
+    expect(backlog(admin)).to_have_text("0", timeout=WAIT_MS)
+
+
+def test_a_killed_gateway_goes_silent(admin: Any, env: Env) -> None:
+    admin.goto(env.broker.console + "/fleet")
+    row = admin.locator(f'tr[data-site="{SITE}"]')
+    expect(row.locator(".pill")).not_to_have_text("silent")
+    env.gw.kill()
+    expect(row.locator(".pill")).to_have_text("silent", timeout=WAIT_MS)
+    expect(row.locator(".since")).to_contain_text("since")
+
+
+def test_a_phone_sized_screen(browser: Any, env: Env) -> None:
+    phone = login(browser, env, "admin", viewport={"width": 390, "height": 844}, is_mobile=True)
+    row = phone.locator(f'tr[data-site="{SITE}"]')
+    expect(row).to_be_visible()
+    # no sideways scrolling; the table is one labelled card per row
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+    assert phone.evaluate("getComputedStyle(document.querySelector('thead')).display") == "none"
+    label = phone.evaluate(
+        "getComputedStyle(document.querySelector('td.backlog'), '::before').content"
+    )
+    assert label == '"Backlog"'
+    for link in ("Fleet", "Cluster", "Topics", "Groups"):
+        expect(phone.locator("header nav a", has_text=link)).to_be_visible()
+    phone.context.close()

@@ -1,0 +1,308 @@
+"""The web console over HTTP (aiohttp's client): a real edge gateway reports
+its site to a broker serving the console; every page and /api endpoint,
+login, CSRF, permissions and bad input answered with a clear message."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+
+from console_helpers import PASSWORD, ConsoleBroker, console_broker, gateway
+from edge_harness import GatewayProcess, wait_for
+from harness import free_port
+
+SITE = "site-a"
+METRICS_PORT = free_port()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ConsoleBroker, GatewayProcess]]:
+    tmp = tmp_path_factory.mktemp("console_http")
+    # cluster mode on one broker (SQLite): leases, owners, drain and moves are real
+    broker = console_broker(
+        tmp, **{"metrics.listen": f"127.0.0.1:{METRICS_PORT}", "cluster.enable": "true"}
+    )
+    gw = gateway(tmp, broker, SITE).start()
+    p = Producer({"bootstrap.servers": gw.kafka})
+    for i in range(30):
+        p.produce("telemetry", key=b"dev-1", value=b"x" * 100 + str(i).encode())
+    assert p.flush(30) == 0
+    yield broker, gw
+    gw.stop()
+    broker.stop()
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+async def _login(s: aiohttp.ClientSession, base: str, user: str = "admin") -> None:
+    async with s.post(
+        base + "/login", data={"user": user, "password": PASSWORD}, allow_redirects=False
+    ) as r:
+        assert r.status == 303, await r.text()
+
+
+@pytest.fixture
+async def admin(env: tuple[ConsoleBroker, GatewayProcess]) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(
+        base_url=env[0].console, cookie_jar=aiohttp.CookieJar(unsafe=True)
+    ) as s:
+        await _login(s, "")
+        yield s
+
+
+async def _csrf(s: aiohttp.ClientSession, page: str = "/topics") -> str:
+    async with s.get(page) as r:
+        m = re.search(r'name="csrf" value="([0-9a-f]+)"', await r.text())
+    assert m, "no CSRF token on the page"
+    return m.group(1)
+
+
+async def _site(s: aiohttp.ClientSession) -> dict[str, Any]:
+    async with s.get(f"/api/sites/{SITE}") as r:
+        if r.status != 200:
+            return {}
+        doc: dict[str, Any] = await r.json()
+        return doc
+
+
+async def _until(pred: Any, timeout: float, what: str) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    last = None
+    while asyncio.get_running_loop().time() < deadline:
+        last = await pred()
+        if last:
+            return last
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+async def test_pages_need_a_login(env: tuple[ConsoleBroker, GatewayProcess]) -> None:
+    base = env[0].console
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+        async with s.get(base + "/fleet", allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"].startswith("/login")
+        async with s.get(base + "/api/sites") as r:
+            assert r.status == 401
+        async with s.get(base + "/api/sites", headers=_basic("admin", "wrong")) as r:
+            assert r.status == 401
+        async with s.post(base + "/login", data={"user": "admin", "password": "nope"}) as r:
+            assert r.status == 401
+            assert "wrong password" in await r.text()
+        async with s.get(base + "/api/cluster", headers=_basic("admin", PASSWORD)) as r:
+            assert r.status == 200
+            assert (await r.json())["brokers"][0]["node_id"] == 0
+        forged = "eyJ1IjoiYWRtaW4iLCJleHAiOjk5OTk5OTk5OTksIm4iOiJ4In0.00"
+        async with s.get(
+            base + "/fleet", cookies={"shoal_console": forged}, allow_redirects=False
+        ) as r:
+            assert r.status == 303
+
+
+async def test_gateway_report_shows_its_site_and_backlog(
+    env: tuple[ConsoleBroker, GatewayProcess], admin: aiohttp.ClientSession
+) -> None:
+    """The central topic does not exist (no auto-create): the 30 records stay
+    in the gateway's backlog, and its report says so."""
+    site = await _until(
+        lambda: _site(admin), 30, "a report with the backlog"
+    )  # first report within seconds
+    site = await _until(lambda: _has_backlog(admin), 30, "the backlog of 30 records in the report")
+    assert site["state"] in ("connecting", "degraded", "error"), site["state"]
+    report = site["report"]
+    assert report["uplink"]["name"] == "central"
+    assert [f["central"] for f in report["feeds"]] == ["telemetry"]
+    assert report["lanes"][0]["backlog_records"] == 30
+    assert site["history"], "no history points"
+    async with admin.get("/fleet") as r:
+        html = await r.text()
+    assert f'data-site="{SITE}"' in html
+    async with admin.get(f"/sites/{SITE}") as r:
+        html = await r.text()
+    assert r.status == 200 and "<svg" in html and "telemetry" in html
+    # the report topic was created compacted by the gateway
+    async with admin.get("/api/topics/_shoal_sites") as r:
+        configs = {c["name"]: c["value"] for c in (await r.json())["configs"]}
+    assert configs["cleanup.policy"] == "compact"
+    # and per-site metrics on the broker's Prometheus endpoint
+    async with aiohttp.ClientSession() as plain:
+        async with plain.get(f"http://127.0.0.1:{METRICS_PORT}/metrics") as r:
+            metrics = await r.text()
+    assert f'shoal_site_backlog_records{{site="{SITE}"}} 30.0' in metrics
+    assert f'shoal_site_up{{site="{SITE}"}} 1.0' in metrics
+
+
+async def _has_backlog(s: aiohttp.ClientSession) -> dict[str, Any] | None:
+    site = await _site(s)
+    return site if site and site.get("backlog_records") == 30 else None
+
+
+async def test_every_api_endpoint_and_its_bad_input(admin: aiohttp.ClientSession) -> None:
+    for path in ("/api/cluster", "/api/topics", "/api/groups", "/api/sites"):
+        async with admin.get(path) as r:
+            assert r.status == 200, path
+            assert isinstance(await r.json(), dict)
+    async with admin.get("/api/sites?sort=backlog_records&desc=1&state=") as r:
+        assert r.status == 200
+    for path, status, words in (
+        ("/api/topics/no-such-topic", 404, "no topic 'no-such-topic'"),
+        ("/api/groups/no-such-group", 404, "no group 'no-such-group'"),
+        ("/api/sites/no-such-site", 404, "no site 'no-such-site'"),
+        ("/api/sites?sort=colour", 400, "sort: 'colour' is not one of"),
+        ("/api/sites?state=asleep", 400, "state: 'asleep' is not one of"),
+        ("/topics/no-such-topic", 404, "no topic"),
+        ("/fleet?sort=colour", 400, "sort: "),
+    ):
+        async with admin.get(path) as r:
+            text = await r.text()
+            assert r.status == status, (path, text)
+            assert words in text.replace("&#39;", "'"), (path, text)
+    for page in ("/fleet", "/cluster", "/topics", "/groups", "/topics/_shoal_sites"):
+        async with admin.get(page) as r:
+            assert r.status == 200, page
+        async with admin.get(page + "?partial=1") as r:
+            text = await r.text()
+            assert r.status == 200 and "<html" not in text and "<h1>" in text, page
+
+
+async def _config(s: aiohttp.ClientSession, topic: str, key: str, value: str) -> bool:
+    async with s.get(f"/api/topics/{topic}") as r:
+        configs = {c["name"]: c["value"] for c in (await r.json())["configs"]}
+    return configs[key] == value
+
+
+async def _act(
+    s: aiohttp.ClientSession, action: str, form: dict[str, str], csrf: str | None
+) -> tuple[int, str]:
+    data = {**form, "confirm": "1"}
+    if csrf is not None:
+        data["csrf"] = csrf
+    async with s.post(f"/actions/{action}", data=data) as r:
+        return r.status, (await r.text()).replace("&#39;", "'")
+
+
+async def test_actions_confirm_then_act_and_refuse_bad_input(
+    env: tuple[ConsoleBroker, GatewayProcess], admin: aiohttp.ClientSession
+) -> None:
+    csrf = await _csrf(admin)
+    # without confirm=1: a confirmation page, nothing done
+    async with admin.post(
+        "/actions/create-topic", data={"csrf": csrf, "name": "console-a", "partitions": "2"}
+    ) as r:
+        assert "Confirm: create topic" in await r.text()
+    assert "console-a" not in _topics(env[0])
+    status, _ = await _act(admin, "create-topic", {"name": "console-a", "partitions": "2"}, csrf)
+    assert status == 200
+    # a Kafka client sees it (once it has an owner: cluster mode)
+    wait_for(lambda: "console-a" in _topics(env[0]), 15, "console-a in Metadata")
+    for action, form, words in (
+        ("create-topic", {"name": "console-a", "partitions": "1"}, "already exists"),
+        ("create-topic", {"name": "bad name!", "partitions": "1"}, "bad name!"),
+        ("create-topic", {"name": "console-b", "partitions": "two"}, "'two' is not a whole"),
+        (
+            "alter-config",
+            {"topic": "console-a", "key": "retention.ms", "value": "soon"},
+            "retention.ms: 'soon'",
+        ),
+        ("alter-config", {"topic": "nope", "key": "retention.ms", "value": "1"}, "no topic"),
+        ("reset-offsets", {"group": "g", "topic": "nope", "to": "earliest"}, "no topic 'nope'"),
+        (
+            "reset-offsets",
+            {"group": "g", "topic": "console-a", "to": "99"},
+            "offset 99 is outside",
+        ),
+        ("move-partition", {"topic": "console-a", "partition": "0", "to": "5"}, "not live"),
+        ("move-partition", {"topic": "console-a", "partition": "7", "to": "0"}, "console-a-7"),
+        ("move-partition", {"topic": "console-a", "partition": "x", "to": "0"}, "'x' is not"),
+        ("drain-broker", {"node": "7"}, "broker 7 is not registered"),
+    ):
+        status, text = await _act(admin, action, form, csrf)
+        assert status == 400, (action, form, text)
+        assert words in text, (action, text)
+    status, text = await _act(
+        admin, "alter-config", {"topic": "console-a", "key": "retention.ms", "value": "60000"}, csrf
+    )
+    assert status == 200, text
+    # (cluster mode: the catalog's next refresh may briefly show the old value)
+    await _until(lambda: _config(admin, "console-a", "retention.ms", "60000"), 15, "the config")
+    status, text = await _act(admin, "drain-broker", {"node": "0"}, csrf)
+    assert status == 200, text
+    async with admin.get("/api/cluster") as r:
+        assert [b["state"] for b in (await r.json())["brokers"]] == ["draining"]
+    status, text = await _act(admin, "drain-broker", {"node": "0", "undo": "1"}, csrf)
+    assert status == 200, text
+    async with admin.get("/api/cluster") as r:
+        assert [b["state"] for b in (await r.json())["brokers"]] == ["alive"]
+    status, text = await _act(
+        admin, "reset-offsets", {"group": "ops", "topic": "console-a", "to": "latest"}, csrf
+    )
+    assert status == 200, text
+    async with admin.get("/api/groups/ops") as r:
+        offsets = (await r.json())["offsets"]
+    assert [(o["topic"], o["partition"], o["committed"]) for o in offsets] == [
+        ("console-a", 0, 0),
+        ("console-a", 1, 0),
+    ]
+
+
+async def test_csrf_missing_or_wrong_is_refused(
+    env: tuple[ConsoleBroker, GatewayProcess], admin: aiohttp.ClientSession
+) -> None:
+    for token in (None, "0" * 64):
+        status, text = await _act(
+            admin, "create-topic", {"name": "csrf-x", "partitions": "1"}, token
+        )
+        assert status == 403 and "CSRF token is missing or wrong" in text
+    assert "csrf-x" not in _topics(env[0])
+
+
+async def test_a_principal_without_permission_is_refused(
+    env: tuple[ConsoleBroker, GatewayProcess],
+) -> None:
+    async with aiohttp.ClientSession(
+        base_url=env[0].console, cookie_jar=aiohttp.CookieJar(unsafe=True)
+    ) as s:
+        await _login(s, "", "viewer")
+        csrf = await _csrf(s)
+        status, text = await _act(s, "create-topic", {"name": "viewer-t", "partitions": "1"}, csrf)
+        assert status == 403
+        assert "refused: User:viewer may not CREATE TOPIC 'viewer-t'" in text
+        status, text = await _act(s, "drain-broker", {"node": "0"}, csrf)
+        assert status == 403 and "may not ALTER CLUSTER" in text
+    assert "viewer-t" not in _topics(env[0])
+
+
+def test_a_stopped_site_says_so(env: tuple[ConsoleBroker, GatewayProcess]) -> None:
+    """Last in this module: stops the module's gateway, whose final report
+    says it stopped (a killed one goes silent: the browser test)."""
+    broker, gw = env
+
+    def site() -> dict[str, Any]:
+        req = urllib.request.Request(
+            f"{broker.console}/api/sites/{SITE}", headers=_basic("admin", PASSWORD)
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            doc: dict[str, Any] = json.loads(r.read())
+            return doc
+
+    assert site()["state"] not in ("stopped", "silent")
+    assert gw.stop() == 0
+    got = wait_for(lambda: site()["state"] == "stopped" and site(), 30, "the stopped state")
+    assert got["silent_since"] == got["last_report"]
+    assert got["report"]["running"] is False
+
+
+def _topics(broker: ConsoleBroker) -> set[str]:
+    md = AdminClient({"bootstrap.servers": broker.address("PLAINTEXT")}).list_topics(timeout=10)
+    return set(md.topics)
