@@ -1,6 +1,6 @@
 """Network partitions on one machine: every broker in its own network
-namespace on a private bridge, PostgreSQL and the S3 server in a "services"
-namespace, clients (the test process) in the root namespace.
+namespace on a private bridge, PostgreSQL and the S3 server each in a namespace
+of their own (`pg`, `s3`), clients (the test process) in the root namespace.
 
 Links are cut with policy-routing rules inside the namespaces this module
 made (never in the root namespace's tables): in each of them the `local`
@@ -14,9 +14,9 @@ output instead (the root namespace's rules are the machine's, not ours),
 which the sender sees as EINVAL on new connections.
 
 PostgreSQL is the test process's embedded server (Unix socket only); a small
-forwarder in the services namespace (`python tests/netns.py forward ...`)
+forwarder in namespace `pg` (`python tests/netns.py forward ...`)
 gives it a TCP address on the bridge. The S3 server is a moto server process
-in the services namespace.
+in namespace `s3`.
 
 `unavailable()` probes whether namespaces can be made here (root, iproute2,
 a kernel that allows it) and says why not, for a clean skip; `Network.close`
@@ -237,43 +237,41 @@ def wait_port(address: str, port: int, timeout: float = 30.0) -> None:
 
 
 class Services:
-    """PostgreSQL (through a forwarder) and a moto S3 server in one namespace."""
+    """PostgreSQL (through a forwarder) at host `pg` and a moto S3 server at
+    host `s3`, so either can be cut off alone."""
 
     def __init__(self, net: Network, log_dir: Path) -> None:
-        self.host = net.host("svc")
+        self.pg = net.host("pg")
+        self.s3 = net.host("s3")
         self.log_dir = log_dir
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> Services:
-        server = postgres()
-        socket_dir = server.get_postmaster_info().socket_dir
-        port = server.get_postmaster_info().port or PG_PORT
-        unix = f"{socket_dir}/.s.PGSQL.{port}"
+        info = postgres().get_postmaster_info()
+        unix = f"{info.socket_dir}/.s.PGSQL.{info.port or PG_PORT}"
         self._spawn(
-            "forward",
-            [sys.executable, __file__, "forward", f"{self.host.address}:{PG_PORT}={unix}"],
+            self.pg,
+            [sys.executable, __file__, "forward", f"{self.pg.address}:{PG_PORT}={unix}"],
         )
         self._spawn(
-            "moto",
-            [sys.executable, "-m", "moto.server", "-H", self.host.address, "-p", str(S3_PORT)],
+            self.s3,
+            [sys.executable, "-m", "moto.server", "-H", self.s3.address, "-p", str(S3_PORT)],
         )
-        wait_port(self.host.address, PG_PORT)
-        wait_port(self.host.address, S3_PORT)
+        wait_port(self.pg.address, PG_PORT)
+        wait_port(self.s3.address, S3_PORT)
         import boto3
 
         boto3.client("s3", **self.s3_client_args()).create_bucket(Bucket="shoal-test")
         return self
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
-        log = open(self.log_dir / f"svc-{name}.log", "ab")
-        self.procs.append(
-            subprocess.Popen(self.host.exec(argv), stdout=log, stderr=subprocess.STDOUT)
-        )
+    def _spawn(self, host: Host, argv: list[str]) -> None:
+        log = open(self.log_dir / f"{host.label}.log", "ab")
+        self.procs.append(subprocess.Popen(host.exec(argv), stdout=log, stderr=subprocess.STDOUT))
         log.close()
 
     def s3_client_args(self) -> dict[str, str]:
         return {
-            "endpoint_url": f"http://{self.host.address}:{S3_PORT}",
+            "endpoint_url": f"http://{self.s3.address}:{S3_PORT}",
             "region_name": "us-east-1",
             "aws_access_key_id": "test",
             "aws_secret_access_key": "test",
@@ -285,7 +283,7 @@ class Services:
             "AWS_ACCESS_KEY_ID": "test",
             "AWS_SECRET_ACCESS_KEY": "test",
             "AWS_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": f"http://{self.host.address}:{S3_PORT}",
+            "AWS_ENDPOINT_URL": f"http://{self.s3.address}:{S3_PORT}",
             "AWS_ALLOW_HTTP": "true",
         }
 
@@ -294,7 +292,7 @@ class Services:
         from sqlalchemy import make_url
 
         name = make_url(new_database()).database
-        return f"postgresql://postgres@{self.host.address}:{PG_PORT}/{name}"
+        return f"postgresql://postgres@{self.pg.address}:{PG_PORT}/{name}"
 
     def stop(self) -> None:
         for p in self.procs:
@@ -320,7 +318,7 @@ class NsBroker(BrokerProcess):
 
 class NetCluster(Cluster):
     """Cluster (cluster_harness) whose brokers are hosts `b1`, `b2`, ... on
-    a Network, with PostgreSQL and S3 at `svc`."""
+    a Network, with PostgreSQL at `pg` and S3 at `s3`."""
 
     def __init__(
         self,

@@ -45,7 +45,7 @@ def test_broker_cut_from_postgres_not_clients(netcluster: NetCluster) -> None:
     load = Load(c.bootstrap, "cut-pg").start()
     wait_for(lambda: len(load.acked) > 1000, 30, "initial load")
     moved = [p for p, o in owners.items() if o == 2]
-    c.net.partition("b2", "svc")
+    c.net.partition("b2", "pg")
     cut = time.monotonic()
     others = c.brokers[1].bootstrap
     wait_for(
