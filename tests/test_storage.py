@@ -379,3 +379,27 @@ async def test_eager_wal_gathers_appends_behind_a_flush_in_progress(meta: MetaSt
     assert [await asyncio.wait_for(f, 10) for f in behind] == [1, 2, 3]
     assert store.puts == 2  # the three gathered appends made one object
     await eng.close()
+
+
+async def test_producer_state_commits_with_a_stream_dropped_in_flight(meta: MetaStore) -> None:
+    """A stream forgotten while its append uploads (a broker whose lease
+    lapsed, found in the zone-failure bench): the commit that makes the batch
+    durable still records the producer's sequence, so the reopened stream
+    answers a retry with the original offset instead of writing it twice,
+    and takes the next sequence in order."""
+    [sid] = await new_stream(meta)
+    store = FaultyStore()
+    store.put_delays = [0.3]
+    eng = engine(store, meta)
+
+    def seq_batch(seq: int) -> list:  # type: ignore[type-arg]
+        data = make_batch([b"x"], producer_id=7, producer_epoch=0, base_sequence=seq)
+        return validate_batches(data, 1 << 20)
+
+    fut = await eng.append(sid, seq_batch(0), 0)
+    eng.forget(sid)
+    assert await fut == 0
+    assert await (await eng.append(sid, seq_batch(0), 0)) == 0  # the retry: a duplicate
+    assert await (await eng.append(sid, seq_batch(1), 0)) == 1
+    assert offsets_of((await eng.read(sid, 0, 1 << 20)).chunks) == [0, 1]
+    await eng.close()

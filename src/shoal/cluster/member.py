@@ -239,9 +239,17 @@ class ClusterMember:
         todo = [(sid, t, p) for sid, (t, p) in mine.items() if sid not in self._opened]
         if not todo:
             return
+        incarnation = self.incarnation
         results = await asyncio.gather(
             *(self.engine.open(sid) for sid, _t, _p in todo), return_exceptions=True
         )
+        if self.incarnation != incarnation:
+            # Our lease lapsed while these were opening: _step_down has
+            # already run, so do not count them as ours (the next reconcile,
+            # under the new incarnation, opens what is still assigned here).
+            for sid, _t, _p in todo:
+                self.engine.forget(sid)
+            return
         done: list[tuple[int, int]] = []
         for (sid, topic, p), res in zip(todo, results, strict=True):
             if isinstance(res, StorageError):

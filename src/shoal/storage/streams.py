@@ -279,6 +279,10 @@ class StreamEngine:
         if st is not None:
             st.closed = True
             self._wake(st)
+            # Its pending appends leave in an object of their own: a reopened
+            # state hands out offsets from the committed end again, and the
+            # two must never share one block.
+            self.wal.seal()
 
     # writing -------------------------------------------------------------
 
@@ -349,6 +353,7 @@ class StreamEngine:
                     max_ts,
                     fut,
                     h.producer_id,
+                    st.producers,
                 )
             )
             if meta is not None:
@@ -477,15 +482,20 @@ class StreamEngine:
         for st in touched.values():
             self._wake(st)
 
-    def _producer_rows(self, stream_id: int, end_offset: int, pids: set[int]) -> list[ProducerRow]:
+    def _producer_rows(
+        self,
+        stream_id: int,
+        end_offset: int,
+        pids: set[int],
+        producers: dict[int, ProducerEntry],
+    ) -> list[ProducerRow]:
         """Producer state to persist with a commit: only batches the commit
-        makes durable, never ones still in flight."""
-        st = self._streams.get(stream_id)
-        if st is None:
-            return []
+        makes durable, never ones still in flight. `producers` is the table
+        the appends were checked against, even if the stream has been
+        forgotten since (see Append.producers)."""
         rows = []
         for pid in pids:
-            entry = st.producers.get(pid)
+            entry = producers.get(pid)
             if entry is None:
                 continue
             durable = ProducerEntry(entry.epoch, last_timestamp_ms=entry.last_timestamp_ms)

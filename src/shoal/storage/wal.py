@@ -34,6 +34,7 @@ from shoal.meta.store import (
 from shoal.storage.errors import Fenced, ObjectExists, StorageError
 from shoal.storage.format import BlockBuilder, encode_object
 from shoal.storage.objectstore import ObjectStore
+from shoal.storage.producers import ProducerEntry
 
 log = logging.getLogger("shoal.wal")
 
@@ -68,6 +69,12 @@ class Append:
     aborted_first: int = -1
     #: a marker asked for through the metadata store: its txn_markers row
     marker_row: int = -1
+    #: The stream's producer table when this was appended. The commit
+    #: persists the producers' sequences from it, not from whatever the
+    #: engine holds by then: a stream dropped while this append was in
+    #: flight (a lapsed lease) must still record the sequences its commit
+    #: makes durable, or the reopened stream takes a retry for new data.
+    producers: dict[int, ProducerEntry] | None = None
 
 
 @dataclass(slots=True)
@@ -84,8 +91,9 @@ class _Buffer:
 
 
 CommitCallback = Callable[[str, list[RangeCommit], list[Append]], None]
-# (stream id, committed end offset, producer ids) -> rows to persist with the commit
-ProducerRows = Callable[[int, int, set[int]], list[ProducerRow]]
+# (stream id, committed end offset, producer ids, the appends' producer
+# table) -> rows to persist with the commit
+ProducerRows = Callable[[int, int, set[int], dict[int, ProducerEntry]], list[ProducerRow]]
 
 
 class Wal:
@@ -320,12 +328,14 @@ class Wal:
         if self._producer_rows is None:
             return []
         pids: dict[int, set[int]] = {}
+        tables: dict[int, dict[int, ProducerEntry]] = {}
         for a in buf.appends:
-            if a.producer_id >= 0 and a.stream_id not in fenced:
+            if a.producer_id >= 0 and a.stream_id not in fenced and a.producers is not None:
                 pids.setdefault(a.stream_id, set()).add(a.producer_id)
+                tables[a.stream_id] = a.producers
         rows: list[ProducerRow] = []
         for sid, ids in pids.items():
-            rows.extend(self._producer_rows(sid, buf.blocks[sid].end_offset, ids))
+            rows.extend(self._producer_rows(sid, buf.blocks[sid].end_offset, ids, tables[sid]))
         return rows
 
     async def _retry(
