@@ -117,6 +117,7 @@ def one_each(producer: Producer, names: list[str], partitions: int, size: int) -
 @click.option("--partitions", default=5, show_default=True)
 @click.option("--size", default=200, show_default=True)
 @click.option("--startup", is_flag=True, help="Restart time and memory per partition.")
+@click.option("--no-warm", is_flag=True, help="Skip the warm phases (very many partitions).")
 @click.option("--shoal-arg", multiple=True, help="Extra option for `shoal serve`.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
 @click.option(
@@ -131,6 +132,7 @@ def main(
     partitions: int,
     size: int,
     startup: bool,
+    no_warm: bool,
     shoal_arg: tuple[str, ...],
     data_dir: Path | None,
     profile: Path | None,
@@ -183,15 +185,15 @@ def main(
         cpu1 = cpu_s(pid)
         out["cold"]["broker_cpu_s"] = round(cpu1 - cpu0, 2)
         out["rss_after_cold_kib"] = rss_kib(pid)
-        out["warm"] = one_each(prod, names, partitions, size)
-        out["warm"]["broker_cpu_s"] = round(cpu_s(pid) - cpu1, 2)
-        out["warm2"] = one_each(prod, names, partitions, size)
-        out["rss_after_warm_kib"] = rss_kib(pid)
+        if not no_warm:
+            out["warm"] = one_each(prod, names, partitions, size)
+            out["warm"]["broker_cpu_s"] = round(cpu_s(pid) - cpu1, 2)
+            out["warm2"] = one_each(prod, names, partitions, size)
+            out["rss_after_warm_kib"] = rss_kib(pid)
         if "rss_ready_kib" in out:
             n = topics * partitions
-            out["rss_per_opened_partition_kib"] = round(
-                (out["rss_after_warm_kib"] - out["rss_ready_kib"]) / n, 2
-            )
+            after = out.get("rss_after_warm_kib", out["rss_after_cold_kib"])
+            out["rss_per_opened_partition_kib"] = round((after - out["rss_ready_kib"]) / n, 2)
         if startup and target == "shoal":
             broker.stop()
             t0 = time.monotonic()

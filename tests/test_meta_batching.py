@@ -61,7 +61,13 @@ def statements(meta: MetaStore) -> Iterator[Statements]:
 
 
 async def streams_of(meta: MetaStore, n: int) -> list[int]:
+    """A new topic's streams (its partitions are created in two statements;
+    what create_topic returns must be what the store holds)."""
     topic = await meta.create_topic(f"t{uuid.uuid4().hex[:8]}", n, {})
+    [stored] = [t for t in await meta.list_topics() if t.name == topic.name]
+    assert stored.partitions == topic.partitions
+    assert [p.partition for p in topic.partitions] == list(range(n))
+    assert len({p.stream_id for p in topic.partitions}) == n
     return [p.stream_id for p in topic.partitions]
 
 

@@ -322,18 +322,32 @@ class MetaStore:
     async def _add_partitions(
         self, conn: AsyncConnection, topic_id: int, first: int, count: int
     ) -> list[PartitionRecord]:
-        parts = []
-        for index in range(first, first + count):
-            result = await conn.execute(
-                insert(s.streams).values(epoch=0, start_offset=0, end_offset=0, deleted=False)
-            )
-            stream_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-            await conn.execute(
-                insert(s.partitions).values(
-                    topic_id=topic_id, partition=index, stream_id=stream_id, leader_epoch=0
-                )
-            )
-            parts.append(PartitionRecord(index, stream_id, 0))
+        if count <= 0:
+            return []
+        # Two statements for the whole topic, not two per partition: creating
+        # thousands of partitions is one request's worth of work.
+        st = s.streams
+        result = await conn.execute(
+            insert(st).returning(st.c.id, sort_by_parameter_order=True),
+            [{"epoch": 0, "start_offset": 0, "end_offset": 0, "deleted": False}] * count,
+        )
+        stream_ids = [int(row.id) for row in result]
+        parts = [
+            PartitionRecord(index, sid, 0)
+            for index, sid in zip(range(first, first + count), stream_ids, strict=True)
+        ]
+        await conn.execute(
+            insert(s.partitions),
+            [
+                {
+                    "topic_id": topic_id,
+                    "partition": p.partition,
+                    "stream_id": p.stream_id,
+                    "leader_epoch": 0,
+                }
+                for p in parts
+            ],
+        )
         return parts
 
     async def add_partitions(self, name: str, new_total: int) -> TopicRecord:
