@@ -302,6 +302,10 @@ def test_cli_produce_then_consume(broker: BrokerProcess, topic_name: str, tmp_pa
         (["e2e", "--rate", "unlimited"], "--rate"),
         (["e2e", "--record-size", "8"], "--record-size"),
         (["e2e", "--consumer-X", "oops"], "--consumer-X"),
+        (["fleet", "--sites", "0"], "--sites"),
+        (["fleet", "--rate-per-device", "0"], "--rate-per-device"),
+        (["fleet", "--record-size", "8"], "--record-size"),
+        (["fleet", "--broker-pid", "0"], "--broker-pid"),
     ],
 )
 def test_cli_rejects_bad_values(args: list[str], option: str) -> None:
@@ -309,3 +313,36 @@ def test_cli_rejects_bad_values(args: list[str], option: str) -> None:
     res = CliRunner().invoke(bench_cli, [*args, "--bootstrap", "127.0.0.1:1"])
     assert res.exit_code == 2, res.output
     assert option in res.output
+
+
+def test_cli_fleet_runs_and_reports(broker: BrokerProcess, tmp_path: Path) -> None:
+    """A small fleet against a real broker: every record sent is delivered and
+    seen by the tailing consumer, and the broker's usage is read from /proc."""
+    assert broker.proc is not None
+    out = tmp_path / "fleet.json"
+    args = ["fleet", "--bootstrap", broker.bootstrap, "--sites", "2", "--topics-per-site", "2"]
+    args += ["--partitions", "2", "--devices-per-site", "5", "--rate-per-device", "10"]
+    args += ["--duration", "1", "--producers", "2", "--broker-pid", str(broker.proc.pid)]
+    res = CliRunner().invoke(bench_cli, [*args, "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "end-to-end latency ms" in res.output
+    result = json.loads(out.read_text())
+    assert (result["topics"], result["partitions"]) == (4, 8)
+    assert result["sent"] == result["delivered"] + result["errors"]
+    assert result["errors"] == 0 and result["sent"] > 0
+    assert result["received"] == result["delivered"]
+    for kind in ("produce_latency", "e2e_latency"):
+        stats = b.LatencyStats.from_dict(result[kind])
+        assert stats.count == result["delivered"]
+        assert_ordered(stats)
+    assert result["broker"]["pid"] == broker.proc.pid
+    assert result["broker"]["cpu_s"] > 0 and result["broker"]["rss_mb"] > 0
+
+
+def test_cli_fleet_names_a_pid_it_cannot_read() -> None:
+    pid = 2**22 + 1  # above Linux's pid_max: no such process
+    res = CliRunner().invoke(
+        bench_cli, ["fleet", "--bootstrap", "127.0.0.1:1", "--broker-pid", str(pid)]
+    )
+    assert res.exit_code == 1, res.output
+    assert f"/proc/{pid}" in res.output

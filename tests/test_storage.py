@@ -403,3 +403,31 @@ async def test_producer_state_commits_with_a_stream_dropped_in_flight(meta: Meta
     assert await (await eng.append(sid, seq_batch(1), 0)) == 1
     assert offsets_of((await eng.read(sid, 0, 1 << 20)).chunks) == [0, 1]
     await eng.close()
+
+
+async def test_first_appends_to_many_streams_share_one_batched_open(meta: MetaStore) -> None:
+    """After a restart the first appends to many streams wait in each
+    stream's queue for one batched open, then take their offsets in order."""
+    sids = await new_stream(meta, 30)
+    eng = engine(FaultyStore(), meta)
+    batches: list[list[int]] = []
+    opened = asyncio.Event()
+    real_open = meta.open_streams
+
+    async def gated(ids: list[int], owner: int | None = None) -> object:
+        batches.append(list(ids))
+        await opened.wait()
+        return await real_open(ids, owner)
+
+    meta.open_streams = gated  # type: ignore[method-assign,assignment]
+    values = (b"first-value", b"second-value", b"third-value")
+    futs = [await eng.append(sid, batch(v), 0) for v in values for sid in sids]
+    assert not any(f.done() for f in futs)  # queued behind the open
+    opened.set()
+    assert [await asyncio.wait_for(f, 10) for f in futs] == [0] * 30 + [1] * 30 + [2] * 30
+    assert [sorted(b) for b in batches] == [sorted(sids)]  # one open for all thirty
+    for sid in sids:
+        chunks = (await eng.read(sid, 0, 1 << 20)).chunks
+        assert len(chunks) == 3
+        assert all(v in bytes(c) for v, c in zip(values, chunks, strict=True))
+    await eng.close()

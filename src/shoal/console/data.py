@@ -220,7 +220,7 @@ async def _end_offsets(broker: Broker, keys: list[tuple[str, int]]) -> dict[tupl
 async def groups_view(broker: Broker) -> list[dict[str, Any]]:
     """Groups this broker coordinates (every group on a single node)."""
     coord = broker.groups
-    ids = {g for g, _type, _state in coord.list_groups()} | coord.offsets.group_ids()
+    ids = {g for g, *_ in coord.list_groups()} | coord.offsets.group_ids()
     out = []
     for gid in sorted(ids):
         summary = coord.describe(gid)

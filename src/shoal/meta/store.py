@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
+    Integer,
     and_,
     bindparam,
+    column,
     delete,
     event,
     func,
@@ -28,6 +31,7 @@ from sqlalchemy import (
     or_,
     select,
     update,
+    values,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -141,6 +145,17 @@ class AbortedTxn:
     producer_id: int
     first_offset: int
     last_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedStream:
+    """A stream just taken, with what its writer needs to serve it."""
+
+    record: StreamRecord
+    ranges: list[RangeRecord] = field(default_factory=list)
+    producers: list[ProducerRow] = field(default_factory=list)
+    #: aborted transactions ending at or after the stream's start, in marker order
+    aborted: list[AbortedTxn] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,18 +341,32 @@ class MetaStore:
     async def _add_partitions(
         self, conn: AsyncConnection, topic_id: int, first: int, count: int
     ) -> list[PartitionRecord]:
-        parts = []
-        for index in range(first, first + count):
-            result = await conn.execute(
-                insert(s.streams).values(epoch=0, start_offset=0, end_offset=0, deleted=False)
-            )
-            stream_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-            await conn.execute(
-                insert(s.partitions).values(
-                    topic_id=topic_id, partition=index, stream_id=stream_id, leader_epoch=0
-                )
-            )
-            parts.append(PartitionRecord(index, stream_id, 0))
+        if count <= 0:
+            return []
+        # Two statements for the whole topic, not two per partition: creating
+        # thousands of partitions is one request's worth of work.
+        st = s.streams
+        result = await conn.execute(
+            insert(st).returning(st.c.id, sort_by_parameter_order=True),
+            [{"epoch": 0, "start_offset": 0, "end_offset": 0, "deleted": False}] * count,
+        )
+        stream_ids = [int(row.id) for row in result]
+        parts = [
+            PartitionRecord(index, sid, 0)
+            for index, sid in zip(range(first, first + count), stream_ids, strict=True)
+        ]
+        await conn.execute(
+            insert(s.partitions),
+            [
+                {
+                    "topic_id": topic_id,
+                    "partition": p.partition,
+                    "stream_id": p.stream_id,
+                    "leader_epoch": 0,
+                }
+                for p in parts
+            ],
+        )
         return parts
 
     async def add_partitions(self, name: str, new_total: int) -> TopicRecord:
@@ -452,6 +481,96 @@ class MetaStore:
             raise StreamFenced(stream_id, f"stream {stream_id} is not assigned to node {owner}")
         return StreamRecord(row.id, row.epoch, row.start_offset, row.end_offset)
 
+    async def open_streams(
+        self, stream_ids: Sequence[int], owner: int | None = None
+    ) -> dict[int, OpenedStream | MetaError]:
+        """Take many streams at once (see open_stream), with their ranges and
+        producer state: three statements per chunk of ids for the whole batch,
+        not three round trips per stream (a broker's first writes after a
+        restart touch thousands of streams). A stream that does not exist
+        maps to MetaError, one assigned elsewhere to StreamFenced."""
+        st, p, r, o, ps = s.streams, s.partitions, s.stream_ranges, s.objects, s.producer_states
+        out: dict[int, OpenedStream | MetaError] = {}
+        async with self._tx() as conn:
+            for chunk in _id_chunks(stream_ids):
+                q = update(st).where(st.c.id.in_(chunk))
+                if owner is not None:
+                    q = q.where(
+                        select(p.c.stream_id)
+                        .where(p.c.stream_id == st.c.id, p.c.owner_node == owner)
+                        .exists()
+                    )
+                taken = {
+                    row.id: OpenedStream(
+                        StreamRecord(row.id, row.epoch, row.start_offset, row.end_offset)
+                    )
+                    for row in await conn.execute(
+                        q.values(epoch=st.c.epoch + 1).returning(
+                            st.c.id, st.c.epoch, st.c.start_offset, st.c.end_offset
+                        )
+                    )
+                }
+                if taken:
+                    ids = list(taken)
+                    for row in await conn.execute(
+                        select(r, o.c.key)
+                        .join(o, o.c.id == r.c.object_id)
+                        .where(r.c.stream_id.in_(ids))
+                        .order_by(r.c.stream_id, r.c.start_offset)
+                    ):
+                        opened = taken[row.stream_id]
+                        if row.end_offset > opened.record.start_offset:
+                            opened.ranges.append(
+                                RangeRecord(
+                                    row.stream_id,
+                                    row.start_offset,
+                                    row.end_offset,
+                                    row.key,
+                                    row.position,
+                                    row.size,
+                                    row.max_timestamp,
+                                )
+                            )
+                    for row in await conn.execute(select(ps).where(ps.c.stream_id.in_(ids))):
+                        taken[row.stream_id].producers.append(
+                            ProducerRow(
+                                row.stream_id,
+                                row.producer_id,
+                                row.epoch,
+                                row.batches,
+                                row.last_timestamp_ms,
+                                row.txn_first_offset,
+                            )
+                        )
+                    at = s.aborted_txns
+                    for row in await conn.execute(
+                        select(at).where(at.c.stream_id.in_(ids)).order_by(at.c.last_offset)
+                    ):
+                        opened = taken[row.stream_id]
+                        if row.last_offset >= opened.record.start_offset:
+                            opened.aborted.append(
+                                AbortedTxn(
+                                    row.stream_id,
+                                    row.producer_id,
+                                    row.first_offset,
+                                    row.last_offset,
+                                )
+                            )
+                out.update(taken)
+                left = [sid for sid in chunk if sid not in taken]
+                if left:
+                    exists = {
+                        row.id
+                        for row in await conn.execute(select(st.c.id).where(st.c.id.in_(left)))
+                    }
+                    for sid in left:
+                        out[sid] = (
+                            StreamFenced(sid, f"stream {sid} is not assigned to node {owner}")
+                            if sid in exists
+                            else MetaError(f"stream {sid} does not exist")
+                        )
+        return out
+
     async def read_stream(self, stream_id: int) -> StreamRecord:
         """The stream's committed bounds, without taking it (read replicas)."""
         async with self.engine.connect() as conn:
@@ -504,62 +623,49 @@ class MetaStore:
                     m[2] = r.end_offset
                 else:
                     raise StreamFenced(r.stream_id, f"stream {r.stream_id}: ranges not contiguous")
-        st = s.streams
         async with self._tx() as conn:
-            if moves:
-                stmt = (
-                    update(st)
-                    .where(
-                        st.c.id == bindparam("b_sid"),
-                        st.c.epoch == bindparam("b_epoch"),
-                        st.c.end_offset == bindparam("b_start"),
-                        st.c.deleted.is_(False),
+            if moves and not await self._move_ends(conn, moves):
+                await self._raise_fenced(conn, moves)
+            o = s.objects
+            created = now_ms()
+            ids = {
+                row.key: int(row.id)
+                for row in await conn.execute(
+                    insert(o)
+                    .values(
+                        [
+                            {
+                                "key": obj.key,
+                                "size": obj.size,
+                                "created_ms": created,
+                                "node_id": node_id,
+                                "kind": "wal",
+                            }
+                            for obj in objects
+                        ]
                     )
-                    .values(end_offset=bindparam("b_end"))
+                    .returning(o.c.id, o.c.key)
                 )
-                params = [
-                    {"b_sid": sid, "b_epoch": e, "b_start": a, "b_end": b}
-                    for sid, (e, a, b) in moves.items()
-                ]
-                if conn.dialect.supports_sane_multi_rowcount or len(params) == 1:
-                    res = await conn.execute(stmt, params)
-                    moved = res.rowcount == len(moves)
-                else:
-                    # asyncpg's executemany reports no per-row counts: one
-                    # statement per stream keeps the fencing check exact.
-                    moved = True
-                    for prm in params:
-                        if (await conn.execute(stmt, prm)).rowcount != 1:
-                            moved = False
-                            break
-                if not moved:
-                    await self._raise_fenced(conn, moves)
-            rows: list[dict[str, int]] = []
-            for obj in objects:
-                result = await conn.execute(
-                    insert(s.objects).values(
-                        key=obj.key, size=obj.size, created_ms=now_ms(), node_id=node_id
-                    )
-                )
-                object_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-                rows.extend(
-                    {
-                        "stream_id": r.stream_id,
-                        "start_offset": r.start_offset,
-                        "end_offset": r.end_offset,
-                        "object_id": object_id,
-                        "position": r.position,
-                        "size": r.size,
-                        "max_timestamp": r.max_timestamp,
-                    }
-                    for r in obj.ranges
-                )
+            }
+            rows = [
+                {
+                    "stream_id": r.stream_id,
+                    "start_offset": r.start_offset,
+                    "end_offset": r.end_offset,
+                    "object_id": ids[obj.key],
+                    "position": r.position,
+                    "size": r.size,
+                    "max_timestamp": r.max_timestamp,
+                }
+                for obj in objects
+                for r in obj.ranges
+            ]
             if rows:
                 await conn.execute(insert(s.stream_ranges), rows)
             # A producer seen in several objects of the group: its newest state wins.
             latest = {(p.stream_id, p.producer_id): p for obj in objects for p in obj.producers}
-            for p in latest.values():
-                await self._upsert_producer(conn, p)
+            if latest:
+                await self._upsert_producers(conn, list(latest.values()))
             aborted = [
                 {
                     "stream_id": a.stream_id,
@@ -576,19 +682,71 @@ class MetaStore:
             if done:
                 await conn.execute(delete(s.txn_markers).where(s.txn_markers.c.id.in_(done)))
 
-    async def _raise_fenced(self, conn: AsyncConnection, moves: dict[int, list[int]]) -> None:
-        """Find which stream a group commit could not move, then abort."""
+    async def _move_ends(self, conn: AsyncConnection, moves: dict[int, list[int]]) -> bool:
+        """Advance every stream's end offset, fenced by epoch and expected
+        end: one UPDATE ... FROM (VALUES ...) RETURNING per chunk of streams
+        on PostgreSQL, where each statement is a network round trip; one
+        executemany on SQLite (in-process, and its row counts are exact).
+        True if every stream moved."""
         st = s.streams
-        for sid, (epoch, start, _end) in moves.items():
-            row = (
-                await conn.execute(
-                    select(st.c.epoch, st.c.end_offset, st.c.deleted).where(st.c.id == sid)
+        if self.is_sqlite:
+            stmt = (
+                update(st)
+                .where(
+                    st.c.id == bindparam("b_sid"),
+                    st.c.epoch == bindparam("b_epoch"),
+                    st.c.end_offset == bindparam("b_start"),
+                    st.c.deleted.is_(False),
                 )
-            ).one_or_none()
-            if row is None or row.deleted or row.epoch != epoch:
+                .values(end_offset=bindparam("b_end"))
+            )
+            params = [
+                {"b_sid": sid, "b_epoch": e, "b_start": a, "b_end": b}
+                for sid, (e, a, b) in moves.items()
+            ]
+            res = await conn.execute(stmt, params)
+            return bool(res.rowcount == len(moves))
+        items = [(sid, e, a, b) for sid, (e, a, b) in moves.items()]
+        moved = 0
+        for i in range(0, len(items), _MAX_PARAMS // 4):
+            v = values(
+                column("sid", Integer),
+                column("epoch", Integer),
+                column("start_at", BigInteger),
+                column("end_at", BigInteger),
+                name="moves",
+            ).data(items[i : i + _MAX_PARAMS // 4])
+            res = await conn.execute(
+                update(st)
+                .where(
+                    st.c.id == v.c.sid,
+                    st.c.epoch == v.c.epoch,
+                    st.c.end_offset == v.c.start_at,
+                    st.c.deleted.is_(False),
+                )
+                .values(end_offset=v.c.end_at)
+                .returning(st.c.id)
+            )
+            moved += len(res.all())
+        return moved == len(items)
+
+    async def _raise_fenced(self, conn: AsyncConnection, moves: dict[int, list[int]]) -> None:
+        """Find which stream a group commit could not move, then abort. Runs
+        after the moves inside their transaction: a stream that moved is at
+        its new end, so one that is not is the one that was fenced."""
+        st = s.streams
+        rows = {}
+        for chunk in _id_chunks(list(moves)):
+            for row in await conn.execute(
+                select(st.c.id, st.c.epoch, st.c.end_offset, st.c.deleted).where(st.c.id.in_(chunk))
+            ):
+                rows[row.id] = row
+        for sid, (epoch, start, end) in moves.items():
+            found = rows.get(sid)
+            if found is None or found.deleted or found.epoch != epoch:
                 raise StreamFenced(sid, f"stream {sid}: epoch {epoch} is stale")
-            if row.end_offset != start:
-                raise StreamFenced(sid, f"stream {sid}: end {row.end_offset}, expected {start}")
+            if found.end_offset != end:
+                raise StreamFenced(sid, f"stream {sid}: end {found.end_offset}, expected {start}")
         sid = next(iter(moves))
         raise StreamFenced(sid, f"stream {sid}: end offset moved under the writer")
 
@@ -603,29 +761,35 @@ class MetaStore:
         """Commit one object (see commit_objects)."""
         await self.commit_objects([ObjectCommit(key, size, list(ranges), list(producers))], node_id)
 
-    async def _upsert_producer(self, conn: AsyncConnection, p: ProducerRow) -> None:
+    async def _upsert_producers(self, conn: AsyncConnection, rows: list[ProducerRow]) -> None:
+        """Insert or update producer states: one INSERT ... ON CONFLICT DO
+        UPDATE for all of them (both SQLite and PostgreSQL speak it)."""
         t = s.producer_states
-        res = await conn.execute(
-            update(t)
-            .where(t.c.stream_id == p.stream_id, t.c.producer_id == p.producer_id)
-            .values(
-                epoch=p.epoch,
-                batches=p.batches,
-                last_timestamp_ms=p.last_timestamp_ms,
-                txn_first_offset=p.txn_first_offset,
-            )
+        dialect_insert = sqlite_insert if self.is_sqlite else pg_insert
+        stmt = dialect_insert(t)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[t.c.stream_id, t.c.producer_id],
+            set_={
+                "epoch": stmt.excluded.epoch,
+                "batches": stmt.excluded.batches,
+                "last_timestamp_ms": stmt.excluded.last_timestamp_ms,
+                "txn_first_offset": stmt.excluded.txn_first_offset,
+            },
         )
-        if res.rowcount == 0:
-            await conn.execute(
-                insert(t).values(
-                    stream_id=p.stream_id,
-                    producer_id=p.producer_id,
-                    epoch=p.epoch,
-                    batches=p.batches,
-                    last_timestamp_ms=p.last_timestamp_ms,
-                    txn_first_offset=p.txn_first_offset,
-                )
-            )
+        await conn.execute(
+            stmt,
+            [
+                {
+                    "stream_id": p.stream_id,
+                    "producer_id": p.producer_id,
+                    "epoch": p.epoch,
+                    "batches": p.batches,
+                    "last_timestamp_ms": p.last_timestamp_ms,
+                    "txn_first_offset": p.txn_first_offset,
+                }
+                for p in rows
+            ],
+        )
 
     async def load_producers(self, stream_id: int) -> list[ProducerRow]:
         t = s.producer_states
@@ -921,9 +1085,9 @@ def _add_missing_columns(conn: Any) -> None:
     """Columns added to existing tables after schema v1 (create_all adds
     only tables): ALTER TABLE ... ADD COLUMN with the column's default."""
     inspector = inspect(conn)
-    for table, column, ddl in s.ADDED_COLUMNS:
-        if column not in {c["name"] for c in inspector.get_columns(table)}:
-            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
+    for table, name, ddl in s.ADDED_COLUMNS:
+        if name not in {c["name"] for c in inspector.get_columns(table)}:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -937,6 +1101,13 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 _MAX_PARAMS = 2_000  # well under SQLite's and PostgreSQL's bind-parameter limits
+
+
+def _id_chunks(ids: Sequence[int]) -> list[list[int]]:
+    """Ids in lists small enough for one statement's IN (...)."""
+    items = list(ids)
+    return [items[i : i + _MAX_PARAMS] for i in range(0, len(items), _MAX_PARAMS)]
+
 
 # (stream id, start offsets of its old ranges, its new ranges)
 Replacement = tuple[int, Sequence[int], Sequence[RangeCommit]]

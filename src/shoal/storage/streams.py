@@ -15,10 +15,12 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from shoal.meta.store import (
     AbortedTxn,
     MetaStore,
+    OpenedStream,
     ProducerRow,
     RangeCommit,
     RangeRecord,
@@ -50,6 +52,10 @@ log = logging.getLogger("shoal.streams")
 
 # How long after the last produce append catch-up reads stay paced.
 PACE_AFTER_APPEND_S = 2.0
+
+# Streams taken per batched open (each batch is a few statements per chunk
+# of ids in the metadata store).
+OPEN_BATCH = 10_000
 
 _BASE_AND_DELTA = struct.Struct(">q")
 _LAST_DELTA = struct.Struct(">i")
@@ -104,6 +110,11 @@ class StreamState:
         return [a for a in self.aborted if a.last_offset >= start and a.first_offset < end]
 
 
+# An append waiting for its stream's open: (batches, leader epoch, log
+# append time, the future append returned).
+_Queued = tuple[Sequence[ValidatedBatch], int, "int | None", "asyncio.Future[int]"]
+
+
 @dataclass(frozen=True, slots=True)
 class ReadResult:
     chunks: list[bytes | memoryview]
@@ -137,7 +148,12 @@ class StreamEngine:
         self._reader_at: dict[int, float] = {}
         # Cluster mode: streams are taken only while assigned to this node.
         self.owner: int | None = None
-        self._opening: dict[int, asyncio.Task[StreamState]] = {}
+        # Batched opens (see _request_open): streams waiting to be taken, the
+        # futures of their opens, and appends queued behind them in order.
+        self._opening: dict[int, asyncio.Future[StreamState]] = {}
+        self._open_queue: list[int] = []
+        self._opener: asyncio.Task[None] | None = None
+        self._queued: dict[int, list[_Queued]] = {}
         self.compactor = Compactor(
             store, meta, config.node_id, config.compaction, self._ranges_replaced, self.uploading
         )
@@ -159,20 +175,65 @@ class StreamEngine:
         st = self._streams.get(stream_id)
         if st is not None:
             return st
-        task = self._opening.get(stream_id)
-        if task is None:
-            task = asyncio.create_task(self._open(stream_id))
-            self._opening[stream_id] = task
-            task.add_done_callback(lambda _t: self._opening.pop(stream_id, None))
-        return await asyncio.shield(task)
+        return await asyncio.shield(self._request_open(stream_id))
 
-    async def _open(self, stream_id: int) -> StreamState:
-        try:
-            rec = await self.meta.open_stream(stream_id, self.owner)
-        except StreamFenced as exc:
-            raise Fenced(str(exc)) from None
-        self._readers.pop(stream_id, None)
-        ranges = await self.meta.load_ranges(stream_id, rec.start_offset)
+    def _request_open(self, stream_id: int) -> asyncio.Future[StreamState]:
+        """Queue the stream for the next batched open. Ids asked for while a
+        batch is being opened go into the next one, so after a restart the
+        first writes to thousands of streams cost a few metadata round trips
+        in all, not three per stream, one stream after another."""
+        fut = self._opening.get(stream_id)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(_retrieve)
+            self._opening[stream_id] = fut
+            self._open_queue.append(stream_id)
+            if self._opener is None or self._opener.done():
+                self._opener = asyncio.create_task(self._open_loop())
+        return fut
+
+    async def _open_loop(self) -> None:
+        while self._open_queue:
+            batch = self._open_queue[:OPEN_BATCH]
+            del self._open_queue[:OPEN_BATCH]
+            try:
+                opened = await self.meta.open_streams(batch, self.owner)
+            except BaseException as exc:
+                for sid in batch:
+                    self._opened(sid, exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for sid in batch:
+                res = opened[sid]
+                if isinstance(res, StreamFenced):
+                    self._opened(sid, Fenced(str(res)))
+                elif isinstance(res, OpenedStream):
+                    self._opened(sid, self._install(res))
+                else:
+                    self._opened(sid, res)
+
+    def _opened(self, stream_id: int, outcome: StreamState | BaseException) -> None:
+        """Hand a batched open's outcome to the appends queued behind it, in
+        their order, before anything else can append to the stream; then to
+        whoever awaits the open."""
+        fut = self._opening.pop(stream_id)
+        for batches, leader_epoch, append_time, done in self._queued.pop(stream_id, ()):
+            if isinstance(outcome, BaseException):
+                done.set_exception(outcome)
+                continue
+            try:
+                self._append_to(outcome, batches, leader_epoch, append_time, done)
+            except Exception as exc:
+                done.set_exception(exc)
+        if isinstance(outcome, BaseException):
+            fut.set_exception(outcome)
+        else:
+            fut.set_result(outcome)
+
+    def _install(self, opened: OpenedStream) -> StreamState:
+        rec, ranges = opened.record, opened.ranges
+        self._readers.pop(rec.id, None)
         st = StreamState(
             rec.id,
             rec.epoch,
@@ -185,19 +246,19 @@ class StreamEngine:
         for r in ranges:
             if r.max_timestamp > st.max_timestamp:
                 st.max_timestamp = r.max_timestamp
-        for row in await self.meta.load_producers(stream_id):
+        for row in opened.producers:
             st.producers[row.producer_id] = ProducerEntry.decode(
                 row.epoch, row.batches, row.last_timestamp_ms, row.txn_first_offset
             )
             if row.txn_first_offset >= 0:
                 st.open_txns[row.producer_id] = row.txn_first_offset
         if st.open_txns:
-            log.info("stream %d: %d open transaction(s)", stream_id, len(st.open_txns))
-        st.aborted = await self.meta.load_aborted(stream_id, rec.start_offset)
-        self._streams[stream_id] = st
+            log.info("stream %d: %d open transaction(s)", rec.id, len(st.open_txns))
+        st.aborted = list(opened.aborted)
+        self._streams[rec.id] = st
         log.debug(
             "opened stream %d epoch %d [%d, %d)",
-            stream_id,
+            rec.id,
             st.epoch,
             st.start_offset,
             st.end_offset,
@@ -301,9 +362,32 @@ class StreamEngine:
         """
         self.last_append = time.monotonic()
         await self.wal.wait_for_room(sum(len(b.data) for b in batches))
-        st = await self.open(stream_id)
+        st = self._streams.get(stream_id)
+        if st is not None:
+            return self._append_to(st, batches, leader_epoch, log_append_time_ms)
+        # First use: the append waits in the stream's queue and takes its
+        # offsets when the batched open lands, so neither this request nor
+        # the ones behind it on the connection wait for the open.
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_retrieve)
+        self._queued.setdefault(stream_id, []).append(
+            (batches, leader_epoch, log_append_time_ms, done)
+        )
+        self._request_open(stream_id)
+        return done
+
+    def _append_to(
+        self,
+        st: StreamState,
+        batches: Sequence[ValidatedBatch],
+        leader_epoch: int,
+        log_append_time_ms: int | None,
+        into: asyncio.Future[int] | None = None,
+    ) -> asyncio.Future[int]:
+        """append's synchronous part: offsets assigned in call order. `into`,
+        if given, is the future to resolve (a queued append's)."""
         if st.closed:
-            raise StorageError(f"stream {stream_id} is closed")
+            raise StorageError(f"stream {st.id} is closed")
         loop = asyncio.get_running_loop()
         first = -1
         futures: list[asyncio.Future[None]] = []
@@ -353,7 +437,7 @@ class StreamEngine:
                     max_ts,
                     fut,
                     h.producer_id,
-                    st.producers,
+                    producers=st.producers,
                 )
             )
             if meta is not None:
@@ -367,7 +451,7 @@ class StreamEngine:
                 first = st.next_offset
             futures.append(fut)
             st.next_offset += count
-        done: asyncio.Future[int] = loop.create_future()
+        done: asyncio.Future[int] = loop.create_future() if into is None else into
         if not futures:
             # Only duplicates: resolve once the original is committed.
             if duplicate_of is None or (duplicate_of.done() and not duplicate_of.exception()):
@@ -679,6 +763,11 @@ class StreamEngine:
 
     # offsets ---------------------------------------------------------------
 
+    def log_start(self, stream_id: int) -> int:
+        """The log start offset of a stream this broker has open, else -1."""
+        st = self._streams.get(stream_id)
+        return -1 if st is None else st.start_offset
+
     async def bounds(self, stream_id: int) -> tuple[int, int]:
         """(log start offset, high watermark)."""
         st = await self.open(stream_id)
@@ -819,6 +908,13 @@ def _below(chunks: list[bytes | memoryview], limit: int) -> list[bytes | memoryv
         if read_base_offset(c) >= limit:
             return chunks[:i]
     return chunks
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark a failure as seen: an open or append nobody awaited any more
+    (its request timed out) must not log "exception never retrieved"."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _offset_when_done(fut: asyncio.Future[None], offset: int) -> asyncio.Future[int]:

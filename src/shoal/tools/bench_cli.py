@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from shoal.tools import bench as b
+from shoal.tools.fleet import FleetSpec, proc_cpu_s, run_fleet
 from shoal.tools.options import (
     bootstrap_option,
     client_errors,
@@ -290,6 +291,99 @@ def e2e(**kw: Any) -> None:
         quiet=kw["quiet"],
     )
     _finish(result, kw["json_path"], kw["chart_path"])
+
+
+@bench.command()
+@bootstrap_option()
+@settings_option()
+@click.option("--sites", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--topics-per-site", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option(
+    "--partitions",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Partitions per topic (records keyed by device).",
+)
+@click.option("--devices-per-site", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option(
+    "--rate-per-device",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Records/s each device sends.",
+)
+@click.option(
+    "--record-size",
+    type=click.IntRange(min=16),
+    default=200,
+    show_default=True,
+    help="Value size in bytes.",
+)
+@click.option(
+    "--duration", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True
+)
+@click.option(
+    "--producers",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Producer clients (gateways); sites are spread over them.",
+)
+@click.option("--acks", type=click.Choice(b.ACKS), default="all", show_default=True)
+@click.option("--linger-ms", type=click.FloatRange(min=0), default=5.0, show_default=True)
+@click.option(
+    "--prefix",
+    default="",
+    help="Topic name prefix (default: fleet-<random>, new topics each run).",
+)
+@click.option(
+    "--broker-pid",
+    type=click.IntRange(min=1),
+    default=None,
+    help="A broker on this machine: report its CPU and memory from /proc.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the full result as JSON to FILE.",
+)
+@_guard
+def fleet(**kw: Any) -> None:
+    """An IoT fleet: sites x topics x partitions keyed by device, each device
+    quiet; throughput, produce and end-to-end latency, broker CPU and memory."""
+    try:
+        spec = FleetSpec(
+            bootstrap=kw["bootstrap"],
+            sites=kw["sites"],
+            topics_per_site=kw["topics_per_site"],
+            partitions=kw["partitions"],
+            devices_per_site=kw["devices_per_site"],
+            rate_per_device=kw["rate_per_device"],
+            record_size=kw["record_size"],
+            duration_s=kw["duration"],
+            producers=kw["producers"],
+            acks=kw["acks"],
+            linger_ms=kw["linger_ms"],
+            prefix=kw["prefix"],
+            broker_pid=kw["broker_pid"],
+            extra=kw["extra"],
+        )
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    if spec.broker_pid is not None:
+        proc_cpu_s(spec.broker_pid)  # a wrong pid fails now, not after the run
+    result = run_fleet(spec)
+    rows = result.summary()
+    width = max(len(name) for name, _ in rows)
+    click.echo("shoal bench fleet")
+    for name, value in rows:
+        click.echo(f"  {name:<{width}}  {value}")
+    if kw["json_path"] is not None:
+        kw["json_path"].write_text(result.to_json() + "\n")
+    if result.errors:
+        raise click.ClickException(f"{result.errors:,} records failed")
 
 
 bench.add_command(replay)

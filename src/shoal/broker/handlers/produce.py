@@ -28,7 +28,7 @@ log = logging.getLogger("shoal.produce")
 INLINE_DECOMPRESS = 1 << 20
 ZERO = datetime.timedelta(0)
 
-# (topic, partition, base-offset future or error, log start offset, log append time)
+# (topic, partition, base-offset future or error, stream id or -1, log append time)
 _Slot = tuple[str, int, "asyncio.Future[int] | ErrorCode | KafkaError", int, int | None]
 
 
@@ -91,8 +91,7 @@ async def _append(
         append_time = int(time.time() * 1000) if log_append else None
         fut = await broker.engine.append(part.stream_id, [batch], part.leader_epoch, append_time)
         broker.record_traffic(topic, part, len(records), 0)
-        start, _end = await broker.engine.bounds(part.stream_id)
-        return topic_name, index, fut, start, append_time
+        return topic_name, index, fut, part.stream_id, append_time
     except KafkaError as exc:
         log.info(
             "produce to %s-%d from %s rejected: %s (%s)",
@@ -212,14 +211,16 @@ async def _respond(
         await asyncio.wait(pending, timeout=timeout)
     s = Schema(0, header.api_version)
     by_topic: dict[str, list[Any]] = {}
-    for topic_name, index, fut, start, append_time in slots:
+    for topic_name, index, fut, stream_id, append_time in slots:
         base = -1
+        start = -1
         message: str | None = None
         record_errors: tuple[Any, ...] = ()
         if isinstance(fut, asyncio.Future):
             code = _outcome(fut, topic_name, index, client)
             if code == ErrorCode.none:
                 base = fut.result()
+                start = broker.engine.log_start(stream_id)
         elif isinstance(fut, KafkaError):
             code, message = fut.code, str(fut)
             if isinstance(fut, BatchRejected) and s.has(
@@ -265,6 +266,10 @@ def _outcome(fut: asyncio.Future[int], topic: str, index: int, client: Client) -
     exc = fut.exception()
     if exc is None:
         return ErrorCode.none
+    if isinstance(exc, SequenceError):
+        # found when the stream's first append took its offsets (batched open)
+        log.info("produce to %s-%d from %s rejected: %s", topic, index, client, exc)
+        return ErrorCode[exc.code]
     log.warning("produce to %s-%d from %s failed: %s", topic, index, client, exc)
     if isinstance(exc, Fenced):
         return ErrorCode.not_leader_or_follower

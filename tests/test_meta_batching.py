@@ -1,0 +1,149 @@
+"""Metadata work per commit and per batched open does not grow with the
+number of streams in it (issue 13): counted as statements the store's
+engine executes, on SQLite and on PostgreSQL (embedded), where each
+statement is a network round trip."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from cluster_harness import new_database
+from shoal.meta.cluster import ClusterStore, Move
+from shoal.meta.store import (
+    MetaError,
+    MetaStore,
+    ObjectCommit,
+    OpenedStream,
+    ProducerRow,
+    RangeCommit,
+    StreamFenced,
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def meta(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MetaStore]:
+    url = f"sqlite:///{tmp_path}/meta.db" if request.param == "sqlite" else new_database()
+    m = await MetaStore.open(url)
+    yield m
+    await m.close()
+
+
+class Statements:
+    """Counts the statements sent to the database (an executemany is one)."""
+
+    def __init__(self, meta: MetaStore) -> None:
+        self.count = 0
+        self._engine = meta.engine.sync_engine
+        event.listen(self._engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, *_args: Any) -> None:
+        self.count += 1
+
+    def __enter__(self) -> Statements:
+        self.count = 0
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        pass
+
+
+@pytest.fixture
+def statements(meta: MetaStore) -> Iterator[Statements]:
+    counter = Statements(meta)
+    yield counter
+    event.remove(counter._engine, "before_cursor_execute", counter._seen)
+
+
+async def streams_of(meta: MetaStore, n: int) -> list[int]:
+    """A new topic's streams (its partitions are created in two statements;
+    what create_topic returns must be what the store holds)."""
+    topic = await meta.create_topic(f"t{uuid.uuid4().hex[:8]}", n, {})
+    [stored] = [t for t in await meta.list_topics() if t.name == topic.name]
+    assert stored.partitions == topic.partitions
+    assert [p.partition for p in topic.partitions] == list(range(n))
+    assert len({p.stream_id for p in topic.partitions}) == n
+    return [p.stream_id for p in topic.partitions]
+
+
+async def open_and_commit(
+    meta: MetaStore, statements: Statements, n: int
+) -> tuple[int, int, dict[int, OpenedStream]]:
+    """Open n streams in one batch, then commit one record to each (with an
+    idempotent producer's state) in one group commit of two objects; returns
+    the statements each took and the streams as opened."""
+    sids = await streams_of(meta, n)
+    with statements:
+        opened = await meta.open_streams(sids)
+    opens = statements.count
+    taken = {sid: res for sid, res in opened.items() if isinstance(res, OpenedStream)}
+    assert len(taken) == n
+    half = n // 2
+    objects = [
+        ObjectCommit(
+            f"wal/{uuid.uuid4().hex}-{i}",
+            100 * n,
+            [RangeCommit(sid, taken[sid].record.epoch, 0, 1, 0, 100, 1) for sid in part],
+            [ProducerRow(sid, 7, 0, "[[0, 0, 0, 0]]", 1) for sid in part],
+        )
+        for i, part in enumerate((sids[:half], sids[half:]))
+    ]
+    with statements:
+        await meta.commit_objects(objects, node_id=0)
+    return opens, statements.count, taken
+
+
+async def test_batched_open_and_commit_cost_the_same_for_4_or_400_streams(
+    meta: MetaStore, statements: Statements
+) -> None:
+    small_open, small_commit, _ = await open_and_commit(meta, statements, 4)
+    big_open, big_commit, taken = await open_and_commit(meta, statements, 400)
+    assert big_open == small_open
+    assert big_commit == small_commit
+    # ... and the commit did what it says: every stream moved, ranges and
+    # producer state recorded, and the next open sees them.
+    reopened = await meta.open_streams(list(taken))
+    for sid, res in reopened.items():
+        assert isinstance(res, OpenedStream)
+        assert res.record.epoch == taken[sid].record.epoch + 1
+        assert res.record.end_offset == 1
+        assert [(r.start_offset, r.end_offset) for r in res.ranges] == [(0, 1)]
+        assert [(p.producer_id, p.batches) for p in res.producers] == [(7, "[[0, 0, 0, 0]]")]
+
+
+async def test_a_group_commit_with_one_stale_stream_changes_nothing(meta: MetaStore) -> None:
+    sids = await streams_of(meta, 50)
+    opened = await meta.open_streams(sids)
+    epochs = {sid: res.record.epoch for sid, res in opened.items() if isinstance(res, OpenedStream)}
+    await meta.open_streams([sids[17]])  # another writer took one stream
+    ranges = [RangeCommit(sid, epochs[sid], 0, 1, 0, 100, 1) for sid in sids]
+    with pytest.raises(StreamFenced) as info:
+        await meta.commit_objects([ObjectCommit("wal/stale", 5000, ranges)], node_id=0)
+    assert info.value.stream_id == sids[17]
+    for sid in sids:
+        assert (await meta.read_stream(sid)).end_offset == 0
+    assert await meta.load_ranges(sids[0]) == []
+    assert "wal/stale" not in await meta.object_keys()
+
+
+async def test_batched_open_answers_each_stream(meta: MetaStore) -> None:
+    """A missing stream and one assigned to another node get their own
+    answer; the rest of the batch is taken."""
+    topic = await meta.create_topic(f"t{uuid.uuid4().hex[:8]}", 3, {})
+    sids = [p.stream_id for p in topic.partitions]
+    moves = [
+        Move(topic.id, p.partition, p.stream_id, None, 1 + (p.partition == 1))
+        for p in topic.partitions
+    ]
+    assert len(await ClusterStore(meta).apply_moves(moves)) == 3
+    opened = await meta.open_streams([*sids, 999_999], owner=1)
+    assert isinstance(opened[999_999], MetaError)
+    assert not isinstance(opened[999_999], StreamFenced)
+    assert isinstance(opened[sids[1]], StreamFenced)  # assigned to node 2
+    assert isinstance(opened[sids[0]], OpenedStream)
+    assert isinstance(opened[sids[2]], OpenedStream)
