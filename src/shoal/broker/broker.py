@@ -150,8 +150,11 @@ class Broker:
                 catchup_bytes_per_s=config["catchup.read.max.bytes.per.sec"],
                 orphan_grace_ms=config["object.orphan.grace.ms"],
                 reader_refresh_ms=config["cluster.reader.refresh.ms"],
+                disk_dirs=config.local_dirs,
+                min_free_bytes=config["storage.min.free.bytes"],
             ),
         )
+        engine.disk.start()
         catalog = TopicCatalog(meta, config)
         await catalog.load()
         broker = cls(config, meta, store, engine, catalog, await meta.cluster_id())

@@ -15,6 +15,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from shoal.meta.store import MetaStore, ProducerRow, RangeCommit, RangeRecord, StreamFenced
 from shoal.protocol.records import (
@@ -29,6 +30,7 @@ from shoal.storage import producers as producer_state
 from shoal.storage.caches import BlockCache, LogCache
 from shoal.storage.cleaner import Cleaner
 from shoal.storage.compaction import CompactionConfig, Compactor
+from shoal.storage.diskspace import DiskGuard
 from shoal.storage.errors import Fenced, ObjectNotFound, OffsetOutOfRange, StorageError
 from shoal.storage.keycompaction import KeyCompactionPolicy, compact_keys
 from shoal.storage.objectstore import ObjectStore
@@ -59,6 +61,10 @@ class EngineConfig:
     # Cluster mode: how stale a read replica's view of a stream may get
     # before a read at its end asks the metadata store again.
     reader_refresh_ms: int = 100
+    # Local directories whose free space is watched ((kind, path), ...), and
+    # the floor below which writes are refused (0: only ENOSPC refuses).
+    disk_dirs: tuple[tuple[str, str], ...] = ()
+    min_free_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -94,6 +100,9 @@ class StreamEngine:
         self.block_cache = BlockCache(config.block_cache_bytes)
         # Objects uploaded by this process and not committed yet (see Cleaner).
         self.uploading: set[str] = set()
+        self.disk = DiskGuard(
+            {what: Path(path) for what, path in config.disk_dirs}, config.min_free_bytes
+        )
         self.wal = Wal(
             store,
             meta,
@@ -103,6 +112,7 @@ class StreamEngine:
             self._fenced,
             self._producer_rows,
             self.uploading,
+            self.disk,
         )
         self._streams: dict[int, StreamState] = {}
         # Streams read but not owned (cluster read replicas): never taken.
@@ -123,6 +133,7 @@ class StreamEngine:
         meta.delete_grace_ms = config.compaction.delete_grace_ms
 
     async def close(self) -> None:
+        await self.disk.stop()
         await self.wal.close()
 
     # opening -------------------------------------------------------------
@@ -263,6 +274,7 @@ class StreamEngine:
         order); the returned future resolves to the first base offset when the
         WAL object holding them is committed.
         """
+        self.disk.check()  # before any offset is handed out: nothing half-written
         self.last_append = time.monotonic()
         await self.wal.wait_for_room(sum(len(b.data) for b in batches))
         st = await self.open(stream_id)
