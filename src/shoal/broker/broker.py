@@ -159,6 +159,7 @@ class Broker:
             await reconcile_objects(store, meta, int(config["node.id"]))
         catalog = TopicCatalog(meta, config)
         await catalog.load()
+        engine.labeler = catalog.stream_label
         broker = cls(config, meta, store, engine, catalog, await meta.cluster_id())
         broker.groups = await GroupCoordinator.open(meta, GroupConfig.from_config(config))
         await broker.acl_sync.refresh()

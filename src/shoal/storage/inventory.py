@@ -32,7 +32,16 @@ from shoal.protocol.records import batch_spans, read_header
 from shoal.storage import producers as producer_state
 from shoal.storage.cleaner import PREFIXES, _node_of
 from shoal.storage.errors import CorruptObject, StorageError
-from shoal.storage.format import FOOTER_SIZE, TAIL_READ, BlockEntry, decode_footer, decode_index
+from shoal.storage.format import (
+    FLAG_LABELS,
+    FOOTER_SIZE,
+    TAIL_READ,
+    BlockEntry,
+    decode_footer,
+    decode_index,
+    decode_labels,
+    footer_flags,
+)
 from shoal.storage.objectstore import ObjectInfo, ObjectStore
 from shoal.storage.producers import BatchMeta, ProducerEntry
 
@@ -85,8 +94,11 @@ class Inventory:
         return out
 
 
-async def read_index(store: ObjectStore, key: str, size: int) -> list[BlockEntry]:
-    """An object's index from its tail (one range read, two for a big index)."""
+async def read_index(
+    store: ObjectStore, key: str, size: int
+) -> tuple[list[BlockEntry], dict[int, str]]:
+    """An object's index and stream labels from its tail (one range read
+    for a typical object, more for a big index or labels)."""
     if size < FOOTER_SIZE:
         raise CorruptObject("object shorter than its footer")
     tail_start = max(0, size - TAIL_READ)
@@ -96,7 +108,15 @@ async def read_index(store: ObjectStore, key: str, size: int) -> list[BlockEntry
         index = tail[pos - tail_start : pos - tail_start + length]
     else:
         index = await store.get_range(key, pos, pos + length)
-    return decode_index(index, crc)
+    entries = decode_index(index, crc)
+    labels: dict[int, str] = {}
+    if footer_flags(tail) & FLAG_LABELS:
+        data_end = max((e.position + e.size for e in entries), default=0)
+        if data_end >= tail_start:
+            labels = decode_labels(tail[data_end - tail_start : pos - tail_start])
+        else:
+            labels = decode_labels(await store.get_range(key, data_end, pos))
+    return entries, labels
 
 
 async def take_inventory(store: ObjectStore, meta: MetaStore) -> Inventory:
@@ -171,7 +191,7 @@ async def take_inventory(store: ObjectStore, meta: MetaStore) -> Inventory:
         if key in rows:
             continue
         try:
-            entries = await read_index(store, key, info.size)
+            entries, _labels = await read_index(store, key, info.size)
         except (CorruptObject, StorageError) as exc:
             inv.findings.append(Finding("unreadable-object", key, f"no metadata row; {exc}"))
             continue

@@ -144,6 +144,7 @@ async def compact_keys(
     cleaned_end: int,
     delete_grace_ms: int,
     uploading: set[str],
+    label: str | None = None,
 ) -> tuple[list[int], list[RangeRecord], int, CleanResult] | None:
     """One cleaning pass over a stream. Returns (replaced range starts, new
     ranges, end offset cleaned up to, stats), or None when nothing is due."""
@@ -214,7 +215,7 @@ async def compact_keys(
     if not builders:
         builders.append(BlockBuilder(stream_id, first, end, -1, [], 0))
     builders[-1].end_offset = end  # coverage stays contiguous to the dirty part
-    payload, entries = encode_object(builders)
+    payload, entries = encode_object(builders, {stream_id: label} if label else None)
     object_key = (
         f"compacted/{node_id}/{int(time.time() * 1000):013d}-{os.getpid()}-keys-{stream_id}.obj"
     )

@@ -32,6 +32,7 @@ from shoal.storage.cleaner import Cleaner
 from shoal.storage.compaction import CompactionConfig, Compactor
 from shoal.storage.diskspace import DiskGuard
 from shoal.storage.errors import Fenced, ObjectNotFound, OffsetOutOfRange, StorageError
+from shoal.storage.format import Labeler
 from shoal.storage.keycompaction import KeyCompactionPolicy, compact_keys
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.producers import BatchMeta, ProducerEntry
@@ -113,6 +114,7 @@ class StreamEngine:
             self._producer_rows,
             self.uploading,
             self.disk,
+            self.label,
         )
         self._streams: dict[int, StreamState] = {}
         # Streams read but not owned (cluster read replicas): never taken.
@@ -122,15 +124,33 @@ class StreamEngine:
         self.owner: int | None = None
         self._opening: dict[int, asyncio.Task[StreamState]] = {}
         self.compactor = Compactor(
-            store, meta, config.node_id, config.compaction, self._ranges_replaced, self.uploading
+            store,
+            meta,
+            config.node_id,
+            config.compaction,
+            self._ranges_replaced,
+            self.uploading,
+            self.label,
         )
         self.catchup = ByteRate(config.catchup_bytes_per_s)
         # Catch-up reads are paced only while producers are active: the pacing
         # protects live traffic, and a broker with none lets a backlog go flat out.
         self.last_append = float("-inf")
+        # Who owns each stream, written into objects (format.py, labels):
+        # set by the broker; a stream's label never changes, so it is cached.
+        self.labeler: Labeler | None = None
+        self._labels: dict[int, str] = {}
         self.cleaner = Cleaner(store, meta, config.orphan_grace_ms, self.uploading)
         self._prefetching: dict[tuple[str, int], asyncio.Task[None]] = {}
         meta.delete_grace_ms = config.compaction.delete_grace_ms
+
+    def label(self, stream_id: int) -> str | None:
+        label = self._labels.get(stream_id)
+        if label is None and self.labeler is not None:
+            label = self.labeler(stream_id)
+            if label is not None:
+                self._labels[stream_id] = label
+        return label
 
     async def close(self) -> None:
         await self.disk.stop()
@@ -630,6 +650,7 @@ class StreamEngine:
             st.cleaned_end,
             self.config.compaction.delete_grace_ms,
             self.uploading,
+            self.label(st.id),
         )
         if outcome is None:
             return False

@@ -20,13 +20,13 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from shoal.meta.store import MetaStore, ObjectCommit, ProducerRow, RangeCommit, StreamFenced
 from shoal.storage.diskspace import DiskGuard
 from shoal.storage.errors import Fenced, ObjectExists, StorageError
-from shoal.storage.format import BlockBuilder, encode_object
+from shoal.storage.format import BlockBuilder, Labeler, encode_object
 from shoal.storage.objectstore import ObjectStore
 
 log = logging.getLogger("shoal.wal")
@@ -90,8 +90,10 @@ class Wal:
         producer_rows: ProducerRows | None = None,
         uploading: set[str] | None = None,
         disk: DiskGuard | None = None,
+        label: Labeler | None = None,
     ) -> None:
         self.store = store
+        self._label = label
         self.disk = disk if disk is not None else DiskGuard()
         self.uploading = uploading if uploading is not None else set()
         self.meta = meta
@@ -205,8 +207,18 @@ class Wal:
                 )
             else:
                 b.add(a.data, a.end, a.max_ts)
-        data, _entries = encode_object(list(blocks.values()))
+        data, _entries = encode_object(list(blocks.values()), self._labels(blocks))
         return data
+
+    def _labels(self, streams: Iterable[int]) -> dict[int, str]:
+        if self._label is None:
+            return {}
+        out = {}
+        for sid in streams:
+            label = self._label(sid)
+            if label is not None:
+                out[sid] = label
+        return out
 
     # commit --------------------------------------------------------------
 

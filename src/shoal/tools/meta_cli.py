@@ -276,3 +276,65 @@ def _all_repaired(result: dict[str, Any]) -> bool:
     ) and any(
         a.startswith("adopted ") and not a.startswith("adopted nothing") for a in result["actions"]
     )
+
+
+# rebuild ---------------------------------------------------------------------------
+
+
+async def run_rebuild(config: BrokerConfig) -> dict[str, Any]:
+    from shoal.meta.store import MetaStore
+    from shoal.storage.objectstore import ObjectStore
+    from shoal.storage.rebuild import rebuild as rebuild_meta
+
+    store = ObjectStore(config.objects_url, config.object_store_options, create=False)
+    await store.check()
+    meta_store = await MetaStore.open(config.metadata_url)
+    try:
+        report = await rebuild_meta(store, meta_store, int(config["node.id"]))
+    finally:
+        await meta_store.close()
+    return report.as_dict()
+
+
+@meta.command("rebuild")
+@store_options
+@options.format_option()
+def rebuild(
+    data_dir: str | None,
+    objects: str | None,
+    metadata: str | None,
+    config_file: str | None,
+    fmt: str,
+) -> None:
+    """Rebuild a lost metadata store from the objects: topics, partitions,
+    offsets, ranges and producers' sequence state, into an empty store.
+    Topic configs, committed group offsets, ACLs, credentials and quotas are
+    not in the objects and must be set again (docs/RELIABILITY.md)."""
+    from shoal.meta.store import redact_url
+
+    if not objects and not data_dir and not config_file:
+        raise click.UsageError("--objects URL (or --data-dir DIR) names the objects to read")
+    config = _config(data_dir, objects, metadata, config_file)
+    try:
+        with stopped_broker(config):
+            result = asyncio.run(run_rebuild(config))
+    except click.ClickException:
+        raise
+    except Exception as exc:
+        raise click.ClickException(
+            f"cannot rebuild {redact_url(config.metadata_url)} from {config.objects_url}: {exc}"
+        ) from None
+    if fmt == "json":
+        click.echo(json.dumps(result, indent=2))
+        return
+    for p in result["partitions"]:
+        lost = f"  (offsets lost: {p['lost']})" if p["lost"] else ""
+        click.echo(f"{p['topic']}-{p['partition']}: [{p['start']}, {p['end']}){lost}")
+    for what in ("unreadable_objects", "unlabeled_streams", "shadowed"):
+        if result[what]:
+            click.echo(f"{what.replace('_', ' ')}: {result[what]}")
+    click.echo(
+        f"rebuilt {len(result['topics'])} topic(s) into {redact_url(config.metadata_url)}; "
+        "set topic configs, ACLs, users and quotas again, consumer groups start from "
+        "their auto.offset.reset"
+    )
