@@ -50,6 +50,7 @@ class LazyGroup(click.Group):
         "cost": ("shoal.tools.cost_cli", "cost"),
         "edge": ("shoal.edge.cli", "edge"),
         "groups": ("shoal.tools.groups_cli", "groups"),
+        "meta": ("shoal.tools.meta_cli", "meta"),
         "partitions": ("shoal.cluster.cli", "partitions"),
         "produce": ("shoal.tools.console_io", "produce"),
         "quotas": ("shoal.tools.quotas_cli", "quotas"),

@@ -398,6 +398,15 @@ BROKER_KEYS: dict[str, Key] = {
             "unflushed bytes before produce requests wait (back-pressure)",
             at_least(1024),
         ),
+        Key(
+            "storage.min.free.bytes",
+            int,
+            0,
+            "free space below which the broker refuses produce requests with the retriable "
+            "KAFKA_STORAGE_ERROR (objects directory of a file:// store, SQLite's directory); "
+            "0: only a full disk refuses them",
+            at_least(0),
+        ),
         Key("log.cache.bytes", int, 256 * MIB, "tail-read cache size", at_least(0)),
         Key("block.cache.bytes", int, 256 * MIB, "catch-up read cache size", at_least(0)),
         Key("fetch.max.wait.cap.ms", int, 30_000, "cap on a fetch's max_wait_ms", at_least(0)),
@@ -834,6 +843,24 @@ class BrokerConfig(Mapping[str, Any]):
     @property
     def metadata_url(self) -> str:
         return str(self["metadata"]) or f"sqlite:///{(self.data_dir.resolve() / 'meta.db')}"
+
+    @property
+    def local_dirs(self) -> tuple[tuple[str, str], ...]:
+        """The local directories the broker writes, by kind of write: a
+        file:// store's ("objects") and SQLite's ("metadata"), for the
+        free-space watch."""
+        from urllib.parse import urlparse
+
+        from sqlalchemy.engine import make_url
+
+        out: list[tuple[str, str]] = []
+        if self.objects_url.startswith("file:"):
+            out.append(("objects", urlparse(self.objects_url).path))
+        if self.metadata_url.startswith("sqlite:"):
+            database = make_url(self.metadata_url).database
+            if database and database != ":memory:":
+                out.append(("metadata", str(Path(database).resolve().parent)))
+        return tuple(out)
 
     @property
     def cluster_mode(self) -> bool:

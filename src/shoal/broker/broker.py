@@ -156,10 +156,16 @@ class Broker:
                 catchup_bytes_per_s=config["catchup.read.max.bytes.per.sec"],
                 orphan_grace_ms=config["object.orphan.grace.ms"],
                 reader_refresh_ms=config["cluster.reader.refresh.ms"],
+                disk_dirs=config.local_dirs,
+                min_free_bytes=config["storage.min.free.bytes"],
             ),
         )
+        engine.disk.start()
+        if not config.cluster_mode:
+            await reconcile_objects(store, meta, int(config["node.id"]))
         catalog = TopicCatalog(meta, config)
         await catalog.load()
+        engine.labeler = catalog.stream_label
         broker = cls(config, meta, store, engine, catalog, await meta.cluster_id())
         broker.groups = await GroupCoordinator.open(
             meta,
@@ -336,3 +342,30 @@ class Broker:
         if current_leader_epoch < part.leader_epoch:
             raise KafkaError(ErrorCode.fenced_leader_epoch)
         raise KafkaError(ErrorCode.unknown_leader_epoch)
+
+
+async def reconcile_objects(store: ObjectStore, meta: MetaStore, node_id: int) -> None:
+    """Single node: adopt objects holding offsets past the metadata's end of
+    their streams (uploaded just before a crash, or committed under metadata
+    since lost — an older backup restored), so no offset is handed out twice;
+    refuse to start when they cannot be adopted. In a cluster, other brokers'
+    uploads in flight look the same, so there `shoal meta check` reports."""
+    from shoal.storage.inventory import ObjectsAhead, adopt, take_inventory
+
+    inv = await take_inventory(store, meta)
+    if inv.blocking:
+        key, e = inv.blocking[0]
+        known = inv.streams.get(e.stream_id)
+        where = (
+            "a stream the metadata does not know" if known is None else f"metadata end {known.end}"
+        )
+        raise ObjectsAhead(
+            f"{len(inv.blocking)} block(s) in the object store hold offsets past what the "
+            f"metadata store records and cannot be adopted (first: {key}, stream "
+            f"{e.stream_id} [{e.start_offset}, {e.end_offset}), {where}). The "
+            "metadata is older than the objects (a restored backup?); starting would hand "
+            "those offsets out again. See them with `shoal meta check`; rebuild the metadata "
+            "from the objects with `shoal meta rebuild --objects URL`"
+        )
+    if inv.adoptable:
+        await adopt(store, meta, inv, node_id)

@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shoal.broker.broker import Broker
+from shoal.storage.diskspace import DiskGuard
 
 log = logging.getLogger("shoal.metrics")
 
@@ -50,6 +51,33 @@ class EngineCollector(Collector):
         g = GaugeMetricFamily("shoal_wal_unflushed_bytes", "appended bytes not yet committed")
         g.add_metric([], wal.unflushed)
         yield g
+        yield from disk_metrics(e.disk)
+
+
+def disk_metrics(disk: DiskGuard) -> Iterator[Any]:
+    """The full-disk and low-space conditions (shared with the edge gateway)."""
+    full = GaugeMetricFamily(
+        "shoal_storage_writes_refused",
+        "1 while writes are refused for lack of space, by cause (disk full, low space)",
+        labels=["cause"],
+    )
+    full.add_metric(["full"], 1 if disk.full else 0)
+    full.add_metric(["low"], 1 if disk.low else 0)
+    yield full
+    for metric, value, doc in (
+        ("shoal_storage_full_events", disk.full_events, "writes that failed for lack of space"),
+        ("shoal_storage_low_events", disk.low_events, "times free space fell below the floor"),
+        ("shoal_storage_refused_writes", disk.refused, "appends refused for lack of space"),
+    ):
+        c = CounterMetricFamily(metric, doc)
+        c.add_metric([], value)
+        yield c
+    free = GaugeMetricFamily(
+        "shoal_storage_free_bytes", "free bytes of a local directory", labels=["dir"]
+    )
+    for what, n in disk.free.items():
+        free.add_metric([what], n)
+    yield free
 
 
 def start_metrics(broker: Broker, *extra: Collector) -> Any | None:

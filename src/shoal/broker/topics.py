@@ -9,6 +9,7 @@ on a short interval, and a miss is looked up in the store before auto-creating.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import uuid
@@ -118,6 +119,18 @@ class TopicCatalog:
 
     def all(self) -> list[Topic]:
         return list(self._topics.values())
+
+    def stream_label(self, stream_id: int) -> str | None:
+        """The label objects carry for a partition's stream (storage/format.py):
+        enough for `shoal meta rebuild` to bring the topic back."""
+        for t in self._topics.values():
+            for p in t.partitions:
+                if p.stream_id == stream_id:
+                    return json.dumps(
+                        {"topic": t.name, "partition": p.partition, "id": t.topic_uuid.hex},
+                        separators=(",", ":"),
+                    )
+        return None
 
     def effective(self, topic: Topic, key: str) -> Any:
         """A topic config's value: its override, else the broker default, typed."""

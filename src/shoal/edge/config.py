@@ -180,6 +180,9 @@ class LocalConfig:
     cache_bytes: int = 32 * MIB
     local_retention_ms: int = 0
     compaction_interval_ms: int = 5000
+    # Below this much free space in the data directory every lane acts as
+    # full: block lanes hold new records, drop-oldest lanes drop their oldest.
+    min_free_bytes: int = 0
     # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL: the local listener's
     # protocol; its TLS and SASL settings are broker keys in [local.broker].
     security_protocol: str = "PLAINTEXT"
@@ -454,6 +457,7 @@ def parse_edge_config(
         cache_bytes=lt.integer("cache_bytes", 32 * MIB, 0),
         local_retention_ms=lt.integer("local_retention_ms", 0, 0),
         compaction_interval_ms=lt.integer("compaction_interval_ms", 5000, 100),
+        min_free_bytes=lt.integer("min_free_bytes", 0, 0),
         security_protocol=lt.choice("security_protocol", "PLAINTEXT", LOCAL_PROTOCOLS),
         broker=lt.raw_table("broker"),
     )

@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from shoal.edge.uplink import Forwarder, Uplink
 from shoal.logs import flush_summaries
 from shoal.protocol.headers import RequestHeader
 from shoal.protocol.records import read_header
+from shoal.storage.diskspace import is_disk_full
 from shoal.storage.errors import StorageError
 
 log = logging.getLogger("shoal.edge")
@@ -67,6 +68,10 @@ class Gateway:
         self.http_records = 0
         self.kafka_produce_requests = 0
         self.disk_used_bytes = 0
+        # Why the data directory counts as low on space (None: it does not).
+        self.disk_low: str | None = None
+        self.disk_low_events = 0
+        self._write_failures: dict[str, int] = {}
         self.status_snapshot: dict[str, Any] = {}
         self._maintenance: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -286,7 +291,7 @@ class Gateway:
         while True:
             await asyncio.sleep(interval / 1000)
             try:
-                await self._save_progress()
+                await self._quietly("uplink progress", self._save_progress())
             except Exception:
                 log.exception("saving uplink progress failed; retrying")
 
@@ -302,21 +307,68 @@ class Gateway:
             try:
                 assert self.lanes is not None
                 await self.lanes.refresh()
+                self._check_disk()
                 if now - last_trim >= 1.0:
                     last_trim = now
-                    await self._trim_forwarded()
-                    await self._enforce_budgets()
+                    await self._quietly("trim of forwarded data", self._trim_forwarded())
+                    await self._quietly("lane budget trim", self._enforce_budgets())
                 if now - last_disk >= 5.0:
                     last_disk = now
                     self.disk_used_bytes = await asyncio.to_thread(_dir_size, self.config.log_dir)
                 if now - last_status >= self.config.admin.status_interval_ms / 1000:
                     last_status = now
                     await self.refresh_status()
-                    await asyncio.to_thread(self._write_status_file)
+                    await self._quietly("status file", asyncio.to_thread(self._write_status_file))
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("housekeeping round failed; retrying")
+
+    def _check_disk(self) -> None:
+        """Below local.min_free_bytes, or with a write failed for lack of
+        space, every lane acts as full (its when_full policy) at the size it
+        has: block lanes hold new records (MQTT acks withheld, produce
+        requests waiting), drop-oldest lanes drop their oldest. One line when
+        it starts, one when it ends."""
+        assert self.broker is not None and self.lanes is not None
+        disk = self.broker.engine.disk
+        floor = self.config.local.min_free_bytes
+        low = [
+            f"{kind} directory {disk.dirs[kind]} has {n} bytes free, below "
+            f"local.min_free_bytes={floor}"
+            for kind, n in sorted(disk.free.items())
+            if n < floor
+        ]
+        reason = disk.reason or "; ".join(low) or None
+        if (reason is None) == (self.disk_low is None):
+            self.disk_low = reason
+            return
+        self.disk_low = reason
+        for lane in self.lanes.by_name.values():
+            lane.disk_cap = lane.usage if reason is not None else None
+            lane.wake()
+        if reason is not None:
+            self.disk_low_events += 1
+            log.error("data directory low on space, lanes act as full: %s", reason)
+        else:
+            log.warning("data directory has space again: lanes back to their budgets")
+
+    async def _quietly(self, what: str, op: Awaitable[Any]) -> None:
+        """A write the gateway can do without for a while (status file,
+        progress): failing for lack of space it logs once per episode, not
+        once per round."""
+        try:
+            await op
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            n = self._write_failures.get(what, 0)
+            self._write_failures[what] = n + 1
+            if n == 0:
+                log.error("%s not written: disk full (retrying quietly): %s", what, exc)
+            return
+        if self._write_failures.pop(what, 0):
+            log.warning("%s written again: disk has space", what)
 
     def _forwarders_of(self, topic: str, partition: int) -> list[Forwarder]:
         out = []
@@ -358,11 +410,11 @@ class Gateway:
         lanes = self.lanes
         assert broker is not None and lanes is not None
         for lane in lanes.by_name.values():
-            if lane.cfg.when_full != "drop-oldest" or lane.budget <= 0:
+            if lane.cfg.when_full != "drop-oldest" or lane.limit <= 0:
                 continue
-            if lane.usage <= lane.budget:
+            if lane.usage <= lane.limit:
                 continue
-            excess = lane.usage - int(lane.budget * 0.9)
+            excess = lane.usage - int(lane.limit * 0.9)
             # (max timestamp, topic, partition, stream, live start, end, bytes per record)
             candidates: list[tuple[int, str, int, int, int, int, float]] = []
             for topic_name, partition, sid in lanes.streams_of(lane):
@@ -404,12 +456,14 @@ class Gateway:
                 if not any(up.cfg.forwards(topic_name) for up in self.uplinks):
                     lost = new_start - old_start
                 span = max(new_start - old_start, 1)
-                lane.count_drop("disk-budget", lost, nbytes * min(lost, span) // span)
+                reason = "disk-budget" if lane.disk_cap is None else "low-disk"
+                lane.count_drop(reason, lost, nbytes * min(lost, span) // span)
                 log.warning(
-                    "lane %s over its %d-byte budget: dropped %s-%d up to offset %d "
+                    "lane %s over its %d-byte %s: dropped %s-%d up to offset %d "
                     "(%d unsent records)",
                     lane.name,
-                    lane.budget,
+                    lane.limit,
+                    "budget" if lane.disk_cap is None else "share while disk space is low",
                     topic_name,
                     partition,
                     new_start,
@@ -578,6 +632,7 @@ class Gateway:
                         "disk_used_bytes": lane.usage,
                         "disk_budget_bytes": lane.budget,
                         "blocked": lane.blocked,
+                        "disk_capped": lane.disk_cap is not None,
                         "blocked_seconds": round(lane.blocked_total_s, 3),
                         "drops": {
                             reason: {"records": v[0], "bytes": v[1]}
@@ -634,6 +689,10 @@ class Gateway:
             "running": not final,
             "local": {
                 "listen": cfg.local.listen,
+                "disk_low": self.disk_low,
+                "disk_low_events": self.disk_low_events,
+                "free_bytes": dict(self.broker.engine.disk.free) if self.broker else {},
+                "min_free_bytes": cfg.local.min_free_bytes,
                 "records_in": self.locallog.records_in if self.locallog else 0,
                 "disk_used_bytes": self.disk_used_bytes,
                 "kafka_produce_requests": self.kafka_produce_requests,

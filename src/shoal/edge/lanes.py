@@ -29,6 +29,9 @@ class Lane:
     drops: dict[str, list[int]] = field(default_factory=dict)  # reason -> [records, bytes]
     waiters: int = 0  # ingest calls waiting for room
     blocked_total_s: float = 0.0
+    # While the data directory is low on space: the lane's usage when it
+    # became low, which it may not grow past (its when_full policy applies).
+    disk_cap: int | None = None
     _room: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -38,6 +41,14 @@ class Lane:
     @property
     def budget(self) -> int:
         return self.cfg.disk_budget_bytes
+
+    @property
+    def limit(self) -> int:
+        """The bytes the lane may hold now: its budget, or less while the
+        data directory is low on space (0: unbounded)."""
+        if self.disk_cap is None:
+            return self.budget
+        return min(self.budget, self.disk_cap) if self.budget > 0 else self.disk_cap
 
     @property
     def usage(self) -> int:
@@ -51,7 +62,11 @@ class Lane:
         d[1] += nbytes
 
     def has_room(self, nbytes: int) -> bool:
-        if self.budget <= 0 or self.cfg.when_full != "block":
+        if self.cfg.when_full != "block":
+            return True
+        if self.disk_cap is not None:
+            return False  # low on disk: hold everything until space is back
+        if self.budget <= 0:
             return True
         # one append larger than the whole budget still goes in alone
         return self.usage + nbytes <= self.budget or self.usage == 0

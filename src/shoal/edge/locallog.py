@@ -155,6 +155,8 @@ class LocalLog:
         n = len(topic.partitions)
         lane = self.lanes.lane_of(topic_name)
         await lane.wait_room(p.size)
+        # A full disk holds ingest (and so MQTT acks) instead of failing it.
+        await self.broker.engine.disk.wait_writable()
         by_part: dict[int, tuple[BatchBuilder, list[asyncio.Future[None]]]] = {}
         cache = self._key_partition
         for rec, fut in zip(p.records, p.futures, strict=True):

@@ -27,7 +27,7 @@ UPLINK_STATES = (
     "error",
     "stopped",
 )
-LANE_DROP_REASONS = ("ttl", "disk-budget", "rejected", "corrupt", "torn")
+LANE_DROP_REASONS = ("ttl", "disk-budget", "low-disk", "rejected", "corrupt", "torn")
 
 
 class _Collector(Collector):
@@ -143,6 +143,19 @@ class _Collector(Collector):
         )
         mq = st.get("mqtt")
         mqtt.add_metric([site], 1 if mq and mq["connected"] else 0)
+        local = st.get("local", {})
+        low = GaugeMetricFamily(
+            "shoal_edge_disk_low",
+            "1 while the data directory is full or below local.min_free_bytes "
+            "(lanes act on their when_full policy)",
+            labels=["site"],
+        )
+        low.add_metric([site], 1 if local.get("disk_low") else 0)
+        free = GaugeMetricFamily(
+            "shoal_edge_free_bytes", "Free bytes of a local directory", labels=["site", "dir"]
+        )
+        for kind, n in sorted(local.get("free_bytes", {}).items()):
+            free.add_metric([site, kind], n)
         yield from (
             backlog_r,
             backlog_b,
@@ -161,6 +174,8 @@ class _Collector(Collector):
             disk,
             ingest,
             mqtt,
+            low,
+            free,
         )
 
 

@@ -665,7 +665,7 @@ class MetaStore:
             # A producer seen in several objects of the group: its newest state wins.
             latest = {(p.stream_id, p.producer_id): p for obj in objects for p in obj.producers}
             if latest:
-                await self._upsert_producers(conn, list(latest.values()))
+                await self.upsert_producers(conn, list(latest.values()))
             aborted = [
                 {
                     "stream_id": a.stream_id,
@@ -761,7 +761,7 @@ class MetaStore:
         """Commit one object (see commit_objects)."""
         await self.commit_objects([ObjectCommit(key, size, list(ranges), list(producers))], node_id)
 
-    async def _upsert_producers(self, conn: AsyncConnection, rows: list[ProducerRow]) -> None:
+    async def upsert_producers(self, conn: AsyncConnection, rows: list[ProducerRow]) -> None:
         """Insert or update producer states: one INSERT ... ON CONFLICT DO
         UPDATE for all of them (both SQLite and PostgreSQL speak it)."""
         t = s.producer_states

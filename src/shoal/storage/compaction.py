@@ -20,7 +20,13 @@ from dataclasses import dataclass
 
 from shoal.meta.store import MetaStore, RangeCommit, RangeRecord
 from shoal.protocol.records import batch_spans
-from shoal.storage.format import BlockBuilder, BlockEntry, append_block, finish_object
+from shoal.storage.format import (
+    BlockBuilder,
+    BlockEntry,
+    Labeler,
+    append_block,
+    finish_object,
+)
 from shoal.storage.objectstore import ObjectStore
 
 log = logging.getLogger("shoal.compaction")
@@ -57,8 +63,10 @@ class Compactor:
         config: CompactionConfig,
         on_change: RangesChanged,
         uploading: set[str] | None = None,
+        label: Labeler | None = None,
     ) -> None:
         self.uploading = uploading if uploading is not None else set()
+        self._label = label
         self.store = store
         self.meta = meta
         self.node_id = node_id
@@ -165,7 +173,13 @@ class Compactor:
             entries.append(append_block(payload, builder))
             if i % 8 == 7:
                 await asyncio.sleep(0)
-        finish_object(payload, entries)
+        labels = {}
+        if self._label is not None:
+            for sid in {b.stream_id for b in blocks}:
+                label = self._label(sid)
+                if label is not None:
+                    labels[sid] = label
+        finish_object(payload, entries, labels)
         self._seq += 1
         key = (
             f"compacted/{self.node_id}/{int(time.time() * 1000):013d}-{os.getpid()}-"

@@ -31,6 +31,11 @@ class OffsetOutOfRange(StorageError):
         self.offset, self.start, self.end = offset, start, end
 
 
+class StorageFull(StorageError):
+    """No room to write (disk full, or free space below the configured floor):
+    retriable, and refused before an offset was handed out."""
+
+
 class AppendTimeout(StorageError):
     """An append was not committed before its request's timeout: retriable."""
 

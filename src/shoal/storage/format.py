@@ -1,17 +1,25 @@
 """The object format shared by WAL objects and, later, compacted stream objects.
 
-    [block 0][block 1]...[index][footer]
+    [block 0][block 1]...[labels][index][footer]
 
 A block is a contiguous offset range of one stream: whole record batches, back
 to back. The index has one fixed-size entry per block; the footer (fixed size,
 at the end) locates the index and carries the format version and magic, so a
 reader needs one small range read for the footer+index and one per block.
+
+Labels (footer flag FLAG_LABELS, added compatibly: readers that do not know
+the flag never look before the index) name each stream's owner as the
+writer sees it — for a Kafka partition its topic, partition and topic id —
+as a JSON object {stream id: label} followed by its length (u32), so that
+`shoal meta rebuild` can rebuild the metadata from the objects alone.
+Objects without labels (older ones) still read.
 """
 
 from __future__ import annotations
 
+import json
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import crc32c
@@ -26,6 +34,10 @@ _ENTRY = struct.Struct(">qqqQIq")
 # index_position, index_size, index_crc, version, flags, magic
 _FOOTER = struct.Struct(">QIIHH8s")
 FOOTER_SIZE = _FOOTER.size
+FLAG_LABELS = 1
+#: stream id -> its label (None: none known); see the module docstring
+Labeler = Callable[[int], "str | None"]
+_LABELS_LEN = struct.Struct(">I")
 #: how much to read from the end to get footer and a typical index in one go
 TAIL_READ = 64 * 1024
 
@@ -59,11 +71,13 @@ class BlockBuilder:
             self.max_timestamp = max_timestamp
 
 
-def encode_object(blocks: Sequence[BlockBuilder]) -> tuple[bytearray, list[BlockEntry]]:
-    """Lay out blocks, index and footer in one buffer (one copy of the data)."""
+def encode_object(
+    blocks: Sequence[BlockBuilder], labels: Mapping[int, str] | None = None
+) -> tuple[bytearray, list[BlockEntry]]:
+    """Lay out blocks, labels, index and footer in one buffer (one copy of the data)."""
     out = bytearray()
     entries = [append_block(out, b) for b in blocks]
-    finish_object(out, entries)
+    finish_object(out, entries, labels)
     return out, entries
 
 
@@ -75,15 +89,44 @@ def append_block(out: bytearray, b: BlockBuilder) -> BlockEntry:
     return BlockEntry(b.stream_id, b.start_offset, b.end_offset, position, b.size, b.max_timestamp)
 
 
-def finish_object(out: bytearray, entries: Sequence[BlockEntry]) -> None:
-    """Append the index and the footer after the blocks."""
+def finish_object(
+    out: bytearray, entries: Sequence[BlockEntry], labels: Mapping[int, str] | None = None
+) -> None:
+    """Append the labels (if any), the index and the footer after the blocks."""
+    flags = 0
+    if labels:
+        table = json.dumps({str(k): v for k, v in labels.items()}, separators=(",", ":"))
+        raw = table.encode()
+        out += raw
+        out += _LABELS_LEN.pack(len(raw))
+        flags |= FLAG_LABELS
     index = b"".join(
         _ENTRY.pack(e.stream_id, e.start_offset, e.end_offset, e.position, e.size, e.max_timestamp)
         for e in entries
     )
     index_pos = len(out)
     out += index
-    out += _FOOTER.pack(index_pos, len(index), crc32c.crc32c(index), FORMAT_VERSION, 0, MAGIC)
+    out += _FOOTER.pack(index_pos, len(index), crc32c.crc32c(index), FORMAT_VERSION, flags, MAGIC)
+
+
+def footer_flags(tail: bytes | memoryview) -> int:
+    """The footer's flags (call after decode_footer accepted it)."""
+    return int(_FOOTER.unpack_from(tail, len(tail) - FOOTER_SIZE)[4])
+
+
+def decode_labels(before_index: bytes | memoryview) -> dict[int, str]:
+    """Labels from the bytes that end where the index starts (FLAG_LABELS)."""
+    if len(before_index) < _LABELS_LEN.size:
+        raise CorruptObject("labels length missing")
+    (n,) = _LABELS_LEN.unpack_from(before_index, len(before_index) - _LABELS_LEN.size)
+    end = len(before_index) - _LABELS_LEN.size
+    if n > end:
+        raise CorruptObject("labels longer than what precedes the index")
+    try:
+        table = json.loads(bytes(before_index[end - n : end]))
+        return {int(k): str(v) for k, v in table.items()}
+    except (ValueError, AttributeError) as exc:
+        raise CorruptObject(f"unreadable labels: {exc}") from None
 
 
 def decode_footer(tail: bytes | memoryview, object_size: int) -> tuple[int, int, int]:

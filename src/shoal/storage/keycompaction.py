@@ -168,6 +168,7 @@ async def compact_keys(
     uploading: set[str],
     stable_end: int | None = None,
     aborted: Sequence[AbortedTxn] = (),
+    label: str | None = None,
 ) -> tuple[list[int], list[RangeRecord], int, CleanResult] | None:
     """One cleaning pass over a stream. Returns (replaced range starts, new
     ranges, end offset cleaned up to, stats), or None when nothing is due.
@@ -248,7 +249,7 @@ async def compact_keys(
     if not builders:
         builders.append(BlockBuilder(stream_id, first, end, -1, [], 0))
     builders[-1].end_offset = end  # coverage stays contiguous to the dirty part
-    payload, entries = encode_object(builders)
+    payload, entries = encode_object(builders, {stream_id: label} if label else None)
     object_key = (
         f"compacted/{node_id}/{int(time.time() * 1000):013d}-{os.getpid()}-keys-{stream_id}.obj"
     )

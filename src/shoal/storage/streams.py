@@ -15,6 +15,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from shoal.meta.store import (
@@ -40,7 +41,9 @@ from shoal.storage import producers as producer_state
 from shoal.storage.caches import BlockCache, LogCache
 from shoal.storage.cleaner import Cleaner
 from shoal.storage.compaction import CompactionConfig, Compactor
+from shoal.storage.diskspace import DiskGuard
 from shoal.storage.errors import Fenced, ObjectNotFound, OffsetOutOfRange, StorageError
+from shoal.storage.format import Labeler
 from shoal.storage.keycompaction import KeyCompactionPolicy, compact_keys
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.producers import BatchMeta, ProducerEntry
@@ -74,6 +77,10 @@ class EngineConfig:
     # Cluster mode: how stale a read replica's view of a stream may get
     # before a read at its end asks the metadata store again.
     reader_refresh_ms: int = 100
+    # Local directories whose free space is watched ((kind, path), ...), and
+    # the floor below which writes are refused (0: only ENOSPC refuses).
+    disk_dirs: tuple[tuple[str, str], ...] = ()
+    min_free_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -132,6 +139,9 @@ class StreamEngine:
         self.block_cache = BlockCache(config.block_cache_bytes)
         # Objects uploaded by this process and not committed yet (see Cleaner).
         self.uploading: set[str] = set()
+        self.disk = DiskGuard(
+            {what: Path(path) for what, path in config.disk_dirs}, config.min_free_bytes
+        )
         self.wal = Wal(
             store,
             meta,
@@ -141,6 +151,8 @@ class StreamEngine:
             self._fenced,
             self._producer_rows,
             self.uploading,
+            self.disk,
+            self.label,
         )
         self._streams: dict[int, StreamState] = {}
         # Streams read but not owned (cluster read replicas): never taken.
@@ -155,17 +167,36 @@ class StreamEngine:
         self._opener: asyncio.Task[None] | None = None
         self._queued: dict[int, list[_Queued]] = {}
         self.compactor = Compactor(
-            store, meta, config.node_id, config.compaction, self._ranges_replaced, self.uploading
+            store,
+            meta,
+            config.node_id,
+            config.compaction,
+            self._ranges_replaced,
+            self.uploading,
+            self.label,
         )
         self.catchup = ByteRate(config.catchup_bytes_per_s)
         # Catch-up reads are paced only while producers are active: the pacing
         # protects live traffic, and a broker with none lets a backlog go flat out.
         self.last_append = float("-inf")
+        # Who owns each stream, written into objects (format.py, labels):
+        # set by the broker; a stream's label never changes, so it is cached.
+        self.labeler: Labeler | None = None
+        self._labels: dict[int, str] = {}
         self.cleaner = Cleaner(store, meta, config.orphan_grace_ms, self.uploading)
         self._prefetching: dict[tuple[str, int], asyncio.Task[None]] = {}
         meta.delete_grace_ms = config.compaction.delete_grace_ms
 
+    def label(self, stream_id: int) -> str | None:
+        label = self._labels.get(stream_id)
+        if label is None and self.labeler is not None:
+            label = self.labeler(stream_id)
+            if label is not None:
+                self._labels[stream_id] = label
+        return label
+
     async def close(self) -> None:
+        await self.disk.stop()
         await self.wal.close()
 
     # opening -------------------------------------------------------------
@@ -360,6 +391,7 @@ class StreamEngine:
         order); the returned future resolves to the first base offset when the
         WAL object holding them is committed.
         """
+        self.disk.check()  # before any offset is handed out: nothing half-written
         self.last_append = time.monotonic()
         await self.wal.wait_for_room(sum(len(b.data) for b in batches))
         st = self._streams.get(stream_id)
@@ -831,6 +863,7 @@ class StreamEngine:
             self.uploading,
             st.last_stable_offset,
             list(st.aborted),
+            self.label(st.id),
         )
         if outcome is None:
             return False

@@ -20,7 +20,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from shoal.meta.store import (
@@ -31,8 +31,9 @@ from shoal.meta.store import (
     RangeCommit,
     StreamFenced,
 )
+from shoal.storage.diskspace import DiskGuard
 from shoal.storage.errors import Fenced, ObjectExists, StorageError
-from shoal.storage.format import BlockBuilder, encode_object
+from shoal.storage.format import BlockBuilder, Labeler, encode_object
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.producers import ProducerEntry
 
@@ -107,8 +108,12 @@ class Wal:
         on_fenced: Callable[[int], None],
         producer_rows: ProducerRows | None = None,
         uploading: set[str] | None = None,
+        disk: DiskGuard | None = None,
+        label: Labeler | None = None,
     ) -> None:
         self.store = store
+        self._label = label
+        self.disk = disk if disk is not None else DiskGuard()
         self.uploading = uploading if uploading is not None else set()
         self.meta = meta
         self.node_id = node_id
@@ -193,7 +198,9 @@ class Wal:
                 buf.key = f"{self._prefix}-{buf.seq:010d}.wal"
                 self.uploading.add(buf.key)
                 buf.object_size = len(data)
-                await self._retry(lambda: self._put_once(buf.key, data), f"upload {buf.key}")
+                await self._retry(
+                    lambda: self._put_once(buf.key, data), f"upload {buf.key}", "objects"
+                )
             buf.uploaded = True
         except BaseException as exc:
             buf.failed = exc
@@ -219,8 +226,18 @@ class Wal:
                 )
             else:
                 b.add(a.data, a.end, a.max_ts)
-        data, _entries = encode_object(list(blocks.values()))
+        data, _entries = encode_object(list(blocks.values()), self._labels(blocks))
         return data
+
+    def _labels(self, streams: Iterable[int]) -> dict[int, str]:
+        if self._label is None:
+            return {}
+        out = {}
+        for sid in streams:
+            label = self._label(sid)
+            if label is not None:
+                out[sid] = label
+        return out
 
     # commit --------------------------------------------------------------
 
@@ -272,6 +289,7 @@ class Wal:
                 await self._retry(
                     functools.partial(self.meta.commit_objects, objects, self.node_id),
                     f"commit {group[0].key}..{group[-1].key}",
+                    "metadata",
                     retry_on=(Exception,),
                     give_up_on=(StreamFenced,),
                 )
@@ -342,23 +360,28 @@ class Wal:
         self,
         op: Callable[[], Awaitable[object]],
         what: str,
+        kind: str,
         retry_on: tuple[type[BaseException], ...] = (StorageError,),
         give_up_on: tuple[type[BaseException], ...] = (),
     ) -> None:
         """Retry with capped exponential backoff and full jitter; the requests
-        waiting on this flush time out on their own deadlines meanwhile."""
+        waiting on this flush time out on their own deadlines meanwhile. A
+        failure for lack of space turns new writes away (DiskGuard) until a
+        write of the same `kind` goes through."""
         delay = self.config.retry_backoff_ms
         attempt = 0
         while True:
             try:
                 await op()
+                self.disk.write_ok(kind)
                 return
             except give_up_on:
                 raise
             except retry_on as exc:
                 attempt += 1
                 self.upload_retries += 1
-                if attempt == 1 or attempt % 20 == 0:
+                full = self.disk.write_failed(kind, exc)
+                if (attempt == 1 and not full) or attempt % 20 == 0:
                     log.warning("%s failed (attempt %d), retrying: %s", what, attempt, exc)
                 await asyncio.sleep(random.uniform(0, delay) / 1000)
                 delay = min(delay * 2, self.config.retry_backoff_max_ms)

@@ -19,7 +19,7 @@ from shoal.protocol.headers import RequestHeader
 from shoal.protocol.recompress import recompress, timestamp_violations
 from shoal.protocol.records import BatchRejected, LargeBatch, ValidatedBatch, validate_produce
 from shoal.security.acls import AclOperation, ResourceType
-from shoal.storage.errors import AppendTimeout, Fenced, StorageError
+from shoal.storage.errors import AppendTimeout, Fenced, StorageError, StorageFull
 from shoal.storage.producers import SequenceError
 
 log = logging.getLogger("shoal.produce")
@@ -102,6 +102,11 @@ async def _append(
             exc,
         )
         return topic_name, index, exc, -1, None
+    except StorageFull as exc:
+        # Retriable for every client (librdkafka refreshes metadata and
+        # retries; Java and kafka-python treat it as a retriable
+        # InvalidMetadata error). Logged rate-limited by the DiskGuard.
+        return topic_name, index, KafkaError(ErrorCode.kafka_storage_error, str(exc)), -1, None
     except SequenceError as exc:
         log.info("produce to %s-%d from %s rejected: %s", topic_name, index, client, exc)
         return topic_name, index, ErrorCode[exc.code], -1, None

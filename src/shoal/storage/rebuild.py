@@ -1,0 +1,269 @@
+"""Rebuild a lost metadata store from the objects alone (`shoal meta rebuild`).
+
+Every object's index says which stream offsets each block holds, and its
+labels (format.py) which topic and partition each stream is. Per stream the
+blocks are chained from the lowest offset, taking at each offset the block
+that reaches furthest (a compacted copy over the WAL objects it replaced),
+so the stream ends at the last offset any object holds: nothing stored is
+handed out again. Producers' sequence state comes from the batches of each
+stream's last block, so an idempotent producer's retry is still recognised.
+
+What the objects do not carry is lost and must be set again: topic configs
+(retention, cleanup policy...), consumer groups' committed offsets, ACLs,
+SCRAM credentials, quotas; a partition that never held a record after its
+topic's last written partition; the log start moved by DeleteRecords inside
+a block. Objects written before labels existed (older Shoal) come back as
+topics named `rebuilt-stream-<id>`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, insert, select
+
+from shoal.meta import schema as s
+from shoal.meta.store import MetaError, MetaStore, ProducerRow
+from shoal.protocol.records import batch_spans, read_header
+from shoal.storage import producers as producer_state
+from shoal.storage.cleaner import PREFIXES, _node_of
+from shoal.storage.errors import CorruptObject, StorageError
+from shoal.storage.format import BlockEntry
+from shoal.storage.inventory import read_index
+from shoal.storage.objectstore import ObjectInfo, ObjectStore
+from shoal.storage.producers import BatchMeta, ProducerEntry
+
+log = logging.getLogger("shoal.rebuild")
+
+
+@dataclass(slots=True)
+class StreamPlan:
+    stream_id: int
+    topic: str
+    partition: int
+    topic_id: str  # hex uuid
+    chain: list[tuple[str, BlockEntry]] = field(default_factory=list)
+    lost: list[tuple[int, int]] = field(default_factory=list)  # offset gaps dropped
+
+    @property
+    def start(self) -> int:
+        return self.chain[0][1].start_offset if self.chain else 0
+
+    @property
+    def end(self) -> int:
+        return self.chain[-1][1].end_offset if self.chain else 0
+
+
+@dataclass(slots=True)
+class RebuildReport:
+    streams: list[StreamPlan]
+    unreadable: list[str] = field(default_factory=list)
+    unlabeled: list[int] = field(default_factory=list)
+    shadowed: list[str] = field(default_factory=list)  # older incarnations of a topic name
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "topics": sorted({p.topic for p in self.streams}),
+            "partitions": [
+                {
+                    "topic": p.topic,
+                    "partition": p.partition,
+                    "start": p.start,
+                    "end": p.end,
+                    "lost": [list(g) for g in p.lost],
+                }
+                for p in sorted(self.streams, key=lambda x: (x.topic, x.partition))
+            ],
+            "unreadable_objects": self.unreadable,
+            "unlabeled_streams": self.unlabeled,
+            "shadowed": self.shadowed,
+        }
+
+
+def chain_blocks(
+    blocks: list[tuple[str, BlockEntry]],
+) -> tuple[list[tuple[str, BlockEntry]], list[tuple[int, int]]]:
+    """A gap-free run of blocks ending at the highest offset any block holds
+    (the furthest-reaching block at each step); offset gaps before that run
+    are returned as lost, since offsets must stay dense."""
+    by_start: dict[int, tuple[str, BlockEntry]] = {}
+    for key, e in blocks:
+        have = by_start.get(e.start_offset)
+        if have is None or e.end_offset > have[1].end_offset:
+            by_start[e.start_offset] = (key, e)
+    starts = sorted(by_start)
+    chain: list[tuple[str, BlockEntry]] = []
+    lost: list[tuple[int, int]] = []
+    i = 0
+    while i < len(starts):
+        key, e = by_start[starts[i]]
+        chain.append((key, e))
+        end = e.end_offset
+        # the next block must start exactly at `end`; blocks starting inside
+        # the one taken are copies (or parts) of what it holds
+        j = i + 1
+        while j < len(starts) and starts[j] < end:
+            j += 1
+        if j < len(starts) and starts[j] != end:
+            lost.append((end, starts[j]))
+            chain = []  # keep only the run that reaches the end
+        i = j
+    return chain, lost
+
+
+async def plan(store: ObjectStore) -> RebuildReport:
+    listed: list[ObjectInfo] = [info for p in PREFIXES for info in await store.list(p)]
+    blocks: dict[int, list[tuple[str, BlockEntry]]] = {}
+    labels: dict[int, tuple[int, str]] = {}  # stream -> (object mtime, label) newest wins
+    report = RebuildReport([])
+    for info in listed:
+        try:
+            entries, obj_labels = await read_index(store, info.key, info.size)
+        except (CorruptObject, StorageError) as exc:
+            report.unreadable.append(f"{info.key}: {exc}")
+            continue
+        for e in entries:
+            blocks.setdefault(e.stream_id, []).append((info.key, e))
+        for sid, label in obj_labels.items():
+            if sid not in labels or labels[sid][0] < info.last_modified_ms:
+                labels[sid] = (info.last_modified_ms, label)
+    newest: dict[str, tuple[int, str]] = {}  # topic name -> (mtime, topic id)
+    parsed: dict[int, tuple[str, int, str]] = {}
+    for sid in blocks:
+        if sid in labels:
+            try:
+                lab = json.loads(labels[sid][1])
+                parsed[sid] = (str(lab["topic"]), int(lab["partition"]), str(lab["id"]))
+            except (ValueError, KeyError, TypeError):
+                report.unreadable.append(f"stream {sid}: unreadable label {labels[sid][1]!r}")
+                continue
+        else:
+            report.unlabeled.append(sid)
+            parsed[sid] = (f"rebuilt-stream-{sid}", 0, uuid.uuid4().hex)
+        name, _p, tid = parsed[sid]
+        mtime = labels.get(sid, (0, ""))[0]
+        if name not in newest or newest[name][0] < mtime:
+            newest[name] = (mtime, tid)
+    for sid, (name, partition, tid) in sorted(parsed.items()):
+        if newest[name][1] != tid:
+            # a deleted topic's objects awaiting deletion: the newer topic wins
+            report.shadowed.append(f"stream {sid} of an older topic {name!r} (id {tid})")
+            continue
+        chain, lost = chain_blocks(blocks[sid])
+        report.streams.append(StreamPlan(sid, name, partition, tid, chain, lost))
+    return report
+
+
+async def producer_rows(
+    store: ObjectStore,
+    stream_id: int,
+    blocks: list[tuple[str, BlockEntry]],
+    known: dict[int, ProducerEntry] | None = None,
+) -> list[ProducerRow]:
+    """Producers' sequence state after `blocks`, from their batch headers."""
+    producers = dict(known or {})
+    now = int(time.time() * 1000)
+    for key, e in blocks:
+        block = await store.get_range(key, e.position, e.position + e.size)
+        for a, _b in batch_spans(block):
+            h = read_header(block, a)
+            if h.producer_id < 0:
+                continue
+            count = h.last_offset_delta + 1
+            meta = BatchMeta(
+                h.base_sequence,
+                producer_state.next_seq(h.base_sequence, count - 1),
+                h.base_offset,
+                h.base_offset + h.last_offset_delta,
+            )
+            producer_state.record(producers, h.producer_id, h.producer_epoch, meta, now)
+    return [
+        ProducerRow(stream_id, pid, p.epoch, p.encode_batches(), p.last_timestamp_ms)
+        for pid, p in producers.items()
+    ]
+
+
+async def rebuild(store: ObjectStore, meta: MetaStore, node_id: int = 0) -> RebuildReport:
+    """Write the plan into an empty metadata store, in one transaction."""
+    async with meta.engine.connect() as conn:
+        have = int((await conn.execute(select(func.count()).select_from(s.topics))).scalar_one())
+    if have:
+        raise MetaError(
+            f"the metadata store already has {have} topic(s): rebuild needs an empty one"
+        )
+    report = await plan(store)
+    sizes = {info.key: info for p in PREFIXES for info in await store.list(p)}
+    producers: list[ProducerRow] = []
+    for sp in report.streams:
+        if sp.chain:
+            producers.extend(await producer_rows(store, sp.stream_id, sp.chain[-1:]))
+    now = int(time.time() * 1000)
+    by_topic: dict[str, list[StreamPlan]] = {}
+    for sp in report.streams:
+        by_topic.setdefault(sp.topic, []).append(sp)
+    async with meta._tx() as conn:
+        next_stream = max((sp.stream_id for sp in report.streams), default=0) + 1
+        object_ids: dict[str, int] = {}
+        for name, parts in sorted(by_topic.items()):
+            res = await conn.execute(
+                insert(s.topics).values(
+                    name=name, topic_uuid=str(uuid.UUID(parts[0].topic_id)), created_ms=now
+                )
+            )
+            topic_id = int(res.inserted_primary_key[0])  # type: ignore[index]
+            have_parts = {sp.partition: sp for sp in parts}
+            for index in range(max(have_parts) + 1):
+                sp_or_none = have_parts.get(index)
+                if sp_or_none is None:  # never written: an empty stream of its own
+                    sid, start, end = next_stream, 0, 0
+                    next_stream += 1
+                else:
+                    sid, start, end = sp_or_none.stream_id, sp_or_none.start, sp_or_none.end
+                await conn.execute(
+                    insert(s.streams).values(
+                        id=sid, epoch=0, start_offset=start, end_offset=end, deleted=False
+                    )
+                )
+                await conn.execute(
+                    insert(s.partitions).values(
+                        topic_id=topic_id, partition=index, stream_id=sid, leader_epoch=0
+                    )
+                )
+                if sp_or_none is None:
+                    continue
+                for key, e in sp_or_none.chain:
+                    if key not in object_ids:
+                        info = sizes[key]
+                        node = _node_of(key)
+                        res = await conn.execute(
+                            insert(s.objects).values(
+                                key=key,
+                                size=info.size,
+                                created_ms=info.last_modified_ms,
+                                node_id=node_id if node is None else node,
+                                kind="wal" if key.startswith("wal/") else "set",
+                            )
+                        )
+                        object_ids[key] = int(res.inserted_primary_key[0])  # type: ignore[index]
+                    await conn.execute(
+                        insert(s.stream_ranges).values(
+                            stream_id=sid,
+                            start_offset=e.start_offset,
+                            end_offset=e.end_offset,
+                            object_id=object_ids[key],
+                            position=e.position,
+                            size=e.size,
+                            max_timestamp=e.max_timestamp,
+                        )
+                    )
+        if producers:
+            await meta.upsert_producers(conn, list(producers))
+        if producers:
+            # new producers must not get an id whose sequence state is loaded
+            await meta.bump_counter(conn, "producer_id", max(p.producer_id for p in producers) + 1)
+    log.info("rebuilt %d topic(s), %d partition(s)", len(by_topic), len(report.streams))
+    return report
