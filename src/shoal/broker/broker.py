@@ -81,6 +81,9 @@ class Broker:
         self.listeners = resolve_listeners(config)
         self.advertised = Advertised(self.node.node_id, self.listeners, meta)
         self.started = time.time()
+        # Mirror topics of migration links (topic -> link), read-only for
+        # clients until promoted; kept by shoal.link's manager.
+        self.mirrors: dict[str, str] = {}
         self.producer_ids = ProducerIdAllocator(meta)
         self.acl_store = AclStore(meta)
         credential_store = SecurityStore(meta)

@@ -6,6 +6,8 @@ import asyncio
 import functools
 import logging
 import signal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import Handler, registry
@@ -52,15 +54,37 @@ async def start_listeners(broker: Broker, handlers: dict[int, Handler]) -> list[
     return servers
 
 
-async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> None:
+class Service(Protocol):
+    """Something that runs inside the broker beside it (migration links)."""
+
+    async def stop(self) -> None: ...
+
+
+async def serve(
+    config: BrokerConfig,
+    ready: asyncio.Event | None = None,
+    services: Sequence[Callable[[Broker], Awaitable[Any]]] = (),
+) -> None:
+    """Run the broker; `services` start with it and stop before it closes
+    (they use the broker as a library, so broker/ does not import them)."""
     broker = await Broker.open(config)
     maintenance = Maintenance(broker)
     maintenance.start()
+    running: list[Service] = []
+    try:
+        for start in services:
+            running.append(await start(broker))
+    except BaseException:
+        await maintenance.stop()
+        await broker.close()
+        raise
     metrics = start_metrics(broker)
     handlers = registry()
     try:
         servers = await start_listeners(broker, handlers)
     except BaseException:
+        for svc in running:
+            await svc.stop()
         await maintenance.stop()
         await broker.close()
         raise
@@ -89,6 +113,8 @@ async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> Non
         await stop.wait()
     finally:
         log.info("stopping: committing pending data")
+        for svc in running:
+            await svc.stop()
         await maintenance.stop()
         if metrics is not None:
             metrics.shutdown()
