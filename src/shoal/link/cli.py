@@ -289,8 +289,9 @@ def promote(
         raise click.UsageError("name the mirror topics to promote, or --all")
 
     async def go(store: LinkStore) -> tuple[list[str], list[dict[str, Any]]]:
-        _v, _links, mirrors = await store.load()
+        _v, links, mirrors = await store.load()
         by_name = {m.mirror: m for m in mirrors}
+        paused_links = {row.name for row in links if row.paused}
         if all_:
             chosen = [
                 m.mirror
@@ -304,6 +305,12 @@ def promote(
             chosen = [t for t in topics if by_name[t].state != PROMOTED]
         if not chosen:
             return [], []
+        paused = sorted({by_name[t].link for t in chosen if by_name[t].link in paused_links})
+        if paused:
+            raise click.ClickException(
+                f"link {', '.join(paused)} is paused: resume it first "
+                "(a paused link cannot reach the source's end)"
+            )
         await store.set_state(chosen, PROMOTING, only_from=MIRRORING)
         started = time.monotonic()
         while time.monotonic() - started < timeout:

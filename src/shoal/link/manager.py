@@ -67,6 +67,7 @@ class LinkManager:
         version = await self.store.version()
         if version == self.version:
             return
+        self._last.pop("_sync_topics", None)  # a new link's topics appear at once
         self.version, links, mirrors = await self.store.load()
         self.links = {link.name: link for link in links}
         self.mirrors = {m.mirror: m for m in mirrors}
