@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,6 @@ from harness import BrokerProcess, free_port, tansu_binary
 from shoal.link.cli import link
 from shoal.protocol.records import batch_spans
 from wire import RawClient, fetch_request
-
 
 NO_DELAY = {"SHOAL_GROUP_INITIAL_REBALANCE_DELAY_MS": "0"}
 
@@ -38,7 +38,10 @@ def brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BrokerPr
                 **NO_DELAY,
             },
         ),
-        BrokerProcess(tmp_path_factory.mktemp("dst") / "data", env=NO_DELAY),
+        BrokerProcess(
+            tmp_path_factory.mktemp("dst") / "data",
+            env={**NO_DELAY, "SHOAL_METRICS_LISTEN": f"127.0.0.1:{free_port()}"},
+        ),
     )
     with ThreadPoolExecutor(2) as ex:
         list(ex.map(BrokerProcess.start, pair))
@@ -178,6 +181,20 @@ def test_mirror_under_load_then_consumers_move_and_promote(
         assert raw_batches(target.bootstrap, topic, p, lo, hi) == raw_batches(
             source.bootstrap, topic, p, lo, hi
         )
+
+    # Prometheus: lag and bytes copied per mirror partition.
+    def metrics() -> str:
+        url = f"http://{target.env['SHOAL_METRICS_LISTEN']}/metrics"
+        return str(urllib.request.urlopen(url, timeout=10).read().decode())
+
+    lag = [
+        f'shoal_link_lag_records{{link="{lnk}",partition="{p}",topic="{topic}"}} 0.0'
+        for p in (0, 1)
+    ]
+    wait_for("lag 0 in metrics", lambda: all(line in metrics() for line in lag), 10)
+    assert (
+        f'shoal_link_copied_bytes_total{{link="{lnk}",partition="0",topic="{topic}"}}' in metrics()
+    )
     # The topic's configs came along.
     admin = AdminClient({"bootstrap.servers": target.bootstrap})
     from confluent_kafka.admin import ConfigResource

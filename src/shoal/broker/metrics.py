@@ -50,6 +50,8 @@ class EngineCollector(Collector):
         g = GaugeMetricFamily("shoal_wal_unflushed_bytes", "appended bytes not yet committed")
         g.add_metric([], wal.unflushed)
         yield g
+        for extra in list(self.broker.collectors):
+            yield from extra()
 
 
 def start_metrics(broker: Broker) -> Any | None:

@@ -13,6 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from shoal.broker.broker import Broker
 from shoal.config import TOPIC_KEYS
@@ -46,6 +50,7 @@ class LinkManager:
     @classmethod
     async def start(cls, broker: Broker) -> LinkManager:
         mgr = cls(broker)
+        broker.collectors.append(mgr.collect)
         await mgr.reload()  # mirror topics are read-only from the first request
         mgr._task = asyncio.create_task(mgr._loop(), name="links")
         return mgr
@@ -57,6 +62,40 @@ class LinkManager:
         for r in self.runners.values():
             await r.stop()
         await self._save_progress()
+
+    def collect(self) -> Iterator[Any]:
+        """Prometheus metrics of the mirror partitions this broker works on."""
+        lag = GaugeMetricFamily(
+            "shoal_link_lag_records",
+            "records the source has that the mirror does not yet",
+            labels=["link", "topic", "partition"],
+        )
+        copied = CounterMetricFamily(
+            "shoal_link_copied_bytes",
+            "bytes copied from the source since this broker took the partition",
+            labels=["link", "topic", "partition"],
+        )
+        failing = GaugeMetricFamily(
+            "shoal_link_partition_error",
+            "1 while the partition's last round failed (see shoal link status)",
+            labels=["link", "topic", "partition"],
+        )
+        for name, runner in self.runners.items():
+            for p in list(runner.parts.values()):
+                labels = [name, p.mirror, str(p.partition)]
+                lag.add_metric(labels, max(0, p.progress.source_end - p.progress.mirror_end))
+                copied.add_metric(labels, p.progress.bytes)
+                failing.add_metric(labels, 1 if p.progress.error else 0)
+        synced = GaugeMetricFamily(
+            "shoal_link_group_partitions",
+            "partitions of a synced group, by whether the mirror holds the source's offset",
+            labels=["link", "group", "state"],
+        )
+        for name, groups in self.groups.items():
+            for group, g in groups.items():
+                synced.add_metric([name, group, "synced"], g.synced)
+                synced.add_metric([name, group, "behind"], g.behind)
+        yield from (lag, copied, failing, synced)
 
     def _leader(self) -> bool:
         """Does this broker do the cluster-wide work (topics, promotion)?"""
