@@ -58,6 +58,7 @@ class LazyGroup(click.Group):
         "scorecard": ("shoal.tools.scorecard_cli", "scorecard"),
         "storage": ("shoal.tools.storage_cli", "storage"),
         "users": ("shoal.tools.users_cli", "users"),
+        "link": ("shoal.link.cli", "link"),
         "topics": ("shoal.tools.topics_cli", "topics"),
     }
 
@@ -138,7 +139,10 @@ def serve(
 
     try:
         with local_state(config):
-            run_async(run_server(config))
+            from shoal.console.app import Console
+            from shoal.link.manager import LinkManager
+
+            run_async(run_server(config, services=(LinkManager.start, Console.service)))
     except KeyboardInterrupt:
         click.echo("shoal: stopped by SIGINT while starting", err=True)
         sys.exit(130)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shoal.broker.advertised import Advertised
 from shoal.broker.topics import GroupTopics, Topic, TopicCatalog
@@ -87,6 +87,11 @@ class Broker:
         self.listeners = resolve_listeners(config)
         self.advertised = Advertised(self.node.node_id, self.listeners, meta)
         self.started = time.time()
+        # Mirror topics of migration links (topic -> link), read-only for
+        # clients until promoted; kept by shoal.link's manager.
+        self.mirrors: dict[str, str] = {}
+        # More Prometheus metric families, read at scrape time (links add theirs).
+        self.collectors: list[Callable[[], Iterable[Any]]] = []
         self.producer_ids = ProducerIdAllocator(meta)
         self.acl_store = AclStore(meta)
         credential_store = SecurityStore(meta)

@@ -52,6 +52,8 @@ class EngineCollector(Collector):
         g.add_metric([], wal.unflushed)
         yield g
         yield from disk_metrics(e.disk)
+        for extra in list(self.broker.collectors):
+            yield from extra()
 
 
 def disk_metrics(disk: DiskGuard) -> Iterator[Any]:
@@ -80,17 +82,15 @@ def disk_metrics(disk: DiskGuard) -> Iterator[Any]:
     yield free
 
 
-def start_metrics(broker: Broker, *extra: Collector) -> Any | None:
-    """Serve /metrics on metrics.listen (in a thread, off the event loop);
-    `extra` collectors too (the console's per-site metrics)."""
+def start_metrics(broker: Broker) -> Any | None:
+    """Serve /metrics on metrics.listen (in a thread, off the event loop),
+    with what the broker's services add to `broker.collectors`."""
     listen = str(broker.config["metrics.listen"])
     if not listen:
         return None
     host, _, port = listen.rpartition(":")
     registry = CollectorRegistry()
     registry.register(EngineCollector(broker))
-    for collector in extra:
-        registry.register(collector)
     server, _thread = start_http_server(int(port), host, registry)
     log.info("metrics on http://%s/metrics", listen)
     return server

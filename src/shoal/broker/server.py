@@ -6,7 +6,8 @@ import asyncio
 import functools
 import logging
 import signal
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import Handler, registry
@@ -16,9 +17,6 @@ from shoal.broker.metrics import start_metrics
 from shoal.broker.secure import Security
 from shoal.config import BrokerConfig
 from shoal.logs import flush_summaries
-
-if TYPE_CHECKING:
-    from shoal.console.app import Console
 
 log = logging.getLogger("shoal.server")
 
@@ -56,37 +54,45 @@ async def start_listeners(broker: Broker, handlers: dict[int, Handler]) -> list[
     return servers
 
 
-async def _start_console(broker: Broker) -> Console | None:
-    """The web console on console.listen (imported only when configured)."""
-    if not broker.config["console.listen"]:
-        return None
-    from shoal.console.app import Console
+class Service(Protocol):
+    """Something that runs inside the broker beside it (migration links, the
+    web console)."""
 
-    console = Console(broker)
-    await console.start()
-    return console
+    async def stop(self) -> None: ...
 
 
-async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> None:
+async def serve(
+    config: BrokerConfig,
+    ready: asyncio.Event | None = None,
+    services: Sequence[Callable[[Broker], Awaitable[Service | None]]] = (),
+) -> None:
+    """Run the broker; `services` start with it and stop before it closes
+    (they use the broker as a library, so broker/ does not import them)."""
     broker = await Broker.open(config)
     maintenance = Maintenance(broker)
     maintenance.start()
+    running: list[Service] = []
+    try:
+        for start in services:
+            svc = await start(broker)
+            if svc is not None:  # None: not configured
+                running.append(svc)
+    except BaseException:
+        for svc in running:
+            await svc.stop()
+        await maintenance.stop()
+        await broker.close()
+        raise
     handlers = registry()
     try:
         servers = await start_listeners(broker, handlers)
     except BaseException:
+        for svc in running:
+            await svc.stop()
         await maintenance.stop()
         await broker.close()
         raise
-    try:
-        console = await _start_console(broker)
-    except BaseException:
-        for server in servers:
-            await server.close()
-        await maintenance.stop()
-        await broker.close()
-        raise
-    metrics = start_metrics(broker, *(console.collectors() if console is not None else ()))
+    metrics = start_metrics(broker)
     listener = servers[0]
     host, port = broker.listeners[0].host, listener.port
     stop = asyncio.Event()
@@ -103,7 +109,6 @@ async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> Non
             f"://{lst.host}:{srv.port}"
             for lst, srv in zip(broker.listeners, servers, strict=True)
         )
-        + (f", console http://{config['console.listen']}" if console is not None else "")
         + ")",
         flush=True,
     )
@@ -113,8 +118,8 @@ async def serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> Non
         await stop.wait()
     finally:
         log.info("stopping: committing pending data")
-        if console is not None:
-            await console.stop()
+        for svc in running:
+            await svc.stop()
         await maintenance.stop()
         if metrics is not None:
             metrics.shutdown()

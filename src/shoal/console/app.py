@@ -22,7 +22,6 @@ from urllib.parse import quote, urlsplit
 
 import jinja2
 from aiohttp import web
-from prometheus_client.registry import Collector
 
 from shoal.broker.broker import Broker
 from shoal.console import data
@@ -114,9 +113,17 @@ class Console:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    def collectors(self) -> list[Collector]:
-        """Per-site Prometheus metrics for the broker's metrics endpoint."""
-        return [SiteCollector(self.book)]
+    @classmethod
+    async def service(cls, broker: Broker) -> Console | None:
+        """Start the console beside the broker when console.listen is set
+        (a service of `shoal serve`), with its per-site Prometheus metrics on
+        the broker's metrics endpoint."""
+        if not broker.config["console.listen"]:
+            return None
+        console = cls(broker)
+        await console.start()
+        broker.collectors.append(SiteCollector(console.book).collect)
+        return console
 
     # plumbing ------------------------------------------------------------------
 

@@ -319,3 +319,51 @@ client_quotas = Table(
     Column("key", String(64), primary_key=True),
     Column("value", Float, nullable=False),
 )
+
+# Migration links (issue 12): a source cluster mirrored into this one with its
+# offsets. `settings` holds the source's client settings (librdkafka names),
+# secrets included: they are never logged or printed (link.spec.redact).
+# Every change by `shoal link` bumps counters["links.version"]; brokers poll it.
+# Added after schema v1: migrate()'s create_all adds them to an existing database.
+links = Table(
+    "links",
+    metadata,
+    Column("name", String(249), primary_key=True),
+    Column("source", String(1024), nullable=False),
+    Column("settings", Text, nullable=False, default="{}"),
+    Column("topics", String(1024), nullable=False),
+    Column("groups", String(1024), nullable=False, default=""),
+    Column("prefix", String(249), nullable=False, default=""),
+    Column("paused", Boolean, nullable=False, default=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+# One row per mirror topic: read-only for clients until its state is
+# "promoted". "promoting" asks the owners to stop once each partition has
+# reached the source's end.
+link_topics = Table(
+    "link_topics",
+    metadata,
+    Column("mirror", String(249), primary_key=True),
+    Column("link", String(249), nullable=False),
+    Column("source_topic", String(249), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("state_ms", BigInteger, nullable=False),
+)
+
+# Per mirror partition, written by its owner: the source's bounds last seen
+# (the mirror's own end is its stream's end: offsets are the source's), bytes
+# copied, whether promotion reached the end, and the last error.
+link_partitions = Table(
+    "link_partitions",
+    metadata,
+    Column("mirror", String(249), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("source_start", BigInteger, nullable=False, default=0),
+    Column("source_end", BigInteger, nullable=False, default=0),
+    Column("mirror_end", BigInteger, nullable=False, default=0),
+    Column("bytes", BigInteger, nullable=False, default=0),
+    Column("promoted", Boolean, nullable=False, default=False),
+    Column("error", Text, nullable=False, default=""),
+    Column("updated_ms", BigInteger, nullable=False),
+)

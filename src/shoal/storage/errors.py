@@ -42,3 +42,8 @@ class AppendTimeout(StorageError):
 
 class CorruptObject(StorageError):
     """An object's footer or index does not check out."""
+
+
+class BatchBehindEnd(StorageError):
+    """append_at was given a batch the stream already has (offsets at or
+    below its end): a mirror resuming must start from the stream's end."""

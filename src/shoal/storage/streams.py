@@ -42,7 +42,13 @@ from shoal.storage.caches import BlockCache, LogCache
 from shoal.storage.cleaner import Cleaner
 from shoal.storage.compaction import CompactionConfig, Compactor
 from shoal.storage.diskspace import DiskGuard
-from shoal.storage.errors import Fenced, ObjectNotFound, OffsetOutOfRange, StorageError
+from shoal.storage.errors import (
+    BatchBehindEnd,
+    Fenced,
+    ObjectNotFound,
+    OffsetOutOfRange,
+    StorageError,
+)
 from shoal.storage.format import Labeler
 from shoal.storage.keycompaction import KeyCompactionPolicy, compact_keys
 from shoal.storage.objectstore import ObjectStore
@@ -553,6 +559,7 @@ class StreamEngine:
                 producer_id,
                 first if not commit else -1,
                 marker_row,
+                producers=st.producers,
             )
         )
         st.next_offset += 1
@@ -566,6 +573,56 @@ class StreamEngine:
             first,
         )
         return _offset_when_done(fut, offset)
+
+    async def append_at(self, stream_id: int, data: bytes) -> asyncio.Future[int]:
+        """Append one batch at the offset it already carries (migration links).
+
+        The bytes are stored as given, header included: offsets, leader epoch
+        and producer fields are the source's, so a mirror is byte-identical.
+        The base offset may lie past the stream's end (compaction or
+        transaction markers left a gap upstream): the committed range then
+        starts at the old end and a read in the gap gets the next batch, as
+        in Kafka. Producer state follows the source's batches unchecked (the
+        source already applied the sequence rules), so an idempotent producer
+        continues here after a cutover. A batch ending at or below the end is
+        refused (BatchBehindEnd): the caller resumes from `bounds`.
+        """
+        self.disk.check()
+        self.last_append = time.monotonic()
+        await self.wal.wait_for_room(len(data))
+        st = await self.open(stream_id)
+        if st.closed:
+            raise StorageError(f"stream {stream_id} is closed")
+        h = read_header(data)
+        if h.base_offset < st.next_offset:
+            raise BatchBehindEnd(
+                f"stream {stream_id}: batch at {h.base_offset} is below the end {st.next_offset}"
+            )
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        end = h.last_offset + 1
+        pid = h.producer_id if h.producer_id >= 0 and not h.is_control else -1
+        self.wal.add(
+            Append(
+                st.id,
+                st.epoch,
+                st.next_offset,
+                end,
+                data,
+                h.max_timestamp,
+                fut,
+                pid,
+                producers=st.producers,
+            )
+        )
+        st.next_offset = end
+        committed = _offset_when_done(fut, h.base_offset)
+        if pid >= 0 and h.base_sequence >= 0:
+            last_seq = producer_state.next_seq(h.base_sequence, h.last_offset_delta)
+            meta = BatchMeta(h.base_sequence, last_seq, h.base_offset, h.last_offset, committed)
+            producer_state.record(
+                st.producers, pid, h.producer_epoch, meta, int(time.time() * 1000)
+            )
+        return committed
 
     def _committed(self, key: str, ranges: list[RangeCommit], appends: list[Append]) -> None:
         for r in ranges:

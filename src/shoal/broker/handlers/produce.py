@@ -74,6 +74,13 @@ async def _append(
 ) -> _Slot:
     try:
         topic, part = broker.partition(topic_name, index)
+        if broker.mirrors and topic_name in broker.mirrors:
+            raise KafkaError(
+                ErrorCode.invalid_request,
+                f"topic {topic_name!r} is a read-only mirror of link "
+                f"{broker.mirrors[topic_name]!r}: produce to the source cluster, or promote "
+                f"it first (shoal link promote {topic_name})",
+            )
         broker.check_owner(part)
         if records is None:
             raise KafkaError(ErrorCode.corrupt_message, "null record set")

@@ -1,0 +1,1 @@
+"""Migration links: offset-preserving mirroring from another Kafka cluster."""

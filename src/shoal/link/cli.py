@@ -1,0 +1,340 @@
+"""`shoal link create|list|status|pause|resume|delete|promote`: migration
+links, managed in the metadata store that the brokers follow (they poll one
+version counter), like `shoal cluster` and `shoal users --metadata`.
+
+`create` first proves the source works (reachable, credentials accepted) and
+that no mirror would take the name of a normal topic. Source passwords are
+stored for the brokers but never printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from shoal.link.source import SourceCluster, SourceError
+from shoal.link.spec import (
+    SpecError,
+    check_name,
+    check_patterns,
+    matches,
+    mirror_name,
+    parse_settings,
+    patterns,
+    redact,
+)
+from shoal.meta.links import (
+    MIRRORING,
+    PROMOTED,
+    PROMOTING,
+    LinkRow,
+    LinkStore,
+    Progress,
+)
+from shoal.meta.store import MetaError, MetaStore
+from shoal.tools.options import console, format_option
+from shoal.tools.options import parse_settings as parse_x
+
+T = TypeVar("T")
+
+_metadata = click.option(
+    "--metadata",
+    envvar="SHOAL_METADATA",
+    required=True,
+    metavar="URL",
+    help="The Shoal cluster's metadata store (sqlite:///..., postgresql://...) [SHOAL_METADATA].",
+)
+
+
+def _run(metadata: str, action: Callable[[LinkStore], Awaitable[T]]) -> T:
+    async def go() -> T:
+        meta = await MetaStore.open(metadata, create=False)
+        try:
+            return await action(LinkStore(meta))
+        finally:
+            await meta.close()
+
+    try:
+        return asyncio.run(go())
+    except MetaError as exc:
+        raise click.ClickException(str(exc)) from None
+    except SourceError as exc:
+        raise click.ClickException(f"source: {exc}") from None
+
+
+@click.group()
+def link() -> None:
+    """Migration links: mirror another Kafka cluster here at its own offsets."""
+
+
+@link.command()
+@click.argument("name")
+@click.option("--source", required=True, metavar="HOST:PORT[,...]", help="Source bootstrap.")
+@click.option(
+    "-X",
+    "extra",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=parse_x,
+    help="Source client setting, librdkafka's names (security.protocol, sasl.*, ssl.*).",
+)
+@click.option("--topics", required=True, help="Source topics to mirror: comma-separated globs.")
+@click.option("--groups", default="", help="Consumer groups whose offsets to sync: globs.")
+@click.option("--prefix", default="", help="Prefix of mirror topic names.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+@_metadata
+def create(
+    name: str,
+    source: str,
+    extra: dict[str, str],
+    topics: str,
+    groups: str,
+    prefix: str,
+    timeout: float,
+    metadata: str,
+) -> None:
+    """Create link NAME; its brokers start mirroring within a second."""
+    try:
+        check_name(name)
+        settings = parse_settings(extra)
+        check_patterns(topics, "--topics")
+    except SpecError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+    async def go(store: LinkStore) -> list[str]:
+        src = SourceCluster(source, settings, timeout)
+        try:
+            meta = await src.check()
+        finally:
+            src.close()
+        wanted = sorted(t for t in meta.partitions if matches(patterns(topics), t))
+        _v, _links, mirrors = await store.load()
+        taken = {m.mirror for m in mirrors}
+        existing = {t.name for t in await store.meta.list_topics()}
+        for t in wanted:
+            mirror = mirror_name(prefix, t)
+            if mirror in existing or mirror in taken:
+                raise click.ClickException(
+                    f"mirror topic {mirror!r} (of source topic {t!r}) already exists here "
+                    "as a normal topic or another link's mirror: choose a --prefix or "
+                    "narrow --topics"
+                )
+        await store.create(LinkRow(name, source, extra, topics, groups, prefix))
+        return wanted
+
+    wanted = _run(metadata, go)
+    click.echo(
+        f"link {name} created: mirroring {len(wanted)} topic(s) from {source}"
+        + (f": {', '.join(wanted)}" if wanted else " (none match yet)")
+    )
+
+
+def _link_dict(row: LinkRow) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "source": row.source,
+        "settings": redact(row.settings),
+        "topics": row.topics,
+        "groups": row.groups,
+        "prefix": row.prefix,
+        "state": "paused" if row.paused else "active",
+    }
+
+
+@link.command(name="list")
+@format_option()
+@_metadata
+def list_links(fmt: str, metadata: str) -> None:
+    """Every link, its source and patterns (passwords hidden)."""
+    _v, links, _m = _run(metadata, lambda store: store.load())
+    rows = [_link_dict(r) for r in links]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table("link", "source", "topics", "groups", "prefix", "state", "settings")
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["source"],
+            r["topics"],
+            r["groups"],
+            r["prefix"],
+            r["state"],
+            " ".join(f"{k}={v}" for k, v in r["settings"].items()),
+        )
+    console().print(table)
+
+
+async def status_data(store: LinkStore, name: str | None) -> list[dict[str, Any]]:
+    _v, links, mirrors = await store.load()
+    if name is not None and name not in {row.name for row in links}:
+        raise click.ClickException(f"no link named {name!r}")
+    progress: dict[str, list[Progress]] = {}
+    for p in await store.progress():
+        progress.setdefault(p.mirror, []).append(p)
+    out = []
+    for m in mirrors:
+        if name is not None and m.link != name:
+            continue
+        parts = progress.get(m.mirror, [])
+        out.append(
+            {
+                "link": m.link,
+                "mirror": m.mirror,
+                "source_topic": m.source_topic,
+                "state": m.state,
+                "lag_records": sum(max(0, p.source_end - p.mirror_end) for p in parts),
+                "bytes": sum(p.bytes for p in parts),
+                "partitions": [
+                    {
+                        "partition": p.partition,
+                        "source_start": p.source_start,
+                        "source_end": p.source_end,
+                        "mirror_end": p.mirror_end,
+                        "lag": max(0, p.source_end - p.mirror_end),
+                        "promoted": p.promoted,
+                        "error": p.error,
+                        "updated_ms": p.updated_ms,
+                    }
+                    for p in parts
+                ],
+                "errors": sorted({p.error for p in parts if p.error}),
+            }
+        )
+    return out
+
+
+@link.command()
+@click.argument("name", required=False)
+@format_option()
+@_metadata
+def status(name: str | None, fmt: str, metadata: str) -> None:
+    """Per mirror topic: state, lag in records, bytes copied, last error."""
+    rows = _run(metadata, lambda store: status_data(store, name))
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table("link", "mirror", "source topic", "state", "lag", "bytes", "error")
+    for r in rows:
+        table.add_row(
+            r["link"],
+            r["mirror"],
+            r["source_topic"],
+            r["state"],
+            str(r["lag_records"]),
+            str(r["bytes"]),
+            "; ".join(r["errors"]),
+        )
+    console().print(table)
+
+
+@link.command()
+@click.argument("name")
+@_metadata
+def pause(name: str, metadata: str) -> None:
+    """Stop copying (mirror topics stay read-only)."""
+    _run(metadata, lambda store: store.set_paused(name, True))
+    click.echo(f"link {name} paused")
+
+
+@link.command()
+@click.argument("name")
+@_metadata
+def resume(name: str, metadata: str) -> None:
+    """Copy again from where each partition stopped."""
+    _run(metadata, lambda store: store.set_paused(name, False))
+    click.echo(f"link {name} resumed")
+
+
+@link.command()
+@click.argument("name")
+@_metadata
+def delete(name: str, metadata: str) -> None:
+    """Remove the link; its mirror topics stay as normal, writable topics."""
+    mirrors = _run(metadata, lambda store: store.delete(name))
+    click.echo(
+        f"link {name} deleted; {len(mirrors)} former mirror topic(s) are now writable"
+        + (f": {', '.join(mirrors)}" if mirrors else "")
+    )
+
+
+@link.command()
+@click.argument("topics", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every mirror topic (of --link, if given).")
+@click.option("--link", "link_name", default=None, help="With --all: only this link's topics.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the mirrors to reach the source's end.",
+)
+@_metadata
+def promote(
+    topics: tuple[str, ...], all_: bool, link_name: str | None, timeout: float, metadata: str
+) -> None:
+    """Stop mirroring TOPICS once they hold everything the source has, and
+    make them writable here. Stop the source's producers first: records
+    written there after promotion are not copied."""
+    if bool(topics) == all_:
+        raise click.UsageError("name the mirror topics to promote, or --all")
+
+    async def go(store: LinkStore) -> tuple[list[str], list[dict[str, Any]]]:
+        _v, links, mirrors = await store.load()
+        by_name = {m.mirror: m for m in mirrors}
+        paused_links = {row.name for row in links if row.paused}
+        if all_:
+            chosen = [
+                m.mirror
+                for m in mirrors
+                if m.state != PROMOTED and (link_name is None or m.link == link_name)
+            ]
+        else:
+            for t in topics:
+                if t not in by_name:
+                    raise click.ClickException(f"{t!r} is not a mirror topic of any link")
+            chosen = [t for t in topics if by_name[t].state != PROMOTED]
+        if not chosen:
+            return [], []
+        paused = sorted({by_name[t].link for t in chosen if by_name[t].link in paused_links})
+        if paused:
+            raise click.ClickException(
+                f"link {', '.join(paused)} is paused: resume it first "
+                "(a paused link cannot reach the source's end)"
+            )
+        await store.set_state(chosen, PROMOTING, only_from=MIRRORING)
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            _v, _links, now = await store.load()
+            if all(m.state == PROMOTED for m in now if m.mirror in chosen):
+                return chosen, []
+            await asyncio.sleep(0.2)
+        # Not there in time: back to mirroring, and say how far behind.
+        await store.set_state(chosen, MIRRORING, only_from=PROMOTING)
+        rows = [r for r in await status_data(store, None) if r["mirror"] in chosen]
+        return chosen, rows
+
+    chosen, lagging = _run(metadata, go)
+    if not chosen:
+        click.echo("nothing to promote: already promoted")
+        return
+    if lagging:
+        detail = ", ".join(
+            f"{r['mirror']} {r['lag_records']} record(s) behind"
+            + (f" ({'; '.join(r['errors'])})" if r["errors"] else "")
+            for r in lagging
+        )
+        raise click.ClickException(
+            f"not promoted: the mirrors did not reach the source's end within {timeout:g}s "
+            f"({detail}); they are still mirroring. Stop the source's producers, then retry."
+        )
+    click.echo(f"promoted {', '.join(chosen)}: writable here, no longer mirrored")

@@ -1,0 +1,229 @@
+"""Repository for migration links: links, their mirror topics and each mirror
+partition's progress. Every change an operator makes bumps one version
+counter in the same transaction, so brokers learn of it by polling one row."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from shoal.meta import schema as s
+from shoal.meta.store import MetaError, MetaStore, now_ms
+
+VERSION_COUNTER = "links.version"
+
+MIRRORING, PROMOTING, PROMOTED = "mirroring", "promoting", "promoted"
+
+
+class LinkExists(MetaError):
+    pass
+
+
+class LinkNotFound(MetaError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRow:
+    name: str
+    source: str
+    settings: dict[str, str]
+    topics: str
+    groups: str = ""
+    prefix: str = ""
+    paused: bool = False
+    created_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorRow:
+    mirror: str
+    link: str
+    source_topic: str
+    state: str
+    state_ms: int
+
+
+@dataclass(slots=True)
+class Progress:
+    mirror: str
+    partition: int
+    source_start: int = 0
+    source_end: int = 0
+    mirror_end: int = 0
+    bytes: int = 0
+    promoted: bool = False
+    error: str = ""
+    updated_ms: int = field(default_factory=now_ms)
+
+
+class LinkStore:
+    def __init__(self, meta: MetaStore) -> None:
+        self.meta = meta
+
+    async def version(self) -> int:
+        return await self.meta.read_counter(VERSION_COUNTER)
+
+    async def load(self) -> tuple[int, list[LinkRow], list[MirrorRow]]:
+        """Every link and mirror topic, and the version they are at, read together."""
+        async with self.meta.engine.connect() as conn:
+            async with conn.begin():
+                version = await self.meta.read_counter(VERSION_COUNTER, conn)
+                links = (await conn.execute(select(s.links).order_by(s.links.c.name))).all()
+                mirrors = (
+                    await conn.execute(select(s.link_topics).order_by(s.link_topics.c.mirror))
+                ).all()
+        return (
+            version,
+            [
+                LinkRow(
+                    r.name,
+                    r.source,
+                    json.loads(r.settings),
+                    r.topics,
+                    r.groups,
+                    r.prefix,
+                    bool(r.paused),
+                    r.created_ms,
+                )
+                for r in links
+            ],
+            [MirrorRow(r.mirror, r.link, r.source_topic, r.state, r.state_ms) for r in mirrors],
+        )
+
+    async def create(self, link: LinkRow) -> None:
+        t = s.links
+        async with self.meta._tx() as conn:
+            if (await conn.execute(select(t.c.name).where(t.c.name == link.name))).first():
+                raise LinkExists(f"link {link.name!r} already exists")
+            await conn.execute(
+                t.insert().values(
+                    name=link.name,
+                    source=link.source,
+                    settings=json.dumps(link.settings),
+                    topics=link.topics,
+                    groups=link.groups,
+                    prefix=link.prefix,
+                    paused=False,
+                    created_ms=now_ms(),
+                )
+            )
+            await self.meta.bump_counter(conn, VERSION_COUNTER, 1)
+
+    async def delete(self, name: str) -> list[str]:
+        """Remove the link; its mirror topics stay, as normal (writable)
+        topics. Returns their names."""
+        async with self.meta._tx() as conn:
+            await self._require(conn, name)
+            lt = s.link_topics
+            mirrors = [
+                str(r.mirror)
+                for r in await conn.execute(select(lt.c.mirror).where(lt.c.link == name))
+            ]
+            lp = s.link_partitions
+            if mirrors:
+                await conn.execute(delete(lp).where(lp.c.mirror.in_(mirrors)))
+            await conn.execute(delete(lt).where(lt.c.link == name))
+            await conn.execute(delete(s.links).where(s.links.c.name == name))
+            await self.meta.bump_counter(conn, VERSION_COUNTER, 1)
+        return mirrors
+
+    async def set_paused(self, name: str, paused: bool) -> None:
+        async with self.meta._tx() as conn:
+            await self._require(conn, name)
+            await conn.execute(update(s.links).where(s.links.c.name == name).values(paused=paused))
+            await self.meta.bump_counter(conn, VERSION_COUNTER, 1)
+
+    async def _require(self, conn: object, name: str) -> None:
+        t = s.links
+        found = (await conn.execute(select(t.c.name).where(t.c.name == name))).first()  # type: ignore[attr-defined]
+        if not found:
+            raise LinkNotFound(f"no link named {name!r}")
+
+    async def add_mirror(self, mirror: str, link: str, source_topic: str) -> None:
+        """Record a mirror topic (the broker creating it); once only."""
+        t = s.link_topics
+        ins = sqlite_insert if self.meta.is_sqlite else pg_insert
+        async with self.meta._tx() as conn:
+            await conn.execute(
+                ins(t)
+                .values(
+                    mirror=mirror,
+                    link=link,
+                    source_topic=source_topic,
+                    state=MIRRORING,
+                    state_ms=now_ms(),
+                )
+                .on_conflict_do_nothing(index_elements=[t.c.mirror])
+            )
+            await self.meta.bump_counter(conn, VERSION_COUNTER, 1)
+
+    async def set_state(
+        self, mirrors: Sequence[str], state: str, only_from: str | None = None
+    ) -> int:
+        """Move mirror topics to `state` (from `only_from`, if given);
+        returns how many moved."""
+        if not mirrors:
+            return 0
+        t = s.link_topics
+        async with self.meta._tx() as conn:
+            q = update(t).where(t.c.mirror.in_(list(mirrors)))
+            if only_from is not None:
+                q = q.where(t.c.state == only_from)
+            res = await conn.execute(q.values(state=state, state_ms=now_ms()))
+            if state != PROMOTING:
+                await conn.execute(
+                    update(s.link_partitions)
+                    .where(s.link_partitions.c.mirror.in_(list(mirrors)))
+                    .values(promoted=False)
+                )
+            await self.meta.bump_counter(conn, VERSION_COUNTER, 1)
+        return int(res.rowcount or 0)
+
+    async def save_progress(self, rows: Sequence[Progress]) -> None:
+        """Upsert the owner's view of its mirror partitions (one transaction)."""
+        if not rows:
+            return
+        t = s.link_partitions
+        ins = sqlite_insert if self.meta.is_sqlite else pg_insert
+        async with self.meta._tx() as conn:
+            for p in rows:
+                values = {
+                    "source_start": p.source_start,
+                    "source_end": p.source_end,
+                    "mirror_end": p.mirror_end,
+                    "bytes": p.bytes,
+                    "promoted": p.promoted,
+                    "error": p.error,
+                    "updated_ms": p.updated_ms,
+                }
+                stmt = ins(t).values(mirror=p.mirror, partition=p.partition, **values)
+                await conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=[t.c.mirror, t.c.partition], set_=values
+                    )
+                )
+
+    async def progress(self) -> list[Progress]:
+        t = s.link_partitions
+        async with self.meta.engine.connect() as conn:
+            rows = (await conn.execute(select(t).order_by(t.c.mirror, t.c.partition))).all()
+        return [
+            Progress(
+                r.mirror,
+                r.partition,
+                r.source_start,
+                r.source_end,
+                r.mirror_end,
+                r.bytes,
+                bool(r.promoted),
+                r.error,
+                r.updated_ms,
+            )
+            for r in rows
+        ]
