@@ -1,8 +1,9 @@
 """The API table: which versions Shoal speaks, and kio's codecs for each.
 
-Versions stop short of the ones that address topics by id only (Fetch v13+,
-Produce v13+): clients negotiate down through ApiVersions, and names keep the
-handlers simple until topic ids are needed elsewhere.
+Maxima follow what Kafka 4.1 brokers offer, so current clients take Shoal for
+a Kafka 4 broker; minima are Kafka 4's (Produce v3, Fetch v4...). Versions
+that address topics by id (Fetch v13+, Produce v13) resolve ids through the
+topic catalog.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ API_VERSIONS = 18
 
 #: api key -> (name, min version, max version)
 SUPPORTED: dict[int, tuple[str, int, int]] = {
-    0: ("Produce", 3, 11),
-    1: ("Fetch", 4, 12),
+    0: ("Produce", 3, 13),
+    1: ("Fetch", 4, 17),
     2: ("ListOffsets", 1, 8),
-    3: ("Metadata", 0, 12),
+    3: ("Metadata", 0, 13),
     8: ("OffsetCommit", 2, 8),
     9: ("OffsetFetch", 1, 8),
     10: ("FindCoordinator", 0, 4),

@@ -118,6 +118,9 @@ class StreamEngine:
         # Catch-up reads are paced only while producers are active: the pacing
         # protects live traffic, and a broker with none lets a backlog go flat out.
         self.last_append = float("-inf")
+        # Told the id of each stream whose committed end moved (or that went
+        # away): fetch sessions mark that partition pending without polling.
+        self.on_advance: list[Callable[[int], None]] = []
         self.cleaner = Cleaner(store, meta, config.orphan_grace_ms, self.uploading)
         self._prefetching: dict[tuple[str, int], asyncio.Task[None]] = {}
         meta.delete_grace_ms = config.compaction.delete_grace_ms
@@ -247,6 +250,7 @@ class StreamEngine:
         if st is not None:
             st.closed = True
             self._wake(st)
+        self._advanced(stream_id)
 
     # writing -------------------------------------------------------------
 
@@ -386,6 +390,7 @@ class StreamEngine:
             touched[a.stream_id] = st
         for st in touched.values():
             self._wake(st)
+            self._advanced(st.id)
 
     def _producer_rows(self, stream_id: int, end_offset: int, pids: set[int]) -> list[ProducerRow]:
         """Producer state to persist with a commit: only batches the commit
@@ -555,6 +560,10 @@ class StreamEngine:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         st.waiters.append(fut)
         return fut
+
+    def _advanced(self, stream_id: int) -> None:
+        for listener in self.on_advance:
+            listener(stream_id)
 
     @staticmethod
     def _wake(st: StreamState) -> None:
