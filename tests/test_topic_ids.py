@@ -144,3 +144,64 @@ def test_topic_id_survives_restart(fresh_broker: BrokerProcess) -> None:
     b.restart()
     assert topic_id(b.bootstrap, "kept") == before
     assert fetch_by_id(b.bootstrap, before, {0: 0}).responses[0].partitions[0].error_code == 0
+
+
+def test_delete_topics_by_id(broker: BrokerProcess, topic_name: str) -> None:
+    from kio.schema.delete_topics.v6 import request as dt
+
+    assert create_topic(broker.bootstrap, topic_name, 1) == ErrorCode.none
+    tid = topic_id(broker.bootstrap, topic_name)
+    unknown = uuid.uuid4()
+    zero = uuid.UUID(int=0)  # what a client sends beside a name
+    body = dt.DeleteTopicsRequest(
+        topics=(
+            dt.DeleteTopicState(name=None, topic_id=tid),
+            dt.DeleteTopicState(name=None, topic_id=unknown),
+            dt.DeleteTopicState(name=topic_name, topic_id=unknown),
+            dt.DeleteTopicState(name="never-created-" + topic_name, topic_id=zero),
+        ),
+        timeout=datetime.timedelta(seconds=10),
+    )
+    with RawClient(broker.bootstrap) as c:
+        by_id, missing, both, by_name = c.call(20, 6, body).responses
+    assert (by_id.name, by_id.topic_id, by_id.error_code) == (topic_name, tid, ErrorCode.none)
+    assert (missing.topic_id, missing.error_code) == (unknown, ErrorCode.unknown_topic_id)
+    assert both.error_code == ErrorCode.invalid_request
+    assert by_name.error_code == ErrorCode.unknown_topic_or_partition
+    assert fetch_by_id(broker.bootstrap, tid, {0: 0}).responses[0].partitions[0].error_code == (
+        ErrorCode.unknown_topic_id
+    )
+
+
+def test_list_offsets_v10_and_describe_cluster_v2(broker: BrokerProcess, topic_name: str) -> None:
+    from kio.schema.describe_cluster.v2 import request as dc
+    from kio.schema.list_offsets.v10 import request as lo
+
+    assert create_topic(broker.bootstrap, topic_name, 1) == ErrorCode.none
+    assert produce(broker.bootstrap, topic_name, make_batch([b"a", b"b"])).error_code == 0
+    body = lo.ListOffsetsRequest(
+        replica_id=-1,
+        isolation_level=0,
+        timeout=datetime.timedelta(seconds=5),
+        topics=(
+            lo.ListOffsetsTopic(
+                name=topic_name,
+                partitions=tuple(
+                    lo.ListOffsetsPartition(partition_index=0, timestamp=ts) for ts in (-1, -2, -5)
+                ),
+            ),
+        ),
+    )
+    with RawClient(broker.bootstrap) as c:
+        parts = c.call(2, 10, body).topics[0].partitions
+        cluster = c.call(
+            60,
+            2,
+            dc.DescribeClusterRequest(
+                include_cluster_authorized_operations=False, include_fenced_brokers=True
+            ),
+        )
+    # latest, earliest, latest tiered (nothing is tiered: -1, as Kafka without remote storage)
+    assert [(p.error_code, p.offset) for p in parts] == [(0, 2), (0, 0), (0, -1)]
+    assert cluster.error_code == ErrorCode.none
+    assert [b.is_fenced for b in cluster.brokers] == [False]
