@@ -157,10 +157,10 @@ def _resolve(
         p.stream_id = -1
         try:
             if topic is None:
-                if isinstance(p.key[0], uuid.UUID):
-                    raise KafkaError(ErrorCode.unknown_topic_id)
-                p.topic = p.key[0]
-                raise KafkaError(ErrorCode.unknown_topic_or_partition)
+                if isinstance(p.key[0], str):
+                    p.topic = p.key[0]
+                    raise KafkaError(ErrorCode.unknown_topic_or_partition)
+                raise KafkaError(ErrorCode.unknown_topic_id)  # v13+, the zero id included
             p.topic = topic.name
             if topic.name in denied:
                 raise KafkaError(ErrorCode.topic_authorization_failed)
