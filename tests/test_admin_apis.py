@@ -237,6 +237,24 @@ def test_reassignment_onto_the_owner_is_a_no_op(broker: BrokerProcess) -> None:
     assert reassign((NODE,)).error_code == ErrorCode.none
     assert reassign((5,)).error_code == ErrorCode.invalid_replica_assignment
 
+    # v1 (KIP-860): a client that forbids a replication factor change is told so.
+    from kio.schema.alter_partition_reassignments.v1 import request as apr1
+
+    body = apr1.AlterPartitionReassignmentsRequest(
+        timeout=datetime.timedelta(seconds=5),
+        allow_replication_factor_change=False,
+        topics=(
+            apr1.ReassignableTopic(
+                name=topic,
+                partitions=(apr1.ReassignablePartition(partition_index=0, replicas=(NODE, 2)),),
+            ),
+        ),
+    )
+    with RawClient(broker.bootstrap) as c:
+        resp = c.call(45, 1, body)
+    assert resp.allow_replication_factor_change is False
+    assert resp.responses[0].partitions[0].error_code == ErrorCode.invalid_replication_factor
+
 
 # ------------------------------------------------------- authorized operations
 

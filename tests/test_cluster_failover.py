@@ -17,6 +17,9 @@ from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from cluster_harness import Cluster, wait_for
+from test_fetch_sessions import fetch
+from test_topic_ids import topic_id
+from wire import RawClient
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("SHOAL_TEST_TARGET", "shoal") != "shoal", reason="Shoal cluster mode"
@@ -173,6 +176,17 @@ def test_metadata_lists_all_brokers_and_same_owners(cluster: Cluster) -> None:
     owners = wait_for(lambda: agreed(cluster, "spread", {1, 2, 3}), 20, "agreement")
     counts = {n: list(owners.values()).count(n) for n in (1, 2, 3)}
     assert counts == {1: 2, 2: 2, 3: 2}, counts
+    # One topic id, whichever broker answers; fetch sessions are per broker.
+    ids = {topic_id(b.bootstrap, "spread") for b in cluster.brokers.values()}
+    assert len(ids) == 1, ids
+    owner = cluster.brokers[owners[0]]
+    other = cluster.brokers[owners[0] % 3 + 1]
+    with RawClient(owner.bootstrap) as c:
+        sid = fetch(c, "spread", {0: 0}, (0, 0)).session_id
+        assert sid > 0
+        assert fetch(c, "spread", {}, (sid, 1)).error_code == 0
+    with RawClient(other.bootstrap) as c:
+        assert fetch(c, "spread", {}, (sid, 2)).error_code == 70  # FETCH_SESSION_ID_NOT_FOUND
 
 
 def test_kill9_failover_and_restart(cluster: Cluster) -> None:

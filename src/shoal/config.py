@@ -411,6 +411,20 @@ BROKER_KEYS: dict[str, Key] = {
         Key("block.cache.bytes", int, 256 * MIB, "catch-up read cache size", at_least(0)),
         Key("fetch.max.wait.cap.ms", int, 30_000, "cap on a fetch's max_wait_ms", at_least(0)),
         Key(
+            "max.incremental.fetch.session.cache.slots",
+            int,
+            1000,
+            "incremental fetch sessions (KIP-227) this broker keeps; 0: none",
+            at_least(0),
+        ),
+        Key(
+            "min.incremental.fetch.session.eviction.ms",
+            int,
+            120_000,
+            "a full session cache gives an idle session's slot to a new one after this",
+            at_least(0),
+        ),
+        Key(
             "catchup.read.max.bytes.per.sec",
             int,
             200 * MIB,

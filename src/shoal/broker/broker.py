@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shoal.broker.advertised import Advertised
+from shoal.broker.fetch_sessions import SessionCache
 from shoal.broker.topics import GroupTopics, Topic, TopicCatalog
 from shoal.config import BrokerConfig
 from shoal.group.consumer import ConsumerGroupConfig
@@ -82,6 +83,12 @@ class Broker:
         self.engine = engine
         self.topics = catalog
         self.cluster_id = cluster_id
+        # KIP-227 sessions, in memory: a restart answers FETCH_SESSION_ID_NOT_FOUND.
+        self.fetch_sessions = SessionCache(
+            int(config["max.incremental.fetch.session.cache.slots"]),
+            int(config["min.incremental.fetch.session.eviction.ms"]),
+        )
+        engine.on_advance.append(self.fetch_sessions.advanced)
         host, port = config.advertised
         self.node = Node(int(config["node.id"]), host, port, config["rack"] or None)
         self.listeners = resolve_listeners(config)

@@ -82,6 +82,7 @@ class TopicCatalog:
         self.meta = meta
         self.config = config
         self._topics: dict[str, Topic] = {}
+        self._by_id: dict[uuid.UUID, Topic] = {}  # topic ids (KIP-516): Fetch v13+, Produce v13
         self._creating: dict[str, asyncio.Future[Topic]] = {}
         self._lock = asyncio.Lock()
         self.cluster_mode = False
@@ -89,7 +90,11 @@ class TopicCatalog:
         self.on_created: Callable[[Topic], Awaitable[None]] | None = None
 
     async def load(self) -> None:
-        self._topics = {t.name: _topic(t) for t in await self.meta.list_topics()}
+        self._set({t.name: _topic(t) for t in await self.meta.list_topics()})
+
+    def _set(self, topics: dict[str, Topic]) -> None:
+        self._topics = topics
+        self._by_id = {t.topic_uuid: t for t in topics.values()}
 
     async def refresh(self) -> list[Topic]:
         """Reload every topic from the store; returns topics that went away."""
@@ -99,7 +104,7 @@ class TopicCatalog:
             gone = [
                 t for name, t in self._topics.items() if name not in fresh or fresh[name].id != t.id
             ]
-            self._topics = fresh
+            self._set(fresh)
         return gone
 
     async def _lookup(self, name: str) -> Topic | None:
@@ -112,10 +117,11 @@ class TopicCatalog:
     def get(self, name: str) -> Topic | None:
         return self._topics.get(name)
 
-    def by_id(self, topic_id: uuid.UUID) -> Topic | None:
-        """The topic with this id (Metadata v10+ and KIP-848 clients name topics
-        by id); a scan, as lookups by id are rare next to lookups by name."""
-        return next((t for t in self._topics.values() if t.topic_uuid == topic_id), None)
+    def by_id(self, topic_id: uuid.UUID | None) -> Topic | None:
+        """The topic with this id, from the cache (as a Kafka broker answers from
+        its metadata cache: an id created elsewhere a moment ago may be unknown
+        until the next refresh)."""
+        return self._by_id.get(topic_id) if topic_id is not None else None
 
     def all(self) -> list[Topic]:
         return list(self._topics.values())
@@ -197,6 +203,7 @@ class TopicCatalog:
                 ) from None
             topic = _topic(rec)
             self._topics[name] = topic
+            self._by_id[topic.topic_uuid] = topic
         log.info("created topic %s with %d partitions %s", name, partitions, clean or "")
         if self.on_created is not None:
             await self.on_created(topic)
@@ -225,6 +232,7 @@ class TopicCatalog:
                 raise KafkaError(ErrorCode.unknown_topic_or_partition, f"no topic {name!r}")
             await self.meta.delete_topic(name)
             topic = self._topics.pop(name)
+            self._by_id.pop(topic.topic_uuid, None)
         log.info("deleted topic %s", name)
         return topic
 

@@ -1,8 +1,9 @@
 """The API table: which versions Shoal speaks, and kio's codecs for each.
 
-Versions stop short of the ones that address topics by id only (Fetch v13+,
-Produce v13+): clients negotiate down through ApiVersions, and names keep the
-handlers simple until topic ids are needed elsewhere.
+Maxima follow what Kafka 4.1 brokers offer, so current clients take Shoal for
+a Kafka 4 broker; minima are Kafka 4's (Produce v3, Fetch v4...). Versions
+that address topics by id (Fetch v13+, Produce v13) resolve ids through the
+topic catalog.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ API_VERSIONS = 18
 
 #: api key -> (name, min version, max version)
 SUPPORTED: dict[int, tuple[str, int, int]] = {
-    0: ("Produce", 3, 11),
-    1: ("Fetch", 4, 12),
-    2: ("ListOffsets", 1, 8),
-    3: ("Metadata", 0, 12),
+    0: ("Produce", 3, 13),
+    1: ("Fetch", 4, 17),
+    2: ("ListOffsets", 1, 10),
+    3: ("Metadata", 0, 13),
     8: ("OffsetCommit", 2, 9),
     9: ("OffsetFetch", 1, 9),
     10: ("FindCoordinator", 0, 4),
@@ -41,7 +42,7 @@ SUPPORTED: dict[int, tuple[str, int, int]] = {
     17: ("SaslHandshake", 1, 1),
     18: ("ApiVersions", 0, 4),
     19: ("CreateTopics", 2, 7),
-    20: ("DeleteTopics", 1, 5),
+    20: ("DeleteTopics", 1, 6),
     21: ("DeleteRecords", 0, 2),
     22: ("InitProducerId", 0, 4),
     23: ("OffsetForLeaderEpoch", 2, 4),
@@ -61,7 +62,7 @@ SUPPORTED: dict[int, tuple[str, int, int]] = {
     42: ("DeleteGroups", 0, 2),
     43: ("ElectLeaders", 0, 2),
     44: ("IncrementalAlterConfigs", 0, 1),
-    45: ("AlterPartitionReassignments", 0, 0),
+    45: ("AlterPartitionReassignments", 0, 1),
     46: ("ListPartitionReassignments", 0, 0),
     47: ("OffsetDelete", 0, 0),
     48: ("DescribeClientQuotas", 0, 1),
@@ -69,7 +70,7 @@ SUPPORTED: dict[int, tuple[str, int, int]] = {
     50: ("DescribeUserScramCredentials", 0, 0),
     51: ("AlterUserScramCredentials", 0, 0),
     55: ("DescribeQuorum", 0, 2),
-    60: ("DescribeCluster", 0, 1),
+    60: ("DescribeCluster", 0, 2),
     61: ("DescribeProducers", 0, 0),
     65: ("DescribeTransactions", 0, 0),
     66: ("ListTransactions", 0, 1),

@@ -189,6 +189,9 @@ class StreamEngine:
         # set by the broker; a stream's label never changes, so it is cached.
         self.labeler: Labeler | None = None
         self._labels: dict[int, str] = {}
+        # Told the id of each stream whose committed end moved (or that went
+        # away): fetch sessions mark that partition pending without polling.
+        self.on_advance: list[Callable[[int], None]] = []
         self.cleaner = Cleaner(store, meta, config.orphan_grace_ms, self.uploading)
         self._prefetching: dict[tuple[str, int], asyncio.Task[None]] = {}
         meta.delete_grace_ms = config.compaction.delete_grace_ms
@@ -381,6 +384,7 @@ class StreamEngine:
             # state hands out offsets from the committed end again, and the
             # two must never share one block.
             self.wal.seal()
+        self._advanced(stream_id)
 
     # writing -------------------------------------------------------------
 
@@ -654,6 +658,7 @@ class StreamEngine:
             touched[a.stream_id] = st
         for st in touched.values():
             self._wake(st)
+            self._advanced(st.id)
 
     def _producer_rows(
         self,
@@ -842,6 +847,10 @@ class StreamEngine:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         st.waiters.append(fut)
         return fut
+
+    def _advanced(self, stream_id: int) -> None:
+        for listener in self.on_advance:
+            listener(stream_id)
 
     @staticmethod
     def _wake(st: StreamState) -> None:

@@ -25,7 +25,10 @@ async def handle_describe_cluster(
         cluster_id=broker.cluster_id,
         controller_id=broker.controller_id(),
         brokers=tuple(
-            s.DescribeClusterBroker(broker_id=n.node_id, host=n.host, port=n.port, rack=n.rack)
+            # v2 (KIP-1073): only live brokers are listed, so none is fenced
+            s.DescribeClusterBroker(
+                broker_id=n.node_id, host=n.host, port=n.port, rack=n.rack, is_fenced=False
+            )
             for n in await broker.advertised.nodes(broker.live_nodes(), client.listener)
         ),
         cluster_authorized_operations=authorized_operations(

@@ -1,14 +1,31 @@
-"""Fetch: read committed batches; long-poll until min_bytes or max_wait."""
+"""Fetch: read committed batches; long-poll until min_bytes or max_wait.
+
+Topics come by name (v4-v12) or by id (v13+, UNKNOWN_TOPIC_ID for an id this
+broker does not know). Fetch sessions (KIP-227, v7+) live in
+shoal.broker.fetch_sessions: a full fetch reads every partition it names; an
+incremental one reads only the session's pending partitions, so an idle
+partition costs nothing per fetch.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
 import logging
+import time
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.broker.broker import Broker
+from shoal.broker.fetch_sessions import (
+    INVALID_SESSION_ID,
+    CachedPartition,
+    FetchSession,
+    Key,
+    Requested,
+)
 from shoal.broker.handlers import Client, Deferred
 from shoal.broker.isolation import aborted_transactions, read_committed
 from shoal.meta.store import AbortedTxn
@@ -21,15 +38,17 @@ from shoal.storage.errors import OffsetOutOfRange, StorageError
 
 log = logging.getLogger("shoal.fetch")
 ZERO = datetime.timedelta(0)
+FIRST_ID_VERSION = 13  # Fetch v13+: topics by id (KIP-516)
+FIRST_SESSION_VERSION = 7
 
 
 @dataclass(slots=True)
 class _Part:
-    topic: str
-    index: int
+    key: Key  # (topic name or id, partition), as the request names it
     offset: int
     max_bytes: int
     current_leader_epoch: int
+    topic: str = ""
     stream_id: int = -1
     error: ErrorCode = ErrorCode.none
     records: bytes = b""
@@ -43,32 +62,119 @@ class _Part:
     last_stable: int = -1
     aborted: list[AbortedTxn] = field(default_factory=list)
 
+    @property
+    def index(self) -> int:
+        return self.key[1]
+
+    def has_more(self) -> bool:
+        """Still worth reading next time: an error to repeat, or data the
+        client has not moved past yet."""
+        end = self.last_stable if self.committed and self.last_stable >= 0 else self.high_watermark
+        return self.error != ErrorCode.none or 0 <= self.offset < end
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    max_wait: float
+    min_bytes: int
+    max_bytes: int
+    rack: str | None
+    committed: bool  # isolation_level read_committed
+
 
 async def handle_fetch(broker: Broker, client: Client, header: RequestHeader, body: Any) -> Any:
-    parts = [
-        _Part(
-            t.topic,
-            p.partition,
+    version = header.api_version
+    uses_ids = version >= FIRST_ID_VERSION
+
+    def ref(t: Any) -> str | uuid.UUID:
+        r: str | uuid.UUID = t.topic_id if uses_ids else t.topic
+        return r
+
+    requested = [
+        Requested(
+            (ref(t), p.partition),
             p.fetch_offset,
             p.partition_max_bytes,
             getattr(p, "current_leader_epoch", -1),
-            committed=read_committed(body),
         )
         for t in body.topics
         for p in t.partitions
     ]
+    limits = _limits(broker, client, body)
+    if version < FIRST_SESSION_VERSION:
+        parts = [_part(r) for r in requested]
+        return Deferred(_full(broker, client, header, parts, limits, None))
+    forgotten = [(ref(t), i) for t in body.forgotten_topics_data or () for i in t.partitions]
+    try:
+        ctx = broker.fetch_sessions.context(
+            int(body.session_id),
+            int(body.session_epoch),
+            uses_ids,
+            requested,
+            forgotten,
+            time.monotonic() * 1000,
+        )
+    except KafkaError as exc:
+        log.info("fetch session %d from %s: %s", body.session_id, client, exc)
+        return _error_response(header, exc.code)
+    if ctx.session is None or ctx.full:
+        parts = [_part(r) for r in requested]
+        return Deferred(_full(broker, client, header, parts, limits, ctx.session))
+    return Deferred(_incremental(broker, client, header, ctx.session, limits))
+
+
+def _part(r: Requested) -> _Part:
+    return _Part(r.key, r.fetch_offset, r.max_bytes, r.leader_epoch)
+
+
+def _limits(broker: Broker, client: Client, body: Any) -> _Limits:
+    cap = int(broker.config["fetch.max.wait.cap.ms"])
+    max_wait = min(max(body.max_wait.total_seconds() * 1000, 0), cap) / 1000
+    max_bytes = min(
+        int(getattr(body, "max_bytes", 0x7FFFFFFF)), int(broker.config["fetch.response.max.bytes"])
+    )
+    quota_cap = broker.quotas.max_bytes_in_window(
+        CONSUMER_BYTE_RATE, user_of(client.principal), client.client_id or ""
+    )
+    if quota_cap is not None:  # over it, the connection throttles after the fact
+        max_bytes = min(max_bytes, quota_cap)
     rack = getattr(body, "rack_id", None) or None
+    return _Limits(max_wait, max(int(body.min_bytes), 0), max_bytes, rack, read_committed(body))
+
+
+def _resolve(
+    broker: Broker, client: Client, header: RequestHeader, parts: list[_Part], limits: _Limits
+) -> None:
+    """Topic, ownership and leader epoch of each partition; errors per partition."""
+    rack = limits.rack
+    by_name: dict[str | uuid.UUID, Any] = {}
+    for p in parts:
+        ref = p.key[0]
+        if ref not in by_name:
+            by_name[ref] = (
+                broker.topics.get(ref) if isinstance(ref, str) else broker.topics.by_id(ref)
+            )
     # one decision (and at most one denial logged) per topic, as Kafka
     denied = {
-        t
-        for t in {p.topic for p in parts}
-        if not broker.authorize(client, AclOperation.READ, ResourceType.TOPIC, t)
+        t.name
+        for t in by_name.values()
+        if t is not None
+        and not broker.authorize(client, AclOperation.READ, ResourceType.TOPIC, t.name)
     }
     for p in parts:
+        topic = by_name[p.key[0]]
+        p.stream_id = -1
+        p.committed = limits.committed
         try:
-            if p.topic in denied:
+            if topic is None:
+                if isinstance(p.key[0], str):
+                    p.topic = p.key[0]
+                    raise KafkaError(ErrorCode.unknown_topic_or_partition)
+                raise KafkaError(ErrorCode.unknown_topic_id)  # v13+, the zero id included
+            p.topic = topic.name
+            if topic.name in denied:
                 raise KafkaError(ErrorCode.topic_authorization_failed)
-            topic, rec = broker.partition(p.topic, p.index)
+            _topic, rec = broker.partition(topic.name, p.index)
             p.owned = broker.owns(rec)
             p.topic_id = topic.id
             if broker.cluster is not None:
@@ -85,35 +191,28 @@ async def handle_fetch(broker: Broker, client: Client, header: RequestHeader, bo
                 p.stream_id = rec.stream_id
         except KafkaError as exc:
             p.error = exc.code
-    cap = int(broker.config["fetch.max.wait.cap.ms"])
-    max_wait = min(max(body.max_wait.total_seconds() * 1000, 0), cap) / 1000
-    max_bytes = min(
-        int(getattr(body, "max_bytes", 0x7FFFFFFF)), int(broker.config["fetch.response.max.bytes"])
-    )
-    quota_cap = broker.quotas.max_bytes_in_window(
-        CONSUMER_BYTE_RATE, user_of(client.principal), client.client_id or ""
-    )
-    if quota_cap is not None:  # over it, the connection throttles after the fact
-        max_bytes = min(max_bytes, quota_cap)
-    min_bytes = max(int(body.min_bytes), 0)
-    return Deferred(_run(broker, client, header, parts, max_wait, min_bytes, max_bytes))
 
 
-async def _run(
+async def _full(
     broker: Broker,
     client: Client,
     header: RequestHeader,
     parts: list[_Part],
-    max_wait: float,
-    min_bytes: int,
-    max_bytes: int,
+    limits: _Limits,
+    session: FetchSession | None,
 ) -> Any:
+    """Every requested partition, answered; a new session remembers them."""
+    _resolve(broker, client, header, parts, limits)
+    if session is not None:
+        # From here on, commits mark the session's partitions pending.
+        session.take_pending()
+        _bind(broker, session, parts)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + max_wait
+    deadline = loop.time() + limits.max_wait
     while True:
-        total = await _read_all(broker, client, parts, max_bytes)
+        total = await _read_all(broker, client, parts, limits.max_bytes)
         remaining = deadline - loop.time()
-        if total >= min_bytes or remaining <= 0 or any(p.error for p in parts):
+        if total >= limits.min_bytes or remaining <= 0 or any(p.error for p in parts):
             break
         waiters = [w for p in parts if (w := broker.engine.watch(p.stream_id)) is not None]
         if any(not p.owned and p.stream_id >= 0 for p in parts):
@@ -127,7 +226,99 @@ async def _run(
         )
         for w in pending:
             w.cancel()
-    return _response(header, parts)
+    if session is None:
+        return _response(header, parts, INVALID_SESSION_ID)
+    _remember(session, parts, parts)
+    return _response(header, parts, session.id)
+
+
+async def _incremental(
+    broker: Broker,
+    client: Client,
+    header: RequestHeader,
+    session: FetchSession,
+    limits: _Limits,
+) -> Any:
+    """Only partitions with news: those the request changed or whose stream
+    advanced since the session last looked (its pending set)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.max_wait
+    looked: dict[Key, _Part] = {}
+    answered: dict[Key, _Part] = {}
+    polled: set[Key] = set()  # read replicas: no commit notifications, so re-read
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    session.wake = wake
+    try:
+        while True:
+            if woken.done():
+                woken = loop.create_future()
+            keys = set(session.take_pending()) | polled
+            now = [_cached_part(k, c) for k in keys if (c := session.partitions.get(k)) is not None]
+            _resolve(broker, client, header, now, limits)
+            _bind(broker, session, now)
+            budget = limits.max_bytes - sum(len(p.records) for p in answered.values())
+            await _read_all(broker, client, now, budget)
+            for p in now:
+                looked[p.key] = p
+                cached = session.partitions.get(p.key)
+                if cached is not None and (
+                    p.records
+                    or p.error
+                    or p.high_watermark != cached.high_watermark
+                    or p.log_start != cached.log_start
+                    or p.preferred >= 0
+                ):
+                    answered[p.key] = p
+                if not p.owned and p.stream_id >= 0:
+                    polled.add(p.key)
+            total = sum(len(p.records) for p in answered.values())
+            remaining = deadline - loop.time()
+            if (
+                total >= limits.min_bytes
+                or remaining <= 0
+                or any(p.error for p in answered.values())
+                or broker.fetch_sessions.get(session.id) is not session
+            ):
+                break
+            if session.pending:
+                continue  # news arrived while reading
+            if polled:
+                remaining = min(remaining, max(broker.engine.config.reader_refresh_ms, 10) / 1000)
+            try:
+                await asyncio.wait_for(asyncio.shield(woken), remaining)
+            except TimeoutError:
+                pass
+    finally:
+        if session.wake is wake:
+            session.wake = None
+    parts = list(answered.values())
+    _remember(session, parts, looked.values())
+    return _response(header, parts, session.id)
+
+
+def _cached_part(key: Key, c: CachedPartition) -> _Part:
+    return _Part(key, c.fetch_offset, c.max_bytes, c.leader_epoch)
+
+
+def _bind(broker: Broker, session: FetchSession, parts: Iterable[_Part]) -> None:
+    for p in parts:
+        broker.fetch_sessions.bind(session, p.key, p.stream_id, not p.owned)
+
+
+def _remember(session: FetchSession, answered: Iterable[_Part], looked: Iterable[_Part]) -> None:
+    """What the client now knows; partitions with more to say stay pending."""
+    for p in answered:
+        cached = session.partitions.get(p.key)
+        if cached is not None:
+            cached.high_watermark, cached.log_start = p.high_watermark, p.log_start
+    for p in looked:
+        if p.has_more() or (not p.owned and p.stream_id >= 0):
+            session.keep(p.key)
 
 
 async def _read_all(broker: Broker, client: Client, parts: list[_Part], max_bytes: int) -> int:
@@ -185,11 +376,11 @@ async def _read(broker: Broker, p: _Part, budget: int, at_least_one: bool) -> An
     return await broker.engine.read(p.stream_id, p.offset, budget, at_least_one, p.committed)
 
 
-def _response(header: RequestHeader, parts: list[_Part]) -> Any:
+def _response(header: RequestHeader, parts: list[_Part], session_id: int) -> Any:
     s = Schema(1, header.api_version)
-    by_topic: dict[str, list[Any]] = {}
+    by_topic: dict[str | uuid.UUID, list[Any]] = {}
     for p in parts:
-        by_topic.setdefault(p.topic, []).append(
+        by_topic.setdefault(p.key[0], []).append(
             s.PartitionData(
                 partition_index=p.index,
                 error_code=p.error,
@@ -204,9 +395,21 @@ def _response(header: RequestHeader, parts: list[_Part]) -> Any:
     return s.FetchResponse(
         throttle_time=ZERO,
         error_code=ErrorCode.none,
-        session_id=0,
+        session_id=session_id,
         responses=tuple(
-            s.FetchableTopicResponse(topic=name, partitions=tuple(ps))
-            for name, ps in by_topic.items()
+            s.FetchableTopicResponse(
+                topic=ref if isinstance(ref, str) else "",
+                topic_id=ref if isinstance(ref, uuid.UUID) else None,
+                partitions=tuple(ps),
+            )
+            for ref, ps in by_topic.items()
         ),
+    )
+
+
+def _error_response(header: RequestHeader, code: ErrorCode) -> Any:
+    """A session error answers the whole request, with no partitions."""
+    s = Schema(1, header.api_version)
+    return s.FetchResponse(
+        throttle_time=ZERO, error_code=code, session_id=INVALID_SESSION_ID, responses=()
     )

@@ -21,6 +21,7 @@ LATEST = -1
 EARLIEST = -2
 MAX_TIMESTAMP = -3
 EARLIEST_LOCAL = -4  # tiered storage's "earliest local": everything is local here
+LATEST_TIERED = -5  # v9+ (KIP-1005): nothing is tiered, so -1 as Kafka without remote storage
 
 
 async def handle_list_offsets(
@@ -69,6 +70,8 @@ async def _lookup(
         return (await broker.engine.last_stable_offset(stream_id) if committed else end), -1
     if timestamp in (EARLIEST, EARLIEST_LOCAL):
         return start, -1
+    if timestamp == LATEST_TIERED:
+        return -1, -1
     if timestamp == MAX_TIMESTAMP:
         found = await broker.engine.max_timestamp(stream_id)
         return found if found is not None else (-1, -1)

@@ -35,23 +35,20 @@ async def handle_metadata(broker: Broker, client: Client, header: RequestHeader,
     else:
         for req in requested:
             name = req.name
-            topic_id = getattr(req, "topic_id", None)
-            if name is None and topic_id is not None:
-                # By id (v10+; librdkafka asks so for KIP-848 assignments).
-                by_id = broker.topics.by_id(topic_id)
-                if by_id is not None and _visible(broker, client, by_id.name):
-                    results.append(_topic(s, broker, by_id, client, topic_ops))
-                else:
+            if name is None:  # v10+: by topic id (KIP-516)
+                by_id = broker.topics.by_id(req.topic_id)
+                if by_id is None or not _visible(broker, client, by_id.name):
                     results.append(
                         s.MetadataResponseTopic(
                             error_code=ErrorCode.unknown_topic_id,
                             name=None,
-                            topic_id=topic_id,
+                            topic_id=req.topic_id,
                             is_internal=False,
                             partitions=(),
                         )
                     )
-                continue
+                    continue
+                name = by_id.name
             try:
                 broker.require(client, AclOperation.DESCRIBE, ResourceType.TOPIC, name)
                 if allow_auto and broker.topics.get(name) is None:
@@ -74,6 +71,7 @@ async def handle_metadata(broker: Broker, client: Client, header: RequestHeader,
                 )
     return s.MetadataResponse(
         throttle_time=ZERO,
+        error_code=ErrorCode.none,
         brokers=tuple(
             s.MetadataResponseBroker(node_id=n.node_id, host=n.host, port=n.port, rack=n.rack)
             for n in await broker.advertised.nodes(broker.live_nodes(), client.listener)

@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import logging
 import time
+import uuid
 from typing import Any
 
 from shoal.broker.broker import Broker
@@ -28,31 +29,38 @@ log = logging.getLogger("shoal.produce")
 INLINE_DECOMPRESS = 1 << 20
 ZERO = datetime.timedelta(0)
 
-# (topic, partition, base-offset future or error, stream id or -1, log append time)
-_Slot = tuple[str, int, "asyncio.Future[int] | ErrorCode | KafkaError", int, int | None]
+# (topic name, or id from v13, partition, base-offset future or error,
+# stream id or -1, log append time)
+_Slot = tuple[
+    "str | uuid.UUID", int, "asyncio.Future[int] | ErrorCode | KafkaError", int, int | None
+]
 
 
 async def handle_produce(broker: Broker, client: Client, header: RequestHeader, body: Any) -> Any:
     slots: list[_Slot] = []
     for td in body.topic_data:
+        # v13+ names topics by id (KIP-516)
+        ref: str | uuid.UUID = td.topic_id if header.api_version >= 13 else td.name
+        name = ref if isinstance(ref, str) else _name_of(broker, ref)
         refused: ErrorCode | None = None
         tid = body.transactional_id
         if tid is not None and not broker.authorize(
             client, AclOperation.WRITE, ResourceType.TRANSACTIONAL_ID, tid
         ):
             refused = ErrorCode.transactional_id_authorization_failed
-        elif not broker.authorize(client, AclOperation.WRITE, ResourceType.TOPIC, td.name):
+        elif name is None:
+            refused = ErrorCode.unknown_topic_id
+        elif not broker.authorize(client, AclOperation.WRITE, ResourceType.TOPIC, name):
             # one decision (and at most one denial logged) per topic, as Kafka
             refused = ErrorCode.topic_authorization_failed
         for pd in td.partition_data:
-            if refused is not None:
-                slots.append((td.name, pd.index, refused, -1, None))
+            if refused is not None or name is None:
+                slots.append((ref, pd.index, refused or ErrorCode.unknown_topic_id, -1, None))
             else:
-                slots.append(
-                    await _append(
-                        broker, client, header.api_version, td.name, pd.index, pd.records, tid
-                    )
+                slot = await _append(
+                    broker, client, header.api_version, name, pd.index, pd.records, tid
                 )
+                slots.append((ref, slot[1], slot[2], slot[3], slot[4]))
     if body.acks == 0:
         for slot in slots:
             fut = slot[2]
@@ -222,14 +230,14 @@ async def _respond(
     if pending:
         await asyncio.wait(pending, timeout=timeout)
     s = Schema(0, header.api_version)
-    by_topic: dict[str, list[Any]] = {}
+    by_topic: dict[str | uuid.UUID, list[Any]] = {}
     for topic_name, index, fut, stream_id, append_time in slots:
         base = -1
         start = -1
         message: str | None = None
         record_errors: tuple[Any, ...] = ()
         if isinstance(fut, asyncio.Future):
-            code = _outcome(fut, topic_name, index, client)
+            code = _outcome(fut, str(topic_name), index, client)
             if code == ErrorCode.none:
                 base = fut.result()
                 start = broker.engine.log_start(stream_id)
@@ -261,8 +269,12 @@ async def _respond(
         )
     return s.ProduceResponse(
         responses=tuple(
-            s.TopicProduceResponse(name=name, partition_responses=tuple(parts))
-            for name, parts in by_topic.items()
+            s.TopicProduceResponse(
+                name=ref if isinstance(ref, str) else "",
+                topic_id=ref if isinstance(ref, uuid.UUID) else None,
+                partition_responses=tuple(parts),
+            )
+            for ref, parts in by_topic.items()
         ),
         throttle_time=ZERO,
     )
@@ -290,6 +302,11 @@ def _outcome(fut: asyncio.Future[int], topic: str, index: int, client: Client) -
     if isinstance(exc, StorageError):
         return ErrorCode.kafka_storage_error
     return ErrorCode.unknown_server_error
+
+
+def _name_of(broker: Broker, topic_id: uuid.UUID) -> str | None:
+    topic = broker.topics.by_id(topic_id)
+    return topic.name if topic is not None else None
 
 
 def _swallow(fut: asyncio.Future[Any]) -> None:

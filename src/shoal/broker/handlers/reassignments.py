@@ -34,12 +34,19 @@ async def handle_alter_partition_reassignments(
             error_message=f"{client.principal} may not ALTER the cluster",
             responses=(),
         )
+    # v1 (KIP-860): a client may forbid a change of replication factor (1 here)
+    allow_rf_change = bool(getattr(body, "allow_replication_factor_change", True))
     topics = []
     for t in body.topics:
         parts = []
         for p in t.partitions:
             code, message = ErrorCode.none, None
             try:
+                if not allow_rf_change and p.replicas is not None and len(p.replicas) != 1:
+                    raise KafkaError(
+                        ErrorCode.invalid_replication_factor,
+                        f"the replication factor would change from 1 to {len(p.replicas)}",
+                    )
                 await alter_reassignment(broker, t.name, p.partition_index, p.replicas)
                 log.info(
                     "reassignment of %s-%d to %s requested by %s",
@@ -70,6 +77,7 @@ async def handle_alter_partition_reassignments(
         topics.append(s.ReassignableTopicResponse(name=t.name, partitions=tuple(parts)))
     return s.AlterPartitionReassignmentsResponse(
         throttle_time=ZERO,
+        allow_replication_factor_change=allow_rf_change,
         error_code=ErrorCode.none,
         error_message=None,
         responses=tuple(topics),

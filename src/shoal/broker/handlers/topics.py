@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import uuid
 from typing import Any
 
 from shoal.broker.broker import Broker
@@ -85,21 +86,47 @@ async def handle_delete_topics(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
     s = Schema(20, header.api_version)
+    # v6 names each topic by name or by id (KIP-516); earlier versions by name.
+    wanted: list[tuple[str | None, uuid.UUID | None]] = (
+        [(t.name, t.topic_id if t.topic_id and t.topic_id.int else None) for t in body.topics]
+        if header.api_version >= 6
+        else [(name, None) for name in body.topic_names]
+    )
     results = []
-    for name in body.topic_names:
-        code, message = ErrorCode.none, None
+    for asked, topic_id in wanted:
+        code, message, name = ErrorCode.none, None, asked
         try:
+            name = _delete_target(broker, asked, topic_id)
             broker.require(client, AclOperation.DELETE, ResourceType.TOPIC, name)
             topic = await broker.topics.delete(name)
+            topic_id = topic.topic_uuid
             for p in topic.partitions:
                 broker.engine.forget(p.stream_id)
             await broker.groups.topic_deleted(name)
             log.info("deleted topic %s for %s", name, client)
         except KafkaError as exc:
             code, message = exc.code, str(exc)
-        broker.audit.admin(client, "DeleteTopics", "TOPIC", name, code.name)
-        results.append(s.DeletableTopicResult(name=name, error_code=code, error_message=message))
+        broker.audit.admin(client, "DeleteTopics", "TOPIC", name or str(topic_id), code.name)
+        results.append(
+            s.DeletableTopicResult(
+                name=name, topic_id=topic_id, error_code=code, error_message=message
+            )
+        )
     return s.DeleteTopicsResponse(throttle_time=ZERO, responses=tuple(results))
+
+
+def _delete_target(broker: Broker, name: str | None, topic_id: uuid.UUID | None) -> str:
+    """The topic a DeleteTopics entry means: Kafka takes a name or an id, not both."""
+    if name is not None and topic_id is not None:
+        raise KafkaError(ErrorCode.invalid_request, "give a topic name or a topic id, not both")
+    if name is not None:
+        return name
+    if topic_id is None:
+        raise KafkaError(ErrorCode.invalid_request, "neither a topic name nor a topic id")
+    topic = broker.topics.by_id(topic_id)
+    if topic is None:
+        raise KafkaError(ErrorCode.unknown_topic_id, f"no topic with id {topic_id}")
+    return topic.name
 
 
 async def handle_create_partitions(

@@ -1,0 +1,198 @@
+"""Fetch sessions (KIP-227) end to end: the error codes at the wire, an
+incremental fetch answering only partitions with news, kafka-python consuming
+many partitions through a session, eviction and a restart (the client gets
+FETCH_SESSION_ID_NOT_FOUND and starts over)."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from kio.schema.errors import ErrorCode
+from kio.schema.fetch.v12 import request as fr
+
+from harness import BrokerProcess
+from wire import RawClient, create_topic, make_batch, produce
+
+
+def fetch(
+    c: RawClient,
+    topic: str,
+    partitions: dict[int, int],
+    session: tuple[int, int],
+    forget: tuple[int, ...] = (),
+) -> Any:
+    body = fr.FetchRequest(
+        max_wait=datetime.timedelta(milliseconds=10),
+        min_bytes=1,
+        max_bytes=1 << 20,
+        isolation_level=0,
+        session_id=session[0],
+        session_epoch=session[1],
+        topics=(
+            fr.FetchTopic(
+                topic=topic,
+                partitions=tuple(
+                    fr.FetchPartition(partition=p, fetch_offset=o, partition_max_bytes=1 << 20)
+                    for p, o in partitions.items()
+                ),
+            ),
+        )
+        if partitions
+        else (),
+        forgotten_topics_data=(fr.ForgottenTopic(topic=topic, partitions=forget),)
+        if forget
+        else (),
+        rack_id="",
+    )
+    return c.call(1, 12, body)
+
+
+def answered(resp: Any) -> dict[int, Any]:
+    return {p.partition_index: p for t in resp.responses for p in t.partitions}
+
+
+def test_incremental_fetch_answers_only_news(broker: BrokerProcess, topic_name: str) -> None:
+    n = 20
+    assert create_topic(broker.bootstrap, topic_name, n) == ErrorCode.none
+    with RawClient(broker.bootstrap) as c:
+        first = fetch(c, topic_name, dict.fromkeys(range(n), 0), (0, 0))
+        sid = first.session_id
+        assert first.error_code == ErrorCode.none and sid > 0
+        assert sorted(answered(first)) == list(range(n))  # a full fetch answers all
+        # Nothing new: an incremental fetch answers nothing.
+        assert answered(fetch(c, topic_name, {}, (sid, 1))) == {}
+        assert produce(broker.bootstrap, topic_name, make_batch([b"news"]), 7).error_code == 0
+        news = answered(fetch(c, topic_name, {}, (sid, 2)))
+        assert list(news) == [7] and b"news" in news[7].records and news[7].high_watermark == 1
+        # The client moves past it: nothing more to say about partition 7.
+        assert answered(fetch(c, topic_name, {7: 1}, (sid, 3))) == {}
+        # A forgotten partition is not answered even with news.
+        resp = fetch(c, topic_name, {}, (sid, 4), forget=(3,))
+        assert resp.error_code == ErrorCode.none
+        assert produce(broker.bootstrap, topic_name, make_batch([b"x"]), 3).error_code == 0
+        assert produce(broker.bootstrap, topic_name, make_batch([b"y"]), 4).error_code == 0
+        assert list(answered(fetch(c, topic_name, {}, (sid, 5)))) == [4]
+
+        # The same epoch twice, a wrong one, an unknown session.
+        again = fetch(c, topic_name, {}, (sid, 5))
+        assert (again.error_code, again.responses) == (ErrorCode.invalid_fetch_session_epoch, ())
+        assert (
+            fetch(c, topic_name, {}, (sid, 99)).error_code == ErrorCode.invalid_fetch_session_epoch
+        )
+        unknown = sid + 1 if sid < 0x7FFFFFFF else 1
+        assert fetch(c, topic_name, {}, (unknown, 1)).error_code == (
+            ErrorCode.fetch_session_id_not_found
+        )
+        # Closing (epoch -1): sessionless full fetch, then the session is gone.
+        closed = fetch(c, topic_name, {0: 0}, (sid, -1))
+        assert (closed.error_code, closed.session_id) == (ErrorCode.none, 0)
+        assert fetch(c, topic_name, {}, (sid, 6)).error_code == ErrorCode.fetch_session_id_not_found
+
+
+def test_incremental_fetch_waits_for_news(broker: BrokerProcess, topic_name: str) -> None:
+    """A long poll on a session is woken by a commit to any of its partitions."""
+    assert create_topic(broker.bootstrap, topic_name, 3) == ErrorCode.none
+    with RawClient(broker.bootstrap) as c:
+        sid = fetch(c, topic_name, dict.fromkeys(range(3), 0), (0, 0)).session_id
+        body = fr.FetchRequest(
+            max_wait=datetime.timedelta(seconds=20),
+            min_bytes=1,
+            max_bytes=1 << 20,
+            isolation_level=0,
+            session_id=sid,
+            session_epoch=1,
+            topics=(),
+            forgotten_topics_data=(),
+            rack_id="",
+        )
+        from wire import request_frame
+
+        c.send_raw(request_frame(1, 12, body, correlation_id=9))
+        assert produce(broker.bootstrap, topic_name, make_batch([b"wake"]), 2).error_code == 0
+        c.sock.settimeout(15)
+        frame = c.read_frame()
+    assert b"wake" in frame
+
+
+def consume(consumer: KafkaConsumer, want: int, timeout: float = 60) -> list[Any]:
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        for recs in consumer.poll(timeout_ms=500).values():
+            got.extend(recs)
+    return got
+
+
+def session_id(consumer: KafkaConsumer) -> int:
+    handlers = consumer._fetcher._session_handlers  # the client's own session state
+    return max((h.next_metadata.session_id for h in handlers.values()), default=0)
+
+
+def kafka_python_consumer(bootstrap: str, topic: str, n: int) -> KafkaConsumer:
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=200
+    )
+    consumer.assign([TopicPartition(topic, p) for p in range(n)])
+    consumer.seek_to_beginning()
+    return consumer
+
+
+def produce_each(bootstrap: str, topic: str, n: int, tag: bytes) -> None:
+    for p in range(n):
+        assert produce(bootstrap, topic, make_batch([tag + b"-%d" % p]), p).error_code == 0
+
+
+def test_kafka_python_many_partitions_restart(fresh_broker: BrokerProcess) -> None:
+    n = 200
+    b = fresh_broker.start()
+    assert create_topic(b.bootstrap, "many", n) == ErrorCode.none
+    produce_each(b.bootstrap, "many", n, b"a")
+    consumer = kafka_python_consumer(b.bootstrap, "many", n)
+    try:
+        got = consume(consumer, n)
+        assert sorted(r.value for r in got) == sorted(b"a-%d" % p for p in range(n))
+        sid = session_id(consumer)
+        assert sid > 0  # the broker gave it an incremental session
+        produce_each(b.bootstrap, "many", 5, b"b")
+        got = consume(consumer, 5)
+        assert sorted(r.value for r in got) == sorted(b"b-%d" % p for p in range(5))
+        assert session_id(consumer) == sid
+        b.restart()
+        produce_each(b.bootstrap, "many", 5, b"c")
+        got = consume(consumer, 5)
+        assert sorted(r.value for r in got) == sorted(b"c-%d" % p for p in range(5))
+        assert session_id(consumer) not in (0, sid)  # a new session after the restart
+        assert f"no session {sid}" in b.log()
+    finally:
+        consumer.close()
+
+
+def test_kafka_python_session_eviction(tmp_path: Any) -> None:
+    """One slot: a bigger consumer takes it, the smaller one is told its
+    session is gone, and both keep consuming everything."""
+    b = BrokerProcess(
+        tmp_path / "data", env={"SHOAL_MAX_INCREMENTAL_FETCH_SESSION_CACHE_SLOTS": "1"}
+    ).start()
+    try:
+        assert create_topic(b.bootstrap, "evict", 10) == ErrorCode.none
+        produce_each(b.bootstrap, "evict", 10, b"a")
+        small = kafka_python_consumer(b.bootstrap, "evict", 3)
+        big = kafka_python_consumer(b.bootstrap, "evict", 10)
+        try:
+            assert len(consume(small, 3)) == 3
+            first = session_id(small)
+            assert first > 0
+            assert len(consume(big, 10)) == 10
+            assert session_id(big) > 0
+            produce_each(b.bootstrap, "evict", 10, b"b")
+            assert sorted(r.value for r in consume(small, 3)) == [b"b-0", b"b-1", b"b-2"]
+            assert len(consume(big, 10)) == 10
+            assert f"no session {first}" in b.log()
+        finally:
+            small.close()
+            big.close()
+    finally:
+        b.stop()
