@@ -247,6 +247,17 @@ def test_bad_heartbeats(kbroker: BrokerProcess, topic: str) -> None:
         _, regex = join(c, group, topic, subscribed_topic_regex="(unclosed")
         assert regex.error_code == ErrorCode.invalid_regular_expression
         assert "(unclosed" in (regex.error_message or "")
+        regex_group = f"{group}-re"
+        _, by_regex = join(
+            c, regex_group, topic, subscribed_topic_names=None, subscribed_topic_regex=f"{topic}|x"
+        )
+        assert by_regex.assignment.topic_partitions[0].partitions == (0, 1)
+        viewed = c.call(
+            15,
+            6,
+            dg.DescribeGroupsRequest(groups=(regex_group,), include_authorized_operations=False),
+        ).groups[0]
+        assert viewed.error_code == ErrorCode.none and len(viewed.members) == 1
         _, assignor = join(c, group, topic, server_assignor="cooperative-sticky")
         assert assignor.error_code == ErrorCode.unsupported_assignor
         assert "cooperative-sticky" in (assignor.error_message or "")

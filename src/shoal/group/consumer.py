@@ -165,6 +165,8 @@ class ConsumerGroup:
     owners: dict[tuple[str, int], str] = field(default_factory=dict)
     topics: tuple[tuple[str, str, int], ...] = ()  # (name, id, partitions) assigned from
     state_ms: int = 0  # wall clock of becoming empty (offset expiry), set by the driver
+    # (group epoch, topic names, expressions) of all members: see subscribed()
+    subscriptions: tuple[int, frozenset[str], frozenset[str]] | None = None
 
     @property
     def state(self) -> GroupState:
@@ -178,12 +180,24 @@ class ConsumerGroup:
         return GroupState.STABLE
 
     def subscribed(self, catalog: Catalog, regexes: Mapping[str, re.Pattern[str]]) -> set[str]:
-        """Existing topics any member subscribes to, by name or expression."""
-        names = {t for m in self.members.values() for t in m.topic_names}
-        patterns = {regexes[m.topic_regex] for m in self.members.values() if m.topic_regex}
+        """Existing topics any member subscribes to, by name or expression.
+        Called on every heartbeat: the members' union is cached per group epoch
+        (every membership or subscription change bumps it), so a heartbeat
+        costs the subscribed topics, not the members (plus the catalog's names
+        when a member subscribes by expression)."""
+        if self.subscriptions is None or self.subscriptions[0] != self.epoch:
+            members = self.members.values()
+            self.subscriptions = (
+                self.epoch,
+                frozenset(t for m in members for t in m.topic_names),
+                frozenset(m.topic_regex for m in members if m.topic_regex),
+            )
+        _epoch, names, patterns = self.subscriptions
+        out = {n for n in names if catalog.topic(n) is not None}
         if patterns:
-            names.update(n for n in catalog.names() if any(p.fullmatch(n) for p in patterns))
-        return {n for n in names if catalog.topic(n) is not None}
+            compiled = [regexes[p] for p in patterns]
+            out.update(n for n in catalog.names() if any(p.fullmatch(n) for p in compiled))
+        return out
 
 
 def compile_regex(pattern: str) -> re.Pattern[str]:
@@ -471,6 +485,8 @@ class ConsumerGroups:
         if req.server_assignor is not None and req.server_assignor != member.server_assignor:
             member.server_assignor = req.server_assignor
             changed = True
+        if changed:
+            group.subscriptions = None
         return changed
 
     def _bump(self, group: ConsumerGroup, reason: str) -> None:
