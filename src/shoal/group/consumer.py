@@ -113,6 +113,9 @@ class HeartbeatRequest:
     subscribed_topic_regex: str | None = None
     server_assignor: str | None = None
     owned: Mapping[str, frozenset[int]] | None = None
+    # Topics its expression matches that the member may not see (its principal
+    # lacks DESCRIBE): never assigned to it. None: unchanged.
+    hidden_topics: frozenset[str] | None = None
     client_id: str = ""
     client_host: str = ""
 
@@ -137,6 +140,7 @@ class ConsumerMember:
     rebalance_timeout_ms: int = 300_000
     topic_names: tuple[str, ...] = ()
     topic_regex: str | None = None
+    hidden_topics: frozenset[str] = frozenset()
     server_assignor: str | None = None
     epoch: int = 0
     previous_epoch: int = -1
@@ -310,9 +314,10 @@ class ConsumerGroups:
                 f"Supported assignors: {', '.join(self.config.assignors)}.",
             )
         if req.subscribed_topic_regex:
-            self._regex(req.subscribed_topic_regex)
+            self.regex(req.subscribed_topic_regex)
 
-    def _regex(self, pattern: str) -> re.Pattern[str]:
+    def regex(self, pattern: str) -> re.Pattern[str]:
+        """The compiled expression (cached); RequestError if it is not RE2."""
         compiled = self._regexes.get(pattern)
         if compiled is None:
             compiled = self._regexes[pattern] = compile_regex(pattern)
@@ -440,6 +445,7 @@ class ConsumerGroups:
             rebalance_timeout_ms=old.rebalance_timeout_ms,
             topic_names=old.topic_names,
             topic_regex=old.topic_regex,
+            hidden_topics=old.hidden_topics,
             server_assignor=old.server_assignor,
             epoch=old.previous_epoch,
             previous_epoch=old.previous_epoch,
@@ -485,6 +491,9 @@ class ConsumerGroups:
         if req.server_assignor is not None and req.server_assignor != member.server_assignor:
             member.server_assignor = req.server_assignor
             changed = True
+        if req.hidden_topics is not None and req.hidden_topics != member.hidden_topics:
+            member.hidden_topics = req.hidden_topics
+            changed = True
         if changed:
             group.subscriptions = None
         return changed
@@ -522,8 +531,10 @@ class ConsumerGroups:
         for mid, m in group.members.items():
             topics = {t for t in m.topic_names if t in partitions}
             if m.topic_regex:
-                pattern = self._regex(m.topic_regex)
-                topics.update(t for t in partitions if pattern.fullmatch(t))
+                pattern = self.regex(m.topic_regex)
+                topics.update(
+                    t for t in partitions if pattern.fullmatch(t) and t not in m.hidden_topics
+                )
             specs[mid] = MemberSpec(
                 mid, m.instance_id, frozenset(topics), group.target.get(mid, {})
             )
