@@ -319,3 +319,14 @@ def test_uniform_balances_mixed_subscriptions() -> None:
     for m in first:
         for t, ps in second[m].items():
             assert ps <= first[m].get(t, frozenset()), "old members only give partitions up"
+
+
+def test_group_max_size_and_instance_mismatch() -> None:
+    m = ConsumerGroups(ConsumerGroupConfig(max_size=1), Topics(t=1))
+    assert join(m, "a", instance_id="i-a").error == ErrorCode.none
+    full = join(m, "b")
+    assert full.error == ErrorCode.group_max_size_reached and "1 members" in (full.message or "")
+    wrong = beat(m, "a", 1, {"t": {0}}, instance_id="i-b")
+    assert wrong.error == ErrorCode.fenced_instance_id
+    assert beat(m, "a", -2, None).error == ErrorCode.invalid_request, "-2 needs the instance id"
+    assert beat(m, "a", -3, None).error == ErrorCode.invalid_request
