@@ -447,3 +447,49 @@ def test_denied_consumer_group_heartbeat(open_broker: BrokerProcess) -> None:
     denied = join(name("g"))
     assert denied.error_code == ErrorCode.topic_authorization_failed
     assert t in (denied.error_message or "")
+
+
+def test_regex_subscription_leaves_out_undescribable_topics(open_broker: BrokerProcess) -> None:
+    """KIP-848: a topic matched by the member's expression that it may not
+    DESCRIBE is not assigned to it; once allowed, the next heartbeat adds it."""
+    import datetime
+
+    from kio.schema.consumer_group_heartbeat.v1 import request as cgh
+
+    boot = open_broker.bootstrap
+    prefix = name("rx")
+    seen, hidden = f"{prefix}-a", f"{prefix}-b"
+    for t in (seen, hidden):
+        assert create_topic(boot, t) == ErrorCode.none
+    names = {metadata(boot, [t]).topics[0].topic_id: t for t in (seen, hidden)}
+    allow(boot, (TOPIC, hidden, LITERAL, ANON, "*", DESCRIBE, DENY))
+    group, member = name("g"), uuid.uuid4().hex
+
+    def beat(epoch: int, **kw: Any) -> Any:
+        body = cgh.ConsumerGroupHeartbeatRequest(
+            group_id=group,
+            member_id=member,
+            member_epoch=epoch,
+            rebalance_timeout=datetime.timedelta(seconds=5 if epoch == 0 else -1),
+            topic_partitions=kw.pop("topic_partitions", None),
+            subscribed_topic_names=None,
+            **kw,
+        )
+        with RawClient(boot) as c:
+            return c.call(68, 1, body)
+
+    def topics(r: Any) -> set[str]:
+        return {names[tp.topic_id] for tp in r.assignment.topic_partitions}
+
+    first = beat(0, subscribed_topic_regex=f"{prefix}-.*", topic_partitions=())
+    assert first.error_code == ErrorCode.none
+    assert topics(first) == {seen}
+    delete_acls(boot, (TOPIC, hidden, LITERAL, ANON, "*", DESCRIBE, DENY))
+    owned = (
+        cgh.TopicPartitions(
+            topic_id=first.assignment.topic_partitions[0].topic_id, partitions=(0,)
+        ),
+    )
+    later = beat(first.member_epoch, topic_partitions=owned)
+    assert later.member_epoch > first.member_epoch
+    assert topics(later) == {seen, hidden}

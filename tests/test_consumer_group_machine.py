@@ -298,3 +298,35 @@ def test_range_gives_contiguous_copartitioned_ranges() -> None:
     out = range_({"a": spec("a", {"x", "y"}), "b": spec("b", {"x", "y"})}, {"x": 5, "y": 5})
     assert out["a"] == {"x": {0, 1, 2}, "y": {0, 1, 2}}
     assert out["b"] == {"x": {3, 4}, "y": {3, 4}}
+
+
+def test_uniform_balances_mixed_subscriptions() -> None:
+    """Members subscribed to different topics: each gets only its topics, and
+    loads differ by at most one where subscriptions allow it; a member joining
+    takes partitions only from others."""
+    members = {"a": spec("a", {"x"}), "b": spec("b", {"x", "y"}), "c": spec("c", {"x", "y"})}
+    first = uniform(members, {"x": 6, "y": 2})
+    assert "y" not in first["a"]
+    loads = sorted(sum(len(p) for p in first[m].values()) for m in first)
+    assert loads[-1] - loads[0] <= 1 and sum(loads) == 8
+    again = {
+        m: spec(m, set(members[m].topics), {t: set(p) for t, p in first[m].items()}) for m in first
+    }
+    again["d"] = spec("d", {"x", "y"})
+    second = uniform(again, {"x": 6, "y": 2})
+    loads = sorted(sum(len(p) for p in second[m].values()) for m in second)
+    assert loads == [2, 2, 2, 2]
+    for m in first:
+        for t, ps in second[m].items():
+            assert ps <= first[m].get(t, frozenset()), "old members only give partitions up"
+
+
+def test_group_max_size_and_instance_mismatch() -> None:
+    m = ConsumerGroups(ConsumerGroupConfig(max_size=1), Topics(t=1))
+    assert join(m, "a", instance_id="i-a").error == ErrorCode.none
+    full = join(m, "b")
+    assert full.error == ErrorCode.group_max_size_reached and "1 members" in (full.message or "")
+    wrong = beat(m, "a", 1, {"t": {0}}, instance_id="i-b")
+    assert wrong.error == ErrorCode.fenced_instance_id
+    assert beat(m, "a", -2, None).error == ErrorCode.invalid_request, "-2 needs the instance id"
+    assert beat(m, "a", -3, None).error == ErrorCode.invalid_request

@@ -20,11 +20,15 @@ from typing import Any
 import pytest
 from kio.schema.consumer_group_describe.v1 import request as cgd
 from kio.schema.consumer_group_heartbeat.v1 import request as cgh
+from kio.schema.delete_groups.v2 import request as dgr
+from kio.schema.describe_groups.v6 import request as dg
 from kio.schema.list_groups.v5 import request as lg
+from kio.schema.offset_delete.v0 import request as od
 from kio.schema.offset_fetch.v9 import request as of
 
 from group_data import create_topic, produce
 from harness import BrokerProcess
+from shoal.group.coordinator import parse_subscription
 from shoal.protocol.errors import ErrorCode
 from test_groups_confluent import Worker, all_values
 from wire import RawClient
@@ -243,6 +247,17 @@ def test_bad_heartbeats(kbroker: BrokerProcess, topic: str) -> None:
         _, regex = join(c, group, topic, subscribed_topic_regex="(unclosed")
         assert regex.error_code == ErrorCode.invalid_regular_expression
         assert "(unclosed" in (regex.error_message or "")
+        regex_group = f"{group}-re"
+        _, by_regex = join(
+            c, regex_group, topic, subscribed_topic_names=None, subscribed_topic_regex=f"{topic}|x"
+        )
+        assert by_regex.assignment.topic_partitions[0].partitions == (0, 1)
+        viewed = c.call(
+            15,
+            6,
+            dg.DescribeGroupsRequest(groups=(regex_group,), include_authorized_operations=False),
+        ).groups[0]
+        assert viewed.error_code == ErrorCode.none and len(viewed.members) == 1
         _, assignor = join(c, group, topic, server_assignor="cooperative-sticky")
         assert assignor.error_code == ErrorCode.unsupported_assignor
         assert "cooperative-sticky" in (assignor.error_message or "")
@@ -306,10 +321,7 @@ def test_offsets_and_describe_with_member_epochs(kbroker: BrokerProcess, topic: 
         assert described.assignor_name == "range" and described.group_state == "Stable"
         assert missing.error_code == ErrorCode.group_id_not_found
 
-        from kio.schema.describe_groups.v6 import request as dg
-
-        from shoal.group.coordinator import parse_subscription
-
+        assert heartbeat(c, group, member, epoch).error_code == ErrorCode.none
         classic_view = c.call(
             15, 6, dg.DescribeGroupsRequest(groups=(group,), include_authorized_operations=False)
         ).groups[0]
@@ -327,9 +339,31 @@ def test_offsets_and_describe_with_member_epochs(kbroker: BrokerProcess, topic: 
         stable = c.call(16, 5, lg.ListGroupsRequest(states_filter=("stable",), types_filter=()))
         assert group in {g.group_id for g in stable.groups}
 
+        def delete_group() -> Any:
+            return c.call(42, 2, dgr.DeleteGroupsRequest(groups_names=(group,))).results[0]
+
+        def delete_offsets() -> Any:
+            body = od.OffsetDeleteRequest(
+                group_id=group,
+                topics=(
+                    od.OffsetDeleteRequestTopic(
+                        name=topic, partitions=(od.OffsetDeleteRequestPartition(partition_index=0),)
+                    ),
+                ),
+            )
+            return c.call(47, 0, body)
+
+        assert delete_group().error_code == ErrorCode.non_empty_group
+        subscribed = delete_offsets()
+        assert subscribed.error_code == ErrorCode.none
+        assert subscribed.topics[0].partitions[0].error_code == ErrorCode.group_subscribed_to_topic
+
         left = heartbeat(c, group, member, -1)
         assert left.error_code == ErrorCode.none and left.member_epoch == -1
         assert commit(c, 9, group, "", -1, topic) == ErrorCode.none, "empty: simple commits"
+        assert delete_offsets().topics[0].partitions[0].error_code == ErrorCode.none
+        assert delete_group().error_code == ErrorCode.none
+        assert delete_group().error_code == ErrorCode.group_id_not_found
 
 
 def test_protocols_do_not_mix(kbroker: BrokerProcess, topic: str) -> None:

@@ -10,6 +10,7 @@ so does Shoal, under the same names, chosen by `group.consumer.assignors`.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -43,6 +44,8 @@ def uniform(
     (among members subscribed to the same topics), and keeps as many of its
     previous partitions as balance allows: a member joining takes partitions
     from the most loaded members and moves nothing else."""
+    if len({s.topics for s in members.values()}) == 1:
+        return _uniform_homogeneous(members, partitions)
     owner: dict[TopicPartition, str] = {}
     load: dict[str, int] = dict.fromkeys(members, 0)
     # 1. Stickiness: each partition stays with its previous owner if that
@@ -59,41 +62,86 @@ def uniform(
     eligible: dict[str, list[str]] = {
         t: sorted(m for m, s in members.items() if t in s.topics) for t in partitions
     }
-    # 2. Every unowned partition goes to the least loaded eligible member.
+    # 2. Every unowned partition goes to the least loaded eligible member
+    #    (a heap per topic: P log M, not P x M).
     for topic in sorted(partitions):
-        candidates = eligible[topic]
-        if not candidates:
+        heap = [(load[m], m) for m in eligible[topic]]
+        if not heap:
             continue
+        heapq.heapify(heap)
         for p in range(partitions[topic]):
             if (topic, p) not in owner:
-                mid = min(candidates, key=lambda m: (load[m], m))
+                n, mid = heapq.heappop(heap)
                 owner[(topic, p)] = mid
-                load[mid] += 1
+                load[mid] = n + 1
+                heapq.heappush(heap, (n + 1, mid))
     # 3. Balance: move partitions from a member to an eligible one holding at
     #    least two fewer, until no such move exists (each move lowers the sum
-    #    of squared loads, so this ends).
-    by_member: dict[str, list[TopicPartition]] = {m: [] for m in members}
-    for tp, mid in sorted(owner.items()):
-        by_member[mid].append(tp)
-    moved = True
-    while moved:
-        moved = False
+    #    of squared loads, so this ends). A member at most one above the least
+    #    loaded of all cannot give anything, which ends a balanced pass early.
+    held: dict[str, dict[str, list[int]]] = {m: {} for m in members}
+    for (topic, p), mid in sorted(owner.items()):
+        held[mid].setdefault(topic, []).append(p)
+    progress = True
+    while progress:
+        progress = False
+        lowest = min(load.values(), default=0)
         for donor in sorted(members, key=lambda m: (-load[m], m)):
-            for tp in reversed(by_member[donor]):
-                target = min(eligible[tp[0]], key=lambda m: (load[m], m))
-                if load[target] + 1 < load[donor]:
-                    by_member[donor].remove(tp)
-                    by_member[target].append(tp)
+            if load[donor] <= lowest + 1:
+                break
+            for topic in sorted(held[donor]):
+                giving = held[donor][topic]
+                while giving:
+                    target = min(eligible[topic], key=lambda m: (load[m], m))
+                    if load[target] + 1 >= load[donor]:
+                        break
+                    held[target].setdefault(topic, []).append(giving.pop())
                     load[donor] -= 1
                     load[target] += 1
-                    moved = True
-                    break
-            if moved:
-                break
+                    progress = True
+            lowest = min(load.values())
+    return {
+        mid: {t: frozenset(ps) for t, ps in topics.items() if ps} for mid, topics in held.items()
+    }
+
+
+def _uniform_homogeneous(
+    members: Mapping[str, MemberSpec], partitions: Mapping[str, int]
+) -> dict[str, Assignment]:
+    """`uniform` when every member subscribes to the same topics, the usual
+    case, in O(P + M log M): quotas of floor(P/M), one more for the members
+    holding the most; each keeps its previous partitions up to its quota, the
+    rest fill the members below theirs."""
+    topics = next(iter(members.values())).topics
+    every = [(t, p) for t in sorted(topics & partitions.keys()) for p in range(partitions[t])]
+
+    def held(m: str) -> int:
+        return sum(len(ps) for t, ps in members[m].current.items() if t in topics)
+
+    order = sorted(members, key=lambda m: (-held(m), m))
+    quota, extra = divmod(len(every), len(order)) if order else (0, 0)
+    taken: set[TopicPartition] = set()
+    kept: dict[str, list[TopicPartition]] = {}
+    for i, mid in enumerate(order):
+        limit = quota + (1 if i < extra else 0)
+        mine: list[TopicPartition] = []
+        for topic in sorted(members[mid].current):
+            if topic not in topics:
+                continue
+            for p in sorted(members[mid].current[topic]):
+                if len(mine) < limit and p < partitions.get(topic, 0) and (topic, p) not in taken:
+                    mine.append((topic, p))
+                    taken.add((topic, p))
+        kept[mid] = mine
+    free = iter(tp for tp in every if tp not in taken)
     out: dict[str, Assignment] = {}
-    for mid, tps in by_member.items():
+    for i, mid in enumerate(order):
+        limit = quota + (1 if i < extra else 0)
+        mine = kept[mid]
+        while len(mine) < limit:
+            mine.append(next(free))
         grouped: dict[str, set[int]] = {}
-        for topic, p in tps:
+        for topic, p in mine:
             grouped.setdefault(topic, set()).add(p)
         out[mid] = _as_assignment(grouped)
     return out

@@ -113,6 +113,9 @@ class HeartbeatRequest:
     subscribed_topic_regex: str | None = None
     server_assignor: str | None = None
     owned: Mapping[str, frozenset[int]] | None = None
+    # Topics its expression matches that the member may not see (its principal
+    # lacks DESCRIBE): never assigned to it. None: unchanged.
+    hidden_topics: frozenset[str] | None = None
     client_id: str = ""
     client_host: str = ""
 
@@ -137,6 +140,7 @@ class ConsumerMember:
     rebalance_timeout_ms: int = 300_000
     topic_names: tuple[str, ...] = ()
     topic_regex: str | None = None
+    hidden_topics: frozenset[str] = frozenset()
     server_assignor: str | None = None
     epoch: int = 0
     previous_epoch: int = -1
@@ -165,6 +169,8 @@ class ConsumerGroup:
     owners: dict[tuple[str, int], str] = field(default_factory=dict)
     topics: tuple[tuple[str, str, int], ...] = ()  # (name, id, partitions) assigned from
     state_ms: int = 0  # wall clock of becoming empty (offset expiry), set by the driver
+    # (group epoch, topic names, expressions) of all members: see subscribed()
+    subscriptions: tuple[int, frozenset[str], frozenset[str]] | None = None
 
     @property
     def state(self) -> GroupState:
@@ -178,12 +184,24 @@ class ConsumerGroup:
         return GroupState.STABLE
 
     def subscribed(self, catalog: Catalog, regexes: Mapping[str, re.Pattern[str]]) -> set[str]:
-        """Existing topics any member subscribes to, by name or expression."""
-        names = {t for m in self.members.values() for t in m.topic_names}
-        patterns = {regexes[m.topic_regex] for m in self.members.values() if m.topic_regex}
+        """Existing topics any member subscribes to, by name or expression.
+        Called on every heartbeat: the members' union is cached per group epoch
+        (every membership or subscription change bumps it), so a heartbeat
+        costs the subscribed topics, not the members (plus the catalog's names
+        when a member subscribes by expression)."""
+        if self.subscriptions is None or self.subscriptions[0] != self.epoch:
+            members = self.members.values()
+            self.subscriptions = (
+                self.epoch,
+                frozenset(t for m in members for t in m.topic_names),
+                frozenset(m.topic_regex for m in members if m.topic_regex),
+            )
+        _epoch, names, patterns = self.subscriptions
+        out = {n for n in names if catalog.topic(n) is not None}
         if patterns:
-            names.update(n for n in catalog.names() if any(p.fullmatch(n) for p in patterns))
-        return {n for n in names if catalog.topic(n) is not None}
+            compiled = [regexes[p] for p in patterns]
+            out.update(n for n in catalog.names() if any(p.fullmatch(n) for p in compiled))
+        return out
 
 
 def compile_regex(pattern: str) -> re.Pattern[str]:
@@ -296,9 +314,10 @@ class ConsumerGroups:
                 f"Supported assignors: {', '.join(self.config.assignors)}.",
             )
         if req.subscribed_topic_regex:
-            self._regex(req.subscribed_topic_regex)
+            self.regex(req.subscribed_topic_regex)
 
-    def _regex(self, pattern: str) -> re.Pattern[str]:
+    def regex(self, pattern: str) -> re.Pattern[str]:
+        """The compiled expression (cached); RequestError if it is not RE2."""
         compiled = self._regexes.get(pattern)
         if compiled is None:
             compiled = self._regexes[pattern] = compile_regex(pattern)
@@ -426,6 +445,7 @@ class ConsumerGroups:
             rebalance_timeout_ms=old.rebalance_timeout_ms,
             topic_names=old.topic_names,
             topic_regex=old.topic_regex,
+            hidden_topics=old.hidden_topics,
             server_assignor=old.server_assignor,
             epoch=old.previous_epoch,
             previous_epoch=old.previous_epoch,
@@ -471,6 +491,11 @@ class ConsumerGroups:
         if req.server_assignor is not None and req.server_assignor != member.server_assignor:
             member.server_assignor = req.server_assignor
             changed = True
+        if req.hidden_topics is not None and req.hidden_topics != member.hidden_topics:
+            member.hidden_topics = req.hidden_topics
+            changed = True
+        if changed:
+            group.subscriptions = None
         return changed
 
     def _bump(self, group: ConsumerGroup, reason: str) -> None:
@@ -506,8 +531,10 @@ class ConsumerGroups:
         for mid, m in group.members.items():
             topics = {t for t in m.topic_names if t in partitions}
             if m.topic_regex:
-                pattern = self._regex(m.topic_regex)
-                topics.update(t for t in partitions if pattern.fullmatch(t))
+                pattern = self.regex(m.topic_regex)
+                topics.update(
+                    t for t in partitions if pattern.fullmatch(t) and t not in m.hidden_topics
+                )
             specs[mid] = MemberSpec(
                 mid, m.instance_id, frozenset(topics), group.target.get(mid, {})
             )

@@ -18,7 +18,7 @@ from shoal.broker.broker import Broker
 from shoal.broker.handlers import Client
 from shoal.broker.handlers.authorized import authorized_operations
 from shoal.broker.handlers.groups import NO_AUTHORIZED_OPERATIONS, client_host
-from shoal.group.consumer import HeartbeatRequest
+from shoal.group.consumer import HeartbeatRequest, RequestError
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode
 from shoal.protocol.headers import RequestHeader
@@ -60,6 +60,32 @@ def _topic_ids(
         if topic is not None:
             out.append((topic.topic_uuid, name, sorted(assignment[name])))
     return out
+
+
+def _hidden(
+    broker: Broker, client: Client, group_id: str, member_id: str, regex: str | None
+) -> frozenset[str] | None:
+    """Topics the member's expression matches that its principal may not
+    DESCRIBE (Kafka leaves them out of what a regex subscribes to). None when
+    there is no authorizer or no expression."""
+    if not broker.authorizer.enabled:
+        return None
+    if regex is None:
+        cg = broker.groups.consumer_group(group_id)
+        member = cg.members.get(member_id) if cg is not None else None
+        regex = member.topic_regex if member is not None else None
+    if not regex:
+        return None
+    try:
+        pattern = broker.groups.consumer.regex(regex)
+    except RequestError:
+        return None  # the heartbeat itself is refused for it
+    return frozenset(
+        t.name
+        for t in broker.topics.all()
+        if pattern.fullmatch(t.name)
+        and not broker.authorize(client, AclOperation.DESCRIBE, ResourceType.TOPIC, t.name, False)
+    )
 
 
 async def handle_consumer_group_heartbeat(
@@ -104,6 +130,7 @@ async def handle_consumer_group_heartbeat(
     member_id = body.member_id
     if header.api_version == 0 and not member_id and int(body.member_epoch) == 0:
         member_id = str(uuid.uuid4())  # v0: the coordinator names new members
+    regex = getattr(body, "subscribed_topic_regex", None)
     req = HeartbeatRequest(
         group_id=body.group_id,
         member_id=member_id,
@@ -112,7 +139,8 @@ async def handle_consumer_group_heartbeat(
         rack_id=body.rack_id,
         rebalance_timeout_ms=_ms(body.rebalance_timeout),
         subscribed_topic_names=tuple(names) if names is not None else None,
-        subscribed_topic_regex=getattr(body, "subscribed_topic_regex", None),
+        subscribed_topic_regex=regex,
+        hidden_topics=_hidden(broker, client, body.group_id, member_id, regex),
         server_assignor=body.server_assignor,
         owned=_owned(broker, body.topic_partitions),
         client_id=client.client_id or "",

@@ -336,7 +336,7 @@ def describe_consumer_group(broker: Broker, group_id: str) -> GroupSummary | Non
     cg = broker.groups.consumer_group(group_id)
     if cg is None:
         return None
-    topics = cg.subscribed(broker.groups.consumer.catalog, {})
+    topics = broker.groups.consumer.subscribed_topics(group_id)
     return GroupSummary(
         group_id,
         cg.state.value,
