@@ -87,6 +87,9 @@ class TransactionCoordinator:
         self._task: asyncio.Task[None] | None = None
         #: may this broker coordinate the id (cluster mode: it hashes here)
         self.owns: Callable[[str], bool] = lambda _tid: True
+        #: cluster mode, as a group's coordinator: group -> transactional ids
+        #: coordinated elsewhere whose offsets for the group are not settled
+        self._remote: dict[str, set[str]] = {}
 
     async def start(self) -> None:
         """Load every id, finish decisions a previous run left half done,
@@ -130,6 +133,37 @@ class TransactionCoordinator:
             for m in self._txns.values()
             if m.state in (TxnState.ONGOING, TxnState.PREPARE_COMMIT)
         )
+
+    def unsettled(self, group_ids: Iterable[str]) -> bool:
+        return any(g in self._remote for g in group_ids)
+
+    async def settle_groups(self, group_ids: Iterable[str]) -> list[str]:
+        """Cluster mode: re-read the transactions holding offsets of these
+        groups that another broker coordinates; returns the groups whose
+        offsets one of them has since committed or dropped (the caller reloads
+        them from the store, where that coordinator wrote them)."""
+        settled = []
+        for group in group_ids:
+            tids = self._remote.get(group)
+            if not tids:
+                continue
+            for tid in list(tids):
+                rows = await self.repo.load(tid)
+                meta = TxnMeta.from_row(rows[0]) if rows else None
+                if meta is not None:
+                    self._txns[tid] = meta
+                else:
+                    self._txns.pop(tid, None)
+                if meta is None or not (
+                    meta.state in (TxnState.ONGOING, TxnState.PREPARE_COMMIT)
+                    and group in meta.offsets
+                ):
+                    tids.discard(tid)
+                    if group not in settled:
+                        settled.append(group)
+            if not tids:
+                del self._remote[group]
+        return settled
 
     async def coordinated(self) -> list[TxnMeta]:
         """The ids this broker coordinates (ListTransactions), as saved."""
@@ -233,6 +267,8 @@ class TransactionCoordinator:
             meta.offsets[group_id].update(offsets)
             meta.update_ms = now_ms()
             await self._save(meta)
+            if self.shared and not self.owns(tid):
+                self._remote.setdefault(group_id, set()).add(tid)
 
     async def end_txn(
         self, tid: str, producer_id: int, epoch: int, commit: bool, fenced: ErrorCode
