@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from kafka import KafkaConsumer, KafkaProducer
 from kio.schema.add_offsets_to_txn.v3.request import AddOffsetsToTxnRequest
@@ -28,6 +30,7 @@ from kio.schema.produce.v9 import request as pr
 from kio.schema.txn_offset_commit.v3 import request as tc
 
 from harness import BrokerProcess
+from shoal.cli import cli
 from shoal.protocol.batches import BatchBuilder
 from shoal.protocol.records import TRANSACTIONAL_BIT
 from wire import RawClient, create_topic
@@ -374,11 +377,37 @@ def test_operator_apis_with_kafka_python_admin(broker: BrokerProcess, topic_name
             raise AssertionError("an unknown id was described")
         except TransactionalIdNotFoundError:
             pass
+        # the same through `shoal transactions`
+        listed_json = shoal("transactions", "list", "--bootstrap", broker.bootstrap, "--format",
+                            "json", "--state", "Ongoing")  # fmt: skip
+        assert {"transactional_id": tid, "producer_id": d.producer_id, "state": "Ongoing",
+                "coordinator": broker.bootstrap} in json.loads(listed_json)  # fmt: skip
+        described = json.loads(
+            shoal(
+                "transactions", "describe", tid, "--bootstrap", broker.bootstrap, "--format", "json"
+            )
+        )
+        assert described["partitions"] == [f"{topic_name}-1"]
+        assert described["state"] == "Ongoing" and described["start"] is not None
         p.commit_transaction(30)
         d = admin.describe_transactions([tid])[tid]
         assert str(d.state.value) == "CompleteCommit" and not d.topic_partitions
+        text = shoal("transactions", "describe", tid, "--bootstrap", broker.bootstrap)
+        assert "CompleteCommit" in text
+        unknown = CliRunner().invoke(
+            cli, ["transactions", "describe", "no-such-id", "--bootstrap", broker.bootstrap]
+        )
+        assert (
+            unknown.exit_code == 1 and "'no-such-id': TRANSACTIONAL_ID_NOT_FOUND" in unknown.output
+        )
     finally:
         admin.close()
+
+
+def shoal(*args: str) -> str:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
 
 
 # raw requests with bad input ----------------------------------------------------

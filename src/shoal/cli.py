@@ -58,6 +58,7 @@ class LazyGroup(click.Group):
         "storage": ("shoal.tools.storage_cli", "storage"),
         "users": ("shoal.tools.users_cli", "users"),
         "topics": ("shoal.tools.topics_cli", "topics"),
+        "transactions": ("shoal.tools.transactions_cli", "transactions"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -172,8 +172,7 @@ def complete(meta: TxnMeta, now_ms: int) -> None:
     meta.state = TxnState.COMPLETE_COMMIT if commit else TxnState.COMPLETE_ABORT
     meta.partitions = set()
     meta.offsets = {}
-    meta.start_ms = -1
-    meta.update_ms = now_ms
+    meta.update_ms = now_ms  # start_ms stays: Kafka describes the last one
 
 
 def bump_epoch(meta: TxnMeta) -> bool:

@@ -45,7 +45,7 @@ async def handle_list_transactions(
             continue
         if pids and m.producer_id not in pids:
             continue
-        if min_open_ms >= 0 and (m.start_ms < 0 or now - m.start_ms < min_open_ms):
+        if min_open_ms >= 0 and (m.state != TxnState.ONGOING or now - m.start_ms < min_open_ms):
             continue
         if not broker.authorize(
             client, AclOperation.DESCRIBE, ResourceType.TRANSACTIONAL_ID, m.transactional_id, False
@@ -90,7 +90,8 @@ async def handle_describe_transactions(
                 transactional_id=tid,
                 transaction_state=meta.state.value if meta else "",
                 transaction_timeout=datetime.timedelta(milliseconds=meta.timeout_ms if meta else 0),
-                transaction_start_time=_time(meta.start_ms if meta else -1),
+                # an error entry carries the field's default, 0, as Kafka's
+                transaction_start_time=_time(meta.start_ms if meta else 0),
                 producer_id=meta.producer_id if meta else -1,
                 producer_epoch=meta.producer_epoch if meta else -1,
                 topics=tuple(
