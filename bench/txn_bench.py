@@ -8,8 +8,10 @@ read_committed consume against read_uncommitted.
     acknowledged.
 (b) transactional: one producer with a transactional.id does begin, produce
     for --commit-ms, commit_transaction, again, for --duration seconds;
-    records/s committed, and each commit_transaction's latency (EndTxn to
-    markers durable, plus the flush of the transaction's last records).
+    records/s committed, and each commit_transaction's latency (the flush of
+    the transaction's last records, then EndTxn); with Shoal started here, also
+    the broker's own time from EndTxn to every marker durable (its log line
+    per transaction).
 (c) consume: everything written in (a) and (b), from the beginning, by a
     read_uncommitted and by a read_committed consumer; records/s.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -164,6 +167,12 @@ def main(
     finally:
         if broker is not None:
             broker.stop()
+    markers = [
+        float(m.group(1))
+        for m in re.finditer(
+            r"committed \(producer .*?, ([0-9.]+) ms\)", broker.log() if broker else ""
+        )
+    ]
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
         capture_output=True,
@@ -184,6 +193,11 @@ def main(
         f"| commit_transaction latency p50 / p99 (ms, {len(lat)} commits) | "
         f"{statistics.median(lat):.1f} / {pct(lat, 0.99):.1f} |"
     )
+    if markers:
+        print(
+            f"| EndTxn to markers durable, broker side, p50 / p99 (ms) | "
+            f"{statistics.median(markers):.1f} / {pct(markers, 0.99):.1f} |"
+        )
     print(f"| read_uncommitted consume, records/s | {uncommitted:,.0f} |")
     print(f"| read_committed consume, records/s | {committed:,.0f} |")
     print(f"| read_committed / read_uncommitted | {committed / uncommitted:.2f} |")
