@@ -192,3 +192,28 @@ async def test_key_compaction_with_transactions(meta: MetaStore) -> None:
     # now a=2 is the latest a; both markers are old enough to go
     assert await offsets() == [3, 4]
     await eng.close()
+
+
+async def test_delete_records_with_transactions(meta: MetaStore) -> None:
+    """DeleteRecords (trim) past an aborted transaction drops it from the
+    index, here and after a restart; past an open transaction's start the
+    last stable offset is the new log start, never below it."""
+    sid = await stream(meta)
+    store = FaultyStore()
+    eng = engine(meta, store)
+    await (await eng.append(sid, txn_batch(7, 0, 0, b"a"), 0))  # 0
+    await (await eng.write_marker(sid, 7, 0, False, 0, 0))  # 1: abort
+    await (await eng.append(sid, txn_batch(8, 0, 0, b"b", b"c"), 0))  # 2-3, open
+    assert len(await eng.aborted_between(sid, 0, 4)) == 1
+    assert await eng.trim(sid, 2) == 2
+    assert await eng.aborted_between(sid, 0, 4) == []
+    assert await eng.last_stable_offset(sid) == 2
+    assert await eng.trim(sid, 3) == 3
+    assert await eng.last_stable_offset(sid) == 3  # the open transaction began below
+    await eng.close()
+    again = engine(meta, store)
+    assert await again.aborted_between(sid, 0, 4) == []
+    assert await again.last_stable_offset(sid) == 3
+    await (await again.write_marker(sid, 8, 0, True, 0, 0))
+    assert await again.last_stable_offset(sid) == 5
+    await again.close()
