@@ -625,6 +625,56 @@ def test_transactional_id_acls(broker: BrokerProcess, topic_name: str) -> None:
         assert init(c, "acl-other").error_code == ErrorCode.none
 
 
+def test_abort_hanging_transaction(broker: BrokerProcess, topic_name: str) -> None:
+    """`shoal transactions abort` (DescribeProducers, then WriteTxnMarkers)
+    ends a transaction its producer left open: the last stable offset moves."""
+    assert int(create_topic(broker.bootstrap, topic_name, partitions=1)) == 0
+    with RawClient(broker.bootstrap) as c:
+        r = init(c, "hanging", timeout_ms=900_000)
+        pid, epoch = int(r.producer_id), int(r.producer_epoch)
+        c.call(
+            24,
+            3,
+            ap.AddPartitionsToTxnRequest(
+                v3_and_below_transactional_id="hanging",
+                v3_and_below_producer_id=pid,
+                v3_and_below_producer_epoch=epoch,
+                v3_and_below_topics=(ap.AddPartitionsToTxnTopic(name=topic_name, partitions=(0,)),),
+            ),
+        )
+        assert txn_produce(c, "hanging", topic_name, pid, epoch) == ErrorCode.none
+    stable = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": f"h-{topic_name}",
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        tp = TopicPartition(topic_name, 0)
+        assert stable.get_watermark_offsets(tp, timeout=10)[1] == 0
+        out = shoal(
+            "transactions", "abort", "--topic", topic_name, "--partition", "0",
+            "--bootstrap", broker.bootstrap,
+        )  # fmt: skip
+        assert f"aborted the transaction of producer {pid} on {topic_name}-0" in out
+        assert stable.get_watermark_offsets(tp, timeout=10)[1] == 2  # record and marker
+    finally:
+        stable.close()
+    again = CliRunner().invoke(
+        cli,
+        ["transactions", "abort", "--topic", topic_name, "--partition", "0",
+         "--bootstrap", broker.bootstrap],
+    )  # fmt: skip
+    assert again.exit_code == 1 and f"{topic_name}-0: no open transaction" in again.output
+    missing = CliRunner().invoke(
+        cli,
+        ["transactions", "abort", "--topic", topic_name, "--partition", "3",
+         "--bootstrap", broker.bootstrap],
+    )  # fmt: skip
+    assert missing.exit_code == 1 and "has no partition 3" in missing.output
+
+
 # last: kills the module broker ------------------------------------------------
 
 

@@ -1,9 +1,12 @@
-"""`shoal transactions list|describe`: transactions over the Kafka protocol,
-as `kafka-transactions.sh list|describe`.
+"""`shoal transactions list|describe|abort`: transactions over the Kafka
+protocol, as `kafka-transactions.sh list|describe|abort`.
 
 ListTransactions goes to every broker (each lists the ids it coordinates),
-DescribeTransactions to the id's coordinator (FindCoordinator, key type 1),
-through tools.kafka_wire: plaintext listeners only, Shoal or any Kafka 3.0+.
+DescribeTransactions to the id's coordinator (FindCoordinator, key type 1);
+`abort` ends a hanging transaction on one partition as Kafka's tool does:
+DescribeProducers on the partition's leader finds the producer with an open
+transaction there, and WriteTxnMarkers writes its abort marker. All through
+tools.kafka_wire: plaintext listeners only, Shoal or any Kafka 3.0+.
 """
 
 from __future__ import annotations
@@ -22,15 +25,97 @@ _LIST = (66, 0)
 STATES = ("Empty", "Ongoing", "PrepareCommit", "PrepareAbort", "CompleteCommit", "CompleteAbort")
 
 
-def _brokers(bootstrap: str, timeout: float) -> list[str]:
-    from kio.schema.metadata.v1.request import MetadataRequest
+def _metadata(bootstrap: str, timeout: float, topics: tuple[str, ...] = ()) -> Any:
+    from kio.schema.metadata.v1.request import MetadataRequest, MetadataRequestTopic
+    from kio.schema.types import TopicName
 
     from shoal.tools import kafka_wire
 
     first = bootstrap.split(",")[0]
     with kafka_wire.Connection(first, timeout) as conn:
-        resp = conn.request((3, 1), MetadataRequest(topics=()))
-    return [f"{b.host}:{b.port}" for b in resp.brokers]
+        return conn.request(
+            (3, 1),
+            MetadataRequest(topics=tuple(MetadataRequestTopic(name=TopicName(t)) for t in topics)),
+        )
+
+
+def _brokers(bootstrap: str, timeout: float) -> list[str]:
+    return [f"{b.host}:{b.port}" for b in _metadata(bootstrap, timeout).brokers]
+
+
+def abort_hanging(
+    bootstrap: str, timeout: float, topic: str, partition: int, producer_id: int | None
+) -> int:
+    """Abort the open transaction on TOPIC-PARTITION; returns its producer id."""
+    from kio.schema.describe_producers.v0 import request as dp
+    from kio.schema.types import ProducerId, TopicName
+    from kio.schema.write_txn_markers.v1 import request as wm
+    from kio.static.primitive import i16, i32
+
+    from shoal.tools import kafka_wire
+
+    meta = _metadata(bootstrap, timeout, (topic,))
+    (t,) = meta.topics
+    if t.error_code.value != 0:
+        raise kafka_wire.WireError(f"topic {topic!r}: {t.error_code.name.upper()}")
+    leaders = {int(p.partition_index): int(p.leader_id) for p in t.partitions}
+    if partition not in leaders:
+        raise kafka_wire.WireError(f"topic {topic!r} has no partition {partition}")
+    addresses = {int(b.node_id): f"{b.host}:{b.port}" for b in meta.brokers}
+    leader = addresses.get(leaders[partition])
+    if leader is None:
+        raise kafka_wire.WireError(f"{topic}-{partition} has no leader")
+    with kafka_wire.Connection(leader, timeout) as conn:
+        resp = conn.request(
+            (61, 0),
+            dp.DescribeProducersRequest(
+                topics=(
+                    dp.TopicRequest(name=TopicName(topic), partition_indexes=(i32(partition),)),
+                )
+            ),
+        )
+        (p,) = resp.topics[0].partitions
+        if p.error_code.value != 0:
+            raise kafka_wire.WireError(f"{topic}-{partition}: {p.error_code.name.upper()}")
+        open_txns = [
+            a
+            for a in p.active_producers
+            if a.current_txn_start_offset >= 0
+            and (producer_id is None or a.producer_id == producer_id)
+        ]
+        if not open_txns:
+            raise kafka_wire.WireError(
+                f"{topic}-{partition}: no open transaction"
+                + (f" of producer {producer_id}" if producer_id is not None else "")
+            )
+        if len(open_txns) > 1:
+            ids = ", ".join(str(a.producer_id) for a in open_txns)
+            raise kafka_wire.WireError(
+                f"{topic}-{partition}: open transactions of producers {ids}: give --producer-id"
+            )
+        (victim,) = open_txns
+        result = conn.request(
+            (27, 1),
+            wm.WriteTxnMarkersRequest(
+                markers=(
+                    wm.WritableTxnMarker(
+                        producer_id=ProducerId(victim.producer_id),
+                        producer_epoch=i16(victim.producer_epoch),
+                        transaction_result=False,
+                        topics=(
+                            wm.WritableTxnMarkerTopic(
+                                name=TopicName(topic), partition_indexes=(i32(partition),)
+                            ),
+                        ),
+                        coordinator_epoch=i32(victim.coordinator_epoch),
+                    ),
+                )
+            ),
+        )
+    code = result.markers[0].topics[0].partitions[0].error_code
+    if code.value != 0:
+        raise kafka_wire.WireError(f"{topic}-{partition}: {code.name.upper()}")
+    return int(victim.producer_id)
 
 
 def list_transactions(
@@ -157,3 +242,27 @@ def describe_command(bootstrap: str, timeout: float, fmt: str, transactional_id:
     for key, value in {**row, "start": started or "-"}.items():
         shown = ", ".join(value) if isinstance(value, list) else value
         click.echo(f"{key:17} {shown if shown not in ('', None) else '-'}")
+
+
+@transactions.command("abort")
+@bootstrap_option()
+@timeout_option()
+@click.option("--topic", required=True, help="The partition's topic.")
+@click.option("--partition", type=click.IntRange(min=0), required=True)
+@click.option(
+    "--producer-id",
+    type=click.IntRange(min=0),
+    default=None,
+    help="The producer whose transaction to abort (needed when several are open).",
+)
+def abort_command(
+    bootstrap: str, timeout: float, topic: str, partition: int, producer_id: int | None
+) -> None:
+    """Abort a hanging transaction on one partition (its abort marker)."""
+    from shoal.tools import kafka_wire
+
+    try:
+        victim = abort_hanging(bootstrap, timeout, topic, partition, producer_id)
+    except kafka_wire.WireError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"aborted the transaction of producer {victim} on {topic}-{partition}")
