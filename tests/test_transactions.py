@@ -26,6 +26,7 @@ from kio.schema.end_txn.v1.request import EndTxnRequest as EndTxnV1
 from kio.schema.end_txn.v3.request import EndTxnRequest
 from kio.schema.errors import ErrorCode
 from kio.schema.init_producer_id.v4.request import InitProducerIdRequest
+from kio.schema.offset_fetch.v7 import request as of
 from kio.schema.produce.v9 import request as pr
 from kio.schema.txn_offset_commit.v3 import request as tc
 
@@ -594,6 +595,21 @@ def test_txn_offset_commit_without_add_offsets(broker: BrokerProcess, topic_name
         # a generation the group never had
         assert commit(5) in (ErrorCode.illegal_generation, ErrorCode.unknown_member_id)
         assert commit(-1) == ErrorCode.none
+
+        def fetch(require_stable: bool) -> tuple[int, ErrorCode]:
+            body = of.OffsetFetchRequest(
+                group_id="g-offsets",
+                topics=(of.OffsetFetchRequestTopic(name=topic_name, partition_indexes=(0,)),),
+                require_stable=require_stable,
+            )
+            (part,) = c.call(9, 7, body).topics[0].partitions
+            return int(part.committed_offset), part.error_code
+
+        # pending: invisible, and "unstable" to a consumer that asks
+        assert fetch(False) == (-1, ErrorCode.none)
+        assert fetch(True) == (-1, ErrorCode.unstable_offset_commit)
+        assert end(c, "tx-offsets", pid, epoch) == ErrorCode.none
+        assert fetch(True) == (3, ErrorCode.none)
 
 
 def test_transactional_id_acls(broker: BrokerProcess, topic_name: str) -> None:
