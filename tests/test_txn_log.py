@@ -217,3 +217,65 @@ async def test_delete_records_with_transactions(meta: MetaStore) -> None:
     await (await again.write_marker(sid, 8, 0, True, 0, 0))
     assert await again.last_stable_offset(sid) == 5
     await again.close()
+
+
+class EngineMarkers:
+    """The coordinator's writes through a stream engine (what BrokerTxnIO does
+    on a broker), failing after `crash_after` markers as a killed broker would."""
+
+    def __init__(self, eng: StreamEngine, streams: dict[tuple[str, int], int], crash_after: int):
+        self.eng, self.streams, self.crash_after = eng, streams, crash_after
+
+    async def write_markers(
+        self, tid: str, producer_id: int, epoch: int, commit: bool, partitions: set[tuple[str, int]]
+    ) -> None:
+        for tp in sorted(partitions):
+            if self.crash_after == 0:
+                raise OSError("killed")
+            self.crash_after -= 1
+            await (await self.eng.write_marker(self.streams[tp], producer_id, epoch, commit, 0, 0))
+
+    async def apply_offsets(self, offsets: object) -> None:
+        return None
+
+
+async def test_decision_survives_a_crash_before_its_markers(meta: MetaStore) -> None:
+    """EndTxn saved PrepareCommit, one marker of two was written, then the
+    broker died: the next coordinator finishes the commit at start-up."""
+    from shoal.meta.transactions import TxnRepository
+    from shoal.txn.coordinator import TransactionCoordinator, TxnConfig
+
+    topic = await meta.create_topic("two", 2, {})
+    streams = {("two", p.partition): p.stream_id for p in topic.partitions}
+    store = FaultyStore()
+    eng = engine(meta, store)
+    pids = iter(range(100, 200))
+
+    async def allocate() -> int:
+        return next(pids)
+
+    first = TransactionCoordinator(
+        TxnRepository(meta), allocate, EngineMarkers(eng, streams, 1), TxnConfig()
+    )
+    pid, epoch = await first.init_producer_id("tx", 60_000, -1, -1, ErrorCode.producer_fenced)
+    await first.add_partitions("tx", pid, epoch, streams, ErrorCode.producer_fenced)
+    for seq, sid in enumerate(streams.values()):
+        await (await eng.append(sid, txn_batch(pid, epoch, 0, b"v%d" % seq), 0))
+    with pytest.raises(OSError):
+        await first.end_txn("tx", pid, epoch, True, ErrorCode.producer_fenced)
+    await eng.close()
+    # a new process: the engine reopens the streams, the coordinator sweeps at start
+    again = engine(meta, store)
+    second = TransactionCoordinator(
+        TxnRepository(meta), allocate, EngineMarkers(again, streams, 10), TxnConfig()
+    )
+    await second.start()
+    try:
+        meta_after = await second.describe("tx")
+        assert meta_after is not None and meta_after.state == TxnState.COMPLETE_COMMIT
+        for sid in streams.values():
+            assert await again.last_stable_offset(sid) == (await again.bounds(sid))[1]
+            assert await again.aborted_between(sid, 0, 10) == []
+    finally:
+        await second.close()
+        await again.close()
