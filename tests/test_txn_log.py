@@ -279,3 +279,33 @@ async def test_decision_survives_a_crash_before_its_markers(meta: MetaStore) -> 
     finally:
         await second.close()
         await again.close()
+
+
+async def test_idle_transactional_ids_expire(meta: MetaStore) -> None:
+    """transactional.id.expiration.ms forgets idle ids, never one with an open
+    transaction."""
+    from shoal.meta.transactions import TxnRepository
+    from shoal.txn.coordinator import TransactionCoordinator, TxnConfig
+
+    topic = await meta.create_topic("exp", 1, {})
+    eng = engine(meta, FaultyStore())
+    pids = iter(range(300, 400))
+
+    async def allocate() -> int:
+        return next(pids)
+
+    coord = TransactionCoordinator(
+        TxnRepository(meta),
+        allocate,
+        EngineMarkers(eng, {("exp", 0): topic.partitions[0].stream_id}, 10),
+        TxnConfig(id_expiration_ms=0),  # everything idle is past it
+    )
+    await coord.init_producer_id("idle", 60_000, -1, -1, ErrorCode.producer_fenced)
+    pid, epoch = await coord.init_producer_id("busy", 60_000, -1, -1, ErrorCode.producer_fenced)
+    await coord.add_partitions("busy", pid, epoch, [("exp", 0)], ErrorCode.producer_fenced)
+    await coord.sweep()
+    assert await coord.describe("idle") is None
+    assert len(await TxnRepository(meta).load("idle")) == 0
+    busy = await coord.describe("busy")
+    assert busy is not None and busy.state == TxnState.ONGOING
+    await eng.close()

@@ -385,7 +385,7 @@ class TransactionCoordinator:
             if not self.owns(tid):
                 continue
             if not (seen.state.preparing or seen.expired(now)):
-                idle = now - seen.update_ms > self.config.id_expiration_ms
+                idle = now - seen.update_ms >= self.config.id_expiration_ms
                 if seen.state != TxnState.ONGOING and idle:
                     expired.append(tid)
                 continue
