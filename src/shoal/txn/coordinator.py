@@ -280,16 +280,6 @@ class TransactionCoordinator:
             await self._save(meta)  # the decision is durable from here on
             await self._finish(meta)
 
-    async def abort(self, tid: str) -> bool:
-        """An operator's abort (`shoal transactions abort`): fence and abort
-        the id's open transaction. False when none was open."""
-        async with self._lock(tid):
-            meta = await self._get(tid)
-            if meta is None or meta.state != TxnState.ONGOING:
-                return False
-            await self._fence_and_abort(meta, "an operator's abort")
-            return True
-
     # internals --------------------------------------------------------------
 
     def _lock(self, tid: str) -> asyncio.Lock:
