@@ -309,3 +309,24 @@ async def test_idle_transactional_ids_expire(meta: MetaStore) -> None:
     busy = await coord.describe("busy")
     assert busy is not None and busy.state == TxnState.ONGOING
     await eng.close()
+
+
+async def test_transaction_rows_are_compare_and_set(meta: MetaStore) -> None:
+    """Two brokers writing one id: the second write of a stale version fails
+    (the coordinator answers CONCURRENT_TRANSACTIONS and the client retries)."""
+    from shoal.meta.transactions import TxnConflict, TxnRepository
+
+    repo = TxnRepository(meta)
+    fresh = TxnMeta("cas", 1, 0, 60_000)
+    assert await repo.save(fresh.to_row()) == 1
+    with pytest.raises(TxnConflict):
+        await repo.save(fresh.to_row())  # a second creation
+    (row,) = await repo.load("cas")
+    seen_by_a, seen_by_b = TxnMeta.from_row(row), TxnMeta.from_row(row)
+    seen_by_a.state = TxnState.ONGOING
+    assert await repo.save(seen_by_a.to_row()) == 2
+    seen_by_b.producer_epoch = 1
+    with pytest.raises(TxnConflict):
+        await repo.save(seen_by_b.to_row())
+    (row,) = await repo.load("cas")
+    assert (row.state, row.producer_epoch, row.version) == ("Ongoing", 0, 2)

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from shoal.meta.transactions import TxnRepository
+from shoal.meta.transactions import TxnConflict, TxnRepository
 from shoal.protocol.errors import ErrorCode
 from shoal.txn import state as st
 from shoal.txn.state import PendingOffset, TopicPartition, TxnError, TxnMeta, TxnState
@@ -311,7 +311,12 @@ class TransactionCoordinator:
         return meta
 
     async def _save(self, meta: TxnMeta) -> None:
-        await self.repo.save(meta.to_row())
+        try:
+            meta.version = await self.repo.save(meta.to_row())
+        except TxnConflict as exc:
+            # another broker wrote the id meanwhile: forget ours, the client retries
+            self._txns.pop(meta.transactional_id, None)
+            raise TxnError(ErrorCode.concurrent_transactions, str(exc)) from None
 
     async def _finish(self, meta: TxnMeta) -> None:
         """Write the markers and offsets of a saved decision, then complete."""
