@@ -79,5 +79,18 @@ def test_transaction_across_brokers(tmp_path: Path) -> None:
             assert [t.offset for t in got] == [5, 9]
         finally:
             c.close()
+        # the coordinator's broker killed -9 mid-transaction: the survivor
+        # takes the id and the dead broker's partitions, and the commit
+        # completes there, whole
+        p.begin_transaction()
+        for i in range(8):
+            p.produce("t", value=f"k{i}".encode(), partition=i % 4)
+        p.flush(30)
+        cluster.brokers[coordinator(cluster, "tx-cluster", 1)].kill()
+        p.commit_transaction(90)
+        after = consume_all(cluster.bootstrap, "t", 4, "read_committed", 17)
+        assert sorted(after) == sorted(
+            [f"c{i}".encode() for i in range(8)] + [b"o"] + [f"k{i}".encode() for i in range(8)]
+        )
     finally:
         cluster.stop()
