@@ -192,3 +192,141 @@ async def test_key_compaction_with_transactions(meta: MetaStore) -> None:
     # now a=2 is the latest a; both markers are old enough to go
     assert await offsets() == [3, 4]
     await eng.close()
+
+
+async def test_delete_records_with_transactions(meta: MetaStore) -> None:
+    """DeleteRecords (trim) past an aborted transaction drops it from the
+    index, here and after a restart; past an open transaction's start the
+    last stable offset is the new log start, never below it."""
+    sid = await stream(meta)
+    store = FaultyStore()
+    eng = engine(meta, store)
+    await (await eng.append(sid, txn_batch(7, 0, 0, b"a"), 0))  # 0
+    await (await eng.write_marker(sid, 7, 0, False, 0, 0))  # 1: abort
+    await (await eng.append(sid, txn_batch(8, 0, 0, b"b", b"c"), 0))  # 2-3, open
+    assert len(await eng.aborted_between(sid, 0, 4)) == 1
+    assert await eng.trim(sid, 2) == 2
+    assert await eng.aborted_between(sid, 0, 4) == []
+    assert await eng.last_stable_offset(sid) == 2
+    assert await eng.trim(sid, 3) == 3
+    assert await eng.last_stable_offset(sid) == 3  # the open transaction began below
+    await eng.close()
+    again = engine(meta, store)
+    assert await again.aborted_between(sid, 0, 4) == []
+    assert await again.last_stable_offset(sid) == 3
+    await (await again.write_marker(sid, 8, 0, True, 0, 0))
+    assert await again.last_stable_offset(sid) == 5
+    await again.close()
+
+
+class EngineMarkers:
+    """The coordinator's writes through a stream engine (what BrokerTxnIO does
+    on a broker), failing after `crash_after` markers as a killed broker would."""
+
+    def __init__(self, eng: StreamEngine, streams: dict[tuple[str, int], int], crash_after: int):
+        self.eng, self.streams, self.crash_after = eng, streams, crash_after
+
+    async def write_markers(
+        self, tid: str, producer_id: int, epoch: int, commit: bool, partitions: set[tuple[str, int]]
+    ) -> None:
+        for tp in sorted(partitions):
+            if self.crash_after == 0:
+                raise OSError("killed")
+            self.crash_after -= 1
+            await (await self.eng.write_marker(self.streams[tp], producer_id, epoch, commit, 0, 0))
+
+    async def apply_offsets(self, offsets: object) -> None:
+        return None
+
+
+async def test_decision_survives_a_crash_before_its_markers(meta: MetaStore) -> None:
+    """EndTxn saved PrepareCommit, one marker of two was written, then the
+    broker died: the next coordinator finishes the commit at start-up."""
+    from shoal.meta.transactions import TxnRepository
+    from shoal.txn.coordinator import TransactionCoordinator, TxnConfig
+
+    topic = await meta.create_topic("two", 2, {})
+    streams = {("two", p.partition): p.stream_id for p in topic.partitions}
+    store = FaultyStore()
+    eng = engine(meta, store)
+    pids = iter(range(100, 200))
+
+    async def allocate() -> int:
+        return next(pids)
+
+    first = TransactionCoordinator(
+        TxnRepository(meta), allocate, EngineMarkers(eng, streams, 1), TxnConfig()
+    )
+    pid, epoch = await first.init_producer_id("tx", 60_000, -1, -1, ErrorCode.producer_fenced)
+    await first.add_partitions("tx", pid, epoch, streams, ErrorCode.producer_fenced)
+    for seq, sid in enumerate(streams.values()):
+        await (await eng.append(sid, txn_batch(pid, epoch, 0, b"v%d" % seq), 0))
+    with pytest.raises(OSError):
+        await first.end_txn("tx", pid, epoch, True, ErrorCode.producer_fenced)
+    await eng.close()
+    # a new process: the engine reopens the streams, the coordinator sweeps at start
+    again = engine(meta, store)
+    second = TransactionCoordinator(
+        TxnRepository(meta), allocate, EngineMarkers(again, streams, 10), TxnConfig()
+    )
+    await second.start()
+    try:
+        meta_after = await second.describe("tx")
+        assert meta_after is not None and meta_after.state == TxnState.COMPLETE_COMMIT
+        for sid in streams.values():
+            assert await again.last_stable_offset(sid) == (await again.bounds(sid))[1]
+            assert await again.aborted_between(sid, 0, 10) == []
+    finally:
+        await second.close()
+        await again.close()
+
+
+async def test_idle_transactional_ids_expire(meta: MetaStore) -> None:
+    """transactional.id.expiration.ms forgets idle ids, never one with an open
+    transaction."""
+    from shoal.meta.transactions import TxnRepository
+    from shoal.txn.coordinator import TransactionCoordinator, TxnConfig
+
+    topic = await meta.create_topic("exp", 1, {})
+    eng = engine(meta, FaultyStore())
+    pids = iter(range(300, 400))
+
+    async def allocate() -> int:
+        return next(pids)
+
+    coord = TransactionCoordinator(
+        TxnRepository(meta),
+        allocate,
+        EngineMarkers(eng, {("exp", 0): topic.partitions[0].stream_id}, 10),
+        TxnConfig(id_expiration_ms=0),  # everything idle is past it
+    )
+    await coord.init_producer_id("idle", 60_000, -1, -1, ErrorCode.producer_fenced)
+    pid, epoch = await coord.init_producer_id("busy", 60_000, -1, -1, ErrorCode.producer_fenced)
+    await coord.add_partitions("busy", pid, epoch, [("exp", 0)], ErrorCode.producer_fenced)
+    await coord.sweep()
+    assert await coord.describe("idle") is None
+    assert len(await TxnRepository(meta).load("idle")) == 0
+    busy = await coord.describe("busy")
+    assert busy is not None and busy.state == TxnState.ONGOING
+    await eng.close()
+
+
+async def test_transaction_rows_are_compare_and_set(meta: MetaStore) -> None:
+    """Two brokers writing one id: the second write of a stale version fails
+    (the coordinator answers CONCURRENT_TRANSACTIONS and the client retries)."""
+    from shoal.meta.transactions import TxnConflict, TxnRepository
+
+    repo = TxnRepository(meta)
+    fresh = TxnMeta("cas", 1, 0, 60_000)
+    assert await repo.save(fresh.to_row()) == 1
+    with pytest.raises(TxnConflict):
+        await repo.save(fresh.to_row())  # a second creation
+    (row,) = await repo.load("cas")
+    seen_by_a, seen_by_b = TxnMeta.from_row(row), TxnMeta.from_row(row)
+    seen_by_a.state = TxnState.ONGOING
+    assert await repo.save(seen_by_a.to_row()) == 2
+    seen_by_b.producer_epoch = 1
+    with pytest.raises(TxnConflict):
+        await repo.save(seen_by_b.to_row())
+    (row,) = await repo.load("cas")
+    assert (row.state, row.producer_epoch, row.version) == ("Ongoing", 0, 2)

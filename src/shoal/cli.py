@@ -60,6 +60,7 @@ class LazyGroup(click.Group):
         "users": ("shoal.tools.users_cli", "users"),
         "link": ("shoal.link.cli", "link"),
         "topics": ("shoal.tools.topics_cli", "topics"),
+        "transactions": ("shoal.tools.transactions_cli", "transactions"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -164,3 +164,17 @@ class MarkerPoller:
         self._inflight.discard(row_id)
         if not fut.cancelled():
             fut.exception()
+
+
+async def settle_group_offsets(broker: Broker, group_ids: list[str]) -> None:
+    """Cluster mode, before OffsetFetch answers: offsets that a transaction
+    coordinated by another broker has committed since are loaded from the
+    metadata store into this group coordinator's cache (see
+    TransactionCoordinator.settle_groups)."""
+    for group in await broker.txn.settle_groups(group_ids):
+        pending = broker.groups.pending_writes([group])
+        if pending:
+            await asyncio.gather(*(asyncio.shield(f) for f in pending), return_exceptions=True)
+        _row, rows = await broker.groups.offsets.repo.load_group(group)
+        broker.groups.offsets.replace(group, rows)
+        log.info("group %s: offsets reloaded after a transaction ended on another broker", group)

@@ -147,6 +147,9 @@ transactions = Table(
     Column("offsets", Text, nullable=False, default="{}"),
     Column("start_ms", BigInteger, nullable=False, default=-1),
     Column("update_ms", BigInteger, nullable=False),
+    # Bumped by every change, which must name the version it read: two
+    # brokers writing one id (cluster mode) cannot lose each other's change.
+    Column("version", Integer, nullable=False, default=1),
 )
 
 # Markers a coordinator asks another broker to write (cluster mode): the

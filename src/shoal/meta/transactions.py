@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from shoal.meta import schema as s
@@ -26,6 +26,10 @@ class MarkerRow:
     commit: bool
 
 
+class TxnConflict(Exception):
+    """The row changed since it was read (another broker wrote it)."""
+
+
 @dataclass(frozen=True, slots=True)
 class TxnRow:
     transactional_id: str
@@ -37,6 +41,8 @@ class TxnRow:
     offsets: str  # JSON
     start_ms: int
     update_ms: int
+    #: the version read (0: a new id); saving writes version + 1
+    version: int = 0
 
 
 class TxnRepository:
@@ -44,10 +50,8 @@ class TxnRepository:
         self.meta = meta
         dialect: Any = sqlite if meta.is_sqlite else postgresql
         t = s.transactions
-        ins = dialect.insert(t)
-        self._upsert = ins.on_conflict_do_update(
-            index_elements=[t.c.transactional_id],
-            set_={c.name: ins.excluded[c.name] for c in t.columns if not c.primary_key},
+        self._insert = dialect.insert(t).on_conflict_do_nothing(
+            index_elements=[t.c.transactional_id]
         )
 
     async def load(self, transactional_id: str | None = None) -> list[TxnRow]:
@@ -68,26 +72,44 @@ class TxnRepository:
                     r.offsets,
                     r.start_ms,
                     r.update_ms,
+                    r.version,
                 )
                 for r in await conn.execute(q)
             ]
 
-    async def save(self, row: TxnRow) -> None:
+    async def save(self, row: TxnRow) -> int:
+        """Write the row if it is still at the version read (compare-and-set);
+        returns the new version, or raises TxnConflict."""
+        t = s.transactions
+        values = {
+            "transactional_id": row.transactional_id,
+            "producer_id": row.producer_id,
+            "producer_epoch": row.producer_epoch,
+            "timeout_ms": row.timeout_ms,
+            "state": row.state,
+            "partitions": row.partitions,
+            "offsets": row.offsets,
+            "start_ms": row.start_ms,
+            "update_ms": row.update_ms,
+            "version": row.version + 1,
+        }
         async with self.meta._tx() as conn:
-            await conn.execute(
-                self._upsert,
-                {
-                    "transactional_id": row.transactional_id,
-                    "producer_id": row.producer_id,
-                    "producer_epoch": row.producer_epoch,
-                    "timeout_ms": row.timeout_ms,
-                    "state": row.state,
-                    "partitions": row.partitions,
-                    "offsets": row.offsets,
-                    "start_ms": row.start_ms,
-                    "update_ms": row.update_ms,
-                },
+            if row.version == 0:
+                res = await conn.execute(self._insert, values)
+            else:
+                res = await conn.execute(
+                    update(t)
+                    .where(
+                        t.c.transactional_id == row.transactional_id,
+                        t.c.version == row.version,
+                    )
+                    .values(**values)
+                )
+        if res.rowcount != 1:
+            raise TxnConflict(
+                f"transactional id {row.transactional_id!r} changed since version {row.version}"
             )
+        return row.version + 1
 
     async def delete(self, transactional_ids: list[str]) -> None:
         t = s.transactions

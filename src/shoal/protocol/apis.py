@@ -49,6 +49,7 @@ SUPPORTED: dict[int, tuple[str, int, int]] = {
     24: ("AddPartitionsToTxn", 0, 3),
     25: ("AddOffsetsToTxn", 0, 4),
     26: ("EndTxn", 0, 4),
+    27: ("WriteTxnMarkers", 1, 1),
     28: ("TxnOffsetCommit", 0, 4),
     29: ("DescribeAcls", 1, 3),
     30: ("CreateAcls", 1, 3),

@@ -1,11 +1,12 @@
 """A minimal blocking Kafka request client, for the few admin APIs that
 confluent-kafka does not expose (OffsetDelete, DescribeLogDirs).
 
-It speaks only non-flexible request versions (header v1, response header v0),
+It speaks non-flexible request versions (header v1, response header v0),
 which Kafka accepts from 2.4 (OffsetDelete's first release) through 4.x (KIP-896
-dropped only versions older than Kafka 2.1's), and checks ApiVersions first so
-a cluster without the API gets a clear "not supported" instead of a dropped
-connection.
+dropped only versions older than Kafka 2.1's), and flexible ones (header v2,
+response header v1) for the APIs born flexible (ListTransactions,
+DescribeTransactions), and checks ApiVersions first so a cluster without the
+API gets a clear "not supported" instead of a dropped connection.
 """
 
 from __future__ import annotations
@@ -49,6 +50,30 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _uvarint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(buf) and shift < 35:
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+    raise WireError("a response header's tagged fields are cut off")
+
+
+def _skip_tags(buf: bytes, pos: int) -> int:
+    """Past a tagged-fields section (count, then tag, size, bytes each)."""
+    count, pos = _uvarint(buf, pos)
+    for _ in range(count):
+        _tag, pos = _uvarint(buf, pos)
+        size, pos = _uvarint(buf, pos)
+        pos += size
+    if pos > len(buf):
+        raise WireError("a response header's tagged fields are cut off")
+    return pos
+
+
 class Connection:
     """One TCP connection to one broker; requests are answered in order."""
 
@@ -88,6 +113,9 @@ class Connection:
         self._correlation += 1
         out = io.BytesIO()
         out.write(struct.pack(">hhih", key, version, self._correlation, 5) + b"shoal")
+        flexible = bool(load_request_schema(key, version).__flexible__) and key != 18
+        if flexible:
+            out.write(b"\x00")  # header v2: no tagged fields
         entity_writer(load_request_schema(key, version))(out, body)
         data = out.getvalue()
         try:
@@ -104,11 +132,15 @@ class Connection:
                 f"{self.address} answered request {correlation}, not {self._correlation}"
             )
         cls = load_response_schema(key, version)
+        start = _skip_tags(frame, 4) if flexible else 4  # response header v1
         try:
-            check_body(frame, 4, cls)  # kio's reader trusts counts and nulls
+            check_body(frame, start, cls)  # kio's reader trusts counts and nulls
         except RequestDecodeError as exc:
             raise WireError(f"{self.address} sent a {exc}") from None
-        body, _size = entity_reader(cls)(frame, 4)
+        try:
+            body, _size = entity_reader(cls)(frame, start)
+        except Exception as exc:  # kio's decode errors (e.g. a -1 timestamp)
+            raise WireError(f"{self.address}: cannot read its answer: {exc}") from None
         return body
 
     def supports(self, api: tuple[int, int]) -> bool:

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from shoal.meta.transactions import TxnRepository
+from shoal.meta.transactions import TxnConflict, TxnRepository
 from shoal.protocol.errors import ErrorCode
 from shoal.txn import state as st
 from shoal.txn.state import PendingOffset, TopicPartition, TxnError, TxnMeta, TxnState
@@ -87,6 +87,9 @@ class TransactionCoordinator:
         self._task: asyncio.Task[None] | None = None
         #: may this broker coordinate the id (cluster mode: it hashes here)
         self.owns: Callable[[str], bool] = lambda _tid: True
+        #: cluster mode, as a group's coordinator: group -> transactional ids
+        #: coordinated elsewhere whose offsets for the group are not settled
+        self._remote: dict[str, set[str]] = {}
 
     async def start(self) -> None:
         """Load every id, finish decisions a previous run left half done,
@@ -130,6 +133,37 @@ class TransactionCoordinator:
             for m in self._txns.values()
             if m.state in (TxnState.ONGOING, TxnState.PREPARE_COMMIT)
         )
+
+    def unsettled(self, group_ids: Iterable[str]) -> bool:
+        return any(g in self._remote for g in group_ids)
+
+    async def settle_groups(self, group_ids: Iterable[str]) -> list[str]:
+        """Cluster mode: re-read the transactions holding offsets of these
+        groups that another broker coordinates; returns the groups whose
+        offsets one of them has since committed or dropped (the caller reloads
+        them from the store, where that coordinator wrote them)."""
+        settled = []
+        for group in group_ids:
+            tids = self._remote.get(group)
+            if not tids:
+                continue
+            for tid in list(tids):
+                rows = await self.repo.load(tid)
+                meta = TxnMeta.from_row(rows[0]) if rows else None
+                if meta is not None:
+                    self._txns[tid] = meta
+                else:
+                    self._txns.pop(tid, None)
+                if meta is None or not (
+                    meta.state in (TxnState.ONGOING, TxnState.PREPARE_COMMIT)
+                    and group in meta.offsets
+                ):
+                    tids.discard(tid)
+                    if group not in settled:
+                        settled.append(group)
+            if not tids:
+                del self._remote[group]
+        return settled
 
     async def coordinated(self) -> list[TxnMeta]:
         """The ids this broker coordinates (ListTransactions), as saved."""
@@ -233,6 +267,8 @@ class TransactionCoordinator:
             meta.offsets[group_id].update(offsets)
             meta.update_ms = now_ms()
             await self._save(meta)
+            if self.shared and not self.owns(tid):
+                self._remote.setdefault(group_id, set()).add(tid)
 
     async def end_txn(
         self, tid: str, producer_id: int, epoch: int, commit: bool, fenced: ErrorCode
@@ -243,16 +279,6 @@ class TransactionCoordinator:
                 return
             await self._save(meta)  # the decision is durable from here on
             await self._finish(meta)
-
-    async def abort(self, tid: str) -> bool:
-        """An operator's abort (`shoal transactions abort`): fence and abort
-        the id's open transaction. False when none was open."""
-        async with self._lock(tid):
-            meta = await self._get(tid)
-            if meta is None or meta.state != TxnState.ONGOING:
-                return False
-            await self._fence_and_abort(meta, "an operator's abort")
-            return True
 
     # internals --------------------------------------------------------------
 
@@ -285,7 +311,12 @@ class TransactionCoordinator:
         return meta
 
     async def _save(self, meta: TxnMeta) -> None:
-        await self.repo.save(meta.to_row())
+        try:
+            meta.version = await self.repo.save(meta.to_row())
+        except TxnConflict as exc:
+            # another broker wrote the id meanwhile: forget ours, the client retries
+            self._txns.pop(meta.transactional_id, None)
+            raise TxnError(ErrorCode.concurrent_transactions, str(exc)) from None
 
     async def _finish(self, meta: TxnMeta) -> None:
         """Write the markers and offsets of a saved decision, then complete."""
@@ -349,7 +380,7 @@ class TransactionCoordinator:
             if not self.owns(tid):
                 continue
             if not (seen.state.preparing or seen.expired(now)):
-                idle = now - seen.update_ms > self.config.id_expiration_ms
+                idle = now - seen.update_ms >= self.config.id_expiration_ms
                 if seen.state != TxnState.ONGOING and idle:
                     expired.append(tid)
                 continue

@@ -61,6 +61,7 @@ class TxnMeta:
     offsets: dict[str, dict[TopicPartition, PendingOffset]] = field(default_factory=dict)
     start_ms: int = -1
     update_ms: int = 0
+    version: int = 0  # of the saved row (0: never saved)
 
     def to_row(self) -> TxnRow:
         return TxnRow(
@@ -78,6 +79,7 @@ class TxnMeta:
             ),
             self.start_ms,
             self.update_ms,
+            self.version,
         )
 
     @classmethod
@@ -95,6 +97,7 @@ class TxnMeta:
             },
             row.start_ms,
             row.update_ms,
+            row.version,
         )
 
     def expired(self, now_ms: int) -> bool:
@@ -172,8 +175,7 @@ def complete(meta: TxnMeta, now_ms: int) -> None:
     meta.state = TxnState.COMPLETE_COMMIT if commit else TxnState.COMPLETE_ABORT
     meta.partitions = set()
     meta.offsets = {}
-    meta.start_ms = -1
-    meta.update_ms = now_ms
+    meta.update_ms = now_ms  # start_ms stays: Kafka describes the last one
 
 
 def bump_epoch(meta: TxnMeta) -> bool:

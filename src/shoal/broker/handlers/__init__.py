@@ -92,6 +92,7 @@ def registry() -> dict[int, Handler]:
         24: transactions.handle_add_partitions_to_txn,
         25: transactions.handle_add_offsets_to_txn,
         26: transactions.handle_end_txn,
+        27: transaction_admin.handle_write_txn_markers,
         28: transactions.handle_txn_offset_commit,
         29: acls.handle_describe_acls,
         30: acls.handle_create_acls,

@@ -180,7 +180,8 @@ def _resolve(
             if broker.cluster is not None:
                 # Every broker can read every stream; a non-owner serves only
                 # consumers it was chosen for (same rack, KIP-392).
-                if not p.owned and (rack is None or rack != broker.node.rack):
+                # read_committed needs the owner's last stable offset.
+                if not p.owned and (rack is None or rack != broker.node.rack or p.committed):
                     raise KafkaError(ErrorCode.not_leader_or_follower)
                 if p.owned and header.api_version >= 11 and not p.committed:
                     p.preferred = broker.cluster.read_replica(

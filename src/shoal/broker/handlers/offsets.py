@@ -16,6 +16,7 @@ from typing import Any
 
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import Client, Deferred
+from shoal.broker.txn_io import settle_group_offsets
 from shoal.group.offsets import CommittedOffset, OffsetWriteError, TopicPartition, now_ms
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode
@@ -129,6 +130,8 @@ async def handle_offset_fetch(
     version = header.api_version
     group_ids = [g.group_id for g in body.groups] if version >= 8 else [body.group_id]
     pending = broker.groups.pending_writes(group_ids)
+    if broker.txn.unsettled(group_ids):  # transactions' offsets (shoal.broker.txn_io)
+        pending.append(asyncio.ensure_future(settle_group_offsets(broker, group_ids)))
     if pending:
         return Deferred(_fetch_after(pending, broker, client, header, body))
     return _fetch_response(broker, client, header, body)

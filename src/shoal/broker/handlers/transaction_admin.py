@@ -1,5 +1,6 @@
-"""ListTransactions, DescribeTransactions and DescribeProducers: what
-operators (`kafka-transactions.sh`, admin clients) ask about transactions."""
+"""ListTransactions, DescribeTransactions, DescribeProducers and
+WriteTxnMarkers: what operators (`kafka-transactions.sh`, admin clients)
+ask about transactions, and the marker that ends a hanging one."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from shoal.broker.handlers import Client
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
-from shoal.security.acls import AclOperation, ResourceType
+from shoal.security.acls import CLUSTER_NAME, AclOperation, ResourceType
 from shoal.storage.errors import StorageError
+from shoal.storage.producers import SequenceError
 from shoal.txn.state import TxnState
 
 log = logging.getLogger("shoal.transactions")
@@ -45,7 +47,7 @@ async def handle_list_transactions(
             continue
         if pids and m.producer_id not in pids:
             continue
-        if min_open_ms >= 0 and (m.start_ms < 0 or now - m.start_ms < min_open_ms):
+        if min_open_ms >= 0 and (m.state != TxnState.ONGOING or now - m.start_ms < min_open_ms):
             continue
         if not broker.authorize(
             client, AclOperation.DESCRIBE, ResourceType.TRANSACTIONAL_ID, m.transactional_id, False
@@ -90,7 +92,8 @@ async def handle_describe_transactions(
                 transactional_id=tid,
                 transaction_state=meta.state.value if meta else "",
                 transaction_timeout=datetime.timedelta(milliseconds=meta.timeout_ms if meta else 0),
-                transaction_start_time=_time(meta.start_ms if meta else -1),
+                # an error entry carries the field's default, 0, as Kafka's
+                transaction_start_time=_time(meta.start_ms if meta else 0),
                 producer_id=meta.producer_id if meta else -1,
                 producer_epoch=meta.producer_epoch if meta else -1,
                 topics=tuple(
@@ -143,3 +146,58 @@ async def handle_describe_producers(
             )
         topics.append(s.TopicResponse(name=t.name, partitions=tuple(parts)))
     return s.DescribeProducersResponse(throttle_time=ZERO, topics=tuple(topics))
+
+
+async def handle_write_txn_markers(
+    broker: Broker, client: Client, header: RequestHeader, body: Any
+) -> Any:
+    """Markers written on request (Kafka: the coordinator's own request to
+    partition leaders; here, `kafka-transactions.sh abort` or `shoal
+    transactions abort` ending a hanging transaction). CLUSTER_ACTION on the
+    cluster; each partition must be owned here."""
+    s = Schema(27, header.api_version)
+    allowed = broker.authorize(
+        client, AclOperation.CLUSTER_ACTION, ResourceType.CLUSTER, CLUSTER_NAME
+    )
+    results = []
+    for m in body.markers:
+        topics = []
+        for t in m.topics:
+            parts = []
+            for index in t.partition_indexes:
+                code = ErrorCode.none
+                try:
+                    if not allowed:
+                        raise KafkaError(ErrorCode.cluster_authorization_failed)
+                    _topic, rec = broker.partition(t.name, int(index))
+                    broker.check_owner(rec)
+                    fut = await broker.engine.write_marker(
+                        rec.stream_id,
+                        int(m.producer_id),
+                        int(m.producer_epoch),
+                        bool(m.transaction_result),
+                        int(m.coordinator_epoch),
+                        rec.leader_epoch,
+                    )
+                    await fut
+                    log.info(
+                        "WriteTxnMarkers from %s: %s marker for producer %d on %s-%d",
+                        client,
+                        "commit" if m.transaction_result else "abort",
+                        m.producer_id,
+                        t.name,
+                        index,
+                    )
+                except KafkaError as exc:
+                    code = exc.code
+                except SequenceError as exc:
+                    code = ErrorCode[exc.code]
+                except StorageError as exc:
+                    log.warning("WriteTxnMarkers %s-%d from %s: %s", t.name, index, client, exc)
+                    code = ErrorCode.kafka_storage_error
+                parts.append(
+                    s.WritableTxnMarkerPartitionResult(partition_index=index, error_code=code)
+                )
+            topics.append(s.WritableTxnMarkerTopicResult(name=t.name, partitions=tuple(parts)))
+        results.append(s.WritableTxnMarkerResult(producer_id=m.producer_id, topics=tuple(topics)))
+    return s.WriteTxnMarkersResponse(markers=tuple(results))
