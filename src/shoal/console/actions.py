@@ -157,7 +157,8 @@ async def reset_offsets(broker: Broker, who: ConsoleUser, form: Mapping[str, str
         entries[(topic_name, p.partition)] = CommittedOffset(offset, -1, "", now)
     await broker.groups.commit(group, entries)
     _done(broker, who, "OffsetCommit", "GROUP", group, topic=topic_name, to=to)
-    return f"group {group}: {len(entries)} partitions of {topic_name} reset to {to}"
+    n = len(entries)
+    return f"group {group}: {n} partition{'' if n == 1 else 's'} of {topic_name} reset to {to}"
 
 
 async def move_partition(broker: Broker, who: ConsoleUser, form: Mapping[str, str]) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +41,7 @@ STATES = ("connected", "idle", "connecting", "degraded", "backoff", "error", "si
 LIVE_MS = 3000
 DEFAULT_LIMIT = 200  # fleet rows per page: a page of a thousand sites is slow to render
 MAX_LIMIT = 100_000
+LAG_SAMPLE_S = 5.0  # how often every group's lag is sampled for its chart
 STILL = ("login.html", "error.html", "confirm.html", "result.html")  # no live updates
 USER = "shoal.console.user"  # request key of the logged-in ConsoleUser
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -83,6 +85,8 @@ class Console:
         self.reader = SiteReader(broker, str(cfg["console.sites.topic"]), self.book)
         self.sessions = Sessions(int(cfg["console.session.timeout.ms"]) / 1000)
         self.rates = data.OffsetRates()
+        self.lags = data.LagHistory()
+        self._sampler: asyncio.Task[None] | None = None
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,
@@ -110,12 +114,28 @@ class Console:
         sockets = getattr(server, "sockets", None) or []
         self.port = int(sockets[0].getsockname()[1]) if sockets else int(port)
         self.reader.start()
+        self._sampler = asyncio.create_task(self._sample_lag(), name="console-lag")
         log.info("console on http://%s:%d/", host, self.port)
 
     async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
         await self.reader.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def _sample_lag(self) -> None:
+        while True:
+            try:
+                rows = await data.groups_view(self.broker)
+                self.lags.add(time.time(), {g["group"]: g["lag"] for g in rows})
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sampling group lag failed; retrying")
+            await asyncio.sleep(LAG_SAMPLE_S)
 
     def collectors(self) -> list[Collector]:
         """Per-site Prometheus metrics for the broker's metrics endpoint."""
@@ -369,7 +389,10 @@ class Console:
     async def group(self, request: web.Request) -> web.Response:
         view = await data.group_view(self.broker, request.match_info["group"])
         topics = sorted({r["topic"] for r in view["offsets"]})
-        return await self.page("group.html", request, _who(request), g=view, topics=topics)
+        chart = line_chart(self.lags.of(view["group"]), "lag over time (records)")
+        return await self.page(
+            "group.html", request, _who(request), g=view, topics=topics, chart=chart
+        )
 
     # actions -------------------------------------------------------------------
 
@@ -443,6 +466,7 @@ class Console:
             body = {"topics": await data.topics_view(self.broker, self.rates)}
         elif what == "groups" and arg:
             body = await data.group_view(self.broker, arg)
+            body["lag_history"] = [{"time": t, "lag": v} for t, v in self.lags.of(arg)]
         else:
             body = {"groups": await data.groups_view(self.broker)}
         return web.json_response(body, headers={"Cache-Control": "no-store"})

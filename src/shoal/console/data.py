@@ -7,6 +7,7 @@ Plain dicts, so one function feeds both the HTML page and its JSON twin.
 
 from __future__ import annotations
 
+import collections
 import struct
 import time
 from typing import Any
@@ -43,6 +44,27 @@ class OffsetRates:
             self.rates[topic] = max(0.0, (end_sum - prev[1]) / dt)
             self._last[topic] = (t, end_sum)
         return self.rates.get(topic, 0.0)
+
+
+class LagHistory:
+    """Total lag of every group over time (sampled by the console every few
+    seconds), for the group page's chart."""
+
+    def __init__(self, points: int = 720) -> None:
+        self.points = points
+        self.groups: dict[str, collections.deque[tuple[float, int]]] = {}
+
+    def add(self, now: float, lags: dict[str, int]) -> None:
+        for gid, lag in lags.items():
+            hist = self.groups.get(gid)
+            if hist is None:
+                hist = self.groups[gid] = collections.deque(maxlen=self.points)
+            hist.append((now, lag))
+        for gone in set(self.groups) - set(lags):
+            del self.groups[gone]
+
+    def of(self, gid: str) -> list[tuple[float, int]]:
+        return list(self.groups.get(gid, ()))
 
 
 async def cluster_view(broker: Broker) -> dict[str, Any]:
