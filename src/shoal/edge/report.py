@@ -32,6 +32,14 @@ from shoal.edge.config import UplinkConfig
 log = logging.getLogger("shoal.edge.report")
 rdkafka_log = logging.getLogger("shoal.edge.rdkafka")
 
+#: CreateTopics refusals that retrying will not change
+REFUSED = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.POLICY_VIOLATION,
+    KafkaError.INVALID_CONFIG,
+    KafkaError.INVALID_REPLICATION_FACTOR,
+}
 SCHEMA = 1  # the "v" field of a report: readers skip versions they do not know
 
 try:
@@ -244,9 +252,15 @@ class SiteReporter:
                 log.info("created compacted topic %s for site reports", self.topic)
             except Exception as exc:
                 err = exc.args[0] if exc.args else None
-                if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                code = err.code() if isinstance(err, KafkaError) else None
+                if code == KafkaError.TOPIC_ALREADY_EXISTS:
                     return True
-                log.warning("cannot create site report topic %s: %s", self.topic, exc)
+                if code in REFUSED:
+                    # for an operator to create (or grant): report anyway
+                    log.warning("cannot create site report topic %s: %s", self.topic, exc)
+                    return True
+                log.info("creating site report topic %s failed (retrying): %s", self.topic, exc)
+                return False
             return True
         except Exception as exc:
             log.debug("site report topic check failed: %s", exc)
