@@ -493,6 +493,12 @@ def _next(request: web.Request) -> str:
 def _safe_next(target: str) -> str:
     """Only a path on this console (no open redirect to another site)."""
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+    if (
+        parts.scheme
+        or parts.netloc
+        or not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target  # browsers read /\\host as //host
+    ):
         return "/fleet"
     return target
