@@ -498,7 +498,7 @@ def _safe_next(target: str) -> str:
         or parts.netloc
         or not target.startswith("/")
         or target.startswith("//")
-        or "\\" in target  # browsers read /\\host as //host
+        or "\\" in target  # browsers read /\host as //host
     ):
         return "/fleet"
     return target
