@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -188,7 +189,7 @@ class SiteReporter:
                 if not self._topic_ready:
                     # before any produce: a produce would let the central
                     # cluster auto-create the topic uncompacted
-                    self._topic_ready = await asyncio.to_thread(self._ensure_topic)
+                    self._topic_ready = await self._in_daemon_thread(self._ensure_topic)
                 if self._topic_ready:
                     self._produce(self._producer, self.snapshot())
             except asyncio.CancelledError:
@@ -199,6 +200,29 @@ class SiteReporter:
             while (left := deadline - time.monotonic()) > 0:
                 self._producer.poll(0)
                 await asyncio.sleep(min(left, 0.2))
+
+    @staticmethod
+    async def _in_daemon_thread(fn: Callable[[], bool]) -> bool:
+        """`fn` in a daemon thread: an admin request to an unreachable
+        cluster must not hold up the gateway's exit (the default executor's
+        threads are waited for when the event loop closes)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+
+        def settle(ok: bool) -> None:
+            if not fut.done():
+                fut.set_result(ok)
+
+        def work() -> None:
+            try:
+                ok = fn()
+            except Exception:
+                ok = False
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle, ok)
+
+        threading.Thread(target=work, name="site-report-topic", daemon=True).start()
+        return await fut
 
     def _produce(self, p: Producer, snapshot: dict[str, Any]) -> None:
         if not snapshot:
