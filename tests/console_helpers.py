@@ -44,12 +44,14 @@ def console_broker(tmp: Path, **extra: Any) -> ConsoleBroker:
     return b
 
 
-def gateway(tmp: Path, broker: SecureBroker, site: str, **kw: Any) -> GatewayProcess:
+def gateway(
+    tmp: Path, broker: SecureBroker, site: str, report_ms: int = REPORT_MS, **kw: Any
+) -> GatewayProcess:
     cfg = gateway_config(
         tmp / site,
         site=site,
         central=broker.address("PLAINTEXT"),
-        uplink={"report_interval_ms": REPORT_MS},
+        uplink={"report_interval_ms": report_ms},
         **kw,
     )
     return GatewayProcess(tmp / site, cfg)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from console_helpers import PASSWORD, ConsoleBroker, console_broker, gateway
@@ -141,6 +142,38 @@ def test_create_topic_permitted_and_the_backlog_drains(admin: Any, env: Env) -> 
     assert "telemetry" in env.topics()
     admin.goto(env.broker.console + "/fleet")
     expect(backlog(admin)).to_have_text("0", timeout=WAIT_MS)
+
+
+def commit(env: Env, group: str, offset: int) -> None:
+    c = Consumer({"bootstrap.servers": env.broker.address("PLAINTEXT"), "group.id": group})
+    try:
+        c.commit(offsets=[TopicPartition("telemetry", 0, offset)], asynchronous=False)
+    finally:
+        c.close()
+
+
+def test_a_groups_lag_appears_drains_and_is_reset(admin: Any, env: Env) -> None:
+    c = Consumer({"bootstrap.servers": env.broker.address("PLAINTEXT"), "group.id": "peek"})
+    _low, end = c.get_watermark_offsets(TopicPartition("telemetry", 0), timeout=10)
+    c.close()
+    assert end >= 35
+    commit(env, "readers", 0)
+    admin.goto(env.broker.console + "/groups/readers")
+    lag = admin.locator("strong.lag")
+    expect(lag).to_have_text(str(end))
+    commit(env, "readers", end)
+    expect(lag).to_have_text("0", timeout=WAIT_MS)  # live, no reload
+    form = admin.locator("form[action='/actions/reset-offsets']")
+    form.locator("input[name=topic]").fill("telemetry")
+    form.locator("input[name=to]").fill("earliest")
+    form.locator("button[type=submit]").click()
+    expect(admin.locator("h1")).to_have_text("Confirm: reset offsets")
+    admin.click("button.danger")
+    expect(admin.locator("#result")).to_have_text(
+        "group readers: 1 partition of telemetry reset to earliest"
+    )
+    admin.goto(env.broker.console + "/groups/readers")
+    expect(lag).to_have_text(str(end))
 
 
 def test_a_killed_gateway_goes_silent(admin: Any, env: Env) -> None:

@@ -161,6 +161,8 @@ async def test_every_api_endpoint_and_its_bad_input(admin: aiohttp.ClientSession
         ("/api/sites/no-such-site", 404, "no site 'no-such-site'"),
         ("/api/sites?sort=colour", 400, "sort: 'colour' is not one of"),
         ("/api/sites?state=asleep", 400, "state: 'asleep' is not one of"),
+        ("/api/sites?limit=0", 400, "limit: '0' is not a number of sites"),
+        ("/fleet?limit=many", 400, "limit: 'many' is not"),
         ("/topics/no-such-topic", 404, "no topic"),
         ("/fleet?sort=colour", 400, "sort: "),
     ):

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from shoal.console.actions import ActionError, parse_configs
+from shoal.console.app import _safe_next
 from shoal.console.auth import Sessions
 from shoal.console.sites import BadReport, SiteBook, parse_report
 from shoal.edge.report import site_report
@@ -145,3 +146,17 @@ def test_config_lines() -> None:
     assert parse_configs("a=1, b=2") == {"a": "1", "b": "2"}
     with pytest.raises(ActionError, match="'retention' is not KEY=VALUE"):
         parse_configs("retention")
+
+
+@pytest.mark.parametrize(
+    ("target", "to"),
+    [
+        ("/topics?x=1", "/topics?x=1"),
+        ("https://evil.example/", "/fleet"),
+        ("//evil.example/", "/fleet"),
+        ("/\\evil.example/", "/fleet"),
+        ("fleet", "/fleet"),
+    ],
+)
+def test_login_redirects_stay_on_the_console(target: str, to: str) -> None:
+    assert _safe_next(target) == to

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from shoal.broker.broker import Broker
 from shoal.broker.handlers.reassignments import alter_reassignment
 from shoal.console.auth import ConsoleUser
+from shoal.console.data import bounds
 from shoal.group.offsets import CommittedOffset
 from shoal.meta.cluster import ClusterStore
 from shoal.protocol.errors import ErrorCode, KafkaError
@@ -148,7 +149,7 @@ async def reset_offsets(broker: Broker, who: ConsoleUser, form: Mapping[str, str
     now = int(time.time() * 1000)
     entries = {}
     for p in parts:
-        start, end = await broker.engine.bounds(p.stream_id)
+        start, end = await bounds(broker, p)
         offset = start if to == "earliest" else end if to == "latest" else int(to)
         if not start <= offset <= end:
             raise ActionError(
@@ -157,7 +158,8 @@ async def reset_offsets(broker: Broker, who: ConsoleUser, form: Mapping[str, str
         entries[(topic_name, p.partition)] = CommittedOffset(offset, -1, "", now)
     await broker.groups.commit(group, entries)
     _done(broker, who, "OffsetCommit", "GROUP", group, topic=topic_name, to=to)
-    return f"group {group}: {len(entries)} partitions of {topic_name} reset to {to}"
+    n = len(entries)
+    return f"group {group}: {n} partition{'' if n == 1 else 's'} of {topic_name} reset to {to}"
 
 
 async def move_partition(broker: Broker, who: ConsoleUser, form: Mapping[str, str]) -> str:

@@ -10,8 +10,10 @@ the updates) with scripts off.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -36,6 +38,9 @@ log = logging.getLogger("shoal.console")
 HERE = Path(__file__).parent
 STATES = ("connected", "idle", "connecting", "degraded", "backoff", "error", "silent", "stopped")
 LIVE_MS = 3000
+DEFAULT_LIMIT = 200  # fleet rows per page: a page of a thousand sites is slow to render
+MAX_LIMIT = 100_000
+LAG_SAMPLE_S = 5.0  # how often every group's lag is sampled for its chart
 STILL = ("login.html", "error.html", "confirm.html", "result.html")  # no live updates
 USER = "shoal.console.user"  # request key of the logged-in ConsoleUser
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -79,6 +84,8 @@ class Console:
         self.reader = SiteReader(broker, str(cfg["console.sites.topic"]), self.book)
         self.sessions = Sessions(int(cfg["console.session.timeout.ms"]) / 1000)
         self.rates = data.OffsetRates()
+        self.lags = data.LagHistory()
+        self._sampler: asyncio.Task[None] | None = None
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,
@@ -106,9 +113,14 @@ class Console:
         sockets = getattr(server, "sockets", None) or []
         self.port = int(sockets[0].getsockname()[1]) if sockets else int(port)
         self.reader.start()
+        self._sampler = asyncio.create_task(self._sample_lag(), name="console-lag")
         log.info("console on http://%s:%d/", host, self.port)
 
     async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
         await self.reader.stop()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -124,6 +136,17 @@ class Console:
         await console.start()
         broker.collectors.append(SiteCollector(console.book).collect)
         return console
+
+    async def _sample_lag(self) -> None:
+        while True:
+            try:
+                rows = await data.groups_view(self.broker)
+                self.lags.add(time.time(), {g["group"]: g["lag"] for g in rows})
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sampling group lag failed; retrying")
+            await asyncio.sleep(LAG_SAMPLE_S)
 
     # plumbing ------------------------------------------------------------------
 
@@ -182,7 +205,9 @@ class Console:
                     headers={"WWW-Authenticate": 'Basic realm="shoal console"'},
                 )
             if request.method != "GET":
-                return self.page("error.html", request, None, status=403, message="log in first")
+                return await self.page(
+                    "error.html", request, None, status=403, message="log in first"
+                )
             raise web.HTTPSeeOther("/login?next=" + quote(request.path_qs))
         request[USER] = who
         return await handler(request)
@@ -198,12 +223,12 @@ class Console:
             if request.path.startswith("/api/"):
                 return web.json_response({"error": str(exc)}, status=status)
             who = request.get(USER)
-            return self.page("error.html", request, who, status=status, message=str(exc))
+            return await self.page("error.html", request, who, status=status, message=str(exc))
         except Exception:
             log.exception("console %s %s failed", request.method, request.path)
             return web.Response(status=500, text="internal error (logged on the broker)\n")
 
-    def page(
+    async def page(
         self,
         name: str,
         request: web.Request,
@@ -223,10 +248,13 @@ class Console:
             "path": request.path,
             **ctx,
         }
+        # In a thread: a fleet of a thousand rows takes a while to render,
+        # and the broker's Kafka clients share this event loop.
         if request.query.get("partial") == "1" and "live" in tmpl.blocks:
-            body = "".join(tmpl.blocks["live"](tmpl.new_context(full)))
+            block = tmpl.blocks["live"]
+            body = await asyncio.to_thread(lambda: "".join(block(tmpl.new_context(full))))
         else:
-            body = tmpl.render(full)
+            body = await asyncio.to_thread(tmpl.render, full)
         return web.Response(
             text=body,
             status=status,
@@ -242,7 +270,7 @@ class Console:
     # login ---------------------------------------------------------------------
 
     async def login_page(self, request: web.Request) -> web.Response:
-        return self.page("login.html", request, None, error=None, next=_next(request))
+        return await self.page("login.html", request, None, error=None, next=_next(request))
 
     async def login(self, request: web.Request) -> web.Response:
         form = await request.post()
@@ -251,7 +279,7 @@ class Console:
         target = _safe_next(str(form.get("next", "/fleet")))
         if not await check_password(self.broker, user, password):
             log.info("console login failed for %r from %s", user, request.remote)
-            return self.page(
+            return await self.page(
                 "login.html",
                 request,
                 None,
@@ -276,14 +304,18 @@ class Console:
         who = _who(request)
         form = await request.post()
         if not self.sessions.check_csrf(who, _str(form.get("csrf"))):
-            return self.page("error.html", request, who, status=403, message="CSRF token missing")
+            return await self.page(
+                "error.html", request, who, status=403, message="CSRF token missing"
+            )
         resp = web.HTTPSeeOther("/login")
         resp.del_cookie(COOKIE, path="/")
         raise resp
 
     # pages ---------------------------------------------------------------------
 
-    def _fleet_rows(self, request: web.Request) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    def _fleet_rows(
+        self, request: web.Request, default_limit: int = DEFAULT_LIMIT
+    ) -> tuple[list[dict[str, Any]], dict[str, str]]:
         q = request.query
         state = q.get("state", "")
         if state and state not in STATES:
@@ -293,15 +325,21 @@ class Console:
             raise BadParam(f"sort: {sort!r} is not one of {', '.join(SORT_KEYS)}")
         desc = q.get("desc", "0") == "1"
         text = q.get("q", "")
+        raw = q.get("limit", str(default_limit))
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+            raise BadParam(f"limit: {raw!r} is not a number of sites from 1 to {MAX_LIMIT}")
         rows = self.book.rows(time.time(), state or None, text or None, sort, desc)
-        return rows, {"state": state, "sort": sort, "desc": "1" if desc else "0", "q": text}
+        params = {"state": state, "sort": sort, "desc": "1" if desc else "0", "q": text}
+        params["limit"] = raw
+        params["total"] = str(len(rows))
+        return rows[: int(raw)], params
 
     async def fleet(self, request: web.Request) -> web.Response:
         rows, params = self._fleet_rows(request)
         counts: dict[str, int] = {}
         for r in self.book.rows(time.time()):
             counts[r["state"]] = counts.get(r["state"], 0) + 1
-        return self.page(
+        return await self.page(
             "fleet.html",
             request,
             _who(request),
@@ -327,7 +365,7 @@ class Console:
             line_chart([(p.time, p.rate_records_per_s) for p in hist], "rate", " rec/s"),
             line_chart([(p.time, p.oldest_unsent_age_s) for p in hist], "oldest unsent", " s"),
         ]
-        return self.page(
+        return await self.page(
             "site.html",
             request,
             _who(request),
@@ -338,27 +376,30 @@ class Console:
 
     async def cluster(self, request: web.Request) -> web.Response:
         view = await data.cluster_view(self.broker)
-        return self.page("cluster.html", request, _who(request), c=view)
+        return await self.page("cluster.html", request, _who(request), c=view)
 
     async def topics(self, request: web.Request) -> web.Response:
         rows = await data.topics_view(self.broker, self.rates)
-        return self.page("topics.html", request, _who(request), topics=rows)
+        return await self.page("topics.html", request, _who(request), topics=rows)
 
     async def topic(self, request: web.Request) -> web.Response:
         view = await data.topic_view(self.broker, request.match_info["topic"], self.rates)
         live = [b["node_id"] for b in (await data.cluster_view(self.broker))["brokers"]]
-        return self.page("topic.html", request, _who(request), t=view, nodes=live)
+        return await self.page("topic.html", request, _who(request), t=view, nodes=live)
 
     async def groups(self, request: web.Request) -> web.Response:
         rows = await data.groups_view(self.broker)
-        return self.page(
+        return await self.page(
             "groups.html", request, _who(request), groups=rows, cluster=self.broker.cluster
         )
 
     async def group(self, request: web.Request) -> web.Response:
         view = await data.group_view(self.broker, request.match_info["group"])
         topics = sorted({r["topic"] for r in view["offsets"]})
-        return self.page("group.html", request, _who(request), g=view, topics=topics)
+        chart = line_chart(self.lags.of(view["group"]), "lag over time (records)")
+        return await self.page(
+            "group.html", request, _who(request), g=view, topics=topics, chart=chart
+        )
 
     # actions -------------------------------------------------------------------
 
@@ -372,7 +413,7 @@ class Console:
         form = {k: _str(v) for k, v in raw.items()}
         if not self.sessions.check_csrf(who, form.get("csrf")):
             log.info("console: %s refused for %s: CSRF token missing or wrong", name, who)
-            return self.page(
+            return await self.page(
                 "error.html",
                 request,
                 who,
@@ -382,16 +423,18 @@ class Console:
         fields = {k: v for k, v in form.items() if k not in ("csrf", "confirm")}
         back = _safe_next(form.get("back", "/fleet"))
         if form.get("confirm") != "1":
-            return self.page("confirm.html", request, who, action=name, fields=fields, back=back)
+            return await self.page(
+                "confirm.html", request, who, action=name, fields=fields, back=back
+            )
         try:
             message = await fn(self.broker, who, fields)
         except Denied as exc:
-            return self.page("result.html", request, who, status=403, ok=False,
+            return await self.page("result.html", request, who, status=403, ok=False,
                              message=f"refused: {exc}", back=back)  # fmt: skip
         except ActionError as exc:
-            return self.page("result.html", request, who, status=400, ok=False,
+            return await self.page("result.html", request, who, status=400, ok=False,
                              message=str(exc), back=back)  # fmt: skip
-        return self.page("result.html", request, who, ok=True, message=message, back=back)
+        return await self.page("result.html", request, who, ok=True, message=message, back=back)
 
     # JSON ----------------------------------------------------------------------
 
@@ -421,7 +464,7 @@ class Console:
                 ],
             }
         elif what == "sites":
-            body = {"sites": self._fleet_rows(request)[0]}
+            body = {"sites": self._fleet_rows(request, MAX_LIMIT)[0]}
         elif what == "cluster":
             body = await data.cluster_view(self.broker)
         elif what == "topics" and arg:
@@ -430,6 +473,7 @@ class Console:
             body = {"topics": await data.topics_view(self.broker, self.rates)}
         elif what == "groups" and arg:
             body = await data.group_view(self.broker, arg)
+            body["lag_history"] = [{"time": t, "lag": v} for t, v in self.lags.of(arg)]
         else:
             body = {"groups": await data.groups_view(self.broker)}
         return web.json_response(body, headers={"Cache-Control": "no-store"})
@@ -456,6 +500,12 @@ def _next(request: web.Request) -> str:
 def _safe_next(target: str) -> str:
     """Only a path on this console (no open redirect to another site)."""
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+    if (
+        parts.scheme
+        or parts.netloc
+        or not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target  # browsers read /\host as //host
+    ):
         return "/fleet"
     return target

@@ -7,6 +7,7 @@ Plain dicts, so one function feeds both the HTML page and its JSON twin.
 
 from __future__ import annotations
 
+import collections
 import struct
 import time
 from typing import Any
@@ -16,7 +17,17 @@ from shoal.broker.handlers.configs import topic_config_entries
 from shoal.broker.handlers.log_dirs import stream_sizes
 from shoal.broker.topics import Topic
 from shoal.meta.cluster import ClusterStore
-from shoal.meta.store import now_ms
+from shoal.meta.store import PartitionRecord, now_ms
+
+
+async def bounds(broker: Broker, part: PartitionRecord) -> tuple[int, int]:
+    """(log start, end) of a partition without taking it: the engine's
+    bounds open a stream for writing (an epoch bump that would fence the
+    owner), so a partition another broker owns is read from the store."""
+    if broker.owns(part):
+        return await broker.engine.bounds(part.stream_id)
+    rec = await broker.meta.read_stream(part.stream_id)
+    return rec.start_offset, rec.end_offset
 
 
 class NotFound(LookupError):
@@ -43,6 +54,27 @@ class OffsetRates:
             self.rates[topic] = max(0.0, (end_sum - prev[1]) / dt)
             self._last[topic] = (t, end_sum)
         return self.rates.get(topic, 0.0)
+
+
+class LagHistory:
+    """Total lag of every group over time (sampled by the console every few
+    seconds), for the group page's chart."""
+
+    def __init__(self, points: int = 720) -> None:
+        self.points = points
+        self.groups: dict[str, collections.deque[tuple[float, int]]] = {}
+
+    def add(self, now: float, lags: dict[str, int]) -> None:
+        for gid, lag in lags.items():
+            hist = self.groups.get(gid)
+            if hist is None:
+                hist = self.groups[gid] = collections.deque(maxlen=self.points)
+            hist.append((now, lag))
+        for gone in set(self.groups) - set(lags):
+            del self.groups[gone]
+
+    def of(self, gid: str) -> list[tuple[float, int]]:
+        return list(self.groups.get(gid, ()))
 
 
 async def cluster_view(broker: Broker) -> dict[str, Any]:
@@ -128,7 +160,7 @@ async def topics_view(broker: Broker, rates: OffsetRates) -> list[dict[str, Any]
         ends = 0
         records = 0
         for p in t.partitions:
-            start, end = await broker.engine.bounds(p.stream_id)
+            start, end = await bounds(broker, p)
             ends += end
             records += end - start
         out.append(
@@ -157,7 +189,7 @@ async def topic_view(broker: Broker, name: str, rates: OffsetRates) -> dict[str,
     parts = []
     ends = 0
     for p in topic.partitions:
-        start, end = await broker.engine.bounds(p.stream_id)
+        start, end = await bounds(broker, p)
         ends += end
         parts.append(
             {
@@ -212,7 +244,7 @@ async def _end_offsets(broker: Broker, keys: list[tuple[str, int]]) -> dict[tupl
         topic = broker.topics.get(t)
         if topic is None or not 0 <= p < len(topic.partitions):
             continue
-        _start, end = await broker.engine.bounds(topic.partitions[p].stream_id)
+        _start, end = await bounds(broker, topic.partitions[p])
         out[(t, p)] = end
     return out
 

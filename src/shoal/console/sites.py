@@ -14,11 +14,11 @@ import collections
 import contextlib
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.broker.broker import Broker
+from shoal.console.data import bounds
 from shoal.protocol.batches import BatchDecodeError, decode_records, is_control, iter_batches
 from shoal.storage.errors import StorageError
 
@@ -218,12 +218,13 @@ class SiteReader:
         for part in topic.partitions:
             sid = part.stream_id
             pos = self.positions.get(sid)
-            start, end = await engine.bounds(sid)
+            start, end = await bounds(self.broker, part)
             if pos is None or pos < start:
                 pos = start
             while pos < end:
                 try:
-                    result = await engine.read(sid, pos, 1 << 20)
+                    # read-only: never takes the stream from its owner
+                    result = await engine.read_only(sid, pos, 1 << 20)
                 except StorageError as exc:
                     log.info("reading %s-%d at %d: %s", self.topic, part.partition, pos, exc)
                     break
@@ -250,7 +251,3 @@ class SiteReader:
                             self.book.apply(r.key, r.value)
                 pos = last + 1
         return pos
-
-
-def now() -> float:
-    return time.time()

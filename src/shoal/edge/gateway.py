@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Iterable
 from pathlib import Path
@@ -721,7 +722,10 @@ class Gateway:
 
     def _write_status_file(self) -> None:
         path = self.config.status_path
-        tmp = path.with_suffix(".tmp")
+        # One temporary file per writing thread: start() and housekeeping may
+        # write at once, and a shared name let one os.replace lose the file
+        # the other renamed (ENOENT: "cannot start" under load).
+        tmp = path.with_name(f"{path.name}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(self.status_snapshot, indent=2))
         os.replace(tmp, path)
 

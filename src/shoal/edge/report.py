@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -32,6 +33,14 @@ from shoal.edge.config import UplinkConfig
 log = logging.getLogger("shoal.edge.report")
 rdkafka_log = logging.getLogger("shoal.edge.rdkafka")
 
+#: CreateTopics refusals that retrying will not change
+REFUSED = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.POLICY_VIOLATION,
+    KafkaError.INVALID_CONFIG,
+    KafkaError.INVALID_REPLICATION_FACTOR,
+}
 SCHEMA = 1  # the "v" field of a report: readers skip versions they do not know
 
 try:
@@ -180,7 +189,7 @@ class SiteReporter:
                 if not self._topic_ready:
                     # before any produce: a produce would let the central
                     # cluster auto-create the topic uncompacted
-                    self._topic_ready = await asyncio.to_thread(self._ensure_topic)
+                    self._topic_ready = await self._in_daemon_thread(self._ensure_topic)
                 if self._topic_ready:
                     self._produce(self._producer, self.snapshot())
             except asyncio.CancelledError:
@@ -191,6 +200,29 @@ class SiteReporter:
             while (left := deadline - time.monotonic()) > 0:
                 self._producer.poll(0)
                 await asyncio.sleep(min(left, 0.2))
+
+    @staticmethod
+    async def _in_daemon_thread(fn: Callable[[], bool]) -> bool:
+        """`fn` in a daemon thread: an admin request to an unreachable
+        cluster must not hold up the gateway's exit (the default executor's
+        threads are waited for when the event loop closes)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+
+        def settle(ok: bool) -> None:
+            if not fut.done():
+                fut.set_result(ok)
+
+        def work() -> None:
+            try:
+                ok = fn()
+            except Exception:
+                ok = False
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle, ok)
+
+        threading.Thread(target=work, name="site-report-topic", daemon=True).start()
+        return await fut
 
     def _produce(self, p: Producer, snapshot: dict[str, Any]) -> None:
         if not snapshot:
@@ -244,9 +276,15 @@ class SiteReporter:
                 log.info("created compacted topic %s for site reports", self.topic)
             except Exception as exc:
                 err = exc.args[0] if exc.args else None
-                if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                code = err.code() if isinstance(err, KafkaError) else None
+                if code == KafkaError.TOPIC_ALREADY_EXISTS:
                     return True
-                log.warning("cannot create site report topic %s: %s", self.topic, exc)
+                if code in REFUSED:
+                    # for an operator to create (or grant): report anyway
+                    log.warning("cannot create site report topic %s: %s", self.topic, exc)
+                    return True
+                log.info("creating site report topic %s failed (retrying): %s", self.topic, exc)
+                return False
             return True
         except Exception as exc:
             log.debug("site report topic check failed: %s", exc)
