@@ -52,7 +52,15 @@ def test_full_data_directory_withholds_mqtt_acks_until_space_returns(
         assert sorted(r[1] for r in before) == sorted(p for _t, p in first)
         fs.release()
         everything = first + second
-        wait_for(lambda: len(mqtt.acked(client)) == len(everything), 60, "acks after the release")
+        try:
+            wait_for(
+                lambda: len(mqtt.acked(client)) == len(everything), 60, "acks after the release"
+            )
+        except AssertionError as exc:
+            acked = len(mqtt.acked(client))
+            raise AssertionError(
+                f"{exc}\n{acked} acked; status {gw.status()}\n{gw.log()[-8000:]}"
+            ) from None
         recs = consume_all(gw.kafka, names["topic"], len(everything), timeout=30)
         values = [r[1] for r in recs]
         assert sorted(values) == sorted(p for _t, p in everything), "every record, once"
