@@ -378,7 +378,7 @@ async def _record(
     node_id: int,
 ) -> None:
     o, r, st = s.objects, s.stream_ranges, s.streams
-    async with meta._tx() as conn:
+    async with meta.transaction() as conn:
         ids: dict[str, int] = {}
         for key in dict.fromkeys(k for k, _ in chain):
             row = (await conn.execute(select(o.c.id).where(o.c.key == key))).scalar()
@@ -416,7 +416,7 @@ async def _record(
             ],
         )
         for p in producers:
-            await meta._upsert_producer(conn, p)
+            await meta.upsert_producer(conn, p)
 
 
 def summary(inv: Inventory) -> str:

@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 
 from shoal.meta import schema as s
 from shoal.meta.store import MetaError, MetaStore, ProducerRow
@@ -205,7 +205,7 @@ async def rebuild(store: ObjectStore, meta: MetaStore, node_id: int = 0) -> Rebu
     by_topic: dict[str, list[StreamPlan]] = {}
     for sp in report.streams:
         by_topic.setdefault(sp.topic, []).append(sp)
-    async with meta._tx() as conn:
+    async with meta.transaction() as conn:
         next_stream = max((sp.stream_id for sp in report.streams), default=0) + 1
         object_ids: dict[str, int] = {}
         for name, parts in sorted(by_topic.items()):
@@ -260,8 +260,16 @@ async def rebuild(store: ObjectStore, meta: MetaStore, node_id: int = 0) -> Rebu
                             max_timestamp=e.max_timestamp,
                         )
                     )
+        if not meta.is_sqlite:
+            # streams got their old ids: move PostgreSQL's sequence past them
+            await conn.execute(
+                text(
+                    "SELECT setval(pg_get_serial_sequence('streams', 'id'), "
+                    "(SELECT max(id) FROM streams))"
+                )
+            )
         for p in producers:
-            await meta._upsert_producer(conn, p)
+            await meta.upsert_producer(conn, p)
         if producers:
             # new producers must not get an id whose sequence state is loaded
             await meta.bump_counter(conn, "producer_id", max(p.producer_id for p in producers) + 1)
