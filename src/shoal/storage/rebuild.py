@@ -64,6 +64,9 @@ class RebuildReport:
     unreadable: list[str] = field(default_factory=list)
     unlabeled: list[int] = field(default_factory=list)
     shadowed: list[str] = field(default_factory=list)  # older incarnations of a topic name
+    #: the highest stream id any object holds: new streams are numbered
+    #: past it, so no object is ever taken for a new stream's data
+    max_stream_id: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -131,6 +134,7 @@ async def plan(store: ObjectStore) -> RebuildReport:
         for sid, label in obj_labels.items():
             if sid not in labels or labels[sid][0] < info.last_modified_ms:
                 labels[sid] = (info.last_modified_ms, label)
+    report.max_stream_id = max(blocks, default=0)
     newest: dict[str, tuple[int, str]] = {}  # topic name -> (mtime, topic id)
     parsed: dict[int, tuple[str, int, str]] = {}
     for sid in blocks:
@@ -206,7 +210,7 @@ async def rebuild(store: ObjectStore, meta: MetaStore, node_id: int = 0) -> Rebu
     for sp in report.streams:
         by_topic.setdefault(sp.topic, []).append(sp)
     async with meta.transaction() as conn:
-        next_stream = max((sp.stream_id for sp in report.streams), default=0) + 1
+        next_stream = report.max_stream_id + 1
         object_ids: dict[str, int] = {}
         for name, parts in sorted(by_topic.items()):
             res = await conn.execute(
