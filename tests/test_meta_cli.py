@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
 from harness import BrokerProcess
 from shoal.cli import cli
@@ -215,6 +216,12 @@ def test_rebuild_after_losing_the_metadata_store(tmp_path: Path, topic_name: str
     try:
         create(broker.bootstrap, topic_name, 2)
         create(broker.bootstrap, topic_name + "-one", 1)
+        # deleted and created again: the old topic's objects are still in the
+        # store (object.delete.grace.ms), and must not come back or block
+        produce(broker.bootstrap, topic_name + "-one", [b"gone%03d" % i for i in range(30)], 1)
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        admin.delete_topics([topic_name + "-one"])[topic_name + "-one"].result(30)
+        create(broker.bootstrap, topic_name + "-one", 1)
         acked = produce(broker.bootstrap, topic_name, [b"v%04d" % i for i in range(300)])
         one = produce(broker.bootstrap, topic_name + "-one", [b"o%03d" % i for i in range(50)], 1)
     finally:
@@ -231,6 +238,7 @@ def test_rebuild_after_losing_the_metadata_store(tmp_path: Path, topic_name: str
     )
     assert out.exit_code == 0, out.output
     assert f"{topic_name}-0: [0, 150)" in out.output
+    assert "of an older topic" in out.output
     again = shoal("meta", "rebuild", "--data-dir", str(data))
     assert again.exit_code == 1 and "already has 2 topic(s)" in again.output
     assert shoal("meta", "check", "--data-dir", str(data)).exit_code == 0

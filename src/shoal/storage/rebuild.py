@@ -64,6 +64,7 @@ class RebuildReport:
     unreadable: list[str] = field(default_factory=list)
     unlabeled: list[int] = field(default_factory=list)
     shadowed: list[str] = field(default_factory=list)  # older incarnations of a topic name
+    shadowed_ids: list[int] = field(default_factory=list)
     #: the highest stream id any object holds: new streams are numbered
     #: past it, so no object is ever taken for a new stream's data
     max_stream_id: int = 0
@@ -156,6 +157,7 @@ async def plan(store: ObjectStore) -> RebuildReport:
         if newest[name][1] != tid:
             # a deleted topic's objects awaiting deletion: the newer topic wins
             report.shadowed.append(f"stream {sid} of an older topic {name!r} (id {tid})")
+            report.shadowed_ids.append(sid)
             continue
         chain, lost = chain_blocks(blocks[sid])
         report.streams.append(StreamPlan(sid, name, partition, tid, chain, lost))
@@ -211,6 +213,14 @@ async def rebuild(store: ObjectStore, meta: MetaStore, node_id: int = 0) -> Rebu
         by_topic.setdefault(sp.topic, []).append(sp)
     async with meta.transaction() as conn:
         next_stream = report.max_stream_id + 1
+        for sid in report.shadowed_ids:
+            # recorded as deleted, as a deleted topic's are: their objects
+            # are then garbage the cleaner may reclaim, not unknown data
+            await conn.execute(
+                insert(s.streams).values(
+                    id=sid, epoch=0, start_offset=0, end_offset=0, deleted=True
+                )
+            )
         object_ids: dict[str, int] = {}
         for name, parts in sorted(by_topic.items()):
             res = await conn.execute(
