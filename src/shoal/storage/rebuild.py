@@ -30,7 +30,7 @@ from shoal.meta import schema as s
 from shoal.meta.store import MetaError, MetaStore, ProducerRow
 from shoal.protocol.records import batch_spans, read_header
 from shoal.storage import producers as producer_state
-from shoal.storage.cleaner import PREFIXES, _node_of
+from shoal.storage.cleaner import PREFIXES, node_of
 from shoal.storage.errors import CorruptObject, StorageError
 from shoal.storage.format import BlockEntry
 from shoal.storage.inventory import read_index
@@ -252,7 +252,7 @@ async def rebuild(store: ObjectStore, meta: MetaStore, node_id: int = 0) -> Rebu
                 for key, e in sp_or_none.chain:
                     if key not in object_ids:
                         info = sizes[key]
-                        node = _node_of(key)
+                        node = node_of(key)
                         res = await conn.execute(
                             insert(s.objects).values(
                                 key=key,
