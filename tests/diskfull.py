@@ -21,11 +21,15 @@ def mount_refusal(base: Path) -> str:
     if not _PROBE:
         probe = base / "mount-probe"
         probe.mkdir(parents=True, exist_ok=True)
-        res = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)],
-            capture_output=True,
-            text=True,
-        )
+        try:
+            res = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)],
+                capture_output=True,
+                text=True,
+            )
+        except OSError as exc:  # no mount command
+            _PROBE.append(f"cannot mount a tmpfs: {exc}")
+            return _PROBE[0]
         if res.returncode == 0:
             subprocess.run(["umount", str(probe)], check=True)
             _PROBE.append("")

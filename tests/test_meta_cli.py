@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
 from harness import BrokerProcess
 from shoal.cli import cli
@@ -136,6 +137,20 @@ def test_check_finds_each_inconsistency_and_repair_deletes_only_garbage(
         (first_stream[1][1], first_stream[1][2]),
     )
     db.execute("UPDATE streams SET end_offset = end_offset + 5 WHERE id = ?", (streams[0],))
+    # two ranges of one stream that overlap
+    db.execute(
+        "INSERT INTO stream_ranges SELECT stream_id, start_offset + 1, end_offset, object_id, "
+        "position, size, max_timestamp FROM stream_ranges WHERE stream_id = ? "
+        "AND start_offset = ?",
+        (second_stream[1][1], second_stream[1][2]),
+    )
+    # a referenced object cut short, and a file in the store that is no object
+    cut = next(k for k, _s, _o in second_stream if k not in (missing, first_stream[0][0]))
+    with open(objects / cut, "r+b") as f:
+        f.truncate(1)
+    junk = objects / "wal" / "0" / "junk.wal"
+    junk.write_bytes(b"not an object")
+    os.utime(junk, (time.time() - 3600, time.time() - 3600))
     db.commit()
     db.close()
     out = shoal("meta", "check", "--data-dir", str(data), "--format", "json")
@@ -144,7 +159,16 @@ def test_check_finds_each_inconsistency_and_repair_deletes_only_garbage(
 
     found = json.loads(out.output)
     kinds = found["counts"]
-    for kind in ("unreferenced-object", "missing-object", "range-gap", "end-mismatch"):
+    for kind in (
+        "unreferenced-object",
+        "unreadable-object",
+        "missing-object",
+        "size-mismatch",
+        "range-outside-object",
+        "range-gap",
+        "range-overlap",
+        "end-mismatch",
+    ):
         assert kinds.get(kind), (kind, found)
     assert any(f["subject"] == missing for f in found["findings"])
     # repair without --delete-unreferenced deletes nothing
@@ -161,7 +185,9 @@ def test_check_finds_each_inconsistency_and_repair_deletes_only_garbage(
     )
     assert "deleted 1 unreferenced object" in out.output, out.output
     assert not garbage.exists()
+    assert junk.exists(), "not provably garbage: kept"
     assert all((objects / k).exists() for k, _s, _o in rows if k != missing)
+    assert (objects / cut).stat().st_size == 1
     assert out.exit_code == 1  # a missing object cannot be repaired: still reported
 
 
@@ -190,6 +216,12 @@ def test_rebuild_after_losing_the_metadata_store(tmp_path: Path, topic_name: str
     try:
         create(broker.bootstrap, topic_name, 2)
         create(broker.bootstrap, topic_name + "-one", 1)
+        # deleted and created again: the old topic's objects are still in the
+        # store (object.delete.grace.ms), and must not come back or block
+        produce(broker.bootstrap, topic_name + "-one", [b"gone%03d" % i for i in range(30)], 1)
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        admin.delete_topics([topic_name + "-one"])[topic_name + "-one"].result(30)
+        create(broker.bootstrap, topic_name + "-one", 1)
         acked = produce(broker.bootstrap, topic_name, [b"v%04d" % i for i in range(300)])
         one = produce(broker.bootstrap, topic_name + "-one", [b"o%03d" % i for i in range(50)], 1)
     finally:
@@ -206,6 +238,7 @@ def test_rebuild_after_losing_the_metadata_store(tmp_path: Path, topic_name: str
     )
     assert out.exit_code == 0, out.output
     assert f"{topic_name}-0: [0, 150)" in out.output
+    assert "of an older topic" in out.output
     again = shoal("meta", "rebuild", "--data-dir", str(data))
     assert again.exit_code == 1 and "already has 2 topic(s)" in again.output
     assert shoal("meta", "check", "--data-dir", str(data)).exit_code == 0

@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from shoal.broker.broker import Broker
+from shoal.storage.diskspace import is_disk_full
 from shoal.storage.keycompaction import KeyCompactionPolicy
 
 log = logging.getLogger("shoal.maintenance")
@@ -44,14 +45,20 @@ class Maintenance:
     async def _every(
         self, interval_ms: int, job: Callable[[], Awaitable[object]], name: str
     ) -> None:
+        disk_full = False
         while True:
             await asyncio.sleep(interval_ms / 1000)
             try:
                 await job()
+                disk_full = False
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("%s round failed; retrying next round", name)
+            except Exception as exc:
+                if not is_disk_full(exc):
+                    log.exception("%s round failed; retrying next round", name)
+                elif not disk_full:  # one line per full-disk episode, not per round
+                    disk_full = True
+                    log.warning("%s rounds skipped while the disk is full: %s", name, exc)
 
     async def retention_once(self) -> int:
         """Apply retention.ms / retention.bytes to every partition whose

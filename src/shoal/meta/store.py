@@ -12,7 +12,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,6 +262,12 @@ class MetaStore:
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
         async with self._write_lock, self.engine.begin() as conn:
             yield conn
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """One write transaction, serialised with the WAL's commits: for the
+        few writers of many rows at once outside this module (adopting
+        objects at start, `shoal meta rebuild`)."""
+        return self._tx()
 
     async def migrate(self) -> int:
         """Create or upgrade the schema; returns the version now in place.

@@ -72,7 +72,7 @@ class Cleaner:
             for info in await self.store.list(prefix)
             if info.key not in known
             and now - info.last_modified_ms >= self.orphan_grace_ms
-            and (nodes is None or _node_of(info.key) in nodes)
+            and (nodes is None or node_of(info.key) in nodes)
         ]
         if not candidates:
             return 0
@@ -88,7 +88,7 @@ class Cleaner:
         return count
 
 
-def _node_of(key: str) -> int | None:
+def node_of(key: str) -> int | None:
     """The broker id in "wal/<node>/..." or "compacted/<node>/..."."""
     parts = key.split("/", 2)
     try:

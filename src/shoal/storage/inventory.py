@@ -30,7 +30,7 @@ from shoal.meta import schema as s
 from shoal.meta.store import MetaStore, ProducerRow, now_ms
 from shoal.protocol.records import batch_spans, read_header
 from shoal.storage import producers as producer_state
-from shoal.storage.cleaner import PREFIXES, _node_of
+from shoal.storage.cleaner import PREFIXES, node_of
 from shoal.storage.errors import CorruptObject, StorageError
 from shoal.storage.format import (
     FLAG_LABELS,
@@ -378,12 +378,12 @@ async def _record(
     node_id: int,
 ) -> None:
     o, r, st = s.objects, s.stream_ranges, s.streams
-    async with meta._tx() as conn:
+    async with meta.transaction() as conn:
         ids: dict[str, int] = {}
         for key in dict.fromkeys(k for k, _ in chain):
             row = (await conn.execute(select(o.c.id).where(o.c.key == key))).scalar()
             if row is None:
-                node = _node_of(key)
+                node = node_of(key)
                 res = await conn.execute(
                     insert(o).values(
                         key=key,

@@ -24,13 +24,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 
 from shoal.meta import schema as s
 from shoal.meta.store import MetaError, MetaStore, ProducerRow
 from shoal.protocol.records import batch_spans, read_header
 from shoal.storage import producers as producer_state
-from shoal.storage.cleaner import PREFIXES, _node_of
+from shoal.storage.cleaner import PREFIXES, node_of
 from shoal.storage.errors import CorruptObject, StorageError
 from shoal.storage.format import BlockEntry
 from shoal.storage.inventory import read_index
@@ -64,6 +64,10 @@ class RebuildReport:
     unreadable: list[str] = field(default_factory=list)
     unlabeled: list[int] = field(default_factory=list)
     shadowed: list[str] = field(default_factory=list)  # older incarnations of a topic name
+    shadowed_ids: list[int] = field(default_factory=list)
+    #: the highest stream id any object holds: new streams are numbered
+    #: past it, so no object is ever taken for a new stream's data
+    max_stream_id: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -131,6 +135,7 @@ async def plan(store: ObjectStore) -> RebuildReport:
         for sid, label in obj_labels.items():
             if sid not in labels or labels[sid][0] < info.last_modified_ms:
                 labels[sid] = (info.last_modified_ms, label)
+    report.max_stream_id = max(blocks, default=0)
     newest: dict[str, tuple[int, str]] = {}  # topic name -> (mtime, topic id)
     parsed: dict[int, tuple[str, int, str]] = {}
     for sid in blocks:
@@ -152,6 +157,7 @@ async def plan(store: ObjectStore) -> RebuildReport:
         if newest[name][1] != tid:
             # a deleted topic's objects awaiting deletion: the newer topic wins
             report.shadowed.append(f"stream {sid} of an older topic {name!r} (id {tid})")
+            report.shadowed_ids.append(sid)
             continue
         chain, lost = chain_blocks(blocks[sid])
         report.streams.append(StreamPlan(sid, name, partition, tid, chain, lost))
@@ -205,8 +211,16 @@ async def rebuild(store: ObjectStore, meta: MetaStore, node_id: int = 0) -> Rebu
     by_topic: dict[str, list[StreamPlan]] = {}
     for sp in report.streams:
         by_topic.setdefault(sp.topic, []).append(sp)
-    async with meta._tx() as conn:
-        next_stream = max((sp.stream_id for sp in report.streams), default=0) + 1
+    async with meta.transaction() as conn:
+        next_stream = report.max_stream_id + 1
+        for sid in report.shadowed_ids:
+            # recorded as deleted, as a deleted topic's are: their objects
+            # are then garbage the cleaner may reclaim, not unknown data
+            await conn.execute(
+                insert(s.streams).values(
+                    id=sid, epoch=0, start_offset=0, end_offset=0, deleted=True
+                )
+            )
         object_ids: dict[str, int] = {}
         for name, parts in sorted(by_topic.items()):
             res = await conn.execute(
@@ -238,7 +252,7 @@ async def rebuild(store: ObjectStore, meta: MetaStore, node_id: int = 0) -> Rebu
                 for key, e in sp_or_none.chain:
                     if key not in object_ids:
                         info = sizes[key]
-                        node = _node_of(key)
+                        node = node_of(key)
                         res = await conn.execute(
                             insert(s.objects).values(
                                 key=key,
@@ -260,6 +274,14 @@ async def rebuild(store: ObjectStore, meta: MetaStore, node_id: int = 0) -> Rebu
                             max_timestamp=e.max_timestamp,
                         )
                     )
+        if not meta.is_sqlite:
+            # streams got their old ids: move PostgreSQL's sequence past them
+            await conn.execute(
+                text(
+                    "SELECT setval(pg_get_serial_sequence('streams', 'id'), "
+                    "(SELECT max(id) FROM streams))"
+                )
+            )
         if producers:
             await meta.upsert_producers(conn, list(producers))
         if producers:

@@ -237,8 +237,8 @@ def check(
     config_file: str | None,
     fmt: str,
 ) -> None:
-    """Compare the metadata store with the objects. Exit 0: consistent;
-    1: findings; 2: could not run."""
+    """Compare the metadata store with the objects. Exit 0: consistent (or
+    only unreferenced objects); 1: findings; 2: could not run."""
     if delete_unreferenced and not repair:
         raise click.UsageError("--delete-unreferenced goes with --repair")
     config = _config(data_dir, objects, metadata, config_file)
@@ -262,20 +262,24 @@ def check(
         click.echo(f"{result['objects_url']}: {summary or 'consistent'}")
         for a in result["actions"]:
             click.echo(a)
-    if result["findings"] and not (repair and _all_repaired(result)):
+    if _problems(result, repair):
         raise SystemExit(1)
 
 
-def _all_repaired(result: dict[str, Any]) -> bool:
-    """After --repair: only adoptable data was found, and it was adopted."""
-    return all(
-        f["kind"] == "ahead-of-metadata"
-        and f["detail"].endswith("adoptable")
-        and "not adoptable" not in f["detail"]
-        for f in result["findings"]
-    ) and any(
+def _problems(result: dict[str, Any], repaired: bool) -> bool:
+    """Findings that need an operator. Unreferenced objects are not: every
+    store has some (uploads in flight, leftovers the cleaner reclaims after
+    object.orphan.grace.ms). After --repair, adopted data is not either."""
+    adopted = any(
         a.startswith("adopted ") and not a.startswith("adopted nothing") for a in result["actions"]
     )
+    for f in result["findings"]:
+        if f["kind"] == "unreferenced-object":
+            continue
+        if repaired and adopted and f["detail"].endswith(": adoptable"):
+            continue
+        return True
+    return False
 
 
 # rebuild ---------------------------------------------------------------------------
