@@ -122,6 +122,7 @@ class FleetResult:
     warmup_s: float = 0.0  # one record to every partition before the run
     # Sent but neither acknowledged nor failed when the drain timeout ended.
     unanswered: int = 0
+    duplicates: int = 0  # records the consumer saw more than once
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -148,7 +149,7 @@ class FleetResult:
                 f"over {self.elapsed_s:.1f} s",
             ),
             ("produce latency ms", _lat(self.produce_latency)),
-            ("received (end to end)", f"{self.received:,}"),
+            ("received (end to end) / duplicates", f"{self.received:,} / {self.duplicates:,}"),
             ("end-to-end latency ms", _lat(self.e2e_latency)),
         ]
         if self.error_counts:
@@ -242,6 +243,10 @@ class _Tail(threading.Thread):
         self.partitions = spec.partitions
         self.nonce = nonce
         self.latencies: array[int] = array("q")
+        # A record seen again (a producer retry after a timeout, without
+        # idempotence, writes it twice): counted, not timed twice.
+        self.seen: set[int] = set()
+        self.duplicates = 0
         self.stop = threading.Event()
         self.ready = threading.Event()
         self.failure: BaseException | None = None
@@ -267,7 +272,11 @@ class _Tail(threading.Thread):
                 v = m.value()
                 if v is not None and v[:_NONCE_LEN] == self.nonce:
                     sent = int.from_bytes(v[_NONCE_LEN : _NONCE_LEN + 8], "big")
-                    self.latencies.append(now - sent)
+                    if sent in self.seen:
+                        self.duplicates += 1
+                    else:
+                        self.seen.add(sent)
+                        self.latencies.append(now - sent)
         except BaseException as exc:  # surfaced by the main thread
             self.failure = exc
             self.ready.set()
@@ -396,6 +405,7 @@ def run_fleet(spec: FleetSpec, *, drain_timeout_s: float = 120.0) -> FleetResult
         delivered=delivered,
         errors=counts["errors"],
         unanswered=sent - delivered - counts["errors"],
+        duplicates=tail.duplicates,
         received=len(tail.latencies),
         elapsed_s=elapsed,
         records_per_s=delivered / elapsed,
