@@ -188,7 +188,13 @@ class StreamEngine:
                 if isinstance(res, StreamFenced):
                     self._opened(sid, Fenced(str(res)))
                 elif isinstance(res, OpenedStream):
-                    self._opened(sid, self._install(res))
+                    try:
+                        st = self._install(res)
+                    except Exception as exc:  # e.g. unreadable producer state
+                        log.error("stream %d: cannot load its state: %s", sid, exc)
+                        self._opened(sid, StorageError(f"stream {sid}: {exc}"))
+                    else:
+                        self._opened(sid, st)
                 else:
                     self._opened(sid, res)
 
