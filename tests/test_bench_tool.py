@@ -329,8 +329,9 @@ def test_cli_fleet_runs_and_reports(broker: BrokerProcess, tmp_path: Path) -> No
     result = json.loads(out.read_text())
     assert (result["topics"], result["partitions"]) == (4, 8)
     assert result["sent"] == result["delivered"] + result["errors"]
-    assert result["errors"] == 0 and result["sent"] > 0
+    assert result["errors"] == 0 and result["unanswered"] == 0 and result["sent"] > 0
     assert result["received"] == result["delivered"]
+    assert result["duplicates"] == 0
     for kind in ("produce_latency", "e2e_latency"):
         stats = b.LatencyStats.from_dict(result[kind])
         assert stats.count == result["delivered"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from faults import FaultyStore
-from shoal.meta.store import MetaStore
+from shoal.meta.store import MetaError, MetaStore
 from shoal.protocol.records import read_header, validate_batches
 from shoal.storage.errors import CorruptObject, Fenced, OffsetOutOfRange
 from shoal.storage.format import BlockBuilder, decode_object, encode_object
@@ -80,6 +80,7 @@ async def test_commits_apply_in_order_when_uploads_finish_out_of_order(meta: Met
     store = FaultyStore()
     store.put_delays = [0.4, 0.0, 0.0]  # the first object uploads last
     eng = engine(store, meta, linger_ms=1)
+    await eng.open(sid)  # else the first appends may queue behind the open together
     done: list[int] = []
     futs = []
     for _ in range(3):
@@ -430,4 +431,18 @@ async def test_first_appends_to_many_streams_share_one_batched_open(meta: MetaSt
         chunks = (await eng.read(sid, 0, 1 << 20)).chunks
         assert len(chunks) == 3
         assert all(v in bytes(c) for v, c in zip(values, chunks, strict=True))
+    await eng.close()
+
+
+async def test_a_cancelled_queued_append_does_not_stall_the_batched_open(meta: MetaStore) -> None:
+    """A waiter that gives up on a queued append (its request timed out)
+    must not stop the batched open from answering the other streams."""
+    [sid] = await new_stream(meta)
+    eng = engine(FaultyStore(), meta)
+    missing = await eng.append(999_999, batch(b"nowhere"), 0)  # no such stream
+    kept = await eng.append(sid, batch(b"kept"), 0)
+    missing.cancel()
+    assert await asyncio.wait_for(kept, 10) == 0
+    with pytest.raises(MetaError):
+        await eng.open(999_999)
     await eng.close()

@@ -249,7 +249,13 @@ class StreamEngine:
                 if isinstance(res, StreamFenced):
                     self._opened(sid, Fenced(str(res)))
                 elif isinstance(res, OpenedStream):
-                    self._opened(sid, self._install(res))
+                    try:
+                        st = self._install(res)
+                    except Exception as exc:  # e.g. unreadable producer state
+                        log.error("stream %d: cannot load its state: %s", sid, exc)
+                        self._opened(sid, StorageError(f"stream {sid}: {exc}"))
+                    else:
+                        self._opened(sid, st)
                 else:
                     self._opened(sid, res)
 
@@ -259,13 +265,18 @@ class StreamEngine:
         whoever awaits the open."""
         fut = self._opening.pop(stream_id)
         for batches, leader_epoch, append_time, done in self._queued.pop(stream_id, ()):
+            # A waiter that gave up (cancelled `done`) still has its append
+            # applied, in its place, as a request that timed out would.
+            into = None if done.done() else done
             if isinstance(outcome, BaseException):
-                done.set_exception(outcome)
+                if into is not None:
+                    into.set_exception(outcome)
                 continue
             try:
-                self._append_to(outcome, batches, leader_epoch, append_time, done)
+                self._append_to(outcome, batches, leader_epoch, append_time, into)
             except Exception as exc:
-                done.set_exception(exc)
+                if into is not None:
+                    into.set_exception(exc)
         if isinstance(outcome, BaseException):
             fut.set_exception(outcome)
         else:
@@ -497,11 +508,14 @@ class StreamEngine:
         if not futures:
             # Only duplicates: resolve once the original is committed.
             if duplicate_of is None or (duplicate_of.done() and not duplicate_of.exception()):
-                done.set_result(first)
+                if not done.done():
+                    done.set_result(first)
             else:
                 duplicate_of.add_done_callback(
                     lambda f: (
-                        done.set_exception(f.exception())  # type: ignore[arg-type]
+                        None
+                        if done.done()
+                        else done.set_exception(f.exception())  # type: ignore[arg-type]
                         if f.exception()
                         else done.set_result(first)
                     )

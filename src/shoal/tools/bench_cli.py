@@ -382,8 +382,10 @@ def fleet(**kw: Any) -> None:
         click.echo(f"  {name:<{width}}  {value}")
     if kw["json_path"] is not None:
         kw["json_path"].write_text(result.to_json() + "\n")
-    if result.errors:
-        raise click.ClickException(f"{result.errors:,} records failed")
+    if result.errors or result.unanswered:
+        raise click.ClickException(
+            f"{result.errors:,} records failed, {result.unanswered:,} unanswered"
+        )
 
 
 bench.add_command(replay)

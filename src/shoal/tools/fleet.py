@@ -120,6 +120,9 @@ class FleetResult:
     error_counts: dict[str, int] = field(default_factory=dict)
     broker: BrokerUsage | None = None
     warmup_s: float = 0.0  # one record to every partition before the run
+    # Sent but neither acknowledged nor failed when the drain timeout ended.
+    unanswered: int = 0
+    duplicates: int = 0  # records the consumer saw more than once
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -136,14 +139,17 @@ class FleetResult:
                 f"over {s['producers']} producers",
             ),
             ("warm-up (1 record per partition)", f"{self.warmup_s:.1f} s"),
-            ("sent / delivered / errors", f"{self.sent:,} / {self.delivered:,} / {self.errors:,}"),
+            (
+                "sent / delivered / errors / unanswered",
+                f"{self.sent:,} / {self.delivered:,} / {self.errors:,} / {self.unanswered:,}",
+            ),
             (
                 "throughput",
                 f"{self.records_per_s:,.0f} records/s, {self.mb_per_s:,.3f} MB/s "
                 f"over {self.elapsed_s:.1f} s",
             ),
             ("produce latency ms", _lat(self.produce_latency)),
-            ("received (end to end)", f"{self.received:,}"),
+            ("received (end to end) / duplicates", f"{self.received:,} / {self.duplicates:,}"),
             ("end-to-end latency ms", _lat(self.e2e_latency)),
         ]
         if self.error_counts:
@@ -237,6 +243,10 @@ class _Tail(threading.Thread):
         self.partitions = spec.partitions
         self.nonce = nonce
         self.latencies: array[int] = array("q")
+        # A record seen again (a producer retry after a timeout, without
+        # idempotence, writes it twice): counted, not timed twice.
+        self.seen: set[int] = set()
+        self.duplicates = 0
         self.stop = threading.Event()
         self.ready = threading.Event()
         self.failure: BaseException | None = None
@@ -262,7 +272,11 @@ class _Tail(threading.Thread):
                 v = m.value()
                 if v is not None and v[:_NONCE_LEN] == self.nonce:
                     sent = int.from_bytes(v[_NONCE_LEN : _NONCE_LEN + 8], "big")
-                    self.latencies.append(now - sent)
+                    if sent in self.seen:
+                        self.duplicates += 1
+                    else:
+                        self.seen.add(sent)
+                        self.latencies.append(now - sent)
         except BaseException as exc:  # surfaced by the main thread
             self.failure = exc
             self.ready.set()
@@ -297,7 +311,7 @@ def _warm_up(spec: FleetSpec, names: list[str], producers: list[Producer]) -> fl
     return time.monotonic() - t0
 
 
-def run_fleet(spec: FleetSpec, *, drain_timeout_s: float = 15.0) -> FleetResult:
+def run_fleet(spec: FleetSpec, *, drain_timeout_s: float = 120.0) -> FleetResult:
     """Create the fleet's topics, run it for spec.duration_s at spec.rate
     records/s, and measure. Keys are device ids, so each device's records
     stay in order on one partition of its site's topic."""
@@ -368,7 +382,7 @@ def run_fleet(spec: FleetSpec, *, drain_timeout_s: float = 15.0) -> FleetResult:
                 p.poll(0)
             time.sleep(min(0.001, max(0.0, (start + sent * interval_ns - now) / _NS)))
         for p in producers:
-            p.flush(max(30.0, drain_timeout_s))
+            p.flush(drain_timeout_s)
         elapsed = (time.perf_counter_ns() - start) / _NS
         deadline = time.monotonic() + drain_timeout_s
         while len(tail.latencies) < counts["delivered"] and time.monotonic() < deadline:
@@ -390,6 +404,8 @@ def run_fleet(spec: FleetSpec, *, drain_timeout_s: float = 15.0) -> FleetResult:
         sent=sent,
         delivered=delivered,
         errors=counts["errors"],
+        unanswered=sent - delivered - counts["errors"],
+        duplicates=tail.duplicates,
         received=len(tail.latencies),
         elapsed_s=elapsed,
         records_per_s=delivered / elapsed,

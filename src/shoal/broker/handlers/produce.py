@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import time
 import uuid
@@ -14,9 +13,9 @@ from shoal.broker.handlers import Client, Deferred
 from shoal.broker.topics import Topic
 from shoal.config import TOPIC_KEYS
 from shoal.config_catalog import COMPRESSION_CODECS
-from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
+from shoal.protocol.produce_response import PartitionAnswer, ProduceAnswer
 from shoal.protocol.recompress import recompress, timestamp_violations
 from shoal.protocol.records import BatchRejected, LargeBatch, ValidatedBatch, validate_produce
 from shoal.security.acls import AclOperation, ResourceType
@@ -27,7 +26,6 @@ log = logging.getLogger("shoal.produce")
 #: Decompressed bytes a batch may take on the event loop (about a millisecond);
 #: beyond, it is checked in a worker thread.
 INLINE_DECOMPRESS = 1 << 20
-ZERO = datetime.timedelta(0)
 
 # (topic name, or id from v13, partition, base-offset future or error,
 # stream id or -1, log append time)
@@ -225,17 +223,16 @@ def _to_topic_codec(broker: Broker, topic: Topic, batch: ValidatedBatch) -> Vali
 
 async def _respond(
     broker: Broker, client: Client, header: RequestHeader, slots: list[_Slot], timeout: float
-) -> Any:
+) -> ProduceAnswer:
     pending = [s[2] for s in slots if isinstance(s[2], asyncio.Future)]
     if pending:
         await asyncio.wait(pending, timeout=timeout)
-    s = Schema(0, header.api_version)
-    by_topic: dict[str | uuid.UUID, list[Any]] = {}
+    by_topic: dict[str | uuid.UUID, list[PartitionAnswer]] = {}
     for topic_name, index, fut, stream_id, append_time in slots:
         base = -1
         start = -1
         message: str | None = None
-        record_errors: tuple[Any, ...] = ()
+        record_errors: tuple[tuple[int, str | None], ...] = ()
         if isinstance(fut, asyncio.Future):
             code = _outcome(fut, str(topic_name), index, client)
             if code == ErrorCode.none:
@@ -243,40 +240,25 @@ async def _respond(
                 start = broker.engine.log_start(stream_id)
         elif isinstance(fut, KafkaError):
             code, message = fut.code, str(fut)
-            if isinstance(fut, BatchRejected) and s.has(
-                "PartitionProduceResponse", "record_errors"
-            ):
-                record_errors = tuple(
-                    s.BatchIndexAndErrorMessage(batch_index=i, batch_index_error_message=m)
-                    for i, m in fut.record_errors
-                )
+            if isinstance(fut, BatchRejected):
+                record_errors = tuple(fut.record_errors)
         else:
             code = fut
         by_topic.setdefault(topic_name, []).append(
-            s.PartitionProduceResponse(
-                index=index,
-                error_code=code,
-                base_offset=base,
-                log_append_time=(
-                    datetime.datetime.fromtimestamp(append_time / 1000, datetime.UTC)
-                    if append_time is not None and code == ErrorCode.none
-                    else None
-                ),
-                log_start_offset=start,
-                record_errors=record_errors,
-                error_message=message,
+            PartitionAnswer(
+                index,
+                int(code),
+                base,
+                append_time if append_time is not None and code == ErrorCode.none else -1,
+                start,
+                record_errors,
+                message,
             )
         )
-    return s.ProduceResponse(
-        responses=tuple(
-            s.TopicProduceResponse(
-                name=ref if isinstance(ref, str) else "",
-                topic_id=ref if isinstance(ref, uuid.UUID) else None,
-                partition_responses=tuple(parts),
-            )
-            for ref, parts in by_topic.items()
-        ),
-        throttle_time=ZERO,
+    # Written straight to bytes (shoal.protocol.produce_response): the kio
+    # entities cost about as much as the rest of a one-partition request.
+    return ProduceAnswer(
+        header.api_version, tuple((ref, tuple(parts)) for ref, parts in by_topic.items())
     )
 
 
