@@ -58,6 +58,7 @@ class LinkRunner:
         self._leaders_at = 0.0
         self.error = ""
         self.bytes = 0
+        self.transactional: set[str] = set()  # mirrors warned about transactions
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -210,6 +211,17 @@ class LinkRunner:
                 return
             if h.last_offset < p.next_offset:
                 continue  # the fetch began inside a batch we have
+            if (h.is_transactional or h.is_control) and p.mirror not in self.transactional:
+                self.transactional.add(p.mirror)
+                log.warning(
+                    "link %s: %s-%d has transactional batches; they are mirrored with their "
+                    "markers, but until Shoal has transactions a read_committed consumer of "
+                    "%s also sees aborted records",
+                    self.name,
+                    f.topic,
+                    f.partition,
+                    p.mirror,
+                )
             try:
                 fut = await self.broker.engine.append_at(p.stream_id, data[start:end])
             except BatchBehindEnd:
