@@ -227,6 +227,22 @@ def test_mirror_under_load_then_consumers_move_and_promote(
     assert everything == sorted(
         (p, o) for p, (lo, hi) in enumerate(src_ends) for o in range(lo, hi)
     )  # nothing read twice, nothing skipped
+
+    # With the consumers gone again (a restart), the sync must not rewind the
+    # offsets they committed here to the source's older ones.
+    def rounds() -> float:
+        key = f'shoal_link_group_sync_rounds_total{{link="{lnk}"}} '
+        line = next((x for x in metrics().splitlines() if x.startswith(key)), key + "0")
+        return float(line.split()[-1])
+
+    r0 = rounds()
+    wait_for("two group sync rounds", lambda: rounds() >= r0 + 2, 15)
+    c = Consumer({"bootstrap.servers": target.bootstrap, "group.id": group})
+    try:
+        tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+        assert [t.offset for t in c.committed(tps, 10)] == [hi for _lo, hi in src_ends]
+    finally:
+        c.close()
     # Promote: the mirror holds the source's end, so it is writable at once.
     r = shoal_link(target, "promote", topic, "--timeout", "20")
     assert r.exit_code == 0, r.output
@@ -294,6 +310,18 @@ def test_compacted_source_with_gaps_and_log_start(
     assert r.exit_code == 0 and f"link {lnk} paused" in r.output
     r = shoal_link(target, "promote", topic)
     assert r.exit_code == 1 and f"link {lnk} is paused: resume it first" in r.output
+    # Deleting the link leaves the mirror as a normal, writable topic.
+    r = shoal_link(target, "delete", lnk)
+    assert r.exit_code == 0 and f"now writable: {topic}" in r.output
+
+    def writable() -> bool:
+        errors: list[Any] = []
+        p = Producer({"bootstrap.servers": target.bootstrap, "retries": 0})
+        p.produce(topic, b"x", key=b"dev-0", on_delivery=lambda e, _m: errors.append(e))
+        p.flush(10)
+        return errors == [None]
+
+    wait_for("the former mirror to take writes", writable, 10)
 
 
 def test_source_outage_and_restarts_resume_without_doubles(
@@ -342,6 +370,8 @@ def test_bad_input(source: BrokerProcess, target: BrokerProcess) -> None:
     assert r.exit_code == 2 and "unsupported source setting 'fetch.max.bytes'" in r.output
     r = shoal_link(target, "create", "bad name", "--source", source.bootstrap, "--topics", "x")
     assert r.exit_code == 2 and "bad link name 'bad name'" in r.output
+    r = shoal_link(target, "create", "L", "--source", source.bootstrap, "--topics", " , ")
+    assert r.exit_code == 2 and "--topics: expected comma-separated patterns, got ' , '" in r.output
     # A mirror may not take over a normal topic of the same name.
     topic = name("taken")
     create_topic(source.bootstrap, topic, 1)

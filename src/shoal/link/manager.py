@@ -44,6 +44,7 @@ class LinkManager:
         self.mirrors: dict[str, MirrorRow] = {}
         self.runners: dict[str, LinkRunner] = {}
         self.groups: dict[str, dict[str, GroupSync]] = {}
+        self.group_rounds: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._last: dict[str, float] = {}
 
@@ -95,7 +96,12 @@ class LinkManager:
             for group, g in groups.items():
                 synced.add_metric([name, group, "synced"], g.synced)
                 synced.add_metric([name, group, "behind"], g.behind)
-        yield from (lag, copied, failing, synced)
+        rounds = CounterMetricFamily(
+            "shoal_link_group_sync_rounds", "group offset sync rounds completed", labels=["link"]
+        )
+        for name, count in self.group_rounds.items():
+            rounds.add_metric([name], count)
+        yield from (lag, copied, failing, synced, rounds)
 
     def _leader(self) -> bool:
         """Does this broker do the cluster-wide work (topics, promotion)?"""
@@ -215,6 +221,7 @@ class LinkManager:
                 self.groups[link.name] = await sync_groups(
                     self.broker, runner.source, link.groups, runner.mirrors
                 )
+                self.group_rounds[link.name] = self.group_rounds.get(link.name, 0) + 1
             except SourceError as exc:
                 log.info("link %s: group sync: %s", link.name, exc)
 
