@@ -3,6 +3,7 @@ driven by `shoal link` and checked with real clients and raw fetches."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.request
@@ -188,7 +189,8 @@ def test_mirror_under_load_then_consumers_move_and_promote(
         return str(urllib.request.urlopen(url, timeout=10).read().decode())
 
     lag = [
-        f'shoal_link_lag_records{{link="{lnk}",partition="{p}",topic="{topic}"}} 0.0'
+        f'shoal_link_{m}{{link="{lnk}",partition="{p}",topic="{topic}"}} 0.0'
+        for m in ("lag_records", "lag_seconds")
         for p in (0, 1)
     ]
     wait_for("lag 0 in metrics", lambda: all(line in metrics() for line in lag), 10)
@@ -256,8 +258,9 @@ def test_mirror_under_load_then_consumers_move_and_promote(
     )
     p.flush(10)
     assert errors == [None] and offsets == [src_ends[0][1]]
-    status = shoal_link(target, "status", lnk, "--format", "json")
-    assert '"state": "promoted"' in status.output
+    [row] = json.loads(shoal_link(target, "status", lnk, "--format", "json").output)
+    assert (row["state"], row["lag_records"], row["lag_seconds"]) == ("promoted", 0, 0.0)
+    assert row["bytes"] > 0 and row["errors"] == []
 
 
 def test_compacted_source_with_gaps_and_log_start(
@@ -314,12 +317,13 @@ def test_compacted_source_with_gaps_and_log_start(
     r = shoal_link(target, "delete", lnk)
     assert r.exit_code == 0 and f"now writable: {topic}" in r.output
 
+    producer = Producer({"bootstrap.servers": target.bootstrap, "retries": 0})
+    outcomes: list[Any] = []
+
     def writable() -> bool:
-        errors: list[Any] = []
-        p = Producer({"bootstrap.servers": target.bootstrap, "retries": 0})
-        p.produce(topic, b"x", key=b"dev-0", on_delivery=lambda e, _m: errors.append(e))
-        p.flush(10)
-        return errors == [None]
+        producer.produce(topic, b"x", key=b"dev-0", on_delivery=lambda e, _m: outcomes.append(e))
+        producer.flush(10)
+        return outcomes[-1] is None
 
     wait_for("the former mirror to take writes", writable, 10)
 

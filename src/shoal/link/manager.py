@@ -81,10 +81,19 @@ class LinkManager:
             "1 while the partition's last round failed (see shoal link status)",
             labels=["link", "topic", "partition"],
         )
+        lag_s = GaugeMetricFamily(
+            "shoal_link_lag_seconds",
+            "seconds since the mirror last held the source's end (0 while it does)",
+            labels=["link", "topic", "partition"],
+        )
+        now = int(time.time() * 1000)
         for name, runner in self.runners.items():
             for p in list(runner.parts.values()):
                 labels = [name, p.mirror, str(p.partition)]
-                lag.add_metric(labels, max(0, p.progress.source_end - p.progress.mirror_end))
+                lag.add_metric(labels, p.progress.lag)
+                seconds = p.progress.lag_seconds(now)
+                if seconds is not None:
+                    lag_s.add_metric(labels, seconds)
                 copied.add_metric(labels, p.progress.bytes)
                 failing.add_metric(labels, 1 if p.progress.error else 0)
         synced = GaugeMetricFamily(
@@ -101,7 +110,7 @@ class LinkManager:
         )
         for name, count in self.group_rounds.items():
             rounds.add_metric([name], count)
-        yield from (lag, copied, failing, synced, rounds)
+        yield from (lag, lag_s, copied, failing, synced, rounds)
 
     def _leader(self) -> bool:
         """Does this broker do the cluster-wide work (topics, promotion)?"""

@@ -237,6 +237,8 @@ class LinkRunner:
         await self._follow_start(p, f.log_start)
         start, end = await self.broker.engine.bounds(p.stream_id)
         p.progress.mirror_end = end
+        if end >= f.high_watermark:
+            p.progress.caught_up_ms = int(time.time() * 1000)
         state = self.mirrors.get(p.mirror)
         if (
             state is not None

@@ -60,6 +60,17 @@ class Progress:
     promoted: bool = False
     error: str = ""
     updated_ms: int = field(default_factory=now_ms)
+    caught_up_ms: int = 0
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.source_end - self.mirror_end)
+
+    def lag_seconds(self, now: int) -> float | None:
+        """Seconds since the mirror last held the source's end (None: never)."""
+        if self.lag == 0:
+            return 0.0
+        return (now - self.caught_up_ms) / 1000 if self.caught_up_ms else None
 
 
 class LinkStore:
@@ -201,6 +212,7 @@ class LinkStore:
                     "promoted": p.promoted,
                     "error": p.error,
                     "updated_ms": p.updated_ms,
+                    "caught_up_ms": p.caught_up_ms,
                 }
                 stmt = ins(t).values(mirror=p.mirror, partition=p.partition, **values)
                 await conn.execute(
@@ -224,6 +236,7 @@ class LinkStore:
                 bool(r.promoted),
                 r.error,
                 r.updated_ms,
+                r.caught_up_ms,
             )
             for r in rows
         ]

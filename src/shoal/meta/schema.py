@@ -310,4 +310,6 @@ link_partitions = Table(
     Column("promoted", Boolean, nullable=False, default=False),
     Column("error", Text, nullable=False, default=""),
     Column("updated_ms", BigInteger, nullable=False),
+    # When the mirror last held the source's end (0: not yet): lag in seconds.
+    Column("caught_up_ms", BigInteger, nullable=False, default=0),
 )
