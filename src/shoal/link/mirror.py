@@ -154,8 +154,9 @@ class LinkRunner:
         if not wanted:
             return False
         now = time.monotonic()
-        if now - self._leaders_at > METADATA_MAX_AGE_S or any(
-            p.source_topic not in self.leaders for p in wanted
+        age = now - self._leaders_at
+        if age > METADATA_MAX_AGE_S or (
+            age > ERROR_BACKOFF_S and any(p.source_topic not in self.leaders for p in wanted)
         ):
             self.leaders = (await self.source.metadata()).partitions
             self._leaders_at = now
@@ -167,7 +168,7 @@ class LinkRunner:
                 continue
             by_leader.setdefault(leaders[p.partition], []).append(p)
         if -1 in by_leader:
-            self._leaders_at = 0.0
+            self._leaders_at = min(self._leaders_at, now - METADATA_MAX_AGE_S + ERROR_BACKOFF_S)
             for p in by_leader.pop(-1):
                 p.progress.error = f"source partition {p.source_topic}-{p.partition} has no leader"
         results = await asyncio.gather(
@@ -177,9 +178,12 @@ class LinkRunner:
         for r in results:
             if isinstance(r, BaseException):
                 raise r
-        return True
+        # A round of errors only (source topic gone, leaders moving) comes back
+        # at once: report "nothing done" so the loop pauses instead of spinning.
+        return any(results)
 
-    async def _fetch_from(self, node: int, parts: list[PartitionMirror]) -> None:
+    async def _fetch_from(self, node: int, parts: list[PartitionMirror]) -> bool:
+        """One Fetch from one source broker; True if any partition had no error."""
         by_key = {(p.source_topic, p.partition): p for p in parts}
         fetched = await self.source.fetch(
             node,
@@ -188,10 +192,13 @@ class LinkRunner:
             FETCH_MAX_BYTES,
             PARTITION_MAX_BYTES,
         )
+        healthy = False
         for f in fetched:
             p = by_key.get((f.topic, f.partition))
             if p is not None:
                 await self._apply(p, f)
+                healthy = healthy or f.error == "none"
+        return healthy
 
     async def _apply(self, p: PartitionMirror, f: Fetched) -> None:
         if f.error != "none":
