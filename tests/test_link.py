@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+)
 
 from harness import BrokerProcess, free_port, tansu_binary
 from shoal.link.cli import link
@@ -199,8 +206,6 @@ def test_mirror_under_load_then_consumers_move_and_promote(
     )
     # The topic's configs came along.
     admin = AdminClient({"bootstrap.servers": target.bootstrap})
-    from confluent_kafka.admin import ConfigResource
-
     [fut] = admin.describe_configs([ConfigResource("topic", topic)]).values()
     assert fut.result(10)["retention.ms"].value == "86400000"
     # Clients cannot write to a mirror topic.
@@ -352,6 +357,25 @@ def test_source_outage_and_restarts_resume_without_doubles(
         )
         status = shoal_link(target, "status", lnk, "--format", "json")
         assert '"state": "mirroring"' in status.output
+        # Partitions added and configs changed on the source follow.
+        admin = AdminClient({"bootstrap.servers": src.bootstrap})
+        [fut] = admin.create_partitions([NewPartitions(topic, 2)]).values()
+        fut.result(10)
+        res = ConfigResource(
+            "topic",
+            topic,
+            incremental_configs=[
+                ConfigEntry("retention.ms", "7200000", incremental_operation=AlterConfigOpType.SET)
+            ],
+        )
+        [fut] = admin.incremental_alter_configs([res]).values()
+        fut.result(10)
+        produce(src.bootstrap, topic, 100, 2, start=1000)
+        final = ends(src.bootstrap, topic, 2)
+        wait_for("the new partition", lambda: ends(target.bootstrap, topic, 2) == final, 20)
+        mirror_admin = AdminClient({"bootstrap.servers": target.bootstrap})
+        [fut] = mirror_admin.describe_configs([ConfigResource("topic", topic)]).values()
+        assert fut.result(10)["retention.ms"].value == "7200000"
     finally:
         src.kill()
 

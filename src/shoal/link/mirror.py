@@ -156,7 +156,8 @@ class LinkRunner:
         now = time.monotonic()
         age = now - self._leaders_at
         if age > METADATA_MAX_AGE_S or (
-            age > ERROR_BACKOFF_S and any(p.source_topic not in self.leaders for p in wanted)
+            age > ERROR_BACKOFF_S
+            and any(p.partition >= len(self.leaders.get(p.source_topic, ())) for p in wanted)
         ):
             self.leaders = (await self.source.metadata()).partitions
             self._leaders_at = now
