@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shoal.meta import schema as s
 from shoal.meta.store import MetaError, MetaStore, now_ms
@@ -150,9 +151,9 @@ class LinkStore:
             await conn.execute(update(s.links).where(s.links.c.name == name).values(paused=paused))
             await self.meta.bump_counter(conn, VERSION_COUNTER, 1)
 
-    async def _require(self, conn: object, name: str) -> None:
+    async def _require(self, conn: AsyncConnection, name: str) -> None:
         t = s.links
-        found = (await conn.execute(select(t.c.name).where(t.c.name == name))).first()  # type: ignore[attr-defined]
+        found = (await conn.execute(select(t.c.name).where(t.c.name == name))).first()
         if not found:
             raise LinkNotFound(f"no link named {name!r}")
 
