@@ -481,3 +481,41 @@ def test_foreign_source_tansu(tmp_path: Path, target: BrokerProcess) -> None:
         )
     finally:
         src.kill()
+
+
+def test_write_through_produce_reaches_source_and_mirror(
+    source: BrokerProcess, target: BrokerProcess
+) -> None:
+    topic, lnk = name("wt"), name("L")
+    create_topic(source.bootstrap, topic, 1)
+    produce(source.bootstrap, topic, 100, 1)
+    r = shoal_link(
+        target, "create", lnk, "--source", source.bootstrap, "--topics", topic, "--write-through"
+    )
+    assert r.exit_code == 0, r.output
+    wait_for("the mirror", lambda: ends(target.bootstrap, topic, 1) == [(0, 100)])
+    # A producer moved to Shoal writes through the link while another still
+    # writes to the source: one writer order, the source's.
+    acked: list[tuple[Any, int]] = []
+    p = Producer({"bootstrap.servers": target.bootstrap, "linger.ms": 5})
+    for i in range(20):
+        p.produce(
+            topic, b"wt%d" % i, partition=0, on_delivery=lambda e, m: acked.append((e, m.offset()))
+        )
+    assert p.flush(30) == 0
+    assert [e for e, _o in acked] == [None] * 20
+    assert sorted(o for _e, o in acked) == list(range(100, 120))
+    produce(source.bootstrap, topic, 10, 1, start=100)
+    wait_for("the mirror", lambda: ends(target.bootstrap, topic, 1) == [(0, 130)])
+    assert raw_batches(target.bootstrap, topic, 0, 0, 130) == raw_batches(
+        source.bootstrap, topic, 0, 0, 130
+    )
+    c = Consumer({"bootstrap.servers": source.bootstrap, "group.id": name("g")})
+    c.assign([TopicPartition(topic, 0, 100)])
+    values = []
+    while len(values) < 20:
+        m = c.poll(5)
+        assert m is not None and not m.error()
+        values.append(m.value())
+    c.close()
+    assert values == [b"wt%d" % i for i in range(20)]

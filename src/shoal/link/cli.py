@@ -86,6 +86,11 @@ def link() -> None:
 @click.option("--topics", required=True, help="Source topics to mirror: comma-separated globs.")
 @click.option("--groups", default="", help="Consumer groups whose offsets to sync: globs.")
 @click.option("--prefix", default="", help="Prefix of mirror topic names.")
+@click.option(
+    "--write-through",
+    is_flag=True,
+    help="Forward produce to mirror topics to the source (acked once both hold it).",
+)
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
 @_metadata
 def create(
@@ -95,6 +100,7 @@ def create(
     topics: str,
     groups: str,
     prefix: str,
+    write_through: bool,
     timeout: float,
     metadata: str,
 ) -> None:
@@ -124,7 +130,9 @@ def create(
                     "as a normal topic or another link's mirror: choose a --prefix or "
                     "narrow --topics"
                 )
-        await store.create(LinkRow(name, source, extra, topics, groups, prefix))
+        await store.create(
+            LinkRow(name, source, extra, topics, groups, prefix, write_through=write_through)
+        )
         return wanted
 
     wanted = _run(metadata, go)
@@ -143,6 +151,7 @@ def _link_dict(row: LinkRow) -> dict[str, Any]:
         "groups": row.groups,
         "prefix": row.prefix,
         "state": "paused" if row.paused else "active",
+        "write_through": row.write_through,
     }
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -24,7 +24,7 @@ from shoal.link.groups import GroupSync, sync_groups
 from shoal.link.mirror import LinkRunner
 from shoal.link.source import SourceCluster, SourceError
 from shoal.link.spec import matches, mirror_name, parse_settings, patterns
-from shoal.meta.links import PROMOTED, PROMOTING, LinkRow, LinkStore, MirrorRow
+from shoal.meta.links import MIRRORING, PROMOTED, PROMOTING, LinkRow, LinkStore, MirrorRow
 from shoal.protocol.errors import KafkaError
 
 log = logging.getLogger("shoal.link")
@@ -126,6 +126,7 @@ class LinkManager:
         self.links = {link.name: link for link in links}
         self.mirrors = {m.mirror: m for m in mirrors}
         self.broker.mirrors = {m.mirror: m.link for m in mirrors if m.state != PROMOTED}
+        forwarders: dict[str, Callable[[str, int, bytes], Awaitable[int]]] = {}
         for name in list(self.runners):
             link = self.links.get(name)
             if link is None or link.paused:
@@ -141,6 +142,11 @@ class LinkManager:
                 runner.start()
                 log.info("link %s: started (source %s)", link.name, link.source)
             runner.mirrors = {m.mirror: m for m in mirrors if m.link == link.name}
+            if link.write_through:
+                for m in runner.mirrors.values():
+                    if m.state == MIRRORING:
+                        forwarders[m.mirror] = runner.forward
+        self.broker.forwarders = forwarders
 
     async def _loop(self) -> None:
         while True:

@@ -11,16 +11,20 @@ end so that promotion can complete.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import struct
 import time
 from dataclasses import dataclass
+
+import crc32c
 
 from shoal.broker.broker import Broker
 from shoal.link.source import Fetched, SourceAuthError, SourceCluster, SourceError
 from shoal.meta.links import PROMOTED, PROMOTING, MirrorRow, Progress
 from shoal.protocol.records import batch_spans, read_header
-from shoal.storage.errors import BatchBehindEnd, StorageError
+from shoal.storage.errors import AppendTimeout, BatchBehindEnd, StorageError
 
 log = logging.getLogger("shoal.link")
 
@@ -29,6 +33,22 @@ FETCH_MAX_BYTES = 64 * 1024 * 1024
 PARTITION_MAX_BYTES = 16 * 1024 * 1024
 METADATA_MAX_AGE_S = 30.0
 ERROR_BACKOFF_S = 1.0
+WRITE_THROUGH_TIMEOUT_S = 30.0
+_PRODUCER_FIELDS = struct.Struct(">qhi")  # producer id, epoch, base sequence
+
+
+def without_producer(records: bytes) -> tuple[bytes, int]:
+    """The batches with producer id, epoch and sequence cleared (CRC
+    recomputed), and how many offsets they take."""
+    out = bytearray(records)
+    view = memoryview(out)
+    count = 0
+    for start, end in batch_spans(view):
+        _PRODUCER_FIELDS.pack_into(out, start + 43, -1, -1, -1)
+        struct.pack_into(">I", out, start + 17, crc32c.crc32c(view[start + 21 : end]))
+        count += read_header(view, start).last_offset_delta + 1
+    view.release()
+    return bytes(out), count
 
 
 @dataclass(slots=True)
@@ -262,6 +282,45 @@ class LinkRunner:
                 p.partition,
                 end,
             )
+
+    async def forward(self, mirror: str, partition: int, records: bytes) -> int:
+        """Write-through: send a client's batch for a mirror topic to the
+        source, then wait until the mirror holds it; returns its offset (the
+        source's, which is the mirror's). Idempotence fields are cleared
+        first: this broker's producer ids mean nothing on the source, so a
+        retried forward can write a duplicate there (at least once)."""
+        m = self.mirrors.get(mirror)
+        topic = self.broker.topics.get(mirror)
+        if m is None or topic is None or partition >= len(topic.partitions):
+            raise AppendTimeout(f"{mirror}-{partition} is not mirrored by link {self.name}")
+        try:
+            leaders = self.leaders.get(m.source_topic)
+            if leaders is None or partition >= len(leaders):
+                self.leaders = (await self.source.metadata()).partitions
+                leaders = self.leaders.get(m.source_topic, [])
+            if partition >= len(leaders):
+                raise SourceError(f"source has no partition {m.source_topic}-{partition}")
+            data, count = without_producer(records)
+            base = await self.source.produce(
+                leaders[partition], m.source_topic, partition, data, WRITE_THROUGH_TIMEOUT_S
+            )
+        except SourceError as exc:
+            log.info(
+                "link %s: write-through to %s-%d failed: %s", self.name, mirror, partition, exc
+            )
+            raise AppendTimeout(f"write-through to the source failed: {exc}") from None
+        sid = topic.partitions[partition].stream_id
+        deadline = time.monotonic() + WRITE_THROUGH_TIMEOUT_S
+        while (await self.broker.engine.bounds(sid))[1] < base + count:
+            waiter = self.broker.engine.watch(sid)
+            left = deadline - time.monotonic()
+            if waiter is None or left <= 0:
+                raise AppendTimeout(
+                    f"{mirror}-{partition}: offset {base} written to the source, not mirrored yet"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, min(left, 0.5))
+        return base
 
     def _committed(self, p: PartitionMirror, fut: asyncio.Future[int]) -> None:
         if fut.cancelled() or fut.exception() is None:

@@ -39,6 +39,7 @@ class LinkRow:
     prefix: str = ""
     paused: bool = False
     created_ms: int = 0
+    write_through: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,7 @@ class LinkStore:
                     r.prefix,
                     bool(r.paused),
                     r.created_ms,
+                    bool(r.write_through),
                 )
                 for r in links
             ],
@@ -123,6 +125,7 @@ class LinkStore:
                     prefix=link.prefix,
                     paused=False,
                     created_ms=now_ms(),
+                    write_through=link.write_through,
                 )
             )
             await self.meta.bump_counter(conn, VERSION_COUNTER, 1)

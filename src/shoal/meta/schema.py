@@ -280,6 +280,8 @@ links = Table(
     Column("prefix", String(249), nullable=False, default=""),
     Column("paused", Boolean, nullable=False, default=False),
     Column("created_ms", BigInteger, nullable=False),
+    # Produce to a mirror topic is forwarded to the source (cutover without a stop).
+    Column("write_through", Boolean, nullable=False, default=False),
 )
 
 # One row per mirror topic: read-only for clients until its state is
