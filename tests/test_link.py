@@ -519,3 +519,10 @@ def test_write_through_produce_reaches_source_and_mirror(
         values.append(m.value())
     c.close()
     assert values == [b"wt%d" % i for i in range(20)]
+    # Promotion: the same producer then writes here, after the source's end.
+    r = shoal_link(target, "promote", topic, "--timeout", "20")
+    assert r.exit_code == 0, r.output
+    acked.clear()
+    p.produce(topic, b"after", partition=0, on_delivery=lambda e, m: acked.append((e, m.offset())))
+    assert p.flush(30) == 0
+    assert acked == [(None, 130)]

@@ -144,7 +144,7 @@ class LinkManager:
             runner.mirrors = {m.mirror: m for m in mirrors if m.link == link.name}
             if link.write_through:
                 for m in runner.mirrors.values():
-                    if m.state == MIRRORING:
+                    if m.state in (MIRRORING, PROMOTING):
                         forwarders[m.mirror] = runner.forward
         self.broker.forwarders = forwarders
 

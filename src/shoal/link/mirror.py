@@ -293,6 +293,10 @@ class LinkRunner:
         topic = self.broker.topics.get(mirror)
         if m is None or topic is None or partition >= len(topic.partitions):
             raise AppendTimeout(f"{mirror}-{partition} is not mirrored by link {self.name}")
+        if m.state == PROMOTING:
+            # A retriable answer: the producer retries until the topic is
+            # promoted and takes writes here (the produce pause of a cutover).
+            raise AppendTimeout(f"{mirror} is being promoted; retry")
         try:
             leaders = self.leaders.get(m.source_topic)
             if leaders is None or partition >= len(leaders):
