@@ -3,6 +3,7 @@ driven by `shoal link` and checked with real clients and raw fetches."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.request
@@ -15,7 +16,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+)
 
 from harness import BrokerProcess, free_port, tansu_binary
 from shoal.link.cli import link
@@ -188,7 +196,8 @@ def test_mirror_under_load_then_consumers_move_and_promote(
         return str(urllib.request.urlopen(url, timeout=10).read().decode())
 
     lag = [
-        f'shoal_link_lag_records{{link="{lnk}",partition="{p}",topic="{topic}"}} 0.0'
+        f'shoal_link_{m}{{link="{lnk}",partition="{p}",topic="{topic}"}} 0.0'
+        for m in ("lag_records", "lag_seconds")
         for p in (0, 1)
     ]
     wait_for("lag 0 in metrics", lambda: all(line in metrics() for line in lag), 10)
@@ -197,8 +206,6 @@ def test_mirror_under_load_then_consumers_move_and_promote(
     )
     # The topic's configs came along.
     admin = AdminClient({"bootstrap.servers": target.bootstrap})
-    from confluent_kafka.admin import ConfigResource
-
     [fut] = admin.describe_configs([ConfigResource("topic", topic)]).values()
     assert fut.result(10)["retention.ms"].value == "86400000"
     # Clients cannot write to a mirror topic.
@@ -227,6 +234,22 @@ def test_mirror_under_load_then_consumers_move_and_promote(
     assert everything == sorted(
         (p, o) for p, (lo, hi) in enumerate(src_ends) for o in range(lo, hi)
     )  # nothing read twice, nothing skipped
+
+    # With the consumers gone again (a restart), the sync must not rewind the
+    # offsets they committed here to the source's older ones.
+    def rounds() -> float:
+        key = f'shoal_link_group_sync_rounds_total{{link="{lnk}"}} '
+        line = next((x for x in metrics().splitlines() if x.startswith(key)), key + "0")
+        return float(line.split()[-1])
+
+    r0 = rounds()
+    wait_for("two group sync rounds", lambda: rounds() >= r0 + 2, 15)
+    c = Consumer({"bootstrap.servers": target.bootstrap, "group.id": group})
+    try:
+        tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+        assert [t.offset for t in c.committed(tps, 10)] == [hi for _lo, hi in src_ends]
+    finally:
+        c.close()
     # Promote: the mirror holds the source's end, so it is writable at once.
     r = shoal_link(target, "promote", topic, "--timeout", "20")
     assert r.exit_code == 0, r.output
@@ -240,8 +263,9 @@ def test_mirror_under_load_then_consumers_move_and_promote(
     )
     p.flush(10)
     assert errors == [None] and offsets == [src_ends[0][1]]
-    status = shoal_link(target, "status", lnk, "--format", "json")
-    assert '"state": "promoted"' in status.output
+    [row] = json.loads(shoal_link(target, "status", lnk, "--format", "json").output)
+    assert (row["state"], row["lag_records"], row["lag_seconds"]) == ("promoted", 0, 0.0)
+    assert row["bytes"] > 0 and row["errors"] == []
 
 
 def test_compacted_source_with_gaps_and_log_start(
@@ -294,6 +318,19 @@ def test_compacted_source_with_gaps_and_log_start(
     assert r.exit_code == 0 and f"link {lnk} paused" in r.output
     r = shoal_link(target, "promote", topic)
     assert r.exit_code == 1 and f"link {lnk} is paused: resume it first" in r.output
+    # Deleting the link leaves the mirror as a normal, writable topic.
+    r = shoal_link(target, "delete", lnk)
+    assert r.exit_code == 0 and f"now writable: {topic}" in r.output
+
+    producer = Producer({"bootstrap.servers": target.bootstrap, "retries": 0})
+    outcomes: list[Any] = []
+
+    def writable() -> bool:
+        producer.produce(topic, b"x", key=b"dev-0", on_delivery=lambda e, _m: outcomes.append(e))
+        producer.flush(10)
+        return outcomes[-1] is None
+
+    wait_for("the former mirror to take writes", writable, 10)
 
 
 def test_source_outage_and_restarts_resume_without_doubles(
@@ -312,7 +349,6 @@ def test_source_outage_and_restarts_resume_without_doubles(
         r = shoal_link(target, "promote", topic, "--timeout", "0.5")
         assert r.exit_code == 1
         assert "not promoted" in r.output and "still mirroring" in r.output
-        target.restart()  # the link survives a restart of its broker, too
         src.start()
         produce(src.bootstrap, topic, 500, 1, start=500)
         wait_for("the mirror", lambda: ends(target.bootstrap, topic, 1) == [(0, 1000)])
@@ -321,6 +357,25 @@ def test_source_outage_and_restarts_resume_without_doubles(
         )
         status = shoal_link(target, "status", lnk, "--format", "json")
         assert '"state": "mirroring"' in status.output
+        # Partitions added and configs changed on the source follow.
+        admin = AdminClient({"bootstrap.servers": src.bootstrap})
+        [fut] = admin.create_partitions([NewPartitions(topic, 2)]).values()
+        fut.result(10)
+        res = ConfigResource(
+            "topic",
+            topic,
+            incremental_configs=[
+                ConfigEntry("retention.ms", "7200000", incremental_operation=AlterConfigOpType.SET)
+            ],
+        )
+        [fut] = admin.incremental_alter_configs([res]).values()
+        fut.result(10)
+        produce(src.bootstrap, topic, 100, 2, start=1000)
+        final = ends(src.bootstrap, topic, 2)
+        wait_for("the new partition", lambda: ends(target.bootstrap, topic, 2) == final, 20)
+        mirror_admin = AdminClient({"bootstrap.servers": target.bootstrap})
+        [fut] = mirror_admin.describe_configs([ConfigResource("topic", topic)]).values()
+        assert fut.result(10)["retention.ms"].value == "7200000"
     finally:
         src.kill()
 
@@ -343,6 +398,8 @@ def test_bad_input(source: BrokerProcess, target: BrokerProcess) -> None:
     assert r.exit_code == 2 and "unsupported source setting 'fetch.max.bytes'" in r.output
     r = shoal_link(target, "create", "bad name", "--source", source.bootstrap, "--topics", "x")
     assert r.exit_code == 2 and "bad link name 'bad name'" in r.output
+    r = shoal_link(target, "create", "L", "--source", source.bootstrap, "--topics", " , ")
+    assert r.exit_code == 2 and "--topics: expected comma-separated patterns, got ' , '" in r.output
     # A mirror may not take over a normal topic of the same name.
     topic = name("taken")
     create_topic(source.bootstrap, topic, 1)
@@ -424,3 +481,48 @@ def test_foreign_source_tansu(tmp_path: Path, target: BrokerProcess) -> None:
         )
     finally:
         src.kill()
+
+
+def test_write_through_produce_reaches_source_and_mirror(
+    source: BrokerProcess, target: BrokerProcess
+) -> None:
+    topic, lnk = name("wt"), name("L")
+    create_topic(source.bootstrap, topic, 1)
+    produce(source.bootstrap, topic, 100, 1)
+    r = shoal_link(
+        target, "create", lnk, "--source", source.bootstrap, "--topics", topic, "--write-through"
+    )
+    assert r.exit_code == 0, r.output
+    wait_for("the mirror", lambda: ends(target.bootstrap, topic, 1) == [(0, 100)])
+    # A producer moved to Shoal writes through the link while another still
+    # writes to the source: one writer order, the source's.
+    acked: list[tuple[Any, int]] = []
+    p = Producer({"bootstrap.servers": target.bootstrap, "linger.ms": 5})
+    for i in range(20):
+        p.produce(
+            topic, b"wt%d" % i, partition=0, on_delivery=lambda e, m: acked.append((e, m.offset()))
+        )
+    assert p.flush(30) == 0
+    assert [e for e, _o in acked] == [None] * 20
+    assert sorted(o for _e, o in acked) == list(range(100, 120))
+    produce(source.bootstrap, topic, 10, 1, start=100)
+    wait_for("the mirror", lambda: ends(target.bootstrap, topic, 1) == [(0, 130)])
+    assert raw_batches(target.bootstrap, topic, 0, 0, 130) == raw_batches(
+        source.bootstrap, topic, 0, 0, 130
+    )
+    c = Consumer({"bootstrap.servers": source.bootstrap, "group.id": name("g")})
+    c.assign([TopicPartition(topic, 0, 100)])
+    values = []
+    while len(values) < 20:
+        m = c.poll(5)
+        assert m is not None and not m.error()
+        values.append(m.value())
+    c.close()
+    assert values == [b"wt%d" % i for i in range(20)]
+    # Promotion: the same producer then writes here, after the source's end.
+    r = shoal_link(target, "promote", topic, "--timeout", "20")
+    assert r.exit_code == 0, r.output
+    acked.clear()
+    p.produce(topic, b"after", partition=0, on_delivery=lambda e, m: acked.append((e, m.offset())))
+    assert p.flush(30) == 0
+    assert acked == [(None, 130)]

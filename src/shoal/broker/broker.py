@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +97,10 @@ class Broker:
         # Mirror topics of migration links (topic -> link), read-only for
         # clients until promoted; kept by shoal.link's manager.
         self.mirrors: dict[str, str] = {}
+        # Mirror topics whose link forwards produce to the source (write-through):
+        # (topic, partition, records) -> base offset, once the source and the
+        # mirror both hold the records.
+        self.forwarders: dict[str, Callable[[str, int, bytes], Awaitable[int]]] = {}
         # More Prometheus metric families, read at scrape time (links add theirs).
         self.collectors: list[Callable[[], Iterable[Any]]] = []
         self.producer_ids = ProducerIdAllocator(meta)

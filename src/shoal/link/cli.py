@@ -86,6 +86,11 @@ def link() -> None:
 @click.option("--topics", required=True, help="Source topics to mirror: comma-separated globs.")
 @click.option("--groups", default="", help="Consumer groups whose offsets to sync: globs.")
 @click.option("--prefix", default="", help="Prefix of mirror topic names.")
+@click.option(
+    "--write-through",
+    is_flag=True,
+    help="Forward produce to mirror topics to the source (acked once both hold it).",
+)
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
 @_metadata
 def create(
@@ -95,6 +100,7 @@ def create(
     topics: str,
     groups: str,
     prefix: str,
+    write_through: bool,
     timeout: float,
     metadata: str,
 ) -> None:
@@ -124,7 +130,9 @@ def create(
                     "as a normal topic or another link's mirror: choose a --prefix or "
                     "narrow --topics"
                 )
-        await store.create(LinkRow(name, source, extra, topics, groups, prefix))
+        await store.create(
+            LinkRow(name, source, extra, topics, groups, prefix, write_through=write_through)
+        )
         return wanted
 
     wanted = _run(metadata, go)
@@ -143,6 +151,7 @@ def _link_dict(row: LinkRow) -> dict[str, Any]:
         "groups": row.groups,
         "prefix": row.prefix,
         "state": "paused" if row.paused else "active",
+        "write_through": row.write_through,
     }
 
 
@@ -180,17 +189,23 @@ async def status_data(store: LinkStore, name: str | None) -> list[dict[str, Any]
     for p in await store.progress():
         progress.setdefault(p.mirror, []).append(p)
     out = []
+    now = int(time.time() * 1000)
     for m in mirrors:
         if name is not None and m.link != name:
             continue
         parts = progress.get(m.mirror, [])
+        seconds = [p.lag_seconds(now) for p in parts]
         out.append(
             {
                 "link": m.link,
                 "mirror": m.mirror,
                 "source_topic": m.source_topic,
                 "state": m.state,
-                "lag_records": sum(max(0, p.source_end - p.mirror_end) for p in parts),
+                "lag_records": sum(p.lag for p in parts),
+                # None: some partition has not yet caught up once
+                "lag_seconds": (
+                    None if None in seconds else max((x or 0.0 for x in seconds), default=0.0)
+                ),
                 "bytes": sum(p.bytes for p in parts),
                 "partitions": [
                     {
@@ -198,7 +213,8 @@ async def status_data(store: LinkStore, name: str | None) -> list[dict[str, Any]
                         "source_start": p.source_start,
                         "source_end": p.source_end,
                         "mirror_end": p.mirror_end,
-                        "lag": max(0, p.source_end - p.mirror_end),
+                        "lag": p.lag,
+                        "lag_seconds": p.lag_seconds(now),
                         "promoted": p.promoted,
                         "error": p.error,
                         "updated_ms": p.updated_ms,
@@ -223,7 +239,7 @@ def status(name: str | None, fmt: str, metadata: str) -> None:
         return
     from rich.table import Table
 
-    table = Table("link", "mirror", "source topic", "state", "lag", "bytes", "error")
+    table = Table("link", "mirror", "source topic", "state", "lag", "lag s", "bytes", "error")
     for r in rows:
         table.add_row(
             r["link"],
@@ -231,6 +247,7 @@ def status(name: str | None, fmt: str, metadata: str) -> None:
             r["source_topic"],
             r["state"],
             str(r["lag_records"]),
+            "-" if r["lag_seconds"] is None else f"{r['lag_seconds']:.1f}",
             str(r["bytes"]),
             "; ".join(r["errors"]),
         )

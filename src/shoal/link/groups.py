@@ -3,7 +3,9 @@ groups, copied for the mirror topics while the group has no members here.
 
 Offsets need no translation (a mirror's offsets are the source's). An offset
 beyond what the mirror holds is not copied yet: a consumer starting there
-would be out of range and reset, so the group waits a round instead.
+would be out of range and reset, so the group waits a round instead. Offsets
+only move forward: consumers that moved here and went on committing are never
+rewound to the source's older offset.
 """
 
 from __future__ import annotations
@@ -69,7 +71,10 @@ async def sync_groups(
                 continue
             result.synced += 1
             current = have.get((m.mirror, partition))
-            if current is None or current.offset != offset:
+            # Never backwards: once consumers have moved here and committed
+            # past the source's (frozen) offset, a moment with no members (a
+            # rolling restart) must not rewind them.
+            if current is None or current.offset < offset:
                 entries[(m.mirror, partition)] = CommittedOffset(offset, -1, metadata, now)
         if not entries:
             continue

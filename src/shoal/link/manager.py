@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -24,7 +24,7 @@ from shoal.link.groups import GroupSync, sync_groups
 from shoal.link.mirror import LinkRunner
 from shoal.link.source import SourceCluster, SourceError
 from shoal.link.spec import matches, mirror_name, parse_settings, patterns
-from shoal.meta.links import PROMOTED, PROMOTING, LinkRow, LinkStore, MirrorRow
+from shoal.meta.links import MIRRORING, PROMOTED, PROMOTING, LinkRow, LinkStore, MirrorRow
 from shoal.protocol.errors import KafkaError
 
 log = logging.getLogger("shoal.link")
@@ -44,6 +44,7 @@ class LinkManager:
         self.mirrors: dict[str, MirrorRow] = {}
         self.runners: dict[str, LinkRunner] = {}
         self.groups: dict[str, dict[str, GroupSync]] = {}
+        self.group_rounds: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._last: dict[str, float] = {}
 
@@ -80,10 +81,19 @@ class LinkManager:
             "1 while the partition's last round failed (see shoal link status)",
             labels=["link", "topic", "partition"],
         )
+        lag_s = GaugeMetricFamily(
+            "shoal_link_lag_seconds",
+            "seconds since the mirror last held the source's end (0 while it does)",
+            labels=["link", "topic", "partition"],
+        )
+        now = int(time.time() * 1000)
         for name, runner in self.runners.items():
             for p in list(runner.parts.values()):
                 labels = [name, p.mirror, str(p.partition)]
-                lag.add_metric(labels, max(0, p.progress.source_end - p.progress.mirror_end))
+                lag.add_metric(labels, p.progress.lag)
+                seconds = p.progress.lag_seconds(now)
+                if seconds is not None:
+                    lag_s.add_metric(labels, seconds)
                 copied.add_metric(labels, p.progress.bytes)
                 failing.add_metric(labels, 1 if p.progress.error else 0)
         synced = GaugeMetricFamily(
@@ -95,7 +105,12 @@ class LinkManager:
             for group, g in groups.items():
                 synced.add_metric([name, group, "synced"], g.synced)
                 synced.add_metric([name, group, "behind"], g.behind)
-        yield from (lag, copied, failing, synced)
+        rounds = CounterMetricFamily(
+            "shoal_link_group_sync_rounds", "group offset sync rounds completed", labels=["link"]
+        )
+        for name, count in self.group_rounds.items():
+            rounds.add_metric([name], count)
+        yield from (lag, lag_s, copied, failing, synced, rounds)
 
     def _leader(self) -> bool:
         """Does this broker do the cluster-wide work (topics, promotion)?"""
@@ -111,6 +126,7 @@ class LinkManager:
         self.links = {link.name: link for link in links}
         self.mirrors = {m.mirror: m for m in mirrors}
         self.broker.mirrors = {m.mirror: m.link for m in mirrors if m.state != PROMOTED}
+        forwarders: dict[str, Callable[[str, int, bytes], Awaitable[int]]] = {}
         for name in list(self.runners):
             link = self.links.get(name)
             if link is None or link.paused:
@@ -126,6 +142,11 @@ class LinkManager:
                 runner.start()
                 log.info("link %s: started (source %s)", link.name, link.source)
             runner.mirrors = {m.mirror: m for m in mirrors if m.link == link.name}
+            if link.write_through:
+                for m in runner.mirrors.values():
+                    if m.state in (MIRRORING, PROMOTING):
+                        forwarders[m.mirror] = runner.forward
+        self.broker.forwarders = forwarders
 
     async def _loop(self) -> None:
         while True:
@@ -215,6 +236,7 @@ class LinkManager:
                 self.groups[link.name] = await sync_groups(
                     self.broker, runner.source, link.groups, runner.mirrors
                 )
+                self.group_rounds[link.name] = self.group_rounds.get(link.name, 0) + 1
             except SourceError as exc:
                 log.info("link %s: group sync: %s", link.name, exc)
 

@@ -11,16 +11,20 @@ end so that promotion can complete.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import struct
 import time
 from dataclasses import dataclass
+
+import crc32c
 
 from shoal.broker.broker import Broker
 from shoal.link.source import Fetched, SourceAuthError, SourceCluster, SourceError
 from shoal.meta.links import PROMOTED, PROMOTING, MirrorRow, Progress
 from shoal.protocol.records import batch_spans, read_header
-from shoal.storage.errors import BatchBehindEnd, StorageError
+from shoal.storage.errors import AppendTimeout, BatchBehindEnd, StorageError
 
 log = logging.getLogger("shoal.link")
 
@@ -29,6 +33,22 @@ FETCH_MAX_BYTES = 64 * 1024 * 1024
 PARTITION_MAX_BYTES = 16 * 1024 * 1024
 METADATA_MAX_AGE_S = 30.0
 ERROR_BACKOFF_S = 1.0
+WRITE_THROUGH_TIMEOUT_S = 30.0
+_PRODUCER_FIELDS = struct.Struct(">qhi")  # producer id, epoch, base sequence
+
+
+def without_producer(records: bytes) -> tuple[bytes, int]:
+    """The batches with producer id, epoch and sequence cleared (CRC
+    recomputed), and how many offsets they take."""
+    out = bytearray(records)
+    view = memoryview(out)
+    count = 0
+    for start, end in batch_spans(view):
+        _PRODUCER_FIELDS.pack_into(out, start + 43, -1, -1, -1)
+        struct.pack_into(">I", out, start + 17, crc32c.crc32c(view[start + 21 : end]))
+        count += read_header(view, start).last_offset_delta + 1
+    view.release()
+    return bytes(out), count
 
 
 @dataclass(slots=True)
@@ -58,6 +78,7 @@ class LinkRunner:
         self._leaders_at = 0.0
         self.error = ""
         self.bytes = 0
+        self.transactional: set[str] = set()  # mirrors warned about transactions
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -153,8 +174,10 @@ class LinkRunner:
         if not wanted:
             return False
         now = time.monotonic()
-        if now - self._leaders_at > METADATA_MAX_AGE_S or any(
-            p.source_topic not in self.leaders for p in wanted
+        age = now - self._leaders_at
+        if age > METADATA_MAX_AGE_S or (
+            age > ERROR_BACKOFF_S
+            and any(p.partition >= len(self.leaders.get(p.source_topic, ())) for p in wanted)
         ):
             self.leaders = (await self.source.metadata()).partitions
             self._leaders_at = now
@@ -166,7 +189,7 @@ class LinkRunner:
                 continue
             by_leader.setdefault(leaders[p.partition], []).append(p)
         if -1 in by_leader:
-            self._leaders_at = 0.0
+            self._leaders_at = min(self._leaders_at, now - METADATA_MAX_AGE_S + ERROR_BACKOFF_S)
             for p in by_leader.pop(-1):
                 p.progress.error = f"source partition {p.source_topic}-{p.partition} has no leader"
         results = await asyncio.gather(
@@ -176,9 +199,12 @@ class LinkRunner:
         for r in results:
             if isinstance(r, BaseException):
                 raise r
-        return True
+        # A round of errors only (source topic gone, leaders moving) comes back
+        # at once: report "nothing done" so the loop pauses instead of spinning.
+        return any(results)
 
-    async def _fetch_from(self, node: int, parts: list[PartitionMirror]) -> None:
+    async def _fetch_from(self, node: int, parts: list[PartitionMirror]) -> bool:
+        """One Fetch from one source broker; True if any partition had no error."""
         by_key = {(p.source_topic, p.partition): p for p in parts}
         fetched = await self.source.fetch(
             node,
@@ -187,10 +213,13 @@ class LinkRunner:
             FETCH_MAX_BYTES,
             PARTITION_MAX_BYTES,
         )
+        healthy = False
         for f in fetched:
             p = by_key.get((f.topic, f.partition))
             if p is not None:
                 await self._apply(p, f)
+                healthy = healthy or f.error == "none"
+        return healthy
 
     async def _apply(self, p: PartitionMirror, f: Fetched) -> None:
         if f.error != "none":
@@ -210,6 +239,17 @@ class LinkRunner:
                 return
             if h.last_offset < p.next_offset:
                 continue  # the fetch began inside a batch we have
+            if (h.is_transactional or h.is_control) and p.mirror not in self.transactional:
+                self.transactional.add(p.mirror)
+                log.warning(
+                    "link %s: %s-%d has transactional batches; they are mirrored with their "
+                    "markers, but until Shoal has transactions a read_committed consumer of "
+                    "%s also sees aborted records",
+                    self.name,
+                    f.topic,
+                    f.partition,
+                    p.mirror,
+                )
             try:
                 fut = await self.broker.engine.append_at(p.stream_id, data[start:end])
             except BatchBehindEnd:
@@ -225,6 +265,8 @@ class LinkRunner:
         await self._follow_start(p, f.log_start)
         start, end = await self.broker.engine.bounds(p.stream_id)
         p.progress.mirror_end = end
+        if end >= f.high_watermark:
+            p.progress.caught_up_ms = int(time.time() * 1000)
         state = self.mirrors.get(p.mirror)
         if (
             state is not None
@@ -240,6 +282,49 @@ class LinkRunner:
                 p.partition,
                 end,
             )
+
+    async def forward(self, mirror: str, partition: int, records: bytes) -> int:
+        """Write-through: send a client's batch for a mirror topic to the
+        source, then wait until the mirror holds it; returns its offset (the
+        source's, which is the mirror's). Idempotence fields are cleared
+        first: this broker's producer ids mean nothing on the source, so a
+        retried forward can write a duplicate there (at least once)."""
+        m = self.mirrors.get(mirror)
+        topic = self.broker.topics.get(mirror)
+        if m is None or topic is None or partition >= len(topic.partitions):
+            raise AppendTimeout(f"{mirror}-{partition} is not mirrored by link {self.name}")
+        if m.state == PROMOTING:
+            # A retriable answer: the producer retries until the topic is
+            # promoted and takes writes here (the produce pause of a cutover).
+            raise AppendTimeout(f"{mirror} is being promoted; retry")
+        try:
+            leaders = self.leaders.get(m.source_topic)
+            if leaders is None or partition >= len(leaders):
+                self.leaders = (await self.source.metadata()).partitions
+                leaders = self.leaders.get(m.source_topic, [])
+            if partition >= len(leaders):
+                raise SourceError(f"source has no partition {m.source_topic}-{partition}")
+            data, count = without_producer(records)
+            base = await self.source.produce(
+                leaders[partition], m.source_topic, partition, data, WRITE_THROUGH_TIMEOUT_S
+            )
+        except SourceError as exc:
+            log.info(
+                "link %s: write-through to %s-%d failed: %s", self.name, mirror, partition, exc
+            )
+            raise AppendTimeout(f"write-through to the source failed: {exc}") from None
+        sid = topic.partitions[partition].stream_id
+        deadline = time.monotonic() + WRITE_THROUGH_TIMEOUT_S
+        while (await self.broker.engine.bounds(sid))[1] < base + count:
+            waiter = self.broker.engine.watch(sid)
+            left = deadline - time.monotonic()
+            if waiter is None or left <= 0:
+                raise AppendTimeout(
+                    f"{mirror}-{partition}: offset {base} written to the source, not mirrored yet"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, min(left, 0.5))
+        return base
 
     def _committed(self, p: PartitionMirror, fut: asyncio.Future[int]) -> None:
         if fut.cancelled() or fut.exception() is None:

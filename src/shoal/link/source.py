@@ -32,11 +32,12 @@ from kio.schema.list_offsets.v4.request import (
 )
 from kio.schema.metadata.v8.request import MetadataRequest
 from kio.schema.offset_fetch.v5.request import OffsetFetchRequest
+from kio.schema.produce.v7.request import PartitionProduceData, ProduceRequest, TopicProduceData
 from kio.schema.sasl_authenticate.v1.request import SaslAuthenticateRequest
 from kio.schema.sasl_handshake.v1.request import SaslHandshakeRequest
 from kio.schema.types import BrokerId, GroupId, TopicName
 from kio.serial import entity_reader, entity_writer
-from kio.static.primitive import i8, i32, i32Timedelta, i64
+from kio.static.primitive import Records, i8, i16, i32, i32Timedelta, i64
 
 from shoal.link.spec import SourceSettings
 from shoal.protocol.errors import RequestDecodeError
@@ -47,6 +48,7 @@ log = logging.getLogger("shoal.link.source")
 _API_VERSIONS = (18, 0)
 _METADATA = (3, 8)
 _FETCH = (1, 11)
+_PRODUCE = (0, 7)
 _LIST_OFFSETS = (2, 4)
 _DESCRIBE_CONFIGS = (32, 2)
 _LIST_GROUPS = (16, 2)
@@ -338,6 +340,32 @@ class SourceCluster:
             for t in resp.responses
             for p in t.partitions
         ]
+
+    async def produce(
+        self, node_id: int, topic: str, partition: int, records: bytes, timeout: float
+    ) -> int:
+        """Write `records` to a source partition (acks=all); its base offset."""
+        address = self._brokers.get(node_id)
+        if address is None:
+            raise SourceError(f"source broker {node_id} is not in the source's metadata")
+        body = ProduceRequest(
+            transactional_id=None,
+            acks=i16(-1),
+            timeout=i32Timedelta.parse(datetime.timedelta(seconds=timeout)),
+            topic_data=(
+                TopicProduceData(
+                    name=TopicName(topic),
+                    partition_data=(
+                        PartitionProduceData(index=i32(partition), records=Records(records)),
+                    ),
+                ),
+            ),
+        )
+        resp = await self._call(address, _PRODUCE, body, timeout + self.timeout)
+        part = resp.responses[0].partition_responses[0]
+        if part.error_code.value != 0:
+            raise SourceError(f"{address}: produce to {topic}-{partition}: {part.error_code.name}")
+        return int(part.base_offset)
 
     async def offsets(self, topic: str, partition: int) -> tuple[int, int]:
         """(log start, high watermark) of a source partition, from its leader."""

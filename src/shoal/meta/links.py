@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shoal.meta import schema as s
 from shoal.meta.store import MetaError, MetaStore, now_ms
@@ -38,6 +39,7 @@ class LinkRow:
     prefix: str = ""
     paused: bool = False
     created_ms: int = 0
+    write_through: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,17 @@ class Progress:
     promoted: bool = False
     error: str = ""
     updated_ms: int = field(default_factory=now_ms)
+    caught_up_ms: int = 0
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.source_end - self.mirror_end)
+
+    def lag_seconds(self, now: int) -> float | None:
+        """Seconds since the mirror last held the source's end (None: never)."""
+        if self.lag == 0:
+            return 0.0
+        return (now - self.caught_up_ms) / 1000 if self.caught_up_ms else None
 
 
 class LinkStore:
@@ -90,6 +103,7 @@ class LinkStore:
                     r.prefix,
                     bool(r.paused),
                     r.created_ms,
+                    bool(r.write_through),
                 )
                 for r in links
             ],
@@ -111,6 +125,7 @@ class LinkStore:
                     prefix=link.prefix,
                     paused=False,
                     created_ms=now_ms(),
+                    write_through=link.write_through,
                 )
             )
             await self.meta.bump_counter(conn, VERSION_COUNTER, 1)
@@ -139,9 +154,9 @@ class LinkStore:
             await conn.execute(update(s.links).where(s.links.c.name == name).values(paused=paused))
             await self.meta.bump_counter(conn, VERSION_COUNTER, 1)
 
-    async def _require(self, conn: object, name: str) -> None:
+    async def _require(self, conn: AsyncConnection, name: str) -> None:
         t = s.links
-        found = (await conn.execute(select(t.c.name).where(t.c.name == name))).first()  # type: ignore[attr-defined]
+        found = (await conn.execute(select(t.c.name).where(t.c.name == name))).first()
         if not found:
             raise LinkNotFound(f"no link named {name!r}")
 
@@ -201,6 +216,7 @@ class LinkStore:
                     "promoted": p.promoted,
                     "error": p.error,
                     "updated_ms": p.updated_ms,
+                    "caught_up_ms": p.caught_up_ms,
                 }
                 stmt = ins(t).values(mirror=p.mirror, partition=p.partition, **values)
                 await conn.execute(
@@ -224,6 +240,7 @@ class LinkStore:
                 bool(r.promoted),
                 r.error,
                 r.updated_ms,
+                r.caught_up_ms,
             )
             for r in rows
         ]

@@ -339,6 +339,8 @@ links = Table(
     Column("prefix", String(249), nullable=False, default=""),
     Column("paused", Boolean, nullable=False, default=False),
     Column("created_ms", BigInteger, nullable=False),
+    # Produce to a mirror topic is forwarded to the source (cutover without a stop).
+    Column("write_through", Boolean, nullable=False, default=False),
 )
 
 # One row per mirror topic: read-only for clients until its state is
@@ -369,4 +371,6 @@ link_partitions = Table(
     Column("promoted", Boolean, nullable=False, default=False),
     Column("error", Text, nullable=False, default=""),
     Column("updated_ms", BigInteger, nullable=False),
+    # When the mirror last held the source's end (0: not yet): lag in seconds.
+    Column("caught_up_ms", BigInteger, nullable=False, default=0),
 )

@@ -81,6 +81,14 @@ async def _append(
     try:
         topic, part = broker.partition(topic_name, index)
         if broker.mirrors and topic_name in broker.mirrors:
+            forward = broker.forwarders.get(topic_name)
+            if forward is not None and records is not None:
+                # Write-through: checked as any batch, then the link forwards it.
+                validate_produce(
+                    records, broker.topics.max_message_bytes(topic), api_version=api_version
+                )
+                forwarded = asyncio.ensure_future(forward(topic_name, index, bytes(records)))
+                return topic_name, index, forwarded, -1, None
             raise KafkaError(
                 ErrorCode.invalid_request,
                 f"topic {topic_name!r} is a read-only mirror of link "

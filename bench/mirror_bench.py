@@ -1,0 +1,155 @@
+"""Mirror catch-up and steady lag of a migration link (issue 12).
+
+Starts a source Shoal broker and a target through tests/harness.py, writes a
+backlog to the source with librdkafka, creates a link on the target and
+measures how fast the mirror catches up (MB/s of record batches copied). Then,
+with the link caught up, produces at a steady rate to the source and samples
+how long each source high watermark takes to appear on the mirror (p50/p99).
+
+    .venv/bin/python bench/mirror_bench.py [--backlog-mb 256] [--partitions 4]
+        [--rate-mb 10] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "src"))
+
+from click.testing import CliRunner  # noqa: E402
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+
+from harness import BrokerProcess  # noqa: E402
+from shoal.link.cli import link  # noqa: E402
+
+RECORD = 1024
+
+
+def ends(bootstrap: str, topic: str, partitions: int) -> list[int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench"})
+    try:
+        return [c.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in range(partitions)]
+    except Exception:
+        return [-1] * partitions
+    finally:
+        c.close()
+
+
+def produce(bootstrap: str, topic: str, total_bytes: int, rate: float | None) -> None:
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "batch.size": 1 << 20,
+            "queue.buffering.max.kbytes": 1 << 20,
+            "enable.idempotence": True,
+        }
+    )
+    value = os.urandom(RECORD)
+    sent = 0
+    start = time.monotonic()
+    while sent < total_bytes:
+        try:
+            p.produce(topic, value)
+        except BufferError:
+            p.poll(0.05)
+            continue
+        sent += RECORD
+        if rate is not None and sent % (64 * RECORD) == 0:
+            ahead = sent / rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+        if sent % (256 * RECORD) == 0:
+            p.poll(0)
+    assert p.flush(120) == 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backlog-mb", type=int, default=256)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--rate-mb", type=float, default=10.0)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mirror-bench-"))
+    src = BrokerProcess(work / "src").start()
+    dst = BrokerProcess(work / "dst").start()
+    meta = f"sqlite:///{(work / 'dst' / 'meta.db').resolve()}"
+    topic = "mirror-bench"
+    result: dict[str, object] = {"load_before": os.getloadavg()}
+    try:
+        admin = AdminClient({"bootstrap.servers": src.bootstrap})
+        for f in admin.create_topics([NewTopic(topic, args.partitions, 1)]).values():
+            f.result(30)
+        t0 = time.monotonic()
+        produce(src.bootstrap, topic, args.backlog_mb << 20, None)
+        result["backlog_produce_s"] = round(time.monotonic() - t0, 2)
+        target = ends(src.bootstrap, topic, args.partitions)
+        t0 = time.monotonic()
+        r = CliRunner().invoke(
+            link,
+            ["create", "bench", "--source", src.bootstrap, "--topics", topic, "--metadata", meta],
+        )
+        assert r.exit_code == 0, r.output
+        first = None
+        while (now := ends(dst.bootstrap, topic, args.partitions)) != target:
+            if first is None and max(now) > 0:
+                first = time.monotonic()  # the mirror topic exists and data flows
+            time.sleep(0.05)
+        took = time.monotonic() - t0
+        result["from_link_create_s"] = round(took, 2)
+        if first is not None:
+            took = time.monotonic() - first
+        time.sleep(1.5)  # progress rows are written every second
+        status = CliRunner().invoke(link, ["status", "--format", "json", "--metadata", meta])
+        copied = sum(row["bytes"] for row in json.loads(status.output))
+        result["catchup_s"] = round(took, 2)  # from the first mirrored batch
+        result["catchup_bytes"] = copied
+        result["catchup_MB_per_s"] = round(copied / took / (1 << 20), 1)
+        result["load_after_catchup"] = os.getloadavg()
+        # Steady state: the time from a source high watermark to the mirror's.
+        writer = threading.Thread(
+            target=produce,
+            args=(
+                src.bootstrap,
+                topic,
+                int(args.rate_mb * args.seconds) << 20,
+                args.rate_mb * (1 << 20),
+            ),
+        )
+        writer.start()
+        delays: list[float] = []
+        pending: list[tuple[float, list[int]]] = []
+        while writer.is_alive():
+            now = time.monotonic()
+            pending.append((now, ends(src.bootstrap, topic, args.partitions)))
+            mirror = ends(dst.bootstrap, topic, args.partitions)
+            seen = time.monotonic()
+            while pending and all(m >= s for m, s in zip(mirror, pending[0][1], strict=True)):
+                delays.append(seen - pending.pop(0)[0])
+            time.sleep(0.1)
+        writer.join()
+        delays.sort()
+        if delays:
+            result["steady_samples"] = len(delays)
+            result["steady_lag_p50_s"] = round(delays[len(delays) // 2], 3)
+            result["steady_lag_p99_s"] = round(delays[int(len(delays) * 0.99)], 3)
+        result["load_after"] = os.getloadavg()
+    finally:
+        src.stop()
+        dst.stop()
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
