@@ -12,7 +12,8 @@ consumer reads every partition from its end:
                          partition each time, as a client without KIP-227;
   --client kafka-python  kafka-python's consumer (which implements sessions).
 
-Latency: the consumer's clock at receipt minus the batch's max timestamp. With --timestamps append (the default) topics use
+Latency: the consumer's clock at receipt minus the batch's max timestamp.
+With --timestamps append (the default) topics use
 message.timestamp.type=LogAppendTime, so the figure is the fetch side's: from
 the broker's append (before the WAL commit) to the consumer; with create it is
 end to end from the producer's send, produce queueing included. Broker CPU:
@@ -120,35 +121,12 @@ class RawConsumer:
         from kio.schema.fetch.v12 import request as fr
 
         self.fr = fr
-        self.client = wire.RawClient(bootstrap, timeout=60)
+        self.client = wire.RawClient(bootstrap, timeout=600)  # the first fetch opens every stream
         self.sessions = sessions
         self.offsets = {(t, p): 0 for t in topics for p in range(parts)}
         self.changed: set[tuple[str, int]] = set(self.offsets)
         self.session = (0, 0 if sessions else -1)
         self.correlation = 0
-
-    def seek_to_end(self, wire: Any) -> None:
-        from kio.schema.list_offsets.v7 import request as lo
-
-        by_topic: dict[str, list[int]] = {}
-        for t, p in self.offsets:
-            by_topic.setdefault(t, []).append(p)
-        body = lo.ListOffsetsRequest(
-            replica_id=-1,
-            isolation_level=0,
-            topics=tuple(
-                lo.ListOffsetsTopic(
-                    name=t,
-                    partitions=tuple(
-                        lo.ListOffsetsPartition(partition_index=p, timestamp=-1) for p in ps
-                    ),
-                )
-                for t, ps in by_topic.items()
-            ),
-        )
-        for t in self.client.call(2, 7, body).topics:
-            for p in t.partitions:
-                self.offsets[(t.name, p.partition_index)] = p.offset
 
     def fetch(self) -> tuple[list[tuple[int, int]], int]:
         """One fetch: (batches received, partitions answered)."""
@@ -239,19 +217,23 @@ def main(
                 )
                 code = wire.create_topic(broker.bootstrap, name, partitions, configs)
                 assert code.name == "none", (name, code)
-            stop = multiprocessing.Event()
-            producer = multiprocessing.Process(
-                target=produce_forever, args=(broker.bootstrap, names, partitions, stop)
-            )
-            producer.start()
+            # The consumer's first (full) fetch comes first: it opens every
+            # stream (fresh topics: offset 0 is the end) before load starts.
             latencies: list[float] = []
             fetches = answered_total = 0
             if client == "raw":
                 consumer = RawConsumer(wire, broker.bootstrap, names, partitions, sessions)
-                consumer.seek_to_end(wire)
                 poll = consumer.fetch
             else:
                 consumer, poll = kafka_python_consumer(broker.bootstrap, names, partitions)
+            poll()
+            stop = multiprocessing.Event()
+            producer = multiprocessing.Process(
+                target=produce_forever,
+                args=(broker.bootstrap, names, partitions, stop),
+                daemon=True,
+            )
+            producer.start()
             begin = time.monotonic()
             measuring = False
             cpu0 = load0 = 0.0
@@ -305,7 +287,7 @@ def kafka_python_consumer(bootstrap: str, names: list[str], partitions: int) -> 
         bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=500
     )
     consumer.assign([TopicPartition(t, p) for t in names for p in range(partitions)])
-    consumer.seek_to_end()
+    consumer.seek_to_beginning()
 
     def poll() -> tuple[list[tuple[int, int]], int]:
         got = []
