@@ -117,7 +117,16 @@ def next_offset(records: bytes | None, offset: int) -> int:
 class RawConsumer:
     """Fetch v12 by name; with `sessions`, one incremental session."""
 
-    def __init__(self, wire: Any, bootstrap: str, topics: list[str], parts: int, sessions: bool):
+    def __init__(
+        self,
+        wire: Any,
+        bootstrap: str,
+        topics: list[str],
+        parts: int,
+        sessions: bool,
+        max_wait_ms: int = 500,
+    ):
+        self.max_wait = datetime.timedelta(milliseconds=max_wait_ms)
         from kio.schema.fetch.v12 import request as fr
 
         self.fr = fr
@@ -139,7 +148,7 @@ class RawConsumer:
                 fr.FetchPartition(partition=p, fetch_offset=off, partition_max_bytes=1 << 20)
             )
         body = fr.FetchRequest(
-            max_wait=datetime.timedelta(milliseconds=500),
+            max_wait=self.max_wait,
             min_bytes=1,
             max_bytes=50 << 20,
             isolation_level=0,
@@ -191,6 +200,12 @@ def percentile(values: list[float], q: float) -> float:
 @click.option("--sessions/--no-sessions", default=True, show_default=True)
 @click.option("--client", type=click.Choice(["raw", "kafka-python"]), default="raw")
 @click.option("--timestamps", type=click.Choice(["append", "create"]), default="append")
+@click.option(
+    "--idle",
+    is_flag=True,
+    help="no producer; the consumer fetches with max_wait 0 as fast as it can: "
+    "broker CPU per fetch of 10,000 partitions without news",
+)
 def main(
     topics: int,
     partitions: int,
@@ -199,6 +214,7 @@ def main(
     sessions: bool,
     client: str,
     timestamps: str,
+    idle: bool,
 ) -> None:
     harness = load("harness")
     wire = load("wire")
@@ -222,7 +238,9 @@ def main(
             latencies: list[float] = []
             fetches = answered_total = 0
             if client == "raw":
-                consumer = RawConsumer(wire, broker.bootstrap, names, partitions, sessions)
+                consumer = RawConsumer(
+                    wire, broker.bootstrap, names, partitions, sessions, 0 if idle else 500
+                )
                 poll = consumer.fetch
             else:
                 consumer, poll = kafka_python_consumer(broker.bootstrap, names, partitions)
@@ -233,7 +251,8 @@ def main(
                 args=(broker.bootstrap, names, partitions, stop),
                 daemon=True,
             )
-            producer.start()
+            if not idle:
+                producer.start()
             begin = time.monotonic()
             measuring = False
             cpu0 = load0 = 0.0
@@ -256,10 +275,13 @@ def main(
             cpu = cpu_seconds(broker.proc.pid) - cpu0
             load1 = os.getloadavg()[0]
             stop.set()
-            producer.join(30)
+            if not idle:
+                producer.join(30)
         finally:
             broker.stop()
     mode = f"{client}, {'sessions' if sessions else 'no sessions (full fetches)'}, {timestamps}"
+    if idle:
+        mode += ", idle (no producer, max_wait 0)"
     print(
         f"\n{total:,} partitions ({topics} topics x {partitions}), 1 record/s each; "
         f"{mode}; {elapsed:.0f} s measured; commit {commit}; "
@@ -276,6 +298,7 @@ def main(
         f"| {percentile(latencies, 0.99):.1f} | {percentile(latencies, 0.999):.1f} "
         f"| {max(latencies, default=float('nan')):.1f} | {cpu / elapsed:.2f} |"
     )
+    print(f"broker CPU per fetch: {cpu / max(fetches, 1) * 1000:.2f} ms")
     if latencies:
         print(f"(mean {statistics.fmean(latencies):.1f} ms over {len(latencies):,} records)")
 
