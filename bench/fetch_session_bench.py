@@ -12,8 +12,8 @@ consumer reads every partition from its end:
                          partition each time, as a client without KIP-227;
   --client kafka-python  kafka-python's consumer (which implements sessions).
 
-Latency: the consumer's clock at receipt minus the batch's max timestamp. With
---timestamps append (the default) topics use
+Latency: the consumer's clock at receipt minus the batch's max timestamp.
+With --timestamps append (the default) topics use
 message.timestamp.type=LogAppendTime, so the figure is the fetch side's: from
 the broker's append (before the WAL commit) to the consumer; with create it is
 end to end from the producer's send, produce queueing included. Broker CPU:
@@ -117,39 +117,25 @@ def next_offset(records: bytes | None, offset: int) -> int:
 class RawConsumer:
     """Fetch v12 by name; with `sessions`, one incremental session."""
 
-    def __init__(self, wire: Any, bootstrap: str, topics: list[str], parts: int, sessions: bool):
+    def __init__(
+        self,
+        wire: Any,
+        bootstrap: str,
+        topics: list[str],
+        parts: int,
+        sessions: bool,
+        max_wait_ms: int = 500,
+    ):
+        self.max_wait = datetime.timedelta(milliseconds=max_wait_ms)
         from kio.schema.fetch.v12 import request as fr
 
         self.fr = fr
-        self.client = wire.RawClient(bootstrap, timeout=60)
+        self.client = wire.RawClient(bootstrap, timeout=600)  # the first fetch opens every stream
         self.sessions = sessions
         self.offsets = {(t, p): 0 for t in topics for p in range(parts)}
         self.changed: set[tuple[str, int]] = set(self.offsets)
         self.session = (0, 0 if sessions else -1)
         self.correlation = 0
-
-    def seek_to_end(self, wire: Any) -> None:
-        from kio.schema.list_offsets.v7 import request as lo
-
-        by_topic: dict[str, list[int]] = {}
-        for t, p in self.offsets:
-            by_topic.setdefault(t, []).append(p)
-        body = lo.ListOffsetsRequest(
-            replica_id=-1,
-            isolation_level=0,
-            topics=tuple(
-                lo.ListOffsetsTopic(
-                    name=t,
-                    partitions=tuple(
-                        lo.ListOffsetsPartition(partition_index=p, timestamp=-1) for p in ps
-                    ),
-                )
-                for t, ps in by_topic.items()
-            ),
-        )
-        for t in self.client.call(2, 7, body).topics:
-            for p in t.partitions:
-                self.offsets[(t.name, p.partition_index)] = p.offset
 
     def fetch(self) -> tuple[list[tuple[int, int]], int]:
         """One fetch: (batches received, partitions answered)."""
@@ -162,7 +148,7 @@ class RawConsumer:
                 fr.FetchPartition(partition=p, fetch_offset=off, partition_max_bytes=1 << 20)
             )
         body = fr.FetchRequest(
-            max_wait=datetime.timedelta(milliseconds=500),
+            max_wait=self.max_wait,
             min_bytes=1,
             max_bytes=50 << 20,
             isolation_level=0,
@@ -214,6 +200,12 @@ def percentile(values: list[float], q: float) -> float:
 @click.option("--sessions/--no-sessions", default=True, show_default=True)
 @click.option("--client", type=click.Choice(["raw", "kafka-python"]), default="raw")
 @click.option("--timestamps", type=click.Choice(["append", "create"]), default="append")
+@click.option(
+    "--idle",
+    is_flag=True,
+    help="no producer; the consumer fetches with max_wait 0 as fast as it can: "
+    "broker CPU per fetch of 10,000 partitions without news",
+)
 def main(
     topics: int,
     partitions: int,
@@ -222,6 +214,7 @@ def main(
     sessions: bool,
     client: str,
     timestamps: str,
+    idle: bool,
 ) -> None:
     harness = load("harness")
     wire = load("wire")
@@ -240,19 +233,26 @@ def main(
                 )
                 code = wire.create_topic(broker.bootstrap, name, partitions, configs)
                 assert code.name == "none", (name, code)
-            stop = multiprocessing.Event()
-            producer = multiprocessing.Process(
-                target=produce_forever, args=(broker.bootstrap, names, partitions, stop)
-            )
-            producer.start()
+            # The consumer's first (full) fetch comes first: it opens every
+            # stream (fresh topics: offset 0 is the end) before load starts.
             latencies: list[float] = []
             fetches = answered_total = 0
             if client == "raw":
-                consumer = RawConsumer(wire, broker.bootstrap, names, partitions, sessions)
-                consumer.seek_to_end(wire)
+                consumer = RawConsumer(
+                    wire, broker.bootstrap, names, partitions, sessions, 0 if idle else 500
+                )
                 poll = consumer.fetch
             else:
                 consumer, poll = kafka_python_consumer(broker.bootstrap, names, partitions)
+            poll()
+            stop = multiprocessing.Event()
+            producer = multiprocessing.Process(
+                target=produce_forever,
+                args=(broker.bootstrap, names, partitions, stop),
+                daemon=True,
+            )
+            if not idle:
+                producer.start()
             begin = time.monotonic()
             measuring = False
             cpu0 = load0 = 0.0
@@ -275,10 +275,13 @@ def main(
             cpu = cpu_seconds(broker.proc.pid) - cpu0
             load1 = os.getloadavg()[0]
             stop.set()
-            producer.join(30)
+            if not idle:
+                producer.join(30)
         finally:
             broker.stop()
     mode = f"{client}, {'sessions' if sessions else 'no sessions (full fetches)'}, {timestamps}"
+    if idle:
+        mode += ", idle (no producer, max_wait 0)"
     print(
         f"\n{total:,} partitions ({topics} topics x {partitions}), 1 record/s each; "
         f"{mode}; {elapsed:.0f} s measured; commit {commit}; "
@@ -295,6 +298,7 @@ def main(
         f"| {percentile(latencies, 0.99):.1f} | {percentile(latencies, 0.999):.1f} "
         f"| {max(latencies, default=float('nan')):.1f} | {cpu / elapsed:.2f} |"
     )
+    print(f"broker CPU per fetch: {cpu / max(fetches, 1) * 1000:.2f} ms")
     if latencies:
         print(f"(mean {statistics.fmean(latencies):.1f} ms over {len(latencies):,} records)")
 
@@ -306,7 +310,7 @@ def kafka_python_consumer(bootstrap: str, names: list[str], partitions: int) -> 
         bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=500
     )
     consumer.assign([TopicPartition(t, p) for t in names for p in range(partitions)])
-    consumer.seek_to_end()
+    consumer.seek_to_beginning()
 
     def poll() -> tuple[list[tuple[int, int]], int]:
         got = []

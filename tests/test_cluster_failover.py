@@ -18,8 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from cluster_harness import Cluster, wait_for
 from test_fetch_sessions import fetch
-from test_topic_ids import topic_id
-from wire import RawClient
+from wire import RawClient, topic_id
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("SHOAL_TEST_TARGET", "shoal") != "shoal", reason="Shoal cluster mode"

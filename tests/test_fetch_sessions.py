@@ -14,7 +14,7 @@ from kio.schema.errors import ErrorCode
 from kio.schema.fetch.v12 import request as fr
 
 from harness import BrokerProcess
-from wire import RawClient, create_topic, make_batch, produce
+from wire import RawClient, create_topic, make_batch, produce, produce_many, topic_id
 
 
 def fetch(
@@ -133,7 +133,10 @@ def session_id(consumer: KafkaConsumer) -> int:
 
 def kafka_python_consumer(bootstrap: str, topic: str, n: int) -> KafkaConsumer:
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=200
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=200,
+        reconnect_backoff_max_ms=500,  # back soon after the restart
     )
     consumer.assign([TopicPartition(topic, p) for p in range(n)])
     consumer.seek_to_beginning()
@@ -141,58 +144,50 @@ def kafka_python_consumer(bootstrap: str, topic: str, n: int) -> KafkaConsumer:
 
 
 def produce_each(bootstrap: str, topic: str, n: int, tag: bytes) -> None:
-    for p in range(n):
-        assert produce(bootstrap, topic, make_batch([tag + b"-%d" % p]), p).error_code == 0
+    """One record to each of partitions 0..n-1, in one request."""
+    answers = produce_many(bootstrap, topic, {p: make_batch([tag + b"-%d" % p]) for p in range(n)})
+    assert [a.error_code for a in answers] == [0] * n
 
 
-def test_kafka_python_many_partitions_restart(fresh_broker: BrokerProcess) -> None:
-    n = 200
-    b = fresh_broker.start()
-    assert create_topic(b.bootstrap, "many", n) == ErrorCode.none
-    produce_each(b.bootstrap, "many", n, b"a")
-    consumer = kafka_python_consumer(b.bootstrap, "many", n)
-    try:
-        got = consume(consumer, n)
-        assert sorted(r.value for r in got) == sorted(b"a-%d" % p for p in range(n))
-        sid = session_id(consumer)
-        assert sid > 0  # the broker gave it an incremental session
-        produce_each(b.bootstrap, "many", 5, b"b")
-        got = consume(consumer, 5)
-        assert sorted(r.value for r in got) == sorted(b"b-%d" % p for p in range(5))
-        assert session_id(consumer) == sid
-        b.restart()
-        produce_each(b.bootstrap, "many", 5, b"c")
-        got = consume(consumer, 5)
-        assert sorted(r.value for r in got) == sorted(b"c-%d" % p for p in range(5))
-        assert session_id(consumer) not in (0, sid)  # a new session after the restart
-        assert f"no session {sid}" in b.log()
-    finally:
-        consumer.close()
-
-
-def test_kafka_python_session_eviction(tmp_path: Any) -> None:
-    """One slot: a bigger consumer takes it, the smaller one is told its
-    session is gone, and both keep consuming everything."""
+def test_kafka_python_sessions_eviction_and_restart(tmp_path: Any) -> None:
+    """kafka-python consumes through incremental sessions. One slot: a bigger
+    consumer takes it, the smaller one is told its session is gone and goes on
+    with full fetches. After a restart every session is gone: the client is
+    told so, starts over, and consumes on; topics keep their ids."""
+    n = 60
     b = BrokerProcess(
         tmp_path / "data", env={"SHOAL_MAX_INCREMENTAL_FETCH_SESSION_CACHE_SLOTS": "1"}
     ).start()
+    small = big = None
     try:
-        assert create_topic(b.bootstrap, "evict", 10) == ErrorCode.none
-        produce_each(b.bootstrap, "evict", 10, b"a")
-        small = kafka_python_consumer(b.bootstrap, "evict", 3)
-        big = kafka_python_consumer(b.bootstrap, "evict", 10)
-        try:
-            assert len(consume(small, 3)) == 3
-            first = session_id(small)
-            assert first > 0
-            assert len(consume(big, 10)) == 10
-            assert session_id(big) > 0
-            produce_each(b.bootstrap, "evict", 10, b"b")
-            assert sorted(r.value for r in consume(small, 3)) == [b"b-0", b"b-1", b"b-2"]
-            assert len(consume(big, 10)) == 10
-            assert f"no session {first}" in b.log()
-        finally:
-            small.close()
-            big.close()
+        assert create_topic(b.bootstrap, "many", n) == ErrorCode.none
+        produce_each(b.bootstrap, "many", n, b"a")
+        small = kafka_python_consumer(b.bootstrap, "many", 3)
+        assert sorted(r.value for r in consume(small, 3)) == [b"a-0", b"a-1", b"a-2"]
+        first = session_id(small)
+        assert first > 0  # the broker gave it an incremental session
+        big = kafka_python_consumer(b.bootstrap, "many", n)
+        got = consume(big, n)
+        assert sorted(r.value for r in got) == sorted(b"a-%d" % p for p in range(n))
+        taken = session_id(big)
+        assert taken > 0
+        produce_each(b.bootstrap, "many", n, b"b")
+        assert sorted(r.value for r in consume(small, 3)) == [b"b-0", b"b-1", b"b-2"]
+        assert len(consume(big, n)) == n
+        assert f"no session {first}" in b.log()  # evicted
+        assert session_id(big) == taken
+
+        tid = topic_id(b.bootstrap, "many")
+        b.restart()
+        assert topic_id(b.bootstrap, "many") == tid  # a topic keeps its id
+        produce_each(b.bootstrap, "many", n, b"c")
+        got = consume(big, n)
+        assert sorted(r.value for r in got) == sorted(b"c-%d" % p for p in range(n))
+        assert sorted(r.value for r in consume(small, 3)) == [b"c-0", b"c-1", b"c-2"]
+        assert session_id(big) not in (0, taken)  # a new session after the restart
+        assert f"no session {taken}" in b.log()
     finally:
+        for consumer in (small, big):
+            if consumer is not None:
+                consumer.close()
         b.stop()

@@ -147,3 +147,16 @@ def test_topic_ids_key_the_session() -> None:
 def test_epochs_wrap_to_one() -> None:
     assert next_epoch(1) == 2
     assert next_epoch(0x7FFFFFFF) == 1
+
+
+def test_an_evicted_session_watches_nothing() -> None:
+    cache = SessionCache(slots=1)
+    sid = full(cache, 1)
+    session = cache.get(sid)
+    assert session is not None
+    full(cache, 2)  # takes the only slot
+    assert cache.get(sid) is None
+    session.take_pending()
+    cache.bind(session, ("t", 0), 9, polled=False)  # a fetch still running for it
+    cache.advanced(9)
+    assert session.pending == set() and cache._watchers == {}

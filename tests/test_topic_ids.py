@@ -11,22 +11,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from harness import BrokerProcess
-from wire import RawClient, create_topic, make_batch, produce
-
-
-def topic_id(bootstrap: str, name: str, version: int = 12) -> uuid.UUID:
-    from kio.schema.metadata.v12 import request as mr
-
-    body = mr.MetadataRequest(
-        topics=(mr.MetadataRequestTopic(topic_id=None, name=name),),
-        allow_auto_topic_creation=False,
-        include_topic_authorized_operations=False,
-    )
-    with RawClient(bootstrap) as c:
-        t = c.call(3, version, body).topics[0]
-    assert t.error_code == ErrorCode.none, t
-    assert isinstance(t.topic_id, uuid.UUID)
-    return t.topic_id
+from wire import RawClient, create_topic, make_batch, produce, topic_id
 
 
 def fetch_by_id(
@@ -135,15 +120,6 @@ def test_produce_by_id(broker: BrokerProcess, topic_name: str) -> None:
     assert t.partition_responses[0].error_code == ErrorCode.unknown_topic_id
     resp = fetch_by_id(broker.bootstrap, tid, {0: 0})
     assert resp.responses[0].partitions[0].high_watermark == 2
-
-
-def test_topic_id_survives_restart(fresh_broker: BrokerProcess) -> None:
-    b = fresh_broker.start()
-    assert create_topic(b.bootstrap, "kept", 1) == ErrorCode.none
-    before = topic_id(b.bootstrap, "kept")
-    b.restart()
-    assert topic_id(b.bootstrap, "kept") == before
-    assert fetch_by_id(b.bootstrap, before, {0: 0}).responses[0].partitions[0].error_code == 0
 
 
 def test_delete_topics_by_id(broker: BrokerProcess, topic_name: str) -> None:

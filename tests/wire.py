@@ -7,6 +7,7 @@ import io
 import socket
 import struct
 import time
+import uuid
 from typing import Any
 
 import crc32c
@@ -227,3 +228,44 @@ def produce_request(topic: str, records: bytes, partition: int = 0) -> Any:
             ),
         ),
     )
+
+
+def topic_id(bootstrap: str, name: str, version: int = 12) -> uuid.UUID:
+    """The topic's id (KIP-516), asked by name with Metadata."""
+    from kio.schema.errors import ErrorCode
+    from kio.schema.metadata.v12 import request as mr
+
+    body = mr.MetadataRequest(
+        topics=(mr.MetadataRequestTopic(topic_id=None, name=name),),
+        allow_auto_topic_creation=False,
+        include_topic_authorized_operations=False,
+    )
+    with RawClient(bootstrap) as c:
+        t = c.call(3, version, body).topics[0]
+    assert t.error_code == ErrorCode.none, t
+    assert isinstance(t.topic_id, uuid.UUID)
+    return t.topic_id
+
+
+def produce_many(bootstrap: str, topic: str, batches: dict[int, bytes]) -> list[Any]:
+    """One Produce v9 (acks=all) carrying a batch for each partition
+    ({partition: records}); returns the partition responses."""
+    import datetime
+
+    from kio.schema.produce.v9 import request as pr
+
+    body = pr.ProduceRequest(
+        transactional_id=None,
+        acks=-1,
+        timeout=datetime.timedelta(seconds=30),
+        topic_data=(
+            pr.TopicProduceData(
+                name=topic,
+                partition_data=tuple(
+                    pr.PartitionProduceData(index=p, records=r) for p, r in batches.items()
+                ),
+            ),
+        ),
+    )
+    with RawClient(bootstrap, timeout=60) as c:
+        return list(c.call(0, 9, body).responses[0].partition_responses)

@@ -230,8 +230,8 @@ class SessionCache:
     def bind(self, session: FetchSession, key: Key, stream_id: int, polled: bool) -> None:
         """The handler resolved `key` to a stream: commits to it mark the key pending."""
         cached = session.partitions.get(key)
-        if cached is None:
-            return
+        if cached is None or self._sessions.get(session.id) is not session:
+            return  # forgotten, or the session was evicted meanwhile: watch nothing
         cached.polled = polled
         if cached.stream_id == stream_id:
             return
