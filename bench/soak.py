@@ -274,6 +274,8 @@ class Soak:
             "rolling_log_start": rolling_start,
             "growth": self.growth(),
             "objects": self.object_summary(),
+            "store_objects_at_end": self.objects(),
+            "metadata_objects_at_end": self.metadata_objects(),
         }
 
     def _log_starts(self, topic: str) -> list[int]:
@@ -311,6 +313,34 @@ class Soak:
                 "fds_last": points[-1][1]["fds"],
             }
         return out
+
+    def metadata_objects(self) -> dict[str, int]:
+        """Objects the metadata store knows: referenced by ranges (live), and
+        unreferenced ones waiting out the delete grace, by kind."""
+        import asyncio
+
+        from sqlalchemy import text
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        from shoal.meta.store import engine_url
+
+        if self.cluster is not None:
+            url = self.cluster.url
+        else:
+            url = f"sqlite:///{self.brokers[1].data_dir.resolve() / 'meta.db'}"
+        query = "select kind, delete_after_ms is null, count(*) from objects group by 1, 2"
+
+        async def rows() -> list[Any]:
+            engine = create_async_engine(engine_url(url))
+            async with engine.connect() as conn:
+                out = list(await conn.execute(text(query)))
+            await engine.dispose()
+            return out
+
+        return {
+            f"{kind}_{'live' if live else 'pending_delete'}": n
+            for kind, live, n in asyncio.run(rows())
+        }
 
     def object_summary(self) -> dict[str, int]:
         counts = [(r["t"], r["objects"]) for r in self.samples if r["objects"] >= 0]
