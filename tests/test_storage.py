@@ -403,3 +403,30 @@ async def test_producer_state_commits_with_a_stream_dropped_in_flight(meta: Meta
     assert await (await eng.append(sid, seq_batch(1), 0)) == 1
     assert offsets_of((await eng.read(sid, 0, 1 << 20)).chunks) == [0, 1]
     await eng.close()
+
+
+async def test_gather_bounded_keeps_order_bounds_concurrency_and_fails_fast() -> None:
+    from shoal.storage.concurrency import gather_bounded
+
+    running = 0
+    most = 0
+
+    async def call(i: int) -> int:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.01 * (i % 3))
+        running -= 1
+        if i == 7:
+            raise ObjectNotFoundForTest(str(i))
+        return i
+
+    class ObjectNotFoundForTest(Exception):
+        pass
+
+    calls = [lambda i=i: call(i) for i in range(20)]
+    assert await gather_bounded(calls[:7], limit=3) == list(range(7))
+    assert most == 3
+    with pytest.raises(ObjectNotFoundForTest):
+        await gather_bounded(calls, limit=4)
+    assert most <= 4
