@@ -69,8 +69,9 @@ class Load:
     every acknowledged (partition, offset, value) and each partition's
     acknowledgement times."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, prefix: bytes = b"v") -> None:
         self.topic = topic
+        self.prefix = prefix  # values are prefix + counter: distinct per Load
         self.producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
@@ -100,7 +101,7 @@ class Load:
                 self.producer.produce(
                     self.topic,
                     key=b"k%d" % (self.sent % 24),
-                    value=b"v%08d" % self.sent,
+                    value=self.prefix + b"%08d" % self.sent,
                     on_delivery=self._cb,
                 )
                 self.sent += 1

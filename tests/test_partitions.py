@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from cluster_harness import Cluster, wait_for
+from cluster_harness import Cluster, postgres, wait_for
 from netns import NetCluster, unavailable
 from test_cluster_failover import PARTITIONS, Load, agreed, check_exactly_once, create_topic, view
 
@@ -72,6 +72,20 @@ def read_back(
     return got
 
 
+def pg_activity(c: NetCluster) -> str:
+    """PostgreSQL's sessions and ungranted locks for the cluster's database:
+    what a failover that did not happen was waiting on (see RELIABILITY.md,
+    "One stall not explained")."""
+    from sqlalchemy import make_url
+
+    db = make_url(c.url).database
+    return postgres().psql(
+        "select pid, client_addr, state, wait_event_type, wait_event, now() - xact_start, "
+        f"left(query, 100) from pg_stat_activity where datname = '{db}'; "
+        "select locktype, relation::regclass, mode, pid from pg_locks where not granted;"
+    )
+
+
 def test_broker_cut_from_postgres_not_clients(netcluster: NetCluster) -> None:
     """Broker 2 loses PostgreSQL (both directions, silently) but keeps its
     clients: it stops acknowledging within its lease, its partitions are
@@ -90,11 +104,14 @@ def test_broker_cut_from_postgres_not_clients(netcluster: NetCluster) -> None:
         30,
         "the cut-off broker's partitions to move",
     )
-    wait_for(
-        lambda: all(any(t > cut for t in load.ack_times.get(p, [])) for p in moved),
-        30,
-        "the moved partitions to take writes again",
-    )
+    try:
+        wait_for(
+            lambda: all(any(t > cut for t in load.ack_times.get(p, [])) for p in moved),
+            30,
+            "the moved partitions to take writes again",
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{pg_activity(c)}") from None
     c.net.heal_all()
     wait_for(lambda: agreed(c, "cut-pg", {1, 2, 3}), 60, "broker 2 back after the heal")
     load.stop()

@@ -446,3 +446,30 @@ async def test_a_cancelled_queued_append_does_not_stall_the_batched_open(meta: M
     with pytest.raises(MetaError):
         await eng.open(999_999)
     await eng.close()
+
+
+async def test_gather_bounded_keeps_order_bounds_concurrency_and_fails_fast() -> None:
+    from shoal.storage.concurrency import gather_bounded
+
+    running = 0
+    most = 0
+
+    async def call(i: int) -> int:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.01 * (i % 3))
+        running -= 1
+        if i == 7:
+            raise ObjectNotFoundForTest(str(i))
+        return i
+
+    class ObjectNotFoundForTest(Exception):
+        pass
+
+    calls = [lambda i=i: call(i) for i in range(20)]
+    assert await gather_bounded(calls[:7], limit=3) == list(range(7))
+    assert most == 3
+    with pytest.raises(ObjectNotFoundForTest):
+        await gather_bounded(calls, limit=4)
+    assert most <= 4

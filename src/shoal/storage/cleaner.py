@@ -4,11 +4,13 @@ between PUT and commit)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
 
 from shoal.meta.store import MetaStore
+from shoal.storage.concurrency import gather_bounded
 from shoal.storage.objectstore import ObjectStore
 
 log = logging.getLogger("shoal.cleaner")
@@ -46,8 +48,7 @@ class Cleaner:
         result = CleanResult()
         now = int(time.time() * 1000)
         due = await self.meta.objects_due(now)
-        for key in due:
-            await self.store.delete(key)
+        await gather_bounded([functools.partial(self.store.delete, key) for key in due])
         await self.meta.forget_objects(due)
         result.deleted = len(due)
         if orphans:

@@ -12,6 +12,7 @@ deleted after a grace period, so readers in flight finish first.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 from shoal.meta.store import MetaStore, RangeCommit, RangeRecord
 from shoal.protocol.records import batch_spans
+from shoal.storage.concurrency import gather_bounded
 from shoal.storage.format import (
     BlockBuilder,
     BlockEntry,
@@ -105,7 +107,9 @@ class Compactor:
             size += sizes.get(key, 0)
         chosen_set = set(chosen)
         ranges = [r for r in ranges if r.object_key in chosen_set]
-        data = {key: await self.store.get(key) for key in chosen if key in sizes}
+        wanted = [key for key in chosen if key in sizes]
+        blobs = await gather_bounded([functools.partial(self.store.get, k) for k in wanted])
+        data = dict(zip(wanted, blobs, strict=True))
         by_stream: dict[int, list[RangeRecord]] = {}
         for r in ranges:
             by_stream.setdefault(r.stream_id, []).append(r)
