@@ -22,7 +22,6 @@ import hmac
 import os
 import secrets
 import ssl
-import struct
 import sys
 import tempfile
 import time
@@ -31,23 +30,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from kio.index import load_response_schema
 from kio.schema.sasl_authenticate.v2.request import SaslAuthenticateRequest
 from kio.schema.sasl_handshake.v1.request import SaslHandshakeRequest
-from kio.serial import entity_reader
 
 from security_helpers import PASSWORD, SecureBroker, make_certs, store_users
-from wire import request_frame
-
-
-async def _call(reader: Any, writer: Any, api: int, version: int, body: Any, cid: int) -> Any:
-    writer.write(request_frame(api, version, body, cid))
-    size = struct.unpack(">i", await reader.readexactly(4))[0]
-    frame = await reader.readexactly(size)
-    resp = load_response_schema(api, version)
-    pos = 4 + (1 if resp.__flexible__ else 0)
-    return entity_reader(resp)(frame, pos)[0]
-
+from wire import call_async
 
 _SALTED: dict[tuple[str, int], bytes] = {}
 
@@ -75,15 +62,17 @@ def _client_final(bare: str, server_first: str) -> str:
 async def _login(port: int, ctx: ssl.SSLContext) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
     try:
-        hs = await _call(reader, writer, 17, 1, SaslHandshakeRequest(mechanism="SCRAM-SHA-256"), 1)
+        hs = await call_async(
+            reader, writer, 17, 1, SaslHandshakeRequest(mechanism="SCRAM-SHA-256"), 1
+        )
         assert hs.error_code == 0
         bare = f"n=alice,r={secrets.token_urlsafe(18)}"
-        first = await _call(
+        first = await call_async(
             reader, writer, 36, 2, SaslAuthenticateRequest(auth_bytes=f"n,,{bare}".encode()), 2
         )
         assert first.error_code == 0, first.error_message
         final_msg = _client_final(bare, bytes(first.auth_bytes).decode())
-        final = await _call(
+        final = await call_async(
             reader, writer, 36, 2, SaslAuthenticateRequest(auth_bytes=final_msg.encode()), 3
         )
         assert final.error_code == 0, final.error_message

@@ -35,24 +35,20 @@ import os
 import secrets
 import ssl
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from kio.index import load_response_schema
 from kio.schema.metadata.v12.request import MetadataRequest
 from kio.schema.sasl_authenticate.v2.request import SaslAuthenticateRequest
 from kio.schema.sasl_handshake.v1.request import SaslHandshakeRequest
-from kio.serial import entity_reader
 
 from security_helpers import SecureBroker, make_certs
-from wire import request_frame
+from wire import call_async
 
 PASSWORD = "site-password"
 MECH = "SCRAM-SHA-512"
@@ -84,15 +80,6 @@ def store_sites(metadata_url: str, names: list[str]) -> dict[str, bytes]:
     return salted
 
 
-async def _call(reader: Any, writer: Any, api: int, version: int, body: Any, cid: int) -> Any:
-    writer.write(request_frame(api, version, body, cid))
-    size = struct.unpack(">i", await reader.readexactly(4))[0]
-    frame = await reader.readexactly(size)
-    resp = load_response_schema(api, version)
-    pos = 4 + (1 if resp.__flexible__ else 0)
-    return entity_reader(resp)(frame, pos)[0]
-
-
 def _client_final(bare: str, server_first: str, salted: bytes) -> str:
     fields = dict(kv.split("=", 1) for kv in server_first.split(","))
     client_key = hmac.new(salted, b"Client Key", "sha512").digest()
@@ -107,19 +94,19 @@ def _client_final(bare: str, server_first: str, salted: bytes) -> str:
 async def _site(port: int, ctx: ssl.SSLContext, name: str, salted: bytes) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
     try:
-        hs = await _call(reader, writer, 17, 1, SaslHandshakeRequest(mechanism=MECH), 1)
+        hs = await call_async(reader, writer, 17, 1, SaslHandshakeRequest(mechanism=MECH), 1)
         assert hs.error_code == 0
         bare = f"n={name},r={secrets.token_urlsafe(18)}"
-        first = await _call(
+        first = await call_async(
             reader, writer, 36, 2, SaslAuthenticateRequest(auth_bytes=f"n,,{bare}".encode()), 2
         )
         assert first.error_code == 0, first.error_message
         msg = _client_final(bare, bytes(first.auth_bytes).decode(), salted)
-        final = await _call(
+        final = await call_async(
             reader, writer, 36, 2, SaslAuthenticateRequest(auth_bytes=msg.encode()), 3
         )
         assert final.error_code == 0, final.error_message
-        md = await _call(
+        md = await call_async(
             reader,
             writer,
             3,

@@ -3,11 +3,13 @@ so tests can send exactly the malformed input a real client never would."""
 
 from __future__ import annotations
 
+import functools
 import io
 import socket
 import struct
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import crc32c
@@ -66,18 +68,50 @@ def make_batch(
     return struct.pack(">qiibI", 0, length, -1, magic, crc) + after_crc
 
 
+@functools.cache
+def _request_codec(api_key: int, version: int) -> tuple[Callable[[Any, Any], None], bool]:
+    """kio's writer for a request (building one takes ~0.1 ms: cached, so
+    load generators measure the broker, not schema loading)."""
+    cls = load_request_schema(api_key, version)
+    return entity_writer(cls), bool(cls.__flexible__)
+
+
+@functools.cache
+def _response_codec(api_key: int, version: int) -> tuple[Callable[[Any, int], Any], int]:
+    """kio's reader for a response and where its body starts (after the
+    correlation id, and the empty tagged fields of header v1; ApiVersions
+    always answers with header v0)."""
+    resp = load_response_schema(api_key, version)
+    return entity_reader(resp), 5 if resp.__flexible__ and api_key != 18 else 4
+
+
 def request_frame(
     api_key: int, version: int, body: Any, correlation_id: int = 1, client_id: str = "test"
 ) -> bytes:
-    cls = load_request_schema(api_key, version)
+    write, flexible = _request_codec(api_key, version)
     out = io.BytesIO()
     cid = client_id.encode()
     out.write(struct.pack(">hhih", api_key, version, correlation_id, len(cid)) + cid)
-    if cls.__flexible__:
+    if flexible:
         out.write(b"\x00")
-    entity_writer(cls)(out, body)
+    write(out, body)
     data = out.getvalue()
     return struct.pack(">i", len(data)) + data
+
+
+def decode_response(api_key: int, version: int, frame: bytes) -> Any:
+    """The body of a response frame (without its size prefix)."""
+    read, pos = _response_codec(api_key, version)
+    return read(frame, pos)[0]
+
+
+async def call_async(
+    reader: Any, writer: Any, api_key: int, version: int, body: Any, correlation_id: int
+) -> Any:
+    """One request and its response over asyncio streams."""
+    writer.write(request_frame(api_key, version, body, correlation_id))
+    size = struct.unpack(">i", await reader.readexactly(4))[0]
+    return decode_response(api_key, version, await reader.readexactly(size))
 
 
 class RawClient:
@@ -114,12 +148,7 @@ class RawClient:
         self.send_raw(request_frame(api_key, version, body, correlation_id))
         frame = self.read_frame()
         assert struct.unpack_from(">i", frame)[0] == correlation_id
-        resp = load_response_schema(api_key, version)
-        pos = 4
-        if resp.__flexible__ and api_key != 18:
-            pos += 1  # empty tagged fields of response header v1
-        value, _ = entity_reader(resp)(frame, pos)
-        return value
+        return decode_response(api_key, version, frame)
 
     def is_closed(self, wait: float = 5.0) -> bool:
         """True once the broker has closed this connection."""
