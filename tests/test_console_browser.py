@@ -1,11 +1,17 @@
 """The console in a real browser: headless Chromium (Debian's `chromium`,
 driven by Playwright through its executable path) against a broker, an MQTT
-broker (amqtt) and an edge gateway whose devices publish over MQTT.
+broker (amqtt) and two edge gateways: `plant-1`, whose devices publish over
+MQTT, and `plant-2`, with no devices, which only reports.
 
-The central topic the gateway forwards to does not exist and is not
-auto-created, so the site's backlog grows and shows on the fleet page until
-an operator creates the topic from the console. One browser for the module;
-a context (cookie jar) per user."""
+The central topic plant-1 forwards to does not exist and is not
+auto-created, so its backlog grows and shows on the fleet page until an
+operator creates the topic from the console. One browser for the module; a
+context (cookie jar) per user.
+
+Each page is saved as a screenshot, for review, to `$SHOAL_SCREENSHOTS` or
+else to a pytest temporary directory (the suite writes nothing into the
+repository); docs/CONSOLE.md shows the ones taken with
+`SHOAL_SCREENSHOTS=docs/console`."""
 
 from __future__ import annotations
 
@@ -34,7 +40,9 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 expect = sync_api.expect
 
 SITE = "plant-1"
+OTHER = "plant-2"
 WAIT_MS = 30_000
+VIEWPORT = {"width": 1100, "height": 720}  # modest, so the screenshots stay small
 
 
 class Env:
@@ -43,6 +51,7 @@ class Env:
         self.mqtt = MqttBroker(tmp / "mqtt").start()
         self.gw: GatewayProcess = gateway(tmp, self.broker, SITE, mqtt_port=self.mqtt.port)
         self.gw.start()
+        self.other: GatewayProcess = gateway(tmp, self.broker, OTHER).start()
         self.sent = 0
 
     def publish(self, n: int) -> None:
@@ -56,6 +65,7 @@ class Env:
 
     def stop(self) -> None:
         self.gw.kill()
+        self.other.kill()
         self.mqtt.stop()
         self.broker.stop()
 
@@ -78,10 +88,30 @@ def browser(env: Env) -> Iterator[Any]:
         b.close()
 
 
-def login(browser: Any, env: Env, user: str, **context: Any) -> Any:
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = os.environ.get("SHOAL_SCREENSHOTS")
+    if not where:
+        return tmp_path_factory.mktemp("screenshots")
+    path = Path(where)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def shot(page: Any, shots: Path, name: str) -> None:
+    """The visible viewport as a PNG: a page's top is what a reviewer needs."""
+    path = shots / f"{name}.png"
+    page.screenshot(path=str(path))
+    assert path.stat().st_size > 0
+
+
+def login(browser: Any, env: Env, user: str, shots: Path | None = None, **context: Any) -> Any:
+    context.setdefault("viewport", VIEWPORT)
     page = browser.new_context(**context).new_page()
     page.goto(env.broker.console + "/fleet")
     expect(page.locator("h1")).to_have_text("Log in")
+    if shots is not None:
+        shot(page, shots, "login")
     page.fill("input[name=user]", user)
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
@@ -90,22 +120,26 @@ def login(browser: Any, env: Env, user: str, **context: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def admin(browser: Any, env: Env) -> Any:
-    return login(browser, env, "admin")
+def admin(browser: Any, env: Env, shots: Path) -> Any:
+    return login(browser, env, "admin", shots)
 
 
-def backlog(page: Any) -> Any:
-    return page.locator(f'tr[data-site="{SITE}"] td.backlog')
+def backlog(page: Any, site: str = SITE) -> Any:
+    return page.locator(f'tr[data-site="{site}"] td.backlog')
 
 
-def test_fleet_shows_the_site_and_its_backlog(admin: Any) -> None:
+def test_fleet_shows_both_sites_and_their_backlog(admin: Any, shots: Path) -> None:
     expect(backlog(admin)).to_have_text("25", timeout=WAIT_MS)
+    expect(backlog(admin, OTHER)).to_have_text("0", timeout=WAIT_MS)
+    expect(admin.locator("tbody tr[data-site]")).to_have_count(2)
+    shot(admin, shots, "fleet")
     admin.click(f'tr[data-site="{SITE}"] a')
     expect(admin.locator("h1")).to_contain_text(SITE)
     expect(admin.locator("dd.backlog")).to_contain_text("25 records")
     expect(admin.locator("svg.chart")).to_have_count(3)
     expect(admin.locator("a", has_text="telemetry")).to_be_visible()  # the central topic it feeds
     assert admin.locator("#no-authorizer").count() == 0  # the authorizer is on
+    shot(admin, shots, "site")
 
 
 def test_the_page_updates_without_a_reload(admin: Any, env: Env) -> None:
@@ -118,12 +152,14 @@ def test_the_page_updates_without_a_reload(admin: Any, env: Env) -> None:
     assert int(admin.evaluate("document.getElementById('live').dataset.updates")) > 0
 
 
-def create_topic(page: Any, env: Env, name: str) -> Any:
+def create_topic(page: Any, env: Env, name: str, shots: Path | None = None) -> Any:
     page.goto(env.broker.console + "/topics")
     form = page.locator("#create-topic")
     form.locator("input[name=name]").fill(name)
     form.locator("button[type=submit]").click()
     expect(page.locator("h1")).to_have_text("Confirm: create topic")
+    if shots is not None:
+        shot(page, shots, "confirm")
     page.click("button.danger")
     return page.locator("#result")
 
@@ -136,10 +172,13 @@ def test_create_topic_is_refused_without_permission(browser: Any, env: Env) -> N
     viewer.context.close()
 
 
-def test_create_topic_permitted_and_the_backlog_drains(admin: Any, env: Env) -> None:
-    result = create_topic(admin, env, "telemetry")
+def test_create_topic_permitted_and_the_backlog_drains(admin: Any, env: Env, shots: Path) -> None:
+    result = create_topic(admin, env, "telemetry", shots)
     expect(result).to_have_text("created topic telemetry with 1 partition")
     assert "telemetry" in env.topics()
+    admin.goto(env.broker.console + "/topics")
+    expect(admin.locator("a", has_text="telemetry").first).to_be_visible()
+    shot(admin, shots, "topics")
     admin.goto(env.broker.console + "/fleet")
     expect(backlog(admin)).to_have_text("0", timeout=WAIT_MS)
 
@@ -152,7 +191,7 @@ def commit(env: Env, group: str, offset: int) -> None:
         c.close()
 
 
-def test_a_groups_lag_appears_drains_and_is_reset(admin: Any, env: Env) -> None:
+def test_a_groups_lag_appears_drains_and_is_reset(admin: Any, env: Env, shots: Path) -> None:
     c = Consumer({"bootstrap.servers": env.broker.address("PLAINTEXT"), "group.id": "peek"})
     _low, end = c.get_watermark_offsets(TopicPartition("telemetry", 0), timeout=10)
     c.close()
@@ -161,6 +200,7 @@ def test_a_groups_lag_appears_drains_and_is_reset(admin: Any, env: Env) -> None:
     admin.goto(env.broker.console + "/groups/readers")
     lag = admin.locator("strong.lag")
     expect(lag).to_have_text(str(end))
+    shot(admin, shots, "group")
     commit(env, "readers", end)
     expect(lag).to_have_text("0", timeout=WAIT_MS)  # live, no reload
     form = admin.locator("form[action='/actions/reset-offsets']")
@@ -176,19 +216,33 @@ def test_a_groups_lag_appears_drains_and_is_reset(admin: Any, env: Env) -> None:
     expect(lag).to_have_text(str(end))
 
 
-def test_a_killed_gateway_goes_silent(admin: Any, env: Env) -> None:
+def test_the_cluster_page(admin: Any, env: Env, shots: Path) -> None:
+    admin.goto(env.broker.console + "/cluster")
+    expect(admin.locator("h1")).to_contain_text("Cluster")
+    expect(admin.locator("tr[data-node]")).to_have_count(1)
+    shot(admin, shots, "cluster")
+
+
+def test_a_killed_gateway_goes_silent_and_the_other_stays_up(admin: Any, env: Env) -> None:
     admin.goto(env.broker.console + "/fleet")
     row = admin.locator(f'tr[data-site="{SITE}"]')
+    other = admin.locator(f'tr[data-site="{OTHER}"]')
     expect(row.locator(".pill")).not_to_have_text("silent")
+    up = other.locator(".pill").inner_text().strip()  # idle: plant-2 has nothing to send
+    assert up not in ("silent", "stopped")
     env.gw.kill()
     expect(row.locator(".pill")).to_have_text("silent", timeout=WAIT_MS)
     expect(row.locator(".since")).to_contain_text("since")
+    # plant-2 still reports: more than three of its intervals passed since plant-1's kill
+    expect(other.locator(".pill")).to_have_text(up)
+    assert other.locator(".since").count() == 0
 
 
-def test_a_phone_sized_screen(browser: Any, env: Env) -> None:
+def test_a_phone_sized_screen(browser: Any, env: Env, shots: Path) -> None:
     phone = login(browser, env, "admin", viewport={"width": 390, "height": 844}, is_mobile=True)
     row = phone.locator(f'tr[data-site="{SITE}"]')
     expect(row).to_be_visible()
+    shot(phone, shots, "fleet-phone")
     # no sideways scrolling; the table is one labelled card per row
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390
     assert phone.evaluate("getComputedStyle(document.querySelector('thead')).display") == "none"
