@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import insert, select, update
 
 from shoal.meta import schema as s
-from shoal.meta.store import MetaStore, ProducerRow, now_ms
+from shoal.meta.store import MetaStore, ProducerRow
 from shoal.protocol.records import batch_spans, read_header
 from shoal.storage import producers as producer_state
 from shoal.storage.cleaner import PREFIXES, node_of
@@ -323,6 +323,35 @@ def _chain(
     return chain, stray
 
 
+async def producer_rows(
+    store: ObjectStore,
+    stream_id: int,
+    blocks: list[tuple[str, BlockEntry]],
+    known: dict[int, ProducerEntry] | None = None,
+) -> list[ProducerRow]:
+    """Producers' sequence state after `blocks`, from their batch headers."""
+    producers = dict(known or {})
+    now = int(time.time() * 1000)
+    for key, e in blocks:
+        block = await store.get_range(key, e.position, e.position + e.size)
+        for a, _b in batch_spans(block):
+            h = read_header(block, a)
+            if h.producer_id < 0:
+                continue
+            count = h.last_offset_delta + 1
+            meta = BatchMeta(
+                h.base_sequence,
+                producer_state.next_seq(h.base_sequence, count - 1),
+                h.base_offset,
+                h.base_offset + h.last_offset_delta,
+            )
+            producer_state.record(producers, h.producer_id, h.producer_epoch, meta, now)
+    return [
+        ProducerRow(stream_id, pid, p.epoch, p.encode_batches(), p.last_timestamp_ms)
+        for pid, p in producers.items()
+    ]
+
+
 async def adopt(store: ObjectStore, meta: MetaStore, inv: Inventory, node_id: int) -> int:
     """Record the adoptable objects and move their streams' ends, with the
     producers' sequence state their batches carry, in one transaction per
@@ -333,27 +362,9 @@ async def adopt(store: ObjectStore, meta: MetaStore, inv: Inventory, node_id: in
             p.producer_id: ProducerEntry.decode(p.epoch, p.batches, p.last_timestamp_ms)
             for p in await meta.load_producers(sid)
         }
-        now = now_ms()
-        for key, e in chain:
-            block = await store.get_range(key, e.position, e.position + e.size)
-            for a, _b in batch_spans(block):
-                h = read_header(block, a)
-                if h.producer_id < 0:
-                    continue
-                count = h.last_offset_delta + 1
-                meta_ = BatchMeta(
-                    h.base_sequence,
-                    producer_state.next_seq(h.base_sequence, count - 1),
-                    h.base_offset,
-                    h.base_offset + h.last_offset_delta,
-                )
-                producer_state.record(producers, h.producer_id, h.producer_epoch, meta_, now)
         start = inv.streams[sid].end
         new_end = chain[-1][1].end_offset
-        rows = [
-            ProducerRow(sid, pid, entry.epoch, entry.encode_batches(), entry.last_timestamp_ms)
-            for pid, entry in producers.items()
-        ]
+        rows = await producer_rows(store, sid, chain, producers)
         await _record(meta, inv, sid, start, new_end, chain, rows, node_id)
         total += new_end - start
         log.warning(

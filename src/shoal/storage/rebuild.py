@@ -28,14 +28,11 @@ from sqlalchemy import func, insert, select, text
 
 from shoal.meta import schema as s
 from shoal.meta.store import MetaError, MetaStore, ProducerRow
-from shoal.protocol.records import batch_spans, read_header
-from shoal.storage import producers as producer_state
 from shoal.storage.cleaner import PREFIXES, node_of
 from shoal.storage.errors import CorruptObject, StorageError
 from shoal.storage.format import BlockEntry
-from shoal.storage.inventory import read_index
+from shoal.storage.inventory import producer_rows, read_index
 from shoal.storage.objectstore import ObjectInfo, ObjectStore
-from shoal.storage.producers import BatchMeta, ProducerEntry
 
 log = logging.getLogger("shoal.rebuild")
 
@@ -162,35 +159,6 @@ async def plan(store: ObjectStore) -> RebuildReport:
         chain, lost = chain_blocks(blocks[sid])
         report.streams.append(StreamPlan(sid, name, partition, tid, chain, lost))
     return report
-
-
-async def producer_rows(
-    store: ObjectStore,
-    stream_id: int,
-    blocks: list[tuple[str, BlockEntry]],
-    known: dict[int, ProducerEntry] | None = None,
-) -> list[ProducerRow]:
-    """Producers' sequence state after `blocks`, from their batch headers."""
-    producers = dict(known or {})
-    now = int(time.time() * 1000)
-    for key, e in blocks:
-        block = await store.get_range(key, e.position, e.position + e.size)
-        for a, _b in batch_spans(block):
-            h = read_header(block, a)
-            if h.producer_id < 0:
-                continue
-            count = h.last_offset_delta + 1
-            meta = BatchMeta(
-                h.base_sequence,
-                producer_state.next_seq(h.base_sequence, count - 1),
-                h.base_offset,
-                h.base_offset + h.last_offset_delta,
-            )
-            producer_state.record(producers, h.producer_id, h.producer_epoch, meta, now)
-    return [
-        ProducerRow(stream_id, pid, p.epoch, p.encode_batches(), p.last_timestamp_ms)
-        for pid, p in producers.items()
-    ]
 
 
 async def rebuild(store: ObjectStore, meta: MetaStore, node_id: int = 0) -> RebuildReport:
