@@ -5,16 +5,16 @@ FETCH_SESSION_ID_NOT_FOUND and starts over)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import time
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from kio.schema.errors import ErrorCode
-from kio.schema.fetch.v12 import request as fr
 
 from harness import BrokerProcess
-from wire import RawClient, create_topic, make_batch, produce, produce_many, topic_id
+from wire import RawClient, create_topic, fetch_request, make_batch, produce, produce_many, topic_id
 
 
 def fetch(
@@ -24,30 +24,7 @@ def fetch(
     session: tuple[int, int],
     forget: tuple[int, ...] = (),
 ) -> Any:
-    body = fr.FetchRequest(
-        max_wait=datetime.timedelta(milliseconds=10),
-        min_bytes=1,
-        max_bytes=1 << 20,
-        isolation_level=0,
-        session_id=session[0],
-        session_epoch=session[1],
-        topics=(
-            fr.FetchTopic(
-                topic=topic,
-                partitions=tuple(
-                    fr.FetchPartition(partition=p, fetch_offset=o, partition_max_bytes=1 << 20)
-                    for p, o in partitions.items()
-                ),
-            ),
-        )
-        if partitions
-        else (),
-        forgotten_topics_data=(fr.ForgottenTopic(topic=topic, partitions=forget),)
-        if forget
-        else (),
-        rack_id="",
-    )
-    return c.call(1, 12, body)
+    return c.call(1, 12, fetch_request(topic, partitions, session=session, forget=forget))
 
 
 def answered(resp: Any) -> dict[int, Any]:
@@ -97,16 +74,10 @@ def test_incremental_fetch_waits_for_news(broker: BrokerProcess, topic_name: str
     assert create_topic(broker.bootstrap, topic_name, 3) == ErrorCode.none
     with RawClient(broker.bootstrap) as c:
         sid = fetch(c, topic_name, dict.fromkeys(range(3), 0), (0, 0)).session_id
-        body = fr.FetchRequest(
+        # a long poll: 20 s max wait, news only
+        body = dataclasses.replace(
+            fetch_request(topic_name, {}, session=(sid, 1)),
             max_wait=datetime.timedelta(seconds=20),
-            min_bytes=1,
-            max_bytes=1 << 20,
-            isolation_level=0,
-            session_id=sid,
-            session_epoch=1,
-            topics=(),
-            forgotten_topics_data=(),
-            rack_id="",
         )
         from wire import request_frame
 

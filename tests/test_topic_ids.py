@@ -11,7 +11,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from harness import BrokerProcess
-from wire import RawClient, create_topic, make_batch, produce, topic_id
+from wire import RawClient, create_topic, fetch_request, make_batch, produce, topic_id
 
 
 def fetch_by_id(
@@ -19,32 +19,9 @@ def fetch_by_id(
     tid: uuid.UUID,
     partitions: dict[int, int],
     version: int = 17,
-    session: tuple[int, int] = (0, -1),
 ) -> Any:
-    import importlib
-
-    fr = importlib.import_module(f"kio.schema.fetch.v{version}.request")
-    body = fr.FetchRequest(
-        max_wait=datetime.timedelta(milliseconds=10),
-        min_bytes=1,
-        max_bytes=1 << 20,
-        isolation_level=0,
-        session_id=session[0],
-        session_epoch=session[1],
-        topics=(
-            fr.FetchTopic(
-                topic_id=tid,
-                partitions=tuple(
-                    fr.FetchPartition(partition=p, fetch_offset=o, partition_max_bytes=1 << 20)
-                    for p, o in partitions.items()
-                ),
-            ),
-        ),
-        forgotten_topics_data=(),
-        rack_id="",
-    )
     with RawClient(bootstrap) as c:
-        return c.call(1, version, body)
+        return c.call(1, version, fetch_request(tid, partitions, version=version))
 
 
 def test_metadata_and_fetch_by_id(broker: BrokerProcess, topic_name: str) -> None:

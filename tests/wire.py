@@ -162,28 +162,35 @@ class RawClient:
 
 
 def fetch_request(
-    topic: str,
+    topic: str | uuid.UUID,
     partitions: dict[int, int],
     max_bytes: int = 1 << 20,
     partition_max_bytes: int = 1 << 20,
     rack_id: str = "",
+    version: int = 12,
+    session: tuple[int, int] = (0, -1),
+    forget: tuple[int, ...] = (),
 ) -> Any:
-    """A Fetch v12 body reading `partitions` ({partition: offset}) of one topic,
-    answered at once (10 ms max wait) with whatever there is."""
+    """A Fetch body of `version` reading `partitions` ({partition: offset}) of
+    one topic (its name, or its id from v13), answered at once (10 ms max
+    wait) with whatever there is; `session` is (session id, epoch) and
+    `forget` the partitions to drop from it. No partitions: no topic (an
+    incremental fetch asking only for news)."""
     import datetime
+    import importlib
 
-    from kio.schema.fetch.v12 import request as fr
-
+    fr = importlib.import_module(f"kio.schema.fetch.v{version}.request")
+    ref = {"topic_id": topic} if version >= 13 else {"topic": topic}
     return fr.FetchRequest(
         max_wait=datetime.timedelta(milliseconds=10),
         min_bytes=1,
         max_bytes=max_bytes,
         isolation_level=0,
-        session_id=0,
-        session_epoch=-1,
+        session_id=session[0],
+        session_epoch=session[1],
         topics=(
             fr.FetchTopic(
-                topic=topic,
+                **ref,
                 partitions=tuple(
                     fr.FetchPartition(
                         partition=p,
@@ -196,8 +203,10 @@ def fetch_request(
                     for p, offset in partitions.items()
                 ),
             ),
-        ),
-        forgotten_topics_data=(),
+        )
+        if partitions
+        else (),
+        forgotten_topics_data=(fr.ForgottenTopic(**ref, partitions=forget),) if forget else (),
         rack_id=rack_id,
     )
 
