@@ -227,6 +227,42 @@ async def test_compaction_swaps_several_runs_of_one_stream(meta: MetaStore) -> N
     assert [(r.start_offset, r.end_offset) for r in swapped] == [(0, 2), (2, 4)]
 
 
+async def test_a_long_run_compacts_into_objects_retention_can_free(meta: MetaStore) -> None:
+    """A stream's run is cut into objects of about stream_object_bytes, so
+    trimming its older half frees whole objects (one object per run kept
+    everything until the newest record expired)."""
+    from shoal.storage.compaction import CompactionConfig
+
+    [sid] = await new_stream(meta)
+    cfg = EngineConfig(
+        wal=WalConfig(linger_ms=2),
+        log_cache_bytes=1 << 20,
+        compaction=CompactionConfig(
+            min_age_ms=0, block_bytes=1024, stream_object_bytes=4096, delete_grace_ms=0
+        ),
+    )
+    eng = StreamEngine(FaultyStore(), meta, cfg)
+    for i in range(40):  # forty WAL objects of ~330 bytes: one run of ~13 KB
+        await (await eng.append(sid, batch(b"%03d" % i + b"." * 250), 0))
+    result = await eng.compactor.run_once()
+    assert result.objects_in == 40
+    assert 3 <= result.objects_out <= 4, result
+    keys = [k for k in await meta.object_keys() if k.startswith("compacted/")]
+    assert len(keys) == result.objects_out
+    # Every record still reads back once, in order, from the new objects.
+    offsets: list[int] = []
+    while len(offsets) < 40:
+        offsets += offsets_of((await eng.read(sid, len(offsets), 1 << 20)).chunks)
+    assert offsets == list(range(40))
+    await eng.apply_retention(sid, 0, -1, 6000)
+    await eng.cleaner.run_once(orphans=False)
+    left = [k for k in await meta.object_keys() if k.startswith("compacted/")]
+    assert 0 < len(left) < len(keys)
+    (lo, hi) = await eng.bounds(sid)
+    assert hi == 40 and 0 < lo
+    await eng.close()
+
+
 async def test_a_second_writer_fences_the_first(meta: MetaStore) -> None:
     [sid] = await new_stream(meta)
     store = FaultyStore()

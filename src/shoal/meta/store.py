@@ -965,7 +965,7 @@ class MetaStore:
                     .where(_ranges_at(r, chunk))
                     .group_by(r.c.stream_id)
                 )
-                present.update({int(sid): int(n) for sid, n in rows.tuples()})
+                present.update({int(sid): int(n) for sid, n in rows})
             swap = [x for x in replacements if present.get(x[0], 0) == len(x[1])]
             for chunk in _param_chunks(swap):
                 await conn.execute(delete(r).where(_ranges_at(r, chunk)))

@@ -4,8 +4,9 @@ WAL objects are small and mix every partition of a broker, which is right for
 write latency and wrong for catch-up reads. A round takes the oldest WAL
 objects of this broker, and rewrites each stream's data as contiguous,
 batch-aligned blocks of about `block_bytes`: streams with at least
-`stream_object_bytes` in the round get an object of their own, the rest share
-one. One metadata transaction swaps the ranges; the replaced objects are
+`stream_object_bytes` in the round get objects of their own, each about that
+size (so retention, which frees whole objects, can give space back a piece at a
+time), the rest share one. One metadata transaction swaps the ranges; the replaced objects are
 deleted after a grace period, so readers in flight finish first.
 """
 
@@ -118,7 +119,8 @@ class Compactor:
             for run in _contiguous(rs):
                 run_bytes = sum(r.size for r in run)
                 if run_bytes >= self.config.stream_object_bytes:
-                    await self._write([(sid, run)], data, "stream", result)
+                    for piece in _pieces(run, self.config.stream_object_bytes):
+                        await self._write([(sid, piece)], data, "stream", result)
                 else:
                     shared.append((sid, run))
         if shared:
@@ -241,3 +243,20 @@ def _contiguous(ranges: list[RangeRecord]) -> list[list[RangeRecord]]:
         else:
             runs.append([r])
     return runs
+
+
+def _pieces(run: list[RangeRecord], target: int) -> list[list[RangeRecord]]:
+    """A long run cut at range boundaries (a range is swapped whole) into
+    pieces of about `target` bytes; a tail under half of it joins the piece
+    before, rather than becoming a small object of its own."""
+    pieces: list[list[RangeRecord]] = [[]]
+    size = 0
+    for r in run:
+        if size >= target:
+            pieces.append([])
+            size = 0
+        pieces[-1].append(r)
+        size += r.size
+    if len(pieces) > 1 and size < target // 2:
+        pieces[-2].extend(pieces.pop())
+    return pieces
