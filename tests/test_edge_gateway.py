@@ -422,7 +422,12 @@ def test_disk_budget_drop_oldest_counts_every_drop(
     dropped = lane["drops"]["disk-budget"]["records"]
     recs = consume_all(central.bootstrap, topic, len(values) - dropped)
     got = [int(r[1][:6]) for r in recs]
-    assert len(got) + dropped == len(values), "every record delivered or counted as dropped"
+    # On failure, the gateway's trims and forwarding decisions say which
+    # records went uncounted (seen once in a CI run: 600 counted, 67 missing).
+    assert len(got) + dropped == len(values), (
+        f"every record delivered or counted as dropped: got {got[:3]}..., dropped {dropped}\n"
+        f"{json.dumps(lane)}\n{json.dumps(gw.uplink())}\n{gw.log()[-20000:]}"
+    )
     # the oldest went (records already handed to the producer when the cut
     # came were delivered, not dropped: a record is counted once, either way)
     assert got == sorted(got) and set(range(len(values) - 100, len(values))) <= set(got)
