@@ -9,6 +9,7 @@ overflow on the coordinator in-process. One broker for the module."""
 from __future__ import annotations
 
 import datetime
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from kio.schema.add_partitions_to_txn.v3 import request as ap3
 from kio.schema.add_partitions_to_txn.v5 import request as ap5
 from kio.schema.api_versions.v3.request import ApiVersionsRequest as ApiVersionsV3
@@ -505,3 +507,61 @@ async def test_epoch_overflow_gives_a_new_producer_id(meta: MetaStore) -> None:
         assert saved is not None and (saved.producer_id, saved.prev_producer_id) == (501, pid)
     finally:
         await eng.close()
+
+
+# cluster mode ------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    os.environ.get("SHOAL_TEST_TARGET", "shoal") != "shoal", reason="Shoal cluster mode"
+)
+def test_version_2_across_brokers(tmp_path: Path) -> None:
+    """Two brokers on PostgreSQL: Produce v12 to the broker that is not the
+    id's coordinator adds the partition through the metadata store; EndTxn
+    v5 at the coordinator commits both partitions and bumps the epoch, which
+    fences the old one on the other broker too."""
+    from kio.schema.find_coordinator.v3.request import FindCoordinatorRequest
+
+    from cluster_harness import Cluster, wait_for
+
+    cluster = Cluster(tmp_path, size=2).start()
+    try:
+        any_broker = cluster.brokers[1].bootstrap
+        assert int(create_topic(any_broker, "t", partitions=4)) == 0
+        admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+
+        def leaders() -> dict[int, int]:
+            parts = admin.list_topics("t", timeout=10).topics["t"].partitions
+            return {p.id: p.leader for p in parts.values()}
+
+        wait_for(lambda: set(leaders().values()) == {1, 2}, 20, "partitions on both brokers")
+        owner = leaders()
+        with RawClient(any_broker) as c:
+            tid = next(
+                t
+                for t in (f"tx{i}" for i in range(50))
+                if int(c.call(10, 3, FindCoordinatorRequest(key=t, key_type=1)).node_id) == 1
+            )
+        remote = next(p for p, node in owner.items() if node == 2)
+        local = next(p for p, node in owner.items() if node == 1)
+        with (
+            RawClient(cluster.brokers[1].bootstrap) as coord,
+            RawClient(cluster.brokers[2].bootstrap) as other,
+        ):
+            pid, epoch = init(coord, tid)
+            assert txn_write(other, tid, "t", pid, epoch, 0, b"r", remote) == ErrorCode.none
+            assert txn_write(coord, tid, "t", pid, epoch, 0, b"l", local) == ErrorCode.none
+            (res,) = batch_v5(
+                coord, (tid, pid, epoch, True, {"t": (remote, local)})
+            ).results_by_transaction
+            assert set(codes_of(res).values()) == {ErrorCode.none}
+            assert end_v5(coord, tid, pid, epoch) == (ErrorCode.none, pid, epoch + 1)
+            assert txn_write(other, tid, "t", pid, epoch, 1, b"late", remote) == (
+                ErrorCode.invalid_producer_epoch
+            )
+        for p, node in owner.items():
+            bootstrap = cluster.brokers[node].bootstrap
+            assert produce(bootstrap, "t", make_batch([b"end"]), p).error_code == ErrorCode.none
+        assert committed_values(cluster.bootstrap, "t", 4) == [b"l", b"r"]
+    finally:
+        cluster.stop()
