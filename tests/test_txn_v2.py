@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
 from kio.schema.add_partitions_to_txn.v3 import request as ap3
 from kio.schema.add_partitions_to_txn.v5 import request as ap5
 from kio.schema.api_versions.v3.request import ApiVersionsRequest as ApiVersionsV3
@@ -448,6 +447,16 @@ def test_transaction_version_1_by_config(v1_broker: BrokerProcess, topic_name: s
         assert end_v5(c, tid, pid, epoch) == (ErrorCode.none, pid, epoch)
 
 
+@pytest.mark.parametrize("value", ["0", "3", "two"])
+def test_transaction_version_setting_out_of_range(value: str) -> None:
+    from shoal.config import ConfigError, load_config
+
+    with pytest.raises(
+        ConfigError, match=f"transaction.version: '{value}' from environment SHOAL_"
+    ):
+        load_config(None, {"SHOAL_TRANSACTION_VERSION": value}, {})
+
+
 # the epoch overflow, on the coordinator in-process ------------------------------------
 
 
@@ -511,6 +520,19 @@ async def test_epoch_overflow_gives_a_new_producer_id(meta: MetaStore) -> None:
 
 # cluster mode ------------------------------------------------------------------------
 
+#: what a broker answers while it has not yet opened a partition given to it
+OPENING = {ErrorCode.unknown_topic_or_partition, ErrorCode.not_leader_or_follower}
+
+
+def write_once_open(c: RawClient, tid: str, pid: int, epoch: int, value: bytes, p: int) -> Any:
+    """The first write of a partition in topic t, retried while its owner is
+    still opening it (the partition is added only once the owner takes it)."""
+    deadline = time.monotonic() + 20
+    while (code := txn_write(c, tid, "t", pid, epoch, 0, value, p)) in OPENING:
+        assert time.monotonic() < deadline, f"partition {p} never opened"
+        time.sleep(0.1)
+    return code
+
 
 @pytest.mark.skipif(
     os.environ.get("SHOAL_TEST_TARGET", "shoal") != "shoal", reason="Shoal cluster mode"
@@ -521,6 +543,7 @@ def test_version_2_across_brokers(tmp_path: Path) -> None:
     v5 at the coordinator commits both partitions and bumps the epoch, which
     fences the old one on the other broker too."""
     from kio.schema.find_coordinator.v3.request import FindCoordinatorRequest
+    from kio.schema.metadata.v12 import request as mr
 
     from cluster_harness import Cluster, wait_for
 
@@ -528,14 +551,24 @@ def test_version_2_across_brokers(tmp_path: Path) -> None:
     try:
         any_broker = cluster.brokers[1].bootstrap
         assert int(create_topic(any_broker, "t", partitions=4)) == 0
-        admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
 
-        def leaders() -> dict[int, int]:
-            parts = admin.list_topics("t", timeout=10).topics["t"].partitions
-            return {p.id: p.leader for p in parts.values()}
+        def leaders(node: int) -> dict[int, int]:
+            """Partition -> owner, as this broker's Metadata answers it."""
+            body = mr.MetadataRequest(
+                topics=(mr.MetadataRequestTopic(topic_id=None, name="t"),),
+                allow_auto_topic_creation=False,
+                include_topic_authorized_operations=False,
+            )
+            with RawClient(cluster.brokers[node].bootstrap) as c:
+                (t,) = c.call(3, 12, body).topics
+            return {int(p.partition_index): int(p.leader_id) for p in t.partitions}
 
-        wait_for(lambda: set(leaders().values()) == {1, 2}, 20, "partitions on both brokers")
-        owner = leaders()
+        def settled() -> dict[int, int] | None:
+            # both brokers know the topic and agree on owners, one partition at least each
+            seen = leaders(1)
+            return seen if set(seen.values()) == {1, 2} and leaders(2) == seen else None
+
+        owner = wait_for(settled, 20, "partitions on both brokers, known to both")
         with RawClient(any_broker) as c:
             tid = next(
                 t
@@ -549,8 +582,8 @@ def test_version_2_across_brokers(tmp_path: Path) -> None:
             RawClient(cluster.brokers[2].bootstrap) as other,
         ):
             pid, epoch = init(coord, tid)
-            assert txn_write(other, tid, "t", pid, epoch, 0, b"r", remote) == ErrorCode.none
-            assert txn_write(coord, tid, "t", pid, epoch, 0, b"l", local) == ErrorCode.none
+            for c, value, p in ((other, b"r", remote), (coord, b"l", local)):
+                assert write_once_open(c, tid, pid, epoch, value, p) == ErrorCode.none
             (res,) = batch_v5(
                 coord, (tid, pid, epoch, True, {"t": (remote, local)})
             ).results_by_transaction
@@ -565,3 +598,48 @@ def test_version_2_across_brokers(tmp_path: Path) -> None:
         assert committed_values(cluster.bootstrap, "t", 4) == [b"l", b"r"]
     finally:
         cluster.stop()
+
+
+async def test_timed_out_version_2_producer_stays_fenced(meta: MetaStore) -> None:
+    """The sweep aborts a TV2 transaction past its timeout with a bumped
+    epoch; the producer's own end, naming the old epoch, is not taken for a
+    retry of a TV2 end: PRODUCER_FENCED."""
+    from faults import FaultyStore
+    from shoal.meta.transactions import TxnRepository
+    from shoal.protocol.errors import ErrorCode as Code
+    from shoal.txn import state as st
+    from shoal.txn.coordinator import TransactionCoordinator, TxnConfig
+    from test_txn_log import EngineMarkers, engine
+
+    topic = await meta.create_topic("late", 1, {})
+    sid = topic.partitions[0].stream_id
+    eng = engine(meta, FaultyStore())
+    pids = iter(range(700, 800))
+
+    async def allocate() -> int:
+        return next(pids)
+
+    coord = TransactionCoordinator(
+        TxnRepository(meta), allocate, EngineMarkers(eng, {("late", 0): sid}, 10), TxnConfig()
+    )
+    try:
+        pid, epoch = await coord.init_producer_id("late", 1, -1, -1, Code.producer_fenced)
+        assert await coord.add_on_produce("late", pid, epoch, ("late", 0)) == Code.none
+        assert await coord.end_txn("late", pid, epoch, True, Code.producer_fenced, st.TV2) == (
+            pid,
+            epoch + 1,
+        )
+        assert await coord.add_on_produce("late", pid, epoch + 1, ("late", 0)) == Code.none
+        opened = await coord.describe("late")
+        assert opened is not None
+        opened.start_ms -= 10  # it began 10 ms ago: past its 1 ms timeout, without waiting
+        await coord.sweep()
+        swept = await coord.describe("late")
+        assert swept is not None and swept.state == st.TxnState.COMPLETE_ABORT
+        assert swept.producer_epoch == epoch + 2
+        for commit in (False, True):
+            with pytest.raises(st.TxnError) as exc:
+                await coord.end_txn("late", pid, epoch + 1, commit, Code.producer_fenced, st.TV2)
+            assert exc.value.code == Code.producer_fenced
+    finally:
+        await eng.close()
