@@ -24,7 +24,7 @@ from kio.schema.api_versions.v4.request import ApiVersionsRequest as ApiVersions
 from kio.schema.end_txn.v4.request import EndTxnRequest as EndTxnV4
 from kio.schema.end_txn.v5.request import EndTxnRequest as EndTxnV5
 from kio.schema.errors import ErrorCode
-from kio.schema.init_producer_id.v4.request import InitProducerIdRequest
+from kio.schema.init_producer_id.v5.request import InitProducerIdRequest
 from kio.schema.offset_fetch.v7 import request as of
 from kio.schema.txn_offset_commit.v5 import request as tc5
 
@@ -40,7 +40,7 @@ from wire import RawClient, create_topic, make_batch, produce
 def init(c: RawClient, tid: str) -> tuple[int, int]:
     r = c.call(
         22,
-        4,
+        5,
         InitProducerIdRequest(
             transactional_id=tid,
             transaction_timeout=datetime.timedelta(seconds=60),
