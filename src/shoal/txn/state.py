@@ -161,25 +161,12 @@ def begin_or_continue(meta: TxnMeta, now_ms: int) -> None:
 
 
 def prepare_end(meta: TxnMeta, commit: bool, now_ms: int) -> bool:
-    """EndTxn: True when the transaction moves to PrepareCommit/PrepareAbort
-    (markers to write), False for a retry of an end already done."""
-    done = TxnState.COMPLETE_COMMIT if commit else TxnState.COMPLETE_ABORT
-    if meta.state == done:
-        return False
-    if meta.state.preparing:
-        raise TxnError(
-            ErrorCode.concurrent_transactions,
-            f"transactional id {meta.transactional_id!r} is completing its transaction",
-        )
-    if meta.state != TxnState.ONGOING:
-        raise TxnError(
-            ErrorCode.invalid_txn_state,
-            f"transactional id {meta.transactional_id!r} cannot "
-            f"{'commit' if commit else 'abort'} in state {meta.state.value}",
-        )
-    meta.state = TxnState.PREPARE_COMMIT if commit else TxnState.PREPARE_ABORT
-    meta.update_ms = now_ms
-    return True
+    """EndTxn under version 1 from the id's current producer: True when the
+    transaction moves to PrepareCommit/PrepareAbort (markers to write), False
+    for a retry of an end already done (see decide_end)."""
+    return decide_end(
+        meta, meta.producer_id, meta.producer_epoch, commit, now_ms, 0, ErrorCode.producer_fenced
+    )
 
 
 def decide_end(
@@ -191,15 +178,21 @@ def decide_end(
     version: int,
     fenced: ErrorCode,
 ) -> bool:
-    """EndTxn of protocol `version` (TV2 from EndTxn v5) on a transaction that
-    is not half-ended: True when a decision is taken (save it, write its
-    markers), False for a retry of the end already done (answer it again).
+    """EndTxn of protocol `version` (TV2 from EndTxn v5): True when a decision
+    is taken (save it, write its markers), False for a retry of the end
+    already done (answer it again); a decision still being written is
+    CONCURRENT_TRANSACTIONS (the coordinator finishes it first).
 
     Under TV2 the decision bumps the epoch (the markers carry the new one),
     so a retry names the epoch before the bump, or after an overflow the
     previous producer id at the last epoch; the current epoch names the next
     transaction. An abort with no transaction open still bumps the epoch
     (the client may have written nothing that reached us), as Kafka 4 does."""
+    if meta.state.preparing:
+        raise TxnError(
+            ErrorCode.concurrent_transactions,
+            f"transactional id {meta.transactional_id!r} is completing its transaction",
+        )
     v2_meta = meta.txn_version >= TV2
     overflow_retry = (
         v2_meta
@@ -224,7 +217,7 @@ def decide_end(
         pass
     elif not v2_meta and meta.state == done:
         return False  # TV1: a retry names the current epoch
-    elif version >= TV2 and not commit and not meta.state.preparing:
+    elif version >= TV2 and not commit:
         meta.partitions, meta.offsets = set(), {}  # an abort with nothing to mark
     else:
         raise _cannot_end(meta, commit)
