@@ -422,8 +422,15 @@ def test_txn_offset_commit_v5_needs_no_add_offsets(broker: BrokerProcess, topic_
 
 @pytest.fixture(scope="module")
 def v1_broker(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Kept at transaction.version 1, with the authorizer (allowing what no
+    ACL mentions)."""
     b = BrokerProcess(
-        tmp_path_factory.mktemp("v1") / "data", env={"SHOAL_TRANSACTION_VERSION": "1"}
+        tmp_path_factory.mktemp("v1") / "data",
+        env={
+            "SHOAL_TRANSACTION_VERSION": "1",
+            "SHOAL_AUTHORIZER_CLASS_NAME": "shoal",
+            "SHOAL_ALLOW_EVERYONE_IF_NO_ACL_FOUND": "true",
+        },
     ).start()
     yield b
     b.stop()
@@ -445,6 +452,32 @@ def test_transaction_version_1_by_config(v1_broker: BrokerProcess, topic_name: s
         assert codes_of(res) == {(topic_name, 0): ErrorCode.none}
         assert txn_write(c, tid, topic_name, pid, epoch, 0, b"x") == ErrorCode.none
         assert end_v5(c, tid, pid, epoch) == (ErrorCode.none, pid, epoch)
+
+
+def test_add_partitions_batch_needs_cluster_action(v1_broker: BrokerProcess) -> None:
+    """The broker-to-broker form is authorized as Kafka does, by
+    CLUSTER_ACTION on the cluster: denied, the whole batch is
+    CLUSTER_AUTHORIZATION_FAILED."""
+    from acl_helpers import ANON, CLUSTER, DENY, LITERAL, allow, delete_acls
+
+    cluster_action = 9
+    deny = (CLUSTER, "kafka-cluster", LITERAL, ANON, "*", cluster_action, DENY)
+    with RawClient(v1_broker.bootstrap) as c:
+        pid, epoch = init(c, "acl-batch")
+
+        def answer() -> Any:
+            return batch_v5(c, ("acl-batch", pid, epoch, True, {"t": (0,)})).error_code
+
+        allow(v1_broker.bootstrap, deny)
+        try:
+            deadline = time.monotonic() + 10
+            while answer() == ErrorCode.none and time.monotonic() < deadline:
+                time.sleep(0.1)  # the ACL reaches the authorizer at its next reload
+            r = batch_v5(c, ("acl-batch", pid, epoch, True, {"t": (0,)}))
+            assert r.error_code == ErrorCode.cluster_authorization_failed
+            assert r.results_by_transaction == ()
+        finally:
+            delete_acls(v1_broker.bootstrap, deny)
 
 
 @pytest.mark.parametrize("value", ["0", "3", "two"])
