@@ -177,6 +177,12 @@ class TransactionCoordinator:
                 )
             if meta.state.preparing:
                 st.check_producer(meta, producer_id, epoch, ErrorCode.producer_fenced)
+                if self.shared and not self.owns(tid):
+                    # the coordinator is ending it now (or will, at its sweep)
+                    raise TxnError(
+                        ErrorCode.concurrent_transactions,
+                        f"transactional id {tid!r} is completing its transaction",
+                    )
                 await self._finish(meta)  # a decision a crash interrupted
             if meta.state == TxnState.ONGOING and partitions <= meta.partitions:
                 st.check_producer(meta, producer_id, epoch, ErrorCode.producer_fenced)
