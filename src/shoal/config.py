@@ -518,6 +518,14 @@ BROKER_KEYS: dict[str, Key] = {
             at_least(10),
         ),
         Key(
+            "transaction.version",
+            int,
+            2,
+            "finalized transaction.version feature: 2 offers Kafka 4's transaction protocol "
+            "(KIP-890) to clients that ask for it, 1 keeps every client on version 1",
+            lambda v: None if v in (1, 2) else "must be 1 or 2",
+        ),
+        Key(
             "transactional.id.expiration.ms",
             int,
             604_800_000,

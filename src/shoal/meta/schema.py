@@ -150,6 +150,11 @@ transactions = Table(
     # Bumped by every change, which must name the version it read: two
     # brokers writing one id (cluster mode) cannot lose each other's change.
     Column("version", Integer, nullable=False, default=1),
+    # KIP-890 (transaction protocol version 2): the version of the id's last
+    # end, and the producer id an epoch overflow replaced (a retried EndTxn
+    # may still name it).
+    Column("txn_version", Integer, nullable=False, default=0),
+    Column("prev_producer_id", BigInteger, nullable=False, default=-1),
 )
 
 # Markers a coordinator asks another broker to write (cluster mode): the
@@ -171,7 +176,11 @@ txn_markers = Table(
 Index("txn_markers_tid", txn_markers.c.transactional_id)
 
 #: (table, column, DDL) added to existing databases by MetaStore.migrate
-ADDED_COLUMNS = [("producer_states", "txn_first_offset", "BIGINT NOT NULL DEFAULT -1")]
+ADDED_COLUMNS = [
+    ("producer_states", "txn_first_offset", "BIGINT NOT NULL DEFAULT -1"),
+    ("transactions", "txn_version", "INTEGER NOT NULL DEFAULT 0"),
+    ("transactions", "prev_producer_id", "BIGINT NOT NULL DEFAULT -1"),
+]
 
 # Named counters (producer id blocks).
 counters = Table(

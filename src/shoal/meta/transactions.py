@@ -43,6 +43,10 @@ class TxnRow:
     update_ms: int
     #: the version read (0: a new id); saving writes version + 1
     version: int = 0
+    #: transaction protocol version of the id's last end (2: KIP-890)
+    txn_version: int = 0
+    #: the producer id an epoch overflow replaced, or -1
+    prev_producer_id: int = -1
 
 
 class TxnRepository:
@@ -73,6 +77,8 @@ class TxnRepository:
                     r.start_ms,
                     r.update_ms,
                     r.version,
+                    r.txn_version,
+                    r.prev_producer_id,
                 )
                 for r in await conn.execute(q)
             ]
@@ -92,6 +98,8 @@ class TxnRepository:
             "start_ms": row.start_ms,
             "update_ms": row.update_ms,
             "version": row.version + 1,
+            "txn_version": row.txn_version,
+            "prev_producer_id": row.prev_producer_id,
         }
         async with self.meta._tx() as conn:
             if row.version == 0:

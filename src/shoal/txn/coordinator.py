@@ -52,6 +52,10 @@ class TxnConfig:
     max_timeout_ms: int = 900_000
     cleanup_interval_ms: int = 10_000
     id_expiration_ms: int = 604_800_000
+    #: the finalized `transaction.version` feature: 2 offers KIP-890 to the
+    #: clients that ask (EndTxn v5, Produce v12+, TxnOffsetCommit v5), 1 keeps
+    #: every client on the version 1 protocol
+    version: int = st.TV2
 
     @classmethod
     def from_config(cls, config: Any) -> TxnConfig:
@@ -59,6 +63,7 @@ class TxnConfig:
             int(config["transaction.max.timeout.ms"]),
             int(config["transaction.abort.timed.out.transaction.cleanup.interval.ms"]),
             int(config["transactional.id.expiration.ms"]),
+            int(config["transaction.version"]),
         )
 
 
@@ -124,6 +129,100 @@ class TransactionCoordinator:
         if meta.state != TxnState.ONGOING or tp not in meta.partitions:
             return ErrorCode.invalid_txn_state
         return ErrorCode.none
+
+    async def add_on_produce(
+        self, tid: str, producer_id: int, epoch: int, tp: TopicPartition
+    ) -> ErrorCode:
+        """A TV2 producer's write (Produce v12+) adds its partition to the
+        transaction, opening one if none is, as Kafka 4's broker does with an
+        AddPartitionsToTxn v5 to the coordinator. Answers in the produce
+        path's codes: another epoch is INVALID_PRODUCER_EPOCH (Kafka turns the
+        coordinator's PRODUCER_FENCED into it for producers). In cluster mode
+        the id's row is changed in the metadata store by compare-and-set,
+        whichever broker coordinates it."""
+        meta = None if self.shared else self._txns.get(tid)
+        if (
+            meta is not None
+            and meta.producer_id == producer_id
+            and meta.producer_epoch == epoch
+            and meta.state == TxnState.ONGOING
+            and tp in meta.partitions
+        ):
+            # alone, the cache is the truth (cluster mode reads the row: a
+            # version 1 end on the coordinator would not have bumped the epoch)
+            return ErrorCode.none
+        for _attempt in range(3):
+            try:
+                await self._add_implicitly(tid, producer_id, epoch, {tp})
+            except TxnError as exc:
+                if exc.code == ErrorCode.concurrent_transactions and self.shared:
+                    continue  # another broker wrote the row: read it again
+                return (
+                    ErrorCode.invalid_producer_epoch
+                    if exc.code == ErrorCode.producer_fenced
+                    else exc.code
+                )
+            return ErrorCode.none
+        return ErrorCode.concurrent_transactions
+
+    async def _add_implicitly(
+        self, tid: str, producer_id: int, epoch: int, partitions: set[TopicPartition]
+    ) -> None:
+        async with self._lock(tid):
+            meta = await self._get(tid)
+            if meta is None:
+                raise TxnError(
+                    ErrorCode.invalid_producer_id_mapping,
+                    f"unknown transactional id {tid!r} (InitProducerId first)",
+                )
+            if meta.state.preparing:
+                st.check_producer(meta, producer_id, epoch, ErrorCode.producer_fenced)
+                if self.shared and not self.owns(tid):
+                    # the coordinator is ending it now (or will, at its sweep)
+                    raise TxnError(
+                        ErrorCode.concurrent_transactions,
+                        f"transactional id {tid!r} is completing its transaction",
+                    )
+                await self._finish(meta)  # a decision a crash interrupted
+            if meta.state == TxnState.ONGOING and partitions <= meta.partitions:
+                st.check_producer(meta, producer_id, epoch, ErrorCode.producer_fenced)
+                return
+            st.begin_implicitly(meta, producer_id, epoch, now_ms())
+            meta.partitions |= partitions
+            await self._save(meta)
+            log.info(
+                "transactional id %r: %s added by a write (producer %d epoch %d)",
+                tid,
+                ", ".join(f"{t}-{p}" for t, p in sorted(partitions)),
+                producer_id,
+                epoch,
+            )
+
+    async def verify(
+        self, tid: str, producer_id: int, epoch: int, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, ErrorCode]:
+        """AddPartitionsToTxn v4+ with VerifyOnly: is each partition in the
+        open transaction? Kafka's answers: the id's errors for all, else
+        TRANSACTION_ABORTABLE for a partition not in it."""
+        parts = list(partitions)
+        async with self._lock(tid):
+            meta = await self._get(tid)
+        code = ErrorCode.none
+        if meta is None or meta.producer_id != producer_id:
+            code = ErrorCode.invalid_producer_id_mapping
+        elif meta.producer_epoch != epoch:
+            code = ErrorCode.producer_fenced
+        elif meta.state.preparing:
+            code = ErrorCode.concurrent_transactions
+        if code != ErrorCode.none or meta is None:
+            return dict.fromkeys(parts, code)
+        ongoing = meta.state == TxnState.ONGOING
+        return {
+            tp: ErrorCode.none
+            if ongoing and tp in meta.partitions
+            else ErrorCode.transaction_abortable
+            for tp in parts
+        }
 
     def pending_offset(self, group_id: str, tp: TopicPartition) -> bool:
         """Is a transaction's offset for this group partition not yet decided
@@ -255,9 +354,15 @@ class TransactionCoordinator:
         group_id: str,
         offsets: dict[TopicPartition, PendingOffset],
         fenced: ErrorCode,
+        implicit: bool = False,
     ) -> None:
+        """`implicit`: TxnOffsetCommit v5 from a TV2 producer, which sends no
+        AddOffsetsToTxn: the group joins (or opens) the transaction here."""
         async with self._lock(tid):
             meta = await self._current(tid, producer_id, epoch, fenced)
+            if implicit and not (meta.state == TxnState.ONGOING and group_id in meta.offsets):
+                st.begin_or_continue(meta, now_ms())
+                meta.offsets.setdefault(group_id, {})
             if meta.state != TxnState.ONGOING or group_id not in meta.offsets:
                 raise TxnError(
                     ErrorCode.invalid_txn_state,
@@ -271,14 +376,33 @@ class TransactionCoordinator:
                 self._remote.setdefault(group_id, set()).add(tid)
 
     async def end_txn(
-        self, tid: str, producer_id: int, epoch: int, commit: bool, fenced: ErrorCode
-    ) -> None:
+        self,
+        tid: str,
+        producer_id: int,
+        epoch: int,
+        commit: bool,
+        fenced: ErrorCode,
+        version: int = 0,
+    ) -> tuple[int, int]:
+        """Commit or abort; returns the producer id and epoch the producer
+        goes on with (EndTxn v5: under TV2 the end bumped the epoch, or gave a
+        new producer id when the epoch was exhausted)."""
+        version = min(version, self.config.version)
         async with self._lock(tid):
-            meta = await self._current(tid, producer_id, epoch, fenced)
-            if not st.prepare_end(meta, commit, now_ms()):
-                return
-            await self._save(meta)  # the decision is durable from here on
-            await self._finish(meta)
+            meta = await self._get(tid)
+            if meta is None:
+                raise TxnError(
+                    ErrorCode.invalid_producer_id_mapping,
+                    f"unknown transactional id {tid!r} (InitProducerId first)",
+                )
+            if meta.state.preparing:
+                # a decision a crash interrupted: finish it; a retry of it is
+                # then answered as one of a completed end
+                await self._finish(meta)
+            if st.decide_end(meta, producer_id, epoch, commit, now_ms(), version, fenced):
+                await self._save(meta)  # the decision is durable from here on
+                await self._finish(meta)
+            return meta.producer_id, meta.producer_epoch
 
     # internals --------------------------------------------------------------
 
@@ -333,6 +457,8 @@ class TransactionCoordinator:
             await self.io.apply_offsets(meta.offsets)
         parts, groups = len(meta.partitions), len(meta.offsets)
         st.complete(meta, now_ms())
+        if meta.producer_epoch >= st.MAX_EPOCH:
+            st.new_producer_after_overflow(meta, await self.allocate_pid())
         await self._save(meta)
         log.info(
             "transactional id %r: %s (producer %d epoch %d, %d partition(s), %d group(s), %.1f ms)",
@@ -359,6 +485,9 @@ class TransactionCoordinator:
         )
         meta.state = TxnState.PREPARE_ABORT
         meta.update_ms = now_ms()
+        # judged as TV1 from here: the fenced producer's end with its old
+        # epoch is PRODUCER_FENCED, not taken for a retry of a TV2 end
+        meta.txn_version = 0
         await self._save(meta)
         await self._finish(meta)
         if meta.producer_epoch >= st.MAX_EPOCH - 1:

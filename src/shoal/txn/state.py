@@ -18,6 +18,10 @@ from shoal.protocol.errors import ErrorCode
 #: id rather than let one overflow.
 MAX_EPOCH = 32767
 
+#: Kafka's `transaction.version` feature: 2 is KIP-890 part 2 (the epoch bumps
+#: at every commit or abort, partitions join a transaction by being written)
+TV2 = 2
+
 TopicPartition = tuple[str, int]
 
 
@@ -62,6 +66,11 @@ class TxnMeta:
     start_ms: int = -1
     update_ms: int = 0
     version: int = 0  # of the saved row (0: never saved)
+    #: transaction protocol version of the last end (TV2: that end bumped the
+    #: epoch, so a retry of it carries the epoch before the bump)
+    txn_version: int = 0
+    #: the producer id an epoch overflow replaced (a TV2 retry may still name it)
+    prev_producer_id: int = -1
 
     def to_row(self) -> TxnRow:
         return TxnRow(
@@ -80,6 +89,8 @@ class TxnMeta:
             self.start_ms,
             self.update_ms,
             self.version,
+            self.txn_version,
+            self.prev_producer_id,
         )
 
     @classmethod
@@ -98,6 +109,8 @@ class TxnMeta:
             row.start_ms,
             row.update_ms,
             row.version,
+            row.txn_version,
+            row.prev_producer_id,
         )
 
     def expired(self, now_ms: int) -> bool:
@@ -148,25 +161,98 @@ def begin_or_continue(meta: TxnMeta, now_ms: int) -> None:
 
 
 def prepare_end(meta: TxnMeta, commit: bool, now_ms: int) -> bool:
-    """EndTxn: True when the transaction moves to PrepareCommit/PrepareAbort
-    (markers to write), False for a retry of an end already done."""
-    done = TxnState.COMPLETE_COMMIT if commit else TxnState.COMPLETE_ABORT
-    if meta.state == done:
-        return False
+    """EndTxn under version 1 from the id's current producer: True when the
+    transaction moves to PrepareCommit/PrepareAbort (markers to write), False
+    for a retry of an end already done (see decide_end)."""
+    return decide_end(
+        meta, meta.producer_id, meta.producer_epoch, commit, now_ms, 0, ErrorCode.producer_fenced
+    )
+
+
+def decide_end(
+    meta: TxnMeta,
+    producer_id: int,
+    epoch: int,
+    commit: bool,
+    now_ms: int,
+    version: int,
+    fenced: ErrorCode,
+) -> bool:
+    """EndTxn of protocol `version` (TV2 from EndTxn v5): True when a decision
+    is taken (save it, write its markers), False for a retry of the end
+    already done (answer it again); a decision still being written is
+    CONCURRENT_TRANSACTIONS (the coordinator finishes it first).
+
+    Under TV2 the decision bumps the epoch (the markers carry the new one),
+    so a retry names the epoch before the bump, or after an overflow the
+    previous producer id at the last epoch; the current epoch names the next
+    transaction. An abort with no transaction open still bumps the epoch
+    (the client may have written nothing that reached us), as Kafka 4 does."""
     if meta.state.preparing:
         raise TxnError(
             ErrorCode.concurrent_transactions,
             f"transactional id {meta.transactional_id!r} is completing its transaction",
         )
-    if meta.state != TxnState.ONGOING:
-        raise TxnError(
-            ErrorCode.invalid_txn_state,
-            f"transactional id {meta.transactional_id!r} cannot "
-            f"{'commit' if commit else 'abort'} in state {meta.state.value}",
-        )
+    v2_meta = meta.txn_version >= TV2
+    overflow_retry = (
+        v2_meta
+        and meta.prev_producer_id == producer_id
+        and epoch == MAX_EPOCH - 1
+        and meta.producer_epoch == 0
+    )
+    retry = overflow_retry or (
+        v2_meta and producer_id == meta.producer_id and meta.producer_epoch == epoch + 1
+    )
+    if producer_id != meta.producer_id and not overflow_retry:
+        check_producer(meta, producer_id, epoch, fenced)
+    done = TxnState.COMPLETE_COMMIT if commit else TxnState.COMPLETE_ABORT
+    completed = meta.state in (TxnState.COMPLETE_COMMIT, TxnState.COMPLETE_ABORT)
+    if not (retry and completed):
+        check_producer(meta, producer_id, epoch, fenced)
+    elif meta.state == done:
+        return False
+    else:
+        raise _cannot_end(meta, commit)
+    if meta.state == TxnState.ONGOING:
+        pass
+    elif not v2_meta and meta.state == done:
+        return False  # TV1: a retry names the current epoch
+    elif version >= TV2 and not commit:
+        meta.partitions, meta.offsets = set(), {}  # an abort with nothing to mark
+    else:
+        raise _cannot_end(meta, commit)
     meta.state = TxnState.PREPARE_COMMIT if commit else TxnState.PREPARE_ABORT
+    meta.txn_version = version
+    if version >= TV2:
+        # always room: an epoch at MAX_EPOCH - 1 or above gets a new producer
+        # id when the end completes
+        meta.producer_epoch = min(meta.producer_epoch + 1, MAX_EPOCH)
     meta.update_ms = now_ms
     return True
+
+
+def _cannot_end(meta: TxnMeta, commit: bool) -> TxnError:
+    return TxnError(
+        ErrorCode.invalid_txn_state,
+        f"transactional id {meta.transactional_id!r} cannot "
+        f"{'commit' if commit else 'abort'} in state {meta.state.value}",
+    )
+
+
+def new_producer_after_overflow(meta: TxnMeta, producer_id: int) -> None:
+    """The epoch reached MAX_EPOCH (a TV2 end, or a fence out of epochs): the
+    id continues as a new producer id at epoch 0, remembering the old one."""
+    meta.prev_producer_id = meta.producer_id
+    meta.producer_id, meta.producer_epoch = producer_id, 0
+
+
+def begin_implicitly(meta: TxnMeta, producer_id: int, epoch: int, now_ms: int) -> None:
+    """A TV2 producer's write (Produce v12+) or TxnOffsetCommit v5 opens the
+    transaction or joins it without AddPartitionsToTxn/AddOffsetsToTxn. Kafka
+    checks it as the broker-to-broker AddPartitionsToTxn does: PRODUCER_FENCED
+    for another epoch (the produce path answers INVALID_PRODUCER_EPOCH)."""
+    check_producer(meta, producer_id, epoch, ErrorCode.producer_fenced)
+    begin_or_continue(meta, now_ms)
 
 
 def complete(meta: TxnMeta, now_ms: int) -> None:

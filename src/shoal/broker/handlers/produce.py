@@ -21,6 +21,7 @@ from shoal.protocol.records import BatchRejected, LargeBatch, ValidatedBatch, va
 from shoal.security.acls import AclOperation, ResourceType
 from shoal.storage.errors import AppendTimeout, Fenced, StorageError, StorageFull
 from shoal.storage.producers import SequenceError
+from shoal.txn.state import TV2
 
 log = logging.getLogger("shoal.produce")
 #: Decompressed bytes a batch may take on the event loop (about a millisecond);
@@ -108,7 +109,7 @@ async def _append(
             batch = await asyncio.to_thread(
                 _prepare, broker, topic, records, api_version, log_append, None
             )
-        _check_transactional(broker, tid, batch, topic_name, index)
+        await _check_transactional(broker, tid, batch, topic_name, index, api_version)
         append_time = int(time.time() * 1000) if log_append else None
         fut = await broker.engine.append(part.stream_id, [batch], part.leader_epoch, append_time)
         broker.record_traffic(topic, part, len(records), 0)
@@ -162,11 +163,15 @@ def _prepare(
     return _to_topic_codec(broker, topic, batch)
 
 
-def _check_transactional(
-    broker: Broker, tid: str | None, batch: ValidatedBatch, topic: str, index: int
+async def _check_transactional(
+    broker: Broker, tid: str | None, batch: ValidatedBatch, topic: str, index: int, version: int
 ) -> None:
     """A transactional batch needs a transactional id whose open transaction
-    holds the partition (AddPartitionsToTxn first), as Kafka 4 verifies."""
+    holds the partition, as Kafka 4 verifies. From Produce v12 (a client on
+    transaction version 2, KIP-890) the write itself adds the partition to
+    the transaction; before, AddPartitionsToTxn must have, and a partition
+    not in it is INVALID_TXN_STATE, or TRANSACTION_ABORTABLE from v11 (the
+    clients that know it)."""
     h = batch.header
     if not h.is_transactional:
         if tid is not None:
@@ -181,12 +186,18 @@ def _check_transactional(
             ErrorCode.transactional_id_authorization_failed,
             "transactional batch in a produce request without a transactional id",
         )
-    code = broker.txn.check_write(tid, h.producer_id, h.producer_epoch, (topic, index))
+    tp = (topic, index)
+    if version >= 12 and broker.txn.config.version >= TV2:
+        code = await broker.txn.add_on_produce(tid, h.producer_id, h.producer_epoch, tp)
+    else:
+        code = broker.txn.check_write(tid, h.producer_id, h.producer_epoch, tp)
+        if code == ErrorCode.invalid_txn_state and version >= 11:
+            code = ErrorCode.transaction_abortable
     if code != ErrorCode.none:
         raise KafkaError(
             code,
             f"transactional id {tid!r} (producer {h.producer_id} epoch {h.producer_epoch}) "
-            "has no open transaction with this partition",
+            "cannot write to this partition in its transaction",
         )
 
 

@@ -14,9 +14,9 @@ from shoal.broker.handlers import Client
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode
 from shoal.protocol.headers import RequestHeader
-from shoal.security.acls import AclOperation, ResourceType
+from shoal.security.acls import CLUSTER_NAME, AclOperation, ResourceType
 from shoal.storage.errors import StorageError
-from shoal.txn.state import PendingOffset, TopicPartition, TxnError
+from shoal.txn.state import TV2, PendingOffset, TopicPartition, TxnError
 
 log = logging.getLogger("shoal.transactions")
 ZERO = datetime.timedelta(0)
@@ -64,68 +64,150 @@ def may_write_txn(broker: Broker, client: Client, tid: str) -> bool:
 async def handle_add_partitions_to_txn(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
-    """v0-3, the client's form: one transaction per request."""
+    """v0-3: the client's form, one transaction per request. v4+: the
+    broker-to-broker form (Kafka's brokers send it to verify or add the
+    partitions of a transactional produce): a batch of transactions, each
+    verify-only or an add, answered per transaction."""
     s = Schema(24, header.api_version)
+    if header.api_version >= 4:
+        return await _add_partitions_batch(broker, client, header, body, s)
     tid = body.v3_and_below_transactional_id
     topics = body.v3_and_below_topics
-    codes: dict[TopicPartition, ErrorCode] = {}
-    wanted = [(t.name, int(p)) for t in topics for p in t.partitions]
-    if not may_write_txn(broker, client, tid):
-        codes = dict.fromkeys(wanted, ErrorCode.transactional_id_authorization_failed)
-    else:
-        bad: dict[TopicPartition, ErrorCode] = {}
-        for name in {t.name for t in topics}:
-            if not broker.authorize(client, AclOperation.WRITE, ResourceType.TOPIC, name):
-                bad.update(
-                    dict.fromkeys(
-                        [tp for tp in wanted if tp[0] == name],
-                        ErrorCode.topic_authorization_failed,
-                    )
-                )
-        for tp in wanted:
-            if tp not in bad:
-                topic = broker.topics.get(tp[0])
-                if topic is None or not 0 <= tp[1] < len(topic.partitions):
-                    bad[tp] = ErrorCode.unknown_topic_or_partition
-        if bad:
-            # Kafka: nothing is added; the rest are OPERATION_NOT_ATTEMPTED
-            log.info(
-                "AddPartitionsToTxn for %r from %s refused: %s",
-                tid,
-                client,
-                ", ".join(f"{t}-{p} {c.name}" for (t, p), c in sorted(bad.items())),
-            )
-            codes = {tp: bad.get(tp, ErrorCode.operation_not_attempted) for tp in wanted}
-        else:
-            code = await run(
-                broker,
-                client,
-                "AddPartitionsToTxn",
-                tid,
-                broker.txn.add_partitions(
-                    tid,
-                    int(body.v3_and_below_producer_id),
-                    int(body.v3_and_below_producer_epoch),
-                    wanted,
-                    fenced_code(header),
-                ),
-            )
-            codes = dict.fromkeys(wanted, code)
-    return s.AddPartitionsToTxnResponse(
-        throttle_time=ZERO,
-        results_by_topic_v3_and_below=tuple(
-            s.AddPartitionsToTxnTopicResult(
-                name=t.name,
-                results_by_partition=tuple(
-                    s.AddPartitionsToTxnPartitionResult(
-                        partition_index=p, partition_error_code=codes[(t.name, int(p))]
-                    )
-                    for p in t.partitions
-                ),
-            )
-            for t in topics
-        ),
+    codes = await _add_one(
+        broker,
+        client,
+        header,
+        tid,
+        int(body.v3_and_below_producer_id),
+        int(body.v3_and_below_producer_epoch),
+        topics,
+        verify_only=False,
     )
+    return s.AddPartitionsToTxnResponse(
+        throttle_time=ZERO, results_by_topic_v3_and_below=_topic_results(s, topics, codes)
+    )
+
+
+async def _add_partitions_batch(
+    broker: Broker, client: Client, header: RequestHeader, body: Any, s: Schema
+) -> Any:
+    """Kafka authorizes the batch with CLUSTER_ACTION (it comes from a
+    broker) instead of WRITE on each transactional id. A transactional id
+    named twice makes the batch INVALID_REQUEST (Kafka keys the batch by id)."""
+    tids = [t.transactional_id for t in body.transactions]
+    top = ErrorCode.none
+    if not broker.authorize(
+        client, AclOperation.CLUSTER_ACTION, ResourceType.CLUSTER, CLUSTER_NAME
+    ):
+        top = ErrorCode.cluster_authorization_failed
+    elif len(set(tids)) != len(tids):
+        top = ErrorCode.invalid_request
+    if top != ErrorCode.none:
+        log.info("AddPartitionsToTxn v%d from %s: %s", header.api_version, client, top.name)
+        return s.AddPartitionsToTxnResponse(
+            throttle_time=ZERO, error_code=top, results_by_transaction=()
+        )
+    results = []
+    for t in body.transactions:
+        codes = await _add_one(
+            broker,
+            client,
+            header,
+            t.transactional_id,
+            int(t.producer_id),
+            int(t.producer_epoch),
+            t.topics,
+            verify_only=bool(t.verify_only),
+        )
+        if header.api_version < 5:
+            # TRANSACTION_ABORTABLE is v5's; Kafka gives older callers this
+            codes = {
+                tp: ErrorCode.invalid_txn_state if c == ErrorCode.transaction_abortable else c
+                for tp, c in codes.items()
+            }
+        results.append(
+            s.AddPartitionsToTxnResult(
+                transactional_id=t.transactional_id,
+                topic_results=_topic_results(s, t.topics, codes),
+            )
+        )
+    return s.AddPartitionsToTxnResponse(
+        throttle_time=ZERO, error_code=ErrorCode.none, results_by_transaction=tuple(results)
+    )
+
+
+def _topic_results(s: Schema, topics: Any, codes: dict[TopicPartition, ErrorCode]) -> Any:
+    return tuple(
+        s.AddPartitionsToTxnTopicResult(
+            name=t.name,
+            results_by_partition=tuple(
+                s.AddPartitionsToTxnPartitionResult(
+                    partition_index=p, partition_error_code=codes[(t.name, int(p))]
+                )
+                for p in t.partitions
+            ),
+        )
+        for t in topics
+    )
+
+
+async def _add_one(
+    broker: Broker,
+    client: Client,
+    header: RequestHeader,
+    tid: str,
+    producer_id: int,
+    epoch: int,
+    topics: Any,
+    verify_only: bool,
+) -> dict[TopicPartition, ErrorCode]:
+    """One transaction's partitions: checked (authorization before v4, the
+    topics exist), then added, or with `verify_only` looked up."""
+    wanted = [(t.name, int(p)) for t in topics for p in t.partitions]
+    if header.api_version < 4 and not may_write_txn(broker, client, tid):
+        return dict.fromkeys(wanted, ErrorCode.transactional_id_authorization_failed)
+    if not tid:
+        # Kafka's coordinator: a transaction needs an id
+        log.info("AddPartitionsToTxn from %s without a transactional id", client)
+        return dict.fromkeys(wanted, ErrorCode.invalid_request)
+    bad: dict[TopicPartition, ErrorCode] = {}
+    for name in {t.name for t in topics}:
+        if not broker.authorize(client, AclOperation.WRITE, ResourceType.TOPIC, name):
+            bad.update(
+                dict.fromkeys(
+                    [tp for tp in wanted if tp[0] == name], ErrorCode.topic_authorization_failed
+                )
+            )
+    for tp in wanted:
+        if tp not in bad:
+            topic = broker.topics.get(tp[0])
+            if topic is None or not 0 <= tp[1] < len(topic.partitions):
+                bad[tp] = ErrorCode.unknown_topic_or_partition
+    if bad:
+        # Kafka: nothing is added; the rest are OPERATION_NOT_ATTEMPTED
+        log.info(
+            "AddPartitionsToTxn for %r from %s refused: %s",
+            tid,
+            client,
+            ", ".join(f"{t}-{p} {c.name}" for (t, p), c in sorted(bad.items())),
+        )
+        return {tp: bad.get(tp, ErrorCode.operation_not_attempted) for tp in wanted}
+    if verify_only:
+        out: list[dict[TopicPartition, ErrorCode]] = []
+
+        async def verify() -> None:
+            out.append(await broker.txn.verify(tid, producer_id, epoch, wanted))
+
+        code = await run(broker, client, "AddPartitionsToTxn (verify)", tid, verify())
+        return out[0] if out and code == ErrorCode.none else dict.fromkeys(wanted, code)
+    code = await run(
+        broker,
+        client,
+        "AddPartitionsToTxn",
+        tid,
+        broker.txn.add_partitions(tid, producer_id, epoch, wanted, fenced_code(header)),
+    )
+    return dict.fromkeys(wanted, code)
 
 
 async def handle_add_offsets_to_txn(
@@ -155,25 +237,34 @@ async def handle_add_offsets_to_txn(
 
 
 async def handle_end_txn(broker: Broker, client: Client, header: RequestHeader, body: Any) -> Any:
+    """v5 is KIP-890's (transaction version 2): the end bumps the epoch and
+    the answer carries the producer id and epoch to go on with."""
     s = Schema(26, header.api_version)
     tid = body.transactional_id
-    if not may_write_txn(broker, client, tid):
-        code = ErrorCode.transactional_id_authorization_failed
-    else:
-        code = await run(
-            broker,
-            client,
-            "EndTxn",
-            tid,
-            broker.txn.end_txn(
+    out: list[tuple[int, int]] = []
+
+    async def end() -> None:
+        out.append(
+            await broker.txn.end_txn(
                 tid,
                 int(body.producer_id),
                 int(body.producer_epoch),
                 bool(body.committed),
                 fenced_code(header),
-            ),
+                TV2 if header.api_version >= 5 else 0,
+            )
         )
-    return s.EndTxnResponse(throttle_time=ZERO, error_code=code)
+
+    if not may_write_txn(broker, client, tid):
+        code = ErrorCode.transactional_id_authorization_failed
+    else:
+        code = await run(broker, client, "EndTxn", tid, end())
+    if header.api_version < 5:
+        return s.EndTxnResponse(throttle_time=ZERO, error_code=code)
+    pid, epoch = out[0] if out and code == ErrorCode.none else (-1, -1)
+    return s.EndTxnResponse(
+        throttle_time=ZERO, error_code=code, producer_id=pid, producer_epoch=epoch
+    )
 
 
 async def handle_txn_offset_commit(
@@ -181,7 +272,8 @@ async def handle_txn_offset_commit(
 ) -> Any:
     """Offsets held by the transaction until it ends: applied to the group
     at commit, dropped at abort. v3+ carry the member's generation, checked
-    as OffsetCommit checks it."""
+    as OffsetCommit checks it. v5 comes from a TV2 producer that sends no
+    AddOffsetsToTxn: the group joins the transaction here (KIP-890)."""
     s = Schema(28, header.api_version)
     tid, group = body.transactional_id, body.group_id
     codes: dict[TopicPartition, ErrorCode] = {}
@@ -233,6 +325,7 @@ async def handle_txn_offset_commit(
                 group,
                 offsets,
                 fenced_code(header),
+                implicit=header.api_version >= 5 and broker.txn.config.version >= TV2,
             ),
             coordinator=False,
         )
