@@ -176,11 +176,11 @@ class TlsContexts:
     def __init__(self, settings: TlsSettings) -> None:
         self.settings = settings
         self._fingerprint = settings.fingerprint()
-        self._current = settings.build()
         self._checked = time.monotonic()
         self.reloads = 0
         self.server_context = settings.build()
         self.server_context.sni_callback = self._switch
+        self._current = self.server_context
 
     def current(self) -> ssl.SSLContext:
         now = time.monotonic()
@@ -203,4 +203,8 @@ class TlsContexts:
         return self._current
 
     def _switch(self, ssl_object: ssl.SSLObject, _server_name: str | None, _ctx: Any) -> None:
-        ssl_object.context = self.current()
+        # Until the first reload the listener's own context is current: no
+        # switch (SSL_set_SSL_CTX copies the certificate settings each time).
+        ctx = self.current()
+        if ctx is not self.server_context:
+            ssl_object.context = ctx
