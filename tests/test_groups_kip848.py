@@ -367,8 +367,9 @@ def test_offsets_and_describe_with_member_epochs(kbroker: BrokerProcess, topic: 
 
 
 def test_protocols_do_not_mix(kbroker: BrokerProcess, topic: str) -> None:
-    """A consumer-protocol group with members refuses a classic JoinGroup; an
-    empty one turns classic with its first classic member (and back)."""
+    """A consumer-protocol group with members refuses a classic JoinGroup whose
+    embedded protocol does not parse; an empty one turns classic with its
+    first classic member (and back)."""
     from kio.schema.join_group.v9 import request as jg
 
     group = f"raw-{uuid.uuid4().hex[:8]}"

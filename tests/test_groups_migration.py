@@ -1,0 +1,302 @@
+"""Online migration between the classic and the consumer protocol (KIP-848):
+a classic group with members converts to a consumer group when a
+consumer-protocol member joins it, its classic members keep working through
+JoinGroup/SyncGroup/Heartbeat answered by the consumer group, and it converts
+back when the last consumer-protocol member leaves.
+
+First the state machines without sockets (requests are values, time is a
+number), then real clients: a rolling upgrade of confluent-kafka consumers
+from the classic protocol to the consumer protocol and back under continuous
+produce, and kafka-python classic members in a group with a confluent-kafka
+consumer-protocol member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.group.consumer import (
+    ClassicJoin,
+    ClassicSnapshot,
+    ConsumerGroupConfig,
+    ConsumerGroups,
+    HeartbeatRequest,
+    MemberState,
+    MigrationPolicy,
+)
+from shoal.group.coordinator import GroupConfig, GroupCoordinator, JoinRequest, State
+from shoal.group.embedded import encode_assignment, read_assignment, read_subscription
+from shoal.meta.store import MetaStore
+from shoal.protocol.errors import ErrorCode
+from test_consumer_group_machine import Topics
+
+G = "g"
+SESSION = 1000
+
+
+def sub(topics: Iterable[str] = ("t",), owned: Mapping[str, Iterable[int]] | None = None) -> bytes:
+    """ConsumerProtocolSubscription v1: topics, no user data, owned partitions."""
+    names = list(topics)
+    out = struct.pack(">hi", 1, len(names))
+    for t in names:
+        out += struct.pack(">h", len(t)) + t.encode()
+    out += struct.pack(">i", -1)
+    owned = owned or {}
+    out += struct.pack(">i", len(owned))
+    for t, ps in owned.items():
+        parts = sorted(ps)
+        out += struct.pack(">h", len(t)) + t.encode()
+        out += struct.pack(f">i{len(parts)}i", len(parts), *parts)
+    return out
+
+
+def snapshot(member: str, parts: Iterable[int], session_ms: int = SESSION) -> ClassicSnapshot:
+    return ClassicSnapshot(
+        member,
+        None,
+        member,
+        "/h",
+        session_ms,
+        500,
+        (("range", sub()),),
+        sub(),
+        encode_assignment({"t": parts}),
+    )
+
+
+def machine(
+    policy: MigrationPolicy = MigrationPolicy.BIDIRECTIONAL, partitions: int = 6
+) -> ConsumerGroups:
+    cfg = ConsumerGroupConfig(
+        session_timeout_ms=SESSION, heartbeat_interval_ms=100, migration_policy=policy
+    )
+    return ConsumerGroups(cfg, Topics(t=partitions))
+
+
+def classic_join(
+    m: ConsumerGroups, member: str, owned: Mapping[str, Iterable[int]] | None = None, **kw: Any
+) -> Any:
+    req = ClassicJoin(G, member, None, SESSION, 500, "consumer", (("range", sub(owned=owned)),))
+    for key, value in kw.items():
+        req = ClassicJoin(**{**{f: getattr(req, f) for f in req.__slots__}, key: value})
+    return m.classic_join(req, 0)
+
+
+def assigned(m: ConsumerGroups, member: str, generation: int) -> set[int]:
+    code, data = m.classic_sync(G, member, None, generation, "consumer", "range", 0)
+    assert code == ErrorCode.none
+    return set(read_assignment(data).get("t", ()))
+
+
+def single_owners(m: ConsumerGroups) -> None:
+    """No partition is held (assigned or being revoked) by two members."""
+    seen: dict[tuple[str, int], str] = {}
+    for member in m.groups[G].members.values():
+        for tp in member.holds():
+            assert tp not in seen, f"{tp} held by {seen[tp]} and {member.member_id}"
+            seen[tp] = member.member_id
+
+
+def consumer_join(m: ConsumerGroups, member: str) -> Any:
+    req = HeartbeatRequest(
+        G, member, 0, rebalance_timeout_ms=500, subscribed_topic_names=("t",), owned={}
+    )
+    return m.heartbeat(req, 0)
+
+
+def consumer_beat(m: ConsumerGroups, member: str, epoch: int, owned: set[int]) -> Any:
+    req = HeartbeatRequest(G, member, epoch, owned={"t": frozenset(owned)} if owned else {})
+    return m.heartbeat(req, 0)
+
+
+def test_eager_classic_members_hand_over_to_a_consumer_member() -> None:
+    """Two classic members holding three partitions each; the group converts
+    at their generation; a consumer-protocol member joins and waits for
+    partitions still held; the classic members are told to rejoin (eager:
+    owning nothing at JoinGroup), keep two each, and the freed ones reach the
+    newcomer. No partition ever has two holders."""
+    m = machine()
+    m.from_classic(G, 5, [snapshot("a", [0, 1, 2]), snapshot("b", [3, 4, 5])], 0)
+    group = m.groups[G]
+    assert group.epoch == 5 and group.members["a"].assigned == {"t": frozenset({0, 1, 2})}
+    assert m.classic_heartbeat(G, "a", None, 5, 0) == ErrorCode.none
+    r = consumer_join(m, "c")
+    assert r.error == ErrorCode.none and r.member_epoch == 6 and not r.assignment
+    assert m.groups[G].members["c"].state is MemberState.UNRELEASED
+    single_owners(m)
+    held = {}
+    for name in ("a", "b"):
+        assert m.classic_heartbeat(G, name, None, 5, 0) == ErrorCode.rebalance_in_progress
+        j = classic_join(m, name)
+        assert j.error == ErrorCode.none and j.generation == 6 and j.protocol_name == "range"
+        held[name] = assigned(m, name, 6)
+        assert len(held[name]) == 2
+        single_owners(m)
+        assert m.classic_heartbeat(G, name, None, 6, 0) == ErrorCode.none
+    r = consumer_beat(m, "c", 6, set())
+    assert r.assignment is not None
+    got = set(r.assignment["t"])
+    assert got | held["a"] | held["b"] == set(range(6)) and len(got) == 2
+    single_owners(m)
+
+
+def test_cooperative_classic_member_revokes_before_its_new_epoch() -> None:
+    """A classic member that rejoins still owning its partitions keeps its
+    epoch as generation and gets the smaller assignment; it moves to the new
+    epoch only once a rejoin no longer reports the partitions to give up."""
+    m = machine(partitions=4)
+    m.from_classic(G, 2, [snapshot("a", [0, 1, 2, 3])], 0)
+    consumer_join(m, "c")
+    j = classic_join(m, "a", owned={"t": [0, 1, 2, 3]})
+    assert j.generation == 2
+    kept = assigned(m, "a", 2)
+    assert len(kept) == 2
+    assert m.groups[G].members["a"].state is MemberState.UNREVOKED
+    assert m.classic_heartbeat(G, "a", None, 2, 0) == ErrorCode.rebalance_in_progress
+    assert not consumer_beat(m, "c", 3, set()).assignment  # still held by a
+    j = classic_join(m, "a", owned={"t": kept})
+    assert j.generation == 3 and assigned(m, "a", 3) == kept
+    r = consumer_beat(m, "c", 3, set())
+    assert r.assignment is not None and set(r.assignment["t"]) == {0, 1, 2, 3} - kept
+    single_owners(m)
+
+
+def test_classic_requests_to_a_consumer_group_are_checked() -> None:
+    m = machine()
+    m.from_classic(G, 1, [snapshot("a", [0, 1, 2, 3, 4, 5])], 0)
+    consumer_join(m, "c")
+    required = classic_join(m, "")
+    assert required.error == ErrorCode.member_id_required and required.member_id
+    assert classic_join(m, "x", protocol_type="connect").error == (
+        ErrorCode.inconsistent_group_protocol
+    )
+    bad = ClassicJoin(G, "x", None, SESSION, 500, "consumer", (("range", b"\x00\x01\xff"),))
+    assert m.classic_join(bad, 0).error == ErrorCode.inconsistent_group_protocol
+    assert classic_join(m, "c").error == ErrorCode.unknown_member_id  # a consumer member
+    assert m.classic_heartbeat(G, "nobody", None, 1, 0) == ErrorCode.unknown_member_id
+    assert m.classic_heartbeat(G, "a", None, 7, 0) == ErrorCode.illegal_generation
+    assert m.classic_sync(G, "a", None, 7, None, None, 0)[0] == ErrorCode.illegal_generation
+    assert m.classic_sync(G, "a", None, 1, "consumer", "roundrobin", 0)[0] == (
+        ErrorCode.inconsistent_group_protocol
+    )
+    assert m.classic_sync(G, "a", None, 1, None, None, 0)[0] == ErrorCode.rebalance_in_progress
+    assert m.classic_heartbeat(G, "a", "inst", 1, 0) == ErrorCode.unknown_member_id
+    # A consumer heartbeat naming a classic member, offsets at the generation.
+    assert consumer_beat(m, "a", 1, set()).error == ErrorCode.unknown_member_id
+    assert m.check_commit(G, "a", 1, 2) == ErrorCode.none
+    assert m.check_commit(G, "a", 0, 8) == ErrorCode.illegal_generation
+    assert m.check_fetch(G, "a", 0) == ErrorCode.illegal_generation
+    assert m.classic_leave(G, "c", None) == ErrorCode.unknown_member_id
+
+
+@pytest.mark.parametrize(
+    "policy, back",
+    [
+        (MigrationPolicy.BIDIRECTIONAL, True),
+        (MigrationPolicy.DOWNGRADE, True),
+        (MigrationPolicy.UPGRADE, False),
+    ],
+)
+def test_last_consumer_member_leaving_allows_the_downgrade(
+    policy: MigrationPolicy, back: bool
+) -> None:
+    m = machine(policy)
+    m.from_classic(G, 1, [snapshot("a", [0, 1, 2]), snapshot("b", [3, 4, 5])], 0)
+    consumer_join(m, "c")
+    assert not m.downgradable(G)
+    m.heartbeat(HeartbeatRequest(G, "c", -1), 0)
+    assert m.downgradable(G) is back
+    m.classic_leave(G, "a", None)
+    m.classic_leave(G, "b", None)
+    assert not m.downgradable(G)  # nobody left: an empty group changes on its next join
+
+
+def test_classic_member_session_expires_on_its_own_timeout() -> None:
+    m = machine()
+    m.from_classic(G, 1, [snapshot("a", [0, 1, 2], 5000), snapshot("b", [3, 4, 5], 300)], 0)
+    assert m.expire(SESSION) == [G]
+    assert set(m.groups[G].members) == {"a"}
+
+
+def test_embedded_protocol_versions_round_trip() -> None:
+    s = read_subscription(sub(("x", "y"), {"x": [2, 1]}))
+    assert s.version == 1 and s.topics == ("x", "y") and s.owned == {"x": frozenset({1, 2})}
+    data = encode_assignment({"x": [3, 1]}, version=1)
+    assert data[:2] == b"\x00\x01" and read_assignment(data) == {"x": frozenset({1, 3})}
+    assert read_assignment(b"") == {}
+
+
+# --------------------------------------------------------------- the coordinator
+
+
+@pytest.fixture
+async def coordinator(tmp_path: Path) -> AsyncIterator[GroupCoordinator]:
+    meta = await MetaStore.open(f"sqlite:///{tmp_path / 'meta.db'}")
+    c = await GroupCoordinator.open(
+        meta,
+        GroupConfig(min_session_timeout_ms=10, initial_rebalance_delay_ms=0),
+        ConsumerGroupConfig(session_timeout_ms=10_000, heartbeat_interval_ms=100),
+        Topics(t=4),
+    )
+    yield c
+    await c.close()
+    await meta.close()
+
+
+def jreq(member: str = "", protocol_type: str = "consumer") -> JoinRequest:
+    return JoinRequest(
+        G, member, None, "py", "/h", 10_000, 10_000, protocol_type, (("range", sub()),), False
+    )
+
+
+async def classic_stable(c: GroupCoordinator, protocol_type: str = "consumer") -> str:
+    j = await asyncio.wait_for(c.join(jreq(protocol_type=protocol_type)), 5)
+    whole = encode_assignment({"t": range(4)})
+    s = await asyncio.wait_for(
+        c.sync(G, j.generation, j.member_id, None, None, None, {j.member_id: whole}), 5
+    )
+    assert s.error == ErrorCode.none and c.groups[G].state is State.STABLE
+    return str(j.member_id)
+
+
+async def test_coordinator_upgrades_and_downgrades_a_group_with_members(
+    coordinator: GroupCoordinator,
+) -> None:
+    c = coordinator
+    a = await classic_stable(c)
+    r = c.consumer_heartbeat(
+        HeartbeatRequest(G, "new", 0, rebalance_timeout_ms=500, subscribed_topic_names=("t",))
+    )
+    assert r.error == ErrorCode.none and c.group_type(G) == "consumer"
+    assert c.heartbeat(G, 1, a, None) == ErrorCode.rebalance_in_progress
+    j = await asyncio.wait_for(c.join(jreq(a)), 5)
+    assert j.error == ErrorCode.none and j.generation == 2 and j.leader == ""
+    s = await asyncio.wait_for(c.sync(G, 2, a, None, "consumer", "range", {}), 5)
+    assert s.error == ErrorCode.none and len(read_assignment(s.assignment)["t"]) == 2
+    rows = [row for row in c.list_groups() if row[0] == G]
+    assert rows == [(G, "consumer", "Reconciling", "consumer")]
+    # The consumer member leaves: the classic member makes a classic group again.
+    c.consumer_heartbeat(HeartbeatRequest(G, "new", -1))
+    assert c.group_type(G) == "classic"
+    assert c.groups[G].state is State.PREPARING_REBALANCE
+    assert c.heartbeat(G, 2, a, None) == ErrorCode.rebalance_in_progress
+    j = await asyncio.wait_for(c.join(jreq(a)), 5)
+    assert j.error == ErrorCode.none and j.leader == a and j.generation == 3
+
+
+async def test_coordinator_refuses_the_upgrade_it_may_not_do(
+    coordinator: GroupCoordinator,
+) -> None:
+    """A classic group of another protocol type stays classic: the
+    consumer-protocol member gets GROUP_ID_NOT_FOUND."""
+    await classic_stable(coordinator, protocol_type="connect")
+    r = coordinator.consumer_heartbeat(
+        HeartbeatRequest(G, "new", 0, rebalance_timeout_ms=500, subscribed_topic_names=("t",))
+    )
+    assert r.error == ErrorCode.group_id_not_found and coordinator.group_type(G) == "classic"
