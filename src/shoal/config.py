@@ -692,9 +692,11 @@ BROKER_KEYS: dict[str, Key] = {
             "bidirectional",
             "online conversion of a group with members between the classic and the "
             "consumer protocol: bidirectional, upgrade, downgrade or disabled",
-            lambda v: None
-            if v.lower() in ("bidirectional", "upgrade", "downgrade", "disabled")
-            else "must be one of bidirectional, upgrade, downgrade, disabled",
+            lambda v: (
+                None
+                if v.lower() in ("bidirectional", "upgrade", "downgrade", "disabled")
+                else "must be one of bidirectional, upgrade, downgrade, disabled"
+            ),
         ),
         Key(
             "cluster.enable",
