@@ -14,13 +14,19 @@ consumer-protocol member.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import struct
-from collections.abc import AsyncIterator, Iterable, Mapping
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kio.schema.list_groups.v5 import request as lg
 
+from group_data import TIMEOUT, create_topic, produce, setup_topic
+from harness import BrokerProcess
 from shoal.group.consumer import (
     ClassicJoin,
     ClassicSnapshot,
@@ -35,6 +41,9 @@ from shoal.group.embedded import encode_assignment, read_assignment, read_subscr
 from shoal.meta.store import MetaStore
 from shoal.protocol.errors import ErrorCode
 from test_consumer_group_machine import Topics
+from test_groups_confluent import Worker, all_values
+from test_groups_kip848 import Member, shared, wait_for
+from wire import RawClient
 
 G = "g"
 SESSION = 1000
@@ -300,3 +309,188 @@ async def test_coordinator_refuses_the_upgrade_it_may_not_do(
         HeartbeatRequest(G, "new", 0, rebalance_timeout_ms=500, subscribed_topic_names=("t",))
     )
     assert r.error == ErrorCode.group_id_not_found and coordinator.group_type(G) == "classic"
+
+
+# ------------------------------------------------------------------ real clients
+
+ENV = {
+    "SHOAL_GROUP_CONSUMER_SESSION_TIMEOUT_MS": "3000",
+    "SHOAL_GROUP_CONSUMER_MIN_SESSION_TIMEOUT_MS": "500",
+    "SHOAL_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS": "200",
+    "SHOAL_GROUP_CONSUMER_MIN_HEARTBEAT_INTERVAL_MS": "100",
+    # kafka-python needs a short initial delay (see test_groups_kafka_python).
+    "SHOAL_GROUP_INITIAL_REBALANCE_DELAY_MS": "1000",
+    "SHOAL_GROUP_MIN_SESSION_TIMEOUT_MS": "1000",
+}
+# A classic member that stops answering holds a rebalance up for at most this.
+CLASSIC = {"max.poll.interval.ms": 10_000}
+PARTITIONS = 6
+
+
+@pytest.fixture(scope="module")
+def mbroker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    b = BrokerProcess(tmp_path_factory.mktemp("migration") / "data", env=ENV).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    yield started
+    for w in started:
+        w.stop()
+
+
+class Producing:
+    """Records `P-I` produced to every partition in turn until stopped."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from confluent_kafka import Producer
+
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+        self.topic = topic
+        self.counts = [0] * PARTITIONS
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            for p in range(PARTITIONS):
+                self.producer.produce(self.topic, f"{p}-{self.counts[p]}".encode(), partition=p)
+                self.counts[p] += 1
+            self.producer.poll(0)
+
+    def stop(self) -> list[int]:
+        self._stop.set()
+        self._thread.join(TIMEOUT)
+        assert self.producer.flush(TIMEOUT) == 0
+        return self.counts
+
+
+def group_type(bootstrap: str, group: str) -> str | None:
+    with RawClient(bootstrap) as c:
+        listed = c.call(16, 5, lg.ListGroupsRequest(states_filter=(), types_filter=()))
+    return {g.group_id: g.group_type for g in listed.groups}.get(group)
+
+
+def owned_once(ws: list[Worker]) -> bool:
+    """Every partition owned by exactly one of `ws`, each owning some."""
+    return shared(ws, PARTITIONS)
+
+
+def check_history(ws: list[Worker], counts: list[int]) -> None:
+    """From the workers' events: no partition was ever owned by two at once
+    (an owner's revoke is printed before the next owner's assign, on one
+    clock), and each partition's records were printed, each after its commit,
+    exactly once and in offset order: the committed offsets are continuous."""
+    spans: dict[int, list[tuple[float, float, int]]] = {p: [] for p in range(PARTITIONS)}
+    seen: dict[int, list[tuple[float, int]]] = {p: [] for p in range(PARTITIONS)}
+    for i, w in enumerate(ws):
+        opened: dict[int, float] = {}
+        for e in w.events:
+            if e["event"] == "assign":
+                for p in e["partitions"]:
+                    opened[p] = e["t"]
+            elif e["event"] == "revoke":
+                for p in e["partitions"]:
+                    spans[p].append((opened.pop(p), e["t"], i))
+            elif e["event"] == "msg":
+                assert e["partition"] in opened, f"worker {i} consumed a partition it lacks"
+                seen[e["partition"]].append((e["t"], int(e["value"].split("-")[1])))
+        for p, start in opened.items():
+            spans[p].append((start, float("inf"), i))
+    for p in range(PARTITIONS):
+        ordered = sorted(spans[p])
+        for (_s0, end, w0), (start, _e1, w1) in itertools.pairwise(ordered):
+            assert end <= start, f"partition {p} owned by workers {w0} and {w1} at once"
+        offsets = [i for _t, i in sorted(seen[p])]
+        assert offsets == list(range(counts[p])), f"partition {p}: {offsets[:5]}..."
+
+
+def test_rolling_upgrade_to_the_consumer_protocol_and_back(
+    mbroker: BrokerProcess, workers: list[Worker]
+) -> None:
+    """Three classic confluent-kafka members consume under continuous produce;
+    one at a time each is replaced by a consumer-protocol member (the group
+    converts when the first joins; the classic members go on in it), then
+    back to classic ones (it converts back when the last consumer-protocol
+    member leaves)."""
+    bootstrap = mbroker.bootstrap
+    topic = create_topic(bootstrap, PARTITIONS)
+    group = f"mig-{uuid.uuid4().hex[:8]}"
+    producing = Producing(bootstrap, topic)
+    try:
+        current: list[Worker] = [Worker(bootstrap, group, topic, **CLASSIC) for _ in range(3)]
+        workers.extend(current)
+        wait_for(lambda: owned_once(current), "three classic members sharing six partitions")
+        assert group_type(bootstrap, group) == "classic"
+        for kind, make in (
+            ("consumer", lambda: Member(bootstrap, group, topic)),
+            ("classic", lambda: Worker(bootstrap, group, topic, **CLASSIC)),
+        ):
+            for i in range(3):
+                current[i].stop()
+                current[i] = make()
+                workers.append(current[i])
+                wait_for(lambda: owned_once(current), f"{kind} member {i} taking its share")
+                new, before = current[i], len(current[i].values())
+                wait_for(
+                    lambda n=new, b=before: len(n.values()) > b,  # type: ignore[misc]
+                    f"{kind} member {i} consuming",
+                )
+                # Converted by the first consumer-protocol member to join, and
+                # back once the last one has left.
+                want = "classic" if kind == "classic" and i == 2 else "consumer"
+                assert group_type(bootstrap, group) == want
+    finally:
+        counts = producing.stop()
+    total = sum(counts)
+    wait_for(lambda: len(all_values(workers)) >= total, "every record consumed")
+    for w in workers:
+        w.stop()
+    check_history(workers, counts)
+
+
+def test_kafka_python_members_stay_classic_beside_a_consumer_member(
+    mbroker: BrokerProcess, workers: list[Worker]
+) -> None:
+    """Two kafka-python members (classic only) and a confluent-kafka member
+    with the consumer protocol share a group: the kafka-python members are
+    answered by the consumer group through JoinGroup/SyncGroup; when the
+    consumer-protocol member leaves, the group is classic again."""
+    from test_groups_kafka_python import Member as KpMember
+    from test_groups_kafka_python import poll_until
+
+    bootstrap = mbroker.bootstrap
+    topic, expected = setup_topic(bootstrap, 4, 10, "a", prefix="mx")
+    group = f"mix-{uuid.uuid4().hex[:8]}"
+    kp = [KpMember(bootstrap, group, topic) for _ in range(2)]
+    try:
+        poll_until(kp, lambda: all(m.partitions for m in kp), "two kafka-python members")
+        modern = Member(bootstrap, group, topic)
+        workers.append(modern)
+
+        def split() -> bool:
+            parts = [m.partitions for m in kp] + [modern.assignment()]
+            return all(parts) and sorted(p for ps in parts for p in ps) == [0, 1, 2, 3]
+
+        poll_until(kp, split, "a three-way split with the consumer-protocol member")
+        assert group_type(bootstrap, group) == "consumer"
+        expected |= produce(bootstrap, topic, 4, 10, "b")
+        got = lambda: [v for m in kp for v in m.values] + modern.values()  # noqa: E731
+        poll_until(kp, lambda: set(got()) >= expected, "records of the mixed group")
+        modern.stop()
+        poll_until(
+            kp,
+            lambda: sorted(p for m in kp for p in m.partitions) == [0, 1, 2, 3],
+            "the kafka-python members taking over",
+        )
+        assert group_type(bootstrap, group) == "classic"
+        expected |= produce(bootstrap, topic, 4, 10, "c")
+        poll_until(kp, lambda: set(got()) >= expected, "records after the downgrade")
+        assert len(got()) == len(set(got())) and set(got()) == expected
+    finally:
+        for m in kp:
+            m.close()
