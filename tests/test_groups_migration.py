@@ -188,6 +188,8 @@ def test_classic_requests_to_a_consumer_group_are_checked() -> None:
     bad = ClassicJoin(G, "x", None, SESSION, 500, "consumer", (("range", b"\x00\x01\xff"),))
     assert m.classic_join(bad, 0).error == ErrorCode.inconsistent_group_protocol
     assert classic_join(m, "c").error == ErrorCode.unknown_member_id  # a consumer member
+    only_rr = ClassicJoin(G, "x", None, SESSION, 500, "consumer", (("roundrobin", sub()),))
+    assert m.classic_join(only_rr, 0).error == ErrorCode.inconsistent_group_protocol
     assert m.classic_heartbeat(G, "nobody", None, 1, 0) == ErrorCode.unknown_member_id
     assert m.classic_heartbeat(G, "a", None, 7, 0) == ErrorCode.illegal_generation
     assert m.classic_sync(G, "a", None, 7, None, None, 0)[0] == ErrorCode.illegal_generation
@@ -231,6 +233,20 @@ def test_classic_member_session_expires_on_its_own_timeout() -> None:
     m.from_classic(G, 1, [snapshot("a", [0, 1, 2], 5000), snapshot("b", [3, 4, 5], 300)], 0)
     assert m.expire(SESSION) == [G]
     assert set(m.groups[G].members) == {"a"}
+
+
+def test_classic_member_that_does_not_rejoin_or_sync_is_removed() -> None:
+    """Told to rejoin, a classic member that keeps heartbeating but does not
+    rejoin within its rebalance timeout (500 ms) is removed, so the partitions
+    it holds reach the others; so is one that joins and never syncs."""
+    m = machine()
+    m.from_classic(G, 1, [snapshot("a", [0, 1, 2]), snapshot("b", [3, 4, 5])], 0)
+    consumer_join(m, "c")
+    assert m.classic_heartbeat(G, "a", None, 1, 100) == ErrorCode.rebalance_in_progress
+    assert m.classic_heartbeat(G, "a", None, 1, 400) == ErrorCode.rebalance_in_progress
+    assert classic_join(m, "b").error == ErrorCode.none  # at 0: must sync by 500
+    assert m.expire(550) == [G] and set(m.groups[G].members) == {"a", "c"}
+    assert m.expire(650) == [G] and set(m.groups[G].members) == {"c"}  # told at 100
 
 
 def test_embedded_protocol_versions_round_trip() -> None:
@@ -409,10 +425,27 @@ def check_history(ws: list[Worker], counts: list[int]) -> None:
         assert offsets == list(range(counts[p])), f"partition {p}: {offsets[:5]}..."
 
 
+class Cooperative(Worker):
+    """A classic member with the cooperative-sticky assignor: its rebalance
+    callbacks are incremental, as under the consumer protocol."""
+
+    _read = Member._read
+
+    def __init__(self, bootstrap: str, group: str, topic: str) -> None:
+        super().__init__(
+            bootstrap, group, topic, **CLASSIC, **{"partition.assignment.strategy": STICKY}
+        )
+
+
+STICKY = "cooperative-sticky"
+
+
+@pytest.mark.parametrize("strategy", ["range,roundrobin", STICKY])
 def test_rolling_upgrade_to_the_consumer_protocol_and_back(
-    mbroker: BrokerProcess, workers: list[Worker]
+    mbroker: BrokerProcess, workers: list[Worker], strategy: str
 ) -> None:
-    """Three classic confluent-kafka members consume under continuous produce;
+    """Three classic confluent-kafka members (eager or cooperative assignor)
+    consume under continuous produce;
     one at a time each is replaced by a consumer-protocol member (the group
     converts when the first joins; the classic members go on in it), then
     back to classic ones (it converts back when the last consumer-protocol
@@ -422,13 +455,19 @@ def test_rolling_upgrade_to_the_consumer_protocol_and_back(
     group = f"mig-{uuid.uuid4().hex[:8]}"
     producing = Producing(bootstrap, topic)
     try:
-        current: list[Worker] = [Worker(bootstrap, group, topic, **CLASSIC) for _ in range(3)]
+
+        def classic() -> Worker:
+            if strategy == STICKY:
+                return Cooperative(bootstrap, group, topic)
+            return Worker(bootstrap, group, topic, **CLASSIC)
+
+        current = [classic() for _ in range(3)]
         workers.extend(current)
         wait_for(lambda: owned_once(current), "three classic members sharing six partitions")
         assert group_type(bootstrap, group) == "classic"
         for kind, make in (
             ("consumer", lambda: Member(bootstrap, group, topic)),
-            ("classic", lambda: Worker(bootstrap, group, topic, **CLASSIC)),
+            ("classic", classic),
         ):
             for i in range(3):
                 current[i].stop()

@@ -237,6 +237,10 @@ class ConsumerMember:
     session_deadline: int = 0
     revocation_deadline: int | None = None
     classic: ClassicMeta | None = None  # None: it speaks the consumer protocol
+    # A classic member told to rejoin, or that joined, must rejoin or sync
+    # within its rebalance timeout (Kafka's join and sync timeouts).
+    classic_deadline: int | None = None
+    classic_awaited: str = ""
 
     def holds(self) -> set[tuple[str, int]]:
         """Partitions it may still be consuming: assigned or being revoked."""
@@ -784,6 +788,12 @@ class ConsumerGroups:
                     f"did not revoke {sorted(member.pending_revocation)} within its "
                     f"rebalance timeout of {member.rebalance_timeout_ms} ms"
                 )
+            elif member.classic_deadline is not None and member.classic_deadline <= now:
+                reason = (
+                    f"classic member {mid} (client {member.client_id}@{member.client_host}) "
+                    f"did not {member.classic_awaited} within its rebalance timeout of "
+                    f"{member.rebalance_timeout_ms} ms"
+                )
             else:
                 continue
             log.info("group %s: %s", gid, reason)
@@ -890,6 +900,14 @@ class ConsumerGroups:
             raise RequestError(
                 ErrorCode.inconsistent_group_protocol, f"malformed consumer protocol: {exc}"
             ) from None
+        offered = {name for name, _ in req.protocols}
+        common = self._classic_protocols(group, exclude=req.member_id)
+        if common is not None and not offered & common:
+            raise RequestError(
+                ErrorCode.inconsistent_group_protocol,
+                f"None of the protocols {sorted(offered)} is supported by every classic member "
+                f"of group {req.group_id} ({sorted(common)}).",
+            )
         member_id = req.member_id
         if req.instance_id is not None and req.instance_id in group.static:
             current = group.static[req.instance_id]
@@ -950,9 +968,22 @@ class ConsumerGroups:
             self._reconcile(group, member, sub.owned, now)
         member.session_deadline = now + req.session_timeout_ms
         self._arm(group, member, member.session_deadline)
+        self._await(group, member, "sync", now, renew=True)
         return ClassicJoinResult(
             ErrorCode.none, member_id, member.epoch, member.classic.protocol_name
         )
+
+    @staticmethod
+    def _classic_protocols(group: ConsumerGroup, exclude: str) -> set[str] | None:
+        """Protocol names every classic member supports (None: no classic
+        member), so that the group can always go back to the classic protocol
+        with one they all speak."""
+        common: set[str] | None = None
+        for m in group.members.values():
+            if m.classic is not None and m.member_id != exclude:
+                names = {name for name, _ in m.classic.protocols}
+                common = names if common is None else common & names
+        return common
 
     def _rename(
         self, group: ConsumerGroup, member: ConsumerMember, new_id: str, client: str
@@ -1047,6 +1078,7 @@ class ConsumerGroups:
                     f"protocol {protocol_type}/{protocol_name} is not the member's",
                 )
             if group.epoch > member.epoch and member.state is not MemberState.UNREVOKED:
+                self._await(group, member, "rejoin", now, renew=False)
                 raise RequestError(
                     ErrorCode.rebalance_in_progress, f"group epoch {group.epoch}: rejoin"
                 )
@@ -1061,6 +1093,8 @@ class ConsumerGroups:
             return exc.code, b""
         member.session_deadline = now + member.classic.session_timeout_ms
         self._arm(group, member, member.session_deadline)
+        if member.classic_awaited == "sync":
+            member.classic_deadline, member.classic_awaited = None, ""
         return ErrorCode.none, encode_assignment(member.assigned, member.classic.version)
 
     def classic_heartbeat(
@@ -1076,8 +1110,20 @@ class ConsumerGroups:
         member.session_deadline = now + member.classic.session_timeout_ms
         self._arm(group, member, member.session_deadline)
         if self._must_rejoin(group, member):
+            self._await(group, member, "rejoin", now, renew=False)
             return ErrorCode.rebalance_in_progress
         return ErrorCode.none
+
+    def _await(
+        self, group: ConsumerGroup, member: ConsumerMember, what: str, now: int, renew: bool
+    ) -> None:
+        """Start the clock on a classic member's rejoin (kept if already
+        running: heartbeats do not extend it) or sync (each join restarts it)."""
+        if not renew and member.classic_awaited == what:
+            return
+        member.classic_deadline = now + member.rebalance_timeout_ms
+        member.classic_awaited = what
+        self._arm(group, member, member.classic_deadline)
 
     def classic_leave(self, group_id: str, member_id: str, instance_id: str | None) -> ErrorCode:
         """LeaveGroup of a classic member (a static one may be named by its
