@@ -249,6 +249,25 @@ def test_classic_member_that_does_not_rejoin_or_sync_is_removed() -> None:
     assert m.expire(650) == [G] and set(m.groups[G].members) == {"c"}  # told at 100
 
 
+def test_static_classic_member_restart_takes_over_its_partitions() -> None:
+    """A static classic member (group.instance.id) that restarts joins with no
+    member id and takes over its predecessor's epoch and partitions; the old
+    id is fenced."""
+    m = machine()
+    old = ClassicSnapshot(
+        "a1", "inst-a", "a", "/h", SESSION, 500, (("range", sub()),), sub(),
+        encode_assignment({"t": [0, 1, 2]}),
+    )  # fmt: skip
+    m.from_classic(G, 4, [old, snapshot("b", [3, 4, 5])], 0)
+    j = classic_join(m, "", instance_id="inst-a")
+    assert j.error == ErrorCode.none and j.member_id != "a1" and j.generation == 4
+    assert assigned(m, j.member_id, 4) == {0, 1, 2}
+    assert m.classic_heartbeat(G, "a1", "inst-a", 4, 0) == ErrorCode.fenced_instance_id
+    assert classic_join(m, "a1", instance_id="inst-a").error == ErrorCode.fenced_instance_id
+    assert m.groups[G].epoch == 4, "no rebalance for the others"
+    single_owners(m)
+
+
 def test_embedded_protocol_versions_round_trip() -> None:
     s = read_subscription(sub(("x", "y"), {"x": [2, 1]}))
     assert s.version == 1 and s.topics == ("x", "y") and s.owned == {"x": frozenset({1, 2})}
