@@ -268,6 +268,29 @@ def test_static_classic_member_restart_takes_over_its_partitions() -> None:
     single_owners(m)
 
 
+def test_static_consumer_member_restarting_classic_downgrades_the_group() -> None:
+    """A static consumer-protocol member that left with epoch -2 and restarts
+    with the classic protocol takes over its partitions as a classic member;
+    the last consumer-protocol member gone, the group may go back to classic.
+    Before it has left, its instance id is UNRELEASED_INSTANCE_ID."""
+    m = machine()
+    m.from_classic(G, 1, [snapshot("b", [0, 1, 2, 3, 4, 5])], 0)
+    r = m.heartbeat(
+        HeartbeatRequest(
+            G, "c", 0, instance_id="inst-c", rebalance_timeout_ms=500,
+            subscribed_topic_names=("t",), owned={},
+        ),
+        0,
+    )  # fmt: skip
+    assert r.error == ErrorCode.none
+    assert classic_join(m, "", instance_id="inst-c").error == ErrorCode.unreleased_instance_id
+    m.heartbeat(HeartbeatRequest(G, "c", -2, instance_id="inst-c"), 0)
+    j = classic_join(m, "", instance_id="inst-c")
+    assert j.error == ErrorCode.none and "c" not in m.groups[G].members
+    assert m.groups[G].members[j.member_id].classic is not None
+    assert m.downgradable(G)
+
+
 def test_embedded_protocol_versions_round_trip() -> None:
     s = read_subscription(sub(("x", "y"), {"x": [2, 1]}))
     assert s.version == 1 and s.topics == ("x", "y") and s.owned == {"x": frozenset({1, 2})}

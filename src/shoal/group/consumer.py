@@ -909,6 +909,7 @@ class ConsumerGroups:
                 f"of group {req.group_id} ({sorted(common)}).",
             )
         member_id = req.member_id
+        taken_over = False
         if req.instance_id is not None and req.instance_id in group.static:
             current = group.static[req.instance_id]
             if member_id and member_id != current:
@@ -917,8 +918,18 @@ class ConsumerGroups:
                     f"Instance {req.instance_id} is member {current}, not {member_id}.",
                 )
             if not member_id:
+                old = group.members[current]
+                if old.classic is None and old.epoch != LEAVE_STATIC_EPOCH:
+                    raise RequestError(
+                        ErrorCode.unreleased_instance_id,
+                        f"Static member {current} with instance id {req.instance_id} "
+                        "is not released yet.",
+                    )
+                # A restart (perhaps from the consumer protocol back to the
+                # classic one) takes over its predecessor's partitions.
                 member_id = f"{req.instance_id}-{uuid.uuid4()}"
-                self._rename(group, group.members[current], member_id, req.client_id)
+                self._rename(group, old, member_id, req.client_id)
+                taken_over = True
         if not member_id:
             member_id = f"{req.client_id or 'consumer'}-{uuid.uuid4()}"
             if req.instance_id is None and req.require_known_member_id:
@@ -944,7 +955,7 @@ class ConsumerGroups:
                 req.client_host,
             )
             self._bump(group, f"classic member {member_id} joined")
-        elif member.classic is None:
+        elif member.classic is None and not taken_over:
             raise RequestError(
                 ErrorCode.unknown_member_id, f"Member {member_id} uses the consumer protocol."
             )
@@ -1001,6 +1012,7 @@ class ConsumerGroups:
             group.target[new_id] = group.target.pop(old_id)
         for tp in member.holds():
             group.owners[tp] = new_id
+        self.changed.add(group.group_id)  # it may have been the last consumer-protocol member
         log.info(
             "group %s: static member %s replaced %s (client %s, instance %s)",
             group.group_id,
