@@ -2,7 +2,8 @@
 
     python group_worker.py BOOTSTRAP GROUP TOPIC '{"librdkafka": "settings"}'
 
-Prints one JSON line per event on stdout: `assign` / `revoke` with partitions,
+Prints one JSON line per event on stdout, with `t` (the system-wide monotonic
+clock, comparable between workers): `assign` / `revoke` with partitions,
 and `msg` for each record, printed only after its offset is committed
 synchronously, so a record printed by a member that is then killed is never
 delivered again. A failed commit rewinds to the record instead. SIGTERM closes
@@ -14,13 +15,14 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 
 def out(**event: Any) -> None:
-    print(json.dumps(event), flush=True)
+    print(json.dumps({**event, "t": time.monotonic()}), flush=True)
 
 
 def main() -> None:

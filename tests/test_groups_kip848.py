@@ -367,8 +367,9 @@ def test_offsets_and_describe_with_member_epochs(kbroker: BrokerProcess, topic: 
 
 
 def test_protocols_do_not_mix(kbroker: BrokerProcess, topic: str) -> None:
-    """A consumer-protocol group with members refuses a classic JoinGroup; an
-    empty one turns classic with its first classic member (and back)."""
+    """A consumer-protocol group with members refuses a classic JoinGroup whose
+    embedded protocol does not parse; an empty one turns classic with its
+    first classic member (and back)."""
     from kio.schema.join_group.v9 import request as jg
 
     group = f"raw-{uuid.uuid4().hex[:8]}"
@@ -423,3 +424,70 @@ def test_group_survives_a_restart(kbroker: BrokerProcess, topic: str) -> None:
         )
         (t,) = c.call(9, 9, body).groups[0].topics
         assert (t.name, t.partitions[0].committed_offset) == (topic, 1)
+
+
+def test_offsets_v10_name_topics_by_id(kbroker: BrokerProcess, topic: str) -> None:
+    """OffsetCommit and OffsetFetch v10 (Kafka 4.1) carry topic ids: a commit
+    by id is fetched back by id (and by name with v9); an id no topic has is
+    UNKNOWN_TOPIC_ID on each of its partitions, next to the known one."""
+    from kio.schema.offset_commit.v10 import request as oc
+    from kio.schema.offset_fetch.v10 import request as of10
+
+    from wire import topic_id
+
+    tid, ghost = topic_id(kbroker.bootstrap, topic), uuid.uuid4()
+    group = f"v10-{uuid.uuid4().hex[:8]}"
+
+    def part(index: int, offset: int) -> Any:
+        return oc.OffsetCommitRequestPartition(
+            partition_index=index, committed_offset=offset, committed_metadata="m"
+        )
+
+    with RawClient(kbroker.bootstrap) as c:
+        r = c.call(8, 10, oc.OffsetCommitRequest(
+            group_id=group, generation_id_or_member_epoch=-1, member_id="",
+            topics=(
+                oc.OffsetCommitRequestTopic(topic_id=tid, partitions=(part(0, 7), part(1, 9))),
+                oc.OffsetCommitRequestTopic(topic_id=ghost, partitions=(part(0, 1),)),
+            ),
+        ))  # fmt: skip
+        assert [(t.topic_id, [p.error_code for p in t.partitions]) for t in r.topics] == [
+            (tid, [ErrorCode.none, ErrorCode.none]),
+            (ghost, [ErrorCode.unknown_topic_id]),
+        ]
+
+        def fetch(topics: Any) -> Any:
+            body = of10.OffsetFetchRequest(
+                groups=(
+                    of10.OffsetFetchRequestGroup(
+                        group_id=group, member_id=None, member_epoch=-1, topics=topics
+                    ),
+                ),
+                require_stable=False,
+            )
+            (g,) = c.call(9, 10, body).groups
+            assert g.error_code == ErrorCode.none
+            return {
+                (t.topic_id, p.partition_index): (p.committed_offset, p.error_code)
+                for t in g.topics
+                for p in t.partitions
+            }
+
+        asked = (
+            of10.OffsetFetchRequestTopics(topic_id=tid, partition_indexes=(0, 1)),
+            of10.OffsetFetchRequestTopics(topic_id=ghost, partition_indexes=(0,)),
+        )
+        assert fetch(asked) == {
+            (tid, 0): (7, ErrorCode.none),
+            (tid, 1): (9, ErrorCode.none),
+            (ghost, 0): (-1, ErrorCode.unknown_topic_id),
+        }
+        assert fetch(None) == {(tid, 0): (7, ErrorCode.none), (tid, 1): (9, ErrorCode.none)}
+        by_name = c.call(9, 9, of.OffsetFetchRequest(
+            groups=(of.OffsetFetchRequestGroup(
+                group_id=group, member_id=None, member_epoch=-1,
+                topics=(of.OffsetFetchRequestTopics(name=topic, partition_indexes=(1,)),),
+            ),),
+            require_stable=False,
+        ))  # fmt: skip
+        assert by_name.groups[0].topics[0].partitions[0].committed_offset == 9

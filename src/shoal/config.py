@@ -695,6 +695,18 @@ BROKER_KEYS: dict[str, Key] = {
             _assignors,
         ),
         Key(
+            "group.consumer.migration.policy",
+            str,
+            "bidirectional",
+            "online conversion of a group with members between the classic and the "
+            "consumer protocol: bidirectional, upgrade, downgrade or disabled",
+            lambda v: (
+                None
+                if v.lower() in ("bidirectional", "upgrade", "downgrade", "disabled")
+                else "must be one of bidirectional, upgrade, downgrade, disabled"
+            ),
+        ),
+        Key(
             "cluster.enable",
             str,
             "auto",

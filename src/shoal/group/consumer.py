@@ -37,6 +37,12 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from shoal.group.assignors import ASSIGNORS, Assignment, MemberSpec
+from shoal.group.embedded import (
+    MalformedProtocol,
+    encode_assignment,
+    read_assignment,
+    read_subscription,
+)
 from shoal.protocol.errors import ErrorCode
 
 log = logging.getLogger("shoal.groups")
@@ -53,6 +59,24 @@ class GroupState(StrEnum):
     DEAD = "Dead"
 
 
+class MigrationPolicy(StrEnum):
+    """`group.consumer.migration.policy`: which online conversions of a group
+    with members are allowed (KIP-848's migration between the protocols)."""
+
+    BIDIRECTIONAL = "bidirectional"
+    UPGRADE = "upgrade"
+    DOWNGRADE = "downgrade"
+    DISABLED = "disabled"
+
+    @property
+    def upgrade(self) -> bool:
+        return self in (MigrationPolicy.BIDIRECTIONAL, MigrationPolicy.UPGRADE)
+
+    @property
+    def downgrade(self) -> bool:
+        return self in (MigrationPolicy.BIDIRECTIONAL, MigrationPolicy.DOWNGRADE)
+
+
 class MemberState(StrEnum):
     STABLE = "stable"
     UNREVOKED = "unrevoked_partitions"
@@ -67,6 +91,7 @@ class ConsumerGroupConfig:
     heartbeat_interval_ms: int = 5_000
     max_size: int = 2**31 - 1
     assignors: tuple[str, ...] = ("uniform", "range")
+    migration_policy: MigrationPolicy = MigrationPolicy.BIDIRECTIONAL
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ConsumerGroupConfig:
@@ -75,6 +100,9 @@ class ConsumerGroupConfig:
             heartbeat_interval_ms=int(cfg["group.consumer.heartbeat.interval.ms"]),
             max_size=int(cfg["group.consumer.max.size"]),
             assignors=parse_assignors(str(cfg["group.consumer.assignors"])),
+            migration_policy=MigrationPolicy(
+                str(cfg.get("group.consumer.migration.policy", "bidirectional")).lower()
+            ),
         )
 
 
@@ -130,6 +158,65 @@ class HeartbeatResult:
     assignment: Assignment | None = None  # None: unchanged since the last answer
 
 
+@dataclass(frozen=True, slots=True)
+class ClassicMeta:
+    """A member speaking the classic protocol (JoinGroup, SyncGroup, Heartbeat)
+    inside a consumer group: its own session timeout and the protocols it
+    joined with (their names and embedded subscriptions)."""
+
+    session_timeout_ms: int
+    protocols: tuple[tuple[str, bytes], ...]
+
+    @property
+    def protocol_name(self) -> str:
+        return self.protocols[0][0]
+
+    @property
+    def version(self) -> int:
+        """Its embedded subscription's version, at which it gets assignments."""
+        data = self.protocols[0][1]
+        return int.from_bytes(data[:2], "big", signed=True) if len(data) >= 2 else 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClassicJoin:
+    """A classic JoinGroup to a consumer group, its subscription parsed."""
+
+    group_id: str
+    member_id: str
+    instance_id: str | None
+    session_timeout_ms: int
+    rebalance_timeout_ms: int
+    protocol_type: str
+    protocols: tuple[tuple[str, bytes], ...]
+    require_known_member_id: bool = True
+    client_id: str = ""
+    client_host: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClassicJoinResult:
+    error: ErrorCode
+    member_id: str
+    generation: int = -1
+    protocol_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClassicSnapshot:
+    """A classic group's member as it stands when the group converts."""
+
+    member_id: str
+    instance_id: str | None
+    client_id: str
+    client_host: str
+    session_timeout_ms: int
+    rebalance_timeout_ms: int
+    protocols: tuple[tuple[str, bytes], ...]
+    subscription: bytes  # its metadata for the group's chosen protocol
+    assignment: bytes  # its last SyncGroup assignment
+
+
 @dataclass(eq=False, slots=True)
 class ConsumerMember:
     member_id: str
@@ -149,6 +236,11 @@ class ConsumerMember:
     pending_revocation: Assignment = field(default_factory=dict)
     session_deadline: int = 0
     revocation_deadline: int | None = None
+    classic: ClassicMeta | None = None  # None: it speaks the consumer protocol
+    # A classic member told to rejoin, or that joined, must rejoin or sync
+    # within its rebalance timeout (Kafka's join and sync timeouts).
+    classic_deadline: int | None = None
+    classic_awaited: str = ""
 
     def holds(self) -> set[tuple[str, int]]:
         """Partitions it may still be consuming: assigned or being revoked."""
@@ -373,6 +465,11 @@ class ConsumerGroups:
                     ErrorCode.unknown_member_id,
                     f"Member {req.member_id} is not a member of group {group.group_id}.",
                 )
+            if member.classic is not None:
+                raise RequestError(
+                    ErrorCode.unknown_member_id,
+                    f"Member {req.member_id} uses the classic protocol.",
+                )
             if req.instance_id is not None and member.instance_id != req.instance_id:
                 raise RequestError(
                     ErrorCode.fenced_instance_id,
@@ -503,15 +600,18 @@ class ConsumerGroups:
         self.changed.add(group.group_id)
         log.info("group %s: epoch %d: %s", group.group_id, group.epoch, reason)
 
-    def _refresh_metadata(self, group: ConsumerGroup) -> None:
-        """New topics matching, partitions added, a topic deleted or
-        re-created: the target must be recomputed."""
+    def _topics(self, group: ConsumerGroup) -> tuple[tuple[str, str, int], ...]:
         topics = []
         for name in sorted(group.subscribed(self.catalog, self._regexes)):
             info = self.catalog.topic(name)
             if info is not None:
                 topics.append((name, str(info[0]), info[1]))
-        current = tuple(topics)
+        return tuple(topics)
+
+    def _refresh_metadata(self, group: ConsumerGroup) -> None:
+        """New topics matching, partitions added, a topic deleted or
+        re-created: the target must be recomputed."""
+        current = self._topics(group)
         if current != group.topics:
             if group.assignment_epoch == group.epoch:
                 self._bump(group, "subscribed topics or their partitions changed")
@@ -673,9 +773,14 @@ class ConsumerGroups:
             if group is None or member is None:
                 continue
             if member.session_deadline <= now:
+                session = (
+                    member.classic.session_timeout_ms
+                    if member.classic is not None
+                    else self.config.session_timeout_ms
+                )
                 reason = (
                     f"member {mid} (client {member.client_id}@{member.client_host}) expired: "
-                    f"no heartbeat for {self.config.session_timeout_ms} ms"
+                    f"no heartbeat for {session} ms"
                 )
             elif member.revocation_deadline is not None and member.revocation_deadline <= now:
                 reason = (
@@ -683,12 +788,364 @@ class ConsumerGroups:
                     f"did not revoke {sorted(member.pending_revocation)} within its "
                     f"rebalance timeout of {member.rebalance_timeout_ms} ms"
                 )
+            elif member.classic_deadline is not None and member.classic_deadline <= now:
+                reason = (
+                    f"classic member {mid} (client {member.client_id}@{member.client_host}) "
+                    f"did not {member.classic_awaited} within its rebalance timeout of "
+                    f"{member.rebalance_timeout_ms} ms"
+                )
             else:
                 continue
             log.info("group %s: %s", gid, reason)
             self._remove(group, member, reason)
             touched.append(gid)
         return touched
+
+    # classic members: online migration between the protocols ---------------------
+
+    def from_classic(
+        self, group_id: str, generation: int, members: Iterable[ClassicSnapshot], now: int
+    ) -> ConsumerGroup:
+        """A classic group with members becomes a consumer group (Kafka's online
+        upgrade, when a consumer-protocol member joins it). Its members stay
+        classic and keep their last assignment, at the classic generation as
+        their epoch, which is also the group's: the joining member bumps it,
+        and the classic members learn through REBALANCE_IN_PROGRESS that they
+        must rejoin. RequestError if an embedded protocol does not parse."""
+        group = ConsumerGroup(group_id, epoch=generation, assignment_epoch=generation)
+        for snap in members:
+            try:
+                sub = read_subscription(snap.subscription)
+                assigned = read_assignment(snap.assignment)
+            except MalformedProtocol as exc:
+                raise RequestError(
+                    ErrorCode.group_id_not_found,
+                    f"Cannot upgrade the classic group {group_id} to a consumer group: "
+                    f"member {snap.member_id} sent a malformed consumer protocol ({exc}).",
+                ) from None
+            member = ConsumerMember(
+                snap.member_id,
+                instance_id=snap.instance_id,
+                rack_id=sub.rack_id,
+                client_id=snap.client_id,
+                client_host=snap.client_host,
+                rebalance_timeout_ms=snap.rebalance_timeout_ms,
+                topic_names=tuple(sorted(set(sub.topics))),
+                epoch=generation,
+                previous_epoch=generation,
+                assigned=assigned,
+                classic=ClassicMeta(snap.session_timeout_ms, snap.protocols),
+            )
+            group.members[member.member_id] = member
+            if member.instance_id is not None:
+                group.static[member.instance_id] = member.member_id
+            group.target[member.member_id] = dict(assigned)
+            for tp in member.holds():
+                group.owners[tp] = member.member_id
+            member.session_deadline = now + snap.session_timeout_ms
+            self._arm(group, member, member.session_deadline)
+        group.topics = self._topics(group)
+        self.groups[group_id] = group
+        self.changed.add(group_id)
+        log.info(
+            "group %s: classic group with %d members converted to a consumer group at epoch %d",
+            group_id,
+            len(group.members),
+            generation,
+        )
+        return group
+
+    def downgradable(self, group_id: str) -> bool:
+        """Only classic members left (the last consumer-protocol member has
+        left or expired) and the policy allows it: the group goes back to the
+        classic protocol (Kafka's online downgrade)."""
+        group = self.groups.get(group_id)
+        return (
+            group is not None
+            and bool(group.members)
+            and self.config.migration_policy.downgrade
+            and all(m.classic is not None for m in group.members.values())
+        )
+
+    def classic_join(self, req: ClassicJoin, now: int) -> ClassicJoinResult:
+        """JoinGroup of a classic member to a consumer group with members: it
+        becomes (or stays) a member whose subscription and owned partitions
+        come from its embedded protocol, and is reconciled as a consumer member
+        would be. The answer names no leader (nobody assigns: the server
+        does) and carries its member epoch as the generation."""
+        try:
+            return self._classic_join(req, now)
+        except RequestError as exc:
+            log.info(
+                "group %s: classic join of member %s (client %s@%s) refused: %s (%s)",
+                req.group_id,
+                req.member_id,
+                req.client_id,
+                req.client_host,
+                exc.code.name,
+                exc.message,
+            )
+            return ClassicJoinResult(exc.code, req.member_id)
+
+    def _classic_join(self, req: ClassicJoin, now: int) -> ClassicJoinResult:
+        group = self.groups[req.group_id]
+        if req.protocol_type != "consumer" or not req.protocols:
+            raise RequestError(
+                ErrorCode.inconsistent_group_protocol,
+                f"Group {req.group_id} is a consumer group: protocol type 'consumer' required.",
+            )
+        try:
+            sub = read_subscription(req.protocols[0][1])
+        except MalformedProtocol as exc:
+            raise RequestError(
+                ErrorCode.inconsistent_group_protocol, f"malformed consumer protocol: {exc}"
+            ) from None
+        offered = {name for name, _ in req.protocols}
+        common = self._classic_protocols(group, exclude=req.member_id)
+        if common is not None and not offered & common:
+            raise RequestError(
+                ErrorCode.inconsistent_group_protocol,
+                f"None of the protocols {sorted(offered)} is supported by every classic member "
+                f"of group {req.group_id} ({sorted(common)}).",
+            )
+        member_id = req.member_id
+        taken_over = False
+        if req.instance_id is not None and req.instance_id in group.static:
+            current = group.static[req.instance_id]
+            if member_id and member_id != current:
+                raise RequestError(
+                    ErrorCode.fenced_instance_id,
+                    f"Instance {req.instance_id} is member {current}, not {member_id}.",
+                )
+            if not member_id:
+                old = group.members[current]
+                if old.classic is None and old.epoch != LEAVE_STATIC_EPOCH:
+                    raise RequestError(
+                        ErrorCode.unreleased_instance_id,
+                        f"Static member {current} with instance id {req.instance_id} "
+                        "is not released yet.",
+                    )
+                # A restart (perhaps from the consumer protocol back to the
+                # classic one) takes over its predecessor's partitions.
+                member_id = f"{req.instance_id}-{uuid.uuid4()}"
+                self._rename(group, old, member_id, req.client_id)
+                taken_over = True
+        if not member_id:
+            member_id = f"{req.client_id or 'consumer'}-{uuid.uuid4()}"
+            if req.instance_id is None and req.require_known_member_id:
+                return ClassicJoinResult(ErrorCode.member_id_required, member_id)
+        member = group.members.get(member_id)
+        joined = member is None
+        if member is None:
+            if len(group.members) >= self.config.max_size:
+                raise RequestError(
+                    ErrorCode.group_max_size_reached,
+                    f"The group {group.group_id} has reached its maximum capacity of "
+                    f"{self.config.max_size} members.",
+                )
+            member = ConsumerMember(member_id, instance_id=req.instance_id)
+            group.members[member_id] = member
+            if req.instance_id is not None:
+                group.static[req.instance_id] = member_id
+            log.info(
+                "group %s: classic member %s (client %s@%s) joined",
+                group.group_id,
+                member_id,
+                req.client_id,
+                req.client_host,
+            )
+            self._bump(group, f"classic member {member_id} joined")
+        elif member.classic is None and not taken_over:
+            raise RequestError(
+                ErrorCode.unknown_member_id, f"Member {member_id} uses the consumer protocol."
+            )
+        member.classic = ClassicMeta(req.session_timeout_ms, req.protocols)
+        member.client_id, member.client_host = req.client_id, req.client_host
+        member.rebalance_timeout_ms = req.rebalance_timeout_ms
+        if sub.rack_id is not None:
+            member.rack_id = sub.rack_id
+        names = tuple(sorted(set(sub.topics)))
+        if names != member.topic_names or member.server_assignor is not None:
+            member.topic_names, member.server_assignor = names, None
+            group.subscriptions = None
+            if not joined:
+                self._bump(group, f"classic member {member_id} changed its subscription")
+        self._refresh_metadata(group)
+        if group.epoch > group.assignment_epoch:
+            self._assign(group)
+        # What it reports owning is all it may still consume: what it has
+        # already given up need not wait for another round trip.
+        for _ in range(2):
+            self._reconcile(group, member, sub.owned, now)
+        member.session_deadline = now + req.session_timeout_ms
+        self._arm(group, member, member.session_deadline)
+        self._await(group, member, "sync", now, renew=True)
+        return ClassicJoinResult(
+            ErrorCode.none, member_id, member.epoch, member.classic.protocol_name
+        )
+
+    @staticmethod
+    def _classic_protocols(group: ConsumerGroup, exclude: str) -> set[str] | None:
+        """Protocol names every classic member supports (None: no classic
+        member), so that the group can always go back to the classic protocol
+        with one they all speak."""
+        common: set[str] | None = None
+        for m in group.members.values():
+            if m.classic is not None and m.member_id != exclude:
+                names = {name for name, _ in m.classic.protocols}
+                common = names if common is None else common & names
+        return common
+
+    def _rename(
+        self, group: ConsumerGroup, member: ConsumerMember, new_id: str, client: str
+    ) -> None:
+        """A restarted static classic member takes over its predecessor."""
+        old_id = member.member_id
+        del group.members[old_id]
+        member.member_id = new_id
+        if member.epoch == LEAVE_STATIC_EPOCH:
+            member.epoch = member.previous_epoch
+        group.members[new_id] = member
+        assert member.instance_id is not None
+        group.static[member.instance_id] = new_id
+        if old_id in group.target:
+            group.target[new_id] = group.target.pop(old_id)
+        for tp in member.holds():
+            group.owners[tp] = new_id
+        self.changed.add(group.group_id)  # it may have been the last consumer-protocol member
+        log.info(
+            "group %s: static member %s replaced %s (client %s, instance %s)",
+            group.group_id,
+            new_id,
+            old_id,
+            client,
+            member.instance_id,
+        )
+
+    def _classic_member(
+        self, group_id: str, member_id: str, instance_id: str | None
+    ) -> tuple[ConsumerGroup, ConsumerMember]:
+        group = self.groups[group_id]
+        if instance_id is not None:
+            current = group.static.get(instance_id)
+            if current is None:
+                raise RequestError(
+                    ErrorCode.unknown_member_id,
+                    f"Instance {instance_id} is not a member of group {group_id}.",
+                )
+            if member_id and current != member_id:
+                raise RequestError(
+                    ErrorCode.fenced_instance_id,
+                    f"Instance {instance_id} is member {current}, not {member_id}.",
+                )
+            member_id = current
+        member = group.members.get(member_id)
+        if member is None or member.classic is None:
+            raise RequestError(
+                ErrorCode.unknown_member_id,
+                f"Member {member_id} is not a classic member of group {group_id}.",
+            )
+        return group, member
+
+    def _must_rejoin(self, group: ConsumerGroup, member: ConsumerMember) -> bool:
+        """A classic member learns of a new epoch, of partitions to give up, or
+        of partitions freed for it, only by rejoining (Kafka's rules)."""
+        if member.epoch < group.epoch or member.state is MemberState.UNREVOKED:
+            return True
+        if member.state is MemberState.UNRELEASED:
+            pending = _sub(group.target.get(member.member_id, {}), member.assigned)
+            return not any(
+                group.owners.get((t, p), member.member_id) != member.member_id
+                for t, ps in pending.items()
+                for p in ps
+            )
+        return False
+
+    def classic_sync(
+        self,
+        group_id: str,
+        member_id: str,
+        instance_id: str | None,
+        generation: int,
+        protocol_type: str | None,
+        protocol_name: str | None,
+        now: int,
+    ) -> tuple[ErrorCode, bytes]:
+        """SyncGroup of a classic member: its current assignment, encoded at
+        its subscription's version."""
+        try:
+            group, member = self._classic_member(group_id, member_id, instance_id)
+            assert member.classic is not None
+            if generation != member.epoch:
+                raise RequestError(
+                    ErrorCode.illegal_generation,
+                    f"generation {generation}, member epoch {member.epoch}",
+                )
+            names = {name for name, _ in member.classic.protocols}
+            if (protocol_type is not None and protocol_type != "consumer") or (
+                protocol_name is not None and protocol_name not in names
+            ):
+                raise RequestError(
+                    ErrorCode.inconsistent_group_protocol,
+                    f"protocol {protocol_type}/{protocol_name} is not the member's",
+                )
+            if group.epoch > member.epoch and member.state is not MemberState.UNREVOKED:
+                self._await(group, member, "rejoin", now, renew=False)
+                raise RequestError(
+                    ErrorCode.rebalance_in_progress, f"group epoch {group.epoch}: rejoin"
+                )
+        except RequestError as exc:
+            log.info(
+                "group %s: classic sync of member %s refused: %s (%s)",
+                group_id,
+                member_id,
+                exc.code.name,
+                exc.message,
+            )
+            return exc.code, b""
+        member.session_deadline = now + member.classic.session_timeout_ms
+        self._arm(group, member, member.session_deadline)
+        if member.classic_awaited == "sync":
+            member.classic_deadline, member.classic_awaited = None, ""
+        return ErrorCode.none, encode_assignment(member.assigned, member.classic.version)
+
+    def classic_heartbeat(
+        self, group_id: str, member_id: str, instance_id: str | None, generation: int, now: int
+    ) -> ErrorCode:
+        try:
+            group, member = self._classic_member(group_id, member_id, instance_id)
+        except RequestError as exc:
+            return exc.code
+        if generation != member.epoch:
+            return ErrorCode.illegal_generation
+        assert member.classic is not None
+        member.session_deadline = now + member.classic.session_timeout_ms
+        self._arm(group, member, member.session_deadline)
+        if self._must_rejoin(group, member):
+            self._await(group, member, "rejoin", now, renew=False)
+            return ErrorCode.rebalance_in_progress
+        return ErrorCode.none
+
+    def _await(
+        self, group: ConsumerGroup, member: ConsumerMember, what: str, now: int, renew: bool
+    ) -> None:
+        """Start the clock on a classic member's rejoin (kept if already
+        running: heartbeats do not extend it) or sync (each join restarts it)."""
+        if not renew and member.classic_awaited == what:
+            return
+        member.classic_deadline = now + member.rebalance_timeout_ms
+        member.classic_awaited = what
+        self._arm(group, member, member.classic_deadline)
+
+    def classic_leave(self, group_id: str, member_id: str, instance_id: str | None) -> ErrorCode:
+        """LeaveGroup of a classic member (a static one may be named by its
+        instance id alone)."""
+        try:
+            group, member = self._classic_member(group_id, member_id, instance_id)
+        except RequestError as exc:
+            return exc.code
+        self._remove(group, member, f"classic member {member.member_id} left")
+        return ErrorCode.none
 
     # offsets ---------------------------------------------------------------------
 
@@ -703,6 +1160,9 @@ class ConsumerGroups:
         member = group.members.get(member_id)
         if member is None:
             return ErrorCode.unknown_member_id
+        if member.classic is not None:
+            # A classic member commits at its generation, with any version.
+            return ErrorCode.none if epoch == member.epoch else ErrorCode.illegal_generation
         if api_version < 9:
             return ErrorCode.unsupported_version
         if epoch != member.epoch:
@@ -718,6 +1178,8 @@ class ConsumerGroups:
         if member is None:
             return ErrorCode.unknown_member_id
         if epoch != member.epoch:
+            if member.classic is not None:
+                return ErrorCode.illegal_generation
             return ErrorCode.stale_member_epoch
         return ErrorCode.none
 

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import struct
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -30,13 +29,18 @@ from typing import Any
 
 from shoal.group.consumer import (
     Catalog,
+    ClassicJoin,
+    ClassicSnapshot,
     ConsumerGroup,
     ConsumerGroupConfig,
     ConsumerGroups,
     GroupState,
     HeartbeatRequest,
     HeartbeatResult,
+    RequestError,
 )
+from shoal.group.embedded import encode_assignment, parse_subscription
+from shoal.group.embedded import encode_subscription as encode_subscription
 from shoal.group.offsets import (
     CommittedOffset,
     OffsetStore,
@@ -249,48 +253,6 @@ class Group:
         )
 
 
-def _string(value: str) -> bytes:
-    raw = value.encode()
-    return struct.pack(">h", len(raw)) + raw
-
-
-def encode_subscription(topics: Iterable[str]) -> bytes:
-    """ConsumerProtocolSubscription v0 (topics, no user data): how DescribeGroups
-    shows a consumer-protocol member's subscription."""
-    names = list(topics)
-    return struct.pack(">hi", 0, len(names)) + b"".join(map(_string, names)) + struct.pack(">i", -1)
-
-
-def encode_assignment(assignment: Mapping[str, Iterable[int]]) -> bytes:
-    """ConsumerProtocolAssignment v0 (no user data)."""
-    out = [struct.pack(">hi", 0, len(assignment))]
-    for topic in sorted(assignment):
-        parts = sorted(assignment[topic])
-        out.append(_string(topic) + struct.pack(f">i{len(parts)}i", len(parts), *parts))
-    out.append(struct.pack(">i", -1))
-    return b"".join(out)
-
-
-def parse_subscription(data: bytes) -> list[str] | None:
-    """Topic names from a ConsumerProtocolSubscription (any version: the topic
-    list comes right after the version in all of them)."""
-    try:
-        pos = 2
-        (count,) = struct.unpack_from(">i", data, pos)
-        pos += 4
-        topics = []
-        for _ in range(max(count, 0)):
-            (n,) = struct.unpack_from(">h", data, pos)
-            pos += 2
-            if n < 0 or pos + n > len(data):
-                return None
-            topics.append(data[pos : pos + n].decode())
-            pos += n
-        return topics
-    except (struct.error, UnicodeDecodeError):
-        return None
-
-
 class GroupCoordinator:
     """All groups of this broker and their committed offsets."""
 
@@ -405,12 +367,36 @@ class GroupCoordinator:
         cg = self.consumer.groups.get(req.group_id)
         if cg is not None:
             if cg.members:
-                log.info(
-                    "group %s: classic join from %s refused: a consumer-protocol group",
-                    req.group_id,
-                    req.client_id,
+                # A classic member in a consumer group (Kafka 4's mixed group):
+                # the consumer group answers for it, at once.
+                result = self.consumer.classic_join(
+                    ClassicJoin(
+                        req.group_id,
+                        req.member_id,
+                        req.group_instance_id,
+                        req.session_timeout_ms,
+                        req.rebalance_timeout_ms,
+                        req.protocol_type,
+                        req.protocols,
+                        req.require_known_member_id,
+                        req.client_id,
+                        req.client_host,
+                    ),
+                    self._now(),
                 )
-                return ErrorCode.inconsistent_group_protocol
+                self._consumer_changed()
+                ok = result.error == ErrorCode.none
+                _resolve(
+                    fut,
+                    JoinResult(
+                        result.error,
+                        result.member_id,
+                        result.generation,
+                        CONSUMER if ok else None,
+                        result.protocol_name,
+                    ),
+                )
+                return None
             # An empty consumer-protocol group becomes a classic one (Kafka's
             # downgrade once its last consumer-protocol member has left).
             del self.consumer.groups[req.group_id]
@@ -771,6 +757,25 @@ class GroupCoordinator:
         assignments: Mapping[str, bytes],
     ) -> asyncio.Future[SyncResult]:
         fut: asyncio.Future[SyncResult] = self._loop.create_future()
+        if group_id in self.consumer.groups and self.gate(group_id) is None:
+            code, assignment = self.consumer.classic_sync(
+                group_id,
+                member_id,
+                group_instance_id,
+                generation,
+                protocol_type,
+                protocol_name,
+                self._now(),
+            )
+            self._consumer_changed()
+            ok = code == ErrorCode.none
+            _resolve(
+                fut,
+                SyncResult(
+                    code, assignment, protocol_type if ok else None, protocol_name if ok else None
+                ),
+            )
+            return fut
         error = self.gate(group_id) or self._sync(
             fut,
             group_id,
@@ -866,6 +871,12 @@ class GroupCoordinator:
     def heartbeat(
         self, group_id: str, generation: int, member_id: str, group_instance_id: str | None
     ) -> ErrorCode:
+        if group_id in self.consumer.groups and self.gate(group_id) is None:
+            code = self.consumer.classic_heartbeat(
+                group_id, member_id, group_instance_id, generation, self._now()
+            )
+            self._consumer_changed()
+            return code
         group, error = self._member_group(group_id, member_id, group_instance_id)
         if group is None:
             return error
@@ -887,6 +898,10 @@ class GroupCoordinator:
             return ErrorCode.invalid_group_id, [ErrorCode.invalid_group_id] * len(leaving)
         if (gated := self.gate(group_id)) is not None:
             return gated, [gated] * len(leaving)
+        if group_id in self.consumer.groups:
+            codes = [self.consumer.classic_leave(group_id, m, i) for m, i in leaving]
+            self._consumer_changed()
+            return ErrorCode.none, codes
         group = self.groups.get(group_id)
         if group is None:
             return ErrorCode.none, [ErrorCode.unknown_member_id] * len(leaving)
@@ -1089,7 +1104,16 @@ class GroupCoordinator:
             return HeartbeatResult(gated, None, req.member_id, -1, interval)
         classic = self.groups.get(req.group_id)
         if classic is not None and classic.state is not State.DEAD:
-            if classic.members or classic.state is not State.EMPTY:
+            if (classic.members or classic.state is not State.EMPTY) and self._may_upgrade(
+                classic, req
+            ):
+                if (refused := self.consumer.refusal(req)) is not None:
+                    return refused
+                try:
+                    self._upgrade(classic)
+                except RequestError as exc:
+                    return HeartbeatResult(exc.code, exc.message, req.member_id, -1, interval)
+            elif classic.members or classic.state is not State.EMPTY:
                 log.info(
                     "group %s: consumer-protocol heartbeat from %s refused: a classic group "
                     "with members",
@@ -1103,9 +1127,9 @@ class GroupCoordinator:
                     -1,
                     interval,
                 )
-            if (refused := self.consumer.refusal(req)) is not None:
+            elif (refused := self.consumer.refusal(req)) is not None:
                 return refused
-            if req.member_epoch == 0:
+            elif req.member_epoch == 0:
                 # An empty classic group becomes a consumer-protocol group
                 # (Kafka's online upgrade of an empty group); offsets stay.
                 self._drop_group(classic)
@@ -1116,6 +1140,95 @@ class GroupCoordinator:
         result = self.consumer.heartbeat(req, self._now())
         self._consumer_changed()
         return result
+
+    def _may_upgrade(self, classic: Group, req: HeartbeatRequest) -> bool:
+        """Kafka's validateOnlineUpgrade: a joining member, the policy allows
+        it, the classic group uses the consumer protocol and fits."""
+        if req.member_epoch != 0:
+            return False
+        why = None
+        if not self.consumer.config.migration_policy.upgrade:
+            why = "the online upgrade is disabled (group.consumer.migration.policy)"
+        elif classic.protocol_type != CONSUMER:
+            why = f"its protocol type is {classic.protocol_type!r}, not 'consumer'"
+        elif len(classic.members) >= self.consumer.config.max_size:
+            why = "its size reaches group.consumer.max.size"
+        if why is not None:
+            log.info("group %s: not upgraded to a consumer group: %s", classic.group_id, why)
+        return why is None
+
+    def _upgrade(self, classic: Group) -> None:
+        """Convert a classic group with members to a consumer group; its
+        members stay classic. Joins and syncs under way are answered
+        REBALANCE_IN_PROGRESS (they rejoin, now into the consumer group)."""
+        name = classic.protocol_name
+        snapshots = [
+            ClassicSnapshot(
+                m.member_id,
+                m.group_instance_id,
+                m.client_id,
+                m.client_host,
+                m.session_timeout_ms,
+                m.rebalance_timeout_ms,
+                m.protocols,
+                m.metadata(name) if name is not None else m.protocols[0][1],
+                m.assignment,
+            )
+            for m in classic.members.values()
+        ]
+        self.consumer.from_classic(classic.group_id, classic.generation, snapshots, self._now())
+        for m in classic.members.values():
+            if m.join_future is not None:
+                _resolve(m.join_future, JoinResult(ErrorCode.rebalance_in_progress, m.member_id))
+                m.join_future = None
+            if m.sync_future is not None:
+                _resolve(m.sync_future, SyncResult(ErrorCode.rebalance_in_progress))
+                m.sync_future = None
+        self._drop_group(classic)
+
+    def _downgrade(self, group_id: str) -> None:
+        """The last consumer-protocol member left: the classic members make a
+        classic group again (Kafka's online downgrade), Stable with their
+        current assignments, and rebalance at once as a classic group."""
+        cg = self.consumer.groups[group_id]
+        if len(cg.members) > self.config.max_size:
+            log.info("group %s: not downgraded: larger than group.max.size", group_id)
+            return
+        del self.consumer.groups[group_id]
+        group = Group(
+            group_id,
+            state=State.STABLE,
+            generation=max(m.epoch for m in cg.members.values()),
+            protocol_type=CONSUMER,
+        )
+        for cm in cg.members.values():
+            meta = cm.classic
+            assert meta is not None
+            member = Member(
+                cm.member_id,
+                cm.instance_id,
+                cm.client_id,
+                cm.client_host,
+                meta.session_timeout_ms,
+                cm.rebalance_timeout_ms,
+                CONSUMER,
+                meta.protocols,
+                assignment=encode_assignment(cm.assigned, meta.version),
+            )
+            group.members[member.member_id] = member
+            if member.group_instance_id is not None:
+                group.static[member.group_instance_id] = member.member_id
+            self._arm(group, member)
+        group.leader = next(iter(group.members))
+        group.protocol_name = group.select_protocol()
+        self.groups[group_id] = group
+        log.info(
+            "group %s: consumer group converted to a classic group with %d members",
+            group_id,
+            len(group.members),
+        )
+        self._prepare_rebalance(group, "downgraded from a consumer group")
+        self.offsets.save_group(group.row())
 
     def consumer_group(self, group_id: str) -> ConsumerGroup | None:
         return self.consumer.groups.get(group_id)
@@ -1141,6 +1254,8 @@ class GroupCoordinator:
         """Store the rows of groups whose epoch or state changed; aim the one
         timer at the earliest member deadline."""
         for gid in self.consumer.changed:
+            if self.consumer.downgradable(gid):
+                self._downgrade(gid)
             cg = self.consumer.groups.get(gid)
             if cg is None:
                 continue

@@ -26,7 +26,7 @@ from shoal.security.acls import AclOperation, ResourceType
 
 log = logging.getLogger("shoal.groups")
 ZERO = datetime.timedelta(0)
-MEMBER_TYPE_CONSUMER = 1
+MEMBER_TYPE_CLASSIC, MEMBER_TYPE_CONSUMER = 0, 1
 
 
 def _ms(value: Any) -> int:
@@ -233,7 +233,9 @@ async def handle_consumer_group_describe(
                         subscribed_topic_regex=m.topic_regex,
                         assignment=assignment(m.assigned),
                         target_assignment=assignment(cg.target.get(m.member_id, {})),
-                        member_type=MEMBER_TYPE_CONSUMER,
+                        member_type=MEMBER_TYPE_CONSUMER
+                        if m.classic is None
+                        else MEMBER_TYPE_CLASSIC,
                     )
                     for m in cg.members.values()
                 ),

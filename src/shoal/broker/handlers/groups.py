@@ -24,9 +24,8 @@ from shoal.group.coordinator import (
     JoinResult,
     MemberSummary,
     SyncResult,
-    encode_assignment,
-    encode_subscription,
 )
+from shoal.group.embedded import encode_assignment, encode_subscription
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode
 from shoal.protocol.headers import RequestHeader

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,15 @@ ZERO = datetime.timedelta(0)
 def _partition_exists(broker: Broker, topic: str, index: int) -> bool:
     t = broker.topics.get(topic)
     return t is not None and 0 <= index < len(t.partitions)
+
+
+def _topic_name(broker: Broker, t: Any) -> str | None:
+    """A request topic's name: v10 (Kafka 4.1) names topics by id; None for
+    an id no topic has (UNKNOWN_TOPIC_ID)."""
+    if not hasattr(t, "topic_id"):
+        return str(t.name)
+    topic = broker.topics.by_id(t.topic_id)
+    return topic.name if topic is not None else None
 
 
 async def handle_offset_commit(
@@ -60,15 +70,26 @@ async def handle_offset_commit(
     codes: dict[TopicPartition, ErrorCode] = {}
     entries: dict[TopicPartition, CommittedOffset] = {}
     stamp = now_ms()
+    keys: list[str] = []
     for t in body.topics:
+        name = _topic_name(broker, t)
+        keys.append(_key_topic(t, name))
         for p in t.partitions:
-            key = (t.name, int(p.partition_index))
+            key = (keys[-1], int(p.partition_index))
             meta = p.committed_metadata or ""
             if group_code != ErrorCode.none:
                 codes[key] = group_code
-            elif not broker.authorize(client, AclOperation.READ, ResourceType.TOPIC, t.name):
+            elif name is None:
+                codes[key] = ErrorCode.unknown_topic_id
+                log.info(
+                    "offset commit for group %s from %s: unknown topic id %s",
+                    body.group_id,
+                    client,
+                    t.topic_id,
+                )
+            elif not broker.authorize(client, AclOperation.READ, ResourceType.TOPIC, name):
                 codes[key] = ErrorCode.topic_authorization_failed
-            elif not _partition_exists(broker, t.name, key[1]):
+            elif not _partition_exists(broker, name, key[1]):
                 codes[key] = ErrorCode.unknown_topic_or_partition
             elif len(meta) > max_meta:
                 codes[key] = ErrorCode.offset_metadata_too_large
@@ -81,14 +102,15 @@ async def handle_offset_commit(
                     stamp,
                 )
     if not entries:
-        return _commit_response(s, body, codes)
+        return _commit_response(s, body, keys, codes)
     write = groups.commit(body.group_id, entries)
-    return Deferred(_commit_when_durable(s, body, codes, write, client))
+    return Deferred(_commit_when_durable(s, body, keys, codes, write, client))
 
 
 async def _commit_when_durable(
     s: Schema,
     body: Any,
+    keys: list[str],
     codes: dict[TopicPartition, ErrorCode],
     write: asyncio.Future[None],
     client: Client,
@@ -100,24 +122,33 @@ async def _commit_when_durable(
         for key, code in codes.items():
             if code == ErrorCode.none:
                 codes[key] = ErrorCode.coordinator_not_available
-    return _commit_response(s, body, codes)
+    return _commit_response(s, body, keys, codes)
 
 
-def _commit_response(s: Schema, body: Any, codes: dict[TopicPartition, ErrorCode]) -> Any:
+def _key_topic(t: Any, name: str | None) -> str:
+    """The codes' key for a request topic: its name, or its unknown id."""
+    return name if name is not None else f"id:{t.topic_id}"
+
+
+def _commit_response(
+    s: Schema, body: Any, keys: list[str], codes: dict[TopicPartition, ErrorCode]
+) -> Any:
+    """`keys`: each request topic's key in `codes`."""
+    by_id = s.version >= 10
     return s.OffsetCommitResponse(
         throttle_time=ZERO,
         topics=tuple(
             s.OffsetCommitResponseTopic(
-                name=t.name,
+                **({"topic_id": t.topic_id} if by_id else {"name": t.name}),
                 partitions=tuple(
                     s.OffsetCommitResponsePartition(
                         partition_index=p.partition_index,
-                        error_code=codes[(t.name, int(p.partition_index))],
+                        error_code=codes[(k, int(p.partition_index))],
                     )
                     for p in t.partitions
                 ),
             )
-            for t in body.topics
+            for t, k in zip(body.topics, keys, strict=True)
         ),
     )
 
@@ -237,23 +268,38 @@ def _fetch_topics(
     require_stable: bool = False,
 ) -> tuple[Any, ...]:
     committed = broker.groups.committed(group_id)
+    by_id = s.version >= 10  # Kafka 4.1: topics named by id, both ways
     wanted: dict[str, list[int]] = {}
+    ids: dict[str, uuid.UUID | None] = {}
     if topics is None:
         for name, index in sorted(committed):
+            topic = broker.topics.get(name)
+            if by_id and topic is None:
+                continue  # a deleted topic has no id to answer with
             if visible(name, False):
                 wanted.setdefault(name, []).append(index)
+                ids[name] = topic.topic_uuid if topic is not None else None
     else:
         for t in topics:
-            wanted.setdefault(t.name, []).extend(int(i) for i in t.partition_indexes)
+            key = _key_topic(t, _topic_name(broker, t))
+            wanted.setdefault(key, []).extend(int(i) for i in t.partition_indexes)
+            ids[key] = getattr(t, "topic_id", None)
     make_topic = getattr(s, topic_cls)
     make_part = getattr(s, part_cls)
     out = []
     for name, indexes in wanted.items():
         parts = []
-        allowed = topics is None or visible(name, True)
+        unknown = name.startswith("id:") and by_id
+        allowed = not unknown and (topics is None or visible(name, True))
         for index in indexes:
             c = committed.get((name, index)) if allowed else None
-            code = ErrorCode.none if allowed else ErrorCode.topic_authorization_failed
+            code = (
+                ErrorCode.none
+                if allowed
+                else ErrorCode.unknown_topic_id
+                if unknown
+                else ErrorCode.topic_authorization_failed
+            )
             if allowed and require_stable and broker.txn.pending_offset(group_id, (name, index)):
                 # a transaction's offset for it is pending (KIP-447)
                 c, code = None, ErrorCode.unstable_offset_commit
@@ -266,7 +312,8 @@ def _fetch_topics(
                     error_code=code,
                 )
             )
-        out.append(make_topic(name=name, partitions=tuple(parts)))
+        named = {"topic_id": ids[name]} if by_id else {"name": name}
+        out.append(make_topic(**named, partitions=tuple(parts)))
     return tuple(out)
 
 
