@@ -169,12 +169,7 @@ class TransactionCoordinator:
         self, tid: str, producer_id: int, epoch: int, partitions: set[TopicPartition]
     ) -> None:
         async with self._lock(tid):
-            meta = await self._get(tid)
-            if meta is None:
-                raise TxnError(
-                    ErrorCode.invalid_producer_id_mapping,
-                    f"unknown transactional id {tid!r} (InitProducerId first)",
-                )
+            meta = await self._known(tid)
             if meta.state.preparing:
                 st.check_producer(meta, producer_id, epoch, ErrorCode.producer_fenced)
                 if self.shared and not self.owns(tid):
@@ -389,12 +384,7 @@ class TransactionCoordinator:
         new producer id when the epoch was exhausted)."""
         version = min(version, self.config.version)
         async with self._lock(tid):
-            meta = await self._get(tid)
-            if meta is None:
-                raise TxnError(
-                    ErrorCode.invalid_producer_id_mapping,
-                    f"unknown transactional id {tid!r} (InitProducerId first)",
-                )
+            meta = await self._known(tid)
             if meta.state.preparing:
                 # a decision a crash interrupted: finish it; a retry of it is
                 # then answered as one of a completed end
@@ -421,13 +411,17 @@ class TransactionCoordinator:
             self._txns[tid] = TxnMeta.from_row(rows[0])
         return self._txns[tid]
 
-    async def _current(self, tid: str, producer_id: int, epoch: int, fenced: ErrorCode) -> TxnMeta:
+    async def _known(self, tid: str) -> TxnMeta:
         meta = await self._get(tid)
         if meta is None:
             raise TxnError(
                 ErrorCode.invalid_producer_id_mapping,
                 f"unknown transactional id {tid!r} (InitProducerId first)",
             )
+        return meta
+
+    async def _current(self, tid: str, producer_id: int, epoch: int, fenced: ErrorCode) -> TxnMeta:
+        meta = await self._known(tid)
         st.check_producer(meta, producer_id, epoch, fenced)
         if meta.state.preparing:
             # a decision a crash interrupted: finish it before anything else
