@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from shoal.protocol.frames import encode_size
 from shoal.protocol.headers import response_header
+from shoal.protocol.primitives import I32, count, string
 
 MIN_VERSION, MAX_VERSION = 3, 13
 FLEXIBLE_FROM = 9
@@ -25,9 +26,8 @@ TOPIC_IDS_FROM = 13  # topics named by id (KIP-516), not by name
 
 _PART_V3 = struct.Struct(">ihqq")  # index, error, base offset, log append time
 _PART_V5 = struct.Struct(">ihqqq")  # ... log start offset
-_I16 = struct.Struct(">h")
-_I32 = struct.Struct(">i")
 _ZERO = datetime.timedelta(0)
+_MS = datetime.timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +66,13 @@ class ProduceAnswer:
 def _body(out: list[bytes], r: ProduceAnswer, flexible: bool) -> None:
     v = r.version
     put = out.append
-    put(_count(len(r.responses), flexible))
+    put(count(len(r.responses), flexible))
     for ref, parts in r.responses:
         if v >= TOPIC_IDS_FROM:
             put(ref.bytes if isinstance(ref, uuid.UUID) else bytes(16))
         else:
-            put(_string(ref if isinstance(ref, str) else "", flexible))
-        put(_count(len(parts), flexible))
+            put(string(ref if isinstance(ref, str) else "", flexible))
+        put(count(len(parts), flexible))
         for p in parts:
             if v >= 5:
                 put(
@@ -87,37 +87,17 @@ def _body(out: list[bytes], r: ProduceAnswer, flexible: bool) -> None:
             else:
                 put(_PART_V3.pack(p.index, p.error_code, p.base_offset, p.log_append_time_ms))
             if v >= 8:
-                put(_count(len(p.record_errors), flexible))
+                put(count(len(p.record_errors), flexible))
                 for batch_index, message in p.record_errors:
-                    put(_I32.pack(batch_index))
-                    put(_string(message, flexible))
+                    put(I32.pack(batch_index))
+                    put(string(message, flexible))
                     if flexible:
                         put(b"\x00")
-                put(_string(p.error_message, flexible))
+                put(string(p.error_message, flexible))
             if flexible:
                 put(b"\x00")  # partition's tagged fields
         if flexible:
             put(b"\x00")  # topic's tagged fields
-    put(_I32.pack(int(r.throttle_time.total_seconds() * 1000)))
+    put(I32.pack(r.throttle_time // _MS))
     if flexible:
         put(b"\x00")
-
-
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _count(n: int, flexible: bool) -> bytes:
-    return _uvarint(n + 1) if flexible else _I32.pack(n)
-
-
-def _string(s: str | None, flexible: bool) -> bytes:
-    if s is None:
-        return b"\x00" if flexible else _I16.pack(-1)
-    raw = s.encode()
-    return (_uvarint(len(raw) + 1) if flexible else _I16.pack(len(raw))) + raw

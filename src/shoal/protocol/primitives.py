@@ -1,0 +1,30 @@
+"""Kafka's wire primitives for the hand-written response encoders: a count of
+array items and a string, in the classic form (int32 / int16 length) or the
+flexible one (unsigned varint of length + 1, 0 for null)."""
+
+from __future__ import annotations
+
+import struct
+
+I16 = struct.Struct(">h")
+I32 = struct.Struct(">i")
+
+
+def uvarint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def count(n: int, flexible: bool) -> bytes:
+    return uvarint(n + 1) if flexible else I32.pack(n)
+
+
+def string(s: str | None, flexible: bool) -> bytes:
+    if s is None:
+        return b"\x00" if flexible else I16.pack(-1)
+    raw = s.encode()
+    return (uvarint(len(raw) + 1) if flexible else I16.pack(len(raw))) + raw
