@@ -2,11 +2,12 @@
 broker's CPU seconds per GB produced (from /proc), in one run.
 
     .venv/bin/python bench/peer_cpu_bench.py --rdkafka-performance PATH \
-        [--rounds 2] [--count 500000]
+        [--rounds 2] [--count 500000] [--no-idempotence]
 
 rdkafka_performance (built from librdkafka's examples/) is a client that
 cannot be the bottleneck; a Python load generator on the same two cores can
-hide which broker is faster. 1 KiB records, acks=all, idempotent, linger.ms=5,
+hide which broker is faster. 1 KiB records, acks=all, idempotent (unless
+--no-idempotence), linger.ms=5,
 one auto-created partition per run; Shoal on its default file store (every
 acknowledged batch in the object store and SQLite), tansu 0.6 on memory."""
 
@@ -30,6 +31,11 @@ def main() -> None:
     ap.add_argument("--rdkafka-performance", metavar="PATH", required=True)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--count", type=int, default=500_000, help="records per run")
+    ap.add_argument(
+        "--no-idempotence",
+        action="store_true",
+        help="plain acks=all producer (tansu 0.6 stalled with the idempotent one)",
+    )
     a = ap.parse_args()
     gb = a.count * 1024 / 1e9
     with tempfile.TemporaryDirectory(prefix="peer-cpu-") as tmp:
@@ -41,7 +47,12 @@ def main() -> None:
                     topic = f"peer-{target}-{r}-{os.urandom(2).hex()}"
                     cpu0 = _cpu_seconds(broker.proc.pid)
                     mbs = rdkafka_performance(
-                        a.rdkafka_performance, broker.bootstrap, topic, a.count, []
+                        a.rdkafka_performance,
+                        broker.bootstrap,
+                        topic,
+                        a.count,
+                        [],
+                        idempotent=not a.no_idempotence,
                     )
                     cpu = _cpu_seconds(broker.proc.pid) - cpu0
                     print(
