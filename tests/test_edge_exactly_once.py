@@ -21,6 +21,7 @@ from edge_harness import GatewayProcess, gateway_config, wait_for
 from harness import BrokerProcess
 from shoal.config import ConfigError
 from shoal.edge.config import parse_edge_config
+from shoal.edge.txn import encode_progress, parse_positions, partition_for, progress_key
 
 ORIGIN = "shoal.origin"
 
@@ -151,6 +152,9 @@ def test_kill9_during_forwarding_read_committed_sees_each_record_once(
     )
     if exactly_once:
         assert up["mode"] == "exactly-once" and up["transactions"]["committed"] > 0
+        metrics = gw.metrics()
+        assert 'shoal_edge_uplink_exactly_once{site="site-' in metrics
+        assert "shoal_edge_uplink_transactions_committed_total{" in metrics
     else:
         assert up["mode"] == "at-least-once" and up["transactions"] is None
     got = read_central(central.bootstrap, topic, len(records), "read_committed")
@@ -277,3 +281,23 @@ def test_exactly_once_defaults(tmp_path: Path) -> None:
     assert up.offsets_topic == "_shoal_edge_offsets"
     plain = parse_edge_config({"site": "s1", "uplinks": [{"bootstrap": "h:1"}]}, tmp_path)
     assert "transactional.id" not in plain.uplinks[0].producer_config()
+
+
+def test_positions_from_the_offsets_topic() -> None:
+    """The last value per key wins, tombstones remove, other sites' and
+    uplinks' keys and unreadable values are ignored."""
+    recs: list[tuple[bytes | None, bytes | None]] = [
+        (progress_key("s", "up", "t", 0), encode_progress(5)),
+        (progress_key("s", "up", "t", 1), encode_progress(7)),
+        (progress_key("s", "up", "t.x-y", 2), encode_progress(1)),
+        (progress_key("s", "up", "t", 0), encode_progress(9)),
+        (progress_key("s", "up", "t", 1), None),
+        (progress_key("s2", "up", "t", 3), encode_progress(1)),
+        (progress_key("s", "up2", "t", 3), encode_progress(1)),
+        (progress_key("s", "up", "t", 4), b"not json"),
+        (b"s/up/_sync", b'{"sync": "x"}'),
+        (None, b"x"),
+    ]
+    assert parse_positions("s", "up", recs) == {("t", 0): 9, ("t.x-y", 2): 1}
+    assert all(0 <= partition_for(f"s{i}", "up", 8) < 8 for i in range(50))
+    assert len({partition_for(f"s{i}", "up", 8) for i in range(50)}) > 1
