@@ -221,6 +221,7 @@ def test_second_gateway_with_the_same_transactional_id_fences_the_first(
 BAD = [
     ({"offsets_topic": "bad topic!"}, "uplinks[0].offsets_topic", "'bad topic!'"),
     ({"offsets_topic": ""}, "uplinks[0].offsets_topic", "''"),
+    ({"offsets_topic": ".."}, "uplinks[0].offsets_topic", "'..' is reserved"),
     ({"transactional_id": " "}, "uplinks[0].transactional_id", "empty"),
     ({"transaction_interval_ms": 0}, "uplinks[0].transaction_interval_ms", "at least 10"),
     ({"exactly_once": "yes"}, "uplinks[0].exactly_once", "'yes'"),

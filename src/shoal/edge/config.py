@@ -157,6 +157,8 @@ def _name(v: str) -> str | None:
 
 
 def _topic(v: str) -> str | None:
+    if v in (".", ".."):
+        return "is reserved (not a valid Kafka topic name)"
     return None if _TOPIC.match(v) else "is not a valid Kafka topic name"
 
 

@@ -834,6 +834,9 @@ class Uplink:
                 self.backoff.attempt,
             )
             await asyncio.sleep(delay)
+            if self.fenced:  # learnt from a late report of the old producer
+                self.state = "fenced"
+                return
 
     async def _probe(self, producer: Producer) -> None:
         """Reachability while there is nothing to send (metadata, not a
