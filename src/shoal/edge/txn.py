@@ -127,8 +127,9 @@ def ensure_offsets_topic(conf: dict[str, Any], topic: str, timeout: float) -> in
     """The offsets topic's partition count, creating it (compacted) if it is
     missing. Raises OffsetsTopicError naming the topic when it cannot."""
     admin = AdminClient(conf)
-    md = admin.list_topics(topic, timeout=timeout)
-    tm = md.topics.get(topic)
+    # All topics: a Metadata request naming a missing topic may create it
+    # (auto-creation: not compacted).
+    tm = admin.list_topics(timeout=timeout).topics.get(topic)
     if tm is not None and tm.error is None and tm.partitions:
         return len(tm.partitions)
     fut = admin.create_topics(
@@ -157,7 +158,7 @@ def ensure_offsets_topic(conf: dict[str, Any], topic: str, timeout: float) -> in
             ) from None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        tm = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+        tm = admin.list_topics(timeout=timeout).topics.get(topic)
         if tm is not None and tm.error is None and tm.partitions:
             return len(tm.partitions)
         time.sleep(0.1)

@@ -961,7 +961,12 @@ class Uplink:
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(None, fn, *args)
         self._blocking = fut
-        return await asyncio.shield(fut)
+        try:
+            return await asyncio.shield(fut)
+        finally:
+            if fut.done():
+                # An exception's traceback holds the producer: let it go.
+                self._blocking = None
 
     def want_txn(self) -> None:
         self._want.set()
@@ -1027,11 +1032,25 @@ class Uplink:
         (after fail()) when any of it fails."""
         cfg = self.cfg
         timeout = cfg.stall_timeout_ms / 1000
-        try:
-            await self._blocking_call(p.init_transactions, timeout)
-        except KafkaException as exc:
-            self._txn_error("init_transactions", exc)
-            return False
+        while True:
+            try:
+                await self._blocking_call(p.init_transactions, timeout)
+                break
+            except KafkaException as exc:
+                err = exc.args[0]
+                if is_fatal(err) or is_fenced(err) or not err.retriable():
+                    self._txn_error("init_transactions", exc)
+                    return False
+                # The cluster is not reachable: resume the same call on the
+                # same producer (a new producer would leave this one's
+                # InitProducerId pending, and both would get an epoch).
+                message = f"init_transactions: {err.name()}: {err.str()}"
+            self.record_error("transport", message)
+            delay = self.backoff.next_delay()
+            self.state, self.retry_at = "backoff", time.time() + delay
+            await asyncio.sleep(delay)
+            self.state = "connecting"
+        self.backoff.reset()
         conf = client_config(cfg.producer_config())
         try:
             parts = await self._blocking_call(
