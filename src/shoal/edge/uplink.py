@@ -932,7 +932,8 @@ class Uplink:
                     lane=self.lanes.lane_of(topic.name),
                     central_topic=self.cfg.central_topic(topic.name),
                     acked=start,
-                    saved=min(saved, start),
+                    # (what state.db holds; never above what is committed)
+                    saved=min(saved, start) if self.eos else start,
                     next_read=start,
                     log_epoch=self.epochs.get((topic.name, part.partition), 0),
                 )
