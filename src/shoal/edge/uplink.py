@@ -808,7 +808,7 @@ class Uplink:
                 if not self.eos:
                     self.ready.set()
                 elif await self._start_transactions(self.producer):
-                    self._txn_task = asyncio.create_task(self._transactions(self.producer))
+                    self._txn_task = asyncio.create_task(self._run_transactions(self.producer))
                     helpers.append(self._txn_task)
                     self.ready.set()
                 await self._failed
@@ -1067,11 +1067,8 @@ class Uplink:
         nonce = new_nonce()
         try:
             p.begin_transaction()
-            p.produce(
-                cfg.offsets_topic,
-                key=sync_key(self.site, cfg.name),
-                value=nonce,
-                partition=self._offsets_partition,
+            self._produce_control(
+                p, cfg.offsets_topic, sync_key(self.site, cfg.name), nonce, self._offsets_partition
             )
             await self._blocking_call(p.commit_transaction, timeout)
         except KafkaException as exc:
@@ -1116,6 +1113,25 @@ class Uplink:
             if fw.next_read != self.committed.get(k)
         }
 
+    async def _run_transactions(self, p: Producer) -> None:
+        try:
+            await self._transactions(p)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not leave the uplink waiting forever
+            log.exception("uplink %s: transaction loop failed", self.cfg.name)
+            self.fail("fatal", f"transaction loop failed: {exc!r}")
+
+    @staticmethod
+    def _produce_control(p: Producer, topic: str, key: bytes, value: bytes, part: int) -> None:
+        """An offsets-topic record: waits for room in a full queue."""
+        while True:
+            try:
+                p.produce(topic, key=key, value=value, partition=part)
+                return
+            except BufferError:
+                p.poll(0.01)
+
     async def _transactions(self, p: Producer) -> None:
         """Begin a transaction when there is something to send, let the
         forwarders produce into it for transaction_interval_ms (less when the
@@ -1153,11 +1169,12 @@ class Uplink:
             t0 = time.monotonic()
             try:
                 for (topic, partition), nxt in moved.items():
-                    p.produce(
+                    self._produce_control(
+                        p,
                         cfg.offsets_topic,
-                        key=progress_key(self.site, cfg.name, topic, partition),
-                        value=encode_progress(nxt),
-                        partition=self._offsets_partition,
+                        progress_key(self.site, cfg.name, topic, partition),
+                        encode_progress(nxt),
+                        self._offsets_partition,
                     )
                 await self._blocking_call(p.commit_transaction, timeout)
             except KafkaException as exc:
