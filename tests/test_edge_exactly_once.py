@@ -218,6 +218,53 @@ def test_second_gateway_with_the_same_transactional_id_fences_the_first(
     assert first.stop() == 0 and second.stop() == 0
 
 
+def test_central_cluster_starting_after_the_gateway(
+    tmp_path: Path, gateways: list[GatewayProcess]
+) -> None:
+    """init_transactions times out while the central cluster is not there
+    and is resumed on the same producer; once the cluster is up the records
+    buffered meanwhile arrive exactly once and the uplink is not fenced (a
+    bench run once saw an abandoned producer's pending InitProducerId take
+    an epoch and fence the new producer; this test did not reproduce that
+    race on the old code, it guards the path)."""
+    from harness import free_port
+
+    port = free_port()
+    later = BrokerProcess(tmp_path / "central" / "data", port=port)
+    g = GatewayProcess(
+        tmp_path / "gw",
+        gateway_config(
+            tmp_path / "gw" / "data",
+            central=f"127.0.0.1:{port}",
+            uplink={"exactly_once": True, "stall_timeout_ms": 1000},
+        ),
+    )
+    gateways.append(g)
+    g.start()
+    records = [(f"d{i % 3}".encode(), f"v{i}".encode()) for i in range(300)]
+    local_produce(g.kafka, "late", records)
+    wait_for(
+        lambda: g.uplink()["transactions"]["init_timeouts"] >= 2,
+        30,
+        "init_transactions to time out twice",
+    )
+    later.start()
+    try:
+        up = wait_for(
+            lambda: (
+                (u := g.uplink())["partitions"] and u["partitions"][0]["backlog_records"] == 0 and u
+            ),
+            60,
+            "the backlog to drain",
+        )
+        assert up["state"] != "fenced" and up["transactions"]["committed"] > 0
+        got = read_central(later.bootstrap, "late", len(records), "read_committed")
+        assert sorted(v for _k, v, _h in got) == sorted(v for _k, v in records)
+        assert g.stop() == 0
+    finally:
+        later.stop()
+
+
 BAD = [
     ({"offsets_topic": "bad topic!"}, "uplinks[0].offsets_topic", "'bad topic!'"),
     ({"offsets_topic": ""}, "uplinks[0].offsets_topic", "''"),

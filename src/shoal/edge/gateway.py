@@ -676,6 +676,7 @@ class Gateway:
                             "records_in_open": up.txn_records,
                             "committed": up.txn.committed,
                             "aborted": up.txn.aborted,
+                            "init_timeouts": up.txn.init_timeouts,
                             "last_abort_reason": up.txn.last_abort_reason,
                             "commit_latency_ms_p50": up.txn.percentile(0.5),
                             "commit_latency_ms_p99": up.txn.percentile(0.99),

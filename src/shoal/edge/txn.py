@@ -223,6 +223,7 @@ class TxnStats:
 
     committed: int = 0
     aborted: int = 0
+    init_timeouts: int = 0  # init_transactions found the cluster unreachable
     last_abort_reason: str | None = None
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
     latency_sum_s: float = 0.0

@@ -1046,6 +1046,7 @@ class Uplink:
                 # same producer (a new producer would leave this one's
                 # InitProducerId pending, and both would get an epoch).
                 message = f"init_transactions: {err.name()}: {err.str()}"
+                self.txn.init_timeouts += 1
             self.record_error("transport", message)
             delay = self.backoff.next_delay()
             self.state, self.retry_at = "backoff", time.time() + delay
