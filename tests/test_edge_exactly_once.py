@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from edge_harness import GatewayProcess, gateway_config, wait_for
 from harness import BrokerProcess
+from proxy import CuttingProxy
 from shoal.config import ConfigError
 from shoal.edge.config import parse_edge_config
 from shoal.edge.txn import encode_progress, parse_positions, partition_for, progress_key
@@ -105,7 +106,7 @@ def test_kill9_during_forwarding_read_committed_sees_each_record_once(
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     topic = f"eos-{tag}"
-    devices, per_device = 5, 600
+    devices, per_device = 5, 400
     gw = make_gateway(
         tmp_path / "gw",
         gateways,
@@ -113,7 +114,7 @@ def test_kill9_during_forwarding_read_committed_sees_each_record_once(
         site=f"site-{tag}",
         local={"partitions": 2},
         # a drain of several seconds, so the kills land while forwarding
-        bandwidth={"cap_bytes_per_sec": 60_000, "burst_bytes": 4096},
+        bandwidth={"cap_bytes_per_sec": 45_000, "burst_bytes": 4096},
         uplink={
             "exactly_once": exactly_once,
             "transaction_interval_ms": 100,
@@ -218,8 +219,8 @@ def test_second_gateway_with_the_same_transactional_id_fences_the_first(
     assert first.stop() == 0 and second.stop() == 0
 
 
-def test_central_cluster_starting_after_the_gateway(
-    tmp_path: Path, gateways: list[GatewayProcess]
+def test_central_cluster_unreachable_when_the_gateway_starts(
+    tmp_path: Path, central: BrokerProcess, gateways: list[GatewayProcess]
 ) -> None:
     """init_transactions times out while the central cluster is not there
     and is resumed on the same producer; once the cluster is up the records
@@ -227,28 +228,29 @@ def test_central_cluster_starting_after_the_gateway(
     bench run once saw an abandoned producer's pending InitProducerId take
     an epoch and fence the new producer; this test did not reproduce that
     race on the old code, it guards the path)."""
-    from harness import free_port
-
-    port = free_port()
-    later = BrokerProcess(tmp_path / "central" / "data", port=port)
+    tag = uuid.uuid4().hex[:8]
+    topic = f"late-{tag}"
+    link = CuttingProxy(central.port).start()  # the bootstrap address, cut
+    link.set_down(True)
     g = GatewayProcess(
         tmp_path / "gw",
         gateway_config(
             tmp_path / "gw" / "data",
-            central=f"127.0.0.1:{port}",
+            site=f"late-{tag}",
+            central=link.address,
             uplink={"exactly_once": True, "stall_timeout_ms": 1000},
         ),
     )
     gateways.append(g)
     g.start()
     records = [(f"d{i % 3}".encode(), f"v{i}".encode()) for i in range(300)]
-    local_produce(g.kafka, "late", records)
+    local_produce(g.kafka, topic, records)
     wait_for(
         lambda: g.uplink()["transactions"]["init_timeouts"] >= 2,
         30,
         "init_transactions to time out twice",
     )
-    later.start()
+    link.set_down(False)
     try:
         up = wait_for(
             lambda: (
@@ -258,11 +260,11 @@ def test_central_cluster_starting_after_the_gateway(
             "the backlog to drain",
         )
         assert up["state"] != "fenced" and up["transactions"]["committed"] > 0
-        got = read_central(later.bootstrap, "late", len(records), "read_committed")
+        got = read_central(central.bootstrap, topic, len(records), "read_committed")
         assert sorted(v for _k, v, _h in got) == sorted(v for _k, v in records)
         assert g.stop() == 0
     finally:
-        later.stop()
+        link.stop()
 
 
 BAD = [
