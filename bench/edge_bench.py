@@ -4,6 +4,7 @@
     .venv/bin/python bench/edge_bench.py ingest [--messages 200000] [--publishers 2]
     .venv/bin/python bench/edge_bench.py ingest --source synthetic
     .venv/bin/python bench/edge_bench.py drain [--backlog-mib 1024]
+    .venv/bin/python bench/edge_bench.py drain --mode both [--backlog-mib 128]
 
 ingest: devices publish 200-byte payloads at QoS 1 through an MQTT broker
 (mosquitto when installed, else amqtt) to a gateway with no uplink; the rate
@@ -16,6 +17,11 @@ ceiling, with no broker in the way.
 drain: fill the local log through the local Kafka port while the central
 broker is not there yet, then start it (a Shoal broker on this machine) and
 time the drain with no bandwidth cap, sampling the gateway's resident memory.
+`--mode exactly-once` drains through a transactional uplink
+(`uplinks[].exactly_once`); `--mode both` runs the two modes one after the
+other on the same backlog size and prints the exactly-once / at-least-once
+ratio. The drain ends when every local partition's committed (exactly-once)
+or acknowledged (at-least-once) position reaches its end.
 
 Every service runs as its own process on loopback; everything is stopped at
 the end. Prints a markdown summary; --json writes the raw figures.
@@ -395,13 +401,20 @@ def fill(bootstrap: str, topic: str, total_bytes: int, value_size: int) -> int:
     return n
 
 
-def drain(workdir: Path, backlog_mib: int, value_size: int) -> dict[str, Any]:
+def drain(
+    workdir: Path, backlog_mib: int, value_size: int, exactly_once: bool = False
+) -> dict[str, Any]:
     central_port = free_port()
     cfg = gateway_config(
         workdir / "gw" / "data",
         site="bench",
         central=f"127.0.0.1:{central_port}",
-        uplink={"compression": "lz4", "stall_timeout_ms": 5000, "backoff_max_ms": 500},
+        uplink={
+            "compression": "lz4",
+            "stall_timeout_ms": 5000,
+            "backoff_max_ms": 500,
+            "exactly_once": exactly_once,
+        },
         local={"partitions": 4, "compaction_interval_ms": 5000},
     )
     gw = GatewayProcess(workdir / "gw", cfg)
@@ -424,18 +437,27 @@ def drain(workdir: Path, backlog_mib: int, value_size: int) -> dict[str, Any]:
         samples = []
         while True:
             st = gw.status()
-            sent = st["uplinks"][0]["sent_records"]
+            up = st["uplinks"][0]
+            sent = up["sent_records"]
+            left = sum(p["backlog_records"] for p in up["partitions"])
             r = rss_mib(pid)
             peak = max(peak, r)
             samples.append((round(time.perf_counter() - t0, 1), sent, round(r, 1)))
-            if sent >= records:
+            if sent >= records and up["partitions"] and left == 0:
                 break
             if time.perf_counter() - t0 > 1800:
                 raise RuntimeError("drain did not finish in 30 min")
             time.sleep(0.5)
         seconds = time.perf_counter() - t0
         cpu = cpu_seconds(pid) - cpu0
+        txn = up.get("transactions") or {}
         return {
+            "mode": up.get("mode", "at-least-once"),
+            "transactions_committed": txn.get("committed"),
+            "transactions_aborted": txn.get("aborted"),
+            "commit_latency_ms_p50": txn.get("commit_latency_ms_p50"),
+            "commit_latency_ms_p99": txn.get("commit_latency_ms_p99"),
+            "records_sent_incl_resent": sent,
             "backlog_records": records,
             "backlog_mib_local": round(lane["disk_used_bytes"] / 2**20, 1),
             "backlog_seen": backlog,
@@ -488,10 +510,25 @@ def ingest_cmd(
 @cli.command("drain")
 @click.option("--backlog-mib", default=512, show_default=True)
 @click.option("--value-size", default=200, show_default=True)
+@click.option(
+    "--mode",
+    type=click.Choice(["at-least-once", "exactly-once", "both"]),
+    default="at-least-once",
+    show_default=True,
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False))
-def drain_cmd(backlog_mib: int, value_size: int, json_path: str | None) -> None:
-    with tempfile.TemporaryDirectory(prefix="edge-bench-") as d:
-        res = drain(Path(d), backlog_mib, value_size)
+def drain_cmd(backlog_mib: int, value_size: int, mode: str, json_path: str | None) -> None:
+    modes = ["at-least-once", "exactly-once"] if mode == "both" else [mode]
+    runs: dict[str, Any] = {}
+    for m in modes:
+        with tempfile.TemporaryDirectory(prefix="edge-bench-") as d:
+            runs[m] = drain(Path(d), backlog_mib, value_size, exactly_once=m == "exactly-once")
+    res: dict[str, Any] = runs[modes[0]] if len(modes) == 1 else runs
+    if len(modes) == 2:
+        res["exactly_once_over_at_least_once"] = round(
+            runs["exactly-once"]["records_per_s"] / runs["at-least-once"]["records_per_s"], 2
+        )
+    res["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
     click.echo(json.dumps(res, indent=2))
     if json_path:
         Path(json_path).write_text(json.dumps(res, indent=2))

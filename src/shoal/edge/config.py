@@ -49,6 +49,8 @@ MANAGED_KAFKA_KEYS = {
     "delivery.timeout.ms": "the uplink retries until delivered",
     "max.in.flight.requests.per.connection": "ordering needs at most 5",
     "max.in.flight": "ordering needs at most 5",
+    "transactional.id": "uplinks[].transactional_id (with exactly_once = true)",
+    "transaction.timeout.ms": "uplinks[].transaction_timeout_ms",
 }
 
 
@@ -155,6 +157,8 @@ def _name(v: str) -> str | None:
 
 
 def _topic(v: str) -> str | None:
+    if v in (".", ".."):
+        return "is reserved (not a valid Kafka topic name)"
     return None if _TOPIC.match(v) else "is not a valid Kafka topic name"
 
 
@@ -280,6 +284,13 @@ class UplinkConfig:
     # ("" turns them off) and how often.
     report_topic: str = "_shoal_sites"
     report_interval_ms: int = 5000
+    # Exactly-once forwarding (edge/txn.py): records and progress committed
+    # centrally in one Kafka transaction.
+    exactly_once: bool = False
+    transactional_id: str = ""
+    offsets_topic: str = "_shoal_edge_offsets"
+    transaction_interval_ms: int = 100
+    transaction_timeout_ms: int = 60_000
 
     def central_topic(self, local: str) -> str:
         return self.topic_map.get(local, self.topic_prefix + local)
@@ -321,6 +332,11 @@ class UplinkConfig:
         if self.key_file:
             conf["ssl.key.location"] = self.key_file
         conf.update(self.kafka)
+        if self.exactly_once:
+            conf["transactional.id"] = self.transactional_id
+            conf["transaction.timeout.ms"] = self.transaction_timeout_ms
+            # A record cannot outlive its transaction.
+            conf["message.timeout.ms"] = self.transaction_timeout_ms
         return conf
 
 
@@ -531,9 +547,16 @@ def parse_edge_config(
 
     uplinks: list[UplinkConfig] = []
     for ut in t.tables("uplinks"):
-        up = _uplink(ut)
+        up = _uplink(ut, site)
         if any(x.name == up.name for x in uplinks):
             raise ConfigError(f"{ut.key('name')}: uplink {up.name!r} is defined twice")
+        if up.exactly_once and any(
+            x.exactly_once and x.transactional_id == up.transactional_id for x in uplinks
+        ):
+            raise ConfigError(
+                f"{ut.key('transactional_id')}: {up.transactional_id!r} is used by another "
+                "uplink: each would fence the other"
+            )
         uplinks.append(up)
 
     if mqtt is not None:
@@ -607,7 +630,7 @@ def _mqtt(mt: _Table, site: str) -> MqttConfig:
     return cfg
 
 
-def _uplink(ut: _Table) -> UplinkConfig:
+def _uplink(ut: _Table, site: str) -> UplinkConfig:
     name = ut.text("name", "central", _name)
     bootstrap = ut.text("bootstrap", "", lambda v: "is required" if not v else None)
     topics = tuple(ut.strings("topics", ["*"]))
@@ -659,7 +682,20 @@ def _uplink(ut: _Table) -> UplinkConfig:
         kafka=kafka,
         report_topic=ut.text("report_topic", "_shoal_sites", lambda v: _topic(v) if v else None),
         report_interval_ms=ut.integer("report_interval_ms", 5000, 200),
+        exactly_once=ut.flag("exactly_once", False),
+        transactional_id=ut.text(
+            "transactional_id",
+            f"shoal-edge-{site}-{name}",
+            lambda v: None if v.strip() else "is empty",
+        ),
+        offsets_topic=ut.text("offsets_topic", "_shoal_edge_offsets", _topic),
+        transaction_interval_ms=ut.integer("transaction_interval_ms", 100, 10),
+        transaction_timeout_ms=ut.integer("transaction_timeout_ms", 60_000, 1000),
     )
+    if up.exactly_once and up.offsets_topic in (up.central_topic(t) for t in up.topics if t != "*"):
+        raise ConfigError(
+            f"{ut.key('offsets_topic')}: {up.offsets_topic!r} is also a forwarded topic"
+        )
     if up.backoff_max_ms < up.backoff_initial_ms:
         raise ConfigError(f"{ut.key('backoff_max_ms')}: must be at least backoff_initial_ms")
     if up.sasl_mechanism and not (up.sasl_username and up.sasl_password):

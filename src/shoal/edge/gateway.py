@@ -666,6 +666,25 @@ class Gateway:
                     ),
                     "last_error": up.last_error,
                     "last_error_kind": up.last_error_kind,
+                    "mode": "exactly-once" if up.eos else "at-least-once",
+                    "transactions": (
+                        {
+                            "transactional_id": up.cfg.transactional_id,
+                            "offsets_topic": up.cfg.offsets_topic,
+                            "positions_loaded": up.positions_loaded,
+                            "open": up.txn_open,
+                            "records_in_open": up.txn_records,
+                            "committed": up.txn.committed,
+                            "aborted": up.txn.aborted,
+                            "init_timeouts": up.txn.init_timeouts,
+                            "last_abort_reason": up.txn.last_abort_reason,
+                            "commit_latency_ms_p50": up.txn.percentile(0.5),
+                            "commit_latency_ms_p99": up.txn.percentile(0.99),
+                            "commit_seconds_total": round(up.txn.latency_sum_s, 3),
+                        }
+                        if up.eos
+                        else None
+                    ),
                     "partitions": [
                         {
                             "topic": fw.topic,

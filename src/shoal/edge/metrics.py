@@ -24,6 +24,7 @@ UPLINK_STATES = (
     "degraded",
     "idle",
     "backoff",
+    "fenced",
     "error",
     "stopped",
 )
@@ -120,8 +121,42 @@ class _Collector(Collector):
             "Seconds since the last acknowledged produce (-1: never)",
             labels=["site", "uplink"],
         )
+        txn_c = CounterMetricFamily(
+            "shoal_edge_uplink_transactions_committed",
+            "Transactions an exactly-once uplink committed",
+            labels=["site", "uplink"],
+        )
+        txn_a = CounterMetricFamily(
+            "shoal_edge_uplink_transactions_aborted",
+            "Transactions an exactly-once uplink aborted (their records are sent again)",
+            labels=["site", "uplink"],
+        )
+        txn_s = CounterMetricFamily(
+            "shoal_edge_uplink_commit_seconds",
+            "Time spent committing transactions (commit_transaction: flush and EndTxn)",
+            labels=["site", "uplink"],
+        )
+        txn_p = GaugeMetricFamily(
+            "shoal_edge_uplink_commit_latency_ms",
+            "Commit latency of the last 1000 transactions, by quantile",
+            labels=["site", "uplink", "quantile"],
+        )
+        mode = GaugeMetricFamily(
+            "shoal_edge_uplink_exactly_once",
+            "1 for an exactly-once (transactional) uplink, 0 for at-least-once",
+            labels=["site", "uplink"],
+        )
         for up in st.get("uplinks", []):
             name = up["name"]
+            txn = up.get("transactions")
+            mode.add_metric([site, name], 1 if txn else 0)
+            if txn:
+                txn_c.add_metric([site, name], txn["committed"])
+                txn_a.add_metric([site, name], txn["aborted"])
+                txn_s.add_metric([site, name], txn["commit_seconds_total"])
+                for q, k in (("0.5", "commit_latency_ms_p50"), ("0.99", "commit_latency_ms_p99")):
+                    if txn[k] is not None:
+                        txn_p.add_metric([site, name, q], txn[k])
             for s in UPLINK_STATES:
                 state.add_metric([site, name, s], 1 if up["state"] == s else 0)
             rate.add_metric([site, name], up["rate_bytes_per_s"])
@@ -171,6 +206,11 @@ class _Collector(Collector):
             sent_r,
             sent_b,
             success,
+            mode,
+            txn_c,
+            txn_a,
+            txn_s,
+            txn_p,
             disk,
             ingest,
             mqtt,

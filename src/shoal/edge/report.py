@@ -155,7 +155,14 @@ class SiteReporter:
                 "logger": rdkafka_log,
             }
         )
-        for k in ("batch.size", "queue.buffering.max.kbytes", "partitioner"):
+        # Not the uplink's transactional id: reports are plain produce.
+        for k in (
+            "batch.size",
+            "queue.buffering.max.kbytes",
+            "partitioner",
+            "transactional.id",
+            "transaction.timeout.ms",
+        ):
             conf.pop(k, None)
         return conf
 

@@ -18,6 +18,16 @@ down, authentication refused, a fatal producer error) the producer is torn
 down, every forwarder rewinds to its `acked` offset, and a new producer is
 made after a full-jitter backoff. The idempotent producer never reorders
 within a partition, so a rewind can repeat records but not reorder a device.
+
+With `exactly_once` the producer is transactional (edge/txn.py): records go
+out inside a transaction begun when a forwarder has something to send and
+committed every `transaction_interval_ms` (or sooner when the window is
+full) together with each forwarder's position, written to the central
+offsets topic. `acked` is then the committed position: delivery reports only
+count. An abortable error aborts the transaction and rewinds every forwarder
+to it; a fatal one rebuilds the producer, which reads the positions back
+from the offsets topic; being fenced by another gateway with the same
+transactional id stops the uplink.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import asyncio
 import collections
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +48,20 @@ from shoal.broker.broker import Broker
 from shoal.edge.config import UplinkConfig
 from shoal.edge.lanes import Lane, Lanes
 from shoal.edge.pacing import Backoff, PriorityScheduler, TokenBucket
+from shoal.edge.txn import (
+    OffsetsTopicError,
+    TxnStats,
+    client_config,
+    encode_progress,
+    ensure_offsets_topic,
+    is_fatal,
+    is_fenced,
+    new_nonce,
+    partition_for,
+    progress_key,
+    read_positions,
+    sync_key,
+)
 from shoal.protocol.batches import BatchDecodeError, decode_records, is_control, iter_batches
 from shoal.storage.errors import OffsetOutOfRange, StorageError
 
@@ -160,6 +185,9 @@ class Forwarder:
     drain_gen: int = 0
     inflight: int = 0
     counted: list[list[int]] = field(default_factory=list)  # [lo, hi) counted as dropped
+    # Exactly-once: offsets the central cluster refused for good (counted as
+    # dropped), skipped when the aborted transaction is sent again.
+    skip: set[int] = field(default_factory=set)
     trims: int = 0
     task: asyncio.Task[None] | None = None
 
@@ -358,6 +386,9 @@ class Forwarder:
                 for r in records:
                     if r.offset < self.next_read:
                         continue
+                    if r.offset in self.skip:
+                        last = r.offset
+                        continue
                     if ttl and r.timestamp < now_ms - ttl:
                         self.drop("ttl", r.offset, r.offset + 1, r.size)
                         last = r.offset
@@ -388,6 +419,8 @@ class Forwarder:
                 j += 1
             await up.pace(lane, nbytes)
             await up.wait_window(j - i, nbytes)
+            if up.eos:
+                await up.txn_slot()
             if not self._current(up, gen, fgen, trims):
                 return  # rewound or trimmed meanwhile: read again
             for offset, ts, key, value, headers, nb in out[i:j]:
@@ -397,7 +430,12 @@ class Forwarder:
             i = j
         if self._current(up, gen, fgen, trims):
             self.next_read = max(self.next_read, last + 1)
-            self._advance()
+            if up.eos:
+                # acked moves at commit; a position moved past records not
+                # sent (TTL, control batches) still has to be committed.
+                up.want_txn()
+            else:
+                self._advance()
 
     # delivery reports (on the event loop, from producer.poll) ----------------
 
@@ -407,6 +445,9 @@ class Forwarder:
             return  # a report from a producer already torn down
         up.settled(nbytes)
         self.inflight -= 1
+        if up.eos:
+            self._delivered_in_txn(up, offset, nbytes, err)
+            return
         if fgen != self.fgen or offset < self.acked:
             return
         if err is None:
@@ -442,6 +483,26 @@ class Forwarder:
             self.draining = True
             self.drain_gen = up.gen
             self.paused_until = time.monotonic() + self.backoff.next_delay()
+
+    def _delivered_in_txn(self, up: Uplink, offset: int, nbytes: int, err: Any) -> None:
+        """Exactly-once: a delivery report only counts and reports errors;
+        what is delivered counts once its transaction commits, and a failed
+        record makes the transaction fail (it is aborted and sent again)."""
+        if err is None:
+            up.succeeded(nbytes)
+            if self.error_kind in ("topic-missing", "rejected"):
+                self.error = self.error_kind = None
+            return
+        code = err.code()
+        if code in PURGED:
+            return
+        kind = error_kind(code)
+        self.error, self.error_kind = f"{err.name()}: {err.str()}", kind
+        if kind == "rejected" and offset not in self.skip:
+            self.skip.add(offset)
+            self.drop("rejected", offset, offset + 1, nbytes)
+            return
+        up.record_error(kind, f"{self.central_topic}: {err.name()}: {err.str()}")
 
 
 class Uplink:
@@ -498,6 +559,25 @@ class Uplink:
         self._failed: asyncio.Future[tuple[str, str]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        # exactly-once ---------------------------------------------------------
+        self.eos = cfg.exactly_once
+        self.txn = TxnStats()
+        self.committed: dict[tuple[str, int], int] = {}  # positions in the offsets topic
+        self.positions_loaded = False
+        self.fenced = False
+        self.txn_open = False
+        self.txn_records = 0  # produced in the open transaction
+        self.txn_bytes = 0
+        self._txn_gate = asyncio.Event()  # set while records may be produced
+        self._txn_waiters = 0
+        self._want = asyncio.Event()
+        self._txn_full = asyncio.Event()
+        self._txn_backoff = Backoff(cfg.backoff_initial_ms, cfg.backoff_max_ms)
+        self._blocking: asyncio.Future[Any] | None = None
+        self._offsets_partition = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._txn_task: asyncio.Task[None] | None = None
 
     # pacing ------------------------------------------------------------------
 
@@ -532,6 +612,16 @@ class Uplink:
         is what a crash can send twice, so it is bounded by
         max_inflight_records."""
         cfg = self.cfg
+        if self.eos:
+            # What the open transaction holds; a full window commits it early.
+            while self.txn_records > 0 and (
+                self.txn_records + records > self.window_records
+                or self.txn_bytes + nbytes > cfg.max_inflight_bytes
+            ):
+                self._txn_full.set()
+                self._window.clear()
+                await self._window.wait()
+            return
         while (self.inflight_records + self.unsaved) > 0 and (
             self.inflight_records + self.unsaved + records > self.window_records
             or self.inflight_bytes + nbytes > cfg.max_inflight_bytes
@@ -566,7 +656,8 @@ class Uplink:
         self.last_success_wall = time.time()
         self.sent_records += 1
         self.sent_bytes += nbytes
-        self.unsaved += 1
+        if not self.eos:
+            self.unsaved += 1
         if self.outage.since:
             self.outage.recovered()
         if self.state != "connected":
@@ -593,7 +684,9 @@ class Uplink:
         p = self.producer
         if p is None:
             return False
-        cb = functools.partial(fw.delivered, self.gen, fw.fgen, offset, nbytes)
+        cb: Any = functools.partial(fw.delivered, self.gen, fw.fgen, offset, nbytes)
+        if self.eos:
+            cb = self._on_loop(cb)
         while True:
             try:
                 p.produce(
@@ -608,6 +701,14 @@ class Uplink:
             except BufferError:
                 p.poll(0.01)
             except KafkaException as exc:
+                if self.eos and not is_fatal(exc.args[0]):
+                    # Abortable: the transaction loop aborts and rewinds.
+                    self.record_error("transaction", f"cannot produce: {exc.args[0].str()}")
+                    self._txn_full.set()
+                    return False
+                if self.eos:
+                    self._txn_error("produce", exc)
+                    return False
                 # A fatal producer state (e.g. the central cluster refused
                 # InitProducerId: the principal may write nothing) does not
                 # always reach error_cb: without this the forwarder retried
@@ -624,6 +725,9 @@ class Uplink:
         self.inflight_bytes += nbytes
         fw.inflight += 1
         fw.pending.append(_Sent(offset, ts))
+        if self.eos:
+            self.txn_records += 1
+            self.txn_bytes += nbytes
         return True
 
     async def bump_epoch(self, topic: str, partition: int) -> int:
@@ -653,6 +757,9 @@ class Uplink:
         self.ready.clear()
 
     def _error_cb(self, err: KafkaError) -> None:
+        if self.eos and is_fenced(err):
+            self.fence(f"{err.name()}: {err.str()}")  # even if failing already
+            return
         if self._failed is None or self._failed.done():
             return  # the producer is being torn down
         code = err.code()
@@ -673,6 +780,8 @@ class Uplink:
     # life cycle ----------------------------------------------------------------
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._tasks = [
             asyncio.create_task(self._supervise(), name=f"uplink-{self.cfg.name}"),
             asyncio.create_task(self._poll_loop()),
@@ -685,7 +794,7 @@ class Uplink:
             self.gen += 1
             self._failed = loop.create_future()
             conf: dict[str, Any] = dict(self.cfg.producer_config())
-            conf["error_cb"] = self._error_cb
+            conf["error_cb"] = self._on_loop(self._error_cb) if self.eos else self._error_cb
             conf["logger"] = rdkafka_log
             try:
                 self.producer = Producer(conf)
@@ -695,14 +804,24 @@ class Uplink:
             else:
                 self.state = "connecting"
                 self.reconnects += 1
-                self.ready.set()
-                probe = asyncio.create_task(self._probe(self.producer))
+                helpers = [asyncio.create_task(self._probe(self.producer))]
+                if not self.eos:
+                    self.ready.set()
+                elif await self._start_transactions(self.producer):
+                    self._txn_task = asyncio.create_task(self._run_transactions(self.producer))
+                    helpers.append(self._txn_task)
+                    self.ready.set()
                 await self._failed
-                probe.cancel()
+                for h in helpers:
+                    h.cancel()
+                await asyncio.gather(*helpers, return_exceptions=True)
             self.failures += 1
             self.ready.clear()
             await self._teardown()
             if self._stopping:
+                return
+            if self.fenced:
+                self.state = "fenced"
                 return
             delay = self.backoff.next_delay()
             self.state = "backoff"
@@ -715,6 +834,9 @@ class Uplink:
                 self.backoff.attempt,
             )
             await asyncio.sleep(delay)
+            if self.fenced:  # learnt from a late report of the old producer
+                self.state = "fenced"
+                return
 
     async def _probe(self, producer: Producer) -> None:
         """Reachability while there is nothing to send (metadata, not a
@@ -732,6 +854,13 @@ class Uplink:
             await asyncio.sleep(1)
 
     async def _teardown(self) -> None:
+        if self._blocking is not None and not self._blocking.done():
+            # A commit or abort still running on a worker thread: the
+            # producer must outlive it.
+            await asyncio.wait([self._blocking])
+        self.txn_open = False
+        self._txn_gate.clear()
+        self.txn_records = self.txn_bytes = 0
         p = self.producer
         self.producer = None
         self.gen += 1  # every report from the old producer is stale now
@@ -787,13 +916,14 @@ class Uplink:
                 k = (topic.name, part.partition)
                 if k in self.forwarders:
                     continue
-                start = self.progress.get((self.cfg.name, topic.name, part.partition), 0)
+                saved = self.progress.get((self.cfg.name, topic.name, part.partition), 0)
                 # Below the log start is gone: forwarded, or dropped and
                 # counted by whoever trimmed it.
                 log_start, _end = await self.broker.engine.bounds(part.stream_id)
                 if k in self.forwarders:
                     continue
-                start = max(start, log_start)
+                # Exactly-once: the committed position is authoritative.
+                start = max(self.committed.get(k, saved), log_start)
                 fw = Forwarder(
                     uplink=self,
                     topic=topic.name,
@@ -802,12 +932,301 @@ class Uplink:
                     lane=self.lanes.lane_of(topic.name),
                     central_topic=self.cfg.central_topic(topic.name),
                     acked=start,
-                    saved=start,
+                    # (what state.db holds; never above what is committed)
+                    saved=min(saved, start) if self.eos else start,
                     next_read=start,
                     log_epoch=self.epochs.get((topic.name, part.partition), 0),
                 )
                 fw.task = asyncio.create_task(fw.run())
                 self.forwarders[k] = fw
+
+    # exactly-once ----------------------------------------------------------------
+
+    def _on_loop(self, fn: Callable[..., Any]) -> Callable[..., None]:
+        """librdkafka serves callbacks in whichever thread polls or flushes,
+        and commit_transaction flushes on a worker thread: run them on the
+        event loop, where the uplink's state lives."""
+        loop, tid = self._loop, self._loop_thread
+
+        def call(*args: Any) -> None:
+            if loop is None or threading.get_ident() == tid:
+                fn(*args)
+            else:
+                loop.call_soon_threadsafe(fn, *args)
+
+        return call
+
+    async def _blocking_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A blocking librdkafka call on a worker thread. Cancelling the
+        caller does not stop the thread: teardown waits for it."""
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, fn, *args)
+        self._blocking = fut
+        try:
+            return await asyncio.shield(fut)
+        finally:
+            if fut.done():
+                # An exception's traceback holds the producer: let it go.
+                self._blocking = None
+
+    def want_txn(self) -> None:
+        self._want.set()
+
+    async def txn_slot(self) -> None:
+        """Wait until records may be produced: a transaction is open and not
+        being committed. Returns with no await after the check, so the
+        caller's produce calls land in that transaction."""
+        while not (self.txn_open and self._txn_gate.is_set()):
+            self._txn_waiters += 1
+            self._want.set()
+            try:
+                await self._txn_gate.wait()
+            finally:
+                self._txn_waiters -= 1
+
+    def fence(self, message: str) -> None:
+        """Another gateway took this transactional id: stop forwarding (going
+        on would fence it back, and each would abort the other's work)."""
+        if self.fenced:
+            return
+        self.fenced = True
+        # The failure may already be under way for a consequence (the
+        # producer's next call failing as _FATAL): the cause is what shows.
+        self.last_error_kind = "fenced"
+        self.last_error = (
+            f"fenced by another producer with transactional id "
+            f"{self.cfg.transactional_id!r}: {message}"
+        )
+        log.error(
+            "uplink %s: fenced: another producer uses transactional id %r (%s); this "
+            "uplink stops forwarding; stop the other gateway and restart this one",
+            self.cfg.name,
+            self.cfg.transactional_id,
+            message,
+        )
+        self.fail("fenced", self.last_error)
+
+    def _txn_error(self, what: str, exc: KafkaException) -> None:
+        err: KafkaError = exc.args[0]
+        p = self.producer
+        if err.code() == KafkaError._FATAL and p is not None:
+            # Calls after a fatal error only say _FATAL; a transactional
+            # call answers the cause at once (being fenced, typically).
+            try:
+                p.abort_transaction(0.1)
+            except KafkaException as cause:
+                if cause.args[0].code() != KafkaError._FATAL:
+                    err = cause.args[0]
+        message = f"{what}: {err.name()}: {err.str()}"
+        if is_fenced(err):
+            self.fence(message)
+        elif err.code() in AUTH:
+            self.fail("auth", message)
+        elif is_fatal(err):
+            self.fail("fatal", message)
+        else:
+            self.fail("transport", message)
+
+    async def _start_transactions(self, p: Producer) -> bool:
+        """init_transactions (fencing an older instance, finishing its open
+        transaction), the offsets topic, then the committed positions. False
+        (after fail()) when any of it fails."""
+        cfg = self.cfg
+        timeout = cfg.stall_timeout_ms / 1000
+        while True:
+            try:
+                await self._blocking_call(p.init_transactions, timeout)
+                break
+            except KafkaException as exc:
+                err = exc.args[0]
+                if is_fatal(err) or is_fenced(err) or not err.retriable():
+                    self._txn_error("init_transactions", exc)
+                    return False
+                # The cluster is not reachable: resume the same call on the
+                # same producer (a new producer would leave this one's
+                # InitProducerId pending, and both would get an epoch).
+                message = f"init_transactions: {err.name()}: {err.str()}"
+                self.txn.init_timeouts += 1
+            self.record_error("transport", message)
+            delay = self.backoff.next_delay()
+            self.state, self.retry_at = "backoff", time.time() + delay
+            await asyncio.sleep(delay)
+            self.state = "connecting"
+        self.backoff.reset()
+        conf = client_config(cfg.producer_config())
+        try:
+            parts = await self._blocking_call(
+                ensure_offsets_topic, conf, cfg.offsets_topic, timeout
+            )
+        except OffsetsTopicError as exc:
+            self.fail("offsets-topic", str(exc))
+            return False
+        except KafkaException as exc:
+            self.fail("transport", f"offsets topic {cfg.offsets_topic!r}: {exc.args[0].str()}")
+            return False
+        self._offsets_partition = partition_for(self.site, cfg.name, parts)
+        nonce = new_nonce()
+        try:
+            p.begin_transaction()
+            self._produce_control(
+                p, cfg.offsets_topic, sync_key(self.site, cfg.name), nonce, self._offsets_partition
+            )
+            await self._blocking_call(p.commit_transaction, timeout)
+        except KafkaException as exc:
+            self._txn_error("sync transaction", exc)
+            return False
+        try:
+            positions = await self._blocking_call(
+                read_positions,
+                conf,
+                cfg.offsets_topic,
+                self._offsets_partition,
+                self.site,
+                cfg.name,
+                nonce,
+                2 * timeout,
+            )
+        except (KafkaException, TimeoutError) as exc:
+            self.fail("transport", f"reading offsets topic {cfg.offsets_topic!r}: {exc}")
+            return False
+        self.committed = positions
+        for k, fw in self.forwarders.items():
+            if k in positions:
+                fw.acked = positions[k]
+                fw.saved = min(fw.saved, fw.acked)
+            fw.rewind()
+        if not self.positions_loaded:
+            log.info(
+                "uplink %s: exactly-once, transactional id %r, %d positions from %s[%d]",
+                cfg.name,
+                cfg.transactional_id,
+                len(positions),
+                cfg.offsets_topic,
+                self._offsets_partition,
+            )
+        self.positions_loaded = True
+        return True
+
+    def _moved(self) -> dict[tuple[str, int], int]:
+        return {
+            k: fw.next_read
+            for k, fw in self.forwarders.items()
+            if fw.next_read != self.committed.get(k)
+        }
+
+    async def _run_transactions(self, p: Producer) -> None:
+        try:
+            await self._transactions(p)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not leave the uplink waiting forever
+            log.exception("uplink %s: transaction loop failed", self.cfg.name)
+            self.fail("fatal", f"transaction loop failed: {exc!r}")
+
+    @staticmethod
+    def _produce_control(p: Producer, topic: str, key: bytes, value: bytes, part: int) -> None:
+        """An offsets-topic record: waits for room in a full queue."""
+        while True:
+            try:
+                p.produce(topic, key=key, value=value, partition=part)
+                return
+            except BufferError:
+                p.poll(0.01)
+
+    async def _transactions(self, p: Producer) -> None:
+        """Begin a transaction when there is something to send, let the
+        forwarders produce into it for transaction_interval_ms (less when the
+        window fills), then write the positions and commit."""
+        cfg = self.cfg
+        interval = cfg.transaction_interval_ms / 1000
+        timeout = cfg.stall_timeout_ms / 1000
+        while True:
+            while not (self._txn_waiters or self._moved()):
+                if self._stopping:
+                    return
+                self._want.clear()
+                try:
+                    await asyncio.wait_for(self._want.wait(), 1.0)
+                except TimeoutError:
+                    pass
+            try:
+                p.begin_transaction()
+            except KafkaException as exc:
+                self._txn_error("begin_transaction", exc)
+                return
+            self.txn_open = True
+            self.txn_records = self.txn_bytes = 0
+            self._txn_full.clear()
+            self._txn_gate.set()
+            if not self._stopping:
+                try:
+                    await asyncio.wait_for(self._txn_full.wait(), interval)
+                except TimeoutError:
+                    pass
+            # From here no record is produced until the next begin: the
+            # positions taken now cover exactly what the transaction holds.
+            self._txn_gate.clear()
+            moved = self._moved()
+            t0 = time.monotonic()
+            try:
+                for (topic, partition), nxt in moved.items():
+                    self._produce_control(
+                        p,
+                        cfg.offsets_topic,
+                        progress_key(self.site, cfg.name, topic, partition),
+                        encode_progress(nxt),
+                        self._offsets_partition,
+                    )
+                await self._blocking_call(p.commit_transaction, timeout)
+            except KafkaException as exc:
+                self.txn_open = False
+                if not await self._abort(p, exc):
+                    return
+                continue
+            self.txn_open = False
+            self.txn.commit_took(time.monotonic() - t0)
+            self._txn_backoff.reset()
+            self.committed.update(moved)
+            for k, nxt in moved.items():
+                fw = self.forwarders[k]
+                fw.acked = nxt
+                while fw.pending and fw.pending[0].offset < nxt:
+                    fw.pending.popleft()
+                if fw.skip:
+                    fw.skip = {o for o in fw.skip if o >= nxt}
+            self.txn_records = self.txn_bytes = 0
+            self._window.set()
+            if self._stopping:
+                return
+
+    async def _abort(self, p: Producer, exc: KafkaException) -> bool:
+        """A failed commit: abort and rewind to the committed positions when
+        the transaction can be aborted (True), else fail the producer."""
+        err: KafkaError = exc.args[0]
+        message = f"commit_transaction: {err.name()}: {err.str()}"
+        if is_fenced(err) or is_fatal(err) or not (err.txn_requires_abort() or err.retriable()):
+            self._txn_error("commit_transaction", exc)
+            return False
+        try:
+            await self._blocking_call(p.abort_transaction, self.cfg.stall_timeout_ms / 1000)
+        except KafkaException as exc2:
+            self._txn_error("abort_transaction", exc2)
+            return False
+        self.txn.aborted += 1
+        self.txn.last_abort_reason = message
+        self.record_error("transaction", f"transaction aborted: {message}")
+        log.warning(
+            "uplink %s: transaction aborted (%s); resending from the committed positions",
+            self.cfg.name,
+            message,
+        )
+        for fw in self.forwarders.values():
+            fw.pending.clear()
+            fw.rewind()
+        self.txn_records = self.txn_bytes = 0
+        self._window.set()
+        await asyncio.sleep(self._txn_backoff.next_delay())
+        return True
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Give what is in flight a moment to be acknowledged, then stop."""
@@ -816,6 +1235,12 @@ class Uplink:
         for fw in self.forwarders.values():
             if fw.task is not None:
                 fw.task.cancel()
+        if self.eos and self._txn_task is not None and not self._txn_task.done():
+            # Commit what the open transaction holds, then stop.
+            self._txn_full.set()
+            self._want.set()
+            await asyncio.wait([self._txn_task], timeout=timeout)
+            self._txn_task.cancel()
         while self.producer is not None and self.inflight_records > 0:
             if time.monotonic() > deadline:
                 break
@@ -835,7 +1260,7 @@ class Uplink:
         """`connected` only while the last attempt succeeded: a failed send,
         connection or metadata request ends it at once."""
         now = time.monotonic()
-        if self.state in ("backoff", "starting"):
+        if self.state in ("backoff", "starting", "fenced"):
             return self.state
         failed = self.last_failure > max(self.last_success, self.reachable_at)
         if (
@@ -858,6 +1283,6 @@ class Uplink:
     def down(self) -> bool:
         """For monitoring (`shoal edge status` exits non-zero): backing off,
         refused, or the last attempt failed."""
-        if self.state == "backoff" or self.current_state() == "error":
+        if self.state in ("backoff", "fenced") or self.current_state() == "error":
             return True
         return self.last_failure > max(self.last_success, self.reachable_at)
