@@ -124,6 +124,35 @@ def test_join_leave_crash_exactly_once(kbroker: BrokerProcess, workers: list[Wor
     assert set(got) == expected
 
 
+def test_members_go_on_at_their_epochs_across_a_broker_restart(
+    kbroker: BrokerProcess, workers: list[Worker]
+) -> None:
+    """The broker restarts under two consumer-protocol members: the group goes
+    on without a rebalance (the same members at the same epochs, as
+    ConsumerGroupDescribe shows, nobody revoking anything) and every record is
+    consumed once."""
+    bootstrap = kbroker.bootstrap
+    topic = create_topic(bootstrap, 4)
+    group = f"kr-{uuid.uuid4().hex[:8]}"
+    workers.extend(Member(bootstrap, group, topic) for _ in range(2))
+    wait_for(lambda: shared(workers, 4), "two members sharing four partitions")
+    expected = produce(bootstrap, topic, 4, 10, "a")
+    wait_for(lambda: len(all_values(workers)) >= len(expected), "records before the restart")
+    with RawClient(bootstrap) as c:
+        before = {m.member_id: m.member_epoch for m in members(c, group)}
+    owned = [w.assignment() for w in workers]
+    revokes = sum(e["event"] == "revoke" for w in workers for e in w.events)
+    kbroker.restart()
+    expected |= produce(bootstrap, topic, 4, 10, "b")
+    wait_for(lambda: len(all_values(workers)) >= len(expected), "records after the restart")
+    with RawClient(bootstrap) as c:
+        assert {m.member_id: m.member_epoch for m in members(c, group)} == before
+    assert [w.assignment() for w in workers] == owned
+    assert sum(e["event"] == "revoke" for w in workers for e in w.events) == revokes
+    got = all_values(workers)
+    assert len(got) == len(set(got)) and set(got) == expected
+
+
 def test_static_member_restart_keeps_its_assignment(
     kbroker: BrokerProcess, workers: list[Worker]
 ) -> None:

@@ -216,9 +216,9 @@ broker_listeners = Table(
 
 # Consumer groups (issue 4). A group's row carries what must survive a restart:
 # its protocol type (for ListGroups and expiry), its generation (so generations
-# keep increasing) and since when it has been Empty (for offset expiry). Members
-# are not stored: after a restart they rejoin, as they would after a coordinator
-# move in Kafka.
+# keep increasing) and since when it has been Empty (for offset expiry). Classic
+# members are not stored: after a restart they rejoin, as they would after a
+# coordinator move in Kafka; consumer-protocol members are (consumer_group_members).
 consumer_groups = Table(
     "consumer_groups",
     metadata,
