@@ -318,7 +318,9 @@ class GroupCoordinator:
                 empty = not cg.members
                 cg.state_ms = row.state_ms if empty else now
                 self.consumer.restore(cg, self._now())
-                self._state.loaded(cg)
+                # Its first change rewrites all its rows (StateDiff knows none):
+                # a late write of the previous coordinator cannot linger.
+                self._state.forget(cg.group_id)
                 if empty and row.state != KIP848_STATE_PREFIX + GroupState.EMPTY:
                     self.offsets.save_group(_consumer_row(cg))
                 continue

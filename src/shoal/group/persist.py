@@ -124,15 +124,9 @@ class StateDiff:
     def __init__(self) -> None:
         self._stored: dict[str, tuple[GroupStateRow, dict[str, MemberStateRow]]] = {}
 
-    def loaded(self, group: ConsumerGroup) -> None:
-        """The group as just read from the store: nothing to write yet."""
-        self._stored[group.group_id] = (
-            group_row(group),
-            {mid: member_row(group, m) for mid, m in group.members.items()},
-        )
-
     def forget(self, group_id: str) -> None:
-        """No longer coordinated here (the rows stay for the next coordinator)."""
+        """Not known: no longer coordinated here (the rows stay for the next
+        coordinator), or just loaded (its next write rewrites the group)."""
         self._stored.pop(group_id, None)
 
     def clear(self, group_id: str) -> ClearConsumerState:
