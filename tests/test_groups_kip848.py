@@ -124,6 +124,35 @@ def test_join_leave_crash_exactly_once(kbroker: BrokerProcess, workers: list[Wor
     assert set(got) == expected
 
 
+def test_members_go_on_at_their_epochs_across_a_broker_restart(
+    kbroker: BrokerProcess, workers: list[Worker]
+) -> None:
+    """The broker restarts under two consumer-protocol members: the group goes
+    on without a rebalance (the same members at the same epochs, as
+    ConsumerGroupDescribe shows, nobody revoking anything) and every record is
+    consumed once."""
+    bootstrap = kbroker.bootstrap
+    topic = create_topic(bootstrap, 4)
+    group = f"kr-{uuid.uuid4().hex[:8]}"
+    workers.extend(Member(bootstrap, group, topic) for _ in range(2))
+    wait_for(lambda: shared(workers, 4), "two members sharing four partitions")
+    expected = produce(bootstrap, topic, 4, 10, "a")
+    wait_for(lambda: len(all_values(workers)) >= len(expected), "records before the restart")
+    with RawClient(bootstrap) as c:
+        before = {m.member_id: m.member_epoch for m in members(c, group)}
+    owned = [w.assignment() for w in workers]
+    revokes = sum(e["event"] == "revoke" for w in workers for e in w.events)
+    kbroker.restart()
+    expected |= produce(bootstrap, topic, 4, 10, "b")
+    wait_for(lambda: len(all_values(workers)) >= len(expected), "records after the restart")
+    with RawClient(bootstrap) as c:
+        assert {m.member_id: m.member_epoch for m in members(c, group)} == before
+    assert [w.assignment() for w in workers] == owned
+    assert sum(e["event"] == "revoke" for w in workers for e in w.events) == revokes
+    got = all_values(workers)
+    assert len(got) == len(set(got)) and set(got) == expected
+
+
 def test_static_member_restart_keeps_its_assignment(
     kbroker: BrokerProcess, workers: list[Worker]
 ) -> None:
@@ -404,21 +433,51 @@ def test_protocols_do_not_mix(kbroker: BrokerProcess, topic: str) -> None:
         assert {g.group_id: g.group_type for g in listed.groups}[group] == "consumer"
 
 
+def owned(r: Any) -> tuple[Any, ...]:
+    """A heartbeat answer's assignment as the partitions a member reports owning."""
+    return tuple(
+        cgh.TopicPartitions(topic_id=tp.topic_id, partitions=tp.partitions)
+        for tp in r.assignment.topic_partitions
+    )
+
+
+def held(r: Any) -> set[int]:
+    """Partitions in a heartbeat answer (none if it left the assignment out)."""
+    if r.assignment is None:
+        return set()
+    return {p for tp in r.assignment.topic_partitions for p in tp.partitions}
+
+
 def test_group_survives_a_restart(kbroker: BrokerProcess, topic: str) -> None:
-    """The group (its type and epoch) and its offsets survive a broker restart;
-    members do not, as for classic groups: the old member is unknown, a new
-    heartbeat at epoch 0 joins at a later epoch and finds the commits."""
+    """The group, its members and its offsets survive a broker restart (as
+    Kafka's coordinator replays them): the member goes on at its epoch with its
+    partitions, and a member joining after the restart gets none of them until
+    the first has revoked them."""
     group = f"raw-{uuid.uuid4().hex[:8]}"
     with RawClient(kbroker.bootstrap) as c:
-        member, r = join(c, group, topic)
-        assert commit(c, 9, group, member, r.member_epoch, topic) == ErrorCode.none
+        first, r = join(c, group, topic)
+        epoch = r.member_epoch
+        assert held(r) == {0, 1}
+        assert commit(c, 9, group, first, epoch, topic) == ErrorCode.none
     kbroker.restart()
     with RawClient(kbroker.bootstrap) as c:
         listed = c.call(16, 5, lg.ListGroupsRequest(states_filter=(), types_filter=("consumer",)))
-        assert {g.group_id: g.group_state for g in listed.groups}.get(group) == "Empty"
-        assert heartbeat(c, group, member, r.member_epoch).error_code == ErrorCode.unknown_member_id
-        again = heartbeat(c, group, member, 0, topic_partitions=(), subscribed_topic_names=(topic,))
-        assert again.error_code == ErrorCode.none and again.member_epoch > r.member_epoch
+        assert {g.group_id: g.group_state for g in listed.groups}.get(group) == "Stable"
+        (m,) = members(c, group)
+        assert (m.member_id, m.member_epoch) == (first, epoch)
+        assert {p for tp in m.assignment.topic_partitions for p in tp.partitions} == {0, 1}
+        again = heartbeat(c, group, first, epoch, topic_partitions=owned(r))
+        assert (again.error_code, again.member_epoch) == (ErrorCode.none, epoch)
+        assert commit(c, 9, group, first, epoch, topic) == ErrorCode.none
+        second, s = join(c, group, topic)
+        assert s.error_code == ErrorCode.none and held(s) == set(), "both still the first's"
+        shrink = heartbeat(c, group, first, epoch, topic_partitions=owned(r))
+        assert shrink.member_epoch == epoch and len(held(shrink)) == 1, "asked to revoke one"
+        assert held(heartbeat(c, group, second, s.member_epoch, topic_partitions=())) == set()
+        done = heartbeat(c, group, first, epoch, topic_partitions=owned(shrink))
+        assert done.error_code == ErrorCode.none and done.member_epoch > epoch
+        last = heartbeat(c, group, second, s.member_epoch, topic_partitions=())
+        assert held(last) == {0, 1} - held(shrink)
         body = of.OffsetFetchRequest(
             groups=(of.OffsetFetchRequestGroup(group_id=group, topics=None),), require_stable=True
         )

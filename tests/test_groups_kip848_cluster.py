@@ -1,13 +1,15 @@
 """The consumer group protocol (KIP-848) in cluster mode: two brokers on one
 embedded PostgreSQL and one moto S3 bucket. The broker coordinating a group
 of consumer-protocol members is killed -9 under continuous produce; the group
-moves to the other broker, which loads its epoch and committed offsets from
-PostgreSQL; the members rejoin there and go on from their commits: no
-acknowledged record is lost, none is consumed twice.
+moves to the other broker, which loads its members, epochs, assignments and
+committed offsets from PostgreSQL; the members go on there at their epochs,
+from their commits: no acknowledged record is lost, none is consumed twice,
+and no partition is ever owned by two members at once.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import uuid
@@ -87,6 +89,37 @@ def consumed(members: list[Worker]) -> set[tuple[int, int]]:
     }
 
 
+def never_two_owners(members: list[Worker]) -> None:
+    """From the members' timestamped events (one clock): each partition's
+    ownership spans, assign to revoke, never overlap."""
+    spans: dict[int, list[tuple[float, float, int]]] = {p: [] for p in range(PARTITIONS)}
+    for i, w in enumerate(members):
+        opened: dict[int, float] = {}
+        for e in w.events:
+            if e["event"] == "assign":
+                for p in e["partitions"]:
+                    opened[p] = e["t"]
+            elif e["event"] == "revoke":
+                for p in e["partitions"]:
+                    spans[p].append((opened.pop(p), e["t"], i))
+        for p, start in opened.items():
+            spans[p].append((start, float("inf"), i))
+    for p, owned in spans.items():
+        for (_s0, end, w0), (start, _e1, w1) in itertools.pairwise(sorted(owned)):
+            assert end <= start, f"partition {p} owned by members {w0} and {w1} at once"
+
+
+def epochs(bootstrap: str, group: str) -> dict[str, int]:
+    """Member id -> member epoch, from ConsumerGroupDescribe."""
+    with RawClient(bootstrap) as c:
+        request = cgd.ConsumerGroupDescribeRequest(
+            group_ids=(group,), include_authorized_operations=False
+        )
+        described = c.call(69, 1, request).groups[0]
+    assert described.error_code == ErrorCode.none
+    return {m.member_id: m.member_epoch for m in described.members}
+
+
 def coordinator(bootstrap: str, group: str) -> int:
     with RawClient(bootstrap) as c:
         r = c.call(10, 3, FindCoordinatorRequest(key=group, key_type=0))
@@ -115,6 +148,8 @@ def test_coordinator_killed_under_consumer_protocol_members(cluster: Cluster) ->
         members.extend(Member(bootstrap, group, topic) for _ in range(2))
         wait_for(lambda: shared(members, PARTITIONS), TIMEOUT, "two members sharing the topic")
         wait_for(lambda: len(all_values(members)) > 100, TIMEOUT, "records consumed")
+        before_kill = epochs(cluster.brokers[victim].bootstrap, group)
+        assert len(before_kill) == 2
         cluster.brokers[victim].kill()
         moved = cluster.brokers[survivor].bootstrap
         wait_for(lambda: coordinator(moved, group) == survivor, TIMEOUT, "the group to move")
@@ -124,12 +159,8 @@ def test_coordinator_killed_under_consumer_protocol_members(cluster: Cluster) ->
             TIMEOUT,
             "the members consuming again through the new coordinator",
         )
-        with RawClient(moved) as c:
-            request = cgd.ConsumerGroupDescribeRequest(
-                group_ids=(group,), include_authorized_operations=False
-            )
-            described = c.call(69, 1, request).groups[0]
-        assert described.error_code == ErrorCode.none and len(described.members) == 2
+        # The same members at the same epochs: the group went on without a rebalance.
+        assert epochs(moved, group) == before_kill
     finally:
         load.stop()
     wait_for(lambda: consumed(members) >= load.acked, TIMEOUT, "every acknowledged record")
@@ -139,6 +170,7 @@ def test_coordinator_killed_under_consumer_protocol_members(cluster: Cluster) ->
         (e["partition"], e["offset"]) for m in members for e in m.events if e["event"] == "msg"
     ]
     assert len(printed) == len(set(printed)), "a record consumed twice: a commit was lost"
+    never_two_owners(members)
     # The commits made through the new coordinator reach the end of the log.
     with RawClient(moved) as c:
         r = c.call(9, 9, of.OffsetFetchRequest(

@@ -557,6 +557,7 @@ class ConsumerGroups:
             group.target[new.member_id] = group.target.pop(old.member_id)
         for tp in new.holds():
             group.owners[tp] = new.member_id
+        self.changed.add(group.group_id)
         log.info(
             "group %s: static member %s replaced %s (client %s@%s, instance %s), epoch %d",
             group.group_id,
@@ -640,6 +641,7 @@ class ConsumerGroups:
             )
         group.target = ASSIGNORS[group.assignor](specs, partitions)
         group.assignment_epoch = group.epoch
+        self.changed.add(group.group_id)
         log.info(
             "group %s: target assignment of epoch %d computed by %s for %d members",
             group.group_id,
@@ -731,6 +733,7 @@ class ConsumerGroups:
             member.session_deadline = now + self.config.session_timeout_ms
             member.revocation_deadline = None
             self._arm(group, member, member.session_deadline)
+            self.changed.add(group.group_id)
             log.info(
                 "group %s: static member %s (instance %s) left temporarily",
                 group.group_id,
@@ -800,6 +803,41 @@ class ConsumerGroups:
             self._remove(group, member, reason)
             touched.append(gid)
         return touched
+
+    # a group loaded from the store -----------------------------------------------
+
+    def restore(self, group: ConsumerGroup, now: int) -> None:
+        """Take over a group as the previous coordinator stored it: members
+        keep their epochs and partitions (a partition a member holds goes to
+        nobody else until it is revoked), and their timers start now, so a
+        member that died with the previous coordinator expires one session
+        timeout from here."""
+        group.static = {}
+        group.owners = {}
+        group.subscriptions = None
+        for m in group.members.values():
+            if m.instance_id is not None:
+                group.static[m.instance_id] = m.member_id
+            for tp in m.holds():
+                group.owners[tp] = m.member_id
+            session = (
+                m.classic.session_timeout_ms
+                if m.classic is not None
+                else self.config.session_timeout_ms
+            )
+            m.session_deadline = now + session
+            self._arm(group, m, m.session_deadline)
+            if m.state is MemberState.UNREVOKED:
+                m.revocation_deadline = now + m.rebalance_timeout_ms
+                self._arm(group, m, m.revocation_deadline)
+        self.groups[group.group_id] = group
+        log.info(
+            "group %s: loaded at epoch %d (assignment epoch %d) with %d members",
+            group.group_id,
+            group.epoch,
+            group.assignment_epoch,
+            len(group.members),
+        )
 
     # classic members: online migration between the protocols ---------------------
 

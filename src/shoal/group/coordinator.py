@@ -48,6 +48,8 @@ from shoal.group.offsets import (
     TopicPartition,
     now_ms,
 )
+from shoal.group.persist import StateDiff, from_rows
+from shoal.meta.group_state import StoredGroups
 from shoal.meta.groups import GroupRepository, GroupRow
 from shoal.meta.store import MetaStore
 from shoal.protocol.errors import ErrorCode
@@ -273,6 +275,7 @@ class GroupCoordinator:
         )
         self._consumer_timer: asyncio.TimerHandle | None = None
         self._consumer_timer_at: int | None = None
+        self._state = StateDiff()  # consumer-protocol state last queued for the store
         self._loop = asyncio.get_running_loop()
         self._expiry: asyncio.Task[None] | None = None
         # Cluster mode: NOT_COORDINATOR (or load in progress) for groups this
@@ -291,26 +294,34 @@ class GroupCoordinator:
         offsets = OffsetStore(GroupRepository(meta))
         coordinator = cls(offsets, config, consumer_config, catalog)
         rows = await offsets.load()
+        states = await offsets.repo.load_consumer_state()
         offsets.start()
-        coordinator._restore(rows)
+        coordinator._restore(rows, states)
         coordinator._expiry = asyncio.create_task(coordinator._expiry_loop(), name="offset-expiry")
         return coordinator
 
-    def _restore(self, rows: list[GroupRow]) -> None:
-        """Groups come back Empty: their members rejoin. A group that had members
-        when the broker stopped counts as empty from now for offset expiry."""
+    def _restore(self, rows: list[GroupRow], states: StoredGroups) -> None:
+        """Classic groups come back Empty: their members rejoin. A group that
+        had members when the broker stopped counts as empty from now for
+        offset expiry. Consumer-protocol groups come back with their members,
+        epochs and assignments (Kafka's replay of __consumer_offsets)."""
         now = now_ms()
         for row in rows:
             if row.state.startswith(KIP848_STATE_PREFIX):
-                # Members are not stored (as for classic groups): they get
-                # UNKNOWN_MEMBER_ID and rejoin; the epoch goes on from here.
-                cg = ConsumerGroup(
-                    row.group_id, epoch=row.generation, assignment_epoch=row.generation
-                )
-                empty = row.state == KIP848_STATE_PREFIX + GroupState.EMPTY
+                stored = states.get(row.group_id)
+                if stored is not None:
+                    cg = from_rows(*stored)
+                else:  # stored before its members were: they rejoin
+                    cg = ConsumerGroup(
+                        row.group_id, epoch=row.generation, assignment_epoch=row.generation
+                    )
+                empty = not cg.members
                 cg.state_ms = row.state_ms if empty else now
-                self.consumer.groups[row.group_id] = cg
-                if not empty:
+                self.consumer.restore(cg, self._now())
+                # Its first change rewrites all its rows (StateDiff knows none):
+                # a late write of the previous coordinator cannot linger.
+                self._state.forget(cg.group_id)
+                if empty and row.state != KIP848_STATE_PREFIX + GroupState.EMPTY:
                     self.offsets.save_group(_consumer_row(cg))
                 continue
             g = Group(
@@ -327,6 +338,7 @@ class GroupCoordinator:
             self.offsets.save_group(g.row())
         if self.groups:
             log.info("loaded %d consumer groups", len(self.groups))
+        self._consumer_changed()  # arms the timers of loaded members
 
     async def close(self) -> None:
         if self._expiry is not None:
@@ -384,7 +396,7 @@ class GroupCoordinator:
                     ),
                     self._now(),
                 )
-                self._consumer_changed()
+                self._consumer_changed((req.group_id, result.member_id))
                 ok = result.error == ErrorCode.none
                 _resolve(
                     fut,
@@ -400,6 +412,7 @@ class GroupCoordinator:
             # An empty consumer-protocol group becomes a classic one (Kafka's
             # downgrade once its last consumer-protocol member has left).
             del self.consumer.groups[req.group_id]
+            self.offsets.save_consumer_state(self._state.clear(req.group_id))
             self.groups[req.group_id] = Group(req.group_id, generation=cg.epoch)
             log.info("group %s: converted to a classic group (empty)", req.group_id)
         group = self.groups.get(req.group_id)
@@ -1069,6 +1082,7 @@ class GroupCoordinator:
                     results.append(ErrorCode.non_empty_group)
                 else:
                     del self.consumer.groups[gid]
+                    self._state.forget(gid)  # the rows go with the group's
                     writes[len(results)] = self.offsets.delete_group(gid)
                     log.info("group %s: deleted", gid)
                     results.append(ErrorCode.none)
@@ -1138,7 +1152,7 @@ class GroupCoordinator:
                 )
                 log.info("group %s: converted to a consumer-protocol group", req.group_id)
         result = self.consumer.heartbeat(req, self._now())
-        self._consumer_changed()
+        self._consumer_changed((req.group_id, req.member_id))
         return result
 
     def _may_upgrade(self, classic: Group, req: HeartbeatRequest) -> bool:
@@ -1195,6 +1209,7 @@ class GroupCoordinator:
             log.info("group %s: not downgraded: larger than group.max.size", group_id)
             return
         del self.consumer.groups[group_id]
+        self.offsets.save_consumer_state(self._state.clear(group_id))
         group = Group(
             group_id,
             state=State.STABLE,
@@ -1250,9 +1265,10 @@ class GroupCoordinator:
     def _now(self) -> int:
         return int(self._loop.time() * 1000)
 
-    def _consumer_changed(self) -> None:
-        """Store the rows of groups whose epoch or state changed; aim the one
-        timer at the earliest member deadline."""
+    def _consumer_changed(self, member: tuple[str, str] | None = None) -> None:
+        """Store the rows of groups whose epoch or state changed, and of the
+        member a request was for (its epoch or assignment may have moved);
+        aim the one timer at the earliest member deadline."""
         for gid in self.consumer.changed:
             if self.consumer.downgradable(gid):
                 self._downgrade(gid)
@@ -1262,6 +1278,12 @@ class GroupCoordinator:
             if not cg.members:
                 cg.state_ms = now_ms()
             self.offsets.save_group(_consumer_row(cg))
+            if (op := self._state.group(cg)) is not None:
+                self.offsets.save_consumer_state(op)
+        if member is not None and member[0] not in self.consumer.changed:
+            cg = self.consumer.groups.get(member[0])
+            if cg is not None and (op := self._state.member(cg, member[1])) is not None:
+                self.offsets.save_consumer_state(op)
         self.consumer.changed.clear()
         deadline = self.consumer.next_deadline()
         if deadline is None or (
@@ -1330,16 +1352,19 @@ class GroupCoordinator:
     async def adopt(self, group_id: str) -> None:
         """Cluster mode: this broker now coordinates the group. Load it (and
         its offsets) from the metadata store, where the previous coordinator
-        wrote them; members rejoin, as after a coordinator move in Kafka."""
+        wrote them; consumer-protocol members continue at their epochs,
+        classic members rejoin, as after a coordinator move in Kafka."""
         self.release(group_id)
         row, offsets = await self.offsets.repo.load_group(group_id)
+        states = await self.offsets.repo.load_consumer_state(group_id)
         self.offsets.replace(group_id, offsets)
-        self._restore([row] if row is not None else [])
+        self._restore([row] if row is not None else [], states)
 
     def release(self, group_id: str) -> None:
         """Cluster mode: another broker coordinates the group now; forget it
         here (queued offset writes still go out)."""
         self.consumer.groups.pop(group_id, None)
+        self._state.forget(group_id)
         group = self.groups.pop(group_id, None)
         if group is not None:
             self._cancel_timers(group)
@@ -1416,6 +1441,7 @@ class GroupCoordinator:
             ]
             if len(expired) == len(committed):
                 del self.consumer.groups[cg.group_id]
+                self._state.forget(cg.group_id)  # the rows go with the group's
                 writes.append(self.offsets.delete_group(cg.group_id))
                 log.info("group %s: removed (empty, %d offsets expired)", cg.group_id, len(expired))
                 expired_total += len(expired)

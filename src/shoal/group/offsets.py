@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from shoal.meta.group_state import ClearConsumerState, SaveConsumerState
 from shoal.meta.groups import (
     DeleteGroup,
     DeleteOffsets,
@@ -127,6 +128,11 @@ class OffsetStore:
     def save_group(self, row: GroupRow) -> None:
         """Fire and forget: a lost group row costs only its generation counter."""
         self._submit(SaveGroup(row), wait=False)
+
+    def save_consumer_state(self, op: SaveConsumerState | ClearConsumerState) -> None:
+        """Fire and forget, in order with the group's other writes: a
+        consumer-protocol group's members and epochs for the next coordinator."""
+        self._submit(op, wait=False)
 
     def _track(self, group_id: str, fut: asyncio.Future[None]) -> asyncio.Future[None]:
         self._last[group_id] = fut

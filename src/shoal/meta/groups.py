@@ -16,7 +16,14 @@ from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shoal.meta import group_state
 from shoal.meta import schema as s
+from shoal.meta.group_state import (
+    ClearConsumerState,
+    GroupStateWriter,
+    SaveConsumerState,
+    StoredGroups,
+)
 from shoal.meta.store import MetaStore
 
 
@@ -47,7 +54,7 @@ class SaveGroup:
 
 @dataclass(frozen=True, slots=True)
 class DeleteGroup:
-    """The group's row and all its offsets."""
+    """The group's row, its consumer-protocol state and all its offsets."""
 
     group_id: str
 
@@ -68,7 +75,15 @@ class DeleteTopicOffsets:
     topic: str
 
 
-Op = SaveGroup | DeleteGroup | UpsertOffsets | DeleteOffsets | DeleteTopicOffsets
+Op = (
+    SaveGroup
+    | DeleteGroup
+    | UpsertOffsets
+    | DeleteOffsets
+    | DeleteTopicOffsets
+    | SaveConsumerState
+    | ClearConsumerState
+)
 
 _DELETE_CHUNK = 200  # keys per DELETE statement, well under SQLite's variable limit
 
@@ -76,6 +91,7 @@ _DELETE_CHUNK = 200  # keys per DELETE statement, well under SQLite's variable l
 class GroupRepository:
     def __init__(self, meta: MetaStore) -> None:
         self.meta = meta
+        self._state = GroupStateWriter(meta.is_sqlite)
         dialect: Any = sqlite if meta.is_sqlite else postgresql
         off = dialect.insert(s.group_offsets)
         self._upsert_offsets = off.on_conflict_do_update(
@@ -146,6 +162,11 @@ class GroupRepository:
             ]
         return row, offsets
 
+    async def load_consumer_state(self, group_id: str | None = None) -> StoredGroups:
+        """Consumer-protocol groups' members and epochs (all, or one group)."""
+        async with self.meta.engine.connect() as conn:
+            return await group_state.load(conn, group_id)
+
     async def group_ids(self) -> list[str]:
         g, o = s.consumer_groups, s.group_offsets
         async with self.meta.engine.connect() as conn:
@@ -192,7 +213,9 @@ class GroupRepository:
 
     async def _apply_one(self, conn: AsyncConnection, op: Op) -> None:
         go = s.group_offsets
-        if isinstance(op, SaveGroup):
+        if isinstance(op, SaveConsumerState | ClearConsumerState):
+            await self._state.apply(conn, op)
+        elif isinstance(op, SaveGroup):
             r = op.row
             await conn.execute(
                 self._upsert_group,
@@ -206,6 +229,7 @@ class GroupRepository:
             )
         elif isinstance(op, DeleteGroup):
             await conn.execute(delete(go).where(go.c.group_id == op.group_id))
+            await self._state.clear(conn, op.group_id)
             await conn.execute(
                 delete(s.consumer_groups).where(s.consumer_groups.c.group_id == op.group_id)
             )

@@ -216,9 +216,9 @@ broker_listeners = Table(
 
 # Consumer groups (issue 4). A group's row carries what must survive a restart:
 # its protocol type (for ListGroups and expiry), its generation (so generations
-# keep increasing) and since when it has been Empty (for offset expiry). Members
-# are not stored: after a restart they rejoin, as they would after a coordinator
-# move in Kafka.
+# keep increasing) and since when it has been Empty (for offset expiry). Classic
+# members are not stored: after a restart they rejoin, as they would after a
+# coordinator move in Kafka; consumer-protocol members are (consumer_group_members).
 consumer_groups = Table(
     "consumer_groups",
     metadata,
@@ -227,6 +227,50 @@ consumer_groups = Table(
     Column("generation", Integer, nullable=False, default=0),
     Column("state", String(32), nullable=False),
     Column("state_ms", BigInteger, nullable=False),
+)
+
+# Consumer-protocol (KIP-848) group state, so that a group survives a
+# coordinator move or restart as in Kafka (whose coordinator replays its
+# ConsumerGroupMetadata, TargetAssignment and CurrentMemberAssignment records):
+# the group's epochs, and per member its epochs, subscription, target, current
+# assignment and partitions pending revocation. Assignments are JSON
+# {"topic": [partition, ...]}. Written on epoch, assignment and membership
+# changes, never on a plain heartbeat. Added after schema v1: migrate()'s
+# create_all adds them to an existing database.
+consumer_group_state = Table(
+    "consumer_group_state",
+    metadata,
+    Column("group_id", Text, primary_key=True),
+    Column("group_epoch", Integer, nullable=False),
+    Column("assignment_epoch", Integer, nullable=False),
+    Column("assignor", String(255), nullable=False, default=""),
+    # JSON [[name, topic id, partitions], ...]: the topics the target was computed from
+    Column("topics", Text, nullable=False, default="[]"),
+)
+
+consumer_group_members = Table(
+    "consumer_group_members",
+    metadata,
+    Column("group_id", Text, primary_key=True),
+    Column("member_id", String(255), primary_key=True),
+    Column("instance_id", String(255), nullable=True),
+    Column("member_epoch", Integer, nullable=False),
+    Column("previous_epoch", Integer, nullable=False),
+    Column("state", String(32), nullable=False),
+    Column("rack_id", String(255), nullable=True),
+    Column("client_id", String(255), nullable=False, default=""),
+    Column("client_host", String(255), nullable=False, default=""),
+    Column("subscribed_topic_names", Text, nullable=False, default="[]"),
+    Column("subscribed_topic_regex", Text, nullable=True),
+    Column("hidden_topics", Text, nullable=False, default="[]"),
+    Column("server_assignor", String(255), nullable=True),
+    Column("rebalance_timeout_ms", Integer, nullable=False),
+    Column("assigned", Text, nullable=False, default="{}"),
+    Column("pending_revocation", Text, nullable=False, default="{}"),
+    Column("target", Text, nullable=False, default="{}"),
+    # A classic member inside the consumer group: JSON {"session_timeout_ms":
+    # n, "protocols": [[name, base64 metadata], ...]}; NULL for the consumer protocol.
+    Column("classic", Text, nullable=True),
 )
 
 # Committed offsets by topic name: a deleted topic's offsets are removed with it,
