@@ -200,16 +200,34 @@ class LinkManager:
             runner.topics = topics
             runner.promotion_ends = {k: v for k, v in ends.items() if k[0] in topics}
 
+    async def _wake(self) -> None:
+        """Sleep POLL_S, or less when a runner's partition reached the
+        source's end during promotion: then progress is saved and the
+        promotion completed in this round, not a second later."""
+        waits = [asyncio.ensure_future(r.reached_end.wait()) for r in self.runners.values()]
+        try:
+            if waits:
+                await asyncio.wait(waits, timeout=POLL_S)
+            else:
+                await asyncio.sleep(POLL_S)
+        finally:
+            for w in waits:
+                w.cancel()
+        if any(r.reached_end.is_set() for r in self.runners.values()):
+            for r in self.runners.values():
+                r.reached_end.clear()
+            self._last.pop("_save_progress", None)
+
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(POLL_S)
+            await self._wake()
             for job, every in (
                 (self.reload, 0.0),
                 (self._save_progress, PROGRESS_S),
-                (self._sync_topics, TOPIC_SYNC_S),
-                (self._sync_groups, GROUP_SYNC_S),
                 (self._complete_promotions, 0.0),
                 (self._producer_id_floor, PROGRESS_S),
+                (self._sync_topics, TOPIC_SYNC_S),
+                (self._sync_groups, GROUP_SYNC_S),
             ):
                 name = job.__name__
                 if time.monotonic() - self._last.get(name, 0.0) < every:

@@ -22,7 +22,7 @@ import crc32c
 
 from shoal.broker.broker import Broker
 from shoal.link.source import Fetched, SourceAuthError, SourceCluster, SourceError
-from shoal.meta.links import PROMOTED, PROMOTING, LinkStore, MirrorRow, Progress
+from shoal.meta.links import MIRRORING, PROMOTED, PROMOTING, LinkStore, MirrorRow, Progress
 from shoal.protocol.records import batch_spans, read_header
 from shoal.storage.errors import AppendTimeout, BatchBehindEnd, StorageError
 
@@ -34,6 +34,7 @@ PARTITION_MAX_BYTES = 16 * 1024 * 1024
 METADATA_MAX_AGE_S = 30.0
 ERROR_BACKOFF_S = 1.0
 WRITE_THROUGH_TIMEOUT_S = 30.0
+PROMOTION_HOLD_S = 5.0
 _PRODUCER_FIELDS = struct.Struct(">qhi")  # producer id, epoch, base sequence
 
 
@@ -81,6 +82,10 @@ class LinkRunner:
         self.transactional: set[str] = set()  # mirrors warned about transactions
         self.store = LinkStore(broker.meta)
         self.max_producer_id = -1  # highest producer id reserved past (see _reserve)
+        # Set when a partition reached the source's end during promotion: the
+        # manager saves progress and completes the promotion at once (the
+        # produce pause of a write-through cutover lasts until then).
+        self.reached_end = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -279,6 +284,7 @@ class LinkRunner:
             and end == p.next_offset >= f.high_watermark
         ):
             p.progress.promoted = True
+            self.reached_end.set()
             log.info(
                 "link %s: %s-%d reached the source's end %d (promotion)",
                 self.name,
@@ -306,9 +312,11 @@ class LinkRunner:
         if m is None or topic is None or partition >= len(topic.partitions):
             raise AppendTimeout(f"{mirror}-{partition} is not mirrored by link {self.name}")
         if m.state == PROMOTING:
-            # A retriable answer: the producer retries until the topic is
-            # promoted and takes writes here (the produce pause of a cutover).
-            raise AppendTimeout(f"{mirror} is being promoted; retry")
+            m = await self._promotion_done(mirror)
+            if m.state != MIRRORING:
+                # A retriable answer: the producer's retry lands here, on the
+                # promoted topic (or waits again).
+                raise AppendTimeout(f"{mirror} is being promoted; retry")
         try:
             leaders = self.leaders.get(m.source_topic)
             if leaders is None or partition >= len(leaders):
@@ -337,6 +345,18 @@ class LinkRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter, min(left, 0.5))
         return base
+
+    async def _promotion_done(self, mirror: str) -> MirrorRow:
+        """Hold a write-through produce while its topic is being promoted (a
+        retriable error at once would put the client into its retry backoff,
+        which grows): until promoted, back to mirroring (promote timed out),
+        or PROMOTION_HOLD_S."""
+        deadline = time.monotonic() + PROMOTION_HOLD_S
+        m = self.mirrors[mirror]
+        while m.state == PROMOTING and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            m = self.mirrors.get(mirror, m)
+        return m
 
     def _committed(self, p: PartitionMirror, fut: asyncio.Future[int]) -> None:
         if fut.cancelled() or fut.exception() is None:
