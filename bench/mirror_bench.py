@@ -148,13 +148,32 @@ def promotion_pause(args: argparse.Namespace) -> dict[str, object]:
         time.sleep(args.seconds)
         stop.set()
         thread.join()
+        # Nothing may reach the source after the promotion point (a forward
+        # still under way when the mirror was declared complete would).
+        status = CliRunner().invoke(link, ["status", "--format", "json", "--metadata", meta])
+        [row] = json.loads(status.output)
+        promoted_at = sum(p["mirror_end"] for p in row["partitions"])
+        result["source_records_past_promotion"] = (
+            sum(ends(src.bootstrap, topic, args.partitions)) - promoted_at
+        )
         times = sorted(a[0] for a in acks)
         gaps = [(b - a, a) for a, b in itertools.pairwise(times)]
         around = [g for g, at in gaps if t0 - 1 <= at <= t1 + 1]
         before = [g for g, at in gaps if at < t0 - 1]
         by_part: dict[int, list[int]] = {}
-        for _t, part, offset in acks:
+        part_times: dict[int, list[float]] = {}
+        for at, part, offset in acks:
             by_part.setdefault(part, []).append(offset)
+            part_times.setdefault(part, []).append(at)
+        worst = max(
+            (
+                b - a
+                for ts in part_times.values()
+                for a, b in itertools.pairwise(sorted(ts))
+                if t0 - 1 <= a <= t1 + 1
+            ),
+            default=0.0,
+        )
         dupes = sum(len(o) - len(set(o)) for o in by_part.values())
         holes = sum(max(o) - min(o) + 1 - len(set(o)) for o in by_part.values())
         result.update(
@@ -163,6 +182,7 @@ def promotion_pause(args: argparse.Namespace) -> dict[str, object]:
             promote_command_s=round(t1 - t0, 3),
             max_ack_gap_around_promotion_s=round(max(around, default=0.0), 3),
             max_ack_gap_before_s=round(max(before, default=0.0), 3),
+            max_partition_ack_gap_around_promotion_s=round(worst, 3),
             acked=len(acks),
             errors=len(errors),
             first_errors=sorted(set(errors))[:3],

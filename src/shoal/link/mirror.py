@@ -86,6 +86,7 @@ class LinkRunner:
         # manager saves progress and completes the promotion at once (the
         # produce pause of a write-through cutover lasts until then).
         self.reached_end = asyncio.Event()
+        self.inflight: dict[tuple[str, int], int] = {}  # write-through forwards under way
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -282,6 +283,7 @@ class LinkRunner:
             and state.state == PROMOTING
             and not appended
             and end == p.next_offset >= f.high_watermark
+            and (p.mirror, p.partition) not in self.inflight
         ):
             p.progress.promoted = True
             self.reached_end.set()
@@ -317,6 +319,20 @@ class LinkRunner:
                 # A retriable answer: the producer's retry lands here, on the
                 # promoted topic (or waits again).
                 raise AppendTimeout(f"{mirror} is being promoted; retry")
+        # Counted from here (no await since the state check): promotion does
+        # not declare the source's end reached while a forward may still add
+        # to it, or the record would be on the source and not here.
+        key = (mirror, partition)
+        self.inflight[key] = self.inflight.get(key, 0) + 1
+        try:
+            return await self._forward(m, topic.partitions[partition].stream_id, partition, records)
+        finally:
+            self.inflight[key] -= 1
+            if not self.inflight[key]:
+                del self.inflight[key]
+
+    async def _forward(self, m: MirrorRow, sid: int, partition: int, records: bytes) -> int:
+        mirror = m.mirror
         try:
             leaders = self.leaders.get(m.source_topic)
             if leaders is None or partition >= len(leaders):
@@ -333,7 +349,6 @@ class LinkRunner:
                 "link %s: write-through to %s-%d failed: %s", self.name, mirror, partition, exc
             )
             raise AppendTimeout(f"write-through to the source failed: {exc}") from None
-        sid = topic.partitions[partition].stream_id
         deadline = time.monotonic() + WRITE_THROUGH_TIMEOUT_S
         while (await self.broker.engine.bounds(sid))[1] < base + count:
             waiter = self.broker.engine.watch(sid)
