@@ -696,3 +696,140 @@ def test_rollback_to_a_foreign_source_tansu(tmp_path: Path, target: BrokerProces
         assert sorted(second + [(0, o) for o, _v in rest]) == [(0, o) for o in range(40, 150)]
     finally:
         src.kill()
+
+
+class Writer(threading.Thread):
+    """An idempotent producer writing TAG-0, TAG-1, ... every 5 ms, round
+    robin over the partitions, until stopped; remembers what was acked."""
+
+    def __init__(self, bootstrap: str, topic: str, tag: str, seq: int, partitions: int) -> None:
+        super().__init__()
+        self.bootstrap, self.topic, self.tag, self.seq = bootstrap, topic, tag, seq
+        self.partitions = partitions
+        self.acked: list[bytes] = []
+        self.errors: list[Any] = []
+        self.halt = threading.Event()
+
+    def _done(self, err: Any, msg: Any) -> None:
+        if err is None:
+            self.acked.append(msg.value())
+        else:
+            self.errors.append(err)
+
+    def run(self) -> None:
+        p = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True})
+        while not self.halt.is_set():
+            value = b"%s-%d" % (self.tag.encode(), self.seq)
+            p.produce(
+                self.topic, value, partition=self.seq % self.partitions, on_delivery=self._done
+            )
+            self.seq += 1
+            p.poll(0.005)
+        assert p.flush(30) == 0
+
+    def stop(self) -> int:
+        self.halt.set()
+        self.join()
+        return self.seq
+
+
+class Reader(threading.Thread):
+    """A member of GROUP: records what it reads and commits after each record."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str) -> None:
+        super().__init__()
+        self.bootstrap, self.group, self.topic = bootstrap, group, topic
+        self.seen: list[tuple[int, int, bytes]] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        c = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": self.group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 50,
+            }
+        )
+        c.subscribe([self.topic])
+        try:
+            while not self.halt.is_set():
+                m = c.poll(0.1)
+                if m is None or m.error():
+                    continue
+                self.seen.append((m.partition(), m.offset(), m.value()))
+                c.commit(message=m, asynchronous=False)
+        finally:
+            c.close()
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join()
+
+
+def test_cutover_under_load_every_record_consumed_once_in_order(
+    source: BrokerProcess, target: BrokerProcess
+) -> None:
+    """The whole cutover while two producers and a consumer group keep
+    running: consumers move first, then producers one by one (write-through),
+    then promotion; the group reads every record once, in order."""
+    topic, group, lnk = name("cut"), name("g"), name("L")
+    create_topic(source.bootstrap, topic, 2)
+    writers = {t: Writer(source.bootstrap, topic, t, 0, 2) for t in ("a", "b")}
+    for w in writers.values():
+        w.start()
+    reader = Reader(source.bootstrap, group, topic)
+    reader.start()
+    r = shoal_link(
+        target, "create", lnk, "--source", source.bootstrap, "--topics", topic,
+        "--groups", group, "--write-through",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    wait_for("the group to read", lambda: len(reader.seen) > 100)
+    # 1. The consumers move: stopped on the source, started here once the
+    # group's offsets were copied.
+    reader.stop()
+    on_source = committed(source.bootstrap, group, topic, 2)
+    wait_for("group sync", lambda: committed(target.bootstrap, group, topic, 2) == on_source)
+    moved = Reader(target.bootstrap, group, topic)
+    moved.start()
+    # 2. The producers move, one at a time, writing through the link.
+    for tag in ("a", "b"):
+        seq = writers[tag].stop()
+        writers[tag] = Writer(target.bootstrap, topic, tag, seq, 2)
+        writers[tag].start()
+        wait_for(f"{tag} writing here", lambda tag=tag: len(writers[tag].acked) > 50)
+    # 3. Promotion while they write.
+    r = shoal_link(target, "promote", topic, "--timeout", "30")
+    assert r.exit_code == 0, r.output
+    wait_for("writes after promotion", lambda: len(writers["b"].acked) > 200)
+    final = {tag: w.stop() for tag, w in writers.items()}
+    assert all(not w.errors for w in writers.values())
+    end = ends(target.bootstrap, topic, 2)
+    assert end is not None
+    wait_for(
+        "the group to read everything",
+        lambda: (
+            {(p, o) for p, o, _v in moved.seen} >= {(p, hi - 1) for p, (_lo, hi) in enumerate(end)}
+        ),
+    )
+    moved.stop()
+    seen = reader.seen + moved.seen
+    for part, (_lo, hi) in enumerate(end):
+        offsets = [o for p, o, _v in seen if p == part]
+        assert offsets == list(range(hi)), f"partition {part}: read twice or skipped"
+        for tag in ("a", "b"):  # each producer's order kept within the partition
+            seqs = [
+                int(v.split(b"-")[1])
+                for p, _o, v in seen
+                if p == part and v.startswith(tag.encode())
+            ]
+            assert seqs == sorted(seqs)
+    values_read = [v for _p, _o, v in seen]
+    assert sorted(values_read) == sorted(
+        b"%s-%d" % (t, i) for t in (b"a", b"b") for i in range(final[t.decode()])
+    )
+    # The source holds nothing written after the promotion point.
+    [row] = json.loads(shoal_link(target, "status", lnk, "--format", "json").output)
+    assert ends(source.bootstrap, topic, 2) == [(0, p["mirror_end"]) for p in row["partitions"]]
