@@ -4,6 +4,7 @@ driven by `shoal link` and checked with real clients and raw fetches."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 import urllib.request
@@ -410,9 +411,11 @@ def test_bad_input(source: BrokerProcess, target: BrokerProcess) -> None:
     assert "already exists" in r.output
     r = shoal_link(target, "promote", "no-such-topic")
     assert r.exit_code == 1 and "'no-such-topic' is not a mirror topic" in r.output
-    for verb in ("pause", "resume", "delete"):
+    for verb in ("pause", "resume", "delete", "rollback"):
         r = shoal_link(target, verb, "no-such-link")
         assert r.exit_code == 1 and "no link named 'no-such-link'" in r.output
+    r = shoal_link(target, "rollback", "L", "--groups", " , ")
+    assert r.exit_code == 2 and "--groups: expected comma-separated patterns, got ' , '" in r.output
 
 
 def test_tls_and_scram_source_and_wrong_credentials(tmp_path: Path, target: BrokerProcess) -> None:
@@ -598,6 +601,23 @@ def test_rollback_after_promotion_with_more_data_written_here(
         fut.result(10)
 
     wait_for("the copy back", lambda: ends(source.bootstrap, topic, 2) == [(0, 250), (0, 250)])
+    # A restart that lost the last saves of the map (the source took batches
+    # just before): the source's end says what is missing, and it is mapped
+    # from the batches here instead of being sent again.
+    target.stop()
+    with sqlite3.connect(Path(target.data_dir) / "meta.db") as db:
+        db.execute("UPDATE link_offset_map SET count = 0 WHERE mirror = ?", (topic,))
+    target.start()
+    wait_for(
+        "the map recovered",
+        lambda: (
+            json.loads(shoal_link(target, "status", lnk, "--format", "json").output)[0]["reverse"][
+                "recovered"
+            ]
+            == 200
+        ),
+    )
+    assert ends(source.bootstrap, topic, 2) == [(0, 250), (0, 250)]  # nothing sent twice
     source_max_bytes("200")
     p = Producer({"bootstrap.servers": target.bootstrap})
     p.produce(topic, b"x" * 1000, partition=0)

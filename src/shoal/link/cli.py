@@ -466,6 +466,11 @@ def rollback(name: str, timeout: float, groups: str | None, metadata: str) -> No
     source (the topics are read-only here from then on), then sets the
     groups' offsets on the source to the translated positions; the groups
     must have no members there."""
+    if groups is not None:
+        try:
+            check_patterns(groups, "--groups")
+        except SpecError as exc:
+            raise click.BadParameter(str(exc)) from None
 
     async def go(store: LinkStore) -> RollbackResult | None:
         try:
