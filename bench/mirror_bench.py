@@ -55,6 +55,12 @@ def ends(bootstrap: str, topic: str, partitions: int) -> list[int]:
         c.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (the broker's CPU, whatever else runs)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def produce(bootstrap: str, topic: str, total_bytes: int, rate: float | None) -> None:
     p = Producer(
         {
@@ -222,6 +228,7 @@ def main() -> None:
         produce(src.bootstrap, topic, args.backlog_mb << 20, None)
         result["backlog_produce_s"] = round(time.monotonic() - t0, 2)
         target = ends(src.bootstrap, topic, args.partitions)
+        cpu0 = cpu_seconds(dst.proc.pid), cpu_seconds(src.proc.pid)
         t0 = time.monotonic()
         r = CliRunner().invoke(
             link,
@@ -234,6 +241,7 @@ def main() -> None:
                 first = time.monotonic()  # the mirror topic exists and data flows
             time.sleep(0.05)
         took = time.monotonic() - t0
+        cpu1 = cpu_seconds(dst.proc.pid), cpu_seconds(src.proc.pid)
         result["from_link_create_s"] = round(took, 2)
         if first is not None:
             took = time.monotonic() - first
@@ -243,6 +251,11 @@ def main() -> None:
         result["catchup_s"] = round(took, 2)  # from the first mirrored batch
         result["catchup_bytes"] = copied
         result["catchup_MB_per_s"] = round(copied / took / (1 << 20), 1)
+        # Broker CPU per GB copied (the machine is shared: wall-clock rates
+        # depend on the load, CPU seconds much less).
+        gb = copied / 1e9
+        result["target_cpu_s_per_GB"] = round((cpu1[0] - cpu0[0]) / gb, 1)
+        result["source_cpu_s_per_GB"] = round((cpu1[1] - cpu0[1]) / gb, 1)
         result["load_after_catchup"] = os.getloadavg()
         # Steady state: the time from a source high watermark to the mirror's.
         writer = threading.Thread(
