@@ -314,7 +314,7 @@ class LinkManager:
     async def _producer_id_floor(self) -> None:
         """Cluster mode: producer ids another broker's mirrors brought in are
         not handed out here either."""
-        if self.links:
+        if self.links and self.broker.cluster is not None:
             self.broker.producer_ids.skip_past(await self.store.producer_id_floor() - 1)
 
     async def _complete_promotions(self) -> None:

@@ -48,6 +48,7 @@ log = logging.getLogger("shoal.link.reverse")
 READ_MAX_BYTES = 4 * 1024 * 1024
 PRODUCE_TIMEOUT_S = 30.0
 SAVE_S = 0.5
+IDLE_SAVE_S = 5.0  # progress rows are refreshed this often when nothing changes
 ERROR_BACKOFF_S = 1.0
 #: Stopping: the topic must have been read-only this long before "stopped"
 #: (produce requests already past the check when it turned read-only land).
@@ -112,6 +113,7 @@ class ReverseRunner:
         self.leaders: dict[str, list[int]] = {}
         self.promotion_ends: dict[tuple[str, int], int] = {}  # set by the manager
         self._saved_at = 0.0
+        self._saved: object = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -189,12 +191,24 @@ class ReverseRunner:
             del self.parts[key]
         for key in [k for k in self.errors if k not in live]:
             del self.errors[key]
-        if not worked or time.monotonic() - self._saved_at >= SAVE_S:
+        since = time.monotonic() - self._saved_at
+        if since >= IDLE_SAVE_S or (since >= SAVE_S and self._snapshot() != self._saved):
             await self.save()
         return worked
 
+    def _snapshot(self) -> object:
+        """What a save would write, to skip saves that change nothing."""
+        return (
+            [
+                (k, p.next_offset, p.progress.shoal_end, p.progress.error, p.progress.stopped)
+                for k, p in sorted(self.parts.items())
+            ],
+            sorted(self.errors.items()),
+        )
+
     async def save(self) -> None:
         self._saved_at = time.monotonic()
+        self._saved = self._snapshot()
         rows = []
         ranges = []
         now = int(time.time() * 1000)
