@@ -165,8 +165,10 @@ class ReverseRunner:
                 p.progress.error = ""
             except asyncio.CancelledError:
                 raise
-            except (SourceError, StorageError, ReverseError, MapError) as exc:
-                why = f"reverse copy of {m.mirror}-{index}: {exc}"
+            except Exception as exc:
+                known = (SourceError, StorageError, ReverseError, MapError)
+                detail = str(exc) if isinstance(exc, known) else f"{type(exc).__name__}: {exc}"
+                why = f"reverse copy of {m.mirror}-{index}: {detail}"
                 if self.errors.get(key) != why:
                     log.warning("link %s: %s", self.name, why)
                 self.errors[key] = why
@@ -183,7 +185,10 @@ class ReverseRunner:
                 now = time.monotonic()
                 if p.stopping_since is None:
                     p.stopping_since = now
-                p.progress.stopped = now - p.stopping_since >= STOP_SETTLE_S and p.progress.lag == 0
+                p.progress.stopped = (
+                    now - p.stopping_since >= STOP_SETTLE_S
+                    and p.next_offset >= p.progress.shoal_end
+                )
             else:
                 p.stopping_since = None
                 p.progress.stopped = False
