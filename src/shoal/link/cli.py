@@ -1,10 +1,12 @@
-"""`shoal link create|list|status|pause|resume|delete|promote`: migration
+"""`shoal link create|list|status|pause|resume|delete|promote|rollback`: migration
 links, managed in the metadata store that the brokers follow (they poll one
 version counter), like `shoal cluster` and `shoal users --metadata`.
 
 `create` first proves the source works (reachable, credentials accepted) and
 that no mirror would take the name of a normal topic. Source passwords are
-stored for the brokers but never printed.
+stored for the brokers but never printed. `promote --reverse` starts copying
+what is written here back to the source; `rollback` ends that copy and moves
+consumer groups back with translated offsets.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any, TypeVar
 
 import click
 
+from shoal.link.rollback import RollbackError, RollbackResult
+from shoal.link.rollback import rollback as do_rollback
 from shoal.link.source import SourceCluster, SourceError
 from shoal.link.spec import (
     SpecError,
@@ -35,6 +39,7 @@ from shoal.meta.links import (
     LinkRow,
     LinkStore,
     Progress,
+    ReverseProgress,
 )
 from shoal.meta.store import MetaError, MetaStore
 from shoal.tools.options import console, format_option
@@ -142,7 +147,7 @@ def create(
     )
 
 
-def _link_dict(row: LinkRow) -> dict[str, Any]:
+def _link_dict(row: LinkRow, reverse: dict[str, str]) -> dict[str, Any]:
     return {
         "name": row.name,
         "source": row.source,
@@ -152,6 +157,7 @@ def _link_dict(row: LinkRow) -> dict[str, Any]:
         "prefix": row.prefix,
         "state": "paused" if row.paused else "active",
         "write_through": row.write_through,
+        "reverse": reverse,  # promoted topic -> reverse copy state
     }
 
 
@@ -160,14 +166,22 @@ def _link_dict(row: LinkRow) -> dict[str, Any]:
 @_metadata
 def list_links(fmt: str, metadata: str) -> None:
     """Every link, its source and patterns (passwords hidden)."""
-    _v, links, _m = _run(metadata, lambda store: store.load())
-    rows = [_link_dict(r) for r in links]
+
+    async def go(store: LinkStore) -> tuple[list[LinkRow], dict[str, dict[str, str]]]:
+        _v, links, _m = await store.load()
+        reverse: dict[str, dict[str, str]] = {}
+        for r in await store.reverse():
+            reverse.setdefault(r.link, {})[r.mirror] = r.state
+        return links, reverse
+
+    links, reverse = _run(metadata, go)
+    rows = [_link_dict(r, reverse.get(r.name, {})) for r in links]
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
     from rich.table import Table
 
-    table = Table("link", "source", "topics", "groups", "prefix", "state", "settings")
+    table = Table("link", "source", "topics", "groups", "prefix", "state", "reverse", "settings")
     for r in rows:
         table.add_row(
             r["name"],
@@ -176,6 +190,7 @@ def list_links(fmt: str, metadata: str) -> None:
             r["groups"],
             r["prefix"],
             r["state"],
+            " ".join(f"{k}:{v}" for k, v in r["reverse"].items()) or "-",
             " ".join(f"{k}={v}" for k, v in r["settings"].items()),
         )
     console().print(table)
@@ -188,6 +203,10 @@ async def status_data(store: LinkStore, name: str | None) -> list[dict[str, Any]
     progress: dict[str, list[Progress]] = {}
     for p in await store.progress():
         progress.setdefault(p.mirror, []).append(p)
+    reverse = {r.mirror: r for r in await store.reverse()}
+    back: dict[str, list[ReverseProgress]] = {}
+    for rp in await store.reverse_progress():
+        back.setdefault(rp.mirror, []).append(rp)
     out = []
     now = int(time.time() * 1000)
     for m in mirrors:
@@ -222,9 +241,37 @@ async def status_data(store: LinkStore, name: str | None) -> list[dict[str, Any]
                     for p in parts
                 ],
                 "errors": sorted({p.error for p in parts if p.error}),
+                "reverse": _reverse_dict(reverse[m.mirror].state, back.get(m.mirror, []))
+                if m.mirror in reverse
+                else None,
             }
         )
     return out
+
+
+def _reverse_dict(state: str, parts: list[ReverseProgress]) -> dict[str, Any]:
+    """A reversed topic's copy back to the source, for status."""
+    return {
+        "state": state,
+        "lag_records": sum(p.lag for p in parts),
+        "bytes": sum(p.bytes for p in parts),
+        "recovered": sum(p.recovered for p in parts),
+        "partitions": [
+            {
+                "partition": p.partition,
+                "shoal_end": p.shoal_end,
+                "copied_to": p.copied_to,
+                "source_end": p.source_end,
+                "lag": p.lag,
+                "recovered": p.recovered,
+                "stopped": p.stopped,
+                "error": p.error,
+                "updated_ms": p.updated_ms,
+            }
+            for p in parts
+        ],
+        "errors": sorted({p.error for p in parts if p.error}),
+    }
 
 
 @link.command()
@@ -241,15 +288,19 @@ def status(name: str | None, fmt: str, metadata: str) -> None:
 
     table = Table("link", "mirror", "source topic", "state", "lag", "lag s", "bytes", "error")
     for r in rows:
+        state, errors, rev = r["state"], r["errors"], r["reverse"]
+        if rev is not None:
+            state += f", reverse {rev['state']} ({rev['lag_records']} behind)"
+            errors = errors + rev["errors"]
         table.add_row(
             r["link"],
             r["mirror"],
             r["source_topic"],
-            r["state"],
+            state,
             str(r["lag_records"]),
             "-" if r["lag_seconds"] is None else f"{r['lag_seconds']:.1f}",
             str(r["bytes"]),
-            "; ".join(r["errors"]),
+            "; ".join(errors),
         )
     console().print(table)
 
@@ -295,17 +346,47 @@ def delete(name: str, metadata: str) -> None:
     show_default=True,
     help="Seconds to wait for the mirrors to reach the source's end.",
 )
+@click.option(
+    "--reverse",
+    is_flag=True,
+    help="Then copy what is written here back to the source (a rollback target).",
+)
 @_metadata
 def promote(
-    topics: tuple[str, ...], all_: bool, link_name: str | None, timeout: float, metadata: str
+    topics: tuple[str, ...],
+    all_: bool,
+    link_name: str | None,
+    timeout: float,
+    reverse: bool,
+    metadata: str,
 ) -> None:
     """Stop mirroring TOPICS once they hold everything the source has, and
     make them writable here. Stop the source's producers first: records
-    written there after promotion are not copied."""
+    written there after promotion are not copied. With --reverse, records
+    written here from then on are copied back to the source, which stays a
+    place to roll back to (`shoal link rollback`)."""
     if bool(topics) == all_:
         raise click.UsageError("name the mirror topics to promote, or --all")
+    reversed_: list[str] = []
 
     async def go(store: LinkStore) -> tuple[list[str], list[dict[str, Any]]]:
+        chosen, lagging = await promote_topics(store)
+        if reverse and not lagging:
+            _v, _links, mirrors = await store.load()
+            named = set(topics) if topics else None
+            by_link: dict[str, list[str]] = {}
+            for m in mirrors:
+                if m.state != PROMOTED or (named is not None and m.mirror not in named):
+                    continue
+                if named is None and m.mirror not in chosen:
+                    continue
+                by_link.setdefault(m.link, []).append(m.mirror)
+            for lnk, names in by_link.items():
+                if await store.add_reverse(names, lnk):
+                    reversed_.extend(names)
+        return chosen, lagging
+
+    async def promote_topics(store: LinkStore) -> tuple[list[str], list[dict[str, Any]]]:
         _v, links, mirrors = await store.load()
         by_name = {m.mirror: m for m in mirrors}
         paused_links = {row.name for row in links if row.paused}
@@ -343,6 +424,8 @@ def promote(
     chosen, lagging = _run(metadata, go)
     if not chosen:
         click.echo("nothing to promote: already promoted")
+        if reversed_:
+            click.echo(f"copying back to the source from now on: {', '.join(reversed_)}")
         return
     if lagging:
         detail = ", ".join(
@@ -355,3 +438,62 @@ def promote(
             f"({detail}); they are still mirroring. Stop the source's producers, then retry."
         )
     click.echo(f"promoted {', '.join(chosen)}: writable here, no longer mirrored")
+    if reversed_:
+        click.echo(
+            f"copying back to the source from now on: {', '.join(reversed_)} "
+            "(the rollback point stays open: shoal link rollback)"
+        )
+
+
+@link.command()
+@click.argument("name")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the reverse link to copy everything back.",
+)
+@click.option(
+    "--groups",
+    default=None,
+    help="Consumer groups to move back: globs (default: the link's --groups, else all).",
+)
+@_metadata
+def rollback(name: str, timeout: float, groups: str | None, metadata: str) -> None:
+    """Go back to link NAME's source after `promote --reverse`: stop producers
+    and consumers here first. Waits until everything written here is on the
+    source (the topics are read-only here from then on), then sets the
+    groups' offsets on the source to the translated positions; the groups
+    must have no members there."""
+    if groups is not None:
+        try:
+            check_patterns(groups, "--groups")
+        except SpecError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    async def go(store: LinkStore) -> RollbackResult | None:
+        try:
+            return await do_rollback(store, name, timeout, groups)
+        except RollbackError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    result = _run(metadata, go)
+    if result is None:
+        click.echo(f"link {name} is already rolled back")
+        return
+    click.echo(
+        f"rolled back {', '.join(result.topics)}: {result.copied} offset(s) had been copied "
+        f"back ({result.ranges} offset-map range(s)); the source takes writes again"
+    )
+    if result.recovered:
+        click.echo(f"{result.recovered} offset(s) were mapped after a restart, not sent again")
+    extra = sum(result.extra.values())
+    click.echo(
+        f"offsets on the source the reverse link did not write (duplicates or other writers): "
+        f"{extra}"
+        + (f" ({', '.join(f'{k}: {v}' for k, v in result.extra.items())})" if extra else "")
+    )
+    for group, rows in result.groups.items():
+        moved = ", ".join(f"{t}-{p} {here}->{there}" for t, p, here, there in rows)
+        click.echo(f"group {group}: offsets set on the source: {moved}")

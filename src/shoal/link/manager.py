@@ -22,9 +22,20 @@ from shoal.broker.broker import Broker
 from shoal.config import TOPIC_KEYS
 from shoal.link.groups import GroupSync, sync_groups
 from shoal.link.mirror import LinkRunner
+from shoal.link.reverse import ReverseRunner
 from shoal.link.source import SourceCluster, SourceError
 from shoal.link.spec import matches, mirror_name, parse_settings, patterns
-from shoal.meta.links import MIRRORING, PROMOTED, PROMOTING, LinkRow, LinkStore, MirrorRow
+from shoal.meta.links import (
+    COPYING,
+    MIRRORING,
+    PROMOTED,
+    PROMOTING,
+    STOPPING,
+    LinkRow,
+    LinkStore,
+    MirrorRow,
+    ReverseRow,
+)
 from shoal.protocol.errors import KafkaError
 
 log = logging.getLogger("shoal.link")
@@ -43,6 +54,8 @@ class LinkManager:
         self.links: dict[str, LinkRow] = {}
         self.mirrors: dict[str, MirrorRow] = {}
         self.runners: dict[str, LinkRunner] = {}
+        self.reverse: dict[str, ReverseRow] = {}
+        self.reverse_runners: dict[str, ReverseRunner] = {}
         self.groups: dict[str, dict[str, GroupSync]] = {}
         self.group_rounds: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -62,6 +75,8 @@ class LinkManager:
             await asyncio.gather(self._task, return_exceptions=True)
         for r in self.runners.values():
             await r.stop()
+        for rr in self.reverse_runners.values():
+            await rr.stop()
         await self._save_progress()
 
     def collect(self) -> Iterator[Any]:
@@ -125,7 +140,16 @@ class LinkManager:
         self.version, links, mirrors = await self.store.load()
         self.links = {link.name: link for link in links}
         self.mirrors = {m.mirror: m for m in mirrors}
-        self.broker.mirrors = {m.mirror: m.link for m in mirrors if m.state != PROMOTED}
+        self.reverse = {r.mirror: r for r in await self.store.reverse()}
+        # Read-only here: mirrors not yet promoted, and reversed topics being
+        # (or already) rolled back to the source.
+        self.broker.mirrors = {
+            m.mirror: m.link
+            for m in mirrors
+            if m.state != PROMOTED
+            or (m.mirror in self.reverse and self.reverse[m.mirror].state != COPYING)
+        }
+        await self._reload_reverse()
         forwarders: dict[str, Callable[[str, int, bytes], Awaitable[int]]] = {}
         for name in list(self.runners):
             link = self.links.get(name)
@@ -148,15 +172,62 @@ class LinkManager:
                         forwarders[m.mirror] = runner.forward
         self.broker.forwarders = forwarders
 
+    async def _reload_reverse(self) -> None:
+        """One ReverseRunner per active link with topics still copied back."""
+        active: dict[str, dict[str, tuple[ReverseRow, MirrorRow]]] = {}
+        for r in self.reverse.values():
+            link = self.links.get(r.link)
+            m = self.mirrors.get(r.mirror)
+            if link is None or link.paused or m is None or r.state not in (COPYING, STOPPING):
+                continue
+            active.setdefault(r.link, {})[r.mirror] = (r, m)
+        for name in list(self.reverse_runners):
+            if name not in active:
+                await self.reverse_runners.pop(name).stop()
+                log.info("link %s: reverse copy stopped", name)
+        if not active:
+            return
+        ends = {(p.mirror, p.partition): p.mirror_end for p in await self.store.progress()}
+        for name, topics in active.items():
+            runner = self.reverse_runners.get(name)
+            if runner is None:
+                link = self.links[name]
+                source = SourceCluster(link.source, parse_settings(link.settings))
+                runner = ReverseRunner(self.broker, name, source, self.store)
+                self.reverse_runners[name] = runner
+                runner.start()
+                log.info("link %s: reverse copy to %s started", name, link.source)
+            runner.topics = topics
+            runner.promotion_ends = {k: v for k, v in ends.items() if k[0] in topics}
+
+    async def _wake(self) -> None:
+        """Sleep POLL_S, or less when a runner's partition reached the
+        source's end during promotion: then progress is saved and the
+        promotion completed in this round, not a second later."""
+        waits = [asyncio.ensure_future(r.reached_end.wait()) for r in self.runners.values()]
+        try:
+            if waits:
+                await asyncio.wait(waits, timeout=POLL_S)
+            else:
+                await asyncio.sleep(POLL_S)
+        finally:
+            for w in waits:
+                w.cancel()
+        if any(r.reached_end.is_set() for r in self.runners.values()):
+            for r in self.runners.values():
+                r.reached_end.clear()
+            self._last.pop("_save_progress", None)
+
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(POLL_S)
+            await self._wake()
             for job, every in (
                 (self.reload, 0.0),
                 (self._save_progress, PROGRESS_S),
+                (self._complete_promotions, 0.0),
+                (self._producer_id_floor, PROGRESS_S),
                 (self._sync_topics, TOPIC_SYNC_S),
                 (self._sync_groups, GROUP_SYNC_S),
-                (self._complete_promotions, 0.0),
             ):
                 name = job.__name__
                 if time.monotonic() - self._last.get(name, 0.0) < every:
@@ -239,6 +310,12 @@ class LinkManager:
                 self.group_rounds[link.name] = self.group_rounds.get(link.name, 0) + 1
             except SourceError as exc:
                 log.info("link %s: group sync: %s", link.name, exc)
+
+    async def _producer_id_floor(self) -> None:
+        """Cluster mode: producer ids another broker's mirrors brought in are
+        not handed out here either."""
+        if self.links and self.broker.cluster is not None:
+            self.broker.producer_ids.skip_past(await self.store.producer_id_floor() - 1)
 
     async def _complete_promotions(self) -> None:
         """A promoting topic whose partitions all reached the source's end

@@ -22,7 +22,7 @@ import crc32c
 
 from shoal.broker.broker import Broker
 from shoal.link.source import Fetched, SourceAuthError, SourceCluster, SourceError
-from shoal.meta.links import PROMOTED, PROMOTING, MirrorRow, Progress
+from shoal.meta.links import MIRRORING, PROMOTED, PROMOTING, LinkStore, MirrorRow, Progress
 from shoal.protocol.records import batch_spans, read_header
 from shoal.storage.errors import AppendTimeout, BatchBehindEnd, StorageError
 
@@ -34,6 +34,7 @@ PARTITION_MAX_BYTES = 16 * 1024 * 1024
 METADATA_MAX_AGE_S = 30.0
 ERROR_BACKOFF_S = 1.0
 WRITE_THROUGH_TIMEOUT_S = 30.0
+PROMOTION_HOLD_S = 5.0
 _PRODUCER_FIELDS = struct.Struct(">qhi")  # producer id, epoch, base sequence
 
 
@@ -79,6 +80,13 @@ class LinkRunner:
         self.error = ""
         self.bytes = 0
         self.transactional: set[str] = set()  # mirrors warned about transactions
+        self.store = LinkStore(broker.meta)
+        self.max_producer_id = -1  # highest producer id reserved past (see _reserve)
+        # Set when a partition reached the source's end during promotion: the
+        # manager saves progress and completes the promotion at once (the
+        # produce pause of a write-through cutover lasts until then).
+        self.reached_end = asyncio.Event()
+        self.inflight: dict[tuple[str, int], int] = {}  # write-through forwards under way
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -239,6 +247,8 @@ class LinkRunner:
                 return
             if h.last_offset < p.next_offset:
                 continue  # the fetch began inside a batch we have
+            if h.producer_id > self.max_producer_id:
+                await self._reserve(h.producer_id)
             if (h.is_transactional or h.is_control) and p.mirror not in self.transactional:
                 self.transactional.add(p.mirror)
                 log.warning(
@@ -273,8 +283,10 @@ class LinkRunner:
             and state.state == PROMOTING
             and not appended
             and end == p.next_offset >= f.high_watermark
+            and (p.mirror, p.partition) not in self.inflight
         ):
             p.progress.promoted = True
+            self.reached_end.set()
             log.info(
                 "link %s: %s-%d reached the source's end %d (promotion)",
                 self.name,
@@ -282,6 +294,14 @@ class LinkRunner:
                 p.partition,
                 end,
             )
+
+    async def _reserve(self, pid: int) -> None:
+        """Producer ids come along with the batches: make sure this cluster
+        never gives the same id to a new producer (after promotion it would
+        collide with the mirrored sequences), before the batch is stored."""
+        await self.store.reserve_producer_ids(pid)
+        self.broker.producer_ids.skip_past(pid)
+        self.max_producer_id = pid
 
     async def forward(self, mirror: str, partition: int, records: bytes) -> int:
         """Write-through: send a client's batch for a mirror topic to the
@@ -294,9 +314,25 @@ class LinkRunner:
         if m is None or topic is None or partition >= len(topic.partitions):
             raise AppendTimeout(f"{mirror}-{partition} is not mirrored by link {self.name}")
         if m.state == PROMOTING:
-            # A retriable answer: the producer retries until the topic is
-            # promoted and takes writes here (the produce pause of a cutover).
-            raise AppendTimeout(f"{mirror} is being promoted; retry")
+            m = await self._promotion_done(mirror)
+            if m.state != MIRRORING:
+                # A retriable answer: the producer's retry lands here, on the
+                # promoted topic (or waits again).
+                raise AppendTimeout(f"{mirror} is being promoted; retry")
+        # Counted from here (no await since the state check): promotion does
+        # not declare the source's end reached while a forward may still add
+        # to it, or the record would be on the source and not here.
+        key = (mirror, partition)
+        self.inflight[key] = self.inflight.get(key, 0) + 1
+        try:
+            return await self._forward(m, topic.partitions[partition].stream_id, partition, records)
+        finally:
+            self.inflight[key] -= 1
+            if not self.inflight[key]:
+                del self.inflight[key]
+
+    async def _forward(self, m: MirrorRow, sid: int, partition: int, records: bytes) -> int:
+        mirror = m.mirror
         try:
             leaders = self.leaders.get(m.source_topic)
             if leaders is None or partition >= len(leaders):
@@ -313,7 +349,6 @@ class LinkRunner:
                 "link %s: write-through to %s-%d failed: %s", self.name, mirror, partition, exc
             )
             raise AppendTimeout(f"write-through to the source failed: {exc}") from None
-        sid = topic.partitions[partition].stream_id
         deadline = time.monotonic() + WRITE_THROUGH_TIMEOUT_S
         while (await self.broker.engine.bounds(sid))[1] < base + count:
             waiter = self.broker.engine.watch(sid)
@@ -325,6 +360,18 @@ class LinkRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter, min(left, 0.5))
         return base
+
+    async def _promotion_done(self, mirror: str) -> MirrorRow:
+        """Hold a write-through produce while its topic is being promoted (a
+        retriable error at once would put the client into its retry backoff,
+        which grows): until promoted, back to mirroring (promote timed out),
+        or PROMOTION_HOLD_S."""
+        deadline = time.monotonic() + PROMOTION_HOLD_S
+        m = self.mirrors[mirror]
+        while m.state == PROMOTING and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            m = self.mirrors.get(mirror, m)
+        return m
 
     def _committed(self, p: PartitionMirror, fut: asyncio.Future[int]) -> None:
         if fut.cancelled() or fut.exception() is None:

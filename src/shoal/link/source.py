@@ -3,9 +3,10 @@ mirror needs, with TLS and SASL (PLAIN, SCRAM) as librdkafka's settings name
 them.
 
 Fetch answers carry record batches as raw bytes, which is the point: batches
-are copied whole and unchanged (confluent-kafka cannot hand them out). Only
+are copied whole and unchanged (confluent-kafka cannot hand them out). Mostly
 non-flexible request versions are used (header v1, response header v0), which
-Kafka accepts from 2.x through 4.x.
+Kafka accepts from 2.x through 4.x; InitProducerId is v3, flexible (tansu
+answers v0-v2 with an error: it wants their producer id and epoch fields).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from typing import Any
 from kio.index import load_request_schema, load_response_schema
 from kio.schema.api_versions.v0.request import ApiVersionsRequest
 from kio.schema.describe_configs.v2.request import DescribeConfigsRequest, DescribeConfigsResource
+from kio.schema.describe_groups.v4.request import DescribeGroupsRequest
 from kio.schema.fetch.v11.request import FetchPartition, FetchRequest, FetchTopic
 from kio.schema.find_coordinator.v2.request import FindCoordinatorRequest
+from kio.schema.init_producer_id.v3.request import InitProducerIdRequest
 from kio.schema.list_groups.v2.request import ListGroupsRequest
 from kio.schema.list_offsets.v4.request import (
     ListOffsetsPartition,
@@ -31,6 +34,11 @@ from kio.schema.list_offsets.v4.request import (
     ListOffsetsTopic,
 )
 from kio.schema.metadata.v8.request import MetadataRequest
+from kio.schema.offset_commit.v7.request import (
+    OffsetCommitRequest,
+    OffsetCommitRequestPartition,
+    OffsetCommitRequestTopic,
+)
 from kio.schema.offset_fetch.v5.request import OffsetFetchRequest
 from kio.schema.produce.v7.request import PartitionProduceData, ProduceRequest, TopicProduceData
 from kio.schema.sasl_authenticate.v1.request import SaslAuthenticateRequest
@@ -54,6 +62,9 @@ _DESCRIBE_CONFIGS = (32, 2)
 _LIST_GROUPS = (16, 2)
 _OFFSET_FETCH = (9, 5)
 _FIND_COORDINATOR = (10, 2)
+_DESCRIBE_GROUPS = (15, 4)
+_OFFSET_COMMIT = (8, 7)
+_INIT_PRODUCER_ID = (22, 3)
 _SASL_HANDSHAKE = (17, 1)
 _SASL_AUTHENTICATE = (36, 1)
 _MAX_FRAME = 256 * 1024 * 1024
@@ -67,6 +78,14 @@ class SourceError(Exception):
 
 class SourceAuthError(SourceError):
     """The source refused the link's credentials: retrying will not help."""
+
+
+class ProduceRefused(SourceError):
+    """The source answered a produce with an error code (`error`: Kafka's name)."""
+
+    def __init__(self, message: str, error: str) -> None:
+        super().__init__(message)
+        self.error = error
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -171,7 +190,11 @@ class Connection:
         self._correlation += 1
         out = io.BytesIO()
         out.write(struct.pack(">hhih", key, version, self._correlation, 5) + b"shoal")
-        entity_writer(load_request_schema(key, version))(out, body)
+        schema = load_request_schema(key, version)
+        flexible = bool(schema.__flexible__) and key != _API_VERSIONS[0]
+        if flexible:
+            out.write(b"\0")  # request header v2: no tagged fields
+        entity_writer(schema)(out, body)
         data = out.getvalue()
         try:
             self.writer.write(struct.pack(">i", len(data)) + data)
@@ -190,11 +213,16 @@ class Connection:
                 f"{self.address} answered request {correlation}, not {self._correlation}"
             )
         cls = load_response_schema(key, version)
+        start = 4
+        if flexible:  # response header v1: skip its tagged fields (none expected)
+            if frame[4:5] != b"\0":
+                raise SourceError(f"{self.address} sent response header tagged fields")
+            start = 5
         try:
-            check_body(frame, 4, cls)
+            check_body(frame, start, cls)
         except RequestDecodeError as exc:
             raise SourceError(f"{self.address} sent a {exc}") from None
-        return entity_reader(cls)(frame, 4)[0]
+        return entity_reader(cls)(frame, start)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,8 +392,87 @@ class SourceCluster:
         resp = await self._call(address, _PRODUCE, body, timeout + self.timeout)
         part = resp.responses[0].partition_responses[0]
         if part.error_code.value != 0:
-            raise SourceError(f"{address}: produce to {topic}-{partition}: {part.error_code.name}")
+            raise ProduceRefused(
+                f"{address}: produce to {topic}-{partition}: {part.error_code.name}",
+                part.error_code.name,
+            )
         return int(part.base_offset)
+
+    async def init_producer_id(self) -> tuple[int, int]:
+        """A new idempotent producer id and epoch on the source (reverse links)."""
+        resp = await self._any(
+            _INIT_PRODUCER_ID,
+            InitProducerIdRequest(
+                transactional_id=None,
+                transaction_timeout=i32Timedelta.parse(datetime.timedelta(seconds=60)),
+            ),
+        )
+        if resp.error_code.value != 0:
+            raise SourceError(f"no producer id from the source: {resp.error_code.name}")
+        return int(resp.producer_id), int(resp.producer_epoch)
+
+    async def _coordinator(self, group: str) -> str:
+        found = await self._any(
+            _FIND_COORDINATOR, FindCoordinatorRequest(key=group, key_type=i8(0))
+        )
+        if found.error_code.value != 0:
+            raise SourceError(f"no coordinator for group {group!r}: {found.error_code.name}")
+        return f"{found.host}:{found.port}"
+
+    async def group_members(self, group: str) -> int:
+        """How many members GROUP has on the source (0: empty or unknown)."""
+        address = await self._coordinator(group)
+        resp = await self._call(
+            address,
+            _DESCRIBE_GROUPS,
+            DescribeGroupsRequest(groups=(GroupId(group),), include_authorized_operations=False),
+            self.timeout,
+        )
+        [g] = resp.groups
+        if g.error_code.value != 0:
+            raise SourceError(f"group {group!r}: {g.error_code.name}")
+        return len(g.members)
+
+    async def commit_offsets(
+        self, group: str, offsets: dict[tuple[str, int], tuple[int, str]]
+    ) -> None:
+        """Set GROUP's committed offsets on the source, as an admin does
+        (no member: the group must be empty there)."""
+        address = await self._coordinator(group)
+        by_topic: dict[str, list[OffsetCommitRequestPartition]] = {}
+        for (topic, partition), (offset, metadata) in sorted(offsets.items()):
+            by_topic.setdefault(topic, []).append(
+                OffsetCommitRequestPartition(
+                    partition_index=i32(partition),
+                    committed_offset=i64(offset),
+                    committed_metadata=metadata,
+                )
+            )
+        resp = await self._call(
+            address,
+            _OFFSET_COMMIT,
+            OffsetCommitRequest(
+                group_id=GroupId(group),
+                generation_id_or_member_epoch=i32(-1),
+                member_id="",
+                group_instance_id=None,
+                topics=tuple(
+                    OffsetCommitRequestTopic(name=TopicName(t), partitions=tuple(ps))
+                    for t, ps in by_topic.items()
+                ),
+            ),
+            self.timeout,
+        )
+        errors = sorted(
+            {
+                f"{t.name}-{p.partition_index}: {p.error_code.name}"
+                for t in resp.topics
+                for p in t.partitions
+                if p.error_code.value != 0
+            }
+        )
+        if errors:
+            raise SourceError(f"group {group!r}: commit refused ({', '.join(errors)})")
 
     async def offsets(self, topic: str, partition: int) -> tuple[int, int]:
         """(log start, high watermark) of a source partition, from its leader."""
@@ -402,6 +509,22 @@ class SourceCluster:
                 raise SourceError(f"offsets of {topic}-{partition}: {part.error_code.name}")
             out.append(int(part.offset))
         return out[0], out[1]
+
+    async def end_offset(self, topic: str, partition: int, at: int) -> int:
+        """A source partition's high watermark from a Fetch at offset `at`
+        (tansu answers ListOffsets' latest wrongly; its Fetch is right), or
+        from ListOffsets when `at` is out of range or nothing answers."""
+        meta = await self.metadata()
+        leaders = meta.partitions.get(topic, [])
+        if partition >= len(leaders) or leaders[partition] < 0:
+            raise SourceError(f"source partition {topic}-{partition} has no leader")
+        # (tansu answers a Fetch with max_wait 0 with no partitions at all)
+        found = await self.fetch(leaders[partition], [(topic, partition, at)], 100, 1024, 1024)
+        if found and found[0].error == "none":
+            return found[0].high_watermark
+        if found and found[0].error != "offset_out_of_range":
+            raise SourceError(f"source {topic}-{partition}: {found[0].error}")
+        return (await self.offsets(topic, partition))[1]
 
     async def topic_configs(self, topics: list[str]) -> dict[str, dict[str, str]]:
         """Each topic's own overrides (not the source's broker defaults)."""
@@ -443,12 +566,7 @@ class SourceCluster:
 
     async def group_offsets(self, group: str) -> dict[tuple[str, int], tuple[int, str]]:
         """GROUP's committed offsets on the source: (topic, partition) -> (offset, metadata)."""
-        found = await self._any(
-            _FIND_COORDINATOR, FindCoordinatorRequest(key=group, key_type=i8(0))
-        )
-        if found.error_code.value != 0:
-            raise SourceError(f"no coordinator for group {group!r}: {found.error_code.name}")
-        address = f"{found.host}:{found.port}"
+        address = await self._coordinator(group)
         resp = await self._call(
             address,
             _OFFSET_FETCH,

@@ -17,8 +17,13 @@ from shoal.meta import schema as s
 from shoal.meta.store import MetaError, MetaStore, now_ms
 
 VERSION_COUNTER = "links.version"
+#: One past the highest producer id found in mirrored batches: brokers hand
+#: out producer ids above it (shoal.producer.ids).
+PRODUCER_ID_FLOOR = "links.producer_id_floor"
 
 MIRRORING, PROMOTING, PROMOTED = "mirroring", "promoting", "promoted"
+#: States of a reverse link's topic (rollback after promotion).
+COPYING, STOPPING, ROLLED_BACK = "copying", "stopping", "rolled_back"
 
 
 class LinkExists(MetaError):
@@ -73,6 +78,38 @@ class Progress:
         if self.lag == 0:
             return 0.0
         return (now - self.caught_up_ms) / 1000 if self.caught_up_ms else None
+
+
+@dataclass(frozen=True, slots=True)
+class ReverseRow:
+    mirror: str
+    link: str
+    state: str
+    state_ms: int
+
+
+@dataclass(slots=True)
+class ReverseProgress:
+    """A reversed partition's copy back to the source, as its owner saw it."""
+
+    mirror: str
+    partition: int
+    shoal_end: int = 0
+    copied_to: int = 0
+    source_end: int = 0
+    bytes: int = 0
+    recovered: int = 0
+    error: str = ""
+    stopped: bool = False
+    updated_ms: int = field(default_factory=now_ms)
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.shoal_end - self.copied_to)
+
+
+#: One offset-map range: (shoal_start, source_start, count).
+MapRange = tuple[int, int, int]
 
 
 class LinkStore:
@@ -143,6 +180,8 @@ class LinkStore:
             lp = s.link_partitions
             if mirrors:
                 await conn.execute(delete(lp).where(lp.c.mirror.in_(mirrors)))
+                for table in (s.link_reverse, s.link_offset_map, s.link_reverse_partitions):
+                    await conn.execute(delete(table).where(table.c.mirror.in_(mirrors)))
             await conn.execute(delete(lt).where(lt.c.link == name))
             await conn.execute(delete(s.links).where(s.links.c.name == name))
             await self.meta.bump_counter(conn, VERSION_COUNTER, 1)
@@ -241,6 +280,128 @@ class LinkStore:
                 r.error,
                 r.updated_ms,
                 r.caught_up_ms,
+            )
+            for r in rows
+        ]
+
+    async def reserve_producer_ids(self, pid: int) -> None:
+        """Producer id `pid` came with mirrored batches: raise the store's
+        producer id counter (and the floor brokers watch) past it."""
+        async with self.meta._tx() as conn:
+            for name in ("producer_id", PRODUCER_ID_FLOOR):
+                current = await self.meta.read_counter(name, conn)
+                if current <= pid:
+                    await self.meta.bump_counter(conn, name, pid + 1 - current)
+
+    async def producer_id_floor(self) -> int:
+        return await self.meta.read_counter(PRODUCER_ID_FLOOR)
+
+    # reverse links -------------------------------------------------------
+
+    async def reverse(self) -> list[ReverseRow]:
+        t = s.link_reverse
+        async with self.meta.engine.connect() as conn:
+            rows = (await conn.execute(select(t).order_by(t.c.mirror))).all()
+        return [ReverseRow(r.mirror, r.link, r.state, r.state_ms) for r in rows]
+
+    async def add_reverse(self, mirrors: Sequence[str], link: str) -> int:
+        """Start copying promoted topics back to the link's source (once per
+        topic); returns how many were added."""
+        t = s.link_reverse
+        ins = sqlite_insert if self.meta.is_sqlite else pg_insert
+        added = 0
+        async with self.meta._tx() as conn:
+            for mirror in mirrors:
+                res = await conn.execute(
+                    ins(t)
+                    .values(mirror=mirror, link=link, state=COPYING, state_ms=now_ms())
+                    .on_conflict_do_nothing(index_elements=[t.c.mirror])
+                )
+                added += int(res.rowcount or 0)
+            await self.meta.bump_counter(conn, VERSION_COUNTER, 1)
+        return added
+
+    async def set_reverse_state(
+        self, mirrors: Sequence[str], state: str, only_from: str | None = None
+    ) -> int:
+        t = s.link_reverse
+        async with self.meta._tx() as conn:
+            q = update(t).where(t.c.mirror.in_(list(mirrors)))
+            if only_from is not None:
+                q = q.where(t.c.state == only_from)
+            res = await conn.execute(q.values(state=state, state_ms=now_ms()))
+            await self.meta.bump_counter(conn, VERSION_COUNTER, 1)
+        return int(res.rowcount or 0)
+
+    async def offset_map(
+        self, mirror: str, partition: int | None = None
+    ) -> dict[int, list[MapRange]]:
+        """The reverse link's offset map of a topic: partition -> ranges in order."""
+        t = s.link_offset_map
+        q = select(t.c.partition, t.c.shoal_start, t.c.source_start, t.c.count).where(
+            t.c.mirror == mirror
+        )
+        if partition is not None:
+            q = q.where(t.c.partition == partition)
+        async with self.meta.engine.connect() as conn:
+            rows = (await conn.execute(q.order_by(t.c.partition, t.c.shoal_start))).all()
+        out: dict[int, list[MapRange]] = {}
+        for partition, shoal_start, source_start, count in rows:
+            out.setdefault(partition, []).append((shoal_start, source_start, count))
+        return out
+
+    async def save_reverse(
+        self, rows: Sequence[ReverseProgress], ranges: Sequence[tuple[str, int, MapRange]]
+    ) -> None:
+        """Map ranges (mirror, partition, range) and progress, in one
+        transaction: progress never claims more than the map holds."""
+        if not rows and not ranges:
+            return
+        ins = sqlite_insert if self.meta.is_sqlite else pg_insert
+        m, t = s.link_offset_map, s.link_reverse_partitions
+        async with self.meta._tx() as conn:
+            for mirror, partition, (shoal_start, source_start, count) in ranges:
+                mapped = {"source_start": source_start, "count": count}
+                await conn.execute(
+                    ins(m)
+                    .values(mirror=mirror, partition=partition, shoal_start=shoal_start, **mapped)
+                    .on_conflict_do_update(
+                        index_elements=[m.c.mirror, m.c.partition, m.c.shoal_start], set_=mapped
+                    )
+                )
+            for p in rows:
+                values: dict[str, object] = {
+                    "shoal_end": p.shoal_end,
+                    "copied_to": p.copied_to,
+                    "source_end": p.source_end,
+                    "bytes": p.bytes,
+                    "recovered": p.recovered,
+                    "error": p.error,
+                    "stopped": p.stopped,
+                    "updated_ms": p.updated_ms,
+                }
+                await conn.execute(
+                    ins(t)
+                    .values(mirror=p.mirror, partition=p.partition, **values)
+                    .on_conflict_do_update(index_elements=[t.c.mirror, t.c.partition], set_=values)
+                )
+
+    async def reverse_progress(self) -> list[ReverseProgress]:
+        t = s.link_reverse_partitions
+        async with self.meta.engine.connect() as conn:
+            rows = (await conn.execute(select(t).order_by(t.c.mirror, t.c.partition))).all()
+        return [
+            ReverseProgress(
+                r.mirror,
+                r.partition,
+                r.shoal_end,
+                r.copied_to,
+                r.source_end,
+                r.bytes,
+                r.recovered,
+                r.error,
+                bool(r.stopped),
+                r.updated_ms,
             )
             for r in rows
         ]

@@ -427,3 +427,50 @@ link_partitions = Table(
     # When the mirror last held the source's end (0: not yet): lag in seconds.
     Column("caught_up_ms", BigInteger, nullable=False, default=0),
 )
+
+# Reverse links (rollback after promotion): a promoted topic whose new records
+# are copied back to the link's source, so the old cluster stays a place to go
+# back to. State: "copying", "stopping" (`shoal link rollback` waits for the
+# end; the topic is read-only here meanwhile), "rolled_back".
+link_reverse = Table(
+    "link_reverse",
+    metadata,
+    Column("mirror", String(249), primary_key=True),
+    Column("link", String(249), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("state_ms", BigInteger, nullable=False),
+)
+
+# The reverse link's offset map, in ranges: `count` offsets from `shoal_start`
+# here are at `source_start` on the source (the source assigns offsets when it
+# takes a produce). Usually one row per partition: ranges that continue each
+# other are merged.
+link_offset_map = Table(
+    "link_offset_map",
+    metadata,
+    Column("mirror", String(249), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("shoal_start", BigInteger, primary_key=True),
+    Column("source_start", BigInteger, nullable=False),
+    Column("count", BigInteger, nullable=False),
+)
+
+# Per reversed partition, written by its owner with the map rows: Shoal's end,
+# how far the copy got (`copied_to`: the next Shoal offset to copy), the
+# source's end as the map has it, offsets found on the source after a restart
+# that were written but not yet mapped (`recovered`), the last error, and
+# `stopped`: the topic is read-only here and everything was copied (rollback).
+link_reverse_partitions = Table(
+    "link_reverse_partitions",
+    metadata,
+    Column("mirror", String(249), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("shoal_end", BigInteger, nullable=False, default=0),
+    Column("copied_to", BigInteger, nullable=False, default=0),
+    Column("source_end", BigInteger, nullable=False, default=0),
+    Column("bytes", BigInteger, nullable=False, default=0),
+    Column("recovered", BigInteger, nullable=False, default=0),
+    Column("error", Text, nullable=False, default=""),
+    Column("stopped", Boolean, nullable=False, default=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)

@@ -26,3 +26,11 @@ class ProducerIdAllocator:
             pid = self._next
             self._next += 1
             return pid
+
+    def skip_past(self, pid: int) -> None:
+        """Never hand out `pid` or below from the block in hand: a migration
+        link mirrored batches of that producer id from its source, so a new
+        producer with it would collide with their sequences. (The store's
+        counter was raised past it; the next block comes from there.)"""
+        if self._next <= pid:
+            self._next = self._end = 0
