@@ -155,6 +155,8 @@ async def test_every_api_endpoint_and_its_bad_input(admin: aiohttp.ClientSession
             assert isinstance(await r.json(), dict)
     async with admin.get("/api/sites?sort=backlog_records&desc=1&state=") as r:
         assert r.status == 200
+    async with admin.get("/api/sites?state=fenced") as r:  # an exactly-once uplink's state
+        assert r.status == 200, await r.text()
     for path, status, words in (
         ("/api/topics/no-such-topic", 404, "no topic 'no-such-topic'"),
         ("/api/groups/no-such-group", 404, "no group 'no-such-group'"),

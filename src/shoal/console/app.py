@@ -36,7 +36,17 @@ from shoal.console.sites import SORT_KEYS, SiteBook, SiteReader
 log = logging.getLogger("shoal.console")
 
 HERE = Path(__file__).parent
-STATES = ("connected", "idle", "connecting", "degraded", "backoff", "error", "silent", "stopped")
+STATES = (
+    "connected",
+    "idle",
+    "connecting",
+    "degraded",
+    "backoff",
+    "error",
+    "fenced",
+    "silent",
+    "stopped",
+)
 LIVE_MS = 3000
 DEFAULT_LIMIT = 200  # fleet rows per page: a page of a thousand sites is slow to render
 MAX_LIMIT = 100_000
