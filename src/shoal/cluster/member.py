@@ -29,6 +29,7 @@ from shoal.meta.groups import GroupRepository
 from shoal.meta.store import MetaStore, PartitionRecord, now_ms
 from shoal.protocol.errors import ErrorCode
 from shoal.storage.errors import StorageError
+from shoal.storage.inventory import reconcile
 from shoal.storage.streams import StreamEngine
 
 log = logging.getLogger("shoal.cluster")
@@ -86,7 +87,19 @@ class ClusterMember:
     # lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._register()
+        async with self.store.startup_lock():
+            if await self._cold_start():
+                # Nobody writes: objects past the metadata's end are a
+                # crash's uploads or newer than a restored backup, and are
+                # adopted as on a single node (or the start refused).
+                adopted = await reconcile(self.engine.store, self.engine.meta, self.node_id)
+                if adopted:
+                    log.warning(
+                        "node %d: adopted %d offsets past the metadata's end at a cold start",
+                        self.node_id,
+                        adopted,
+                    )
+            await self._register()
         await self._heartbeat_once()
         await self._watch_once()
         self._tasks = [
@@ -106,6 +119,18 @@ class ClusterMember:
                 await self.store.deregister(self.node_id, self.incarnation)
             except Exception as exc:  # the lease then expires on its own
                 log.warning("could not deregister: %s", exc)
+
+    async def _cold_start(self) -> bool:
+        """True if no broker runs: no lease is live, or the live-looking ones
+        are never renewed (rows of a just-restored backup) until they lapse."""
+        seen = {b.node_id: b.lease_expiry_ms for b in await self.store.live_brokers()}
+        while seen:
+            await asyncio.sleep(self.heartbeat_ms / 1000)
+            live = await self.store.live_brokers()
+            if any(seen.get(b.node_id) != b.lease_expiry_ms for b in live):
+                return False  # renewed, or newly registered: a broker runs
+            seen = {b.node_id: b.lease_expiry_ms for b in live}
+        return True
 
     @property
     def active(self) -> bool:
