@@ -133,3 +133,48 @@ def test_backup_bad_input_names_the_value(tmp_path: Path) -> None:
     out = shoal("meta", "backup", "--metadata", bad, "--pg-dump", pg_bin("pg_dump"), str(dest))
     assert out.exit_code == 1 and "absent_db" in out.output, out.output
     assert not dest.exists() and not dest.with_name("d.dump.partial").exists()
+
+
+def test_postgres_connections_give_up_on_a_silent_link() -> None:
+    """Over TCP the broker's PostgreSQL connections carry TCP_USER_TIMEOUT
+    (and ask the server for the same), so a link cut silently ends a hung
+    query in bounded time instead of TCP's retransmission backoff (the cut
+    itself is in test_partitions.py). The embedded server listens on a Unix
+    socket only: a TCP forwarder in front of it."""
+    import asyncio
+    import glob
+    import socket
+
+    from sqlalchemy import text
+
+    from shoal.meta.store import PG_TCP_USER_TIMEOUT_MS, MetaStore
+
+    url = make_url(new_database())
+    unix = glob.glob(f"{url.query['host']}/.s.PGSQL.*")[0]
+
+    async def main() -> int:
+        async def forward(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            ur, uw = await asyncio.open_unix_connection(unix)
+
+            async def pipe(a: asyncio.StreamReader, b: asyncio.StreamWriter) -> None:
+                while data := await a.read(65536):
+                    b.write(data)
+                    await b.drain()
+                b.close()
+
+            await asyncio.gather(pipe(r, uw), pipe(ur, w))
+
+        server = await asyncio.start_server(forward, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        meta = await MetaStore.open(f"postgresql://postgres@127.0.0.1:{port}/{url.database}")
+        try:
+            async with meta.engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                sock = raw.driver_connection._transport.get_extra_info("socket")  # type: ignore[union-attr]
+                assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+                return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+        finally:
+            await meta.close()
+            server.close()
+
+    assert asyncio.run(main()) == PG_TCP_USER_TIMEOUT_MS
