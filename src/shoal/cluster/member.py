@@ -87,19 +87,7 @@ class ClusterMember:
     # lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        async with self.store.startup_lock():
-            if await self._cold_start():
-                # Nobody writes: objects past the metadata's end are a
-                # crash's uploads or newer than a restored backup, and are
-                # adopted as on a single node (or the start refused).
-                adopted = await reconcile(self.engine.store, self.engine.meta, self.node_id)
-                if adopted:
-                    log.warning(
-                        "node %d: adopted %d offsets past the metadata's end at a cold start",
-                        self.node_id,
-                        adopted,
-                    )
-            await self._register()
+        await self._join()
         await self._heartbeat_once()
         await self._watch_once()
         self._tasks = [
@@ -120,17 +108,37 @@ class ClusterMember:
             except Exception as exc:  # the lease then expires on its own
                 log.warning("could not deregister: %s", exc)
 
-    async def _cold_start(self) -> bool:
-        """True if no broker runs: no lease is live, or the live-looking ones
-        are never renewed (rows of a just-restored backup) until they lapse."""
-        seen = {b.node_id: b.lease_expiry_ms for b in await self.store.live_brokers()}
-        while seen:
-            await asyncio.sleep(self.heartbeat_ms / 1000)
-            live = await self.store.live_brokers()
-            if any(seen.get(b.node_id) != b.lease_expiry_ms for b in live):
-                return False  # renewed, or newly registered: a broker runs
-            seen = {b.node_id: b.lease_expiry_ms for b in live}
-        return True
+    async def _join(self) -> None:
+        """Register; on a cold start (no broker runs) first adopt objects
+        past the metadata's end, as a single node does: nobody writes, so
+        they are a crash's uploads or newer than a restored backup.
+
+        Live-looking leases are watched (outside the lock, so brokers
+        starting together wait side by side): one renewed, or a new
+        registration, means a broker runs and nothing is adopted; leases
+        that lapse unrenewed (rows of a just-restored backup) are waited
+        out. The look at an empty cluster, the adoption and the
+        registration happen under one lock, so exactly one broker of those
+        starting together finds the cluster empty."""
+        seen: dict[int, int] | None = None
+        while True:
+            async with self.store.startup_lock():
+                live = {b.node_id: b.lease_expiry_ms for b in await self.store.live_brokers()}
+                if not live:
+                    adopted = await reconcile(self.engine.store, self.engine.meta, self.node_id)
+                    if adopted:
+                        log.warning(
+                            "node %d: adopted %d offsets past the metadata's end at a cold start",
+                            self.node_id,
+                            adopted,
+                        )
+                    await self._register()
+                    return
+            if seen is not None and any(seen.get(n) != e for n, e in live.items()):
+                break  # renewed, or newly registered: a broker runs
+            seen = live
+            await asyncio.sleep(min(self.heartbeat_ms, 1000) / 4000)
+        await self._register()
 
     @property
     def active(self) -> bool:
@@ -164,13 +172,26 @@ class ClusterMember:
 
     async def _lease_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.heartbeat_ms / 1000)
+            await asyncio.sleep(self._next_beat())
             try:
                 await self._heartbeat_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
+
+    def _next_beat(self) -> float:
+        """Seconds to the next heartbeat: the interval, or, on the
+        controller, just past the moment another broker's lease runs out if
+        that comes first, so a dead broker's partitions move as soon as its
+        lease lapses rather than up to an interval later."""
+        wait = self.heartbeat_ms / 1000
+        if self.is_controller:
+            others = [b.lease_expiry_ms for b in self.live if b.node_id != self.node_id]
+            if others:
+                due = (min(others) - now_ms()) / 1000 + 0.02
+                wait = min(wait, max(due, 0.02))
+        return wait
 
     async def _heartbeat_once(self) -> None:
         if self.incarnation is not None and time.monotonic() >= self._deadline:
