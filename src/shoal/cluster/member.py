@@ -66,6 +66,8 @@ class ClusterMember:
                 max_moves=int(config["balancer.max.moves"]),
                 interval_ms=int(config["balancer.interval.ms"]),
             ),
+            # renewed within the last two heartbeats
+            fresh_lease_ms=max(0, self.session_ms - 2 * self.heartbeat_ms),
         )
         self.incarnation: int | None = None
         self._deadline = 0.0  # monotonic: our lease is safe until then
