@@ -178,6 +178,14 @@ class ObjectCommit:
 #: cut broker's query fails it has already stopped acknowledging writes.
 PG_TCP_USER_TIMEOUT_MS = 10_000
 PG_CONNECT_TIMEOUT_S = 5.0
+#: PostgreSQL 17+ ends a session whose transaction is this old. A broker cut
+#: off in the middle of a request (part of a Parse/Bind/Execute pipeline
+#: arrived, its Sync did not) leaves a backend that is "active" in
+#: ClientRead, not idle: idle_in_transaction_session_timeout never fires and
+#: its row locks (a WAL commit's streams rows) block the controller's moves
+#: for as long as the connection lives. Far above any transaction of a
+#: running broker; `shoal meta rebuild` lifts it for its one long one.
+PG_TRANSACTION_TIMEOUT_MS = 30_000
 
 
 def redact_url(url: str) -> str:
@@ -251,7 +259,7 @@ class MetaStore:
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         else:
-            event.listen(engine.sync_engine, "connect", _tcp_user_timeout)
+            event.listen(engine.sync_engine, "connect", _pg_session)
         store = cls(engine)
         try:
             if create:
@@ -1113,6 +1121,17 @@ def _add_missing_columns(conn: Any) -> None:
     for table, name, ddl in s.ADDED_COLUMNS:
         if name not in {c["name"] for c in inspector.get_columns(table)}:
             conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
+
+
+def _pg_session(dbapi_conn: Any, record: Any) -> None:
+    """Bounds on a PostgreSQL session of a broker cut off mid-request (see
+    PG_TRANSACTION_TIMEOUT_MS and PG_TCP_USER_TIMEOUT_MS)."""
+    _tcp_user_timeout(dbapi_conn, record)
+    version = getattr(getattr(dbapi_conn, "_connection", None), "get_server_version", None)
+    if version is not None and version().major >= 17:
+        cur = dbapi_conn.cursor()
+        cur.execute(f"SET transaction_timeout = {PG_TRANSACTION_TIMEOUT_MS}")
+        cur.close()
 
 
 def _tcp_user_timeout(dbapi_conn: Any, _record: Any) -> None:
