@@ -309,7 +309,7 @@ def _zone(c: NetCluster, owners: dict[int, int], load: Load) -> dict[str, Any]:
     learned = client.first(LEADER, t0, alive) if client is not None else {}
     leaderless = client.first(NO_LEADER, t0) if client is not None else {}
     if client is not None:
-        dump = Path(__file__).parent / "results" / "zone-client.log"
+        dump = Path(__file__).parent / "results" / "zone-client.txt"
         dump.write_text(
             "".join(f"{t - t0:8.3f} {line}\n" for t, line in client.lines if t > t0 - 1)
         )
@@ -383,7 +383,8 @@ def main() -> None:
         res["loadavg"] = round(os.getloadavg()[0], 2)
         print(json.dumps(res), flush=True)
         results.append(res)
-    out = Path(__file__).parent / "results" / "partitions.json"
+    name = "partitions.json" if not args.only else f"partitions-{args.only.replace(',', '-')}.json"
+    out = Path(__file__).parent / "results" / name
     out.write_text(
         json.dumps(
             {
