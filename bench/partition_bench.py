@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
 import os
 import re
 import subprocess
@@ -43,6 +44,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+
+from confluent_kafka import Producer
 
 from cluster_harness import wait_for
 from netns import NetCluster, unavailable
@@ -111,7 +114,10 @@ def run(
         nodes = set(range(1, size + 1))
         create_topic(c, name)
         owners = wait_for(lambda: owners_agreed(c, name, nodes), 60, "agreement")
-        load = Load(c.bootstrap, name).start()
+        load = Load(c.bootstrap, name)
+        if name == "zone":
+            ClientLog().attach(load, c.bootstrap, name)
+        load.start()
         wait_for(lambda: len(load.acked) > 2000, 60, "initial load")
         notes = fault(c, owners, load)
         alive = {n for n, b in c.brokers.items() if b.proc and b.proc.poll() is None}
@@ -202,11 +208,80 @@ def _flap(
     return fault
 
 
+def log_times(c: NetCluster, pattern: re.Pattern[str], wall0: float) -> list[tuple[float, Any]]:
+    """(seconds after wall0, match) of every broker log line matching."""
+    out = []
+    for b in c.brokers.values():
+        for line in b.log().splitlines():
+            m = pattern.search(line)
+            if m is None:
+                continue
+            when = datetime.strptime(m["ts"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if when >= wall0:
+                out.append((round(when - wall0, 2), m))
+    return sorted(out, key=lambda x: x[0])
+
+
+EXPIRED = re.compile(
+    r"^(?P<ts>\S+ \S+) WARNING shoal.controller: broker (?P<node>\d+) lease expired"
+)
+MOVE = re.compile(
+    r"^(?P<ts>\S+ \S+) INFO shoal.controller: partition \d+/(?P<part>\d+): owner "
+    r"(?P<old>\S+) -> (?P<new>\d+)"
+)
+
+
+class ClientLog(logging.Handler):
+    """librdkafka's own log lines (debug "topic") with their times: when the
+    producer learned of a new leader for each partition."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[tuple[float, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((time.monotonic(), record.getMessage()))
+
+    def attach(self, load: Load, bootstrap: str, name: str) -> None:
+        """Give `load` a producer configured as Load's, plus this log."""
+        logger = logging.getLogger(f"rdkafka.{name}")
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
+        logger.addHandler(self)
+        load.producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "message.timeout.ms": 60000,
+                "topic.metadata.refresh.interval.ms": 1000,
+                "debug": "topic",
+                "logger": logger,
+            }
+        )
+        load.client_log = self  # type: ignore[attr-defined]
+
+    def first(
+        self,
+        pattern: re.Pattern[str],
+        t0: float,
+        accept: Callable[[re.Match[str]], bool] = lambda m: True,
+    ) -> dict[int, float]:
+        out: dict[int, float] = {}
+        for t, line in self.lines:
+            m = pattern.search(line)
+            if m is not None and t > t0 and accept(m):
+                out.setdefault(int(m["part"]), round(t - t0, 2))
+        return out
+
+
 def _zone(c: NetCluster, owners: dict[int, int], load: Load) -> dict[str, Any]:
-    """Kill both brokers of zone a (nodes 1 and 4) at once."""
+    """Kill both brokers of zone a (nodes 1 and 4) at once; the timeline of
+    every moved partition: lease expiry, move, new owner's open, the
+    producer's leader change, first acknowledged write."""
     zone_a = [1, 4]
     parts = [p for p, o in owners.items() if o in zone_a]
-    t0 = time.monotonic()
+    t0, wall0 = time.monotonic(), time.time()
     for n in zone_a:
         proc = c.brokers[n].proc
         assert proc is not None
@@ -225,7 +300,19 @@ def _zone(c: NetCluster, owners: dict[int, int], load: Load) -> dict[str, Any]:
         60,
         "writes on the moved partitions",
     )
-    first = max(min(t for t in load.ack_times[p] if t > t0) - t0 for p in parts)
+    first = {p: round(min(t for t in load.ack_times[p] if t > t0) - t0, 2) for p in parts}
+    expired = [t for t, _m in log_times(c, EXPIRED, wall0)]
+    moves = {int(m["part"]): t for t, m in log_times(c, MOVE, wall0) if int(m["part"]) in parts}
+    opened = {int(m["part"]): t for t, m in log_times(c, OWNS, wall0) if int(m["part"]) in parts}
+    client: ClientLog | None = getattr(load, "client_log", None)
+    alive = lambda m: int(m["new"]) not in zone_a  # noqa: E731
+    learned = client.first(LEADER, t0, alive) if client is not None else {}
+    leaderless = client.first(NO_LEADER, t0) if client is not None else {}
+    if client is not None:
+        dump = Path(__file__).parent / "results" / "zone-client.txt"
+        dump.write_text(
+            "".join(f"{t - t0:8.3f} {line}\n" for t, line in client.lines if t > t0 - 1)
+        )
     # A consumer in zone a: its preferred replicas are gone, reads go elsewhere.
     read = len(read_back(survivor, load.topic, 1000, rack="a"))
     return {
@@ -233,10 +320,24 @@ def _zone(c: NetCluster, owners: dict[int, int], load: Load) -> dict[str, Any]:
         "brokers_killed": len(zone_a),
         "partitions_moved": len(parts),
         "partitions_moved_after_s": round(moved_at, 2),
-        "failover_s": round(first, 2),
+        "failover_s": max(first.values()),
+        "timeline_s": {
+            "lease_expired": expired[:2],
+            "moved": moves,
+            "opened_by_new_owner": opened,
+            "producer_saw_no_leader": {p: t for p, t in leaderless.items() if p in parts},
+            "producer_learned_leader": {p: t for p, t in learned.items() if p in parts},
+            "first_ack": first,
+        },
         "zone_a_consumer_read": read,
         "_moved": bool(moved),
     }
+
+
+#: librdkafka (debug "topic"): a partition's leader changed in its metadata,
+#: to a broker, or to none (-1: no live owner)
+LEADER = re.compile(r"\[(?P<part>\d+)\]: applying leader-id update -?\d+ -> (?P<new>\d+) ")
+NO_LEADER = re.compile(r"\[(?P<part>\d+)\]: applying leader-id update \d+ -> -1 ")
 
 
 def main() -> None:
@@ -282,7 +383,8 @@ def main() -> None:
         res["loadavg"] = round(os.getloadavg()[0], 2)
         print(json.dumps(res), flush=True)
         results.append(res)
-    out = Path(__file__).parent / "results" / "partitions.json"
+    name = "partitions.json" if not args.only else f"partitions-{args.only.replace(',', '-')}.json"
+    out = Path(__file__).parent / "results" / name
     out.write_text(
         json.dumps(
             {

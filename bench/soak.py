@@ -49,6 +49,37 @@ from test_cluster_failover import Load
 from test_partitions import read_back
 
 PARTITIONS = 6
+
+
+class PacedLoad(Load):
+    """Load at about `rate` records a second per producer (0: as fast as it
+    goes), so a long soak can run at a fleet's pace on a shared machine."""
+
+    def __init__(self, bootstrap: str, topic: str, prefix: bytes, rate: float) -> None:
+        super().__init__(bootstrap, topic, prefix)
+        self.rate = rate
+
+    def _run(self) -> None:
+        if not self.rate:
+            return super()._run()
+        start = time.monotonic()
+        while not self._stop.is_set():
+            for _ in range(20):
+                self.producer.produce(
+                    self.topic,
+                    key=b"k%d" % (self.sent % 24),
+                    value=self.prefix + b"%08d" % self.sent,
+                    on_delivery=self._cb,
+                )
+                self.sent += 1
+            self.producer.poll(0)
+            ahead = self.sent / self.rate - (time.monotonic() - start)
+            if ahead > 0:
+                self._stop.wait(ahead)
+        left = self.producer.flush(60)
+        assert left == 0, f"{left} records never acknowledged"
+
+
 FAST_STORAGE = {
     "SHOAL_LOG_RETENTION_CHECK_INTERVAL_MS": "1000",
     "SHOAL_COMPACTION_INTERVAL_MS": "1000",
@@ -94,6 +125,9 @@ class Soak:
 
     # set-up ------------------------------------------------------------
 
+    def load(self, topic: str, prefix: bytes = b"v") -> Load:
+        return PacedLoad(self.bootstrap, topic, prefix, self.args.rate)
+
     def start(self) -> None:
         for b in self.brokers.values():
             b.start()
@@ -109,8 +143,8 @@ class Soak:
         ]
         for f in admin.create_topics(topics).values():
             f.result(30)
-        self.loads.append(Load(self.bootstrap, "fleet").start())
-        self.rolling = Load(self.bootstrap, "rolling").start()
+        self.loads.append(self.load("fleet").start())
+        self.rolling = self.load("rolling").start()
         self.t0 = time.monotonic()
 
     # sampling ------------------------------------------------------------
@@ -198,8 +232,8 @@ class Soak:
         time.sleep(self.day / 10)
         n = len(self.loads)
         self.loads += [
-            Load(self.bootstrap, "fleet", prefix=b"v%d-" % n).start(),
-            Load(self.bootstrap, "fleet", prefix=b"v%d-" % (n + 1)).start(),
+            self.load("fleet", prefix=b"v%d-" % n).start(),
+            self.load("fleet", prefix=b"v%d-" % (n + 1)).start(),
         ]
         time.sleep(self.day / 10)
         self.loads[-1].stop()
@@ -368,6 +402,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--retention-s", type=float, default=30.0)
     ap.add_argument("--sample-s", type=float, default=5.0)
     ap.add_argument("--out", default="")
+    ap.add_argument("--rate", type=float, default=0.0, help="records/s per producer (0: unpaced)")
     args = ap.parse_args(argv)
     soak = Soak(args)
     try:

@@ -364,24 +364,9 @@ async def reconcile_objects(store: ObjectStore, meta: MetaStore, node_id: int) -
     """Single node: adopt objects holding offsets past the metadata's end of
     their streams (uploaded just before a crash, or committed under metadata
     since lost — an older backup restored), so no offset is handed out twice;
-    refuse to start when they cannot be adopted. In a cluster, other brokers'
-    uploads in flight look the same, so there `shoal meta check` reports."""
-    from shoal.storage.inventory import ObjectsAhead, adopt, take_inventory
+    refuse to start when they cannot be adopted. In a cluster the first broker
+    to start does it (cluster/member.py): once others run, their uploads in
+    flight look the same."""
+    from shoal.storage.inventory import reconcile
 
-    inv = await take_inventory(store, meta)
-    if inv.blocking:
-        key, e = inv.blocking[0]
-        known = inv.streams.get(e.stream_id)
-        where = (
-            "a stream the metadata does not know" if known is None else f"metadata end {known.end}"
-        )
-        raise ObjectsAhead(
-            f"{len(inv.blocking)} block(s) in the object store hold offsets past what the "
-            f"metadata store records and cannot be adopted (first: {key}, stream "
-            f"{e.stream_id} [{e.start_offset}, {e.end_offset}), {where}). The "
-            "metadata is older than the objects (a restored backup?); starting would hand "
-            "those offsets out again. See them with `shoal meta check`; rebuild the metadata "
-            "from the objects with `shoal meta rebuild --objects URL`"
-        )
-    if inv.adoptable:
-        await adopt(store, meta, inv, node_id)
+    await reconcile(store, meta, node_id)

@@ -30,10 +30,26 @@ class BalanceConfig:
     interval_ms: int = 10_000
 
 
+def orphan_target(counts: dict[int, int], live: list[BrokerRow], now: int, fresh_ms: int) -> int:
+    """Where a partition without a live owner goes: the broker with the
+    fewest partitions among those that renewed lately (at least `fresh_ms`
+    of lease left), else among all live ones. When a zone dies its brokers'
+    leases lapse one by one; a partition of the first must not be handed to
+    another that is dead but not yet expired (it would wait for that lease
+    too, then move again)."""
+    fresh = [b.node_id for b in live if b.node_id in counts and b.lease_expiry_ms - now >= fresh_ms]
+    pool = fresh or list(counts)
+    return min(pool, key=lambda n: (counts[n], n))
+
+
 class Controller:
-    def __init__(self, store: ClusterStore, balance: BalanceConfig) -> None:
+    def __init__(
+        self, store: ClusterStore, balance: BalanceConfig, fresh_lease_ms: int = 0
+    ) -> None:
         self.store = store
         self.balance = balance
+        #: lease left that marks a broker as renewing on time (see orphan_target)
+        self.fresh_lease_ms = fresh_lease_ms
         self._moved_at: dict[tuple[int, int], float] = {}
         self._last_balance = 0.0
         self.rounds = 0
@@ -84,7 +100,7 @@ class Controller:
                 if (o.topic_id, o.partition) in planned:
                     continue
                 if o.owner is None or o.owner not in counts:
-                    plan(o, min(counts, key=lambda n: (counts[n], n)))
+                    plan(o, orphan_target(counts, targets, now, self.fresh_lease_ms))
         if self.balance.enable and not moves:
             moves.extend(self._balance(live, owners, counts))
         done = await self.store.apply_moves(moves)

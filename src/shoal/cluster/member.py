@@ -29,6 +29,7 @@ from shoal.meta.groups import GroupRepository
 from shoal.meta.store import MetaStore, PartitionRecord, now_ms
 from shoal.protocol.errors import ErrorCode
 from shoal.storage.errors import StorageError
+from shoal.storage.inventory import reconcile
 from shoal.storage.streams import StreamEngine
 
 log = logging.getLogger("shoal.cluster")
@@ -65,6 +66,8 @@ class ClusterMember:
                 max_moves=int(config["balancer.max.moves"]),
                 interval_ms=int(config["balancer.interval.ms"]),
             ),
+            # renewed within the last two heartbeats
+            fresh_lease_ms=max(0, self.session_ms - 2 * self.heartbeat_ms),
         )
         self.incarnation: int | None = None
         self._deadline = 0.0  # monotonic: our lease is safe until then
@@ -86,7 +89,7 @@ class ClusterMember:
     # lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._register()
+        await self._join()
         await self._heartbeat_once()
         await self._watch_once()
         self._tasks = [
@@ -106,6 +109,38 @@ class ClusterMember:
                 await self.store.deregister(self.node_id, self.incarnation)
             except Exception as exc:  # the lease then expires on its own
                 log.warning("could not deregister: %s", exc)
+
+    async def _join(self) -> None:
+        """Register; on a cold start (no broker runs) first adopt objects
+        past the metadata's end, as a single node does: nobody writes, so
+        they are a crash's uploads or newer than a restored backup.
+
+        Live-looking leases are watched (outside the lock, so brokers
+        starting together wait side by side): one renewed, or a new
+        registration, means a broker runs and nothing is adopted; leases
+        that lapse unrenewed (rows of a just-restored backup) are waited
+        out. The look at an empty cluster, the adoption and the
+        registration happen under one lock, so exactly one broker of those
+        starting together finds the cluster empty."""
+        seen: dict[int, int] | None = None
+        while True:
+            async with self.store.startup_lock():
+                live = {b.node_id: b.lease_expiry_ms for b in await self.store.live_brokers()}
+                if not live:
+                    adopted = await reconcile(self.engine.store, self.engine.meta, self.node_id)
+                    if adopted:
+                        log.warning(
+                            "node %d: adopted %d offsets past the metadata's end at a cold start",
+                            self.node_id,
+                            adopted,
+                        )
+                    await self._register()
+                    return
+            if seen is not None and any(seen.get(n) != e for n, e in live.items()):
+                break  # renewed, or newly registered: a broker runs
+            seen = live
+            await asyncio.sleep(min(self.heartbeat_ms, 1000) / 4000)
+        await self._register()
 
     @property
     def active(self) -> bool:
@@ -139,13 +174,26 @@ class ClusterMember:
 
     async def _lease_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.heartbeat_ms / 1000)
+            await asyncio.sleep(self._next_beat())
             try:
                 await self._heartbeat_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
+
+    def _next_beat(self) -> float:
+        """Seconds to the next heartbeat: the interval, or, on the
+        controller, just past the moment another broker's lease runs out if
+        that comes first, so a dead broker's partitions move as soon as its
+        lease lapses rather than up to an interval later."""
+        wait = self.heartbeat_ms / 1000
+        if self.is_controller:
+            others = [b.lease_expiry_ms for b in self.live if b.node_id != self.node_id]
+            if others:
+                due = (min(others) - now_ms()) / 1000 + 0.02
+                wait = min(wait, max(due, 0.02))
+        return wait
 
     async def _heartbeat_once(self) -> None:
         if self.incarnation is not None and time.monotonic() >= self._deadline:

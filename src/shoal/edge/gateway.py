@@ -27,7 +27,7 @@ from shoal.broker.handlers import Client, Handler, registry
 from shoal.broker.listener import KafkaListener
 from shoal.broker.server import start_listeners
 from shoal.config import ConfigError
-from shoal.edge import integrity
+from shoal.edge import integrity, memory
 from shoal.edge.config import EdgeConfig
 from shoal.edge.http import HttpServer, Request, Response
 from shoal.edge.lanes import Lanes
@@ -85,6 +85,7 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.config
+        memory.limit_arenas()  # before the storage and Kafka client threads exist
         cfg.check_files()
         self._stack.enter_context(integrity.data_dir_lock(cfg.data_dir))
         self._reserve_ports()
@@ -162,6 +163,7 @@ class Gateway:
             await self.admin.start(cfg.admin.listen)
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self._tasks.append(asyncio.create_task(self._progress_loop(), name="progress"))
+        self._tasks.append(asyncio.create_task(memory.trim_loop(), name="malloc-trim"))
         await self.refresh_status()
         await asyncio.to_thread(self._write_status_file)
 

@@ -10,14 +10,19 @@ it never hears about the change (paused, partitioned, slow).
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shoal.meta import schema as s
 from shoal.meta.store import MetaStore, now_ms
+
+#: pg_advisory_lock key of broker start-up (any constant no other user takes)
+STARTUP_LOCK = 0x5E0A1_0001
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +84,28 @@ class ClusterStore:
         self.meta = meta
 
     # brokers -------------------------------------------------------------
+
+    @asynccontextmanager
+    async def startup_lock(self) -> AsyncIterator[None]:
+        """Held by a starting broker from its look at who is live until it
+        has registered, so that of brokers starting together exactly one
+        sees an empty cluster (PostgreSQL advisory lock on a connection of
+        its own; SQLite has one writer anyway)."""
+        if self.meta.is_sqlite:
+            yield
+            return
+        async with self.meta.engine.connect() as conn:
+            await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": STARTUP_LOCK})
+            await conn.commit()
+            try:
+                yield
+            finally:
+                await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": STARTUP_LOCK})
+                await conn.commit()
+
+    async def live_brokers(self) -> list[BrokerRow]:
+        now = now_ms()
+        return [b for b in await self.brokers() if b.lease_expiry_ms >= now]
 
     async def register(
         self, node_id: int, host: str, port: int, rack: str | None, lease_ms: int

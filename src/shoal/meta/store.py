@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -171,6 +172,22 @@ class ObjectCommit:
     markers_done: list[int] = field(default_factory=list)
 
 
+#: A PostgreSQL connection whose sent data stays unacknowledged this long is
+#: dropped (both ends). Longer than the part of its lease a broker trusts
+#: (0.75 of broker.session.timeout.ms, 6 s by default), so by the time a
+#: cut broker's query fails it has already stopped acknowledging writes.
+PG_TCP_USER_TIMEOUT_MS = 10_000
+PG_CONNECT_TIMEOUT_S = 5.0
+#: PostgreSQL 17+ ends a session whose transaction is this old. A broker cut
+#: off in the middle of a request (part of a Parse/Bind/Execute pipeline
+#: arrived, its Sync did not) leaves a backend that is "active" in
+#: ClientRead, not idle: idle_in_transaction_session_timeout never fires and
+#: its row locks (a WAL commit's streams rows) block the controller's moves
+#: for as long as the connection lives. Far above any transaction of a
+#: running broker; `shoal meta rebuild` lifts it for its one long one.
+PG_TRANSACTION_TIMEOUT_MS = 30_000
+
+
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ***: for every message and log line."""
     return re.sub(r"(://[^/@:]*:)[^/]*@", r"\1***@", url)
@@ -226,13 +243,23 @@ class MetaStore:
             # A broker paused (SIGSTOP) inside a transaction must not hold row
             # locks that the controller needs to fence it: PostgreSQL ends
             # such sessions, and the paused commit then fails.
+            # A link cut silently (no reset, packets vanish) must not hang a
+            # session for TCP's retransmission backoff (minutes): data
+            # unacknowledged for PG_TCP_USER_TIMEOUT_MS ends the connection,
+            # on the server (its locks go) and on the broker (its query
+            # fails and the next one reconnects), and a connect gives up
+            # after PG_CONNECT_TIMEOUT_S.
             connect_args["server_settings"] = {
                 "idle_in_transaction_session_timeout": "2000",
                 "application_name": "shoal",
+                "tcp_user_timeout": str(PG_TCP_USER_TIMEOUT_MS),
             }
+            connect_args["timeout"] = PG_CONNECT_TIMEOUT_S
         engine = create_async_engine(target, connect_args=connect_args)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            event.listen(engine.sync_engine, "connect", _pg_session)
         store = cls(engine)
         try:
             if create:
@@ -1094,6 +1121,30 @@ def _add_missing_columns(conn: Any) -> None:
     for table, name, ddl in s.ADDED_COLUMNS:
         if name not in {c["name"] for c in inspector.get_columns(table)}:
             conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
+
+
+def _pg_session(dbapi_conn: Any, record: Any) -> None:
+    """Bounds on a PostgreSQL session of a broker cut off mid-request (see
+    PG_TRANSACTION_TIMEOUT_MS and PG_TCP_USER_TIMEOUT_MS)."""
+    _tcp_user_timeout(dbapi_conn, record)
+    version = getattr(getattr(dbapi_conn, "_connection", None), "get_server_version", None)
+    if version is not None and version().major >= 17:
+        cur = dbapi_conn.cursor()
+        cur.execute(f"SET transaction_timeout = {PG_TRANSACTION_TIMEOUT_MS}")
+        cur.close()
+
+
+def _tcp_user_timeout(dbapi_conn: Any, _record: Any) -> None:
+    """TCP_USER_TIMEOUT on the broker's end of a PostgreSQL connection (TCP
+    only; a Unix socket has no link to lose)."""
+    transport = getattr(getattr(dbapi_conn, "_connection", None), "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if (
+        sock is not None
+        and sock.family in (socket.AF_INET, socket.AF_INET6)
+        and hasattr(socket, "TCP_USER_TIMEOUT")
+    ):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, PG_TCP_USER_TIMEOUT_MS)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shoal.meta import schema as s
 from shoal.meta.store import MetaStore, ProducerRow
@@ -352,6 +353,32 @@ async def producer_rows(
     ]
 
 
+async def reconcile(store: ObjectStore, meta: MetaStore, node_id: int) -> int:
+    """At start, while no broker writes: adopt objects holding offsets past
+    the metadata's end of their streams (uploaded just before a crash, or
+    committed under metadata since lost — an older backup restored), so no
+    offset is handed out twice; raise ObjectsAhead when they cannot be
+    adopted. Returns the offsets adopted."""
+    inv = await take_inventory(store, meta)
+    if inv.blocking:
+        key, e = inv.blocking[0]
+        known = inv.streams.get(e.stream_id)
+        where = (
+            "a stream the metadata does not know" if known is None else f"metadata end {known.end}"
+        )
+        raise ObjectsAhead(
+            f"{len(inv.blocking)} block(s) in the object store hold offsets past what the "
+            f"metadata store records and cannot be adopted (first: {key}, stream "
+            f"{e.stream_id} [{e.start_offset}, {e.end_offset}), {where}). The "
+            "metadata is older than the objects (a restored backup?); starting would hand "
+            "those offsets out again. See them with `shoal meta check`; rebuild the metadata "
+            "from the objects with `shoal meta rebuild --objects URL`"
+        )
+    if not inv.adoptable:
+        return 0
+    return await adopt(store, meta, inv, node_id)
+
+
 async def adopt(store: ObjectStore, meta: MetaStore, inv: Inventory, node_id: int) -> int:
     """Record the adoptable objects and move their streams' ends, with the
     producers' sequence state their batches carry, in one transaction per
@@ -428,6 +455,18 @@ async def _record(
         )
         if producers:
             await meta.upsert_producers(conn, list(producers))
+            # An older backup's producer-id counter is behind the ids those
+            # batches carry: a new producer must not be given one of them.
+            await raise_counter(
+                meta, conn, "producer_id", max(p.producer_id for p in producers) + 1
+            )
+
+
+async def raise_counter(meta: MetaStore, conn: AsyncConnection, name: str, at_least: int) -> None:
+    """Move a named counter up to `at_least` (never down)."""
+    have = await meta.read_counter(name, conn)
+    if have < at_least:
+        await meta.bump_counter(conn, name, at_least - have)
 
 
 def summary(inv: Inventory) -> str:

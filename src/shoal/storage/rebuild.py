@@ -180,6 +180,15 @@ async def rebuild(store: ObjectStore, meta: MetaStore, node_id: int = 0) -> Rebu
     for sp in report.streams:
         by_topic.setdefault(sp.topic, []).append(sp)
     async with meta.transaction() as conn:
+        if not meta.is_sqlite:
+            # one transaction of every row: not bounded by the brokers'
+            # transaction_timeout (PostgreSQL 17+, meta/store.py)
+            await conn.execute(
+                text(
+                    "SELECT set_config('transaction_timeout', '0', true) "
+                    "WHERE current_setting('server_version_num')::int >= 170000"
+                )
+            )
         next_stream = report.max_stream_id + 1
         for sid in report.shadowed_ids:
             # recorded as deleted, as a deleted topic's are: their objects

@@ -1,8 +1,8 @@
 """`shoal meta`: back up the metadata store, check it against the objects,
 rebuild it from them.
 
-backup  a consistent copy of SQLite through sqlite3's online backup API (the
-        broker may keep running); PostgreSQL is backed up with pg_dump.
+backup  a consistent copy of SQLite through sqlite3's online backup API, or
+        of PostgreSQL through pg_dump (the brokers may keep running).
 check   metadata against the objects (storage/inventory.py): missing objects,
         objects no metadata row names, ranges that do not line up, data past
         a stream's end. `--repair` adopts what continues a stream (as a
@@ -19,7 +19,9 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -122,38 +124,105 @@ def backup_sqlite(source: Path, destination: Path) -> dict[str, int]:
     return counts
 
 
+def libpq_url(url: str) -> tuple[str, str | None]:
+    """The metadata URL as libpq takes it (no SQLAlchemy driver name), and
+    its password apart: pg_dump gets that through PGPASSWORD, never on a
+    command line every `ps` shows."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url).set(drivername="postgresql")
+    password = parsed.password
+    rendered = parsed.set(password=None).render_as_string(hide_password=False)
+    return rendered, (str(password) if password else None)
+
+
+def backup_postgres(url: str, destination: Path, pg_dump: str) -> int:
+    """pg_dump's custom format (one consistent snapshot: pg_dump reads in a
+    single repeatable-read transaction, so it runs beside the brokers), then
+    `pg_restore --list` reads it back; returns its size."""
+    from shoal.meta.store import redact_url
+
+    binary = shutil.which(pg_dump)
+    if binary is None:
+        raise click.ClickException(
+            f"pg_dump not found ({pg_dump!r}): install PostgreSQL's client tools (the server's "
+            "major version or newer) or name the program with --pg-dump PATH"
+        )
+    target, password = libpq_url(url)
+    env = dict(os.environ)
+    if password:
+        env["PGPASSWORD"] = password
+    tmp = destination.with_name(destination.name + ".partial")
+    tmp.unlink(missing_ok=True)
+    done = subprocess.run(
+        [binary, "--format=custom", f"--file={tmp}", f"--dbname={target}"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        why = redact_url(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "")
+        raise click.ClickException(
+            f"pg_dump of {redact_url(url)} failed (exit {done.returncode}): {why}"
+        )
+    restore = Path(binary).with_name("pg_restore")
+    if restore.exists():
+        listed = subprocess.run([str(restore), "--list", str(tmp)], capture_output=True, text=True)
+        if listed.returncode != 0 or "TABLE DATA public streams" not in listed.stdout:
+            tmp.unlink(missing_ok=True)
+            raise click.ClickException(
+                f"the dump of {redact_url(url)} does not read back: {listed.stderr.strip()}"
+            )
+    os.replace(tmp, destination)
+    return destination.stat().st_size
+
+
 @meta.command("backup")
 @click.argument("destination", type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Overwrite DESTINATION if it exists.")
+@click.option(
+    "--pg-dump",
+    default="pg_dump",
+    show_default=True,
+    metavar="PATH",
+    help="PostgreSQL: the pg_dump program (the server's major version or newer).",
+)
 @store_options
 def backup(
     destination: str,
     force: bool,
+    pg_dump: str,
     data_dir: str | None,
     objects: str | None,
     metadata: str | None,
     config_file: str | None,
 ) -> None:
-    """Copy the SQLite metadata store to DESTINATION, consistently, while the
-    broker runs. Restore: stop the broker, copy the file over meta.db and
-    delete meta.db-wal and meta.db-shm. PostgreSQL: use pg_dump (README)."""
+    """Copy the metadata store to DESTINATION, consistently, while the
+    brokers run. SQLite: a database file; restore it with the broker stopped
+    by copying it over meta.db and deleting meta.db-wal and meta.db-shm.
+    PostgreSQL: a pg_dump archive (custom format); restore it with the
+    brokers stopped into an empty database with pg_restore --no-owner
+    --dbname=URL DESTINATION. At a cold start the first broker adopts the
+    records acknowledged after the backup from the objects (README)."""
     from shoal.meta.store import redact_url
 
     config = _config(data_dir, objects, metadata, config_file)
-    source = sqlite_path(config)
-    if source is None:
-        raise click.ClickException(
-            f"metadata store {redact_url(config.metadata_url)} is PostgreSQL: back it up with "
-            "pg_dump --format=custom --file=shoal.dump URL, restore with pg_restore "
-            "--clean --dbname=URL shoal.dump (see README, Operations)"
-        )
-    if not source.is_file():
-        raise click.ClickException(f"no metadata database at {source} (no Shoal data there)")
     dest = Path(destination)
     if dest.exists() and not force:
         raise click.ClickException(f"{dest} exists: pass --force to overwrite it")
     if not dest.parent.is_dir():
         raise click.ClickException(f"directory {dest.parent} does not exist")
+    source = sqlite_path(config)
+    if source is None:
+        size = backup_postgres(config.metadata_url, dest, pg_dump)
+        click.echo(
+            f"backed up {redact_url(config.metadata_url)} to {dest} "
+            f"(pg_dump custom format, {size} bytes)"
+        )
+        return
+    if not source.is_file():
+        raise click.ClickException(f"no metadata database at {source} (no Shoal data there)")
     try:
         counts = backup_sqlite(source, dest)
     except sqlite3.Error as exc:

@@ -1,0 +1,111 @@
+"""Bound the gateway's native memory (glibc only; nothing elsewhere).
+
+The gateway's peak RSS grew with its backlog in native memory that
+tracemalloc never sees (docs/RELIABILITY.md): obstore's Tokio threads and
+librdkafka's threads each get a glibc malloc arena of their own, and memory
+freed there stays in the arena as its high-water mark. Two things bound it:
+fewer arenas (M_ARENA_MAX, as MALLOC_ARENA_MAX=2 does: 61-84 MiB less in the
+drain bench), set before those threads first allocate; and malloc_trim(0)
+when much is free and the process has grown, which hands the free pages of
+every arena back to the kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+import os
+import platform
+
+log = logging.getLogger("shoal.edge")
+
+M_ARENA_MAX = -8  # mallopt parameter, glibc's malloc.h
+ARENAS = 2
+TRIM_CHECK_S = 5.0
+TRIM_FREE_ABOVE = 32 * 1024 * 1024
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    if not hasattr(libc, "mallopt") or not hasattr(libc, "malloc_trim"):
+        return None
+    return libc
+
+
+def limit_arenas(arenas: int = ARENAS) -> bool:
+    """Cap glibc's malloc arenas, unless MALLOC_ARENA_MAX already did (the
+    operator's choice wins). Call before the storage and Kafka client
+    threads start. True if set."""
+    libc = _glibc()
+    if libc is None or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    ok = bool(libc.mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(arenas)))
+    if ok:
+        log.info("malloc arenas capped at %d (glibc M_ARENA_MAX)", arenas)
+    return ok
+
+
+def trim() -> bool:
+    """Give free heap pages back to the kernel; True if any were."""
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(ctypes.c_size_t(0)))
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def free_in_heap() -> int | None:
+    """Bytes malloc holds free in its arenas (glibc 2.33+'s mallinfo2), or
+    None where unknown."""
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    libc.mallinfo2.restype = _Mallinfo2
+    return int(libc.mallinfo2().fordblks)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def trim_loop(interval_s: float = TRIM_CHECK_S, free_above: int = TRIM_FREE_ABOVE) -> None:
+    """After a drain or a burst, hand the pages its buffers used back to the
+    kernel instead of keeping them as the process's high-water mark: every
+    interval, if malloc holds more than `free_above` bytes free and the
+    process grew by as much since the last trim, malloc_trim (off the event
+    loop: it walks every arena). Trimming again without growth would redo
+    the walk for pages already given back."""
+    if _glibc() is None:
+        return
+    floor = 0  # RSS right after the last trim
+    while True:
+        await asyncio.sleep(interval_s)
+        free = free_in_heap()
+        rss = await asyncio.to_thread(rss_bytes)
+        if (free is None or free >= free_above) and rss - floor >= free_above:
+            await asyncio.to_thread(trim)
+            floor = await asyncio.to_thread(rss_bytes)
+            log.debug("malloc_trim: RSS %d -> %d MiB", rss >> 20, floor >> 20)
