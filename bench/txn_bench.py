@@ -17,6 +17,7 @@ read_committed consume against read_uncommitted.
 
     .venv/bin/python bench/txn_bench.py                 # starts Shoal on SQLite
     .venv/bin/python bench/txn_bench.py --bootstrap HOST:PORT   # any Kafka
+    .venv/bin/python bench/txn_bench.py --rdkafka-performance PATH  # + a C consumer
 
 Prints a markdown table for docs/BENCHMARKS.md.
 """
@@ -132,6 +133,19 @@ def consume(bootstrap: str, topic: str, parts: int, isolation: str, expect: int)
     return got / elapsed
 
 
+def c_consume(binary: str, bootstrap: str, topic: str, isolation: str, expect: int) -> float:
+    """Records/s of librdkafka's own consumer reading `expect` records of
+    `topic` from the beginning in a new group."""
+    cmd = [binary, "-C", "-G", f"bench-{uuid.uuid4().hex[:8]}", "-t", topic, "-b", bootstrap]
+    cmd += ["-c", str(expect), "-X", f"isolation.level={isolation}"]
+    cmd += ["-X", "auto.offset.reset=earliest", "-q"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
+    found = re.findall(r"(\d+) msgs/s", out.stdout + out.stderr)
+    if not found:
+        raise SystemExit(f"rdkafka_performance printed no rate: {out.stderr[-500:]}")
+    return float(found[-1])
+
+
 def broker_cpu(broker: Any) -> float:
     """User + system CPU seconds of the broker started here (Linux /proc)."""
     if broker is None or broker.proc is None:
@@ -151,8 +165,21 @@ def pct(values: list[float], q: float) -> float:
 @click.option("--commit-ms", default=100.0, show_default=True, help="Transaction length.")
 @click.option("--partitions", default=3, show_default=True)
 @click.option("--size", default=100, show_default=True, help="Record value bytes.")
+@click.option(
+    "--rdkafka-performance",
+    "rdk",
+    default=None,
+    metavar="PATH",
+    help="Also consume with librdkafka's C rdkafka_performance (-C -G), each "
+    "isolation level 5 times, alternating: no Python loop in the consumer.",
+)
 def main(
-    bootstrap: str | None, duration: float, commit_ms: float, partitions: int, size: int
+    bootstrap: str | None,
+    duration: float,
+    commit_ms: float,
+    partitions: int,
+    size: int,
+    rdk: str | None,
 ) -> None:
     broker = None
     if bootstrap is None:
@@ -175,6 +202,11 @@ def main(
         cpu1 = broker_cpu(broker)
         committed = consume(bootstrap, txn_topic, partitions, "read_committed", expect)
         cpu2 = broker_cpu(broker)
+        c_rates: dict[str, list[float]] = {"read_uncommitted": [], "read_committed": []}
+        for _ in range(5 if rdk else 0):
+            for isolation in c_rates:
+                assert rdk is not None
+                c_rates[isolation].append(c_consume(rdk, bootstrap, txn_topic, isolation, expect))
     finally:
         if broker is not None:
             broker.stop()
@@ -212,6 +244,12 @@ def main(
     print(f"| read_uncommitted consume, records/s | {uncommitted:,.0f} |")
     print(f"| read_committed consume, records/s | {committed:,.0f} |")
     print(f"| read_committed / read_uncommitted | {committed / uncommitted:.2f} |")
+    if rdk:
+        u, c = (statistics.median(c_rates[k]) for k in ("read_uncommitted", "read_committed"))
+        print(
+            "| rdkafka_performance consume, records/s, median of 5: read_uncommitted / "
+            f"read_committed | {u:,.0f} / {c:,.0f} ({c / u:.2f}) |"
+        )
     if broker is not None:
         # The broker's share: a consumer on the same two cores can be the
         # bottleneck (librdkafka's read_committed path does more per record).
