@@ -37,6 +37,7 @@ from kio.serial._introspect import (
 )
 
 from shoal.protocol.errors import RequestDecodeError
+from shoal.protocol.primitives import uvarint
 
 __all__ = ["check_body", "guard_body", "walker_source"]
 
@@ -362,12 +363,12 @@ def _tags(buf: Any, pos: int, end: int, known: dict[int, Walker], what: str) -> 
                 del _EDITS[mark:]
                 if kept is None:
                     kept = [(a, b) for a, b in _entries(buf, start, entry, i)]
-                kept.append(_encode_uvarint(tag) + _encode_uvarint(len(value)) + value)
+                kept.append(uvarint(tag) + uvarint(len(value)) + value)
             elif kept is not None:
                 kept.append((entry, stop))
         pos = stop
     if kept is not None:
-        parts = [_encode_uvarint(sum(1 for _ in kept))]
+        parts = [uvarint(sum(1 for _ in kept))]
         parts += [k if isinstance(k, bytes) else bytes(buf[k[0] : k[1]]) for k in kept]
         _EDITS.append((start, pos, b"".join(parts)))
     return pos
@@ -384,15 +385,6 @@ def _entries(buf: Any, start: int, upto: int, n: int) -> list[tuple[int, int]]:
         pos += size
         out.append((entry, pos))
     return out
-
-
-def _encode_uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _apply(data: bytes, edits: list[tuple[int, int, bytes]], base: int) -> bytes:

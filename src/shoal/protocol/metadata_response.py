@@ -17,9 +17,7 @@ import struct
 import uuid
 from dataclasses import dataclass, field
 
-from shoal.protocol.frames import encode_size
-from shoal.protocol.headers import response_header
-from shoal.protocol.primitives import I16, I32, count, string
+from shoal.protocol.primitives import I16, I32, count, response_frame, string
 
 MIN_VERSION, MAX_VERSION = 0, 13
 FLEXIBLE_FROM = 9
@@ -69,10 +67,7 @@ class MetadataAnswer:
     def frame(self, correlation_id: int) -> bytes:
         """Size prefix, response header and body."""
         flexible = self.version >= FLEXIBLE_FROM
-        out = [b"", response_header(correlation_id, flexible)]
-        _body(out, self, flexible)
-        data = b"".join(out)
-        return encode_size(len(data)) + data
+        return response_frame(correlation_id, flexible, lambda out: _body(out, self, flexible))
 
 
 def _body(out: list[bytes], r: MetadataAnswer, flexible: bool) -> None:

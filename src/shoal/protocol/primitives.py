@@ -5,6 +5,10 @@ flexible one (unsigned varint of length + 1, 0 for null)."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+
+from shoal.protocol.frames import encode_size
+from shoal.protocol.headers import response_header
 
 I16 = struct.Struct(">h")
 I32 = struct.Struct(">i")
@@ -28,3 +32,13 @@ def string(s: str | None, flexible: bool) -> bytes:
         return b"\x00" if flexible else I16.pack(-1)
     raw = s.encode()
     return (uvarint(len(raw) + 1) if flexible else I16.pack(len(raw))) + raw
+
+
+def response_frame(
+    correlation_id: int, flexible: bool, write_body: Callable[[list[bytes]], None]
+) -> bytes:
+    """Size prefix, response header, then the parts `write_body` appends."""
+    out = [b"", response_header(correlation_id, flexible)]
+    write_body(out)
+    data = b"".join(out)
+    return encode_size(len(data)) + data
