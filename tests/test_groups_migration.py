@@ -528,7 +528,19 @@ def test_rolling_upgrade_to_the_consumer_protocol_and_back(
     finally:
         counts = producing.stop()
     total = sum(counts)
-    wait_for(lambda: len(all_values(workers)) >= total, "every record consumed")
+    try:
+        wait_for(lambda: len(all_values(workers)) >= total, "every record consumed", 120)
+    except AssertionError:
+        # Which partition fell behind, and who holds it (failed once in a
+        # suite run at load ~4, passing alone; the cause is not known yet).
+        got = set(all_values(workers))
+        behind = {
+            p: [i for i in range(counts[p]) if f"{p}-{i}" not in got][:3] for p in range(PARTITIONS)
+        }
+        owners = {i: sorted(w.assigned) for i, w in enumerate(current)}
+        raise AssertionError(
+            f"not consumed (first 3 per partition): {behind}; owners {owners}"
+        ) from None
     for w in workers:
         w.stop()
     check_history(workers, counts)
