@@ -185,7 +185,14 @@ class BrokerProcess:
                     out[obj["Key"].removeprefix(prefix + "/")] = int(obj["Size"])
             return out
         root = self.data_dir / "objects"
-        return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+        out = {}
+        for p in root.rglob("*"):
+            try:  # the broker's cleaner may delete a file between listing and stat
+                if p.is_file():
+                    out[str(p.relative_to(root))] = p.stat().st_size
+            except FileNotFoundError:
+                continue
+        return out
 
     def put_object(self, key: str, data: bytes) -> None:
         """Write an object behind the broker's back (tests of garbage collection)."""
