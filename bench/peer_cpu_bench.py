@@ -9,12 +9,18 @@ cannot be the bottleneck; a Python load generator on the same two cores can
 hide which broker is faster. 1 KiB records, acks=all, idempotent (unless
 --no-idempotence), linger.ms=5,
 one auto-created partition per run; Shoal on its default file store (every
-acknowledged batch in the object store and SQLite), tansu 0.6 on memory."""
+acknowledged batch in the object store and SQLite), tansu 0.6 on memory.
+
+The binary must be linked with a librdkafka that tansu accepts: Debian's
+2.0.2 fails its ApiVersions exchange with tansu and retries forever; the
+2.16.0 in confluent-kafka's wheel works (docs/BENCHMARKS.md, "Checked with a
+C client", says how). The version the binary reports is printed first."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -38,6 +44,9 @@ def main() -> None:
     )
     a = ap.parse_args()
     gb = a.count * 1024 / 1e9
+    usage = subprocess.run([a.rdkafka_performance, "-h"], capture_output=True, text=True)
+    version = [x for x in (usage.stdout + usage.stderr).splitlines() if "librdkafka version" in x]
+    print(version[0].strip() if version else "librdkafka version: not reported", flush=True)
     with tempfile.TemporaryDirectory(prefix="peer-cpu-") as tmp:
         for target in ("shoal", "tansu"):
             broker = BrokerProcess(Path(tmp) / target / "data", target=target).start()
