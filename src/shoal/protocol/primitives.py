@@ -1,6 +1,7 @@
-"""Kafka's wire primitives for the hand-written response encoders: a count of
-array items and a string, in the classic form (int32 / int16 length) or the
-flexible one (unsigned varint of length + 1, 0 for null)."""
+"""Kafka's wire primitives for the hand-written response encoders (and the
+request guard): a count of array items and a string, in the classic form
+(int32 / int16 length) or the flexible one (unsigned varint of length + 1,
+0 for null), and the size-prefixed response frame around a body."""
 
 from __future__ import annotations
 
