@@ -110,6 +110,8 @@ class ReverseRunner:
         self.topics: dict[str, tuple[ReverseRow, MirrorRow]] = {}  # set by the manager
         self.parts: dict[tuple[str, int], ReversePartition] = {}
         self.errors: dict[tuple[str, int], str] = {}  # partitions failing to open, too
+        # A failed partition waits ERROR_BACKOFF_S; the others go on meanwhile.
+        self.retry_at: dict[tuple[str, int], float] = {}
         self.leaders: dict[str, list[int]] = {}
         self.promotion_ends: dict[tuple[str, int], int] = {}  # set by the manager
         self._saved_at = 0.0
@@ -154,9 +156,12 @@ class ReverseRunner:
     async def round(self) -> bool:
         worked = False
         live = set()
+        started = time.monotonic()
         for rev, m, index, sid in self.owned():
             key = (m.mirror, index)
             live.add(key)
+            if self.retry_at.get(key, 0.0) > started:
+                continue
             p = self.parts.get(key)
             try:
                 if p is None or p.failed:
@@ -178,9 +183,10 @@ class ReverseRunner:
                     p.stopping_since = None
                 if isinstance(exc, SourceError):
                     self.leaders = {}
-                await asyncio.sleep(ERROR_BACKOFF_S)
+                self.retry_at[key] = time.monotonic() + ERROR_BACKOFF_S
                 continue
             self.errors.pop(key, None)
+            self.retry_at.pop(key, None)
             if rev.state == STOPPING:
                 now = time.monotonic()
                 if p.stopping_since is None:
@@ -196,6 +202,7 @@ class ReverseRunner:
             del self.parts[key]
         for key in [k for k in self.errors if k not in live]:
             del self.errors[key]
+            self.retry_at.pop(key, None)
         since = time.monotonic() - self._saved_at
         if since >= IDLE_SAVE_S or (since >= SAVE_S and self._snapshot() != self._saved):
             await self.save()
