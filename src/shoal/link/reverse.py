@@ -112,7 +112,6 @@ class ReverseRunner:
         self.errors: dict[tuple[str, int], str] = {}  # partitions failing to open, too
         # A failed partition waits ERROR_BACKOFF_S; the others go on meanwhile.
         self.retry_at: dict[tuple[str, int], float] = {}
-        self.leaders: dict[str, list[int]] = {}
         self.promotion_ends: dict[tuple[str, int], int] = {}  # set by the manager
         self._saved_at = 0.0
         self._saved: object = None
@@ -181,8 +180,6 @@ class ReverseRunner:
                     p.progress.error = why
                     p.progress.stopped = False
                     p.stopping_since = None
-                if isinstance(exc, SourceError):
-                    self.leaders = {}
                 self.retry_at[key] = time.monotonic() + ERROR_BACKOFF_S
                 continue
             self.errors.pop(key, None)
@@ -237,15 +234,6 @@ class ReverseRunner:
             if (mirror, index) not in self.parts:  # never opened: say why
                 rows.append(ReverseProgress(mirror, index, error=why, updated_ms=now))
         await self.store.save_reverse(rows, ranges)
-
-    async def _leader(self, topic: str, partition: int) -> int:
-        leaders = self.leaders.get(topic)
-        if leaders is None or partition >= len(leaders):
-            self.leaders = (await self.source.metadata()).partitions
-            leaders = self.leaders.get(topic, [])
-        if partition >= len(leaders) or leaders[partition] < 0:
-            raise SourceError(f"source partition {topic}-{partition} has no leader")
-        return leaders[partition]
 
     async def _open(
         self, m: MirrorRow, index: int, sid: int, old: ReversePartition | None
@@ -361,7 +349,7 @@ class ReverseRunner:
                 p.next_offset = h.last_offset + 1
                 continue
             batch = as_producer(memoryview(data)[start:stop], p.producer_id, p.epoch, p.sequence)
-            node = await self._leader(p.source_topic, p.partition)
+            node = await self.source.leader(p.source_topic, p.partition)
             try:
                 base = await self.source.produce(
                     node, p.source_topic, p.partition, batch, PRODUCE_TIMEOUT_S
