@@ -22,6 +22,7 @@ acknowledged offsets have no duplicates or gaps.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +55,25 @@ def ends(bootstrap: str, topic: str, partitions: int) -> list[int]:
         return [-1] * partitions
     finally:
         c.close()
+
+
+@contextlib.contextmanager
+def source_and_target(
+    prefix: str, topic: str, partitions: int
+) -> Iterator[tuple[BrokerProcess, BrokerProcess, str]]:
+    """A source and a target broker with TOPIC on the source: (source,
+    target, the target's metadata URL for `shoal link`)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    src = BrokerProcess(work / "src").start()
+    dst = BrokerProcess(work / "dst").start()
+    try:
+        admin = AdminClient({"bootstrap.servers": src.bootstrap})
+        for f in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
+            f.result(30)
+        yield src, dst, f"sqlite:///{(work / 'dst' / 'meta.db').resolve()}"
+    finally:
+        src.stop()
+        dst.stop()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -92,16 +113,9 @@ def produce(bootstrap: str, topic: str, total_bytes: int, rate: float | None) ->
 
 def promotion_pause(args: argparse.Namespace) -> dict[str, object]:
     """Produce through write-through at `--rate` records/s during promote."""
-    work = Path(tempfile.mkdtemp(prefix="mirror-pause-"))
-    src = BrokerProcess(work / "src").start()
-    dst = BrokerProcess(work / "dst").start()
-    meta = f"sqlite:///{(work / 'dst' / 'meta.db').resolve()}"
     topic = "pause-bench"
     result: dict[str, object] = {"load_before": os.getloadavg()}
-    try:
-        admin = AdminClient({"bootstrap.servers": src.bootstrap})
-        for f in admin.create_topics([NewTopic(topic, args.partitions, 1)]).values():
-            f.result(30)
+    with source_and_target("mirror-pause-", topic, args.partitions) as (src, dst, meta):
         r = CliRunner().invoke(
             link,
             [
@@ -196,9 +210,6 @@ def promotion_pause(args: argparse.Namespace) -> dict[str, object]:
             offset_gaps=holes,
             load_after=os.getloadavg(),
         )
-    finally:
-        src.stop()
-        dst.stop()
     return result
 
 
@@ -214,16 +225,9 @@ def main() -> None:
     if args.mode == "pause":
         print(json.dumps(promotion_pause(args), indent=2))
         return
-    work = Path(tempfile.mkdtemp(prefix="mirror-bench-"))
-    src = BrokerProcess(work / "src").start()
-    dst = BrokerProcess(work / "dst").start()
-    meta = f"sqlite:///{(work / 'dst' / 'meta.db').resolve()}"
     topic = "mirror-bench"
     result: dict[str, object] = {"load_before": os.getloadavg()}
-    try:
-        admin = AdminClient({"bootstrap.servers": src.bootstrap})
-        for f in admin.create_topics([NewTopic(topic, args.partitions, 1)]).values():
-            f.result(30)
+    with source_and_target("mirror-bench-", topic, args.partitions) as (src, dst, meta):
         t0 = time.monotonic()
         produce(src.bootstrap, topic, args.backlog_mb << 20, None)
         result["backlog_produce_s"] = round(time.monotonic() - t0, 2)
@@ -285,9 +289,6 @@ def main() -> None:
             result["steady_lag_p50_s"] = round(delays[len(delays) // 2], 3)
             result["steady_lag_p99_s"] = round(delays[int(len(delays) * 0.99)], 3)
         result["load_after"] = os.getloadavg()
-    finally:
-        src.stop()
-        dst.stop()
     print(json.dumps(result, indent=2))
 
 

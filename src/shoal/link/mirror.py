@@ -334,15 +334,10 @@ class LinkRunner:
     async def _forward(self, m: MirrorRow, sid: int, partition: int, records: bytes) -> int:
         mirror = m.mirror
         try:
-            leaders = self.leaders.get(m.source_topic)
-            if leaders is None or partition >= len(leaders):
-                self.leaders = (await self.source.metadata()).partitions
-                leaders = self.leaders.get(m.source_topic, [])
-            if partition >= len(leaders):
-                raise SourceError(f"source has no partition {m.source_topic}-{partition}")
+            node = await self.source.leader(m.source_topic, partition)
             data, count = without_producer(records)
             base = await self.source.produce(
-                leaders[partition], m.source_topic, partition, data, WRITE_THROUGH_TIMEOUT_S
+                node, m.source_topic, partition, data, WRITE_THROUGH_TIMEOUT_S
             )
         except SourceError as exc:
             log.info(

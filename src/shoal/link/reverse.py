@@ -110,7 +110,8 @@ class ReverseRunner:
         self.topics: dict[str, tuple[ReverseRow, MirrorRow]] = {}  # set by the manager
         self.parts: dict[tuple[str, int], ReversePartition] = {}
         self.errors: dict[tuple[str, int], str] = {}  # partitions failing to open, too
-        self.leaders: dict[str, list[int]] = {}
+        # A failed partition waits ERROR_BACKOFF_S; the others go on meanwhile.
+        self.retry_at: dict[tuple[str, int], float] = {}
         self.promotion_ends: dict[tuple[str, int], int] = {}  # set by the manager
         self._saved_at = 0.0
         self._saved: object = None
@@ -154,9 +155,12 @@ class ReverseRunner:
     async def round(self) -> bool:
         worked = False
         live = set()
+        started = time.monotonic()
         for rev, m, index, sid in self.owned():
             key = (m.mirror, index)
             live.add(key)
+            if self.retry_at.get(key, 0.0) > started:
+                continue
             p = self.parts.get(key)
             try:
                 if p is None or p.failed:
@@ -176,11 +180,10 @@ class ReverseRunner:
                     p.progress.error = why
                     p.progress.stopped = False
                     p.stopping_since = None
-                if isinstance(exc, SourceError):
-                    self.leaders = {}
-                await asyncio.sleep(ERROR_BACKOFF_S)
+                self.retry_at[key] = time.monotonic() + ERROR_BACKOFF_S
                 continue
             self.errors.pop(key, None)
+            self.retry_at.pop(key, None)
             if rev.state == STOPPING:
                 now = time.monotonic()
                 if p.stopping_since is None:
@@ -196,6 +199,7 @@ class ReverseRunner:
             del self.parts[key]
         for key in [k for k in self.errors if k not in live]:
             del self.errors[key]
+            self.retry_at.pop(key, None)
         since = time.monotonic() - self._saved_at
         if since >= IDLE_SAVE_S or (since >= SAVE_S and self._snapshot() != self._saved):
             await self.save()
@@ -230,15 +234,6 @@ class ReverseRunner:
             if (mirror, index) not in self.parts:  # never opened: say why
                 rows.append(ReverseProgress(mirror, index, error=why, updated_ms=now))
         await self.store.save_reverse(rows, ranges)
-
-    async def _leader(self, topic: str, partition: int) -> int:
-        leaders = self.leaders.get(topic)
-        if leaders is None or partition >= len(leaders):
-            self.leaders = (await self.source.metadata()).partitions
-            leaders = self.leaders.get(topic, [])
-        if partition >= len(leaders) or leaders[partition] < 0:
-            raise SourceError(f"source partition {topic}-{partition} has no leader")
-        return leaders[partition]
 
     async def _open(
         self, m: MirrorRow, index: int, sid: int, old: ReversePartition | None
@@ -354,7 +349,7 @@ class ReverseRunner:
                 p.next_offset = h.last_offset + 1
                 continue
             batch = as_producer(memoryview(data)[start:stop], p.producer_id, p.epoch, p.sequence)
-            node = await self._leader(p.source_topic, p.partition)
+            node = await self.source.leader(p.source_topic, p.partition)
             try:
                 base = await self.source.produce(
                     node, p.source_topic, p.partition, batch, PRODUCE_TIMEOUT_S

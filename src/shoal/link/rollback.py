@@ -33,7 +33,6 @@ class RollbackResult:
     topics: list[str] = field(default_factory=list)
     copied: int = 0  # offsets copied back since promotion
     ranges: int = 0  # offset-map ranges (one per partition: offsets identical)
-    identical: bool = True  # every translated offset equals the offset here
     extra: dict[str, int] = field(default_factory=dict)  # topic-partition -> unmapped offsets
     recovered: int = 0
     # group -> (topic, partition, offset here, offset on the source)
@@ -98,7 +97,6 @@ async def rollback(
                 src_topic = by_mirror[mirror].source_topic
                 out[(src_topic, p)] = (moved, metadata)
                 rows.append((src_topic, p, offset, moved))
-                result.identical = result.identical and moved == offset
             await source.commit_offsets(group, out)
         await store.set_reverse_state(pending, ROLLED_BACK, only_from=STOPPING)
         return result

@@ -251,6 +251,7 @@ class SourceCluster:
         self.timeout = timeout
         self._conns: dict[str, Connection] = {}
         self._brokers: dict[int, str] = {}
+        self._leaders: dict[str, list[int]] = {}  # from the last metadata (see leader())
 
     def close(self) -> None:
         for c in self._conns.values():
@@ -276,6 +277,7 @@ class SourceCluster:
             raise
 
     def _drop(self, address: str) -> None:
+        self._leaders = {}  # a broker failed: leaders may have moved
         conn = self._conns.pop(address, None)
         if conn is not None:
             conn.close()
@@ -312,7 +314,19 @@ class SourceCluster:
                 if 0 <= p.partition_index < len(leaders):
                     leaders[p.partition_index] = int(p.leader_id)
             topics[str(t.name)] = leaders
+        self._leaders = topics
         return SourceMetadata(dict(self._brokers), topics)
+
+    async def leader(self, topic: str, partition: int, refresh: bool = False) -> int:
+        """The node leading a source partition, from the last metadata unless
+        it does not know the partition (or `refresh`). Forgotten when a request
+        fails, or a produce or end-offset fetch is refused by the partition."""
+        leaders = self._leaders.get(topic, [])
+        if refresh or partition >= len(leaders):
+            leaders = (await self.metadata()).partitions.get(topic, [])
+        if partition >= len(leaders) or leaders[partition] not in self._brokers:
+            raise SourceError(f"source partition {topic}-{partition} has no leader")
+        return leaders[partition]
 
     async def fetch(
         self,
@@ -392,6 +406,7 @@ class SourceCluster:
         resp = await self._call(address, _PRODUCE, body, timeout + self.timeout)
         part = resp.responses[0].partition_responses[0]
         if part.error_code.value != 0:
+            self._leaders.pop(topic, None)
             raise ProduceRefused(
                 f"{address}: produce to {topic}-{partition}: {part.error_code.name}",
                 part.error_code.name,
@@ -476,11 +491,7 @@ class SourceCluster:
 
     async def offsets(self, topic: str, partition: int) -> tuple[int, int]:
         """(log start, high watermark) of a source partition, from its leader."""
-        meta = await self.metadata()
-        leaders = meta.partitions.get(topic, [])
-        if partition >= len(leaders) or leaders[partition] not in meta.brokers:
-            raise SourceError(f"source partition {topic}-{partition} has no leader")
-        address = meta.brokers[leaders[partition]]
+        address = self._brokers[await self.leader(topic, partition, refresh=True)]
         out = []
         for ts in (-2, -1):  # EARLIEST, LATEST
             resp = await self._call(
@@ -514,15 +525,13 @@ class SourceCluster:
         """A source partition's high watermark from a Fetch at offset `at`
         (tansu answers ListOffsets' latest wrongly; its Fetch is right), or
         from ListOffsets when `at` is out of range or nothing answers."""
-        meta = await self.metadata()
-        leaders = meta.partitions.get(topic, [])
-        if partition >= len(leaders) or leaders[partition] < 0:
-            raise SourceError(f"source partition {topic}-{partition} has no leader")
+        node = await self.leader(topic, partition)
         # (tansu answers a Fetch with max_wait 0 with no partitions at all)
-        found = await self.fetch(leaders[partition], [(topic, partition, at)], 100, 1024, 1024)
+        found = await self.fetch(node, [(topic, partition, at)], 100, 1024, 1024)
         if found and found[0].error == "none":
             return found[0].high_watermark
         if found and found[0].error != "offset_out_of_range":
+            self._leaders.pop(topic, None)
             raise SourceError(f"source {topic}-{partition}: {found[0].error}")
         return (await self.offsets(topic, partition))[1]
 

@@ -5,16 +5,19 @@ counter in the same transaction, so brokers learn of it by polling one row."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import TypeVar
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shoal.meta import schema as s
 from shoal.meta.store import MetaError, MetaStore, now_ms
+
+T = TypeVar("T")
 
 VERSION_COUNTER = "links.version"
 #: One past the highest producer id found in mirrored batches: brokers hand
@@ -224,65 +227,63 @@ class LinkStore:
         returns how many moved."""
         if not mirrors:
             return 0
-        t = s.link_topics
         async with self.meta._tx() as conn:
-            q = update(t).where(t.c.mirror.in_(list(mirrors)))
-            if only_from is not None:
-                q = q.where(t.c.state == only_from)
-            res = await conn.execute(q.values(state=state, state_ms=now_ms()))
+            moved = await self._set_state(conn, s.link_topics, mirrors, state, only_from)
             if state != PROMOTING:
                 await conn.execute(
                     update(s.link_partitions)
                     .where(s.link_partitions.c.mirror.in_(list(mirrors)))
                     .values(promoted=False)
                 )
-            await self.meta.bump_counter(conn, VERSION_COUNTER, 1)
+        return moved
+
+    async def _set_state(
+        self,
+        conn: AsyncConnection,
+        t: Table,
+        mirrors: Sequence[str],
+        state: str,
+        only_from: str | None,
+    ) -> int:
+        q = update(t).where(t.c.mirror.in_(list(mirrors)))
+        if only_from is not None:
+            q = q.where(t.c.state == only_from)
+        res = await conn.execute(q.values(state=state, state_ms=now_ms()))
+        await self.meta.bump_counter(conn, VERSION_COUNTER, 1)
         return int(res.rowcount or 0)
+
+    async def _upsert_partitions(
+        self, conn: AsyncConnection, t: Table, rows: Sequence[Progress | ReverseProgress]
+    ) -> None:
+        """Upsert per-partition rows whose fields are the table's columns."""
+        ins = sqlite_insert if self.meta.is_sqlite else pg_insert
+        for row in rows:
+            values = {
+                f.name: getattr(row, f.name)
+                for f in fields(row)
+                if f.name not in ("mirror", "partition")
+            }
+            await conn.execute(
+                ins(t)
+                .values(mirror=row.mirror, partition=row.partition, **values)
+                .on_conflict_do_update(index_elements=[t.c.mirror, t.c.partition], set_=values)
+            )
+
+    async def _partitions(self, t: Table, row: Callable[..., T]) -> list[T]:
+        """Every per-partition row of `t`, as `row`s (fields named as columns)."""
+        async with self.meta.engine.connect() as conn:
+            rows = (await conn.execute(select(t).order_by(t.c.mirror, t.c.partition))).all()
+        return [row(**r._mapping) for r in rows]
 
     async def save_progress(self, rows: Sequence[Progress]) -> None:
         """Upsert the owner's view of its mirror partitions (one transaction)."""
         if not rows:
             return
-        t = s.link_partitions
-        ins = sqlite_insert if self.meta.is_sqlite else pg_insert
         async with self.meta._tx() as conn:
-            for p in rows:
-                values = {
-                    "source_start": p.source_start,
-                    "source_end": p.source_end,
-                    "mirror_end": p.mirror_end,
-                    "bytes": p.bytes,
-                    "promoted": p.promoted,
-                    "error": p.error,
-                    "updated_ms": p.updated_ms,
-                    "caught_up_ms": p.caught_up_ms,
-                }
-                stmt = ins(t).values(mirror=p.mirror, partition=p.partition, **values)
-                await conn.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=[t.c.mirror, t.c.partition], set_=values
-                    )
-                )
+            await self._upsert_partitions(conn, s.link_partitions, rows)
 
     async def progress(self) -> list[Progress]:
-        t = s.link_partitions
-        async with self.meta.engine.connect() as conn:
-            rows = (await conn.execute(select(t).order_by(t.c.mirror, t.c.partition))).all()
-        return [
-            Progress(
-                r.mirror,
-                r.partition,
-                r.source_start,
-                r.source_end,
-                r.mirror_end,
-                r.bytes,
-                bool(r.promoted),
-                r.error,
-                r.updated_ms,
-                r.caught_up_ms,
-            )
-            for r in rows
-        ]
+        return await self._partitions(s.link_partitions, Progress)
 
     async def reserve_producer_ids(self, pid: int) -> None:
         """Producer id `pid` came with mirrored batches: raise the store's
@@ -324,14 +325,8 @@ class LinkStore:
     async def set_reverse_state(
         self, mirrors: Sequence[str], state: str, only_from: str | None = None
     ) -> int:
-        t = s.link_reverse
         async with self.meta._tx() as conn:
-            q = update(t).where(t.c.mirror.in_(list(mirrors)))
-            if only_from is not None:
-                q = q.where(t.c.state == only_from)
-            res = await conn.execute(q.values(state=state, state_ms=now_ms()))
-            await self.meta.bump_counter(conn, VERSION_COUNTER, 1)
-        return int(res.rowcount or 0)
+            return await self._set_state(conn, s.link_reverse, mirrors, state, only_from)
 
     async def offset_map(
         self, mirror: str, partition: int | None = None
@@ -358,7 +353,7 @@ class LinkStore:
         if not rows and not ranges:
             return
         ins = sqlite_insert if self.meta.is_sqlite else pg_insert
-        m, t = s.link_offset_map, s.link_reverse_partitions
+        m = s.link_offset_map
         async with self.meta._tx() as conn:
             for mirror, partition, (shoal_start, source_start, count) in ranges:
                 mapped = {"source_start": source_start, "count": count}
@@ -369,39 +364,7 @@ class LinkStore:
                         index_elements=[m.c.mirror, m.c.partition, m.c.shoal_start], set_=mapped
                     )
                 )
-            for p in rows:
-                values: dict[str, object] = {
-                    "shoal_end": p.shoal_end,
-                    "copied_to": p.copied_to,
-                    "source_end": p.source_end,
-                    "bytes": p.bytes,
-                    "recovered": p.recovered,
-                    "error": p.error,
-                    "stopped": p.stopped,
-                    "updated_ms": p.updated_ms,
-                }
-                await conn.execute(
-                    ins(t)
-                    .values(mirror=p.mirror, partition=p.partition, **values)
-                    .on_conflict_do_update(index_elements=[t.c.mirror, t.c.partition], set_=values)
-                )
+            await self._upsert_partitions(conn, s.link_reverse_partitions, rows)
 
     async def reverse_progress(self) -> list[ReverseProgress]:
-        t = s.link_reverse_partitions
-        async with self.meta.engine.connect() as conn:
-            rows = (await conn.execute(select(t).order_by(t.c.mirror, t.c.partition))).all()
-        return [
-            ReverseProgress(
-                r.mirror,
-                r.partition,
-                r.shoal_end,
-                r.copied_to,
-                r.source_end,
-                r.bytes,
-                r.recovered,
-                r.error,
-                bool(r.stopped),
-                r.updated_ms,
-            )
-            for r in rows
-        ]
+        return await self._partitions(s.link_reverse_partitions, ReverseProgress)
