@@ -134,18 +134,13 @@ def run(
 def moved_after(c: NetCluster, topic: str, parts: list[int], wall0: float) -> float | None:
     """Seconds from wall0 until the last of `parts` was taken by another
     broker (from the brokers' "now owns" log lines), or None."""
-    latest: dict[int, float] = {}
-    for b in c.brokers.values():
-        for line in b.log().splitlines():
-            m = OWNS.search(line)
-            if m is None or m["topic"] != topic or int(m["part"]) not in parts:
-                continue
-            when = datetime.strptime(m["ts"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            if when >= wall0:
-                latest.setdefault(int(m["part"]), when)
-    if set(latest) != set(parts):
+    first: dict[int, float] = {}
+    for t, m in log_times(c, OWNS, wall0):
+        if m["topic"] == topic and int(m["part"]) in parts:
+            first.setdefault(int(m["part"]), t)
+    if set(first) != set(parts):
         return None
-    return round(max(latest.values()) - wall0, 2)
+    return max(first.values())
 
 
 OWNS = re.compile(

@@ -63,7 +63,7 @@ class Controller:
         for node in sorted(expired - self._expired):
             log.warning("broker %d lease expired: handing its partitions on", node)
         self._expired = expired
-        live = [b for b in await self.store.brokers() if b.lease_expiry_ms >= now]
+        live = await self.store.live_brokers(now)
         live_ids = {b.node_id for b in live}
         targets = [b for b in live if not b.draining]
         owners = await self.store.owners()

@@ -218,7 +218,7 @@ class ClusterMember:
             if moves:
                 self._wake_watch.set()
         now = now_ms()
-        self.live = [b for b in await self.store.brokers() if b.lease_expiry_ms >= now]
+        self.live = await self.store.live_brokers(now)
         row = await self.store.controller()
         self.controller_id = row.node_id if row is not None and row.lease_expiry_ms >= now else -1
         ids = tuple(b.node_id for b in self.live)
@@ -321,8 +321,7 @@ class ClusterMember:
     async def assign_new(self, topic: Topic) -> None:
         """Give a topic's new partitions owners at once (the controller would
         on its next round), so the first produce does not wait for it."""
-        now = now_ms()
-        self.live = [b for b in await self.store.brokers() if b.lease_expiry_ms >= now]
+        self.live = await self.store.live_brokers()
         live = [b for b in self.live if not b.draining]
         if not live:
             return

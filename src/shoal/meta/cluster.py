@@ -103,9 +103,10 @@ class ClusterStore:
                 await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": STARTUP_LOCK})
                 await conn.commit()
 
-    async def live_brokers(self) -> list[BrokerRow]:
-        now = now_ms()
-        return [b for b in await self.brokers() if b.lease_expiry_ms >= now]
+    async def live_brokers(self, now: int | None = None) -> list[BrokerRow]:
+        """Brokers whose lease runs at `now` (default: this moment)."""
+        at = now_ms() if now is None else now
+        return [b for b in await self.brokers() if b.lease_expiry_ms >= at]
 
     async def register(
         self, node_id: int, host: str, port: int, rack: str | None, lease_ms: int

@@ -1127,8 +1127,7 @@ def _pg_session(dbapi_conn: Any, record: Any) -> None:
     """Bounds on a PostgreSQL session of a broker cut off mid-request (see
     PG_TRANSACTION_TIMEOUT_MS and PG_TCP_USER_TIMEOUT_MS)."""
     _tcp_user_timeout(dbapi_conn, record)
-    version = getattr(getattr(dbapi_conn, "_connection", None), "get_server_version", None)
-    if version is not None and version().major >= 17:
+    if dbapi_conn.driver_connection.get_server_version().major >= 17:
         cur = dbapi_conn.cursor()
         cur.execute(f"SET transaction_timeout = {PG_TRANSACTION_TIMEOUT_MS}")
         cur.close()
@@ -1136,8 +1135,11 @@ def _pg_session(dbapi_conn: Any, record: Any) -> None:
 
 def _tcp_user_timeout(dbapi_conn: Any, _record: Any) -> None:
     """TCP_USER_TIMEOUT on the broker's end of a PostgreSQL connection (TCP
-    only; a Unix socket has no link to lose)."""
-    transport = getattr(getattr(dbapi_conn, "_connection", None), "_transport", None)
+    only; a Unix socket has no link to lose). asyncpg (0.32) has no connect
+    parameter for it (libpq's tcp_user_timeout is libpq's, and the server
+    setting covers only the server's end), so the socket is reached through
+    the connection's private transport; test_meta_pg.py fails if that goes."""
+    transport = getattr(dbapi_conn.driver_connection, "_transport", None)
     sock = transport.get_extra_info("socket") if transport is not None else None
     if (
         sock is not None

@@ -24,10 +24,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from shoal.meta import schema as s
+from shoal.meta.recovery import NewObject, NewRange, inventory_rows, record_adopted
 from shoal.meta.store import MetaStore, ProducerRow
 from shoal.protocol.records import batch_spans, read_header
 from shoal.storage import producers as producer_state
@@ -121,20 +118,12 @@ async def read_index(
 
 
 async def take_inventory(store: ObjectStore, meta: MetaStore) -> Inventory:
-    st, o, r = s.streams, s.objects, s.stream_ranges
+    stream_rows, object_rows, ranges = await inventory_rows(meta)
     streams = {
         int(x.id): StreamRow(int(x.id), int(x.start_offset), int(x.end_offset), bool(x.deleted))
-        for x in await meta.execute_read(select(st))
+        for x in stream_rows
     }
-    rows = {
-        str(x.key): (int(x.id), int(x.size), x.delete_after_ms)
-        for x in await meta.execute_read(select(o.c.id, o.c.key, o.c.size, o.c.delete_after_ms))
-    }
-    ranges = await meta.execute_read(
-        select(r, o.c.key, o.c.created_ms)
-        .join(o, o.c.id == r.c.object_id)
-        .order_by(r.c.stream_id, r.c.start_offset)
-    )
+    rows = {str(x.key): (int(x.id), int(x.size), x.delete_after_ms) for x in object_rows}
     listed = {info.key: info for p in PREFIXES for info in await store.list(p)}
     inv = Inventory(streams, listed, rows)
     now = int(time.time() * 1000)
@@ -392,7 +381,10 @@ async def adopt(store: ObjectStore, meta: MetaStore, inv: Inventory, node_id: in
         start = inv.streams[sid].end
         new_end = chain[-1][1].end_offset
         rows = await producer_rows(store, sid, chain, producers)
-        await _record(meta, inv, sid, start, new_end, chain, rows, node_id)
+        objects = [
+            new_object(inv.listed[key], node_id) for key in dict.fromkeys(k for k, _ in chain)
+        ]
+        await record_adopted(meta, sid, start, new_end, objects, new_ranges(chain), rows)
         total += new_end - start
         log.warning(
             "stream %d: adopted [%d, %d) from %d object(s) the metadata did not know "
@@ -405,68 +397,24 @@ async def adopt(store: ObjectStore, meta: MetaStore, inv: Inventory, node_id: in
     return total
 
 
-async def _record(
-    meta: MetaStore,
-    inv: Inventory,
-    sid: int,
-    start: int,
-    end: int,
-    chain: list[tuple[str, BlockEntry]],
-    producers: list[ProducerRow],
-    node_id: int,
-) -> None:
-    o, r, st = s.objects, s.stream_ranges, s.streams
-    async with meta.transaction() as conn:
-        ids: dict[str, int] = {}
-        for key in dict.fromkeys(k for k, _ in chain):
-            row = (await conn.execute(select(o.c.id).where(o.c.key == key))).scalar()
-            if row is None:
-                node = node_of(key)
-                res = await conn.execute(
-                    insert(o).values(
-                        key=key,
-                        size=inv.listed[key].size,
-                        created_ms=inv.listed[key].last_modified_ms,
-                        node_id=node_id if node is None else node,
-                        kind="wal" if key.startswith("wal/") else "set",
-                    )
-                )
-                row = res.inserted_primary_key[0]  # type: ignore[index]
-            ids[key] = int(row)
-        moved = await conn.execute(
-            update(st).where(st.c.id == sid, st.c.end_offset == start).values(end_offset=end)
-        )
-        if moved.rowcount != 1:
-            raise StorageError(f"stream {sid}: end moved while adopting objects")
-        await conn.execute(
-            insert(r),
-            [
-                {
-                    "stream_id": sid,
-                    "start_offset": e.start_offset,
-                    "end_offset": e.end_offset,
-                    "object_id": ids[key],
-                    "position": e.position,
-                    "size": e.size,
-                    "max_timestamp": e.max_timestamp,
-                }
-                for key, e in chain
-            ],
-        )
-        if producers:
-            await meta.upsert_producers(conn, list(producers))
-            # An older backup's producer-id counter is behind the ids those
-            # batches carry: a new producer must not be given one of them.
-            await raise_counter(
-                meta, conn, "producer_id", max(p.producer_id for p in producers) + 1
-            )
+def new_object(info: ObjectInfo, node_id: int) -> NewObject:
+    """The metadata row of an object found in the store: its writer from its
+    key when the key names one, else `node_id`."""
+    node = node_of(info.key)
+    return NewObject(
+        info.key,
+        info.size,
+        info.last_modified_ms,
+        node_id if node is None else node,
+        "wal" if info.key.startswith("wal/") else "set",
+    )
 
 
-async def raise_counter(meta: MetaStore, conn: AsyncConnection, name: str, at_least: int) -> None:
-    """Move a named counter up to `at_least` (never down)."""
-    have = await meta.read_counter(name, conn)
-    if have < at_least:
-        await meta.bump_counter(conn, name, at_least - have)
+def new_ranges(chain: list[tuple[str, BlockEntry]]) -> list[NewRange]:
+    return [
+        NewRange(key, e.start_offset, e.end_offset, e.position, e.size, e.max_timestamp)
+        for key, e in chain
+    ]
 
 
 def summary(inv: Inventory) -> str:

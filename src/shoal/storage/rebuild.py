@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, insert, select, text
-
-from shoal.meta import schema as s
+from shoal.meta.recovery import NewPartition, NewTopic, topic_count, write_rebuilt
 from shoal.meta.store import MetaError, MetaStore, ProducerRow
-from shoal.storage.cleaner import PREFIXES, node_of
+from shoal.storage.cleaner import PREFIXES
 from shoal.storage.errors import CorruptObject, StorageError
 from shoal.storage.format import BlockEntry
-from shoal.storage.inventory import producer_rows, read_index
+from shoal.storage.inventory import new_object, new_ranges, producer_rows, read_index
 from shoal.storage.objectstore import ObjectInfo, ObjectStore
 
 log = logging.getLogger("shoal.rebuild")
@@ -163,106 +160,40 @@ async def plan(store: ObjectStore) -> RebuildReport:
 
 async def rebuild(store: ObjectStore, meta: MetaStore, node_id: int = 0) -> RebuildReport:
     """Write the plan into an empty metadata store, in one transaction."""
-    async with meta.engine.connect() as conn:
-        have = int((await conn.execute(select(func.count()).select_from(s.topics))).scalar_one())
+    have = await topic_count(meta)
     if have:
         raise MetaError(
             f"the metadata store already has {have} topic(s): rebuild needs an empty one"
         )
     report = await plan(store)
-    sizes = {info.key: info for p in PREFIXES for info in await store.list(p)}
+    listed = {info.key: info for p in PREFIXES for info in await store.list(p)}
     producers: list[ProducerRow] = []
     for sp in report.streams:
         if sp.chain:
             producers.extend(await producer_rows(store, sp.stream_id, sp.chain[-1:]))
-    now = int(time.time() * 1000)
     by_topic: dict[str, list[StreamPlan]] = {}
     for sp in report.streams:
         by_topic.setdefault(sp.topic, []).append(sp)
-    async with meta.transaction() as conn:
-        if not meta.is_sqlite:
-            # one transaction of every row: not bounded by the brokers'
-            # transaction_timeout (PostgreSQL 17+, meta/store.py)
-            await conn.execute(
-                text(
-                    "SELECT set_config('transaction_timeout', '0', true) "
-                    "WHERE current_setting('server_version_num')::int >= 170000"
+    next_stream = report.max_stream_id + 1
+    topics: list[NewTopic] = []
+    for name, parts in sorted(by_topic.items()):
+        have_parts = {sp.partition: sp for sp in parts}
+        partitions: list[NewPartition] = []
+        for index in range(max(have_parts) + 1):
+            got = have_parts.get(index)
+            if got is None:  # never written: an empty stream of its own
+                partitions.append(NewPartition(next_stream, 0, 0, []))
+                next_stream += 1
+            else:
+                partitions.append(
+                    NewPartition(got.stream_id, got.start, got.end, new_ranges(got.chain))
                 )
-            )
-        next_stream = report.max_stream_id + 1
-        for sid in report.shadowed_ids:
-            # recorded as deleted, as a deleted topic's are: their objects
-            # are then garbage the cleaner may reclaim, not unknown data
-            await conn.execute(
-                insert(s.streams).values(
-                    id=sid, epoch=0, start_offset=0, end_offset=0, deleted=True
-                )
-            )
-        object_ids: dict[str, int] = {}
-        for name, parts in sorted(by_topic.items()):
-            res = await conn.execute(
-                insert(s.topics).values(
-                    name=name, topic_uuid=str(uuid.UUID(parts[0].topic_id)), created_ms=now
-                )
-            )
-            topic_id = int(res.inserted_primary_key[0])  # type: ignore[index]
-            have_parts = {sp.partition: sp for sp in parts}
-            for index in range(max(have_parts) + 1):
-                sp_or_none = have_parts.get(index)
-                if sp_or_none is None:  # never written: an empty stream of its own
-                    sid, start, end = next_stream, 0, 0
-                    next_stream += 1
-                else:
-                    sid, start, end = sp_or_none.stream_id, sp_or_none.start, sp_or_none.end
-                await conn.execute(
-                    insert(s.streams).values(
-                        id=sid, epoch=0, start_offset=start, end_offset=end, deleted=False
-                    )
-                )
-                await conn.execute(
-                    insert(s.partitions).values(
-                        topic_id=topic_id, partition=index, stream_id=sid, leader_epoch=0
-                    )
-                )
-                if sp_or_none is None:
-                    continue
-                for key, e in sp_or_none.chain:
-                    if key not in object_ids:
-                        info = sizes[key]
-                        node = node_of(key)
-                        res = await conn.execute(
-                            insert(s.objects).values(
-                                key=key,
-                                size=info.size,
-                                created_ms=info.last_modified_ms,
-                                node_id=node_id if node is None else node,
-                                kind="wal" if key.startswith("wal/") else "set",
-                            )
-                        )
-                        object_ids[key] = int(res.inserted_primary_key[0])  # type: ignore[index]
-                    await conn.execute(
-                        insert(s.stream_ranges).values(
-                            stream_id=sid,
-                            start_offset=e.start_offset,
-                            end_offset=e.end_offset,
-                            object_id=object_ids[key],
-                            position=e.position,
-                            size=e.size,
-                            max_timestamp=e.max_timestamp,
-                        )
-                    )
-        if not meta.is_sqlite:
-            # streams got their old ids: move PostgreSQL's sequence past them
-            await conn.execute(
-                text(
-                    "SELECT setval(pg_get_serial_sequence('streams', 'id'), "
-                    "(SELECT max(id) FROM streams))"
-                )
-            )
-        if producers:
-            await meta.upsert_producers(conn, list(producers))
-        if producers:
-            # new producers must not get an id whose sequence state is loaded
-            await meta.bump_counter(conn, "producer_id", max(p.producer_id for p in producers) + 1)
+        topics.append(NewTopic(name, parts[0].topic_id, partitions))
+    objects = {
+        key: new_object(listed[key], node_id) for sp in report.streams for key, _e in sp.chain
+    }
+    # shadowed streams are recorded as deleted, as a deleted topic's are:
+    # their objects are then garbage the cleaner may reclaim, not unknown data
+    await write_rebuilt(meta, topics, report.shadowed_ids, objects, producers)
     log.info("rebuilt %d topic(s), %d partition(s)", len(by_topic), len(report.streams))
     return report
