@@ -51,35 +51,6 @@ from test_partitions import read_back
 PARTITIONS = 6
 
 
-class PacedLoad(Load):
-    """Load at about `rate` records a second per producer (0: as fast as it
-    goes), so a long soak can run at a fleet's pace on a shared machine."""
-
-    def __init__(self, bootstrap: str, topic: str, prefix: bytes, rate: float) -> None:
-        super().__init__(bootstrap, topic, prefix)
-        self.rate = rate
-
-    def _run(self) -> None:
-        if not self.rate:
-            return super()._run()
-        start = time.monotonic()
-        while not self._stop.is_set():
-            for _ in range(20):
-                self.producer.produce(
-                    self.topic,
-                    key=b"k%d" % (self.sent % 24),
-                    value=self.prefix + b"%08d" % self.sent,
-                    on_delivery=self._cb,
-                )
-                self.sent += 1
-            self.producer.poll(0)
-            ahead = self.sent / self.rate - (time.monotonic() - start)
-            if ahead > 0:
-                self._stop.wait(ahead)
-        left = self.producer.flush(60)
-        assert left == 0, f"{left} records never acknowledged"
-
-
 FAST_STORAGE = {
     "SHOAL_LOG_RETENTION_CHECK_INTERVAL_MS": "1000",
     "SHOAL_COMPACTION_INTERVAL_MS": "1000",
@@ -126,7 +97,7 @@ class Soak:
     # set-up ------------------------------------------------------------
 
     def load(self, topic: str, prefix: bytes = b"v") -> Load:
-        return PacedLoad(self.bootstrap, topic, prefix, self.args.rate)
+        return Load(self.bootstrap, topic, prefix, rate=self.args.rate)
 
     def start(self) -> None:
         for b in self.brokers.values():

@@ -69,9 +69,10 @@ class Load:
     every acknowledged (partition, offset, value) and each partition's
     acknowledgement times."""
 
-    def __init__(self, bootstrap: str, topic: str, prefix: bytes = b"v") -> None:
+    def __init__(self, bootstrap: str, topic: str, prefix: bytes = b"v", rate: float = 0.0) -> None:
         self.topic = topic
         self.prefix = prefix  # values are prefix + counter: distinct per Load
+        self.rate = rate  # records a second (0: as fast as it goes); the soak paces
         self.producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
@@ -96,6 +97,7 @@ class Load:
         self.ack_times.setdefault(msg.partition(), []).append(time.monotonic())
 
     def _run(self) -> None:
+        start = time.monotonic()
         while not self._stop.is_set():
             for _ in range(20):
                 self.producer.produce(
@@ -106,6 +108,9 @@ class Load:
                 )
                 self.sent += 1
             self.producer.poll(0.01)
+            ahead = self.sent / self.rate - (time.monotonic() - start) if self.rate else 0
+            if ahead > 0:
+                self._stop.wait(ahead)
         left = self.producer.flush(60)
         assert left == 0, f"{left} records never acknowledged"
 
