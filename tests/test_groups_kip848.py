@@ -28,7 +28,7 @@ from kio.schema.offset_fetch.v9 import request as of
 
 from group_data import create_topic, produce
 from harness import BrokerProcess
-from shoal.group.coordinator import parse_subscription
+from shoal.group.embedded import parse_subscription
 from shoal.protocol.errors import ErrorCode
 from test_groups_confluent import Worker, all_values
 from wire import RawClient
