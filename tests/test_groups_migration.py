@@ -14,6 +14,7 @@ consumer-protocol member.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import struct
 import threading
 import uuid
@@ -91,9 +92,7 @@ def classic_join(
     m: ConsumerGroups, member: str, owned: Mapping[str, Iterable[int]] | None = None, **kw: Any
 ) -> Any:
     req = ClassicJoin(G, member, None, SESSION, 500, "consumer", (("range", sub(owned=owned)),))
-    for key, value in kw.items():
-        req = ClassicJoin(**{**{f: getattr(req, f) for f in req.__slots__}, key: value})
-    return m.classic_join(req, 0)
+    return m.classic_join(dataclasses.replace(req, **kw), 0)
 
 
 def assigned(m: ConsumerGroups, member: str, generation: int) -> set[int]:
