@@ -27,6 +27,7 @@ from kio.schema.list_groups.v5 import request as lg
 
 from group_data import TIMEOUT, create_topic, produce, setup_topic
 from harness import BrokerProcess
+from shoal.config import ConfigError, load_config
 from shoal.group.consumer import (
     ClassicJoin,
     ClassicSnapshot,
@@ -287,6 +288,18 @@ def test_static_consumer_member_restarting_classic_downgrades_the_group() -> Non
     assert j.error == ErrorCode.none and "c" not in m.groups[G].members
     assert m.groups[G].members[j.member_id].classic is not None
     assert m.downgradable(G)
+
+
+def test_migration_policy_from_the_broker_config() -> None:
+    """Case-insensitive; a value that is no policy stops the broker at
+    start-up with a message naming the key and the choices."""
+    key = "SHOAL_GROUP_CONSUMER_MIGRATION_POLICY"
+    cfg = ConsumerGroupConfig.from_config(load_config(None, {key: "Upgrade"}, {}))
+    assert cfg.migration_policy is MigrationPolicy.UPGRADE
+    default = ConsumerGroupConfig.from_config(load_config(None, {}, {}))
+    assert default.migration_policy is MigrationPolicy.BIDIRECTIONAL
+    with pytest.raises(ConfigError, match=r"group\.consumer\.migration\.policy.*disabled"):
+        load_config(None, {key: "sideways"}, {})
 
 
 def test_embedded_protocol_versions_round_trip() -> None:

@@ -100,9 +100,7 @@ class ConsumerGroupConfig:
             heartbeat_interval_ms=int(cfg["group.consumer.heartbeat.interval.ms"]),
             max_size=int(cfg["group.consumer.max.size"]),
             assignors=parse_assignors(str(cfg["group.consumer.assignors"])),
-            migration_policy=MigrationPolicy(
-                str(cfg.get("group.consumer.migration.policy", "bidirectional")).lower()
-            ),
+            migration_policy=MigrationPolicy(str(cfg["group.consumer.migration.policy"]).lower()),
         )
 
 
