@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,3 +29,13 @@ def fresh_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
 @pytest.fixture
 def topic_name() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Any]]:
+    """Group members in subprocesses (test_groups_confluent.Worker and its
+    kinds) that a test starts: each is stopped when the test ends, pass or fail."""
+    started: list[Any] = []
+    yield started
+    for w in started:
+        w.stop()

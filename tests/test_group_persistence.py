@@ -118,6 +118,9 @@ def test_writes_only_what_changed() -> None:
     assert first is not None and first.replace and [r.member_id for r in first.upsert] == ["a"]
     m.changed.clear()
     assert diff.member(m.groups[G], "a") is None, "nothing changed"
+    m.groups[G].members["a"].rack_id = "r1"  # a change the member's own request would write
+    assert diff.member(m.groups[G], "stranger") is None, "a refused id compares nothing"
+    assert diff.member(m.groups[G], "a") is not None
     beat(m, "a", a.member_epoch, None, now=1)
     assert not m.changed and diff.member(m.groups[G], "a") is None, "a plain heartbeat"
     join(m, "b")

@@ -101,14 +101,6 @@ class Worker:
                 self.proc.wait()
 
 
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for w in started:
-        w.stop()
-
-
 def all_values(ws: list[Worker]) -> list[str]:
     return [v for w in ws for v in w.values()]
 

@@ -11,6 +11,7 @@ after committing it, so "exactly once" is the broker's doing.
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import time
 import uuid
@@ -28,7 +29,7 @@ from kio.schema.offset_fetch.v9 import request as of
 
 from group_data import create_topic, produce
 from harness import BrokerProcess
-from shoal.group.coordinator import parse_subscription
+from shoal.group.embedded import parse_subscription
 from shoal.protocol.errors import ErrorCode
 from test_groups_confluent import Worker, all_values
 from wire import RawClient
@@ -71,14 +72,6 @@ def kbroker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]
     b.stop()
 
 
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for w in started:
-        w.stop()
-
-
 def wait_for(cond: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -92,6 +85,28 @@ def shared(ws: list[Worker], n: int) -> bool:
     """Every partition owned by exactly one of `ws`, and each has some."""
     owned = [p for w in ws for p in w.assignment()]
     return sorted(owned) == list(range(n)) and all(w.assignment() for w in ws)
+
+
+def ownership(ws: list[Worker], n: int) -> dict[int, list[tuple[float, float, int]]]:
+    """Each partition's ownership spans (assign to revoke, on the workers' one
+    clock) as (start, end, index in `ws`); asserts that no two overlap."""
+    spans: dict[int, list[tuple[float, float, int]]] = {p: [] for p in range(n)}
+    for i, w in enumerate(ws):
+        opened: dict[int, float] = {}
+        for e in w.events:
+            if e["event"] == "assign":
+                for p in e["partitions"]:
+                    opened[p] = e["t"]
+            elif e["event"] == "revoke":
+                for p in e["partitions"]:
+                    spans[p].append((opened.pop(p), e["t"], i))
+        for p, start in opened.items():
+            spans[p].append((start, float("inf"), i))
+    for p, owned in spans.items():
+        owned.sort()
+        for (_s0, end, w0), (start, _e1, w1) in itertools.pairwise(owned):
+            assert end <= start, f"partition {p} owned by workers {w0} and {w1} at once"
+    return spans
 
 
 def test_join_leave_crash_exactly_once(kbroker: BrokerProcess, workers: list[Worker]) -> None:

@@ -9,7 +9,6 @@ and no partition is ever owned by two members at once.
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 import uuid
@@ -26,7 +25,7 @@ from kio.schema.offset_fetch.v9 import request as of
 from cluster_harness import Cluster, wait_for
 from shoal.protocol.errors import ErrorCode
 from test_groups_confluent import Worker, all_values
-from test_groups_kip848 import ENV, Member, shared
+from test_groups_kip848 import ENV, Member, ownership, shared
 from wire import RawClient, create_topic
 
 pytestmark = pytest.mark.skipif(
@@ -89,26 +88,6 @@ def consumed(members: list[Worker]) -> set[tuple[int, int]]:
     }
 
 
-def never_two_owners(members: list[Worker]) -> None:
-    """From the members' timestamped events (one clock): each partition's
-    ownership spans, assign to revoke, never overlap."""
-    spans: dict[int, list[tuple[float, float, int]]] = {p: [] for p in range(PARTITIONS)}
-    for i, w in enumerate(members):
-        opened: dict[int, float] = {}
-        for e in w.events:
-            if e["event"] == "assign":
-                for p in e["partitions"]:
-                    opened[p] = e["t"]
-            elif e["event"] == "revoke":
-                for p in e["partitions"]:
-                    spans[p].append((opened.pop(p), e["t"], i))
-        for p, start in opened.items():
-            spans[p].append((start, float("inf"), i))
-    for p, owned in spans.items():
-        for (_s0, end, w0), (start, _e1, w1) in itertools.pairwise(sorted(owned)):
-            assert end <= start, f"partition {p} owned by members {w0} and {w1} at once"
-
-
 def epochs(bootstrap: str, group: str) -> dict[str, int]:
     """Member id -> member epoch, from ConsumerGroupDescribe."""
     with RawClient(bootstrap) as c:
@@ -135,7 +114,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.stop()
 
 
-def test_coordinator_killed_under_consumer_protocol_members(cluster: Cluster) -> None:
+def test_coordinator_killed_under_consumer_protocol_members(
+    cluster: Cluster, workers: list[Worker]
+) -> None:
     topic = f"k848-{uuid.uuid4().hex[:8]}"
     assert int(create_topic(cluster.brokers[1].bootstrap, topic, partitions=PARTITIONS)) == 0
     group = f"kc-{uuid.uuid4().hex[:8]}"
@@ -143,19 +124,18 @@ def test_coordinator_killed_under_consumer_protocol_members(cluster: Cluster) ->
     victim = coordinator(cluster.brokers[1].bootstrap, group)
     survivor = next(n for n in cluster.brokers if n != victim)
     load = Load(bootstrap, topic)
-    members: list[Worker] = []
     try:
-        members.extend(Member(bootstrap, group, topic) for _ in range(2))
-        wait_for(lambda: shared(members, PARTITIONS), TIMEOUT, "two members sharing the topic")
-        wait_for(lambda: len(all_values(members)) > 100, TIMEOUT, "records consumed")
+        workers.extend(Member(bootstrap, group, topic) for _ in range(2))
+        wait_for(lambda: shared(workers, PARTITIONS), TIMEOUT, "two members sharing the topic")
+        wait_for(lambda: len(all_values(workers)) > 100, TIMEOUT, "records consumed")
         before_kill = epochs(cluster.brokers[victim].bootstrap, group)
         assert len(before_kill) == 2
         cluster.brokers[victim].kill()
         moved = cluster.brokers[survivor].bootstrap
         wait_for(lambda: coordinator(moved, group) == survivor, TIMEOUT, "the group to move")
-        before = len(all_values(members))
+        before = len(all_values(workers))
         wait_for(
-            lambda: shared(members, PARTITIONS) and len(all_values(members)) > before + 100,
+            lambda: shared(workers, PARTITIONS) and len(all_values(workers)) > before + 100,
             TIMEOUT,
             "the members consuming again through the new coordinator",
         )
@@ -163,14 +143,14 @@ def test_coordinator_killed_under_consumer_protocol_members(cluster: Cluster) ->
         assert epochs(moved, group) == before_kill
     finally:
         load.stop()
-    wait_for(lambda: consumed(members) >= load.acked, TIMEOUT, "every acknowledged record")
-    for m in members:
+    wait_for(lambda: consumed(workers) >= load.acked, TIMEOUT, "every acknowledged record")
+    for m in workers:
         m.stop()
     printed = [
-        (e["partition"], e["offset"]) for m in members for e in m.events if e["event"] == "msg"
+        (e["partition"], e["offset"]) for m in workers for e in m.events if e["event"] == "msg"
     ]
     assert len(printed) == len(set(printed)), "a record consumed twice: a commit was lost"
-    never_two_owners(members)
+    ownership(workers, PARTITIONS)
     # The commits made through the new coordinator reach the end of the log.
     with RawClient(moved) as c:
         r = c.call(9, 9, of.OffsetFetchRequest(

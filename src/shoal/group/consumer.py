@@ -100,9 +100,7 @@ class ConsumerGroupConfig:
             heartbeat_interval_ms=int(cfg["group.consumer.heartbeat.interval.ms"]),
             max_size=int(cfg["group.consumer.max.size"]),
             assignors=parse_assignors(str(cfg["group.consumer.assignors"])),
-            migration_policy=MigrationPolicy(
-                str(cfg.get("group.consumer.migration.policy", "bidirectional")).lower()
-            ),
+            migration_policy=MigrationPolicy(str(cfg["group.consumer.migration.policy"]).lower()),
         )
 
 
@@ -535,40 +533,43 @@ class ConsumerGroups:
                 f"Static member {old.member_id} with instance id {req.instance_id} "
                 "is not released yet.",
             )
-        new = ConsumerMember(
-            req.member_id,
-            instance_id=req.instance_id,
-            rack_id=old.rack_id,
-            rebalance_timeout_ms=old.rebalance_timeout_ms,
-            topic_names=old.topic_names,
-            topic_regex=old.topic_regex,
-            hidden_topics=old.hidden_topics,
-            server_assignor=old.server_assignor,
-            epoch=old.previous_epoch,
-            previous_epoch=old.previous_epoch,
-            state=old.state,
-            assigned=old.assigned,
-            pending_revocation=old.pending_revocation,
-        )
-        del group.members[old.member_id]
-        group.members[new.member_id] = new
-        group.static[req.instance_id] = new.member_id
-        if old.member_id in group.target:
-            group.target[new.member_id] = group.target.pop(old.member_id)
-        for tp in new.holds():
-            group.owners[tp] = new.member_id
-        self.changed.add(group.group_id)
+        self._rename(group, old, req.member_id, req.client_id, req.client_host)
+        return old
+
+    def _rename(
+        self,
+        group: ConsumerGroup,
+        member: ConsumerMember,
+        new_id: str,
+        client_id: str,
+        client_host: str,
+    ) -> None:
+        """A restarted static member (either protocol) takes over its
+        predecessor under a new member id: its epoch from before it left,
+        its partitions and its target."""
+        old_id = member.member_id
+        del group.members[old_id]
+        member.member_id = new_id
+        if member.epoch == LEAVE_STATIC_EPOCH:
+            member.epoch = member.previous_epoch
+        group.members[new_id] = member
+        assert member.instance_id is not None
+        group.static[member.instance_id] = new_id
+        if old_id in group.target:
+            group.target[new_id] = group.target.pop(old_id)
+        for tp in member.holds():
+            group.owners[tp] = new_id
+        self.changed.add(group.group_id)  # it may have been the last consumer-protocol member
         log.info(
             "group %s: static member %s replaced %s (client %s@%s, instance %s), epoch %d",
             group.group_id,
-            new.member_id,
-            old.member_id,
-            req.client_id,
-            req.client_host,
-            req.instance_id,
-            new.epoch,
+            new_id,
+            old_id,
+            client_id,
+            client_host,
+            member.instance_id,
+            member.epoch,
         )
-        return new
 
     def _update(self, group: ConsumerGroup, member: ConsumerMember, req: HeartbeatRequest) -> bool:
         """Apply what the heartbeat changed; True if the target must change."""
@@ -776,14 +777,9 @@ class ConsumerGroups:
             if group is None or member is None:
                 continue
             if member.session_deadline <= now:
-                session = (
-                    member.classic.session_timeout_ms
-                    if member.classic is not None
-                    else self.config.session_timeout_ms
-                )
                 reason = (
                     f"member {mid} (client {member.client_id}@{member.client_host}) expired: "
-                    f"no heartbeat for {session} ms"
+                    f"no heartbeat for {self._session_ms(member)} ms"
                 )
             elif member.revocation_deadline is not None and member.revocation_deadline <= now:
                 reason = (
@@ -812,6 +808,19 @@ class ConsumerGroups:
         nobody else until it is revoked), and their timers start now, so a
         member that died with the previous coordinator expires one session
         timeout from here."""
+        self._install(group, now)
+        log.info(
+            "group %s: loaded at epoch %d (assignment epoch %d) with %d members",
+            group.group_id,
+            group.epoch,
+            group.assignment_epoch,
+            len(group.members),
+        )
+
+    def _install(self, group: ConsumerGroup, now: int) -> None:
+        """Coordinate a group built elsewhere (stored rows, a classic group):
+        static ids and partition holders from its members, whose session (and
+        revocation) timers start now."""
         group.static = {}
         group.owners = {}
         group.subscriptions = None
@@ -820,24 +829,18 @@ class ConsumerGroups:
                 group.static[m.instance_id] = m.member_id
             for tp in m.holds():
                 group.owners[tp] = m.member_id
-            session = (
-                m.classic.session_timeout_ms
-                if m.classic is not None
-                else self.config.session_timeout_ms
-            )
-            m.session_deadline = now + session
+            m.session_deadline = now + self._session_ms(m)
             self._arm(group, m, m.session_deadline)
             if m.state is MemberState.UNREVOKED:
                 m.revocation_deadline = now + m.rebalance_timeout_ms
                 self._arm(group, m, m.revocation_deadline)
         self.groups[group.group_id] = group
-        log.info(
-            "group %s: loaded at epoch %d (assignment epoch %d) with %d members",
-            group.group_id,
-            group.epoch,
-            group.assignment_epoch,
-            len(group.members),
-        )
+
+    def _session_ms(self, member: ConsumerMember) -> int:
+        """A classic member's own session timeout, else the broker's."""
+        if member.classic is not None:
+            return member.classic.session_timeout_ms
+        return self.config.session_timeout_ms
 
     # classic members: online migration between the protocols ---------------------
 
@@ -875,15 +878,9 @@ class ConsumerGroups:
                 classic=ClassicMeta(snap.session_timeout_ms, snap.protocols),
             )
             group.members[member.member_id] = member
-            if member.instance_id is not None:
-                group.static[member.instance_id] = member.member_id
             group.target[member.member_id] = dict(assigned)
-            for tp in member.holds():
-                group.owners[tp] = member.member_id
-            member.session_deadline = now + snap.session_timeout_ms
-            self._arm(group, member, member.session_deadline)
+        self._install(group, now)
         group.topics = self._topics(group)
-        self.groups[group_id] = group
         self.changed.add(group_id)
         log.info(
             "group %s: classic group with %d members converted to a consumer group at epoch %d",
@@ -966,7 +963,7 @@ class ConsumerGroups:
                 # A restart (perhaps from the consumer protocol back to the
                 # classic one) takes over its predecessor's partitions.
                 member_id = f"{req.instance_id}-{uuid.uuid4()}"
-                self._rename(group, old, member_id, req.client_id)
+                self._rename(group, old, member_id, req.client_id, req.client_host)
                 taken_over = True
         if not member_id:
             member_id = f"{req.client_id or 'consumer'}-{uuid.uuid4()}"
@@ -1033,32 +1030,6 @@ class ConsumerGroups:
                 names = {name for name, _ in m.classic.protocols}
                 common = names if common is None else common & names
         return common
-
-    def _rename(
-        self, group: ConsumerGroup, member: ConsumerMember, new_id: str, client: str
-    ) -> None:
-        """A restarted static classic member takes over its predecessor."""
-        old_id = member.member_id
-        del group.members[old_id]
-        member.member_id = new_id
-        if member.epoch == LEAVE_STATIC_EPOCH:
-            member.epoch = member.previous_epoch
-        group.members[new_id] = member
-        assert member.instance_id is not None
-        group.static[member.instance_id] = new_id
-        if old_id in group.target:
-            group.target[new_id] = group.target.pop(old_id)
-        for tp in member.holds():
-            group.owners[tp] = new_id
-        self.changed.add(group.group_id)  # it may have been the last consumer-protocol member
-        log.info(
-            "group %s: static member %s replaced %s (client %s, instance %s)",
-            group.group_id,
-            new_id,
-            old_id,
-            client,
-            member.instance_id,
-        )
 
     def _classic_member(
         self, group_id: str, member_id: str, instance_id: str | None

@@ -40,7 +40,6 @@ from shoal.group.consumer import (
     RequestError,
 )
 from shoal.group.embedded import encode_assignment, parse_subscription
-from shoal.group.embedded import encode_subscription as encode_subscription
 from shoal.group.offsets import (
     CommittedOffset,
     OffsetStore,

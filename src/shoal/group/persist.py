@@ -158,8 +158,8 @@ class StateDiff:
         m = group.members.get(member_id)
         old_row, old_members = stored
         row = group_row(group)
-        if m is None:
-            if member_id not in old_members or row != old_row:
+        if m is None:  # gone (the whole group tells what else went), or never there
+            if member_id in old_members or row != old_row:
                 return self.group(group)
             return None
         new = member_row(group, m)
