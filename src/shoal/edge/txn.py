@@ -113,16 +113,6 @@ def parse_positions(
     return out
 
 
-def client_config(producer_conf: dict[str, Any]) -> dict[str, Any]:
-    """The uplink's connection settings (bootstrap, TLS, SASL) for an admin
-    client or consumer."""
-    return {
-        k: v
-        for k, v in producer_conf.items()
-        if k.startswith(("bootstrap.", "security.", "sasl.", "ssl.", "socket."))
-    }
-
-
 def ensure_offsets_topic(conf: dict[str, Any], topic: str, timeout: float) -> int:
     """The offsets topic's partition count, creating it (compacted) if it is
     missing. Raises OffsetsTopicError naming the topic when it cannot."""

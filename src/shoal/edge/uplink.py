@@ -51,7 +51,6 @@ from shoal.edge.pacing import Backoff, PriorityScheduler, TokenBucket
 from shoal.edge.txn import (
     OffsetsTopicError,
     TxnStats,
-    client_config,
     encode_progress,
     ensure_offsets_topic,
     is_fatal,
@@ -1053,7 +1052,7 @@ class Uplink:
             await asyncio.sleep(delay)
             self.state = "connecting"
         self.backoff.reset()
-        conf = client_config(cfg.producer_config())
+        conf = cfg.client_config()
         try:
             parts = await self._blocking_call(
                 ensure_offsets_topic, conf, cfg.offsets_topic, timeout
