@@ -85,6 +85,7 @@ AUTH = {
     KafkaError._AUTHENTICATION,
     KafkaError.UNSUPPORTED_SASL_MECHANISM,
     KafkaError.ILLEGAL_SASL_STATE,
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,  # an ACL, not another producer
 }
 TOO_LARGE = {
     KafkaError.MSG_SIZE_TOO_LARGE,
