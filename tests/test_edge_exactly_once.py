@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from acl_helpers import ANON, DENY, LITERAL, WRITE, allow, delete_acls
 from edge_harness import GatewayProcess, gateway_config, wait_for
 from harness import BrokerProcess
 from proxy import CuttingProxy
@@ -265,6 +266,59 @@ def test_central_cluster_unreachable_when_the_gateway_starts(
         assert g.stop() == 0
     finally:
         link.stop()
+
+
+def test_transactional_id_denied_is_an_authorization_error_not_fencing(
+    tmp_path: Path, gateways: list[GatewayProcess]
+) -> None:
+    """WRITE on the transactional id denied by an ACL
+    (TRANSACTIONAL_ID_AUTHORIZATION_FAILED) is an authorization error: the
+    uplink says so and keeps retrying, so the grant resumes forwarding. Being
+    fenced would stop it for good."""
+    open_acls = {
+        "SHOAL_AUTHORIZER_CLASS_NAME": "shoal",
+        "SHOAL_ALLOW_EVERYONE_IF_NO_ACL_FOUND": "true",
+    }
+    b = BrokerProcess(tmp_path / "central", env=open_acls).start()
+    try:
+        tag = uuid.uuid4().hex[:8]
+        txn_id, topic = f"denied-{tag}", f"denied-{tag}"
+        acl = (5, txn_id, LITERAL, ANON, "*", WRITE, DENY)  # 5: TransactionalId
+        allow(b.bootstrap, acl)
+
+        def denied() -> bool:
+            p = Producer({"bootstrap.servers": b.bootstrap, "transactional.id": txn_id})
+            try:
+                p.init_transactions(10)
+            except KafkaException as exc:
+                return bool(exc.args[0].code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+            return False
+
+        wait_for(denied, 20, "the ACL to reach the authorizer")
+        g = make_gateway(
+            tmp_path / "gw",
+            gateways,
+            b,
+            site=f"d-{tag}",
+            uplink={"exactly_once": True, "transactional_id": txn_id, "backoff_max_ms": 500},
+        ).start()
+        local_produce(g.kafka, topic, [(b"k", b"v")])
+        up = wait_for(
+            lambda: (u := g.uplink())["last_error_kind"] == "auth" and u, 30, "an auth error"
+        )
+        assert up["state"] != "fenced", up
+        assert "TRANSACTIONAL_ID_AUTHORIZATION_FAILED" in up["last_error"], up["last_error"]
+        delete_acls(b.bootstrap, acl)
+        wait_for(
+            lambda: (g.uplink()["transactions"] or {}).get("committed", 0) > 0,
+            60,
+            "forwarding once the ACL is gone",
+        )
+        got = read_central(b.bootstrap, topic, 1, "read_committed")
+        assert [v for _k, v, _h in got] == [b"v"]
+        assert g.stop() == 0
+    finally:
+        b.stop()
 
 
 BAD = [

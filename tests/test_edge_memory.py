@@ -29,7 +29,7 @@ def work():
 threads = [threading.Thread(target=work) for _ in range(6)]
 for t in threads: t.start()
 for t in threads: t.join()
-assert memory.trim() in (True, False)
+memory.trim()  # with threads about: no crash
 libc.malloc_stats()
 """
 

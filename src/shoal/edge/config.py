@@ -339,6 +339,15 @@ class UplinkConfig:
             conf["message.timeout.ms"] = self.transaction_timeout_ms
         return conf
 
+    def client_config(self) -> dict[str, Any]:
+        """The connection settings alone (bootstrap, TLS, SASL, socket), for
+        an admin client or a consumer of the central cluster."""
+        return {
+            k: v
+            for k, v in self.producer_config().items()
+            if k.startswith(("bootstrap.", "security.", "sasl.", "ssl.", "socket."))
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class EdgeConfig:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import platform
@@ -27,7 +28,11 @@ TRIM_CHECK_S = 5.0
 TRIM_FREE_ABOVE = 32 * 1024 * 1024
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
+    """The C library, once: find_library runs `ldconfig -p` in a subprocess
+    and libc_ver reads the interpreter's binary, too slow for trim_loop's
+    check on the event loop every few seconds."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:
@@ -36,6 +41,8 @@ def _glibc() -> ctypes.CDLL | None:
         return None
     if not hasattr(libc, "mallopt") or not hasattr(libc, "malloc_trim"):
         return None
+    if hasattr(libc, "mallinfo2"):
+        libc.mallinfo2.restype = _Mallinfo2
     return libc
 
 
@@ -82,7 +89,6 @@ def free_in_heap() -> int | None:
     libc = _glibc()
     if libc is None or not hasattr(libc, "mallinfo2"):
         return None
-    libc.mallinfo2.restype = _Mallinfo2
     return int(libc.mallinfo2().fordblks)
 
 

@@ -263,12 +263,7 @@ class SiteReporter:
         """Create the report topic compacted when it is missing (and the
         central cluster allows it). True once it exists or was created; a
         refusal is logged once and reports go on (an operator may create it)."""
-        conf = {
-            k: v
-            for k, v in self._conf().items()
-            if k.startswith(("bootstrap.", "security.", "sasl.", "ssl."))
-        }
-        admin = AdminClient(conf)
+        admin = AdminClient(self.cfg.client_config())
         try:
             md = admin.list_topics(timeout=5)
             if self.topic in md.topics and md.topics[self.topic].error is None:

@@ -41,7 +41,6 @@ FENCED = {
     KafkaError._FENCED,
     KafkaError.PRODUCER_FENCED,
     KafkaError.INVALID_PRODUCER_EPOCH,
-    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
 }
 
 
@@ -111,16 +110,6 @@ def parse_positions(
         if isinstance(nxt, int) and nxt >= 0:
             out[(topic, int(part))] = nxt
     return out
-
-
-def client_config(producer_conf: dict[str, Any]) -> dict[str, Any]:
-    """The uplink's connection settings (bootstrap, TLS, SASL) for an admin
-    client or consumer."""
-    return {
-        k: v
-        for k, v in producer_conf.items()
-        if k.startswith(("bootstrap.", "security.", "sasl.", "ssl.", "socket."))
-    }
 
 
 def ensure_offsets_topic(conf: dict[str, Any], topic: str, timeout: float) -> int:

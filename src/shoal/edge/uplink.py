@@ -51,7 +51,6 @@ from shoal.edge.pacing import Backoff, PriorityScheduler, TokenBucket
 from shoal.edge.txn import (
     OffsetsTopicError,
     TxnStats,
-    client_config,
     encode_progress,
     ensure_offsets_topic,
     is_fatal,
@@ -86,6 +85,7 @@ AUTH = {
     KafkaError._AUTHENTICATION,
     KafkaError.UNSUPPORTED_SASL_MECHANISM,
     KafkaError.ILLEGAL_SASL_STATE,
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,  # an ACL, not another producer
 }
 TOO_LARGE = {
     KafkaError.MSG_SIZE_TOO_LARGE,
@@ -572,6 +572,9 @@ class Uplink:
         self._txn_waiters = 0
         self._want = asyncio.Event()
         self._txn_full = asyncio.Event()
+        # A transaction ended (committed, aborted, producer gone): what
+        # wait_window waits for, not every delivery report as _window.
+        self._txn_ended = asyncio.Event()
         self._txn_backoff = Backoff(cfg.backoff_initial_ms, cfg.backoff_max_ms)
         self._blocking: asyncio.Future[Any] | None = None
         self._offsets_partition = 0
@@ -619,8 +622,8 @@ class Uplink:
                 or self.txn_bytes + nbytes > cfg.max_inflight_bytes
             ):
                 self._txn_full.set()
-                self._window.clear()
-                await self._window.wait()
+                self._txn_ended.clear()
+                await self._txn_ended.wait()
             return
         while (self.inflight_records + self.unsaved) > 0 and (
             self.inflight_records + self.unsaved + records > self.window_records
@@ -861,6 +864,7 @@ class Uplink:
         self.txn_open = False
         self._txn_gate.clear()
         self.txn_records = self.txn_bytes = 0
+        self._txn_ended.set()
         p = self.producer
         self.producer = None
         self.gen += 1  # every report from the old producer is stale now
@@ -1053,7 +1057,7 @@ class Uplink:
             await asyncio.sleep(delay)
             self.state = "connecting"
         self.backoff.reset()
-        conf = client_config(cfg.producer_config())
+        conf = cfg.client_config()
         try:
             parts = await self._blocking_call(
                 ensure_offsets_topic, conf, cfg.offsets_topic, timeout
@@ -1195,7 +1199,7 @@ class Uplink:
                 if fw.skip:
                     fw.skip = {o for o in fw.skip if o >= nxt}
             self.txn_records = self.txn_bytes = 0
-            self._window.set()
+            self._txn_ended.set()
             if self._stopping:
                 return
 
@@ -1224,7 +1228,7 @@ class Uplink:
             fw.pending.clear()
             fw.rewind()
         self.txn_records = self.txn_bytes = 0
-        self._window.set()
+        self._txn_ended.set()
         await asyncio.sleep(self._txn_backoff.next_delay())
         return True
 
