@@ -74,25 +74,38 @@ def txn_write(
     version: int = 12,
 ) -> Any:
     """A transactional Produce of one record; returns its error code."""
+    return txn_writes(c, tid, topic, pid, epoch, {partition: (seq, value)}, version)[partition]
+
+
+def txn_writes(
+    c: RawClient,
+    tid: str,
+    topic: str,
+    pid: int,
+    epoch: int,
+    records: dict[int, tuple[int, bytes]],
+    version: int = 12,
+) -> dict[int, Any]:
+    """One transactional Produce of a record per partition ({partition:
+    (sequence, value)}); returns each partition's error code."""
     import importlib
 
     pr = importlib.import_module(f"kio.schema.produce.v{version}.request")
-    b = BatchBuilder(
-        producer_id=pid, producer_epoch=epoch, base_sequence=seq, attributes=TRANSACTIONAL_BIT
-    )
-    b.append(int(time.time() * 1000), None, value)
+    data = []
+    for partition, (seq, value) in records.items():
+        b = BatchBuilder(
+            producer_id=pid, producer_epoch=epoch, base_sequence=seq, attributes=TRANSACTIONAL_BIT
+        )
+        b.append(int(time.time() * 1000), None, value)
+        data.append(pr.PartitionProduceData(index=partition, records=b.build()))
     body = pr.ProduceRequest(
         transactional_id=tid,
         acks=-1,
         timeout=datetime.timedelta(seconds=10),
-        topic_data=(
-            pr.TopicProduceData(
-                name=topic,
-                partition_data=(pr.PartitionProduceData(index=partition, records=b.build()),),
-            ),
-        ),
+        topic_data=(pr.TopicProduceData(name=topic, partition_data=tuple(data)),),
     )
-    return c.call(0, version, body).responses[0].partition_responses[0].error_code
+    (res,) = c.call(0, version, body).responses
+    return {int(p.index): p.error_code for p in res.partition_responses}
 
 
 def batch_v5(
@@ -212,6 +225,27 @@ def test_produce_adds_partitions_and_end_bumps_the_epoch(
         assert end_v5(c, tid, pid, epoch + 1, commit=False) == (ErrorCode.none, pid, epoch + 2)
     write_end(broker.bootstrap, topic_name, 2)
     assert committed_values(broker.bootstrap, topic_name, 2) == [b"c0", b"c1", b"c2"]
+
+
+def test_one_produce_adds_its_partitions_at_once(broker: BrokerProcess, topic_name: str) -> None:
+    """A Produce v12 to three partitions adds them to the transaction in one
+    change of the id's row (one log line naming all three), not one per
+    batch; a later write to one of them and the commit go through."""
+    assert int(create_topic(broker.bootstrap, topic_name, partitions=3)) == 0
+    tid = f"once-{topic_name}"
+    with RawClient(broker.bootstrap) as c:
+        pid, epoch = init(c, tid)
+        first = {p: (0, f"a{p}".encode()) for p in range(3)}
+        assert txn_writes(c, tid, topic_name, pid, epoch, first) == dict.fromkeys(
+            range(3), ErrorCode.none
+        )
+        assert txn_write(c, tid, topic_name, pid, epoch, 1, b"b1", 1) == ErrorCode.none
+        assert end_v5(c, tid, pid, epoch) == (ErrorCode.none, pid, epoch + 1)
+    added = [line for line in broker.log().splitlines() if f"{tid!r}" in line and "added" in line]
+    assert len(added) == 1, added
+    assert all(f"{topic_name}-{p}" in added[0] for p in range(3)), added
+    write_end(broker.bootstrap, topic_name, 3)
+    assert committed_values(broker.bootstrap, topic_name, 3) == [b"a0", b"a1", b"a2", b"b1"]
 
 
 def test_end_txn_v5_retries(broker: BrokerProcess, topic_name: str) -> None:
@@ -535,7 +569,7 @@ async def test_epoch_overflow_gives_a_new_producer_id(meta: MetaStore) -> None:
             repo, allocate, EngineMarkers(eng, {("ovf", 0): sid}, 10), TxnConfig()
         )
         last = st.MAX_EPOCH - 1
-        assert await coord.add_on_produce("ovf", pid, last, ("ovf", 0)) == Code.none
+        assert await coord.add_on_produce("ovf", pid, last, {("ovf", 0)}) == Code.none
         await (await eng.append(sid, txn_batch(pid, last, 0, b"v"), 0))
         new = await coord.end_txn("ovf", pid, last, True, Code.producer_fenced, st.TV2)
         assert new == (500 + 1, 0)
@@ -657,12 +691,12 @@ async def test_timed_out_version_2_producer_stays_fenced(meta: MetaStore) -> Non
     )
     try:
         pid, epoch = await coord.init_producer_id("late", 1, -1, -1, Code.producer_fenced)
-        assert await coord.add_on_produce("late", pid, epoch, ("late", 0)) == Code.none
+        assert await coord.add_on_produce("late", pid, epoch, {("late", 0)}) == Code.none
         assert await coord.end_txn("late", pid, epoch, True, Code.producer_fenced, st.TV2) == (
             pid,
             epoch + 1,
         )
-        assert await coord.add_on_produce("late", pid, epoch + 1, ("late", 0)) == Code.none
+        assert await coord.add_on_produce("late", pid, epoch + 1, {("late", 0)}) == Code.none
         opened = await coord.describe("late")
         assert opened is not None
         opened.start_ms -= 10  # it began 10 ms ago: past its 1 ms timeout, without waiting

@@ -246,15 +246,6 @@ def new_producer_after_overflow(meta: TxnMeta, producer_id: int) -> None:
     meta.producer_id, meta.producer_epoch = producer_id, 0
 
 
-def begin_implicitly(meta: TxnMeta, producer_id: int, epoch: int, now_ms: int) -> None:
-    """A TV2 producer's write (Produce v12+) or TxnOffsetCommit v5 opens the
-    transaction or joins it without AddPartitionsToTxn/AddOffsetsToTxn. Kafka
-    checks it as the broker-to-broker AddPartitionsToTxn does: PRODUCER_FENCED
-    for another epoch (the produce path answers INVALID_PRODUCER_EPOCH)."""
-    check_producer(meta, producer_id, epoch, ErrorCode.producer_fenced)
-    begin_or_continue(meta, now_ms)
-
-
 def complete(meta: TxnMeta, now_ms: int) -> None:
     """Every marker (and offset) of the prepared outcome is durable."""
     commit = meta.state == TxnState.PREPARE_COMMIT
