@@ -203,12 +203,10 @@ def decide_end(
     retry = overflow_retry or (
         v2_meta and producer_id == meta.producer_id and meta.producer_epoch == epoch + 1
     )
-    if producer_id != meta.producer_id and not overflow_retry:
-        check_producer(meta, producer_id, epoch, fenced)
     done = TxnState.COMPLETE_COMMIT if commit else TxnState.COMPLETE_ABORT
     completed = meta.state in (TxnState.COMPLETE_COMMIT, TxnState.COMPLETE_ABORT)
     if not (retry and completed):
-        check_producer(meta, producer_id, epoch, fenced)
+        check_producer(meta, producer_id, epoch, fenced)  # another id, or epoch
     elif meta.state == done:
         return False
     else:
