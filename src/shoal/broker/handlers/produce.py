@@ -206,7 +206,7 @@ def _prepare(
 
 async def _check_transactional(
     broker: Broker, tid: str | None, version: int, batches: list[_Checked]
-) -> list[KafkaError | None]:
+) -> list[KafkaError | StorageError | None]:
     """The refusal of each batch, or None. A transactional batch needs a
     transactional id whose open transaction holds the partition, as Kafka 4
     verifies. From Produce v12 (a client on transaction version 2, KIP-890)
@@ -216,7 +216,7 @@ async def _check_transactional(
     appended. Before v12, AddPartitionsToTxn must have added it, and a
     partition not in it is INVALID_TXN_STATE, or TRANSACTION_ABORTABLE from
     v11 (the clients that know it)."""
-    refusals: list[KafkaError | None] = [None] * len(batches)
+    refusals: list[KafkaError | StorageError | None] = [None] * len(batches)
     joining: dict[tuple[int, int], list[int]] = {}
     for i, c in enumerate(batches):
         h = c.batch.header
@@ -242,9 +242,12 @@ async def _check_transactional(
     for (pid, epoch), at in joining.items():
         assert tid is not None  # joining holds transactional batches with an id
         tps = {(batches[i].name, batches[i].index) for i in at}
-        refusal = _txn_refusal(
-            await broker.txn.add_on_produce(tid, pid, epoch, tps), tid, pid, epoch
-        )
+        refusal: KafkaError | StorageError | None
+        try:
+            code = await broker.txn.add_on_produce(tid, pid, epoch, tps)
+            refusal = _txn_refusal(code, tid, pid, epoch)
+        except StorageError as exc:  # finishing an interrupted end: its markers
+            refusal = exc
         for i in at:
             refusals[i] = refusal
     return refusals
