@@ -9,7 +9,6 @@ the module (a broker of its own for the kill)."""
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import time
 from collections.abc import Iterator
@@ -21,19 +20,13 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from kafka import KafkaConsumer, KafkaProducer
 from kio.schema.add_offsets_to_txn.v3.request import AddOffsetsToTxnRequest
-from kio.schema.add_partitions_to_txn.v3 import request as ap
-from kio.schema.end_txn.v1.request import EndTxnRequest as EndTxnV1
-from kio.schema.end_txn.v3.request import EndTxnRequest
 from kio.schema.errors import ErrorCode
-from kio.schema.init_producer_id.v4.request import InitProducerIdRequest
 from kio.schema.offset_fetch.v7 import request as of
-from kio.schema.produce.v9 import request as pr
 from kio.schema.txn_offset_commit.v3 import request as tc
 
 from harness import BrokerProcess
 from shoal.cli import cli
-from shoal.protocol.batches import BatchBuilder
-from shoal.protocol.records import TRANSACTIONAL_BIT
+from txn_helpers import add_partitions, end, init, txn_produce
 from wire import RawClient, create_topic
 
 
@@ -414,62 +407,6 @@ def shoal(*args: str) -> str:
 # raw requests with bad input ----------------------------------------------------
 
 
-def init(c: RawClient, tid: str, timeout_ms: int = 60_000) -> Any:
-    return c.call(
-        22,
-        4,
-        InitProducerIdRequest(
-            transactional_id=tid,
-            transaction_timeout=datetime.timedelta(milliseconds=timeout_ms),
-            producer_id=-1,
-            producer_epoch=-1,
-        ),
-    )
-
-
-def add_partitions(c: RawClient, tid: str, pid: int, epoch: int, topic: str) -> dict[int, int]:
-    r = c.call(
-        24,
-        3,
-        ap.AddPartitionsToTxnRequest(
-            v3_and_below_transactional_id=tid,
-            v3_and_below_producer_id=pid,
-            v3_and_below_producer_epoch=epoch,
-            v3_and_below_topics=(ap.AddPartitionsToTxnTopic(name=topic, partitions=(0, 1)),),
-        ),
-    )
-    (res,) = r.results_by_topic_v3_and_below
-    return {int(p.partition_index): p.partition_error_code for p in res.results_by_partition}
-
-
-def end(c: RawClient, tid: str, pid: int, epoch: int, commit: bool = True) -> Any:
-    return c.call(
-        26,
-        3,
-        EndTxnRequest(
-            transactional_id=tid, producer_id=pid, producer_epoch=epoch, committed=commit
-        ),
-    ).error_code
-
-
-def txn_produce(c: RawClient, tid: str, topic: str, pid: int, epoch: int) -> Any:
-    b = BatchBuilder(
-        producer_id=pid, producer_epoch=epoch, base_sequence=0, attributes=TRANSACTIONAL_BIT
-    )
-    b.append(1_700_000_000_000, None, b"v")
-    body = pr.ProduceRequest(
-        transactional_id=tid,
-        acks=-1,
-        timeout=datetime.timedelta(seconds=10),
-        topic_data=(
-            pr.TopicProduceData(
-                name=topic, partition_data=(pr.PartitionProduceData(index=0, records=b.build()),)
-            ),
-        ),
-    )
-    return c.call(0, 9, body).responses[0].partition_responses[0].error_code
-
-
 @pytest.mark.parametrize("timeout_ms", [0, -1, 900_001])
 def test_invalid_transaction_timeout(broker: BrokerProcess, timeout_ms: int) -> None:
     with RawClient(broker.bootstrap) as c:
@@ -486,14 +423,8 @@ def test_end_txn_unknown_id_wrong_epoch_and_empty(broker: BrokerProcess) -> None
         assert end(c, "tx-end", pid, epoch) == ErrorCode.invalid_txn_state
         assert end(c, "tx-end", pid + 1, epoch) == ErrorCode.invalid_producer_id_mapping
         assert end(c, "tx-end", pid, epoch + 1) == ErrorCode.producer_fenced
-        old = c.call(
-            26,
-            1,
-            EndTxnV1(
-                transactional_id="tx-end", producer_id=pid, producer_epoch=epoch + 1, committed=True
-            ),
-        )
-        assert old.error_code == ErrorCode.invalid_producer_epoch  # before KIP-588
+        old = end(c, "tx-end", pid, epoch + 1, version=1)
+        assert old == ErrorCode.invalid_producer_epoch  # before KIP-588
 
 
 def test_add_partitions_unknown_topic(broker: BrokerProcess, topic_name: str) -> None:
@@ -502,12 +433,12 @@ def test_add_partitions_unknown_topic(broker: BrokerProcess, topic_name: str) ->
         r = init(c, "tx-add")
         pid, epoch = int(r.producer_id), int(r.producer_epoch)
         # partition 1 does not exist; partition 0 is not added either
-        codes = add_partitions(c, "tx-add", pid, epoch, topic_name)
+        codes = add_partitions(c, "tx-add", pid, epoch, topic_name, (0, 1))
         assert codes == {
             0: ErrorCode.operation_not_attempted,
             1: ErrorCode.unknown_topic_or_partition,
         }
-        codes = add_partitions(c, "tx-add", pid, epoch, "no-such-topic")
+        codes = add_partitions(c, "tx-add", pid, epoch, "no-such-topic", (0, 1))
         assert set(codes.values()) == {ErrorCode.unknown_topic_or_partition}
         # so there is still no open transaction
         assert end(c, "tx-add", pid, epoch) == ErrorCode.invalid_txn_state
@@ -525,19 +456,7 @@ def test_transactional_write_outside_the_transaction(
             ErrorCode.invalid_producer_id_mapping
         )
         # the same write after AddPartitionsToTxn is taken
-        r2 = c.call(
-            24,
-            3,
-            ap.AddPartitionsToTxnRequest(
-                v3_and_below_transactional_id="tx-write",
-                v3_and_below_producer_id=pid,
-                v3_and_below_producer_epoch=epoch,
-                v3_and_below_topics=(ap.AddPartitionsToTxnTopic(name=topic_name, partitions=(0,)),),
-            ),
-        )
-        assert r2.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code == (
-            ErrorCode.none
-        )
+        assert add_partitions(c, "tx-write", pid, epoch, topic_name) == {0: ErrorCode.none}
         assert txn_produce(c, "tx-write", topic_name, pid, epoch) == ErrorCode.none
         assert end(c, "tx-write", pid, epoch, commit=False) == ErrorCode.none
         # a concurrent second transaction on the same id is a new incarnation's
@@ -648,16 +567,7 @@ def test_abort_hanging_transaction(broker: BrokerProcess, topic_name: str) -> No
     with RawClient(broker.bootstrap) as c:
         r = init(c, "hanging", timeout_ms=900_000)
         pid, epoch = int(r.producer_id), int(r.producer_epoch)
-        c.call(
-            24,
-            3,
-            ap.AddPartitionsToTxnRequest(
-                v3_and_below_transactional_id="hanging",
-                v3_and_below_producer_id=pid,
-                v3_and_below_producer_epoch=epoch,
-                v3_and_below_topics=(ap.AddPartitionsToTxnTopic(name=topic_name, partitions=(0,)),),
-            ),
-        )
+        add_partitions(c, "hanging", pid, epoch, topic_name)
         assert txn_produce(c, "hanging", topic_name, pid, epoch) == ErrorCode.none
     stable = Consumer(
         {

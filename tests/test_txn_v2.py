@@ -8,7 +8,7 @@ overflow on the coordinator in-process. One broker for the module."""
 
 from __future__ import annotations
 
-import datetime
+import functools
 import os
 import time
 from collections.abc import AsyncIterator
@@ -17,37 +17,25 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from kio.schema.add_partitions_to_txn.v3 import request as ap3
 from kio.schema.add_partitions_to_txn.v5 import request as ap5
 from kio.schema.api_versions.v3.request import ApiVersionsRequest as ApiVersionsV3
 from kio.schema.api_versions.v4.request import ApiVersionsRequest as ApiVersionsV4
-from kio.schema.end_txn.v4.request import EndTxnRequest as EndTxnV4
 from kio.schema.end_txn.v5.request import EndTxnRequest as EndTxnV5
 from kio.schema.errors import ErrorCode
-from kio.schema.init_producer_id.v5.request import InitProducerIdRequest
 from kio.schema.offset_fetch.v7 import request as of
 from kio.schema.txn_offset_commit.v5 import request as tc5
 
+import txn_helpers
 from harness import BrokerProcess
 from shoal.meta.store import MetaStore
-from shoal.protocol.batches import BatchBuilder
-from shoal.protocol.records import TRANSACTIONAL_BIT
+from txn_helpers import add_partitions, end, txn_produce, txn_produce_many
 from wire import RawClient, create_topic, make_batch, produce
 
 # raw requests ------------------------------------------------------------------
 
 
 def init(c: RawClient, tid: str) -> tuple[int, int]:
-    r = c.call(
-        22,
-        5,
-        InitProducerIdRequest(
-            transactional_id=tid,
-            transaction_timeout=datetime.timedelta(seconds=60),
-            producer_id=-1,
-            producer_epoch=-1,
-        ),
-    )
+    r = txn_helpers.init(c, tid, version=5)
     assert r.error_code == ErrorCode.none
     return int(r.producer_id), int(r.producer_epoch)
 
@@ -62,37 +50,8 @@ def end_v5(c: RawClient, tid: str, pid: int, epoch: int, commit: bool = True) ->
     return r.error_code, int(r.producer_id), int(r.producer_epoch)
 
 
-def txn_write(
-    c: RawClient,
-    tid: str,
-    topic: str,
-    pid: int,
-    epoch: int,
-    seq: int,
-    value: bytes,
-    partition: int = 0,
-    version: int = 12,
-) -> Any:
-    """A transactional Produce of one record; returns its error code."""
-    import importlib
-
-    pr = importlib.import_module(f"kio.schema.produce.v{version}.request")
-    b = BatchBuilder(
-        producer_id=pid, producer_epoch=epoch, base_sequence=seq, attributes=TRANSACTIONAL_BIT
-    )
-    b.append(int(time.time() * 1000), None, value)
-    body = pr.ProduceRequest(
-        transactional_id=tid,
-        acks=-1,
-        timeout=datetime.timedelta(seconds=10),
-        topic_data=(
-            pr.TopicProduceData(
-                name=topic,
-                partition_data=(pr.PartitionProduceData(index=partition, records=b.build()),),
-            ),
-        ),
-    )
-    return c.call(0, version, body).responses[0].partition_responses[0].error_code
+#: a transactional Produce of one record at v12 (version 2) unless told
+txn_write = functools.partial(txn_produce, version=12)
 
 
 def batch_v5(
@@ -214,6 +173,27 @@ def test_produce_adds_partitions_and_end_bumps_the_epoch(
     assert committed_values(broker.bootstrap, topic_name, 2) == [b"c0", b"c1", b"c2"]
 
 
+def test_one_produce_adds_its_partitions_at_once(broker: BrokerProcess, topic_name: str) -> None:
+    """A Produce v12 to three partitions adds them to the transaction in one
+    change of the id's row (one log line naming all three), not one per
+    batch; a later write to one of them and the commit go through."""
+    assert int(create_topic(broker.bootstrap, topic_name, partitions=3)) == 0
+    tid = f"once-{topic_name}"
+    with RawClient(broker.bootstrap) as c:
+        pid, epoch = init(c, tid)
+        first = {p: (0, f"a{p}".encode()) for p in range(3)}
+        assert txn_produce_many(c, tid, topic_name, pid, epoch, first, 12) == dict.fromkeys(
+            range(3), ErrorCode.none
+        )
+        assert txn_write(c, tid, topic_name, pid, epoch, 1, b"b1", 1) == ErrorCode.none
+        assert end_v5(c, tid, pid, epoch) == (ErrorCode.none, pid, epoch + 1)
+    added = [line for line in broker.log().splitlines() if f"{tid!r}" in line and "added" in line]
+    assert len(added) == 1, added
+    assert all(f"{topic_name}-{p}" in added[0] for p in range(3)), added
+    write_end(broker.bootstrap, topic_name, 3)
+    assert committed_values(broker.bootstrap, topic_name, 3) == [b"a0", b"a1", b"a2", b"b1"]
+
+
 def test_end_txn_v5_retries(broker: BrokerProcess, topic_name: str) -> None:
     """A retried EndTxn names the epoch before the bump: answered again with
     the bumped one; the other outcome is INVALID_TXN_STATE. With the current
@@ -268,34 +248,13 @@ def test_version_1_clients_unaffected(broker: BrokerProcess, topic_name: str) ->
         assert txn_write(c, tid, topic_name, pid, epoch, 0, b"x", 0, version=11) == (
             ErrorCode.transaction_abortable
         )
-        r = c.call(
-            24,
-            3,
-            ap3.AddPartitionsToTxnRequest(
-                v3_and_below_transactional_id=tid,
-                v3_and_below_producer_id=pid,
-                v3_and_below_producer_epoch=epoch,
-                v3_and_below_topics=(
-                    ap3.AddPartitionsToTxnTopic(name=topic_name, partitions=(0,)),
-                ),
-            ),
-        )
-        assert r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code == (
-            ErrorCode.none
-        )
+        assert add_partitions(c, tid, pid, epoch, topic_name) == {0: ErrorCode.none}
         assert txn_write(c, tid, topic_name, pid, epoch, 0, b"x", 0, version=11) == ErrorCode.none
         assert txn_write(c, tid, topic_name, pid, epoch, 0, b"x", 1, version=11) == (
             ErrorCode.transaction_abortable
         )
         for _ in range(2):  # the retry is answered the same
-            e = c.call(
-                26,
-                4,
-                EndTxnV4(
-                    transactional_id=tid, producer_id=pid, producer_epoch=epoch, committed=True
-                ),
-            )
-            assert e.error_code == ErrorCode.none
+            assert end(c, tid, pid, epoch, version=4) == ErrorCode.none
         assert txn_write(c, tid, topic_name, pid, epoch, 0, b"y", 1, version=11) == (
             ErrorCode.transaction_abortable
         )
@@ -535,7 +494,7 @@ async def test_epoch_overflow_gives_a_new_producer_id(meta: MetaStore) -> None:
             repo, allocate, EngineMarkers(eng, {("ovf", 0): sid}, 10), TxnConfig()
         )
         last = st.MAX_EPOCH - 1
-        assert await coord.add_on_produce("ovf", pid, last, ("ovf", 0)) == Code.none
+        assert await coord.add_on_produce("ovf", pid, last, {("ovf", 0)}) == Code.none
         await (await eng.append(sid, txn_batch(pid, last, 0, b"v"), 0))
         new = await coord.end_txn("ovf", pid, last, True, Code.producer_fenced, st.TV2)
         assert new == (500 + 1, 0)
@@ -657,12 +616,12 @@ async def test_timed_out_version_2_producer_stays_fenced(meta: MetaStore) -> Non
     )
     try:
         pid, epoch = await coord.init_producer_id("late", 1, -1, -1, Code.producer_fenced)
-        assert await coord.add_on_produce("late", pid, epoch, ("late", 0)) == Code.none
+        assert await coord.add_on_produce("late", pid, epoch, {("late", 0)}) == Code.none
         assert await coord.end_txn("late", pid, epoch, True, Code.producer_fenced, st.TV2) == (
             pid,
             epoch + 1,
         )
-        assert await coord.add_on_produce("late", pid, epoch + 1, ("late", 0)) == Code.none
+        assert await coord.add_on_produce("late", pid, epoch + 1, {("late", 0)}) == Code.none
         opened = await coord.describe("late")
         assert opened is not None
         opened.start_ms -= 10  # it began 10 ms ago: past its 1 ms timeout, without waiting

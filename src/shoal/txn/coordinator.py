@@ -131,9 +131,9 @@ class TransactionCoordinator:
         return ErrorCode.none
 
     async def add_on_produce(
-        self, tid: str, producer_id: int, epoch: int, tp: TopicPartition
+        self, tid: str, producer_id: int, epoch: int, partitions: set[TopicPartition]
     ) -> ErrorCode:
-        """A TV2 producer's write (Produce v12+) adds its partition to the
+        """A TV2 producer's write (Produce v12+) adds its partitions to the
         transaction, opening one if none is, as Kafka 4's broker does with an
         AddPartitionsToTxn v5 to the coordinator. Answers in the produce
         path's codes: another epoch is INVALID_PRODUCER_EPOCH (Kafka turns the
@@ -146,14 +146,14 @@ class TransactionCoordinator:
             and meta.producer_id == producer_id
             and meta.producer_epoch == epoch
             and meta.state == TxnState.ONGOING
-            and tp in meta.partitions
+            and partitions <= meta.partitions
         ):
             # alone, the cache is the truth (cluster mode reads the row: a
             # version 1 end on the coordinator would not have bumped the epoch)
             return ErrorCode.none
         for _attempt in range(3):
             try:
-                await self._add_implicitly(tid, producer_id, epoch, {tp})
+                await self._add_implicitly(tid, producer_id, epoch, partitions)
             except TxnError as exc:
                 if exc.code == ErrorCode.concurrent_transactions and self.shared:
                     continue  # another broker wrote the row: read it again
@@ -179,10 +179,11 @@ class TransactionCoordinator:
                         f"transactional id {tid!r} is completing its transaction",
                     )
                 await self._finish(meta)  # a decision a crash interrupted
+            # (again after a finish: an epoch overflow there changed the producer id)
+            st.check_producer(meta, producer_id, epoch, ErrorCode.producer_fenced)
             if meta.state == TxnState.ONGOING and partitions <= meta.partitions:
-                st.check_producer(meta, producer_id, epoch, ErrorCode.producer_fenced)
                 return
-            st.begin_implicitly(meta, producer_id, epoch, now_ms())
+            st.begin_or_continue(meta, now_ms())
             meta.partitions |= partitions
             await self._save(meta)
             log.info(

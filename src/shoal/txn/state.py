@@ -203,12 +203,10 @@ def decide_end(
     retry = overflow_retry or (
         v2_meta and producer_id == meta.producer_id and meta.producer_epoch == epoch + 1
     )
-    if producer_id != meta.producer_id and not overflow_retry:
-        check_producer(meta, producer_id, epoch, fenced)
     done = TxnState.COMPLETE_COMMIT if commit else TxnState.COMPLETE_ABORT
     completed = meta.state in (TxnState.COMPLETE_COMMIT, TxnState.COMPLETE_ABORT)
     if not (retry and completed):
-        check_producer(meta, producer_id, epoch, fenced)
+        check_producer(meta, producer_id, epoch, fenced)  # another id, or epoch
     elif meta.state == done:
         return False
     else:
@@ -244,15 +242,6 @@ def new_producer_after_overflow(meta: TxnMeta, producer_id: int) -> None:
     id continues as a new producer id at epoch 0, remembering the old one."""
     meta.prev_producer_id = meta.producer_id
     meta.producer_id, meta.producer_epoch = producer_id, 0
-
-
-def begin_implicitly(meta: TxnMeta, producer_id: int, epoch: int, now_ms: int) -> None:
-    """A TV2 producer's write (Produce v12+) or TxnOffsetCommit v5 opens the
-    transaction or joins it without AddPartitionsToTxn/AddOffsetsToTxn. Kafka
-    checks it as the broker-to-broker AddPartitionsToTxn does: PRODUCER_FENCED
-    for another epoch (the produce path answers INVALID_PRODUCER_EPOCH)."""
-    check_producer(meta, producer_id, epoch, ErrorCode.producer_fenced)
-    begin_or_continue(meta, now_ms)
 
 
 def complete(meta: TxnMeta, now_ms: int) -> None:

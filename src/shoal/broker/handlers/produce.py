@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from shoal.broker.broker import Broker
@@ -13,6 +14,7 @@ from shoal.broker.handlers import Client, Deferred
 from shoal.broker.topics import Topic
 from shoal.config import TOPIC_KEYS
 from shoal.config_catalog import COMPRESSION_CODECS
+from shoal.meta.store import PartitionRecord
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
 from shoal.protocol.produce_response import PartitionAnswer, ProduceAnswer
@@ -35,14 +37,29 @@ _Slot = tuple[
 ]
 
 
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A partition's batch past every check but its transaction's, which is
+    made for the request's batches together before any is appended."""
+
+    name: str
+    index: int
+    topic: Topic
+    part: PartitionRecord
+    batch: ValidatedBatch
+    size: int
+    log_append: bool
+
+
 async def handle_produce(broker: Broker, client: Client, header: RequestHeader, body: Any) -> Any:
     slots: list[_Slot] = []
+    checked: list[tuple[int, _Checked]] = []  # with their place in slots
+    tid = body.transactional_id
     for td in body.topic_data:
         # v13+ names topics by id (KIP-516)
         ref: str | uuid.UUID = td.topic_id if header.api_version >= 13 else td.name
         name = ref if isinstance(ref, str) else _name_of(broker, ref)
         refused: ErrorCode | None = None
-        tid = body.transactional_id
         if tid is not None and not broker.authorize(
             client, AclOperation.WRITE, ResourceType.TRANSACTIONAL_ID, tid
         ):
@@ -55,11 +72,23 @@ async def handle_produce(broker: Broker, client: Client, header: RequestHeader, 
         for pd in td.partition_data:
             if refused is not None or name is None:
                 slots.append((ref, pd.index, refused or ErrorCode.unknown_topic_id, -1, None))
+                continue
+            got = await _check(broker, client, header.api_version, name, pd.index, pd.records)
+            if isinstance(got, _Checked):
+                checked.append((len(slots), got))
+                slots.append((ref, pd.index, ErrorCode.none, -1, None))  # set at the append
             else:
-                slot = await _append(
-                    broker, client, header.api_version, name, pd.index, pd.records, tid
-                )
-                slots.append((ref, slot[1], slot[2], slot[3], slot[4]))
+                slots.append((ref, got[1], got[2], got[3], got[4]))
+    if checked:
+        batches = [c for _, c in checked]
+        refusals = await _check_transactional(broker, tid, header.api_version, batches)
+        for (at, c), refusal in zip(checked, refusals, strict=True):
+            got = (
+                _refused(refusal, c.name, c.index, client)
+                if refusal is not None
+                else await _append(broker, client, c)
+            )
+            slots[at] = (slots[at][0], got[1], got[2], got[3], got[4])
     if body.acks == 0:
         for slot in slots:
             fut = slot[2]
@@ -70,15 +99,14 @@ async def handle_produce(broker: Broker, client: Client, header: RequestHeader, 
     return Deferred(_respond(broker, client, header, slots, timeout))
 
 
-async def _append(
+async def _check(
     broker: Broker,
     client: Client,
     api_version: int,
     topic_name: str,
     index: int,
     records: bytes | None,
-    tid: str | None = None,
-) -> _Slot:
+) -> _Slot | _Checked:
     try:
         topic, part = broker.partition(topic_name, index)
         if broker.mirrors and topic_name in broker.mirrors:
@@ -109,12 +137,26 @@ async def _append(
             batch = await asyncio.to_thread(
                 _prepare, broker, topic, records, api_version, log_append, None
             )
-        await _check_transactional(broker, tid, batch, topic_name, index, api_version)
-        append_time = int(time.time() * 1000) if log_append else None
-        fut = await broker.engine.append(part.stream_id, [batch], part.leader_epoch, append_time)
-        broker.record_traffic(topic, part, len(records), 0)
-        return topic_name, index, fut, part.stream_id, append_time
-    except KafkaError as exc:
+        return _Checked(topic_name, index, topic, part, batch, len(records), log_append)
+    except (KafkaError, StorageError) as exc:
+        return _refused(exc, topic_name, index, client)
+
+
+async def _append(broker: Broker, client: Client, c: _Checked) -> _Slot:
+    try:
+        append_time = int(time.time() * 1000) if c.log_append else None
+        fut = await broker.engine.append(
+            c.part.stream_id, [c.batch], c.part.leader_epoch, append_time
+        )
+        broker.record_traffic(c.topic, c.part, c.size, 0)
+        return c.name, c.index, fut, c.part.stream_id, append_time
+    except (KafkaError, StorageError) as exc:
+        return _refused(exc, c.name, c.index, client)
+
+
+def _refused(exc: KafkaError | StorageError, topic_name: str, index: int, client: Client) -> _Slot:
+    """A partition's answer for a check or an append that failed, logged."""
+    if isinstance(exc, KafkaError):
         log.info(
             "produce to %s-%d from %s rejected: %s (%s)",
             topic_name,
@@ -124,17 +166,16 @@ async def _append(
             exc,
         )
         return topic_name, index, exc, -1, None
-    except StorageFull as exc:
+    if isinstance(exc, StorageFull):
         # Retriable for every client (librdkafka refreshes metadata and
         # retries; Java and kafka-python treat it as a retriable
         # InvalidMetadata error). Logged rate-limited by the DiskGuard.
         return topic_name, index, KafkaError(ErrorCode.kafka_storage_error, str(exc)), -1, None
-    except SequenceError as exc:
+    if isinstance(exc, SequenceError):
         log.info("produce to %s-%d from %s rejected: %s", topic_name, index, client, exc)
         return topic_name, index, ErrorCode[exc.code], -1, None
-    except StorageError as exc:
-        log.warning("produce to %s-%d from %s failed: %s", topic_name, index, client, exc)
-        return topic_name, index, ErrorCode.not_leader_or_follower, -1, None
+    log.warning("produce to %s-%d from %s failed: %s", topic_name, index, client, exc)
+    return topic_name, index, ErrorCode.not_leader_or_follower, -1, None
 
 
 def _prepare(
@@ -164,41 +205,62 @@ def _prepare(
 
 
 async def _check_transactional(
-    broker: Broker, tid: str | None, batch: ValidatedBatch, topic: str, index: int, version: int
-) -> None:
-    """A transactional batch needs a transactional id whose open transaction
-    holds the partition, as Kafka 4 verifies. From Produce v12 (a client on
-    transaction version 2, KIP-890) the write itself adds the partition to
-    the transaction; before, AddPartitionsToTxn must have, and a partition
-    not in it is INVALID_TXN_STATE, or TRANSACTION_ABORTABLE from v11 (the
-    clients that know it)."""
-    h = batch.header
-    if not h.is_transactional:
-        if tid is not None:
-            raise KafkaError(
-                ErrorCode.invalid_record,
-                f"produce with transactional id {tid!r} carries a non-transactional batch",
+    broker: Broker, tid: str | None, version: int, batches: list[_Checked]
+) -> list[KafkaError | StorageError | None]:
+    """The refusal of each batch, or None. A transactional batch needs a
+    transactional id whose open transaction holds the partition, as Kafka 4
+    verifies. From Produce v12 (a client on transaction version 2, KIP-890)
+    the write itself adds the partition to the transaction: the request's
+    partitions in one change of the id per producer (as Kafka's broker sends
+    the coordinator one AddPartitionsToTxn per request), before any batch is
+    appended. Before v12, AddPartitionsToTxn must have added it, and a
+    partition not in it is INVALID_TXN_STATE, or TRANSACTION_ABORTABLE from
+    v11 (the clients that know it)."""
+    refusals: list[KafkaError | StorageError | None] = [None] * len(batches)
+    joining: dict[tuple[int, int], list[int]] = {}
+    for i, c in enumerate(batches):
+        h = c.batch.header
+        if not h.is_transactional:
+            if tid is not None:
+                refusals[i] = KafkaError(
+                    ErrorCode.invalid_record,
+                    f"produce with transactional id {tid!r} carries a non-transactional batch",
+                )
+        elif tid is None:
+            # Kafka's answer to transactional records without a transactional id
+            refusals[i] = KafkaError(
+                ErrorCode.transactional_id_authorization_failed,
+                "transactional batch in a produce request without a transactional id",
             )
-        return
-    if tid is None:
-        # Kafka's answer to transactional records without a transactional id
-        raise KafkaError(
-            ErrorCode.transactional_id_authorization_failed,
-            "transactional batch in a produce request without a transactional id",
-        )
-    tp = (topic, index)
-    if version >= 12 and broker.txn.config.version >= TV2:
-        code = await broker.txn.add_on_produce(tid, h.producer_id, h.producer_epoch, tp)
-    else:
-        code = broker.txn.check_write(tid, h.producer_id, h.producer_epoch, tp)
-        if code == ErrorCode.invalid_txn_state and version >= 11:
-            code = ErrorCode.transaction_abortable
-    if code != ErrorCode.none:
-        raise KafkaError(
-            code,
-            f"transactional id {tid!r} (producer {h.producer_id} epoch {h.producer_epoch}) "
-            "cannot write to this partition in its transaction",
-        )
+        elif version >= 12 and broker.txn.config.version >= TV2:
+            joining.setdefault((h.producer_id, h.producer_epoch), []).append(i)
+        else:
+            code = broker.txn.check_write(tid, h.producer_id, h.producer_epoch, (c.name, c.index))
+            if code == ErrorCode.invalid_txn_state and version >= 11:
+                code = ErrorCode.transaction_abortable
+            refusals[i] = _txn_refusal(code, tid, h.producer_id, h.producer_epoch)
+    for (pid, epoch), at in joining.items():
+        assert tid is not None  # joining holds transactional batches with an id
+        tps = {(batches[i].name, batches[i].index) for i in at}
+        refusal: KafkaError | StorageError | None
+        try:
+            code = await broker.txn.add_on_produce(tid, pid, epoch, tps)
+            refusal = _txn_refusal(code, tid, pid, epoch)
+        except StorageError as exc:  # finishing an interrupted end: its markers
+            refusal = exc
+        for i in at:
+            refusals[i] = refusal
+    return refusals
+
+
+def _txn_refusal(code: ErrorCode, tid: str, producer_id: int, epoch: int) -> KafkaError | None:
+    if code == ErrorCode.none:
+        return None
+    return KafkaError(
+        code,
+        f"transactional id {tid!r} (producer {producer_id} epoch {epoch}) "
+        "cannot write to this partition in its transaction",
+    )
 
 
 def _check_timestamps(broker: Broker, topic: Topic, batch: ValidatedBatch) -> None:
