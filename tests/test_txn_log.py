@@ -33,6 +33,13 @@ async def meta(tmp_path: Path) -> AsyncIterator[MetaStore]:
     await m.close()
 
 
+def prepare_end(meta: TxnMeta, commit: bool, now_ms: int) -> bool:
+    """EndTxn under version 1 from the id's current producer."""
+    return st.decide_end(
+        meta, meta.producer_id, meta.producer_epoch, commit, now_ms, 0, ErrorCode.producer_fenced
+    )
+
+
 def engine(meta: MetaStore, store: FaultyStore) -> StreamEngine:
     return StreamEngine(
         store, meta, EngineConfig(wal=WalConfig(linger_ms=2), log_cache_bytes=1 << 20)
@@ -126,7 +133,7 @@ def test_coordinator_rules() -> None:
         st.check_timeout(900_001, 900_000)
     assert info.value.code == ErrorCode.invalid_transaction_timeout
     with pytest.raises(TxnError) as info:
-        st.prepare_end(meta, True, 1)  # EndTxn with nothing added
+        prepare_end(meta, True, 1)  # EndTxn with nothing added
     assert info.value.code == ErrorCode.invalid_txn_state
     with pytest.raises(TxnError) as info:
         st.check_producer(meta, 5, 1, ErrorCode.producer_fenced)
@@ -138,16 +145,16 @@ def test_coordinator_rules() -> None:
     meta.partitions.add(("t", 0))
     assert meta.state == TxnState.ONGOING and not meta.expired(60_100)
     assert meta.expired(60_101)
-    assert st.prepare_end(meta, False, 200)
+    assert prepare_end(meta, False, 200)
     with pytest.raises(TxnError) as info:
         st.begin_or_continue(meta, 300)  # still writing the abort markers
     assert info.value.code == ErrorCode.concurrent_transactions
     assert TxnMeta.from_row(meta.to_row()) == meta  # what is saved is what is loaded
     st.complete(meta, 400)
     assert meta.state == TxnState.COMPLETE_ABORT and not meta.partitions
-    assert not st.prepare_end(meta, False, 500)  # a retried abort is answered again
+    assert not prepare_end(meta, False, 500)  # a retried abort is answered again
     with pytest.raises(TxnError) as info:
-        st.prepare_end(meta, True, 500)
+        prepare_end(meta, True, 500)
     assert info.value.code == ErrorCode.invalid_txn_state
 
 

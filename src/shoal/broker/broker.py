@@ -178,7 +178,12 @@ class Broker:
         )
         engine.disk.start()
         if not config.cluster_mode:
-            await reconcile_objects(store, meta, int(config["node.id"]))
+            # Objects past the metadata's ends (an upload just before a crash,
+            # an older backup restored) are adopted or refuse the start; in a
+            # cluster the first broker to start does it (cluster/member.py).
+            from shoal.storage.inventory import reconcile
+
+            await reconcile(store, meta, int(config["node.id"]))
         catalog = TopicCatalog(meta, config)
         await catalog.load()
         engine.labeler = catalog.stream_label
@@ -358,15 +363,3 @@ class Broker:
         if current_leader_epoch < part.leader_epoch:
             raise KafkaError(ErrorCode.fenced_leader_epoch)
         raise KafkaError(ErrorCode.unknown_leader_epoch)
-
-
-async def reconcile_objects(store: ObjectStore, meta: MetaStore, node_id: int) -> None:
-    """Single node: adopt objects holding offsets past the metadata's end of
-    their streams (uploaded just before a crash, or committed under metadata
-    since lost — an older backup restored), so no offset is handed out twice;
-    refuse to start when they cannot be adopted. In a cluster the first broker
-    to start does it (cluster/member.py): once others run, their uploads in
-    flight look the same."""
-    from shoal.storage.inventory import reconcile
-
-    await reconcile(store, meta, node_id)

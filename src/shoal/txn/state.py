@@ -160,15 +160,6 @@ def begin_or_continue(meta: TxnMeta, now_ms: int) -> None:
     meta.update_ms = now_ms
 
 
-def prepare_end(meta: TxnMeta, commit: bool, now_ms: int) -> bool:
-    """EndTxn under version 1 from the id's current producer: True when the
-    transaction moves to PrepareCommit/PrepareAbort (markers to write), False
-    for a retry of an end already done (see decide_end)."""
-    return decide_end(
-        meta, meta.producer_id, meta.producer_epoch, commit, now_ms, 0, ErrorCode.producer_fenced
-    )
-
-
 def decide_end(
     meta: TxnMeta,
     producer_id: int,
