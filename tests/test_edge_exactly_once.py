@@ -387,6 +387,19 @@ def test_exactly_once_defaults(tmp_path: Path) -> None:
     assert "transactional.id" not in plain.uplinks[0].producer_config()
 
 
+def test_a_wildcard_uplink_never_forwards_into_its_offsets_topic(tmp_path: Path) -> None:
+    cfg = parse_edge_config(
+        {"site": "s1", "uplinks": [{"bootstrap": "h:1", "exactly_once": True, "topics": ["*"]}]},
+        tmp_path,
+    )
+    up = cfg.uplinks[0]
+    assert up.forwards("telemetry") and not up.forwards("_shoal_edge_offsets")
+    plain = parse_edge_config(
+        {"site": "s1", "uplinks": [{"bootstrap": "h:1", "topics": ["*"]}]}, tmp_path
+    )
+    assert plain.uplinks[0].forwards("_shoal_edge_offsets")  # only an exactly-once uplink owns it
+
+
 def test_positions_from_the_offsets_topic() -> None:
     """The last value per key wins, tombstones remove, other sites' and
     uplinks' keys and unreadable values are ignored."""

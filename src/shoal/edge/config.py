@@ -296,6 +296,10 @@ class UplinkConfig:
         return self.topic_map.get(local, self.topic_prefix + local)
 
     def forwards(self, local: str) -> bool:
+        if self.exactly_once and self.central_topic(local) == self.offsets_topic:
+            # never into our own positions, even through "*" (a topic named
+            # explicitly is refused at parse time)
+            return False
         return "*" in self.topics or local in self.topics
 
     def producer_config(self) -> dict[str, str | int | bool]:
