@@ -79,7 +79,11 @@ def test_backup_restore_and_rebuild_after_losing_the_database(tmp_path: Path) ->
         out = shoal(
             "meta", "backup", "--metadata", c.url, "--pg-dump", pg_bin("pg_dump"), str(dump)
         )
-        assert out.exit_code == 0 and "pg_dump custom format" in out.output, out.output
+        assert (
+            out.exit_code == 0
+            and "pg_dump custom format" in out.output
+            and "read back with pg_restore" in out.output
+        ), out.output
         at_backup = len(load.acked)
         wait_for(lambda: len(load.acked) >= at_backup + 400, 60, "records after the backup")
         load.stop()

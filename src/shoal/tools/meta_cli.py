@@ -136,10 +136,11 @@ def libpq_url(url: str) -> tuple[str, str | None]:
     return rendered, (str(password) if password else None)
 
 
-def backup_postgres(url: str, destination: Path, pg_dump: str) -> int:
+def backup_postgres(url: str, destination: Path, pg_dump: str) -> tuple[int, bool]:
     """pg_dump's custom format (one consistent snapshot: pg_dump reads in a
     single repeatable-read transaction, so it runs beside the brokers), then
-    `pg_restore --list` reads it back; returns its size."""
+    `pg_restore --list` reads it back when it stands beside pg_dump; returns
+    the size and whether it was read back."""
     from shoal.meta.store import redact_url
 
     binary = shutil.which(pg_dump)
@@ -167,7 +168,8 @@ def backup_postgres(url: str, destination: Path, pg_dump: str) -> int:
             f"pg_dump of {redact_url(url)} failed (exit {done.returncode}): {why}"
         )
     restore = Path(binary).with_name("pg_restore")
-    if restore.exists():
+    checked = restore.exists()
+    if checked:
         listed = subprocess.run([str(restore), "--list", str(tmp)], capture_output=True, text=True)
         if listed.returncode != 0 or "TABLE DATA public streams" not in listed.stdout:
             tmp.unlink(missing_ok=True)
@@ -175,7 +177,7 @@ def backup_postgres(url: str, destination: Path, pg_dump: str) -> int:
                 f"the dump of {redact_url(url)} does not read back: {listed.stderr.strip()}"
             )
     os.replace(tmp, destination)
-    return destination.stat().st_size
+    return destination.stat().st_size, checked
 
 
 @meta.command("backup")
@@ -215,10 +217,15 @@ def backup(
         raise click.ClickException(f"directory {dest.parent} does not exist")
     source = sqlite_path(config)
     if source is None:
-        size = backup_postgres(config.metadata_url, dest, pg_dump)
+        size, checked = backup_postgres(config.metadata_url, dest, pg_dump)
         click.echo(
             f"backed up {redact_url(config.metadata_url)} to {dest} "
-            f"(pg_dump custom format, {size} bytes)"
+            f"(pg_dump custom format, {size} bytes; "
+            + (
+                "read back with pg_restore --list)"
+                if checked
+                else "not read back: no pg_restore beside pg_dump)"
+            )
         )
         return
     if not source.is_file():
