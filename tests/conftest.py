@@ -39,3 +39,13 @@ def workers() -> Iterator[list[Any]]:
     yield started
     for w in started:
         w.stop()
+
+
+@pytest.fixture
+def gateways() -> Iterator[list[Any]]:
+    """Edge gateways in subprocesses (edge_harness.GatewayProcess) that a test
+    makes: each is killed when the test ends, pass or fail."""
+    made: list[Any] = []
+    yield made
+    for g in made:
+        g.kill()

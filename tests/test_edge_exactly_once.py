@@ -35,14 +35,6 @@ def central(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]
     b.stop()
 
 
-@pytest.fixture
-def gateways() -> Iterator[list[GatewayProcess]]:
-    made: list[GatewayProcess] = []
-    yield made
-    for g in made:
-        g.kill()
-
-
 def make_gateway(
     workdir: Path, gateways: list[GatewayProcess], central: BrokerProcess, **kw: Any
 ) -> GatewayProcess:

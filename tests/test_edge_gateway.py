@@ -82,14 +82,6 @@ def names() -> dict[str, str]:
     return {"site": f"site-{tag}", "topic": f"telemetry-{tag}", "tag": tag}
 
 
-@pytest.fixture
-def gateways() -> Iterator[list[GatewayProcess]]:
-    made: list[GatewayProcess] = []
-    yield made
-    for g in made:
-        g.kill()
-
-
 def make_gateway(
     tmp_path: Path, gateways: list[GatewayProcess], names: dict[str, str], **kw: Any
 ) -> GatewayProcess:

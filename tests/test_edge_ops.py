@@ -46,14 +46,6 @@ def mqtt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MqttBroker]:
     b.stop()
 
 
-@pytest.fixture
-def gateways() -> Iterator[list[GatewayProcess]]:
-    made: list[GatewayProcess] = []
-    yield made
-    for g in made:
-        g.kill()
-
-
 # -- item 5 and 11: an uplink outage --------------------------------------------------
 
 
