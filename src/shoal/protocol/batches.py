@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import crc32c
 
+from shoal.protocol.primitives import uvarint
 from shoal.protocol.recordcheck import snappy_chunks
 from shoal.protocol.records import (
     COMPRESSION_MASK,
@@ -44,13 +45,7 @@ class BatchDecodeError(ValueError):
 
 
 def _zigzag_bytes(n: int) -> bytes:
-    u = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while u >= 0x80:
-        out.append((u & 0x7F) | 0x80)
-        u >>= 7
-    out.append(u)
-    return bytes(out)
+    return uvarint((n << 1) ^ (n >> 63))
 
 
 _SMALL_MIN = -1
