@@ -13,10 +13,9 @@ from diskfull import small_fs
 from edge_harness import GatewayProcess, consume_all, publish, wait_for
 from mqtt_broker import MqttBroker
 
-# the MQTT broker, unique names and gateway clean-up, as the gateway tests have them
+# the MQTT broker and unique names, as the gateway tests have them (gateways is in conftest)
 mqtt = eg.mqtt
 names = eg.names
-gateways = eg.gateways
 
 
 def test_full_data_directory_withholds_mqtt_acks_until_space_returns(
