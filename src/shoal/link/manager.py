@@ -126,6 +126,34 @@ class LinkManager:
         for name, count in self.group_rounds.items():
             rounds.add_metric([name], count)
         yield from (lag, lag_s, copied, failing, synced, rounds)
+        yield from self._collect_reverse()
+
+    def _collect_reverse(self) -> Iterator[Any]:
+        """The reverse link's partitions this broker copies back: its lag is
+        the rollback point's distance, what an operator alerts on."""
+        labels = ["link", "topic", "partition"]
+        lag = GaugeMetricFamily(
+            "shoal_link_reverse_lag_records",
+            "offsets written here after promotion not yet copied back to the source",
+            labels=labels,
+        )
+        copied = CounterMetricFamily(
+            "shoal_link_reverse_copied_bytes",
+            "bytes copied back to the source since this broker took the partition",
+            labels=labels,
+        )
+        failing = GaugeMetricFamily(
+            "shoal_link_reverse_partition_error",
+            "1 while the partition's last copy back failed (see shoal link status)",
+            labels=labels,
+        )
+        for name, runner in self.reverse_runners.items():
+            for (mirror, index), p in list(runner.parts.items()):
+                key = [name, mirror, str(index)]
+                lag.add_metric(key, max(0, p.progress.shoal_end - p.next_offset))
+                copied.add_metric(key, p.progress.bytes)
+                failing.add_metric(key, 1 if p.progress.error else 0)
+        yield from (lag, copied, failing)
 
     def _leader(self) -> bool:
         """Does this broker do the cluster-wide work (topics, promotion)?"""
