@@ -250,17 +250,21 @@ class ReverseRunner:
             promoted_at = self.promotion_ends.get((m.mirror, index))
             at = promoted_at if promoted_at is not None else 0
             source_end = await self.source.end_offset(m.source_topic, index, min(at, shoal_end))
-            if promoted_at is not None and source_end != promoted_at:
-                raise ReverseError(
-                    f"the source's {m.source_topic}-{index} ends at {source_end}, not at the "
-                    f"promotion point {promoted_at}: it was written after promotion"
-                )
             if source_end > shoal_end:
                 raise ReverseError(
                     f"the source's {m.source_topic}-{index} ends at {source_end}, past this "
                     f"topic's end {shoal_end}"
                 )
-            omap = OffsetMap.starting_at(source_end)
+            if promoted_at is not None and source_end < promoted_at:
+                raise ReverseError(
+                    f"the source's {m.source_topic}-{index} ends at {source_end}, below the "
+                    f"promotion point {promoted_at}: the source lost records"
+                )
+            # Past the promotion point with no map saved: the previous owner
+            # copied batches and died before its first save. They are this
+            # topic's next batches (checked by _recover below), or another
+            # writer's, which _recover refuses.
+            omap = OffsetMap.starting_at(promoted_at if promoted_at is not None else source_end)
         p = ReversePartition(
             m.mirror, m.source_topic, index, sid, omap, omap.shoal_end, -1, -1, progress
         )
