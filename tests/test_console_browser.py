@@ -263,7 +263,10 @@ def test_a_links_page_shows_its_mirror_topic(
     for i in range(12):
         p.produce(MIRRORED, value=b"order %d" % i)
     assert p.flush(20) == 0
-    args = ["create", LINK, "--source", source.bootstrap, "--topics", MIRRORED]
+    c = Consumer({"bootstrap.servers": source.bootstrap, "group.id": "billing"})
+    c.commit(offsets=[TopicPartition(MIRRORED, 0, 4)], asynchronous=False)
+    c.close()
+    args = ["create", LINK, "--source", source.bootstrap, "--topics", MIRRORED, "--groups", "bill*"]
     with ThreadPoolExecutor(1) as ex:  # its own event loop: not on Playwright's thread
         r = ex.submit(CliRunner().invoke, link, [*args, "--metadata", env.broker.metadata_url])
         r = r.result()
@@ -277,6 +280,8 @@ def test_a_links_page_shows_its_mirror_topic(
         "12", timeout=WAIT_MS
     )
     expect(mirror.locator("h2 .pill")).to_have_text("mirroring")
+    # the group's offset on the source, synced here: 8 records behind the mirror's end
+    expect(admin.locator('tr[data-group="billing"] td.num').last).to_have_text("8", timeout=WAIT_MS)
     shot(admin, shots, "link")
 
 
