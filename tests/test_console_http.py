@@ -448,6 +448,8 @@ async def test_an_open_transaction_and_the_filters(
         ("/api/transactions?state=Sleeping", "state: 'Sleeping' is not one of open, Empty"),
         ("/api/transactions?older=0", "older: '0' is not a number of minutes"),
         ("/api/transactions?older=soon", "older: 'soon' is not"),
+        ("/api/transactions?older=%C2%B2", "older: '²' is not"),
+        ("/api/sites?limit=%C2%B2", "limit: '²' is not"),
         ("/transactions?state=x", "state: 'x' is not"),
     ):
         async with admin.get(path) as r:

@@ -343,7 +343,7 @@ class Console:
         desc = q.get("desc", "0") == "1"
         text = q.get("q", "")
         raw = q.get("limit", str(default_limit))
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        if not _whole(raw) or not 1 <= int(raw) <= MAX_LIMIT:
             raise BadParam(f"limit: {raw!r} is not a number of sites from 1 to {MAX_LIMIT}")
         rows = self.book.rows(time.time(), state or None, text or None, sort, desc)
         params = {"state": state, "sort": sort, "desc": "1" if desc else "0", "q": text}
@@ -432,7 +432,7 @@ class Console:
         if state and state not in ("open", *txns.STATES):
             raise BadParam(f"state: {state!r} is not one of open, {', '.join(txns.STATES)}")
         raw = q.get("older", str(OLDER_MIN))
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_OLDER_MIN:
+        if not _whole(raw) or not 1 <= int(raw) <= MAX_OLDER_MIN:
             raise BadParam(f"older: {raw!r} is not a number of minutes from 1 to {MAX_OLDER_MIN}")
         return {"state": state, "id": q.get("id", ""), "older": int(raw)}
 
@@ -547,6 +547,11 @@ def _who(request: web.Request) -> ConsoleUser:
     who = request[USER]
     assert isinstance(who, ConsoleUser)
     return who
+
+
+def _whole(raw: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²', which int() refuses."""
+    return raw.isascii() and raw.isdigit()
 
 
 def _str(v: Any) -> str:
