@@ -454,6 +454,8 @@ async def test_an_open_transaction_and_the_filters(
     ):
         async with admin.get(path) as r:
             text = (await r.text()).replace("&#39;", "'")
+            if path.startswith("/api/"):
+                text = json.loads(text)["error"]
             assert r.status == 400 and words in text, (path, text)
 
 
