@@ -1,7 +1,9 @@
 """The console in a real browser: headless Chromium (Debian's `chromium`,
 driven by Playwright through its executable path) against a broker, an MQTT
 broker (amqtt) and two edge gateways: `plant-1`, whose devices publish over
-MQTT, and `plant-2`, with no devices, which only reports.
+MQTT, and `plant-2`, with no devices, which only reports. A second broker
+is the source of a migration link into the console's broker, and a
+confluent-kafka transactional producer leaves a transaction open.
 
 The central topic plant-1 forwards to does not exist and is not
 auto-created, so its backlog grows and shows on the fleet page until an
@@ -18,16 +20,20 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from click.testing import CliRunner
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from console_helpers import PASSWORD, ConsoleBroker, console_broker, gateway
 from edge_harness import GatewayProcess, publish
+from harness import BrokerProcess
 from mqtt_broker import MqttBroker
+from shoal.link.cli import link
 
 CHROMIUM = os.environ.get("SHOAL_CHROMIUM") or shutil.which("chromium")
 if CHROMIUM is None:
@@ -41,6 +47,9 @@ expect = sync_api.expect
 
 SITE = "plant-1"
 OTHER = "plant-2"
+LINK = "from-dc1"
+MIRRORED = "orders"
+TXN = "checkout-7"
 WAIT_MS = 30_000
 VIEWPORT = {"width": 1100, "height": 720}  # modest, so the screenshots stay small
 
@@ -71,7 +80,24 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def starting_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Future[BrokerProcess]]:
+    """A second broker, the source of a migration link into the console's:
+    started in the background while `env` sets up."""
+    b = BrokerProcess(tmp_path_factory.mktemp("console_source") / "data", target="shoal")
+    with ThreadPoolExecutor(1) as ex:
+        yield ex.submit(b.start)
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def source(starting_source: Future[BrokerProcess]) -> BrokerProcess:
+    return starting_source.result()
+
+
+@pytest.fixture(scope="module")
+def env(
+    tmp_path_factory: pytest.TempPathFactory, starting_source: Future[BrokerProcess]
+) -> Iterator[Env]:
     e = Env(tmp_path_factory.mktemp("console_browser"))
     e.publish(25)
     yield e
@@ -223,6 +249,59 @@ def test_the_cluster_page(admin: Any, env: Env, shots: Path) -> None:
     shot(admin, shots, "cluster")
 
 
+def create_topics(bootstrap: str, *names: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.create_topics([NewTopic(n, 1, 1) for n in names]).values():
+        f.result(20)
+
+
+def test_a_links_page_shows_its_mirror_topic(
+    admin: Any, env: Env, source: BrokerProcess, shots: Path
+) -> None:
+    create_topics(source.bootstrap, MIRRORED)
+    p = Producer({"bootstrap.servers": source.bootstrap})
+    for i in range(12):
+        p.produce(MIRRORED, value=b"order %d" % i)
+    assert p.flush(20) == 0
+    c = Consumer({"bootstrap.servers": source.bootstrap, "group.id": "billing"})
+    c.commit(offsets=[TopicPartition(MIRRORED, 0, 4)], asynchronous=False)
+    c.close()
+    args = ["create", LINK, "--source", source.bootstrap, "--topics", MIRRORED, "--groups", "bill*"]
+    with ThreadPoolExecutor(1) as ex:  # its own event loop: not on Playwright's thread
+        r = ex.submit(CliRunner().invoke, link, [*args, "--metadata", env.broker.metadata_url])
+        r = r.result()
+    assert r.exit_code == 0, r.output
+    admin.goto(env.broker.console + "/links")
+    admin.click(f'tr[data-link="{LINK}"] a')
+    expect(admin.locator("h1")).to_contain_text(LINK)
+    # the mirror topic appears and catches up without a reload
+    mirror = admin.locator(f'section[data-mirror="{MIRRORED}"]')
+    expect(mirror.locator('tr[data-partition="0"] td.mirror-end')).to_have_text(
+        "12", timeout=WAIT_MS
+    )
+    expect(mirror.locator("h2 .pill")).to_have_text("mirroring")
+    # the group's offset on the source, synced here: 8 records behind the mirror's end
+    expect(admin.locator('tr[data-group="billing"] td.num').last).to_have_text("8", timeout=WAIT_MS)
+    shot(admin, shots, "link")
+
+
+def test_the_transactions_page_shows_an_open_transaction(admin: Any, env: Env, shots: Path) -> None:
+    bootstrap = env.broker.address("PLAINTEXT")
+    create_topics(bootstrap, "payments")
+    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": TXN})
+    p.init_transactions(20)
+    p.begin_transaction()
+    p.produce("payments", value=b"charge 42")
+    assert p.flush(20) == 0
+    admin.goto(env.broker.console + "/transactions")
+    row = admin.locator(f'tr[data-txn="{TXN}"]')
+    expect(row.locator(".pill")).to_have_text("Ongoing", timeout=WAIT_MS)
+    expect(row).to_contain_text("payments-0", timeout=WAIT_MS)
+    shot(admin, shots, "transactions")
+    p.abort_transaction(20)
+    expect(row.locator(".pill")).to_have_text("CompleteAbort", timeout=WAIT_MS)  # live
+
+
 def test_a_killed_gateway_goes_silent_and_the_other_stays_up(admin: Any, env: Env) -> None:
     admin.goto(env.broker.console + "/fleet")
     row = admin.locator(f'tr[data-site="{SITE}"]')
@@ -250,6 +329,10 @@ def test_a_phone_sized_screen(browser: Any, env: Env, shots: Path) -> None:
         "getComputedStyle(document.querySelector('td.backlog'), '::before').content"
     )
     assert label == '"Backlog"'
-    for link in ("Fleet", "Cluster", "Topics", "Groups"):
-        expect(phone.locator("header nav a", has_text=link)).to_be_visible()
+    for entry in ("Fleet", "Cluster", "Topics", "Groups", "Links", "Transactions"):
+        expect(phone.locator("header nav a", has_text=entry)).to_be_visible()
+    for page in ("/transactions", f"/links/{LINK}"):
+        phone.goto(env.broker.console + page)
+        expect(phone.locator("h1")).to_be_visible()
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 390, page
     phone.context.close()

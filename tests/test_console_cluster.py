@@ -1,6 +1,7 @@
 """The console on one broker of a cluster reads partitions another broker
 owns without taking them: opening a stream for its offsets would bump the
-stream's epoch and fence its owner (the producers' next commit fails)."""
+stream's epoch and fence its owner (the producers' next commit fails). Its
+transactions page lists the transactional ids every broker coordinates."""
 
 from __future__ import annotations
 
@@ -41,14 +42,17 @@ def test_console_reads_partitions_of_other_brokers_without_taking_them(tmp_path:
 
         token = base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
 
-        def topic() -> dict[str, Any]:
+        def api(path: str) -> dict[str, Any]:
             req = urllib.request.Request(
-                f"http://127.0.0.1:{port}/api/topics/t",
+                f"http://127.0.0.1:{port}/api/{path}",
                 headers={"Authorization": f"Basic {token}"},
             )
             with urllib.request.urlopen(req, timeout=10) as r:
                 doc: dict[str, Any] = json.loads(r.read())
                 return doc
+
+        def topic() -> dict[str, Any]:
+            return api("topics/t")
 
         assert produce(200) == []
         t = wait_for(
@@ -63,5 +67,21 @@ def test_console_reads_partitions_of_other_brokers_without_taking_them(tmp_path:
         assert sum(x["end_offset"] for x in t["partitions"]) == 400
         assert [x["leader_epoch"] for x in t["partitions"]] == epochs
         assert "Fenced" not in cluster.brokers[1].log()
+        # transactional ids until both brokers coordinate one (the ids hash
+        # to brokers the same way every run); the console lists them all
+        made: dict[str, int] = {}
+        for i in range(16):
+            tid = f"tx-{i}"
+            txn = Producer({"bootstrap.servers": cluster.bootstrap, "transactional.id": tid})
+            txn.init_transactions(30)
+            rows = api(f"transactions?id={tid}")["transactions"]
+            assert [r["transactional_id"] for r in rows] == [tid]
+            made[tid] = rows[0]["coordinator"]
+            if set(made.values()) == {1, 2}:
+                break
+        listed = {
+            r["transactional_id"]: r["coordinator"] for r in api("transactions")["transactions"]
+        }
+        assert listed == made and set(made.values()) == {1, 2}, made
     finally:
         cluster.stop()

@@ -1,6 +1,7 @@
 """The web console over HTTP (aiohttp's client): a real edge gateway reports
 its site to a broker serving the console; every page and /api endpoint,
-login, CSRF, permissions and bad input answered with a clear message."""
+login, CSRF, permissions and bad input answered with a clear message; a
+migration link from a second broker and a real transactional producer."""
 
 from __future__ import annotations
 
@@ -10,23 +11,43 @@ import json
 import re
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
 import pytest
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient
+from click.testing import CliRunner
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from console_helpers import PASSWORD, ConsoleBroker, console_broker, gateway
 from edge_harness import GatewayProcess, wait_for
-from harness import free_port
+from harness import BrokerProcess, free_port
+from shoal.link.cli import link
 
 SITE = "site-a"
 METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ConsoleBroker, GatewayProcess]]:
+def starting_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Future[BrokerProcess]]:
+    """A second broker, the source of a migration link into the console's:
+    started in the background while `env` sets up."""
+    b = BrokerProcess(tmp_path_factory.mktemp("console_source") / "data", target="shoal")
+    with ThreadPoolExecutor(1) as ex:
+        yield ex.submit(b.start)
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def source(starting_source: Future[BrokerProcess]) -> BrokerProcess:
+    return starting_source.result()
+
+
+@pytest.fixture(scope="module")
+def env(
+    tmp_path_factory: pytest.TempPathFactory, starting_source: Future[BrokerProcess]
+) -> Iterator[tuple[ConsoleBroker, GatewayProcess]]:
     tmp = tmp_path_factory.mktemp("console_http")
     # cluster mode on one broker (SQLite): leases, owners, drain and moves are real
     broker = console_broker(
@@ -149,7 +170,14 @@ async def _has_backlog(s: aiohttp.ClientSession) -> dict[str, Any] | None:
 
 
 async def test_every_api_endpoint_and_its_bad_input(admin: aiohttp.ClientSession) -> None:
-    for path in ("/api/cluster", "/api/topics", "/api/groups", "/api/sites"):
+    for path in (
+        "/api/cluster",
+        "/api/topics",
+        "/api/groups",
+        "/api/sites",
+        "/api/links",
+        "/api/transactions",
+    ):
         async with admin.get(path) as r:
             assert r.status == 200, path
             assert isinstance(await r.json(), dict)
@@ -172,7 +200,15 @@ async def test_every_api_endpoint_and_its_bad_input(admin: aiohttp.ClientSession
             text = await r.text()
             assert r.status == status, (path, text)
             assert words in text.replace("&#39;", "'"), (path, text)
-    for page in ("/fleet", "/cluster", "/topics", "/groups", "/topics/_shoal_sites"):
+    for page in (
+        "/fleet",
+        "/cluster",
+        "/topics",
+        "/groups",
+        "/topics/_shoal_sites",
+        "/links",
+        "/transactions",
+    ):
         async with admin.get(page) as r:
             assert r.status == 200, page
         async with admin.get(page + "?partial=1") as r:
@@ -285,6 +321,188 @@ async def test_a_principal_without_permission_is_refused(
         status, text = await _act(s, "drain-broker", {"node": "0"}, csrf)
         assert status == 403 and "may not ALTER CLUSTER" in text
     assert "viewer-t" not in _topics(env[0])
+
+
+def _create(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
+        f.result(20)
+
+
+async def _link_cli(broker: ConsoleBroker, *args: str, code: int = 0) -> Any:
+    """`shoal link ...` (in a thread: it runs its own event loop)."""
+    runner = CliRunner()
+    r = await asyncio.to_thread(runner.invoke, link, [*args, "--metadata", broker.metadata_url])
+    assert r.exit_code == code, r.output
+    return r
+
+
+async def _json(s: aiohttp.ClientSession, path: str) -> Any:
+    async with s.get(path) as r:
+        assert r.status == 200, (path, await r.text())
+        return await r.json()
+
+
+async def test_a_links_mirror_partitions_and_synced_group(
+    env: tuple[ConsoleBroker, GatewayProcess], source: BrokerProcess, admin: aiohttp.ClientSession
+) -> None:
+    broker = env[0]
+    topic, group, lnk = "orders", "billing", "from-dc1"
+    _create(source.bootstrap, topic, 2)
+    p = Producer({"bootstrap.servers": source.bootstrap, "enable.idempotence": True})
+    for i in range(40):
+        p.produce(topic, value=b"order %d" % i, partition=i % 2)
+    assert p.flush(20) == 0
+    c = Consumer({"bootstrap.servers": source.bootstrap, "group.id": group})
+    c.commit(offsets=[TopicPartition(topic, 0, 5), TopicPartition(topic, 1, 7)], asynchronous=False)
+    c.close()
+    await _link_cli(broker, "create", lnk, "--source", source.bootstrap, "--topics", topic,
+              "--groups", group)  # fmt: skip
+
+    async def caught_up() -> dict[str, Any] | None:
+        doc: dict[str, Any] = await _json(admin, f"/api/links/{lnk}")
+        ends = [p["mirror_end"] for m in doc["mirrors"] for p in m["partitions"]]
+        return doc if ends == [20, 20] and doc["synced_groups"] else None
+
+    doc = await _until(caught_up, 30, "the mirror at the source's end and the group synced")
+    assert (doc["source"], doc["state"], doc["mirror_count"]) == (source.bootstrap, "active", 1)
+    [m] = doc["mirrors"]
+    assert (m["mirror"], m["source_topic"], m["state"]) == (topic, topic, "mirroring")
+    assert m["lag_records"] == 0 and m["errors"] == [] and m["reverse"] is None
+    for part in m["partitions"]:
+        assert (part["source_end"], part["lag"], part["lag_seconds"]) == (20, 0, 0.0)
+        assert part["bytes"] > 0 and part["bytes_per_s"] >= 0 and part["error"] == ""
+    # the source's committed offsets, copied here; the group's lag on the mirror
+    assert doc["synced_groups"] == [
+        {"group": group, "state": "Empty", "members": 0, "partitions": 2, "lag": 15 + 13}
+    ]
+    # `shoal link status` reads the same rows
+    [row] = json.loads((await _link_cli(broker, "status", lnk, "--format", "json")).output)
+    assert [p["mirror_end"] for p in row["partitions"]] == [20, 20]
+    assert row["bytes"] == m["bytes"]
+    listed = (await _json(admin, "/api/links"))["links"]
+    assert [(x["name"], x["mirror_topics"], x["lag_records"], x["errors"]) for x in listed] == [
+        (lnk, [topic], 0, [])
+    ]
+    async with admin.get("/links") as r:
+        assert f'data-link="{lnk}"' in await r.text()
+    async with admin.get(f"/links/{lnk}") as r:
+        html = await r.text()
+    assert f'data-mirror="{topic}"' in html and f'data-group="{group}"' in html
+    async with admin.get(f"/links/{lnk}?partial=1") as r:
+        text = await r.text()
+        assert "<html" not in text and f'data-mirror="{topic}"' in text
+    await _link_cli(broker, "pause", lnk)
+    assert (await _json(admin, "/api/links"))["links"][0]["state"] == "paused"
+    # an unknown link: named by the CLI and the console alike
+    r = await _link_cli(broker, "status", "no-such-link", code=1)
+    assert "no link named 'no-such-link'" in r.output
+    for path in ("/api/links/no-such-link", "/links/no-such-link"):
+        async with admin.get(path) as r:
+            assert r.status == 404, path
+            assert "no link 'no-such-link'" in (await r.text()).replace("&#39;", "'")
+
+
+async def test_an_open_transaction_and_the_filters(
+    env: tuple[ConsoleBroker, GatewayProcess], admin: aiohttp.ClientSession
+) -> None:
+    bootstrap = env[0].address("PLAINTEXT")
+    _create(bootstrap, "txn-out", 1)
+    tid = "console-txn-1"
+    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": tid})
+    p.init_transactions(20)
+    p.begin_transaction()
+    p.produce("txn-out", value=b"pending")
+    assert p.flush(20) == 0
+
+    async def listed(query: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = (await _json(admin, "/api/transactions" + query))[
+            "transactions"
+        ]
+        return [r for r in rows if r["transactional_id"] == tid]
+
+    async def ongoing() -> list[dict[str, Any]]:
+        return [r for r in await listed("") if r["state"] == "Ongoing" and r["partitions"]]
+
+    [t] = await _until(ongoing, 15, "the open transaction")
+    assert t["open"] and not t["hanging"] and t["partitions"] == ["txn-out-0"]
+    assert t["timeout_ms"] == 60_000 and t["coordinator"] == 0 and t["age_s"] >= 0
+    assert t["producer_id"] >= 0 and t["producer_epoch"] >= 0
+    assert await listed("?state=open&id=console-") and await listed("?state=Ongoing")
+    assert not await listed("?id=other") and not await listed("?state=CompleteCommit")
+    async with admin.get("/transactions?state=open") as r:
+        assert f'data-txn="{tid}"' in await r.text()
+    p.commit_transaction(20)
+    [done] = await _until(lambda: listed("?state=CompleteCommit"), 15, "the commit")
+    assert not done["open"] and done["age_s"] is None
+    assert not await listed("?state=open")
+    csrf = await _csrf(admin, "/transactions")
+    for form, words in (
+        ({"transactional_id": tid}, f"{tid!r} has no open transaction to abort"),
+        ({"transactional_id": "nobody"}, "no transactional id 'nobody'"),
+        ({"transactional_id": " "}, "transactional_id is required"),
+    ):
+        status, text = await _act(admin, "abort-transaction", form, csrf)
+        assert status == 400 and words in text, (form, text)
+    for path, words in (
+        ("/api/transactions?state=Sleeping", "state: 'Sleeping' is not one of open, Empty"),
+        ("/api/transactions?older=0", "older: '0' is not a number of minutes"),
+        ("/api/transactions?older=soon", "older: 'soon' is not"),
+        ("/api/transactions?older=%C2%B2", "older: '²' is not"),
+        ("/api/sites?limit=%C2%B2", "limit: '²' is not"),
+        ("/transactions?state=x", "state: 'x' is not"),
+    ):
+        async with admin.get(path) as r:
+            text = (await r.text()).replace("&#39;", "'")
+            if path.startswith("/api/"):
+                text = json.loads(text)["error"]
+            assert r.status == 400 and words in text, (path, text)
+
+
+async def test_a_hanging_transaction_is_aborted_from_the_console(
+    env: tuple[ConsoleBroker, GatewayProcess], admin: aiohttp.ClientSession
+) -> None:
+    """Confirmed, refused without WRITE on the transactional id, then done:
+    the transaction is aborted and the producer still holding the old epoch
+    is fenced."""
+    bootstrap = env[0].address("PLAINTEXT")
+    _create(bootstrap, "txn-hang", 1)
+    tid = "console-txn-hanging"
+    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": tid})
+    p.init_transactions(20)
+    p.begin_transaction()
+    p.produce("txn-hang", value=b"never committed")
+    assert p.flush(20) == 0
+
+    async def row() -> dict[str, Any] | None:
+        rows = (await _json(admin, f"/api/transactions?id={tid}"))["transactions"]
+        return rows[0] if rows and rows[0]["partitions"] else None
+
+    before = await _until(row, 15, "the open transaction")
+    form = {"transactional_id": tid}
+    async with aiohttp.ClientSession(
+        base_url=env[0].console, cookie_jar=aiohttp.CookieJar(unsafe=True)
+    ) as viewer:
+        await _login(viewer, "", "viewer")
+        status, text = await _act(viewer, "abort-transaction", form, await _csrf(viewer))
+    assert status == 403 and f"User:viewer may not WRITE TRANSACTIONAL_ID {tid!r}" in text
+    assert (await row() or {}).get("state") == "Ongoing"
+    csrf = await _csrf(admin, "/transactions")
+    async with admin.post("/actions/abort-transaction", data={**form, "csrf": csrf}) as r:
+        assert "Confirm: abort transaction" in await r.text()
+    status, text = await _act(admin, "abort-transaction", form, csrf)
+    assert status == 200, text
+    assert f"aborted the open transaction of {tid} on txn-hang-0" in text
+    [after] = (await _json(admin, f"/api/transactions?id={tid}"))["transactions"]
+    # aborted, then ready for the new incarnation (as after a producer's restart)
+    assert after["state"] == "Empty" and not after["open"] and after["partitions"] == []
+    assert (after["producer_id"], after["producer_epoch"]) != (
+        before["producer_id"],
+        before["producer_epoch"],
+    )
+    with pytest.raises(KafkaException) as fenced:
+        p.commit_transaction(20)
+    assert fenced.value.args[0].fatal(), fenced.value
 
 
 def test_a_stopped_site_says_so(env: tuple[ConsoleBroker, GatewayProcess]) -> None:

@@ -1,6 +1,7 @@
 """Sans-IO parts of the fleet view: the report a gateway builds from its
 status, the console's reading of it (bad records skipped, silence, sort and
-filter), sessions and the config parser of the create-topic form."""
+filter), sessions, the config parser of the create-topic form, and the
+transactions page's rows and filters."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from shoal.console.actions import ActionError, parse_configs
 from shoal.console.app import _safe_next
 from shoal.console.auth import Sessions
 from shoal.console.sites import BadReport, SiteBook, parse_report
+from shoal.console.txns import select, txn_row
 from shoal.edge.report import site_report
+from shoal.txn.state import TxnMeta, TxnState
 
 SNAPSHOT = {
     "site": "plant-7",
@@ -160,3 +163,47 @@ def test_config_lines() -> None:
 )
 def test_login_redirects_stay_on_the_console(target: str, to: str) -> None:
     assert _safe_next(target) == to
+
+
+def _txn(tid: str, state: TxnState, start_ms: int, timeout_ms: int = 60_000) -> TxnMeta:
+    return TxnMeta(tid, 7, 2, timeout_ms, state, {("out", 1), ("out", 0)}, start_ms=start_ms)
+
+
+def test_transaction_rows_mark_the_hanging_ones() -> None:
+    now, older = 1_000_000, 300_000  # highlight after 5 minutes
+    fresh = txn_row(_txn("a", TxnState.ONGOING, now - 10_000), now, older, 0)
+    assert fresh["open"] and not fresh["hanging"] and fresh["age_s"] == 10.0
+    assert fresh["partitions"] == ["out-0", "out-1"] and fresh["producer_epoch"] == 2
+    # past its own timeout (the coordinator has not aborted it yet)
+    late = txn_row(_txn("b", TxnState.ONGOING, now - 2_000, timeout_ms=1_000), now, older, 0)
+    assert late["hanging"]
+    # past the page's threshold, still within a long timeout
+    old = txn_row(_txn("c", TxnState.PREPARE_COMMIT, now - 400_000, 900_000), now, older, 1)
+    assert old["hanging"] and old["coordinator"] == 1
+    # a finished transaction has no age and never hangs
+    done = txn_row(_txn("d", TxnState.COMPLETE_COMMIT, now - 900_000), now, older, 0)
+    assert not done["open"] and not done["hanging"] and done["age_s"] is None
+    idle = txn_row(_txn("e", TxnState.EMPTY, -1), now, older, 0)
+    assert idle["start_ms"] is None and not idle["hanging"]
+
+
+def test_transaction_filters() -> None:
+    now = 1_000_000
+    rows = [
+        txn_row(_txn(tid, state, now - 1000), now, 300_000, 0)
+        for tid, state in (
+            ("pay-2", TxnState.ONGOING),
+            ("pay-1", TxnState.COMPLETE_ABORT),
+            ("ship-1", TxnState.PREPARE_ABORT),
+        )
+    ]
+
+    def ids(got: list[dict[str, object]]) -> list[object]:
+        return [r["transactional_id"] for r in got]
+
+    assert ids(select(rows, None, None)) == ["pay-1", "pay-2", "ship-1"]
+    assert ids(select(rows, "open", None)) == ["pay-2", "ship-1"]
+    assert ids(select(rows, "CompleteAbort", None)) == ["pay-1"]
+    assert ids(select(rows, None, "pay-")) == ["pay-1", "pay-2"]
+    assert ids(select(rows, "open", "ship")) == ["ship-1"]
+    assert select(rows, "Empty", None) == []

@@ -8,6 +8,7 @@ Kafka API doing the same would authorize it (same ACLs, same audit trail):
 | reset a group's offsets | OffsetCommit | READ on the group and the topic |
 | move a partition | AlterPartitionReassignments | ALTER on the cluster |
 | drain a broker | (shoal cluster drain) | ALTER on the cluster |
+| abort an open transaction | InitProducerId (a new incarnation) | WRITE on the transactional id |
 
 Bad input raises ActionError with a message naming the bad value; a denial
 raises Denied. Nothing here parses HTTP: the app passes plain strings.
@@ -27,6 +28,8 @@ from shoal.group.offsets import CommittedOffset
 from shoal.meta.cluster import ClusterStore
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.security.acls import CLUSTER_NAME, AclOperation, ResourceType
+from shoal.storage.errors import StorageError
+from shoal.txn.state import TxnError, TxnState
 
 log = logging.getLogger("shoal.console.actions")
 
@@ -189,10 +192,49 @@ async def drain_broker(broker: Broker, who: ConsoleUser, form: Mapping[str, str]
     return f"broker {node} takes partitions again" if undo else f"broker {node} draining"
 
 
+async def abort_transaction(broker: Broker, who: ConsoleUser, form: Mapping[str, str]) -> str:
+    """End a hanging transaction the way a restarted producer does: a new
+    incarnation of the transactional id (InitProducerId) bumps its epoch,
+    aborts what the old one left open and fences it. Only on the id's
+    coordinator, and only an Ongoing transaction (one being committed or
+    aborted is finished by the coordinator itself)."""
+    tid = _text(form, "transactional_id")
+    _require(broker, who, AclOperation.WRITE, ResourceType.TRANSACTIONAL_ID, tid)
+    node = broker.coordinator_node(tid).node_id
+    if node != broker.node.node_id:
+        raise ActionError(
+            f"transactional_id: {tid!r} is coordinated by broker {node}: use its console"
+        )
+    meta = await broker.txn.describe(tid)
+    if meta is None:
+        raise ActionError(f"transactional_id: no transactional id {tid!r}")
+    if meta.state != TxnState.ONGOING:
+        raise ActionError(
+            f"transactional_id: {tid!r} has no open transaction to abort (state {meta.state})"
+        )
+    old = (meta.producer_id, meta.producer_epoch, sorted(meta.partitions))
+    try:
+        pid, epoch = await broker.txn.init_producer_id(
+            tid, meta.timeout_ms, -1, -1, ErrorCode.producer_fenced
+        )
+    except TxnError as exc:
+        raise ActionError(f"{exc.code.name.upper()}: {exc}") from None
+    except (StorageError, OSError) as exc:
+        raise ActionError(f"could not abort {tid!r} now ({exc}); try again") from None
+    parts = ", ".join(f"{t}-{p}" for t, p in old[2]) or "no partitions"
+    _done(broker, who, "InitProducerId", "TRANSACTIONAL_ID", tid, aborted=True,
+          producer_id=old[0], producer_epoch=old[1])  # fmt: skip
+    return (
+        f"aborted the open transaction of {tid} on {parts}; producer {old[0]} epoch {old[1]} "
+        f"is fenced (the id is now producer {pid} epoch {epoch})"
+    )
+
+
 ACTIONS = {
     "create-topic": create_topic,
     "alter-config": alter_topic_config,
     "reset-offsets": reset_offsets,
     "move-partition": move_partition,
     "drain-broker": drain_broker,
+    "abort-transaction": abort_transaction,
 }

@@ -26,7 +26,7 @@ import jinja2
 from aiohttp import web
 
 from shoal.broker.broker import Broker
-from shoal.console import data
+from shoal.console import data, links, txns
 from shoal.console.actions import ACTIONS, ActionError, Denied
 from shoal.console.auth import COOKIE, ConsoleUser, Sessions, check_password
 from shoal.console.charts import line_chart
@@ -51,6 +51,8 @@ LIVE_MS = 3000
 DEFAULT_LIMIT = 200  # fleet rows per page: a page of a thousand sites is slow to render
 MAX_LIMIT = 100_000
 LAG_SAMPLE_S = 5.0  # how often every group's lag is sampled for its chart
+OLDER_MIN = 5  # an open transaction older than this many minutes is highlighted
+MAX_OLDER_MIN = 7 * 24 * 60
 STILL = ("login.html", "error.html", "confirm.html", "result.html")  # no live updates
 USER = "shoal.console.user"  # request key of the logged-in ConsoleUser
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -95,6 +97,7 @@ class Console:
         self.sessions = Sessions(int(cfg["console.session.timeout.ms"]) / 1000)
         self.rates = data.OffsetRates()
         self.lags = data.LagHistory()
+        self.link_rates = data.OffsetRates()  # bytes copied per mirror partition
         self._sampler: asyncio.Task[None] | None = None
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -173,12 +176,16 @@ class Console:
         r.add_get("/topics/{topic}", self.topic)
         r.add_get("/groups", self.groups)
         r.add_get("/groups/{group}", self.group)
+        r.add_get("/links", self.links_page)
+        r.add_get("/links/{link}", self.link_page)
+        r.add_get("/transactions", self.transactions_page)
         r.add_post("/actions/{action}", self.action)
-        for name in ("sites", "cluster", "topics", "groups"):
+        for name in ("sites", "cluster", "topics", "groups", "links", "transactions"):
             r.add_get(f"/api/{name}", self.api)
         r.add_get("/api/sites/{site}", self.api)
         r.add_get("/api/topics/{topic}", self.api)
         r.add_get("/api/groups/{group}", self.api)
+        r.add_get("/api/links/{link}", self.api)
         r.add_static("/static", HERE / "static", append_version=False)
 
     async def home(self, _request: web.Request) -> web.Response:
@@ -336,7 +343,7 @@ class Console:
         desc = q.get("desc", "0") == "1"
         text = q.get("q", "")
         raw = q.get("limit", str(default_limit))
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        if not _whole(raw) or not 1 <= int(raw) <= MAX_LIMIT:
             raise BadParam(f"limit: {raw!r} is not a number of sites from 1 to {MAX_LIMIT}")
         rows = self.book.rows(time.time(), state or None, text or None, sort, desc)
         params = {"state": state, "sort": sort, "desc": "1" if desc else "0", "q": text}
@@ -411,6 +418,41 @@ class Console:
             "group.html", request, _who(request), g=view, topics=topics, chart=chart
         )
 
+    async def links_page(self, request: web.Request) -> web.Response:
+        rows = await links.links_view(self.broker)
+        return await self.page("links.html", request, _who(request), links=rows)
+
+    async def link_page(self, request: web.Request) -> web.Response:
+        view = await links.link_view(self.broker, request.match_info["link"], self.link_rates)
+        return await self.page("link.html", request, _who(request), lk=view)
+
+    def _txn_filters(self, request: web.Request) -> dict[str, Any]:
+        q = request.query
+        state = q.get("state", "")
+        if state and state not in ("open", *txns.STATES):
+            raise BadParam(f"state: {state!r} is not one of open, {', '.join(txns.STATES)}")
+        raw = q.get("older", str(OLDER_MIN))
+        if not _whole(raw) or not 1 <= int(raw) <= MAX_OLDER_MIN:
+            raise BadParam(f"older: {raw!r} is not a number of minutes from 1 to {MAX_OLDER_MIN}")
+        return {"state": state, "id": q.get("id", ""), "older": int(raw)}
+
+    async def _transactions(self, f: dict[str, Any]) -> list[dict[str, Any]]:
+        return await txns.transactions_view(
+            self.broker, int(time.time() * 1000), f["older"] * 60_000, f["state"] or None, f["id"]
+        )
+
+    async def transactions_page(self, request: web.Request) -> web.Response:
+        f = self._txn_filters(request)
+        rows = await self._transactions(f)
+        return await self.page(
+            "transactions.html",
+            request,
+            _who(request),
+            txns=rows,
+            f=f,
+            states=("open", *txns.STATES),
+        )
+
     # actions -------------------------------------------------------------------
 
     async def action(self, request: web.Request) -> web.Response:
@@ -454,7 +496,8 @@ class Console:
         arg = (
             request.match_info.get("site")
             or request.match_info.get("topic")
-            or (request.match_info.get("group"))
+            or request.match_info.get("group")
+            or request.match_info.get("link")
         )
         body: Any
         if what == "sites" and arg:
@@ -484,6 +527,13 @@ class Console:
         elif what == "groups" and arg:
             body = await data.group_view(self.broker, arg)
             body["lag_history"] = [{"time": t, "lag": v} for t, v in self.lags.of(arg)]
+        elif what == "links" and arg:
+            body = await links.link_view(self.broker, arg, self.link_rates)
+        elif what == "links":
+            body = {"links": await links.links_view(self.broker)}
+        elif what == "transactions":
+            f = self._txn_filters(request)
+            body = {"transactions": await self._transactions(f), "older_minutes": f["older"]}
         else:
             body = {"groups": await data.groups_view(self.broker)}
         return web.json_response(body, headers={"Cache-Control": "no-store"})
@@ -497,6 +547,11 @@ def _who(request: web.Request) -> ConsoleUser:
     who = request[USER]
     assert isinstance(who, ConsoleUser)
     return who
+
+
+def _whole(raw: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²', which int() refuses."""
+    return raw.isascii() and raw.isdigit()
 
 
 def _str(v: Any) -> str:

@@ -238,7 +238,7 @@ def decode_assignment(data: bytes) -> list[tuple[str, int]]:
         return []
 
 
-async def _end_offsets(broker: Broker, keys: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+async def end_offsets(broker: Broker, keys: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
     out = {}
     for t, p in keys:
         topic = broker.topics.get(t)
@@ -257,7 +257,7 @@ async def groups_view(broker: Broker) -> list[dict[str, Any]]:
     for gid in sorted(ids):
         summary = coord.describe(gid)
         committed = coord.committed(gid)
-        ends = await _end_offsets(broker, list(committed))
+        ends = await end_offsets(broker, list(committed))
         lag = sum(max(0, ends[k] - c.offset) for k, c in committed.items() if k in ends)
         out.append(
             {
@@ -293,7 +293,7 @@ async def group_view(broker: Broker, gid: str) -> dict[str, Any]:
             }
         )
     keys = sorted(set(committed) | set(assigned))
-    ends = await _end_offsets(broker, keys)
+    ends = await end_offsets(broker, keys)
     rows = []
     for k in keys:
         c = committed.get(k)

@@ -30,16 +30,14 @@ from shoal.link.spec import (
     mirror_name,
     parse_settings,
     patterns,
-    redact,
 )
+from shoal.link.status import link_dict, status_data
 from shoal.meta.links import (
     MIRRORING,
     PROMOTED,
     PROMOTING,
     LinkRow,
     LinkStore,
-    Progress,
-    ReverseProgress,
 )
 from shoal.meta.store import MetaError, MetaStore
 from shoal.tools.options import console, format_option
@@ -147,20 +145,6 @@ def create(
     )
 
 
-def _link_dict(row: LinkRow, reverse: dict[str, str]) -> dict[str, Any]:
-    return {
-        "name": row.name,
-        "source": row.source,
-        "settings": redact(row.settings),
-        "topics": row.topics,
-        "groups": row.groups,
-        "prefix": row.prefix,
-        "state": "paused" if row.paused else "active",
-        "write_through": row.write_through,
-        "reverse": reverse,  # promoted topic -> reverse copy state
-    }
-
-
 @link.command(name="list")
 @format_option()
 @_metadata
@@ -175,7 +159,7 @@ def list_links(fmt: str, metadata: str) -> None:
         return links, reverse
 
     links, reverse = _run(metadata, go)
-    rows = [_link_dict(r, reverse.get(r.name, {})) for r in links]
+    rows = [link_dict(r, reverse.get(r.name, {})) for r in links]
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
@@ -194,84 +178,6 @@ def list_links(fmt: str, metadata: str) -> None:
             " ".join(f"{k}={v}" for k, v in r["settings"].items()),
         )
     console().print(table)
-
-
-async def status_data(store: LinkStore, name: str | None) -> list[dict[str, Any]]:
-    _v, links, mirrors = await store.load()
-    if name is not None and name not in {row.name for row in links}:
-        raise click.ClickException(f"no link named {name!r}")
-    progress: dict[str, list[Progress]] = {}
-    for p in await store.progress():
-        progress.setdefault(p.mirror, []).append(p)
-    reverse = {r.mirror: r for r in await store.reverse()}
-    back: dict[str, list[ReverseProgress]] = {}
-    for rp in await store.reverse_progress():
-        back.setdefault(rp.mirror, []).append(rp)
-    out = []
-    now = int(time.time() * 1000)
-    for m in mirrors:
-        if name is not None and m.link != name:
-            continue
-        parts = progress.get(m.mirror, [])
-        seconds = [p.lag_seconds(now) for p in parts]
-        out.append(
-            {
-                "link": m.link,
-                "mirror": m.mirror,
-                "source_topic": m.source_topic,
-                "state": m.state,
-                "lag_records": sum(p.lag for p in parts),
-                # None: some partition has not yet caught up once
-                "lag_seconds": (
-                    None if None in seconds else max((x or 0.0 for x in seconds), default=0.0)
-                ),
-                "bytes": sum(p.bytes for p in parts),
-                "partitions": [
-                    {
-                        "partition": p.partition,
-                        "source_start": p.source_start,
-                        "source_end": p.source_end,
-                        "mirror_end": p.mirror_end,
-                        "lag": p.lag,
-                        "lag_seconds": p.lag_seconds(now),
-                        "promoted": p.promoted,
-                        "error": p.error,
-                        "updated_ms": p.updated_ms,
-                    }
-                    for p in parts
-                ],
-                "errors": sorted({p.error for p in parts if p.error}),
-                "reverse": _reverse_dict(reverse[m.mirror].state, back.get(m.mirror, []))
-                if m.mirror in reverse
-                else None,
-            }
-        )
-    return out
-
-
-def _reverse_dict(state: str, parts: list[ReverseProgress]) -> dict[str, Any]:
-    """A reversed topic's copy back to the source, for status."""
-    return {
-        "state": state,
-        "lag_records": sum(p.lag for p in parts),
-        "bytes": sum(p.bytes for p in parts),
-        "recovered": sum(p.recovered for p in parts),
-        "partitions": [
-            {
-                "partition": p.partition,
-                "shoal_end": p.shoal_end,
-                "copied_to": p.copied_to,
-                "source_end": p.source_end,
-                "lag": p.lag,
-                "recovered": p.recovered,
-                "stopped": p.stopped,
-                "error": p.error,
-                "updated_ms": p.updated_ms,
-            }
-            for p in parts
-        ],
-        "errors": sorted({p.error for p in parts if p.error}),
-    }
 
 
 @link.command()
