@@ -4,6 +4,9 @@ against real client implementations (scramp's client), JWT validation."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import subprocess
 import sys
@@ -22,6 +25,7 @@ from shoal.security.principal import NoMatchingRule, PrincipalMapper
 from shoal.security.sasl import AuthenticationFailed, OAuthBearer, Plain, SaslSession, Scram
 from shoal.security.scram import (
     CredentialError,
+    ScramCredential,
     from_salted_password,
     make_credential,
     salted_password,
@@ -289,6 +293,81 @@ def test_scram_malformed_first_message(token: bytes) -> None:
     creds = {"SCRAM-SHA-256": make_credential("SCRAM-SHA-256", "pw", 4096)}
     with pytest.raises(AuthenticationFailed):
         Scram("SCRAM-SHA-256").step(token, creds)
+
+
+def _scram_final(client: ScramClient, creds: dict[str, ScramCredential]) -> tuple[Scram, str]:
+    server = Scram("SCRAM-SHA-256")
+    client.set_server_first(server.step(client.get_client_first().encode(), creds).decode())
+    return server, client.get_client_final()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda f: f.replace("c=biws", "c=eSws"), "channel binding"),  # y,, instead of n,,
+        (lambda f: f.replace("c=biws", "c=bi*s"), "base64"),
+        (lambda f: f.rpartition(",p=")[0], "without p=proof"),
+        (lambda f: f.rpartition(",p=")[0] + ",p=AAAA", "proof of 3 bytes"),
+        (lambda f: f.rpartition(",p=")[0] + ",p=not base64!", "base64"),
+        (lambda f: "r=" + f.split(",r=")[1], "c=binding"),
+    ],
+)
+def test_scram_bad_client_final(change: Any, reason: str) -> None:
+    creds = {"SCRAM-SHA-256": make_credential("SCRAM-SHA-256", "pw", 4096)}
+    server, final = _scram_final(ScramClient(["SCRAM-SHA-256"], "bob", "pw"), creds)
+    with pytest.raises(AuthenticationFailed) as info:
+        server.step(change(final).encode(), creds)
+    assert reason in info.value.reason
+    assert server.principal is None
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        (b"n,a=alice,n=bob,r=abc", "asked to act as 'alice'"),
+        (b"n,,m=ext,n=bob,r=abc", "without n=user"),
+        (b"n,,n=bob,r=", "no nonce"),
+        (b"n,,n=bob,r=a\x01b", "printable ASCII"),
+        (b"n,,n=b=ob,r=abc", "=2C or =3D"),
+        (b"q,,n=bob,r=abc", "GS2 flag"),
+    ],
+)
+def test_scram_bad_client_first(token: bytes, reason: str) -> None:
+    creds = {"SCRAM-SHA-256": make_credential("SCRAM-SHA-256", "pw", 4096)}
+    with pytest.raises(AuthenticationFailed) as info:
+        Scram("SCRAM-SHA-256").step(token, creds)
+    assert reason in info.value.reason
+
+
+def test_scram_authzid_of_the_user_itself_and_y_flag() -> None:
+    """As Kafka: an authzid equal to the user is accepted; so is GS2 flag y
+    (the client could bind a channel but thinks the server cannot). The
+    channel binding attribute must then carry that header."""
+    cred = make_credential("SCRAM-SHA-256", "pw", 4096)
+    creds = {"SCRAM-SHA-256": cred}
+    for gs2 in ("n,a=bob,", "y,,"):
+        server = Scram("SCRAM-SHA-256")
+        bare = "n=bob,r=client-nonce"
+        server_first = server.step(f"{gs2}{bare}".encode(), creds).decode()
+        binding = base64.b64encode(gs2.encode()).decode()
+        final = server.step(_client_final(bare, server_first, binding, "pw", cred), creds)
+        assert final.startswith(b"v=")
+        assert server.principal == "User:bob"
+
+
+def _client_final(
+    bare: str, server_first: str, binding: str, password: str, cred: ScramCredential
+) -> bytes:
+    """A client-final message computed here, for GS2 headers scramp's client
+    does not send."""
+    salted = salted_password(cred.mechanism, password, cred.salt, cred.iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    nonce = server_first.split(",")[0][2:]
+    without_proof = f"c={binding},r={nonce}"
+    auth = f"{bare},{server_first},{without_proof}".encode()
+    signature = hmac.digest(hashlib.sha256(client_key).digest(), auth, "sha256")
+    proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+    return f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
 
 
 def test_plain() -> None:
