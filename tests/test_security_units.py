@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
+import ssl
 import subprocess
 import sys
 import time
@@ -16,6 +17,8 @@ from typing import Any
 
 import jwt
 import pytest
+import trustme
+from cryptography import x509
 from scramp import ScramClient
 
 from shoal.config import ConfigError, load_config
@@ -30,6 +33,7 @@ from shoal.security.scram import (
     make_credential,
     salted_password,
 )
+from shoal.security.tls import TlsSettings
 
 # -- ssl.principal.mapping.rules ------------------------------------------------
 
@@ -564,3 +568,77 @@ def test_credential_cache_remembers_misses_until_a_reload() -> None:
     for i in range(cc.MAX_UNKNOWN + 1):  # bounded: the set starts over when full
         cache.put(f"guess-{i}", {})
     assert cache.get("guess-0") is None and cache.get(f"guess-{cc.MAX_UNKNOWN}") == {}
+
+
+# -- TLS: the keystore's chain, completed once from the trust store ---------------
+
+
+def _tls_settings(keystore: Path, truststore: Path | None) -> TlsSettings:
+    return TlsSettings.from_config(
+        {
+            "ssl.enabled.protocols": "TLSv1.2,TLSv1.3",
+            "ssl.keystore.location": str(keystore),
+            "ssl.keystore.certificate.chain": "",
+            "ssl.keystore.key": "",
+            "ssl.key.password": "",
+            "ssl.truststore.location": str(truststore or ""),
+            "ssl.client.auth": "none",
+            "ssl.cipher.suites": "",
+            "ssl.reload.check.interval.ms": 1000,
+        }
+    )
+
+
+def _handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> None:
+    """A TLS handshake in memory; raises ssl.SSLError if the client refuses."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    c = client.wrap_bio(c_in, c_out, server_hostname="localhost")
+    s = server.wrap_bio(s_in, s_out, server_side=True)
+    done = [False, False]
+    for _ in range(10):
+        for i, side in enumerate((c, s)):
+            if not done[i]:
+                try:
+                    side.do_handshake()
+                    done[i] = True
+                except ssl.SSLWantReadError:
+                    pass
+            s_in.write(c_out.read())
+            c_in.write(s_out.read())
+        if all(done):
+            return
+    raise AssertionError("handshake did not finish")
+
+
+def test_keystore_chain_completed_from_the_truststore(tmp_path: Path) -> None:
+    """A keystore with the certificate alone gets its issuers from the trust
+    store, once (instead of OpenSSL building the chain on every handshake);
+    a client that trusts only the root still verifies the broker."""
+    root = trustme.CA()
+    middle = root.create_child_ca()
+    leaf = middle.issue_cert("localhost")
+    alone = tmp_path / "alone.pem"
+    alone.write_bytes(leaf.private_key_pem.bytes() + leaf.cert_chain_pems[0].bytes())
+    trust = tmp_path / "trust.pem"
+    trust.write_bytes(middle.cert_pem.bytes() + root.cert_pem.bytes())
+    settings = _tls_settings(alone, trust)
+    chain = settings.completed_chain()
+    assert chain is not None
+    subjects = [c.subject for c in x509.load_pem_x509_certificates(chain.encode())]
+    certs = [leaf.cert_chain_pems[0], middle.cert_pem, root.cert_pem]
+    assert subjects == [x509.load_pem_x509_certificate(p.bytes()).subject for p in certs]
+    client = ssl.create_default_context(cadata=root.cert_pem.bytes().decode())
+    _handshake(settings.build(), client)  # the completed chain loads with its key, in order
+
+    # a keystore with its chain is used as is; so is one whose issuer is not trusted
+    full = tmp_path / "full.pem"
+    full.write_bytes(
+        leaf.private_key_pem.bytes() + b"".join(p.bytes() for p in leaf.cert_chain_pems)
+    )
+    assert _tls_settings(full, trust).completed_chain() is None
+    other = tmp_path / "other.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    assert _tls_settings(alone, other).completed_chain() is None
+    assert _tls_settings(alone, None).completed_chain() is None
+    with pytest.raises(ssl.SSLError):  # the middle CA is not sent: the client refuses
+        _handshake(_tls_settings(alone, other).build(), client)
