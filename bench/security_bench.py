@@ -4,11 +4,13 @@ a reconnect storm of 1,000 sites over SASL_SSL with SCRAM-SHA-512.
     .venv/bin/python bench/security_bench.py [--rounds 3] [--sites 1000]
         [--concurrency 100] [--duration 10] [--json FILE]
         [--rdkafka-performance PATH [--rdkafka-count 500000]] [--pin]
-        [--storm-only] [--no-verify]
+        [--storm-only] [--no-verify] [--key ec|rsa|both]
 
 Starts one broker (PLAINTEXT, SSL and SASL_SSL listeners, certificates from
-trustme) with users plant-0 ... plant-N (SCRAM-SHA-512, 4096 iterations), then
-for each round:
+trustme: ECDSA P-256 keys, or RSA 2048 with --key rsa; --key both starts one
+broker of each and storms both in every round, for an A/B in the same
+minutes) with users plant-0 ... plant-N (SCRAM-SHA-512, 4096 iterations),
+then for each round:
 
 1. `shoal bench produce` then `shoal bench consume` (1 KiB records, 6
    partitions, acks=all) over PLAINTEXT, then the same over SSL
@@ -16,7 +18,8 @@ for each round:
 2. the storm: every site opens one new connection — TCP, TLS handshake,
    SaslHandshake, the two SCRAM-SHA-512 round trips, then a Metadata request
    (proof the session works) — `concurrency` at a time from one asyncio
-   process; new authenticated connections per second = sites / wall time.
+   process; new authenticated connections per second = sites / wall time,
+   and the broker's and the load generator's CPU per login (from /proc).
 
 Each site's salted password is computed before the storm, from the salt the
 store holds (a real site computes its own, on its own device): otherwise one
@@ -42,23 +45,22 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from security_helpers import SecureBroker, make_certs
+from security_helpers import Certs, SecureBroker, make_certs
 from shoal.protocol.headers import read_uvarint
 
 PASSWORD = "site-password"
 MECH = "SCRAM-SHA-512"
 
 
-def store_sites(metadata_url: str, names: list[str]) -> dict[str, bytes]:
-    """SCRAM-SHA-512 credentials for every site, written to the store; returns
-    each site's salted password (what the site's own client derives)."""
-    from shoal.meta.security import SecurityStore
-    from shoal.meta.store import MetaStore
+def make_sites(names: list[str]) -> tuple[dict[str, bytes], list[tuple[str, Any]]]:
+    """SCRAM-SHA-512 credentials for every site, and each site's salted
+    password (what the site's own client derives)."""
     from shoal.security.scram import from_salted_password, salted_password
 
     salted: dict[str, bytes] = {}
@@ -68,6 +70,12 @@ def store_sites(metadata_url: str, names: list[str]) -> dict[str, bytes]:
         sp = salted_password(MECH, PASSWORD, salt, 4096)
         salted[name] = sp
         creds.append((name, from_salted_password(MECH, salt, sp, 4096)))
+    return salted, creds
+
+
+def store_sites(metadata_url: str, creds: list[tuple[str, Any]]) -> None:
+    from shoal.meta.security import SecurityStore
+    from shoal.meta.store import MetaStore
 
     async def go() -> None:
         meta = await MetaStore.open(metadata_url)
@@ -77,7 +85,6 @@ def store_sites(metadata_url: str, names: list[str]) -> dict[str, bytes]:
             await meta.close()
 
     asyncio.run(go())
-    return salted
 
 
 def _client_final(bare: str, server_first: str, salted: bytes) -> str:
@@ -209,6 +216,41 @@ def _summary(xs: list[float]) -> dict[str, float]:
     return {"min": min(xs), "median": statistics.median(xs), "max": max(xs)}
 
 
+def run_storm(
+    broker: SecureBroker,
+    ctx: ssl.SSLContext,
+    salted: dict[str, bytes],
+    concurrency: int,
+    pin: bool,
+) -> tuple[float, float, float]:
+    """One storm: (logins per second, broker CPU ms per login, this load
+    generator's CPU ms per login)."""
+    assert broker.proc is not None
+    if pin:
+        os.sched_setaffinity(broker.proc.pid, {0})
+        os.sched_setaffinity(0, {1})
+    cpu0, own0 = _cpu_seconds(broker.proc.pid), _cpu_seconds(os.getpid())
+    secs = uvloop.run(storm(broker.ports["SASL_SSL"], ctx, salted, concurrency))
+    n = len(salted)
+    cpu_ms = (_cpu_seconds(broker.proc.pid) - cpu0) * 1000 / n
+    own_ms = (_cpu_seconds(os.getpid()) - own0) * 1000 / n
+    if pin:
+        every = set(range(os.cpu_count() or 1))
+        os.sched_setaffinity(broker.proc.pid, every)
+        os.sched_setaffinity(0, every)
+    return n / secs, cpu_ms, own_ms
+
+
+def client_context(certs: Certs, verify: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(certs.ca_file))
+    if not verify:
+        # Each real site checks the broker's certificate on its own CPU; the
+        # broker's side of the handshake is the same either way.
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -225,6 +267,14 @@ def main() -> None:
     ap.add_argument("--rdkafka-count", type=int, default=500_000, help="records per run")
     ap.add_argument("--storm-only", action="store_true", help="skip the throughput runs")
     ap.add_argument(
+        "--key",
+        choices=("ec", "rsa", "both"),
+        default="ec",
+        help="the broker's certificate key: ECDSA P-256 (default), RSA 2048, or both: one "
+        "broker each, the storm against each in every round (alternating which goes first); "
+        "the throughput runs use the first",
+    )
+    ap.add_argument(
         "--no-verify",
         action="store_true",
         help="the storm's generator does not check the broker's certificate (its own cost, "
@@ -237,123 +287,129 @@ def main() -> None:
         "so the two do not take turns on one core",
     )
     a = ap.parse_args()
+    key_types = ["ec", "rsa"] if a.key == "both" else [a.key]
 
     with tempfile.TemporaryDirectory(prefix="security-bench-") as tmp:
-        certs = make_certs(Path(tmp) / "certs")
-        keys = {
-            "ssl.keystore.location": str(certs.server_keystore),
-            "ssl.truststore.location": str(certs.ca_file),
-            "sasl.enabled.mechanisms": MECH,
-            "max.connections.per.ip": 100_000,
-        }
-        broker = SecureBroker(Path(tmp) / "data", keys, ("PLAINTEXT", "SSL", "SASL_SSL"))
-        broker.start()
+        t0 = time.monotonic()
+        salted, creds = make_sites([f"plant-{i}" for i in range(a.sites)])
+        brokers: dict[str, tuple[SecureBroker, Certs]] = {}
         try:
-            t0 = time.monotonic()
-            salted = store_sites(broker.metadata_url, [f"plant-{i}" for i in range(a.sites)])
-            print(f"{a.sites} SCRAM-SHA-512 users stored in {time.monotonic() - t0:.1f} s")
-            ctx = ssl.create_default_context(cafile=str(certs.ca_file))
-            if a.no_verify:
-                # Each real site checks the broker's certificate on its own
-                # CPU; the broker's side of the handshake is the same either way.
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            tls = ["-X", "security.protocol=SSL", "-X", f"ssl.ca.location={certs.ca_file}"]
-            res: dict[str, list[float]] = {
-                k: [] for k in ("produce_plain", "produce_ssl", "consume_plain", "consume_ssl")
-            }
-            if a.rdkafka_performance:
-                for k in ("rdk_produce_plain", "rdk_produce_ssl"):
-                    res[k] = []
-                    res[k + "_broker_cpu_s_per_gb"] = []
-            res["storm_per_s"] = []
-            res["storm_broker_cpu_ms_per_login"] = []
-            for r in range(a.rounds):
-                for name, listener, extra in (
-                    ("plain", "PLAINTEXT", []),
-                    ("ssl", "SSL", tls),
-                ):
-                    if a.storm_only:
-                        break
-                    topic = f"sec-bench-{name}-{r}-{os.urandom(2).hex()}"
-                    boot = broker.address(listener)
-                    produce = ["--topic", topic, "--duration", str(a.duration)]
-                    res[f"produce_{name}"].append(shoal_bench("produce", boot, produce, extra))
-                    consume = ["--topic", topic, "--duration", "60"]
-                    res[f"consume_{name}"].append(shoal_bench("consume", boot, consume, extra))
-                assert broker.proc is not None
-                for name, listener, extra in (
-                    ("plain", "PLAINTEXT", []),
-                    ("ssl", "SSL", tls),
-                ):
-                    if not a.rdkafka_performance:
-                        break
-                    topic = f"sec-rdk-{name}-{r}-{os.urandom(2).hex()}"
-                    cpu0 = _cpu_seconds(broker.proc.pid)
-                    mbs = rdkafka_performance(
-                        a.rdkafka_performance,
-                        broker.address(listener),
-                        topic,
-                        a.rdkafka_count,
-                        extra,
-                    )
-                    gb = a.rdkafka_count * 1024 / 1e9
-                    res[f"rdk_produce_{name}"].append(mbs)
-                    res[f"rdk_produce_{name}_broker_cpu_s_per_gb"].append(
-                        (_cpu_seconds(broker.proc.pid) - cpu0) / gb
-                    )
-                    print(
-                        f"round {r + 1}: rdkafka_performance {name}: {mbs:.1f} MB/s, broker "
-                        f"{res[f'rdk_produce_{name}_broker_cpu_s_per_gb'][-1]:.2f} CPU s/GB",
-                        flush=True,
-                    )
-                if a.pin:
-                    os.sched_setaffinity(broker.proc.pid, {0})
-                    os.sched_setaffinity(0, {1})
-                cpu0 = _cpu_seconds(broker.proc.pid)
-                secs = uvloop.run(storm(broker.ports["SASL_SSL"], ctx, salted, a.concurrency))
-                cpu_ms = (_cpu_seconds(broker.proc.pid) - cpu0) * 1000 / a.sites
-                if a.pin:
-                    every = set(range(os.cpu_count() or 1))
-                    os.sched_setaffinity(broker.proc.pid, every)
-                    os.sched_setaffinity(0, every)
-                res["storm_per_s"].append(a.sites / secs)
-                res["storm_broker_cpu_ms_per_login"].append(cpu_ms)
-                if not a.storm_only:
-                    print(
-                        f"round {r + 1}: produce {res['produce_plain'][-1]:.1f} / "
-                        f"{res['produce_ssl'][-1]:.1f} MB/s (plain / SSL), consume "
-                        f"{res['consume_plain'][-1]:.1f} / {res['consume_ssl'][-1]:.1f} MB/s",
-                        flush=True,
-                    )
-                print(
-                    f"round {r + 1}: storm {a.sites} logins in {secs:.2f} s = "
-                    f"{a.sites / secs:.0f}/s (broker CPU {cpu_ms:.2f} ms per login)",
-                    flush=True,
+            for kt in key_types:
+                certs = make_certs(Path(tmp) / f"certs-{kt}", kt)
+                keys = {
+                    "ssl.keystore.location": str(certs.server_keystore),
+                    "ssl.truststore.location": str(certs.ca_file),
+                    "sasl.enabled.mechanisms": MECH,
+                    "max.connections.per.ip": 100_000,
+                }
+                broker = SecureBroker(
+                    Path(tmp) / f"data-{kt}", keys, ("PLAINTEXT", "SSL", "SASL_SSL")
                 )
+                brokers[kt] = (broker, certs)
+                broker.start()
+                store_sites(broker.metadata_url, creds)
+            print(
+                f"{a.sites} SCRAM-SHA-512 users stored in {time.monotonic() - t0:.1f} s "
+                f"({', '.join(key_types)} certificates)",
+                flush=True,
+            )
+            res = _rounds(a, brokers, salted)
         finally:
-            broker.stop()
+            for broker, _ in brokers.values():
+                broker.stop()
     out = {k: _summary(v) for k, v in res.items() if v}
-    if a.storm_only:
-        text = json.dumps({"rounds": res, "summary": out}, indent=2)
-        print(text)
-        if a.json:
-            Path(a.json).write_text(text)
-        return
-    out["produce_ratio_median"] = {
-        "value": out["produce_ssl"]["median"] / out["produce_plain"]["median"]
-    }
-    out["consume_ratio_median"] = {
-        "value": out["consume_ssl"]["median"] / out["consume_plain"]["median"]
-    }
+    if not a.storm_only:
+        out["produce_ratio_median"] = {
+            "value": out["produce_ssl"]["median"] / out["produce_plain"]["median"]
+        }
+        out["consume_ratio_median"] = {
+            "value": out["consume_ssl"]["median"] / out["consume_plain"]["median"]
+        }
     if a.rdkafka_performance:
         out["rdk_produce_ratio_median"] = {
             "value": out["rdk_produce_ssl"]["median"] / out["rdk_produce_plain"]["median"]
         }
-    text = json.dumps({"rounds": res, "summary": out}, indent=2)
+    rounds = {k: v for k, v in res.items() if v}
+    text = json.dumps({"rounds": rounds, "summary": out}, indent=2)
     print(text)
     if a.json:
         Path(a.json).write_text(text)
+
+
+def _rounds(
+    a: argparse.Namespace,
+    brokers: dict[str, tuple[SecureBroker, Certs]],
+    salted: dict[str, bytes],
+) -> dict[str, list[float]]:
+    """Every round: the throughput runs on the first broker, then the storm
+    against each."""
+    broker, certs = next(iter(brokers.values()))
+    tls = ["-X", "security.protocol=SSL", "-X", f"ssl.ca.location={certs.ca_file}"]
+    res: dict[str, list[float]] = {
+        k: [] for k in ("produce_plain", "produce_ssl", "consume_plain", "consume_ssl")
+    }
+    if a.rdkafka_performance:
+        for k in ("rdk_produce_plain", "rdk_produce_ssl"):
+            res[k] = []
+            res[k + "_broker_cpu_s_per_gb"] = []
+    for kt in brokers:
+        for k in ("storm_per_s", "storm_broker_cpu_ms_per_login", "storm_client_cpu_ms_per_login"):
+            res[f"{k}_{kt}"] = []
+    res["load_average_1min"] = []
+    for r in range(a.rounds):
+        for name, listener, extra in (("plain", "PLAINTEXT", []), ("ssl", "SSL", tls)):
+            if a.storm_only:
+                break
+            topic = f"sec-bench-{name}-{r}-{os.urandom(2).hex()}"
+            boot = broker.address(listener)
+            produce = ["--topic", topic, "--duration", str(a.duration)]
+            res[f"produce_{name}"].append(shoal_bench("produce", boot, produce, extra))
+            consume = ["--topic", topic, "--duration", "60"]
+            res[f"consume_{name}"].append(shoal_bench("consume", boot, consume, extra))
+        assert broker.proc is not None
+        for name, listener, extra in (("plain", "PLAINTEXT", []), ("ssl", "SSL", tls)):
+            if not a.rdkafka_performance:
+                break
+            topic = f"sec-rdk-{name}-{r}-{os.urandom(2).hex()}"
+            cpu0 = _cpu_seconds(broker.proc.pid)
+            mbs = rdkafka_performance(
+                a.rdkafka_performance, broker.address(listener), topic, a.rdkafka_count, extra
+            )
+            gb = a.rdkafka_count * 1024 / 1e9
+            res[f"rdk_produce_{name}"].append(mbs)
+            res[f"rdk_produce_{name}_broker_cpu_s_per_gb"].append(
+                (_cpu_seconds(broker.proc.pid) - cpu0) / gb
+            )
+            print(
+                f"round {r + 1}: rdkafka_performance {name}: {mbs:.1f} MB/s, broker "
+                f"{res[f'rdk_produce_{name}_broker_cpu_s_per_gb'][-1]:.2f} CPU s/GB",
+                flush=True,
+            )
+        if not a.storm_only:
+            print(
+                f"round {r + 1}: produce {res['produce_plain'][-1]:.1f} / "
+                f"{res['produce_ssl'][-1]:.1f} MB/s (plain / SSL), consume "
+                f"{res['consume_plain'][-1]:.1f} / {res['consume_ssl'][-1]:.1f} MB/s",
+                flush=True,
+            )
+        res["load_average_1min"].append(os.getloadavg()[0])
+        order = list(brokers)
+        if r % 2:
+            order.reverse()
+        for kt in order:
+            kt_broker, kt_certs = brokers[kt]
+            ctx = client_context(kt_certs, not a.no_verify)
+            rate, cpu_ms, own_ms = run_storm(kt_broker, ctx, salted, a.concurrency, a.pin)
+            res[f"storm_per_s_{kt}"].append(rate)
+            res[f"storm_broker_cpu_ms_per_login_{kt}"].append(cpu_ms)
+            res[f"storm_client_cpu_ms_per_login_{kt}"].append(own_ms)
+            print(
+                f"round {r + 1}: storm ({kt} certificate) {len(salted)} logins at {rate:.0f}/s, "
+                f"broker CPU {cpu_ms:.2f} ms per login (one core: {1000 / cpu_ms:.0f}/s), "
+                f"load generator {own_ms:.2f} ms; load average {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
+    return res
 
 
 if __name__ == "__main__":

@@ -4,7 +4,11 @@ against real client implementations (scramp's client), JWT validation."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
+import ssl
 import subprocess
 import sys
 import time
@@ -13,6 +17,8 @@ from typing import Any
 
 import jwt
 import pytest
+import trustme
+from cryptography import x509
 from scramp import ScramClient
 
 from shoal.config import ConfigError, load_config
@@ -22,10 +28,12 @@ from shoal.security.principal import NoMatchingRule, PrincipalMapper
 from shoal.security.sasl import AuthenticationFailed, OAuthBearer, Plain, SaslSession, Scram
 from shoal.security.scram import (
     CredentialError,
+    ScramCredential,
     from_salted_password,
     make_credential,
     salted_password,
 )
+from shoal.security.tls import TlsSettings
 
 # -- ssl.principal.mapping.rules ------------------------------------------------
 
@@ -291,6 +299,81 @@ def test_scram_malformed_first_message(token: bytes) -> None:
         Scram("SCRAM-SHA-256").step(token, creds)
 
 
+def _scram_final(client: ScramClient, creds: dict[str, ScramCredential]) -> tuple[Scram, str]:
+    server = Scram("SCRAM-SHA-256")
+    client.set_server_first(server.step(client.get_client_first().encode(), creds).decode())
+    return server, client.get_client_final()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda f: f.replace("c=biws", "c=eSws"), "channel binding"),  # y,, instead of n,,
+        (lambda f: f.replace("c=biws", "c=bi*s"), "base64"),
+        (lambda f: f.rpartition(",p=")[0], "without p=proof"),
+        (lambda f: f.rpartition(",p=")[0] + ",p=AAAA", "proof of 3 bytes"),
+        (lambda f: f.rpartition(",p=")[0] + ",p=not base64!", "base64"),
+        (lambda f: "r=" + f.split(",r=")[1], "c=binding"),
+    ],
+)
+def test_scram_bad_client_final(change: Any, reason: str) -> None:
+    creds = {"SCRAM-SHA-256": make_credential("SCRAM-SHA-256", "pw", 4096)}
+    server, final = _scram_final(ScramClient(["SCRAM-SHA-256"], "bob", "pw"), creds)
+    with pytest.raises(AuthenticationFailed) as info:
+        server.step(change(final).encode(), creds)
+    assert reason in info.value.reason
+    assert server.principal is None
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        (b"n,a=alice,n=bob,r=abc", "asked to act as 'alice'"),
+        (b"n,,m=ext,n=bob,r=abc", "without n=user"),
+        (b"n,,n=bob,r=", "no nonce"),
+        (b"n,,n=bob,r=a\x01b", "printable ASCII"),
+        (b"n,,n=b=ob,r=abc", "=2C or =3D"),
+        (b"q,,n=bob,r=abc", "GS2 flag"),
+    ],
+)
+def test_scram_bad_client_first(token: bytes, reason: str) -> None:
+    creds = {"SCRAM-SHA-256": make_credential("SCRAM-SHA-256", "pw", 4096)}
+    with pytest.raises(AuthenticationFailed) as info:
+        Scram("SCRAM-SHA-256").step(token, creds)
+    assert reason in info.value.reason
+
+
+def test_scram_authzid_of_the_user_itself_and_y_flag() -> None:
+    """As Kafka: an authzid equal to the user is accepted; so is GS2 flag y
+    (the client could bind a channel but thinks the server cannot). The
+    channel binding attribute must then carry that header."""
+    cred = make_credential("SCRAM-SHA-256", "pw", 4096)
+    creds = {"SCRAM-SHA-256": cred}
+    for gs2 in ("n,a=bob,", "y,,"):
+        server = Scram("SCRAM-SHA-256")
+        bare = "n=bob,r=client-nonce"
+        server_first = server.step(f"{gs2}{bare}".encode(), creds).decode()
+        binding = base64.b64encode(gs2.encode()).decode()
+        final = server.step(_client_final(bare, server_first, binding, "pw", cred), creds)
+        assert final.startswith(b"v=")
+        assert server.principal == "User:bob"
+
+
+def _client_final(
+    bare: str, server_first: str, binding: str, password: str, cred: ScramCredential
+) -> bytes:
+    """A client-final message computed here, for GS2 headers scramp's client
+    does not send."""
+    salted = salted_password(cred.mechanism, password, cred.salt, cred.iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    nonce = server_first.split(",")[0][2:]
+    without_proof = f"c={binding},r={nonce}"
+    auth = f"{bare},{server_first},{without_proof}".encode()
+    signature = hmac.digest(hashlib.sha256(client_key).digest(), auth, "sha256")
+    proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+    return f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
+
+
 def test_plain() -> None:
     creds = {"SCRAM-SHA-256": make_credential("SCRAM-SHA-256", "pw", 4096)}
     ok = Plain()
@@ -485,3 +568,77 @@ def test_credential_cache_remembers_misses_until_a_reload() -> None:
     for i in range(cc.MAX_UNKNOWN + 1):  # bounded: the set starts over when full
         cache.put(f"guess-{i}", {})
     assert cache.get("guess-0") is None and cache.get(f"guess-{cc.MAX_UNKNOWN}") == {}
+
+
+# -- TLS: the keystore's chain, completed once from the trust store ---------------
+
+
+def _tls_settings(keystore: Path, truststore: Path | None) -> TlsSettings:
+    return TlsSettings.from_config(
+        {
+            "ssl.enabled.protocols": "TLSv1.2,TLSv1.3",
+            "ssl.keystore.location": str(keystore),
+            "ssl.keystore.certificate.chain": "",
+            "ssl.keystore.key": "",
+            "ssl.key.password": "",
+            "ssl.truststore.location": str(truststore or ""),
+            "ssl.client.auth": "none",
+            "ssl.cipher.suites": "",
+            "ssl.reload.check.interval.ms": 1000,
+        }
+    )
+
+
+def _handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> None:
+    """A TLS handshake in memory; raises ssl.SSLError if the client refuses."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    c = client.wrap_bio(c_in, c_out, server_hostname="localhost")
+    s = server.wrap_bio(s_in, s_out, server_side=True)
+    done = [False, False]
+    for _ in range(10):
+        for i, side in enumerate((c, s)):
+            if not done[i]:
+                try:
+                    side.do_handshake()
+                    done[i] = True
+                except ssl.SSLWantReadError:
+                    pass
+            s_in.write(c_out.read())
+            c_in.write(s_out.read())
+        if all(done):
+            return
+    raise AssertionError("handshake did not finish")
+
+
+def test_keystore_chain_completed_from_the_truststore(tmp_path: Path) -> None:
+    """A keystore with the certificate alone gets its issuers from the trust
+    store, once (instead of OpenSSL building the chain on every handshake);
+    a client that trusts only the root still verifies the broker."""
+    root = trustme.CA()
+    middle = root.create_child_ca()
+    leaf = middle.issue_cert("localhost")
+    alone = tmp_path / "alone.pem"
+    alone.write_bytes(leaf.private_key_pem.bytes() + leaf.cert_chain_pems[0].bytes())
+    trust = tmp_path / "trust.pem"
+    trust.write_bytes(middle.cert_pem.bytes() + root.cert_pem.bytes())
+    settings = _tls_settings(alone, trust)
+    chain = settings.completed_chain()
+    assert chain is not None
+    subjects = [c.subject for c in x509.load_pem_x509_certificates(chain.encode())]
+    certs = [leaf.cert_chain_pems[0], middle.cert_pem, root.cert_pem]
+    assert subjects == [x509.load_pem_x509_certificate(p.bytes()).subject for p in certs]
+    client = ssl.create_default_context(cadata=root.cert_pem.bytes().decode())
+    _handshake(settings.build(), client)  # the completed chain loads with its key, in order
+
+    # a keystore with its chain is used as is; so is one whose issuer is not trusted
+    full = tmp_path / "full.pem"
+    full.write_bytes(
+        leaf.private_key_pem.bytes() + b"".join(p.bytes() for p in leaf.cert_chain_pems)
+    )
+    assert _tls_settings(full, trust).completed_chain() is None
+    other = tmp_path / "other.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    assert _tls_settings(alone, other).completed_chain() is None
+    assert _tls_settings(alone, None).completed_chain() is None
+    with pytest.raises(ssl.SSLError):  # the middle CA is not sent: the client refuses
+        _handshake(_tls_settings(alone, other).build(), client)

@@ -23,6 +23,7 @@ from shoal.protocol.guard import guard_body
 from shoal.protocol.headers import RequestHeader, body_offset, peek_header, response_header
 from shoal.protocol.metadata_response import MetadataAnswer
 from shoal.protocol.produce_response import ProduceAnswer
+from shoal.protocol.sasl_response import SaslAuthenticateAnswer, SaslHandshakeAnswer
 
 API_VERSIONS = 18
 
@@ -146,7 +147,9 @@ def decode_request(frame: bytes) -> Request:
 def encode_response(header: RequestHeader, body: Any) -> bytes:
     """Size prefix, response header, body. ApiVersions always answers with header
     v0 so that a client that guessed a version can still read it."""
-    if isinstance(body, ProduceAnswer | MetadataAnswer):  # written by hand, for speed
+    if isinstance(  # written by hand, for speed
+        body, ProduceAnswer | MetadataAnswer | SaslHandshakeAnswer | SaslAuthenticateAnswer
+    ):
         return body.frame(header.correlation_id)
     flexible = bool(type(body).__flexible__) and header.api_key != API_VERSIONS
     out = io.BytesIO()

@@ -18,10 +18,9 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any
 
 from shoal.security.oauth import JwtValidator, TokenError, now_ms
-from shoal.security.scram import ScramCredential
+from shoal.security.scram import ScramCredential, ScramError, ScramServer, client_first_user
 
 API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
 PRE_AUTH_APIS = frozenset({API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE})
@@ -104,60 +103,45 @@ class Plain(Mechanism):
 
 
 class Scram(Mechanism):
-    """RFC 5802 through scramp: client-first, server-first, client-final,
+    """RFC 5802 (security/scram.py): client-first, server-first, client-final,
     server-final. Channel binding is not offered (as in Kafka)."""
 
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
-        self._server: Any = None
+        self._server: ScramServer | None = None
         self._user: str | None = None
 
     def user_of(self, token: bytes) -> str | None:
         if self._server is not None:
             return None
         try:
-            return _scram_user(token.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+            return client_first_user(token.decode("utf-8"))[2]
+        except (UnicodeDecodeError, ScramError):
             return None
 
     def step(self, token: bytes, credentials: Mapping[str, ScramCredential]) -> bytes:
-        from scramp import ScramException, ScramMechanism
-
         try:
             text = token.decode("utf-8")
         except UnicodeDecodeError:
             raise self.fail("SCRAM message is not UTF-8") from None
         try:
             if self._server is None:
-                user = self.claimed = _scram_user(text)
+                gs2_header, bare, user = client_first_user(text)
+                self.claimed = user
                 cred = credentials.get(self.name)
                 if cred is None:
                     raise self.fail(f"unknown user {user!r} for {self.name}")
-                info = (cred.salt, cred.stored_key, cred.server_key, cred.iterations)
-                self._server = ScramMechanism(self.name).make_server(lambda _u: info)
-                self._server.set_client_first(text)
+                self._server = ScramServer(cred, gs2_header, bare)
                 self._user = user
-                return str(self._server.get_server_first()).encode()
+                return self._server.server_first.encode()
             if self._user is None:
                 raise self.fail("SCRAM exchange already over")
-            self._server.set_client_final(text)
-            final = str(self._server.get_server_final()).encode()
+            final = self._server.final(text).encode()
             self.principal, self._user = f"User:{self._user}", None
             return final
-        except ScramException as exc:
+        except ScramError as exc:
             raise self.fail(f"SCRAM for {self._user or 'unknown user'}: {exc}") from None
-        except ValueError as exc:
-            raise self.fail(f"malformed SCRAM message: {exc}") from None
-
-
-def _scram_user(client_first: str) -> str:
-    """The user name of a client-first message (`n,,n=user,r=nonce`),
-    unescaped (=2C is a comma, =3D an equals sign)."""
-    parts = client_first.split(",")
-    if len(parts) < 4 or not parts[2].startswith("n="):
-        raise ValueError("client-first message without n=user")
-    return parts[2][2:].replace("=2C", ",").replace("=3D", "=")
 
 
 class OAuthBearer(Mechanism):

@@ -9,7 +9,6 @@ not told).
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 from dataclasses import replace
 from typing import Any
@@ -17,30 +16,32 @@ from typing import Any
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import Client, Deferred
 from shoal.meta.security import SecurityStore
-from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode
 from shoal.protocol.headers import RequestHeader
+from shoal.protocol.sasl_response import SaslAuthenticateAnswer, SaslHandshakeAnswer
 from shoal.security.sasl import AuthenticationFailed, SaslSession
 from shoal.security.scram import ScramCredential
 
 log = logging.getLogger("shoal.sasl")
+_NONE = int(ErrorCode.none.value)
+_ILLEGAL_STATE = int(ErrorCode.illegal_sasl_state.value)
+_UNSUPPORTED = int(ErrorCode.unsupported_sasl_mechanism.value)
+_FAILED = int(ErrorCode.sasl_authentication_failed.value)
 
 
 async def handle_sasl_handshake(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
-    s = Schema(17, header.api_version)
+    version = header.api_version
     session: SaslSession | None = client.session
     if session is None:
         log.info("SaslHandshake from %s on %s: not a SASL listener", client, client.listener)
-        return s.SaslHandshakeResponse(error_code=ErrorCode.illegal_sasl_state, mechanisms=())
+        return SaslHandshakeAnswer(version, _ILLEGAL_STATE, ())
     mechanisms = tuple(session.mechanisms)
     if session.mechanism is not None:
         session.closing = True
         log.info("SaslHandshake from %s: handshake in the middle of an exchange", client)
-        return s.SaslHandshakeResponse(
-            error_code=ErrorCode.illegal_sasl_state, mechanisms=mechanisms
-        )
+        return SaslHandshakeAnswer(version, _ILLEGAL_STATE, mechanisms)
     if not session.handshake(body.mechanism, header.api_version):
         log.info(
             "authentication failed: client %s on %s asked for mechanism %r; enabled: %s",
@@ -52,27 +53,22 @@ async def handle_sasl_handshake(
         broker.audit.authentication(
             client, str(body.mechanism), False, "UNSUPPORTED_SASL_MECHANISM"
         )
-        return s.SaslHandshakeResponse(
-            error_code=ErrorCode.unsupported_sasl_mechanism, mechanisms=mechanisms
-        )
-    return s.SaslHandshakeResponse(error_code=ErrorCode.none, mechanisms=mechanisms)
+        return SaslHandshakeAnswer(version, _UNSUPPORTED, mechanisms)
+    return SaslHandshakeAnswer(version, _NONE, mechanisms)
 
 
 async def handle_sasl_authenticate(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
-    s = Schema(36, header.api_version)
+    version = header.api_version
     session: SaslSession | None = client.session
     mech = None if session is None else session.mechanism
     if session is None or mech is None:
         if session is not None:
             session.closing = True
         log.info("SaslAuthenticate from %s on %s without a handshake", client, client.listener)
-        return s.SaslAuthenticateResponse(
-            error_code=ErrorCode.illegal_sasl_state,
-            error_message="SaslAuthenticate before SaslHandshake",
-            auth_bytes=b"",
-            session_lifetime=datetime.timedelta(0),
+        return SaslAuthenticateAnswer(
+            version, _ILLEGAL_STATE, "SaslAuthenticate before SaslHandshake", b""
         )
     token = bytes(body.auth_bytes)
     try:
@@ -102,7 +98,7 @@ async def handle_sasl_authenticate(
         )
         who = replace(client, principal=f"User:{mech.claimed}") if mech.claimed else client
         broker.audit.authentication(who, mech.name, False, exc.reason)
-        return Deferred(_fail_later(s, str(exc), session.failure_delay_ms))
+        return Deferred(_fail_later(version, str(exc), session.failure_delay_ms))
     if mech.complete:
         log.info(
             "authenticated %s with %s from %s on %s%s",
@@ -114,21 +110,11 @@ async def handle_sasl_authenticate(
         )
         assert session.principal is not None
         broker.audit.authentication(replace(client, principal=session.principal), mech.name, True)
-    return s.SaslAuthenticateResponse(
-        error_code=ErrorCode.none,
-        error_message=None,
-        auth_bytes=reply,
-        session_lifetime=datetime.timedelta(milliseconds=lifetime_ms),
-    )
+    return SaslAuthenticateAnswer(version, _NONE, None, reply, lifetime_ms)
 
 
-async def _fail_later(s: Schema, message: str, delay_ms: int) -> Any:
+async def _fail_later(version: int, message: str, delay_ms: int) -> Any:
     """Kafka's connection.failed.authentication.delay.ms: a client guessing
     passwords gets its answer late (the connection closes after it)."""
     await asyncio.sleep(delay_ms / 1000)
-    return s.SaslAuthenticateResponse(
-        error_code=ErrorCode.sasl_authentication_failed,
-        error_message=message,
-        auth_bytes=b"",
-        session_lifetime=datetime.timedelta(0),
-    )
+    return SaslAuthenticateAnswer(version, _FAILED, message, b"")
