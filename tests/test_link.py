@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -24,6 +31,7 @@ from confluent_kafka.admin import (
     ConfigResource,
     NewPartitions,
     NewTopic,
+    OffsetSpec,
 )
 
 from harness import BrokerProcess, free_port, tansu_binary
@@ -270,6 +278,84 @@ def test_mirror_under_load_then_consumers_move_and_promote(
     [row] = json.loads(shoal_link(target, "status", lnk, "--format", "json").output)
     assert (row["state"], row["lag_records"], row["lag_seconds"]) == ("promoted", 0, 0.0)
     assert row["bytes"] > 0 and row["errors"] == []
+
+
+def test_transactions_mirrored_with_their_markers(
+    source: BrokerProcess, target: BrokerProcess
+) -> None:
+    """The source's markers end each transaction on the mirror: read_committed
+    consumers there drop aborted records and stop at an open transaction,
+    at the same last stable offset as on the source."""
+    topic, lnk = name("txn"), name("L")
+    create_topic(source.bootstrap, topic, 1)
+    tp = TopicPartition(topic, 0)
+    p = Producer({"bootstrap.servers": source.bootstrap, "transactional.id": name("t")})
+    p.init_transactions(20)
+    for tag, count, commit in (("c1", 5, True), ("a", 5, False), ("c2", 5, True)):
+        p.begin_transaction()
+        for i in range(count):
+            p.produce(topic, b"%s-%d" % (tag.encode(), i), partition=0)
+        assert p.flush(20) == 0  # written before the abort, not purged unsent
+        if commit:
+            p.commit_transaction(20)
+        else:
+            p.abort_transaction(20)
+    p.begin_transaction()  # left open while the link mirrors
+    for i in range(3):
+        p.produce(topic, b"open-%d" % i, partition=0)
+    assert p.flush(20) == 0
+
+    def latest(bootstrap: str, committed: bool = False) -> int:
+        """The last stable offset, or the high watermark (-1: no topic yet)."""
+        iso = IsolationLevel.READ_COMMITTED if committed else IsolationLevel.READ_UNCOMMITTED
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        [fut] = admin.list_offsets({tp: OffsetSpec.latest()}, isolation_level=iso).values()
+        try:
+            return int(fut.result(10).offset)
+        except KafkaException:
+            return -1
+
+    def read(bootstrap: str, isolation: str, last: bytes) -> list[bytes]:
+        c = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": name("g"),
+                "isolation.level": isolation,
+                "fetch.wait.max.ms": 50,
+            }
+        )
+        c.assign([TopicPartition(topic, 0, 0)])
+        got: list[bytes] = []
+        deadline = time.monotonic() + 20
+        try:
+            while last not in got:
+                assert time.monotonic() < deadline, f"read {got}"
+                m = c.poll(0.2)
+                if m is not None and not m.error():
+                    got.append(m.value())
+        finally:
+            c.close()
+        return got
+
+    r = shoal_link(target, "create", lnk, "--source", source.bootstrap, "--topics", topic)
+    assert r.exit_code == 0, r.output
+    end = latest(source.bootstrap)
+    wait_for("the mirror", lambda: latest(target.bootstrap) == end)
+    committed = [b"c1-%d" % i for i in range(5)] + [b"c2-%d" % i for i in range(5)]
+    aborted = [b"a-%d" % i for i in range(5)]
+    assert read(target.bootstrap, "read_committed", b"c2-4") == committed
+    assert latest(target.bootstrap, True) == latest(source.bootstrap, True) < end
+    uncommitted = read(target.bootstrap, "read_uncommitted", b"open-2")
+    opened = [b"open-%d" % i for i in range(3)]
+    assert uncommitted == committed[:5] + aborted + committed[5:] + opened
+    p.commit_transaction(20)
+    end = latest(source.bootstrap)
+    wait_for("the commit marker", lambda: latest(target.bootstrap) == end)
+    assert latest(target.bootstrap, True) == end
+    assert read(target.bootstrap, "read_committed", b"open-2") == committed + [
+        b"open-%d" % i for i in range(3)
+    ]
+    assert shoal_link(target, "delete", lnk).exit_code == 0
 
 
 def test_compacted_source_with_gaps_and_log_start(

@@ -251,14 +251,12 @@ class LinkRunner:
                 await self._reserve(h.producer_id)
             if (h.is_transactional or h.is_control) and p.mirror not in self.transactional:
                 self.transactional.add(p.mirror)
-                log.warning(
+                log.info(
                     "link %s: %s-%d has transactional batches; they are mirrored with their "
-                    "markers, but until Shoal has transactions a read_committed consumer of "
-                    "%s also sees aborted records",
+                    "markers, which end each transaction here as on the source",
                     self.name,
                     f.topic,
                     f.partition,
-                    p.mirror,
                 )
             try:
                 fut = await self.broker.engine.append_at(p.stream_id, data[start:end])

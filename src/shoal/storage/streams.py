@@ -27,7 +27,7 @@ from shoal.meta.store import (
     RangeRecord,
     StreamFenced,
 )
-from shoal.protocol.batches import control_batch
+from shoal.protocol.batches import ABORT_MARKER, control_batch, control_type
 from shoal.protocol.records import (
     ValidatedBatch,
     batch_spans,
@@ -618,7 +618,21 @@ class StreamEngine:
             )
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         end = h.last_offset + 1
+        now = int(time.time() * 1000)
         pid = h.producer_id if h.producer_id >= 0 and not h.is_control else -1
+        aborted_first = -1
+        if h.is_control and h.producer_id >= 0:
+            # The source's transaction marker: it ends the producer's
+            # transaction here as a marker written by our coordinator would,
+            # so read_committed consumers of the mirror drop aborted records.
+            pid = h.producer_id
+            first = producer_state.end_txn(
+                st.producers, pid, h.producer_epoch, h.base_offset, now
+            )
+            st.open_txns.pop(pid, None)
+            if control_type(data) == ABORT_MARKER and first >= 0:
+                st.aborted.append(AbortedTxn(st.id, pid, first, h.base_offset))
+                aborted_first = first
         self.wal.add(
             Append(
                 st.id,
@@ -629,17 +643,20 @@ class StreamEngine:
                 h.max_timestamp,
                 fut,
                 pid,
+                aborted_first,
                 producers=st.producers,
             )
         )
         st.next_offset = end
         committed = _offset_when_done(fut, h.base_offset)
-        if pid >= 0 and h.base_sequence >= 0:
+        if pid >= 0 and h.base_sequence >= 0 and not h.is_control:
             last_seq = producer_state.next_seq(h.base_sequence, h.last_offset_delta)
             meta = BatchMeta(h.base_sequence, last_seq, h.base_offset, h.last_offset, committed)
-            producer_state.record(
-                st.producers, pid, h.producer_epoch, meta, int(time.time() * 1000)
-            )
+            producer_state.record(st.producers, pid, h.producer_epoch, meta, now)
+            if h.is_transactional and producer_state.begin_txn(
+                st.producers, pid, h.base_offset
+            ):
+                st.open_txns[pid] = h.base_offset
         return committed
 
     def _committed(self, key: str, ranges: list[RangeCommit], appends: list[Append]) -> None:
