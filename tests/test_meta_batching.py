@@ -5,6 +5,7 @@ statement is a network round trip."""
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
 
 from cluster_harness import new_database
 from shoal.meta.cluster import ClusterStore, Move
@@ -26,27 +28,45 @@ from shoal.meta.store import (
 )
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "sqlite-memory", "postgresql"])
 async def meta(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MetaStore]:
-    url = f"sqlite:///{tmp_path}/meta.db" if request.param == "sqlite" else new_database()
+    """A file commits through its own connection (shoal.meta.sqlite_commit),
+    an in-memory database through the engine, as PostgreSQL does."""
+    url = {
+        "sqlite": f"sqlite:///{tmp_path}/meta.db",
+        "sqlite-memory": "sqlite:///:memory:",
+    }.get(request.param) or new_database()
     m = await MetaStore.open(url)
+    assert (m.sqlite_commits is not None) == (request.param == "sqlite")
     yield m
     await m.close()
 
 
 class Statements:
-    """Counts the statements sent to the database (an executemany is one)."""
+    """Counts the statements sent to the database (an executemany is one):
+    through the engine, and on SQLite also those of the WAL commits' own
+    connection (shoal.meta.sqlite_commit)."""
 
     def __init__(self, meta: MetaStore) -> None:
-        self.count = 0
+        self._meta = meta
+        self._seen_by_engine = 0
+        self._base = 0
         self._engine = meta.engine.sync_engine
         event.listen(self._engine, "before_cursor_execute", self._seen)
 
     def _seen(self, *_args: Any) -> None:
-        self.count += 1
+        self._seen_by_engine += 1
+
+    def _total(self) -> int:
+        own = self._meta.sqlite_commits
+        return self._seen_by_engine + (own.statements if own is not None else 0)
+
+    @property
+    def count(self) -> int:
+        return self._total() - self._base
 
     def __enter__(self) -> Statements:
-        self.count = 0
+        self._base = self._total()
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -103,6 +123,7 @@ async def test_batched_open_and_commit_cost_the_same_for_4_or_400_streams(
 ) -> None:
     small_open, small_commit, _ = await open_and_commit(meta, statements, 4)
     big_open, big_commit, taken = await open_and_commit(meta, statements, 400)
+    assert small_open > 0 and small_commit > 0
     assert big_open == small_open
     assert big_commit == small_commit
     # ... and the commit did what it says: every stream moved, ranges and
@@ -129,6 +150,33 @@ async def test_a_group_commit_with_one_stale_stream_changes_nothing(meta: MetaSt
         assert (await meta.read_stream(sid)).end_offset == 0
     assert await meta.load_ranges(sids[0]) == []
     assert "wal/stale" not in await meta.object_keys()
+
+
+async def test_a_commit_out_of_order_or_failing_half_way_changes_nothing(meta: MetaStore) -> None:
+    """A range that does not start at the stream's end is refused as fenced;
+    a statement failing after the ends moved (a key already recorded) rolls
+    the whole commit back."""
+    sids = await streams_of(meta, 3)
+    opened = await meta.open_streams(sids)
+    epochs = {sid: res.record.epoch for sid, res in opened.items() if isinstance(res, OpenedStream)}
+    first = [RangeCommit(sid, epochs[sid], 0, 5, 0, 100, 1) for sid in sids]
+    await meta.commit_objects([ObjectCommit("wal/first", 300, first)], node_id=0)
+    skipping = [
+        RangeCommit(sid, epochs[sid], 5 if sid != sids[1] else 6, 9, 0, 100, 1) for sid in sids
+    ]
+    with pytest.raises(StreamFenced, match="end 5, expected 6") as info:
+        await meta.commit_objects([ObjectCommit("wal/skip", 300, skipping)], node_id=0)
+    assert info.value.stream_id == sids[1]
+    again = [RangeCommit(sid, epochs[sid], 5, 9, 0, 100, 1) for sid in sids]
+    with pytest.raises((sqlite3.IntegrityError, IntegrityError)):
+        await meta.commit_objects([ObjectCommit("wal/first", 300, again)], node_id=0)
+    for sid in sids:
+        assert (await meta.read_stream(sid)).end_offset == 5
+        assert [(r.start_offset, r.object_key) for r in await meta.load_ranges(sid)] == [
+            (0, "wal/first")
+        ]
+    await meta.commit_objects([ObjectCommit("wal/next", 300, again)], node_id=0)
+    assert {(await meta.read_stream(sid)).end_offset for sid in sids} == {9}
 
 
 async def test_batched_open_answers_each_stream(meta: MetaStore) -> None:
