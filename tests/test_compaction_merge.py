@@ -21,6 +21,7 @@ from shoal.storage.compaction import CompactionConfig
 from shoal.storage.merging import MergePolicy, plan_merge, tier
 from shoal.storage.streams import EngineConfig, StreamEngine
 from shoal.storage.wal import WalConfig
+from test_meta_cli import shoal
 from test_reliability import Load, check, create, read_everything
 from wire import make_batch
 
@@ -225,6 +226,13 @@ def test_merges_under_load_survive_kill_9(fresh_broker: BrokerProcess, topic_nam
     assert len(objects) < 10 < written, f"{len(objects)} objects left of {written} compacted"
     assert re.search(r"[1-9]\d* mostly dead", log), "no mostly dead object was rewritten"
     check(load, read_everything(b.bootstrap, kept, 2))
+    # Ranges line up with the merged objects' indexes: no gap, no overlap.
+    b.stop()
+    args = ["meta", "check", "--data-dir", str(b.data_dir)]
+    if "--objects" in b.args:  # SHOAL_TEST_STORE=s3
+        args += ["--objects", b.args[b.args.index("--objects") + 1]]
+    result = shoal(*args, env=b.env)
+    assert result.exit_code == 0, result.output
 
 
 def _wait_for_merges(b: BrokerProcess, more: int) -> None:
