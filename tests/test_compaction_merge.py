@@ -175,6 +175,33 @@ async def test_merged_key_compacted_ranges_still_cover_removed_offsets(meta: Met
     await eng.close()
 
 
+async def test_a_gone_brokers_objects_are_merged_by_another(meta: MetaStore) -> None:
+    """The controller merges the compacted objects of a broker that is gone
+    (merge_once(node)): the new object is its own, the reads the same."""
+    import dataclasses
+
+    [sid] = await streams(meta, 1)
+    template = engine(meta, merge_min_objects=4)
+    gone = StreamEngine(template.store, meta, dataclasses.replace(template.config, node_id=7))
+    await template.close()
+    for i in range(4):
+        await (await gone.append(sid, validate_batches(make_batch([b"g%d" % i]), 1 << 20), 0))
+        await gone.compactor.run_once()
+    before = await read_all(gone, sid)
+    await gone.close()
+    assert len(await meta.compacted_objects(7)) == 4
+    cfg = dataclasses.replace(gone.config, node_id=1)
+    controller = StreamEngine(gone.store, meta, cfg)
+    assert (await controller.compactor.merge_once()).objects_in == 0  # not its own objects
+    result = await controller.compactor.merge_once(7)
+    assert result.objects_in == 4 and result.objects_out == 1, result
+    assert await meta.compacted_objects(7) == []
+    [merged] = await meta.compacted_objects(1)
+    assert merged.key.startswith("compacted/1/")
+    assert await read_all(controller, sid) == before
+    await controller.close()
+
+
 def test_merges_under_load_survive_kill_9(fresh_broker: BrokerProcess, topic_name: str) -> None:
     """A real client's records through WAL compaction, merges and mostly-dead
     rewrites, with the broker killed (-9) three times at random moments while
