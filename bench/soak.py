@@ -139,6 +139,10 @@ class Soak:
             if pid:
                 procs["postgres"] = pid
         row: dict[str, Any] = {"t": round(time.monotonic() - self.t0, 1), "objects": self.objects()}
+        try:  # the store's count by kind: WAL (awaiting compaction), compacted, awaiting deletion
+            row["metadata"] = self.metadata_objects()
+        except Exception:
+            row["metadata"] = {}
         for name, pid in procs.items():
             st = proc_stats(pid)
             if st is not None:
@@ -302,7 +306,7 @@ class Soak:
         series: dict[str, list[tuple[float, dict[str, float]]]] = {}
         for row in self.samples:
             for k, v in row.items():
-                if isinstance(v, dict):
+                if isinstance(v, dict) and "rss_mib" in v:
                     series.setdefault(k, []).append((row["t"], v))
         out: dict[str, Any] = {}
         for name, points in series.items():

@@ -28,6 +28,9 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
         ({"SHOAL_AUTO_CREATE_TOPICS_ENABLE": "maybe"}, "auto.create.topics.enable"),
         ({"SHOAL_LISTEN": "nohost"}, "listen"),
         ({"SHOAL_WAL_LINGER_MS": "-5"}, "wal.linger.ms"),
+        ({"SHOAL_COMPACTION_MERGE_MIN_OBJECTS": "1"}, "compaction.merge.min.objects"),
+        ({"SHOAL_COMPACTION_REWRITE_LIVE_RATIO": "1.5"}, "compaction.rewrite.live.ratio: '1.5'"),
+        ({"SHOAL_COMPACTION_REWRITE_LIVE_RATIO": "half"}, "compaction.rewrite.live.ratio"),
         ({"SHOAL_GROUP_CONSUMER_ASSIGNORS": "uniform,sticky"}, "'sticky'"),
         ({"SHOAL_GROUP_CONSUMER_ASSIGNORS": " , "}, "group.consumer.assignors"),
         (

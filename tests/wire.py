@@ -53,10 +53,12 @@ def make_batch(
     producer_epoch: int = -1,
     base_sequence: int = -1,
     corrupt_crc: bool = False,
+    keys: list[bytes | None] | None = None,
 ) -> bytes:
     """An uncompressed v2 batch with a correct CRC unless told otherwise."""
     ts = int(time.time() * 1000) if base_timestamp is None else base_timestamp
-    recs = b"".join(record(None, v, i) for i, v in enumerate(values))
+    keys = keys or [None] * len(values)
+    recs = b"".join(record(k, v, i) for i, (k, v) in enumerate(zip(keys, values, strict=True)))
     count = len(values) if records_count is None else records_count
     lod = len(values) - 1 if last_offset_delta is None else last_offset_delta
     after_crc = (

@@ -483,6 +483,31 @@ BROKER_KEYS: dict[str, Key] = {
             at_least(1024),
         ),
         Key(
+            "compaction.merge.min.objects",
+            int,
+            8,
+            "small compacted objects (below compaction.stream.object.bytes) of one size tier "
+            "(tiers a factor of this apart) that are merged together",
+            at_least(2),
+        ),
+        Key(
+            "compaction.merge.max.objects",
+            int,
+            64,
+            "most compacted objects one merge round (the second compaction level) takes; "
+            "0: no merging",
+            at_least(0),
+        ),
+        Key(
+            "compaction.rewrite.live.ratio",
+            float,
+            0.5,
+            "a compacted object of which less than this share is still referenced (the rest "
+            "trimmed by retention or DeleteRecords, or key-compacted) and at least "
+            "compaction.block.bytes is not, is rewritten with its live ranges only; 0: never",
+            lambda v: None if 0 <= v <= 1 else "must be between 0 and 1",
+        ),
+        Key(
             "object.delete.grace.ms",
             int,
             60_000,

@@ -120,17 +120,20 @@ class Maintenance:
     async def compaction_once(self) -> None:
         engine = self.broker.engine
         await engine.compactor.run_once()
+        await engine.compactor.merge_once()
         cluster = self.broker.cluster
         sweep: set[int] | None = None  # single node: every upload is ours
         if cluster is not None:
             sweep = {self.broker.node.node_id}
             if cluster.is_controller:
-                # Brokers that died (or left) leave WAL objects behind: the
-                # controller rewrites them so that their streams stay compact,
-                # and collects their uncommitted uploads.
+                # Brokers that died (or left) leave WAL and compacted objects
+                # behind: the controller rewrites and merges them so that their
+                # streams stay compact, and collects their uncommitted uploads.
                 live = {b.node_id for b in cluster.live}
                 gone = await self.broker.meta.wal_nodes() - live
                 for node in gone:
                     await engine.compactor.run_once(node)
+                for node in await self.broker.meta.object_nodes() - live:
+                    await engine.compactor.merge_once(node)
                 sweep |= {n for n in range(0, 1 + max(live | gone | {0}))} - live
         await engine.cleaner.run_once(nodes=sweep)

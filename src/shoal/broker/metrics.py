@@ -40,6 +40,22 @@ class EngineCollector(Collector):
             ("shoal_wal_retries", wal.upload_retries, "object store or commit retries"),
             ("shoal_compaction_rounds", e.compactor.rounds, "compaction rounds"),
             ("shoal_compaction_objects_in", e.compactor.totals.objects_in, "objects compacted"),
+            ("shoal_merge_rounds", e.compactor.merge_rounds, "merge rounds (second level)"),
+            (
+                "shoal_merge_objects_in",
+                e.compactor.merge_totals.objects_in,
+                "compacted objects merged or rewritten",
+            ),
+            (
+                "shoal_merge_objects_out",
+                e.compactor.merge_totals.objects_out,
+                "objects merge rounds wrote",
+            ),
+            (
+                "shoal_merge_bytes_dropped",
+                e.compactor.merge_totals.bytes_in - e.compactor.merge_totals.bytes_live,
+                "dead bytes (and indexes) of merged objects given back",
+            ),
             ("shoal_objects_deleted", e.cleaner.totals.deleted, "replaced objects deleted"),
             ("shoal_orphans_deleted", e.cleaner.totals.orphans, "uncommitted uploads deleted"),
             ("shoal_catchup_read_bytes", e.catchup.taken_bytes, "bytes served from objects"),

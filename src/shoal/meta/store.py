@@ -113,6 +113,15 @@ class RangeRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ObjectUsage:
+    """A compacted object and how much of it ranges still refer to."""
+
+    key: str
+    size: int
+    live: int  # bytes of the ranges that refer to it
+
+
+@dataclass(frozen=True, slots=True)
 class RangeCommit:
     """One stream's part of a WAL object, to commit."""
 
@@ -991,17 +1000,31 @@ class MetaStore:
         kind: str,
         replacements: Sequence[Replacement],
         grace_ms: int,
+        sources: Sequence[str] = (),
     ) -> list[int]:
         """Swap streams' ranges for those of a compacted object, atomically.
 
         `replacements` holds (stream id, start offsets of the old ranges, new
         ranges). A stream whose old ranges are not all there any more (trimmed
-        meanwhile) keeps its ranges. Returns the stream ids swapped; objects
-        left unreferenced are scheduled for deletion.
+        meanwhile) keeps its ranges. With `sources` (the keys of the objects
+        the new one was copied from), an old range counts only while it still
+        lies in one of them: a range rewritten meanwhile at the same start
+        offset (key compaction) is not swapped back for the stale copy.
+        Returns the stream ids swapped; objects left unreferenced are
+        scheduled for deletion.
         """
         r = s.stream_ranges
         done: list[int] = []
         async with self._tx() as conn:
+            source_ids: list[int] = []
+            if sources:
+                o = s.objects
+                source_ids = [
+                    int(i)
+                    for i in (
+                        await conn.execute(select(o.c.id).where(o.c.key.in_(list(sources))))
+                    ).scalars()
+                ]
             result = await conn.execute(
                 insert(s.objects).values(
                     key=key, size=size, created_ms=now_ms(), node_id=node_id, kind=kind
@@ -1021,10 +1044,11 @@ class MetaStore:
             replacements = [(sid, starts, news) for sid, (starts, news) in merged.items()]
             present: dict[int, int] = {}
             for chunk in _param_chunks(replacements):
+                where = _ranges_at(r, chunk)
+                if sources:
+                    where = and_(where, r.c.object_id.in_(source_ids))
                 rows = await conn.execute(
-                    select(r.c.stream_id, func.count())
-                    .where(_ranges_at(r, chunk))
-                    .group_by(r.c.stream_id)
+                    select(r.c.stream_id, func.count()).where(where).group_by(r.c.stream_id)
                 )
                 present.update({int(sid): int(n) for sid, n in rows})
             swap = [x for x in replacements if present.get(x[0], 0) == len(x[1])]
@@ -1074,6 +1098,35 @@ class MetaStore:
                 select(o.c.node_id)
                 .where(o.c.kind == "wal", o.c.delete_after_ms.is_(None))
                 .distinct()
+            )
+            return {int(r.node_id) for r in rows}
+
+    async def compacted_objects(self, node_id: int) -> list[ObjectUsage]:
+        """A node's compacted objects not awaiting deletion, oldest first,
+        with the bytes their ranges still refer to (the second compaction
+        level merges the small ones and rewrites the mostly dead ones)."""
+        o, r = s.objects, s.stream_ranges
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(o.c.key, o.c.size, func.coalesce(func.sum(r.c.size), 0).label("live"))
+                .select_from(o.outerjoin(r, r.c.object_id == o.c.id))
+                .where(
+                    o.c.node_id == node_id,
+                    o.c.kind != "wal",
+                    o.c.delete_after_ms.is_(None),
+                )
+                .group_by(o.c.id, o.c.key, o.c.size)
+                .order_by(o.c.id)
+            )
+            return [ObjectUsage(x.key, int(x.size), int(x.live)) for x in rows]
+
+    async def object_nodes(self) -> set[int]:
+        """Brokers that wrote objects still live (the controller compacts
+        those of brokers that are gone)."""
+        o = s.objects
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(o.c.node_id).where(o.c.delete_after_ms.is_(None)).distinct()
             )
             return {int(r.node_id) for r in rows}
 

@@ -8,6 +8,11 @@ batch-aligned blocks of about `block_bytes`: streams with at least
 size (so retention, which frees whole objects, can give space back a piece at a
 time), the rest share one. One metadata transaction swaps the ranges; the replaced objects are
 deleted after a grace period, so readers in flight finish first.
+
+The second level (`merge_once`, chosen by merging.py) applies the same
+rewrite to compacted objects: small ones are merged, mostly dead ones are
+rewritten with their live ranges only, so the number of objects follows the
+data retention keeps instead of uptime.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 from shoal.meta.store import MetaStore, RangeCommit, RangeRecord
 from shoal.protocol.records import batch_spans
 from shoal.storage.concurrency import gather_bounded
+from shoal.storage.errors import ObjectNotFound
 from shoal.storage.format import (
     BlockBuilder,
     BlockEntry,
@@ -30,6 +36,7 @@ from shoal.storage.format import (
     append_block,
     finish_object,
 )
+from shoal.storage.merging import MergePolicy, mostly_dead, plan_merge
 from shoal.storage.objectstore import ObjectStore
 
 log = logging.getLogger("shoal.compaction")
@@ -43,18 +50,47 @@ class CompactionConfig:
     block_bytes: int = 1024 * 1024
     stream_object_bytes: int = 8 * 1024 * 1024
     delete_grace_ms: int = 60_000
+    # The second level (merging.py): a size tier's fan-in, most objects a
+    # round takes (0: off), and the live share below which an object is
+    # rewritten.
+    merge_min_objects: int = 8
+    merge_max_objects: int = 64
+    rewrite_live_ratio: float = 0.5
+
+    @property
+    def merge_policy(self) -> MergePolicy:
+        return MergePolicy(
+            target=self.stream_object_bytes,
+            min_objects=self.merge_min_objects,
+            max_objects=self.merge_max_objects,
+            max_bytes=self.max_bytes,
+            rewrite_live_ratio=self.rewrite_live_ratio,
+            min_dead_bytes=self.block_bytes,
+        )
 
 
 @dataclass(slots=True)
 class CompactionResult:
     objects_in: int = 0
     objects_out: int = 0
-    bytes_in: int = 0
+    bytes_in: int = 0  # the input objects' size
     streams: int = 0
+    bytes_live: int = 0  # merges: what ranges still referred to (copied)
+    rewritten: int = 0  # merges: inputs taken for being mostly dead
+
+    def add(self, other: CompactionResult) -> None:
+        self.objects_in += other.objects_in
+        self.objects_out += other.objects_out
+        self.bytes_in += other.bytes_in
+        self.streams += other.streams
+        self.bytes_live += other.bytes_live
+        self.rewritten += other.rewritten
 
 
 # stream id -> its new ranges, so the engine can update what it serves from
 RangesChanged = Callable[[int, list[int], list[RangeRecord]], None]
+# a range's bytes, from the objects a round read
+BlockOf = Callable[[RangeRecord], memoryview]
 
 
 class Compactor:
@@ -78,6 +114,8 @@ class Compactor:
         self._seq = 0
         self.rounds = 0
         self.totals = CompactionResult()
+        self.merge_rounds = 0
+        self.merge_totals = CompactionResult()
 
     async def pending(self) -> int:
         """WAL objects old enough to compact (for stats)."""
@@ -111,29 +149,19 @@ class Compactor:
         wanted = [key for key in chosen if key in sizes]
         blobs = await gather_bounded([functools.partial(self.store.get, k) for k in wanted])
         data = dict(zip(wanted, blobs, strict=True))
-        by_stream: dict[int, list[RangeRecord]] = {}
-        for r in ranges:
-            by_stream.setdefault(r.stream_id, []).append(r)
-        shared: list[tuple[int, list[RangeRecord]]] = []
-        for sid, rs in sorted(by_stream.items()):
-            for run in _contiguous(rs):
-                run_bytes = sum(r.size for r in run)
-                if run_bytes >= self.config.stream_object_bytes:
-                    for piece in _pieces(run, self.config.stream_object_bytes):
-                        await self._write([(sid, piece)], data, "stream", result)
-                else:
-                    shared.append((sid, run))
+
+        def block_of(r: RangeRecord) -> memoryview:
+            return memoryview(data[r.object_key])[r.position : r.position + r.size]
+
+        shared = await self._stream_objects(ranges, block_of, wanted, result)
         if shared:
-            await self._write(shared, data, "set", result)
+            await self._write(shared, block_of, "set", result, wanted)
         # WAL objects with no range left (all trimmed, or only empty) still
         # need scheduling: replace_ranges did that for the swapped ones.
         result.objects_in = len(chosen)
         result.bytes_in = size
         self.rounds += 1
-        self.totals.objects_in += result.objects_in
-        self.totals.objects_out += result.objects_out
-        self.totals.bytes_in += result.bytes_in
-        self.totals.streams += result.streams
+        self.totals.add(result)
         log.info(
             "compacted %d WAL objects (%d bytes) of %d streams into %d objects",
             result.objects_in,
@@ -143,12 +171,101 @@ class Compactor:
         )
         return result
 
+    async def merge_once(self, node_id: int | None = None) -> CompactionResult:
+        """One round of the second level over the compacted objects of
+        `node_id` (default: this broker; the controller passes brokers that
+        are gone): merge small ones, rewrite mostly dead ones (merging.py).
+        Same protocol as a WAL round: the new objects are written and their
+        ranges swapped in one transaction each before the old objects are
+        unreferenced, and those are deleted after the grace period."""
+        node = self.node_id if node_id is None else node_id
+        result = CompactionResult()
+        policy = self.config.merge_policy
+        chosen = plan_merge(await self.meta.compacted_objects(node), policy)
+        if not chosen:
+            return result
+        keys = [o.key for o in chosen]
+        ranges = await self.meta.ranges_in_objects(keys)
+        # Mostly live objects are read whole (one GET); of the others only
+        # the live ranges.
+        whole = [o.key for o in chosen if 2 * o.live >= o.size]
+        wholes = set(whole)
+        parts = [r for r in ranges if r.object_key not in wholes and r.size]
+        try:
+            blobs = await gather_bounded([functools.partial(self.store.get, k) for k in whole])
+            views = await gather_bounded(
+                [
+                    functools.partial(
+                        self.store.get_range, r.object_key, r.position, r.position + r.size
+                    )
+                    for r in parts
+                ]
+            )
+        except ObjectNotFound as exc:
+            # Trimmed empty and deleted since it was listed: the next round
+            # plans again without it.
+            log.info("merge round skipped: %s", exc)
+            return result
+        data = dict(zip(whole, blobs, strict=True))
+        pieces = {(r.object_key, r.position): v for r, v in zip(parts, views, strict=True)}
+
+        def block_of(r: RangeRecord) -> memoryview:
+            if r.object_key in data:
+                return memoryview(data[r.object_key])[r.position : r.position + r.size]
+            return pieces.get((r.object_key, r.position), memoryview(b""))
+
+        shared = await self._stream_objects(ranges, block_of, keys, result)
+        for pack in _packs(shared, policy.target):
+            await self._write(pack, block_of, "set", result, keys)
+        result.objects_in = len(chosen)
+        result.bytes_in = sum(o.size for o in chosen)
+        result.bytes_live = sum(r.size for r in ranges)
+        result.rewritten = sum(mostly_dead(o, policy) for o in chosen)
+        self.merge_rounds += 1
+        self.merge_totals.add(result)
+        log.info(
+            "merged %d compacted objects of broker %d (%d bytes, %d live; %d mostly dead) "
+            "of %d streams into %d objects",
+            result.objects_in,
+            node,
+            result.bytes_in,
+            result.bytes_live,
+            result.rewritten,
+            result.streams,
+            result.objects_out,
+        )
+        return result
+
+    async def _stream_objects(
+        self,
+        ranges: list[RangeRecord],
+        block_of: BlockOf,
+        sources: list[str],
+        result: CompactionResult,
+    ) -> list[tuple[int, list[RangeRecord]]]:
+        """Write each stream run of at least stream_object_bytes as objects of
+        its own (about that size each); return the smaller runs."""
+        by_stream: dict[int, list[RangeRecord]] = {}
+        for r in ranges:
+            by_stream.setdefault(r.stream_id, []).append(r)
+        shared: list[tuple[int, list[RangeRecord]]] = []
+        for sid, rs in sorted(by_stream.items()):
+            for run in _contiguous(rs):
+                run_bytes = sum(r.size for r in run)
+                if run_bytes >= self.config.stream_object_bytes:
+                    for piece in _pieces(run, self.config.stream_object_bytes):
+                        await self._write([(sid, piece)], block_of, "stream", result, sources)
+                else:
+                    shared.append((sid, run))
+        return shared
+
     async def _write(
         self,
         runs: list[tuple[int, list[RangeRecord]]],
-        data: dict[str, bytes],
+        block_of: BlockOf,
         kind: str,
         result: CompactionResult,
+        sources: list[str],
     ) -> None:
         blocks: list[BlockBuilder] = []
         plan: list[tuple[int, list[int], int, int]] = []  # stream, old starts, first, last block
@@ -157,16 +274,25 @@ class Compactor:
             current: BlockBuilder | None = None
             await asyncio.sleep(0)  # one stream's run at a time, then let clients in
             for r in run:
-                block = memoryview(data[r.object_key])[r.position : r.position + r.size]
+                block = block_of(r)
                 for start, end in batch_spans(block):
                     batch = block[start:end]
                     base = int.from_bytes(batch[0:8], "big", signed=True)
                     last = base + int.from_bytes(batch[23:27], "big", signed=True)
                     max_ts = int.from_bytes(batch[35:43], "big", signed=True)
                     if current is None or current.size + len(batch) > self.config.block_bytes:
-                        current = BlockBuilder(sid, base, last + 1, max_ts, [], 0)
+                        # Blocks tile the run exactly: a range key compaction
+                        # left wider than its batches (offsets whose records
+                        # went) keeps covering them, so reads find no gap.
+                        begin = run[0].start_offset if current is None else current.end_offset
+                        current = BlockBuilder(sid, begin, last + 1, max_ts, [], 0)
                         blocks.append(current)
                     current.add(batch, last + 1, max_ts)
+            if current is None:  # no batch left in the run (all its records compacted away)
+                ts = max(r.max_timestamp for r in run)
+                current = BlockBuilder(sid, run[0].start_offset, run[-1].end_offset, ts, [], 0)
+                blocks.append(current)
+            current.end_offset = run[-1].end_offset
             plan.append((sid, [r.start_offset for r in run], first_block, len(blocks)))
         if not blocks:
             return
@@ -194,7 +320,7 @@ class Compactor:
         self.uploading.add(key)
         try:
             await self.store.put(key, payload)
-            await self._swap(key, payload, kind, plan, entries, result)
+            await self._swap(key, payload, kind, plan, entries, result, sources)
         finally:
             self.uploading.discard(key)
 
@@ -206,6 +332,7 @@ class Compactor:
         plan: list[tuple[int, list[int], int, int]],
         entries: list[BlockEntry],
         result: CompactionResult,
+        sources: list[str],
     ) -> None:
         replacements = []
         new_by_stream: dict[int, list[RangeRecord]] = {}
@@ -224,7 +351,13 @@ class Compactor:
                 for x in new
             )
         done = await self.meta.replace_ranges(
-            key, len(payload), self.node_id, kind, replacements, self.config.delete_grace_ms
+            key,
+            len(payload),
+            self.node_id,
+            kind,
+            replacements,
+            self.config.delete_grace_ms,
+            sources,
         )
         old: dict[int, list[int]] = {}
         for sid, starts, _lo, _hi in plan:  # a stream may come in several runs
@@ -243,6 +376,25 @@ def _contiguous(ranges: list[RangeRecord]) -> list[list[RangeRecord]]:
         else:
             runs.append([r])
     return runs
+
+
+def _packs(
+    runs: list[tuple[int, list[RangeRecord]]], target: int
+) -> list[list[tuple[int, list[RangeRecord]]]]:
+    """Small runs of many streams packed into shared objects of about
+    `target` bytes (a tail under half of it joins the pack before), so
+    merged objects leave the small tiers instead of growing without end."""
+    packs: list[list[tuple[int, list[RangeRecord]]]] = []
+    size = target
+    for sid, run in runs:
+        if size >= target:
+            packs.append([])
+            size = 0
+        packs[-1].append((sid, run))
+        size += sum(r.size for r in run)
+    if len(packs) > 1 and size < target // 2:
+        packs[-2].extend(packs.pop())
+    return packs
 
 
 def _pieces(run: list[RangeRecord], target: int) -> list[list[RangeRecord]]:
