@@ -109,7 +109,8 @@ def _sizes(broker: Broker) -> dict[str, int]:
     lc = engine.log_cache
     return {
         "log_cache_bytes": lc.size,
-        "log_cache_entries": len(lc._order),
+        "log_cache_entries": len(lc),
+        "log_cache_order": len(lc._order),
         "log_cache_streams": len(lc._streams),
         "block_cache_bytes": engine.block_cache.size,
         "block_cache_blocks": len(engine.block_cache._blocks),
