@@ -266,6 +266,10 @@ class Probe:
                 round(first["malloc"].get("free", 0) / mib, 1),
                 round(last["malloc"].get("free", 0) / mib, 1),
             ],
+            "maps_kib": {
+                k: [first.get("maps_kib", {}).get(k), v]
+                for k, v in last.get("maps_kib", {}).items()
+            },
             "gc_objects": [first["gc_objects"], last["gc_objects"]],
             "sizes": {
                 k: [first["sizes"].get(k), v]
@@ -291,7 +295,10 @@ class Probe:
         new = tracemalloc.Snapshot.load(after)
         out = []
         for stat in new.compare_to(old, "traceback")[:top]:
-            frames = [f"{f.filename.rpartition('/src/')[2]}:{f.lineno}" for f in stat.traceback]
+            frames = [  # innermost first, the last few
+                f"{f.filename.rpartition('/src/')[2].rpartition('site-packages/')[2]}:{f.lineno}"
+                for f in reversed(stat.traceback)
+            ][:5]
             out.append(
                 {
                     "kib": round(stat.size_diff / 1024, 1),

@@ -102,6 +102,37 @@ def _malloc() -> dict[str, int]:
     return {"in_use": m.uordblks, "free": m.fordblks, "mmapped": m.hblkhd, "arena": m.arena}
 
 
+def _maps() -> dict[str, int]:
+    """Resident KiB by kind of mapping (/proc/self/smaps): the main heap
+    (brk), anonymous mappings (other malloc arenas, pymalloc's arenas, big
+    blocks), file-backed (code, libraries) and the rest."""
+    out = {"heap": 0, "anon": 0, "file": 0, "other": 0}
+    kind = "other"
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                first = line.split(maxsplit=6)
+                if not first:
+                    continue
+                if first[0].endswith(":"):
+                    if first[0] == "Rss:":
+                        out[kind] += int(first[1])
+                    continue
+                name = first[5].strip() if len(first) > 5 else ""
+                kind = (
+                    "heap"
+                    if name == "[heap]"
+                    else "anon"
+                    if not name
+                    else "file"
+                    if name.startswith("/")
+                    else "other"
+                )
+    except OSError:
+        return {}
+    return out
+
+
 def _sizes(broker: Broker) -> dict[str, int]:
     """Entries of the tables that grow with data or with clients."""
     engine = broker.engine
@@ -143,6 +174,7 @@ def _report(broker: Broker) -> dict[str, Any]:
         "traced_peak_bytes": peak,
         "tracemalloc_overhead_bytes": tracemalloc.get_tracemalloc_memory(),
         "malloc": _malloc(),
+        "maps_kib": _maps(),
         "gc_objects": sum(types.values()),
         "types": dict(types.most_common(60)),
         "tasks": dict(tasks),
