@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 #: What a LogCache entry costs beside its bytes: the bytes object's header,
 #: its base, end and max timestamp (ints), their four list slots and its slot
-#: in the eviction order. A batch of a few small records is mostly this, so
-#: counting only the bytes let the cache hold about twice its bound.
+#: in the eviction order. For a batch of a few small records that is a third
+#: or more of what it costs, so counting only the bytes overran the bound.
 ENTRY_OVERHEAD = sys.getsizeof(b"") + 3 * sys.getsizeof(2**40) + 5 * 8
 
 
