@@ -38,6 +38,7 @@ def test_memory_report_on_sigusr1_and_native_memory_bounded(tmp_path: Path) -> N
         assert report["types"]["dict"] > 0
         if memory._glibc() is not None:
             assert report["malloc"]["in_use"] > 0
+            assert "<heap nr=" in path.with_suffix(".malloc.xml").read_text()
             assert "trim_loop" in report["tasks"]
             if "MALLOC_ARENA_MAX" not in os.environ:  # the operator's choice wins
                 assert "malloc arenas capped at 2" in b.log()

@@ -58,6 +58,7 @@ def install(broker: Broker, where: Path) -> None:
         stem = where / f"{os.getpid()}-{count[0]}"
         report = _report(broker)
         tracemalloc.take_snapshot().dump(f"{stem}.tracemalloc")
+        _malloc_info(f"{stem}.malloc.xml")
         tmp = stem.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(report, indent=1))
         tmp.rename(stem.with_suffix(".json"))  # the probe waits for this name
@@ -131,6 +132,23 @@ def _maps() -> dict[str, int]:
     except OSError:
         return {}
     return out
+
+
+def _malloc_info(path: str) -> None:
+    """glibc's per-arena statistics (malloc_info's XML): which arenas hold
+    the memory malloc keeps free."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.fopen.restype = ctypes.c_void_p
+        libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        libc.fclose.argtypes = [ctypes.c_void_p]
+    except (OSError, AttributeError):
+        return
+    fp = libc.fopen(path.encode(), b"w")
+    if fp:
+        libc.malloc_info(0, fp)
+        libc.fclose(fp)
 
 
 def _sizes(broker: Broker) -> dict[str, int]:
