@@ -284,6 +284,7 @@ async def test_trim_moves_log_start(meta: MetaStore) -> None:
     for _ in range(5):
         await (await eng.append(sid, batch(b"a"), 0))
     assert await eng.trim(sid, 3) == 3
+    assert eng.log_cache.first_offset(sid) == 3  # what no one can read leaves the cache
     assert await eng.trim(sid, 1) == 3  # never backwards
     with pytest.raises(OffsetOutOfRange):
         await eng.read(sid, 2, 100)

@@ -315,6 +315,7 @@ async def test_idle_transactional_ids_expire(meta: MetaStore) -> None:
     assert len(await TxnRepository(meta).load("idle")) == 0
     busy = await coord.describe("busy")
     assert busy is not None and busy.state == TxnState.ONGOING
+    assert coord._locks == {}  # no lock kept for an id nobody is using
     await eng.close()
 
 

@@ -9,6 +9,7 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from shoal.broker import memdebug
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import Handler, registry
 from shoal.broker.listener import ConnectionLimiter, KafkaListener, ListenerLimits, RequestBudget
@@ -68,7 +69,10 @@ async def serve(
 ) -> None:
     """Run the broker; `services` start with it and stop before it closes
     (they use the broker as a library, so broker/ does not import them)."""
+    probe = memdebug.start_tracing()  # off unless SHOAL_MEMDEBUG_DIR is set
     broker = await Broker.open(config)
+    if probe is not None:
+        memdebug.install(broker, probe)
     maintenance = Maintenance(broker)
     maintenance.start()
     running: list[Service] = []

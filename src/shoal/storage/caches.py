@@ -7,8 +7,15 @@ follows configuration and the hit rate is observable.
 from __future__ import annotations
 
 import bisect
+import sys
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+
+#: What a LogCache entry costs beside its bytes: the bytes object's header,
+#: its base, end and max timestamp (ints), their four list slots and its slot
+#: in the eviction order. For a batch of a few small records that is a third
+#: or more of what it costs, so counting only the bytes overran the bound.
+ENTRY_OVERHEAD = sys.getsizeof(b"") + 3 * sys.getsizeof(2**40) + 5 * 8
 
 
 @dataclass(slots=True)
@@ -49,7 +56,8 @@ class LogCache:
     """Recently committed batches per stream, oldest evicted first, globally.
 
     Appended in commit order, so each stream's entries are sorted and dense:
-    a tail read is a bisect and a slice.
+    a tail read is a bisect and a slice. `size` counts each entry's bytes and
+    its ENTRY_OVERHEAD, so max_bytes bounds the memory it holds.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -57,10 +65,17 @@ class LogCache:
         self.size = 0
         self.stats = CacheStats()
         self._streams: dict[int, _StreamTail] = {}
-        self._order: deque[int] = deque()  # stream id of each entry, oldest first
+        # Stream id of each entry, oldest first. Entries dropped otherwise
+        # than by eviction (trim, drop_stream) leave their ids behind until
+        # _compact_order takes them out.
+        self._order: deque[int] = deque()
+        self._live = 0  # entries held, over all streams
+
+    def __len__(self) -> int:
+        return self._live
 
     def put(self, stream_id: int, base: int, end: int, data: bytes, max_ts: int) -> None:
-        if len(data) > self.max_bytes:
+        if len(data) + ENTRY_OVERHEAD > self.max_bytes:
             return
         tail = self._streams.setdefault(stream_id, _StreamTail())
         if tail.live() and tail.ends[-1] != base:
@@ -71,14 +86,19 @@ class LogCache:
         tail.data.append(data)
         tail.max_ts.append(max_ts)
         self._order.append(stream_id)
-        self.size += len(data)
+        self.size += len(data) + ENTRY_OVERHEAD
+        self._live += 1
         while self.size > self.max_bytes and self._order:
             victim = self._order.popleft()
             vt = self._streams.get(victim)
             if vt is None or not vt.live():
                 continue
-            self.size -= vt.drop_first()
+            self._drop_first(vt)
             self.stats.evictions += 1
+
+    def _drop_first(self, tail: _StreamTail) -> None:
+        self.size -= tail.drop_first() + ENTRY_OVERHEAD
+        self._live -= 1
 
     def first_offset(self, stream_id: int) -> int | None:
         tail = self._streams.get(stream_id)
@@ -126,10 +146,42 @@ class LogCache:
             )
         )
 
+    def trim(self, stream_id: int, start: int) -> None:
+        """Drop the batches wholly below a new log start offset (retention,
+        DeleteRecords): nobody can read them any more, and under a short
+        retention they would otherwise stay until the whole cache filled."""
+        tail = self._streams.get(stream_id)
+        if tail is None:
+            return
+        while tail.live() and tail.ends[tail.first] <= start:
+            self._drop_first(tail)
+        if not tail.live():
+            del self._streams[stream_id]
+        self._compact_order()
+
     def drop_stream(self, stream_id: int) -> None:
         tail = self._streams.pop(stream_id, None)
         if tail is not None:
             self.size -= sum(len(d) for d in tail.data[tail.first :])
+            self.size -= tail.live() * ENTRY_OVERHEAD
+            self._live -= tail.live()
+            self._compact_order()
+
+    def _compact_order(self) -> None:
+        """Take the ids of dropped entries out of the eviction order once they
+        outnumber the live ones: each stream keeps its newest `live` ids (its
+        oldest entries go first). Amortised: at least as many drops as there
+        are live entries happen between two rebuilds."""
+        if len(self._order) <= 2 * self._live + 1024:
+            return
+        need = {sid: t.live() for sid, t in self._streams.items()}
+        kept: list[int] = []
+        for sid in reversed(self._order):
+            if need.get(sid, 0) > 0:
+                need[sid] -= 1
+                kept.append(sid)
+        kept.reverse()
+        self._order = deque(kept)
 
 
 class BlockCache:

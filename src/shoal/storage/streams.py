@@ -919,6 +919,7 @@ class StreamEngine:
         st.start_offset = await self.meta.trim_stream(
             stream_id, new_start, self.config.compaction.delete_grace_ms
         )
+        self.log_cache.trim(stream_id, st.start_offset)
         keep = [r for r in st.ranges if r.end_offset > st.start_offset]
         st.ranges = keep
         st.range_starts = [r.start_offset for r in keep]

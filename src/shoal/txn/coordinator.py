@@ -18,9 +18,10 @@ broker's: they come in as a TxnIO so that this package stays below broker/.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -88,7 +89,10 @@ class TransactionCoordinator:
         #: last saw it, so its row is read again under the id's lock
         self.shared = shared
         self._txns: dict[str, TxnMeta] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        #: one lock per id in use, with how many hold or wait for it: an id
+        #: nobody is using has none (every id a client ever named, kept,
+        #: grew the broker's memory for good)
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._task: asyncio.Task[None] | None = None
         #: may this broker coordinate the id (cluster mode: it hashes here)
         self.owns: Callable[[str], bool] = lambda _tid: True
@@ -397,11 +401,21 @@ class TransactionCoordinator:
 
     # internals --------------------------------------------------------------
 
-    def _lock(self, tid: str) -> asyncio.Lock:
-        lock = self._locks.get(tid)
-        if lock is None:
-            lock = self._locks[tid] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _lock(self, tid: str) -> AsyncIterator[None]:
+        """Hold the id's lock; the last one out removes it."""
+        entry = self._locks.get(tid)
+        if entry is None:
+            entry = self._locks[tid] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[tid]
 
     async def _get(self, tid: str) -> TxnMeta | None:
         if self.shared or tid not in self._txns:

@@ -1,0 +1,200 @@
+"""A memory probe inside the broker, off unless SHOAL_MEMDEBUG_DIR is set.
+
+RSS alone cannot tell a leak from a cache filling or from malloc keeping
+freed pages, so bench/memprobe.py asks the broker itself: with the variable
+set, tracemalloc traces from the start (SHOAL_MEMDEBUG_FRAMES frames, 8 by
+default) and each SIGUSR1 writes, into that directory, a tracemalloc
+snapshot (`<pid>-<n>.tracemalloc`, compared by traceback offline) and a JSON
+report (`<pid>-<n>.json`): RSS, the traced heap, malloc's own view, object
+counts by type, live asyncio tasks by coroutine, and the sizes of the
+broker's caches and per-client tables. Debugging only: tracing slows the
+broker by a good part and walking every object blocks the loop briefly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import ctypes.util
+import gc
+import json
+import logging
+import os
+import signal
+import time
+import tracemalloc
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shoal.broker.broker import Broker
+
+log = logging.getLogger("shoal.memdebug")
+
+ENV_DIR = "SHOAL_MEMDEBUG_DIR"
+ENV_FRAMES = "SHOAL_MEMDEBUG_FRAMES"
+
+
+def start_tracing() -> Path | None:
+    """Start tracemalloc if the probe is on (call before anything big is
+    allocated); the report directory, or None when off."""
+    where = os.environ.get(ENV_DIR)
+    if not where:
+        return None
+    frames = int(os.environ.get(ENV_FRAMES) or 8)
+    tracemalloc.start(frames)
+    path = Path(where)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def install(broker: Broker, where: Path) -> None:
+    """Write a report on each SIGUSR1."""
+    count = [0]
+
+    def dump() -> None:
+        count[0] += 1
+        stem = where / f"{os.getpid()}-{count[0]}"
+        report = _report(broker)
+        tracemalloc.take_snapshot().dump(f"{stem}.tracemalloc")
+        _malloc_info(f"{stem}.malloc.xml")
+        tmp = stem.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(report, indent=1))
+        tmp.rename(stem.with_suffix(".json"))  # the probe waits for this name
+        log.info("memory report %s written", stem.with_suffix(".json"))
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
+    log.warning("memory probe on: tracemalloc running, SIGUSR1 writes reports to %s", where)
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _malloc() -> dict[str, int]:
+    """glibc's totals over all arenas: in use, free but kept, mmapped."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        fn = libc.mallinfo2
+    except (OSError, AttributeError):
+        return {}
+    fn.restype = _Mallinfo2
+    m = fn()
+    return {"in_use": m.uordblks, "free": m.fordblks, "mmapped": m.hblkhd, "arena": m.arena}
+
+
+def _maps() -> dict[str, int]:
+    """Resident KiB by kind of mapping (/proc/self/smaps): the main heap
+    (brk), anonymous mappings (other malloc arenas, pymalloc's arenas, big
+    blocks), file-backed (code, libraries) and the rest."""
+    out = {"heap": 0, "anon": 0, "file": 0, "other": 0}
+    kind = "other"
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                first = line.split(maxsplit=6)
+                if not first:
+                    continue
+                if first[0].endswith(":"):
+                    if first[0] == "Rss:":
+                        out[kind] += int(first[1])
+                    continue
+                name = first[5].strip() if len(first) > 5 else ""
+                kind = (
+                    "heap"
+                    if name == "[heap]"
+                    else "anon"
+                    if not name
+                    else "file"
+                    if name.startswith("/")
+                    else "other"
+                )
+    except OSError:
+        return {}
+    return out
+
+
+def _malloc_info(path: str) -> None:
+    """glibc's per-arena statistics (malloc_info's XML): which arenas hold
+    the memory malloc keeps free."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.fopen.restype = ctypes.c_void_p
+        libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        libc.fclose.argtypes = [ctypes.c_void_p]
+    except (OSError, AttributeError):
+        return
+    fp = libc.fopen(path.encode(), b"w")
+    if fp:
+        libc.malloc_info(0, fp)
+        libc.fclose(fp)
+
+
+def _sizes(broker: Broker) -> dict[str, int]:
+    """Entries of the tables that grow with data or with clients."""
+    engine = broker.engine
+    streams = list(engine._streams.values())
+    lc = engine.log_cache
+    return {
+        "log_cache_bytes": lc.size,
+        "log_cache_entries": len(lc),
+        "log_cache_order": len(lc._order),
+        "log_cache_streams": len(lc._streams),
+        "block_cache_bytes": engine.block_cache.size,
+        "block_cache_blocks": len(engine.block_cache._blocks),
+        "streams": len(streams),
+        "stream_ranges": sum(len(st.ranges) for st in streams),
+        "stream_producers": sum(len(st.producers) for st in streams),
+        "stream_aborted": sum(len(st.aborted) for st in streams),
+        "readers": len(engine._readers),
+        "labels": len(engine._labels),
+        "fetch_sessions": len(broker.fetch_sessions),
+        "groups": len(broker.groups.groups),
+        "group_members": sum(len(getattr(g, "members", ())) for g in broker.groups.groups.values()),
+        "txn_ids": len(broker.txn._txns),
+        "txn_locks": len(broker.txn._locks),
+    }
+
+
+def _report(broker: Broker) -> dict[str, Any]:
+    gc.collect()
+    types = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+    tasks = collections.Counter(
+        getattr(t.get_coro(), "__qualname__", "?") for t in asyncio.all_tasks()
+    )
+    current, peak = tracemalloc.get_traced_memory()
+    return {
+        "time": time.time(),
+        "rss_kib": _rss_kib(),
+        "fds": len(os.listdir("/proc/self/fd")),
+        "traced_bytes": current,
+        "traced_peak_bytes": peak,
+        "tracemalloc_overhead_bytes": tracemalloc.get_tracemalloc_memory(),
+        "malloc": _malloc(),
+        "maps_kib": _maps(),
+        "gc_objects": sum(types.values()),
+        "types": dict(types.most_common(60)),
+        "tasks": dict(tasks),
+        "sizes": _sizes(broker),
+    }
