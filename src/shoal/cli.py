@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -144,7 +145,7 @@ def serve(
             from shoal.edge import memory
             from shoal.link.manager import LinkManager
 
-            memory.limit_arenas()  # before the storage and client threads exist
+            MallocTrim.capped = memory.limit_arenas()  # before storage and client threads
             run_async(
                 run_server(config, services=(LinkManager.start, Console.service, MallocTrim.start))
             )
@@ -167,10 +168,17 @@ class MallocTrim:
     quarter of an hour of the soak's load (docs/RELIABILITY.md, Soak)."""
 
     FREE_ABOVE = 16 * 1024 * 1024
+    #: set by `serve` before the broker starts; logged once it is up, so a
+    #: start that fails prints its reason alone
+    capped = False
 
     def __init__(self) -> None:
         from shoal.edge import memory
 
+        if self.capped:
+            logging.getLogger("shoal.broker").info(
+                "malloc arenas capped at %d (glibc M_ARENA_MAX)", memory.ARENAS
+            )
         self._task = asyncio.create_task(
             memory.trim_loop(free_above=self.FREE_ABOVE), name="malloc-trim"
         )

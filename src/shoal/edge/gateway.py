@@ -85,7 +85,7 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.config
-        memory.limit_arenas()  # before the storage and Kafka client threads exist
+        capped = memory.limit_arenas()  # before the storage and Kafka client threads exist
         cfg.check_files()
         self._stack.enter_context(integrity.data_dir_lock(cfg.data_dir))
         self._reserve_ports()
@@ -164,6 +164,8 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self._tasks.append(asyncio.create_task(self._progress_loop(), name="progress"))
         self._tasks.append(asyncio.create_task(memory.trim_loop(), name="malloc-trim"))
+        if capped:
+            log.info("malloc arenas capped at %d (glibc M_ARENA_MAX)", memory.ARENAS)
         await self.refresh_status()
         await asyncio.to_thread(self._write_status_file)
 

@@ -49,14 +49,12 @@ def _glibc() -> ctypes.CDLL | None:
 def limit_arenas(arenas: int = ARENAS) -> bool:
     """Cap glibc's malloc arenas, unless MALLOC_ARENA_MAX already did (the
     operator's choice wins). Call before the storage and Kafka client
-    threads start. True if set."""
+    threads start. True if set; the caller logs it once it is up (a start
+    that fails must print its reason alone)."""
     libc = _glibc()
     if libc is None or "MALLOC_ARENA_MAX" in os.environ:
         return False
-    ok = bool(libc.mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(arenas)))
-    if ok:
-        log.info("malloc arenas capped at %d (glibc M_ARENA_MAX)", arenas)
-    return ok
+    return bool(libc.mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(arenas)))
 
 
 def trim() -> bool:

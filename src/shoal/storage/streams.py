@@ -626,9 +626,7 @@ class StreamEngine:
             # transaction here as a marker written by our coordinator would,
             # so read_committed consumers of the mirror drop aborted records.
             pid = h.producer_id
-            first = producer_state.end_txn(
-                st.producers, pid, h.producer_epoch, h.base_offset, now
-            )
+            first = producer_state.end_txn(st.producers, pid, h.producer_epoch, h.base_offset, now)
             st.open_txns.pop(pid, None)
             if control_type(data) == ABORT_MARKER and first >= 0:
                 st.aborted.append(AbortedTxn(st.id, pid, first, h.base_offset))
@@ -653,9 +651,7 @@ class StreamEngine:
             last_seq = producer_state.next_seq(h.base_sequence, h.last_offset_delta)
             meta = BatchMeta(h.base_sequence, last_seq, h.base_offset, h.last_offset, committed)
             producer_state.record(st.producers, pid, h.producer_epoch, meta, now)
-            if h.is_transactional and producer_state.begin_txn(
-                st.producers, pid, h.base_offset
-            ):
+            if h.is_transactional and producer_state.begin_txn(st.producers, pid, h.base_offset):
                 st.open_txns[pid] = h.base_offset
         return committed
 
