@@ -38,6 +38,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -180,7 +181,9 @@ static long answer(SSL *ssl, unsigned char *buf, size_t cap, struct fail *f) {
     unsigned char size_be[4];
     if (read_all(ssl, size_be, 4, f))
         return -1;
-    uint32_t size = ntohl(*(uint32_t *)size_be);
+    uint32_t size;
+    memcpy(&size, size_be, 4);
+    size = ntohl(size);
     if (size < 5 || size > cap)
         return failf(f, "answer of %u bytes", size);
     if (read_all(ssl, buf, size, f))
@@ -246,7 +249,7 @@ static int scram_final(const struct site *s, const char *bare, const char *serve
         return failf(f, "server-first without a nonce: %.80s", server_first);
     const char *nonce = bare + strlen(bare) - 24; /* the client nonce, last in bare */
     size_t rlen = strcspn(r + 2, ",");
-    if (rlen <= 24 || strncmp(r + 2, nonce, 24) != 0)
+    if (rlen <= 24 || rlen > 200 || strncmp(r + 2, nonce, 24) != 0)
         return failf(f, "server nonce does not extend the client's");
     unsigned char client_key[64], stored_key[64], server_key[64], sig[64], proof[64];
     hmac512(s->salted, 64, "Client Key", 10, client_key);
@@ -501,6 +504,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     load_sites(sites_file);
+    signal(SIGPIPE, SIG_IGN); /* a closed connection is a failed login, not the end */
     if (!getenv("STORM_GEN_NO_ENGINE") && legacy_key_decoding() != 0)
         fprintf(stderr, "storm_gen: legacy key decoding not available: %s\n", ssl_error());
 
