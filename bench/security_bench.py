@@ -4,7 +4,7 @@ a reconnect storm of 1,000 sites over SASL_SSL with SCRAM-SHA-512.
     .venv/bin/python bench/security_bench.py [--rounds 3] [--sites 1000]
         [--concurrency 100] [--duration 10] [--json FILE]
         [--rdkafka-performance PATH [--rdkafka-count 500000]] [--pin]
-        [--storm-only] [--no-verify] [--key ec|rsa|both]
+        [--storm-only] [--no-verify] [--key ec|rsa|both] [--generator c|python]
 
 Starts one broker (PLAINTEXT, SSL and SASL_SSL listeners, certificates from
 trustme: ECDSA P-256 keys, or RSA 2048 with --key rsa; --key both starts one
@@ -17,9 +17,12 @@ then for each round:
    (`-X security.protocol=SSL -X ssl.ca.location=...`): MB/s each;
 2. the storm: every site opens one new connection — TCP, TLS handshake,
    SaslHandshake, the two SCRAM-SHA-512 round trips, then a Metadata request
-   (proof the session works) — `concurrency` at a time from one asyncio
-   process; new authenticated connections per second = sites / wall time,
-   and the broker's and the load generator's CPU per login (from /proc).
+   (proof the session works) — `concurrency` at a time; new authenticated
+   connections per second = sites / wall time, and the broker's and the load
+   generator's CPU per login. The generator is bench/storm_gen.c (built here
+   with `cc` at run time: threads with blocking sockets, the same request
+   bytes) unless `--generator python` or it does not build: then one asyncio
+   process, `_site` below, which costs more CPU per login than the broker.
 
 Each site's salted password is computed before the storm, from the salt the
 store holds (a real site computes its own, on its own device): otherwise one
@@ -37,6 +40,7 @@ import hmac
 import json
 import os
 import secrets
+import shutil
 import ssl
 import statistics
 import struct
@@ -118,16 +122,20 @@ async def _answer(reader: asyncio.StreamReader) -> bytes:
     return await reader.readexactly(size)
 
 
-async def _authenticate(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cid: int, message: bytes
-) -> bytes:
-    """SaslAuthenticate v2 (flexible): the server's bytes, or AssertionError
-    with the broker's error."""
+def _authenticate_frame(cid: int, message: bytes) -> bytes:
+    """SaslAuthenticate v2 (flexible): compact bytes, empty tag buffer."""
     n = len(message) + 1  # compact bytes: unsigned varint of length + 1
     assert n < 1 << 14
     size = bytes([n]) if n < 0x80 else bytes([(n & 0x7F) | 0x80, n >> 7])
-    body = size + message + b"\x00"
-    writer.write(_frame(36, 2, cid, body, True))
+    return _frame(36, 2, cid, size + message + b"\x00", True)
+
+
+async def _authenticate(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cid: int, message: bytes
+) -> bytes:
+    """SaslAuthenticate v2: the server's bytes, or AssertionError with the
+    broker's error."""
+    writer.write(_authenticate_frame(cid, message))
     resp = await _answer(reader)
     pos = 5  # correlation id, empty response-header tags
     error = struct.unpack_from(">h", resp, pos)[0]
@@ -178,6 +186,59 @@ async def storm(
     return time.monotonic() - start
 
 
+C_GENERATOR = Path(__file__).resolve().parent / "storm_gen.c"
+
+
+def build_c_generator(directory: Path) -> tuple[Path | None, str]:
+    """Compile bench/storm_gen.c into `directory`: (the binary, "") or (None,
+    why not) when cc or OpenSSL's headers are missing."""
+    cc = shutil.which("cc")
+    if cc is None:
+        return None, "no C compiler (cc) on PATH"
+    binary = directory / "storm_gen"
+    cmd = [cc, "-O2", "-o", str(binary), str(C_GENERATOR), "-lssl", "-lcrypto", "-lpthread"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        return None, f"cc failed (OpenSSL 3 headers and libraries needed): {done.stderr[-500:]}"
+    return binary, ""
+
+
+def write_sites(path: Path, salted: dict[str, bytes]) -> Path:
+    """The C generator's input: one site a line, name and hex salted password."""
+    path.write_text("".join(f"{name} {sp.hex()}\n" for name, sp in salted.items()))
+    return path
+
+
+def c_storm(
+    binary: Path,
+    port: int,
+    sites_file: Path,
+    concurrency: int,
+    ca_file: Path | None,
+    pin: bool = False,
+) -> dict[str, Any]:
+    """One storm by the C generator: its JSON (logins, failures, seconds,
+    first_error) plus cpu_seconds, the generator's user + system time from the
+    kernel's accounting of the child (wait4), read after it exits."""
+    cmd = [str(binary), "--port", str(port), "--sites", str(sites_file)]
+    cmd += ["--concurrency", str(concurrency)]
+    if ca_file is not None:
+        cmd += ["--ca", str(ca_file)]
+    pin_cpu = (lambda: os.sched_setaffinity(0, {1})) if pin else None
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=pin_cpu
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = proc.stdout.read(), proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"storm_gen exited with {proc.returncode}: {err.strip()}")
+    result: dict[str, Any] = json.loads(out)
+    result["cpu_seconds"] = usage.ru_utime + usage.ru_stime
+    return result
+
+
 def shoal_bench(kind: str, bootstrap: str, args: list[str], tls: list[str]) -> float:
     """MB/s of one `shoal bench produce|consume` run."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
@@ -218,23 +279,35 @@ def _summary(xs: list[float]) -> dict[str, float]:
 
 def run_storm(
     broker: SecureBroker,
-    ctx: ssl.SSLContext,
+    certs: Certs,
     salted: dict[str, bytes],
-    concurrency: int,
-    pin: bool,
+    a: argparse.Namespace,
+    generator: Path | None,
+    sites_file: Path,
 ) -> tuple[float, float, float]:
-    """One storm: (logins per second, broker CPU ms per login, this load
-    generator's CPU ms per login)."""
+    """One storm, by the C generator `generator` or (None) this process:
+    (logins per second, broker CPU ms per login, the load generator's CPU ms
+    per login). With a.pin the broker runs on CPU 0, the generator on CPU 1."""
     assert broker.proc is not None
-    if pin:
+    port = broker.ports["SASL_SSL"]
+    if a.pin:
         os.sched_setaffinity(broker.proc.pid, {0})
-        os.sched_setaffinity(0, {1})
     cpu0, own0 = _cpu_seconds(broker.proc.pid), _cpu_seconds(os.getpid())
-    secs = uvloop.run(storm(broker.ports["SASL_SSL"], ctx, salted, concurrency))
     n = len(salted)
+    if generator is not None:
+        ca = None if a.no_verify else certs.ca_file
+        res = c_storm(generator, port, sites_file, a.concurrency, ca, a.pin)
+        if res["failures"]:
+            raise SystemExit(f"storm: {res['failures']} failed logins, first: {res['first_error']}")
+        secs, own_ms = res["seconds"], res["cpu_seconds"] * 1000 / n
+    else:
+        if a.pin:
+            os.sched_setaffinity(0, {1})
+        ctx = client_context(certs, not a.no_verify)
+        secs = uvloop.run(storm(port, ctx, salted, a.concurrency))
+        own_ms = (_cpu_seconds(os.getpid()) - own0) * 1000 / n
     cpu_ms = (_cpu_seconds(broker.proc.pid) - cpu0) * 1000 / n
-    own_ms = (_cpu_seconds(os.getpid()) - own0) * 1000 / n
-    if pin:
+    if a.pin:
         every = set(range(os.cpu_count() or 1))
         os.sched_setaffinity(broker.proc.pid, every)
         os.sched_setaffinity(0, every)
@@ -283,15 +356,30 @@ def main() -> None:
     ap.add_argument(
         "--pin",
         action="store_true",
-        help="storm with the broker on CPU 0 and this load generator on CPU 1 (Linux), "
+        help="storm with the broker on CPU 0 and the load generator on CPU 1 (Linux), "
         "so the two do not take turns on one core",
+    )
+    ap.add_argument(
+        "--generator",
+        choices=("c", "python"),
+        help="the storm's load generator: bench/storm_gen.c compiled with cc (the default "
+        "when it compiles) or this Python process (the default otherwise)",
     )
     a = ap.parse_args()
     key_types = ["ec", "rsa"] if a.key == "both" else [a.key]
 
     with tempfile.TemporaryDirectory(prefix="security-bench-") as tmp:
         t0 = time.monotonic()
+        generator: Path | None = None
+        if a.generator != "python":
+            generator, why = build_c_generator(Path(tmp))
+            if generator is None and a.generator == "c":
+                raise SystemExit(f"--generator c: {why}")
+            if generator is None:
+                print(f"storm generator: Python ({why})", flush=True)
+        a.generator = "c" if generator is not None else "python"
         salted, creds = make_sites([f"plant-{i}" for i in range(a.sites)])
+        sites_file = write_sites(Path(tmp) / "sites.txt", salted)
         brokers: dict[str, tuple[SecureBroker, Certs]] = {}
         try:
             for kt in key_types:
@@ -313,7 +401,7 @@ def main() -> None:
                 f"({', '.join(key_types)} certificates)",
                 flush=True,
             )
-            res = _rounds(a, brokers, salted)
+            res = _rounds(a, brokers, salted, generator, sites_file)
         finally:
             for broker, _ in brokers.values():
                 broker.stop()
@@ -330,7 +418,7 @@ def main() -> None:
             "value": out["rdk_produce_ssl"]["median"] / out["rdk_produce_plain"]["median"]
         }
     rounds = {k: v for k, v in res.items() if v}
-    text = json.dumps({"rounds": rounds, "summary": out}, indent=2)
+    text = json.dumps({"generator": a.generator, "rounds": rounds, "summary": out}, indent=2)
     print(text)
     if a.json:
         Path(a.json).write_text(text)
@@ -340,6 +428,8 @@ def _rounds(
     a: argparse.Namespace,
     brokers: dict[str, tuple[SecureBroker, Certs]],
     salted: dict[str, bytes],
+    generator: Path | None,
+    sites_file: Path,
 ) -> dict[str, list[float]]:
     """Every round: the throughput runs on the first broker, then the storm
     against each."""
@@ -398,15 +488,15 @@ def _rounds(
             order.reverse()
         for kt in order:
             kt_broker, kt_certs = brokers[kt]
-            ctx = client_context(kt_certs, not a.no_verify)
-            rate, cpu_ms, own_ms = run_storm(kt_broker, ctx, salted, a.concurrency, a.pin)
+            rate, cpu_ms, own_ms = run_storm(kt_broker, kt_certs, salted, a, generator, sites_file)
             res[f"storm_per_s_{kt}"].append(rate)
             res[f"storm_broker_cpu_ms_per_login_{kt}"].append(cpu_ms)
             res[f"storm_client_cpu_ms_per_login_{kt}"].append(own_ms)
             print(
                 f"round {r + 1}: storm ({kt} certificate) {len(salted)} logins at {rate:.0f}/s, "
                 f"broker CPU {cpu_ms:.2f} ms per login (one core: {1000 / cpu_ms:.0f}/s), "
-                f"load generator {own_ms:.2f} ms; load average {os.getloadavg()[0]:.2f}",
+                f"{a.generator} load generator {own_ms:.2f} ms; "
+                f"load average {os.getloadavg()[0]:.2f}",
                 flush=True,
             )
     return res
