@@ -665,6 +665,15 @@ def test_rollback_after_promotion_with_more_data_written_here(
     assert r.exit_code == 1 and f"link {lnk!r} has no reverse link" in r.output
     wait_for("the mirror", lambda: ends(target.bootstrap, topic, 2) == [(0, 150), (0, 150)])
     wait_for("group sync", lambda: committed(target.bootstrap, group, topic, 2) == [100, 80])
+    synced = {"group": group, "committed": {"0": 100, "1": 80}, "lag": 50 + 70}
+    wait_for(
+        "the synced group in status",
+        lambda: (
+            json.loads(shoal_link(target, "status", lnk, "--format", "json").output)[0]["groups"]
+            == [synced]
+        ),
+    )
+    assert shoal_link(target, "status", lnk).exit_code == 0  # the table, with that column
     # Consumers move here, producers too; promotion opens the reverse link.
     second = consume(target.bootstrap, group, topic, {0: 120, 1: 120})
     r = shoal_link(target, "promote", topic, "--reverse", "--timeout", "20")

@@ -185,14 +185,17 @@ def list_links(fmt: str, metadata: str) -> None:
 @format_option()
 @_metadata
 def status(name: str | None, fmt: str, metadata: str) -> None:
-    """Per mirror topic: state, lag in records, bytes copied, last error."""
+    """Per mirror topic: state, lag in records, bytes copied, the synced
+    groups' lag, last error."""
     rows = _run(metadata, lambda store: status_data(store, name))
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
     from rich.table import Table
 
-    table = Table("link", "mirror", "source topic", "state", "lag", "lag s", "bytes", "error")
+    table = Table(
+        "link", "mirror", "source topic", "state", "lag", "lag s", "bytes", "groups (lag)", "error"
+    )
     for r in rows:
         state, errors, rev = r["state"], r["errors"], r["reverse"]
         if rev is not None:
@@ -206,6 +209,7 @@ def status(name: str | None, fmt: str, metadata: str) -> None:
             str(r["lag_records"]),
             "-" if r["lag_seconds"] is None else f"{r['lag_seconds']:.1f}",
             str(r["bytes"]),
+            ", ".join(f"{g['group']} ({g['lag']})" for g in r["groups"]),
             "; ".join(errors),
         )
     console().print(table)

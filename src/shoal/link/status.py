@@ -8,7 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from shoal.link.spec import redact
+from shoal.link.spec import matches, patterns, redact
+from shoal.meta.groups import GroupRepository, OffsetRow
 from shoal.meta.links import LinkNotFound, LinkRow, LinkStore, Progress, ReverseProgress
 
 
@@ -25,12 +26,17 @@ async def status_data(store: LinkStore, name: str | None) -> list[dict[str, Any]
     back: dict[str, list[ReverseProgress]] = {}
     for rp in await store.reverse_progress():
         back.setdefault(rp.mirror, []).append(rp)
+    pats = {row.name: patterns(row.groups) for row in links}
+    offsets: list[OffsetRow] = []
+    if any(pats.values()):
+        _groups, offsets = await GroupRepository(store.meta).load()
     out = []
     now = int(time.time() * 1000)
     for m in mirrors:
         if name is not None and m.link != name:
             continue
         parts = progress.get(m.mirror, [])
+        mine = [o for o in offsets if o.topic == m.mirror and matches(pats[m.link], o.group_id)]
         seconds = [p.lag_seconds(now) for p in parts]
         out.append(
             {
@@ -60,12 +66,30 @@ async def status_data(store: LinkStore, name: str | None) -> list[dict[str, Any]
                     for p in parts
                 ],
                 "errors": sorted({p.error for p in parts if p.error}),
+                "groups": _groups_dict(mine, {p.partition: p.mirror_end for p in parts}),
                 "reverse": _reverse_dict(reverse[m.mirror].state, back.get(m.mirror, []))
                 if m.mirror in reverse
                 else None,
             }
         )
     return out
+
+
+def _groups_dict(offsets: list[OffsetRow], ends: dict[int, int]) -> list[dict[str, Any]]:
+    """The link's groups with offsets on a mirror topic (copied by the
+    group sync, or committed here since): their lag against the mirror's end
+    as the link last saved it."""
+    by_group: dict[str, dict[int, int]] = {}
+    for o in offsets:
+        by_group.setdefault(o.group_id, {})[o.partition] = o.offset
+    return [
+        {
+            "group": gid,
+            "committed": dict(sorted(parts.items())),
+            "lag": sum(max(0, ends.get(p, off) - off) for p, off in parts.items()),
+        }
+        for gid, parts in sorted(by_group.items())
+    ]
 
 
 def _reverse_dict(state: str, parts: list[ReverseProgress]) -> dict[str, Any]:
