@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness import BrokerProcess
-from shoal.edge import memory
+from shoal import native_memory as memory
 
 
 def test_memory_report_on_sigusr1_and_native_memory_bounded(tmp_path: Path) -> None:

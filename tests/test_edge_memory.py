@@ -1,4 +1,4 @@
-"""The gateway's native-memory bound (edge/memory.py): on glibc the malloc
+"""The gateway's native-memory bound (native_memory.py, shared with the broker): on glibc the malloc
 arena cap is applied, seen in glibc's own per-arena statistics of a process
 whose threads allocate; elsewhere it is a no-op."""
 
@@ -10,13 +10,13 @@ import sys
 
 import pytest
 
-from shoal.edge import memory
+from shoal import native_memory as memory
 
 pytestmark = pytest.mark.skipif(memory._glibc() is None, reason="glibc's malloc only")
 
 PROGRAM = """
 import ctypes, sys, threading
-from shoal.edge import memory
+from shoal import native_memory as memory
 if sys.argv[1] == "cap":
     assert memory.limit_arenas(1)
 libc = ctypes.CDLL("libc.so.6")
@@ -59,7 +59,7 @@ def test_operators_malloc_arena_max_wins(monkeypatch: pytest.MonkeyPatch) -> Non
 
 TRIM_PROGRAM = """
 import ctypes
-from shoal.edge import memory
+from shoal import native_memory as memory
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 blocks = [libc.malloc(100_000) for _ in range(400)]  # 40 MB in the arena

@@ -141,8 +141,8 @@ def serve(
 
     try:
         with local_state(config):
+            from shoal import native_memory as memory
             from shoal.console.app import Console
-            from shoal.edge import memory
             from shoal.link.manager import LinkManager
 
             MallocTrim.capped = memory.limit_arenas()  # before storage and client threads
@@ -163,7 +163,7 @@ def serve(
 
 class MallocTrim:
     """A service of `shoal serve`: hand the pages glibc's malloc keeps free
-    back to the kernel, as the gateway does (edge/memory.py). Without it a
+    back to the kernel, as the gateway does (native_memory.py). Without it a
     broker's RSS kept its high-water mark of freed heap, 17 MiB more after a
     quarter of an hour of the soak's load (docs/RELIABILITY.md, Soak)."""
 
@@ -173,7 +173,7 @@ class MallocTrim:
     capped = False
 
     def __init__(self) -> None:
-        from shoal.edge import memory
+        from shoal import native_memory as memory
 
         if self.capped:
             logging.getLogger("shoal.broker").info(

@@ -27,6 +27,8 @@ import tracemalloc
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shoal import native_memory
+
 if TYPE_CHECKING:
     from shoal.broker.broker import Broker
 
@@ -71,36 +73,6 @@ def install(broker: Broker, where: Path) -> None:
 def _rss_kib() -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
-
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
-def _malloc() -> dict[str, int]:
-    """glibc's totals over all arenas: in use, free but kept, mmapped."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        fn = libc.mallinfo2
-    except (OSError, AttributeError):
-        return {}
-    fn.restype = _Mallinfo2
-    m = fn()
-    return {"in_use": m.uordblks, "free": m.fordblks, "mmapped": m.hblkhd, "arena": m.arena}
 
 
 def _maps() -> dict[str, int]:
@@ -191,7 +163,7 @@ def _report(broker: Broker) -> dict[str, Any]:
         "traced_bytes": current,
         "traced_peak_bytes": peak,
         "tracemalloc_overhead_bytes": tracemalloc.get_tracemalloc_memory(),
-        "malloc": _malloc(),
+        "malloc": native_memory.mallinfo(),
         "maps_kib": _maps(),
         "gc_objects": sum(types.values()),
         "types": dict(types.most_common(60)),

@@ -22,12 +22,13 @@ from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from typing import Any
 
+from shoal import native_memory as memory
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import Client, Handler, registry
 from shoal.broker.listener import KafkaListener
 from shoal.broker.server import start_listeners
 from shoal.config import ConfigError
-from shoal.edge import integrity, memory
+from shoal.edge import integrity
 from shoal.edge.config import EdgeConfig
 from shoal.edge.http import HttpServer, Request, Response
 from shoal.edge.lanes import Lanes

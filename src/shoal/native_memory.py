@@ -1,4 +1,5 @@
-"""Bound the gateway's native memory (glibc only; nothing elsewhere).
+"""Bound a process's native memory, the gateway's and the broker's (glibc
+only; nothing elsewhere).
 
 The gateway's peak RSS grew with its backlog in native memory that
 tracemalloc never sees (docs/RELIABILITY.md): obstore's Tokio threads and
@@ -20,7 +21,7 @@ import logging
 import os
 import platform
 
-log = logging.getLogger("shoal.edge")
+log = logging.getLogger("shoal.memory")
 
 M_ARENA_MAX = -8  # mallopt parameter, glibc's malloc.h
 ARENAS = 2
@@ -81,13 +82,19 @@ class _Mallinfo2(ctypes.Structure):
     ]
 
 
-def free_in_heap() -> int | None:
-    """Bytes malloc holds free in its arenas (glibc 2.33+'s mallinfo2), or
-    None where unknown."""
+def mallinfo() -> dict[str, int]:
+    """glibc's totals over all arenas (2.33+'s mallinfo2): in use, free but
+    kept, mmapped, and the main arena's size; empty where unknown."""
     libc = _glibc()
     if libc is None or not hasattr(libc, "mallinfo2"):
-        return None
-    return int(libc.mallinfo2().fordblks)
+        return {}
+    m = libc.mallinfo2()
+    return {"in_use": m.uordblks, "free": m.fordblks, "mmapped": m.hblkhd, "arena": m.arena}
+
+
+def free_in_heap() -> int | None:
+    """Bytes malloc holds free in its arenas, or None where unknown."""
+    return mallinfo().get("free")
 
 
 def rss_bytes() -> int:
