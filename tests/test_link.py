@@ -280,6 +280,23 @@ def test_mirror_under_load_then_consumers_move_and_promote(
     assert row["bytes"] > 0 and row["errors"] == []
 
 
+def committed_aborted_committed(bootstrap: str, topic: str) -> Producer:
+    """Three transactions of five records to partition 0 (c1-N committed,
+    a-N aborted, c2-N committed); the producer, for more."""
+    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": name("t")})
+    p.init_transactions(20)
+    for tag, commit in (("c1", True), ("a", False), ("c2", True)):
+        p.begin_transaction()
+        for i in range(5):
+            p.produce(topic, b"%s-%d" % (tag.encode(), i), partition=0)
+        assert p.flush(20) == 0  # written before the abort, not purged unsent
+        if commit:
+            p.commit_transaction(20)
+        else:
+            p.abort_transaction(20)
+    return p
+
+
 def test_transactions_mirrored_with_their_markers(
     source: BrokerProcess, target: BrokerProcess
 ) -> None:
@@ -289,17 +306,7 @@ def test_transactions_mirrored_with_their_markers(
     topic, lnk = name("txn"), name("L")
     create_topic(source.bootstrap, topic, 1)
     tp = TopicPartition(topic, 0)
-    p = Producer({"bootstrap.servers": source.bootstrap, "transactional.id": name("t")})
-    p.init_transactions(20)
-    for tag, count, commit in (("c1", 5, True), ("a", 5, False), ("c2", 5, True)):
-        p.begin_transaction()
-        for i in range(count):
-            p.produce(topic, b"%s-%d" % (tag.encode(), i), partition=0)
-        assert p.flush(20) == 0  # written before the abort, not purged unsent
-        if commit:
-            p.commit_transaction(20)
-        else:
-            p.abort_transaction(20)
+    p = committed_aborted_committed(source.bootstrap, topic)
     p.begin_transaction()  # left open while the link mirrors
     for i in range(3):
         p.produce(topic, b"open-%d" % i, partition=0)
@@ -796,17 +803,7 @@ def test_reverse_link_copies_committed_transactions_only(
     wait_for("the mirror", lambda: ends(target.bootstrap, topic, 1) == [(0, 20)])
     r = shoal_link(target, "promote", topic, "--reverse", "--timeout", "20")
     assert r.exit_code == 0, r.output
-    p = Producer({"bootstrap.servers": target.bootstrap, "transactional.id": name("t")})
-    p.init_transactions(20)
-    for tag, commit in (("c1", True), ("a", False), ("c2", True)):
-        p.begin_transaction()
-        for i in range(5):
-            p.produce(topic, b"%s-%d" % (tag.encode(), i), partition=0)
-        assert p.flush(20) == 0  # written before the abort, not purged unsent
-        if commit:
-            p.commit_transaction(20)
-        else:
-            p.abort_transaction(20)
+    committed_aborted_committed(target.bootstrap, topic)
     want = [b"c1-%d" % i for i in range(5)] + [b"c2-%d" % i for i in range(5)]
     wait_for("the copy back", lambda: ends(source.bootstrap, topic, 1) == [(0, 30)])
     assert [v for _o, v in values(source.bootstrap, topic, 0, 20, 30)] == want
