@@ -206,48 +206,16 @@ class SqliteCommitter:
                 },
             )
             object_id = cur.lastrowid
-            ranges.extend(
-                {
-                    "stream_id": r.stream_id,
-                    "start_offset": r.start_offset,
-                    "end_offset": r.end_offset,
-                    "object_id": object_id,
-                    "position": r.position,
-                    "size": r.size,
-                    "max_timestamp": r.max_timestamp,
-                }
-                for r in obj.ranges
-            )
+            if object_id is None:  # an INSERT always has one; fail the commit if not
+                raise sqlite3.DatabaseError(f"no row id for object {obj.key}")
+            ranges.extend(r.row(object_id) for r in obj.ranges)
         if ranges:
             self._run(conn, "range", ranges)
         # A producer seen in several objects of the group: its newest state wins.
         latest = {(p.stream_id, p.producer_id): p for obj in objects for p in obj.producers}
         if latest:
-            self._run(
-                conn,
-                "producer",
-                [
-                    {
-                        "stream_id": p.stream_id,
-                        "producer_id": p.producer_id,
-                        "epoch": p.epoch,
-                        "batches": p.batches,
-                        "last_timestamp_ms": p.last_timestamp_ms,
-                        "txn_first_offset": p.txn_first_offset,
-                    }
-                    for p in latest.values()
-                ],
-            )
-        aborted = [
-            {
-                "stream_id": a.stream_id,
-                "producer_id": a.producer_id,
-                "first_offset": a.first_offset,
-                "last_offset": a.last_offset,
-            }
-            for obj in objects
-            for a in obj.aborted
-        ]
+            self._run(conn, "producer", [p.row() for p in latest.values()])
+        aborted = [a.row() for obj in objects for a in obj.aborted]
         if aborted:
             self._run(conn, "aborted", aborted)
         done = [{"b_id": m} for obj in objects for m in obj.markers_done]

@@ -133,6 +133,18 @@ class RangeCommit:
     size: int
     max_timestamp: int
 
+    def row(self, object_id: int) -> dict[str, Any]:
+        """Its stream_ranges row (both commit paths write the same)."""
+        return {
+            "stream_id": self.stream_id,
+            "start_offset": self.start_offset,
+            "end_offset": self.end_offset,
+            "object_id": object_id,
+            "position": self.position,
+            "size": self.size,
+            "max_timestamp": self.max_timestamp,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class ProducerRow:
@@ -146,6 +158,16 @@ class ProducerRow:
     #: first offset of the producer's open transaction on the stream, -1 if none
     txn_first_offset: int = -1
 
+    def row(self) -> dict[str, Any]:
+        return {
+            "stream_id": self.stream_id,
+            "producer_id": self.producer_id,
+            "epoch": self.epoch,
+            "batches": self.batches,
+            "last_timestamp_ms": self.last_timestamp_ms,
+            "txn_first_offset": self.txn_first_offset,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class AbortedTxn:
@@ -156,6 +178,14 @@ class AbortedTxn:
     producer_id: int
     first_offset: int
     last_offset: int
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "stream_id": self.stream_id,
+            "producer_id": self.producer_id,
+            "first_offset": self.first_offset,
+            "last_offset": self.last_offset,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -708,35 +738,14 @@ class MetaStore:
                     .returning(o.c.id, o.c.key)
                 )
             }
-            rows = [
-                {
-                    "stream_id": r.stream_id,
-                    "start_offset": r.start_offset,
-                    "end_offset": r.end_offset,
-                    "object_id": ids[obj.key],
-                    "position": r.position,
-                    "size": r.size,
-                    "max_timestamp": r.max_timestamp,
-                }
-                for obj in objects
-                for r in obj.ranges
-            ]
+            rows = [r.row(ids[obj.key]) for obj in objects for r in obj.ranges]
             if rows:
                 await conn.execute(insert(s.stream_ranges), rows)
             # A producer seen in several objects of the group: its newest state wins.
             latest = {(p.stream_id, p.producer_id): p for obj in objects for p in obj.producers}
             if latest:
                 await self.upsert_producers(conn, list(latest.values()))
-            aborted = [
-                {
-                    "stream_id": a.stream_id,
-                    "producer_id": a.producer_id,
-                    "first_offset": a.first_offset,
-                    "last_offset": a.last_offset,
-                }
-                for obj in objects
-                for a in obj.aborted
-            ]
+            aborted = [a.row() for obj in objects for a in obj.aborted]
             if aborted:
                 await conn.execute(insert(s.aborted_txns), aborted)
             done = [m for obj in objects for m in obj.markers_done]
@@ -852,20 +861,7 @@ class MetaStore:
                     "txn_first_offset": ins.excluded.txn_first_offset,
                 },
             )
-        await conn.execute(
-            stmt,
-            [
-                {
-                    "stream_id": p.stream_id,
-                    "producer_id": p.producer_id,
-                    "epoch": p.epoch,
-                    "batches": p.batches,
-                    "last_timestamp_ms": p.last_timestamp_ms,
-                    "txn_first_offset": p.txn_first_offset,
-                }
-                for p in rows
-            ],
-        )
+        await conn.execute(stmt, [p.row() for p in rows])
 
     async def load_producers(self, stream_id: int) -> list[ProducerRow]:
         t = s.producer_states
