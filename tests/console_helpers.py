@@ -4,11 +4,15 @@ report to it: shared by the console's HTTP and browser tests."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from edge_harness import GatewayProcess, gateway_config
-from harness import free_port
+from harness import BrokerProcess, free_port
 from security_helpers import PASSWORD, SecureBroker, store_users
 
 REPORT_MS = 500  # site report interval of the test gateways: silent after 3.5 s
@@ -58,3 +62,18 @@ def gateway(
 
 
 __all__ = ["PASSWORD", "REPORT_MS", "ConsoleBroker", "console_broker", "gateway"]
+
+
+@pytest.fixture(scope="module")
+def starting_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Future[BrokerProcess]]:
+    """A second broker, the source of a migration link into the console's:
+    started in the background while `env` sets up."""
+    b = BrokerProcess(tmp_path_factory.mktemp("console_source") / "data", target="shoal")
+    with ThreadPoolExecutor(1) as ex:
+        yield ex.submit(b.start)
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def source(starting_source: Future[BrokerProcess]) -> BrokerProcess:
+    return starting_source.result()

@@ -29,11 +29,16 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+import console_helpers
 from console_helpers import PASSWORD, ConsoleBroker, console_broker, gateway
 from edge_harness import GatewayProcess, publish
 from harness import BrokerProcess
 from mqtt_broker import MqttBroker
 from shoal.link.cli import link
+
+# the migration-link source broker, shared with the other console tests
+starting_source = console_helpers.starting_source
+source = console_helpers.source
 
 CHROMIUM = os.environ.get("SHOAL_CHROMIUM") or shutil.which("chromium")
 if CHROMIUM is None:
@@ -77,21 +82,6 @@ class Env:
         self.other.kill()
         self.mqtt.stop()
         self.broker.stop()
-
-
-@pytest.fixture(scope="module")
-def starting_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Future[BrokerProcess]]:
-    """A second broker, the source of a migration link into the console's:
-    started in the background while `env` sets up."""
-    b = BrokerProcess(tmp_path_factory.mktemp("console_source") / "data", target="shoal")
-    with ThreadPoolExecutor(1) as ex:
-        yield ex.submit(b.start)
-    b.stop()
-
-
-@pytest.fixture(scope="module")
-def source(starting_source: Future[BrokerProcess]) -> BrokerProcess:
-    return starting_source.result()
 
 
 @pytest.fixture(scope="module")

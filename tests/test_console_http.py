@@ -11,7 +11,7 @@ import json
 import re
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import aiohttp
@@ -20,28 +20,18 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+import console_helpers
 from console_helpers import PASSWORD, ConsoleBroker, console_broker, gateway
 from edge_harness import GatewayProcess, wait_for
 from harness import BrokerProcess, free_port
 from shoal.link.cli import link
 
+# the migration-link source broker, shared with the other console tests
+starting_source = console_helpers.starting_source
+source = console_helpers.source
+
 SITE = "site-a"
 METRICS_PORT = free_port()
-
-
-@pytest.fixture(scope="module")
-def starting_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Future[BrokerProcess]]:
-    """A second broker, the source of a migration link into the console's:
-    started in the background while `env` sets up."""
-    b = BrokerProcess(tmp_path_factory.mktemp("console_source") / "data", target="shoal")
-    with ThreadPoolExecutor(1) as ex:
-        yield ex.submit(b.start)
-    b.stop()
-
-
-@pytest.fixture(scope="module")
-def source(starting_source: Future[BrokerProcess]) -> BrokerProcess:
-    return starting_source.result()
 
 
 @pytest.fixture(scope="module")
