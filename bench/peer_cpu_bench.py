@@ -2,13 +2,14 @@
 broker's CPU seconds per GB produced (from /proc), in one run.
 
     .venv/bin/python bench/peer_cpu_bench.py --rdkafka-performance PATH \
-        [--rounds 2] [--count 500000] [--no-idempotence]
+        [--rounds 2] [--count 500000] [--no-idempotence] [--size 1024] [--consume]
 
 rdkafka_performance (built from librdkafka's examples/) is a client that
 cannot be the bottleneck; a Python load generator on the same two cores can
-hide which broker is faster. 1 KiB records, acks=all, idempotent (unless
---no-idempotence), linger.ms=5,
-one auto-created partition per run; Shoal on its default file store (every
+hide which broker is faster. 1 KiB records (--size), acks=all, idempotent
+(unless --no-idempotence), linger.ms=5, one auto-created partition per run,
+read back from the start with rdkafka_performance -C after each (--consume);
+Shoal on its default file store (every
 acknowledged batch in the object store and SQLite), tansu 0.6 on memory.
 
 The binary must be linked with a librdkafka that tansu accepts: Debian's
@@ -32,6 +33,22 @@ from harness import BrokerProcess
 from security_bench import _cpu_seconds, rdkafka_performance
 
 
+def consume(binary: str, bootstrap: str, topic: str, count: int) -> float | None:
+    """MB/s of rdkafka_performance -C reading `count` records of partition 0
+    from the start (the produce runs write one partition); None if it did not
+    finish within two minutes (tansu 0.6 never answers its fetches)."""
+    cmd = [binary, "-C", "-t", topic, "-p", "0", "-b", bootstrap, "-o", "beginning"]
+    cmd += ["-c", str(count)]
+    try:
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return None
+    last = [line for line in out.stderr.splitlines() + out.stdout.splitlines() if "MB/s" in line]
+    if not last or f"{count} messages" not in last[-1]:
+        raise SystemExit(f"rdkafka_performance -C did not read everything: {last[-1:]}")
+    return float(last[-1].rsplit(" MB/s", 1)[0].rsplit("(", 1)[1])  # "... (282.41 MB/s)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rdkafka-performance", metavar="PATH", required=True)
@@ -42,8 +59,15 @@ def main() -> None:
         action="store_true",
         help="plain acks=all producer (tansu 0.6 stalled with the idempotent one)",
     )
+    ap.add_argument("--size", type=int, default=1024, help="record size in bytes")
+    ap.add_argument(
+        "--consume",
+        action="store_true",
+        help="after each produce, read the partition back from the start with "
+        "rdkafka_performance -C: its MB/s and the broker's CPU s/GB",
+    )
     a = ap.parse_args()
-    gb = a.count * 1024 / 1e9
+    gb = a.count * a.size / 1e9
     usage = subprocess.run([a.rdkafka_performance, "-h"], capture_output=True, text=True)
     version = [x for x in (usage.stdout + usage.stderr).splitlines() if "librdkafka version" in x]
     print(version[0].strip() if version else "librdkafka version: not reported", flush=True)
@@ -62,12 +86,26 @@ def main() -> None:
                         a.count,
                         [],
                         idempotent=not a.no_idempotence,
+                        size=a.size,
                     )
                     cpu = _cpu_seconds(broker.proc.pid) - cpu0
                     print(
                         f"{target} round {r + 1}: {mbs:.1f} MB/s, broker {cpu / gb:.2f} CPU s/GB",
                         flush=True,
                     )
+                    if a.consume:
+                        cpu0 = _cpu_seconds(broker.proc.pid)
+                        read = consume(a.rdkafka_performance, broker.bootstrap, topic, a.count)
+                        cpu = _cpu_seconds(broker.proc.pid) - cpu0
+                        print(
+                            f"{target} round {r + 1} consume: "
+                            + (
+                                "did not finish in 120 s"
+                                if read is None
+                                else f"{read:.1f} MB/s, broker {cpu / gb:.2f} CPU s/GB"
+                            ),
+                            flush=True,
+                        )
             finally:
                 broker.stop()
 

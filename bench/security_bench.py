@@ -252,11 +252,18 @@ def shoal_bench(kind: str, bootstrap: str, args: list[str], tls: list[str]) -> f
 
 
 def rdkafka_performance(
-    binary: str, bootstrap: str, topic: str, count: int, tls: list[str], idempotent: bool = True
+    binary: str,
+    bootstrap: str,
+    topic: str,
+    count: int,
+    tls: list[str],
+    idempotent: bool = True,
+    size: int = 1024,
 ) -> float:
-    """MB/s of librdkafka's own C producer (rdkafka_performance -P, 1 KiB
+    """MB/s of librdkafka's own C producer (rdkafka_performance -P, `size`-byte
     records, acks=all, linger.ms=5): a client that cannot be the bottleneck."""
-    cmd = [binary, "-P", "-t", topic, "-b", bootstrap, "-s", "1024", "-c", str(count), "-a", "-1"]
+    cmd = [binary, "-P", "-t", topic, "-b", bootstrap, "-s", str(size), "-c", str(count)]
+    cmd += ["-a", "-1"]
     cmd += ["-X", "linger.ms=5", "-X", f"enable.idempotence={str(idempotent).lower()}"]
     for i in range(0, len(tls), 2):  # -X k=v pairs, as shoal bench takes them
         cmd += ["-X", tls[i + 1]]
