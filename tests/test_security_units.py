@@ -642,3 +642,25 @@ def test_keystore_chain_completed_from_the_truststore(tmp_path: Path) -> None:
     assert _tls_settings(alone, None).completed_chain() is None
     with pytest.raises(ssl.SSLError):  # the middle CA is not sent: the client refuses
         _handshake(_tls_settings(alone, other).build(), client)
+
+
+def test_keystore_rewritten_between_its_reads_is_a_config_error(tmp_path: Path) -> None:
+    """The chain is completed from one read of the keystore and loaded with
+    the key from another: if a rotation lands in between, the two do not
+    match, and that is the ConfigError that keeps the old context (not an
+    ssl.SSLError out of the rebuild)."""
+    root = trustme.CA()
+    leaf = root.create_child_ca().issue_cert("localhost")
+    keystore = tmp_path / "alone.pem"
+    keystore.write_bytes(leaf.private_key_pem.bytes() + leaf.cert_chain_pems[0].bytes())
+    rotated = root.issue_cert("localhost")  # another key: what the next read finds
+
+    class Rewritten(TlsSettings):
+        def completed_chain(self) -> str | None:
+            return rotated.cert_chain_pems[0].bytes().decode() + root.cert_pem.bytes().decode()
+
+    settings = _tls_settings(keystore, None)
+    moved = Rewritten(**{f: getattr(settings, f) for f in TlsSettings.__slots__})
+    with pytest.raises(ConfigError, match=r"ssl\.keystore\.location: cannot load"):
+        moved.build()
+    settings.build()  # the keystore itself loads

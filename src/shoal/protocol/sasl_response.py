@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from shoal.protocol.primitives import I16, I32, count, response_frame, uvarint
+from shoal.protocol.primitives import I16, I32, count, response_frame, string, uvarint
 
 _I64 = struct.Struct(">q")
 
@@ -27,9 +27,7 @@ class SaslHandshakeAnswer:
         def body(out: list[bytes]) -> None:
             out.append(I16.pack(self.error_code))
             out.append(count(len(self.mechanisms), False))
-            for m in self.mechanisms:
-                raw = m.encode()
-                out.append(I16.pack(len(raw)) + raw)
+            out.extend(string(m, False) for m in self.mechanisms)
 
         return response_frame(correlation_id, False, body)
 
@@ -47,13 +45,9 @@ class SaslAuthenticateAnswer:
 
         def body(out: list[bytes]) -> None:
             out.append(I16.pack(self.error_code))
-            msg = None if self.error_message is None else self.error_message.encode()
-            if flexible:
-                out.append(b"\x00" if msg is None else uvarint(len(msg) + 1) + msg)
-                out.append(uvarint(len(self.auth_bytes) + 1) + self.auth_bytes)
-            else:
-                out.append(I16.pack(-1) if msg is None else I16.pack(len(msg)) + msg)
-                out.append(I32.pack(len(self.auth_bytes)) + self.auth_bytes)
+            out.append(string(self.error_message, flexible))
+            size = uvarint(len(self.auth_bytes) + 1) if flexible else I32.pack(len(self.auth_bytes))
+            out.append(size + self.auth_bytes)
             if self.version >= 1:
                 out.append(_I64.pack(self.session_lifetime_ms))
             if flexible:

@@ -139,9 +139,9 @@ class ScramServer:
         fields = client_first_bare.split(",")
         if len(fields) < 2 or not fields[1].startswith("r="):
             raise ScramError("client-first message without r=nonce")
-        client_nonce = fields[1][2:]
-        if fields[0].startswith("m=") or not client_nonce:
-            raise ScramError("client-first message with a mandatory extension or no nonce")
+        client_nonce = fields[1][2:]  # (a mandatory extension, m=, fails as "without n=user")
+        if not client_nonce:
+            raise ScramError("client-first message with no nonce")
         if not all(0x21 <= ord(c) <= 0x7E for c in client_nonce):
             raise ScramError("client nonce with characters outside printable ASCII")
         self.nonce = client_nonce + secrets.token_urlsafe(24)

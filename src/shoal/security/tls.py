@@ -130,27 +130,21 @@ class TlsSettings:
         ):
             if value and not _is_pem(value) and not os.path.isfile(value):
                 raise ConfigError(f"{key_name}: no file {value!r}")
+        key_name = "ssl.keystore.location" if self.keystore_location else "ssl.keystore.key"
+        # Loaded once, in one piece: a keystore rewritten between two loads
+        # must fail here (old context kept), not as a key mismatch later.
+        chain_source = self.completed_chain() or self.keystore_location or self.certificate_chain
         try:
-            if self.keystore_location:
-                key_name = "ssl.keystore.location"
-                ctx.load_cert_chain(self.keystore_location, password=password)
-            else:
-                key_name = "ssl.keystore.key"
-                with (
-                    _as_file(self.certificate_chain) as chain,
-                    _as_file(self.key) as key,
-                ):
-                    ctx.load_cert_chain(chain, key, password=password)
+            with (
+                _as_file(chain_source) as chain,
+                _as_file(self.keystore_location or self.key) as key,
+            ):
+                ctx.load_cert_chain(chain, key, password=password)
         except (ssl.SSLError, OSError) as exc:
             raise ConfigError(
                 f"{key_name}: cannot load the certificate and key "
                 f"(wrong ssl.key.password, or not PEM?): {exc}"
             ) from None
-        completed = self.completed_chain()
-        if completed is not None:
-            key = self.keystore_location or self.key
-            with _as_file(completed) as chain_file, _as_file(key) as key_file:
-                ctx.load_cert_chain(chain_file, key_file, password=password)
         if self.truststore_location:
             try:
                 ctx.load_verify_locations(cafile=self.truststore_location)
