@@ -189,9 +189,9 @@ class SqliteCommitter:
         if moves:
             moved = self._run(conn, "move", move_params(moves))
             if moved != len(moves):
-                self.statements += 1
                 out: StreamRows = {}
                 for sid in moves:
+                    self.statements += 1
                     row = conn.execute(self._sql["stream"], {"b_sid": sid}).fetchone()
                     if row is not None:
                         out[sid] = (int(row[0]), int(row[1]), bool(row[2]))
