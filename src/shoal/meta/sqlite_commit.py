@@ -31,7 +31,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from shoal.meta import schema as s
 
 if TYPE_CHECKING:
-    from shoal.meta.store import ObjectCommit
+    from shoal.meta.store import ObjectCommit, ProducerRow
 
 # stream id -> [epoch, first start, final end], as commit_objects builds it
 Moves = dict[int, list[int]]
@@ -84,6 +84,13 @@ def producer_upsert(dialect_insert: Any) -> Any:
             "txn_first_offset": ins.excluded.txn_first_offset,
         },
     )
+
+
+def newest_producers(objects: Sequence[ObjectCommit]) -> list[ProducerRow]:
+    """A group commit's producer states: a producer seen in several objects
+    of the group is recorded with its newest state (both commit paths)."""
+    latest = {(p.stream_id, p.producer_id): p for obj in objects for p in obj.producers}
+    return list(latest.values())
 
 
 def _statements() -> dict[str, str]:
@@ -215,10 +222,9 @@ class SqliteCommitter:
             ranges.extend(r.row(object_id) for r in obj.ranges)
         if ranges:
             self._run(conn, "range", ranges)
-        # A producer seen in several objects of the group: its newest state wins.
-        latest = {(p.stream_id, p.producer_id): p for obj in objects for p in obj.producers}
+        latest = newest_producers(objects)
         if latest:
-            self._run(conn, "producer", [p.row() for p in latest.values()])
+            self._run(conn, "producer", [p.row() for p in latest])
         aborted = [a.row() for obj in objects for a in obj.aborted]
         if aborted:
             self._run(conn, "aborted", aborted)

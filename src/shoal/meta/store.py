@@ -47,6 +47,7 @@ from shoal.meta.sqlite_commit import (
     StreamRows,
     fenced_move,
     move_params,
+    newest_producers,
     producer_upsert,
 )
 
@@ -747,10 +748,9 @@ class MetaStore:
             rows = [r.row(ids[obj.key]) for obj in objects for r in obj.ranges]
             if rows:
                 await conn.execute(insert(s.stream_ranges), rows)
-            # A producer seen in several objects of the group: its newest state wins.
-            latest = {(p.stream_id, p.producer_id): p for obj in objects for p in obj.producers}
+            latest = newest_producers(objects)
             if latest:
-                await self.upsert_producers(conn, list(latest.values()))
+                await self.upsert_producers(conn, latest)
             aborted = [a.row() for obj in objects for a in obj.aborted]
             if aborted:
                 await conn.execute(insert(s.aborted_txns), aborted)
