@@ -152,6 +152,26 @@ async def test_a_group_commit_with_one_stale_stream_changes_nothing(meta: MetaSt
     assert "wal/stale" not in await meta.object_keys()
 
 
+async def test_a_producer_in_several_objects_of_a_group_keeps_its_newest_state(
+    meta: MetaStore,
+) -> None:
+    [sid] = await streams_of(meta, 1)
+    opened = (await meta.open_streams([sid]))[sid]
+    assert isinstance(opened, OpenedStream)
+    epoch = opened.record.epoch
+    objects = [
+        ObjectCommit(
+            f"wal/p{i}",
+            100,
+            [RangeCommit(sid, epoch, i, i + 1, 0, 100, 1)],
+            [ProducerRow(sid, 7, 0, f"[[{i}, {i}, {i}, {i}]]", 1000 + i)],
+        )
+        for i in range(3)
+    ]
+    await meta.commit_objects(objects, node_id=0)
+    assert await meta.load_producers(sid) == [ProducerRow(sid, 7, 0, "[[2, 2, 2, 2]]", 1002)]
+
+
 async def test_a_commit_out_of_order_or_failing_half_way_changes_nothing(meta: MetaStore) -> None:
     """A range that does not start at the stream's end is refused as fenced;
     a statement failing after the ends moved (a key already recorded) rolls

@@ -24,14 +24,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import Update, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from shoal.meta import schema as s
 
 if TYPE_CHECKING:
-    from shoal.meta.store import ObjectCommit
+    from shoal.meta.store import ObjectCommit, ProducerRow
 
 # stream id -> [epoch, first start, final end], as commit_objects builds it
 Moves = dict[int, list[int]]
@@ -41,8 +41,56 @@ StreamRows = dict[int, tuple[int, int, bool]]
 _DIALECT = sqlite.dialect(paramstyle="named")
 
 
-def _sql(stmt: Any) -> str:
-    return str(stmt.compile(dialect=_DIALECT))
+def _sql(stmt: Any, keys: Sequence[str] | None = None) -> str:
+    return str(stmt.compile(dialect=_DIALECT, column_keys=keys))
+
+
+def fenced_move() -> Update:
+    """Move one stream's end from :b_start to :b_end if its epoch is still
+    :b_epoch, executed for many streams at once (move_params): a group
+    commit's moves on SQLite, here and through the engine (store.py)."""
+    st = s.streams
+    return (
+        update(st)
+        .where(
+            st.c.id == bindparam("b_sid"),
+            st.c.epoch == bindparam("b_epoch"),
+            st.c.end_offset == bindparam("b_start"),
+            st.c.deleted.is_(False),
+        )
+        .values(end_offset=bindparam("b_end"))
+    )
+
+
+def move_params(moves: Moves) -> list[dict[str, int]]:
+    """fenced_move's parameters, one set per stream."""
+    return [
+        {"b_sid": sid, "b_epoch": e, "b_start": a, "b_end": b} for sid, (e, a, b) in moves.items()
+    ]
+
+
+def producer_upsert(dialect_insert: Any) -> Any:
+    """Insert or update producers' states (rows as ProducerRow.row() makes
+    them), with the dialect's `insert` (both speak ON CONFLICT DO UPDATE):
+    here and in MetaStore.upsert_producers, on SQLite and PostgreSQL."""
+    t = s.producer_states
+    ins = dialect_insert(t)
+    return ins.on_conflict_do_update(
+        index_elements=[t.c.stream_id, t.c.producer_id],
+        set_={
+            "epoch": ins.excluded.epoch,
+            "batches": ins.excluded.batches,
+            "last_timestamp_ms": ins.excluded.last_timestamp_ms,
+            "txn_first_offset": ins.excluded.txn_first_offset,
+        },
+    )
+
+
+def newest_producers(objects: Sequence[ObjectCommit]) -> list[ProducerRow]:
+    """A group commit's producer states: a producer seen in several objects
+    of the group is recorded with its newest state (both commit paths)."""
+    latest = {(p.stream_id, p.producer_id): p for obj in objects for p in obj.producers}
+    return list(latest.values())
 
 
 def _statements() -> dict[str, str]:
@@ -53,45 +101,15 @@ def _statements() -> dict[str, str]:
         s.producer_states,
         s.aborted_txns,
     )
-    upsert = sqlite_insert(ps).values({c: bindparam(c) for c in ps.c.keys()})
-    upsert = upsert.on_conflict_do_update(
-        index_elements=[ps.c.stream_id, ps.c.producer_id],
-        set_={
-            "epoch": upsert.excluded.epoch,
-            "batches": upsert.excluded.batches,
-            "last_timestamp_ms": upsert.excluded.last_timestamp_ms,
-            "txn_first_offset": upsert.excluded.txn_first_offset,
-        },
-    )
     return {
-        "move": _sql(
-            update(st)
-            .where(
-                st.c.id == bindparam("b_sid"),
-                st.c.epoch == bindparam("b_epoch"),
-                st.c.end_offset == bindparam("b_start"),
-                st.c.deleted.is_(False),
-            )
-            .values(end_offset=bindparam("b_end"))
-        ),
+        "move": _sql(fenced_move()),
         "stream": _sql(
             select(st.c.epoch, st.c.end_offset, st.c.deleted).where(st.c.id == bindparam("b_sid"))
         ),
-        "object": _sql(
-            insert(o).values(
-                {c: bindparam(c) for c in ("key", "size", "created_ms", "node_id", "kind")}
-            )
-        ),
-        "range": _sql(insert(r).values({c: bindparam(c) for c in r.c.keys()})),
-        "producer": _sql(upsert),
-        "aborted": _sql(
-            insert(at).values(
-                {
-                    c: bindparam(c)
-                    for c in ("stream_id", "producer_id", "first_offset", "last_offset")
-                }
-            )
-        ),
+        "object": _sql(insert(o), ("key", "size", "created_ms", "node_id", "kind")),
+        "range": _sql(insert(r), r.c.keys()),
+        "producer": _sql(producer_upsert(sqlite_insert), ps.c.keys()),
+        "aborted": _sql(insert(at), ("stream_id", "producer_id", "first_offset", "last_offset")),
         "marker": _sql(delete(s.txn_markers).where(s.txn_markers.c.id == bindparam("b_id"))),
     }
 
@@ -176,18 +194,11 @@ class SqliteCommitter:
         created_ms: int,
     ) -> StreamRows | None:
         if moves:
-            moved = self._run(
-                conn,
-                "move",
-                [
-                    {"b_sid": sid, "b_epoch": e, "b_start": a, "b_end": b}
-                    for sid, (e, a, b) in moves.items()
-                ],
-            )
+            moved = self._run(conn, "move", move_params(moves))
             if moved != len(moves):
-                self.statements += 1
                 out: StreamRows = {}
                 for sid in moves:
+                    self.statements += 1
                     row = conn.execute(self._sql["stream"], {"b_sid": sid}).fetchone()
                     if row is not None:
                         out[sid] = (int(row[0]), int(row[1]), bool(row[2]))
@@ -211,10 +222,9 @@ class SqliteCommitter:
             ranges.extend(r.row(object_id) for r in obj.ranges)
         if ranges:
             self._run(conn, "range", ranges)
-        # A producer seen in several objects of the group: its newest state wins.
-        latest = {(p.stream_id, p.producer_id): p for obj in objects for p in obj.producers}
+        latest = newest_producers(objects)
         if latest:
-            self._run(conn, "producer", [p.row() for p in latest.values()])
+            self._run(conn, "producer", [p.row() for p in latest])
         aborted = [a.row() for obj in objects for a in obj.aborted]
         if aborted:
             self._run(conn, "aborted", aborted)

@@ -42,7 +42,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from shoal.meta import schema as s
 from shoal.meta.checkpoint import Checkpointer
-from shoal.meta.sqlite_commit import SqliteCommitter, StreamRows
+from shoal.meta.sqlite_commit import (
+    SqliteCommitter,
+    StreamRows,
+    fenced_move,
+    move_params,
+    newest_producers,
+    producer_upsert,
+)
 
 # Key of the PostgreSQL advisory lock held while the schema is created or migrated.
 MIGRATION_LOCK = 0x5E0A1_5C4E
@@ -741,10 +748,9 @@ class MetaStore:
             rows = [r.row(ids[obj.key]) for obj in objects for r in obj.ranges]
             if rows:
                 await conn.execute(insert(s.stream_ranges), rows)
-            # A producer seen in several objects of the group: its newest state wins.
-            latest = {(p.stream_id, p.producer_id): p for obj in objects for p in obj.producers}
+            latest = newest_producers(objects)
             if latest:
-                await self.upsert_producers(conn, list(latest.values()))
+                await self.upsert_producers(conn, latest)
             aborted = [a.row() for obj in objects for a in obj.aborted]
             if aborted:
                 await conn.execute(insert(s.aborted_txns), aborted)
@@ -760,21 +766,7 @@ class MetaStore:
         True if every stream moved."""
         st = s.streams
         if self.is_sqlite:
-            stmt = (
-                update(st)
-                .where(
-                    st.c.id == bindparam("b_sid"),
-                    st.c.epoch == bindparam("b_epoch"),
-                    st.c.end_offset == bindparam("b_start"),
-                    st.c.deleted.is_(False),
-                )
-                .values(end_offset=bindparam("b_end"))
-            )
-            params = [
-                {"b_sid": sid, "b_epoch": e, "b_start": a, "b_end": b}
-                for sid, (e, a, b) in moves.items()
-            ]
-            res = await conn.execute(stmt, params)
+            res = await conn.execute(fenced_move(), move_params(moves))
             return bool(res.rowcount == len(moves))
         stmt = self._pg_move_ends
         if stmt is None:
@@ -849,17 +841,8 @@ class MetaStore:
         if stmt is None:
             # Built once: `excluded` and the statement's construction cost
             # about 1 ms of CPU per commit when made anew each time.
-            t = s.producer_states
-            dialect_insert = sqlite_insert if self.is_sqlite else pg_insert
-            ins = dialect_insert(t)
-            stmt = self._producer_upsert = ins.on_conflict_do_update(
-                index_elements=[t.c.stream_id, t.c.producer_id],
-                set_={
-                    "epoch": ins.excluded.epoch,
-                    "batches": ins.excluded.batches,
-                    "last_timestamp_ms": ins.excluded.last_timestamp_ms,
-                    "txn_first_offset": ins.excluded.txn_first_offset,
-                },
+            stmt = self._producer_upsert = producer_upsert(
+                sqlite_insert if self.is_sqlite else pg_insert
             )
         await conn.execute(stmt, [p.row() for p in rows])
 
