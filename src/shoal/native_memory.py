@@ -44,6 +44,11 @@ def _glibc() -> ctypes.CDLL | None:
         return None
     if hasattr(libc, "mallinfo2"):
         libc.mallinfo2.restype = _Mallinfo2
+    libc.fopen.restype = ctypes.c_void_p  # FILE *, for malloc_info
+    libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    if hasattr(libc, "malloc_info"):
+        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
     return libc
 
 
@@ -90,6 +95,20 @@ def mallinfo() -> dict[str, int]:
         return {}
     m = libc.mallinfo2()
     return {"in_use": m.uordblks, "free": m.fordblks, "mmapped": m.hblkhd, "arena": m.arena}
+
+
+def write_malloc_info(path: str) -> bool:
+    """glibc's per-arena statistics (malloc_info's XML) into `path`: which
+    arenas hold the memory malloc keeps free. False where unknown."""
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "malloc_info"):
+        return False
+    fp = libc.fopen(path.encode(), b"w")
+    if not fp:
+        return False
+    libc.malloc_info(0, fp)
+    libc.fclose(fp)
+    return True
 
 
 def free_in_heap() -> int | None:
