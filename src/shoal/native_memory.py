@@ -14,6 +14,7 @@ every arena back to the kernel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -139,3 +140,26 @@ async def trim_loop(interval_s: float = TRIM_CHECK_S, free_above: int = TRIM_FRE
             await asyncio.to_thread(trim)
             floor = await asyncio.to_thread(rss_bytes)
             log.debug("malloc_trim: RSS %d -> %d MiB", rss >> 20, floor >> 20)
+
+
+class TrimService:
+    """trim_loop as a service of `shoal serve` (started with the broker,
+    stopped before it closes; the gateway runs trim_loop among its own
+    tasks). It logs the arena cap `serve` set before the broker started, once
+    the broker is up: a start that fails prints its reason alone."""
+
+    def __init__(self, capped: bool, free_above: int) -> None:
+        if capped:
+            log.info("malloc arenas capped at %d (glibc M_ARENA_MAX)", ARENAS)
+        self._task = asyncio.create_task(trim_loop(free_above=free_above), name="malloc-trim")
+
+    @classmethod
+    async def start(
+        cls, _broker: object, capped: bool = False, free_above: int = TRIM_FREE_ABOVE
+    ) -> TrimService:
+        return cls(capped, free_above)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
