@@ -393,17 +393,24 @@ async def test_a_links_mirror_partitions_and_synced_group(
             assert "no link 'no-such-link'" in (await r.text()).replace("&#39;", "'")
 
 
-async def test_an_open_transaction_and_the_filters(
-    env: tuple[ConsoleBroker, GatewayProcess], admin: aiohttp.ClientSession
-) -> None:
-    bootstrap = env[0].address("PLAINTEXT")
-    _create(bootstrap, "txn-out", 1)
-    tid = "console-txn-1"
+def _open_transaction(broker: ConsoleBroker, tid: str, topic: str) -> Producer:
+    """A transactional producer with one record written in a transaction
+    left open, on a new one-partition `topic`."""
+    bootstrap = broker.address("PLAINTEXT")
+    _create(bootstrap, topic, 1)
     p = Producer({"bootstrap.servers": bootstrap, "transactional.id": tid})
     p.init_transactions(20)
     p.begin_transaction()
-    p.produce("txn-out", value=b"pending")
+    p.produce(topic, value=b"pending")
     assert p.flush(20) == 0
+    return p
+
+
+async def test_an_open_transaction_and_the_filters(
+    env: tuple[ConsoleBroker, GatewayProcess], admin: aiohttp.ClientSession
+) -> None:
+    tid = "console-txn-1"
+    p = _open_transaction(env[0], tid, "txn-out")
 
     async def listed(query: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = (await _json(admin, "/api/transactions" + query))[
@@ -455,14 +462,8 @@ async def test_a_hanging_transaction_is_aborted_from_the_console(
     """Confirmed, refused without WRITE on the transactional id, then done:
     the transaction is aborted and the producer still holding the old epoch
     is fenced."""
-    bootstrap = env[0].address("PLAINTEXT")
-    _create(bootstrap, "txn-hang", 1)
     tid = "console-txn-hanging"
-    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": tid})
-    p.init_transactions(20)
-    p.begin_transaction()
-    p.produce("txn-hang", value=b"never committed")
-    assert p.flush(20) == 0
+    p = _open_transaction(env[0], tid, "txn-hang")
 
     async def row() -> dict[str, Any] | None:
         rows = (await _json(admin, f"/api/transactions?id={tid}"))["transactions"]
