@@ -36,6 +36,8 @@ from confluent_kafka.admin import (
 
 from harness import BrokerProcess, free_port, tansu_binary
 from shoal.link.cli import link
+from shoal.link.source import SourceCluster
+from shoal.link.spec import parse_settings
 from shoal.protocol.records import batch_spans
 from wire import RawClient, fetch_request
 
@@ -428,6 +430,23 @@ def test_compacted_source_with_gaps_and_log_start(
         return outcomes[-1] is None
 
     wait_for("the former mirror to take writes", writable, 10)
+
+
+async def test_a_leader_unknown_in_the_last_metadata_is_looked_up_again(
+    source: BrokerProcess,
+) -> None:
+    """Metadata taken during a source's leader election says "no leader":
+    the next look-up asks again instead of failing from that answer until
+    a connection drops (the reverse link and write-through use it)."""
+    topic = name("leader")
+    create_topic(source.bootstrap, topic, 1)
+    src = SourceCluster(source.bootstrap, parse_settings({}))
+    try:
+        node = await src.leader(topic, 0)
+        src._leaders[topic] = [-1]  # as the metadata answered mid-election
+        assert await src.leader(topic, 0) == node
+    finally:
+        src.close()
 
 
 def test_source_outage_and_restarts_resume_without_doubles(
