@@ -18,10 +18,10 @@ import aiohttp
 import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 import console_helpers
-from console_helpers import PASSWORD, ConsoleBroker, console_broker, gateway
+from console_helpers import PASSWORD, ConsoleBroker, console_broker, create_topic, gateway
 from edge_harness import GatewayProcess, wait_for
 from harness import BrokerProcess, free_port
 from shoal.link.cli import link
@@ -313,12 +313,6 @@ async def test_a_principal_without_permission_is_refused(
     assert "viewer-t" not in _topics(env[0])
 
 
-def _create(bootstrap: str, topic: str, partitions: int) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for f in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
-        f.result(20)
-
-
 async def _link_cli(broker: ConsoleBroker, *args: str, code: int = 0) -> Any:
     """`shoal link ...` (in a thread: it runs its own event loop)."""
     runner = CliRunner()
@@ -338,7 +332,7 @@ async def test_a_links_mirror_partitions_and_synced_group(
 ) -> None:
     broker = env[0]
     topic, group, lnk = "orders", "billing", "from-dc1"
-    _create(source.bootstrap, topic, 2)
+    create_topic(source.bootstrap, topic, 2)
     p = Producer({"bootstrap.servers": source.bootstrap, "enable.idempotence": True})
     for i in range(40):
         p.produce(topic, value=b"order %d" % i, partition=i % 2)
@@ -397,7 +391,7 @@ def _open_transaction(broker: ConsoleBroker, tid: str, topic: str) -> Producer:
     """A transactional producer with one record written in a transaction
     left open, on a new one-partition `topic`."""
     bootstrap = broker.address("PLAINTEXT")
-    _create(bootstrap, topic, 1)
+    create_topic(bootstrap, topic, 1)
     p = Producer({"bootstrap.servers": bootstrap, "transactional.id": tid})
     p.init_transactions(20)
     p.begin_transaction()
