@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from edge_harness import GatewayProcess, gateway_config
 from harness import BrokerProcess, free_port
@@ -61,7 +62,14 @@ def gateway(
     return GatewayProcess(tmp / site, cfg)
 
 
-__all__ = ["PASSWORD", "REPORT_MS", "ConsoleBroker", "console_broker", "gateway"]
+def create_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
+    """A topic on the link's source or on the console's broker."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
+        f.result(20)
+
+
+__all__ = ["PASSWORD", "REPORT_MS", "ConsoleBroker", "console_broker", "create_topic", "gateway"]
 
 
 @pytest.fixture(scope="module")

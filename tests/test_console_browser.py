@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 import console_helpers
 from console_helpers import PASSWORD, ConsoleBroker, console_broker, gateway
@@ -239,16 +239,10 @@ def test_the_cluster_page(admin: Any, env: Env, shots: Path) -> None:
     shot(admin, shots, "cluster")
 
 
-def create_topics(bootstrap: str, *names: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for f in admin.create_topics([NewTopic(n, 1, 1) for n in names]).values():
-        f.result(20)
-
-
 def test_a_links_page_shows_its_mirror_topic(
     admin: Any, env: Env, source: BrokerProcess, shots: Path
 ) -> None:
-    create_topics(source.bootstrap, MIRRORED)
+    console_helpers.create_topic(source.bootstrap, MIRRORED)
     p = Producer({"bootstrap.servers": source.bootstrap})
     for i in range(12):
         p.produce(MIRRORED, value=b"order %d" % i)
@@ -277,7 +271,7 @@ def test_a_links_page_shows_its_mirror_topic(
 
 def test_the_transactions_page_shows_an_open_transaction(admin: Any, env: Env, shots: Path) -> None:
     bootstrap = env.broker.address("PLAINTEXT")
-    create_topics(bootstrap, "payments")
+    console_helpers.create_topic(bootstrap, "payments")
     p = Producer({"bootstrap.servers": bootstrap, "transactional.id": TXN})
     p.init_transactions(20)
     p.begin_transaction()

@@ -18,10 +18,10 @@ import aiohttp
 import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 import console_helpers
-from console_helpers import PASSWORD, ConsoleBroker, console_broker, gateway
+from console_helpers import PASSWORD, ConsoleBroker, console_broker, create_topic, gateway
 from edge_harness import GatewayProcess, wait_for
 from harness import BrokerProcess, free_port
 from shoal.link.cli import link
@@ -313,12 +313,6 @@ async def test_a_principal_without_permission_is_refused(
     assert "viewer-t" not in _topics(env[0])
 
 
-def _create(bootstrap: str, topic: str, partitions: int) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for f in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
-        f.result(20)
-
-
 async def _link_cli(broker: ConsoleBroker, *args: str, code: int = 0) -> Any:
     """`shoal link ...` (in a thread: it runs its own event loop)."""
     runner = CliRunner()
@@ -338,7 +332,7 @@ async def test_a_links_mirror_partitions_and_synced_group(
 ) -> None:
     broker = env[0]
     topic, group, lnk = "orders", "billing", "from-dc1"
-    _create(source.bootstrap, topic, 2)
+    create_topic(source.bootstrap, topic, 2)
     p = Producer({"bootstrap.servers": source.bootstrap, "enable.idempotence": True})
     for i in range(40):
         p.produce(topic, value=b"order %d" % i, partition=i % 2)
@@ -393,17 +387,24 @@ async def test_a_links_mirror_partitions_and_synced_group(
             assert "no link 'no-such-link'" in (await r.text()).replace("&#39;", "'")
 
 
-async def test_an_open_transaction_and_the_filters(
-    env: tuple[ConsoleBroker, GatewayProcess], admin: aiohttp.ClientSession
-) -> None:
-    bootstrap = env[0].address("PLAINTEXT")
-    _create(bootstrap, "txn-out", 1)
-    tid = "console-txn-1"
+def _open_transaction(broker: ConsoleBroker, tid: str, topic: str) -> Producer:
+    """A transactional producer with one record written in a transaction
+    left open, on a new one-partition `topic`."""
+    bootstrap = broker.address("PLAINTEXT")
+    create_topic(bootstrap, topic, 1)
     p = Producer({"bootstrap.servers": bootstrap, "transactional.id": tid})
     p.init_transactions(20)
     p.begin_transaction()
-    p.produce("txn-out", value=b"pending")
+    p.produce(topic, value=b"pending")
     assert p.flush(20) == 0
+    return p
+
+
+async def test_an_open_transaction_and_the_filters(
+    env: tuple[ConsoleBroker, GatewayProcess], admin: aiohttp.ClientSession
+) -> None:
+    tid = "console-txn-1"
+    p = _open_transaction(env[0], tid, "txn-out")
 
     async def listed(query: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = (await _json(admin, "/api/transactions" + query))[
@@ -455,14 +456,8 @@ async def test_a_hanging_transaction_is_aborted_from_the_console(
     """Confirmed, refused without WRITE on the transactional id, then done:
     the transaction is aborted and the producer still holding the old epoch
     is fenced."""
-    bootstrap = env[0].address("PLAINTEXT")
-    _create(bootstrap, "txn-hang", 1)
     tid = "console-txn-hanging"
-    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": tid})
-    p.init_transactions(20)
-    p.begin_transaction()
-    p.produce("txn-hang", value=b"never committed")
-    assert p.flush(20) == 0
+    p = _open_transaction(env[0], tid, "txn-hang")
 
     async def row() -> dict[str, Any] | None:
         rows = (await _json(admin, f"/api/transactions?id={tid}"))["transactions"]

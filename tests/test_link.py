@@ -36,6 +36,8 @@ from confluent_kafka.admin import (
 
 from harness import BrokerProcess, free_port, tansu_binary
 from shoal.link.cli import link
+from shoal.link.source import SourceCluster
+from shoal.link.spec import parse_settings
 from shoal.protocol.records import batch_spans
 from wire import RawClient, fetch_request
 
@@ -430,6 +432,23 @@ def test_compacted_source_with_gaps_and_log_start(
     wait_for("the former mirror to take writes", writable, 10)
 
 
+async def test_a_leader_unknown_in_the_last_metadata_is_looked_up_again(
+    source: BrokerProcess,
+) -> None:
+    """Metadata taken during a source's leader election says "no leader":
+    the next look-up asks again instead of failing from that answer until
+    a connection drops (the reverse link and write-through use it)."""
+    topic = name("leader")
+    create_topic(source.bootstrap, topic, 1)
+    src = SourceCluster(source.bootstrap, parse_settings({}))
+    try:
+        node = await src.leader(topic, 0)
+        src._leaders[topic] = [-1]  # as the metadata answered mid-election
+        assert await src.leader(topic, 0) == node
+    finally:
+        src.close()
+
+
 def test_source_outage_and_restarts_resume_without_doubles(
     tmp_path: Path, target: BrokerProcess
 ) -> None:
@@ -809,6 +828,23 @@ def test_reverse_link_copies_committed_transactions_only(
     assert [v for _o, v in values(source.bootstrap, topic, 0, 20, 30)] == want
     [row] = json.loads(shoal_link(target, "status", lnk, "--format", "json").output)
     assert row["reverse"]["lag_records"] == 0 and not row["reverse"]["errors"]
+    # A restart that lost the whole map (the owner died before its first
+    # save): the 10 offsets the source took are mapped from the batches here,
+    # the aborted transaction skipped as by the copy, and nothing sent twice.
+    target.stop()
+    with sqlite3.connect(Path(target.data_dir) / "meta.db") as db:
+        db.execute("DELETE FROM link_offset_map WHERE mirror = ?", (topic,))
+    target.start()
+
+    def reverse() -> Any:
+        [row] = json.loads(shoal_link(target, "status", lnk, "--format", "json").output)
+        return row["reverse"]
+
+    wait_for("the map recovered", lambda: reverse()["recovered"] == 10)
+    produce(target.bootstrap, topic, 1, 1)
+    wait_for("the next record copied back", lambda: ends(source.bootstrap, topic, 1) == [(0, 31)])
+    assert [v for _o, v in values(source.bootstrap, topic, 0, 20, 30)] == want
+    assert not reverse()["errors"]
     assert shoal_link(target, "delete", lnk).exit_code == 0
 
 

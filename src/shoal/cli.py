@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import functools
 import os
 import signal
 import sys
@@ -16,6 +16,8 @@ from urllib.parse import urlparse
 import click
 
 from shoal.config import BrokerConfig, ConfigError, load_config
+
+BROKER_TRIM_FREE_ABOVE = 16 * 1024 * 1024  # free heap at which `serve` trims
 
 
 def restore_stop_signals() -> None:
@@ -145,10 +147,15 @@ def serve(
             from shoal.console.app import Console
             from shoal.link.manager import LinkManager
 
-            MallocTrim.capped = memory.limit_arenas()  # before storage and client threads
-            run_async(
-                run_server(config, services=(LinkManager.start, Console.service, MallocTrim.start))
+            # Freed heap handed back to the kernel: without it a broker's RSS
+            # kept its high-water mark, 17 MiB more after a quarter of an hour
+            # of the soak's load (docs/RELIABILITY.md, Soak).
+            trim = functools.partial(
+                memory.TrimService.start,
+                capped=memory.limit_arenas(),  # before storage and client threads
+                free_above=BROKER_TRIM_FREE_ABOVE,
             )
+            run_async(run_server(config, services=(LinkManager.start, Console.service, trim)))
     except KeyboardInterrupt:
         click.echo("shoal: stopped by SIGINT while starting", err=True)
         sys.exit(130)
@@ -159,38 +166,6 @@ def serve(
         where = exc.filename if "://" in str(exc.filename) else config["listen"]
         click.echo(f"shoal: cannot listen on {where}: {exc.strerror or exc}", err=True)
         sys.exit(1)
-
-
-class MallocTrim:
-    """A service of `shoal serve`: hand the pages glibc's malloc keeps free
-    back to the kernel, as the gateway does (native_memory.py). Without it a
-    broker's RSS kept its high-water mark of freed heap, 17 MiB more after a
-    quarter of an hour of the soak's load (docs/RELIABILITY.md, Soak)."""
-
-    FREE_ABOVE = 16 * 1024 * 1024
-    #: set by `serve` before the broker starts; logged once it is up, so a
-    #: start that fails prints its reason alone
-    capped = False
-
-    def __init__(self) -> None:
-        from shoal import native_memory as memory
-
-        if self.capped:
-            logging.getLogger("shoal.broker").info(
-                "malloc arenas capped at %d (glibc M_ARENA_MAX)", memory.ARENAS
-            )
-        self._task = asyncio.create_task(
-            memory.trim_loop(free_above=self.FREE_ABOVE), name="malloc-trim"
-        )
-
-    @classmethod
-    async def start(cls, _broker: object) -> MallocTrim:
-        return cls()
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ every arena back to the kernel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -44,6 +45,11 @@ def _glibc() -> ctypes.CDLL | None:
         return None
     if hasattr(libc, "mallinfo2"):
         libc.mallinfo2.restype = _Mallinfo2
+    libc.fopen.restype = ctypes.c_void_p  # FILE *, for malloc_info
+    libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    if hasattr(libc, "malloc_info"):
+        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
     return libc
 
 
@@ -92,6 +98,20 @@ def mallinfo() -> dict[str, int]:
     return {"in_use": m.uordblks, "free": m.fordblks, "mmapped": m.hblkhd, "arena": m.arena}
 
 
+def write_malloc_info(path: str) -> bool:
+    """glibc's per-arena statistics (malloc_info's XML) into `path`: which
+    arenas hold the memory malloc keeps free. False where unknown."""
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "malloc_info"):
+        return False
+    fp = libc.fopen(path.encode(), b"w")
+    if not fp:
+        return False
+    libc.malloc_info(0, fp)
+    libc.fclose(fp)
+    return True
+
+
 def free_in_heap() -> int | None:
     """Bytes malloc holds free in its arenas, or None where unknown."""
     return mallinfo().get("free")
@@ -120,3 +140,26 @@ async def trim_loop(interval_s: float = TRIM_CHECK_S, free_above: int = TRIM_FRE
             await asyncio.to_thread(trim)
             floor = await asyncio.to_thread(rss_bytes)
             log.debug("malloc_trim: RSS %d -> %d MiB", rss >> 20, floor >> 20)
+
+
+class TrimService:
+    """trim_loop as a service of `shoal serve` (started with the broker,
+    stopped before it closes; the gateway runs trim_loop among its own
+    tasks). It logs the arena cap `serve` set before the broker started, once
+    the broker is up: a start that fails prints its reason alone."""
+
+    def __init__(self, capped: bool, free_above: int) -> None:
+        if capped:
+            log.info("malloc arenas capped at %d (glibc M_ARENA_MAX)", ARENAS)
+        self._task = asyncio.create_task(trim_loop(free_above=free_above), name="malloc-trim")
+
+    @classmethod
+    async def start(
+        cls, _broker: object, capped: bool = False, free_above: int = TRIM_FREE_ABOVE
+    ) -> TrimService:
+        return cls(capped, free_above)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
-import ctypes.util
 import gc
 import json
 import logging
@@ -60,7 +58,7 @@ def install(broker: Broker, where: Path) -> None:
         stem = where / f"{os.getpid()}-{count[0]}"
         report = _report(broker)
         tracemalloc.take_snapshot().dump(f"{stem}.tracemalloc")
-        _malloc_info(f"{stem}.malloc.xml")
+        native_memory.write_malloc_info(f"{stem}.malloc.xml")
         tmp = stem.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(report, indent=1))
         tmp.rename(stem.with_suffix(".json"))  # the probe waits for this name
@@ -68,11 +66,6 @@ def install(broker: Broker, where: Path) -> None:
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
     log.warning("memory probe on: tracemalloc running, SIGUSR1 writes reports to %s", where)
-
-
-def _rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
 def _maps() -> dict[str, int]:
@@ -104,23 +97,6 @@ def _maps() -> dict[str, int]:
     except OSError:
         return {}
     return out
-
-
-def _malloc_info(path: str) -> None:
-    """glibc's per-arena statistics (malloc_info's XML): which arenas hold
-    the memory malloc keeps free."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.fopen.restype = ctypes.c_void_p
-        libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
-        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
-        libc.fclose.argtypes = [ctypes.c_void_p]
-    except (OSError, AttributeError):
-        return
-    fp = libc.fopen(path.encode(), b"w")
-    if fp:
-        libc.malloc_info(0, fp)
-        libc.fclose(fp)
 
 
 def _sizes(broker: Broker) -> dict[str, int]:
@@ -158,7 +134,7 @@ def _report(broker: Broker) -> dict[str, Any]:
     current, peak = tracemalloc.get_traced_memory()
     return {
         "time": time.time(),
-        "rss_kib": _rss_kib(),
+        "rss_kib": native_memory.rss_bytes() >> 10,
         "fds": len(os.listdir("/proc/self/fd")),
         "traced_bytes": current,
         "traced_peak_bytes": peak,

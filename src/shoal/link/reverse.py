@@ -40,8 +40,10 @@ from shoal.meta.links import (
     ReverseProgress,
     ReverseRow,
 )
-from shoal.protocol.records import batch_spans, read_header
+from shoal.meta.store import AbortedTxn
+from shoal.protocol.records import BatchHeader, batch_spans, read_header
 from shoal.storage.errors import StorageError
+from shoal.storage.streams import ReadResult
 
 log = logging.getLogger("shoal.link.reverse")
 
@@ -295,8 +297,7 @@ class ReverseRunner:
         missing = source_end - p.map.source_end
         offset, left = p.next_offset, missing
         while left > 0:
-            res = await self.broker.engine.read(p.stream_id, offset, READ_MAX_BYTES)
-            data = b"".join(res.chunks)
+            _res, data, aborted = await self._read_committed(p.stream_id, offset)
             spans = list(batch_spans(data))
             if not spans:
                 break
@@ -305,7 +306,7 @@ class ReverseRunner:
                 if h.last_offset < offset:
                     continue
                 offset = h.last_offset + 1
-                if h.is_control:
+                if _not_copied(h, aborted):
                     continue
                 span = h.last_offset_delta + 1
                 if span > left:
@@ -334,6 +335,18 @@ class ReverseRunner:
             missing,
         )
 
+    async def _read_committed(
+        self, stream_id: int, offset: int
+    ) -> tuple[ReadResult, bytes, list[AbortedTxn]]:
+        """What a read_committed consumer reads from `offset` (whole batches
+        up to the last stable offset) and the aborted transactions in it."""
+        engine = self.broker.engine
+        res = await engine.read(stream_id, offset, READ_MAX_BYTES, committed=True)
+        data = b"".join(res.chunks)
+        if not data:
+            return res, data, []
+        return res, data, await engine.aborted_between(stream_id, offset, res.last_stable_offset)
+
     async def _copy(self, p: ReversePartition) -> bool:
         """Produce the committed batches from p.next_offset to the source,
         one at a time (Kafka takes one batch per partition per request); True
@@ -346,25 +359,14 @@ class ReverseRunner:
         p.progress.shoal_end = end
         if p.next_offset >= end:
             return False
-        res = await engine.read(p.stream_id, p.next_offset, READ_MAX_BYTES, committed=True)
+        res, data, aborted = await self._read_committed(p.stream_id, p.next_offset)
         p.progress.shoal_end = res.high_watermark
-        data = b"".join(res.chunks)
-        if not data:
-            return False
-        aborted = await engine.aborted_between(p.stream_id, p.next_offset, res.last_stable_offset)
         worked = False
         for start, stop in batch_spans(data):
             h = read_header(data, start)
             if h.last_offset < p.next_offset:
                 continue
-            if h.is_control or (
-                h.is_transactional
-                and any(
-                    a.producer_id == h.producer_id
-                    and a.first_offset <= h.base_offset <= a.last_offset
-                    for a in aborted
-                )
-            ):
+            if _not_copied(h, aborted):
                 p.next_offset = h.last_offset + 1
                 continue
             batch = as_producer(memoryview(data)[start:stop], p.producer_id, p.epoch, p.sequence)
@@ -383,3 +385,16 @@ class ReverseRunner:
             p.progress.bytes += stop - start
             worked = True
         return worked
+
+
+def _not_copied(h: BatchHeader, aborted: list[AbortedTxn]) -> bool:
+    """Markers and aborted transactions' batches: what a read_committed
+    consumer skips, so neither the copy nor the map's recovery counts them
+    (they are gaps in the offset map)."""
+    return h.is_control or (
+        h.is_transactional
+        and any(
+            a.producer_id == h.producer_id and a.first_offset <= h.base_offset <= a.last_offset
+            for a in aborted
+        )
+    )

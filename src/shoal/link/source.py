@@ -319,10 +319,11 @@ class SourceCluster:
 
     async def leader(self, topic: str, partition: int, refresh: bool = False) -> int:
         """The node leading a source partition, from the last metadata unless
-        it does not know the partition (or `refresh`). Forgotten when a request
-        fails, or a produce or end-offset fetch is refused by the partition."""
+        it does not know the partition or its leader (none during an
+        election), or `refresh`. Forgotten when a request fails, or a produce
+        or end-offset fetch is refused by the partition."""
         leaders = self._leaders.get(topic, [])
-        if refresh or partition >= len(leaders):
+        if refresh or partition >= len(leaders) or leaders[partition] not in self._brokers:
             leaders = (await self.metadata()).partitions.get(topic, [])
         if partition >= len(leaders) or leaders[partition] not in self._brokers:
             raise SourceError(f"source partition {topic}-{partition} has no leader")

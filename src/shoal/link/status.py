@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 from shoal.link.spec import matches, patterns, redact
-from shoal.meta.groups import GroupRepository, OffsetRow
 from shoal.meta.links import LinkNotFound, LinkRow, LinkStore, Progress, ReverseProgress
 
 
@@ -27,16 +26,18 @@ async def status_data(store: LinkStore, name: str | None) -> list[dict[str, Any]
     for rp in await store.reverse_progress():
         back.setdefault(rp.mirror, []).append(rp)
     pats = {row.name: patterns(row.groups) for row in links}
-    offsets: list[OffsetRow] = []
-    if any(pats.values()):
-        _groups, offsets = await GroupRepository(store.meta).load()
+    synced = [m.mirror for m in mirrors if pats[m.link] and name in (None, m.link)]
+    # mirror topic -> group -> partition -> committed offset
+    offsets: dict[str, dict[str, dict[int, int]]] = {}
+    for group, topic, partition, offset in await store.committed_on(synced):
+        offsets.setdefault(topic, {}).setdefault(group, {})[partition] = offset
     out = []
     now = int(time.time() * 1000)
     for m in mirrors:
         if name is not None and m.link != name:
             continue
         parts = progress.get(m.mirror, [])
-        mine = [o for o in offsets if o.topic == m.mirror and matches(pats[m.link], o.group_id)]
+        mine = {g: c for g, c in offsets.get(m.mirror, {}).items() if matches(pats[m.link], g)}
         seconds = [p.lag_seconds(now) for p in parts]
         out.append(
             {
@@ -75,13 +76,10 @@ async def status_data(store: LinkStore, name: str | None) -> list[dict[str, Any]
     return out
 
 
-def _groups_dict(offsets: list[OffsetRow], ends: dict[int, int]) -> list[dict[str, Any]]:
+def _groups_dict(by_group: dict[str, dict[int, int]], ends: dict[int, int]) -> list[dict[str, Any]]:
     """The link's groups with offsets on a mirror topic (copied by the
     group sync, or committed here since): their lag against the mirror's end
     as the link last saved it."""
-    by_group: dict[str, dict[int, int]] = {}
-    for o in offsets:
-        by_group.setdefault(o.group_id, {})[o.partition] = o.offset
     return [
         {
             "group": gid,

@@ -285,6 +285,19 @@ class LinkStore:
     async def progress(self) -> list[Progress]:
         return await self._partitions(s.link_partitions, Progress)
 
+    async def committed_on(self, topics: Sequence[str]) -> list[tuple[str, str, int, int]]:
+        """(group, topic, partition, offset) of every group's committed
+        offsets on `topics` (the mirror topics), by the topic index: a
+        status call reads these, not the offsets of every group here."""
+        if not topics:
+            return []
+        o = s.group_offsets
+        q = select(o.c.group_id, o.c.topic, o.c.partition, o.c.committed_offset).where(
+            o.c.topic.in_(list(topics))
+        )
+        async with self.meta.engine.connect() as conn:
+            return [(r[0], r[1], r[2], r[3]) for r in await conn.execute(q)]
+
     async def reserve_producer_ids(self, pid: int) -> None:
         """Producer id `pid` came with mirrored batches: raise the store's
         producer id counter (and the floor brokers watch) past it."""
