@@ -223,6 +223,14 @@ def test_leave_frees_partitions_at_once() -> None:
     assert parts(beat(m, "b", 2, {})) == {0, 1}
 
 
+def test_a_static_leave_must_come_from_the_member_holding_the_instance() -> None:
+    m, _ = machine(t=2)
+    join(m, "a", instance_id="i-a")
+    stale = beat(m, "old-a", -2, None, instance_id="i-a")
+    assert stale.error == ErrorCode.fenced_instance_id and "not old-a" in (stale.message or "")
+    assert beat(m, "a", -2, None, instance_id="i-a").error == ErrorCode.none
+
+
 @pytest.mark.parametrize(
     ("kw", "code"),
     [

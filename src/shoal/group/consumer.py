@@ -716,10 +716,20 @@ class ConsumerGroups:
         group = self.groups.get(req.group_id)
         member = None
         if group is not None:
-            member = group.members.get(req.member_id)
-            if member is None and req.instance_id is not None:
+            if req.instance_id is None:
+                member = group.members.get(req.member_id)
+            else:
+                # As Kafka: a static member leaves by its instance id, and only
+                # the member holding that id may (an older incarnation, or a
+                # classic member it replaced, is fenced).
                 mid = group.static.get(req.instance_id)
                 member = group.members.get(mid) if mid is not None else None
+                if member is not None and member.member_id != req.member_id:
+                    raise RequestError(
+                        ErrorCode.fenced_instance_id,
+                        f"Instance {req.instance_id} is member {member.member_id}, "
+                        f"not {req.member_id}.",
+                    )
         if group is None or member is None:
             raise RequestError(
                 ErrorCode.unknown_member_id,
