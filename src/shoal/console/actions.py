@@ -29,7 +29,7 @@ from shoal.meta.cluster import ClusterStore
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.security.acls import CLUSTER_NAME, AclOperation, ResourceType
 from shoal.storage.errors import StorageError
-from shoal.txn.state import TxnError, TxnState
+from shoal.txn.state import TxnError
 
 log = logging.getLogger("shoal.console.actions")
 
@@ -205,28 +205,19 @@ async def abort_transaction(broker: Broker, who: ConsoleUser, form: Mapping[str,
         raise ActionError(
             f"transactional_id: {tid!r} is coordinated by broker {node}: use its console"
         )
-    meta = await broker.txn.describe(tid)
-    if meta is None:
-        raise ActionError(f"transactional_id: no transactional id {tid!r}")
-    if meta.state != TxnState.ONGOING:
-        raise ActionError(
-            f"transactional_id: {tid!r} has no open transaction to abort (state {meta.state})"
-        )
-    old = (meta.producer_id, meta.producer_epoch, sorted(meta.partitions))
     try:
-        pid, epoch = await broker.txn.init_producer_id(
-            tid, meta.timeout_ms, -1, -1, ErrorCode.producer_fenced
-        )
+        a = await broker.txn.abort_open(tid)
     except TxnError as exc:
-        raise ActionError(f"{exc.code.name.upper()}: {exc}") from None
+        raise ActionError(f"transactional_id: {exc}") from None
     except (StorageError, OSError) as exc:
         raise ActionError(f"could not abort {tid!r} now ({exc}); try again") from None
-    parts = ", ".join(f"{t}-{p}" for t, p in old[2]) or "no partitions"
+    parts = ", ".join(f"{t}-{p}" for t, p in a.partitions) or "no partitions"
     _done(broker, who, "InitProducerId", "TRANSACTIONAL_ID", tid, aborted=True,
-          producer_id=old[0], producer_epoch=old[1])  # fmt: skip
+          producer_id=a.producer_id, producer_epoch=a.producer_epoch)  # fmt: skip
     return (
-        f"aborted the open transaction of {tid} on {parts}; producer {old[0]} epoch {old[1]} "
-        f"is fenced (the id is now producer {pid} epoch {epoch})"
+        f"aborted the open transaction of {tid} on {parts}; producer {a.producer_id} epoch "
+        f"{a.producer_epoch} is fenced (the id is now producer {a.new_producer_id} epoch "
+        f"{a.new_epoch})"
     )
 
 

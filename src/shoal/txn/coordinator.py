@@ -33,6 +33,17 @@ from shoal.txn.state import PendingOffset, TopicPartition, TxnError, TxnMeta, Tx
 log = logging.getLogger("shoal.txn")
 
 
+@dataclass(frozen=True, slots=True)
+class AbortedByOperator:
+    """The incarnation an operator's abort fenced, and the id's new one."""
+
+    producer_id: int
+    producer_epoch: int
+    partitions: list[TopicPartition]
+    new_producer_id: int
+    new_epoch: int
+
+
 class TxnIO(Protocol):
     async def write_markers(
         self,
@@ -301,22 +312,44 @@ class TransactionCoordinator:
                 )
             if meta.state.preparing:
                 await self._finish(meta)
-            if meta.state == TxnState.ONGOING:
-                # A new incarnation: fence the old one and abort what it left open.
-                await self._fence_and_abort(meta, "a new producer with the same transactional id")
-            elif not st.bump_epoch(meta):
-                meta.producer_id, meta.producer_epoch = await self.allocate_pid(), 0
-            meta.state = TxnState.EMPTY
-            meta.timeout_ms = timeout_ms
-            meta.update_ms = now_ms()
-            await self._save(meta)
-            log.info(
-                "transactional id %r: producer id %d epoch %d",
-                tid,
-                meta.producer_id,
-                meta.producer_epoch,
-            )
+            await self._new_incarnation(meta, timeout_ms)
             return meta.producer_id, meta.producer_epoch
+
+    async def abort_open(self, tid: str) -> AbortedByOperator:
+        """An operator's abort of a hanging transaction: what a restarted
+        producer's InitProducerId does, but only while the transaction is
+        Ongoing, checked under the id's lock (a commit in between is left
+        alone)."""
+        async with self._lock(tid):
+            meta = await self._get(tid)
+            if meta is None:
+                raise TxnError(ErrorCode.transactional_id_not_found, f"no transactional id {tid!r}")
+            if meta.state != TxnState.ONGOING:
+                raise TxnError(
+                    ErrorCode.invalid_txn_state,
+                    f"{tid!r} has no open transaction to abort (state {meta.state})",
+                )
+            pid, epoch, parts = meta.producer_id, meta.producer_epoch, sorted(meta.partitions)
+            await self._new_incarnation(meta, meta.timeout_ms)
+            return AbortedByOperator(pid, epoch, parts, meta.producer_id, meta.producer_epoch)
+
+    async def _new_incarnation(self, meta: TxnMeta, timeout_ms: int) -> None:
+        """Fence the id's current producer (aborting what it left open) and
+        make the id ready for the next one; held under the id's lock."""
+        if meta.state == TxnState.ONGOING:
+            await self._fence_and_abort(meta, "a new producer with the same transactional id")
+        elif not st.bump_epoch(meta):
+            meta.producer_id, meta.producer_epoch = await self.allocate_pid(), 0
+        meta.state = TxnState.EMPTY
+        meta.timeout_ms = timeout_ms
+        meta.update_ms = now_ms()
+        await self._save(meta)
+        log.info(
+            "transactional id %r: producer id %d epoch %d",
+            meta.transactional_id,
+            meta.producer_id,
+            meta.producer_epoch,
+        )
 
     async def add_partitions(
         self,
