@@ -147,6 +147,48 @@ async def test_a_mostly_dead_object_is_rewritten_and_deleted(meta: MetaStore) ->
     await eng.close()
 
 
+class CountingStore(FaultyStore):
+    """Counts the object reads a merge makes (whole and ranged)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+
+    async def get(self, key: str) -> bytes:
+        self.gets += 1
+        return await super().get(key)
+
+    async def get_range(self, key: str, start: int, end: int) -> memoryview:
+        self.gets += 1
+        return await super().get_range(key, start, end)
+
+
+async def test_a_small_half_dead_object_is_read_in_one_get(meta: MetaStore) -> None:
+    """Objects whose dead part is under a block are read whole, not a
+    request per live range: merging four objects of three kept streams and
+    a trimmed one takes four GETs, not twelve."""
+    *kept, trimmed = await streams(meta, 4)
+    store = CountingStore()
+    eng = engine(meta, store, merge_min_objects=4)
+    for i in range(4):
+        for sid in kept:
+            await (await eng.append(sid, validate_batches(make_batch([b"k%d" % i]), 1 << 20), 0))
+        big = validate_batches(make_batch([b"x" * 600]), 1 << 20)
+        await (await eng.append(trimmed, big, 0))
+        await eng.compactor.run_once()
+    before = {sid: await read_all(eng, sid) for sid in kept}
+    await eng.trim(trimmed, 4)
+    objects = await compacted(meta)
+    assert len(objects) == 4 and all(2 * o.live < o.size for o in objects), objects
+    store.gets = 0
+    result = await eng.compactor.merge_once()
+    assert result.objects_in == 4 and result.objects_out == 1 and result.rewritten == 0, result
+    assert store.gets == 4
+    for sid in kept:
+        assert await read_all(eng, sid) == before[sid]
+    await eng.close()
+
+
 async def test_merged_key_compacted_ranges_still_cover_removed_offsets(meta: MetaStore) -> None:
     """Key compaction leaves ranges wider than their batches (offsets whose
     records went); a merge keeps every offset covered, so a read at a removed
