@@ -307,7 +307,8 @@ def test_merges_under_load_survive_kill_9(fresh_broker: BrokerProcess, topic_nam
 def _wait_for_merges(b: BrokerProcess, more: int) -> None:
     seen = b.log().count("merged ")
     deadline = time.monotonic() + 60
-    while b.log().count("merged ") < seen + more and time.monotonic() < deadline:
+    while b.log().count("merged ") < seen + more:
+        assert time.monotonic() < deadline, f"fewer than {more} merge rounds in 60 s"
         time.sleep(0.05)
 
 
@@ -315,7 +316,11 @@ def _objects(b: BrokerProcess) -> tuple[set[str], set[str]]:
     """Keys in the store, and keys the metadata (SQLite) names."""
     import sqlite3
 
-    in_store = set(b.objects())
+    # An upload to a file store cut by kill -9 (a WAL one, nearly always,
+    # under this load) leaves obstore's staging file KEY#N behind: the store
+    # neither lists nor deletes it, so the orphan sweep cannot collect it
+    # (a known leak, docs/STORAGE.md "What survives what"). Not counted here.
+    in_store = {k for k in b.objects() if not re.search(r"#\d+$", k)}
     with sqlite3.connect(b.data_dir / "meta.db") as db:
         known = {key for (key,) in db.execute("select key from objects")}
     return in_store, known
