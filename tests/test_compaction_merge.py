@@ -147,6 +147,48 @@ async def test_a_mostly_dead_object_is_rewritten_and_deleted(meta: MetaStore) ->
     await eng.close()
 
 
+class CountingStore(FaultyStore):
+    """Counts the object reads a merge makes (whole and ranged)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+
+    async def get(self, key: str) -> bytes:
+        self.gets += 1
+        return await super().get(key)
+
+    async def get_range(self, key: str, start: int, end: int) -> memoryview:
+        self.gets += 1
+        return await super().get_range(key, start, end)
+
+
+async def test_a_small_half_dead_object_is_read_in_one_get(meta: MetaStore) -> None:
+    """Objects whose dead part is under a block are read whole, not a
+    request per live range: merging four objects of three kept streams and
+    a trimmed one takes four GETs, not twelve."""
+    *kept, trimmed = await streams(meta, 4)
+    store = CountingStore()
+    eng = engine(meta, store, merge_min_objects=4)
+    for i in range(4):
+        for sid in kept:
+            await (await eng.append(sid, validate_batches(make_batch([b"k%d" % i]), 1 << 20), 0))
+        big = validate_batches(make_batch([b"x" * 600]), 1 << 20)
+        await (await eng.append(trimmed, big, 0))
+        await eng.compactor.run_once()
+    before = {sid: await read_all(eng, sid) for sid in kept}
+    await eng.trim(trimmed, 4)
+    objects = await compacted(meta)
+    assert len(objects) == 4 and all(2 * o.live < o.size for o in objects), objects
+    store.gets = 0
+    result = await eng.compactor.merge_once()
+    assert result.objects_in == 4 and result.objects_out == 1 and result.rewritten == 0, result
+    assert store.gets == 4
+    for sid in kept:
+        assert await read_all(eng, sid) == before[sid]
+    await eng.close()
+
+
 async def test_merged_key_compacted_ranges_still_cover_removed_offsets(meta: MetaStore) -> None:
     """Key compaction leaves ranges wider than their batches (offsets whose
     records went); a merge keeps every offset covered, so a read at a removed
@@ -265,7 +307,8 @@ def test_merges_under_load_survive_kill_9(fresh_broker: BrokerProcess, topic_nam
 def _wait_for_merges(b: BrokerProcess, more: int) -> None:
     seen = b.log().count("merged ")
     deadline = time.monotonic() + 60
-    while b.log().count("merged ") < seen + more and time.monotonic() < deadline:
+    while b.log().count("merged ") < seen + more:
+        assert time.monotonic() < deadline, f"fewer than {more} merge rounds in 60 s"
         time.sleep(0.05)
 
 
@@ -273,7 +316,11 @@ def _objects(b: BrokerProcess) -> tuple[set[str], set[str]]:
     """Keys in the store, and keys the metadata (SQLite) names."""
     import sqlite3
 
-    in_store = set(b.objects())
+    # An upload to a file store cut by kill -9 (a WAL one, nearly always,
+    # under this load) leaves obstore's staging file KEY#N behind: the store
+    # neither lists nor deletes it, so the orphan sweep cannot collect it
+    # (a known leak, docs/STORAGE.md "What survives what"). Not counted here.
+    in_store = {k for k in b.objects() if not re.search(r"#\d+$", k)}
     with sqlite3.connect(b.data_dir / "meta.db") as db:
         known = {key for (key,) in db.execute("select key from objects")}
     return in_store, known

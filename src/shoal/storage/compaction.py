@@ -186,9 +186,13 @@ class Compactor:
             return result
         keys = [o.key for o in chosen]
         ranges = await self.meta.ranges_in_objects(keys)
-        # Mostly live objects are read whole (one GET); of the others only
-        # the live ranges.
-        whole = [o.key for o in chosen if 2 * o.live >= o.size]
+        # An object is read whole (one GET) unless it holds more dead bytes
+        # than live and at least a block of them; of those only the live
+        # ranges are read (a GET each). A small object read range by range
+        # would cost a request per live range to save less than a block.
+        whole = [
+            o.key for o in chosen if 2 * o.live >= o.size or o.size - o.live < policy.min_dead_bytes
+        ]
         wholes = set(whole)
         parts = [r for r in ranges if r.object_key not in wholes and r.size]
         try:
