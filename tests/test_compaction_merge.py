@@ -317,9 +317,8 @@ def _objects(b: BrokerProcess) -> tuple[set[str], set[str]]:
     import sqlite3
 
     # An upload to a file store cut by kill -9 (a WAL one, nearly always,
-    # under this load) leaves obstore's staging file KEY#N behind: the store
-    # neither lists nor deletes it, so the orphan sweep cannot collect it
-    # (a known leak, docs/STORAGE.md "What survives what"). Not counted here.
+    # under this load) leaves obstore's staging file KEY#N behind, which the
+    # orphan sweep removes only after its 10-minute grace: not counted here.
     in_store = {k for k in b.objects() if not re.search(r"#\d+$", k)}
     with sqlite3.connect(b.data_dir / "meta.db") as db:
         known = {key for (key,) in db.execute("select key from objects")}

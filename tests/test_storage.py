@@ -369,6 +369,34 @@ async def test_a_slow_commit_is_not_an_orphan(meta: MetaStore) -> None:
     await eng.close()
 
 
+async def test_a_cut_short_uploads_file_is_swept(meta: MetaStore, tmp_path: Path) -> None:
+    """kill -9 during an upload to a file store leaves obstore's staging file
+    KEY#N, which the store does not list: the orphan sweep removes it once
+    it is older than the grace period, and leaves a fresh one (an upload
+    still being written) and real objects alone."""
+    import os
+    import time
+
+    from shoal.storage.cleaner import Cleaner
+    from shoal.storage.objectstore import ObjectStore
+
+    store = ObjectStore((tmp_path / "objects").as_uri())
+    await store.put("wal/1/00000000000000000001.wal", b"committed or not, listed")
+    wal = tmp_path / "objects" / "wal" / "1"
+    old, fresh = wal / "00000000000000000002.wal#7", wal / "00000000000000000003.wal#8"
+    old.write_bytes(b"half an object")
+    fresh.write_bytes(b"being written")
+    hour_ago = time.time() - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    assert [i.key for i in await store.list("wal/")] == ["wal/1/00000000000000000001.wal"]
+    cleaner = Cleaner(store, meta, orphan_grace_ms=60_000)
+    cleaner.uploading.add("wal/1/00000000000000000001.wal")  # not an orphan here
+    result = await cleaner.run_once()
+    assert result.orphans == 1
+    assert not old.exists() and fresh.exists()
+    assert [i.key for i in await store.list("wal/")] == ["wal/1/00000000000000000001.wal"]
+
+
 async def test_catch_up_rate_accounts_debt() -> None:
     from shoal.storage.throttle import ByteRate
 

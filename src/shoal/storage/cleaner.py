@@ -75,16 +75,29 @@ class Cleaner:
             and now - info.last_modified_ms >= self.orphan_grace_ms
             and (nodes is None or node_of(info.key) in nodes)
         ]
+        count = await self._staged(now, nodes)
         if not candidates:
-            return 0
+            return count
         # Re-check: an object may have been committed since the first look.
         known = await self.meta.object_keys()
-        count = 0
         for info in candidates:
             if info.key in known or info.key in self.uploading:
                 continue
             log.warning("deleting uncommitted object %s (%d bytes)", info.key, info.size)
             await self.store.delete(info.key)
+            count += 1
+        return count
+
+    async def _staged(self, now: int, nodes: set[int] | None) -> int:
+        """A file store's staging files of uploads a crash cut short (KEY#N):
+        never renamed into place, so never an object; past the grace period no
+        upload of this process can still be writing one."""
+        count = 0
+        for info in await self.store.staged_leftovers(now - self.orphan_grace_ms):
+            if nodes is not None and node_of(info.key) not in nodes:
+                continue
+            log.warning("deleting a cut-short upload's file %s (%d bytes)", info.key, info.size)
+            await self.store.delete_staged(info.key)
             count += 1
         return count
 

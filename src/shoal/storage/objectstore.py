@@ -123,6 +123,23 @@ class ObjectStore:
             raise _translate(exc, prefix) from exc
         return out
 
+    async def staged_leftovers(self, older_than_ms: int) -> builtins.list[ObjectInfo]:
+        """A file store's abandoned staging files: obstore writes an upload to
+        `KEY#N` and renames it into place, so a process killed mid-upload leaves
+        `KEY#N` behind, which `list` does not show. Older than `older_than_ms`
+        (ms since the epoch); keys relative to the store. Other stores: none
+        (an interrupted S3 upload leaves nothing visible)."""
+        parsed = urlparse(self.url)
+        if parsed.scheme != "file":
+            return []
+        return await asyncio.to_thread(_staged_sync, Path(parsed.path), older_than_ms)
+
+    async def delete_staged(self, key: str) -> None:
+        """Remove one of `staged_leftovers` (the store's own delete refuses the
+        `#` in its name)."""
+        root = Path(urlparse(self.url).path)
+        await asyncio.to_thread((root / key).unlink, missing_ok=True)
+
     async def check(self) -> None:
         """Prove at start-up that the store answers, so a wrong URL or bucket
         fails with a clear message instead of on the first produce."""
@@ -130,6 +147,26 @@ class ObjectStore:
             await self.list("__shoal_check__/")
         except ObjectStoreUnavailable as exc:
             raise ObjectStoreUnavailable(f"object store {self.url}: {exc.reason}") from exc
+
+
+_STAGED = re.compile(r"#\d+$")
+
+
+def _staged_sync(root: Path, older_than_ms: int) -> builtins.list[ObjectInfo]:
+    out: builtins.list[ObjectInfo] = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if not _STAGED.search(name):
+                continue
+            path = Path(dirpath, name)
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # renamed into place or removed meanwhile
+                continue
+            modified = int(st.st_mtime * 1000)
+            if modified < older_than_ms:
+                out.append(ObjectInfo(path.relative_to(root).as_posix(), st.st_size, modified))
+    return out
 
 
 def _translate(exc: Exception, key: str) -> StorageError:
