@@ -122,6 +122,16 @@ class StreamState:
         """Aborted transactions overlapping offsets [start, end)."""
         return [a for a in self.aborted if a.last_offset >= start and a.first_offset < end]
 
+    def end_txn(self, producer_id: int, epoch: int, offset: int, commit: bool, now: int) -> int:
+        """A marker at `offset` (ours, or a mirrored one) ends the producer's
+        transaction here; an abort joins the list read_committed fetches
+        get. The transaction's first offset, -1 if none was open."""
+        first = producer_state.end_txn(self.producers, producer_id, epoch, offset, now)
+        self.open_txns.pop(producer_id, None)
+        if not commit and first >= 0:
+            self.aborted.append(AbortedTxn(self.id, producer_id, first, offset))
+        return first
+
 
 # An append waiting for its stream's open: (batches, leader epoch, log
 # append time, the future append returned).
@@ -560,10 +570,7 @@ class StreamEngine:
         if st.closed:
             raise StorageError(f"stream {stream_id} is closed")
         offset = st.next_offset
-        first = producer_state.end_txn(st.producers, producer_id, producer_epoch, offset, now)
-        st.open_txns.pop(producer_id, None)
-        if not commit and first >= 0:
-            st.aborted.append(AbortedTxn(st.id, producer_id, first, offset))
+        first = st.end_txn(producer_id, producer_epoch, offset, commit, now)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.wal.add(
             Append(
@@ -626,11 +633,9 @@ class StreamEngine:
             # transaction here as a marker written by our coordinator would,
             # so read_committed consumers of the mirror drop aborted records.
             pid = h.producer_id
-            first = producer_state.end_txn(st.producers, pid, h.producer_epoch, h.base_offset, now)
-            st.open_txns.pop(pid, None)
-            if control_type(data) == ABORT_MARKER and first >= 0:
-                st.aborted.append(AbortedTxn(st.id, pid, first, h.base_offset))
-                aborted_first = first
+            commit = control_type(data) != ABORT_MARKER
+            first = st.end_txn(pid, h.producer_epoch, h.base_offset, commit, now)
+            aborted_first = -1 if commit else first
         self.wal.add(
             Append(
                 st.id,
