@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tracemalloc
 
-from shoal.storage.caches import ENTRY_OVERHEAD, LogCache
+from shoal.storage.caches import ENTRY_OVERHEAD, BlockCache, LogCache
 
 
 def test_log_cache_of_small_batches_holds_about_its_bound() -> None:
@@ -69,3 +69,33 @@ def test_eviction_after_a_dropped_stream_still_takes_the_oldest_first() -> None:
     cache.put(2, 500, 501, b"b", 0)  # over the bound by one entry: two go
     assert cache.first_offset(2) == 2
     assert cache.first_offset(1) == 5000
+
+
+def block_accounting(cache: BlockCache) -> tuple[int, set[str]]:
+    """(bytes, object keys) of the blocks really held, to hold the cache's own
+    count and index to."""
+    blocks = cache._blocks  # the ground truth of the accounting
+    return sum(len(b) for b in blocks.values()), {k for k, _pos in blocks}
+
+
+def test_block_cache_evicts_an_objects_blocks_and_keeps_its_count() -> None:
+    cache = BlockCache(8_000)
+    for obj in ("a", "b", "c"):
+        for pos in range(0, 3000, 1000):
+            cache.put(obj, pos, memoryview(bytes(900)))
+    # Full: LRU eviction took a's first blocks; the index followed.
+    assert cache.stats.evictions == 1 and cache.get("a", 0, count=False) is None
+    assert block_accounting(cache) == (cache.size, cache.object_keys())
+    cache.evict_object("b")
+    assert all(cache.get("b", pos, count=False) is None for pos in range(0, 3000, 1000))
+    assert "b" not in cache.object_keys()
+    cache.evict("c", 1000)
+    cache.evict("c", 1000)  # twice, or a block never cached: nothing happens
+    cache.evict_object("never")
+    assert cache.get("c", 1000, count=False) is None and cache.get("c", 0, count=False) is not None
+    assert (
+        block_accounting(cache) == (cache.size, cache.object_keys()) == (4 * 900, {"a", "c"})
+    )  # a: 2, c: 2
+    for pos in range(12):  # LRU eviction of everything else keeps the index in step
+        cache.put("d", pos, memoryview(bytes(900)))
+    assert block_accounting(cache) == (cache.size, cache.object_keys()) == (8 * 900, {"d"})

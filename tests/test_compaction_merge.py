@@ -323,3 +323,54 @@ def _objects(b: BrokerProcess) -> tuple[set[str], set[str]]:
     with sqlite3.connect(b.data_dir / "meta.db") as db:
         known = {key for (key,) in db.execute("select key from objects")}
     return in_store, known
+
+
+async def test_blocks_of_swapped_out_and_deleted_objects_leave_the_block_cache(
+    meta: MetaStore,
+) -> None:
+    """Blocks of an object merged away, of trimmed ranges, and of an object
+    another broker's cleaner deleted can never be read again: they leave the
+    cache at once instead of pushing live blocks out."""
+    import dataclasses
+
+    from test_caches import block_accounting
+
+    sids = await streams(meta, 2)
+    # A long grace: the swapped-out objects are still in the store and in
+    # the metadata when the merge returns.
+    eng = engine(meta, merge_min_objects=4, delete_grace_ms=3_600_000)
+    eng.block_cache = type(eng.block_cache)(1 << 20)
+    eng.cleaner.cache = eng.block_cache
+    for round_ in range(4):
+        for sid in sids:
+            batch = validate_batches(make_batch([b"%d" % round_ * 700]), 1 << 20)
+            await (await eng.append(sid, batch, 0))  # a block per batch
+        await eng.compactor.run_once()
+    before = {sid: await read_all(eng, sid) for sid in sids}
+    old = {o.key for o in await compacted(meta)}
+    assert len(old) == 4 and eng.block_cache.object_keys() == old
+    result = await eng.compactor.merge_once()
+    assert result.objects_in == 4 and result.objects_out == 1, result
+    assert not eng.block_cache.object_keys() & old
+    assert block_accounting(eng.block_cache) == (eng.block_cache.size, set())
+    for sid in sids:
+        assert await read_all(eng, sid) == before[sid]
+    [merged] = eng.block_cache.object_keys()
+    await eng.trim(sids[0], 2)  # ranges below the new start go from the cache
+    assert len(eng.block_cache) == 2 + 4, "a block per batch kept: 2 of one stream, 4 of the other"
+    assert block_accounting(eng.block_cache) == (eng.block_cache.size, {merged})
+    # Another broker's retention frees the merged object and its cleaner
+    # deletes it: this broker's next cleaner round notices the row is gone.
+    other = StreamEngine(eng.store, meta, dataclasses.replace(eng.config, node_id=1))
+    for sid in sids:
+        await (await other.append(sid, validate_batches(make_batch([b"o"]), 1 << 20), 0))
+    await other.compactor.run_once()
+    await meta.trim_stream(sids[0], 4, 0)
+    await meta.trim_stream(sids[1], 4, 0)
+    await other.cleaner.run_once(orphans=False)
+    assert merged not in await meta.object_keys()
+    assert merged in eng.block_cache.object_keys()
+    await eng.cleaner.run_once(orphans=False)
+    assert eng.block_cache.object_keys() == set() and eng.block_cache.size == 0
+    await other.close()
+    await eng.close()

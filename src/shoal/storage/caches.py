@@ -185,13 +185,23 @@ class LogCache:
 
 
 class BlockCache:
-    """Blocks read from objects, LRU by bytes."""
+    """Blocks read from objects, LRU by bytes.
+
+    Indexed by object too: when an object is swapped out (compaction, merge)
+    or deleted, its blocks can never be read again, and left to the LRU they
+    would push live blocks out first. evict_object drops them in O(blocks of
+    that object).
+    """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.size = 0
         self.stats = CacheStats()
         self._blocks: OrderedDict[tuple[str, int], memoryview] = OrderedDict()
+        self._by_object: dict[str, set[int]] = {}  # object key -> cached positions
+
+    def __len__(self) -> int:
+        return len(self._blocks)
 
     def get(self, key: str, position: int, *, count: bool = True) -> memoryview | None:
         block = self._blocks.get((key, position))
@@ -208,12 +218,32 @@ class BlockCache:
         if len(block) > self.max_bytes or (key, position) in self._blocks:
             return
         self._blocks[(key, position)] = block
+        self._by_object.setdefault(key, set()).add(position)
         self.size += len(block)
         while self.size > self.max_bytes:
-            _, old = self._blocks.popitem(last=False)
+            (old_key, old_pos), old = self._blocks.popitem(last=False)
+            self._unindex(old_key, old_pos)
             self.size -= len(old)
             self.stats.evictions += 1
 
-    def drop_object(self, key: str) -> None:
-        for k in [k for k in self._blocks if k[0] == key]:
-            self.size -= len(self._blocks.pop(k))
+    def object_keys(self) -> set[str]:
+        """Keys of the objects with a block here (one entry per object)."""
+        return set(self._by_object)
+
+    def evict(self, key: str, position: int) -> None:
+        """Drop one block (its range was swapped out of its stream)."""
+        block = self._blocks.pop((key, position), None)
+        if block is not None:
+            self._unindex(key, position)
+            self.size -= len(block)
+
+    def evict_object(self, key: str) -> None:
+        """Drop every block of an object that is gone or swapped out."""
+        for position in self._by_object.pop(key, ()):
+            self.size -= len(self._blocks.pop((key, position)))
+
+    def _unindex(self, key: str, position: int) -> None:
+        positions = self._by_object[key]
+        positions.discard(position)
+        if not positions:
+            del self._by_object[key]

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 from shoal.meta.store import MetaStore
+from shoal.storage.caches import BlockCache
 from shoal.storage.concurrency import gather_bounded
 from shoal.storage.objectstore import ObjectStore
 
@@ -31,6 +32,7 @@ class Cleaner:
         meta: MetaStore,
         orphan_grace_ms: int,
         uploading: set[str] | None = None,
+        cache: BlockCache | None = None,
     ) -> None:
         self.store = store
         self.meta = meta
@@ -39,6 +41,8 @@ class Cleaner:
         # yet: never orphans, however slow their commit (a metadata outage).
         self.uploading = uploading if uploading is not None else set()
         self.totals = CleanResult()
+        # This broker's blocks of deleted objects are dropped here.
+        self.cache = cache
 
     async def run_once(self, *, orphans: bool = True, nodes: set[int] | None = None) -> CleanResult:
         """Delete due objects; with `orphans`, also uncommitted uploads of the
@@ -47,12 +51,19 @@ class Cleaner:
         brokers that are gone: a live broker's slow commit is not an orphan."""
         result = CleanResult()
         now = int(time.time() * 1000)
+        # Taken before the keys below: every object cached here had its row
+        # then, so one missing from them was deleted (maybe by another broker).
+        cached = self.cache.object_keys() if self.cache is not None else set()
         due = await self.meta.objects_due(now)
         await gather_bounded([functools.partial(self.store.delete, key) for key in due])
         await self.meta.forget_objects(due)
         result.deleted = len(due)
+        known = await self.meta.object_keys() if orphans or cached else set()
+        if self.cache is not None:
+            for key in cached - known | set(due):
+                self.cache.evict_object(key)
         if orphans:
-            result.orphans = await self._orphans(now, nodes)
+            result.orphans = await self._orphans(now, nodes, known)
         if result.deleted or result.orphans:
             log.info(
                 "deleted %d replaced objects and %d uncommitted uploads",
@@ -63,10 +74,9 @@ class Cleaner:
         self.totals.orphans += result.orphans
         return result
 
-    async def _orphans(self, now: int, nodes: set[int] | None) -> int:
+    async def _orphans(self, now: int, nodes: set[int] | None, known: set[str]) -> int:
         """Objects in the store without a metadata row, older than the grace
         period (longer than any upload-to-commit window)."""
-        known = await self.meta.object_keys()
         candidates = [
             info
             for prefix in PREFIXES

@@ -13,7 +13,7 @@ import functools
 import logging
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,7 +202,9 @@ class StreamEngine:
         # Told the id of each stream whose committed end moved (or that went
         # away): fetch sessions mark that partition pending without polling.
         self.on_advance: list[Callable[[int], None]] = []
-        self.cleaner = Cleaner(store, meta, config.orphan_grace_ms, self.uploading)
+        self.cleaner = Cleaner(
+            store, meta, config.orphan_grace_ms, self.uploading, self.block_cache
+        )
         self._prefetching: dict[tuple[str, int], asyncio.Task[None]] = {}
         meta.delete_grace_ms = config.compaction.delete_grace_ms
 
@@ -735,9 +737,16 @@ class StreamEngine:
             return
         gone = set(old_starts)
         kept = [r for r in st.ranges if r.start_offset not in gone]
+        self._evict_blocks(r for r in st.ranges if r.start_offset in gone)
         merged = sorted(kept + new, key=lambda r: r.start_offset)
         st.ranges = merged
         st.range_starts = [r.start_offset for r in merged]
+
+    def _evict_blocks(self, ranges: Iterable[RangeRecord]) -> None:
+        """Cached blocks of ranges no reader can reach any more (swapped out or
+        trimmed) would only push live blocks out."""
+        for r in ranges:
+            self.block_cache.evict(r.object_key, r.position)
 
     def _fenced(self, stream_id: int) -> None:
         """Another writer took the stream: forget our state; the next use reopens."""
@@ -921,6 +930,7 @@ class StreamEngine:
             stream_id, new_start, self.config.compaction.delete_grace_ms
         )
         self.log_cache.trim(stream_id, st.start_offset)
+        self._evict_blocks(r for r in st.ranges if r.end_offset <= st.start_offset)
         keep = [r for r in st.ranges if r.end_offset > st.start_offset]
         st.ranges = keep
         st.range_starts = [r.start_offset for r in keep]
