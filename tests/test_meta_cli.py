@@ -264,3 +264,46 @@ def test_rebuild_bad_input_names_the_value(tmp_path: Path) -> None:
         f"sqlite:///{tmp_path}/m.db",
     )
     assert out.exit_code == 1 and f"{tmp_path}/absent" in out.output, out.output
+
+
+async def test_rebuild_takes_back_an_object_scheduled_for_deletion(tmp_path: Path) -> None:
+    """A store with no topic may still hold object rows awaiting deletion; a
+    rebuild whose ranges name such an object clears its schedule: a cleaner
+    deletes a due object from the store whatever refers to it."""
+    from faults import FaultyStore
+    from shoal.meta.store import MetaStore
+    from shoal.protocol.records import validate_batches
+    from shoal.storage.cleaner import Cleaner
+    from shoal.storage.rebuild import rebuild
+    from shoal.storage.streams import EngineConfig, StreamEngine
+    from shoal.storage.wal import WalConfig
+    from wire import make_batch
+
+    store = FaultyStore()
+    lost = await MetaStore.open(f"sqlite:///{tmp_path}/lost.db")
+    [part] = (await lost.create_topic("t", 1, {})).partitions
+    eng = StreamEngine(store, lost, EngineConfig(wal=WalConfig(linger_ms=2)))
+    for i in range(3):
+        batches = validate_batches(make_batch([b"r%d" % i]), 1 << 20)
+        await (await eng.append(part.stream_id, batches, 0))
+    await eng.close()
+    await lost.close()
+    listed = await store.list("wal/")
+    assert len(listed) == 3
+    meta = await MetaStore.open(f"sqlite:///{tmp_path}/meta.db")
+    try:
+        # Recorded and referenced by nothing: scheduled, due at once.
+        for info in listed:
+            await meta.replace_ranges(info.key, info.size, 0, "wal", [], 0)
+        far = int(time.time() * 1000) + 3_600_000
+        assert len(await meta.objects_due(far)) == 3
+        report = await rebuild(store, meta)
+        assert [(p.start, p.end) for p in report.streams] == [(0, 3)]
+        assert await meta.objects_due(far) == []
+        await Cleaner(store, meta, orphan_grace_ms=0).run_once()
+        assert {i.key for i in await store.list("wal/")} == {i.key for i in listed}
+        again = StreamEngine(store, meta, EngineConfig(log_cache_bytes=0))
+        assert len((await again.read(part.stream_id, 0, 1 << 20)).chunks) == 3
+        await again.close()
+    finally:
+        await meta.close()

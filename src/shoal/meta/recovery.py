@@ -6,6 +6,7 @@ the objects what to record; the SQL is here."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shoal.meta import schema as s
 from shoal.meta.store import MetaError, MetaStore, ProducerRow, now_ms
+
+log = logging.getLogger("shoal.meta.recovery")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +83,28 @@ async def inventory_rows(meta: MetaStore) -> tuple[list[Any], list[Any], list[An
 async def _object_ids(
     conn: AsyncConnection, objects: Iterable[NewObject], ids: dict[str, int]
 ) -> None:
-    """Fill `ids` (key -> row id) for `objects`, inserting the rows not there yet."""
+    """Fill `ids` (key -> row id) for `objects`, inserting the rows not there yet.
+
+    A row already there may be scheduled for deletion (no range referred to
+    it): its ranges are about to refer to it again, and a cleaner deletes a
+    due object from the store whatever refers to it, so the schedule is
+    cleared in the same transaction. Safe because rebuild and adoption run
+    while no broker (so no cleaner) runs; the object was just listed.
+    """
     o = s.objects
     for obj in objects:
         if obj.key in ids:
             continue
-        row = (await conn.execute(select(o.c.id).where(o.c.key == obj.key))).scalar()
+        found = (
+            await conn.execute(select(o.c.id, o.c.delete_after_ms).where(o.c.key == obj.key))
+        ).first()
+        row = None if found is None else found.id
+        if found is not None and found.delete_after_ms is not None:
+            await conn.execute(update(o).where(o.c.id == row).values(delete_after_ms=None))
+            log.warning(
+                "object %s: was scheduled for deletion, taken back (its ranges are recorded)",
+                obj.key,
+            )
         if row is None:
             res = await conn.execute(
                 insert(o).values(
