@@ -95,6 +95,23 @@ def test_plan_merges_full_tiers_and_mostly_dead_objects_only() -> None:
     assert plan_merge(many, MergePolicy(target=8192, max_objects=0)) == []
 
 
+def test_merge_defaults_are_the_config_keys_defaults() -> None:
+    """Written once, in config.py: CompactionConfig and MergePolicy derive."""
+    from shoal.config import BROKER_KEYS
+
+    def key(name: str) -> object:
+        return BROKER_KEYS[name].default
+
+    policy = CompactionConfig().merge_policy
+    assert policy == MergePolicy(target=key("compaction.stream.object.bytes"))
+    assert policy.min_objects == key("compaction.merge.min.objects")
+    assert policy.max_objects == key("compaction.merge.max.objects")
+    assert policy.max_bytes == key("compaction.max.bytes")
+    assert policy.rewrite_live_ratio == key("compaction.rewrite.live.ratio")
+    assert policy.min_dead_bytes == key("compaction.block.bytes")
+    assert CompactionConfig().delete_grace_ms == key("object.delete.grace.ms")
+
+
 async def test_small_compacted_objects_merge_and_read_back_the_same(meta: MetaStore) -> None:
     sids = await streams(meta, 3)
     eng = engine(meta, stream_object_bytes=64 * 1024, merge_min_objects=4)

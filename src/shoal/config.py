@@ -983,6 +983,13 @@ class BrokerConfig(Mapping[str, Any]):
         return TOPIC_KEYS[key].default
 
 
+def default(name: str) -> Any:
+    """The default of broker key `name`: the dataclasses that mirror keys
+    (CompactionConfig, MergePolicy) take theirs from here, so a default is
+    written once."""
+    return BROKER_KEYS[name].default
+
+
 def load_config(
     file: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,

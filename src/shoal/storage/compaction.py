@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from shoal.config import default
 from shoal.meta.store import MetaStore, RangeCommit, RangeRecord
 from shoal.protocol.records import batch_spans
 from shoal.storage.concurrency import gather_bounded
@@ -44,18 +45,20 @@ log = logging.getLogger("shoal.compaction")
 
 @dataclass(frozen=True, slots=True)
 class CompactionConfig:
-    min_age_ms: int = 10_000
-    max_objects: int = 256
-    max_bytes: int = 128 * 1024 * 1024
-    block_bytes: int = 1024 * 1024
-    stream_object_bytes: int = 8 * 1024 * 1024
-    delete_grace_ms: int = 60_000
+    """The compaction.* keys (defaults from config.py's catalogue)."""
+
+    min_age_ms: int = default("compaction.min.age.ms")
+    max_objects: int = 256  # WAL objects a round takes (no key)
+    max_bytes: int = default("compaction.max.bytes")
+    block_bytes: int = default("compaction.block.bytes")
+    stream_object_bytes: int = default("compaction.stream.object.bytes")
+    delete_grace_ms: int = default("object.delete.grace.ms")
     # The second level (merging.py): a size tier's fan-in, most objects a
     # round takes (0: off), and the live share below which an object is
     # rewritten.
-    merge_min_objects: int = 8
-    merge_max_objects: int = 64
-    rewrite_live_ratio: float = 0.5
+    merge_min_objects: int = default("compaction.merge.min.objects")
+    merge_max_objects: int = default("compaction.merge.max.objects")
+    rewrite_live_ratio: float = default("compaction.rewrite.live.ratio")
 
     @property
     def merge_policy(self) -> MergePolicy:

@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from shoal.config import default
 from shoal.meta.store import ObjectUsage
 
 #: deeper than any real tier (target / K**32 is below one byte)
@@ -41,11 +42,11 @@ MAX_TIER = 32
 @dataclass(frozen=True, slots=True)
 class MergePolicy:
     target: int  # compaction.stream.object.bytes
-    min_objects: int = 8  # compaction.merge.min.objects: a tier's fan-in
-    max_objects: int = 64  # compaction.merge.max.objects: 0 turns the level off
-    max_bytes: int = 128 * 1024 * 1024  # compaction.max.bytes: live bytes a round copies
-    rewrite_live_ratio: float = 0.5  # compaction.rewrite.live.ratio
-    min_dead_bytes: int = 1024 * 1024  # compaction.block.bytes
+    min_objects: int = default("compaction.merge.min.objects")  # a tier's fan-in
+    max_objects: int = default("compaction.merge.max.objects")  # 0 turns the level off
+    max_bytes: int = default("compaction.max.bytes")  # live bytes a round copies
+    rewrite_live_ratio: float = default("compaction.rewrite.live.ratio")
+    min_dead_bytes: int = default("compaction.block.bytes")
 
 
 def tier(live: int, policy: MergePolicy) -> int:
