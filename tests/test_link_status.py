@@ -58,3 +58,49 @@ async def test_groups_matching_the_link_with_their_lag_per_mirror(store: LinkSto
         "logs": [],
     }
     assert [r["mirror"] for r in await status_data(store, "M")] == ["logs"]
+
+
+async def test_rollback_reads_only_its_mirror_topics_offsets(store: LinkStore) -> None:
+    """The groups a rollback moves back come from the mirror topics' offsets
+    (by the topic index), with their metadata: not from every committed
+    offset of every group here."""
+    from typing import Any
+
+    from sqlalchemy import event
+
+    from shoal.link.rollback import _groups_here
+    from shoal.link.spec import patterns
+
+    await store.create(LinkRow("L", "src:9092", {}, "*", groups="billing*"))
+    await store.add_mirror("orders", "L", "orders")
+    await store.add_mirror("audit", "L", "audit")
+    await GroupRepository(store.meta).apply(
+        [
+            UpsertOffsets(
+                [
+                    OffsetRow("billing", "orders", 0, 5, -1, "m0", 0),
+                    OffsetRow("billing", "orders", 1, 7, 3, "", 0),
+                    OffsetRow("billing", "audit", 0, -1, -1, "", 0),  # no offset: skipped
+                    OffsetRow("shipping", "orders", 0, 1, -1, "", 0),  # not the groups asked
+                    OffsetRow("billing", "elsewhere", 0, 3, -1, "x", 0),  # not a mirror topic
+                ]
+            )
+        ]
+    )
+    _v, _links, mirrors = await store.load()
+    seen: list[tuple[str, Any]] = []
+
+    def hook(_conn: Any, _cursor: Any, statement: str, params: Any, *_rest: Any) -> None:
+        seen.append((statement, params))
+
+    engine = store.meta.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", hook)
+    try:
+        got = await _groups_here(store, patterns("billing*"), {m.mirror: m for m in mirrors})
+    finally:
+        event.remove(engine, "before_cursor_execute", hook)
+    assert got == {"billing": {("orders", 0): (5, "m0"), ("orders", 1): (7, "")}}
+    reads = [params for statement, params in seen if "group_offsets" in statement]
+    assert reads, seen
+    assert all(set(params) >= {"orders", "audit"} for params in reads), seen
+    assert not [st for st, _p in seen if "consumer_groups" in st], "every group's row read"

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from shoal.link.offsetmap import OffsetMap, Range
 from shoal.link.source import SourceCluster
 from shoal.link.spec import matches, parse_settings, patterns
-from shoal.meta.groups import GroupRepository
 from shoal.meta.links import COPYING, ROLLED_BACK, STOPPING, LinkStore, MirrorRow
 
 POLL_S = 0.2
@@ -107,15 +106,12 @@ async def rollback(
 async def _groups_here(
     store: LinkStore, pats: list[str], mirrors: dict[str, MirrorRow]
 ) -> dict[str, dict[tuple[str, int], tuple[int, str]]]:
-    """Committed offsets here of the matching groups, on the rolled-back topics."""
-    _groups, offsets = await GroupRepository(store.meta).load()
+    """Committed offsets here of the matching groups, on the rolled-back
+    topics: only those topics' offsets are read, not every group's here."""
     out: dict[str, dict[tuple[str, int], tuple[int, str]]] = {}
-    for o in offsets:
-        if o.topic in mirrors and matches(pats, o.group_id) and o.offset >= 0:
-            out.setdefault(o.group_id, {})[(o.topic, o.partition)] = (
-                o.offset,
-                o.metadata,
-            )
+    for group, topic, partition, offset, metadata in await store.commits_on(sorted(mirrors)):
+        if matches(pats, group) and offset >= 0:
+            out.setdefault(group, {})[(topic, partition)] = (offset, metadata)
     return out
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Table, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -289,14 +289,27 @@ class LinkStore:
         """(group, topic, partition, offset) of every group's committed
         offsets on `topics` (the mirror topics), by the topic index: a
         status call reads these, not the offsets of every group here."""
+        o = s.group_offsets
+        rows = await self._offsets_on(
+            topics, o.c.group_id, o.c.topic, o.c.partition, o.c.committed_offset
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def commits_on(self, topics: Sequence[str]) -> list[tuple[str, str, int, int, str]]:
+        """committed_on with each offset's metadata string: what a rollback
+        commits on the source again."""
+        o = s.group_offsets
+        rows = await self._offsets_on(
+            topics, o.c.group_id, o.c.topic, o.c.partition, o.c.committed_offset, o.c.metadata
+        )
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    async def _offsets_on(self, topics: Sequence[str], *columns: Any) -> list[Any]:
         if not topics:
             return []
-        o = s.group_offsets
-        q = select(o.c.group_id, o.c.topic, o.c.partition, o.c.committed_offset).where(
-            o.c.topic.in_(list(topics))
-        )
+        q = select(*columns).where(s.group_offsets.c.topic.in_(list(topics)))
         async with self.meta.engine.connect() as conn:
-            return [(r[0], r[1], r[2], r[3]) for r in await conn.execute(q)]
+            return list((await conn.execute(q)).all())
 
     async def reserve_producer_ids(self, pid: int) -> None:
         """Producer id `pid` came with mirrored batches: raise the store's
