@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
 
 from cluster_harness import new_database
+from shoal.meta import schema
 from shoal.meta.cluster import ClusterStore, Move
 from shoal.meta.store import (
     MetaError,
@@ -215,3 +216,52 @@ async def test_batched_open_answers_each_stream(meta: MetaStore) -> None:
     assert isinstance(opened[sids[1]], StreamFenced)  # assigned to node 2
     assert isinstance(opened[sids[0]], OpenedStream)
     assert isinstance(opened[sids[2]], OpenedStream)
+
+
+async def test_postgresql_records_any_number_of_objects_with_one_compiled_insert() -> None:
+    """A group commit's object rows go in one INSERT whose SQL does not grow
+    with the number of objects (unnest arrays, compiled once: a VALUES list
+    was compiled anew at every commit); each range names its own object."""
+    meta = await MetaStore.open(new_database())
+    sent: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO OBJECTS"):
+            sent.append(statement)
+
+    event.listen(meta.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        sids = await streams_of(meta, 3)
+        opened = await meta.open_streams(sids)
+        epochs = {s: r.record.epoch for s, r in opened.items() if isinstance(r, OpenedStream)}
+        await meta.commit_objects(
+            [ObjectCommit("wal/one", 100, [RangeCommit(sids[0], epochs[sids[0]], 0, 1, 0, 9, 1)])],
+            node_id=4,
+        )
+        ends = {sid: 1 if sid == sids[0] else 0 for sid in sids}  # where each stream is
+        group = [
+            ObjectCommit(
+                f"wal/g{i}", 200 + i, [RangeCommit(sid, epochs[sid], ends[sid], 2, i, 9, 1)]
+            )
+            for i, sid in enumerate(sids)
+        ]
+        await meta.commit_objects(group, node_id=4)
+        assert len(sent) == 2 and sent[0] == sent[1], sent
+        assert [(r.start_offset, r.object_key) for r in await meta.load_ranges(sids[0])] == [
+            (0, "wal/one"),
+            (1, "wal/g0"),
+        ]
+        for i, sid in enumerate(sids[1:], 1):
+            [r] = await meta.load_ranges(sid)
+            assert (r.object_key, r.position) == (f"wal/g{i}", i)
+        o = schema.objects
+        rows = await meta.execute_read(select(o.c.key, o.c.size, o.c.node_id, o.c.kind))
+        assert sorted(map(tuple, rows)) == [
+            ("wal/g0", 200, 4, "wal"),
+            ("wal/g1", 201, 4, "wal"),
+            ("wal/g2", 202, 4, "wal"),
+            ("wal/one", 100, 4, "wal"),
+        ]
+    finally:
+        event.remove(meta.engine.sync_engine, "before_cursor_execute", seen)
+        await meta.close()
