@@ -44,6 +44,7 @@ from shoal.protocol.headers import RequestHeader, peek_header
 from shoal.security.quotas import delays_response, request_throttle, response_throttle
 
 if TYPE_CHECKING:
+    from shoal.broker.frame_stream import FrameStream
     from shoal.broker.listener import ListenerLimits, RequestBudget
 
 log = logging.getLogger("shoal.connection")
@@ -58,19 +59,17 @@ class Connection:
         self,
         broker: Broker,
         handlers: dict[int, Handler],
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        stream: FrameStream,
         *,
         limits: ListenerLimits,
         budget: RequestBudget,
     ) -> None:
         self.broker = broker
         self.handlers = handlers
-        self.reader = reader
-        self.writer = writer
+        self.stream = stream
         self.limits = limits
         self.budget = budget
-        peer = writer.get_extra_info("peername")
+        peer = stream.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.client = Client(self.peer, None)
         self._queue: asyncio.Queue[tuple[RequestHeader, Any, int] | None] = asyncio.Queue(
@@ -105,7 +104,7 @@ class Connection:
         return now - self._last_activity
 
     def abort(self) -> None:
-        self.writer.transport.abort()
+        self.stream.abort()
 
     def _after_sasl(self) -> bool:
         """After each request on a SASL listener: take on the principal the
@@ -150,26 +149,32 @@ class Connection:
             await asyncio.wait_for(sender, timeout=5)
         except (TimeoutError, Exception):
             sender.cancel()
-        self.writer.close()
+        self.stream.close()
 
     async def _read_frame(self, size: int) -> bytes:
-        """The frame's bytes, taken from the request budget as they arrive."""
+        """The frame's bytes, taken from the request budget as they arrive.
+        The socket is read straight into the frame's buffer, or into each
+        chunk's for a large frame (a buffer the size the client announced
+        would take memory for bytes it may never send). Either way the frame
+        is handed on as bytes, the type every decoder and handler expects
+        (a small frame's copy costs ~2 µs per 60 KB)."""
         budget = self.budget
         if size <= CHUNK:
             await budget.acquire(size)
             try:
-                return await self.reader.readexactly(size)
+                return await self.stream.readexactly(size)
             except BaseException:
                 budget.release(size)
                 raise
-        parts: list[bytes] = []
+        parts: list[bytearray] = []
         got = 0
         try:
             while got < size:
                 n = min(CHUNK, size - got)
                 await budget.acquire(n, large=True)
                 got += n
-                parts.append(await self.reader.readexactly(n))
+                parts.append(bytearray(n))
+                await self.stream.read_into(memoryview(parts[-1]))
         except BaseException:
             budget.release(got, large=True)
             raise
@@ -181,7 +186,7 @@ class Connection:
     async def _read_loop(self) -> None:
         while True:
             await self._hold()
-            prefix = await self.reader.readexactly(SIZE_PREFIX)
+            prefix = await self.stream.readexactly(SIZE_PREFIX)
             size = decode_size(prefix, self.max_frame)
             if size > self.frame_limit():
                 raise FrameError(
@@ -282,7 +287,7 @@ class Connection:
         return data
 
     async def _send_loop(self) -> None:
-        transport = self.writer.transport
+        stream = self.stream
         while True:
             item = await self._queue.get()
             if item is _CLOSE:
@@ -301,14 +306,14 @@ class Connection:
                         exc,
                         exc_info=True,
                     )
-                    self.writer.close()
+                    stream.close()
                     return
-            self.writer.write(await self._throttled(header, result, throttle))
+            stream.write(await self._throttled(header, result, throttle))
             self._pending -= 1
             self._last_activity = time.monotonic()
-            if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+            if stream.write_buffer_size() > WRITE_BUFFER_HIGH:
                 self._blocked_since = self._last_activity
                 try:
-                    await self.writer.drain()
+                    await stream.drain()
                 finally:
                     self._blocked_since = None

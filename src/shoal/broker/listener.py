@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from shoal.broker.frame_stream import FrameStream
 from shoal.config import BrokerConfig, parse_ip_overrides
 from shoal.logs import sweep_summaries
 
@@ -29,9 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shoal.listener")
 
-#: StreamReader's buffer limit: it stops reading a socket past twice this, so
-#: this bounds what one connection holds beyond the request budget.
-READ_LIMIT = 64 * 1024
 HANDSHAKE_TIMEOUT_S = 10.0
 
 
@@ -194,11 +192,11 @@ class KafkaListener:
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
-        self.server = await asyncio.start_server(
-            self._on_connect,
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: FrameStream(self._on_connect),
             host,
             port,
-            limit=READ_LIMIT,
             backlog=1024,
             reuse_address=True,
             ssl=ssl_context,
@@ -215,20 +213,20 @@ class KafkaListener:
         assert self.server is not None
         return int(self.server.sockets[0].getsockname()[1])
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _on_connect(self, stream: FrameStream) -> None:
         from shoal.broker.connection import Connection
 
-        peer = writer.get_extra_info("peername")
+        peer = stream.get_extra_info("peername")
         ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         refused = self.limiter.admit(ip)
         if refused is not None:
             log.warning("refusing connection from %s on %s: %s", ip, self.name, refused)
-            writer.transport.abort()
+            stream.abort()
             return
         task = asyncio.current_task()
         assert task is not None
         conn = Connection(
-            self.broker, self.handlers, reader, writer, limits=self.limits, budget=self.budget
+            self.broker, self.handlers, stream, limits=self.limits, budget=self.budget
         )
         self.connections[conn] = task
         if self.on_connection is not None:

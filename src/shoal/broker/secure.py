@@ -57,7 +57,7 @@ class Security:
         client certificate) or its SASL session."""
         principal = "User:ANONYMOUS"
         if listener.tls:
-            ssl_object = conn.writer.get_extra_info("ssl_object")
+            ssl_object = conn.stream.get_extra_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
             if der and not listener.sasl:
                 dn = subject_dn(der)
