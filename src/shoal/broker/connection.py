@@ -86,6 +86,10 @@ class Connection:
         self._blocked_since: float | None = None  # writer waiting on a client that does not read
         #: client quotas hold the channel: no request is read before this (monotonic)
         self.throttle_until = 0.0
+        #: responses ready but not yet written (sent together, see _send_all)
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
 
     # -- state the listener and the security layer use --------------------------
 
@@ -281,8 +285,32 @@ class Connection:
             await asyncio.sleep(throttle / 1000)
         return data
 
+    def _flush(self) -> None:
+        """Send the responses gathered since the last flush in one write."""
+        self._flush_handle = None
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        self._out_bytes = 0
+        if not self.writer.transport.is_closing():
+            self.writer.write(out[0] if len(out) == 1 else b"".join(out))
+
     async def _send_loop(self) -> None:
         transport = self.writer.transport
+        loop = asyncio.get_running_loop()
+        try:
+            await self._send_all(transport, loop)
+        finally:
+            self._flush()
+
+    async def _send_all(
+        self, transport: asyncio.WriteTransport, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Responses are gathered and sent in one write per event-loop turn:
+        a group commit completes many pipelined produce requests at once, and
+        a socket write per response cost as much as the rest of the request
+        (the loopback send is a system call that also delivers the data)."""
         while True:
             item = await self._queue.get()
             if item is _CLOSE:
@@ -301,12 +329,18 @@ class Connection:
                         exc,
                         exc_info=True,
                     )
+                    self._flush()  # the answers before it still go out
                     self.writer.close()
                     return
-            self.writer.write(await self._throttled(header, result, throttle))
+            data = await self._throttled(header, result, throttle)
+            self._out.append(data)
+            self._out_bytes += len(data)
+            if self._flush_handle is None:
+                self._flush_handle = loop.call_soon(self._flush)
             self._pending -= 1
             self._last_activity = time.monotonic()
-            if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+            if transport.get_write_buffer_size() + self._out_bytes > WRITE_BUFFER_HIGH:
+                self._flush()
                 self._blocked_since = self._last_activity
                 try:
                     await self.writer.drain()

@@ -305,7 +305,11 @@ def _to_topic_codec(broker: Broker, topic: Topic, batch: ValidatedBatch) -> Vali
 async def _respond(
     broker: Broker, client: Client, header: RequestHeader, slots: list[_Slot], timeout: float
 ) -> ProduceAnswer:
-    pending = [s[2] for s in slots if isinstance(s[2], asyncio.Future)]
+    # Committed already (the usual case by the time a pipelined request's
+    # turn comes): answered without asyncio.wait's waiter, callbacks and timer,
+    # and without yielding, so the connection sends the answers one group
+    # commit completes in one write.
+    pending = [s[2] for s in slots if isinstance(s[2], asyncio.Future) and not s[2].done()]
     if pending:
         await asyncio.wait(pending, timeout=timeout)
     by_topic: dict[str | uuid.UUID, list[PartitionAnswer]] = {}
