@@ -221,7 +221,7 @@ class Connection:
                 f"(key {header.api_key}) v{header.api_version}"
             )
         started = time.monotonic()
-        request = decode_request(frame)
+        request = decode_request(frame, header)
         if not self.requires_sasl:
             self.authenticated = True
         result = await self.handlers[header.api_key](
