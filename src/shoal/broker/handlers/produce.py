@@ -119,7 +119,9 @@ async def handle_produce(broker: Broker, client: Client, header: RequestHeader, 
             if refused is not None or name is None:
                 slots.append((ref, pd.index, refused or ErrorCode.unknown_topic_id, -1, None))
                 continue
-            got = await _check(broker, client, header.api_version, name, pd.index, pd.records)
+            got = _check(broker, client, header.api_version, name, pd.index, pd.records)
+            if isinstance(got, _Large):
+                got = await _check_large(client, header.api_version, got)
             if isinstance(got, _Checked):
                 checked.append((len(slots), got))
                 slots.append((ref, pd.index, ErrorCode.none, -1, None))  # set at the append
@@ -127,13 +129,16 @@ async def handle_produce(broker: Broker, client: Client, header: RequestHeader, 
                 slots.append((ref, got[1], got[2], got[3], got[4]))
     if checked:
         batches = [c for _, c in checked]
-        refusals = await _check_transactional(broker, tid, header.api_version, batches)
+        refusals: list[KafkaError | StorageError | None]
+        if tid is None and not any(c.batch.header.is_transactional for c in batches):
+            refusals = [None] * len(batches)  # nothing transactional to check
+        else:
+            refusals = await _check_transactional(broker, tid, header.api_version, batches)
         for (at, c), refusal in zip(checked, refusals, strict=True):
-            got = (
-                _refused(refusal, c.name, c.index, client)
-                if refusal is not None
-                else await _append(broker, client, c)
-            )
+            if refusal is not None:
+                got = _refused(refusal, c.name, c.index, client)
+            else:
+                got = _append_now(broker, client, c) or await _append(broker, client, c)
             slots[at] = (slots[at][0], got[1], got[2], got[3], got[4])
     if body.acks == 0:
         for slot in slots:
@@ -145,14 +150,28 @@ async def handle_produce(broker: Broker, client: Client, header: RequestHeader, 
     return Deferred(_respond(broker, client, header, slots, timeout))
 
 
-async def _check(
+@dataclass(frozen=True, slots=True)
+class _Large:
+    """A batch that decompresses past INLINE_DECOMPRESS: checked again in a
+    worker thread (see _check_large)."""
+
+    name: str
+    index: int
+    topic: Topic
+    part: PartitionRecord
+    policy: _Policy
+    records: bytes
+
+
+def _check(
     broker: Broker,
     client: Client,
     api_version: int,
     topic_name: str,
     index: int,
     records: bytes | None,
-) -> _Slot | _Checked:
+) -> _Slot | _Checked | _Large:
+    """Synchronous: most requests never wait here (see _check_large)."""
     try:
         topic, part = broker.partition(topic_name, index)
         if broker.mirrors and topic_name in broker.mirrors:
@@ -177,13 +196,39 @@ async def _check(
         try:
             batch = _prepare(policy, records, api_version, INLINE_DECOMPRESS)
         except LargeBatch:
-            # A few kilobytes can decompress to tens of megabytes (tens of
-            # milliseconds): such a batch is checked, and recompressed, in a
-            # worker thread (cramjam releases the GIL), not on the event loop.
-            batch = await asyncio.to_thread(_prepare, policy, records, api_version, None)
+            return _Large(topic_name, index, topic, part, policy, records)
         return _Checked(topic_name, index, topic, part, batch, len(records), policy.log_append)
     except (KafkaError, StorageError) as exc:
         return _refused(exc, topic_name, index, client)
+
+
+async def _check_large(client: Client, api_version: int, c: _Large) -> _Slot | _Checked:
+    """A few kilobytes can decompress to tens of megabytes (tens of
+    milliseconds): such a batch is checked, and recompressed, in a worker
+    thread (cramjam releases the GIL), not on the event loop."""
+    try:
+        batch = await asyncio.to_thread(_prepare, c.policy, c.records, api_version, None)
+        return _Checked(
+            c.name, c.index, c.topic, c.part, batch, len(c.records), c.policy.log_append
+        )
+    except (KafkaError, StorageError) as exc:
+        return _refused(exc, c.name, c.index, client)
+
+
+def _append_now(broker: Broker, client: Client, c: _Checked) -> _Slot | None:
+    """The append when the WAL has room (nearly always), without awaiting;
+    None when it must wait for room (then _append)."""
+    try:
+        append_time = int(time.time() * 1000) if c.log_append else None
+        fut = broker.engine.append_now(
+            c.part.stream_id, [c.batch], c.part.leader_epoch, append_time
+        )
+        if fut is None:
+            return None
+        broker.record_traffic(c.topic, c.part, c.size, 0)
+        return c.name, c.index, fut, c.part.stream_id, append_time
+    except (KafkaError, StorageError) as exc:
+        return _refused(exc, c.name, c.index, client)
 
 
 async def _append(broker: Broker, client: Client, c: _Checked) -> _Slot:
