@@ -6,14 +6,19 @@ answered, each once, in request order."""
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import uuid
+from pathlib import Path
 
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 from confluent_kafka.admin import ResourceType as AdminResource
 
 from harness import BrokerProcess
+from shoal.broker.topics import TopicCatalog
+from shoal.config import load_config
+from shoal.meta.store import MetaStore
 from wire import create_topic, decode_response, make_batch, produce, produce_request, request_frame
 
 MESSAGE_TOO_LARGE = 10
@@ -74,3 +79,26 @@ def test_pipelined_produce_requests_are_answered_once_in_order(broker: BrokerPro
         offsets.setdefault(part.index, []).append(part.base_offset)
     for got in offsets.values():
         assert got == list(range(got[0], got[0] + count // 4))
+
+
+async def test_stream_labels_follow_creates_deletes_and_new_partitions(tmp_path: Path) -> None:
+    """Labels come from an index of stream ids (built on a miss): a deleted
+    topic's streams have none, new topics and partitions are found."""
+    meta = await MetaStore.open(f"sqlite:///{tmp_path}/meta.db")
+    try:
+        topics = TopicCatalog(meta, load_config())
+        a = await topics.create("labels-a", 2, {})
+        label = topics.stream_label(a.partitions[1].stream_id)
+        assert label is not None
+        assert json.loads(label) == {"topic": "labels-a", "partition": 1, "id": a.topic_uuid.hex}
+        b = await topics.create("labels-b", 1, {})  # created after the index was built
+        label = topics.stream_label(b.partitions[0].stream_id)
+        assert label is not None and json.loads(label)["topic"] == "labels-b"
+        await topics.delete("labels-a")
+        assert topics.stream_label(a.partitions[0].stream_id) is None
+        grown = await topics.add_partitions("labels-b", 2)
+        label = topics.stream_label(grown.partitions[1].stream_id)
+        assert label is not None and json.loads(label)["partition"] == 1
+        assert topics.stream_label(10**9) is None
+    finally:
+        await meta.close()
