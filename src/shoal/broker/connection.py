@@ -85,6 +85,10 @@ class Connection:
         self._blocked_since: float | None = None  # writer waiting on a client that does not read
         #: client quotas hold the channel: no request is read before this (monotonic)
         self.throttle_until = 0.0
+        #: responses ready but not yet written (sent together, see _send_all)
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
 
     # -- state the listener and the security layer use --------------------------
 
@@ -222,7 +226,7 @@ class Connection:
                 f"(key {header.api_key}) v{header.api_version}"
             )
         started = time.monotonic()
-        request = decode_request(frame)
+        request = decode_request(frame, header)
         if not self.requires_sasl:
             self.authenticated = True
         result = await self.handlers[header.api_key](
@@ -286,7 +290,29 @@ class Connection:
             await asyncio.sleep(throttle / 1000)
         return data
 
+    def _flush(self) -> None:
+        """Send the responses gathered since the last flush in one write."""
+        self._flush_handle = None
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        self._out_bytes = 0
+        if not self.stream.is_closing():
+            self.stream.write(out[0] if len(out) == 1 else b"".join(out))
+
     async def _send_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await self._send_all(loop)
+        finally:
+            self._flush()
+
+    async def _send_all(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Responses are gathered and sent in one write per event-loop turn:
+        a group commit completes many pipelined produce requests at once, and
+        a socket write per response cost as much as the rest of the request
+        (the loopback send is a system call that also delivers the data)."""
         stream = self.stream
         while True:
             item = await self._queue.get()
@@ -306,12 +332,18 @@ class Connection:
                         exc,
                         exc_info=True,
                     )
+                    self._flush()  # the answers before it still go out
                     stream.close()
                     return
-            stream.write(await self._throttled(header, result, throttle))
+            data = await self._throttled(header, result, throttle)
+            self._out.append(data)
+            self._out_bytes += len(data)
+            if self._flush_handle is None:
+                self._flush_handle = loop.call_soon(self._flush)
             self._pending -= 1
             self._last_activity = time.monotonic()
-            if stream.write_buffer_size() > WRITE_BUFFER_HIGH:
+            if stream.write_buffer_size() + self._out_bytes > WRITE_BUFFER_HIGH:
+                self._flush()
                 self._blocked_since = self._last_activity
                 try:
                     await stream.drain()

@@ -181,6 +181,9 @@ class FrameStream(asyncio.BufferedProtocol):
             return default
         return self.transport.get_extra_info(name, default)
 
+    def is_closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
     def write_buffer_size(self) -> int:
         return 0 if self.transport is None else self.transport.get_write_buffer_size()
 

@@ -83,6 +83,7 @@ class TopicCatalog:
         self.config = config
         self._topics: dict[str, Topic] = {}
         self._by_id: dict[uuid.UUID, Topic] = {}  # topic ids (KIP-516): Fetch v13+, Produce v13
+        self._by_stream: dict[int, tuple[Topic, int]] = {}  # for stream_label
         self._creating: dict[str, asyncio.Future[Topic]] = {}
         self._lock = asyncio.Lock()
         self.cluster_mode = False
@@ -129,14 +130,22 @@ class TopicCatalog:
     def stream_label(self, stream_id: int) -> str | None:
         """The label objects carry for a partition's stream (storage/format.py):
         enough for `shoal meta rebuild` to bring the topic back."""
-        for t in self._topics.values():
-            for p in t.partitions:
-                if p.stream_id == stream_id:
-                    return json.dumps(
-                        {"topic": t.name, "partition": p.partition, "id": t.topic_uuid.hex},
-                        separators=(",", ":"),
-                    )
-        return None
+        found = self._by_stream.get(stream_id)
+        if found is None or self._topics.get(found[0].name) is not found[0]:
+            # Indexed whole on a miss (or a topic deleted or reloaded since):
+            # a broker's first write to 10,000 partitions asked for 10,000
+            # labels, each a scan of every partition (5 s of CPU).
+            self._by_stream = {
+                p.stream_id: (t, p.partition) for t in self._topics.values() for p in t.partitions
+            }
+            found = self._by_stream.get(stream_id)
+            if found is None:
+                return None
+        t, partition = found
+        return json.dumps(
+            {"topic": t.name, "partition": partition, "id": t.topic_uuid.hex},
+            separators=(",", ":"),
+        )
 
     def effective(self, topic: Topic, key: str) -> Any:
         """A topic config's value: its override, else the broker default, typed."""

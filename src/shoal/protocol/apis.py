@@ -125,11 +125,13 @@ class Request:
     body: Any
 
 
-def decode_request(frame: bytes) -> Request:
+def decode_request(frame: bytes, header: RequestHeader | None = None) -> Request:
     """Decode a whole frame (without its size prefix) whose version is supported.
     The guard bounds every count first: kio's native reader would abort the
-    process on a huge one, and reads null where the schema forbids it."""
-    header = peek_header(frame)
+    process on a huge one, and reads null where the schema forbids it.
+    `header`: the frame's, if the caller peeked it already."""
+    if header is None:
+        header = peek_header(frame)
     if not is_supported(header.api_key, header.api_version):
         raise RequestDecodeError(f"unsupported {api_name(header.api_key)} v{header.api_version}")
     cls = request_type(header.api_key, header.api_version)

@@ -15,7 +15,12 @@ I16 = struct.Struct(">h")
 I32 = struct.Struct(">i")
 
 
+_ONE_BYTE = tuple(bytes((i,)) for i in range(0x80))
+
+
 def uvarint(n: int) -> bytes:
+    if 0 <= n < 0x80:
+        return _ONE_BYTE[n]  # counts and lengths of small answers, built once
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)

@@ -427,6 +427,31 @@ class StreamEngine:
         self.disk.check()  # before any offset is handed out: nothing half-written
         self.last_append = time.monotonic()
         await self.wal.wait_for_room(sum(len(b.data) for b in batches))
+        return self._assign(stream_id, batches, leader_epoch, log_append_time_ms)
+
+    def append_now(
+        self,
+        stream_id: int,
+        batches: Sequence[ValidatedBatch],
+        leader_epoch: int,
+        log_append_time_ms: int | None = None,
+    ) -> asyncio.Future[int] | None:
+        """`append` when the WAL has room, without a coroutine of its own (a
+        small produce request's cost is mostly such fixed steps); None, having
+        done nothing, when the appender must wait for room (use `append`)."""
+        if not self.wal.has_room(sum(len(b.data) for b in batches)):
+            return None
+        self.disk.check()
+        self.last_append = time.monotonic()
+        return self._assign(stream_id, batches, leader_epoch, log_append_time_ms)
+
+    def _assign(
+        self,
+        stream_id: int,
+        batches: Sequence[ValidatedBatch],
+        leader_epoch: int,
+        log_append_time_ms: int | None,
+    ) -> asyncio.Future[int]:
         st = self._streams.get(stream_id)
         if st is not None:
             return self._append_to(st, batches, leader_epoch, log_append_time_ms)

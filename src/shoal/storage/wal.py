@@ -136,6 +136,9 @@ class Wal:
         self.group_commits = 0
         self.upload_retries = 0
 
+    def has_room(self, size: int) -> bool:
+        return self.unflushed + size <= self.config.buffer_max_bytes
+
     async def wait_for_room(self, size: int) -> None:
         """Back-pressure: hold new appends while unflushed bytes are over the
         bound. One append larger than the bound still goes in alone."""

@@ -51,6 +51,52 @@ class _Checked:
     log_append: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _Policy:
+    """A topic's configs that every produce to it reads, typed once: looked
+    up key by key they cost as much as the batch's own checks. Valid while
+    the topic keeps the same overrides dict (altering configs replaces it;
+    broker defaults do not change while running)."""
+
+    topic: Topic
+    overrides: dict[str, str]
+    log_append: bool
+    max_bytes: int
+    compacted: bool
+    before_max_ms: int
+    after_max_ms: int
+    codec: str  # compression.type
+    level: int | None  # compression.<codec>.level, if the codec has one
+
+
+_POLICIES: dict[int, _Policy] = {}  # by id(topic); the entry holds the topic
+_MAX_POLICIES = 1 << 17
+
+
+def _policy(broker: Broker, topic: Topic) -> _Policy:
+    p = _POLICIES.get(id(topic))
+    if p is not None and p.topic is topic and p.overrides is topic.overrides:
+        return p
+    eff = broker.topics.effective
+    codec = str(eff(topic, "compression.type"))
+    level_key = f"compression.{codec}.level"
+    p = _Policy(
+        topic,
+        topic.overrides,
+        eff(topic, "message.timestamp.type") == "LogAppendTime",
+        broker.topics.max_message_bytes(topic),
+        "compact" in str(eff(topic, "cleanup.policy")),
+        int(eff(topic, "message.timestamp.before.max.ms")),
+        int(eff(topic, "message.timestamp.after.max.ms")),
+        codec,
+        int(eff(topic, level_key)) if level_key in TOPIC_KEYS else None,
+    )
+    if len(_POLICIES) >= _MAX_POLICIES:
+        _POLICIES.clear()  # deleted topics' entries go too
+    _POLICIES[id(topic)] = p
+    return p
+
+
 async def handle_produce(broker: Broker, client: Client, header: RequestHeader, body: Any) -> Any:
     slots: list[_Slot] = []
     checked: list[tuple[int, _Checked]] = []  # with their place in slots
@@ -73,7 +119,9 @@ async def handle_produce(broker: Broker, client: Client, header: RequestHeader, 
             if refused is not None or name is None:
                 slots.append((ref, pd.index, refused or ErrorCode.unknown_topic_id, -1, None))
                 continue
-            got = await _check(broker, client, header.api_version, name, pd.index, pd.records)
+            got = _check(broker, client, header.api_version, name, pd.index, pd.records)
+            if isinstance(got, _Large):
+                got = await _check_large(client, header.api_version, got)
             if isinstance(got, _Checked):
                 checked.append((len(slots), got))
                 slots.append((ref, pd.index, ErrorCode.none, -1, None))  # set at the append
@@ -81,13 +129,16 @@ async def handle_produce(broker: Broker, client: Client, header: RequestHeader, 
                 slots.append((ref, got[1], got[2], got[3], got[4]))
     if checked:
         batches = [c for _, c in checked]
-        refusals = await _check_transactional(broker, tid, header.api_version, batches)
+        refusals: list[KafkaError | StorageError | None]
+        if tid is None and not any(c.batch.header.is_transactional for c in batches):
+            refusals = [None] * len(batches)  # nothing transactional to check
+        else:
+            refusals = await _check_transactional(broker, tid, header.api_version, batches)
         for (at, c), refusal in zip(checked, refusals, strict=True):
-            got = (
-                _refused(refusal, c.name, c.index, client)
-                if refusal is not None
-                else await _append(broker, client, c)
-            )
+            if refusal is not None:
+                got = _refused(refusal, c.name, c.index, client)
+            else:
+                got = _append_now(broker, client, c) or await _append(broker, client, c)
             slots[at] = (slots[at][0], got[1], got[2], got[3], got[4])
     if body.acks == 0:
         for slot in slots:
@@ -99,14 +150,28 @@ async def handle_produce(broker: Broker, client: Client, header: RequestHeader, 
     return Deferred(_respond(broker, client, header, slots, timeout))
 
 
-async def _check(
+@dataclass(frozen=True, slots=True)
+class _Large:
+    """A batch that decompresses past INLINE_DECOMPRESS: checked again in a
+    worker thread (see _check_large)."""
+
+    name: str
+    index: int
+    topic: Topic
+    part: PartitionRecord
+    policy: _Policy
+    records: bytes
+
+
+def _check(
     broker: Broker,
     client: Client,
     api_version: int,
     topic_name: str,
     index: int,
     records: bytes | None,
-) -> _Slot | _Checked:
+) -> _Slot | _Checked | _Large:
+    """Synchronous: most requests never wait here (see _check_large)."""
     try:
         topic, part = broker.partition(topic_name, index)
         if broker.mirrors and topic_name in broker.mirrors:
@@ -127,19 +192,43 @@ async def _check(
         broker.check_owner(part)
         if records is None:
             raise KafkaError(ErrorCode.corrupt_message, "null record set")
-        log_append = broker.topics.effective(topic, "message.timestamp.type") == "LogAppendTime"
+        policy = _policy(broker, topic)
         try:
-            batch = _prepare(broker, topic, records, api_version, log_append, INLINE_DECOMPRESS)
+            batch = _prepare(policy, records, api_version, INLINE_DECOMPRESS)
         except LargeBatch:
-            # A few kilobytes can decompress to tens of megabytes (tens of
-            # milliseconds): such a batch is checked, and recompressed, in a
-            # worker thread (cramjam releases the GIL), not on the event loop.
-            batch = await asyncio.to_thread(
-                _prepare, broker, topic, records, api_version, log_append, None
-            )
-        return _Checked(topic_name, index, topic, part, batch, len(records), log_append)
+            return _Large(topic_name, index, topic, part, policy, records)
+        return _Checked(topic_name, index, topic, part, batch, len(records), policy.log_append)
     except (KafkaError, StorageError) as exc:
         return _refused(exc, topic_name, index, client)
+
+
+async def _check_large(client: Client, api_version: int, c: _Large) -> _Slot | _Checked:
+    """A few kilobytes can decompress to tens of megabytes (tens of
+    milliseconds): such a batch is checked, and recompressed, in a worker
+    thread (cramjam releases the GIL), not on the event loop."""
+    try:
+        batch = await asyncio.to_thread(_prepare, c.policy, c.records, api_version, None)
+        return _Checked(
+            c.name, c.index, c.topic, c.part, batch, len(c.records), c.policy.log_append
+        )
+    except (KafkaError, StorageError) as exc:
+        return _refused(exc, c.name, c.index, client)
+
+
+def _append_now(broker: Broker, client: Client, c: _Checked) -> _Slot | None:
+    """The append when the WAL has room (nearly always), without awaiting;
+    None when it must wait for room (then _append)."""
+    try:
+        append_time = int(time.time() * 1000) if c.log_append else None
+        fut = broker.engine.append_now(
+            c.part.stream_id, [c.batch], c.part.leader_epoch, append_time
+        )
+        if fut is None:
+            return None
+        broker.record_traffic(c.topic, c.part, c.size, 0)
+        return c.name, c.index, fut, c.part.stream_id, append_time
+    except (KafkaError, StorageError) as exc:
+        return _refused(exc, c.name, c.index, client)
 
 
 async def _append(broker: Broker, client: Client, c: _Checked) -> _Slot:
@@ -179,11 +268,9 @@ def _refused(exc: KafkaError | StorageError, topic_name: str, index: int, client
 
 
 def _prepare(
-    broker: Broker,
-    topic: Topic,
+    policy: _Policy,
     records: bytes,
     api_version: int,
-    log_append: bool,
     inline_limit: int | None,
 ) -> ValidatedBatch:
     """Everything that reads inside the records: Kafka's checks, the
@@ -193,15 +280,15 @@ def _prepare(
     later steps then decompress no more than that either)."""
     batch = validate_produce(
         records,
-        broker.topics.max_message_bytes(topic),
+        policy.max_bytes,
         api_version=api_version,
-        compacted="compact" in str(broker.topics.effective(topic, "cleanup.policy")),
-        log_append_time=log_append,
+        compacted=policy.compacted,
+        log_append_time=policy.log_append,
         inline_limit=inline_limit,
     )
-    if not log_append:
-        _check_timestamps(broker, topic, batch)
-    return _to_topic_codec(broker, topic, batch)
+    if not policy.log_append:
+        _check_timestamps(policy, batch)
+    return _to_topic_codec(policy, batch)
 
 
 async def _check_transactional(
@@ -263,14 +350,11 @@ def _txn_refusal(code: ErrorCode, tid: str, producer_id: int, epoch: int) -> Kaf
     )
 
 
-def _check_timestamps(broker: Broker, topic: Topic, batch: ValidatedBatch) -> None:
+def _check_timestamps(policy: _Policy, batch: ValidatedBatch) -> None:
     """message.timestamp.before/after.max.ms on a CreateTime topic, as Kafka:
     INVALID_TIMESTAMP naming each record outside the window."""
     bad = timestamp_violations(
-        batch,
-        int(time.time() * 1000),
-        int(broker.topics.effective(topic, "message.timestamp.before.max.ms")),
-        int(broker.topics.effective(topic, "message.timestamp.after.max.ms")),
+        batch, int(time.time() * 1000), policy.before_max_ms, policy.after_max_ms
     )
     if bad:
         raise BatchRejected(
@@ -280,19 +364,17 @@ def _check_timestamps(broker: Broker, topic: Topic, batch: ValidatedBatch) -> No
         )
 
 
-def _to_topic_codec(broker: Broker, topic: Topic, batch: ValidatedBatch) -> ValidatedBatch:
+def _to_topic_codec(policy: _Policy, batch: ValidatedBatch) -> ValidatedBatch:
     """Recompress to the topic's compression.type unless it is `producer` or
     the batch is in that codec already (Kafka keeps those as they are)."""
-    wanted = str(broker.topics.effective(topic, "compression.type"))
+    wanted = policy.codec
     if wanted == "producer":
         return batch
     codec = COMPRESSION_CODECS[wanted]
     if batch.header.compression == codec:
         return batch
-    level_key = f"compression.{wanted}.level"
-    level = int(broker.topics.effective(topic, level_key)) if level_key in TOPIC_KEYS else None
-    out = recompress(batch, codec, level)
-    limit = broker.topics.max_message_bytes(topic)
+    out = recompress(batch, codec, policy.level)
+    limit = policy.max_bytes
     if len(out.data) > limit:
         # Kafka checks the batch it stores, after recompression
         raise KafkaError(
@@ -305,7 +387,11 @@ def _to_topic_codec(broker: Broker, topic: Topic, batch: ValidatedBatch) -> Vali
 async def _respond(
     broker: Broker, client: Client, header: RequestHeader, slots: list[_Slot], timeout: float
 ) -> ProduceAnswer:
-    pending = [s[2] for s in slots if isinstance(s[2], asyncio.Future)]
+    # Committed already (the usual case by the time a pipelined request's
+    # turn comes): answered without asyncio.wait's waiter, callbacks and timer,
+    # and without yielding, so the connection sends the answers one group
+    # commit completes in one write.
+    pending = [s[2] for s in slots if isinstance(s[2], asyncio.Future) and not s[2].done()]
     if pending:
         await asyncio.wait(pending, timeout=timeout)
     by_topic: dict[str | uuid.UUID, list[PartitionAnswer]] = {}
