@@ -186,7 +186,7 @@ async def trim_loop(interval_s: float = TRIM_CHECK_S, policy: TrimPolicy | None 
         if policy.due(free, rss - floor, time.monotonic() - last):
             ms, floor = await asyncio.to_thread(timed_trim)
             last = time.monotonic()
-            log.debug(
+            log.info(  # at most once a minute but for bursts: seldom
                 "malloc_trim: %.1f MiB free, RSS %.1f -> %.1f MiB in %.1f ms",
                 (free or 0) / 2**20,
                 rss / 2**20,
