@@ -16,10 +16,16 @@ type, task counts, cache and table sizes). At the end the report after
 warm-up (--warm-s) and the last one are compared: RSS, traced heap, the
 allocation sites (by traceback) that grew most, the object types and tables
 that grew. --no-trace runs without tracemalloc (its own overhead is RSS too)
-and samples RSS only.
+and keeps the reports (malloc's view, objects, sizes). Each report's
+malloc_info is read per arena: free bytes, and how many of them lie in
+chunks of a page or more (what malloc_trim can give back). --trim-at-end
+asks the broker to malloc_trim (SIGUSR2) after the last report and records
+RSS before and after: whether the memory malloc keeps free is returned.
 
     .venv/bin/python bench/memprobe.py --minutes 15 --out bench/results/memprobe.json
     .venv/bin/python bench/memprobe.py --minutes 15 --no-trace --env SHOAL_LOG_CACHE_BYTES=8388608
+    PYTHONPATH=<tree>/src .venv/bin/python bench/memprobe.py --no-trace --trim-at-end \
+        --label "<tree>: what it is" --out bench/results/memprobe/x.json
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import tempfile
 import threading
 import time
 import tracemalloc
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -133,15 +140,42 @@ class Probe:
         self.root = Path(tempfile.mkdtemp(prefix="shoal-memprobe-"))
         self.reports_dir = self.root / "reports"
         env = {**FAST_STORAGE, "SHOAL_BALANCER_ENABLE": "false"}
-        if not args.no_trace:
-            env["SHOAL_MEMDEBUG_DIR"] = str(self.reports_dir)
+        env["SHOAL_MEMDEBUG_DIR"] = str(self.reports_dir)
+        if args.no_trace:
+            env["SHOAL_MEMDEBUG_FRAMES"] = "0"
         for kv in args.env:
             k, _, v = kv.partition("=")
             env[k] = v
         self.broker = BrokerProcess(self.root / "node1", env=env)
         self.samples: list[dict[str, Any]] = []
         self.reports: list[dict[str, Any]] = []  # with "t" and "snapshot"
+        self.trims: list[dict[str, Any]] = []
         self.t0 = 0.0
+
+    def _wait(self, path: Path) -> dict[str, Any]:
+        deadline = time.monotonic() + 120
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no memory report {path} after 120 s")
+            time.sleep(0.2)
+        rep: dict[str, Any] = json.loads(path.read_text())
+        return rep
+
+    def trim(self) -> None:
+        """Ask the broker to malloc_trim and record what it gave back."""
+        assert self.broker.proc is not None
+        pid = self.broker.proc.pid
+        path = self.reports_dir / f"{pid}-trim-{len(self.trims) + 1}.json"
+        os.kill(pid, signal.SIGUSR2)
+        rep = self._wait(path)
+        rep["t"] = round(time.monotonic() - self.t0, 1)
+        rep["arenas_before"] = arenas(path.with_suffix(".before.malloc.xml"))
+        self.trims.append(rep)
+        print(
+            f"t={rep['t']:.0f}s malloc_trim: rss {rep['before']['rss_kib'] / 1024:.1f} -> "
+            f"{rep['after']['rss_kib'] / 1024:.1f} MiB in {rep['trim_ms']} ms",
+            flush=True,
+        )
 
     def report(self) -> None:
         """Ask the broker for a report and wait until it is written."""
@@ -150,18 +184,14 @@ class Probe:
         n = len(self.reports) + 1
         path = self.reports_dir / f"{pid}-{n}.json"
         os.kill(pid, signal.SIGUSR1)
-        deadline = time.monotonic() + 120
-        while not path.exists():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no memory report {path} after 120 s")
-            time.sleep(0.2)
-        rep = json.loads(path.read_text())
+        rep = self._wait(path)
         rep["t"] = round(time.monotonic() - self.t0, 1)
         rep["snapshot"] = str(path.with_suffix(".tracemalloc"))
+        rep["arenas"] = arenas(path.with_suffix(".malloc.xml"))
         self.reports.append(rep)
         print(
             f"t={rep['t']:.0f}s rss={rep['rss_kib'] / 1024:.1f} MiB "
-            f"traced={rep['traced_bytes'] / 2**20:.1f} MiB sizes={rep['sizes']}",
+            f"traced={rep['traced_bytes'] / 2**20:.1f} MiB arenas={rep['arenas']}",
             flush=True,
         )
 
@@ -211,13 +241,15 @@ class Probe:
                 if now >= next_sample:
                     self.sample()
                     next_sample = now + a.sample_s
-                if not a.no_trace and now >= next_report:
+                if now >= next_report:
                     self.report()
                     next_report = now + a.report_s
                 time.sleep(0.2)
             self.sample()
-            if not a.no_trace:
-                self.report()
+            self.report()
+            if a.trim_at_end:
+                self.trim()
+                self.sample()
         finally:
             if churn is not None:
                 churn.stop()
@@ -284,9 +316,22 @@ class Probe:
                 ),
                 key=lambda kv: -kv[1],
             )[:20],
+            "arenas": [first.get("arenas"), last.get("arenas")],
             "tasks": [sum(first["tasks"].values()), sum(last["tasks"].values())],
-            "sites_grown": self.sites(first["snapshot"], last["snapshot"]),
         }
+        if Path(first["snapshot"]).exists():
+            out["heap"]["sites_grown"] = self.sites(first["snapshot"], last["snapshot"])
+        if self.trims:
+            t = self.trims[-1]
+            out["trim_at_end"] = {
+                "ms": t["trim_ms"],
+                "rss_mib": [
+                    round(t["before"]["rss_kib"] / 1024, 1),
+                    round(t["after"]["rss_kib"] / 1024, 1),
+                ],
+                "malloc_free_mib": round(t["before"]["malloc"].get("free", 0) / mib, 1),
+                "arenas_before": t["arenas_before"],
+            }
         return out
 
     def sites(self, before: str, after: str, top: int = 15) -> list[dict[str, Any]]:
@@ -309,6 +354,38 @@ class Probe:
         return out
 
 
+def arenas(path: Path) -> list[dict[str, float]]:
+    """Per arena, from glibc's malloc_info XML: MiB it holds from the
+    system, MiB free in it, and MiB free in chunks of 4 KiB or more (whole
+    pages malloc_trim can hand back; smaller holes it cannot)."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return []
+    mib = 2**20
+    out = []
+    for heap in root.findall("heap"):
+        free = sum(int(t.get("size", 0)) for t in heap.findall("total"))
+        system = next(
+            (int(s.get("size", 0)) for s in heap.findall("system") if s.get("type") == "current"),
+            0,
+        )
+        large = sum(
+            int(s.get("total", 0))
+            for s in heap.iter()
+            if s.tag in ("size", "unsorted") and int(s.get("from", 0)) >= 4096
+        )
+        out.append(
+            {
+                "nr": int(heap.get("nr", -1)),
+                "system_mib": round(system / mib, 2),
+                "free_mib": round(free / mib, 2),
+                "free_in_page_chunks_mib": round(large / mib, 2),
+            }
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=15.0)
@@ -318,7 +395,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--sample-s", type=float, default=5.0)
     ap.add_argument("--report-s", type=float, default=120.0)
     ap.add_argument("--warm-s", type=float, default=120.0)
-    ap.add_argument("--no-trace", action="store_true", help="RSS only, no tracemalloc")
+    ap.add_argument("--no-trace", action="store_true", help="reports without tracemalloc")
+    ap.add_argument("--trim-at-end", action="store_true", help="malloc_trim at the end (SIGUSR2)")
+    ap.add_argument("--label", default="", help="what code the broker runs (PYTHONPATH)")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the broker")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
@@ -329,6 +408,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ).stdout.strip()
     report = {
         "commit": commit,
+        "broker_code": args.label,
         "args": vars(args),
         "store": os.environ.get("SHOAL_TEST_STORE", "file"),
         "loadavg": os.getloadavg()[0],
@@ -343,6 +423,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 {k: v for k, v in r.items() if k not in ("types", "snapshot")}
                 for r in probe.reports
             ],
+            "trims": probe.trims,
         }
         Path(args.out).write_text(json.dumps(full, indent=1) + "\n")
     return report

@@ -1,6 +1,7 @@
 """A broker's memory upkeep and its probe (issue 17, soak): `shoal serve`
 caps glibc's malloc arenas and trims freed heap as the gateway does, and with
-SHOAL_MEMDEBUG_DIR a SIGUSR1 writes a heap report (bench/memprobe.py)."""
+SHOAL_MEMDEBUG_DIR a SIGUSR1 writes a heap report and a SIGUSR2 trims and
+reports what it gave back (bench/memprobe.py)."""
 
 from __future__ import annotations
 
@@ -42,5 +43,16 @@ def test_memory_report_on_sigusr1_and_native_memory_bounded(tmp_path: Path) -> N
             assert "trim_loop" in report["tasks"]
             if "MALLOC_ARENA_MAX" not in os.environ:  # the operator's choice wins
                 assert "malloc arenas capped at 2" in b.log()
+            # SIGUSR2: malloc_trim on request, with what it gave back
+            os.kill(b.proc.pid, signal.SIGUSR2)
+            trimmed = reports / f"{b.proc.pid}-trim-1.json"
+            deadline = time.monotonic() + 30
+            while not trimmed.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            got = json.loads(trimmed.read_text())
+            assert got["trim_ms"] >= 0
+            assert got["after"]["rss_kib"] > 0 and got["before"]["malloc"]["in_use"] > 0
+            assert "<heap nr=" in trimmed.with_suffix(".before.malloc.xml").read_text()
+            assert "malloc_trim on request" in b.log()
     finally:
         b.kill()

@@ -6,9 +6,16 @@ tracemalloc never sees (docs/RELIABILITY.md): obstore's Tokio threads and
 librdkafka's threads each get a glibc malloc arena of their own, and memory
 freed there stays in the arena as its high-water mark. Two things bound it:
 fewer arenas (M_ARENA_MAX, as MALLOC_ARENA_MAX=2 does: 61-84 MiB less in the
-drain bench), set before those threads first allocate; and malloc_trim(0)
-when much is free and the process has grown, which hands the free pages of
-every arena back to the kernel.
+drain bench), set before those threads first allocate; and malloc_trim(0),
+which hands the free pages of every arena back to the kernel: at once when
+much is free after a burst, and on a slow timer when a little is (TrimPolicy).
+
+The slow rule is for a broker's steady load: the event loop's long-lived
+allocations (cached batches, range records) land between its short-lived
+ones (requests, responses), and the holes they leave below the heap's top
+grew the main arena's free memory by ~2 MiB a minute, which glibc never
+returns by itself (it only shrinks the top); malloc_trim gives those holes'
+whole pages back (docs/RELIABILITY.md, Soak).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import functools
 import logging
 import os
 import platform
+import time
+from dataclasses import dataclass
 
 log = logging.getLogger("shoal.memory")
 
@@ -28,6 +37,37 @@ M_ARENA_MAX = -8  # mallopt parameter, glibc's malloc.h
 ARENAS = 2
 TRIM_CHECK_S = 5.0
 TRIM_FREE_ABOVE = 32 * 1024 * 1024
+TRIM_SLOW_S = 60.0
+TRIM_SLOW_FREE_ABOVE = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TrimPolicy:
+    """When trim_loop calls malloc_trim, decided from numbers alone.
+
+    At once when malloc holds `free_above` bytes free and the process grew
+    as much since the last trim (after a burst or a drain); otherwise at
+    most once every `slow_s` when both reach `slow_free_above` (the slow
+    creep of fragmentation). Both ask for growth since the last trim:
+    malloc still counts the pages it gave back as free, so without it the
+    loop would redo the walk for nothing."""
+
+    free_above: int = TRIM_FREE_ABOVE
+    slow_free_above: int = TRIM_SLOW_FREE_ABOVE
+    slow_s: float = TRIM_SLOW_S
+
+    def due(self, free: int | None, grown: int, since_s: float) -> bool:
+        """`free`: bytes malloc holds free (None where unknown: growth alone
+        decides); `grown`: RSS gained since the last trim; `since_s`: seconds
+        since the last trim (or the start)."""
+        held = grown if free is None else free
+        if held >= self.free_above and grown >= self.free_above:
+            return True
+        return (
+            since_s >= self.slow_s
+            and held >= self.slow_free_above
+            and grown >= self.slow_free_above
+        )
 
 
 @functools.cache
@@ -122,24 +162,37 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-async def trim_loop(interval_s: float = TRIM_CHECK_S, free_above: int = TRIM_FREE_ABOVE) -> None:
-    """After a drain or a burst, hand the pages its buffers used back to the
-    kernel instead of keeping them as the process's high-water mark: every
-    interval, if malloc holds more than `free_above` bytes free and the
-    process grew by as much since the last trim, malloc_trim (off the event
-    loop: it walks every arena). Trimming again without growth would redo
-    the walk for pages already given back."""
+def timed_trim() -> tuple[float, int]:
+    """malloc_trim, then (its milliseconds, RSS after); blocking: run it in
+    a thread."""
+    start = time.perf_counter()
+    trim()
+    return (time.perf_counter() - start) * 1000, rss_bytes()
+
+
+async def trim_loop(interval_s: float = TRIM_CHECK_S, policy: TrimPolicy | None = None) -> None:
+    """Hand freed heap pages back to the kernel instead of keeping them as
+    the process's high-water mark: every interval, malloc_trim if `policy`
+    says so (off the event loop: it walks every arena)."""
     if _glibc() is None:
         return
+    policy = policy or TrimPolicy()
     floor = 0  # RSS right after the last trim
+    last = time.monotonic()
     while True:
         await asyncio.sleep(interval_s)
         free = free_in_heap()
         rss = await asyncio.to_thread(rss_bytes)
-        if (free is None or free >= free_above) and rss - floor >= free_above:
-            await asyncio.to_thread(trim)
-            floor = await asyncio.to_thread(rss_bytes)
-            log.debug("malloc_trim: RSS %d -> %d MiB", rss >> 20, floor >> 20)
+        if policy.due(free, rss - floor, time.monotonic() - last):
+            ms, floor = await asyncio.to_thread(timed_trim)
+            last = time.monotonic()
+            log.info(  # at most once a minute but for bursts: seldom
+                "malloc_trim: %.1f MiB free, RSS %.1f -> %.1f MiB in %.1f ms",
+                (free or 0) / 2**20,
+                rss / 2**20,
+                floor / 2**20,
+                ms,
+            )
 
 
 class TrimService:
@@ -151,7 +204,9 @@ class TrimService:
     def __init__(self, capped: bool, free_above: int) -> None:
         if capped:
             log.info("malloc arenas capped at %d (glibc M_ARENA_MAX)", ARENAS)
-        self._task = asyncio.create_task(trim_loop(free_above=free_above), name="malloc-trim")
+        self._task = asyncio.create_task(
+            trim_loop(policy=TrimPolicy(free_above=free_above)), name="malloc-trim"
+        )
 
     @classmethod
     async def start(

@@ -7,8 +7,13 @@ default) and each SIGUSR1 writes, into that directory, a tracemalloc
 snapshot (`<pid>-<n>.tracemalloc`, compared by traceback offline) and a JSON
 report (`<pid>-<n>.json`): RSS, the traced heap, malloc's own view, object
 counts by type, live asyncio tasks by coroutine, and the sizes of the
-broker's caches and per-client tables. Debugging only: tracing slows the
-broker by a good part and walking every object blocks the loop briefly.
+broker's caches and per-client tables. SHOAL_MEMDEBUG_FRAMES=0 leaves
+tracemalloc off (its own overhead is RSS too) and keeps the reports. Each
+SIGUSR2 calls malloc_trim(0) off the loop and writes `<pid>-trim-<n>.json`
+(RSS and malloc's view before and after, the call's milliseconds): whether
+the memory malloc keeps free goes back to the kernel when asked. Debugging
+only: tracing slows the broker by a good part and walking every object
+blocks the loop briefly.
 """
 
 from __future__ import annotations
@@ -43,29 +48,58 @@ def start_tracing() -> Path | None:
     if not where:
         return None
     frames = int(os.environ.get(ENV_FRAMES) or 8)
-    tracemalloc.start(frames)
+    if frames > 0:
+        tracemalloc.start(frames)
     path = Path(where)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def install(broker: Broker, where: Path) -> None:
-    """Write a report on each SIGUSR1."""
-    count = [0]
+    """Write a report on each SIGUSR1, trim and report on each SIGUSR2."""
+    count = [0, 0]  # reports, trims
+    trims: set[asyncio.Task[None]] = set()
 
     def dump() -> None:
         count[0] += 1
         stem = where / f"{os.getpid()}-{count[0]}"
         report = _report(broker)
-        tracemalloc.take_snapshot().dump(f"{stem}.tracemalloc")
+        if tracemalloc.is_tracing():
+            tracemalloc.take_snapshot().dump(f"{stem}.tracemalloc")
         native_memory.write_malloc_info(f"{stem}.malloc.xml")
         tmp = stem.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(report, indent=1))
         tmp.rename(stem.with_suffix(".json"))  # the probe waits for this name
         log.info("memory report %s written", stem.with_suffix(".json"))
 
-    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
+    def trim() -> None:
+        count[1] += 1
+        task = asyncio.create_task(_trim(where / f"{os.getpid()}-trim-{count[1]}"))
+        trims.add(task)  # kept until done: the loop holds tasks weakly
+        task.add_done_callback(trims.discard)
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, dump)
+    loop.add_signal_handler(signal.SIGUSR2, trim)
     log.warning("memory probe on: tracemalloc running, SIGUSR1 writes reports to %s", where)
+
+
+async def _trim(stem: Path) -> None:
+    """malloc_trim on request, with what it gave back."""
+    before = {"rss_kib": native_memory.rss_bytes() >> 10, "malloc": native_memory.mallinfo()}
+    native_memory.write_malloc_info(f"{stem}.before.malloc.xml")
+    start = time.perf_counter()
+    await asyncio.to_thread(native_memory.trim)
+    ms = (time.perf_counter() - start) * 1000
+    rss = native_memory.rss_bytes()
+    after = {"rss_kib": rss >> 10, "malloc": native_memory.mallinfo()}
+    out = {"time": time.time(), "trim_ms": round(ms, 2), "before": before, "after": after}
+    tmp = stem.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    tmp.rename(stem.with_suffix(".json"))
+    log.info(
+        "malloc_trim on request: RSS %d -> %d KiB in %.1f ms", before["rss_kib"], rss >> 10, ms
+    )
 
 
 def _maps() -> dict[str, int]:
