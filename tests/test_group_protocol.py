@@ -15,7 +15,7 @@ import os
 import struct
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from kio.index import load_request_schema, load_response_schema
 from kio.schema.errors import ErrorCode
 from kio.serial import entity_reader
 
-from harness import BrokerProcess
+from harness import BrokerProcess, eventually
 from shoal.group.coordinator import (
     GroupConfig,
     GroupCoordinator,
@@ -74,15 +74,6 @@ def join_req(
         protocols=protocols,
         require_known_member_id=known_id,
     )
-
-
-async def eventually(cond: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def result(fut: asyncio.Future[Any]) -> Any:
@@ -294,7 +285,7 @@ async def test_member_that_never_syncs_is_dropped(coordinator: GroupCoordinator)
     s = coordinator.sync("g14", leader.generation, leader.member_id, None, None, None, {})
     assert (await result(s)).error == ErrorCode.none
     group = coordinator.groups["g14"]
-    await eventually(lambda: silent.member_id not in group.members, "the silent member to go")
+    await eventually(lambda: silent.member_id not in group.members, "the silent member to go", WAIT)
     again = await result(coordinator.join(join_req("g14", leader.member_id, rebalance_ms=1000)))
     assert again.error == ErrorCode.none and again.generation == leader.generation + 1
     assert [m.member_id for m in again.members] == [leader.member_id]
