@@ -60,6 +60,9 @@ class Topic:
     topic_uuid: uuid.UUID
     overrides: dict[str, str]
     partitions: list[PartitionRecord] = field(default_factory=list)
+    #: the produce handler's typed configs of this topic (handlers/produce.py
+    #: `_policy`), kept with the topic so they go when it goes
+    produce_policy: Any = field(default=None, compare=False, repr=False)
 
 
 class GroupTopics:

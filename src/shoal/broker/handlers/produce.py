@@ -54,11 +54,10 @@ class _Checked:
 @dataclass(frozen=True, slots=True)
 class _Policy:
     """A topic's configs that every produce to it reads, typed once: looked
-    up key by key they cost as much as the batch's own checks. Valid while
-    the topic keeps the same overrides dict (altering configs replaces it;
-    broker defaults do not change while running)."""
+    up key by key they cost as much as the batch's own checks. Kept on the
+    topic, valid while it keeps the same overrides dict (altering configs
+    replaces it; broker configs are static while running)."""
 
-    topic: Topic
     overrides: dict[str, str]
     log_append: bool
     max_bytes: int
@@ -69,19 +68,14 @@ class _Policy:
     level: int | None  # compression.<codec>.level, if the codec has one
 
 
-_POLICIES: dict[int, _Policy] = {}  # by id(topic); the entry holds the topic
-_MAX_POLICIES = 1 << 17
-
-
 def _policy(broker: Broker, topic: Topic) -> _Policy:
-    p = _POLICIES.get(id(topic))
-    if p is not None and p.topic is topic and p.overrides is topic.overrides:
-        return p
+    p = topic.produce_policy
+    if p is not None and p.overrides is topic.overrides:
+        return p  # type: ignore[no-any-return]
     eff = broker.topics.effective
     codec = str(eff(topic, "compression.type"))
     level_key = f"compression.{codec}.level"
     p = _Policy(
-        topic,
         topic.overrides,
         eff(topic, "message.timestamp.type") == "LogAppendTime",
         broker.topics.max_message_bytes(topic),
@@ -91,9 +85,7 @@ def _policy(broker: Broker, topic: Topic) -> _Policy:
         codec,
         int(eff(topic, level_key)) if level_key in TOPIC_KEYS else None,
     )
-    if len(_POLICIES) >= _MAX_POLICIES:
-        _POLICIES.clear()  # deleted topics' entries go too
-    _POLICIES[id(topic)] = p
+    topic.produce_policy = p
     return p
 
 
