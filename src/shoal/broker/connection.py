@@ -299,7 +299,7 @@ class Connection:
         self._out = []
         self._out_bytes = 0
         if not self.stream.is_closing():
-            self.stream.write(out[0] if len(out) == 1 else b"".join(out))
+            self.stream.writelines(out)  # one writev, no join: a Fetch answer can be MBs
 
     async def _send_loop(self) -> None:
         loop = asyncio.get_running_loop()

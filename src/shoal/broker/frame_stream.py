@@ -168,6 +168,10 @@ class FrameStream(asyncio.BufferedProtocol):
         assert self.transport is not None
         self.transport.write(data)
 
+    def writelines(self, data: list[bytes]) -> None:
+        assert self.transport is not None
+        self.transport.writelines(data)
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
