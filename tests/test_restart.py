@@ -56,20 +56,25 @@ class Acks:
     def __init__(self) -> None:
         self.acked: dict[tuple[int, int], Stored] = {}
         self.failed = 0
+        self.twice: list[tuple[int, int]] = []  # offsets acknowledged for two records
 
     def callback(self, rec: Stored) -> Callable[[KafkaError | None, Message], None]:
         def cb(err: KafkaError | None, msg: Message) -> None:
             if err is None:
-                self.acked[(msg.partition(), msg.offset())] = rec
+                at = (msg.partition(), msg.offset())
+                if at in self.acked:
+                    self.twice.append(at)
+                self.acked[at] = rec
             else:
                 self.failed += 1
 
         return cb
 
 
-def new_producer(bootstrap: str, codec: str) -> Producer:
+def new_producer(bootstrap: str, codec: str, **extra: Any) -> Producer:
     # message.max.bytes is librdkafka's client-side cap; records here stay far below 1 MiB.
-    return Producer({"bootstrap.servers": bootstrap, "compression.type": codec, "acks": "all"})
+    conf = {"bootstrap.servers": bootstrap, "compression.type": codec, "acks": "all"}
+    return Producer({**conf, **extra})
 
 
 def produce(producer: Producer, topic: str, seqs: range, acks: Acks, flush: bool = True) -> None:
@@ -177,12 +182,17 @@ def test_kill_keeps_acknowledged(fresh_broker: BrokerProcess, topic_name: str) -
     produce_in_phases(fresh_broker.bootstrap, topic_name, 150, acks)
     assert len(acks.acked) == 150
     # More records in flight, then the crash: some may be acknowledged, some not.
-    producer = new_producer(fresh_broker.bootstrap, "lz4")
+    # purge() can miss messages librdkafka is moving back to a partition's
+    # queue after the disconnect, at the moment it runs (seen once in CI under
+    # load: 16 messages neither acknowledged nor failed after flush); the
+    # message timeout fails those too, well within the flush.
+    producer = new_producer(fresh_broker.bootstrap, "lz4", **{"message.timeout.ms": 8000})
     produce(producer, topic_name, range(150, 300), acks, flush=False)
     producer.poll(0.05)
     fresh_broker.kill()
     producer.purge()
-    producer.flush(TIMEOUT)  # serves the remaining callbacks; purged ones count as failed
+    assert producer.flush(TIMEOUT) == 0  # every callback served; purged ones count as failed
+    assert acks.twice == [], "one offset acknowledged for two records"
     acked = dict(acks.acked)
     assert len(acked) + acks.failed == 300
 
