@@ -218,6 +218,14 @@ SECURITY_KEYS = [
         "TLS 1.2 cipher suites, OpenSSL names, comma-separated (empty: OpenSSL's defaults)",
     ),
     Key(
+        "ssl.engine",
+        str,
+        "threaded",
+        "where TLS records are encrypted and decrypted: threaded (a pool of worker threads, "
+        "off the event loop's core) or loop (uvloop's TLS, on the event loop)",
+        one_of("threaded", "loop"),
+    ),
+    Key(
         "ssl.principal.mapping.rules",
         str,
         "DEFAULT",
