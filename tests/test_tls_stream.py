@@ -311,7 +311,7 @@ def test_the_client_certificate_maps_to_its_principal(certs: Certs) -> None:
 
 
 def test_ssl_engine_takes_threaded_or_loop_only() -> None:
-    assert load_config(None, {}, {"ssl.engine": "loop"})["ssl.engine"] == "loop"
-    assert load_config(None, {}, None)["ssl.engine"] == "threaded"
+    assert load_config(None, {}, {"ssl.engine": "threaded"})["ssl.engine"] == "threaded"
+    assert load_config(None, {}, None)["ssl.engine"] == "loop"
     with pytest.raises(ConfigError, match=r"ssl\.engine: 'fast' .* must be one of threaded, loop"):
         load_config(None, {}, {"ssl.engine": "fast"})

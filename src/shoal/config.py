@@ -220,9 +220,10 @@ SECURITY_KEYS = [
     Key(
         "ssl.engine",
         str,
-        "threaded",
-        "where TLS records are encrypted and decrypted: threaded (a pool of worker threads, "
-        "off the event loop's core) or loop (uvloop's TLS, on the event loop)",
+        "loop",
+        "where TLS records are encrypted and decrypted: loop (uvloop's TLS, on the event "
+        "loop) or threaded (a pool of worker threads; costs more CPU than it takes off the "
+        "event loop on librdkafka's small TLS records, see docs/SECURITY.md)",
         one_of("threaded", "loop"),
     ),
     Key(

@@ -197,7 +197,7 @@ class KafkaListener:
         host: str,
         port: int,
         ssl_context: ssl.SSLContext | None = None,
-        ssl_engine: str = "threaded",
+        ssl_engine: str = "loop",
     ) -> None:
         """Listen. TLS runs in the worker pool (`ssl_engine="threaded"`,
         tls_stream.py) or on the event loop in uvloop's TLS ("loop")."""
