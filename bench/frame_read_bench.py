@@ -3,16 +3,15 @@
 and TlsStream (TLS decrypted in worker threads, `ssl.engine=threaded`).
 
     .venv/bin/python bench/frame_read_bench.py [--frames 2000] [--size 300000] [--rounds 2]
-        [--kinds streams,FrameStream,TlsStream]
+        [--kinds streams,FrameStream,TlsStream] [--record-size 16384]
 
-A client process writes `frames` size-prefixed frames of `size` bytes (TLS
-records of 16 KiB, Python's ssl); the server reads each as the broker does
-(frames over 64 KiB in 64 KiB chunks, joined) and nothing else. Reported: MB/s
-and the server's CPU seconds per GB (process_time: its event loop only; the
-client is another process). The client is Python, so MB/s under TLS is the
-client's; CPU per GB is the server's own: process_time counts every thread,
-so for TlsStream it is the event loop and the workers together; the event
-loop's own share is reported apart (thread_time of the loop's thread).
+A client process writes `frames` size-prefixed frames of `size` bytes, in TLS
+records of `--record-size` bytes (Python's ssl); the server reads each as the
+broker does (frames over 64 KiB in 64 KiB chunks, joined) and nothing else.
+Reported: MB/s and the server's CPU seconds per GB (process_time: every
+thread of the server, not the client, another process), and the event loop
+thread's own share (thread_time): for TlsStream the rest is its workers. The
+client is Python, so MB/s under TLS is the client's.
 """
 
 from __future__ import annotations
@@ -40,13 +39,15 @@ CHUNK = 64 * 1024
 CLIENT = """
 import socket, ssl, struct, sys
 port, tls, ca = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3]
-size, n = int(sys.argv[4]), int(sys.argv[5])
+size, n, rec = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 s = socket.create_connection(("127.0.0.1", port))
 if tls:
     s = ssl.create_default_context(cafile=ca).wrap_socket(s, server_hostname="127.0.0.1")
 msg = struct.pack(">i", size) + b"a" * size
+view = memoryview(msg)
 for _ in range(n):
-    s.sendall(msg)
+    for i in range(0, len(msg), rec):  # one TLS record per piece
+        s.sendall(view[i : i + rec])
 s.recv(1)
 """
 
@@ -76,7 +77,9 @@ async def read_frame_stream(st: FrameStream | TlsStream, n: int) -> None:
         b"".join(parts)
 
 
-async def one(kind: str, ctx: ssl.SSLContext | None, ca: Path, size: int, n: int) -> str:
+async def one(
+    kind: str, ctx: ssl.SSLContext | None, ca: Path, size: int, n: int, record: int
+) -> str:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
 
@@ -102,7 +105,7 @@ async def one(kind: str, ctx: ssl.SSLContext | None, ca: Path, size: int, n: int
             lambda: FrameStream(on_frame_stream), "127.0.0.1", 0, ssl=ctx
         )
     port = server.sockets[0].getsockname()[1]
-    args = [str(port), "1" if ctx else "0", str(ca), str(size), str(n)]
+    args = [str(port), "1" if ctx else "0", str(ca), str(size), str(n), str(record)]
     client = await asyncio.create_subprocess_exec(sys.executable, "-c", CLIENT, *args)
     t0, c0, l0 = time.perf_counter(), time.process_time(), time.thread_time()
     await done
@@ -123,6 +126,13 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=300_000)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--kinds", default="streams,FrameStream,TlsStream")
+    ap.add_argument(
+        "--record-size",
+        type=int,
+        default=16384,
+        help="the client writes in pieces of this size: one TLS record each (librdkafka's "
+        "produce records average about 2 KiB)",
+    )
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         certs = make_certs(Path(tmp) / "certs")
@@ -133,7 +143,7 @@ def main() -> None:
                 for name, c in (("plain", None), ("TLS", ctx)):
                     if kind == "TlsStream" and c is None:
                         continue  # plain sockets are FrameStream's
-                    res = uvloop.run(one(kind, c, certs.ca_file, a.size, a.frames))
+                    res = uvloop.run(one(kind, c, certs.ca_file, a.size, a.frames, a.record_size))
                     print(
                         f"round {r + 1}: {kind:<11} {name:<5} {res}, load {os.getloadavg()[0]:.1f}",
                         flush=True,
