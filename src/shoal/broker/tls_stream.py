@@ -167,7 +167,7 @@ class TlsStream(asyncio.Protocol):
         self._timer = self._loop.call_later(self._handshake_timeout, self._handshake_expired)
 
     def data_received(self, data: bytes) -> None:
-        if self._dead or self._peer_closed:
+        if self._dead or self._peer_closed or self._close_sent:
             return
         with self._mu:
             self._inbox.append(data)
@@ -314,7 +314,7 @@ class TlsStream(asyncio.Protocol):
 
     def _kick(self) -> None:
         """Queue a job if there is work and none is queued or running."""
-        if self._running or self._hold or self._dead or (self._closed and not self._connected):
+        if self._running or self._hold or self._dead:
             return
         if not (
             self._inbox
@@ -339,14 +339,14 @@ class TlsStream(asyncio.Protocol):
         self._out_pending -= done.encrypted
         self._stalled = done.stalled
         assert self.transport is not None
-        if done.cipher and not self._closed:
+        if done.cipher and not self.transport.is_closing():
             self.transport.write(done.cipher)
         if done.error is not None:
             self._fail(done.error)
             return
         if done.peer_closed:
             self._peer_closed = True
-        if done.handshake_done:
+        if done.handshake_done:  # even if the peer is gone: it reads what came
             self._connected = True
             if self._timer is not None:
                 self._timer.cancel()
