@@ -27,6 +27,12 @@ connection with one log line naming the peer and the reason.
 
 Interface: the one Connection uses on FrameStream, so the two are
 interchangeable per listener (`ssl.engine`).
+
+Measured (docs/BENCHMARKS.md "TLS off the event loop"): with nothing else on
+the event loop this halves the loop's TLS read cost, but in a busy broker it
+costs more than it saves: a worker needs the GIL back after every record
+(librdkafka's are ~2 KiB) while the loop holds it, and each socket read is a
+job. Hence `ssl.engine=loop` by default; this engine is the A/B alternative.
 """
 
 from __future__ import annotations
