@@ -5,6 +5,7 @@ a reconnect storm of 1,000 sites over SASL_SSL with SCRAM-SHA-512.
         [--concurrency 100] [--duration 10] [--json FILE]
         [--rdkafka-performance PATH [--rdkafka-count 500000]] [--pin]
         [--storm-only] [--no-verify] [--key ec|rsa|both] [--generator c|python]
+        [--ssl-engines loop,threaded]
 
 Starts one broker (PLAINTEXT, SSL and SASL_SSL listeners, certificates from
 trustme: ECDSA P-256 keys, or RSA 2048 with --key rsa; --key both starts one
@@ -23,6 +24,13 @@ then for each round:
    with `cc` at run time: threads with blocking sockets, the same request
    bytes) unless `--generator python` or it does not build: then one asyncio
    process, `_site` below, which costs more CPU per login than the broker.
+
+`--ssl-engines loop,threaded` starts one broker per `ssl.engine` (same
+certificate type) and runs the rdkafka_performance produce pair (plaintext,
+then SSL) against each in every round, alternating which goes first, for an
+A/B in the same minutes (the storm runs against each too); each broker's CPU
+per GB is reported whole and for its event loop's thread alone (the threaded
+engine's workers are the rest).
 
 Each site's salted password is computed before the storm, from the salt the
 store holds (a real site computes its own, on its own device): otherwise one
@@ -274,9 +282,11 @@ def rdkafka_performance(
     return float(last[-1].rsplit(" MB/s", 1)[0].rsplit(" ", 1)[1])
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU time of a process, or of one of its threads (Linux
+    /proc; a process's first thread, its event loop, has the process's id)."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -347,6 +357,12 @@ def main() -> None:
     ap.add_argument("--rdkafka-count", type=int, default=500_000, help="records per run")
     ap.add_argument("--storm-only", action="store_true", help="skip the throughput runs")
     ap.add_argument(
+        "--ssl-engines",
+        default="loop",
+        help="ssl.engine of the broker(s), comma-separated: with two (loop,threaded) one "
+        "broker each, the rdkafka_performance pair against each in every round",
+    )
+    ap.add_argument(
         "--key",
         choices=("ec", "rsa", "both"),
         default="ec",
@@ -374,6 +390,9 @@ def main() -> None:
     )
     a = ap.parse_args()
     key_types = ["ec", "rsa"] if a.key == "both" else [a.key]
+    engines = [e.strip() for e in a.ssl_engines.split(",") if e.strip()]
+    if not engines or any(e not in ("loop", "threaded") for e in engines):
+        raise SystemExit(f"--ssl-engines: {a.ssl_engines!r}: loop, threaded or both")
 
     with tempfile.TemporaryDirectory(prefix="security-bench-") as tmp:
         t0 = time.monotonic()
@@ -388,6 +407,7 @@ def main() -> None:
         salted, creds = make_sites([f"plant-{i}" for i in range(a.sites)])
         sites_file = write_sites(Path(tmp) / "sites.txt", salted)
         brokers: dict[str, tuple[SecureBroker, Certs]] = {}
+        by_engine: dict[str, SecureBroker] = {}
         try:
             for kt in key_types:
                 certs = make_certs(Path(tmp) / f"certs-{kt}", kt)
@@ -396,6 +416,7 @@ def main() -> None:
                     "ssl.truststore.location": str(certs.ca_file),
                     "sasl.enabled.mechanisms": MECH,
                     "max.connections.per.ip": 100_000,
+                    "ssl.engine": engines[0],
                 }
                 broker = SecureBroker(
                     Path(tmp) / f"data-{kt}", keys, ("PLAINTEXT", "SSL", "SASL_SSL")
@@ -403,15 +424,28 @@ def main() -> None:
                 brokers[kt] = (broker, certs)
                 broker.start()
                 store_sites(broker.metadata_url, creds)
+                if kt == key_types[0]:
+                    by_engine[engines[0]] = broker
+                    for engine in engines[1:]:
+                        other = SecureBroker(
+                            Path(tmp) / f"data-{kt}-{engine}",
+                            {**keys, "ssl.engine": engine},
+                            ("PLAINTEXT", "SSL", "SASL_SSL"),
+                        )
+                        by_engine[engine] = other
+                        brokers[f"{kt}-{engine}"] = (other, certs)  # stormed too
+                        other.start()
+                        store_sites(other.metadata_url, creds)
             print(
                 f"{a.sites} SCRAM-SHA-512 users stored in {time.monotonic() - t0:.1f} s "
                 f"({', '.join(key_types)} certificates)",
                 flush=True,
             )
-            res = _rounds(a, brokers, salted, generator, sites_file)
+            res = _rounds(a, brokers, by_engine, salted, generator, sites_file)
         finally:
             for broker, _ in brokers.values():
                 broker.stop()
+
     out = {k: _summary(v) for k, v in res.items() if v}
     if not a.storm_only:
         out["produce_ratio_median"] = {
@@ -421,9 +455,12 @@ def main() -> None:
             "value": out["consume_ssl"]["median"] / out["consume_plain"]["median"]
         }
     if a.rdkafka_performance:
-        out["rdk_produce_ratio_median"] = {
-            "value": out["rdk_produce_ssl"]["median"] / out["rdk_produce_plain"]["median"]
-        }
+        for engine in engines:
+            sfx = "" if len(engines) == 1 else f"_{engine}"
+            out[f"rdk_produce_ratio_median{sfx}"] = {
+                "value": out[f"rdk_produce_ssl{sfx}"]["median"]
+                / out[f"rdk_produce_plain{sfx}"]["median"]
+            }
     rounds = {k: v for k, v in res.items() if v}
     text = json.dumps({"generator": a.generator, "rounds": rounds, "summary": out}, indent=2)
     print(text)
@@ -431,9 +468,42 @@ def main() -> None:
         Path(a.json).write_text(text)
 
 
+def _rdkafka_pair(
+    a: argparse.Namespace,
+    broker: SecureBroker,
+    engine: str,
+    tls: list[str],
+    r: int,
+    res: dict[str, list[float]],
+) -> None:
+    """rdkafka_performance over PLAINTEXT then SSL against one broker: MB/s,
+    the broker's CPU per GB and its event loop thread's."""
+    assert broker.proc is not None
+    pid = broker.proc.pid
+    sfx = f"_{engine}" if engine else ""
+    for name, listener, extra in (("plain", "PLAINTEXT", []), ("ssl", "SSL", tls)):
+        topic = f"sec-rdk-{name}-{r}-{os.urandom(2).hex()}"
+        cpu0, loop0 = _cpu_seconds(pid), _cpu_seconds(pid, pid)
+        mbs = rdkafka_performance(
+            a.rdkafka_performance, broker.address(listener), topic, a.rdkafka_count, extra
+        )
+        gb = a.rdkafka_count * 1024 / 1e9
+        cpu, loop_cpu = (_cpu_seconds(pid) - cpu0) / gb, (_cpu_seconds(pid, pid) - loop0) / gb
+        res[f"rdk_produce_{name}{sfx}"].append(mbs)
+        res[f"rdk_produce_{name}{sfx}_broker_cpu_s_per_gb"].append(cpu)
+        res[f"rdk_produce_{name}{sfx}_loop_thread_cpu_s_per_gb"].append(loop_cpu)
+        print(
+            f"round {r + 1}: rdkafka_performance {name}{' ' + engine if engine else ''}: "
+            f"{mbs:.1f} MB/s, broker {cpu:.2f} CPU s/GB (event loop thread {loop_cpu:.2f}), "
+            f"load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+
+
 def _rounds(
     a: argparse.Namespace,
     brokers: dict[str, tuple[SecureBroker, Certs]],
+    by_engine: dict[str, SecureBroker],
     salted: dict[str, bytes],
     generator: Path | None,
     sites_file: Path,
@@ -445,10 +515,14 @@ def _rounds(
     res: dict[str, list[float]] = {
         k: [] for k in ("produce_plain", "produce_ssl", "consume_plain", "consume_ssl")
     }
+    engines = list(by_engine)
     if a.rdkafka_performance:
-        for k in ("rdk_produce_plain", "rdk_produce_ssl"):
-            res[k] = []
-            res[k + "_broker_cpu_s_per_gb"] = []
+        for engine in engines:
+            sfx = "" if len(engines) == 1 else f"_{engine}"
+            for k in ("rdk_produce_plain", "rdk_produce_ssl"):
+                res[k + sfx] = []
+                res[k + sfx + "_broker_cpu_s_per_gb"] = []
+                res[k + sfx + "_loop_thread_cpu_s_per_gb"] = []
     for kt in brokers:
         for k in ("storm_per_s", "storm_broker_cpu_ms_per_login", "storm_client_cpu_ms_per_login"):
             res[f"{k}_{kt}"] = []
@@ -463,25 +537,9 @@ def _rounds(
             res[f"produce_{name}"].append(shoal_bench("produce", boot, produce, extra))
             consume = ["--topic", topic, "--duration", "60"]
             res[f"consume_{name}"].append(shoal_bench("consume", boot, consume, extra))
-        assert broker.proc is not None
-        for name, listener, extra in (("plain", "PLAINTEXT", []), ("ssl", "SSL", tls)):
-            if not a.rdkafka_performance:
-                break
-            topic = f"sec-rdk-{name}-{r}-{os.urandom(2).hex()}"
-            cpu0 = _cpu_seconds(broker.proc.pid)
-            mbs = rdkafka_performance(
-                a.rdkafka_performance, broker.address(listener), topic, a.rdkafka_count, extra
-            )
-            gb = a.rdkafka_count * 1024 / 1e9
-            res[f"rdk_produce_{name}"].append(mbs)
-            res[f"rdk_produce_{name}_broker_cpu_s_per_gb"].append(
-                (_cpu_seconds(broker.proc.pid) - cpu0) / gb
-            )
-            print(
-                f"round {r + 1}: rdkafka_performance {name}: {mbs:.1f} MB/s, broker "
-                f"{res[f'rdk_produce_{name}_broker_cpu_s_per_gb'][-1]:.2f} CPU s/GB",
-                flush=True,
-            )
+        order = engines if r % 2 == 0 else engines[::-1]
+        for engine in order if a.rdkafka_performance else []:
+            _rdkafka_pair(a, by_engine[engine], engine if len(engines) > 1 else "", tls, r, res)
         if not a.storm_only:
             print(
                 f"round {r + 1}: produce {res['produce_plain'][-1]:.1f} / "

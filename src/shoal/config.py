@@ -218,6 +218,15 @@ SECURITY_KEYS = [
         "TLS 1.2 cipher suites, OpenSSL names, comma-separated (empty: OpenSSL's defaults)",
     ),
     Key(
+        "ssl.engine",
+        str,
+        "loop",
+        "where TLS records are encrypted and decrypted: loop (uvloop's TLS, on the event "
+        "loop) or threaded (a pool of worker threads; costs more CPU than it takes off the "
+        "event loop on librdkafka's small TLS records, see docs/SECURITY.md)",
+        one_of("threaded", "loop"),
+    ),
+    Key(
         "ssl.principal.mapping.rules",
         str,
         "DEFAULT",

@@ -46,6 +46,7 @@ from shoal.security.quotas import delays_response, request_throttle, response_th
 if TYPE_CHECKING:
     from shoal.broker.frame_stream import FrameStream
     from shoal.broker.listener import ListenerLimits, RequestBudget
+    from shoal.broker.tls_stream import TlsStream
 
 log = logging.getLogger("shoal.connection")
 
@@ -59,7 +60,7 @@ class Connection:
         self,
         broker: Broker,
         handlers: dict[int, Handler],
-        stream: FrameStream,
+        stream: FrameStream | TlsStream,
         *,
         limits: ListenerLimits,
         budget: RequestBudget,

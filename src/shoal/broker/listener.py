@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shoal.broker.frame_stream import FrameStream
+from shoal.broker.tls_stream import TlsStream
 from shoal.config import BrokerConfig, parse_ip_overrides
 from shoal.logs import sweep_summaries
 
@@ -191,21 +192,38 @@ class KafkaListener:
         self.server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
+    async def start(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+        ssl_engine: str = "loop",
+    ) -> None:
+        """Listen. TLS runs in the worker pool (`ssl_engine="threaded"`,
+        tls_stream.py) or on the event loop in uvloop's TLS ("loop")."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            lambda: FrameStream(self._on_connect),
-            host,
-            port,
-            backlog=1024,
-            reuse_address=True,
-            ssl=ssl_context,
-            # A client that opens a TLS port and sends nothing would hold a
-            # socket for asyncio's default 60 s, unseen by the idle sweeper.
-            ssl_handshake_timeout=(
-                min(self.limits.idle_ms / 1000, HANDSHAKE_TIMEOUT_S) if ssl_context else None
-            ),
-        )
+        # A client that opens a TLS port and sends nothing would hold a
+        # socket for asyncio's default 60 s, unseen by the idle sweeper.
+        handshake_s = min(self.limits.idle_ms / 1000, HANDSHAKE_TIMEOUT_S)
+        factory: Callable[[], asyncio.BaseProtocol]
+        if ssl_context is not None and ssl_engine == "threaded":
+            context = ssl_context
+            factory = lambda: TlsStream(  # noqa: E731
+                self._on_connect, context, handshake_timeout=handshake_s, listener=self.name
+            )
+            self.server = await loop.create_server(
+                factory, host, port, backlog=1024, reuse_address=True
+            )
+        else:
+            self.server = await loop.create_server(
+                lambda: FrameStream(self._on_connect),
+                host,
+                port,
+                backlog=1024,
+                reuse_address=True,
+                ssl=ssl_context,
+                ssl_handshake_timeout=handshake_s if ssl_context else None,
+            )
         self._sweeper = asyncio.create_task(self._sweep_idle(), name=f"idle-sweeper-{self.name}")
 
     @property
@@ -213,7 +231,7 @@ class KafkaListener:
         assert self.server is not None
         return int(self.server.sockets[0].getsockname()[1])
 
-    async def _on_connect(self, stream: FrameStream) -> None:
+    async def _on_connect(self, stream: FrameStream | TlsStream) -> None:
         from shoal.broker.connection import Connection
 
         peer = stream.get_extra_info("peername")

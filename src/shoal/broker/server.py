@@ -44,7 +44,12 @@ async def start_listeners(broker: Broker, handlers: dict[int, Handler]) -> list[
                 on_connection=functools.partial(security.on_connection, lst),
             )
             try:
-                await server.start(lst.host, lst.port, security.ssl_context(lst))
+                await server.start(
+                    lst.host,
+                    lst.port,
+                    security.ssl_context(lst),
+                    str(broker.config["ssl.engine"]),
+                )
             except OSError as exc:  # named by listener for the one-line error
                 raise OSError(exc.errno, exc.strerror, str(lst)) from None
             servers.append(server)

@@ -21,6 +21,7 @@ import logging
 import os
 import ssl
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -227,8 +228,15 @@ class TlsContexts:
         self.server_context = settings.build()
         self.server_context.sni_callback = self._switch
         self._current = self.server_context
+        # TLS handshakes run in worker threads (tls_stream.py): one checks
+        # and reloads at a time.
+        self._lock = threading.Lock()
 
     def current(self) -> ssl.SSLContext:
+        with self._lock:
+            return self._check()
+
+    def _check(self) -> ssl.SSLContext:
         now = time.monotonic()
         if (now - self._checked) * 1000 < self.settings.reload_interval_ms:
             return self._current
