@@ -5,6 +5,7 @@ goes on serving everybody else."""
 from __future__ import annotations
 
 import datetime
+import json
 import random
 import socket
 import ssl
@@ -41,7 +42,8 @@ DELAY_S = 0.3  # connection.failed.authentication.delay.ms of the fixture
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SecureBroker, Certs, Jwks]]:
-    broker, certs, jwks = secure_broker(tmp_path_factory.mktemp("bad"))
+    tmp = tmp_path_factory.mktemp("bad")
+    broker, certs, jwks = secure_broker(tmp, **{"audit.log.path": str(tmp / "audit.log")})
     yield broker, certs, jwks
     broker.stop()
 
@@ -224,14 +226,38 @@ def test_plaintext_sent_to_a_tls_port(env: Any) -> None:
     broker = env[0]
     for listener in ("SSL", "SASL_SSL"):
         with RawClient(broker.address(listener)) as c:
+            port = c.sock.getsockname()[1]
             c.send_raw(
                 request_frame(
                     18, 3, ApiVersionsRequest(client_software_name="t", client_software_version="1")
                 )
             )
             assert c.is_closed()
+            # a failed authentication, with the client's address, logged and audited
+            wait_for_log(broker, f"TLS handshake from 127.0.0.1:{port} on {listener}")
+            assert tls_failures(broker, port)[0]["listener"] == listener
     assert "Traceback" not in broker.log()
     assert_serving(broker)
+
+
+def tls_failures(broker: SecureBroker, port: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The audit's failed SSL authentications from the client port `port`."""
+    path = broker.data_dir.parent / "audit.log"
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        found = [
+            line
+            for line in map(json.loads, lines)
+            if line["event"] == "authentication"
+            and line["mechanism"] == "SSL"
+            and line["success"] is False
+            and line["client_address"].endswith(f":{port}")
+        ]
+        if found or time.monotonic() > deadline:
+            assert found, f"no failed SSL authentication from port {port} in {lines[-5:]}"
+            return found
+        time.sleep(0.05)
 
 
 def test_expired_and_untrusted_client_certificates(env: Any) -> None:
@@ -249,14 +275,25 @@ def test_expired_and_untrusted_client_certificates(env: Any) -> None:
     stranger = trustme.CA().issue_cert(
         "x.client", common_name="intruder", organization_unit_name="sites"
     )
-    for leaf in (expired, stranger):
+    for leaf, reason in ((expired, "certificate has expired"), (stranger, "unable to get")):
         ctx = client_ssl_context(certs)
         leaf.configure_cert(ctx)
+        raw = socket.create_connection(("127.0.0.1", broker.ports["SSL"]), timeout=10)
+        port = raw.getsockname()[1]
         with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
-            with TlsRawClient(broker.address("SSL"), ctx) as c:
-                c.call(
-                    18, 3, ApiVersionsRequest(client_software_name="t", client_software_version="1")
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                tls.sendall(
+                    request_frame(
+                        18,
+                        3,
+                        ApiVersionsRequest(client_software_name="t", client_software_version="1"),
+                    )
                 )
+                if not tls.recv(4):
+                    raise ConnectionError("closed by the broker")
+        # refused in the handshake: a failed authentication, logged and audited
+        wait_for_log(broker, f"TLS handshake from 127.0.0.1:{port} on SSL")
+        assert reason in tls_failures(broker, port)[0]["error"]
     assert "User:old" not in broker.log() and "User:intruder" not in broker.log()
     assert_serving(broker)
 

@@ -61,6 +61,8 @@ class FrameStream(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        if self._read_paused:  # filled before it was handed over (tls_accept.py)
+            self.transport.pause_reading()
         self.task = asyncio.get_running_loop().create_task(self._on_connect(self))
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -229,9 +231,10 @@ class FrameStream(asyncio.BufferedProtocol):
             self._waiter.set_result(None)
 
     def _pause(self) -> None:
-        if not self._read_paused and not self._closed and self.transport is not None:
+        if not self._read_paused and not self._closed:
             self._read_paused = True
-            self.transport.pause_reading()
+            if self.transport is not None:
+                self.transport.pause_reading()
 
     def _resume(self) -> None:
         if self._read_paused and not self._closed and self.transport is not None:

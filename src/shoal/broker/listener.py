@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shoal.broker.frame_stream import FrameStream
+from shoal.broker.tls_accept import OnFailure, TlsAccept
 from shoal.broker.tls_stream import TlsStream
 from shoal.config import BrokerConfig, parse_ip_overrides
 from shoal.logs import sweep_summaries
@@ -180,6 +181,7 @@ class KafkaListener:
         limiter: ConnectionLimiter,
         name: str = "PLAINTEXT",
         on_connection: Callable[[Connection], None] | None = None,
+        on_tls_failure: OnFailure | None = None,
     ) -> None:
         self.broker = broker
         self.handlers = handlers
@@ -188,6 +190,7 @@ class KafkaListener:
         self.limiter = limiter
         self.name = name
         self.on_connection = on_connection
+        self.on_tls_failure = on_tls_failure or self._tls_failed
         self.connections: dict[Connection, asyncio.Task[None]] = {}
         self.server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -209,10 +212,27 @@ class KafkaListener:
         if ssl_context is not None and ssl_engine == "threaded":
             context = ssl_context
             factory = lambda: TlsStream(  # noqa: E731
-                self._on_connect, context, handshake_timeout=handshake_s, listener=self.name
+                self._on_connect,
+                context,
+                handshake_timeout=handshake_s,
+                listener=self.name,
+                on_failure=self.on_tls_failure,
             )
             self.server = await loop.create_server(
                 factory, host, port, backlog=1024, reuse_address=True
+            )
+        elif ssl_context is not None:
+            # The handshake through TlsAccept, not create_server(ssl=...),
+            # which drops a failed one without a log line.
+            tls_context = ssl_context
+            self.server = await loop.create_server(
+                lambda: TlsAccept(
+                    self._on_connect, tls_context, handshake_s, self.on_tls_failure, self.name
+                ),
+                host,
+                port,
+                backlog=1024,
+                reuse_address=True,
             )
         else:
             self.server = await loop.create_server(
@@ -221,8 +241,6 @@ class KafkaListener:
                 port,
                 backlog=1024,
                 reuse_address=True,
-                ssl=ssl_context,
-                ssl_handshake_timeout=handshake_s if ssl_context else None,
             )
         self._sweeper = asyncio.create_task(self._sweep_idle(), name=f"idle-sweeper-{self.name}")
 
@@ -230,6 +248,9 @@ class KafkaListener:
     def port(self) -> int:
         assert self.server is not None
         return int(self.server.sockets[0].getsockname()[1])
+
+    def _tls_failed(self, peer: str, reason: str) -> None:
+        log.info("TLS handshake from %s on %s failed: %s", peer, self.name, reason)
 
     async def _on_connect(self, stream: FrameStream | TlsStream) -> None:
         from shoal.broker.connection import Connection

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from shoal.config import BrokerConfig
@@ -51,6 +51,17 @@ class Security:
             return None
         assert self.tls is not None
         return self.tls.server_context
+
+    def tls_failed(self, listener: Listener, peer: str, reason: str) -> None:
+        """A TLS handshake refused (an expired or untrusted certificate, plain
+        text on a TLS port): a failed authentication, logged and audited as
+        Kafka's authenticator logs "SSL handshake failed"."""
+        log.info(
+            "authentication failed: TLS handshake from %s on %s: %s", peer, listener.name, reason
+        )
+        if self.audit is not None:
+            who = _Peer("User:ANONYMOUS", peer, None, listener.name)
+            self.audit.authentication(who, "SSL", False, reason)
 
     def on_connection(self, listener: Listener, conn: Connection) -> None:
         """Label the connection with its listener; give it its principal (a
@@ -97,3 +108,13 @@ class Security:
         conn.client = replace(
             conn.client, principal=principal, listener=listener.name, session=session
         )
+
+
+@dataclass(frozen=True)
+class _Peer:
+    """Who an audit line names before there is a connection (audit.Who)."""
+
+    principal: str
+    peer: str
+    client_id: str | None
+    listener: str

@@ -42,6 +42,7 @@ async def start_listeners(broker: Broker, handlers: dict[int, Handler]) -> list[
                 limiter=limiter,
                 name=lst.name,
                 on_connection=functools.partial(security.on_connection, lst),
+                on_tls_failure=functools.partial(security.tls_failed, lst),
             )
             try:
                 await server.start(

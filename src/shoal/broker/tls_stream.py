@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from shoal.broker.frame_stream import DIRECT, STAGING, STAGING_FIRST
+from shoal.broker.tls_accept import OnFailure, handshake_failure
 
 log = logging.getLogger("shoal.tls")
 
@@ -116,8 +117,10 @@ class TlsStream(asyncio.Protocol):
         handshake_timeout: float,
         listener: str = "",
         staging: int = STAGING,
+        on_failure: OnFailure | None = None,
     ) -> None:
         self._on_connect = on_connect
+        self._on_failure = on_failure
         self._context = context
         self._handshake_timeout = handshake_timeout
         self._listener = listener
@@ -380,14 +383,12 @@ class TlsStream(asyncio.Protocol):
     def _fail(self, exc: BaseException) -> None:
         """A TLS error: one line naming the peer and the reason; the alert
         OpenSSL wrote (if any) goes out, then the socket closes."""
-        if isinstance(exc, ssl.SSLError):
-            reason = exc.reason or exc.strerror or str(exc)
-            if isinstance(exc, ssl.SSLCertVerificationError):
-                reason = f"client certificate refused: {exc.verify_message}"
+        reason = handshake_failure(exc)
+        if not self._connected and self._on_failure is not None and isinstance(exc, ssl.SSLError):
+            self._on_failure(self._peer, reason)  # logs (and audits) it
         else:
-            reason = f"{type(exc).__name__}: {exc}"
-        stage = "TLS connection" if self._connected else "TLS handshake"
-        log.info("closing %s from %s on %s: %s", stage, self._peer, self._listener, reason)
+            stage = "TLS connection" if self._connected else "TLS handshake"
+            log.info("closing %s from %s on %s: %s", stage, self._peer, self._listener, reason)
         self._dead = True
         self._close_wanted = True
         if self._lost is None:
