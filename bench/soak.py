@@ -75,6 +75,26 @@ def proc_stats(pid: int) -> tuple[int, int] | None:
         return None
 
 
+def backends_anon(postmaster: int) -> dict[str, float]:
+    """PostgreSQL's backends (the postmaster's children): how many, and their
+    private memory summed (RssAnon: their RSS also counts the shared buffers
+    each touched). The postmaster's own RSS stays flat whatever the
+    sessions hold (prepared statements, plans, caches); this does not."""
+    try:
+        with open(f"/proc/{postmaster}/task/{postmaster}/children") as f:
+            pids = [int(p) for p in f.read().split()]
+    except OSError:
+        return {}
+    kib = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                kib += next(int(x.split()[1]) for x in f if x.startswith("RssAnon:"))
+        except (OSError, StopIteration):
+            continue
+    return {"count": len(pids), "anon_mib": round(kib / 1024, 1)}
+
+
 class Soak:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -150,6 +170,8 @@ class Soak:
             if pid:
                 procs["postgres"] = pid
         row: dict[str, Any] = {"t": round(time.monotonic() - self.t0, 1), "objects": self.objects()}
+        if "postgres" in procs:
+            row["postgres_backends"] = backends_anon(procs["postgres"])
         try:  # the store's count by kind: WAL (awaiting compaction), compacted, awaiting deletion
             row["metadata"] = self.metadata_objects()
         except Exception:
