@@ -20,6 +20,10 @@ number of objects in the store. At the end: acknowledged, lost, duplicated,
 phantom over `fleet`; `rolling`'s log start (retention ran); RSS and fd
 growth of each broker process from the end of its first simulated day to its
 last sample; objects in the last quarter against the first day's peak.
+--memory-reports S asks every broker for a memory report every S seconds
+(src/shoal/broker/memdebug.py with SHOAL_MEMDEBUG_FRAMES=0: malloc's view,
+the caches' bytes, the metadata store's SQL texts and cached statements) and
+adds them to the output, by broker process: what the RSS is made of.
 
     .venv/bin/python bench/soak.py --minutes 60
     .venv/bin/python bench/soak.py --minutes 8 --single
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -70,12 +75,36 @@ def proc_stats(pid: int) -> tuple[int, int] | None:
         return None
 
 
+def backends_anon(postmaster: int) -> dict[str, float]:
+    """PostgreSQL's backends (the postmaster's children): how many, and their
+    private memory summed (RssAnon: their RSS also counts the shared buffers
+    each touched). The postmaster's own RSS stays flat whatever the
+    sessions hold (prepared statements, plans, caches); this does not."""
+    try:
+        with open(f"/proc/{postmaster}/task/{postmaster}/children") as f:
+            pids = [int(p) for p in f.read().split()]
+    except OSError:
+        return {}
+    kib = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                kib += next(int(x.split()[1]) for x in f if x.startswith("RssAnon:"))
+        except (OSError, StopIteration):
+            continue
+    return {"count": len(pids), "anon_mib": round(kib / 1024, 1)}
+
+
 class Soak:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.root = Path(tempfile.mkdtemp(prefix="shoal-soak-"))
         self.day = args.minutes * 60 / 7
         env = {**FAST_STORAGE, "SHOAL_BALANCER_ENABLE": "false"}
+        self.reports_dir = self.root / "memory"
+        if args.memory_reports:
+            env["SHOAL_MEMDEBUG_DIR"] = str(self.reports_dir)
+            env["SHOAL_MEMDEBUG_FRAMES"] = "0"  # reports without tracemalloc
         self.cluster: Cluster | None = None
         if args.single:
             self.brokers = {1: BrokerProcess(self.root / "node1", env=env)}
@@ -87,6 +116,7 @@ class Soak:
         self.samples: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.t0 = 0.0
+        self.t0_wall = 0.0
 
     @property
     def bootstrap(self) -> str:
@@ -117,6 +147,7 @@ class Soak:
         self.loads.append(self.load("fleet").start())
         self.rolling = self.load("rolling").start()
         self.t0 = time.monotonic()
+        self.t0_wall = time.time()
 
     # sampling ------------------------------------------------------------
 
@@ -139,6 +170,8 @@ class Soak:
             if pid:
                 procs["postgres"] = pid
         row: dict[str, Any] = {"t": round(time.monotonic() - self.t0, 1), "objects": self.objects()}
+        if "postgres" in procs:
+            row["postgres_backends"] = backends_anon(procs["postgres"])
         try:  # the store's count by kind: WAL (awaiting compaction), compacted, awaiting deletion
             row["metadata"] = self.metadata_objects()
         except Exception:
@@ -149,6 +182,39 @@ class Soak:
                 row[name] = {"rss_mib": round(st[0] / 1024, 1), "fds": st[1]}
         row["acked"] = sum(len(ld.acked) for ld in self.loads)
         self.samples.append(row)
+
+    def ask_reports(self) -> None:
+        """SIGUSR1 to every running broker: each writes a memory report."""
+        for b in self.brokers.values():
+            if b.proc is not None and b.proc.poll() is None:
+                os.kill(b.proc.pid, signal.SIGUSR1)
+
+    def memory_reports(self) -> dict[str, list[dict[str, Any]]]:
+        """The brokers' reports, by process, in the order written."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        files = sorted(
+            self.reports_dir.glob("*-[0-9]*.json"),
+            key=lambda f: (f.name.split("-")[0], int(f.stem.split("-")[1])),
+        )
+        for f in files:
+            r = json.loads(f.read_text())
+            mib = 2**20
+            out.setdefault(f.name.split("-")[0], []).append(
+                {
+                    "t": round(r["time"] - self.t0_wall, 1),
+                    "rss_mib": round(r["rss_kib"] / 1024, 1),
+                    "fds": r["fds"],
+                    "malloc_in_use_mib": round(r["malloc"].get("in_use", 0) / mib, 1),
+                    "malloc_free_mib": round(r["malloc"].get("free", 0) / mib, 1),
+                    "maps_mib": {k: round(v / 1024, 1) for k, v in r["maps_kib"].items()},
+                    "log_cache_bytes": r["sizes"]["log_cache_bytes"],
+                    "block_cache_bytes": r["sizes"]["block_cache_bytes"],
+                    "streams": r["sizes"]["streams"],
+                    "gc_objects": r["gc_objects"],
+                    "sql": r.get("sql", {}),
+                }
+            )
+        return out
 
     # events --------------------------------------------------------------
 
@@ -227,6 +293,7 @@ class Soak:
             self.ev_replay,
         ]
         next_sample = 0.0
+        next_report = self.args.memory_reports or float("inf")
         for day in range(7):
             day_end = (day + 1) * self.day
             event_at = day * self.day + self.day / 2
@@ -236,6 +303,9 @@ class Soak:
                 if now >= next_sample:
                     self.sample()
                     next_sample = now + self.args.sample_s
+                if now >= next_report:
+                    self.ask_reports()
+                    next_report = now + self.args.memory_reports
                 if not done and now >= event_at:
                     start = time.monotonic()
                     what = events[day](day)
@@ -285,6 +355,7 @@ class Soak:
             "objects": self.object_summary(),
             "store_objects_at_end": self.objects(),
             "metadata_objects_at_end": self.metadata_objects(),
+            **({"memory_reports": self.memory_reports()} if self.args.memory_reports else {}),
         }
 
     def _log_starts(self, topic: str) -> list[int]:
@@ -378,6 +449,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--sample-s", type=float, default=5.0)
     ap.add_argument("--out", default="")
     ap.add_argument("--rate", type=float, default=0.0, help="records/s per producer (0: unpaced)")
+    ap.add_argument(
+        "--memory-reports", type=float, default=0.0, help="a memory report per broker every S s"
+    )
     args = ap.parse_args(argv)
     soak = Soak(args)
     try:

@@ -24,7 +24,8 @@ def scrape(port: int) -> dict[str, float]:
 def test_metrics_follow_produce_and_a_cold_read(tmp_path: Path, topic_name: str) -> None:
     port = free_port()
     broker = BrokerProcess(
-        tmp_path / "data", env={"SHOAL_METRICS_LISTEN": f"127.0.0.1:{port}"}
+        tmp_path / "data",
+        env={"SHOAL_METRICS_LISTEN": f"127.0.0.1:{port}", "SHOAL_LOG_CACHE_BYTES": "8388608"},
     ).start()
     try:
         p = Producer({"bootstrap.servers": broker.bootstrap})
@@ -33,6 +34,8 @@ def test_metrics_follow_produce_and_a_cold_read(tmp_path: Path, topic_name: str)
         produced = scrape(port)
         assert produced["shoal_wal_objects_committed_total"] >= 1
         assert produced["shoal_wal_bytes_committed_total"] > 5000
+        assert produced["shoal_log_cache_max_bytes"] == 8388608  # what the cache fills to
+        assert 5000 < produced["shoal_log_cache_bytes"] < 8388608
         broker.restart()  # cold caches: the read goes to the object
         c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "m"})
         c.assign([TopicPartition(topic_name, 0, 0)])

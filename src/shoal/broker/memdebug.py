@@ -6,8 +6,9 @@ set, tracemalloc traces from the start (SHOAL_MEMDEBUG_FRAMES frames, 8 by
 default) and each SIGUSR1 writes, into that directory, a tracemalloc
 snapshot (`<pid>-<n>.tracemalloc`, compared by traceback offline) and a JSON
 report (`<pid>-<n>.json`): RSS, the traced heap, malloc's own view, object
-counts by type, live asyncio tasks by coroutine, and the sizes of the
-broker's caches and per-client tables. SHOAL_MEMDEBUG_FRAMES=0 leaves
+counts by type, live asyncio tasks by coroutine, the sizes of the
+broker's caches and per-client tables, and the metadata store's distinct SQL
+texts and cached statements. SHOAL_MEMDEBUG_FRAMES=0 leaves
 tracemalloc off (its own overhead is RSS too) and keeps the reports. Each
 SIGUSR2 calls malloc_trim(0) off the loop and writes `<pid>-trim-<n>.json`
 (RSS and malloc's view before and after, the call's milliseconds): whether
@@ -29,6 +30,8 @@ import time
 import tracemalloc
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event
 
 from shoal import native_memory
 
@@ -59,11 +62,15 @@ def install(broker: Broker, where: Path) -> None:
     """Write a report on each SIGUSR1, trim and report on each SIGUSR2."""
     count = [0, 0]  # reports, trims
     trims: set[asyncio.Task[None]] = set()
+    texts = SqlTexts()
+    event.listen(broker.meta.engine.sync_engine, "before_cursor_execute", texts.seen)
 
     def dump() -> None:
         count[0] += 1
         stem = where / f"{os.getpid()}-{count[0]}"
         report = _report(broker)
+        report["sql"] = {"texts": len(texts.counts), **_statement_caches(broker)}
+        report["sql_families"] = texts.families()
         if tracemalloc.is_tracing():
             tracemalloc.take_snapshot().dump(f"{stem}.tracemalloc")
         native_memory.write_malloc_info(f"{stem}.malloc.xml")
@@ -82,6 +89,43 @@ def install(broker: Broker, where: Path) -> None:
     loop.add_signal_handler(signal.SIGUSR1, dump)
     loop.add_signal_handler(signal.SIGUSR2, trim)
     log.warning("memory probe on: tracemalloc running, SIGUSR1 writes reports to %s", where)
+
+
+class SqlTexts:
+    """Distinct SQL texts the metadata store ran: each is an entry in every
+    pooled connection's statement cache that runs it, so their number
+    should stop growing after warm-up (shoal.meta.params)."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def seen(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        self.counts[statement] += 1
+
+    def families(self, top: int = 12) -> dict[str, int]:
+        """Texts per statement (told apart by their first 100 characters and
+        their last 60): the ones with many are the caches' churn."""
+        fam = collections.Counter(
+            " ".join((t[:100] + " .. " + t[-60:]).split()) for t in self.counts
+        )
+        return dict(fam.most_common(top))
+
+
+def _statement_caches(broker: Broker) -> dict[str, int]:
+    """Statements held in the pooled connections' caches: asyncpg's prepared
+    statements (SQLAlchemy's per-connection LRU) or, for SQLite, the
+    sqlite3 statements alive (its cache is not exposed)."""
+    pool = broker.meta.engine.sync_engine.pool
+    queue: Any = getattr(pool, "_pool", None)  # QueuePool's idle connections
+    idle = getattr(queue, "queue", None)  # a thread Queue's deque
+    if idle is None:  # AsyncAdaptedQueue: an asyncio.Queue's deque
+        idle = getattr(getattr(queue, "_queue", None), "_queue", None)
+    records = list(idle or ())
+    cached = 0
+    for rec in records:
+        cache = getattr(getattr(rec, "dbapi_connection", None), "_prepared_statement_cache", None)
+        cached += len(cache) if cache is not None else 0
+    return {"pooled_connections": len(records), "prepared_cached": cached}
 
 
 async def _trim(stem: Path) -> None:

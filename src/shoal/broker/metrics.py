@@ -33,6 +33,11 @@ class EngineCollector(Collector):
             size = GaugeMetricFamily(f"shoal_{name}_cache_bytes", f"{name} cache size")
             size.add_metric([], cache.size)
             yield size
+            # The bound the size grows to under steady load (a warm-up, not
+            # a leak: docs/RELIABILITY.md, Soak).
+            bound = GaugeMetricFamily(f"shoal_{name}_cache_max_bytes", f"{name} cache bound")
+            bound.add_metric([], cache.max_bytes)
+            yield bound
         wal = e.wal
         for metric, value, doc in (
             ("shoal_wal_objects_committed", wal.objects_committed, "WAL objects committed"),

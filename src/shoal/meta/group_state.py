@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shoal.meta import schema as s
+from shoal.meta.params import in_
 
 # {"topic": [partitions]} as sorted tuples, so that equal assignments compare equal
 Parts = tuple[tuple[str, tuple[int, ...]], ...]
@@ -189,7 +190,7 @@ class GroupStateWriter:
             await conn.execute(delete(m).where(m.c.group_id == gid))
         elif op.delete:
             await conn.execute(
-                delete(m).where(m.c.group_id == gid, m.c.member_id.in_(list(op.delete)))
+                delete(m).where(m.c.group_id == gid, in_(m.c.member_id, list(op.delete)))
             )
         row = op.group
         await conn.execute(

@@ -29,8 +29,8 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
-    or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from shoal.meta import schema as s
 from shoal.meta.checkpoint import Checkpointer
+from shoal.meta.params import in_
 from shoal.meta.sqlite_commit import (
     SqliteCommitter,
     StreamRows,
@@ -475,11 +476,11 @@ class MetaStore:
             topic = await self._topic(conn, name)
             ids = [p.stream_id for p in topic.partitions]
             await conn.execute(
-                update(s.streams).where(s.streams.c.id.in_(ids)).values(deleted=True)
+                update(s.streams).where(in_(s.streams.c.id, ids)).values(deleted=True)
             )
-            await conn.execute(delete(s.stream_ranges).where(s.stream_ranges.c.stream_id.in_(ids)))
+            await conn.execute(delete(s.stream_ranges).where(in_(s.stream_ranges.c.stream_id, ids)))
             await conn.execute(
-                delete(s.producer_states).where(s.producer_states.c.stream_id.in_(ids))
+                delete(s.producer_states).where(in_(s.producer_states.c.stream_id, ids))
             )
             await self._schedule_unreferenced(conn, self.delete_grace_ms)
             await conn.execute(delete(s.partitions).where(s.partitions.c.topic_id == topic.id))
@@ -528,13 +529,13 @@ class MetaStore:
         ids = [r.id for r in rows]
         cfgs: dict[int, dict[str, str]] = {i: {} for i in ids}
         for r in await conn.execute(
-            select(s.topic_configs).where(s.topic_configs.c.topic_id.in_(ids))
+            select(s.topic_configs).where(in_(s.topic_configs.c.topic_id, ids))
         ):
             cfgs[r.topic_id][r.key] = r.value
         parts: dict[int, list[PartitionRecord]] = {i: [] for i in ids}
         for r in await conn.execute(
             select(s.partitions)
-            .where(s.partitions.c.topic_id.in_(ids))
+            .where(in_(s.partitions.c.topic_id, ids))
             .order_by(s.partitions.c.topic_id, s.partitions.c.partition)
         ):
             parts[r.topic_id].append(
@@ -583,7 +584,7 @@ class MetaStore:
         out: dict[int, OpenedStream | MetaError] = {}
         async with self._tx() as conn:
             for chunk in _id_chunks(stream_ids):
-                q = update(st).where(st.c.id.in_(chunk))
+                q = update(st).where(in_(st.c.id, chunk))
                 if owner is not None:
                     q = q.where(
                         select(p.c.stream_id)
@@ -605,7 +606,7 @@ class MetaStore:
                     for row in await conn.execute(
                         select(r, o.c.key)
                         .join(o, o.c.id == r.c.object_id)
-                        .where(r.c.stream_id.in_(ids))
+                        .where(in_(r.c.stream_id, ids))
                         .order_by(r.c.stream_id, r.c.start_offset)
                     ):
                         opened = taken[row.stream_id]
@@ -621,7 +622,7 @@ class MetaStore:
                                     row.max_timestamp,
                                 )
                             )
-                    for row in await conn.execute(select(ps).where(ps.c.stream_id.in_(ids))):
+                    for row in await conn.execute(select(ps).where(in_(ps.c.stream_id, ids))):
                         taken[row.stream_id].producers.append(
                             ProducerRow(
                                 row.stream_id,
@@ -634,7 +635,7 @@ class MetaStore:
                         )
                     at = s.aborted_txns
                     for row in await conn.execute(
-                        select(at).where(at.c.stream_id.in_(ids)).order_by(at.c.last_offset)
+                        select(at).where(in_(at.c.stream_id, ids)).order_by(at.c.last_offset)
                     ):
                         opened = taken[row.stream_id]
                         if row.last_offset >= opened.record.start_offset:
@@ -651,7 +652,7 @@ class MetaStore:
                 if left:
                     exists = {
                         row.id
-                        for row in await conn.execute(select(st.c.id).where(st.c.id.in_(left)))
+                        for row in await conn.execute(select(st.c.id).where(in_(st.c.id, left)))
                     }
                     for sid in left:
                         out[sid] = (
@@ -738,7 +739,7 @@ class MetaStore:
                 await conn.execute(insert(s.aborted_txns), aborted)
             done = [m for obj in objects for m in obj.markers_done]
             if done:
-                await conn.execute(delete(s.txn_markers).where(s.txn_markers.c.id.in_(done)))
+                await conn.execute(delete(s.txn_markers).where(in_(s.txn_markers.c.id, done)))
 
     async def _insert_objects(
         self, conn: AsyncConnection, objects: Sequence[ObjectCommit], node_id: int, created: int
@@ -858,7 +859,9 @@ class MetaStore:
         rows: StreamRows = {}
         for chunk in _id_chunks(list(moves)):
             for row in await conn.execute(
-                select(st.c.id, st.c.epoch, st.c.end_offset, st.c.deleted).where(st.c.id.in_(chunk))
+                select(st.c.id, st.c.epoch, st.c.end_offset, st.c.deleted).where(
+                    in_(st.c.id, chunk)
+                )
             ):
                 rows[row.id] = (row.epoch, row.end_offset, bool(row.deleted))
         raise _fenced(moves, rows)
@@ -1009,7 +1012,7 @@ class MetaStore:
         o, r = s.objects, s.stream_ranges
         async with self._tx() as conn:
             referenced = select(r.c.object_id).where(r.c.object_id == o.c.id).exists()
-            await conn.execute(delete(o).where(o.c.key.in_(keys), ~referenced))
+            await conn.execute(delete(o).where(in_(o.c.key, keys), ~referenced))
 
     async def replace_ranges(
         self,
@@ -1041,7 +1044,7 @@ class MetaStore:
                 source_ids = [
                     int(i)
                     for i in (
-                        await conn.execute(select(o.c.id).where(o.c.key.in_(list(sources))))
+                        await conn.execute(select(o.c.id).where(in_(o.c.key, list(sources))))
                     ).scalars()
                 ]
             result = await conn.execute(
@@ -1065,7 +1068,7 @@ class MetaStore:
             for chunk in _param_chunks(replacements):
                 where = _ranges_at(r, chunk)
                 if sources:
-                    where = and_(where, r.c.object_id.in_(source_ids))
+                    where = and_(where, in_(r.c.object_id, source_ids))
                 rows = await conn.execute(
                     select(r.c.stream_id, func.count()).where(where).group_by(r.c.stream_id)
                 )
@@ -1155,7 +1158,7 @@ class MetaStore:
             rows = await conn.execute(
                 select(r, o.c.key)
                 .join(o, o.c.id == r.c.object_id)
-                .where(o.c.key.in_(keys))
+                .where(in_(o.c.key, keys))
                 .order_by(r.c.stream_id, r.c.start_offset)
             )
             return [
@@ -1299,7 +1302,7 @@ def _param_chunks(replacements: Sequence[Replacement]) -> list[list[Replacement]
     current: list[Replacement] = []
     params = 0
     for rep in replacements:
-        n = len(rep[1]) + 1
+        n = 3 * len(rep[1]) + 1  # see _ranges_at
         if current and params + n > _MAX_PARAMS:
             chunks.append(current)
             current, params = [], 0
@@ -1311,10 +1314,15 @@ def _param_chunks(replacements: Sequence[Replacement]) -> list[list[Replacement]
 
 
 def _ranges_at(r: Any, replacements: Sequence[Replacement]) -> Any:
-    """Rows of the given streams at the given start offsets."""
-    return or_(
-        *(
-            and_(r.c.stream_id == sid, r.c.start_offset.in_(starts))
-            for sid, starts, _ in replacements
-        )
+    """Rows of the given streams at the given start offsets: the (stream,
+    start) pairs, in padded lists (shoal.meta.params) so that the statement
+    keeps a few SQL texts whatever the number of streams and ranges (an OR
+    of one term per stream made a text for nearly every compaction round).
+    The stream and start lists let SQLite seek the primary key (it scans
+    for a row-value IN list alone); the pairs make the match exact."""
+    pairs = [(sid, start) for sid, starts, _ in replacements for start in starts]
+    return and_(
+        in_(r.c.stream_id, dict.fromkeys(sid for sid, _ in pairs)),
+        in_(r.c.start_offset, dict.fromkeys(start for _, start in pairs)),
+        in_(tuple_(r.c.stream_id, r.c.start_offset), pairs),
     )

@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from shoal.meta import schema as s
+from shoal.meta.params import in_
 from shoal.meta.store import MetaStore, now_ms
 
 
@@ -122,7 +123,7 @@ class TxnRepository:
     async def delete(self, transactional_ids: list[str]) -> None:
         t = s.transactions
         async with self.meta._tx() as conn:
-            await conn.execute(delete(t).where(t.c.transactional_id.in_(transactional_ids)))
+            await conn.execute(delete(t).where(in_(t.c.transactional_id, transactional_ids)))
 
     async def ask_markers(
         self, tid: str, producer_id: int, epoch: int, commit: bool, stream_ids: list[int]
@@ -168,7 +169,7 @@ class TxnRepository:
         m = s.txn_markers
         async with self.meta.engine.connect() as conn:
             rows = await conn.execute(
-                select(m).where(m.c.stream_id.in_(stream_ids)).order_by(m.c.id)
+                select(m).where(in_(m.c.stream_id, stream_ids)).order_by(m.c.id)
             )
             return [
                 MarkerRow(

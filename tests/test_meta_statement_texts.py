@@ -1,0 +1,93 @@
+"""The metadata store runs a few SQL texts per statement, however long its
+IN lists (shoal.meta.params): every distinct text is an entry in each pooled
+connection's statement cache (asyncpg's prepared statements, sqlite3's
+compiled ones), so texts that changed with every cleaner and compaction round
+filled those caches and grew the brokers' RSS for as long as they ran
+(docs/RELIABILITY.md, Soak). SQLite and the embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from shoal.meta.params import padded
+from shoal.meta.store import MetaStore, RangeCommit
+from shoal.meta.transactions import TxnRepository
+
+#: Lengths the churn below uses: 1..40 keys, 1..6 streams of 1..8 ranges.
+KEYS = 40
+STREAMS = 6
+RANGES = 8
+
+
+def test_padded_keeps_the_values_at_a_power_of_two_length() -> None:
+    assert padded([]) == []
+    assert padded([7]) == [7]
+    assert padded([1, 2, 3]) == [1, 2, 3, 3]
+    for n in range(1, 70):
+        out = padded(range(n))
+        assert len(out) & (len(out) - 1) == 0 and n <= len(out) < 2 * n
+        assert out[:n] == list(range(n)) and set(out) == set(range(n))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def meta(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MetaStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/meta.db"
+    else:
+        from cluster_harness import new_database
+
+        url = new_database()
+    m = await MetaStore.open(url)
+    yield m
+    await m.close()
+
+
+def texts_of(meta: MetaStore) -> set[str]:
+    texts: set[str] = set()
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        texts.add(statement)
+
+    event.listen(meta.engine.sync_engine, "before_cursor_execute", seen)
+    return texts
+
+
+async def test_churned_list_lengths_reuse_a_few_statement_texts(meta: MetaStore) -> None:
+    """The cleaner's, compaction's and the transaction poller's statements
+    with every list length in the ranges above: each statement keeps to its
+    padded lengths (old code: one text per length, 200 and more here)."""
+    topic = await meta.create_topic(f"t{uuid.uuid4().hex[:6]}", STREAMS, {})
+    sids = [p.stream_id for p in topic.partitions]
+    keys = [f"wal/k{i}.wal" for i in range(KEYS)]
+    txns = TxnRepository(meta)
+    texts = texts_of(meta)
+    for n in range(1, KEYS + 1):
+        await meta.ranges_in_objects(keys[:n])
+        await meta.forget_objects(keys[:n])
+    for n in range(1, STREAMS + 1):
+        await txns.markers_for(sids[:n])
+        for ranges in range(1, RANGES + 1):
+            runs = [
+                (sid, list(range(ranges)), [RangeCommit(sid, 0, 0, ranges, 0, 10, 0)])
+                for sid in sids[:n]
+            ]
+            # Nothing matches (no such ranges): the look-up runs, no swap.
+            assert await meta.replace_ranges(f"compacted/{n}-{ranges}", 1, 0, "set", runs, 0) == []
+    per_statement = {
+        "ranges_in_objects": [t for t in texts if "FROM stream_ranges JOIN objects" in t],
+        "forget_objects": [t for t in texts if t.startswith("DELETE FROM objects")],
+        "markers_for": [t for t in texts if "FROM txn_markers" in t],
+        "replace_ranges": [t for t in texts if "count(*)" in t and "stream_ranges" in t],
+    }
+    # 1..40 keys padded to 1, 2, 4, ..., 64: 7 texts (40 before); 1..6
+    # streams: 4 (6); the swap's look-up, padded streams x starts x pairs:
+    # 19 combinations of the 48 cases (48: an OR term per stream, an IN each).
+    bounds = {"ranges_in_objects": 7, "forget_objects": 7, "markers_for": 4, "replace_ranges": 19}
+    for name, found in per_statement.items():
+        assert 0 < len(found) <= bounds[name], (name, len(found))
