@@ -33,7 +33,44 @@ STAGING_FIRST = 4 * 1024
 DIRECT = 16 * 1024
 
 
-class FrameStream(asyncio.BufferedProtocol):
+class FrameReader:
+    """The reader's side both connection kinds share (FrameStream here, and
+    TlsStream, whose worker threads fill the buffers): waiting for bytes, and
+    what a read that cannot complete raises."""
+
+    _eof: bool
+    _lost: BaseException | None
+    _waiter: asyncio.Future[None] | None
+
+    async def read_into(self, buf: memoryview) -> None:
+        raise NotImplementedError
+
+    async def readexactly(self, n: int) -> bytes:
+        """`n` bytes as bytes (size prefixes and other small reads)."""
+        buf = bytearray(n)
+        await self.read_into(memoryview(buf))
+        return bytes(buf)
+
+    def _incomplete(self, buf: memoryview, got: int) -> BaseException:
+        if self._lost is not None:
+            return ConnectionResetError(f"connection lost: {self._lost}")
+        return asyncio.IncompleteReadError(bytes(buf[:got]), len(buf))
+
+    async def _wait(self) -> None:
+        if self._eof:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class FrameStream(FrameReader, asyncio.BufferedProtocol):
     """One connection's bytes, read into the buffers `read_into` is given."""
 
     def __init__(
@@ -146,12 +183,6 @@ class FrameStream(asyncio.BufferedProtocol):
             self._resume()
             await self._wait()
 
-    async def readexactly(self, n: int) -> bytes:
-        """`n` bytes as bytes (size prefixes and other small reads)."""
-        buf = bytearray(n)
-        await self.read_into(memoryview(buf))
-        return bytes(buf)
-
     async def drain(self) -> None:
         """Wait until the transport is below its write high-water mark."""
         if self._closed:
@@ -211,24 +242,6 @@ class FrameStream(asyncio.BufferedProtocol):
         bigger[:n] = self._view[self._start : self._end]
         self._staging, self._view = bigger, memoryview(bigger)
         self._start, self._end = 0, n
-
-    def _incomplete(self, buf: memoryview, got: int) -> BaseException:
-        if self._lost is not None:
-            return ConnectionResetError(f"connection lost: {self._lost}")
-        return asyncio.IncompleteReadError(bytes(buf[:got]), len(buf))
-
-    async def _wait(self) -> None:
-        if self._eof:
-            return
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
     def _pause(self) -> None:
         if not self._read_paused and not self._closed:

@@ -47,7 +47,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, cast
 
-from shoal.broker.frame_stream import DIRECT, STAGING, STAGING_FIRST
+from shoal.broker.frame_stream import DIRECT, STAGING, STAGING_FIRST, FrameReader
 from shoal.broker.tls_accept import OnFailure, handshake_failure
 
 log = logging.getLogger("shoal.tls")
@@ -105,7 +105,7 @@ class _Done:
     error: BaseException | None = None
 
 
-class TlsStream(asyncio.Protocol):
+class TlsStream(FrameReader, asyncio.Protocol):
     """One TLS connection's bytes, decrypted by the worker pool into the
     buffers `read_into` is given."""
 
@@ -248,12 +248,6 @@ class TlsStream(asyncio.Protocol):
             if self._eof:
                 raise self._incomplete(buf, got)
             await self._wait()
-
-    async def readexactly(self, n: int) -> bytes:
-        """`n` bytes as bytes (size prefixes and other small reads)."""
-        buf = bytearray(n)
-        await self.read_into(memoryview(buf))
-        return bytes(buf)
 
     async def drain(self) -> None:
         """Wait until the answers queued for encryption and the transport's
@@ -428,24 +422,6 @@ class TlsStream(asyncio.Protocol):
         if self._dead or self._peer_closed or (drained and not self._stalled):
             self._eof = True
             self._wake()
-
-    def _incomplete(self, buf: memoryview, got: int) -> BaseException:
-        if self._lost is not None:
-            return ConnectionResetError(f"connection lost: {self._lost}")
-        return asyncio.IncompleteReadError(bytes(buf[:got]), len(buf))
-
-    async def _wait(self) -> None:
-        if self._eof:
-            return
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
     def _wake_drain(self) -> None:
         if self._drain_waiter is not None and not self._drain_waiter.done():

@@ -142,7 +142,7 @@ class Wal:
     async def wait_for_room(self, size: int) -> None:
         """Back-pressure: hold new appends while unflushed bytes are over the
         bound. One append larger than the bound still goes in alone."""
-        if self.unflushed + size <= self.config.buffer_max_bytes:
+        if self.has_room(size):
             return
         async with self._room:
             await self._room.wait_for(
