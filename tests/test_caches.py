@@ -71,6 +71,73 @@ def test_eviction_after_a_dropped_stream_still_takes_the_oldest_first() -> None:
     assert cache.first_offset(1) == 5000
 
 
+class Clock:
+    """A clock the test moves by hand: the age bound without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_entries_older_than_the_age_bound_go_and_a_trickle_stays_flat() -> None:
+    """A kept topic at a fleet's trickle never reaches the byte bound; the
+    age bound is what keeps its tail from growing for a day (the soak)."""
+    clock = Clock()
+    cache = LogCache(1 << 30, max_age_s=60, clock=clock)
+    sizes = []
+    for second in range(600):
+        clock.now += 1
+        for stream in (1, 2, 3):
+            cache.put(stream, second, second + 1, b"z" * 100, second)
+        if second % 60 == 59:
+            sizes.append(cache.size)
+    # After the first minute the cache holds one minute of batches, plus at
+    # most one expiry check's worth.
+    per_entry = 100 + ENTRY_OVERHEAD
+    assert all(s <= 3 * (60 + 2) * per_entry for s in sizes), sizes
+    assert sizes[-1] == sizes[1], sizes
+    assert cache.stats.expired == 3 * 600 - len(cache)
+    assert cache.stats.evictions == 0
+    # What is left is each stream's newest minute, dense and readable.
+    for stream in (1, 2, 3):
+        first = cache.first_offset(stream)
+        assert first is not None and 538 <= first <= 541
+        assert cache.read(stream, first, 1 << 20) == [b"z" * 100] * (600 - first)
+
+
+def test_the_age_bound_skips_ids_a_trim_left_and_spares_newer_entries() -> None:
+    """Ids left in the order by a trim are older than the entries their
+    stream holds now: expiring them must not take those entries."""
+    clock = Clock()
+    cache = LogCache(1 << 30, max_age_s=10, clock=clock)
+    for i in range(5):
+        cache.put(1, i, i + 1, b"old", i)
+    cache.trim(1, 5)  # all five go; their ids stay in the order
+    clock.now += 9
+    cache.put(1, 5, 6, b"new", 5)
+    cache.put(2, 0, 1, b"other", 0)
+    clock.now += 2  # the old ids are 11 s old, the new entries 2 s
+    cache.expire()
+    assert cache.read(1, 5, 1 << 20) == [b"new"]
+    assert cache.read(2, 0, 1 << 20) == [b"other"]
+    assert cache.stats.expired == 0
+    clock.now += 10
+    cache.expire()  # an idle cache lets go too: nobody puts
+    assert len(cache) == 0 and cache.size == 0
+    assert cache.stats.expired == 2
+
+
+def test_no_age_bound_keeps_entries_however_old() -> None:
+    clock = Clock()
+    cache = LogCache(1 << 30, clock=clock)  # max_age_s=0: the bytes bound only
+    cache.put(1, 0, 1, b"kept", 0)
+    clock.now += 86_400
+    cache.put(1, 1, 2, b"next", 1)
+    assert cache.read(1, 0, 1 << 20) == [b"kept", b"next"]
+
+
 def block_accounting(cache: BlockCache) -> tuple[int, set[str]]:
     """(bytes, object keys) of the blocks really held, to hold the cache's own
     count and index to."""

@@ -417,6 +417,14 @@ BROKER_KEYS: dict[str, Key] = {
             at_least(0),
         ),
         Key("log.cache.bytes", int, 256 * MIB, "tail-read cache size", at_least(0)),
+        Key(
+            "log.cache.max.age.ms",
+            int,
+            300_000,
+            "batches leave the tail-read cache this long after they were written (consumers "
+            "further behind read through the block cache); 0: only log.cache.bytes bounds it",
+            at_least(0),
+        ),
         Key("block.cache.bytes", int, 256 * MIB, "catch-up read cache size", at_least(0)),
         Key("fetch.max.wait.cap.ms", int, 30_000, "cap on a fetch's max_wait_ms", at_least(0)),
         Key(

@@ -171,6 +171,7 @@ class Broker:
                     delete_grace_ms=config["object.delete.grace.ms"],
                 ),
                 log_cache_bytes=config["log.cache.bytes"],
+                log_cache_max_age_ms=config["log.cache.max.age.ms"],
                 block_cache_bytes=config["block.cache.bytes"],
                 catchup_bytes_per_s=config["catchup.read.max.bytes.per.sec"],
                 orphan_grace_ms=config["object.orphan.grace.ms"],

@@ -38,6 +38,11 @@ class EngineCollector(Collector):
             bound = GaugeMetricFamily(f"shoal_{name}_cache_max_bytes", f"{name} cache bound")
             bound.add_metric([], cache.max_bytes)
             yield bound
+        expired = CounterMetricFamily(
+            "shoal_log_cache_expired", "log cache entries dropped by log.cache.max.age.ms"
+        )
+        expired.add_metric([], e.log_cache.stats.expired)
+        yield expired
         wal = e.wal
         for metric, value, doc in (
             ("shoal_wal_objects_committed", wal.objects_committed, "WAL objects committed"),

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import bisect
 import sys
+import time
+from array import array
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 #: What a LogCache entry costs beside its bytes: the bytes object's header,
-#: its base, end and max timestamp (ints), their four list slots and its slot
-#: in the eviction order. For a batch of a few small records that is a third
+#: its base, end and max timestamp (ints), their four list slots, its slot
+#: in the eviction order and its put time (a float in the order, 8 bytes in
+#: the stream's array). For a batch of a few small records that is a third
 #: or more of what it costs, so counting only the bytes overran the bound.
-ENTRY_OVERHEAD = sys.getsizeof(b"") + 3 * sys.getsizeof(2**40) + 5 * 8
+ENTRY_OVERHEAD = sys.getsizeof(b"") + 3 * sys.getsizeof(2**40) + sys.getsizeof(0.0) + 8 * 8
+
+#: How often, at most, LogCache looks for entries past their age.
+EXPIRE_CHECK_S = 1.0
 
 
 @dataclass(slots=True)
@@ -23,6 +30,7 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     evictions: int = 0
+    expired: int = 0  # LogCache entries dropped by age
 
     @property
     def hit_rate(self) -> float:
@@ -36,6 +44,7 @@ class _StreamTail:
     ends: list[int] = field(default_factory=list)
     data: list[bytes] = field(default_factory=list)
     max_ts: list[int] = field(default_factory=list)
+    put_at: array[float] = field(default_factory=lambda: array("d"))
     first: int = 0  # index of the first live entry; lists are compacted lazily
 
     def live(self) -> int:
@@ -48,6 +57,7 @@ class _StreamTail:
         if self.first > 64 and self.first * 2 > len(self.bases):
             del self.bases[: self.first], self.ends[: self.first]
             del self.data[: self.first], self.max_ts[: self.first]
+            del self.put_at[: self.first]
             self.first = 0
         return size
 
@@ -58,18 +68,33 @@ class LogCache:
     Appended in commit order, so each stream's entries are sorted and dense:
     a tail read is a bisect and a slice. `size` counts each entry's bytes and
     its ENTRY_OVERHEAD, so max_bytes bounds the memory it holds.
+
+    Entries older than max_age_s go too (0: no age bound). The cache is for
+    consumers at the tail; one minutes behind reads blocks through the
+    BlockCache instead. Without the age bound a fleet's trickle fills the
+    cache towards max_bytes for a day or more, and memory that keeps rising
+    for a day cannot be told from a leak.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(
+        self,
+        max_bytes: int,
+        max_age_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
         self.size = 0
         self.stats = CacheStats()
+        self._clock = clock
         self._streams: dict[int, _StreamTail] = {}
-        # Stream id of each entry, oldest first. Entries dropped otherwise
-        # than by eviction (trim, drop_stream) leave their ids behind until
-        # _compact_order takes them out.
+        # Stream id of each entry and its put time, oldest first. Entries
+        # dropped otherwise than by eviction (trim, drop_stream) leave their
+        # ids behind until _compact_order takes them out.
         self._order: deque[int] = deque()
+        self._times: deque[float] = deque()
         self._live = 0  # entries held, over all streams
+        self._checked = clock()
 
     def __len__(self) -> int:
         return self._live
@@ -84,12 +109,17 @@ class LogCache:
         tail.bases.append(base)
         tail.ends.append(end)
         tail.data.append(data)
+        now = self._clock()
         tail.max_ts.append(max_ts)
+        tail.put_at.append(now)
         self._order.append(stream_id)
+        self._times.append(now)
         self.size += len(data) + ENTRY_OVERHEAD
         self._live += 1
+        self._expire(now)
         while self.size > self.max_bytes and self._order:
             victim = self._order.popleft()
+            self._times.popleft()
             vt = self._streams.get(victim)
             if vt is None or not vt.live():
                 continue
@@ -99,6 +129,27 @@ class LogCache:
     def _drop_first(self, tail: _StreamTail) -> None:
         self.size -= tail.drop_first() + ENTRY_OVERHEAD
         self._live -= 1
+
+    def _expire(self, now: float) -> None:
+        """Drop the entries put more than max_age_s ago, at most once every
+        EXPIRE_CHECK_S. The order's front is its oldest id; if that id's
+        stream holds an entry as old, it is the stream's first live one
+        (ids and entries leave each stream oldest first) and goes; if not,
+        the id was left behind by a trim and goes alone."""
+        if self.max_age_s <= 0 or now - self._checked < EXPIRE_CHECK_S:
+            return
+        self._checked = now
+        cutoff = now - self.max_age_s
+        while self._times and self._times[0] < cutoff:
+            self._times.popleft()
+            tail = self._streams.get(self._order.popleft())
+            if tail is not None and tail.live() and tail.put_at[tail.first] < cutoff:
+                self._drop_first(tail)
+                self.stats.expired += 1
+
+    def expire(self) -> None:
+        """The age bound, for callers that do not put (an idle broker's reads)."""
+        self._expire(self._clock())
 
     def first_offset(self, stream_id: int) -> int | None:
         tail = self._streams.get(stream_id)
@@ -112,6 +163,7 @@ class LogCache:
         """Whole batches from the one containing `offset`, at least one (unless
         `at_least_one` is off and it does not fit), then as many as fit in
         max_bytes. None when the cache does not cover offset."""
+        self._expire(self._clock())
         tail = self._streams.get(stream_id)
         if tail is None or not tail.live() or offset < tail.bases[tail.first]:
             self.stats.misses += 1
@@ -176,12 +228,16 @@ class LogCache:
             return
         need = {sid: t.live() for sid, t in self._streams.items()}
         kept: list[int] = []
-        for sid in reversed(self._order):
+        times: list[float] = []
+        for sid, at in zip(reversed(self._order), reversed(self._times), strict=True):
             if need.get(sid, 0) > 0:
                 need[sid] -= 1
                 kept.append(sid)
+                times.append(at)
         kept.reverse()
+        times.reverse()
         self._order = deque(kept)
+        self._times = deque(times)
 
 
 class BlockCache:

@@ -76,6 +76,7 @@ class EngineConfig:
     wal: WalConfig = field(default_factory=WalConfig)
     compaction: CompactionConfig = field(default_factory=CompactionConfig)
     log_cache_bytes: int = 256 * 1024 * 1024
+    log_cache_max_age_ms: int = 300_000  # 0: no age bound
     block_cache_bytes: int = 256 * 1024 * 1024
     readahead_blocks: int = 4
     catchup_bytes_per_s: int = 0  # 0: unlimited
@@ -151,7 +152,9 @@ class StreamEngine:
         self.store = store
         self.meta = meta
         self.config = config
-        self.log_cache = LogCache(config.log_cache_bytes)
+        self.log_cache = LogCache(
+            config.log_cache_bytes, max_age_s=config.log_cache_max_age_ms / 1000
+        )
         self.block_cache = BlockCache(config.block_cache_bytes)
         # Objects uploaded by this process and not committed yet (see Cleaner).
         self.uploading: set[str] = set()
