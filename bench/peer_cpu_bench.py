@@ -79,7 +79,7 @@ def main() -> None:
                 for r in range(a.rounds):
                     topic = f"peer-{target}-{r}-{os.urandom(2).hex()}"
                     cpu0 = _cpu_seconds(broker.proc.pid)
-                    mbs = rdkafka_performance(
+                    mbs, client_s = rdkafka_performance(
                         a.rdkafka_performance,
                         broker.bootstrap,
                         topic,
@@ -90,7 +90,8 @@ def main() -> None:
                     )
                     cpu = _cpu_seconds(broker.proc.pid) - cpu0
                     print(
-                        f"{target} round {r + 1}: {mbs:.1f} MB/s, broker {cpu / gb:.2f} CPU s/GB",
+                        f"{target} round {r + 1}: {mbs:.1f} MB/s, broker {cpu / gb:.2f} CPU s/GB, "
+                        f"client {client_s / gb:.2f} CPU s/GB",
                         flush=True,
                     )
                     if a.consume:
