@@ -10,16 +10,19 @@ it never hears about the change (paused, partitioned, slow).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import delete, insert, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shoal.meta import schema as s
 from shoal.meta.store import MetaStore, now_ms
+
+log = logging.getLogger("shoal.cluster")
 
 #: pg_advisory_lock key of broker start-up (any constant no other user takes)
 STARTUP_LOCK = 0x5E0A1_0001
@@ -152,9 +155,38 @@ class ClusterStore:
         bytes_out: int = 0,
         load: dict[str, list[int]] | None = None,
     ) -> bool:
-        """Extend the lease; False if this incarnation is no longer registered."""
+        """Extend the lease; False if this incarnation is no longer registered.
+
+        One statement, no transaction held open (MetaStore._statements).
+        A connection found dead (its session ended by the server) is
+        replaced and the renewal tried once more at once on a fresh one,
+        rather than a heartbeat interval later: it is idempotent, and the
+        lease may have little time left."""
+        args = (node_id, incarnation, lease_ms, bytes_in, bytes_out, load or {})
+        try:
+            return await self._renew(*args)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            log.warning(
+                "node %d: lease renewal found its database connection dead, "
+                "retrying at once on a new one: %s",
+                node_id,
+                str(exc.orig or exc).splitlines()[0],
+            )
+        return await self._renew(*args)
+
+    async def _renew(
+        self,
+        node_id: int,
+        incarnation: int,
+        lease_ms: int,
+        bytes_in: int,
+        bytes_out: int,
+        load: dict[str, list[int]],
+    ) -> bool:
         b = s.brokers
-        async with self.meta._tx() as conn:
+        async with self.meta._statements(write=True) as conn:
             res = await conn.execute(
                 update(b)
                 .where(b.c.node_id == node_id, b.c.incarnation == incarnation)
@@ -162,7 +194,7 @@ class ClusterStore:
                     lease_expiry_ms=now_ms() + lease_ms,
                     bytes_in=bytes_in,
                     bytes_out=bytes_out,
-                    load=json.dumps(load or {}),
+                    load=json.dumps(load),
                 )
             )
         return res.rowcount == 1
@@ -177,7 +209,7 @@ class ClusterStore:
 
     async def brokers(self) -> list[BrokerRow]:
         b = s.brokers
-        async with self.meta.engine.connect() as conn:
+        async with self.meta._statements(write=False) as conn:
             rows = await conn.execute(select(b).order_by(b.c.node_id))
             return [
                 BrokerRow(
@@ -223,7 +255,8 @@ class ClusterStore:
         """Take or renew the controller lease (compare-and-set on one row)."""
         c = s.controller
         now = now_ms()
-        async with self.meta._tx() as conn:
+        # Each statement stands alone (compare-and-sets on one row).
+        async with self.meta._statements(write=True) as conn:
             mine = (c.c.node_id == node_id) & (c.c.incarnation == incarnation)
             res = await conn.execute(
                 update(c).where(c.c.id == 1, mine).values(lease_expiry_ms=now + lease_ms)
@@ -262,7 +295,7 @@ class ClusterStore:
 
     async def controller(self) -> ControllerRow | None:
         c = s.controller
-        async with self.meta.engine.connect() as conn:
+        async with self.meta._statements(write=False) as conn:
             r = (await conn.execute(select(c).where(c.c.id == 1))).one_or_none()
         if r is None:
             return None

@@ -279,6 +279,8 @@ class MetaStore:
         self._pg_insert_objects: Any = None  # see _insert_objects
         #: WAL commits in one thread hop (SQLite files; see sqlite_commit.py)
         self.sqlite_commits: SqliteCommitter | None = None
+        #: the same pool, its connections in autocommit (see _statements)
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @classmethod
     async def open(cls, url: str, *, create: bool = True) -> MetaStore:
@@ -346,6 +348,27 @@ class MetaStore:
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
         async with self._write_lock, self.engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _statements(self, write: bool) -> AsyncIterator[AsyncConnection]:
+        """A connection for operations made of statements that each stand
+        alone (the lease's renewal and compare-and-sets, reads of one
+        table): on PostgreSQL each statement commits by itself, so no
+        transaction stays open while the task waits for the event loop. A
+        loop stalled past idle_in_transaction_session_timeout (a loaded
+        machine) got the server to end such a session between BEGIN and the
+        next statement; asyncpg, idle, read the FATAL and the heartbeat
+        failed with "cannot switch to state 11; another operation (2) is in
+        progress". Also one round trip instead of three, and no wait for the
+        write lock (it orders SQLite's writers; PostgreSQL orders these
+        itself). SQLite is unchanged: writes in a transaction under the
+        write lock, reads on a plain connection."""
+        if self.is_sqlite:
+            async with self._tx() if write else self.engine.connect() as conn:
+                yield conn
+            return
+        async with self._autocommit.connect() as conn:
             yield conn
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
