@@ -139,13 +139,18 @@ class SqliteCommitter:
                 self._executor = None
 
     async def commit(
-        self, moves: Moves, objects: Sequence[ObjectCommit], node_id: int, created_ms: int
+        self,
+        moves: Moves,
+        objects: Sequence[ObjectCommit],
+        node_id: int,
+        created_ms: int,
+        before: Callable[[], None] | None = None,
     ) -> StreamRows | None:
         """`commit_sync` in the committer's thread."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="shoal-sqlite-commit")
         return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.commit_sync, moves, objects, node_id, created_ms
+            self._executor, self.commit_sync, moves, objects, node_id, created_ms, before
         )
 
     def _connect(self) -> sqlite3.Connection:
@@ -158,13 +163,21 @@ class SqliteCommitter:
         return self._conn
 
     def commit_sync(
-        self, moves: Moves, objects: Sequence[ObjectCommit], node_id: int, created_ms: int
+        self,
+        moves: Moves,
+        objects: Sequence[ObjectCommit],
+        node_id: int,
+        created_ms: int,
+        before: Callable[[], None] | None = None,
     ) -> StreamRows | None:
         """Apply the group commit; None when it is committed. When a stream
         did not move (fenced, or its end is not the expected one) nothing is
         changed and the streams' rows as the transaction saw them after the
-        moves are returned, for the caller to name the stream."""
+        moves are returned, for the caller to name the stream. `before` runs
+        first (the objects' files): if it raises, nothing is committed."""
         with self._lock:
+            if before is not None:
+                before()
             conn = self._connect()
             conn.execute("BEGIN IMMEDIATE")
             try:

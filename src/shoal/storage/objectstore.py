@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import itertools
 import os
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,17 +105,20 @@ class ObjectStore:
         """`put` on a file store: one hop to the writer threads and back."""
         if self._writer is None:
             self._writer = ThreadPoolExecutor(4, thread_name_prefix="shoal-objects")
-        path = f"{self._root}/{key}"
-        try:
-            await asyncio.get_running_loop().run_in_executor(
-                self._writer, _write_file, path, data, create
-            )
-        except FileExistsError as exc:
-            raise ObjectExists(key) from exc
-        except OSError as exc:
-            err = ObjectStoreUnavailable(f"{key!r}: {exc}")
-            err.reason = str(exc)
-            raise err from exc
+        await asyncio.get_running_loop().run_in_executor(
+            self._writer, _put_local, f"{self._root}/{key}", key, data, create
+        )
+
+    def local_put(
+        self, key: str, data: bytes | bytearray | memoryview
+    ) -> Callable[[], None] | None:
+        """A conditional-create PUT of `key` to run in a thread of the
+        caller's (the WAL writes a small object in its metadata commit's
+        thread: one hop for both), or None when this store is not a local
+        directory or the key is not one written here. Raises like `put`."""
+        if self._root is None or not _PLAIN_KEY.fullmatch(key):
+            return None
+        return functools.partial(_put_local, f"{self._root}/{key}", key, data, True)
 
     async def get(self, key: str) -> bytes:
         try:
@@ -190,6 +195,18 @@ _STAGED = re.compile(r"#\d+$")
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_=-][A-Za-z0-9._=-]*(?:/[A-Za-z0-9_=-][A-Za-z0-9._=-]*)*")
 _STAGE = itertools.count(1)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+def _put_local(path: str, key: str, data: bytes | bytearray | memoryview, create: bool) -> None:
+    """`_write_file` with the store's errors."""
+    try:
+        _write_file(path, data, create)
+    except FileExistsError as exc:
+        raise ObjectExists(key) from exc
+    except OSError as exc:
+        err = ObjectStoreUnavailable(f"{key!r}: {exc}")
+        err.reason = str(exc)
+        raise err from exc
 
 
 def _write_file(path: str, data: bytes | bytearray | memoryview, create: bool) -> None:
