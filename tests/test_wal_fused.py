@@ -14,6 +14,7 @@ import pytest
 from harness import eventually
 from shoal.meta.store import MetaStore
 from shoal.protocol.records import read_header, validate_batches
+from shoal.storage.errors import Fenced, StorageError
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.streams import EngineConfig, StreamEngine
 from shoal.storage.wal import FUSED_MAX_BYTES, WalConfig
@@ -99,4 +100,32 @@ async def test_a_failed_write_commits_nothing_until_it_succeeds(
     result = await eng.read(sid, 0, 1 << 20)
     assert [read_header(c).base_offset for c in result.chunks] == [0]
     assert store.puts == []  # it was the commit's own write that failed
+    await eng.close()
+
+
+async def test_an_object_that_cannot_be_built_fails_its_appends(
+    meta: MetaStore, tmp_path: Path
+) -> None:
+    """The object is built when its buffer is sealed: an error there fails
+    the appends in it (the producer retries) instead of leaving them waiting
+    on a commit that never comes. As after a failed upload, the stream's
+    next commit finds its end short and the stream is reopened; then
+    appends go through from the committed end."""
+    _store, eng, sid = await setup(meta, tmp_path)
+
+    def broken(_sid: int) -> str | None:
+        raise RuntimeError("no label")
+
+    eng.labeler = broken
+    fut = await eng.append(sid, batch(b"lost"), 0)
+    with pytest.raises(StorageError, match="no label"):
+        await asyncio.wait_for(fut, 10)
+    eng.labeler = None
+    behind = await eng.append(sid, batch(b"behind"), 0)  # offset 1, after the lost one
+    with pytest.raises(Fenced):
+        await asyncio.wait_for(behind, 10)
+    ok = await eng.append(sid, batch(b"kept"), 0)
+    assert await asyncio.wait_for(ok, 10) == 0
+    result = await eng.read(sid, 0, 1 << 20)
+    assert [read_header(c).base_offset for c in result.chunks] == [0]
     await eng.close()

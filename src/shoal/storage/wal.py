@@ -215,7 +215,12 @@ class Wal:
         """Build the object now and leave its PUT to the commit's thread;
         False (nothing done) if the store cannot write it there."""
         key = f"{self._prefix}-{buf.seq:010d}.wal"
-        data = self._encode(buf)
+        try:
+            data = self._encode(buf)
+        except Exception as exc:  # the committer fails its appends (as _upload's)
+            buf.failed = exc
+            self._wakeup.set()
+            return True
         write = self.store.local_put(key, data)
         if write is None:
             buf.blocks.clear()  # _upload builds the object again
