@@ -31,13 +31,14 @@ import struct
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from kio.schema.init_producer_id.v4.request import InitProducerIdRequest
 from kio.schema.produce.v9 import request as pr
 
-from harness import BrokerProcess
+from harness import BrokerProcess, free_port
 from wire import RawClient, create_topic, decode_response, make_batch, request_frame
 
 
@@ -68,6 +69,16 @@ def by_thread(
         if d > 0:
             spent[name] = round(spent.get(name, 0.0) + d, 3)
     return spent
+
+
+def wal_objects(metrics: str) -> int:
+    """WAL objects committed so far (the broker's Prometheus counter): the
+    requests per object say how much each commit's fixed cost is shared."""
+    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("shoal_wal_objects_committed_total "):
+                return int(float(line.split()[1]))
+    raise RuntimeError("no shoal_wal_objects_committed_total in the broker's metrics")
 
 
 class Profiled(BrokerProcess):
@@ -184,7 +195,8 @@ def main() -> None:
     ap.add_argument("--label", default="")
     args = ap.parse_args()
 
-    env = {}
+    metrics = f"127.0.0.1:{free_port()}"
+    env = {"SHOAL_METRICS_LISTEN": metrics}
     if args.src:
         env["PYTHONPATH"] = f"{args.src}:{os.environ.get('PYTHONPATH', '')}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -212,10 +224,12 @@ def main() -> None:
                 todo = frames(targets, args.requests, args.size, producer, seqs)
                 load = os.getloadavg()[0]
                 th0 = threads(pid)
+                objects0 = wal_objects(metrics)
                 c0, t0 = cpu_s(pid), time.monotonic()
                 answers = asyncio.run(send(broker.bootstrap, todo, args.connections, args.inflight))
                 c1, t1 = cpu_s(pid), time.monotonic()
                 th1 = threads(pid)
+                objects = wal_objects(metrics) - objects0
                 bad = check(answers)
                 print(
                     json.dumps(
@@ -230,6 +244,8 @@ def main() -> None:
                             "wall_s": round(t1 - t0, 3),
                             "broker_cpu_s": round(c1 - c0, 3),
                             "cpu_us_per_request": round((c1 - c0) / args.requests * 1e6, 1),
+                            "wal_objects": objects,
+                            "requests_per_object": round(args.requests / max(objects, 1), 2),
                             "failed": bad,
                             "threads_cpu_s": by_thread(th0, th1),
                             "load1": round(load, 2),

@@ -18,10 +18,10 @@ asyncio write lock still orders it with the store's other writers.
 from __future__ import annotations
 
 import asyncio
+import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Update, bindparam, delete, insert, select, update
@@ -114,6 +114,35 @@ def _statements() -> dict[str, str]:
     }
 
 
+_Job = tuple[
+    asyncio.AbstractEventLoop,
+    "asyncio.Future[StreamRows | None]",
+    tuple[Moves, "Sequence[ObjectCommit]", int, int, "Callable[[], None] | None"],
+]
+
+
+def _answer(
+    loop: asyncio.AbstractEventLoop,
+    done: asyncio.Future[StreamRows | None],
+    result: StreamRows | None,
+    exc: BaseException | None,
+) -> None:
+    """Hand a commit's outcome to its waiter, on the waiter's loop."""
+
+    def settle() -> None:
+        if done.done():  # cancelled meanwhile
+            return
+        if exc is not None:
+            done.set_exception(exc)
+        else:
+            done.set_result(result)
+
+    try:
+        loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        pass
+
+
 class SqliteCommitter:
     """One connection, one thread: `commit` runs a whole group commit there."""
 
@@ -124,8 +153,11 @@ class SqliteCommitter:
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         # One thread keeps the connection on one thread (and off the default
-        # executor, which file work shares); made again after a close.
-        self._executor: ThreadPoolExecutor | None = None
+        # executor, which file work shares); made again after a close. Jobs
+        # reach it on a queue and answer with call_soon_threadsafe: half the
+        # CPU of run_in_executor's hop (its concurrent Future, the chaining
+        # of two futures), paid once per group commit.
+        self._jobs: queue.SimpleQueue[_Job | None] | None = None
         #: statements executed (an executemany counts once), for tests
         self.statements = 0
 
@@ -134,19 +166,42 @@ class SqliteCommitter:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-            if self._executor is not None:
-                self._executor.shutdown(wait=False)
-                self._executor = None
+            if self._jobs is not None:
+                self._jobs.put(None)  # the thread ends after what is queued
+                self._jobs = None
 
     async def commit(
-        self, moves: Moves, objects: Sequence[ObjectCommit], node_id: int, created_ms: int
+        self,
+        moves: Moves,
+        objects: Sequence[ObjectCommit],
+        node_id: int,
+        created_ms: int,
+        before: Callable[[], None] | None = None,
     ) -> StreamRows | None:
         """`commit_sync` in the committer's thread."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="shoal-sqlite-commit")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.commit_sync, moves, objects, node_id, created_ms
-        )
+        jobs = self._jobs
+        if jobs is None:
+            jobs = self._jobs = queue.SimpleQueue()
+            threading.Thread(
+                target=self._serve, args=(jobs,), name="shoal-sqlite-commit", daemon=True
+            ).start()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[StreamRows | None] = loop.create_future()
+        jobs.put((loop, done, (moves, objects, node_id, created_ms, before)))
+        return await done
+
+    def _serve(self, jobs: queue.SimpleQueue[_Job | None]) -> None:
+        """The committer's thread: one job at a time, until close()."""
+        while (job := jobs.get()) is not None:
+            loop, done, args = job
+            if done.cancelled():  # as an executor drops a job cancelled in its queue
+                continue
+            try:
+                result: StreamRows | None = self.commit_sync(*args)
+            except BaseException as exc:
+                _answer(loop, done, None, exc)
+            else:
+                _answer(loop, done, result, None)
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -158,13 +213,21 @@ class SqliteCommitter:
         return self._conn
 
     def commit_sync(
-        self, moves: Moves, objects: Sequence[ObjectCommit], node_id: int, created_ms: int
+        self,
+        moves: Moves,
+        objects: Sequence[ObjectCommit],
+        node_id: int,
+        created_ms: int,
+        before: Callable[[], None] | None = None,
     ) -> StreamRows | None:
         """Apply the group commit; None when it is committed. When a stream
         did not move (fenced, or its end is not the expected one) nothing is
         changed and the streams' rows as the transaction saw them after the
-        moves are returned, for the caller to name the stream."""
+        moves are returned, for the caller to name the stream. `before` runs
+        first (the objects' files): if it raises, nothing is committed."""
         with self._lock:
+            if before is not None:
+                before()
             conn = self._connect()
             conn.execute("BEGIN IMMEDIATE")
             try:

@@ -12,7 +12,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -719,9 +719,17 @@ class MetaStore:
                 for r in rows
             ]
 
-    async def commit_objects(self, objects: Sequence[ObjectCommit], node_id: int) -> None:
+    async def commit_objects(
+        self,
+        objects: Sequence[ObjectCommit],
+        node_id: int,
+        before: Callable[[], None] | None = None,
+    ) -> None:
         """Record uploaded objects and advance each stream's end, atomically
-        (a group commit of several WAL objects, in order).
+        (a group commit of several WAL objects, in order). `before`, if
+        given, runs first in a worker thread and its error fails the commit:
+        the WAL writes small objects to a local store there (on a SQLite file,
+        in the commit's own thread: one hop for object and metadata).
 
         Raises StreamFenced (and changes nothing) if any stream's epoch or end
         offset is not what the writer expects. On a SQLite file the same
@@ -743,10 +751,12 @@ class MetaStore:
         created = now_ms()
         if self.sqlite_commits is not None:
             async with self._write_lock:
-                seen = await self.sqlite_commits.commit(moves, objects, node_id, created)
+                seen = await self.sqlite_commits.commit(moves, objects, node_id, created, before)
             if seen is not None:
                 raise _fenced(moves, seen)
             return
+        if before is not None:
+            await asyncio.to_thread(before)
         async with self._tx() as conn:
             if moves and not await self._move_ends(conn, moves):
                 await self._raise_fenced(conn, moves)

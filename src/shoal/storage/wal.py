@@ -9,6 +9,12 @@ strictly in order, by one committer: it takes every uploaded object at the
 head of the queue and records them all in one metadata transaction (group
 commit), which advances every stream in them. Only then are the appends'
 futures resolved: an acknowledgement means durable.
+
+On a local store with a SQLite file (eager), a small object is not uploaded
+on its own: the commit's thread writes its file and then runs the
+transaction, in one hop. With librdkafka's pattern (one request per
+partition, a few at a time) an object holds a handful of requests, and each
+hop to a thread and back is a fixed cost of every object.
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ from shoal.storage.producers import ProducerEntry
 log = logging.getLogger("shoal.wal")
 
 MAX_GROUP = 64  # objects per group commit
+#: Objects up to this size are written in the commit's thread when the store
+#: allows it (see the module's docstring); larger ones upload concurrently,
+#: overlapping the commit before them.
+FUSED_MAX_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +99,8 @@ class _Buffer:
     blocks: dict[int, BlockBuilder] = field(default_factory=dict)
     uploaded: bool = False
     failed: BaseException | None = None
+    #: the object's PUT, for the commit's thread to run first (local stores)
+    write: Callable[[], None] | None = None
 
 
 CommitCallback = Callable[[str, list[RangeCommit], list[Append]], None]
@@ -121,6 +133,9 @@ class Wal:
         self._on_commit = on_commit
         self._on_fenced = on_fenced
         self._producer_rows = producer_rows
+        # Small objects are written in the commit's thread (one hop): only
+        # where a PUT is a local file write and the commit runs in a thread.
+        self._fused = config.eager and meta.sqlite_commits is not None
         self._seq = 0
         self._buffer = _Buffer(0)
         self._inflight = asyncio.Semaphore(config.max_inflight)
@@ -178,6 +193,8 @@ class Wal:
         self._sealed.append(buf)
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_loop())
+        if self._fused and buf.size <= FUSED_MAX_BYTES and self._write_in_commit(buf):
+            return
         task = asyncio.create_task(self._upload(buf))
         self._uploads.add(task)
         task.add_done_callback(self._uploads.discard)
@@ -193,6 +210,26 @@ class Wal:
             t.cancel()
 
     # upload --------------------------------------------------------------
+
+    def _write_in_commit(self, buf: _Buffer) -> bool:
+        """Build the object now and leave its PUT to the commit's thread;
+        False (nothing done) if the store cannot write it there."""
+        key = f"{self._prefix}-{buf.seq:010d}.wal"
+        try:
+            data = self._encode(buf)
+        except Exception as exc:  # the committer fails its appends (as _upload's)
+            buf.failed = exc
+            self._wakeup.set()
+            return True
+        write = self.store.local_put(key, data)
+        if write is None:
+            buf.blocks.clear()  # _upload builds the object again
+            return False
+        buf.key, buf.object_size, buf.write = key, len(data), write
+        self.uploading.add(key)
+        buf.uploaded = True
+        self._wakeup.set()
+        return True
 
     async def _upload(self, buf: _Buffer) -> None:
         try:
@@ -286,15 +323,18 @@ class Wal:
 
     async def _commit_group(self, group: list[_Buffer]) -> None:
         fenced: set[int] = set()
+        writes = [buf.write for buf in group if buf.write is not None]
+        before = functools.partial(_write_all, writes) if writes else None
         while True:
             objects = [self._object_commit(buf, fenced) for buf in group]
             try:
                 await self._retry(
-                    functools.partial(self.meta.commit_objects, objects, self.node_id),
+                    functools.partial(self.meta.commit_objects, objects, self.node_id, before),
                     f"commit {group[0].key}..{group[-1].key}",
                     "metadata",
                     retry_on=(Exception,),
                     give_up_on=(StreamFenced,),
+                    also_ok="objects" if writes else None,
                 )
                 break
             except StreamFenced as exc:
@@ -366,25 +406,42 @@ class Wal:
         kind: str,
         retry_on: tuple[type[BaseException], ...] = (StorageError,),
         give_up_on: tuple[type[BaseException], ...] = (),
+        also_ok: str | None = None,
     ) -> None:
         """Retry with capped exponential backoff and full jitter; the requests
         waiting on this flush time out on their own deadlines meanwhile. A
         failure for lack of space turns new writes away (DiskGuard) until a
-        write of the same `kind` goes through."""
+        write of the same `kind` goes through. `also_ok`: a second kind the
+        operation writes (a commit that writes its objects first); its
+        failures are the store's errors (StorageError)."""
         delay = self.config.retry_backoff_ms
         attempt = 0
         while True:
             try:
                 await op()
                 self.disk.write_ok(kind)
+                if also_ok is not None:
+                    self.disk.write_ok(also_ok)
                 return
             except give_up_on:
                 raise
             except retry_on as exc:
                 attempt += 1
                 self.upload_retries += 1
-                full = self.disk.write_failed(kind, exc)
+                failed = also_ok if also_ok and isinstance(exc, StorageError) else kind
+                full = self.disk.write_failed(failed, exc)
                 if (attempt == 1 and not full) or attempt % 20 == 0:
                     log.warning("%s failed (attempt %d), retrying: %s", what, attempt, exc)
                 await asyncio.sleep(random.uniform(0, delay) / 1000)
                 delay = min(delay * 2, self.config.retry_backoff_max_ms)
+
+
+def _write_all(writes: list[Callable[[], None]]) -> None:
+    """A group's object PUTs, in the commit's thread before its transaction.
+    An object a failed attempt already wrote is there: keys are unique to
+    this process (as in `Wal._put_once`)."""
+    for write in writes:
+        try:
+            write()
+        except ObjectExists:
+            pass

@@ -1,0 +1,60 @@
+"""PUTs to a file store are written by ObjectStore itself (a staging file
+hard-linked into place), not by obstore: what obstore reads back, lists and
+refuses must not change."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from shoal.storage.errors import ObjectExists, ObjectStoreUnavailable
+from shoal.storage.objectstore import ObjectStore
+
+
+async def test_a_put_file_reads_back_through_obstore(tmp_path: Path) -> None:
+    store = ObjectStore((tmp_path / "objects").as_uri())
+    data = bytearray(os.urandom(5000))
+    await store.put("wal/3/0001-42-0000000001.wal", data)
+    assert await store.get("wal/3/0001-42-0000000001.wal") == bytes(data)
+    assert bytes(await store.get_range("wal/3/0001-42-0000000001.wal", 10, 20)) == data[10:20]
+    [info] = await store.list("wal/")
+    assert (info.key, info.size) == ("wal/3/0001-42-0000000001.wal", 5000)
+    # Nothing staged is left behind (the staging file is `KEY#N`).
+    assert sorted(p.name for p in (tmp_path / "objects" / "wal" / "3").iterdir()) == [
+        "0001-42-0000000001.wal"
+    ]
+    await store.delete("wal/3/0001-42-0000000001.wal")
+    assert await store.list("wal/") == []
+
+
+async def test_a_conditional_put_never_overwrites(tmp_path: Path) -> None:
+    store = ObjectStore((tmp_path / "objects").as_uri())
+    await store.put("compacted/0/a.obj", b"first")
+    with pytest.raises(ObjectExists):
+        await store.put("compacted/0/a.obj", b"second")
+    assert await store.get("compacted/0/a.obj") == b"first"
+    await store.put("compacted/0/a.obj", memoryview(b"third"), create=False)
+    assert await store.get("compacted/0/a.obj") == b"third"
+    assert [p.name for p in (tmp_path / "objects" / "compacted" / "0").iterdir()] == ["a.obj"]
+
+
+async def test_keys_obstore_encodes_still_go_through_obstore(tmp_path: Path) -> None:
+    """A key whose characters obstore's Path percent-encodes is written by
+    obstore, so the file is where obstore's reads look for it."""
+    store = ObjectStore((tmp_path / "objects").as_uri())
+    for key in ("odd/a b.obj", "odd/.hidden", "odd/é%.obj"):
+        await store.put(key, key.encode())
+        assert await store.get(key) == key.encode()
+
+
+async def test_a_put_that_cannot_write_is_a_storage_error(tmp_path: Path) -> None:
+    """A directory where the object's parent should be: the PUT fails with
+    the store's error naming the key, and leaves no staging file."""
+    root = tmp_path / "objects"
+    store = ObjectStore(root.as_uri())
+    (root / "wal").write_bytes(b"a file, not a directory")
+    with pytest.raises(ObjectStoreUnavailable, match=r"wal/0/x\.wal"):
+        await store.put("wal/0/x.wal", b"data")
+    assert sorted(p.name for p in root.iterdir()) == ["wal"]
