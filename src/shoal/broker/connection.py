@@ -29,6 +29,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from shoal.broker.broker import Broker
+from shoal.broker.frame_stream import peer_name
 from shoal.broker.handlers import Client, Deferred, Handler
 from shoal.broker.handlers.api_versions import unsupported_version_response
 from shoal.protocol.apis import (
@@ -70,8 +71,7 @@ class Connection:
         self.stream = stream
         self.limits = limits
         self.budget = budget
-        peer = stream.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.peer = peer_name(stream.get_extra_info("peername"))
         self.client = Client(self.peer, None)
         self._queue: asyncio.Queue[tuple[RequestHeader, Any, int] | None] = asyncio.Queue(
             self.limits.max_inflight

@@ -33,6 +33,13 @@ STAGING_FIRST = 4 * 1024
 DIRECT = 16 * 1024
 
 
+def peer_name(peername: object) -> str:
+    """A socket's `peername` as logs and audit lines name the client."""
+    if isinstance(peername, tuple):
+        return f"{peername[0]}:{peername[1]}"
+    return str(peername)
+
+
 class FrameReader:
     """The reader's side both connection kinds share (FrameStream here, and
     TlsStream, whose worker threads fill the buffers): waiting for bytes, and
@@ -41,6 +48,12 @@ class FrameReader:
     _eof: bool
     _lost: BaseException | None
     _waiter: asyncio.Future[None] | None
+    # The staging buffer: unread bytes are _staging[_start:_end], at most _most.
+    _staging: bytearray
+    _view: memoryview
+    _start: int
+    _end: int
+    _most: int
 
     async def read_into(self, buf: memoryview) -> None:
         raise NotImplementedError
@@ -68,6 +81,21 @@ class FrameReader:
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    def _compact(self) -> None:
+        """Move the unread staged bytes to the front of the staging buffer."""
+        n = self._end - self._start
+        self._view[:n] = self._view[self._start : self._end]
+        self._start, self._end = 0, n
+
+    def _grow(self) -> None:
+        """A new, larger staging buffer (the old one may still be exported
+        to the event loop, so it is replaced, not resized)."""
+        bigger = bytearray(min(self._most, 2 * len(self._staging)))
+        n = self._end - self._start
+        bigger[:n] = self._view[self._start : self._end]
+        self._staging, self._view = bigger, memoryview(bigger)
+        self._start, self._end = 0, n
 
 
 class FrameStream(FrameReader, asyncio.BufferedProtocol):
@@ -228,20 +256,6 @@ class FrameStream(FrameReader, asyncio.BufferedProtocol):
 
     def _staged(self) -> int:
         return self._end - self._start
-
-    def _compact(self) -> None:
-        n = self._end - self._start
-        self._view[:n] = self._view[self._start : self._end]
-        self._start, self._end = 0, n
-
-    def _grow(self) -> None:
-        """A new, larger staging buffer (the old one may still be exported
-        to the event loop, so it is replaced, not resized)."""
-        bigger = bytearray(min(self._most, 2 * len(self._staging)))
-        n = self._end - self._start
-        bigger[:n] = self._view[self._start : self._end]
-        self._staging, self._view = bigger, memoryview(bigger)
-        self._start, self._end = 0, n
 
     def _pause(self) -> None:
         if not self._read_paused and not self._closed:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 import time
@@ -209,39 +210,31 @@ class KafkaListener:
         # socket for asyncio's default 60 s, unseen by the idle sweeper.
         handshake_s = min(self.limits.idle_ms / 1000, HANDSHAKE_TIMEOUT_S)
         factory: Callable[[], asyncio.BaseProtocol]
-        if ssl_context is not None and ssl_engine == "threaded":
-            context = ssl_context
-            factory = lambda: TlsStream(  # noqa: E731
+        if ssl_context is None:
+            factory = functools.partial(FrameStream, self._on_connect)
+        elif ssl_engine == "threaded":
+            factory = functools.partial(
+                TlsStream,
                 self._on_connect,
-                context,
+                ssl_context,
                 handshake_timeout=handshake_s,
                 listener=self.name,
                 on_failure=self.on_tls_failure,
             )
-            self.server = await loop.create_server(
-                factory, host, port, backlog=1024, reuse_address=True
-            )
-        elif ssl_context is not None:
+        else:
             # The handshake through TlsAccept, not create_server(ssl=...),
             # which drops a failed one without a log line.
-            tls_context = ssl_context
-            self.server = await loop.create_server(
-                lambda: TlsAccept(
-                    self._on_connect, tls_context, handshake_s, self.on_tls_failure, self.name
-                ),
-                host,
-                port,
-                backlog=1024,
-                reuse_address=True,
+            factory = functools.partial(
+                TlsAccept,
+                self._on_connect,
+                ssl_context,
+                handshake_s,
+                self.on_tls_failure,
+                self.name,
             )
-        else:
-            self.server = await loop.create_server(
-                lambda: FrameStream(self._on_connect),
-                host,
-                port,
-                backlog=1024,
-                reuse_address=True,
-            )
+        self.server = await loop.create_server(
+            factory, host, port, backlog=1024, reuse_address=True
+        )
         self._sweeper = asyncio.create_task(self._sweep_idle(), name=f"idle-sweeper-{self.name}")
 
     @property

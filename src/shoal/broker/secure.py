@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import logging
 import ssl
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from shoal.broker.handlers import Client
 from shoal.config import BrokerConfig
 from shoal.security.audit import AuditLog
 from shoal.security.listeners import Listener
@@ -60,7 +61,7 @@ class Security:
             "authentication failed: TLS handshake from %s on %s: %s", peer, listener.name, reason
         )
         if self.audit is not None:
-            who = _Peer("User:ANONYMOUS", peer, None, listener.name)
+            who = Client(peer, None, listener=listener.name)  # not authenticated: anonymous
             self.audit.authentication(who, "SSL", False, reason)
 
     def on_connection(self, listener: Listener, conn: Connection) -> None:
@@ -108,13 +109,3 @@ class Security:
         conn.client = replace(
             conn.client, principal=principal, listener=listener.name, session=session
         )
-
-
-@dataclass(frozen=True)
-class _Peer:
-    """Who an audit line names before there is a connection (audit.Who)."""
-
-    principal: str
-    peer: str
-    client_id: str | None
-    listener: str

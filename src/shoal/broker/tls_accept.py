@@ -23,7 +23,7 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
-from shoal.broker.frame_stream import FrameStream
+from shoal.broker.frame_stream import FrameStream, peer_name
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,7 @@ class TlsAccept(asyncio.Protocol):
             data = data[n:]
 
     async def _handshake(self, tcp: asyncio.Transport) -> None:
-        peer = tcp.get_extra_info("peername")
-        who = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        who = peer_name(tcp.get_extra_info("peername"))
         stream = FrameStream(self._on_connect)
         try:
             tls = await asyncio.get_running_loop().start_tls(

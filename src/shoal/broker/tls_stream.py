@@ -47,7 +47,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, cast
 
-from shoal.broker.frame_stream import DIRECT, STAGING, STAGING_FIRST, FrameReader
+from shoal.broker.frame_stream import DIRECT, STAGING, STAGING_FIRST, FrameReader, peer_name
 from shoal.broker.tls_accept import OnFailure, handshake_failure
 
 log = logging.getLogger("shoal.tls")
@@ -171,8 +171,7 @@ class TlsStream(FrameReader, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self._loop = asyncio.get_running_loop()
-        peer = transport.get_extra_info("peername")
-        self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._peer = peer_name(transport.get_extra_info("peername"))
         self._timer = self._loop.call_later(self._handshake_timeout, self._handshake_expired)
 
     def data_received(self, data: bytes) -> None:
@@ -491,13 +490,9 @@ class TlsStream(FrameReader, asyncio.Protocol):
                 else:
                     if self._end == len(self._staging):
                         if self._start:
-                            kept = self._end - self._start
-                            self._view[:kept] = self._view[self._start : self._end]
-                            self._start, self._end = 0, kept
+                            self._compact()
                         elif len(self._staging) < self._most:
-                            bigger = bytearray(min(self._most, 2 * len(self._staging)))
-                            bigger[: self._end] = self._view[: self._end]
-                            self._staging, self._view = bigger, memoryview(bigger)
+                            self._grow()
                         else:
                             done.stalled = True
                             return
