@@ -188,6 +188,13 @@ def store_users(metadata_url: str, names: tuple[str, ...], password: str = PASSW
     asyncio.run(go())
 
 
+def server_ssl_context(certs: Certs) -> ssl.SSLContext:
+    """The broker's side of the test certificates, for a server made in the test."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(certs.server_keystore))
+    return ctx
+
+
 def client_ssl_context(certs: Certs, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(certs.ca_file))
     if cert is not None:

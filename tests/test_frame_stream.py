@@ -13,17 +13,14 @@ import pytest
 import uvloop
 
 from harness import eventually
-from security_helpers import make_certs
+from security_helpers import client_ssl_context, make_certs, server_ssl_context
 from shoal.broker.frame_stream import STAGING, STAGING_FIRST, FrameStream
 
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     certs = make_certs(Path(tmp_path_factory.mktemp("certs")))
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(str(certs.server_keystore))
-    client = ssl.create_default_context(cafile=str(certs.ca_file))
-    return server, client
+    return server_ssl_context(certs), client_ssl_context(certs)
 
 
 def run(coro: Awaitable[None]) -> None:

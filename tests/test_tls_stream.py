@@ -15,7 +15,7 @@ import pytest
 import uvloop
 
 from harness import eventually
-from security_helpers import Certs, make_certs
+from security_helpers import Certs, client_ssl_context, make_certs, server_ssl_context
 from shoal.broker.frame_stream import STAGING
 from shoal.broker.tls_stream import CIPHER_HIGH, OUT_HIGH, TlsStream
 from shoal.config import ConfigError, load_config
@@ -29,10 +29,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 @pytest.fixture(scope="module")
 def tls(certs: Certs) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(str(certs.server_keystore))
-    client = ssl.create_default_context(cafile=str(certs.ca_file))
-    return server, client
+    return server_ssl_context(certs), client_ssl_context(certs)
 
 
 def run(coro: Awaitable[None]) -> None:
@@ -113,27 +110,37 @@ def test_frames_cut_anywhere_arrive_whole_and_are_answered_in_order(
     run(main())
 
 
+async def read_when_client_leaves(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext], leave: Callable[[asyncio.StreamWriter], None]
+) -> BaseException:
+    """A reader waits for a 100,000-byte frame; the client sends 40,000
+    bytes and then `leave`s: what the read raised."""
+    seen: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    async def reader(stream: TlsStream) -> None:
+        try:
+            await stream.read_into(memoryview(bytearray(100_000)))
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            seen.set_result(exc)
+
+    server, port, _ = await serve(reader, tls[0])
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls[1])
+    writer.write(b"x" * 40_000)
+    await writer.drain()
+    leave(writer)
+    try:
+        return await seen
+    finally:
+        server.close()
+
+
 def test_a_client_that_stops_mid_frame_gives_what_came(
     tls: tuple[ssl.SSLContext, ssl.SSLContext],
 ) -> None:
     async def main() -> None:
-        seen: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
-
-        async def reader(stream: TlsStream) -> None:
-            try:
-                await stream.read_into(memoryview(bytearray(100_000)))
-            except (asyncio.IncompleteReadError, ConnectionError) as exc:
-                seen.set_result(exc)
-
-        server, port, _ = await serve(reader, tls[0])
-        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls[1])
-        writer.write(b"x" * 40_000)
-        await writer.drain()
-        writer.close()
-        exc = await seen
+        exc = await read_when_client_leaves(tls, lambda writer: writer.close())
         assert isinstance(exc, asyncio.IncompleteReadError)
         assert (len(exc.partial), exc.expected) == (40_000, 100_000)
-        server.close()
 
     run(main())
 
@@ -141,26 +148,15 @@ def test_a_client_that_stops_mid_frame_gives_what_came(
 def test_a_client_that_resets_mid_frame_ends_the_read(
     tls: tuple[ssl.SSLContext, ssl.SSLContext],
 ) -> None:
-    async def main() -> None:
-        seen: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
-
-        async def reader(stream: TlsStream) -> None:
-            try:
-                await stream.read_into(memoryview(bytearray(100_000)))
-            except (asyncio.IncompleteReadError, ConnectionError) as exc:
-                seen.set_result(exc)
-
-        server, port, _ = await serve(reader, tls[0])
-        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls[1])
-        writer.write(b"x" * 40_000)
-        await writer.drain()
+    def reset(writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()  # RST
-        exc = await seen
+
+    async def main() -> None:
+        exc = await read_when_client_leaves(tls, reset)
         if isinstance(exc, asyncio.IncompleteReadError):
             assert len(exc.partial) <= 40_000 and exc.expected == 100_000
-        server.close()
 
     run(main())
 
@@ -283,13 +279,10 @@ def test_plaintext_on_the_tls_port_is_refused_with_one_line(
 
 
 def test_the_client_certificate_maps_to_its_principal(certs: Certs) -> None:
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(str(certs.server_keystore))
+    server_ctx = server_ssl_context(certs)
     server_ctx.load_verify_locations(cafile=str(certs.ca_file))
     server_ctx.verify_mode = ssl.CERT_REQUIRED
-    cert, key = certs.client("plant-7")
-    client_ctx = ssl.create_default_context(cafile=str(certs.ca_file))
-    client_ctx.load_cert_chain(str(cert), str(key))
+    client_ctx = client_ssl_context(certs, certs.client("plant-7"))
     mapper = PrincipalMapper.parse("RULE:^CN=([^,]+),OU=sites.*$/$1/,DEFAULT")
 
     async def main() -> None:
