@@ -91,7 +91,7 @@ class ObjectStore:
         self, key: str, data: bytes | bytearray | memoryview, *, create: bool = True
     ) -> None:
         """Conditional create by default: an object key is never overwritten."""
-        if self._root is not None and _PLAIN_KEY.fullmatch(key):
+        if self.writes_locally(key):
             await self._put_file(key, data, create)
             return
         try:
@@ -109,15 +109,18 @@ class ObjectStore:
             self._writer, _put_local, f"{self._root}/{key}", key, data, create
         )
 
-    def local_put(
-        self, key: str, data: bytes | bytearray | memoryview
-    ) -> Callable[[], None] | None:
-        """A conditional-create PUT of `key` to run in a thread of the
-        caller's (the WAL writes a small object in its metadata commit's
-        thread: one hop for both), or None when this store is not a local
-        directory or the key is not one written here. Raises like `put`."""
-        if self._root is None or not _PLAIN_KEY.fullmatch(key):
-            return None
+    def writes_locally(self, key: str) -> bool:
+        """Whether a PUT of `key` is a file write of Shoal's own: a file
+        store, and a key obstore keeps as it is."""
+        return self._root is not None and _PLAIN_KEY.fullmatch(key) is not None
+
+    def local_put(self, key: str, data: bytes | bytearray | memoryview) -> Callable[[], None]:
+        """A conditional-create PUT of `key`, for a key `writes_locally`
+        accepts, to run in a thread of the caller's (the WAL writes a small
+        object in its metadata commit's thread: one hop for both). Raises
+        like `put`."""
+        if not self.writes_locally(key):
+            raise ValueError(f"{key!r} is not written locally by this store")
         return functools.partial(_put_local, f"{self._root}/{key}", key, data, True)
 
     async def get(self, key: str) -> bytes:

@@ -193,9 +193,11 @@ class Wal:
         self._sealed.append(buf)
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_loop())
-        if self._fused and buf.size <= FUSED_MAX_BYTES and self._write_in_commit(buf):
+        key = f"{self._prefix}-{buf.seq:010d}.wal"
+        if self._fused and buf.size <= FUSED_MAX_BYTES and self.store.writes_locally(key):
+            self._write_in_commit(buf, key)
             return
-        task = asyncio.create_task(self._upload(buf))
+        task = asyncio.create_task(self._upload(buf, key))
         self._uploads.add(task)
         task.add_done_callback(self._uploads.discard)
 
@@ -211,31 +213,24 @@ class Wal:
 
     # upload --------------------------------------------------------------
 
-    def _write_in_commit(self, buf: _Buffer) -> bool:
-        """Build the object now and leave its PUT to the commit's thread;
-        False (nothing done) if the store cannot write it there."""
-        key = f"{self._prefix}-{buf.seq:010d}.wal"
+    def _write_in_commit(self, buf: _Buffer, key: str) -> None:
+        """Build the object now and leave its PUT to the commit's thread."""
         try:
             data = self._encode(buf)
         except Exception as exc:  # the committer fails its appends (as _upload's)
             buf.failed = exc
-            self._wakeup.set()
-            return True
-        write = self.store.local_put(key, data)
-        if write is None:
-            buf.blocks.clear()  # _upload builds the object again
-            return False
-        buf.key, buf.object_size, buf.write = key, len(data), write
-        self.uploading.add(key)
-        buf.uploaded = True
+        else:
+            buf.key, buf.object_size = key, len(data)
+            buf.write = self.store.local_put(key, data)
+            self.uploading.add(key)
+            buf.uploaded = True
         self._wakeup.set()
-        return True
 
-    async def _upload(self, buf: _Buffer) -> None:
+    async def _upload(self, buf: _Buffer, key: str) -> None:
         try:
             async with self._inflight:
                 data = self._encode(buf)
-                buf.key = f"{self._prefix}-{buf.seq:010d}.wal"
+                buf.key = key
                 self.uploading.add(buf.key)
                 buf.object_size = len(data)
                 await self._retry(
