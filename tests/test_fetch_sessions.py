@@ -162,3 +162,41 @@ def test_kafka_python_sessions_eviction_and_restart(tmp_path: Any) -> None:
             if consumer is not None:
                 consumer.close()
         b.stop()
+
+
+def test_sessionless_fetch_of_many_partitions_after_a_restart(tmp_path: Any) -> None:
+    """librdkafka's fetches carry no session and name every assigned
+    partition. After a restart such a fetch opens its streams in batches and
+    answers each partition from memory: right records and high watermarks
+    for all of them, and a long poll over all of them wakes at a commit to
+    any one."""
+    n, written = 300, 150
+    b = BrokerProcess(tmp_path / "data").start()
+    try:
+        assert create_topic(b.bootstrap, "fleet", n) == ErrorCode.none
+        produce_each(b.bootstrap, "fleet", written, b"r")
+        b.restart()
+        with RawClient(b.bootstrap) as c:
+            first = answered(fetch(c, "fleet", dict.fromkeys(range(n), 0), (0, -1)))
+            assert sorted(first) == list(range(n))
+            for p, part in first.items():
+                assert part.error_code == ErrorCode.none
+                assert part.high_watermark == (1 if p < written else 0)
+                assert (b"r-%d" % p in (part.records or b"")) == (p < written)
+            ends = {p: (1 if p < written else 0) for p in range(n)}
+            again = answered(fetch(c, "fleet", ends, (0, -1)))
+            assert sorted(again) == list(range(n))
+            assert all(not part.records for part in again.values())
+            assert [again[p].high_watermark for p in range(n)] == [ends[p] for p in range(n)]
+            # a long poll at the end of all 300 partitions, woken by one commit
+            body = dataclasses.replace(
+                fetch_request("fleet", ends), max_wait=datetime.timedelta(seconds=20)
+            )
+            from wire import request_frame
+
+            c.send_raw(request_frame(1, 12, body, correlation_id=9))
+            assert produce(b.bootstrap, "fleet", make_batch([b"wake"]), n - 1).error_code == 0
+            c.sock.settimeout(15)
+            assert b"wake" in c.read_frame()
+    finally:
+        b.stop()

@@ -538,3 +538,73 @@ async def test_gather_bounded_keeps_order_bounds_concurrency_and_fails_fast() ->
     with pytest.raises(ObjectNotFoundForTest):
         await gather_bounded(calls, limit=4)
     assert most <= 4
+
+
+async def test_open_all_opens_many_streams_in_one_batch(meta: MetaStore) -> None:
+    """A fetch naming many partitions after a restart opens their streams
+    together (one batched open), not one per partition as it reads them; a
+    stream that cannot open is left for its own read to report."""
+    sids = await new_stream(meta, 40)
+    eng = engine(FaultyStore(), meta)
+    batches: list[list[int]] = []
+    real_open = meta.open_streams
+
+    async def counted(ids: list[int], owner: int | None = None) -> object:
+        batches.append(list(ids))
+        return await real_open(ids, owner)
+
+    meta.open_streams = counted  # type: ignore[method-assign,assignment]
+    await eng.open_all([*sids, 999_999])
+    assert [sorted(b) for b in batches] == [sorted([*sids, 999_999])]
+    assert all(eng.position(sid) == (0, 0, 0) for sid in sids)
+    assert eng.position(999_999) is None
+    await eng.open_all(sids)  # all open: nothing more to ask
+    assert len(batches) == 1
+    with pytest.raises(MetaError):
+        await eng.read(999_999, 0, 1 << 20)
+    await eng.close()
+
+
+async def test_read_nowait_answers_from_memory_or_defers(meta: MetaStore) -> None:
+    """`read_nowait` gives `read`'s answer when no I/O is needed (the end of
+    an open stream, or its tail in the LogCache) and None otherwise."""
+    [sid, other] = await new_stream(meta, 2)
+    eng = engine(FaultyStore(), meta)
+    assert eng.read_nowait(sid, 0, 1 << 20) is None  # not open yet
+    await asyncio.wait_for(await eng.append(sid, batch(b"a", b"b"), 0), 10)
+    await eng.open(other)
+    at_end = eng.read_nowait(sid, 2, 1 << 20)
+    assert at_end is not None and (at_end.chunks, at_end.high_watermark) == ([], 2)
+    tail = eng.read_nowait(sid, 0, 1 << 20)
+    slow = await eng.read(sid, 0, 1 << 20)
+    assert tail is not None
+    assert [bytes(c) for c in tail.chunks] == [bytes(c) for c in slow.chunks]
+    assert offsets_of(tail.chunks) == [0]
+    with pytest.raises(OffsetOutOfRange):
+        eng.read_nowait(sid, 3, 1 << 20)
+    eng.log_cache.drop_stream(sid)  # the tail gone: only a read of objects answers
+    assert eng.read_nowait(sid, 0, 1 << 20) is None
+    assert offsets_of((await eng.read(sid, 0, 1 << 20)).chunks) == [0]
+    await eng.close()
+
+
+async def test_watch_any_wakes_on_a_commit_to_any_stream(meta: MetaStore) -> None:
+    """One future for a long poll over many streams; those left done in a
+    quiet stream's list are swept, so repeated polls do not pile up."""
+    from shoal.storage.streams import WAITERS_SWEEP_AT
+
+    sids = await new_stream(meta, 5)
+    eng = engine(FaultyStore(), meta)
+    await eng.open_all(sids)
+    assert eng.watch_any([999_999]) is None  # nothing open to watch
+    fut = eng.watch_any(sids)
+    assert fut is not None and not fut.done()
+    await asyncio.wait_for(await eng.append(sids[3], batch(b"x"), 0), 10)
+    await asyncio.wait_for(fut, 10)
+    quiet = eng._streams[sids[0]]
+    for _ in range(5 * WAITERS_SWEEP_AT):
+        w = eng.watch_any(sids)
+        assert w is not None
+        w.cancel()  # the poll timed out
+    assert len(quiet.waiters) <= WAITERS_SWEEP_AT
+    await eng.close()

@@ -147,6 +147,19 @@ class ReadResult:
     last_stable_offset: int = -1
 
 
+#: A stream's waiters list is swept of futures already done (a long poll
+#: that ended on another stream, or gave up) once it holds this many, so a
+#: quiet stream polled by many fetches does not collect them without bound.
+WAITERS_SWEEP_AT = 16
+
+
+def _add_waiter(st: StreamState, fut: asyncio.Future[None]) -> None:
+    waiters = st.waiters
+    if len(waiters) >= WAITERS_SWEEP_AT:
+        waiters[:] = [w for w in waiters if not w.done()]
+    waiters.append(fut)
+
+
 class StreamEngine:
     def __init__(self, store: ObjectStore, meta: MetaStore, config: EngineConfig) -> None:
         self.store = store
@@ -231,6 +244,18 @@ class StreamEngine:
         if st is not None:
             return st
         return await asyncio.shield(self._request_open(stream_id))
+
+    async def open_all(self, stream_ids: Iterable[int]) -> None:
+        """Open, in batched opens, every stream of these not open yet: a
+        fetch naming thousands of partitions after a restart would otherwise
+        open them one transaction at a time, as it reads them in turn. An
+        open that fails is left for that stream's own `open` to report."""
+        streams = self._streams
+        pending = [self._request_open(sid) for sid in stream_ids if sid not in streams]
+        if pending:
+            # asyncio.wait, not gather: a fetch cancelled meanwhile must not
+            # cancel opens other requests wait on too.
+            await asyncio.wait(pending)
 
     def _request_open(self, stream_id: int) -> asyncio.Future[StreamState]:
         """Queue the stream for the next batched open. Ids asked for while a
@@ -797,6 +822,35 @@ class StreamEngine:
         its response asks for that, rather than reading what it cannot send.
         `committed` (read_committed) stops at the last stable offset."""
         st = await self.open(stream_id)
+        done = self._read_in_memory(st, offset, max_bytes, at_least_one, committed)
+        if done is not None:
+            return done
+        hw = st.end_offset
+        lso = st.last_stable_offset
+        chunks = await self._read_objects(st, offset, max_bytes, hw, at_least_one)
+        return ReadResult(_below(chunks, lso if committed else hw), hw, st.start_offset, lso)
+
+    def read_nowait(
+        self,
+        stream_id: int,
+        offset: int,
+        max_bytes: int,
+        at_least_one: bool = True,
+        committed: bool = False,
+    ) -> ReadResult | None:
+        """`read`'s answer when it needs no I/O and no wait — an open stream
+        read at its end or from its tail in the LogCache — else None (then
+        await `read`). A fetch naming 10,000 quiet partitions, as librdkafka's
+        do (no fetch sessions), reads nearly all of them this way, without a
+        coroutine each."""
+        st = self._streams.get(stream_id)
+        if st is None:
+            return None
+        return self._read_in_memory(st, offset, max_bytes, at_least_one, committed)
+
+    def _read_in_memory(
+        self, st: StreamState, offset: int, max_bytes: int, at_least_one: bool, committed: bool
+    ) -> ReadResult | None:
         if offset < st.start_offset or offset > st.end_offset:
             raise OffsetOutOfRange(offset, st.start_offset, st.end_offset)
         hw = st.end_offset
@@ -804,11 +858,10 @@ class StreamEngine:
         limit = lso if committed else hw
         if offset >= limit:
             return ReadResult([], hw, st.start_offset, lso)
-        cached = self.log_cache.read(stream_id, offset, max_bytes, at_least_one)
+        cached = self.log_cache.read(st.id, offset, max_bytes, at_least_one)
         if cached is not None:
             return ReadResult(_below(list(cached), limit), hw, st.start_offset, lso)
-        chunks = await self._read_objects(st, offset, max_bytes, hw, at_least_one)
-        return ReadResult(_below(chunks, limit), hw, st.start_offset, lso)
+        return None
 
     async def aborted_between(self, stream_id: int, start: int, end: int) -> list[AbortedTxn]:
         """Aborted transactions overlapping [start, end) (read_committed fetches)."""
@@ -914,8 +967,33 @@ class StreamEngine:
         if st is None:
             return None
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        st.waiters.append(fut)
+        _add_waiter(st, fut)
         return fut
+
+    def watch_any(self, stream_ids: Iterable[int]) -> asyncio.Future[None] | None:
+        """One future resolved at the next commit to any of the streams open
+        here (None if none is): a long poll over 10,000 partitions waits on
+        one future, not on 10,000. Cancel it when done waiting."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        watched = False
+        streams = self._streams
+        for sid in stream_ids:
+            st = streams.get(sid)
+            if st is not None:
+                _add_waiter(st, fut)
+                watched = True
+        if not watched:
+            fut.cancel()
+            return None
+        return fut
+
+    def position(self, stream_id: int) -> tuple[int, int, int] | None:
+        """(log start, high watermark, last stable offset) of a stream open
+        here, else None."""
+        st = self._streams.get(stream_id)
+        if st is None:
+            return None
+        return st.start_offset, st.end_offset, st.last_stable_offset
 
     def _advanced(self, stream_id: int) -> None:
         for listener in self.on_advance:

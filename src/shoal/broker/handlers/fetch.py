@@ -20,6 +20,7 @@ from typing import Any
 
 from shoal.broker.broker import Broker
 from shoal.broker.fetch_sessions import (
+    FINAL_EPOCH,
     INVALID_SESSION_ID,
     CachedPartition,
     FetchSession,
@@ -90,41 +91,40 @@ async def handle_fetch(broker: Broker, client: Client, header: RequestHeader, bo
         r: str | uuid.UUID = t.topic_id if uses_ids else t.topic
         return r
 
-    requested = [
-        Requested(
-            (ref(t), p.partition),
-            p.fetch_offset,
-            p.partition_max_bytes,
-            getattr(p, "current_leader_epoch", -1),
+    # librdkafka's fetches carry no session: each names every assigned
+    # partition, so this loop runs 10,000 times per fetch on a fleet consumer.
+    parts: list[_Part] = []
+    for t in body.topics:
+        name = ref(t)
+        parts.extend(
+            [
+                _Part(
+                    (name, p.partition),
+                    p.fetch_offset,
+                    p.partition_max_bytes,
+                    getattr(p, "current_leader_epoch", -1),
+                )
+                for p in t.partitions
+            ]
         )
-        for t in body.topics
-        for p in t.partitions
-    ]
     limits = _limits(broker, client, body)
     if version < FIRST_SESSION_VERSION:
-        parts = [_part(r) for r in requested]
         return Deferred(_full(broker, client, header, parts, limits, None))
+    session_id, epoch = int(body.session_id), int(body.session_epoch)
+    if epoch == FINAL_EPOCH and session_id == INVALID_SESSION_ID:
+        return Deferred(_full(broker, client, header, parts, limits, None))
+    requested = [Requested(p.key, p.offset, p.max_bytes, p.current_leader_epoch) for p in parts]
     forgotten = [(ref(t), i) for t in body.forgotten_topics_data or () for i in t.partitions]
     try:
         ctx = broker.fetch_sessions.context(
-            int(body.session_id),
-            int(body.session_epoch),
-            uses_ids,
-            requested,
-            forgotten,
-            time.monotonic() * 1000,
+            session_id, epoch, uses_ids, requested, forgotten, time.monotonic() * 1000
         )
     except KafkaError as exc:
         log.info("fetch session %d from %s: %s", body.session_id, client, exc)
         return _error_response(header, exc.code)
     if ctx.session is None or ctx.full:
-        parts = [_part(r) for r in requested]
         return Deferred(_full(broker, client, header, parts, limits, ctx.session))
     return Deferred(_incremental(broker, client, header, ctx.session, limits))
-
-
-def _part(r: Requested) -> _Part:
-    return _Part(r.key, r.fetch_offset, r.max_bytes, r.leader_epoch)
 
 
 def _limits(broker: Broker, client: Client, body: Any) -> _Limits:
@@ -215,18 +215,17 @@ async def _full(
         remaining = deadline - loop.time()
         if total >= limits.min_bytes or remaining <= 0 or any(p.error for p in parts):
             break
-        waiters = [w for p in parts if (w := broker.engine.watch(p.stream_id)) is not None]
+        waiter = broker.engine.watch_any(p.stream_id for p in parts)
         if any(not p.owned and p.stream_id >= 0 for p in parts):
             # Read replicas learn of commits by polling the metadata store.
             remaining = min(remaining, max(broker.engine.config.reader_refresh_ms, 10) / 1000)
-        if not waiters:
+        if waiter is None:
             await asyncio.sleep(remaining)
             continue
-        _done, pending = await asyncio.wait(
-            waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-        )
-        for w in pending:
-            w.cancel()
+        try:
+            await asyncio.wait_for(waiter, remaining)
+        except TimeoutError:
+            pass  # wait_for cancelled the waiter: the streams sweep it out
     if session is None:
         return _response(header, parts, INVALID_SESSION_ID)
     _remember(session, parts, parts)
@@ -327,6 +326,8 @@ async def _read_all(broker: Broker, client: Client, parts: list[_Part], max_byte
     with data may exceed the budget by one batch (KIP-74), so a batch larger
     than the limits still gets through."""
     total = 0
+    engine = broker.engine
+    await engine.open_all(p.stream_id for p in parts if p.stream_id >= 0 and p.owned)
     for p in parts:
         if p.stream_id < 0:
             continue
@@ -335,12 +336,30 @@ async def _read_all(broker: Broker, client: Client, parts: list[_Part], max_byte
             if budget <= 0 and total > 0:
                 p.records = b""
                 if p.owned:
-                    p.log_start, p.high_watermark = await broker.engine.bounds(p.stream_id)
-                    p.last_stable = await broker.engine.last_stable_offset(p.stream_id)
+                    known = engine.position(p.stream_id)
+                    if known is None:
+                        p.log_start, p.high_watermark = await engine.bounds(p.stream_id)
+                        p.last_stable = await engine.last_stable_offset(p.stream_id)
+                    else:
+                        p.log_start, p.high_watermark, p.last_stable = known
                 continue
+            if p.owned and (known := engine.position(p.stream_id)) is not None:
+                start, hw, lso = known
+                if start <= p.offset <= hw and p.offset >= (lso if p.committed else hw):
+                    # nothing new: most partitions of a fleet consumer's fetch
+                    p.log_start, p.high_watermark, p.last_stable = known
+                    p.records = b""
+                    continue
             # Only the first partition with data may overshoot; the others
-            # read nothing they could not send.
-            result = await _read(broker, p, max(budget, 1), at_least_one=total == 0)
+            # read nothing they could not send. A tail in the LogCache is
+            # read without a coroutine.
+            result = (
+                engine.read_nowait(p.stream_id, p.offset, max(budget, 1), total == 0, p.committed)
+                if p.owned
+                else None
+            )
+            if result is None:
+                result = await _read(broker, p, max(budget, 1), at_least_one=total == 0)
         except OffsetOutOfRange as exc:
             log.info(
                 "fetch %s-%d at %d from %s: out of range [%d, %d]",
@@ -360,7 +379,8 @@ async def _read_all(broker: Broker, client: Client, parts: list[_Part], max_byte
             )
             p.error = ErrorCode.kafka_storage_error
             continue
-        p.records = b"".join(result.chunks)
+        chunks = result.chunks
+        p.records = b"".join(chunks) if chunks else b""
         total += len(p.records)
         if broker.cluster is not None and p.records:
             broker.cluster.record(p.topic_id, p.index, 0, len(p.records))
