@@ -9,7 +9,7 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from shoal.broker import memdebug
+from shoal.broker import gc_policy, memdebug
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import Handler, registry
 from shoal.broker.listener import ConnectionLimiter, KafkaListener, ListenerLimits, RequestBudget
@@ -110,6 +110,7 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     adv_host, adv_port = config.advertised
+    gc_policy.settle()
     print(
         f"shoal: ready on {host}:{port} (advertised {adv_host}:{adv_port}, node "
         f"{broker.node.node_id}, cluster {broker.cluster_id}, objects {config.objects_url}"

@@ -41,6 +41,10 @@ log = logging.getLogger("shoal.fetch")
 ZERO = datetime.timedelta(0)
 FIRST_ID_VERSION = 13  # Fetch v13+: topics by id (KIP-516)
 FIRST_SESSION_VERSION = 7
+#: A fetch of 10,000 partitions is read in slices of this many, giving the
+#: event loop back in between, so that it does not hold up produce requests
+#: for the whole of it.
+YIELD_EVERY = 2000
 
 
 @dataclass(slots=True)
@@ -174,7 +178,9 @@ def _resolve(
             p.topic = topic.name
             if topic.name in denied:
                 raise KafkaError(ErrorCode.topic_authorization_failed)
-            _topic, rec = broker.partition(topic.name, p.index)
+            if not 0 <= p.index < len(topic.partitions):
+                raise KafkaError(ErrorCode.unknown_topic_or_partition)
+            rec = topic.partitions[p.index]
             p.owned = broker.owns(rec)
             p.topic_id = topic.id
             if broker.cluster is not None:
@@ -328,7 +334,9 @@ async def _read_all(broker: Broker, client: Client, parts: list[_Part], max_byte
     total = 0
     engine = broker.engine
     await engine.open_all(p.stream_id for p in parts if p.stream_id >= 0 and p.owned)
-    for p in parts:
+    for i, p in enumerate(parts):
+        if i and not i % YIELD_EVERY:
+            await asyncio.sleep(0)  # let produce requests in between
         if p.stream_id < 0:
             continue
         budget = min(p.max_bytes, max_bytes - total)
