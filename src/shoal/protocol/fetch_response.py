@@ -49,6 +49,7 @@ _QUIET_V5 = struct.Struct(">ihqqqii")
 _QUIET_V11 = struct.Struct(">ihqqqiii")
 _QUIET_V12 = struct.Struct(">ihqqqBi")  # count as a one-byte varint (0 null, 1 empty)
 _EMPTY_FLEXIBLE = b"\x01\x00"  # records of length 0, the partition's tagged fields
+_NULL_FLEXIBLE = b"\x00\x00"  # null records, the partition's tagged fields
 
 
 class FetchPartition(NamedTuple):
@@ -127,7 +128,7 @@ def _flexible_partitions(put: _Put, parts: tuple[FetchPartition, ...]) -> None:
             put(records)
             put(b"\x00")
         else:
-            put(_EMPTY_FLEXIBLE if records is not None else b"\x00\x00")
+            put(_EMPTY_FLEXIBLE if records is not None else _NULL_FLEXIBLE)
 
 
 def _classic_partitions(put: _Put, parts: tuple[FetchPartition, ...], v: int) -> None:
