@@ -18,13 +18,12 @@ def read_committed(body: Any) -> bool:
     return int(getattr(body, "isolation_level", READ_UNCOMMITTED)) == READ_COMMITTED
 
 
-def aborted_transactions(s: Any, committed: bool, aborted: Sequence[AbortedTxn]) -> Any:
+def aborted_transactions(
+    committed: bool, aborted: Sequence[AbortedTxn]
+) -> tuple[tuple[int, int], ...] | None:
     """The FetchResponse field: null for read_uncommitted (Kafka's answer),
     else (producer id, first offset) of each aborted transaction the data
     overlaps, which the client drops when it meets their records."""
     if not committed:
         return None
-    return tuple(
-        s.AbortedTransaction(producer_id=a.producer_id, first_offset=a.first_offset)
-        for a in aborted
-    )
+    return tuple((a.producer_id, a.first_offset) for a in aborted)

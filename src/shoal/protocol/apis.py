@@ -18,6 +18,7 @@ from kio.index import load_request_schema, load_response_schema
 from kio.serial import entity_reader, entity_writer
 
 from shoal.protocol.errors import RequestDecodeError
+from shoal.protocol.fetch_response import FetchAnswer
 from shoal.protocol.frames import encode_size
 from shoal.protocol.guard import guard_body
 from shoal.protocol.headers import RequestHeader, body_offset, peek_header, response_header
@@ -150,7 +151,8 @@ def encode_response(header: RequestHeader, body: Any) -> bytes:
     """Size prefix, response header, body. ApiVersions always answers with header
     v0 so that a client that guessed a version can still read it."""
     if isinstance(  # written by hand, for speed
-        body, ProduceAnswer | MetadataAnswer | SaslHandshakeAnswer | SaslAuthenticateAnswer
+        body,
+        ProduceAnswer | FetchAnswer | MetadataAnswer | SaslHandshakeAnswer | SaslAuthenticateAnswer,
     ):
         return body.frame(header.correlation_id)
     flexible = bool(type(body).__flexible__) and header.api_key != API_VERSIONS
