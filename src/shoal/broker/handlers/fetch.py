@@ -14,8 +14,8 @@ import datetime
 import logging
 import time
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from shoal.broker.broker import Broker
@@ -65,7 +65,7 @@ class _Part:
     # read_committed (isolation_level 1): see shoal.broker.isolation
     committed: bool = False
     last_stable: int = -1
-    aborted: list[AbortedTxn] = field(default_factory=list)
+    aborted: Sequence[AbortedTxn] = ()
 
     @property
     def index(self) -> int:
@@ -165,35 +165,38 @@ def _resolve(
         if t is not None
         and not broker.authorize(client, AclOperation.READ, ResourceType.TOPIC, t.name)
     }
+    cluster = broker.cluster
+    committed = limits.committed
     for p in parts:
-        topic = by_name[p.key[0]]
+        ref, index = p.key
+        topic = by_name[ref]
         p.stream_id = -1
-        p.committed = limits.committed
+        p.committed = committed
         try:
             if topic is None:
-                if isinstance(p.key[0], str):
-                    p.topic = p.key[0]
+                if isinstance(ref, str):
+                    p.topic = ref
                     raise KafkaError(ErrorCode.unknown_topic_or_partition)
                 raise KafkaError(ErrorCode.unknown_topic_id)  # v13+, the zero id included
             p.topic = topic.name
-            if topic.name in denied:
+            if denied and topic.name in denied:
                 raise KafkaError(ErrorCode.topic_authorization_failed)
-            if not 0 <= p.index < len(topic.partitions):
+            records = topic.partitions
+            if not 0 <= index < len(records):
                 raise KafkaError(ErrorCode.unknown_topic_or_partition)
-            rec = topic.partitions[p.index]
-            p.owned = broker.owns(rec)
+            rec = records[index]
             p.topic_id = topic.id
-            if broker.cluster is not None:
+            if cluster is not None:
+                p.owned = cluster.owns(rec)
                 # Every broker can read every stream; a non-owner serves only
                 # consumers it was chosen for (same rack, KIP-392).
                 # read_committed needs the owner's last stable offset.
                 if not p.owned and (rack is None or rack != broker.node.rack or p.committed):
                     raise KafkaError(ErrorCode.not_leader_or_follower)
                 if p.owned and header.api_version >= 11 and not p.committed:
-                    p.preferred = broker.cluster.read_replica(
-                        rec.owner, rack, f"{p.topic}-{p.index}"
-                    )
-            broker.check_leader_epoch(rec, p.current_leader_epoch)
+                    p.preferred = cluster.read_replica(rec.owner, rack, f"{p.topic}-{index}")
+            if p.current_leader_epoch >= 0:
+                broker.check_leader_epoch(rec, p.current_leader_epoch)
             if p.preferred < 0:
                 p.stream_id = rec.stream_id
         except KafkaError as exc:
@@ -411,17 +414,22 @@ def _response(header: RequestHeader, parts: list[_Part], session_id: int) -> Fet
     answer lists thousands of quiet partitions, and kio entities for them
     were a third of the event loop's time."""
     by_topic: dict[str | uuid.UUID, list[FetchPartition]] = {}
+    last_ref: object = None
+    answers: list[FetchPartition] = []
     for p in parts:
         ref, index = p.key
+        if ref != last_ref:  # a request's partitions come grouped by topic
+            answers = by_topic.setdefault(ref, [])
+            last_ref = ref
         hw = p.high_watermark
-        by_topic.setdefault(ref, []).append(
+        answers.append(
             FetchPartition(
                 index,
                 p.error,
                 hw,
                 p.last_stable if p.last_stable >= 0 else hw,
                 p.log_start,
-                aborted_transactions(p.committed, p.aborted),
+                aborted_transactions(True, p.aborted) if p.committed else None,
                 p.preferred,
                 p.records,
             )
