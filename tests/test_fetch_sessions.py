@@ -200,3 +200,40 @@ def test_sessionless_fetch_of_many_partitions_after_a_restart(tmp_path: Any) -> 
             assert b"wake" in c.read_frame()
     finally:
         b.stop()
+
+
+def test_a_large_sessionless_fetch_is_held_after_the_previous_answer(tmp_path: Any) -> None:
+    """fetch.sessionless.pace.ms: a fetch without a session naming many
+    partitions, sent right after the previous answer, is held for the pace
+    even though a record arrives at once; records written meanwhile come in
+    the same answer, none is lost."""
+    n = 6
+    b = BrokerProcess(
+        tmp_path / "data",
+        env={
+            "SHOAL_FETCH_SESSIONLESS_PACE_MS": "4000",
+            "SHOAL_FETCH_SESSIONLESS_PACE_PARTITIONS": str(n),
+        },
+    ).start()
+    try:
+        assert create_topic(b.bootstrap, "paced", n) == ErrorCode.none
+        assert produce(b.bootstrap, "paced", make_batch([b"first"]), 0).error_code == 0
+        with RawClient(b.bootstrap) as c:
+            first = answered(fetch(c, "paced", dict.fromkeys(range(n), 0), (0, -1)))
+            assert b"first" in first[0].records  # the first fetch is not held
+            body = dataclasses.replace(
+                fetch_request("paced", {0: 1, **dict.fromkeys(range(1, n), 0)}),
+                max_wait=datetime.timedelta(seconds=30),
+            )
+            from wire import request_frame
+
+            c.send_raw(request_frame(1, 12, body, correlation_id=9))
+            # Unheld, the fetch would answer as soon as alpha commits, before
+            # bravo is even sent; held, it reads both.
+            assert produce(b.bootstrap, "paced", make_batch([b"value-alpha"]), 1).error_code == 0
+            assert produce(b.bootstrap, "paced", make_batch([b"value-bravo"]), 2).error_code == 0
+            c.sock.settimeout(20)
+            frame = c.read_frame()
+        assert b"value-alpha" in frame and b"value-bravo" in frame
+    finally:
+        b.stop()

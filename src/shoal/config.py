@@ -428,6 +428,22 @@ BROKER_KEYS: dict[str, Key] = {
         Key("block.cache.bytes", int, 256 * MIB, "catch-up read cache size", at_least(0)),
         Key("fetch.max.wait.cap.ms", int, 30_000, "cap on a fetch's max_wait_ms", at_least(0)),
         Key(
+            "fetch.sessionless.pace.ms",
+            int,
+            50,
+            "a fetch without a session (librdkafka) naming fetch.sessionless.pace.partitions "
+            "or more is answered no sooner than this after the connection's previous one; "
+            "0: never held",
+            at_least(0),
+        ),
+        Key(
+            "fetch.sessionless.pace.partitions",
+            int,
+            1000,
+            "the size from which fetch.sessionless.pace.ms holds a fetch without a session",
+            at_least(1),
+        ),
+        Key(
             "max.incremental.fetch.session.cache.slots",
             int,
             1000,

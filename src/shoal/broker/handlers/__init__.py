@@ -16,6 +16,15 @@ from shoal.broker.broker import Broker
 from shoal.protocol.headers import RequestHeader
 
 
+@dataclass(slots=True)
+class ConnectionState:
+    """What handlers remember about one connection between its requests."""
+
+    #: When the last large fetch without a session was answered
+    #: (loop time; see handlers/fetch.py, fetch.sessionless.pace.ms).
+    large_fetch_answered: float = float("-inf")
+
+
 @dataclass(frozen=True, slots=True)
 class Client:
     """Who sent a request: for logs, and the authenticated principal and the
@@ -27,6 +36,8 @@ class Client:
     listener: str = "PLAINTEXT"
     #: the connection's SaslSession on a SASL listener (for the SASL handlers)
     session: Any = field(default=None, compare=False, repr=False)
+    #: the connection's own (kept across `replace` as the client is re-labelled)
+    state: ConnectionState = field(default_factory=ConnectionState, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.client_id or '-'}@{self.peer}"

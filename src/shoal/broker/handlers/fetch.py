@@ -212,13 +212,17 @@ async def _full(
     session: FetchSession | None,
 ) -> Any:
     """Every requested partition, answered; a new session remembers them."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.max_wait
+    large = int(broker.config["fetch.sessionless.pace.partitions"])
+    paced = session is None and len(parts) >= large
+    if paced:
+        await _pace(broker, client, deadline)
     _resolve(broker, client, header, parts, limits)
     if session is not None:
         # From here on, commits mark the session's partitions pending.
         session.take_pending()
         _bind(broker, session, parts)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limits.max_wait
     while True:
         total = await _read_all(broker, client, parts, limits.max_bytes)
         remaining = deadline - loop.time()
@@ -236,9 +240,29 @@ async def _full(
         except TimeoutError:
             pass  # wait_for cancelled the waiter: the streams sweep it out
     if session is None:
+        if paced:
+            client.state.large_fetch_answered = loop.time()
         return _response(header, parts, INVALID_SESSION_ID)
     _remember(session, parts, parts)
     return _response(header, parts, session.id)
+
+
+async def _pace(broker: Broker, client: Client, deadline: float) -> None:
+    """Hold a large fetch without a session until fetch.sessionless.pace.ms
+    after the connection's previous one was answered (never past its max
+    wait). librdkafka has no fetch sessions: its consumer names every
+    assigned partition in each fetch and sends the next as soon as an answer
+    arrives, and with records trickling into a few of 10,000 partitions
+    every fetch is answered at once. Each costs the broker ~3 µs per
+    partition, so one consumer would keep the event loop busy with fetches
+    at any record rate, and produce requests wait behind them. Held, the
+    consumer's records arrive at most this much later, more per answer, and
+    its share of the loop is bounded."""
+    pace = int(broker.config["fetch.sessionless.pace.ms"]) / 1000
+    loop = asyncio.get_running_loop()
+    hold = min(client.state.large_fetch_answered + pace, deadline) - loop.time()
+    if hold > 0:
+        await asyncio.sleep(hold)
 
 
 async def _incremental(
