@@ -167,9 +167,12 @@ def _resolve(
     }
     cluster = broker.cluster
     committed = limits.committed
+    last_ref: object = None
+    topic = None
     for p in parts:
         ref, index = p.key
-        topic = by_name[ref]
+        if ref is not last_ref:  # grouped by topic: one lookup (a UUID hash from v13) per run
+            topic, last_ref = by_name[ref], ref
         p.stream_id = -1
         p.committed = committed
         try:
@@ -442,7 +445,7 @@ def _response(header: RequestHeader, parts: list[_Part], session_id: int) -> Fet
     answers: list[FetchPartition] = []
     for p in parts:
         ref, index = p.key
-        if ref != last_ref:  # a request's partitions come grouped by topic
+        if ref is not last_ref:  # a request's partitions come grouped by topic (one object)
             answers = by_topic.setdefault(ref, [])
             last_ref = ref
         hw = p.high_watermark
@@ -453,7 +456,9 @@ def _response(header: RequestHeader, parts: list[_Part], session_id: int) -> Fet
                 hw,
                 p.last_stable if p.last_stable >= 0 else hw,
                 p.log_start,
-                aborted_transactions(True, p.aborted) if p.committed else None,
+                (aborted_transactions(True, p.aborted) if p.aborted else ())
+                if p.committed
+                else None,
                 p.preferred,
                 p.records,
             )
