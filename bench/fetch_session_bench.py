@@ -244,7 +244,10 @@ def main(
                 poll = consumer.fetch
             else:
                 consumer, poll = kafka_python_consumer(broker.bootstrap, names, partitions)
+            cpu_first, t_first = cpu_seconds(broker.proc.pid), time.monotonic()
             poll()
+            first_s = time.monotonic() - t_first
+            first_cpu = cpu_seconds(broker.proc.pid) - cpu_first
             stop = multiprocessing.Event()
             producer = multiprocessing.Process(
                 target=produce_forever,
@@ -286,6 +289,10 @@ def main(
         f"\n{total:,} partitions ({topics} topics x {partitions}), 1 record/s each; "
         f"{mode}; {elapsed:.0f} s measured; commit {commit}; "
         f"load average {load0:.2f} -> {load1:.2f}"
+    )
+    print(
+        f"first fetch (a fresh broker: it opens every stream): {first_s:.2f} s, "
+        f"broker CPU {first_cpu:.2f} s"
     )
     print(
         "| consumer | records/s | fetches/s | partitions per answer | p50 ms | p99 ms "
