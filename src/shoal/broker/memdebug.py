@@ -205,7 +205,15 @@ def _sizes(broker: Broker) -> dict[str, int]:
 
 def _report(broker: Broker) -> dict[str, Any]:
     gc.collect()
-    types = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+    # The census counts start-up's heap too, which gc_policy froze out of
+    # gc.get_objects(): thawed for the count, frozen again with the rest.
+    frozen = gc.get_freeze_count()
+    gc.unfreeze()
+    try:
+        types = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+    finally:
+        if frozen:
+            gc.freeze()
     tasks = collections.Counter(
         getattr(t.get_coro(), "__qualname__", "?") for t in asyncio.all_tasks()
     )
