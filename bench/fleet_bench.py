@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -75,6 +76,7 @@ def main(targets: tuple[str, ...], json_path: Path | None, **kw: Any) -> None:
             results[target] = {"load_before": load, **json.loads(result.to_json())}
         finally:
             broker.stop(timeout=120)
+            shutil.rmtree(tmp, ignore_errors=True)
     if json_path is not None:
         json_path.write_text(json.dumps(results, indent=2) + "\n")
 
