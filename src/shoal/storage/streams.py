@@ -153,13 +153,6 @@ class ReadResult:
 WAITERS_SWEEP_AT = 16
 
 
-def _add_waiter(st: StreamState, fut: asyncio.Future[None]) -> None:
-    waiters = st.waiters
-    if len(waiters) >= WAITERS_SWEEP_AT:
-        waiters[:] = [w for w in waiters if not w.done()]
-    waiters.append(fut)
-
-
 class StreamEngine:
     def __init__(self, store: ObjectStore, meta: MetaStore, config: EngineConfig) -> None:
         self.store = store
@@ -963,28 +956,22 @@ class StreamEngine:
 
     def watch(self, stream_id: int) -> asyncio.Future[None] | None:
         """A future resolved at the next commit to this stream (long polls)."""
-        st = self._streams.get(stream_id)
-        if st is None:
-            return None
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        _add_waiter(st, fut)
-        return fut
+        return self.watch_any((stream_id,))
 
     def watch_any(self, stream_ids: Iterable[int]) -> asyncio.Future[None] | None:
         """One future resolved at the next commit to any of the streams open
         here (None if none is): a long poll over 10,000 partitions waits on
         one future, not on 10,000. Cancel it when done waiting."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        watched = False
         streams = self._streams
-        for sid in stream_ids:
-            st = streams.get(sid)
-            if st is not None:
-                _add_waiter(st, fut)
-                watched = True
+        watched = [st for sid in stream_ids if (st := streams.get(sid)) is not None]
         if not watched:
-            fut.cancel()
             return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for st in watched:
+            waiters = st.waiters
+            if len(waiters) >= WAITERS_SWEEP_AT:
+                waiters[:] = [w for w in waiters if not w.done()]
+            waiters.append(fut)
         return fut
 
     def position(self, stream_id: int) -> tuple[int, int, int] | None:
