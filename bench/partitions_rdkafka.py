@@ -30,13 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import BrokerProcess
 from security_bench import _cpu_seconds
 
+RECORD_BYTES = 200
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rdkafka-performance", required=True, metavar="PATH")
     ap.add_argument("--partitions", type=int, default=10_000)
+    ap.add_argument("--count", type=int, help="records per phase (default: one per partition)")
     a = ap.parse_args()
-    count = str(a.partitions)
+    count = str(a.count or a.partitions)
     with tempfile.TemporaryDirectory(prefix="partitions-rdkafka-") as tmp:
         for target in ("shoal", "tansu"):
             broker = BrokerProcess(Path(tmp) / target, target=target).start()
@@ -48,14 +51,16 @@ def main() -> None:
                 for phase in ("first", "again"):
                     cpu0, t0 = _cpu_seconds(broker.proc.pid), time.monotonic()
                     cmd = [a.rdkafka_performance, "-P", "-t", "fleet", "-b", broker.bootstrap]
-                    cmd += ["-s", "200", "-c", count, "-a", "-1", "-X", "linger.ms=5"]
+                    cmd += ["-s", str(RECORD_BYTES), "-c", count, "-a", "-1", "-X", "linger.ms=5"]
                     cmd += ["-X", "sticky.partitioning.linger.ms=0"]
                     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
                     wall = time.monotonic() - t0
                     cpu = _cpu_seconds(broker.proc.pid) - cpu0
                     ok = f"{count} delivered" in out.stdout + out.stderr
+                    gb = int(count) * RECORD_BYTES / 1e9
                     print(
-                        f"{target} {phase}: {wall:.2f} s wall, broker {cpu:.2f} CPU s, "
+                        f"{target} {phase}: {wall:.2f} s wall, broker {cpu:.2f} CPU s "
+                        f"({cpu / gb:.0f} s/GB, {cpu / int(count) * 1e6:.0f} µs per record), "
                         f"all delivered: {ok}",
                         flush=True,
                     )
