@@ -11,6 +11,7 @@ a super user, User:plant-7 allowed WRITE/CREATE/DESCRIBE on `plant-7.*` only.
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -237,7 +238,9 @@ def test_mutual_tls_uplink_without_a_certificate_is_refused(
             "the refusal in status",
         )
         assert up["sent_records"] == 0, up
-        assert "AUTHORIZATION_FAILED" in up["last_error"] or "refusal" in up["last_error"], up
+        # A refused topic, the refusal seen by produce, or librdkafka's fatal
+        # "Cluster authorization failed" (InitProducerId refused).
+        assert re.search("authorization.failed|refusal", up["last_error"], re.I), up
         lanes = gw.status()["lanes"]
         assert sum(u["backlog_records"] for ln in lanes for u in ln["uplinks"].values()) == 5
         assert not [ln["drops"] for ln in lanes if ln["drops"]]
