@@ -263,6 +263,37 @@ async def test_a_long_run_compacts_into_objects_retention_can_free(meta: MetaSto
     await eng.close()
 
 
+async def test_compaction_catches_up_with_more_wal_objects_than_a_round(
+    meta: MetaStore,
+) -> None:
+    """A round takes 256 WAL objects; catch_up goes on until none is left
+    (one round per interval let a fleet's WAL objects pile up without
+    bound), and stops at its deadline however many are left."""
+    import time
+
+    from shoal.storage.compaction import CompactionConfig
+
+    sids = await new_stream(meta, partitions=4)
+    cfg = EngineConfig(
+        wal=WalConfig(linger_ms=0),
+        log_cache_bytes=1 << 20,
+        compaction=CompactionConfig(min_age_ms=0, max_objects=16),
+    )
+    eng = StreamEngine(FaultyStore(), meta, cfg)
+    for i in range(70):  # one WAL object each: 70 objects, rounds of 16
+        await (await eng.append(sids[i % 4], batch(b"%03d" % i), 0))
+    assert len(await meta.wal_objects(0, 1 << 62, 1000)) == 70
+    first = await eng.compactor.catch_up(time.monotonic())  # deadline passed: one round
+    assert (first.objects_in, first.more) == (16, True)
+    rest = await eng.compactor.catch_up(time.monotonic() + 60)
+    assert rest.objects_in == 54 and not rest.more
+    assert await meta.wal_objects(0, 1 << 62, 1000) == []
+    for i, sid in enumerate(sids):
+        got = offsets_of((await eng.read(sid, 0, 1 << 20)).chunks)
+        assert got == list(range(len(range(i, 70, 4)))), (sid, got)
+    await eng.close()
+
+
 async def test_a_second_writer_fences_the_first(meta: MetaStore) -> None:
     [sid] = await new_stream(meta)
     store = FaultyStore()

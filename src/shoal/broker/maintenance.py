@@ -119,7 +119,9 @@ class Maintenance:
 
     async def compaction_once(self) -> None:
         engine = self.broker.engine
-        await engine.compactor.run_once()
+        # At most an interval's worth of rounds: the rest waits for the next.
+        until = time.monotonic() + self.broker.config["compaction.interval.ms"] / 1000
+        await engine.compactor.catch_up(until)
         await engine.compactor.merge_once()
         cluster = self.broker.cluster
         sweep: set[int] | None = None  # single node: every upload is ours
@@ -132,7 +134,7 @@ class Maintenance:
                 live = {b.node_id for b in cluster.live}
                 gone = await self.broker.meta.wal_nodes() - live
                 for node in gone:
-                    await engine.compactor.run_once(node)
+                    await engine.compactor.catch_up(until, node)
                 for node in await self.broker.meta.object_nodes() - live:
                     await engine.compactor.merge_once(node)
                 sweep |= {n for n in range(0, 1 + max(live | gone | {0}))} - live
