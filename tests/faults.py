@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from shoal.storage.errors import ObjectStoreUnavailable
-from shoal.storage.objectstore import ObjectStore
+from shoal.storage.objectstore import ObjectStore, Payload
 
 
 class FaultyStore(ObjectStore):
@@ -17,9 +17,7 @@ class FaultyStore(ObjectStore):
         self.puts = 0
         self.failed_puts = 0
 
-    async def put(
-        self, key: str, data: bytes | bytearray | memoryview, *, create: bool = True
-    ) -> None:
+    async def put(self, key: str, data: Payload, *, create: bool = True) -> None:
         if self.put_delays:
             await asyncio.sleep(self.put_delays.pop(0))
         if self.down or self.fail_puts > 0:

@@ -58,3 +58,47 @@ async def test_a_put_that_cannot_write_is_a_storage_error(tmp_path: Path) -> Non
     with pytest.raises(ObjectStoreUnavailable, match=r"wal/0/x\.wal"):
         await store.put("wal/0/x.wal", b"data")
     assert sorted(p.name for p in root.iterdir()) == ["wal"]
+
+
+async def test_an_object_in_parts_is_written_whole_by_writev(tmp_path: Path) -> None:
+    """The WAL hands its object over as the appends' buffers plus a tail:
+    more buffers than one writev takes (IOV_MAX) still land in order, on a
+    file store and, joined, on any other."""
+    from shoal.storage import objectstore
+
+    parts: list[bytes | memoryview] = [
+        memoryview(os.urandom(1 + i % 7)) if i % 2 else os.urandom(1 + i % 5)
+        for i in range(2 * objectstore._IOV_MAX + 3)
+    ]
+    whole = b"".join(parts)
+    for url in ((tmp_path / "objects").as_uri(), "memory:///"):
+        store = ObjectStore(url)
+        await store.put("wal/0/parts.wal", parts)
+        assert await store.get("wal/0/parts.wal") == whole
+    # the WAL's own path: the PUT in its commit's thread
+    ObjectStore((tmp_path / "objects").as_uri()).local_put("wal/0/parts2.wal", parts)()
+    assert (tmp_path / "objects" / "wal" / "0" / "parts2.wal").read_bytes() == whole
+
+
+def test_a_short_writev_is_finished_buffer_by_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk or a signal can cut a writev short: the rest of its run
+    is written from where it stopped, nothing twice."""
+    from shoal.storage import objectstore
+
+    real = os.writev
+
+    def short(fd: int, buffers: list[bytes | memoryview]) -> int:
+        joined = b"".join(buffers)
+        return real(fd, [joined[: len(joined) // 2 + 1]])  # stops inside a buffer
+
+    monkeypatch.setattr(objectstore.os, "writev", short)
+    parts: list[bytes | memoryview] = [os.urandom(10 + i) for i in range(40)]
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        objectstore._write_parts(fd, parts)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(parts)

@@ -75,10 +75,28 @@ def encode_object(
     blocks: Sequence[BlockBuilder], labels: Mapping[int, str] | None = None
 ) -> tuple[bytearray, list[BlockEntry]]:
     """Lay out blocks, labels, index and footer in one buffer (one copy of the data)."""
-    out = bytearray()
-    entries = [append_block(out, b) for b in blocks]
-    finish_object(out, entries, labels)
-    return out, entries
+    parts, entries = object_parts(blocks, labels)
+    return bytearray().join(parts), entries
+
+
+def object_parts(
+    blocks: Sequence[BlockBuilder], labels: Mapping[int, str] | None = None
+) -> tuple[list[bytes | memoryview], list[BlockEntry]]:
+    """The object as buffers to write back to back, the blocks' data not
+    copied: a file store writes them with writev, so the WAL's object is
+    never assembled in memory (that copy, and the growing buffer's
+    reallocations, ran on the event loop)."""
+    parts: list[bytes | memoryview] = []
+    entries: list[BlockEntry] = []
+    position = 0
+    for b in blocks:
+        entries.append(
+            BlockEntry(b.stream_id, b.start_offset, b.end_offset, position, b.size, b.max_timestamp)
+        )
+        parts += b.parts
+        position += b.size
+    parts.append(_tail(position, entries, labels))
+    return parts, entries
 
 
 def append_block(out: bytearray, b: BlockBuilder) -> BlockEntry:
@@ -93,20 +111,28 @@ def finish_object(
     out: bytearray, entries: Sequence[BlockEntry], labels: Mapping[int, str] | None = None
 ) -> None:
     """Append the labels (if any), the index and the footer after the blocks."""
+    out += _tail(len(out), entries, labels)
+
+
+def _tail(position: int, entries: Sequence[BlockEntry], labels: Mapping[int, str] | None) -> bytes:
+    """Labels (if any), index and footer, for blocks that end at `position`."""
+    chunks: list[bytes] = []
     flags = 0
     if labels:
         table = json.dumps({str(k): v for k, v in labels.items()}, separators=(",", ":"))
         raw = table.encode()
-        out += raw
-        out += _LABELS_LEN.pack(len(raw))
+        chunks += (raw, _LABELS_LEN.pack(len(raw)))
+        position += len(raw) + _LABELS_LEN.size
         flags |= FLAG_LABELS
     index = b"".join(
         _ENTRY.pack(e.stream_id, e.start_offset, e.end_offset, e.position, e.size, e.max_timestamp)
         for e in entries
     )
-    index_pos = len(out)
-    out += index
-    out += _FOOTER.pack(index_pos, len(index), crc32c.crc32c(index), FORMAT_VERSION, flags, MAGIC)
+    chunks += (
+        index,
+        _FOOTER.pack(position, len(index), crc32c.crc32c(index), FORMAT_VERSION, flags, MAGIC),
+    )
+    return b"".join(chunks)
 
 
 def footer_flags(tail: bytes | memoryview) -> int:

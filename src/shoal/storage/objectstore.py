@@ -37,6 +37,12 @@ from shoal.storage.errors import (
 SCHEMES = ("file", "memory", "s3", "s3a", "gs", "az", "abfs", "abfss")
 
 
+#: an object's bytes: one buffer, or buffers to write back to back (a file
+#: store writes them with writev; other stores get them joined)
+Payload = bytes | bytearray | memoryview | list[bytes | memoryview]
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
 class InvalidObjectStoreURL(StorageError):
     pass
 
@@ -87,13 +93,13 @@ class ObjectStore:
     def for_data_dir(cls, data_dir: str | os.PathLike[str]) -> ObjectStore:
         return cls(Path(data_dir).resolve().joinpath("objects").as_uri())
 
-    async def put(
-        self, key: str, data: bytes | bytearray | memoryview, *, create: bool = True
-    ) -> None:
+    async def put(self, key: str, data: Payload, *, create: bool = True) -> None:
         """Conditional create by default: an object key is never overwritten."""
         if self.writes_locally(key):
             await self._put_file(key, data, create)
             return
+        if isinstance(data, list):
+            data = b"".join(data)
         try:
             await obstore.put_async(
                 self._store, key, data, mode="create" if create else "overwrite"
@@ -101,7 +107,7 @@ class ObjectStore:
         except Exception as exc:
             raise _translate(exc, key) from exc
 
-    async def _put_file(self, key: str, data: bytes | bytearray | memoryview, create: bool) -> None:
+    async def _put_file(self, key: str, data: Payload, create: bool) -> None:
         """`put` on a file store: one hop to the writer threads and back."""
         if self._writer is None:
             self._writer = ThreadPoolExecutor(4, thread_name_prefix="shoal-objects")
@@ -114,7 +120,7 @@ class ObjectStore:
         store, and a key obstore keeps as it is."""
         return self._root is not None and _PLAIN_KEY.fullmatch(key) is not None
 
-    def local_put(self, key: str, data: bytes | bytearray | memoryview) -> Callable[[], None]:
+    def local_put(self, key: str, data: Payload) -> Callable[[], None]:
         """A conditional-create PUT of `key`, for a key `writes_locally`
         accepts, to run in a thread of the caller's (the WAL writes a small
         object in its metadata commit's thread: one hop for both). Raises
@@ -200,7 +206,7 @@ _STAGE = itertools.count(1)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
-def _put_local(path: str, key: str, data: bytes | bytearray | memoryview, create: bool) -> None:
+def _put_local(path: str, key: str, data: Payload, create: bool) -> None:
     """`_write_file` with the store's errors."""
     try:
         _write_file(path, data, create)
@@ -212,7 +218,7 @@ def _put_local(path: str, key: str, data: bytes | bytearray | memoryview, create
         raise err from exc
 
 
-def _write_file(path: str, data: bytes | bytearray | memoryview, create: bool) -> None:
+def _write_file(path: str, data: Payload, create: bool) -> None:
     """What obstore's LocalFileSystem does for a PUT: write a staging file
     `PATH#N` (a killed process leaves it for `staged_leftovers`), then
     hard-link it into place (fails if the object exists: a conditional
@@ -229,9 +235,10 @@ def _write_file(path: str, data: bytes | bytearray | memoryview, create: bool) -
         break
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            if isinstance(data, list):
+                _write_parts(fd, data)
+            else:
+                _write_all(fd, memoryview(data))
         finally:
             os.close(fd)
         if create:
@@ -243,6 +250,28 @@ def _write_file(path: str, data: bytes | bytearray | memoryview, create: bool) -
             os.unlink(staged)  # after the link; gone already after a rename
         except FileNotFoundError:
             pass
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _write_parts(fd: int, parts: builtins.list[bytes | memoryview]) -> None:
+    """writev in runs of at most IOV_MAX buffers; a short write (a full
+    disk, a signal) finishes its run buffer by buffer."""
+    for i in range(0, len(parts), _IOV_MAX):
+        run = parts[i : i + _IOV_MAX]
+        done = os.writev(fd, run)
+        if done == sum(map(len, run)):
+            continue
+        for part in run:
+            view = memoryview(part)
+            if done >= len(view):
+                done -= len(view)
+                continue
+            _write_all(fd, view[done:])
+            done = 0
 
 
 def _staged_sync(root: Path, older_than_ms: int) -> builtins.list[ObjectInfo]:

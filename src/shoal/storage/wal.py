@@ -39,8 +39,8 @@ from shoal.meta.store import (
 )
 from shoal.storage.diskspace import DiskGuard
 from shoal.storage.errors import Fenced, ObjectExists, StorageError
-from shoal.storage.format import BlockBuilder, Labeler, encode_object
-from shoal.storage.objectstore import ObjectStore
+from shoal.storage.format import BlockBuilder, Labeler, object_parts
+from shoal.storage.objectstore import ObjectStore, Payload
 from shoal.storage.producers import ProducerEntry
 
 log = logging.getLogger("shoal.wal")
@@ -220,7 +220,7 @@ class Wal:
         except Exception as exc:  # the committer fails its appends (as _upload's)
             buf.failed = exc
         else:
-            buf.key, buf.object_size = key, len(data)
+            buf.key, buf.object_size = key, sum(map(len, data))
             buf.write = self.store.local_put(key, data)
             self.uploading.add(key)
             buf.uploaded = True
@@ -232,7 +232,7 @@ class Wal:
                 data = self._encode(buf)
                 buf.key = key
                 self.uploading.add(buf.key)
-                buf.object_size = len(data)
+                buf.object_size = sum(map(len, data))
                 await self._retry(
                     lambda: self._put_once(buf.key, data), f"upload {buf.key}", "objects"
                 )
@@ -243,7 +243,7 @@ class Wal:
         finally:
             self._wakeup.set()
 
-    async def _put_once(self, key: str, data: bytes | bytearray) -> None:
+    async def _put_once(self, key: str, data: Payload) -> None:
         try:
             await self.store.put(key, data)
         except ObjectExists:
@@ -251,7 +251,7 @@ class Wal:
             # answer was lost already wrote it.
             pass
 
-    def _encode(self, buf: _Buffer) -> bytearray:
+    def _encode(self, buf: _Buffer) -> list[bytes | memoryview]:
         blocks = buf.blocks
         for a in buf.appends:
             b = blocks.get(a.stream_id)
@@ -261,8 +261,8 @@ class Wal:
                 )
             else:
                 b.add(a.data, a.end, a.max_ts)
-        data, _entries = encode_object(list(blocks.values()), self._labels(blocks))
-        return data
+        parts, _entries = object_parts(list(blocks.values()), self._labels(blocks))
+        return parts
 
     def _labels(self, streams: Iterable[int]) -> dict[int, str]:
         if self._label is None:
