@@ -30,13 +30,7 @@ from shoal.meta.store import MetaStore, RangeCommit, RangeRecord
 from shoal.protocol.records import batch_spans
 from shoal.storage.concurrency import gather_bounded
 from shoal.storage.errors import ObjectNotFound
-from shoal.storage.format import (
-    BlockBuilder,
-    BlockEntry,
-    Labeler,
-    append_block,
-    finish_object,
-)
+from shoal.storage.format import BlockBuilder, BlockEntry, Labeler, object_parts
 from shoal.storage.merging import MergePolicy, mostly_dead, plan_merge
 from shoal.storage.objectstore import ObjectStore
 
@@ -320,22 +314,16 @@ class Compactor:
             plan.append((sid, [r.start_offset for r in run], first_block, len(blocks)))
         if not blocks:
             return
-        # Built a block at a time, yielding to the event loop between blocks:
-        # a round copies up to compaction.max.bytes, which in one go would
-        # stall every client of the broker for tens of milliseconds.
-        payload = bytearray()
-        entries: list[BlockEntry] = []
-        for i, builder in enumerate(blocks):
-            entries.append(append_block(payload, builder))
-            if i % 8 == 7:
-                await asyncio.sleep(0)
         labels = {}
         if self._label is not None:
             for sid in {b.stream_id for b in blocks}:
                 label = self._label(sid)
                 if label is not None:
                     labels[sid] = label
-        finish_object(payload, entries, labels)
+        # Not assembled here: a file store writes the batches' buffers with
+        # writev, another store joins them off the event loop (a round is up
+        # to compaction.max.bytes, which copied on the loop stalled clients).
+        payload, entries = object_parts(blocks, labels)
         self._seq += 1
         key = (
             f"compacted/{self.node_id}/{int(time.time() * 1000):013d}-{os.getpid()}-"
@@ -344,14 +332,15 @@ class Compactor:
         self.uploading.add(key)
         try:
             await self.store.put(key, payload)
-            await self._swap(key, payload, kind, plan, entries, result, sources)
+            size = sum(map(len, payload))
+            await self._swap(key, size, kind, plan, entries, result, sources)
         finally:
             self.uploading.discard(key)
 
     async def _swap(
         self,
         key: str,
-        payload: bytearray,
+        size: int,
         kind: str,
         plan: list[tuple[int, list[int], int, int]],
         entries: list[BlockEntry],
@@ -376,7 +365,7 @@ class Compactor:
             )
         done = await self.meta.replace_ranges(
             key,
-            len(payload),
+            size,
             self.node_id,
             kind,
             replacements,

@@ -99,21 +99,6 @@ def object_parts(
     return parts, entries
 
 
-def append_block(out: bytearray, b: BlockBuilder) -> BlockEntry:
-    """Copy one block into an object being built; its index entry."""
-    position = len(out)
-    for part in b.parts:
-        out += part
-    return BlockEntry(b.stream_id, b.start_offset, b.end_offset, position, b.size, b.max_timestamp)
-
-
-def finish_object(
-    out: bytearray, entries: Sequence[BlockEntry], labels: Mapping[int, str] | None = None
-) -> None:
-    """Append the labels (if any), the index and the footer after the blocks."""
-    out += _tail(len(out), entries, labels)
-
-
 def _tail(position: int, entries: Sequence[BlockEntry], labels: Mapping[int, str] | None) -> bytes:
     """Labels (if any), index and footer, for blocks that end at `position`."""
     chunks: list[bytes] = []

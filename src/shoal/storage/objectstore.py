@@ -99,7 +99,7 @@ class ObjectStore:
             await self._put_file(key, data, create)
             return
         if isinstance(data, list):
-            data = b"".join(data)
+            data = await asyncio.to_thread(b"".join, data)  # up to a compaction round's bytes
         try:
             await obstore.put_async(
                 self._store, key, data, mode="create" if create else "overwrite"
