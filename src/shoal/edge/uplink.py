@@ -80,7 +80,9 @@ class _ProducerLog:
     InitProducerId logged `FATAL ... Fatal error`, error_cb never ran, and
     records produced just before it stayed queued with no delivery report,
     so the uplink said `connecting` with no error for as long as it ran.
-    The log line is the one report librdkafka always makes."""
+    The log line is the one report librdkafka always makes. At-least-once
+    uplinks only: with exactly-once the transaction calls raise the error,
+    and the uplink must tell a fenced producer from another fatal one."""
 
     def __init__(self, on_fatal: Callable[[str], None]) -> None:
         self._on_fatal = on_fatal
@@ -825,8 +827,14 @@ class Uplink:
             self._failed = loop.create_future()
             conf: dict[str, Any] = dict(self.cfg.producer_config())
             conf["error_cb"] = self._on_loop(self._error_cb) if self.eos else self._error_cb
-            fatal = functools.partial(self._fatal_logged, self.gen)
-            conf["logger"] = _ProducerLog(self._on_loop(fatal))
+            if self.eos:
+                # The transaction loop's calls raise the fatal error, and a
+                # fenced producer must become `fenced`, not be rebuilt (its
+                # InitProducerId would fence the other gateway back).
+                conf["logger"] = rdkafka_log
+            else:
+                fatal = functools.partial(self._fatal_logged, self.gen)
+                conf["logger"] = _ProducerLog(self._on_loop(fatal))
             try:
                 self.producer = Producer(conf)
             except Exception as exc:  # a bad passthrough property, typically
