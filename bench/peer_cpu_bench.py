@@ -10,7 +10,8 @@ hide which broker is faster. 1 KiB records (--size), acks=all, idempotent
 (unless --no-idempotence), linger.ms=5, one auto-created partition per run,
 read back from the start with rdkafka_performance -C after each (--consume);
 Shoal on its default file store (every
-acknowledged batch in the object store and SQLite), tansu 0.6 on memory.
+acknowledged batch in the object store and SQLite), tansu 0.6 on memory;
+with --s3 both on one moto S3 server (durable against durable).
 
 The binary must be linked with a librdkafka that tansu accepts: Debian's
 2.0.2 fails its ApiVersions exchange with tansu and retries forever; the
@@ -29,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BrokerProcess
+from harness import BrokerProcess, s3_endpoint
 from security_bench import _cpu_seconds, rdkafka_performance
 
 
@@ -61,6 +62,12 @@ def main() -> None:
     )
     ap.add_argument("--size", type=int, default=1024, help="record size in bytes")
     ap.add_argument(
+        "--s3",
+        action="store_true",
+        help="both brokers on one moto S3 server started here (Shoal's objects, "
+        "tansu's storage engine), durable against durable",
+    )
+    ap.add_argument(
         "--consume",
         action="store_true",
         help="after each produce, read the partition back from the start with "
@@ -73,7 +80,7 @@ def main() -> None:
     print(version[0].strip() if version else "librdkafka version: not reported", flush=True)
     with tempfile.TemporaryDirectory(prefix="peer-cpu-") as tmp:
         for target in ("shoal", "tansu"):
-            broker = BrokerProcess(Path(tmp) / target / "data", target=target).start()
+            broker = _broker(Path(tmp) / target / "data", target, a.s3).start()
             try:
                 assert broker.proc is not None
                 for r in range(a.rounds):
@@ -109,6 +116,30 @@ def main() -> None:
                         )
             finally:
                 broker.stop()
+
+
+def _broker(data_dir: Path, target: str, s3: bool) -> BrokerProcess:
+    if not s3:
+        return BrokerProcess(data_dir, target=target)
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
+    env = s3_endpoint()  # moto, in this process; the bucket shoal-test made
+    if target == "shoal":
+        os.environ["SHOAL_TEST_STORE"] = "s3"  # the harness gives it --objects s3://...
+        return BrokerProcess(data_dir, target=target)
+    import boto3
+
+    boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=env["AWS_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    ).create_bucket(Bucket="tansu")
+    # tansu's object_store reads AWS_ENDPOINT and AWS_DEFAULT_REGION
+    env |= {"AWS_ENDPOINT": env["AWS_ENDPOINT_URL"], "AWS_DEFAULT_REGION": env["AWS_REGION"]}
+    return BrokerProcess(data_dir, target=target, env=env, tansu_storage="s3://tansu/")
 
 
 if __name__ == "__main__":

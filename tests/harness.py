@@ -86,8 +86,10 @@ class BrokerProcess:
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
         target: str | None = None,
+        tansu_storage: str = "memory://tansu/",
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.tansu_storage = tansu_storage  # e.g. s3://BUCKET/ (with AWS_* in env)
         self.port = port or free_port()
         self.args = list(args or [])
         self.env = dict(env or {})
@@ -114,7 +116,7 @@ class BrokerProcess:
                 "--advertised-listener-url",
                 url,
                 "--storage-engine",
-                "memory://tansu/",
+                self.tansu_storage,
             ]
         return [
             sys.executable,
