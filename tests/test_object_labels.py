@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from shoal.storage.format import BlockBuilder, decode_object, encode_object
+from shoal.storage.format import BlockBuilder, decode_object, encode_object, object_parts
 from shoal.storage.inventory import read_index
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.rebuild import plan
@@ -39,3 +39,15 @@ def test_labels_round_trip_and_old_objects_read() -> None:
         assert names[9] == ("rebuilt-stream-9", 0) and report.unlabeled == [9]
 
     asyncio.run(go())
+
+
+def test_object_parts_size_is_the_written_objects_size() -> None:
+    """The size object_parts reports is what the metadata records for the
+    object and what reads of its tail start from: it must be the bytes
+    written, labels or not, blocks of one buffer or of many."""
+    many = [BlockBuilder(3, 0, 5, 1, [b"x" * 7, memoryview(b"y" * 11), b"z"], 19)]
+    for bs, labels in ((blocks(), {7: "seven"}), (blocks(), None), (many, {3: "three"})):
+        parts, entries, size = object_parts(bs, labels)
+        whole = b"".join(parts)
+        assert size == len(whole)
+        assert decode_object(whole) == entries

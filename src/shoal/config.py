@@ -484,7 +484,8 @@ BROKER_KEYS: dict[str, Key] = {
             "compaction.interval.ms",
             int,
             30_000,
-            "how often WAL objects are compacted",
+            "how often compaction runs: rounds until every WAL object old enough is "
+            "compacted, for at most this long",
             at_least(100),
         ),
         Key(

@@ -323,7 +323,7 @@ class Compactor:
         # Not assembled here: a file store writes the batches' buffers with
         # writev, another store joins them off the event loop (a round is up
         # to compaction.max.bytes, which copied on the loop stalled clients).
-        payload, entries = object_parts(blocks, labels)
+        payload, entries, size = object_parts(blocks, labels)
         self._seq += 1
         key = (
             f"compacted/{self.node_id}/{int(time.time() * 1000):013d}-{os.getpid()}-"
@@ -332,7 +332,6 @@ class Compactor:
         self.uploading.add(key)
         try:
             await self.store.put(key, payload)
-            size = sum(map(len, payload))
             await self._swap(key, size, kind, plan, entries, result, sources)
         finally:
             self.uploading.discard(key)

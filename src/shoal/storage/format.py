@@ -75,17 +75,17 @@ def encode_object(
     blocks: Sequence[BlockBuilder], labels: Mapping[int, str] | None = None
 ) -> tuple[bytearray, list[BlockEntry]]:
     """Lay out blocks, labels, index and footer in one buffer (one copy of the data)."""
-    parts, entries = object_parts(blocks, labels)
+    parts, entries, _size = object_parts(blocks, labels)
     return bytearray().join(parts), entries
 
 
 def object_parts(
     blocks: Sequence[BlockBuilder], labels: Mapping[int, str] | None = None
-) -> tuple[list[bytes | memoryview], list[BlockEntry]]:
-    """The object as buffers to write back to back, the blocks' data not
-    copied: a file store writes them with writev, so the WAL's object is
-    never assembled in memory (that copy, and the growing buffer's
-    reallocations, ran on the event loop)."""
+) -> tuple[list[bytes | memoryview], list[BlockEntry], int]:
+    """The object as buffers to write back to back, its index entries and
+    its size. The blocks' data is not copied: a file store writes the
+    buffers with writev, so an object is never assembled in memory (that
+    copy, and the growing buffer's reallocations, ran on the event loop)."""
     parts: list[bytes | memoryview] = []
     entries: list[BlockEntry] = []
     position = 0
@@ -95,8 +95,9 @@ def object_parts(
         )
         parts += b.parts
         position += b.size
-    parts.append(_tail(position, entries, labels))
-    return parts, entries
+    tail = _tail(position, entries, labels)
+    parts.append(tail)
+    return parts, entries, position + len(tail)
 
 
 def _tail(position: int, entries: Sequence[BlockEntry], labels: Mapping[int, str] | None) -> bytes:

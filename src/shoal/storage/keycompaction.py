@@ -40,7 +40,7 @@ from shoal.protocol.records import (
     read_header,
     read_varint,
 )
-from shoal.storage.format import BlockBuilder, encode_object
+from shoal.storage.format import BlockBuilder, object_parts
 from shoal.storage.objectstore import ObjectStore
 
 log = logging.getLogger("shoal.keycompaction")
@@ -249,7 +249,7 @@ async def compact_keys(
     if not builders:
         builders.append(BlockBuilder(stream_id, first, end, -1, [], 0))
     builders[-1].end_offset = end  # coverage stays contiguous to the dirty part
-    payload, entries = encode_object(builders, {stream_id: label} if label else None)
+    payload, entries, size = object_parts(builders, {stream_id: label} if label else None)
     object_key = (
         f"compacted/{node_id}/{int(time.time() * 1000):013d}-{os.getpid()}-keys-{stream_id}.obj"
     )
@@ -263,7 +263,7 @@ async def compact_keys(
         await store.put(object_key, payload)
         done = await meta.replace_ranges(
             object_key,
-            len(payload),
+            size,
             node_id,
             "cleaned",
             [(stream_id, old_starts, new)],

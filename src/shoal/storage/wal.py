@@ -216,11 +216,11 @@ class Wal:
     def _write_in_commit(self, buf: _Buffer, key: str) -> None:
         """Build the object now and leave its PUT to the commit's thread."""
         try:
-            data = self._encode(buf)
+            data, size = self._encode(buf)
         except Exception as exc:  # the committer fails its appends (as _upload's)
             buf.failed = exc
         else:
-            buf.key, buf.object_size = key, sum(map(len, data))
+            buf.key, buf.object_size = key, size
             buf.write = self.store.local_put(key, data)
             self.uploading.add(key)
             buf.uploaded = True
@@ -229,10 +229,9 @@ class Wal:
     async def _upload(self, buf: _Buffer, key: str) -> None:
         try:
             async with self._inflight:
-                data = self._encode(buf)
+                data, buf.object_size = self._encode(buf)
                 buf.key = key
                 self.uploading.add(buf.key)
-                buf.object_size = sum(map(len, data))
                 await self._retry(
                     lambda: self._put_once(buf.key, data), f"upload {buf.key}", "objects"
                 )
@@ -251,7 +250,8 @@ class Wal:
             # answer was lost already wrote it.
             pass
 
-    def _encode(self, buf: _Buffer) -> list[bytes | memoryview]:
+    def _encode(self, buf: _Buffer) -> tuple[list[bytes | memoryview], int]:
+        """The object's buffers and its size."""
         blocks = buf.blocks
         for a in buf.appends:
             b = blocks.get(a.stream_id)
@@ -261,8 +261,8 @@ class Wal:
                 )
             else:
                 b.add(a.data, a.end, a.max_ts)
-        parts, _entries = object_parts(list(blocks.values()), self._labels(blocks))
-        return parts
+        parts, _entries, size = object_parts(list(blocks.values()), self._labels(blocks))
+        return parts, size
 
     def _labels(self, streams: Iterable[int]) -> dict[int, str]:
         if self._label is None:
