@@ -62,6 +62,12 @@ def main() -> None:
     )
     ap.add_argument("--size", type=int, default=1024, help="record size in bytes")
     ap.add_argument(
+        "--targets",
+        default="shoal,tansu",
+        help="comma-separated, in order (shoal alone for an A/B of two Shoal trees: "
+        "PYTHONPATH=TREE/src picks the tree the broker runs)",
+    )
+    ap.add_argument(
         "--s3",
         action="store_true",
         help="both brokers on one moto S3 server started here (Shoal's objects, "
@@ -79,7 +85,7 @@ def main() -> None:
     version = [x for x in (usage.stdout + usage.stderr).splitlines() if "librdkafka version" in x]
     print(version[0].strip() if version else "librdkafka version: not reported", flush=True)
     with tempfile.TemporaryDirectory(prefix="peer-cpu-") as tmp:
-        for target in ("shoal", "tansu"):
+        for target in a.targets.split(","):
             broker = _broker(Path(tmp) / target / "data", target, a.s3).start()
             try:
                 assert broker.proc is not None
