@@ -91,7 +91,9 @@ class Controller:
             if row is None:
                 continue
             if row.owner == r.target_node:
-                await self.store.mark_moved(r.topic_id, r.partition)
+                # Already there (asked for its own owner, or moved by other
+                # means): the owner will not open it again to finish it.
+                await self.store.finish_moves(r.target_node, [(r.topic_id, r.partition)])
                 continue
             plan(row, r.target_node)
             requested.add((r.topic_id, r.partition))
@@ -103,11 +105,8 @@ class Controller:
                     plan(o, orphan_target(counts, targets, now, self.fresh_lease_ms))
         if self.balance.enable and not moves:
             moves.extend(self._balance(live, owners, counts))
-        done = await self.store.apply_moves(moves)
+        done = await self.store.apply_moves(moves, frozenset(requested))
         for m in done:
-            key = (m.topic_id, m.partition)
-            if key in requested:
-                await self.store.mark_moved(m.topic_id, m.partition)
             log.info(
                 "partition %d/%d: owner %s -> %d", m.topic_id, m.partition, m.old_owner, m.new_owner
             )

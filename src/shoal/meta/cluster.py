@@ -316,16 +316,29 @@ class ClusterStore:
                 for r in rows
             ]
 
-    async def apply_moves(self, moves: list[Move]) -> list[Move]:
+    async def apply_moves(
+        self, moves: list[Move], requested: frozenset[tuple[int, int]] = frozenset()
+    ) -> list[Move]:
         """Move owners, each only if its owner is still the one expected;
-        returns the moves made. One transaction."""
+        returns the moves made. One transaction, which also marks the
+        reassignments of `requested` (topic id, partition) moved: the
+        target may open the partition, and finish its move, as soon as
+        the owner changes."""
         done: list[Move] = []
         if not moves:
             return done
+        r = s.reassignments
         async with self.meta._tx() as conn:
             for m in moves:
-                if await _move(conn, m):
-                    done.append(m)
+                if not await _move(conn, m):
+                    continue
+                done.append(m)
+                if (m.topic_id, m.partition) in requested:
+                    await conn.execute(
+                        update(r)
+                        .where(r.c.topic_id == m.topic_id, r.c.partition == m.partition)
+                        .values(moved_ms=now_ms())
+                    )
         return done
 
     # reassignments -----------------------------------------------------------
@@ -395,28 +408,31 @@ class ClusterStore:
                 for x in rows
             ]
 
-    async def mark_moved(self, topic_id: int, partition: int) -> None:
-        r = s.reassignments
-        async with self.meta._tx() as conn:
-            await conn.execute(
-                update(r)
-                .where(r.c.topic_id == topic_id, r.c.partition == partition)
-                .values(moved_ms=now_ms())
-            )
-
     async def finish_moves(self, node_id: int, done: list[tuple[int, int]]) -> None:
-        """The target opened these partitions: their reassignments are over."""
-        r = s.reassignments
+        """The target owns and has opened these partitions: their
+        reassignments to it are over. Decided by the owner, not by
+        `moved_ms`, so that no order of the controller's and the target's
+        transactions leaves a carried-out move pending."""
+        r, p = s.reassignments, s.partitions
         if not done:
             return
         async with self.meta._tx() as conn:
             for topic_id, partition in done:
+                owned = (
+                    select(p.c.partition)
+                    .where(
+                        p.c.topic_id == topic_id,
+                        p.c.partition == partition,
+                        p.c.owner_node == node_id,
+                    )
+                    .exists()
+                )
                 await conn.execute(
                     delete(r).where(
                         r.c.topic_id == topic_id,
                         r.c.partition == partition,
                         r.c.target_node == node_id,
-                        r.c.moved_ms.is_not(None),
+                        owned,
                     )
                 )
 
