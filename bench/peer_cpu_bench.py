@@ -11,7 +11,9 @@ hide which broker is faster. 1 KiB records (--size), acks=all, idempotent
 read back from the start with rdkafka_performance -C after each (--consume);
 Shoal on its default file store (every
 acknowledged batch in the object store and SQLite), tansu 0.6 on memory;
-with --s3 both on one moto S3 server (durable against durable).
+with --s3 both on one moto S3 server (durable against durable). Shoal's
+rounds also count its WAL objects (one PUT each: the request cost on S3),
+from its metrics endpoint.
 
 The binary must be linked with a librdkafka that tansu accepts: Debian's
 2.0.2 fails its ApiVersions exchange with tansu and retries forever; the
@@ -25,12 +27,13 @@ import os
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BrokerProcess, s3_endpoint
+from harness import BrokerProcess, free_port, s3_endpoint
 from security_bench import _cpu_seconds, rdkafka_performance
 
 
@@ -86,9 +89,11 @@ def main() -> None:
     print(version[0].strip() if version else "librdkafka version: not reported", flush=True)
     with tempfile.TemporaryDirectory(prefix="peer-cpu-") as tmp:
         for target in a.targets.split(","):
-            broker = _broker(Path(tmp) / target / "data", target, a.s3).start()
+            metrics = f"127.0.0.1:{free_port()}" if target == "shoal" else None
+            broker = _broker(Path(tmp) / target / "data", target, a.s3, metrics).start()
             try:
                 assert broker.proc is not None
+                wal0 = _wal_objects(metrics) if metrics is not None else 0
                 for r in range(a.rounds):
                     topic = f"peer-{target}-{r}-{os.urandom(2).hex()}"
                     cpu0 = _cpu_seconds(broker.proc.pid)
@@ -102,9 +107,14 @@ def main() -> None:
                         size=a.size,
                     )
                     cpu = _cpu_seconds(broker.proc.pid) - cpu0
+                    objects = ""
+                    if metrics is not None:
+                        now = _wal_objects(metrics)
+                        objects = f", {now - wal0} WAL objects (PUTs)"
+                        wal0 = now
                     print(
                         f"{target} round {r + 1}: {mbs:.1f} MB/s, broker {cpu / gb:.2f} CPU s/GB, "
-                        f"client {client_s / gb:.2f} CPU s/GB",
+                        f"client {client_s / gb:.2f} CPU s/GB{objects}",
                         flush=True,
                     )
                     if a.consume:
@@ -124,7 +134,18 @@ def main() -> None:
                 broker.stop()
 
 
-def _broker(data_dir: Path, target: str, s3: bool) -> BrokerProcess:
+def _wal_objects(metrics: str) -> int:
+    """Shoal's WAL objects committed so far: one PUT each."""
+    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("shoal_wal_objects_committed_total "):
+                return int(float(line.split()[1]))
+    raise SystemExit("the broker's metrics have no shoal_wal_objects_committed_total")
+
+
+def _broker(data_dir: Path, target: str, s3: bool, metrics: str | None) -> BrokerProcess:
+    if metrics is not None:
+        os.environ["SHOAL_METRICS_LISTEN"] = metrics
     if not s3:
         return BrokerProcess(data_dir, target=target)
     import logging

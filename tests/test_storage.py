@@ -15,7 +15,7 @@ from shoal.storage.errors import CorruptObject, Fenced, OffsetOutOfRange
 from shoal.storage.format import BlockBuilder, decode_object, encode_object
 from shoal.storage.producers import OutOfOrderSequence
 from shoal.storage.streams import EngineConfig, StreamEngine
-from shoal.storage.wal import WalConfig
+from shoal.storage.wal import IDLE_SEAL_MS, WalConfig
 from wire import make_batch
 
 
@@ -476,6 +476,33 @@ async def test_eager_wal_gathers_appends_behind_a_flush_in_progress(meta: MetaSt
     assert [await asyncio.wait_for(f, 10) for f in behind] == [1, 2, 3]
     assert store.puts == 2  # the three gathered appends made one object
     await eng.close()
+
+
+async def test_a_large_buffer_is_sealed_when_appends_pause(meta: MetaStore) -> None:
+    """On a remote store (not eager) a buffer past wal.idle.seal.bytes goes
+    as soon as appends pause, not after the linger: with a one-minute linger
+    it still commits (it would time out here if it waited)."""
+    [sid] = await new_stream(meta)
+    store = FaultyStore()
+    eng = engine(store, meta, linger_ms=60_000, idle_seal_bytes=4096)
+    futs = [await eng.append(sid, batch(b"x" * 1500), 0) for _ in range(3)]
+    assert [await asyncio.wait_for(f, 10) for f in futs] == [0, 1, 2]
+    assert store.puts == 1  # the three appends, made in one go, in one object
+    await eng.close()
+
+
+async def test_a_small_buffer_still_waits_for_the_linger(meta: MetaStore) -> None:
+    """Under wal.idle.seal.bytes the pause changes nothing: the linger (or
+    the size) seals it, so a trickle of small appends costs no more PUTs."""
+    [sid] = await new_stream(meta)
+    store = FaultyStore()
+    eng = engine(store, meta, linger_ms=60_000, idle_seal_bytes=1 << 20)
+    fut = await eng.append(sid, batch(b"x" * 1500), 0)
+    # Fifty times the pause that would seal a large buffer: this one stays.
+    await asyncio.sleep(IDLE_SEAL_MS * 50 / 1000)
+    assert not fut.done() and store.puts == 0
+    await eng.close()  # a graceful close seals it
+    assert await asyncio.wait_for(fut, 10) == 0 and store.puts == 1
 
 
 async def test_producer_state_commits_with_a_stream_dropped_in_flight(meta: MetaStore) -> None:

@@ -399,6 +399,16 @@ BROKER_KEYS: dict[str, Key] = {
             "store (file, memory), 50 on a remote one (S3, GCS, Azure), where each PUT is paid",
             at_least(-1),
         ),
+        Key(
+            "wal.idle.seal.bytes",
+            int,
+            512 * 1024,
+            "on a remote store, a WAL buffer holding at least this much is uploaded once "
+            "appends pause for 2 ms, without waiting out wal.linger.ms (a producer waiting "
+            "for its answer sends nothing more); at most one more PUT per this many bytes; "
+            "0: off",
+            at_least(0),
+        ),
         Key("wal.max.inflight", int, 4, "WAL objects uploading at once", at_least(1)),
         Key(
             "wal.buffer.max.bytes",

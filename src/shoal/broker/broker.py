@@ -157,6 +157,7 @@ class Broker:
                     max_bytes=config["wal.max.bytes"],
                     linger_ms=config.wal_linger_ms,
                     eager=config.wal_eager,
+                    idle_seal_bytes=config["wal.idle.seal.bytes"],
                     max_inflight=config["wal.max.inflight"],
                     buffer_max_bytes=config["wal.buffer.max.bytes"],
                 ),

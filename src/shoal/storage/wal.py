@@ -3,7 +3,9 @@
 Appends from every partition of the broker go into one open buffer. The buffer
 is sealed into one object when it reaches `wal.max.bytes` or when its oldest
 append is `wal.linger.ms` old; on a local store (`eager`) also as soon as no
-other flush is in progress, so a lone append never waits for the linger.
+other flush is in progress, so a lone append never waits for the linger; on
+a remote one also once it holds `wal.idle.seal.bytes` and appends pause (a
+producer waiting for its answer sends nothing more however long it lingers).
 Sealed buffers upload concurrently (up to `wal.max.inflight`) but commit
 strictly in order, by one committer: it takes every uploaded object at the
 head of the queue and records them all in one metadata transaction (group
@@ -50,6 +52,9 @@ MAX_GROUP = 64  # objects per group commit
 #: allows it (see the module's docstring); larger ones upload concurrently,
 #: overlapping the commit before them.
 FUSED_MAX_BYTES = 1 << 20
+#: How long appends must pause before a buffer of WalConfig.idle_seal_bytes
+#: is sealed ahead of its linger.
+IDLE_SEAL_MS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,13 @@ class WalConfig:
     #: (file, memory); remote stores keep the linger, where each PUT is paid.
     eager: bool = False
     retry_backoff_max_ms: float = 5000.0
+    #: A lingering buffer holding at least this many bytes is sealed once no
+    #: append has come for IDLE_SEAL_MS (0: never): a producer that sends one
+    #: request and waits for its answer (librdkafka's idempotent producer,
+    #: with more than a few records in flight) adds nothing while the linger
+    #: runs, so it would wait out the linger on every request. Costs at most
+    #: one PUT per this many bytes.
+    idle_seal_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -94,6 +106,8 @@ class _Buffer:
     appends: list[Append] = field(default_factory=list)
     size: int = 0
     timer: asyncio.Handle | None = None
+    #: the check for a pause in appends (WalConfig.idle_seal_bytes)
+    idle: asyncio.TimerHandle | None = None
     key: str = ""
     object_size: int = 0
     blocks: dict[int, BlockBuilder] = field(default_factory=dict)
@@ -138,6 +152,8 @@ class Wal:
         self._fused = config.eager and meta.sqlite_commits is not None
         self._seq = 0
         self._buffer = _Buffer(0)
+        self._idle_seal = 0 if config.eager else config.idle_seal_bytes
+        self._last_add = 0.0  # loop time of the last append, once idle sealing is armed
         self._inflight = asyncio.Semaphore(config.max_inflight)
         self._sealed: deque[_Buffer] = deque()  # in seq order, until committed
         self._uploads: set[asyncio.Task[None]] = set()
@@ -181,11 +197,32 @@ class Wal:
             else:
                 # A flush is in progress: gather behind it (group commit).
                 buf.timer = loop.call_later(self.config.linger_ms / 1000, self.seal)
+        if self._idle_seal and buf.size >= self._idle_seal and buf is self._buffer:
+            loop = asyncio.get_running_loop()
+            self._last_add = loop.time()
+            if buf.idle is None:
+                buf.idle = loop.call_later(IDLE_SEAL_MS / 1000, self._seal_if_idle, buf)
+
+    def _seal_if_idle(self, buf: _Buffer) -> None:
+        """Seal a large enough buffer once appends have paused."""
+        buf.idle = None
+        if buf is not self._buffer:
+            return  # sealed meanwhile
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - self._last_add
+        wait = IDLE_SEAL_MS / 1000 - quiet
+        if wait <= 0:
+            self.seal()
+        else:
+            buf.idle = loop.call_later(wait, self._seal_if_idle, buf)
 
     def seal(self) -> None:
         buf = self._buffer
         if buf.timer is not None:
             buf.timer.cancel()
+        if buf.idle is not None:
+            buf.idle.cancel()
+            buf.idle = None
         if not buf.appends:
             return
         self._seq += 1
