@@ -26,15 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from confluent_kafka.admin import AdminClient, NewTopic
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BrokerProcess
+from partitions_rdkafka import fleet_brokers, produce_cmd
 from security_bench import _cpu_seconds
-
-RECORD_BYTES = 200
 
 
 def main() -> None:
@@ -48,46 +43,37 @@ def main() -> None:
     a = ap.parse_args()
     count = int(a.rate * a.seconds)
     with tempfile.TemporaryDirectory(prefix="fleet-rdkafka-") as tmp:
-        for target in a.targets.split(","):
-            broker = BrokerProcess(Path(tmp) / target, target=target).start()
+        for broker in fleet_brokers(tmp, a.targets.split(","), a.partitions):
             assert broker.proc is not None
-            try:
-                admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-                new = NewTopic("fleet", a.partitions, 1)
-                admin.create_topics([new], request_timeout=300)["fleet"].result(600)
-                for r in range(a.rounds):
-                    lat = Path(tmp) / f"{target}-{r}.latency"
-                    cmd = [a.rdkafka_performance, "-P", "-t", "fleet", "-b", broker.bootstrap]
-                    cmd += ["-s", str(RECORD_BYTES), "-c", str(count), "-r", str(a.rate)]
-                    cmd += ["-a", "-1", "-l", "-A", str(lat), "-X", "linger.ms=5"]
-                    cmd += ["-X", "sticky.partitioning.linger.ms=0"]
-                    cpu0, t0 = _cpu_seconds(broker.proc.pid), time.monotonic()
-                    client0 = os.times()
-                    subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
-                    wall = time.monotonic() - t0
-                    cpu = _cpu_seconds(broker.proc.pid) - cpu0
-                    client1 = os.times()
-                    client = (client1.children_user - client0.children_user) + (
-                        client1.children_system - client0.children_system
-                    )
-                    us = sorted(int(x) for x in lat.read_text().split())
-                    n = len(us)
-                    if n == 0:
-                        raise SystemExit(f"{target}: no delivery latency recorded")
+            for r in range(a.rounds):
+                lat = Path(tmp) / f"{broker.target}-{r}.latency"
+                cmd = produce_cmd(a.rdkafka_performance, broker.bootstrap, count)
+                cmd += ["-r", str(a.rate), "-l", "-A", str(lat)]
+                cpu0, t0 = _cpu_seconds(broker.proc.pid), time.monotonic()
+                client0 = os.times()
+                subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
+                wall = time.monotonic() - t0
+                cpu = _cpu_seconds(broker.proc.pid) - cpu0
+                client1 = os.times()
+                client = (client1.children_user - client0.children_user) + (
+                    client1.children_system - client0.children_system
+                )
+                us = sorted(int(x) for x in lat.read_text().split())
+                n = len(us)
+                if n == 0:
+                    raise SystemExit(f"{broker.target}: no delivery latency recorded")
 
-                    def pct(q: float, us: list[int] = us, n: int = n) -> float:
-                        return us[min(n - 1, int(n * q))] / 1000
+                def pct(q: float, us: list[int] = us, n: int = n) -> float:
+                    return us[min(n - 1, int(n * q))] / 1000
 
-                    print(
-                        f"{target} round {r + 1}: {n} of {count} acknowledged in {wall:.1f} s "
-                        f"({n / wall:.0f}/s), latency p50 {pct(0.5):.1f} ms, "
-                        f"p99 {pct(0.99):.1f}, p99.9 {pct(0.999):.1f}, max {us[-1] / 1000:.1f}; "
-                        f"broker {cpu:.1f} CPU s ({cpu / wall:.2f} cores, "
-                        f"{cpu / n * 1e6:.0f} µs per record), client {client / wall:.2f} cores",
-                        flush=True,
-                    )
-            finally:
-                broker.stop()
+                print(
+                    f"{broker.target} round {r + 1}: {n} of {count} acknowledged in "
+                    f"{wall:.1f} s ({n / wall:.0f}/s), latency p50 {pct(0.5):.1f} ms, "
+                    f"p99 {pct(0.99):.1f}, p99.9 {pct(0.999):.1f}, max {us[-1] / 1000:.1f}; "
+                    f"broker {cpu:.1f} CPU s ({cpu / wall:.2f} cores, "
+                    f"{cpu / n * 1e6:.0f} µs per record), client {client / wall:.2f} cores",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

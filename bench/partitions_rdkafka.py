@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -33,39 +34,55 @@ from security_bench import _cpu_seconds
 RECORD_BYTES = 200
 
 
+def fleet_brokers(tmp: str, targets: list[str], partitions: int) -> Iterator[BrokerProcess]:
+    """Each target started in turn, with a topic `fleet` of `partitions`, and
+    stopped once the caller moves on to the next."""
+    for target in targets:
+        broker = BrokerProcess(Path(tmp) / target, target=target).start()
+        assert broker.proc is not None
+        try:
+            admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+            new = NewTopic("fleet", partitions, 1)
+            admin.create_topics([new], request_timeout=300)["fleet"].result(600)
+            yield broker
+        finally:
+            broker.stop()
+
+
+def produce_cmd(binary: str, bootstrap: str, count: int) -> list[str]:
+    """rdkafka_performance sending `count` records of RECORD_BYTES to `fleet`,
+    acks=all, linger.ms=5, null keys spread at random over its partitions."""
+    return [
+        *(binary, "-P", "-t", "fleet", "-b", bootstrap, "-s", str(RECORD_BYTES)),
+        *("-c", str(count), "-a", "-1", "-X", "linger.ms=5"),
+        *("-X", "sticky.partitioning.linger.ms=0"),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rdkafka-performance", required=True, metavar="PATH")
     ap.add_argument("--partitions", type=int, default=10_000)
     ap.add_argument("--count", type=int, help="records per phase (default: one per partition)")
     a = ap.parse_args()
-    count = str(a.count or a.partitions)
+    count = a.count or a.partitions
     with tempfile.TemporaryDirectory(prefix="partitions-rdkafka-") as tmp:
-        for target in ("shoal", "tansu"):
-            broker = BrokerProcess(Path(tmp) / target, target=target).start()
+        for broker in fleet_brokers(tmp, ["shoal", "tansu"], a.partitions):
             assert broker.proc is not None
-            try:
-                admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-                new = NewTopic("fleet", a.partitions, 1)
-                admin.create_topics([new], request_timeout=300)["fleet"].result(600)
-                for phase in ("first", "again"):
-                    cpu0, t0 = _cpu_seconds(broker.proc.pid), time.monotonic()
-                    cmd = [a.rdkafka_performance, "-P", "-t", "fleet", "-b", broker.bootstrap]
-                    cmd += ["-s", str(RECORD_BYTES), "-c", count, "-a", "-1", "-X", "linger.ms=5"]
-                    cmd += ["-X", "sticky.partitioning.linger.ms=0"]
-                    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-                    wall = time.monotonic() - t0
-                    cpu = _cpu_seconds(broker.proc.pid) - cpu0
-                    ok = f"{count} delivered" in out.stdout + out.stderr
-                    gb = int(count) * RECORD_BYTES / 1e9
-                    print(
-                        f"{target} {phase}: {wall:.2f} s wall, broker {cpu:.2f} CPU s "
-                        f"({cpu / gb:.0f} s/GB, {cpu / int(count) * 1e6:.0f} µs per record), "
-                        f"all delivered: {ok}",
-                        flush=True,
-                    )
-            finally:
-                broker.stop()
+            for phase in ("first", "again"):
+                cpu0, t0 = _cpu_seconds(broker.proc.pid), time.monotonic()
+                cmd = produce_cmd(a.rdkafka_performance, broker.bootstrap, count)
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+                wall = time.monotonic() - t0
+                cpu = _cpu_seconds(broker.proc.pid) - cpu0
+                ok = f"{count} delivered" in out.stdout + out.stderr
+                gb = count * RECORD_BYTES / 1e9
+                print(
+                    f"{broker.target} {phase}: {wall:.2f} s wall, broker {cpu:.2f} CPU s "
+                    f"({cpu / gb:.0f} s/GB, {cpu / count * 1e6:.0f} µs per record), "
+                    f"all delivered: {ok}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
