@@ -13,6 +13,7 @@ from shoal.meta.store import MetaError, MetaStore
 from shoal.protocol.records import read_header, validate_batches
 from shoal.storage.errors import CorruptObject, Fenced, OffsetOutOfRange
 from shoal.storage.format import BlockBuilder, decode_object, encode_object
+from shoal.storage.objectstore import Payload
 from shoal.storage.producers import OutOfOrderSequence
 from shoal.storage.streams import EngineConfig, StreamEngine
 from shoal.storage.wal import IDLE_SEAL_MS, WalConfig
@@ -104,6 +105,27 @@ async def test_store_outage_is_retried_without_loss_or_duplicates(meta: MetaStor
     assert [await f for f in futs] == list(range(10))
     assert store.failed_puts == 4
     assert offsets_of((await eng.read(sid, 0, 1 << 20)).chunks) == list(range(10))
+    await eng.close()
+
+
+async def test_a_retried_upload_to_a_remote_store_is_joined_once(meta: MetaStore) -> None:
+    """The WAL object's buffers become one buffer once, before the first
+    attempt: every retry sends that same buffer (a join per attempt copied
+    the whole object again)."""
+    [sid] = await new_stream(meta)
+    sent: list[object] = []
+
+    class Watched(FaultyStore):
+        async def put(self, key: str, data: Payload, *, create: bool = True) -> None:
+            sent.append(data)
+            await super().put(key, data, create=create)
+
+    store = Watched()
+    store.fail_puts = 3
+    eng = engine(store, meta, retry_backoff_ms=5)
+    assert await (await eng.append(sid, batch(b"a", b"b"), 0)) == 0
+    assert len(sent) == 4 and isinstance(sent[0], bytes)
+    assert all(s is sent[0] for s in sent)
     await eng.close()
 
 

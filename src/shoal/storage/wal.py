@@ -266,9 +266,16 @@ class Wal:
     async def _upload(self, buf: _Buffer, key: str) -> None:
         try:
             async with self._inflight:
-                data, buf.object_size = self._encode(buf)
+                parts, buf.object_size = self._encode(buf)
                 buf.key = key
                 self.uploading.add(buf.key)
+                # A remote store takes one buffer: joined once here (off the
+                # loop), not again by every retry's put.
+                data: Payload = (
+                    parts
+                    if self.store.writes_locally(key)
+                    else await asyncio.to_thread(b"".join, parts)
+                )
                 await self._retry(
                     lambda: self._put_once(buf.key, data), f"upload {buf.key}", "objects"
                 )
