@@ -105,7 +105,7 @@ class Controller:
                     plan(o, orphan_target(counts, targets, now, self.fresh_lease_ms))
         if self.balance.enable and not moves:
             moves.extend(self._balance(live, owners, counts))
-        done = await self.store.apply_moves(moves, frozenset(requested))
+        done = await self.store.apply_moves(moves, requested)
         for m in done:
             log.info(
                 "partition %d/%d: owner %s -> %d", m.topic_id, m.partition, m.old_owner, m.new_owner

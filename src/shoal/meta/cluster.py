@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from collections.abc import Set as AbstractSet
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -317,7 +318,7 @@ class ClusterStore:
             ]
 
     async def apply_moves(
-        self, moves: list[Move], requested: frozenset[tuple[int, int]] = frozenset()
+        self, moves: list[Move], requested: AbstractSet[tuple[int, int]] = frozenset()
     ) -> list[Move]:
         """Move owners, each only if its owner is still the one expected;
         returns the moves made. One transaction, which also marks the
