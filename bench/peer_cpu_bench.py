@@ -144,19 +144,20 @@ def _wal_objects(metrics: str) -> int:
 
 
 def _broker(data_dir: Path, target: str, s3: bool, metrics: str | None) -> BrokerProcess:
-    if metrics is not None:
-        os.environ["SHOAL_METRICS_LISTEN"] = metrics
-    if not s3:
-        return BrokerProcess(data_dir, target=target)
-    import logging
+    if s3:
+        import logging
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
-    env = s3_endpoint()  # moto, in this process; the bucket shoal-test made
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
     if target == "shoal":
-        os.environ["SHOAL_TEST_STORE"] = "s3"  # the harness gives it --objects s3://...
+        if s3:  # the harness starts moto in this process and gives --objects s3://...
+            os.environ["SHOAL_TEST_STORE"] = "s3"
+        env = {"SHOAL_METRICS_LISTEN": metrics} if metrics is not None else {}
+        return BrokerProcess(data_dir, target=target, env=env)
+    if not s3:
         return BrokerProcess(data_dir, target=target)
     import boto3
 
+    env = s3_endpoint()  # moto, in this process (shared with Shoal's run)
     boto3.client(
         "s3",
         endpoint_url=env["AWS_ENDPOINT_URL"],
