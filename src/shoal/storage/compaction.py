@@ -30,7 +30,7 @@ from shoal.meta.store import MetaStore, RangeCommit, RangeRecord
 from shoal.protocol.records import batch_spans
 from shoal.storage.concurrency import gather_bounded
 from shoal.storage.errors import ObjectNotFound
-from shoal.storage.format import BlockBuilder, BlockEntry, Labeler, object_parts
+from shoal.storage.format import BlockBuilder, BlockEntry, Labeler, labels_of, object_parts
 from shoal.storage.merging import MergePolicy, mostly_dead, plan_merge
 from shoal.storage.objectstore import ObjectStore
 
@@ -314,12 +314,7 @@ class Compactor:
             plan.append((sid, [r.start_offset for r in run], first_block, len(blocks)))
         if not blocks:
             return
-        labels = {}
-        if self._label is not None:
-            for sid in {b.stream_id for b in blocks}:
-                label = self._label(sid)
-                if label is not None:
-                    labels[sid] = label
+        labels = labels_of(self._label, {b.stream_id for b in blocks})
         # Not assembled here: a file store writes the batches' buffers with
         # writev, another store joins them off the event loop (a round is up
         # to compaction.max.bytes, which copied on the loop stalled clients).

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import crc32c
@@ -37,6 +37,20 @@ FOOTER_SIZE = _FOOTER.size
 FLAG_LABELS = 1
 #: stream id -> its label (None: none known); see the module docstring
 Labeler = Callable[[int], "str | None"]
+
+
+def labels_of(label: Labeler | None, streams: Iterable[int]) -> dict[int, str]:
+    """The labels an object of these streams carries (those known)."""
+    if label is None:
+        return {}
+    out = {}
+    for sid in streams:
+        name = label(sid)
+        if name is not None:
+            out[sid] = name
+    return out
+
+
 _LABELS_LEN = struct.Struct(">I")
 #: how much to read from the end to get footer and a typical index in one go
 TAIL_READ = 64 * 1024

@@ -28,7 +28,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from shoal.meta.store import (
@@ -41,7 +41,7 @@ from shoal.meta.store import (
 )
 from shoal.storage.diskspace import DiskGuard
 from shoal.storage.errors import Fenced, ObjectExists, StorageError
-from shoal.storage.format import BlockBuilder, Labeler, object_parts
+from shoal.storage.format import BlockBuilder, Labeler, labels_of, object_parts
 from shoal.storage.objectstore import ObjectStore, Payload
 from shoal.storage.producers import ProducerEntry
 
@@ -305,18 +305,8 @@ class Wal:
                 )
             else:
                 b.add(a.data, a.end, a.max_ts)
-        parts, _entries, size = object_parts(list(blocks.values()), self._labels(blocks))
+        parts, _entries, size = object_parts(list(blocks.values()), labels_of(self._label, blocks))
         return parts, size
-
-    def _labels(self, streams: Iterable[int]) -> dict[int, str]:
-        if self._label is None:
-            return {}
-        out = {}
-        for sid in streams:
-            label = self._label(sid)
-            if label is not None:
-                out[sid] = label
-        return out
 
     # commit --------------------------------------------------------------
 
