@@ -415,7 +415,10 @@ def test_disk_budget_drop_oldest_counts_every_drop(
     recs = consume_all(central.bootstrap, topic, len(values) - dropped)
     got = [int(r[1][:6]) for r in recs]
     # On failure, the gateway's trims and forwarding decisions say which
-    # records went uncounted (seen once in a CI run: 600 counted, 67 missing).
+    # records went uncounted. Twice in CI (600 counted, 67 missing; 567 and
+    # 100): a trim skipped a range an earlier trim took in flight, once the
+    # producer's teardown had rewound the forwarder (the sequence is
+    # replayed in test_edge_units.py).
     assert len(got) + dropped == len(values), (
         f"every record delivered or counted as dropped: got {got[:3]}..., dropped {dropped}\n"
         f"{json.dumps(lane)}\n{json.dumps(gw.uplink())}\n{gw.log()[-20000:]}"

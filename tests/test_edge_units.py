@@ -7,6 +7,7 @@ import asyncio
 import re
 import tomllib
 from pathlib import Path
+from typing import cast
 
 import paho.mqtt.client as paho
 import pytest
@@ -15,10 +16,12 @@ from paho.mqtt.properties import Properties
 
 from edge_harness import to_toml
 from shoal.config import ConfigError
-from shoal.edge.config import Route, load_edge_config, parse_edge_config
+from shoal.edge.config import LaneConfig, Route, load_edge_config, parse_edge_config
+from shoal.edge.lanes import Lane
 from shoal.edge.locallog import murmur2, partition_for_key
 from shoal.edge.mqtt import record_of, route_for
 from shoal.edge.pacing import Backoff, PriorityScheduler, TokenBucket
+from shoal.edge.uplink import Forwarder, Uplink, _Sent
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "edge.toml"
 
@@ -212,3 +215,52 @@ def test_mqtt_message_to_record() -> None:
     ]
     plain = paho.MQTTMessage(mid=4, topic=b"x")
     assert record_of(plain, "x", routes[2]) == (None, [("mqtt.topic", b"x")])
+
+
+def _forwarder() -> tuple[Forwarder, Lane]:
+    lane = Lane(LaneConfig("bulk", 0, ("t",), 0, 150_000, "drop-oldest"))
+    fw = Forwarder(
+        uplink=cast(Uplink, None),
+        topic="t",
+        partition=0,
+        stream_id=1,
+        lane=lane,
+        central_topic="t",
+        acked=0,
+        saved=0,
+        next_read=0,
+    )
+    return fw, lane
+
+
+def _hand_to_producer(fw: Forwarder, lo: int, hi: int) -> None:
+    fw.pending.extend(_Sent(o, 0) for o in range(lo, hi))
+    fw.next_read = hi
+
+
+def test_records_trimmed_in_flight_then_rewound_are_counted_at_the_next_trim() -> None:
+    """Seen in CI: records in flight when a disk-budget trim took them are
+    counted only if their delivery fails. The producer was torn down (all
+    brokers down) and the forwarder rewound; a second trim came before the
+    forwarder read again, and skipped the first range uncounted."""
+    fw, lane = _forwarder()
+    _hand_to_producer(fw, 0, 100)
+    lane.count_drop("disk-budget", fw.trimmed(100), 0)
+    assert lane.drops.get("disk-budget", [0])[0] == 0  # in flight: not yet
+    fw.rewind()  # the producer's teardown: nothing in flight any more
+    lane.count_drop("disk-budget", fw.trimmed(200), 0)
+    assert lane.drops["disk-budget"][0] == 200
+    assert fw.next_read == 200 and fw.acked == 200
+    fw.drop("disk-budget", fw.next_read, 200, 0)  # the read then finds the start
+    assert lane.drops["disk-budget"][0] == 200
+
+
+def test_records_trimmed_in_flight_are_counted_once_when_read_again() -> None:
+    fw, lane = _forwarder()
+    _hand_to_producer(fw, 0, 100)
+    lane.count_drop("disk-budget", fw.trimmed(100), 0)
+    lane.count_drop("disk-budget", fw.trimmed(150), 0)  # never handed over
+    assert lane.drops["disk-budget"][0] == 50
+    fw.rewind()
+    fw.drop("disk-budget", fw.next_read, 150, 0)  # OffsetOutOfRange at 0, start 150
+    assert lane.drops["disk-budget"][0] == 150

@@ -455,7 +455,7 @@ class Gateway:
                         continue
                     fw = up.forwarders.get((topic_name, partition))
                     if fw is not None:
-                        lost = max(lost, fw.trimmed(old_start, new_start))
+                        lost = max(lost, fw.trimmed(new_start))
                     else:
                         done = up.progress.get((up.cfg.name, topic_name, partition), 0)
                         lost = max(lost, new_start - max(old_start, done))

@@ -237,14 +237,19 @@ class Forwarder:
         self.next_read = self.acked
         self.draining = False
 
-    def trimmed(self, old_start: int, new_start: int) -> int:
-        """The local log start moved from `old_start` to `new_start` (disk
-        budget). Returns how many of the records now gone were never handed
-        to the producer: dropped, for the caller to count. Records already in
-        flight are counted only if their delivery then fails (see `_step`),
-        so a record is never counted as dropped and delivered too."""
+    def trimmed(self, new_start: int) -> int:
+        """The local log start moved up to `new_start` (disk budget). Returns
+        how many of the records now gone were never handed to the producer:
+        dropped, for the caller to count. Records already in flight are
+        counted only if their delivery then fails (see `_step`), so a record
+        is never counted as dropped and delivered too.
+
+        Counting starts at `next_read`, not at the old log start: records an
+        earlier trim took while they were in flight are below it once a
+        teardown has rewound the forwarder, and this trim moves `next_read`
+        past them for good."""
         self.start_offset = max(self.start_offset, new_start)
-        first_unread = max(self.next_read, old_start)
+        first_unread = self.next_read
         if new_start <= first_unread:
             return 0
         self.next_read = new_start
