@@ -51,6 +51,7 @@ from shoal.meta.sqlite_commit import (
     newest_producers,
     producer_upsert,
 )
+from shoal.values import value
 
 # Key of the PostgreSQL advisory lock held while the schema is created or migrated.
 MIGRATION_LOCK = 0x5E0A1_5C4E
@@ -109,7 +110,7 @@ class StreamRecord:
     end_offset: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class RangeRecord:
     stream_id: int
     start_offset: int
@@ -129,7 +130,7 @@ class ObjectUsage:
     live: int  # bytes of the ranges that refer to it
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class RangeCommit:
     """One stream's part of a WAL object, to commit."""
 
@@ -207,7 +208,7 @@ class OpenedStream:
     aborted: list[AbortedTxn] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ObjectCommit:
     """One uploaded object, its stream ranges and producer state, to commit."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -25,6 +24,7 @@ from shoal.protocol.headers import RequestHeader, body_offset, peek_header, resp
 from shoal.protocol.metadata_response import MetadataAnswer
 from shoal.protocol.produce_response import ProduceAnswer
 from shoal.protocol.sasl_response import SaslAuthenticateAnswer, SaslHandshakeAnswer
+from shoal.values import value
 
 API_VERSIONS = 18
 
@@ -120,7 +120,7 @@ def is_flexible(api_key: int, api_version: int) -> bool:
     return bool(request_type(api_key, api_version).__flexible__)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Request:
     header: RequestHeader
     body: Any

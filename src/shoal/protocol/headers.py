@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from shoal.protocol.errors import RequestDecodeError
+from shoal.values import value
 
 _FIXED = struct.Struct(">hhih")  # api_key, api_version, correlation_id, client_id length
 _CORRELATION = struct.Struct(">i")
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class RequestHeader:
     api_key: int
     api_version: int

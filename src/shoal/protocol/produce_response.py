@@ -14,9 +14,10 @@ from __future__ import annotations
 import datetime
 import struct
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from shoal.protocol.primitives import I32, count, response_frame, string
+from shoal.values import value
 
 MIN_VERSION, MAX_VERSION = 3, 13
 FLEXIBLE_FROM = 9
@@ -28,7 +29,7 @@ _ZERO = datetime.timedelta(0)
 _MS = datetime.timedelta(milliseconds=1)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class PartitionAnswer:
     index: int
     error_code: int
@@ -39,7 +40,7 @@ class PartitionAnswer:
     error_message: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ProduceAnswer:
     """A produce response of one version: (topic, partitions) in request
     order; the topic is its name, or its id from v13."""

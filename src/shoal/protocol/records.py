@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import crc32c
 
 from shoal.protocol import recordcheck
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.recordcheck import ZSTD
+from shoal.values import value
 
 HEADER_SIZE = 61
 LOG_OVERHEAD = 12  # baseOffset + batchLength precede the length-counted part
@@ -56,7 +56,7 @@ class BatchRejected(KafkaError):
         self.record_errors = record_errors
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class BatchHeader:
     base_offset: int
     batch_length: int
@@ -111,7 +111,7 @@ def batch_spans(buf: bytes | memoryview) -> Iterator[tuple[int, int]]:
         pos = end
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ValidatedBatch:
     """One batch of a produce request, checked and ready to be stored."""
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import crc32c
 
 from shoal.storage.errors import CorruptObject
+from shoal.values import value
 
 MAGIC = b"SHOALOB1"
 FORMAT_VERSION = 1
@@ -56,7 +57,7 @@ _LABELS_LEN = struct.Struct(">I")
 TAIL_READ = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class BlockEntry:
     stream_id: int
     start_offset: int

@@ -14,6 +14,7 @@ from typing import Any
 
 from shoal.broker.broker import Broker
 from shoal.protocol.headers import RequestHeader
+from shoal.values import value
 
 
 @dataclass(slots=True)
@@ -43,7 +44,7 @@ class Client:
         return f"{self.client_id or '-'}@{self.peer}"
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Deferred:
     result: Awaitable[Any]
 

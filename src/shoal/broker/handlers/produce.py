@@ -24,6 +24,7 @@ from shoal.security.acls import AclOperation, ResourceType
 from shoal.storage.errors import AppendTimeout, Fenced, StorageError, StorageFull
 from shoal.storage.producers import SequenceError
 from shoal.txn.state import TV2
+from shoal.values import value
 
 log = logging.getLogger("shoal.produce")
 #: Decompressed bytes a batch may take on the event loop (about a millisecond);
@@ -37,7 +38,7 @@ _Slot = tuple[
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class _Checked:
     """A partition's batch past every check but its transaction's, which is
     made for the request's batches together before any is appended."""
