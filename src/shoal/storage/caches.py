@@ -102,9 +102,12 @@ class LogCache:
     def put(self, stream_id: int, base: int, end: int, data: bytes, max_ts: int) -> None:
         if len(data) + ENTRY_OVERHEAD > self.max_bytes:
             return
-        tail = self._streams.setdefault(stream_id, _StreamTail())
-        if tail.live() and tail.ends[-1] != base:
+        tail = self._streams.get(stream_id)
+        if tail is not None and tail.live() and tail.ends[-1] != base:
             self.drop_stream(stream_id)  # a gap: never serve a non-dense tail
+            tail = None
+        if tail is None:
+            # (not setdefault: it would build a _StreamTail on every put)
             tail = self._streams.setdefault(stream_id, _StreamTail())
         tail.bases.append(base)
         tail.ends.append(end)
