@@ -781,12 +781,8 @@ class StreamEngine:
         st = self._streams.get(stream_id)
         if st is None:
             return
-        gone = set(old_starts)
-        kept = [r for r in st.ranges if r.start_offset not in gone]
-        self._evict_blocks(r for r in st.ranges if r.start_offset in gone)
-        merged = sorted(kept + new, key=lambda r: r.start_offset)
-        st.ranges = merged
-        st.range_starts = [r.start_offset for r in merged]
+        st.ranges, st.range_starts, gone = swap_ranges(st.ranges, st.range_starts, old_starts, new)
+        self._evict_blocks(gone)
 
     def _evict_blocks(self, ranges: Iterable[RangeRecord]) -> None:
         """Cached blocks of ranges no reader can reach any more (swapped out or
@@ -1167,3 +1163,37 @@ def _offset_when_done(fut: asyncio.Future[None], offset: int) -> asyncio.Future[
     fut.add_done_callback(relay)
     out.add_done_callback(lambda f: f.cancelled() or f.exception())
     return out
+
+
+def swap_ranges(
+    ranges: list[RangeRecord], starts: list[int], old_starts: list[int], new: list[RangeRecord]
+) -> tuple[list[RangeRecord], list[int], list[RangeRecord]]:
+    """A stream's ranges (sorted by start offset, and their starts) with
+    those starting at `old_starts` swapped for `new`; also the ranges taken
+    out. New lists, never changed in place: a reader may hold the old ones
+    across an await. The usual swap is of neighbouring ranges: found by
+    bisection and spliced with list slices, for each of the hundreds of
+    streams a compaction round swaps, whose lists hold as many ranges."""
+    old = sorted(old_starts)
+    fresh = sorted(new, key=_start_of)
+    if old:
+        lo = bisect.bisect_left(starts, old[0])
+        hi = lo + len(old)
+        if (
+            hi <= len(starts)
+            and starts[lo:hi] == old
+            and (not fresh or lo == 0 or starts[lo - 1] < fresh[0].start_offset)
+            and (not fresh or hi == len(starts) or fresh[-1].start_offset < starts[hi])
+        ):
+            return (
+                ranges[:lo] + fresh + ranges[hi:],
+                starts[:lo] + [r.start_offset for r in fresh] + starts[hi:],
+                ranges[lo:hi],
+            )
+    gone = set(old)
+    merged = sorted([r for r in ranges if r.start_offset not in gone] + fresh, key=_start_of)
+    return merged, [r.start_offset for r in merged], [r for r in ranges if r.start_offset in gone]
+
+
+def _start_of(r: RangeRecord) -> int:
+    return r.start_offset
