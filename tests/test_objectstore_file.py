@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.storage.errors import ObjectExists, ObjectStoreUnavailable
+from shoal.storage.errors import ObjectExists, ObjectNotFound, ObjectStoreUnavailable
 from shoal.storage.objectstore import ObjectStore
 
 
@@ -102,3 +102,33 @@ def test_a_short_writev_is_finished_buffer_by_buffer(
     finally:
         os.close(fd)
     assert path.read_bytes() == b"".join(parts)
+
+
+@pytest.mark.parametrize("kind", ["file", "memory"])
+async def test_get_many_and_delete_many(tmp_path: Path, kind: str) -> None:
+    """Compaction's reads and the cleaner's deletes: a file store's in one
+    hop to its threads, any other store's as many GETs and DELETEs. Same
+    answers either way, in the keys' order; a key obstore encodes is read
+    through obstore even on a file store."""
+    store = ObjectStore((tmp_path / "objects").as_uri() if kind == "file" else "memory:///")
+    keys = [f"wal/0/{i:04d}.wal" for i in range(20)] + ["odd/a b.obj"]
+    for i, key in enumerate(keys):
+        await store.put(key, b"%d:" % i + os.urandom(i))
+    order = keys[::-1]
+    got = await store.get_many(order)
+    assert got == [await store.get(k) for k in order]
+    assert [g.split(b":")[0] for g in got] == [b"%d" % keys.index(k) for k in order]
+    assert await store.get_many([]) == []
+    with pytest.raises(ObjectNotFound, match=r"wal/0/missing\.wal"):
+        await store.get_many([keys[0], "wal/0/missing.wal"])
+    await store.delete_many([*keys[:10], "wal/0/missing.wal", "odd/a b.obj"])  # missing: no error
+    assert sorted(o.key for o in await store.list("")) == keys[10:20]
+
+
+async def test_get_many_on_a_file_store_names_an_unreadable_key(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    store = ObjectStore(root.as_uri())
+    await store.put("wal/0/a.wal", b"a")
+    (root / "wal" / "0" / "dir.wal").mkdir()  # not a file: cannot be read
+    with pytest.raises(ObjectStoreUnavailable, match=r"wal/0/dir\.wal"):
+        await store.get_many(["wal/0/a.wal", "wal/0/dir.wal"])

@@ -4,14 +4,12 @@ between PUT and commit)."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from dataclasses import dataclass
 
 from shoal.meta.store import MetaStore
 from shoal.storage.caches import BlockCache
-from shoal.storage.concurrency import gather_bounded
 from shoal.storage.objectstore import ObjectStore
 
 log = logging.getLogger("shoal.cleaner")
@@ -55,7 +53,7 @@ class Cleaner:
         # then, so one missing from them was deleted (maybe by another broker).
         cached = self.cache.object_keys() if self.cache is not None else set()
         due = await self.meta.objects_due(now)
-        await gather_bounded([functools.partial(self.store.delete, key) for key in due])
+        await self.store.delete_many(due)
         await self.meta.forget_objects(due)
         result.deleted = len(due)
         known = await self.meta.object_keys() if orphans or cached else set()

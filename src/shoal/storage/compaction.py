@@ -160,7 +160,7 @@ class Compactor:
         chosen_set = set(chosen)
         ranges = [r for r in ranges if r.object_key in chosen_set]
         wanted = [key for key in chosen if key in sizes]
-        blobs = await gather_bounded([functools.partial(self.store.get, k) for k in wanted])
+        blobs = await self.store.get_many(wanted)
         data = dict(zip(wanted, blobs, strict=True))
 
         def block_of(r: RangeRecord) -> memoryview:
@@ -210,7 +210,7 @@ class Compactor:
         wholes = set(whole)
         parts = [r for r in ranges if r.object_key not in wholes and r.size]
         try:
-            blobs = await gather_bounded([functools.partial(self.store.get, k) for k in whole])
+            blobs = await self.store.get_many(whole)
             views = await gather_bounded(
                 [
                     functools.partial(
