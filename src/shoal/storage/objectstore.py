@@ -227,6 +227,13 @@ _STAGE = itertools.count(1)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
+def _unavailable(key: str, exc: OSError) -> ObjectStoreUnavailable:
+    """A file store's OSError as the store's error, naming the key."""
+    err = ObjectStoreUnavailable(f"{key!r}: {exc}")
+    err.reason = str(exc)
+    return err
+
+
 def _get_local_many(root: str, keys: list[str]) -> list[bytes]:
     """Files of a file store, read as obstore's GET reads them, with the
     store's errors."""
@@ -238,9 +245,7 @@ def _get_local_many(root: str, keys: list[str]) -> list[bytes]:
         except FileNotFoundError as exc:
             raise ObjectNotFound(key) from exc
         except OSError as exc:
-            err = ObjectStoreUnavailable(f"{key!r}: {exc}")
-            err.reason = str(exc)
-            raise err from exc
+            raise _unavailable(key, exc) from exc
     return out
 
 
@@ -251,9 +256,7 @@ def _delete_local_many(root: str, keys: list[str]) -> None:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            err = ObjectStoreUnavailable(f"{key!r}: {exc}")
-            err.reason = str(exc)
-            raise err from exc
+            raise _unavailable(key, exc) from exc
 
 
 def _put_local(path: str, key: str, data: Payload, create: bool) -> None:
@@ -263,9 +266,7 @@ def _put_local(path: str, key: str, data: Payload, create: bool) -> None:
     except FileExistsError as exc:
         raise ObjectExists(key) from exc
     except OSError as exc:
-        err = ObjectStoreUnavailable(f"{key!r}: {exc}")
-        err.reason = str(exc)
-        raise err from exc
+        raise _unavailable(key, exc) from exc
 
 
 def _write_file(path: str, data: Payload, create: bool) -> None:
