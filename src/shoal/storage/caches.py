@@ -107,8 +107,7 @@ class LogCache:
             self.drop_stream(stream_id)  # a gap: never serve a non-dense tail
             tail = None
         if tail is None:
-            # (not setdefault: it would build a _StreamTail on every put)
-            tail = self._streams.setdefault(stream_id, _StreamTail())
+            tail = self._streams[stream_id] = _StreamTail()
         tail.bases.append(base)
         tail.ends.append(end)
         tail.data.append(data)
