@@ -89,13 +89,20 @@ class ClusterMember:
     # lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
+        """The lease is renewed from the first heartbeat on, while the first
+        reconcile opens what is ours: on PostgreSQL opening 10,000 partitions
+        took longer than the lease has before it must be renewed, and a
+        broker that renewed only after it lost its lease, and its
+        partitions, straight after starting."""
         await self._join()
         await self._heartbeat_once()
-        await self._watch_once()
-        self._tasks = [
-            asyncio.create_task(self._lease_loop(), name="cluster-lease"),
-            asyncio.create_task(self._watch_loop(), name="cluster-watch"),
-        ]
+        self._tasks = [asyncio.create_task(self._lease_loop(), name="cluster-lease")]
+        try:
+            await self._watch_once()
+        except BaseException:
+            self._tasks[0].cancel()
+            raise
+        self._tasks.append(asyncio.create_task(self._watch_loop(), name="cluster-watch"))
 
     async def stop(self) -> None:
         """Graceful: commit what we wrote, then give our lease back so the
