@@ -72,3 +72,33 @@ async def test_a_move_to_the_current_owner_ends_in_the_controllers_round(
     await store.request_move(topic, 0, 1)
     assert await Controller(store, BalanceConfig(enable=False)).round() == []
     assert await store.reassignments() == []
+
+
+async def test_finishing_many_opens_costs_statements_for_pending_moves_only(
+    store: ClusterStore,
+) -> None:
+    """A broker that opens 10,000 partitions (its start, a lost lease) finishes
+    their moves in one look-up plus a statement per pending move: a
+    statement per partition made that reconcile take 4 s on PostgreSQL, and
+    the lease lapsed."""
+    from sqlalchemy import event
+
+    tid, sid = await _topic(store, owner=1)
+    topic = next(o.topic for o in await store.owners() if o.topic_id == tid)
+    await store.request_move(topic, 0, 2)
+    assert len(await store.apply_moves([Move(tid, 0, sid, 1, 2)])) == 1
+    others = await store.meta.create_topic(f"t{uuid.uuid4().hex[:8]}", 200, {})
+    opened = [(tid, 0)] + [(others.id, p.partition) for p in others.partitions]
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    event.listen(store.meta.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        await store.finish_moves(2, opened)
+    finally:
+        event.remove(store.meta.engine.sync_engine, "before_cursor_execute", seen)
+    assert await store.reassignments() == []
+    work = [t for t in statements if t.split()[0] in ("SELECT", "DELETE")]
+    assert len(work) == 2, work
