@@ -1,0 +1,90 @@
+"""Compaction's range swap (MetaStore.replace_ranges) on both engines: SQLite
+looks the old ranges up by padded IN lists, PostgreSQL by two arrays joined
+on the primary key. Same cases, same answers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from faults import FaultyStore
+from shoal.meta.store import MetaStore, RangeCommit
+from shoal.protocol.records import validate_batches
+from shoal.storage.streams import EngineConfig, StreamEngine
+from shoal.storage.wal import WalConfig
+from wire import make_batch
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def meta(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MetaStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/meta.db"
+    else:
+        from cluster_harness import new_database
+
+        url = new_database()
+    m = await MetaStore.open(url)
+    yield m
+    await m.close()
+
+
+async def four_objects_per_stream(meta: MetaStore, streams: int) -> tuple[list[int], dict]:  # type: ignore[type-arg]
+    """`streams` streams, each with four one-record ranges in WAL objects of
+    their own; returns the stream ids and (stream, start) -> object key."""
+    topic = await meta.create_topic(f"t{uuid.uuid4().hex[:6]}", streams, {})
+    sids = [p.stream_id for p in topic.partitions]
+    eng = StreamEngine(
+        FaultyStore(), meta, EngineConfig(wal=WalConfig(linger_ms=2), log_cache_bytes=1 << 20)
+    )
+    for i in range(4):
+        for sid in sids:
+            batches = validate_batches(make_batch([b"r%d" % i]), 1 << 20)
+            await (await eng.append(sid, batches, 0))
+    await eng.close()
+    ranges = await meta.ranges_in_objects(sorted(await meta.object_keys()))
+    where = {(r.stream_id, r.start_offset): r.object_key for r in ranges}
+    assert len(where) == 4 * streams
+    return sids, where
+
+
+def run(sid: int, starts: list[int], start: int, end: int, position: int) -> tuple:  # type: ignore[type-arg]
+    return (sid, starts, [RangeCommit(sid, 0, start, end, position, 10, 0)])
+
+
+async def test_swap_takes_whole_streams_and_leaves_the_rest(meta: MetaStore) -> None:
+    a, b, c = (await four_objects_per_stream(meta, 3))[0]
+    runs = [
+        run(a, [0, 1], 0, 2, 0),
+        run(a, [2, 3], 2, 4, 10),  # a second run of the same stream
+        run(b, [0, 1, 2, 3], 0, 4, 20),
+        run(c, [0, 1, 2, 7], 0, 4, 30),  # 7 is not there (trimmed meanwhile): c keeps its own
+    ]
+    done = await meta.replace_ranges("compacted/x.obj", 40, 0, "compacted", runs, 60_000)
+    assert sorted(done) == sorted([a, b])
+    swapped = await meta.ranges_in_objects(["compacted/x.obj"])
+    assert sorted((r.stream_id, r.start_offset, r.end_offset) for r in swapped) == sorted(
+        [(a, 0, 2), (a, 2, 4), (b, 0, 4)]
+    )
+    kept = await meta.ranges_in_objects(sorted(k for k in await meta.object_keys() if "wal" in k))
+    assert sorted(r.start_offset for r in kept if r.stream_id == c) == [0, 1, 2, 3]
+    assert not [r for r in kept if r.stream_id in (a, b)]
+    assert await meta.replace_ranges("compacted/y.obj", 40, 0, "compacted", runs[:1], 0) == []
+
+
+async def test_swap_with_sources_counts_only_ranges_still_in_them(meta: MetaStore) -> None:
+    """A range rewritten meanwhile at the same start lies in another object:
+    the stream is not swapped back to the stale copy."""
+    (a, b), where = await four_objects_per_stream(meta, 2)
+    sources = sorted({where[(a, s)] for s in range(4)} | {where[(b, 0)]})  # not b's 1..3
+    runs = [run(a, [0, 1, 2, 3], 0, 4, 0), run(b, [0, 1], 0, 2, 10)]
+    done = await meta.replace_ranges(
+        "compacted/z.obj", 20, 0, "compacted", runs, 60_000, sources=sources
+    )
+    assert done == [a]
+    swapped = await meta.ranges_in_objects(["compacted/z.obj"])
+    assert [(r.stream_id, r.start_offset, r.end_offset) for r in swapped] == [(a, 0, 4)]
+    still = await meta.ranges_in_objects([where[(b, 0)], where[(b, 1)]])
+    assert sorted(r.start_offset for r in still if r.stream_id == b) == [0, 1]
