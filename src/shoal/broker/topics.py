@@ -89,26 +89,32 @@ class TopicCatalog:
         self._by_stream: dict[int, tuple[Topic, int]] = {}  # for stream_label
         self._creating: dict[str, asyncio.Future[Topic]] = {}
         self._lock = asyncio.Lock()
+        self._digest: str | None = None  # of the store's catalog at the last refresh
         self.cluster_mode = False
         # Cluster mode: gives a new topic's partitions owners.
         self.on_created: Callable[[Topic], Awaitable[None]] | None = None
 
     async def load(self) -> None:
         self._set({t.name: _topic(t) for t in await self.meta.list_topics()})
+        self._digest = None
 
     def _set(self, topics: dict[str, Topic]) -> None:
         self._topics = topics
         self._by_id = {t.topic_uuid: t for t in topics.values()}
 
     async def refresh(self) -> list[Topic]:
-        """Reload every topic from the store; returns topics that went away."""
-        recs = await self.meta.list_topics()
+        """Reload every topic from the store, unless nothing in it changed
+        since the last reload; returns topics that went away."""
+        digest, recs = await self.meta.topics_if_changed(self._digest)
+        if recs is None:
+            return []
         async with self._lock:
             fresh = {t.name: _topic(t) for t in recs}
             gone = [
                 t for name, t in self._topics.items() if name not in fresh or fresh[name].id != t.id
             ]
             self._set(fresh)
+            self._digest = digest
         return gone
 
     async def _lookup(self, name: str) -> Topic | None:

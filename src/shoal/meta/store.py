@@ -31,6 +31,7 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    text,
     tuple_,
     update,
 )
@@ -543,6 +544,27 @@ class MetaStore:
     async def list_topics(self) -> list[TopicRecord]:
         async with self.engine.connect() as conn:
             return await self._load_topics(conn, None)
+
+    async def topics_if_changed(
+        self, digest: str | None
+    ) -> tuple[str | None, list[TopicRecord] | None]:
+        """Every topic, unless the catalog still has `digest`: then None.
+
+        A cluster's brokers reload the catalog 4 times a second to see new
+        topics and owners; with 2,000 topics and 10,000 partitions each load
+        cost 44 ms of the event loop, mostly to find nothing had changed. On
+        PostgreSQL the server digests the rows instead, in the same snapshot
+        as the read (so a digest always matches what was read, and a change
+        made and undone since still counts as no change). SQLite has no
+        cluster and no digest: always read (digest None)."""
+        if self.is_sqlite:
+            return None, await self.list_topics()
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="REPEATABLE READ")
+            now = (await conn.execute(_CATALOG_DIGEST)).scalar_one()
+            if digest is not None and now == digest:
+                return now, None
+            return now, await self._load_topics(conn, None)
 
     async def _load_topics(self, conn: AsyncConnection, name: str | None) -> list[TopicRecord]:
         q = select(s.topics)
@@ -1355,6 +1377,27 @@ def _param_chunks(replacements: Sequence[Replacement]) -> list[list[Replacement]
     if current:
         chunks.append(current)
     return chunks
+
+
+# Every row the catalog is made of, in key order, as one md5 (PostgreSQL).
+# Free text is length-prefixed so that no two catalogs read alike.
+_CATALOG_DIGEST = text(
+    """
+    SELECT md5(
+      coalesce((SELECT string_agg(
+          concat_ws(':', id, topic_uuid, length(name), name), ',' ORDER BY id)
+        FROM topics), '')
+      || '|' || coalesce((SELECT string_agg(
+          concat_ws(':', topic_id, length(key), key, length(value), value), ','
+          ORDER BY topic_id, key)
+        FROM topic_configs), '')
+      || '|' || coalesce((SELECT string_agg(
+          concat_ws(':', topic_id, partition, stream_id, leader_epoch,
+                    coalesce(owner_node, -1)), ',' ORDER BY topic_id, partition)
+        FROM partitions), '')
+    )
+    """
+)
 
 
 async def _present_sqlite(

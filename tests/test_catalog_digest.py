@@ -1,0 +1,155 @@
+"""A cluster broker's catalog refresh reads the topics only when the store's
+catalog changed (MetaStore.topics_if_changed): on PostgreSQL the server
+digests the rows; every change another broker makes must still be seen."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from cluster_harness import new_database
+from shoal.broker.topics import TopicCatalog
+from shoal.config import load_config
+from shoal.meta.cluster import ClusterStore, Move
+from shoal.meta.store import MetaStore
+
+
+@pytest.fixture
+async def stores() -> AsyncIterator[tuple[MetaStore, MetaStore]]:
+    """Two brokers' stores on one PostgreSQL database: ours and another's."""
+    url = new_database()
+    ours, theirs = await MetaStore.open(url), await MetaStore.open(url)
+    try:
+        yield ours, theirs
+    finally:
+        await ours.close()
+        await theirs.close()
+
+
+def _loads(meta: MetaStore) -> tuple[list[str], Callable[[], None]]:
+    """The statements that read the partitions table, and a way to stop counting."""
+    seen: list[str] = []
+
+    def on(_conn: Any, _cursor: Any, statement: str, *_a: Any) -> None:
+        if "FROM partitions" in statement and "md5" not in statement:
+            seen.append(statement)
+
+    event.listen(meta.engine.sync_engine, "before_cursor_execute", on)
+    return seen, lambda: event.remove(meta.engine.sync_engine, "before_cursor_execute", on)
+
+
+async def test_an_unchanged_catalog_is_not_read_again(stores: tuple[MetaStore, MetaStore]) -> None:
+    ours, theirs = stores
+    await theirs.create_topic("t1", 3, {"retention.ms": "60000"})
+    catalog = TopicCatalog(ours, load_config())
+    await catalog.refresh()
+    before = catalog.get("t1")
+    assert before is not None and len(before.partitions) == 3
+    loads, stop = _loads(ours)
+    try:
+        for _ in range(3):
+            assert await catalog.refresh() == []
+    finally:
+        stop()
+    assert loads == []
+    assert catalog.get("t1") is before  # the same objects: nothing rebuilt
+
+
+async def _seen_after(
+    catalog: TopicCatalog, change: Awaitable[Any], check: Callable[[TopicCatalog], bool]
+) -> None:
+    assert not check(catalog)
+    await change
+    await catalog.refresh()
+    assert check(catalog)
+
+
+async def test_every_kind_of_change_is_seen(stores: tuple[MetaStore, MetaStore]) -> None:
+    ours, theirs = stores
+    await theirs.create_topic("t1", 2, {"cleanup.policy": "delete"})
+    catalog = TopicCatalog(ours, load_config())
+    await catalog.refresh()
+
+    def overrides(c: TopicCatalog) -> dict[str, str]:
+        t = c.get("t1")
+        assert t is not None
+        return t.overrides
+
+    await _seen_after(catalog, theirs.create_topic("t2", 1, {}), lambda c: c.get("t2") is not None)
+    # a value of the same length, then a key added and removed again
+    await _seen_after(
+        catalog,
+        theirs.set_topic_configs("t1", {"cleanup.policy": "compact"[:6]}),
+        lambda c: overrides(c).get("cleanup.policy") == "compac",
+    )
+    await _seen_after(
+        catalog,
+        theirs.set_topic_configs("t1", {"retention.ms": "1000"}),
+        lambda c: "retention.ms" in overrides(c),
+    )
+    await _seen_after(
+        catalog,
+        theirs.set_topic_configs("t1", {}, remove=["retention.ms"]),
+        lambda c: "retention.ms" not in overrides(c),
+    )
+    t1 = catalog.get("t1")
+    assert t1 is not None
+    cluster = ClusterStore(theirs)
+    p0 = t1.partitions[0]
+    await _seen_after(
+        catalog,
+        cluster.apply_moves([Move(t1.id, 0, p0.stream_id, None, 7)]),
+        lambda c: _owner(c, "t1", 0) == 7,
+    )
+    await _seen_after(
+        catalog,
+        cluster.apply_moves([Move(t1.id, 0, p0.stream_id, 7, 8)]),
+        lambda c: _owner(c, "t1", 0) == 8,
+    )
+    await _seen_after(
+        catalog,
+        theirs.add_partitions("t1", 4),
+        lambda c: len(c.get("t1").partitions) == 4,  # type: ignore[union-attr]
+    )
+    gone_before = catalog.get("t2")
+    await theirs.delete_topic("t2")
+    assert await catalog.refresh() == [gone_before]
+    assert catalog.get("t2") is None
+
+
+def _owner(catalog: TopicCatalog, topic: str, partition: int) -> int | None:
+    t = catalog.get(topic)
+    assert t is not None
+    return t.partitions[partition].owner
+
+
+async def test_a_name_reused_by_a_new_topic_is_a_new_topic(
+    stores: tuple[MetaStore, MetaStore],
+) -> None:
+    ours, theirs = stores
+    name = f"t{uuid.uuid4().hex[:6]}"
+    await theirs.create_topic(name, 1, {})
+    catalog = TopicCatalog(ours, load_config())
+    await catalog.refresh()
+    old = catalog.get(name)
+    await theirs.delete_topic(name)
+    await theirs.create_topic(name, 1, {})
+    assert await catalog.refresh() == [old]
+    new = catalog.get(name)
+    assert new is not None and old is not None and new.id != old.id
+
+
+async def test_sqlite_has_no_digest_and_always_reads(tmp_path: Any) -> None:
+    meta = await MetaStore.open(f"sqlite:///{tmp_path}/meta.db")
+    try:
+        await meta.create_topic("t1", 1, {})
+        digest, recs = await meta.topics_if_changed(None)
+        assert digest is None and recs is not None and [t.name for t in recs] == ["t1"]
+        again = await meta.topics_if_changed(digest)
+        assert again[1] is not None and [t.name for t in again[1]] == ["t1"]
+    finally:
+        await meta.close()
