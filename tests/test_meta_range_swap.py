@@ -1,6 +1,6 @@
 """Compaction's range swap (MetaStore.replace_ranges) on both engines: SQLite
-looks the old ranges up by padded IN lists, PostgreSQL by two arrays joined
-on the primary key. Same cases, same answers."""
+looks the old ranges up through a temporary table, PostgreSQL through two
+arrays, each joined on the primary key. Same cases, same answers."""
 
 from __future__ import annotations
 

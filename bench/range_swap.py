@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Compaction's range swap (MetaStore.replace_ranges) at a fleet's scale.
+
+`--streams` streams each get `--ranges` one-record ranges, one WAL object
+per round across every stream (a fleet at one record per partition per
+second, committed once a second); then one swap replaces every stream's
+ranges with a single compacted range, as a compaction round over those
+objects does. The swap runs in one transaction under the metadata store's
+write lock, so every produce commit waits for it: its time is the stall a
+compaction round puts on producers.
+
+    PYTHONPATH=src .venv/bin/python bench/range_swap.py [--streams 10000 --ranges 30] \\
+        [--metadata sqlite|postgresql]
+
+`postgresql` starts an embedded server (tests/cluster_harness.py; add
+`tests` to PYTHONPATH). Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+
+from shoal.meta.store import MetaStore, ObjectCommit, RangeCommit
+
+
+async def main(streams: int, ranges: int, metadata: str) -> dict[str, object]:
+    if metadata == "sqlite":
+        url = f"sqlite:///{tempfile.mkdtemp(prefix='range-swap-')}/meta.db"
+    else:
+        from cluster_harness import new_database
+
+        url = new_database()
+    meta = await MetaStore.open(url)
+    try:
+        sids: list[int] = []
+        for t in range((streams + 4) // 5):
+            rec = await meta.create_topic(f"t{t:06d}", 5, {})
+            sids += [p.stream_id for p in rec.partitions]
+        sids = sids[:streams]
+        for i in range(ranges):
+            rs = [RangeCommit(sid, 0, i, i + 1, j * 100, 100, 0) for j, sid in enumerate(sids)]
+            await meta.commit_objects([ObjectCommit(f"wal/{i:06d}.wal", 100 * len(sids), rs)], 0)
+        reps = [
+            (sid, list(range(ranges)), [RangeCommit(sid, 0, 0, ranges, k * 1000, 1000, 0)])
+            for k, sid in enumerate(sids)
+        ]
+        t0, c0 = time.perf_counter(), time.process_time()
+        done = await meta.replace_ranges(
+            "compacted/x.obj",
+            1000 * len(sids),
+            0,
+            "set",
+            reps,
+            60_000,
+            sources=[f"wal/{i:06d}.wal" for i in range(ranges)],
+        )
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        assert len(done) == len(sids), (len(done), len(sids))
+    finally:
+        await meta.close()
+    return {
+        "metadata": metadata,
+        "streams": streams,
+        "ranges_swapped": streams * ranges,
+        "swap_s": round(wall, 3),
+        "process_cpu_s": round(cpu, 3),
+    }
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--streams", type=int, default=10_000)
+    ap.add_argument("--ranges", type=int, default=30)
+    ap.add_argument("--metadata", choices=["sqlite", "postgresql"], default="sqlite")
+    args = ap.parse_args()
+    print(json.dumps(asyncio.run(main(args.streams, args.ranges, args.metadata))))
