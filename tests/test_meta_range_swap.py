@@ -4,9 +4,11 @@ arrays, each joined on the primary key. Same cases, same answers."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,3 +90,84 @@ async def test_swap_with_sources_counts_only_ranges_still_in_them(meta: MetaStor
     assert [(r.stream_id, r.start_offset, r.end_offset) for r in swapped] == [(a, 0, 4)]
     still = await meta.ranges_in_objects([where[(b, 0)], where[(b, 1)]])
     assert sorted(r.start_offset for r in still if r.stream_id == b) == [0, 1]
+
+
+@pytest.fixture
+async def sqlite_meta(tmp_path: Path) -> AsyncIterator[MetaStore]:
+    m = await MetaStore.open(f"sqlite:///{tmp_path}/meta.db")
+    m.swap_chunk_ranges = 4  # a chunk per stream of four ranges
+    yield m
+    await m.close()
+
+
+async def test_chunked_swap_gives_the_same_answers(sqlite_meta: MetaStore) -> None:
+    await test_swap_takes_whole_streams_and_leaves_the_rest(sqlite_meta)
+
+
+async def test_chunked_swap_with_sources(sqlite_meta: MetaStore) -> None:
+    await test_swap_with_sources_counts_only_ranges_still_in_them(sqlite_meta)
+
+
+async def _delete_after(meta: MetaStore, key: str) -> list[int | None]:
+    from sqlalchemy import select
+
+    from shoal.meta import schema
+
+    o = schema.objects
+    async with meta.engine.connect() as conn:
+        rows = await conn.execute(select(o.c.delete_after_ms).where(o.c.key == key))
+        return [r.delete_after_ms for r in rows]
+
+
+async def test_a_first_chunk_that_swaps_nothing_does_not_doom_the_object(
+    sqlite_meta: MetaStore,
+) -> None:
+    """The object has no range after the first chunk: it must not be
+    scheduled for deletion, or the later chunks' ranges would point into an
+    object the cleaner deletes."""
+    a, b = (await four_objects_per_stream(sqlite_meta, 2))[0]
+    runs = [run(a, [0, 1, 2, 9], 0, 4, 0), run(b, [0, 1, 2, 3], 0, 4, 10)]  # a: 9 is not there
+    done = await sqlite_meta.replace_ranges("compacted/c.obj", 20, 0, "compacted", runs, 60_000)
+    assert done == [b]
+    assert await _delete_after(sqlite_meta, "compacted/c.obj") == [None]
+    # and one that ends up with no range at all is scheduled at the end
+    runs = [run(a, [0, 9], 0, 4, 0), run(a, [1, 2], 0, 4, 0)]
+    assert await sqlite_meta.replace_ranges("compacted/d.obj", 20, 0, "c", runs, 60_000) == []
+    [after] = await _delete_after(sqlite_meta, "compacted/d.obj")
+    assert after is not None
+
+
+async def test_commits_go_between_chunks(
+    sqlite_meta: MetaStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A WAL commit that arrives during a swap waits for one chunk, not for
+    the whole swap."""
+    import shoal.meta.store as store_module
+    from shoal.meta.store import ObjectCommit
+
+    sids, _where = await four_objects_per_stream(sqlite_meta, 3)
+    other = (await sqlite_meta.create_topic(f"o{uuid.uuid4().hex[:6]}", 1, {})).partitions[0]
+    order: list[str] = []
+    real = store_module._swap_sqlite
+    commit: list[asyncio.Task[None]] = []
+
+    async def chunk(*args: Any) -> Any:
+        order.append("chunk")
+        if not commit:
+            rc = RangeCommit(other.stream_id, 0, 0, 1, 0, 10, 0)
+            c = sqlite_meta.commit_objects([ObjectCommit("wal/late.wal", 10, [rc])], 0)
+
+            async def committed() -> None:
+                await c
+                order.append("commit")
+
+            commit.append(asyncio.create_task(committed()))
+            await asyncio.sleep(0)  # it is waiting for the write lock now
+        return await real(*args)
+
+    monkeypatch.setattr(store_module, "_swap_sqlite", chunk)
+    runs = [run(sid, [0, 1, 2, 3], 0, 4, 10 * i) for i, sid in enumerate(sids)]
+    done = await sqlite_meta.replace_ranges("compacted/e.obj", 40, 0, "c", runs, 60_000)
+    assert sorted(done) == sorted(sids)
+    await commit[0]
+    assert order == ["chunk", "commit", "chunk", "chunk"]
