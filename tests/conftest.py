@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness import BrokerProcess
+from shoal.meta.store import MetaStore
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +50,17 @@ def gateways() -> Iterator[list[Any]]:
     yield made
     for g in made:
         g.kill()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def meta(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MetaStore]:
+    """A metadata store on each engine: a SQLite file, the embedded PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/meta.db"
+    else:
+        from cluster_harness import new_database
+
+        url = new_database()
+    m = await MetaStore.open(url)
+    yield m
+    await m.close()

@@ -20,19 +20,6 @@ from shoal.storage.wal import WalConfig
 from wire import make_batch
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def meta(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MetaStore]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/meta.db"
-    else:
-        from cluster_harness import new_database
-
-        url = new_database()
-    m = await MetaStore.open(url)
-    yield m
-    await m.close()
-
-
 async def four_objects_per_stream(meta: MetaStore, streams: int) -> tuple[list[int], dict]:  # type: ignore[type-arg]
     """`streams` streams, each with four one-record ranges in WAL objects of
     their own; returns the stream ids and (stream, start) -> object key."""

@@ -8,11 +8,8 @@ filled those caches and grew the brokers' RSS for as long as they ran
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import event
 
 from shoal.meta.params import padded
@@ -33,19 +30,6 @@ def test_padded_keeps_the_values_at_a_power_of_two_length() -> None:
         out = padded(range(n))
         assert len(out) & (len(out) - 1) == 0 and n <= len(out) < 2 * n
         assert out[:n] == list(range(n)) and set(out) == set(range(n))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def meta(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MetaStore]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/meta.db"
-    else:
-        from cluster_harness import new_database
-
-        url = new_database()
-    m = await MetaStore.open(url)
-    yield m
-    await m.close()
 
 
 def texts_of(meta: MetaStore) -> set[str]:
