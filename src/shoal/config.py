@@ -800,7 +800,8 @@ BROKER_KEYS: dict[str, Key] = {
             "cluster.refresh.interval.ms",
             int,
             250,
-            "how often a broker reloads topics and partition owners",
+            "how often a broker checks topics and partition owners for changes "
+            "(read again only when they moved)",
             at_least(10),
         ),
         Key(
