@@ -4,6 +4,7 @@ digests the rows; every change another broker makes must still be seen."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -15,7 +16,7 @@ from cluster_harness import new_database
 from shoal.broker.topics import TopicCatalog
 from shoal.config import load_config
 from shoal.meta.cluster import ClusterStore, Move
-from shoal.meta.store import MetaStore
+from shoal.meta.store import MetaStore, PartitionRecord
 
 
 @pytest.fixture
@@ -153,3 +154,79 @@ async def test_sqlite_has_no_digest_and_always_reads(tmp_path: Any) -> None:
         assert again[1] is not None and [t.name for t in again[1]] == ["t1"]
     finally:
         await meta.close()
+
+
+def _paused_after_read(
+    monkeypatch: pytest.MonkeyPatch, meta: MetaStore
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """The next catalog read stops after reading until `go` is set."""
+    real = meta.topics_if_changed
+    read, go = asyncio.Event(), asyncio.Event()
+
+    async def paused(digest: str | None) -> Any:
+        out = await real(digest)
+        if not read.is_set():
+            read.set()
+            await go.wait()
+        return out
+
+    monkeypatch.setattr(meta, "topics_if_changed", paused)
+    return read, go
+
+
+async def test_a_refresh_that_read_before_a_local_create_keeps_the_topic(
+    stores: tuple[MetaStore, MetaStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cluster mode: a refresh that read the store before this broker
+    created a topic dropped it again (and the broker the partitions it had
+    just opened) until the next refresh."""
+    ours, theirs = stores
+    catalog = TopicCatalog(ours, load_config())
+    await catalog.refresh()
+    await theirs.create_topic("other", 1, {})  # so that the refresh reads the topics
+    read, go = _paused_after_read(monkeypatch, ours)
+    refreshing = asyncio.create_task(catalog.refresh())
+    await read.wait()
+    created = await catalog.create("late", 2, {})
+    go.set()
+    assert await refreshing == []
+    assert catalog.get("late") is created and catalog.get("other") is not None
+    assert await catalog.refresh() == []  # read again: the store has it too
+    assert catalog.get("late") is not None
+
+
+async def test_a_refresh_that_read_before_owners_were_given_keeps_them(
+    stores: tuple[MetaStore, MetaStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read saw the new topic without owners; the owners given here
+    afterwards (ClusterMember.assign_new) stay."""
+    ours, _theirs = stores
+    catalog = TopicCatalog(ours, load_config())
+    topic = await catalog.create("t1", 1, {})
+    read, go = _paused_after_read(monkeypatch, ours)
+    refreshing = asyncio.create_task(catalog.refresh())
+    await read.wait()
+    p0 = topic.partitions[0]
+    await ClusterStore(ours).apply_moves([Move(topic.id, 0, p0.stream_id, None, 3)])
+    topic.partitions = [PartitionRecord(0, p0.stream_id, p0.leader_epoch + 1, 3)]
+    catalog.touch("t1")
+    go.set()
+    assert await refreshing == []
+    assert _owner(catalog, "t1", 0) == 3
+    await catalog.refresh()
+    assert _owner(catalog, "t1", 0) == 3
+
+
+async def test_a_refresh_that_read_before_a_local_delete_does_not_bring_it_back(
+    stores: tuple[MetaStore, MetaStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ours, _theirs = stores
+    catalog = TopicCatalog(ours, load_config())
+    await catalog.create("t1", 1, {})
+    read, go = _paused_after_read(monkeypatch, ours)
+    refreshing = asyncio.create_task(catalog.refresh())
+    await read.wait()
+    await catalog.delete("t1")
+    go.set()
+    await refreshing
+    assert catalog.get("t1") is None

@@ -89,7 +89,12 @@ class TopicCatalog:
         self._by_stream: dict[int, tuple[Topic, int]] = {}  # for stream_label
         self._creating: dict[str, asyncio.Future[Topic]] = {}
         self._lock = asyncio.Lock()
+        self._refreshing = asyncio.Lock()
         self._digest: str | None = None  # of the store's catalog at the last refresh
+        # Local changes, for refreshes that read the store before them: name ->
+        # the generation of its last change here (see touch).
+        self._generation = 0
+        self._touched: dict[str, int] = {}
         self.cluster_mode = False
         # Cluster mode: gives a new topic's partitions owners.
         self.on_created: Callable[[Topic], Awaitable[None]] | None = None
@@ -104,18 +109,46 @@ class TopicCatalog:
 
     async def refresh(self) -> list[Topic]:
         """Reload every topic from the store, unless nothing in it changed
-        since the last reload; returns topics that went away."""
+        since the last reload; returns topics that went away.
+
+        A topic changed here after the store was read keeps its local view:
+        a read made between a topic's creation and its owners' assignment
+        (cluster mode) made the broker drop the partitions it had just
+        opened ("moved away") and answer NOT_LEADER until the next refresh."""
+        async with self._refreshing:  # one at a time: each prunes what it has seen
+            return await self._refresh()
+
+    async def _refresh(self) -> list[Topic]:
+        generation = self._generation
         digest, recs = await self.meta.topics_if_changed(self._digest)
         if recs is None:
             return []
         async with self._lock:
             fresh = {t.name: _topic(t) for t in recs}
+            if self._generation != generation:
+                digest = None  # read again next time
+                for name, changed in self._touched.items():
+                    if changed <= generation:
+                        continue
+                    local = self._topics.get(name)
+                    if local is None:
+                        fresh.pop(name, None)
+                    else:
+                        fresh[name] = local
+            self._touched = {n: g for n, g in self._touched.items() if g > generation}
             gone = [
                 t for name, t in self._topics.items() if name not in fresh or fresh[name].id != t.id
             ]
             self._set(fresh)
             self._digest = digest
         return gone
+
+    def touch(self, name: str) -> None:
+        """This topic was changed here (created, deleted, grown, its configs
+        or owners set): a refresh that read the store before keeps it as it
+        is here."""
+        self._generation += 1
+        self._touched[name] = self._generation
 
     async def _lookup(self, name: str) -> Topic | None:
         """Cluster mode: a topic another broker may have created just now."""
@@ -222,6 +255,7 @@ class TopicCatalog:
             topic = _topic(rec)
             self._topics[name] = topic
             self._by_id[topic.topic_uuid] = topic
+            self.touch(name)
         log.info("created topic %s with %d partitions %s", name, partitions, clean or "")
         if self.on_created is not None:
             await self.on_created(topic)
@@ -251,6 +285,7 @@ class TopicCatalog:
             await self.meta.delete_topic(name)
             topic = self._topics.pop(name)
             self._by_id.pop(topic.topic_uuid, None)
+            self.touch(name)
         log.info("deleted topic %s", name)
         return topic
 
@@ -280,6 +315,7 @@ class TopicCatalog:
                     ErrorCode.unknown_topic_or_partition, f"no topic {name!r}"
                 ) from None
             topic.partitions = list(rec.partitions)
+            self.touch(name)
         log.info("topic %s now has %d partitions", name, total)
         if self.on_created is not None:
             await self.on_created(topic)
@@ -319,6 +355,7 @@ class TopicCatalog:
                 raise KafkaError(
                     ErrorCode.unknown_topic_or_partition, f"no topic {name!r}"
                 ) from None
+            self.touch(name)
         log.info("topic %s configs now %s", name, topic.overrides)
 
 

@@ -314,6 +314,8 @@ class ClusterMember:
             if isinstance(res, BaseException):
                 log.warning("opening %s-%d failed: %s", topic.name, p.partition, res)
                 continue
+            if self._opened.get(sid) == p.leader_epoch:
+                continue  # a concurrent reconcile (assign_new's, the watch's) took it too
             self._opened[sid] = p.leader_epoch
             done.append((topic.id, p.partition))
             log.info(
@@ -344,12 +346,18 @@ class ClusterMember:
                 counts[target] += 1
                 moves.append(Move(topic.id, p.partition, p.stream_id, None, target))
         done = {(m.partition): m.new_owner for m in await self.store.apply_moves(moves)}
-        topic.partitions = [
-            PartitionRecord(p.partition, p.stream_id, p.leader_epoch + 1, done[p.partition])
-            if p.partition in done
-            else p
-            for p in topic.partitions
-        ]
+        views = [topic]
+        current = self.catalog.get(topic.name)  # a refresh may have replaced it meanwhile
+        if current is not None and current is not topic and current.id == topic.id:
+            views.append(current)
+        for view in views:
+            view.partitions = [
+                PartitionRecord(p.partition, p.stream_id, p.leader_epoch + 1, done[p.partition])
+                if p.partition in done and p.owner is None
+                else p
+                for p in view.partitions
+            ]
+        self.catalog.touch(topic.name)
         if any(owner == self.node_id for owner in done.values()):
             await self.reconcile()
 
