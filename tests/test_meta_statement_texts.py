@@ -55,7 +55,7 @@ async def test_churned_list_lengths_reuse_a_few_statement_texts(meta: MetaStore)
         await meta.ranges_in_objects(keys[:n])
         await meta.forget_objects(keys[:n])
     for n in range(1, STREAMS + 1):
-        await txns.markers_for(sids[:n])
+        await txns.markers_for(set(sids[:n]))
         for ranges in range(1, RANGES + 1):
             runs = [
                 (sid, list(range(ranges)), [RangeCommit(sid, 0, 0, ranges, 0, 10, 0)])
@@ -77,3 +77,22 @@ async def test_churned_list_lengths_reuse_a_few_statement_texts(meta: MetaStore)
     bounds = {"ranges_in_objects": 7, "forget_objects": 7, "markers_for": 1, "replace_ranges": 1}
     for name, found in per_statement.items():
         assert 0 < len(found) <= bounds[name], (name, len(found))
+
+
+async def test_markers_for_returns_only_the_streams_asked_oldest_first(meta: MetaStore) -> None:
+    """Every pending marker is read; only those of the given streams come back."""
+    topic = await meta.create_topic(f"t{uuid.uuid4().hex[:6]}", 3, {})
+    a, b, c = (p.stream_id for p in topic.partitions)
+    txns = TxnRepository(meta)
+    await txns.ask_markers("tx1", 7, 0, True, [c, a])
+    await txns.ask_markers("tx2", 8, 0, False, [b, a])
+    got = await txns.markers_for({a, c})
+    assert [(m.transactional_id, m.stream_id) for m in got] == [
+        ("tx1", c),
+        ("tx1", a),
+        ("tx2", a),
+    ]
+    assert await txns.markers_for({b}) == [
+        m for m in await txns.markers_for({a, b, c}) if m.stream_id == b
+    ]
+    assert await txns.markers_for(set()) == []

@@ -130,7 +130,7 @@ class MarkerPoller:
             for p in t.partitions
             if self.broker.owns(p)
         }
-        for row in await self.repo.markers_for(owned):
+        for row in await self.repo.markers_for(owned.keys()):
             if row.id in self._inflight:
                 continue
             part = owned[row.stream_id]

@@ -429,9 +429,9 @@ class ClusterStore:
                 select(r.c.topic_id, r.c.partition).where(r.c.target_node == node_id)
             )
             wanted = set(done)
-            for topic_id, partition in [(x.topic_id, x.partition) for x in pending]:
-                if (topic_id, partition) not in wanted:
-                    continue
+            for topic_id, partition in [
+                (x.topic_id, x.partition) for x in pending if (x.topic_id, x.partition) in wanted
+            ]:
                 owned = (
                     select(p.c.partition)
                     .where(

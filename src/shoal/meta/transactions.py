@@ -4,7 +4,7 @@ made durable before the coordinator acts on it."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,7 +163,7 @@ class TxnRepository:
             q = select(func.count()).select_from(m).where(m.c.transactional_id == tid)
             return int((await conn.execute(q)).scalar_one())
 
-    async def markers_for(self, stream_ids: Collection[int]) -> list[MarkerRow]:
+    async def markers_for(self, stream_ids: AbstractSet[int]) -> list[MarkerRow]:
         """Markers asked of these streams (the ones this broker owns), oldest first.
 
         Every pending marker is read and the rest left here: there are few
@@ -172,7 +172,6 @@ class TxnRepository:
         event loop to render each time (issue 13's fleet on PostgreSQL)."""
         if not stream_ids:
             return []
-        wanted = stream_ids if isinstance(stream_ids, (set, frozenset, dict)) else set(stream_ids)
         m = s.txn_markers
         async with self.meta.engine.connect() as conn:
             rows = await conn.execute(select(m).order_by(m.c.id))
@@ -181,7 +180,7 @@ class TxnRepository:
                     r.id, r.transactional_id, r.stream_id, r.producer_id, r.producer_epoch, r.commit
                 )
                 for r in rows
-                if r.stream_id in wanted
+                if r.stream_id in stream_ids
             ]
 
     async def drop_marker(self, row_id: int) -> None:
