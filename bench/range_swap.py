@@ -10,7 +10,12 @@ write lock, so every produce commit waits for it: its time is the stall a
 compaction round puts on producers.
 
     PYTHONPATH=src .venv/bin/python bench/range_swap.py [--streams 10000 --ranges 30] \\
-        [--metadata sqlite|postgresql]
+        [--metadata sqlite|postgresql] [--busy]
+
+`--busy` runs the swap as a broker under load does: the event loop busy with
+Python 4 ms at a time (compaction's own work beside every request), and a WAL
+commit every 5 ms, whose latencies during the swap are reported: the stall
+producers see.
 
 `postgresql` starts an embedded server (tests/cluster_harness.py; add
 `tests` to PYTHONPATH). Prints one JSON line.
@@ -21,13 +26,39 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import tempfile
 import time
 
 from shoal.meta.store import MetaStore, ObjectCommit, RangeCommit
 
 
-async def main(streams: int, ranges: int, metadata: str) -> dict[str, object]:
+async def _hog(stop: asyncio.Event) -> None:
+    """Python on the event loop, 4 ms at a time."""
+    while not stop.is_set():
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.004:
+            pass
+        await asyncio.sleep(0)
+
+
+async def _commits(meta: MetaStore, sid: int, stop: asyncio.Event, out: list[float]) -> None:
+    """A one-range WAL commit every 5 ms; each one's latency into `out`."""
+    i = 0
+    while not stop.is_set():
+        rc = RangeCommit(sid, 0, i, i + 1, 0, 100, 0)
+        t = time.perf_counter()
+        await meta.commit_objects([ObjectCommit(f"wal/busy-{i:06d}.wal", 100, [rc])], 0)
+        out.append(time.perf_counter() - t)
+        i += 1
+        await asyncio.sleep(0.005)
+
+
+def _ms(values: list[float], q: float) -> float:
+    return round(sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1000, 1)
+
+
+async def main(streams: int, ranges: int, metadata: str, busy: bool) -> dict[str, object]:
     if metadata == "sqlite":
         url = f"sqlite:///{tempfile.mkdtemp(prefix='range-swap-')}/meta.db"
     else:
@@ -48,6 +79,17 @@ async def main(streams: int, ranges: int, metadata: str) -> dict[str, object]:
             (sid, list(range(ranges)), [RangeCommit(sid, 0, 0, ranges, k * 1000, 1000, 0)])
             for k, sid in enumerate(sids)
         ]
+        busy_sid = (await meta.create_topic("busy", 1, {})).partitions[0].stream_id
+        stop = asyncio.Event()
+        latencies: list[float] = []
+        load = (
+            [
+                asyncio.create_task(_hog(stop)),
+                asyncio.create_task(_commits(meta, busy_sid, stop, latencies)),
+            ]
+            if busy
+            else []
+        )
         t0, c0 = time.perf_counter(), time.process_time()
         done = await meta.replace_ranges(
             "compacted/x.obj",
@@ -59,16 +101,26 @@ async def main(streams: int, ranges: int, metadata: str) -> dict[str, object]:
             sources=[f"wal/{i:06d}.wal" for i in range(ranges)],
         )
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        stop.set()
+        await asyncio.gather(*load)
         assert len(done) == len(sids), (len(done), len(sids))
     finally:
         await meta.close()
-    return {
+    out: dict[str, object] = {
         "metadata": metadata,
         "streams": streams,
         "ranges_swapped": streams * ranges,
         "swap_s": round(wall, 3),
         "process_cpu_s": round(cpu, 3),
     }
+    if latencies:
+        out["commits_during_swap"] = len(latencies)
+        out["commit_ms_p50_p99_max"] = [
+            _ms(latencies, 0.5),
+            _ms(latencies, 0.99),
+            _ms(latencies, 1),
+        ]
+    return out
 
 
 if __name__ == "__main__":
@@ -76,5 +128,14 @@ if __name__ == "__main__":
     ap.add_argument("--streams", type=int, default=10_000)
     ap.add_argument("--ranges", type=int, default=30)
     ap.add_argument("--metadata", choices=["sqlite", "postgresql"], default="sqlite")
+    ap.add_argument("--busy", action="store_true", help="an event loop busy, commits beside")
+    ap.add_argument(
+        "--switch-interval",
+        type=float,
+        default=0.0005,
+        help="the GIL switch interval in seconds, as a broker sets it "
+        "(shoal.broker.switching; CPython's default 0.005)",
+    )
     args = ap.parse_args()
-    print(json.dumps(asyncio.run(main(args.streams, args.ranges, args.metadata))))
+    sys.setswitchinterval(args.switch_interval)
+    print(json.dumps(asyncio.run(main(args.streams, args.ranges, args.metadata, args.busy))))

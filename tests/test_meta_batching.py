@@ -16,7 +16,7 @@ from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
 
 from cluster_harness import new_database
-from shoal.meta import schema
+from shoal.meta import schema, sqlite_commit
 from shoal.meta.cluster import ClusterStore, Move
 from shoal.meta.store import (
     MetaError,
@@ -29,16 +29,23 @@ from shoal.meta.store import (
 )
 
 
-@pytest.fixture(params=["sqlite", "sqlite-memory", "postgresql"])
-async def meta(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MetaStore]:
+@pytest.fixture(params=["sqlite", "sqlite-json", "sqlite-memory", "postgresql"])
+async def meta(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[MetaStore]:
     """A file commits through its own connection (shoal.meta.sqlite_commit),
-    an in-memory database through the engine, as PostgreSQL does."""
+    an in-memory database through the engine, as PostgreSQL does.
+    "sqlite-json": every commit's moves and ranges as one JSON text each, as
+    a file's commits of more than BULK_ROWS rows."""
     url = {
         "sqlite": f"sqlite:///{tmp_path}/meta.db",
+        "sqlite-json": f"sqlite:///{tmp_path}/meta.db",
         "sqlite-memory": "sqlite:///:memory:",
     }.get(request.param) or new_database()
+    if request.param == "sqlite-json":
+        monkeypatch.setattr(sqlite_commit, "BULK_ROWS", 0)
     m = await MetaStore.open(url)
-    assert (m.sqlite_commits is not None) == (request.param == "sqlite")
+    assert (m.sqlite_commits is not None) == (request.param in ("sqlite", "sqlite-json"))
     yield m
     await m.close()
 
@@ -109,7 +116,7 @@ async def open_and_commit(
         ObjectCommit(
             f"wal/{uuid.uuid4().hex}-{i}",
             100 * n,
-            [RangeCommit(sid, taken[sid].record.epoch, 0, 1, 0, 100, 1) for sid in part],
+            [RangeCommit(sid, taken[sid].record.epoch, 0, 1, 100 * sid, 100, sid) for sid in part],
             [ProducerRow(sid, 7, 0, "[[0, 0, 0, 0]]", 1) for sid in part],
         )
         for i, part in enumerate((sids[:half], sids[half:]))
@@ -134,7 +141,10 @@ async def test_batched_open_and_commit_cost_the_same_for_4_or_400_streams(
         assert isinstance(res, OpenedStream)
         assert res.record.epoch == taken[sid].record.epoch + 1
         assert res.record.end_offset == 1
-        assert [(r.start_offset, r.end_offset) for r in res.ranges] == [(0, 1)]
+        assert [(r.start_offset, r.end_offset, r.size, r.max_timestamp) for r in res.ranges] == [
+            (0, 1, 100, sid)
+        ]
+        assert res.ranges[0].position == 100 * sid
         assert [(p.producer_id, p.batches) for p in res.producers] == [(7, "[[0, 0, 0, 0]]")]
 
 

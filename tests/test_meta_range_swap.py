@@ -1,6 +1,7 @@
 """Compaction's range swap (MetaStore.replace_ranges) on both engines: SQLite
-looks the old ranges up through a temporary table, PostgreSQL through two
-arrays, each joined on the primary key. Same cases, same answers."""
+looks the old ranges up through a temporary table (sqlite_swap.py; a file in
+the WAL committer's thread, in memory through the engine), PostgreSQL through
+two arrays, each joined on the primary key. Same cases, same answers."""
 
 from __future__ import annotations
 
@@ -95,6 +96,22 @@ async def test_chunked_swap_with_sources(sqlite_meta: MetaStore) -> None:
     await test_swap_with_sources_counts_only_ranges_still_in_them(sqlite_meta)
 
 
+@pytest.fixture
+async def memory_meta() -> AsyncIterator[MetaStore]:
+    m = await MetaStore.open("sqlite:///:memory:")
+    assert m.sqlite_commits is None  # the swap's statements go through the engine
+    yield m
+    await m.close()
+
+
+async def test_in_memory_swap_gives_the_same_answers(memory_meta: MetaStore) -> None:
+    await test_swap_takes_whole_streams_and_leaves_the_rest(memory_meta)
+
+
+async def test_in_memory_swap_with_sources(memory_meta: MetaStore) -> None:
+    await test_swap_with_sources_counts_only_ranges_still_in_them(memory_meta)
+
+
 async def _delete_after(meta: MetaStore, key: str) -> list[int | None]:
     from sqlalchemy import select
 
@@ -129,13 +146,12 @@ async def test_commits_go_between_chunks(
 ) -> None:
     """A WAL commit that arrives during a swap waits for one chunk, not for
     the whole swap."""
-    import shoal.meta.store as store_module
     from shoal.meta.store import ObjectCommit
 
     sids, _where = await four_objects_per_stream(sqlite_meta, 3)
     other = (await sqlite_meta.create_topic(f"o{uuid.uuid4().hex[:6]}", 1, {})).partitions[0]
     order: list[str] = []
-    real = store_module._swap_sqlite
+    real = sqlite_meta._swap_sqlite_chunk
     commit: list[asyncio.Task[None]] = []
 
     async def chunk(*args: Any) -> Any:
@@ -152,7 +168,7 @@ async def test_commits_go_between_chunks(
             await asyncio.sleep(0)  # it is waiting for the write lock now
         return await real(*args)
 
-    monkeypatch.setattr(store_module, "_swap_sqlite", chunk)
+    monkeypatch.setattr(sqlite_meta, "_swap_sqlite_chunk", chunk)
     runs = [run(sid, [0, 1, 2, 3], 0, 4, 10 * i) for i, sid in enumerate(sids)]
     done = await sqlite_meta.replace_ranges("compacted/e.obj", 40, 0, "c", runs, 60_000)
     assert sorted(done) == sorted(sids)

@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 import click
 
+from shoal.broker import switching
 from shoal.config import BrokerConfig, ConfigError, load_config
 
 BROKER_TRIM_FREE_ABOVE = 16 * 1024 * 1024  # free heap at which `serve` trims
@@ -32,8 +33,10 @@ def restore_stop_signals() -> None:
 
 
 def run_async(coro: Any) -> None:
-    """Run the server's coroutine on uvloop where it is available."""
+    """Run the server's coroutine on uvloop where it is available, with the
+    GIL's switch interval a broker's threads need (broker/switching.py)."""
     restore_stop_signals()
+    switching.apply()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is absent on Windows

@@ -18,11 +18,13 @@ asyncio write lock still orders it with the store's other writers.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Update, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import sqlite
@@ -31,7 +33,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from shoal.meta import schema as s
 
 if TYPE_CHECKING:
-    from shoal.meta.store import ObjectCommit, ProducerRow
+    from shoal.meta.store import ObjectCommit, ProducerRow, RangeCommit
 
 # stream id -> [epoch, first start, final end], as commit_objects builds it
 Moves = dict[int, list[int]]
@@ -114,20 +116,40 @@ def _statements() -> dict[str, str]:
     }
 
 
-_Job = tuple[
-    asyncio.AbstractEventLoop,
-    "asyncio.Future[StreamRows | None]",
-    tuple[Moves, "Sequence[ObjectCommit]", int, int, "Callable[[], None] | None"],
-]
+T = TypeVar("T")
+#: Rows above which a commit's moves and ranges go in as one JSON text that
+#: SQLite unpacks (`json_each`), not an executemany: the sqlite3 module
+#: releases and takes back the GIL at every row, and each take waits behind
+#: a busy event loop (switching.py). A group commit under load names
+#: thousands of streams; one with a few rows is quicker row by row.
+BULK_ROWS = 32
+
+_BULK_MOVES = (
+    "UPDATE streams SET end_offset = m.end_at FROM ("
+    "SELECT json_extract(value, '$[0]') AS sid, json_extract(value, '$[1]') AS epoch,"
+    " json_extract(value, '$[2]') AS start_at, json_extract(value, '$[3]') AS end_at"
+    " FROM json_each(?)) AS m"
+    " WHERE streams.id = m.sid AND streams.epoch = m.epoch"
+    " AND streams.end_offset = m.start_at AND streams.deleted = 0"
+)
+_BULK_RANGES = (
+    "INSERT INTO stream_ranges"
+    " (stream_id, start_offset, end_offset, object_id, position, size, max_timestamp)"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
+    " json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'),"
+    " json_extract(value, '$[5]'), json_extract(value, '$[6]') FROM json_each(?)"
+)
+
+_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
 
 
 def _answer(
     loop: asyncio.AbstractEventLoop,
-    done: asyncio.Future[StreamRows | None],
-    result: StreamRows | None,
+    done: asyncio.Future[Any],
+    result: Any,
     exc: BaseException | None,
 ) -> None:
-    """Hand a commit's outcome to its waiter, on the waiter's loop."""
+    """Hand a job's outcome to its waiter, on the waiter's loop."""
 
     def settle() -> None:
         if done.done():  # cancelled meanwhile
@@ -179,6 +201,30 @@ class SqliteCommitter:
         before: Callable[[], None] | None = None,
     ) -> StreamRows | None:
         """`commit_sync` in the committer's thread."""
+        return await self._call(
+            functools.partial(self.commit_sync, moves, objects, node_id, created_ms, before)
+        )
+
+    async def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` in a write transaction of its own, in the committer's
+        thread: queued with the WAL commits, so neither waits on SQLite's
+        lock (and its busy handler's sleeps) for the other."""
+        return await self._call(functools.partial(self.transaction_sync, work))
+
+    def transaction_sync(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+                conn.execute("COMMIT")
+                return result
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    async def _call(self, job: Callable[[], T]) -> T:
         jobs = self._jobs
         if jobs is None:
             jobs = self._jobs = queue.SimpleQueue()
@@ -186,18 +232,18 @@ class SqliteCommitter:
                 target=self._serve, args=(jobs,), name="shoal-sqlite-commit", daemon=True
             ).start()
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[StreamRows | None] = loop.create_future()
-        jobs.put((loop, done, (moves, objects, node_id, created_ms, before)))
+        done: asyncio.Future[T] = loop.create_future()
+        jobs.put((loop, done, job))
         return await done
 
     def _serve(self, jobs: queue.SimpleQueue[_Job | None]) -> None:
         """The committer's thread: one job at a time, until close()."""
         while (job := jobs.get()) is not None:
-            loop, done, args = job
+            loop, done, work = job
             if done.cancelled():  # as an executor drops a job cancelled in its queue
                 continue
             try:
-                result: StreamRows | None = self.commit_sync(*args)
+                result = work()
             except BaseException as exc:
                 _answer(loop, done, None, exc)
             else:
@@ -257,7 +303,12 @@ class SqliteCommitter:
         created_ms: int,
     ) -> StreamRows | None:
         if moves:
-            moved = self._run(conn, "move", move_params(moves))
+            if len(moves) > BULK_ROWS:
+                self.statements += 1
+                rows = [[sid, e, a, b] for sid, (e, a, b) in moves.items()]
+                moved = conn.execute(_BULK_MOVES, (json.dumps(rows),)).rowcount
+            else:
+                moved = self._run(conn, "move", move_params(moves))
             if moved != len(moves):
                 out: StreamRows = {}
                 for sid in moves:
@@ -266,7 +317,8 @@ class SqliteCommitter:
                     if row is not None:
                         out[sid] = (int(row[0]), int(row[1]), bool(row[2]))
                 return out
-        ranges: list[dict[str, Any]] = []
+        ranges: list[RangeCommit] = []
+        ids: list[int] = []
         for obj in objects:
             self.statements += 1
             cur = conn.execute(
@@ -282,9 +334,17 @@ class SqliteCommitter:
             object_id = cur.lastrowid
             if object_id is None:  # an INSERT always has one; fail the commit if not
                 raise sqlite3.DatabaseError(f"no row id for object {obj.key}")
-            ranges.extend(r.row(object_id) for r in obj.ranges)
-        if ranges:
-            self._run(conn, "range", ranges)
+            ranges.extend(obj.ranges)
+            ids.extend([object_id] * len(obj.ranges))
+        if len(ranges) > BULK_ROWS:
+            self.statements += 1
+            rows = [
+                [r.stream_id, r.start_offset, r.end_offset, i, r.position, r.size, r.max_timestamp]
+                for r, i in zip(ranges, ids, strict=True)
+            ]
+            conn.execute(_BULK_RANGES, (json.dumps(rows),))
+        elif ranges:
+            self._run(conn, "range", [r.row(i) for r, i in zip(ranges, ids, strict=True)])
         latest = newest_producers(objects)
         if latest:
             self._run(conn, "producer", [p.row() for p in latest])

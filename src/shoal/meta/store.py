@@ -42,8 +42,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from shoal.meta import schema as s
+from shoal.meta import sqlite_swap
 from shoal.meta.checkpoint import Checkpointer
-from shoal.meta.params import in_, padded
+from shoal.meta.params import in_
 from shoal.meta.sqlite_commit import (
     SqliteCommitter,
     StreamRows,
@@ -52,6 +53,7 @@ from shoal.meta.sqlite_commit import (
     newest_producers,
     producer_upsert,
 )
+from shoal.meta.sqlite_swap import NewObject, SwapChunk
 from shoal.values import value
 
 # Key of the PostgreSQL advisory lock held while the schema is created or migrated.
@@ -1119,23 +1121,21 @@ class MetaStore:
             (sid, list(dict.fromkeys(starts)), news) for sid, (starts, news) in merged.items()
         ]
         if not self.is_sqlite:
-            return (
-                await self._swap_chunk(key, size, node_id, kind, None, streams, grace_ms, sources)
-            )[1]
+            return await self._swap_chunk(key, size, node_id, kind, streams, grace_ms, sources)
         # SQLite: chunks of streams, a transaction each, so that WAL commits
         # (every produce ack) wait for one chunk, not for the whole swap: a
-        # fleet's 30 s of one-record ranges is 300,000 of them (1.4 s).
-        # Each stream's swap is still all or nothing. Until the last chunk
-        # the object is kept from being scheduled for deletion while no
-        # range refers to it yet (only this process writes a SQLite file).
+        # fleet's 30 s of one-record ranges is 300,000 of them. Each stream's
+        # swap is still all or nothing. Until the last chunk the object is
+        # kept from being scheduled for deletion while no range refers to it
+        # yet (only this process writes a SQLite file).
         done: list[int] = []
-        object_id: int | None = None
+        target: NewObject | int = NewObject(key, size, now_ms(), node_id, kind)
         try:
             for chunk in _swap_chunks(streams, self.swap_chunk_ranges):
-                if object_id is not None:
+                if isinstance(target, int):
                     await asyncio.sleep(0)  # the commits that queued meanwhile go first
-                object_id, swapped = await self._swap_chunk(
-                    key, size, node_id, kind, object_id, chunk, grace_ms, sources, hold=True
+                target, swapped = await self._swap_sqlite_chunk(
+                    target, SwapChunk.of(chunk, sources)
                 )
                 done.extend(swapped)
         except Exception:
@@ -1148,12 +1148,32 @@ class MetaStore:
                 "range swap into %s stopped after %d streams", key, len(done), exc_info=True
             )
         finally:
-            if object_id is not None:
-                self._swapping.discard(object_id)
-        if object_id is not None:
+            if isinstance(target, int):
+                self._swapping.discard(target)
+        if isinstance(target, int):
             async with self._tx() as conn:
                 await self._schedule_unreferenced(conn, grace_ms)
         return done
+
+    async def _swap_sqlite_chunk(
+        self, target: NewObject | int, chunk: SwapChunk
+    ) -> tuple[int, list[int]]:
+        """One transaction of a SQLite swap (sqlite_swap.py): in the WAL
+        committer's thread for a file, through the engine in memory. The
+        object's id joins those kept from scheduling before the write lock
+        is released, for replace_ranges to release when the swap is over."""
+        async with self._write_lock:
+            if self.sqlite_commits is not None:
+                object_id, swapped = await self.sqlite_commits.transaction(
+                    lambda conn: sqlite_swap.swap(conn.execute, chunk, target)
+                )
+            else:
+                async with self.engine.begin() as conn:
+                    object_id, swapped = await conn.run_sync(
+                        lambda c: sqlite_swap.swap(c.exec_driver_sql, chunk, target)
+                    )
+            self._swapping.add(object_id)
+        return object_id, swapped
 
     async def _swap_chunk(
         self,
@@ -1161,77 +1181,57 @@ class MetaStore:
         size: int,
         node_id: int,
         kind: str,
-        object_id: int | None,
         streams: Sequence[Replacement],
         grace_ms: int,
         sources: Sequence[str],
-        hold: bool = False,
-    ) -> tuple[int, list[int]]:
-        """One transaction of a swap: the object's row if `object_id` is None
-        (with `hold`, its id joins those kept from scheduling, for the
-        caller to release when the swap is over), then these streams'
-        ranges. Returns the object's id and the streams swapped."""
+    ) -> list[int]:
+        """A PostgreSQL swap, in one transaction: the object's row, then the
+        streams' ranges. Returns the streams swapped."""
         r = s.stream_ranges
-        held: int | None = None
-        try:
-            async with self._tx() as conn:
-                source_ids: list[int] = []
-                if sources:
-                    o = s.objects
-                    source_ids = [
-                        int(i)
-                        for i in (
-                            await conn.execute(select(o.c.id).where(in_(o.c.key, list(sources))))
-                        ).scalars()
-                    ]
-                if object_id is None:
-                    result = await conn.execute(
-                        insert(s.objects).values(
-                            key=key, size=size, created_ms=now_ms(), node_id=node_id, kind=kind
-                        )
-                    )
-                    object_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-                    if hold:
-                        held = object_id
-                        self._swapping.add(object_id)
-                # A few statements for all streams, not three per stream: this
-                # transaction holds the write lock, and under load every
-                # statement is a round trip through a busy event loop that WAL
-                # commits (and so every produce ack) would wait behind.
-                if self.is_sqlite:
-                    swap = await _swap_sqlite(conn, streams, source_ids if sources else None)
-                else:
-                    present = await _present_pg(conn, streams, source_ids if sources else None)
-                    swap = [x for x in streams if present.get(x[0], 0) == len(x[1])]
-                    if swap:
-                        old = _pg_pairs()
-                        await conn.execute(
-                            delete(r).where(
-                                r.c.stream_id == old.c.sid, r.c.start_offset == old.c.start_at
-                            ),
-                            _pair_params(swap),
-                        )
-                new_rows = [
-                    {
-                        "stream_id": stream_id,
-                        "start_offset": x.start_offset,
-                        "end_offset": x.end_offset,
-                        "object_id": object_id,
-                        "position": x.position,
-                        "size": x.size,
-                        "max_timestamp": x.max_timestamp,
-                    }
-                    for stream_id, _old, new_ranges in swap
-                    for x in new_ranges
+        async with self._tx() as conn:
+            source_ids: list[int] = []
+            if sources:
+                o = s.objects
+                source_ids = [
+                    int(i)
+                    for i in (
+                        await conn.execute(select(o.c.id).where(in_(o.c.key, list(sources))))
+                    ).scalars()
                 ]
-                if new_rows:
-                    await conn.execute(insert(r), new_rows)
-                await self._schedule_unreferenced(conn, grace_ms)
-        except BaseException:
-            if held is not None:  # rolled back: the id may be handed out again
-                self._swapping.discard(held)
-            raise
-        return object_id, [stream_id for stream_id, _old, _new in swap]
+            result = await conn.execute(
+                insert(s.objects).values(
+                    key=key, size=size, created_ms=now_ms(), node_id=node_id, kind=kind
+                )
+            )
+            object_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+            # A few statements for all streams, not three per stream: this
+            # transaction holds the write lock, and every statement is a
+            # round trip.
+            present = await _present_pg(conn, streams, source_ids if sources else None)
+            swap = [x for x in streams if present.get(x[0], 0) == len(x[1])]
+            if swap:
+                old = _pg_pairs()
+                await conn.execute(
+                    delete(r).where(r.c.stream_id == old.c.sid, r.c.start_offset == old.c.start_at),
+                    _pair_params(swap),
+                )
+            new_rows = [
+                {
+                    "stream_id": stream_id,
+                    "start_offset": x.start_offset,
+                    "end_offset": x.end_offset,
+                    "object_id": object_id,
+                    "position": x.position,
+                    "size": x.size,
+                    "max_timestamp": x.max_timestamp,
+                }
+                for stream_id, _old, new_ranges in swap
+                for x in new_ranges
+            ]
+            if new_rows:
+                await conn.execute(insert(r), new_rows)
+            await self._schedule_unreferenced(conn, grace_ms)
+        return [stream_id for stream_id, _old, _new in swap]
 
     async def wal_objects(self, node_id: int, older_than_ms: int, limit: int) -> list[str]:
         """Committed WAL objects of a node, oldest first, for compaction."""
@@ -1455,26 +1455,6 @@ _CATALOG_DIGEST = text(
 )
 
 
-# The (stream, start offset) pairs of a swap's old ranges, on SQLite: joined
-# on stream_ranges' primary key. IN lists of pairs, a statement per 2,000
-# values, took 8.7 s (most of it SQLite's) to swap 300,000 ranges, a fleet's
-# 30 s of one-record ranges, with the write lock held: every produce waited.
-_SWAP_OLD_DDL = text(
-    "CREATE TEMP TABLE IF NOT EXISTS swap_old "
-    "(sid INTEGER NOT NULL, start_at INTEGER NOT NULL, PRIMARY KEY (sid, start_at)) WITHOUT ROWID"
-)
-# CROSS JOIN keeps swap_old outside: a seek into stream_ranges per pair, not a
-# scan of every range.
-_SWAP_PRESENT = (
-    "SELECT o.sid, count(*) FROM swap_old AS o CROSS JOIN stream_ranges AS r"
-    " ON r.stream_id = o.sid AND r.start_offset = o.start_at{sources} GROUP BY o.sid"
-)
-_SWAP_DELETE = text(
-    "DELETE FROM stream_ranges WHERE (stream_id, start_offset) IN "
-    "(SELECT sid, start_at FROM swap_old)"
-)
-
-
 def _swap_chunks(streams: Sequence[Replacement], most: int) -> list[list[Replacement]]:
     """Streams in chunks of at most `most` old ranges (a stream with more
     is a chunk of its own)."""
@@ -1487,41 +1467,6 @@ def _swap_chunks(streams: Sequence[Replacement], most: int) -> list[list[Replace
         chunks[-1].append(x)
         n += len(x[1])
     return chunks
-
-
-async def _swap_sqlite(
-    conn: AsyncConnection, replacements: Sequence[Replacement], source_ids: list[int] | None
-) -> list[Replacement]:
-    """Delete the old ranges of every stream whose old ranges are all still
-    there (and, with `source_ids`, still in one of those objects); returns
-    those streams' replacements."""
-    await conn.execute(_SWAP_OLD_DDL)
-    await conn.execute(text("DELETE FROM swap_old"))
-    pairs = [(sid, start) for sid, starts, _ in replacements for start in starts]
-    if not pairs:
-        return []
-    await conn.exec_driver_sql("INSERT INTO swap_old VALUES (?, ?)", pairs)
-    if source_ids is None:
-        present_q = text(_SWAP_PRESENT.format(sources=""))
-        params: dict[str, Any] = {}
-    else:
-        present_q = text(_SWAP_PRESENT.format(sources=" AND r.object_id IN :sources")).bindparams(
-            bindparam("sources", expanding=True)
-        )
-        params = {"sources": padded(source_ids) or [-1]}
-    present = {int(sid): int(n) for sid, n in await conn.execute(present_q, params)}
-    swap: list[Replacement] = []
-    keep: list[Replacement] = []
-    for x in replacements:
-        (swap if present.get(x[0], 0) == len(x[1]) else keep).append(x)
-    if keep:
-        await conn.exec_driver_sql(
-            "DELETE FROM swap_old WHERE sid = ?", [(sid,) for sid, _s, _n in keep]
-        )
-    if swap:
-        await conn.execute(_SWAP_DELETE)
-    await conn.execute(text("DELETE FROM swap_old"))
-    return swap
 
 
 async def _present_pg(

@@ -1,0 +1,128 @@
+"""A compaction's range swap on SQLite, each statement run whole inside SQLite.
+
+The sqlite3 module releases the GIL around every step of a statement: an
+executemany of N rows, or fetching N rows, hands the GIL over N times. While
+the event loop is busy (compaction's own Python runs there, beside every
+produce), each handover can wait for the loop's thread to give the GIL back,
+up to the switch interval (5 ms): an 8,192-row executemany took 0.9-12 s here
+instead of 17 ms, with the write lock held, and every WAL commit (so every
+produce ack) waited behind it. So the old (stream, start) pairs and the new
+ranges go in as JSON texts that `json_each` unpacks inside SQLite, the check
+that each stream's old ranges are all still there is one statement, and the
+streams swapped come back as one row: a fixed number of steps per chunk,
+whatever its size. The texts are built before the transaction begins.
+
+The statements are plain SQL over a DB-API `execute` (qmark parameters): the
+WAL committer's connection runs them in its thread (sqlite_commit.py), an
+in-memory database through the engine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shoal.meta.store import Replacement
+
+# a DB-API execute: SQL with qmark parameters -> a cursor (fetchone, lastrowid)
+Execute = Callable[[str, Sequence[Any]], Any]
+
+_OLD_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS swap_old "
+    "(sid INTEGER NOT NULL, start_at INTEGER NOT NULL, PRIMARY KEY (sid, start_at)) WITHOUT ROWID"
+)
+_FILL_OLD = (
+    "INSERT OR IGNORE INTO swap_old"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)"
+)
+# A stream keeps its ranges when one of its old ranges is gone (trimmed
+# meanwhile) or, with sources, no longer lies in one of those objects (key
+# compaction rewrote it): its pairs leave swap_old. The LEFT JOIN keeps
+# swap_old outside, a seek into stream_ranges' primary key per pair.
+_DROP_INCOMPLETE = (
+    "DELETE FROM swap_old WHERE sid IN ("
+    "SELECT o.sid FROM swap_old AS o LEFT JOIN stream_ranges AS r"
+    " ON r.stream_id = o.sid AND r.start_offset = o.start_at{sources}"
+    " WHERE r.stream_id IS NULL)"
+)
+_IN_SOURCES = (
+    " AND r.object_id IN (SELECT id FROM objects WHERE key IN (SELECT value FROM json_each(?)))"
+)
+_SWAPPED = "SELECT json_group_array(sid) FROM (SELECT DISTINCT sid FROM swap_old ORDER BY sid)"
+_DELETE_OLD = (
+    "DELETE FROM stream_ranges WHERE (stream_id, start_offset) IN "
+    "(SELECT sid, start_at FROM swap_old)"
+)
+_INSERT_NEW = (
+    "INSERT INTO stream_ranges"
+    " (stream_id, start_offset, end_offset, object_id, position, size, max_timestamp)"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
+    " json_extract(value, '$[2]'), ?, json_extract(value, '$[3]'),"
+    " json_extract(value, '$[4]'), json_extract(value, '$[5]')"
+    " FROM json_each(?) WHERE json_extract(value, '$[0]') IN (SELECT sid FROM swap_old)"
+)
+_INSERT_OBJECT = "INSERT INTO objects (key, size, created_ms, node_id, kind) VALUES (?, ?, ?, ?, ?)"
+
+
+@dataclass(frozen=True, slots=True)
+class NewObject:
+    """The compacted object's row, inserted by a swap's first chunk."""
+
+    key: str
+    size: int
+    created_ms: int
+    node_id: int
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class SwapChunk:
+    """One chunk's parameters as JSON texts, built off the write lock."""
+
+    old: str  # [[stream, start], ...]
+    new: str  # [[stream, start, end, position, size, max timestamp], ...]
+    sources: str | None  # the keys of the objects the new one was copied from
+
+    @classmethod
+    def of(cls, streams: Sequence[Replacement], sources: Sequence[str] = ()) -> SwapChunk:
+        return cls(
+            json.dumps([[sid, start] for sid, starts, _new in streams for start in starts]),
+            json.dumps(
+                [
+                    [sid, x.start_offset, x.end_offset, x.position, x.size, x.max_timestamp]
+                    for sid, _starts, news in streams
+                    for x in news
+                ]
+            ),
+            json.dumps(list(sources)) if sources else None,
+        )
+
+
+def swap(execute: Execute, chunk: SwapChunk, target: NewObject | int) -> tuple[int, list[int]]:
+    """Inside the caller's write transaction: the object's row when `target`
+    is a NewObject (else its id), then the ranges of every stream whose old
+    ranges are all still there. Returns the object's id and the streams
+    swapped, in id order."""
+    if isinstance(target, NewObject):
+        t = target
+        object_id = int(
+            execute(_INSERT_OBJECT, (t.key, t.size, t.created_ms, t.node_id, t.kind)).lastrowid
+        )
+    else:
+        object_id = target
+    execute(_OLD_DDL, ())
+    execute("DELETE FROM swap_old", ())
+    execute(_FILL_OLD, (chunk.old,))
+    if chunk.sources is None:
+        execute(_DROP_INCOMPLETE.format(sources=""), ())
+    else:
+        execute(_DROP_INCOMPLETE.format(sources=_IN_SOURCES), (chunk.sources,))
+    swapped = [int(x) for x in json.loads(execute(_SWAPPED, ()).fetchone()[0])]
+    if swapped:
+        execute(_DELETE_OLD, ())
+        execute(_INSERT_NEW, (object_id, chunk.new))
+    execute("DELETE FROM swap_old", ())
+    return object_id, swapped
