@@ -88,28 +88,26 @@ async def sqlite_meta(tmp_path: Path) -> AsyncIterator[MetaStore]:
     await m.close()
 
 
-async def test_chunked_swap_gives_the_same_answers(sqlite_meta: MetaStore) -> None:
-    await test_swap_takes_whole_streams_and_leaves_the_rest(sqlite_meta)
-
-
-async def test_chunked_swap_with_sources(sqlite_meta: MetaStore) -> None:
-    await test_swap_with_sources_counts_only_ranges_still_in_them(sqlite_meta)
-
-
-@pytest.fixture
-async def memory_meta() -> AsyncIterator[MetaStore]:
-    m = await MetaStore.open("sqlite:///:memory:")
-    assert m.sqlite_commits is None  # the swap's statements go through the engine
+@pytest.fixture(params=["chunked", "in-memory"])
+async def other_sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MetaStore]:
+    """A file swapping in chunks of four ranges; an in-memory database, whose
+    swap's statements go through the engine."""
+    if request.param == "chunked":
+        m = await MetaStore.open(f"sqlite:///{tmp_path}/meta.db")
+        m.swap_chunk_ranges = 4
+    else:
+        m = await MetaStore.open("sqlite:///:memory:")
+        assert m.sqlite_commits is None
     yield m
     await m.close()
 
 
-async def test_in_memory_swap_gives_the_same_answers(memory_meta: MetaStore) -> None:
-    await test_swap_takes_whole_streams_and_leaves_the_rest(memory_meta)
+async def test_the_other_sqlite_swaps_give_the_same_answers(other_sqlite: MetaStore) -> None:
+    await test_swap_takes_whole_streams_and_leaves_the_rest(other_sqlite)
 
 
-async def test_in_memory_swap_with_sources(memory_meta: MetaStore) -> None:
-    await test_swap_with_sources_counts_only_ranges_still_in_them(memory_meta)
+async def test_the_other_sqlite_swaps_with_sources(other_sqlite: MetaStore) -> None:
+    await test_swap_with_sources_counts_only_ranges_still_in_them(other_sqlite)
 
 
 async def _delete_after(meta: MetaStore, key: str) -> list[int | None]:

@@ -16,20 +16,9 @@ from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shoal.meta import schema as s
-from shoal.meta.store import MetaError, MetaStore, ProducerRow, now_ms
+from shoal.meta.store import MetaError, MetaStore, NewObject, ProducerRow, now_ms
 
 log = logging.getLogger("shoal.meta.recovery")
-
-
-@dataclass(frozen=True, slots=True)
-class NewObject:
-    """An object the metadata did not know, as its row records it."""
-
-    key: str
-    size: int
-    created_ms: int
-    node_id: int
-    kind: str  # "wal" or "set"
 
 
 @dataclass(frozen=True, slots=True)

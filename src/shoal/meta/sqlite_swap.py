@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from shoal.meta.store import Replacement
+    from shoal.meta.store import NewObject, Replacement
 
 # a DB-API execute: SQL with qmark parameters -> a cursor (fetchone, lastrowid)
 Execute = Callable[[str, Sequence[Any]], Any]
@@ -68,17 +68,6 @@ _INSERT_OBJECT = "INSERT INTO objects (key, size, created_ms, node_id, kind) VAL
 
 
 @dataclass(frozen=True, slots=True)
-class NewObject:
-    """The compacted object's row, inserted by a swap's first chunk."""
-
-    key: str
-    size: int
-    created_ms: int
-    node_id: int
-    kind: str
-
-
-@dataclass(frozen=True, slots=True)
 class SwapChunk:
     """One chunk's parameters as JSON texts, built off the write lock."""
 
@@ -106,13 +95,13 @@ def swap(execute: Execute, chunk: SwapChunk, target: NewObject | int) -> tuple[i
     is a NewObject (else its id), then the ranges of every stream whose old
     ranges are all still there. Returns the object's id and the streams
     swapped, in id order."""
-    if isinstance(target, NewObject):
+    if isinstance(target, int):
+        object_id = target
+    else:
         t = target
         object_id = int(
             execute(_INSERT_OBJECT, (t.key, t.size, t.created_ms, t.node_id, t.kind)).lastrowid
         )
-    else:
-        object_id = target
     execute(_OLD_DDL, ())
     execute("DELETE FROM swap_old", ())
     execute(_FILL_OLD, (chunk.old,))

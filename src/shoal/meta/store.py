@@ -53,7 +53,7 @@ from shoal.meta.sqlite_commit import (
     newest_producers,
     producer_upsert,
 )
-from shoal.meta.sqlite_swap import NewObject, SwapChunk
+from shoal.meta.sqlite_swap import SwapChunk
 from shoal.values import value
 
 # Key of the PostgreSQL advisory lock held while the schema is created or migrated.
@@ -159,6 +159,18 @@ class RangeCommit:
             "size": self.size,
             "max_timestamp": self.max_timestamp,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class NewObject:
+    """An object's row to insert: one the metadata did not know (recovery.py),
+    or a compaction's new one (sqlite_swap.py)."""
+
+    key: str
+    size: int
+    created_ms: int
+    node_id: int
+    kind: str  # "wal", or a compacted kind: "set", "stream", "cleaned"
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,8 +24,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from shoal.meta.recovery import NewObject, NewRange, inventory_rows, record_adopted
-from shoal.meta.store import MetaStore, ProducerRow
+from shoal.meta.recovery import NewRange, inventory_rows, record_adopted
+from shoal.meta.store import MetaStore, NewObject, ProducerRow
 from shoal.protocol.records import batch_spans, read_header
 from shoal.storage import producers as producer_state
 from shoal.storage.cleaner import PREFIXES, node_of
