@@ -9,7 +9,7 @@ time and it can wait for as long as the loop stays busy. Measured here: a
 3 ms SQLite statement in a thread waited up to 26 s while the loop ran 4 ms
 callbacks back to back, and a compaction's range swap stalled every WAL
 commit (every produce ack) behind it for seconds. At 0.5 ms the same
-statement waited at most 7 ms. A waiter exists only while a thread has work,
+statement waited at most 8 ms. A waiter exists only while a thread has work,
 so an idle or single-threaded broker pays nothing for the shorter interval.
 """
 

@@ -12,7 +12,9 @@ stays the one definition) and the same pragmas as the engine's connections.
 
 The transaction starts with BEGIN IMMEDIATE, so it waits for SQLite's write
 lock (busy_timeout) in its thread instead of failing half-way; the store's
-asyncio write lock still orders it with the store's other writers.
+asyncio write lock still orders it with the store's other writers. Other
+write transactions can queue in the same thread (`transaction`: compaction's
+range swap, sqlite_swap.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from shoal.meta import schema as s
+from shoal.meta.sqlite_json import columns
 
 if TYPE_CHECKING:
     from shoal.meta.store import ObjectCommit, ProducerRow, RangeCommit
@@ -117,28 +120,34 @@ def _statements() -> dict[str, str]:
 
 
 T = TypeVar("T")
-#: Rows above which a commit's moves and ranges go in as one JSON text that
-#: SQLite unpacks (`json_each`), not an executemany: the sqlite3 module
-#: releases and takes back the GIL at every row, and each take waits behind
-#: a busy event loop (switching.py). A group commit under load names
-#: thousands of streams; one with a few rows is quicker row by row.
+#: Rows above which a commit's moves and ranges go in as one JSON text
+#: (sqlite_json.py), not an executemany: a group commit under load names
+#: thousands of streams.
 BULK_ROWS = 32
 
+# (not a WITH: the sqlite3 module counts rows only for a statement that
+# starts with INSERT, UPDATE, DELETE or REPLACE)
 _BULK_MOVES = (
-    "UPDATE streams SET end_offset = m.end_at FROM ("
-    "SELECT json_extract(value, '$[0]') AS sid, json_extract(value, '$[1]') AS epoch,"
-    " json_extract(value, '$[2]') AS start_at, json_extract(value, '$[3]') AS end_at"
-    " FROM json_each(?)) AS m"
+    "UPDATE streams SET end_offset = m.end_at FROM"
+    f" (SELECT {columns(4, ('sid', 'epoch', 'start_at', 'end_at'))} FROM json_each(?)) AS m"
     " WHERE streams.id = m.sid AND streams.epoch = m.epoch"
     " AND streams.end_offset = m.start_at AND streams.deleted = 0"
 )
 _BULK_RANGES = (
     "INSERT INTO stream_ranges"
     " (stream_id, start_offset, end_offset, object_id, position, size, max_timestamp)"
-    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
-    " json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'),"
-    " json_extract(value, '$[5]'), json_extract(value, '$[6]') FROM json_each(?)"
+    f" SELECT {columns(7)} FROM json_each(?)"
 )
+
+
+class _Fenced(Exception):
+    """A stream did not move: the commit rolls back, and `rows` (the
+    streams' rows as the transaction saw them) name the stream."""
+
+    def __init__(self, rows: StreamRows) -> None:
+        super().__init__("a stream did not move")
+        self.rows = rows
+
 
 _Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
 
@@ -271,22 +280,15 @@ class SqliteCommitter:
         changed and the streams' rows as the transaction saw them after the
         moves are returned, for the caller to name the stream. `before` runs
         first (the objects' files): if it raises, nothing is committed."""
-        with self._lock:
-            if before is not None:
-                before()
-            conn = self._connect()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                fenced = self._apply(conn, moves, objects, node_id, created_ms)
-                if fenced is not None:
-                    conn.execute("ROLLBACK")
-                    return fenced
-                conn.execute("COMMIT")
-                return None
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        if before is not None:
+            before()
+        try:
+            self.transaction_sync(
+                lambda conn: self._apply(conn, moves, objects, node_id, created_ms)
+            )
+        except _Fenced as fenced:
+            return fenced.rows
+        return None
 
     def _run(self, conn: sqlite3.Connection, name: str, rows: list[dict[str, Any]]) -> int:
         self.statements += 1
@@ -301,12 +303,12 @@ class SqliteCommitter:
         objects: Sequence[ObjectCommit],
         node_id: int,
         created_ms: int,
-    ) -> StreamRows | None:
+    ) -> None:
         if moves:
             if len(moves) > BULK_ROWS:
                 self.statements += 1
-                rows = [[sid, e, a, b] for sid, (e, a, b) in moves.items()]
-                moved = conn.execute(_BULK_MOVES, (json.dumps(rows),)).rowcount
+                param = json.dumps([[sid, *m] for sid, m in moves.items()])
+                moved = conn.execute(_BULK_MOVES, (param,)).rowcount
             else:
                 moved = self._run(conn, "move", move_params(moves))
             if moved != len(moves):
@@ -316,9 +318,8 @@ class SqliteCommitter:
                     row = conn.execute(self._sql["stream"], {"b_sid": sid}).fetchone()
                     if row is not None:
                         out[sid] = (int(row[0]), int(row[1]), bool(row[2]))
-                return out
-        ranges: list[RangeCommit] = []
-        ids: list[int] = []
+                raise _Fenced(out)
+        ranges: list[tuple[RangeCommit, int]] = []  # with its object's id
         for obj in objects:
             self.statements += 1
             cur = conn.execute(
@@ -334,17 +335,26 @@ class SqliteCommitter:
             object_id = cur.lastrowid
             if object_id is None:  # an INSERT always has one; fail the commit if not
                 raise sqlite3.DatabaseError(f"no row id for object {obj.key}")
-            ranges.extend(obj.ranges)
-            ids.extend([object_id] * len(obj.ranges))
+            ranges.extend((r, object_id) for r in obj.ranges)
         if len(ranges) > BULK_ROWS:
             self.statements += 1
-            rows = [
-                [r.stream_id, r.start_offset, r.end_offset, i, r.position, r.size, r.max_timestamp]
-                for r, i in zip(ranges, ids, strict=True)
-            ]
-            conn.execute(_BULK_RANGES, (json.dumps(rows),))
+            param = json.dumps(
+                [
+                    (
+                        r.stream_id,
+                        r.start_offset,
+                        r.end_offset,
+                        i,
+                        r.position,
+                        r.size,
+                        r.max_timestamp,
+                    )
+                    for r, i in ranges
+                ]
+            )
+            conn.execute(_BULK_RANGES, (param,))
         elif ranges:
-            self._run(conn, "range", [r.row(i) for r, i in zip(ranges, ids, strict=True)])
+            self._run(conn, "range", [r.row(i) for r, i in ranges])
         latest = newest_producers(objects)
         if latest:
             self._run(conn, "producer", [p.row() for p in latest])
@@ -354,4 +364,3 @@ class SqliteCommitter:
         done = [{"b_id": m} for obj in objects for m in obj.markers_done]
         if done:
             self._run(conn, "marker", done)
-        return None

@@ -1,16 +1,12 @@
 """A compaction's range swap on SQLite, each statement run whole inside SQLite.
 
-The sqlite3 module releases the GIL around every step of a statement: an
-executemany of N rows, or fetching N rows, hands the GIL over N times. While
-the event loop is busy (compaction's own Python runs there, beside every
-produce), each handover can wait for the loop's thread to give the GIL back,
-up to the switch interval (5 ms): an 8,192-row executemany took 0.9-12 s here
-instead of 17 ms, with the write lock held, and every WAL commit (so every
-produce ack) waited behind it. So the old (stream, start) pairs and the new
-ranges go in as JSON texts that `json_each` unpacks inside SQLite, the check
-that each stream's old ranges are all still there is one statement, and the
-streams swapped come back as one row: a fixed number of steps per chunk,
-whatever its size. The texts are built before the transaction begins.
+A chunk's old (stream, start) pairs and new ranges go in as JSON texts
+(sqlite_json.py), the check that each stream's old ranges are all still there
+is one statement, and the streams swapped come back as one row: a fixed
+number of steps per chunk, whatever its size, while it holds the write lock
+that every WAL commit (so every produce ack) waits for. Row by row, an
+8,192-range chunk took 0.9-12 s beside a busy event loop instead of 17 ms.
+The texts are built before the transaction begins.
 
 The statements are plain SQL over a DB-API `execute` (qmark parameters): the
 WAL committer's connection runs them in its thread (sqlite_commit.py), an
@@ -24,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shoal.meta.sqlite_json import columns
+
 if TYPE_CHECKING:
     from shoal.meta.store import NewObject, Replacement
 
@@ -34,10 +32,7 @@ _OLD_DDL = (
     "CREATE TEMP TABLE IF NOT EXISTS swap_old "
     "(sid INTEGER NOT NULL, start_at INTEGER NOT NULL, PRIMARY KEY (sid, start_at)) WITHOUT ROWID"
 )
-_FILL_OLD = (
-    "INSERT OR IGNORE INTO swap_old"
-    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)"
-)
+_FILL_OLD = f"INSERT OR IGNORE INTO swap_old SELECT {columns(2)} FROM json_each(?)"
 # A stream keeps its ranges when one of its old ranges is gone (trimmed
 # meanwhile) or, with sources, no longer lies in one of those objects (key
 # compaction rewrote it): its pairs leave swap_old. The LEFT JOIN keeps
@@ -51,18 +46,16 @@ _DROP_INCOMPLETE = (
 _IN_SOURCES = (
     " AND r.object_id IN (SELECT id FROM objects WHERE key IN (SELECT value FROM json_each(?)))"
 )
-_SWAPPED = "SELECT json_group_array(sid) FROM (SELECT DISTINCT sid FROM swap_old ORDER BY sid)"
+_SWAPPED = "SELECT json_group_array(DISTINCT sid) FROM swap_old"
 _DELETE_OLD = (
     "DELETE FROM stream_ranges WHERE (stream_id, start_offset) IN "
     "(SELECT sid, start_at FROM swap_old)"
 )
 _INSERT_NEW = (
     "INSERT INTO stream_ranges"
-    " (stream_id, start_offset, end_offset, object_id, position, size, max_timestamp)"
-    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
-    " json_extract(value, '$[2]'), ?, json_extract(value, '$[3]'),"
-    " json_extract(value, '$[4]'), json_extract(value, '$[5]')"
-    " FROM json_each(?) WHERE json_extract(value, '$[0]') IN (SELECT sid FROM swap_old)"
+    " (stream_id, start_offset, end_offset, position, size, max_timestamp, object_id)"
+    f" SELECT {columns(6)}, ? FROM json_each(?)"
+    " WHERE json_extract(value, '$[0]') IN (SELECT sid FROM swap_old)"
 )
 _INSERT_OBJECT = "INSERT INTO objects (key, size, created_ms, node_id, kind) VALUES (?, ?, ?, ?, ?)"
 
@@ -109,7 +102,7 @@ def swap(execute: Execute, chunk: SwapChunk, target: NewObject | int) -> tuple[i
         execute(_DROP_INCOMPLETE.format(sources=""), ())
     else:
         execute(_DROP_INCOMPLETE.format(sources=_IN_SOURCES), (chunk.sources,))
-    swapped = [int(x) for x in json.loads(execute(_SWAPPED, ()).fetchone()[0])]
+    swapped = sorted(int(x) for x in json.loads(execute(_SWAPPED, ()).fetchone()[0]))
     if swapped:
         execute(_DELETE_OLD, ())
         execute(_INSERT_NEW, (object_id, chunk.new))
