@@ -499,6 +499,13 @@ BROKER_KEYS: dict[str, Key] = {
             at_least(100),
         ),
         Key(
+            "compaction.process",
+            bool,
+            True,
+            "build and write compacted objects in a child process (another core), off the "
+            "event loop that serves clients; a memory:// store always does it in the broker",
+        ),
+        Key(
             "compaction.min.age.ms",
             int,
             10_000,

@@ -170,6 +170,7 @@ class Broker:
                     merge_max_objects=config["compaction.merge.max.objects"],
                     rewrite_live_ratio=config["compaction.rewrite.live.ratio"],
                     delete_grace_ms=config["object.delete.grace.ms"],
+                    process=config["compaction.process"],
                 ),
                 log_cache_bytes=config["log.cache.bytes"],
                 log_cache_max_age_ms=config["log.cache.max.age.ms"],

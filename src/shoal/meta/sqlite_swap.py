@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from shoal.meta.sqlite_json import columns
 
 if TYPE_CHECKING:
-    from shoal.meta.store import NewObject, Replacement
+    from shoal.meta.range_swap import Swap
+    from shoal.meta.store import NewObject
 
 # a DB-API execute: SQL with qmark parameters -> a cursor (fetchone, lastrowid)
 Execute = Callable[[str, Sequence[Any]], Any]
@@ -69,16 +70,10 @@ class SwapChunk:
     sources: str | None  # the keys of the objects the new one was copied from
 
     @classmethod
-    def of(cls, streams: Sequence[Replacement], sources: Sequence[str] = ()) -> SwapChunk:
+    def of(cls, streams: Sequence[Swap], sources: Sequence[str] = ()) -> SwapChunk:
         return cls(
             json.dumps([[sid, start] for sid, starts, _new in streams for start in starts]),
-            json.dumps(
-                [
-                    [sid, x.start_offset, x.end_offset, x.position, x.size, x.max_timestamp]
-                    for sid, _starts, news in streams
-                    for x in news
-                ]
-            ),
+            json.dumps([[sid, *x] for sid, _starts, news in streams for x in news]),
             json.dumps(list(sources)) if sources else None,
         )
 

@@ -22,8 +22,10 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Integer,
+    Text,
     any_,
     bindparam,
+    cast,
     column,
     delete,
     event,
@@ -41,10 +43,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from shoal.meta import range_swap, sqlite_swap
 from shoal.meta import schema as s
-from shoal.meta import sqlite_swap
 from shoal.meta.checkpoint import Checkpointer
 from shoal.meta.params import in_
+from shoal.meta.range_swap import PreparedSwap, Swap
 from shoal.meta.sqlite_commit import (
     SqliteCommitter,
     StreamRows,
@@ -1121,19 +1124,30 @@ class MetaStore:
         Returns the stream ids swapped; objects left unreferenced are
         scheduled for deletion.
         """
-        # One entry per stream: compaction may hand over several runs of one.
-        merged: dict[int, tuple[list[int], list[RangeCommit]]] = {}
-        for stream_id, old_starts, new_ranges in replacements:
-            starts, news = merged.setdefault(stream_id, ([], []))
-            starts.extend(old_starts)
-            news.extend(new_ranges)
-        # (starts deduplicated: each stream's count of old ranges found is
-        # compared with their number)
-        streams = [
-            (sid, list(dict.fromkeys(starts)), news) for sid, (starts, news) in merged.items()
+        swaps: list[Swap] = [
+            (
+                sid,
+                starts,
+                [(x.start_offset, x.end_offset, x.position, x.size, x.max_timestamp) for x in news],
+            )
+            for sid, starts, news in replacements
         ]
+        chunk_ranges = self.swap_chunk_ranges if self.is_sqlite else None
+        prepared = range_swap.prepare(swaps, sources, chunk_ranges)
+        return await self.swap_prepared(key, size, node_id, kind, prepared, grace_ms)
+
+    async def swap_prepared(
+        self, key: str, size: int, node_id: int, kind: str, prepared: PreparedSwap, grace_ms: int
+    ) -> list[int]:
+        """`replace_ranges` for a swap prepared already (meta/range_swap.py:
+        compaction's child process prepares them), with its chunks on
+        SQLite. Returns the stream ids swapped."""
         if not self.is_sqlite:
-            return await self._swap_chunk(key, size, node_id, kind, streams, grace_ms, sources)
+            return await self._swap_chunk(
+                key, size, node_id, kind, prepared.swaps, grace_ms, prepared.sources
+            )
+        if not prepared.chunks:
+            raise ValueError("a swap on SQLite needs its chunks (range_swap.prepare)")
         # SQLite: chunks of streams, a transaction each, so that WAL commits
         # (every produce ack) wait for one chunk, not for the whole swap: a
         # fleet's 30 s of one-record ranges is 300,000 of them. Each stream's
@@ -1143,12 +1157,10 @@ class MetaStore:
         done: list[int] = []
         target: NewObject | int = NewObject(key, size, now_ms(), node_id, kind)
         try:
-            for chunk in _swap_chunks(streams, self.swap_chunk_ranges):
+            for chunk in prepared.chunks:
                 if isinstance(target, int):
                     await asyncio.sleep(0)  # the commits that queued meanwhile go first
-                target, swapped = await self._swap_sqlite_chunk(
-                    target, SwapChunk.of(chunk, sources)
-                )
+                target, swapped = await self._swap_sqlite_chunk(target, chunk)
                 done.extend(swapped)
         except Exception:
             if not done:
@@ -1193,7 +1205,7 @@ class MetaStore:
         size: int,
         node_id: int,
         kind: str,
-        streams: Sequence[Replacement],
+        streams: Sequence[Swap],
         grace_ms: int,
         sources: Sequence[str],
     ) -> list[int]:
@@ -1230,15 +1242,15 @@ class MetaStore:
             new_rows = [
                 {
                     "stream_id": stream_id,
-                    "start_offset": x.start_offset,
-                    "end_offset": x.end_offset,
+                    "start_offset": start,
+                    "end_offset": end,
                     "object_id": object_id,
-                    "position": x.position,
-                    "size": x.size,
-                    "max_timestamp": x.max_timestamp,
+                    "position": position,
+                    "size": length,
+                    "max_timestamp": ts,
                 }
                 for stream_id, _old, new_ranges in swap
-                for x in new_ranges
+                for start, end, position, length, ts in new_ranges
             ]
             if new_rows:
                 await conn.execute(insert(r), new_rows)
@@ -1323,6 +1335,38 @@ class MetaStore:
                 )
                 for x in rows
             ]
+
+    async def range_rows(self, keys: Sequence[str]) -> tuple[str, str]:
+        """The ranges in these objects as one JSON text of
+        [stream, start, end, key, position, size, max timestamp] rows (in no
+        order), and the streams they belong to as another: built inside the
+        database in one step, for compaction's child process to parse. A
+        fleet's merge round reads hundreds of thousands; as Python objects on
+        the event loop they stalled every client for a second."""
+        o, r = s.objects, s.stream_ranges
+        fields = (
+            r.c.stream_id,
+            r.c.start_offset,
+            r.c.end_offset,
+            o.c.key,
+            r.c.position,
+            r.c.size,
+            r.c.max_timestamp,
+        )
+        if self.is_sqlite:
+            rows = func.json_group_array(func.json_array(*fields))
+            sids = func.json_group_array(r.c.stream_id.distinct())
+        else:
+            rows = func.coalesce(cast(func.json_agg(func.json_build_array(*fields)), Text), "[]")
+            sids = func.coalesce(cast(func.json_agg(r.c.stream_id.distinct()), Text), "[]")
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                select(rows, sids)
+                .select_from(r.join(o, o.c.id == r.c.object_id))
+                .where(in_(o.c.key, keys))
+            )
+            text_rows, text_sids = result.one()
+        return str(text_rows), str(text_sids)
 
     async def storage_summary(self) -> dict[str, Any]:
         """Objects, bytes and per-topic sizes, for `shoal storage stats`."""
@@ -1467,22 +1511,8 @@ _CATALOG_DIGEST = text(
 )
 
 
-def _swap_chunks(streams: Sequence[Replacement], most: int) -> list[list[Replacement]]:
-    """Streams in chunks of at most `most` old ranges (a stream with more
-    is a chunk of its own)."""
-    chunks: list[list[Replacement]] = [[]]
-    n = 0
-    for x in streams:
-        if chunks[-1] and n + len(x[1]) > most:
-            chunks.append([])
-            n = 0
-        chunks[-1].append(x)
-        n += len(x[1])
-    return chunks
-
-
 async def _present_pg(
-    conn: AsyncConnection, replacements: Sequence[Replacement], source_ids: list[int] | None
+    conn: AsyncConnection, replacements: Sequence[Swap], source_ids: list[int] | None
 ) -> dict[int, int]:
     """How many of each stream's old ranges are still there (and, with
     `source_ids`, still in one of those objects): the (stream, start) pairs
@@ -1518,6 +1548,6 @@ def _pg_pairs() -> Any:
     )
 
 
-def _pair_params(replacements: Sequence[Replacement]) -> dict[str, Any]:
+def _pair_params(replacements: Sequence[Swap]) -> dict[str, Any]:
     pairs = [(sid, start) for sid, starts, _ in replacements for start in starts]
     return {"old_sid": [p[0] for p in pairs], "old_start": [p[1] for p in pairs]}

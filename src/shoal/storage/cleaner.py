@@ -89,12 +89,18 @@ class Cleaner:
         # Re-check: an object may have been committed since the first look.
         known = await self.meta.object_keys()
         for info in candidates:
-            if info.key in known or info.key in self.uploading:
+            if info.key in known or self._uploading(info.key):
                 continue
             log.warning("deleting uncommitted object %s (%d bytes)", info.key, info.size)
             await self.store.delete(info.key)
             count += 1
         return count
+
+    def _uploading(self, key: str) -> bool:
+        """Uploaded by this process and not committed yet: the key itself, or
+        (a compaction round's objects, named by its child process) the
+        prefix up to its last dash."""
+        return key in self.uploading or key[: key.rfind("-") + 1] in self.uploading
 
     async def _staged(self, now: int, nodes: set[int] | None) -> int:
         """A file store's staging files of uploads a crash cut short (KEY#N):

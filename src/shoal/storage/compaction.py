@@ -18,7 +18,7 @@ data retention keeps instead of uptime.
 from __future__ import annotations
 
 import asyncio
-import functools
+import json
 import logging
 import os
 import time
@@ -26,13 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shoal.config import default
-from shoal.meta.store import MetaStore, RangeCommit, RangeRecord
-from shoal.protocol.records import batch_spans
-from shoal.storage.concurrency import gather_bounded
+from shoal.meta.store import MetaStore, RangeRecord
 from shoal.storage.errors import ObjectNotFound
-from shoal.storage.format import BlockBuilder, BlockEntry, Labeler, labels_of, object_parts
+from shoal.storage.format import Labeler, labels_of
 from shoal.storage.merging import MergePolicy, mostly_dead, plan_merge
 from shoal.storage.objectstore import ObjectStore
+from shoal.storage.rewrite import InProcess, Job, Rewriter, Round, Written
 
 log = logging.getLogger("shoal.compaction")
 
@@ -53,6 +52,9 @@ class CompactionConfig:
     merge_min_objects: int = default("compaction.merge.min.objects")
     merge_max_objects: int = default("compaction.merge.max.objects")
     rewrite_live_ratio: float = default("compaction.rewrite.live.ratio")
+    #: build and write the new objects in a child process (rewrite.py); off
+    #: by default for engines used as a library, on in a broker (the key)
+    process: bool = False
 
     @property
     def merge_policy(self) -> MergePolicy:
@@ -88,8 +90,6 @@ class CompactionResult:
 
 # stream id -> its new ranges, so the engine can update what it serves from
 RangesChanged = Callable[[int, list[int], list[RangeRecord]], None]
-# a range's bytes, from the objects a round read
-BlockOf = Callable[[RangeRecord], memoryview]
 
 
 class Compactor:
@@ -102,7 +102,10 @@ class Compactor:
         on_change: RangesChanged,
         uploading: set[str] | None = None,
         label: Labeler | None = None,
+        rewriter: Rewriter | None = None,
     ) -> None:
+        #: builds and writes the new objects: in this process, or in a child
+        self.rewriter = rewriter if rewriter is not None else InProcess(store)
         self.uploading = uploading if uploading is not None else set()
         self._label = label
         self.store = store
@@ -145,34 +148,12 @@ class Compactor:
         result = CompactionResult()
         if not keys:
             return result
-        ranges = await self.meta.ranges_in_objects(keys)
-        # Bound the round's memory: whole objects in id order until max_bytes.
-        chosen: list[str] = []
-        size = 0
-        sizes: dict[str, int] = {}
-        for r in ranges:
-            sizes[r.object_key] = sizes.get(r.object_key, 0) + r.size
-        for key in keys:
-            if chosen and size + sizes.get(key, 0) > self.config.max_bytes:
-                break
-            chosen.append(key)
-            size += sizes.get(key, 0)
-        chosen_set = set(chosen)
-        ranges = [r for r in ranges if r.object_key in chosen_set]
-        wanted = [key for key in chosen if key in sizes]
-        blobs = await self.store.get_many(wanted)
-        data = dict(zip(wanted, blobs, strict=True))
-
-        def block_of(r: RangeRecord) -> memoryview:
-            return memoryview(data[r.object_key])[r.position : r.position + r.size]
-
-        shared = await self._stream_objects(ranges, block_of, wanted, result)
-        if shared:
-            await self._write(shared, block_of, "set", result, wanted)
+        done = await self._rewrite(keys, self.config.max_bytes, None, None, result)
+        chosen = done.chosen
         # WAL objects with no range left (all trimmed, or only empty) still
         # need scheduling: replace_ranges did that for the swapped ones.
         result.objects_in = len(chosen)
-        result.bytes_in = size
+        result.bytes_in = done.bytes_in
         result.more = len(keys) == self.config.max_objects or len(chosen) < len(keys)
         self.rounds += 1
         self.totals.add(result)
@@ -199,7 +180,6 @@ class Compactor:
         if not chosen:
             return result
         keys = [o.key for o in chosen]
-        ranges = await self.meta.ranges_in_objects(keys)
         # An object is read whole (one GET) unless it holds more dead bytes
         # than live and at least a block of them; of those only the live
         # ranges are read (a GET each). A small object read range by range
@@ -207,37 +187,16 @@ class Compactor:
         whole = [
             o.key for o in chosen if 2 * o.live >= o.size or o.size - o.live < policy.min_dead_bytes
         ]
-        wholes = set(whole)
-        parts = [r for r in ranges if r.object_key not in wholes and r.size]
         try:
-            blobs = await self.store.get_many(whole)
-            views = await gather_bounded(
-                [
-                    functools.partial(
-                        self.store.get_range, r.object_key, r.position, r.position + r.size
-                    )
-                    for r in parts
-                ]
-            )
+            done = await self._rewrite(keys, None, whole, policy.target, result)
         except ObjectNotFound as exc:
             # Trimmed empty and deleted since it was listed: the next round
             # plans again without it.
             log.info("merge round skipped: %s", exc)
             return result
-        data = dict(zip(whole, blobs, strict=True))
-        pieces = {(r.object_key, r.position): v for r, v in zip(parts, views, strict=True)}
-
-        def block_of(r: RangeRecord) -> memoryview:
-            if r.object_key in data:
-                return memoryview(data[r.object_key])[r.position : r.position + r.size]
-            return pieces.get((r.object_key, r.position), memoryview(b""))
-
-        shared = await self._stream_objects(ranges, block_of, keys, result)
-        for pack in _packs(shared, policy.target):
-            await self._write(pack, block_of, "set", result, keys)
         result.objects_in = len(chosen)
         result.bytes_in = sum(o.size for o in chosen)
-        result.bytes_live = sum(r.size for r in ranges)
+        result.bytes_live = done.bytes_in
         result.rewritten = sum(mostly_dead(o, policy) for o in chosen)
         self.merge_rounds += 1
         self.merge_totals.add(result)
@@ -254,168 +213,65 @@ class Compactor:
         )
         return result
 
-    async def _stream_objects(
+    async def _rewrite(
         self,
-        ranges: list[RangeRecord],
-        block_of: BlockOf,
-        sources: list[str],
+        candidates: list[str],
+        max_bytes: int | None,
+        whole: list[str] | None,
+        pack_bytes: int | None,
         result: CompactionResult,
-    ) -> list[tuple[int, list[RangeRecord]]]:
-        """Write each stream run of at least stream_object_bytes as objects of
-        its own (about that size each); return the smaller runs."""
-        by_stream: dict[int, list[RangeRecord]] = {}
-        for r in ranges:
-            by_stream.setdefault(r.stream_id, []).append(r)
-        shared: list[tuple[int, list[RangeRecord]]] = []
-        for sid, rs in sorted(by_stream.items()):
-            for run in _contiguous(rs):
-                run_bytes = sum(r.size for r in run)
-                if run_bytes >= self.config.stream_object_bytes:
-                    for piece in _pieces(run, self.config.stream_object_bytes):
-                        await self._write([(sid, piece)], block_of, "stream", result, sources)
-                else:
-                    shared.append((sid, run))
-        return shared
-
-    async def _write(
-        self,
-        runs: list[tuple[int, list[RangeRecord]]],
-        block_of: BlockOf,
-        kind: str,
-        result: CompactionResult,
-        sources: list[str],
-    ) -> None:
-        blocks: list[BlockBuilder] = []
-        plan: list[tuple[int, list[int], int, int]] = []  # stream, old starts, first, last block
-        for sid, run in runs:
-            first_block = len(blocks)
-            current: BlockBuilder | None = None
-            await asyncio.sleep(0)  # one stream's run at a time, then let clients in
-            for r in run:
-                block = block_of(r)
-                for start, end in batch_spans(block):
-                    batch = block[start:end]
-                    base = int.from_bytes(batch[0:8], "big", signed=True)
-                    last = base + int.from_bytes(batch[23:27], "big", signed=True)
-                    max_ts = int.from_bytes(batch[35:43], "big", signed=True)
-                    if current is None or current.size + len(batch) > self.config.block_bytes:
-                        # Blocks tile the run exactly: a range key compaction
-                        # left wider than its batches (offsets whose records
-                        # went) keeps covering them, so reads find no gap.
-                        begin = run[0].start_offset if current is None else current.end_offset
-                        current = BlockBuilder(sid, begin, last + 1, max_ts, [], 0)
-                        blocks.append(current)
-                    current.add(batch, last + 1, max_ts)
-            if current is None:  # no batch left in the run (all its records compacted away)
-                ts = max(r.max_timestamp for r in run)
-                current = BlockBuilder(sid, run[0].start_offset, run[-1].end_offset, ts, [], 0)
-                blocks.append(current)
-            current.end_offset = run[-1].end_offset
-            plan.append((sid, [r.start_offset for r in run], first_block, len(blocks)))
-        if not blocks:
-            return
-        labels = labels_of(self._label, {b.stream_id for b in blocks})
-        # Not assembled here: a file store writes the batches' buffers with
-        # writev, another store joins them off the event loop (a round is up
-        # to compaction.max.bytes, which copied on the loop stalled clients).
-        payload, entries, size = object_parts(blocks, labels)
+    ) -> Round:
+        """Have the round planned and its objects written (rewrite.py), then
+        swap each one's ranges in, in order. Until its swap an object is an
+        upload in flight (its key's prefix is in `uploading`), which the
+        cleaner leaves alone."""
+        rows, sids = await self.meta.range_rows(candidates)
         self._seq += 1
-        key = (
-            f"compacted/{self.node_id}/{int(time.time() * 1000):013d}-{os.getpid()}-"
-            f"{self._seq:08d}.obj"
+        prefix = (
+            f"compacted/{self.node_id}/{int(time.time() * 1000):013d}-{os.getpid()}-{self._seq:08d}"
         )
-        self.uploading.add(key)
+        job = Job(
+            rows,
+            candidates,
+            max_bytes,
+            whole,
+            pack_bytes,
+            self.config.block_bytes,
+            self.config.stream_object_bytes,
+            self.meta.swap_chunk_ranges if self.meta.is_sqlite else None,
+            prefix,
+            labels_of(self._label, json.loads(sids)),
+        )
+        self.uploading.add(prefix + "-")
         try:
-            await self.store.put(key, payload)
-            await self._swap(key, size, kind, plan, entries, result, sources)
+            done = await self.rewriter.run(job)
+            for written in done.written:
+                await self._swap(written, result)
         finally:
-            self.uploading.discard(key)
+            self.uploading.discard(prefix + "-")
+        return done
 
-    async def _swap(
-        self,
-        key: str,
-        size: int,
-        kind: str,
-        plan: list[tuple[int, list[int], int, int]],
-        entries: list[BlockEntry],
-        result: CompactionResult,
-        sources: list[str],
-    ) -> None:
-        replacements = []
-        new_by_stream: dict[int, list[RangeRecord]] = {}
-        for sid, old_starts, lo, hi in plan:
-            new = [
-                RangeCommit(
-                    sid, 0, e.start_offset, e.end_offset, e.position, e.size, e.max_timestamp
-                )
-                for e in entries[lo:hi]
-            ]
-            replacements.append((sid, old_starts, new))
-            new_by_stream.setdefault(sid, []).extend(
-                RangeRecord(
-                    sid, x.start_offset, x.end_offset, key, x.position, x.size, x.max_timestamp
-                )
-                for x in new
-            )
-        done = await self.meta.replace_ranges(
-            key,
-            size,
+    async def _swap(self, written: Written, result: CompactionResult) -> None:
+        swapped = await self.meta.swap_prepared(
+            written.key,
+            written.size,
             self.node_id,
-            kind,
-            replacements,
+            written.kind,
+            written.swap,
             self.config.delete_grace_ms,
-            sources,
         )
-        old: dict[int, list[int]] = {}
-        for sid, starts, _lo, _hi in plan:  # a stream may come in several runs
-            old.setdefault(sid, []).extend(starts)
-        for sid in done:
-            self.on_change(sid, old[sid], new_by_stream[sid])
+        # What this broker serves from, a stream at a time, letting clients
+        # in now and then (a merge round swaps thousands of streams).
+        key = written.key
+        by_stream = {x[0]: x for x in written.swap.swaps}
+        for n, sid in enumerate(swapped):
+            _sid, starts, news = by_stream[sid]
+            self.on_change(
+                sid,
+                list(starts),
+                [RangeRecord(sid, a, b, key, p, size, ts) for a, b, p, size, ts in news],
+            )
+            if n % 1000 == 999:
+                await asyncio.sleep(0)
         result.objects_out += 1
-        result.streams += len(done)
-
-
-def _contiguous(ranges: list[RangeRecord]) -> list[list[RangeRecord]]:
-    runs: list[list[RangeRecord]] = []
-    for r in ranges:
-        if runs and runs[-1][-1].end_offset == r.start_offset:
-            runs[-1].append(r)
-        else:
-            runs.append([r])
-    return runs
-
-
-def _packs(
-    runs: list[tuple[int, list[RangeRecord]]], target: int
-) -> list[list[tuple[int, list[RangeRecord]]]]:
-    """Small runs of many streams packed into shared objects of about
-    `target` bytes (a tail under half of it joins the pack before), so
-    merged objects leave the small tiers instead of growing without end."""
-    packs: list[list[tuple[int, list[RangeRecord]]]] = []
-    size = target
-    for sid, run in runs:
-        if size >= target:
-            packs.append([])
-            size = 0
-        packs[-1].append((sid, run))
-        size += sum(r.size for r in run)
-    if len(packs) > 1 and size < target // 2:
-        packs[-2].extend(packs.pop())
-    return packs
-
-
-def _pieces(run: list[RangeRecord], target: int) -> list[list[RangeRecord]]:
-    """A long run cut at range boundaries (a range is swapped whole) into
-    pieces of about `target` bytes; a tail under half of it joins the piece
-    before, rather than becoming a small object of its own."""
-    pieces: list[list[RangeRecord]] = [[]]
-    size = 0
-    for r in run:
-        if size >= target:
-            pieces.append([])
-            size = 0
-        pieces[-1].append(r)
-        size += r.size
-    if len(pieces) > 1 and size < target // 2:
-        pieces[-2].extend(pieces.pop())
-    return pieces
+        result.streams += len(swapped)

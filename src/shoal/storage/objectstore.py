@@ -65,6 +65,8 @@ class ObjectStore:
         """`create=False` (read-only commands): a file:// directory that does
         not exist is an error, not something to make."""
         self.url = url
+        #: kept so that another process can open the same store (rewrite.py)
+        self.options: dict[str, Any] = dict(options or {})
         parsed = urlparse(url)
         if parsed.scheme not in SCHEMES:
             raise InvalidObjectStoreURL(

@@ -54,6 +54,7 @@ from shoal.storage.keycompaction import KeyCompactionPolicy, compact_keys
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.producers import BatchMeta, ProducerEntry
 from shoal.storage.retention import retention_point
+from shoal.storage.rewrite import child_or_in_process
 from shoal.storage.throttle import ByteRate
 from shoal.storage.wal import Append, Wal, WalConfig
 
@@ -199,6 +200,7 @@ class StreamEngine:
             self._ranges_replaced,
             self.uploading,
             self.label,
+            child_or_in_process(store, config.compaction.process),
         )
         self.catchup = ByteRate(config.catchup_bytes_per_s)
         # Catch-up reads are paced only while producers are active: the pacing
@@ -228,6 +230,7 @@ class StreamEngine:
     async def close(self) -> None:
         await self.disk.stop()
         await self.wal.close()
+        await self.compactor.rewriter.close()
 
     # opening -------------------------------------------------------------
 
