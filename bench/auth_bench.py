@@ -19,7 +19,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 import ssl
 import sys
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from kio.schema.sasl_authenticate.v2.request import SaslAuthenticateRequest
 from kio.schema.sasl_handshake.v1.request import SaslHandshakeRequest
 
+from harness import cpu_seconds
 from security_helpers import PASSWORD, SecureBroker, make_certs, store_users
 from wire import call_async
 
@@ -99,12 +99,6 @@ async def storm(
     return done, time.monotonic() - start
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def produce_rate(conf: dict[str, Any], seconds: float) -> float:
     from confluent_kafka import Producer
 
@@ -145,11 +139,11 @@ def main() -> None:
         store_users(broker.metadata_url, ("alice",))
         ctx = ssl.create_default_context(cafile=str(certs.ca_file))
         assert broker.proc is not None
-        cpu0 = _cpu_seconds(broker.proc.pid)
+        cpu0 = cpu_seconds(broker.proc.pid)
         logins, took = asyncio.run(
             storm(broker.ports["SASL_SSL"], ctx, args.seconds, args.concurrency)
         )
-        cpu = _cpu_seconds(broker.proc.pid) - cpu0
+        cpu = cpu_seconds(broker.proc.pid) - cpu0
         rate = logins / took
         print(
             f"SASL_SSL SCRAM-SHA-256 logins: {rate:.0f}/s ({args.concurrency} concurrent); "

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
-import os
 import shutil
 import signal
 import socket
@@ -50,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from edge_harness import GatewayProcess, gateway_config  # noqa: E402
-from harness import BrokerProcess, free_port  # noqa: E402
+from harness import BrokerProcess, cpu_seconds, free_port  # noqa: E402
 
 PAYLOAD = 200
 
@@ -64,15 +63,6 @@ def rss_mib(pid: int) -> float:
     except OSError:
         pass
     return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        return 0.0
 
 
 # -- MQTT brokers -------------------------------------------------------------

@@ -55,11 +55,6 @@ def load(name: str) -> Any:
     return module
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
 def produce_forever(bootstrap: str, topics: list[str], partitions: int, stop: Any) -> None:
     """One record per partition per second, in 100 slices of 10 ms."""
     from confluent_kafka import Producer
@@ -244,10 +239,10 @@ def main(
                 poll = consumer.fetch
             else:
                 consumer, poll = kafka_python_consumer(broker.bootstrap, names, partitions)
-            cpu_first, t_first = cpu_seconds(broker.proc.pid), time.monotonic()
+            cpu_first, t_first = harness.cpu_seconds(broker.proc.pid), time.monotonic()
             poll()
             first_s = time.monotonic() - t_first
-            first_cpu = cpu_seconds(broker.proc.pid) - cpu_first
+            first_cpu = harness.cpu_seconds(broker.proc.pid) - cpu_first
             stop = multiprocessing.Event()
             producer = multiprocessing.Process(
                 target=produce_forever,
@@ -262,7 +257,7 @@ def main(
             while True:
                 now = time.monotonic()
                 if not measuring and now - begin >= warmup:
-                    measuring, t0, cpu0 = True, now, cpu_seconds(broker.proc.pid)
+                    measuring, t0, cpu0 = True, now, harness.cpu_seconds(broker.proc.pid)
                     load0 = os.getloadavg()[0]
                     latencies.clear()
                     fetches = answered_total = 0
@@ -275,7 +270,7 @@ def main(
                 for first_ts, count in got:
                     latencies.extend([received - first_ts] * count)
             elapsed = time.monotonic() - t0
-            cpu = cpu_seconds(broker.proc.pid) - cpu0
+            cpu = harness.cpu_seconds(broker.proc.pid) - cpu0
             load1 = os.getloadavg()[0]
             stop.set()
             if not idle:

@@ -53,17 +53,12 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kio.schema.api_versions.v0.request import ApiVersionsRequest
 from kio.schema.produce.v9 import request as pr
 
-from harness import BrokerProcess
+from harness import BrokerProcess, cpu_seconds
 from wire import decode_response, make_batch, request_frame
 
 MAX_REQUEST = 1 << 20  # the Java producer's max.request.size
 IN_FLIGHT = 5
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
@@ -259,19 +254,19 @@ def run(target: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         assert broker.proc is not None
         pid = broker.proc.pid
         for phase in ("first" if target == "tansu" else "cold", "warm", "warm2"):
-            c0, m0 = cpu_s(pid), time.process_time()
+            c0, m0 = cpu_seconds(pid), time.process_time()
             out[phase] = asyncio.run(each(broker.bootstrap, targets, args.size))
-            out[phase]["broker_cpu_s"] = round(cpu_s(pid) - c0, 3)
+            out[phase]["broker_cpu_s"] = round(cpu_seconds(pid) - c0, 3)
             out[phase]["client_cpu_s"] = round(time.process_time() - m0, 3)
         if args.seconds > 0:
-            c0, m0 = cpu_s(pid), time.process_time()
+            c0, m0 = cpu_seconds(pid), time.process_time()
             timeline: list[tuple[float, float]] | None = [] if args.timeline else None
             out["sustained"] = asyncio.run(
                 sustained(
                     broker.bootstrap, targets, args.size, args.seconds, args.linger_ms, timeline
                 )
             )
-            out["sustained"]["broker_cores"] = round((cpu_s(pid) - c0) / args.seconds, 3)
+            out["sustained"]["broker_cores"] = round((cpu_seconds(pid) - c0) / args.seconds, 3)
             # this process: well under a core means the client is not what limits
             out["sustained"]["client_cores"] = round((time.process_time() - m0) / args.seconds, 3)
             if timeline:

@@ -41,7 +41,7 @@ from click.testing import CliRunner  # noqa: E402
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
-from harness import BrokerProcess  # noqa: E402
+from harness import BrokerProcess, cpu_seconds  # noqa: E402
 from shoal.link.cli import link  # noqa: E402
 
 RECORD = 1024
@@ -98,12 +98,6 @@ def source_and_target(
     finally:
         src.stop()
         dst.stop()
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (the broker's CPU, whatever else runs)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def produce(bootstrap: str, topic: str, total_bytes: int, rate: float | None) -> None:

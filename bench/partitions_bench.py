@@ -54,11 +54,6 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def create_topics(bootstrap: str, names: list[str], partitions: int) -> float:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     t0 = time.monotonic()
@@ -180,14 +175,14 @@ def main(
                 "message.timeout.ms": 600_000,
             }
         )
-        cpu0 = cpu_s(pid)
+        cpu0 = harness.cpu_seconds(pid)
         out["cold"] = one_each(prod, names, partitions, size)
-        cpu1 = cpu_s(pid)
+        cpu1 = harness.cpu_seconds(pid)
         out["cold"]["broker_cpu_s"] = round(cpu1 - cpu0, 2)
         out["rss_after_cold_kib"] = rss_kib(pid)
         if not no_warm:
             out["warm"] = one_each(prod, names, partitions, size)
-            out["warm"]["broker_cpu_s"] = round(cpu_s(pid) - cpu1, 2)
+            out["warm"]["broker_cpu_s"] = round(harness.cpu_seconds(pid) - cpu1, 2)
             out["warm2"] = one_each(prod, names, partitions, size)
             out["rss_after_warm_kib"] = rss_kib(pid)
         if "rss_ready_kib" in out:

@@ -64,6 +64,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from harness import cpu_seconds
 from security_helpers import Certs, SecureBroker, make_certs
 from shoal.protocol.headers import read_uvarint
 
@@ -294,10 +295,12 @@ def _children_cpu() -> float:
 
 
 def _cpu_seconds(pid: int, thread: int | None = None) -> float:
-    """User + system CPU time of a process, or of one of its threads (Linux
-    /proc; a process's first thread, its event loop, has the process's id)."""
-    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
-    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    """User + system CPU time of a process with its children (harness.py),
+    or of one of its threads (Linux /proc; a process's first thread, its
+    event loop, has the process's id)."""
+    if thread is None:
+        return cpu_seconds(pid)
+    fields = Path(f"/proc/{pid}/task/{thread}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
