@@ -228,3 +228,73 @@ async def test_a_compaction_round_swaps_on_both_engines(meta: MetaStore) -> None
         assert [read_header(c).base_offset for c in got] == [0, 2, 4, 6]
     await eng.close()
     await fresh.close()
+
+
+@pytest.fixture
+async def pg_meta() -> AsyncIterator[MetaStore]:
+    from cluster_harness import new_database
+
+    m = await MetaStore.open(new_database())
+    yield m
+    await m.close()
+
+
+async def _waiting_on_a_lock(meta: MetaStore) -> None:
+    """Until a session of this database waits for a row lock."""
+    from sqlalchemy import text
+
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    for _ in range(600):
+        async with meta.engine.connect() as conn:
+            if (await conn.execute(query)).scalar_one():
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the swap never waited for the row lock")
+
+
+async def test_a_postgresql_swap_does_not_hold_up_wal_commits(pg_meta: MetaStore) -> None:
+    """A swap's transaction (here held open by a row lock another session
+    takes on one of its old ranges) leaves WAL commits free to go, as
+    another broker's are; a trim of the swapped stream waits for the swap
+    and then finds the new range, not a stale one left below its start."""
+    from sqlalchemy import text
+
+    from shoal.meta.store import ObjectCommit
+
+    (a, b), _where = await four_objects_per_stream(pg_meta, 2)
+    other = (await pg_meta.create_topic(f"o{uuid.uuid4().hex[:6]}", 1, {})).partitions[0]
+    blocker = await pg_meta.engine.connect()
+    tx = await blocker.begin()
+    # the store ends sessions idle in a transaction after 2 s; not this one
+    await blocker.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
+    await blocker.execute(
+        text("SELECT 1 FROM stream_ranges WHERE stream_id = :a AND start_offset = 0 FOR UPDATE"),
+        {"a": a},
+    )
+    runs = [run(a, [0, 1, 2, 3], 0, 4, 0), run(b, [0, 1, 2, 3], 0, 4, 10)]
+    swap = asyncio.create_task(
+        pg_meta.replace_ranges("compacted/p.obj", 20, 0, "compacted", runs, 60_000)
+    )
+    try:
+        await _waiting_on_a_lock(pg_meta)
+        rc = RangeCommit(other.stream_id, 0, 0, 1, 0, 10, 0)
+        await asyncio.wait_for(
+            pg_meta.commit_objects([ObjectCommit("wal/beside.wal", 10, [rc])], 0),
+            20,  # under the server's 30 s transaction timeout, which would free the swap
+        )
+        trim = asyncio.create_task(pg_meta.trim_stream(a, 4))
+        assert not swap.done()
+    finally:
+        await tx.rollback()
+        await blocker.close()
+    assert sorted(await swap) == sorted([a, b])
+    assert await trim == 4
+    left = await pg_meta.ranges_in_objects(sorted(await pg_meta.object_keys()))
+    assert not [r for r in left if r.stream_id == a]
+    assert [(r.start_offset, r.end_offset, r.object_key) for r in left if r.stream_id == b] == [
+        (0, 4, "compacted/p.obj")
+    ]
+    assert [r.object_key for r in left if r.stream_id == other.stream_id] == ["wal/beside.wal"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from shoal.meta.pg_swap import SwapColumns
 from shoal.meta.sqlite_swap import SwapChunk
 
 #: a new range: start offset, end offset, position, size, max timestamp
@@ -25,11 +26,12 @@ Swap = tuple[int, Sequence[int], Sequence[NewRange]]
 class PreparedSwap:
     """`swaps` has one entry per stream. On SQLite `chunks` holds the
     transactions' parameters (`chunk_ranges` given to `prepare`); on
-    PostgreSQL it is empty and the swap is one transaction of `swaps`."""
+    PostgreSQL `columns` holds the one transaction's arrays."""
 
     swaps: list[Swap]
     sources: tuple[str, ...]
     chunks: list[SwapChunk]
+    columns: SwapColumns | None = None
 
 
 def prepare(
@@ -39,7 +41,7 @@ def prepare(
     each stream's old starts deduplicated (the count of those still there is
     compared with their number); with `chunk_ranges`, SQLite's chunks of
     streams of at most that many old ranges (a stream with more is a chunk
-    of its own)."""
+    of its own); without, PostgreSQL's columns."""
     merged: dict[int, tuple[list[int], list[NewRange]]] = {}
     for sid, old_starts, new_ranges in swaps:
         starts, news = merged.setdefault(sid, ([], []))
@@ -59,4 +61,5 @@ def prepare(
             group.append(x)
             n += len(x[1])
         chunks.append(SwapChunk.of(group, sources))
-    return PreparedSwap(streams, tuple(sources), chunks)
+        return PreparedSwap(streams, tuple(sources), chunks)
+    return PreparedSwap(streams, tuple(sources), [], SwapColumns.of(streams))

@@ -23,7 +23,6 @@ from sqlalchemy import (
     BigInteger,
     Integer,
     Text,
-    any_,
     bindparam,
     cast,
     column,
@@ -43,7 +42,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from shoal.meta import range_swap, sqlite_swap
+from shoal.meta import pg_swap, range_swap, sqlite_swap
 from shoal.meta import schema as s
 from shoal.meta.checkpoint import Checkpointer
 from shoal.meta.params import in_
@@ -294,6 +293,9 @@ class MetaStore:
         self.is_sqlite = engine.dialect.name == "sqlite"
         # SQLite has one writer; serialising here avoids "database is locked".
         self._write_lock = asyncio.Lock()
+        #: what rewrites or deletes ranges (a swap, a trim, a topic's
+        #: deletion) holds this first: on PostgreSQL a swap holds it alone
+        self._ranges_lock = asyncio.Lock()
         self.delete_grace_ms = 60_000  # how long replaced objects stay readable
         #: SQLite: most old ranges one transaction of a range swap replaces
         self.swap_chunk_ranges = 8192
@@ -373,6 +375,12 @@ class MetaStore:
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
         async with self._write_lock, self.engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _ranges_tx(self) -> AsyncIterator[AsyncConnection]:
+        """`_tx` for what deletes ranges: after any swap under way."""
+        async with self._ranges_lock, self._tx() as conn:
             yield conn
 
     @asynccontextmanager
@@ -520,7 +528,7 @@ class MetaStore:
     async def delete_topic(self, name: str) -> TopicRecord:
         """Remove the topic; its streams are marked deleted so that their
         objects can be reclaimed by the cleaner."""
-        async with self._tx() as conn:
+        async with self._ranges_tx() as conn:
             topic = await self._topic(conn, name)
             ids = [p.stream_id for p in topic.partitions]
             await conn.execute(
@@ -1053,7 +1061,7 @@ class MetaStore:
         Ranges wholly below the new start go, and objects left without any
         range are scheduled for deletion after the grace period.
         """
-        async with self._tx() as conn:
+        async with self._ranges_tx() as conn:
             await conn.execute(
                 update(s.streams)
                 .where(s.streams.c.id == stream_id, s.streams.c.start_offset < new_start)
@@ -1143,9 +1151,7 @@ class MetaStore:
         compaction's child process prepares them), with its chunks on
         SQLite. Returns the stream ids swapped."""
         if not self.is_sqlite:
-            return await self._swap_chunk(
-                key, size, node_id, kind, prepared.swaps, grace_ms, prepared.sources
-            )
+            return await self._swap_pg(key, size, node_id, kind, prepared, grace_ms)
         if not prepared.chunks:
             raise ValueError("a swap on SQLite needs its chunks (range_swap.prepare)")
         # SQLite: chunks of streams, a transaction each, so that WAL commits
@@ -1199,63 +1205,28 @@ class MetaStore:
             self._swapping.add(object_id)
         return object_id, swapped
 
-    async def _swap_chunk(
-        self,
-        key: str,
-        size: int,
-        node_id: int,
-        kind: str,
-        streams: Sequence[Swap],
-        grace_ms: int,
-        sources: Sequence[str],
+    async def _swap_pg(
+        self, key: str, size: int, node_id: int, kind: str, prepared: PreparedSwap, grace_ms: int
     ) -> list[int]:
-        """A PostgreSQL swap, in one transaction: the object's row, then the
-        streams' ranges. Returns the streams swapped."""
-        r = s.stream_ranges
-        async with self._tx() as conn:
-            source_ids: list[int] = []
-            if sources:
-                o = s.objects
-                source_ids = [
-                    int(i)
-                    for i in (
-                        await conn.execute(select(o.c.id).where(in_(o.c.key, list(sources))))
-                    ).scalars()
-                ]
+        """A PostgreSQL swap, in one transaction (pg_swap.py): the object's
+        row, then the streams' ranges. It holds the ranges lock, not the
+        write lock: WAL commits (every produce ack) go on beside it on
+        other connections, as another broker's would; they add ranges above
+        the ones swapped and never touch those. What deletes ranges (trims,
+        topic deletion) waits for it. Returns the streams swapped."""
+        columns = prepared.columns
+        if columns is None:
+            raise ValueError("a swap on PostgreSQL needs its columns (range_swap.prepare)")
+        async with self._ranges_lock, self.engine.begin() as conn:
             result = await conn.execute(
                 insert(s.objects).values(
                     key=key, size=size, created_ms=now_ms(), node_id=node_id, kind=kind
                 )
             )
             object_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-            # A few statements for all streams, not three per stream: this
-            # transaction holds the write lock, and every statement is a
-            # round trip.
-            present = await _present_pg(conn, streams, source_ids if sources else None)
-            swap = [x for x in streams if present.get(x[0], 0) == len(x[1])]
-            if swap:
-                old = _pg_pairs()
-                await conn.execute(
-                    delete(r).where(r.c.stream_id == old.c.sid, r.c.start_offset == old.c.start_at),
-                    _pair_params(swap),
-                )
-            new_rows = [
-                {
-                    "stream_id": stream_id,
-                    "start_offset": start,
-                    "end_offset": end,
-                    "object_id": object_id,
-                    "position": position,
-                    "size": length,
-                    "max_timestamp": ts,
-                }
-                for stream_id, _old, new_ranges in swap
-                for start, end, position, length, ts in new_ranges
-            ]
-            if new_rows:
-                await conn.execute(insert(r), new_rows)
+            swapped = await pg_swap.swap(conn, columns, object_id, prepared.sources)
             await self._schedule_unreferenced(conn, grace_ms)
-        return [stream_id for stream_id, _old, _new in swap]
+        return swapped
 
     async def wal_objects(self, node_id: int, older_than_ms: int, limit: int) -> list[str]:
         """Committed WAL objects of a node, oldest first, for compaction."""
@@ -1509,45 +1480,3 @@ _CATALOG_DIGEST = text(
     )
     """
 )
-
-
-async def _present_pg(
-    conn: AsyncConnection, replacements: Sequence[Swap], source_ids: list[int] | None
-) -> dict[int, int]:
-    """How many of each stream's old ranges are still there (and, with
-    `source_ids`, still in one of those objects): the (stream, start) pairs
-    come as two arrays joined on the primary key. A row-value IN list of a compaction
-    round's pairs (thousands, after a fleet's load) is matched against every
-    row it scans: 3 s per round with 10,000 partitions, all of it under the
-    write lock that WAL commits, and so every produce ack, wait behind."""
-    if not replacements:
-        return {}
-    r = s.stream_ranges
-    old = _pg_pairs()
-    q = (
-        select(r.c.stream_id, func.count())
-        .where(r.c.stream_id == old.c.sid, r.c.start_offset == old.c.start_at)
-        .group_by(r.c.stream_id)
-    )
-    params = _pair_params(replacements)
-    if source_ids is not None:
-        q = q.where(r.c.object_id == any_(bindparam("sources", type_=ARRAY(Integer))))
-        params["sources"] = source_ids
-    return {int(sid): int(n) for sid, n in await conn.execute(q, params)}
-
-
-def _pg_pairs() -> Any:
-    """unnest(:old_sid, :old_start) as a table of (sid, start_at)."""
-    return (
-        func.unnest(
-            bindparam("old_sid", type_=ARRAY(Integer)),
-            bindparam("old_start", type_=ARRAY(BigInteger)),
-        )
-        .table_valued(column("sid", Integer), column("start_at", BigInteger))
-        .render_derived(name="old_ranges")
-    )
-
-
-def _pair_params(replacements: Sequence[Swap]) -> dict[str, Any]:
-    pairs = [(sid, start) for sid, starts, _ in replacements for start in starts]
-    return {"old_sid": [p[0] for p in pairs], "old_start": [p[1] for p in pairs]}
