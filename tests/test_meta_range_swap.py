@@ -298,3 +298,25 @@ async def test_a_postgresql_swap_does_not_hold_up_wal_commits(pg_meta: MetaStore
         (0, 4, "compacted/p.obj")
     ]
     assert [r.object_key for r in left if r.stream_id == other.stream_id] == ["wal/beside.wal"]
+
+
+def test_prepared_columns_give_back_each_streams_swap() -> None:
+    """What the broker serves from after a swap comes back from the columns
+    as it went in: runs of one stream merged, old starts deduplicated, a
+    stream with no new range and one with several."""
+    from shoal.meta.range_swap import prepare
+
+    swaps = [
+        (7, [0, 1], [(0, 2, 0, 20, 5)]),
+        (3, [0, 1, 2], []),
+        (7, [2, 3, 3], [(2, 4, 20, 20, 6), (4, 5, 40, 10, 7)]),
+        (9, [10], [(10, 11, 50, 10, 8)]),
+    ]
+    for chunk_ranges in (None, 2):
+        columns = prepare(swaps, (), chunk_ranges).columns
+        assert columns.streams == [7, 3, 9]
+        assert list(columns.of_streams([9, 7])) == [
+            (9, [10], [(10, 11, 50, 10, 8)]),
+            (7, [0, 1, 2, 3], [(0, 2, 0, 20, 5), (2, 4, 20, 20, 6), (4, 5, 40, 10, 7)]),
+        ]
+        assert list(columns.of_streams([3])) == [(3, [0, 1, 2], [])]

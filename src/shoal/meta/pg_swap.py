@@ -1,7 +1,7 @@
 """A range swap's statements on PostgreSQL, its parameters as arrays.
 
 Compaction's child process (storage/rewrite.py) turns a round's swap into
-columns of integers (`SwapColumns`); the broker binds them as arrays that
+columns of integers (range_swap.SwapColumns); the broker binds them as arrays that
 `unnest` turns back into rows inside the server, so a swap of 300,000
 ranges costs the event loop a handful of statements, not a Python dict
 and a bound row per range. The swap is one transaction (SQLite's chunks
@@ -12,7 +12,6 @@ connections) and keeps each stream all or nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
@@ -20,36 +19,7 @@ from sqlalchemy import text
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-    from shoal.meta.range_swap import Swap
-
-
-@dataclass(frozen=True, slots=True)
-class SwapColumns:
-    """The old ranges as (stream, start) pairs and the new ones as six
-    columns, one element per range, in stream order."""
-
-    streams: list[int]
-    old_counts: list[int]  # each stream's number of old ranges, as `streams`
-    old_sid: list[int]
-    old_start: list[int]
-    new_sid: list[int]
-    new_start: list[int]
-    new_end: list[int]
-    new_position: list[int]
-    new_size: list[int]
-    new_max_timestamp: list[int]
-
-    @classmethod
-    def of(cls, streams: Sequence[Swap]) -> SwapColumns:
-        new = [(sid, *x) for sid, _starts, news in streams for x in news]
-        columns = [list(c) for c in zip(*new, strict=True)] if new else [[] for _ in range(6)]
-        return cls(
-            [sid for sid, _s, _n in streams],
-            [len(starts) for _sid, starts, _n in streams],
-            [sid for sid, starts, _n in streams for _ in starts],
-            [start for _sid, starts, _n in streams for start in starts],
-            *columns,
-        )
+    from shoal.meta.range_swap import SwapColumns
 
 
 _OLD = "unnest(CAST(:old_sid AS INTEGER[]), CAST(:old_start AS BIGINT[])) AS old(sid, start_at)"

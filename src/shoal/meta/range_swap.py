@@ -10,10 +10,10 @@ clients.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
-from shoal.meta.pg_swap import SwapColumns
 from shoal.meta.sqlite_swap import SwapChunk
 
 #: a new range: start offset, end offset, position, size, max timestamp
@@ -23,15 +23,74 @@ Swap = tuple[int, Sequence[int], Sequence[NewRange]]
 
 
 @dataclass(frozen=True, slots=True)
-class PreparedSwap:
-    """`swaps` has one entry per stream. On SQLite `chunks` holds the
-    transactions' parameters (`chunk_ranges` given to `prepare`); on
-    PostgreSQL `columns` holds the one transaction's arrays."""
+class SwapColumns:
+    """A swap's streams, old ranges and new ranges as columns of integers,
+    one element per stream or per range, in stream order. A few lists,
+    whatever the number of ranges: unpickled in the broker they are a few
+    objects for the collector, where tuples and lists per stream and per
+    range were tens of thousands per round, each one traversed by young
+    collections and promoted (25-45 ms pauses, every round)."""
 
-    swaps: list[Swap]
+    streams: list[int]
+    old_counts: list[int]  # each stream's number of old ranges, as `streams`
+    new_counts: list[int]  # and of new ranges
+    old_sid: list[int]
+    old_start: list[int]
+    new_sid: list[int]
+    new_start: list[int]
+    new_end: list[int]
+    new_position: list[int]
+    new_size: list[int]
+    new_max_timestamp: list[int]
+
+    @classmethod
+    def of(cls, streams: Sequence[Swap]) -> SwapColumns:
+        new = [(sid, *x) for sid, _starts, news in streams for x in news]
+        columns = [list(c) for c in zip(*new, strict=True)] if new else [[] for _ in range(6)]
+        return cls(
+            [sid for sid, _s, _n in streams],
+            [len(starts) for _sid, starts, _n in streams],
+            [len(news) for _sid, _s, news in streams],
+            [sid for sid, starts, _n in streams for _ in starts],
+            [start for _sid, starts, _n in streams for start in starts],
+            *columns,
+        )
+
+    def of_streams(self, wanted: Iterable[int]) -> Iterator[tuple[int, list[int], list[NewRange]]]:
+        """The swaps of the `wanted` streams (each one of `streams`), as
+        (stream, old starts, new ranges)."""
+        old_at = [0, *accumulate(self.old_counts)]
+        new_at = [0, *accumulate(self.new_counts)]
+        index = {sid: i for i, sid in enumerate(self.streams)}
+        for sid in wanted:
+            i = index[sid]
+            a, b = new_at[i], new_at[i + 1]
+            yield (
+                sid,
+                self.old_start[old_at[i] : old_at[i + 1]],
+                list(
+                    zip(
+                        self.new_start[a:b],
+                        self.new_end[a:b],
+                        self.new_position[a:b],
+                        self.new_size[a:b],
+                        self.new_max_timestamp[a:b],
+                        strict=True,
+                    )
+                ),
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedSwap:
+    """On SQLite `chunks` holds the transactions' parameters (`chunk_ranges`
+    given to `prepare`); on PostgreSQL the one transaction binds
+    `columns`, which on both engines also tell the broker what to serve
+    from once the swap is done."""
+
+    columns: SwapColumns
     sources: tuple[str, ...]
     chunks: list[SwapChunk]
-    columns: SwapColumns | None = None
 
 
 def prepare(
@@ -41,7 +100,7 @@ def prepare(
     each stream's old starts deduplicated (the count of those still there is
     compared with their number); with `chunk_ranges`, SQLite's chunks of
     streams of at most that many old ranges (a stream with more is a chunk
-    of its own); without, PostgreSQL's columns."""
+    of its own)."""
     merged: dict[int, tuple[list[int], list[NewRange]]] = {}
     for sid, old_starts, new_ranges in swaps:
         starts, news = merged.setdefault(sid, ([], []))
@@ -61,5 +120,4 @@ def prepare(
             group.append(x)
             n += len(x[1])
         chunks.append(SwapChunk.of(group, sources))
-        return PreparedSwap(streams, tuple(sources), chunks)
-    return PreparedSwap(streams, tuple(sources), [], SwapColumns.of(streams))
+    return PreparedSwap(SwapColumns.of(streams), tuple(sources), chunks)

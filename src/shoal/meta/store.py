@@ -1215,8 +1215,6 @@ class MetaStore:
         the ones swapped and never touch those. What deletes ranges (trims,
         topic deletion) waits for it. Returns the streams swapped."""
         columns = prepared.columns
-        if columns is None:
-            raise ValueError("a swap on PostgreSQL needs its columns (range_swap.prepare)")
         async with self._ranges_lock, self.engine.begin() as conn:
             result = await conn.execute(
                 insert(s.objects).values(

@@ -263,12 +263,10 @@ class Compactor:
         # What this broker serves from, a stream at a time, letting clients
         # in now and then (a merge round swaps thousands of streams).
         key = written.key
-        by_stream = {x[0]: x for x in written.swap.swaps}
-        for n, sid in enumerate(swapped):
-            _sid, starts, news = by_stream[sid]
+        for n, (sid, starts, news) in enumerate(written.swap.columns.of_streams(swapped)):
             self.on_change(
                 sid,
-                list(starts),
+                starts,
                 [RangeRecord(sid, a, b, key, p, size, ts) for a, b, p, size, ts in news],
             )
             if n % 1000 == 999:
