@@ -293,8 +293,9 @@ class MetaStore:
         self.is_sqlite = engine.dialect.name == "sqlite"
         # SQLite has one writer; serialising here avoids "database is locked".
         self._write_lock = asyncio.Lock()
-        #: what rewrites or deletes ranges (a swap, a trim, a topic's
-        #: deletion) holds this first: on PostgreSQL a swap holds it alone
+        #: what rewrites or deletes ranges (a range swap, a trim, a topic's
+        #: deletion) holds this for its whole run, before the write lock; a
+        #: PostgreSQL swap holds it alone, so WAL commits go on beside it
         self._ranges_lock = asyncio.Lock()
         self.delete_grace_ms = 60_000  # how long replaced objects stay readable
         #: SQLite: most old ranges one transaction of a range swap replaces
@@ -1150,8 +1151,14 @@ class MetaStore:
         """`replace_ranges` for a swap prepared already (meta/range_swap.py:
         compaction's child process prepares them), with its chunks on
         SQLite. Returns the stream ids swapped."""
-        if not self.is_sqlite:
-            return await self._swap_pg(key, size, node_id, kind, prepared, grace_ms)
+        async with self._ranges_lock:
+            if not self.is_sqlite:
+                return await self._swap_pg(key, size, node_id, kind, prepared, grace_ms)
+            return await self._swap_sqlite(key, size, node_id, kind, prepared, grace_ms)
+
+    async def _swap_sqlite(
+        self, key: str, size: int, node_id: int, kind: str, prepared: PreparedSwap, grace_ms: int
+    ) -> list[int]:
         if not prepared.chunks:
             raise ValueError("a swap on SQLite needs its chunks (range_swap.prepare)")
         # SQLite: chunks of streams, a transaction each, so that WAL commits
@@ -1209,13 +1216,12 @@ class MetaStore:
         self, key: str, size: int, node_id: int, kind: str, prepared: PreparedSwap, grace_ms: int
     ) -> list[int]:
         """A PostgreSQL swap, in one transaction (pg_swap.py): the object's
-        row, then the streams' ranges. It holds the ranges lock, not the
-        write lock: WAL commits (every produce ack) go on beside it on
-        other connections, as another broker's would; they add ranges above
-        the ones swapped and never touch those. What deletes ranges (trims,
-        topic deletion) waits for it. Returns the streams swapped."""
+        row, then the streams' ranges. Not under the write lock: WAL
+        commits (every produce ack) go on beside it on other connections,
+        as another broker's would; they add ranges above the ones swapped
+        and never touch those. Returns the streams swapped."""
         columns = prepared.columns
-        async with self._ranges_lock, self.engine.begin() as conn:
+        async with self.engine.begin() as conn:
             result = await conn.execute(
                 insert(s.objects).values(
                     key=key, size=size, created_ms=now_ms(), node_id=node_id, kind=kind
