@@ -41,7 +41,13 @@ class CompactionConfig:
     """The compaction.* keys (defaults from config.py's catalogue)."""
 
     min_age_ms: int = default("compaction.min.age.ms")
-    max_objects: int = 256  # WAL objects a round takes (no key)
+    #: WAL objects a round takes (no key; max_bytes bounds the data). A
+    #: round's work on the event loop and in the metadata store goes with
+    #: the streams it swaps, whatever the number of objects: at a fleet's
+    #: small WAL objects (10,000 streams in each 256 of them) rounds of 256
+    #: swapped every stream again and again, and 30 s of backlog took 20
+    #: rounds back to back (docs/BENCHMARKS.md).
+    max_objects: int = 4096
     max_bytes: int = default("compaction.max.bytes")
     block_bytes: int = default("compaction.block.bytes")
     stream_object_bytes: int = default("compaction.stream.object.bytes")
@@ -126,7 +132,7 @@ class Compactor:
 
     async def catch_up(self, until: float, node_id: int | None = None) -> CompactionResult:
         """Rounds until the WAL objects old enough are all compacted, or the
-        monotonic clock passes `until`. A round takes max_objects (256), and
+        monotonic clock passes `until`. A round takes max_objects, and
         a local store at a fleet's small requests writes hundreds a second:
         one round per compaction interval let them pile up without bound
         (10,000 WAL objects after 12 s of such load, here)."""
@@ -261,7 +267,8 @@ class Compactor:
             self.config.delete_grace_ms,
         )
         # What this broker serves from, a stream at a time, letting clients
-        # in now and then (a merge round swaps thousands of streams).
+        # in every 100 streams (a round swaps thousands; every 1,000, a
+        # slice of 5-6 ms held up each WAL commit cycle it fell into).
         key = written.key
         for n, (sid, starts, news) in enumerate(written.swap.columns.of_streams(swapped)):
             self.on_change(
@@ -269,7 +276,7 @@ class Compactor:
                 starts,
                 [RangeRecord(sid, a, b, key, p, size, ts) for a, b, p, size, ts in news],
             )
-            if n % 1000 == 999:
+            if n % 100 == 99:
                 await asyncio.sleep(0)
         result.objects_out += 1
         result.streams += len(swapped)
