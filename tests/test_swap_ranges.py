@@ -3,10 +3,12 @@ bisection in the usual case, always what the plain filter-and-sort gives."""
 
 from __future__ import annotations
 
+import gc
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shoal.meta.store import RangeRecord
+from shoal.meta.store import R_KEY, R_START, RangeRecord
 from shoal.storage.streams import swap_ranges
 
 
@@ -60,5 +62,14 @@ def test_neighbours_are_spliced() -> None:
     ranges = [_range(s) for s in (0, 1, 2, 3, 4)]
     got, starts, gone = swap_ranges(ranges, [0, 1, 2, 3, 4], [2, 1], [_range(1, "c")])
     assert starts == [0, 1, 3, 4]
-    assert [r.object_key for r in got] == ["wal", "c", "wal", "wal"]
-    assert [r.start_offset for r in gone] == [1, 2]
+    assert [r[R_KEY] for r in got] == ["wal", "c", "wal", "wal"]
+    assert [r[R_START] for r in gone] == [1, 2]
+
+
+def test_swapped_in_ranges_are_plain_tuples_the_collector_lets_go() -> None:
+    # A stream holds a range per WAL commit until compaction: as records (a
+    # NamedTuple, a class instance) every older collection traversed them.
+    got, _starts, _gone = swap_ranges([_range(0)], [0], [0], [_range(0, "c"), _range(1, "c")])
+    gc.collect()
+    assert [type(r) for r in got] == [tuple, tuple]
+    assert not any(gc.is_tracked(r) for r in got)

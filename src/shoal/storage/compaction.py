@@ -22,11 +22,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from shoal.config import default
-from shoal.meta.store import MetaStore, RangeRecord
+from shoal.meta.store import MetaStore, Range
 from shoal.storage.errors import ObjectNotFound
 from shoal.storage.format import Labeler, labels_of
 from shoal.storage.merging import MergePolicy, mostly_dead, plan_merge
@@ -94,8 +94,9 @@ class CompactionResult:
         self.rewritten += other.rewritten
 
 
-# stream id -> its new ranges, so the engine can update what it serves from
-RangesChanged = Callable[[int, list[int], list[RangeRecord]], None]
+# stream id, its old ranges' starts, its new ranges: so that the engine
+# updates what it serves from
+RangesChanged = Callable[[int, list[int], Sequence[Range]], None]
 
 
 class Compactor:
@@ -274,7 +275,7 @@ class Compactor:
             self.on_change(
                 sid,
                 starts,
-                [RangeRecord(sid, a, b, key, p, size, ts) for a, b, p, size, ts in news],
+                [(sid, a, b, key, p, size, ts) for a, b, p, size, ts in news],
             )
             if n % 100 == 99:
                 await asyncio.sleep(0)

@@ -19,13 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from shoal.meta.store import (
+    R_END,
+    R_KEY,
+    R_POSITION,
+    R_START,
     AbortedTxn,
     MetaStore,
     OpenedStream,
     ProducerRow,
+    Range,
     RangeCommit,
     RangeRecord,
     StreamFenced,
+    plain_range,
 )
 from shoal.protocol.batches import ABORT_MARKER, control_batch, control_type
 from shoal.protocol.records import (
@@ -99,7 +105,9 @@ class StreamState:
     end_offset: int  # committed: the high watermark
     next_offset: int  # handed out to appends not yet committed
     range_starts: list[int] = field(default_factory=list)
-    ranges: list[RangeRecord] = field(default_factory=list)
+    #: plain tuples, not RangeRecords: the collector lets go of them (see
+    #: meta.store.Range); a reader makes a RangeRecord of the one it reads
+    ranges: list[Range] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     max_timestamp: int = -1
     max_timestamp_offset: int = -1
@@ -328,7 +336,7 @@ class StreamEngine:
             rec.end_offset,
             rec.end_offset,
             [r.start_offset for r in ranges],
-            ranges,
+            [plain_range(r) for r in ranges],
         )
         for r in ranges:
             if r.max_timestamp > st.max_timestamp:
@@ -371,7 +379,7 @@ class StreamEngine:
             rec.end_offset,
             rec.end_offset,
             [r.start_offset for r in ranges],
-            ranges,
+            [plain_range(r) for r in ranges],
         )
         self._readers[stream_id] = st
         self._reader_at[stream_id] = time.monotonic()
@@ -388,17 +396,17 @@ class StreamEngine:
         self._reader_at[st.id] = now
         rec = await self.meta.read_stream(st.id)
         if rec.end_offset > st.end_offset:
-            known = st.ranges[-1].end_offset if st.ranges else st.start_offset
+            known = st.ranges[-1][R_END] if st.ranges else st.start_offset
             for r in await self.meta.load_ranges(st.id, known):
                 if r.start_offset >= known:
-                    st.ranges.append(r)
+                    st.ranges.append(plain_range(r))
                     st.range_starts.append(r.start_offset)
             st.end_offset = st.next_offset = rec.end_offset
         if rec.start_offset > st.start_offset:
             st.start_offset = rec.start_offset
-            keep = [r for r in st.ranges if r.end_offset > st.start_offset]
+            keep = [r for r in st.ranges if r[R_END] > st.start_offset]
             st.ranges = keep
-            st.range_starts = [r.start_offset for r in keep]
+            st.range_starts = [r[R_START] for r in keep]
 
     async def read_only(
         self, stream_id: int, offset: int, max_bytes: int, at_least_one: bool = True
@@ -717,7 +725,7 @@ class StreamEngine:
             if st is None:
                 continue
             st.ranges.append(
-                RangeRecord(
+                (
                     r.stream_id,
                     r.start_offset,
                     r.end_offset,
@@ -777,9 +785,7 @@ class StreamEngine:
                 )
         return rows
 
-    def _ranges_replaced(
-        self, stream_id: int, old_starts: list[int], new: list[RangeRecord]
-    ) -> None:
+    def _ranges_replaced(self, stream_id: int, old_starts: list[int], new: Sequence[Range]) -> None:
         """Compaction swapped ranges: serve reads from the new object."""
         st = self._streams.get(stream_id)
         if st is None:
@@ -787,11 +793,11 @@ class StreamEngine:
         st.ranges, st.range_starts, gone = swap_ranges(st.ranges, st.range_starts, old_starts, new)
         self._evict_blocks(gone)
 
-    def _evict_blocks(self, ranges: Iterable[RangeRecord]) -> None:
+    def _evict_blocks(self, ranges: Iterable[Range]) -> None:
         """Cached blocks of ranges no reader can reach any more (swapped out or
         trimmed) would only push live blocks out."""
         for r in ranges:
-            self.block_cache.evict(r.object_key, r.position)
+            self.block_cache.evict(r[R_KEY], r[R_POSITION])
 
     def _fenced(self, stream_id: int) -> None:
         """Another writer took the stream: forget our state; the next use reopens."""
@@ -882,9 +888,9 @@ class StreamEngine:
         total = 0
         while offset < hw and (not out or total < max_bytes):
             i = bisect.bisect_right(st.range_starts, offset) - 1
-            if i < 0 or st.ranges[i].end_offset <= offset:
+            if i < 0 or st.ranges[i][R_END] <= offset:
                 break
-            r = st.ranges[i]
+            r = RangeRecord._make(st.ranges[i])
             block = await self._block(st, r)
             self._readahead(st, i + 1)
             for start, end in batch_spans(block):
@@ -912,12 +918,12 @@ class StreamEngine:
         reads them next, and the object store's latency then overlaps."""
         tail = self.log_cache.first_offset(st.id)
         for r in st.ranges[first : first + self.config.readahead_blocks]:
-            if tail is not None and r.start_offset >= tail:
+            if tail is not None and r[R_START] >= tail:
                 return  # the tail is served from the LogCache
-            k = (r.object_key, r.position)
+            k = (r[R_KEY], r[R_POSITION])
             if k in self._prefetching or self.block_cache.get(*k, count=False) is not None:
                 continue
-            task = asyncio.create_task(self._prefetch(r))
+            task = asyncio.create_task(self._prefetch(RangeRecord._make(r)))
             self._prefetching[k] = task
             task.add_done_callback(functools.partial(self._prefetched, k))
 
@@ -945,7 +951,7 @@ class StreamEngine:
         except ObjectNotFound:
             # The object was replaced (compaction) or trimmed: re-resolve once.
             ranges = await self.meta.load_ranges(st.id, st.start_offset)
-            st.ranges = ranges
+            st.ranges = [plain_range(x) for x in ranges]
             st.range_starts = [x.start_offset for x in ranges]
             raise
         self.block_cache.put(r.object_key, r.position, block)
@@ -1022,10 +1028,10 @@ class StreamEngine:
             stream_id, new_start, self.config.compaction.delete_grace_ms
         )
         self.log_cache.trim(stream_id, st.start_offset)
-        self._evict_blocks(r for r in st.ranges if r.end_offset <= st.start_offset)
-        keep = [r for r in st.ranges if r.end_offset > st.start_offset]
+        self._evict_blocks(r for r in st.ranges if r[R_END] <= st.start_offset)
+        keep = [r for r in st.ranges if r[R_END] > st.start_offset]
         st.ranges = keep
-        st.range_starts = [r.start_offset for r in keep]
+        st.range_starts = [r[R_START] for r in keep]
         st.aborted = [a for a in st.aborted if a.last_offset >= st.start_offset]
         return st.start_offset
 
@@ -1056,7 +1062,7 @@ class StreamEngine:
             self.meta,
             self.config.node_id,
             st.id,
-            list(st.ranges),
+            [RangeRecord._make(r) for r in st.ranges],
             read,
             policy,
             st.cleaned_end,
@@ -1123,7 +1129,7 @@ class StreamEngine:
         """Batches of the first block (object range or cached tail) whose max
         timestamp satisfies `want`, in offset order. Not a hot path."""
         pred = want
-        for r in list(st.ranges):
+        for r in map(RangeRecord._make, list(st.ranges)):
             if r.end_offset <= st.start_offset or not pred(r.max_timestamp):
                 continue
             block = await self._block(st, r)
@@ -1169,34 +1175,35 @@ def _offset_when_done(fut: asyncio.Future[None], offset: int) -> asyncio.Future[
 
 
 def swap_ranges(
-    ranges: list[RangeRecord], starts: list[int], old_starts: list[int], new: list[RangeRecord]
-) -> tuple[list[RangeRecord], list[int], list[RangeRecord]]:
+    ranges: list[Range], starts: list[int], old_starts: list[int], new: Sequence[Range]
+) -> tuple[list[Range], list[int], list[Range]]:
     """A stream's ranges (sorted by start offset, and their starts) with
-    those starting at `old_starts` swapped for `new`; also the ranges taken
-    out. New lists, never changed in place: a reader may hold the old ones
-    across an await. The usual swap is of neighbouring ranges: found by
-    bisection and spliced with list slices, for each of the hundreds of
-    streams a compaction round swaps, whose lists hold as many ranges."""
+    those starting at `old_starts` swapped for `new` (kept as plain tuples,
+    see meta.store.Range); also the ranges taken out. New lists, never
+    changed in place: a reader may hold the old ones across an await. The
+    usual swap is of neighbouring ranges: found by bisection and spliced
+    with list slices, for each of the thousands of streams a compaction
+    round swaps, whose lists hold as many ranges."""
     old = sorted(old_starts)
-    fresh = sorted(new, key=_start_of)
+    fresh = sorted(map(plain_range, new), key=_start_of)
     if old:
         lo = bisect.bisect_left(starts, old[0])
         hi = lo + len(old)
         if (
             hi <= len(starts)
             and starts[lo:hi] == old
-            and (not fresh or lo == 0 or starts[lo - 1] < fresh[0].start_offset)
-            and (not fresh or hi == len(starts) or fresh[-1].start_offset < starts[hi])
+            and (not fresh or lo == 0 or starts[lo - 1] < fresh[0][R_START])
+            and (not fresh or hi == len(starts) or fresh[-1][R_START] < starts[hi])
         ):
             return (
                 ranges[:lo] + fresh + ranges[hi:],
-                starts[:lo] + [r.start_offset for r in fresh] + starts[hi:],
+                starts[:lo] + [r[R_START] for r in fresh] + starts[hi:],
                 ranges[lo:hi],
             )
     gone = set(old)
-    merged = sorted([r for r in ranges if r.start_offset not in gone] + fresh, key=_start_of)
-    return merged, [r.start_offset for r in merged], [r for r in ranges if r.start_offset in gone]
+    merged = sorted([r for r in ranges if r[R_START] not in gone] + fresh, key=_start_of)
+    return merged, [r[R_START] for r in merged], [r for r in ranges if r[R_START] in gone]
 
 
-def _start_of(r: RangeRecord) -> int:
-    return r.start_offset
+def _start_of(r: Range) -> int:
+    return r[R_START]
