@@ -1195,11 +1195,18 @@ class MetaStore:
         # yet (only this process writes a SQLite file).
         done: list[int] = []
         target: NewObject | int = NewObject(key, size, now_ms(), node_id, kind)
+        took = 0.0
         try:
             for chunk in prepared.chunks:
                 if isinstance(target, int):
-                    await asyncio.sleep(0)  # the commits that queued meanwhile go first
+                    # The writer left idle as long as the last chunk held it:
+                    # the commits that queued meanwhile go first, and half
+                    # the commits of a long swap find the writer free rather
+                    # than all of them waiting behind a chunk.
+                    await asyncio.sleep(took)
+                began = time.monotonic()
                 target, swapped = await self._swap_sqlite_chunk(target, chunk)
+                took = time.monotonic() - began
                 done.extend(swapped)
         except Exception:
             if not done:
