@@ -1252,7 +1252,9 @@ class MetaStore:
         row, then the streams' ranges. Not under the write lock: WAL
         commits (every produce ack) go on beside it on other connections,
         as another broker's would; they add ranges above the ones swapped
-        and never touch those. Returns the streams swapped."""
+        and never touch those. What deletes ranges (trims, topic deletion)
+        waits for it on the ranges lock, which swap_prepared holds. Returns
+        the streams swapped."""
         columns = prepared.columns
         async with self.engine.begin() as conn:
             result = await conn.execute(

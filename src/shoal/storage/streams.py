@@ -119,6 +119,20 @@ class StreamState:
     #: aborted transactions, in marker order (read_committed fetches list them)
     aborted: list[AbortedTxn] = field(default_factory=list)
 
+    def set_ranges(self, ranges: Iterable[Range]) -> None:
+        """New lists of the ranges (plain tuples) and their starts, never
+        changed in place: a reader may hold the old ones across an await."""
+        self.ranges = [plain_range(r) for r in ranges]
+        self.range_starts = [r[R_START] for r in self.ranges]
+
+    def drop_ranges_below(self, start: int) -> list[Range]:
+        """Forget the ranges that end at or below `start` (trimmed);
+        returns them."""
+        gone = [r for r in self.ranges if r[R_END] <= start]
+        if gone:
+            self.set_ranges(r for r in self.ranges if r[R_END] > start)
+        return gone
+
     @property
     def last_stable_offset(self) -> int:
         """The first offset of the oldest open transaction, or the high
@@ -335,9 +349,8 @@ class StreamEngine:
             rec.start_offset,
             rec.end_offset,
             rec.end_offset,
-            [r.start_offset for r in ranges],
-            [plain_range(r) for r in ranges],
         )
+        st.set_ranges(ranges)
         for r in ranges:
             if r.max_timestamp > st.max_timestamp:
                 st.max_timestamp = r.max_timestamp
@@ -378,9 +391,8 @@ class StreamEngine:
             rec.start_offset,
             rec.end_offset,
             rec.end_offset,
-            [r.start_offset for r in ranges],
-            [plain_range(r) for r in ranges],
         )
+        st.set_ranges(ranges)
         self._readers[stream_id] = st
         self._reader_at[stream_id] = time.monotonic()
         return st
@@ -404,9 +416,7 @@ class StreamEngine:
             st.end_offset = st.next_offset = rec.end_offset
         if rec.start_offset > st.start_offset:
             st.start_offset = rec.start_offset
-            keep = [r for r in st.ranges if r[R_END] > st.start_offset]
-            st.ranges = keep
-            st.range_starts = [r[R_START] for r in keep]
+            st.drop_ranges_below(st.start_offset)
 
     async def read_only(
         self, stream_id: int, offset: int, max_bytes: int, at_least_one: bool = True
@@ -950,9 +960,7 @@ class StreamEngine:
             block = await self.store.get_range(r.object_key, r.position, r.position + r.size)
         except ObjectNotFound:
             # The object was replaced (compaction) or trimmed: re-resolve once.
-            ranges = await self.meta.load_ranges(st.id, st.start_offset)
-            st.ranges = [plain_range(x) for x in ranges]
-            st.range_starts = [x.start_offset for x in ranges]
+            st.set_ranges(await self.meta.load_ranges(st.id, st.start_offset))
             raise
         self.block_cache.put(r.object_key, r.position, block)
         return block
@@ -1028,10 +1036,7 @@ class StreamEngine:
             stream_id, new_start, self.config.compaction.delete_grace_ms
         )
         self.log_cache.trim(stream_id, st.start_offset)
-        self._evict_blocks(r for r in st.ranges if r[R_END] <= st.start_offset)
-        keep = [r for r in st.ranges if r[R_END] > st.start_offset]
-        st.ranges = keep
-        st.range_starts = [r[R_START] for r in keep]
+        self._evict_blocks(st.drop_ranges_below(st.start_offset))
         st.aborted = [a for a in st.aborted if a.last_offset >= st.start_offset]
         return st.start_offset
 
