@@ -95,6 +95,9 @@ class TopicCatalog:
         # the generation of its last change here (see touch).
         self._generation = 0
         self._touched: dict[str, int] = {}
+        #: moves on at every change to the topics or their partitions, here
+        #: or reloaded (cluster mode: nothing to reconcile while it stands)
+        self.version = 0
         self.cluster_mode = False
         # Cluster mode: gives a new topic's partitions owners.
         self.on_created: Callable[[Topic], Awaitable[None]] | None = None
@@ -104,6 +107,7 @@ class TopicCatalog:
         self._digest = None
 
     def _set(self, topics: dict[str, Topic]) -> None:
+        self.version += 1
         self._topics = topics
         self._by_id = {t.topic_uuid: t for t in topics.values()}
 

@@ -12,6 +12,7 @@ conditional owner update that also bumps the stream epoch (fencing).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -51,12 +52,18 @@ class Controller:
         #: lease left that marks a broker as renewing on time (see orphan_target)
         self.fresh_lease_ms = fresh_lease_ms
         self._moved_at: dict[tuple[int, int], float] = {}
-        self._last_balance = 0.0
+        self._last_balance = -math.inf  # monotonic; the first round may balance
         self.rounds = 0
         self._expired: set[int] = set()  # warned about once each
 
     async def round(self) -> list[Move]:
-        """One pass; returns the moves made."""
+        """One pass; returns the moves made.
+
+        A round runs every heartbeat. It reads the partition counts per
+        broker and the partitions no live broker owns; every partition only
+        when a reassignment waits or balancing is due: with a fleet's
+        10,000 partitions, reading them all each second held the event
+        loop for tens of milliseconds at a time."""
         self.rounds += 1
         now = now_ms()
         expired = set(await self.store.expire(now))
@@ -66,12 +73,23 @@ class Controller:
         live = await self.store.live_brokers(now)
         live_ids = {b.node_id for b in live}
         targets = [b for b in live if not b.draining]
-        owners = await self.store.owners()
-        by_key = {(o.topic_id, o.partition): o for o in owners}
         counts = {b.node_id: 0 for b in targets}
-        for o in owners:
-            if o.owner in counts:
-                counts[o.owner] += 1
+        for owner, n in (await self.store.owner_counts()).items():
+            if owner in counts:
+                counts[owner] = n
+        pending = [
+            r
+            for r in await self.store.reassignments()
+            if r.moved_ms is None and r.target_node in live_ids
+        ]
+        balance_due = self._balance_due(counts)
+        if pending or balance_due:
+            owners = await self.store.owners()
+        elif targets:
+            owners = await self.store.owners(not_owned_by=counts)
+        else:
+            owners = []
+        by_key = {(o.topic_id, o.partition): o for o in owners} if pending else {}
         moves: list[Move] = []
         planned: set[tuple[int, int]] = set()
         requested: set[tuple[int, int]] = set()
@@ -84,9 +102,7 @@ class Controller:
             if target in counts:
                 counts[target] += 1
 
-        for r in await self.store.reassignments():
-            if r.moved_ms is not None or r.target_node not in live_ids:
-                continue
+        for r in pending:
             row = by_key.get((r.topic_id, r.partition))
             if row is None:
                 continue
@@ -103,7 +119,7 @@ class Controller:
                     continue
                 if o.owner is None or o.owner not in counts:
                     plan(o, orphan_target(counts, targets, now, self.fresh_lease_ms))
-        if self.balance.enable and not moves:
+        if balance_due and not moves:
             moves.extend(self._balance(live, owners, counts))
         done = await self.store.apply_moves(moves, requested)
         for m in done:
@@ -112,16 +128,22 @@ class Controller:
             )
         return done
 
+    def _balance_due(self, counts: dict[int, int]) -> bool:
+        return (
+            self.balance.enable
+            and len(counts) >= 2
+            and time.monotonic() - self._last_balance >= self.balance.interval_ms / 1000
+        )
+
     def _balance(
         self, live: list[BrokerRow], owners: list[OwnerRow], counts: dict[int, int]
     ) -> list[Move]:
         """Even out load: bytes in+out when brokers report traffic, else
         partition counts. Moves from the most to the least loaded broker,
         only partitions past their cool-down, at most max_moves a round."""
-        mono = time.monotonic()
-        if len(counts) < 2 or mono - self._last_balance < self.balance.interval_ms / 1000:
+        if not self._balance_due(counts):
             return []
-        self._last_balance = mono
+        mono = self._last_balance = time.monotonic()
         load: dict[int, float] = {n: 0.0 for n in counts}
         part_load: dict[tuple[int, int], float] = {}
         for b in live:
