@@ -210,6 +210,29 @@ async def test_a_commit_out_of_order_or_failing_half_way_changes_nothing(meta: M
     assert {(await meta.read_stream(sid)).end_offset for sid in sids} == {9}
 
 
+async def test_postgresql_commits_a_group_in_one_statement() -> None:
+    """Moves, objects, ranges and producers' states: one statement, one
+    round trip, for 400 streams as for one; a stale stream in it leaves
+    everything as it was, as on the transaction path."""
+    meta = await MetaStore.open(new_database())
+    statements = Statements(meta)
+    try:
+        _opens, commits, taken = await open_and_commit(meta, statements, 400)
+        assert commits == 1
+        assert {(await meta.read_stream(sid)).end_offset for sid in taken} == {1}
+        sids = list(taken)
+        await meta.open_streams([sids[3]])  # another writer took one
+        ranges = [RangeCommit(sid, taken[sid].record.epoch, 1, 2, 0, 10, 1) for sid in sids]
+        with pytest.raises(StreamFenced, match="is stale") as info:
+            await meta.commit_objects([ObjectCommit("wal/late", 10, ranges)], node_id=0)
+        assert info.value.stream_id == sids[3]
+        assert {(await meta.read_stream(sid)).end_offset for sid in sids} == {1}
+        assert "wal/late" not in await meta.object_keys()
+    finally:
+        event.remove(statements._engine, "before_cursor_execute", statements._seen)
+        await meta.close()
+
+
 async def test_batched_open_answers_each_stream(meta: MetaStore) -> None:
     """A missing stream and one assigned to another node get their own
     answer; the rest of the batch is taken."""
@@ -231,12 +254,14 @@ async def test_batched_open_answers_each_stream(meta: MetaStore) -> None:
 async def test_postgresql_records_any_number_of_objects_with_one_compiled_insert() -> None:
     """A group commit's object rows go in one INSERT whose SQL does not grow
     with the number of objects (unnest arrays, compiled once: a VALUES list
-    was compiled anew at every commit); each range names its own object."""
+    was compiled anew at every commit); each range names its own object.
+    The whole commit is that one statement (pg_commit.py)."""
     meta = await MetaStore.open(new_database())
     sent: list[str] = []
 
     def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
-        if statement.lstrip().upper().startswith("INSERT INTO OBJECTS"):
+        if "INSERT INTO OBJECTS" in statement.upper():
+            assert "INSERT INTO STREAM_RANGES" in statement.upper()
             sent.append(statement)
 
     event.listen(meta.engine.sync_engine, "before_cursor_execute", seen)

@@ -43,7 +43,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from shoal.meta import pg_swap, range_swap, sqlite_swap
+from shoal.meta import pg_commit, pg_swap, range_swap, sqlite_swap
 from shoal.meta import schema as s
 from shoal.meta.checkpoint import Checkpointer
 from shoal.meta.params import in_
@@ -845,6 +845,15 @@ class MetaStore:
             return
         if before is not None:
             await asyncio.to_thread(before)
+        if not self.is_sqlite and not any(obj.aborted or obj.markers_done for obj in objects):
+            # One statement, one round trip, no write lock: PostgreSQL
+            # orders writers itself (pg_commit.py).
+            bound = pg_commit.params(moves, objects, newest_producers(objects), node_id, created)
+            async with self._autocommit.connect() as conn:
+                if await pg_commit.commit(conn, bound):
+                    return
+                found = await self._stream_rows(conn, list(moves))
+            raise _fenced(moves, found, moved=False)
         async with self._tx() as conn:
             if moves and not await self._move_ends(conn, moves):
                 await self._raise_fenced(conn, moves)
@@ -976,16 +985,20 @@ class MetaStore:
         """Find which stream a group commit could not move, then abort. Runs
         after the moves inside their transaction: a stream that moved is at
         its new end, so one that is not is the one that was fenced."""
+        raise _fenced(moves, await self._stream_rows(conn, list(moves)))
+
+    async def _stream_rows(self, conn: AsyncConnection, ids: list[int]) -> StreamRows:
+        """Epoch, end and deleted flag of these streams."""
         st = s.streams
         rows: StreamRows = {}
-        for chunk in _id_chunks(list(moves)):
+        for chunk in _id_chunks(ids):
             for row in await conn.execute(
                 select(st.c.id, st.c.epoch, st.c.end_offset, st.c.deleted).where(
                     in_(st.c.id, chunk)
                 )
             ):
                 rows[row.id] = (row.epoch, row.end_offset, bool(row.deleted))
-        raise _fenced(moves, rows)
+        return rows
 
     async def commit_object(
         self,
@@ -1472,16 +1485,17 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def _fenced(moves: dict[int, list[int]], rows: StreamRows) -> StreamFenced:
+def _fenced(moves: dict[int, list[int]], rows: StreamRows, moved: bool = True) -> StreamFenced:
     """The error of a group commit that could not move every stream, from the
     streams' rows (epoch, end, deleted) as its transaction saw them after the
     moves: a stream that moved is at its new end, so one that is not is the
-    one that was fenced."""
+    one that was fenced. With `moved` False the rows were read after the
+    commit was undone: a stream not fenced is still at its start."""
     for sid, (epoch, start, end) in moves.items():
         found = rows.get(sid)
         if found is None or found[2] or found[0] != epoch:
             return StreamFenced(sid, f"stream {sid}: epoch {epoch} is stale")
-        if found[1] != end:
+        if found[1] != (end if moved else start):
             return StreamFenced(sid, f"stream {sid}: end {found[1]}, expected {start}")
     sid = next(iter(moves))
     return StreamFenced(sid, f"stream {sid}: end offset moved under the writer")
