@@ -1,12 +1,13 @@
 """A range swap's statements on PostgreSQL, its parameters as arrays.
 
 Compaction's child process (storage/rewrite.py) turns a round's swap into
-columns of integers (range_swap.SwapColumns); the broker binds them as arrays that
-`unnest` turns back into rows inside the server, so a swap of 300,000
-ranges costs the event loop a handful of statements, not a Python dict
-and a bound row per range. The swap is one transaction (SQLite's chunks
-exist for its single writer; here WAL commits run beside it on other
-connections) and keeps each stream all or nothing.
+array texts (range_swap.PgArrays); the broker binds them as text, cast to
+arrays that `unnest` turns back into rows inside the server, so a swap of
+300,000 ranges costs the event loop a handful of statements, not a Python
+dict and a bound row per range, nor asyncpg's encoding of each integer.
+The swap is one transaction (SQLite's chunks exist for its single writer;
+here WAL commits run beside it on other connections) and keeps each stream
+all or nothing.
 """
 
 from __future__ import annotations
@@ -16,15 +17,24 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 
+from shoal.meta.range_swap import array_text
+
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-    from shoal.meta.range_swap import SwapColumns
+    from shoal.meta.range_swap import PgArrays
 
 
-_OLD = "unnest(CAST(:old_sid AS INTEGER[]), CAST(:old_start AS BIGINT[])) AS old(sid, start_at)"
+def _array(name: str, kind: str) -> str:
+    """A bound array text, cast in the server."""
+    return f"CAST(CAST(:{name} AS TEXT) AS {kind}[])"
+
+
+_OLD = (
+    f"unnest({_array('old_sid', 'INTEGER')}, {_array('old_start', 'BIGINT')}) AS old(sid, start_at)"
+)
 # Only the streams to swap: a join with their ids, not an IN list per row.
-_SWAPPING = "JOIN unnest(CAST(:swapped AS INTEGER[])) AS w(sid) ON w.sid = "
+_SWAPPING = f"JOIN unnest({_array('swapped', 'INTEGER')}) AS w(sid) ON w.sid = "
 
 # How many of each stream's old ranges are still there (with sources, still
 # in one of those objects): the pairs joined on the primary key.
@@ -45,44 +55,48 @@ _INSERT_NEW = (
     "INSERT INTO stream_ranges"
     " (stream_id, start_offset, end_offset, object_id, position, size, max_timestamp)"
     " SELECT n.sid, n.s, n.e, :object_id, n.p, n.z, n.t FROM unnest("
-    "CAST(:new_sid AS INTEGER[]), CAST(:new_start AS BIGINT[]), CAST(:new_end AS BIGINT[]),"
-    " CAST(:new_position AS BIGINT[]), CAST(:new_size AS BIGINT[]),"
-    f" CAST(:new_max_timestamp AS BIGINT[])) AS n(sid, s, e, p, z, t) {_SWAPPING}n.sid"
+    f"{_array('new_sid', 'INTEGER')}, {_array('new_start', 'BIGINT')},"
+    f" {_array('new_end', 'BIGINT')}, {_array('new_position', 'BIGINT')},"
+    f" {_array('new_size', 'BIGINT')}, {_array('new_max_timestamp', 'BIGINT')})"
+    f" AS n(sid, s, e, p, z, t) {_SWAPPING}n.sid"
 )
 
 
 async def swap(
-    conn: AsyncConnection, columns: SwapColumns, object_id: int, sources: Sequence[str]
+    conn: AsyncConnection,
+    streams: Sequence[int],
+    old_counts: Sequence[int],
+    arrays: PgArrays,
+    object_id: int,
+    sources: Sequence[str],
 ) -> list[int]:
     """Inside the caller's transaction, with the object's row inserted:
-    the ranges of every stream whose old ranges are all still there (and,
-    with `sources`, still in those objects). Returns the streams swapped."""
-    if not columns.streams:
+    the ranges of every stream (of `streams`, with `old_counts` old ranges
+    each) whose old ranges are all still there (and, with `sources`, still
+    in those objects). Returns the streams swapped."""
+    if not streams:
         return []
-    old: dict[str, Any] = {"old_sid": columns.old_sid, "old_start": columns.old_start}
+    old: dict[str, Any] = {"old_sid": arrays.old_sid, "old_start": arrays.old_start}
     if sources:
         query, params = _PRESENT + _IN_SOURCES + _BY_STREAM, {**old, "sources": list(sources)}
     else:
         query, params = _PRESENT + _BY_STREAM, old
     present = {int(sid): int(n) for sid, n in await conn.execute(text(query), params)}
-    swapped = [
-        sid
-        for sid, n in zip(columns.streams, columns.old_counts, strict=True)
-        if present.get(sid, 0) == n
-    ]
+    swapped = [sid for sid, n in zip(streams, old_counts, strict=True) if present.get(sid, 0) == n]
     if swapped:
-        await conn.execute(text(_DELETE_OLD), {**old, "swapped": swapped})
+        ids = array_text(swapped)
+        await conn.execute(text(_DELETE_OLD), {**old, "swapped": ids})
         await conn.execute(
             text(_INSERT_NEW),
             {
                 "object_id": object_id,
-                "swapped": swapped,
-                "new_sid": columns.new_sid,
-                "new_start": columns.new_start,
-                "new_end": columns.new_end,
-                "new_position": columns.new_position,
-                "new_size": columns.new_size,
-                "new_max_timestamp": columns.new_max_timestamp,
+                "swapped": ids,
+                "new_sid": arrays.new_sid,
+                "new_start": arrays.new_start,
+                "new_end": arrays.new_end,
+                "new_position": arrays.new_position,
+                "new_size": arrays.new_size,
+                "new_max_timestamp": arrays.new_max_timestamp,
             },
         )
     return swapped

@@ -25,7 +25,8 @@ Swap = tuple[int, Sequence[int], Sequence[NewRange]]
 @dataclass(frozen=True, slots=True)
 class SwapColumns:
     """A swap's streams, old ranges and new ranges as columns of integers,
-    one element per stream or per range, in stream order. A few lists,
+    one element per stream or per range, in stream order: what the broker
+    serves from once the swap is done (`of_streams`). A few lists,
     whatever the number of ranges: unpickled in the broker they are a few
     objects for the collector, where tuples and lists per stream and per
     range were tens of thousands per round, each one traversed by young
@@ -34,9 +35,7 @@ class SwapColumns:
     streams: list[int]
     old_counts: list[int]  # each stream's number of old ranges, as `streams`
     new_counts: list[int]  # and of new ranges
-    old_sid: list[int]
     old_start: list[int]
-    new_sid: list[int]
     new_start: list[int]
     new_end: list[int]
     new_position: list[int]
@@ -45,13 +44,12 @@ class SwapColumns:
 
     @classmethod
     def of(cls, streams: Sequence[Swap]) -> SwapColumns:
-        new = [(sid, *x) for sid, _starts, news in streams for x in news]
-        columns = [list(c) for c in zip(*new, strict=True)] if new else [[] for _ in range(6)]
+        new = [x for _sid, _starts, news in streams for x in news]
+        columns = [list(c) for c in zip(*new, strict=True)] if new else [[] for _ in range(5)]
         return cls(
             [sid for sid, _s, _n in streams],
             [len(starts) for _sid, starts, _n in streams],
             [len(news) for _sid, _s, news in streams],
-            [sid for sid, starts, _n in streams for _ in starts],
             [start for _sid, starts, _n in streams for start in starts],
             *columns,
         )
@@ -82,15 +80,48 @@ class SwapColumns:
 
 
 @dataclass(frozen=True, slots=True)
+class PgArrays:
+    """A swap's columns as PostgreSQL array literals (`{1,2,3}`), which the
+    statements cast in the server (pg_swap.py). Bound as integer lists,
+    asyncpg encoded them on the broker's event loop: 55 ms of it for each
+    array of 300,000 (a fleet's round), and the old ranges' two arrays are
+    bound twice. A text is copied as it is; the child writes them."""
+
+    old_sid: str
+    old_start: str
+    new_sid: str
+    new_start: str
+    new_end: str
+    new_position: str
+    new_size: str
+    new_max_timestamp: str
+
+    @classmethod
+    def of(cls, streams: Sequence[Swap]) -> PgArrays:
+        return cls(
+            array_text(sid for sid, starts, _n in streams for _ in starts),
+            array_text(start for _sid, starts, _n in streams for start in starts),
+            array_text(sid for sid, _s, news in streams for _ in news),
+            *(array_text(x[i] for _sid, _s, news in streams for x in news) for i in range(5)),
+        )
+
+
+def array_text(values: Iterable[int]) -> str:
+    """PostgreSQL's text form of an integer array."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+@dataclass(frozen=True, slots=True)
 class PreparedSwap:
     """On SQLite `chunks` holds the transactions' parameters (`chunk_ranges`
-    given to `prepare`); on PostgreSQL the one transaction binds
-    `columns`, which on both engines also tell the broker what to serve
-    from once the swap is done."""
+    given to `prepare`); on PostgreSQL the one transaction binds `pg`.
+    `columns`, on both engines, tell the broker what to serve from once
+    the swap is done."""
 
     columns: SwapColumns
     sources: tuple[str, ...]
     chunks: list[SwapChunk]
+    pg: PgArrays | None = None
 
 
 def prepare(
@@ -100,7 +131,7 @@ def prepare(
     each stream's old starts deduplicated (the count of those still there is
     compared with their number); with `chunk_ranges`, SQLite's chunks of
     streams of at most that many old ranges (a stream with more is a chunk
-    of its own)."""
+    of its own), without, PostgreSQL's array texts."""
     merged: dict[int, tuple[list[int], list[NewRange]]] = {}
     for sid, old_starts, new_ranges in swaps:
         starts, news = merged.setdefault(sid, ([], []))
@@ -109,15 +140,16 @@ def prepare(
     streams: list[Swap] = [
         (sid, list(dict.fromkeys(starts)), news) for sid, (starts, news) in merged.items()
     ]
+    if chunk_ranges is None:
+        return PreparedSwap(SwapColumns.of(streams), tuple(sources), [], PgArrays.of(streams))
     chunks: list[SwapChunk] = []
-    if chunk_ranges is not None:
-        group: list[Swap] = []
-        n = 0
-        for x in streams:
-            if group and n + len(x[1]) > chunk_ranges:
-                chunks.append(SwapChunk.of(group, sources))
-                group, n = [], 0
-            group.append(x)
-            n += len(x[1])
-        chunks.append(SwapChunk.of(group, sources))
+    group: list[Swap] = []
+    n = 0
+    for x in streams:
+        if group and n + len(x[1]) > chunk_ranges:
+            chunks.append(SwapChunk.of(group, sources))
+            group, n = [], 0
+        group.append(x)
+        n += len(x[1])
+    chunks.append(SwapChunk.of(group, sources))
     return PreparedSwap(SwapColumns.of(streams), tuple(sources), chunks)

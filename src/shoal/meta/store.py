@@ -1268,7 +1268,9 @@ class MetaStore:
         and never touch those. What deletes ranges (trims, topic deletion)
         waits for it on the ranges lock, which swap_prepared holds. Returns
         the streams swapped."""
-        columns = prepared.columns
+        columns, arrays = prepared.columns, prepared.pg
+        if arrays is None:
+            raise ValueError("a swap on PostgreSQL needs its arrays (range_swap.prepare)")
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 insert(s.objects).values(
@@ -1276,7 +1278,9 @@ class MetaStore:
                 )
             )
             object_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-            swapped = await pg_swap.swap(conn, columns, object_id, prepared.sources)
+            swapped = await pg_swap.swap(
+                conn, columns.streams, columns.old_counts, arrays, object_id, prepared.sources
+            )
             await self._schedule_unreferenced(conn, grace_ms)
         return swapped
 
