@@ -5,27 +5,19 @@ reported once a balance interval and parsed only when balancing reads it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 from sqlalchemy import event
 
-from cluster_harness import new_database
 from shoal.cluster.controller import BalanceConfig, Controller
 from shoal.cluster.traffic import TrafficMeter
 from shoal.meta.cluster import BrokerLoad, ClusterStore, Move
 from shoal.meta.store import MetaStore
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ClusterStore]:
-    url = f"sqlite:///{tmp_path}/meta.db" if request.param == "sqlite" else new_database()
-    meta = await MetaStore.open(url)
-    try:
-        yield ClusterStore(meta)
-    finally:
-        await meta.close()
+@pytest.fixture
+def store(meta: MetaStore) -> ClusterStore:
+    """On each engine (conftest's `meta`)."""
+    return ClusterStore(meta)
 
 
 async def _owned(store: ClusterStore, name: str, owners: list[int | None]) -> int:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -128,8 +129,6 @@ def params(
 async def commit(conn: AsyncConnection, bound: dict[str, Any]) -> bool:
     """Run the commit on an autocommit connection; False (and nothing
     changed) if a stream was fenced. Other errors are raised."""
-    from sqlalchemy.exc import DBAPIError
-
     try:
         await conn.execute(_COMMIT, bound)
     except DBAPIError as exc:
