@@ -3,9 +3,11 @@
 partitions, each receiving one record a second; end-to-end latency and broker CPU.
 
 A fresh broker (tests/harness.py) gets --topics x --partitions partitions. A
-producer process (confluent-kafka, acks=all, linger.ms=5) writes one 200-byte
-record to every partition each second, spread evenly over the second. The
-consumer reads every partition from its end:
+producer process (confluent-kafka, acks=all, linger.ms=5; or with --producer
+batched, fleet_batched.py's client, which puts every record due in one
+request as a per-broker batching client does) writes one 200-byte record to
+every partition each second, spread evenly over the second. The consumer
+reads every partition from its end:
 
   --client raw           a raw Fetch v12 loop (kio codecs) with an incremental
                          session, or with --no-sessions a full fetch of every
@@ -81,6 +83,21 @@ def produce_forever(bootstrap: str, topics: list[str], partitions: int, stop: An
         if delay > 0:
             time.sleep(delay)
     p.flush(10)
+
+
+def produce_batched(bootstrap: str, topics: list[str], partitions: int, seconds: float) -> None:
+    """The same load from a per-broker batching client (bench/fleet_batched.py:
+    each request carries every record due since the last, 5 ms apart, with
+    at most 5 requests in flight), each batch stamped when it is sent."""
+    import asyncio
+
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
+    import fleet_batched
+
+    targets = [(t, i) for t in topics for i in range(partitions)]
+    asyncio.run(
+        fleet_batched.sustained(bootstrap, targets, 200, seconds, 5.0, fresh_timestamps=True)
+    )
 
 
 def batches(records: bytes | None) -> list[tuple[int, int]]:
@@ -196,6 +213,13 @@ def percentile(values: list[float], q: float) -> float:
 @click.option("--client", type=click.Choice(["raw", "kafka-python"]), default="raw")
 @click.option("--timestamps", type=click.Choice(["append", "create"]), default="append")
 @click.option(
+    "--producer",
+    "producer_kind",
+    type=click.Choice(["librdkafka", "batched"]),
+    default="librdkafka",
+    show_default=True,
+)
+@click.option(
     "--idle",
     is_flag=True,
     help="no producer; the consumer fetches with max_wait 0 as fast as it can: "
@@ -209,6 +233,7 @@ def main(
     sessions: bool,
     client: str,
     timestamps: str,
+    producer_kind: str,
     idle: bool,
 ) -> None:
     harness = load("harness")
@@ -244,11 +269,18 @@ def main(
             first_s = time.monotonic() - t_first
             first_cpu = harness.cpu_seconds(broker.proc.pid) - cpu_first
             stop = multiprocessing.Event()
-            producer = multiprocessing.Process(
-                target=produce_forever,
-                args=(broker.bootstrap, names, partitions, stop),
-                daemon=True,
-            )
+            if producer_kind == "batched":
+                producer = multiprocessing.Process(
+                    target=produce_batched,
+                    args=(broker.bootstrap, names, partitions, warmup + seconds + 5),
+                    daemon=True,
+                )
+            else:
+                producer = multiprocessing.Process(
+                    target=produce_forever,
+                    args=(broker.bootstrap, names, partitions, stop),
+                    daemon=True,
+                )
             if not idle:
                 producer.start()
             begin = time.monotonic()
@@ -277,7 +309,10 @@ def main(
                 producer.join(30)
         finally:
             broker.stop()
-    mode = f"{client}, {'sessions' if sessions else 'no sessions (full fetches)'}, {timestamps}"
+    mode = (
+        f"{client}, {'sessions' if sessions else 'no sessions (full fetches)'}, {timestamps},"
+        f" producer {producer_kind}"
+    )
     if idle:
         mode += ", idle (no producer, max_wait 0)"
     print(

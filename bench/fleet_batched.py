@@ -167,10 +167,15 @@ async def sustained(
     seconds: float,
     linger_ms: float,
     timeline: list[tuple[float, float]] | None = None,
+    fresh_timestamps: bool = False,
 ) -> dict[str, Any]:
     """Every target once a second, due times spread evenly; see the docstring.
-    `timeline`, if given, gets (due time from the start, latency ms) per record."""
-    batch = make_batch([b"x" * size])
+    `timeline`, if given, gets (due time from the start, latency ms) per record.
+    With `fresh_timestamps` each request's batch has the time it is sent as
+    its CreateTime (an end-to-end clock for a consumer); else one batch,
+    made once, goes in every request."""
+    value = b"x" * size
+    batch = make_batch([value])
     n = len(targets)
     tick = linger_ms / 1000
     conn = await Connection.open(bootstrap)
@@ -203,6 +208,8 @@ async def sustained(
         if waiting and not conn.window.locked():
             take = [waiting.popleft() for _ in range(len(waiting))]
             requests += 1
+            if fresh_timestamps:
+                batch = make_batch([value])
             await conn.send(frame([t for _, t in take], batch, requests), [d for d, _ in take])
         await asyncio.sleep(max(0.0, tick - (time.monotonic() - now)))
     if waiting:  # what is still in the client goes out, and counts
