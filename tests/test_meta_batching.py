@@ -19,6 +19,7 @@ from cluster_harness import new_database
 from shoal.meta import schema, sqlite_commit
 from shoal.meta.cluster import ClusterStore, Move
 from shoal.meta.store import (
+    AbortedTxn,
     MetaError,
     MetaStore,
     ObjectCommit,
@@ -231,6 +232,43 @@ async def test_postgresql_commits_a_group_in_one_statement() -> None:
     finally:
         event.remove(statements._engine, "before_cursor_execute", statements._seen)
         await meta.close()
+
+
+async def test_a_commit_records_aborted_transactions_and_drops_the_markers_written(
+    meta: MetaStore,
+) -> None:
+    """A transaction's markers ride a WAL commit like any append: the commit
+    records the aborted span and takes the marker off the list of those to
+    write, in the same statement or transaction; a fenced one does neither."""
+    from shoal.meta.transactions import TxnRepository
+
+    sids = await streams_of(meta, 2)
+    opened = await meta.open_streams(sids)
+    epochs = {sid: res.record.epoch for sid, res in opened.items() if isinstance(res, OpenedStream)}
+    txns = TxnRepository(meta)
+    await txns.ask_markers("tx", 7, 0, False, sids)
+    marker = {m.stream_id: m.id for m in await txns.markers_for(set(sids))}
+    stale = ObjectCommit(
+        "wal/stale",
+        10,
+        [RangeCommit(sids[0], epochs[sids[0]] + 1, 0, 3, 0, 10, 1)],
+        aborted=[AbortedTxn(sids[0], 7, 0, 2)],
+        markers_done=[marker[sids[0]]],
+    )
+    with pytest.raises(StreamFenced):
+        await meta.commit_objects([stale], node_id=0)
+    assert await meta.load_aborted(sids[0]) == []
+    assert await txns.markers_left("tx") == 2
+    done = ObjectCommit(
+        "wal/abort",
+        10,
+        [RangeCommit(sids[0], epochs[sids[0]], 0, 3, 0, 10, 1)],
+        aborted=[AbortedTxn(sids[0], 7, 0, 2)],
+        markers_done=[marker[sids[0]]],
+    )
+    await meta.commit_objects([done], node_id=0)
+    assert await meta.load_aborted(sids[0]) == [AbortedTxn(sids[0], 7, 0, 2)]
+    assert [m.stream_id for m in await txns.markers_for(set(sids))] == [sids[1]]
 
 
 async def test_batched_open_answers_each_stream(meta: MetaStore) -> None:

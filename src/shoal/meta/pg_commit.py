@@ -14,8 +14,9 @@ Fencing: if any stream did not move (its epoch or end is not what the
 writer expects, or it was deleted), the final SELECT fails on purpose (a
 cast of a non-constant text, evaluated only then), which undoes the whole
 statement; the caller then reads the streams to say which one was fenced.
-Commits with aborted transactions or finished markers (transactions' rare
-commits) take the transaction path in store.py.
+Transactions' commits are the same statement: the aborted transactions
+their abort markers end are recorded, and the markers written are taken
+off the list of those to write.
 """
 
 from __future__ import annotations
@@ -67,9 +68,16 @@ _COMMIT = text(
     " ON CONFLICT (stream_id, producer_id) DO UPDATE SET epoch = excluded.epoch,"
     " batches = excluded.batches, last_timestamp_ms = excluded.last_timestamp_ms,"
     " txn_first_offset = excluded.txn_first_offset"
+    " RETURNING 1),"
+    " aborted AS ("
+    " INSERT INTO aborted_txns (stream_id, producer_id, first_offset, last_offset)"
+    " SELECT * FROM unnest(CAST(:a_sid AS INTEGER[]), CAST(:a_pid AS BIGINT[]),"
+    " CAST(:a_first AS BIGINT[]), CAST(:a_last AS BIGINT[]))"
+    " RETURNING 1),"
+    " markers AS ("
+    " DELETE FROM txn_markers WHERE id = ANY(CAST(:markers_done AS INTEGER[]))"
     " RETURNING 1)"
-    " SELECT CASE WHEN (SELECT count(*) FROM moved) = :n_moves"
-    " THEN (SELECT count(*) FROM new_ranges) + (SELECT count(*) FROM producers)"
+    " SELECT CASE WHEN (SELECT count(*) FROM moved) = :n_moves THEN 0"
     f" ELSE CAST('{FENCED}: ' || (SELECT count(*) FROM moved) AS INTEGER) END"
 )
 
@@ -81,8 +89,9 @@ def params(
     node_id: int,
     created_ms: int,
 ) -> dict[str, Any]:
-    """The statement's arrays: a column per field, no row objects. A range
-    names its object by its (1-based) place in the objects' array."""
+    """The statement's arrays: a column per field, no row objects (one
+    Python step per range: what a commit records). A range names its
+    object by its (1-based) place in the objects' array."""
     r_sid: list[int] = []
     r_start: list[int] = []
     r_end: list[int] = []
@@ -99,6 +108,7 @@ def params(
             r_position.append(r.position)
             r_size.append(r.size)
             r_max_timestamp.append(r.max_timestamp)
+    aborted = [a for obj in objects for a in obj.aborted]
     ends = moves.values()
     return {
         "m_sid": list(moves),
@@ -123,6 +133,11 @@ def params(
         "p_batches": [p.batches for p in producers],
         "p_ts": [p.last_timestamp_ms for p in producers],
         "p_txn": [p.txn_first_offset for p in producers],
+        "a_sid": [a.stream_id for a in aborted],
+        "a_pid": [a.producer_id for a in aborted],
+        "a_first": [a.first_offset for a in aborted],
+        "a_last": [a.last_offset for a in aborted],
+        "markers_done": [m for obj in objects for m in obj.markers_done],
     }
 
 

@@ -21,12 +21,8 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 from sqlalchemy import (
-    BigInteger,
-    Integer,
     Text,
-    bindparam,
     cast,
-    column,
     delete,
     event,
     func,
@@ -36,7 +32,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -329,8 +324,6 @@ class MetaStore:
         self._swapping: set[int] = set()  # objects of swaps still in progress
         self.checkpointer: Checkpointer | None = None
         self._producer_upsert: Any = None  # see upsert_producers
-        self._pg_move_ends: Any = None  # see _move_ends
-        self._pg_insert_objects: Any = None  # see _insert_objects
         #: WAL commits in one thread hop (SQLite files; see sqlite_commit.py)
         self.sqlite_commits: SqliteCommitter | None = None
         #: the same pool, its connections in autocommit (see _statements)
@@ -845,7 +838,7 @@ class MetaStore:
             return
         if before is not None:
             await asyncio.to_thread(before)
-        if not self.is_sqlite and not any(obj.aborted or obj.markers_done for obj in objects):
+        if not self.is_sqlite:
             # One statement, one round trip, no write lock: PostgreSQL
             # orders writers itself (pg_commit.py).
             bound = pg_commit.params(moves, objects, newest_producers(objects), node_id, created)
@@ -874,112 +867,29 @@ class MetaStore:
     async def _insert_objects(
         self, conn: AsyncConnection, objects: Sequence[ObjectCommit], node_id: int, created: int
     ) -> dict[str, int]:
-        """Rows for a group commit's WAL objects; key -> id. On PostgreSQL one
-        INSERT ... SELECT FROM unnest(arrays) RETURNING, built and compiled
-        once: a multi-row VALUES list is rendered into the SQL and compiled
-        anew at every commit (most of a commit's CPU there)."""
+        """Rows for a group commit's WAL objects on an in-memory SQLite
+        database (a file commits in sqlite_commit.py, PostgreSQL in
+        pg_commit.py); key -> id."""
         o = s.objects
-        if self.is_sqlite:  # an in-memory database (a file commits in sqlite_commit.py)
-            stmt: Any = (
-                insert(o)
-                .values(
-                    [
-                        {
-                            "key": obj.key,
-                            "size": obj.size,
-                            "created_ms": created,
-                            "node_id": node_id,
-                            "kind": "wal",
-                        }
-                        for obj in objects
-                    ]
-                )
-                .returning(o.c.id, o.c.key)
-            )
-            params: dict[str, Any] = {}
-        else:
-            stmt = self._pg_insert_objects
-            if stmt is None:
-                new = (
-                    func.unnest(
-                        bindparam("o_key", type_=ARRAY(o.c.key.type)),
-                        bindparam("o_size", type_=ARRAY(BigInteger)),
-                    )
-                    .table_valued(column("key", o.c.key.type), column("size", BigInteger))
-                    .render_derived(name="new_objects")
-                )
-                rows = select(
-                    new.c.key,
-                    new.c.size,
-                    bindparam("o_created", type_=BigInteger),
-                    bindparam("o_node", type_=Integer),
-                    bindparam("o_kind", type_=o.c.kind.type),
-                )
-                stmt = self._pg_insert_objects = (
-                    insert(o)
-                    .from_select(["key", "size", "created_ms", "node_id", "kind"], rows)
-                    .returning(o.c.id, o.c.key)
-                )
-            params = {
-                "o_key": [obj.key for obj in objects],
-                "o_size": [obj.size for obj in objects],
-                "o_created": created,
-                "o_node": node_id,
-                "o_kind": "wal",
+        rows = [
+            {
+                "key": obj.key,
+                "size": obj.size,
+                "created_ms": created,
+                "node_id": node_id,
+                "kind": "wal",
             }
-        return {row.key: int(row.id) for row in await conn.execute(stmt, params)}
+            for obj in objects
+        ]
+        stmt = insert(o).values(rows).returning(o.c.id, o.c.key)
+        return {row.key: int(row.id) for row in await conn.execute(stmt)}
 
     async def _move_ends(self, conn: AsyncConnection, moves: dict[int, list[int]]) -> bool:
         """Advance every stream's end offset, fenced by epoch and expected
-        end: one UPDATE ... FROM unnest(arrays) RETURNING on PostgreSQL,
-        where each statement is a network round trip; one
-        executemany on SQLite (in-process, and its row counts are exact).
-        True if every stream moved."""
-        st = s.streams
-        if self.is_sqlite:
-            res = await conn.execute(fenced_move(), move_params(moves))
-            return bool(res.rowcount == len(moves))
-        stmt = self._pg_move_ends
-        if stmt is None:
-            # The moves come as four arrays: one statement whatever the
-            # number of streams, built once and compiled once (a VALUES list
-            # is rendered into the SQL and compiled anew at every commit).
-            m = (
-                func.unnest(
-                    bindparam("m_sid", type_=ARRAY(Integer)),
-                    bindparam("m_epoch", type_=ARRAY(Integer)),
-                    bindparam("m_start", type_=ARRAY(BigInteger)),
-                    bindparam("m_end", type_=ARRAY(BigInteger)),
-                )
-                .table_valued(
-                    column("sid", Integer),
-                    column("epoch", Integer),
-                    column("start_at", BigInteger),
-                    column("end_at", BigInteger),
-                )
-                .render_derived(name="moves")
-            )
-            stmt = self._pg_move_ends = (
-                update(st)
-                .where(
-                    st.c.id == m.c.sid,
-                    st.c.epoch == m.c.epoch,
-                    st.c.end_offset == m.c.start_at,
-                    st.c.deleted.is_(False),
-                )
-                .values(end_offset=m.c.end_at)
-                .returning(st.c.id)
-            )
-        res = await conn.execute(
-            stmt,
-            {
-                "m_sid": list(moves),
-                "m_epoch": [m[0] for m in moves.values()],
-                "m_start": [m[1] for m in moves.values()],
-                "m_end": [m[2] for m in moves.values()],
-            },
-        )
-        return len(res.all()) == len(moves)
+        end, on an in-memory SQLite database (one executemany; its row
+        counts are exact). True if every stream moved."""
+        res = await conn.execute(fenced_move(), move_params(moves))
+        return bool(res.rowcount == len(moves))
 
     async def _raise_fenced(self, conn: AsyncConnection, moves: dict[int, list[int]]) -> None:
         """Find which stream a group commit could not move, then abort. Runs
