@@ -58,7 +58,9 @@ def _ms(values: list[float], q: float) -> float:
     return round(sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1000, 1)
 
 
-async def main(streams: int, ranges: int, metadata: str, busy: bool) -> dict[str, object]:
+async def main(
+    streams: int, ranges: int, metadata: str, busy: bool, chunk_ranges: int | None
+) -> dict[str, object]:
     if metadata == "sqlite":
         url = f"sqlite:///{tempfile.mkdtemp(prefix='range-swap-')}/meta.db"
     else:
@@ -66,6 +68,8 @@ async def main(streams: int, ranges: int, metadata: str, busy: bool) -> dict[str
 
         url = new_database()
     meta = await MetaStore.open(url)
+    if chunk_ranges is not None:
+        meta.swap_chunk_ranges = chunk_ranges
     try:
         sids: list[int] = []
         for t in range((streams + 4) // 5):
@@ -110,6 +114,7 @@ async def main(streams: int, ranges: int, metadata: str, busy: bool) -> dict[str
         "metadata": metadata,
         "streams": streams,
         "ranges_swapped": streams * ranges,
+        "chunk_ranges": meta.swap_chunk_ranges,
         "swap_s": round(wall, 3),
         "process_cpu_s": round(cpu, 3),
     }
@@ -130,6 +135,12 @@ if __name__ == "__main__":
     ap.add_argument("--metadata", choices=["sqlite", "postgresql"], default="sqlite")
     ap.add_argument("--busy", action="store_true", help="an event loop busy, commits beside")
     ap.add_argument(
+        "--chunk-ranges",
+        type=int,
+        help="SQLite: most old ranges a transaction of the swap replaces "
+        "(MetaStore.swap_chunk_ranges, default 2,048); a PostgreSQL swap is one transaction",
+    )
+    ap.add_argument(
         "--switch-interval",
         type=float,
         default=0.0005,
@@ -138,4 +149,10 @@ if __name__ == "__main__":
     )
     args = ap.parse_args()
     sys.setswitchinterval(args.switch_interval)
-    print(json.dumps(asyncio.run(main(args.streams, args.ranges, args.metadata, args.busy))))
+    print(
+        json.dumps(
+            asyncio.run(
+                main(args.streams, args.ranges, args.metadata, args.busy, args.chunk_ranges)
+            )
+        )
+    )

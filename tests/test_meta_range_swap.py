@@ -6,6 +6,7 @@ two arrays, each joined on the primary key. Same cases, same answers."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -137,6 +138,25 @@ async def test_a_first_chunk_that_swaps_nothing_does_not_doom_the_object(
     assert await sqlite_meta.replace_ranges("compacted/d.obj", 20, 0, "c", runs, 60_000) == []
     [after] = await _delete_after(sqlite_meta, "compacted/d.obj")
     assert after is not None
+
+
+async def test_the_cleaner_never_deletes_an_object_ranges_refer_to(meta: MetaStore) -> None:
+    """Due but referenced (whatever scheduled it): not handed to the
+    cleaner but taken back, unscheduled; an unreferenced due object is
+    handed over."""
+    from sqlalchemy import update
+
+    from shoal.meta import schema
+
+    _sids, where = await four_objects_per_stream(meta, 1)
+    await meta.replace_ranges("compacted/none.obj", 10, 0, "c", [], 0)  # scheduled, due now
+    async with meta.engine.begin() as conn:
+        await conn.execute(update(schema.objects).values(delete_after_ms=0))
+    now = int(time.time() * 1000)
+    assert await meta.objects_due(now) == ["compacted/none.obj"]
+    for key in where.values():
+        assert await _delete_after(meta, key) == [None]
+    assert await meta.objects_due(now) == ["compacted/none.obj"]
 
 
 async def test_commits_go_between_chunks(

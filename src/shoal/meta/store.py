@@ -1040,15 +1040,30 @@ class MetaStore:
         await conn.execute(q.values(delete_after_ms=now_ms() + grace_ms))
 
     async def objects_due(self, at_ms: int) -> list[str]:
-        """Keys of objects scheduled for deletion whose grace period is over."""
-        o = s.objects
+        """Keys of objects scheduled for deletion whose grace period is over
+        and that no range refers to: the last check before the cleaner
+        deletes bytes. What writes ranges into an object keeps it from
+        being scheduled first (a chunked swap, recovery), so a scheduled
+        object with ranges is a bug or a hand repair somewhere; it is taken
+        back (unscheduled, to be scheduled afresh once unreferenced), not
+        deleted under its readers."""
+        o, r = s.objects, s.stream_ranges
+        referenced = select(r.c.object_id).where(r.c.object_id == o.c.id).exists()
+        due = (o.c.delete_after_ms.is_not(None), o.c.delete_after_ms <= at_ms)
         async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(o.c.key).where(
-                    o.c.delete_after_ms.is_not(None), o.c.delete_after_ms <= at_ms
+            rows = (await conn.execute(select(o.c.id, o.c.key, referenced).where(*due))).all()
+        back = [int(x.id) for x in rows if x[2]]
+        if back:
+            async with self._tx() as conn:
+                await conn.execute(
+                    update(o)
+                    .where(in_(o.c.id, back), *due, referenced)
+                    .values(delete_after_ms=None)
                 )
+            log.warning(
+                "objects %s: scheduled for deletion but ranges refer to them: taken back", back
             )
-            return [row.key for row in rows]
+        return [str(x.key) for x in rows if not x[2]]
 
     async def forget_objects(self, keys: Sequence[str]) -> None:
         """Drop the rows of objects already deleted from the store."""
