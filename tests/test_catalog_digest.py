@@ -230,3 +230,31 @@ async def test_a_refresh_that_read_before_a_local_delete_does_not_bring_it_back(
     go.set()
     await refreshing
     assert catalog.get("t1") is None
+
+
+async def test_a_stream_finds_its_partitions_current_record(
+    stores: tuple[MetaStore, MetaStore],
+) -> None:
+    """by_stream (the marker poller's lookup) gives the record a topic holds
+    now: owners and epochs change by replacing a topic's records, and a
+    record cached from before would say the old owner."""
+    ours, theirs = stores
+    await theirs.create_topic("t1", 2, {})
+    catalog = TopicCatalog(ours, load_config())
+    await catalog.refresh()
+    topic = catalog.get("t1")
+    assert topic is not None
+    first, second = topic.partitions
+    assert catalog.by_stream(second.stream_id) == (topic, second)
+    moved = PartitionRecord(second.partition, second.stream_id, second.leader_epoch + 1, 7)
+    topic.partitions = [first, moved]
+    assert catalog.by_stream(second.stream_id) == (topic, moved)
+    assert catalog.by_stream(-1) is None
+    await theirs.create_topic("t2", 1, {})
+    await catalog.refresh()
+    t2 = catalog.get("t2")
+    assert t2 is not None
+    assert catalog.by_stream(t2.partitions[0].stream_id) == (t2, t2.partitions[0])
+    assert catalog.stream_label(t2.partitions[0].stream_id) == (
+        f'{{"topic":"t2","partition":0,"id":"{t2.topic_uuid.hex}"}}'
+    )

@@ -86,7 +86,7 @@ class TopicCatalog:
         self.config = config
         self._topics: dict[str, Topic] = {}
         self._by_id: dict[uuid.UUID, Topic] = {}  # topic ids (KIP-516): Fetch v13+, Produce v13
-        self._by_stream: dict[int, tuple[Topic, int]] = {}  # for stream_label
+        self._by_stream: dict[int, tuple[Topic, int]] = {}  # see by_stream
         self._creating: dict[str, asyncio.Future[Topic]] = {}
         self._lock = asyncio.Lock()
         self._refreshing = asyncio.Lock()
@@ -173,9 +173,10 @@ class TopicCatalog:
     def all(self) -> list[Topic]:
         return list(self._topics.values())
 
-    def stream_label(self, stream_id: int) -> str | None:
-        """The label objects carry for a partition's stream (storage/format.py):
-        enough for `shoal meta rebuild` to bring the topic back."""
+    def by_stream(self, stream_id: int) -> tuple[Topic, PartitionRecord] | None:
+        """The topic and partition a stream belongs to: the partition's
+        current record (a topic's records are replaced when owners or
+        epochs change)."""
         found = self._by_stream.get(stream_id)
         if found is None or self._topics.get(found[0].name) is not found[0]:
             # Indexed whole on a miss (or a topic deleted or reloaded since):
@@ -187,9 +188,18 @@ class TopicCatalog:
             found = self._by_stream.get(stream_id)
             if found is None:
                 return None
-        t, partition = found
+        t, index = found
+        return t, t.partitions[index]
+
+    def stream_label(self, stream_id: int) -> str | None:
+        """The label objects carry for a partition's stream (storage/format.py):
+        enough for `shoal meta rebuild` to bring the topic back."""
+        found = self.by_stream(stream_id)
+        if found is None:
+            return None
+        t, p = found
         return json.dumps(
-            {"topic": t.name, "partition": partition, "id": t.topic_uuid.hex},
+            {"topic": t.name, "partition": p.partition, "id": t.topic_uuid.hex},
             separators=(",", ":"),
         )
 

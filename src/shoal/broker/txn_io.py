@@ -124,16 +124,18 @@ class MarkerPoller:
             await asyncio.sleep(interval)
 
     async def poll_once(self) -> None:
-        owned = {
-            p.stream_id: p
-            for t in self.broker.topics.all()
-            for p in t.partitions
-            if self.broker.owns(p)
-        }
-        for row in await self.repo.markers_for(owned.keys()):
+        """Every pending marker is read (there are few: each goes once
+        written) and those of partitions this broker owns written; the
+        owned partitions are not listed first, which cost a fleet's broker
+        a pass over 10,000 partitions 4 times a second, mostly with no
+        marker pending."""
+        for row in await self.repo.pending_markers():
             if row.id in self._inflight:
                 continue
-            part = owned[row.stream_id]
+            found = self.broker.topics.by_stream(row.stream_id)
+            if found is None or not self.broker.owns(found[1]):
+                continue
+            part = found[1]
             self._inflight.add(row.id)
             try:
                 fut = await self.broker.engine.write_marker(

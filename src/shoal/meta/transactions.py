@@ -163,15 +163,8 @@ class TxnRepository:
             q = select(func.count()).select_from(m).where(m.c.transactional_id == tid)
             return int((await conn.execute(q)).scalar_one())
 
-    async def markers_for(self, stream_ids: AbstractSet[int]) -> list[MarkerRow]:
-        """Markers asked of these streams (the ones this broker owns), oldest first.
-
-        Every pending marker is read and the rest left here: there are few
-        (each goes once written), while the streams a broker owns are many,
-        and an IN list of 10,000 ids, 4 times a second, cost 71 ms of the
-        event loop to render each time (issue 13's fleet on PostgreSQL)."""
-        if not stream_ids:
-            return []
+    async def pending_markers(self) -> list[MarkerRow]:
+        """Every marker asked for and not written yet, oldest first."""
         m = s.txn_markers
         async with self.meta.engine.connect() as conn:
             rows = await conn.execute(select(m).order_by(m.c.id))
@@ -180,8 +173,16 @@ class TxnRepository:
                     r.id, r.transactional_id, r.stream_id, r.producer_id, r.producer_epoch, r.commit
                 )
                 for r in rows
-                if r.stream_id in stream_ids
             ]
+
+    async def markers_for(self, stream_ids: AbstractSet[int]) -> list[MarkerRow]:
+        """Markers asked of these streams, oldest first.
+
+        Every pending marker is read and the rest left here: there are few
+        (each goes once written), while the streams a broker owns are many,
+        and an IN list of 10,000 ids, 4 times a second, cost 71 ms of the
+        event loop to render each time (issue 13's fleet on PostgreSQL)."""
+        return [r for r in await self.pending_markers() if r.stream_id in stream_ids]
 
     async def drop_marker(self, row_id: int) -> None:
         m = s.txn_markers
