@@ -247,7 +247,7 @@ async def test_a_commit_records_aborted_transactions_and_drops_the_markers_writt
     epochs = {sid: res.record.epoch for sid, res in opened.items() if isinstance(res, OpenedStream)}
     txns = TxnRepository(meta)
     await txns.ask_markers("tx", 7, 0, False, sids)
-    marker = {m.stream_id: m.id for m in await txns.markers_for(set(sids))}
+    marker = {m.stream_id: m.id for m in await txns.pending_markers()}
     stale = ObjectCommit(
         "wal/stale",
         10,
@@ -268,7 +268,7 @@ async def test_a_commit_records_aborted_transactions_and_drops_the_markers_writt
     )
     await meta.commit_objects([done], node_id=0)
     assert await meta.load_aborted(sids[0]) == [AbortedTxn(sids[0], 7, 0, 2)]
-    assert [m.stream_id for m in await txns.markers_for(set(sids))] == [sids[1]]
+    assert [m.stream_id for m in await txns.pending_markers()] == [sids[1]]
 
 
 async def test_batched_open_answers_each_stream(meta: MetaStore) -> None:

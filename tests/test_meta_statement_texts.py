@@ -59,7 +59,7 @@ async def test_churned_list_lengths_reuse_a_few_statement_texts(meta: MetaStore)
         await meta.ranges_in_objects(keys[:n])
         await meta.forget_objects(keys[:n])
     for n in range(1, STREAMS + 1):
-        await txns.markers_for(set(sids[:n]))
+        await txns.pending_markers()
         for ranges in range(1, RANGES + 1):
             runs = [
                 (sid, list(range(ranges)), [RangeCommit(sid, 0, 0, ranges, 0, 10, 0)])
@@ -70,36 +70,42 @@ async def test_churned_list_lengths_reuse_a_few_statement_texts(meta: MetaStore)
     per_statement = {
         "ranges_in_objects": [t for t in texts if "FROM stream_ranges JOIN objects" in t],
         "forget_objects": [t for t in texts if t.startswith("DELETE FROM objects")],
-        "markers_for": [t for t in texts if "FROM txn_markers" in t],
+        "pending_markers": [t for t in texts if "FROM txn_markers" in t],
         "replace_ranges": [
             t for t in texts if "stream_ranges" in t and ("count(*)" in t or "LEFT JOIN" in t)
         ],
     }
-    # 1..40 keys padded to 1, 2, 4, ..., 64: 7 texts (40 before); markers
-    # for 1..6 streams: every pending one is read, one text (an IN list of
-    # the streams: 4 padded, 6 before); the swap's look-up: one text, a join
+    # 1..40 keys padded to 1, 2, 4, ..., 64: 7 texts (40 before); markers:
+    # every pending one is read, one text (an IN list of the streams asked
+    # for: 4 padded, 6 before); the swap's look-up: one text, a join
     # with a temporary table filled from JSON on SQLite, two arrays on
     # PostgreSQL (19 for the
     # 48 cases with padded IN lists, 48 with an OR term per stream).
-    bounds = {"ranges_in_objects": 7, "forget_objects": 7, "markers_for": 1, "replace_ranges": 1}
+    bounds = {
+        "ranges_in_objects": 7,
+        "forget_objects": 7,
+        "pending_markers": 1,
+        "replace_ranges": 1,
+    }
     for name, found in per_statement.items():
         assert 0 < len(found) <= bounds[name], (name, len(found))
 
 
-async def test_markers_for_returns_only_the_streams_asked_oldest_first(meta: MetaStore) -> None:
-    """Every pending marker is read; only those of the given streams come back."""
+async def test_pending_markers_are_every_marker_oldest_first(meta: MetaStore) -> None:
+    """Every pending marker is read, whichever broker owns its stream (the
+    poller looks each one's partition up), in the order they were asked."""
     topic = await meta.create_topic(f"t{uuid.uuid4().hex[:6]}", 3, {})
     a, b, c = (p.stream_id for p in topic.partitions)
     txns = TxnRepository(meta)
+    assert await txns.pending_markers() == []
     await txns.ask_markers("tx1", 7, 0, True, [c, a])
     await txns.ask_markers("tx2", 8, 0, False, [b, a])
-    got = await txns.markers_for({a, c})
-    assert [(m.transactional_id, m.stream_id) for m in got] == [
-        ("tx1", c),
-        ("tx1", a),
-        ("tx2", a),
+    got = await txns.pending_markers()
+    assert [(m.transactional_id, m.stream_id, m.commit) for m in got] == [
+        ("tx1", c, True),
+        ("tx1", a, True),
+        ("tx2", b, False),
+        ("tx2", a, False),
     ]
-    assert await txns.markers_for({b}) == [
-        m for m in await txns.markers_for({a, b, c}) if m.stream_id == b
-    ]
-    assert await txns.markers_for(set()) == []
+    await txns.drop_marker(got[0].id)
+    assert await txns.pending_markers() == got[1:]

@@ -4,7 +4,6 @@ made durable before the coordinator acts on it."""
 
 from __future__ import annotations
 
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,7 +163,12 @@ class TxnRepository:
             return int((await conn.execute(q)).scalar_one())
 
     async def pending_markers(self) -> list[MarkerRow]:
-        """Every marker asked for and not written yet, oldest first."""
+        """Every marker asked for and not written yet, oldest first: few
+        (each goes once written), whichever broker owns their streams (the
+        poller looks each one's partition up: txn_io.MarkerPoller). An IN
+        list of the 10,000 streams a broker owns, 4 times a second, cost 71
+        ms of the event loop to render each time (issue 13's fleet on
+        PostgreSQL)."""
         m = s.txn_markers
         async with self.meta.engine.connect() as conn:
             rows = await conn.execute(select(m).order_by(m.c.id))
@@ -174,15 +178,6 @@ class TxnRepository:
                 )
                 for r in rows
             ]
-
-    async def markers_for(self, stream_ids: AbstractSet[int]) -> list[MarkerRow]:
-        """Markers asked of these streams, oldest first.
-
-        Every pending marker is read and the rest left here: there are few
-        (each goes once written), while the streams a broker owns are many,
-        and an IN list of 10,000 ids, 4 times a second, cost 71 ms of the
-        event loop to render each time (issue 13's fleet on PostgreSQL)."""
-        return [r for r in await self.pending_markers() if r.stream_id in stream_ids]
 
     async def drop_marker(self, row_id: int) -> None:
         m = s.txn_markers
