@@ -269,13 +269,18 @@ def rdkafka_performance(
     tls: list[str],
     idempotent: bool = True,
     size: int = 1024,
+    partition: int | None = None,
 ) -> tuple[float, float]:
     """MB/s of librdkafka's own C producer (rdkafka_performance -P, `size`-byte
     records, acks=all, linger.ms=5), and its CPU seconds (user + system, from
     the kernel's accounting of the child): on two shared cores the client's
     own TLS work competes with the broker's, so its cost is part of the
-    answer."""
+    answer. With `partition`, every record goes to that partition; without,
+    the partitioner spreads them over as many as the topic has, which is
+    the broker's default for a topic created on first use."""
     cmd = [binary, "-P", "-t", topic, "-b", bootstrap, "-s", str(size), "-c", str(count)]
+    if partition is not None:
+        cmd += ["-p", str(partition)]
     cmd += ["-a", "-1"]
     cmd += ["-X", "linger.ms=5", "-X", f"enable.idempotence={str(idempotent).lower()}"]
     for i in range(0, len(tls), 2):  # -X k=v pairs, as shoal bench takes them
