@@ -37,6 +37,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.expression import Exists
 
 from shoal.meta import pg_commit, pg_swap, range_swap, sqlite_swap
 from shoal.meta import schema as s
@@ -304,6 +305,13 @@ def engine_url(url: str, create: bool = True) -> str:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _referenced() -> Exists:
+    """True for an object some range still refers to: what scheduling,
+    the cleaner's last check and forgetting a deleted object all ask."""
+    o, r = s.objects, s.stream_ranges
+    return select(r.c.object_id).where(r.c.object_id == o.c.id).exists()
 
 
 class MetaStore:
@@ -1032,9 +1040,8 @@ class MetaStore:
     async def _schedule_unreferenced(self, conn: AsyncConnection, grace_ms: int) -> None:
         """Objects no range refers to are deleted after `grace_ms`, except
         those of chunked swaps under way (replace_ranges)."""
-        o, r = s.objects, s.stream_ranges
-        referenced = select(r.c.object_id).where(r.c.object_id == o.c.id).exists()
-        q = update(o).where(o.c.delete_after_ms.is_(None), ~referenced)
+        o = s.objects
+        q = update(o).where(o.c.delete_after_ms.is_(None), ~_referenced())
         if self._swapping:
             q = q.where(o.c.id.not_in(sorted(self._swapping)))
         await conn.execute(q.values(delete_after_ms=now_ms() + grace_ms))
@@ -1047,32 +1054,31 @@ class MetaStore:
         object with ranges is a bug or a hand repair somewhere; it is taken
         back (unscheduled, to be scheduled afresh once unreferenced), not
         deleted under its readers."""
-        o, r = s.objects, s.stream_ranges
-        referenced = select(r.c.object_id).where(r.c.object_id == o.c.id).exists()
+        o = s.objects
         due = (o.c.delete_after_ms.is_not(None), o.c.delete_after_ms <= at_ms)
+        query = select(o.c.id, o.c.key, _referenced().label("referenced")).where(*due)
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(o.c.id, o.c.key, referenced).where(*due))).all()
-        back = [int(x.id) for x in rows if x[2]]
+            rows = (await conn.execute(query)).all()
+        back = [int(x.id) for x in rows if x.referenced]
         if back:
             async with self._tx() as conn:
                 await conn.execute(
                     update(o)
-                    .where(in_(o.c.id, back), *due, referenced)
+                    .where(in_(o.c.id, back), *due, _referenced())
                     .values(delete_after_ms=None)
                 )
             log.warning(
                 "objects %s: scheduled for deletion but ranges refer to them: taken back", back
             )
-        return [str(x.key) for x in rows if not x[2]]
+        return [str(x.key) for x in rows if not x.referenced]
 
     async def forget_objects(self, keys: Sequence[str]) -> None:
         """Drop the rows of objects already deleted from the store."""
         if not keys:
             return
-        o, r = s.objects, s.stream_ranges
+        o = s.objects
         async with self._tx() as conn:
-            referenced = select(r.c.object_id).where(r.c.object_id == o.c.id).exists()
-            await conn.execute(delete(o).where(in_(o.c.key, keys), ~referenced))
+            await conn.execute(delete(o).where(in_(o.c.key, keys), ~_referenced()))
 
     async def replace_ranges(
         self,
