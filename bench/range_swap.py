@@ -5,9 +5,12 @@
 per round across every stream (a fleet at one record per partition per
 second, committed once a second); then one swap replaces every stream's
 ranges with a single compacted range, as a compaction round over those
-objects does. The swap runs in one transaction under the metadata store's
-write lock, so every produce commit waits for it: its time is the stall a
-compaction round puts on producers.
+objects does. On SQLite the swap runs in transactions of at most
+`--chunk-ranges` old ranges under the store's write lock, which every
+produce commit also takes; on PostgreSQL it is one transaction beside the
+commits, which share the server's CPU with it. Either way its time, and
+the commits' latencies beside it (`--busy`), are the stall a compaction
+round puts on producers.
 
     PYTHONPATH=src .venv/bin/python bench/range_swap.py [--streams 10000 --ranges 30] \\
         [--metadata sqlite|postgresql] [--busy]
