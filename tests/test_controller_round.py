@@ -5,6 +5,8 @@ reported once a balance interval and parsed only when balancing reads it."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import event
 
@@ -129,7 +131,7 @@ async def test_a_waiting_reassignment_and_due_balancing_still_read_everything(
 
 async def test_a_broker_load_is_kept_until_reported_again(store: ClusterStore) -> None:
     incarnation = await store.register(1, "127.0.0.1", 9001, None, 60_000)
-    assert await store.renew(1, incarnation, 60_000, 10, 20, {"5:0": [10, 20]})
+    assert await store.renew(1, incarnation, 60_000, 10, 20, '{"5:0": [10, 20]}')
     [row] = await store.live_brokers()
     assert isinstance(row.load, BrokerLoad)
     assert dict(row.load) == {"5:0": [10, 20]}
@@ -156,8 +158,10 @@ def test_the_meter_reports_totals_every_call_and_partitions_once_a_window() -> N
     meter.record(1, 0, 3000, 0)
     assert meter.rates(now=103.0) == (1500, 0, None)
     meter.record(2, 0, 0, 700)
-    rate_in, rate_out, load = meter.rates(now=110.0)
+    rate_in, rate_out, window = meter.rates(now=110.0)
     assert (rate_in, rate_out) == (0, 100)
+    assert window is not None
     # over the whole window: partition 1:0 took 4,000 bytes in 10 s
-    assert load == {"1:0": [400, 0], "1:1": [50, 200], "2:0": [0, 70]}
+    assert window.as_dict() == {"1:0": [400, 0], "1:1": [50, 200], "2:0": [0, 70]}
+    assert json.loads(window.to_json()) == window.as_dict()
     assert meter.rates(now=111.0) == (0, 0, None)

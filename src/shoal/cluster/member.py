@@ -213,7 +213,8 @@ class ClusterMember:
             self._wake_watch.set()
         assert self.incarnation is not None
         sent = time.monotonic()
-        bytes_in, bytes_out, load = self.traffic.rates()
+        bytes_in, bytes_out, window = self.traffic.rates()
+        load = await asyncio.to_thread(window.to_json) if window is not None else None
         if not await self.store.renew(
             self.node_id, self.incarnation, self.session_ms, bytes_in, bytes_out, load
         ):

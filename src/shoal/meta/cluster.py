@@ -156,10 +156,11 @@ class ClusterStore:
         lease_ms: int,
         bytes_in: int = 0,
         bytes_out: int = 0,
-        load: dict[str, list[int]] | None = None,
+        load: str | None = None,
     ) -> bool:
         """Extend the lease; False if this incarnation is no longer registered.
-        `load` (per partition) is left as last reported when None.
+        `load` (per partition, JSON: `PartitionWindow.to_json`) is left as
+        last reported when None.
 
         One statement, no transaction held open (MetaStore._statements).
         A connection found dead (its session ended by the server) is
@@ -187,7 +188,7 @@ class ClusterStore:
         lease_ms: int,
         bytes_in: int,
         bytes_out: int,
-        load: dict[str, list[int]] | None,
+        load: str | None,
     ) -> bool:
         b = s.brokers
         values: dict[str, object] = {
@@ -196,7 +197,7 @@ class ClusterStore:
             "bytes_out": bytes_out,
         }
         if load is not None:
-            values["load"] = json.dumps(load, separators=(",", ":"))
+            values["load"] = load
         async with self.meta._statements(write=True) as conn:
             mine = update(b).where(b.c.node_id == node_id, b.c.incarnation == incarnation)
             res = await conn.execute(mine.values(values))
