@@ -19,7 +19,15 @@ from harness import BrokerProcess
 from shoal.broker.topics import TopicCatalog
 from shoal.config import load_config
 from shoal.meta.store import MetaStore
-from wire import create_topic, decode_response, make_batch, produce, produce_request, request_frame
+from wire import (
+    create_topic,
+    decode_response,
+    make_batch,
+    produce,
+    produce_many,
+    produce_request,
+    request_frame,
+)
 
 MESSAGE_TOO_LARGE = 10
 
@@ -102,3 +110,22 @@ async def test_stream_labels_follow_creates_deletes_and_new_partitions(tmp_path:
         assert topics.stream_label(10**9) is None
     finally:
         await meta.close()
+
+
+def test_a_request_whose_first_partitions_wait_for_their_streams_is_answered_in_full(
+    broker: BrokerProcess,
+) -> None:
+    """The answer waits on a request's last append and then on any still
+    pending (produce._respond): here the first partitions' streams open with
+    this request, so their appends go to the WAL after those of the open
+    streams behind them, and commit after the last one."""
+    topic = f"open-{uuid.uuid4().hex[:8]}"
+    assert int(create_topic(broker.bootstrap, topic, partitions=8)) == 0
+    warm = produce_many(broker.bootstrap, topic, {p: make_batch([b"first"]) for p in range(4, 8)})
+    assert [(r.index, r.error_code, r.base_offset) for r in warm] == [
+        (p, 0, 0) for p in range(4, 8)
+    ]
+    answers = produce_many(broker.bootstrap, topic, {p: make_batch([b"x", b"y"]) for p in range(8)})
+    assert [(r.index, r.error_code, r.base_offset) for r in answers] == [
+        (p, 0, 0 if p < 4 else 1) for p in range(8)
+    ]

@@ -522,7 +522,7 @@ class StreamEngine:
             raise StorageError(f"stream {st.id} is closed")
         loop = asyncio.get_running_loop()
         first = -1
-        futures: list[asyncio.Future[None]] = []
+        futures: list[asyncio.Future[int]] = []
         duplicate_of: asyncio.Future[int] | None = None
         now = int(time.time() * 1000)
         for b in batches:
@@ -558,7 +558,7 @@ class StreamEngine:
                 body = with_log_append_time(b.data, log_append_time_ms)
                 max_ts = log_append_time_ms
             data = patch_prefix(st.next_offset, b.header.batch_length, leader_epoch) + body[16:]
-            fut: asyncio.Future[None] = loop.create_future()
+            fut: asyncio.Future[int] = loop.create_future()
             self.wal.add(
                 Append(
                     st.id,
@@ -573,7 +573,7 @@ class StreamEngine:
                 )
             )
             if meta is not None:
-                meta.committed = _offset_when_done(fut, meta.base_offset)
+                meta.committed = fut  # resolves to its base offset
                 producer_state.record(st.producers, h.producer_id, h.producer_epoch, meta, now)
                 if h.is_transactional and producer_state.begin_txn(
                     st.producers, h.producer_id, meta.base_offset
@@ -583,6 +583,10 @@ class StreamEngine:
                 first = st.next_offset
             futures.append(fut)
             st.next_offset += count
+        if into is None and duplicate_of is None and len(futures) == 1:
+            # The usual produce: one new batch, whose commit resolves its
+            # future to its base offset, the answer itself.
+            return futures[0]
         done: asyncio.Future[int] = loop.create_future() if into is None else into
         if not futures:
             # Only duplicates: resolve once the original is committed.
@@ -640,7 +644,7 @@ class StreamEngine:
             raise StorageError(f"stream {stream_id} is closed")
         offset = st.next_offset
         first = st.end_txn(producer_id, producer_epoch, offset, commit, now)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.wal.add(
             Append(
                 st.id,
@@ -692,7 +696,7 @@ class StreamEngine:
             raise BatchBehindEnd(
                 f"stream {stream_id}: batch at {h.base_offset} is below the end {st.next_offset}"
             )
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         end = h.last_offset + 1
         now = int(time.time() * 1000)
         pid = h.producer_id if h.producer_id >= 0 and not h.is_control else -1
@@ -1162,11 +1166,11 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-def _offset_when_done(fut: asyncio.Future[None], offset: int) -> asyncio.Future[int]:
+def _offset_when_done(fut: asyncio.Future[int], offset: int) -> asyncio.Future[int]:
     """A future of the batch's base offset that follows its commit."""
     out: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
-    def relay(f: asyncio.Future[None]) -> None:
+    def relay(f: asyncio.Future[int]) -> None:
         if f.cancelled():
             out.cancel()
         elif f.exception() is not None:

@@ -86,7 +86,8 @@ class Append:
     end: int  # exclusive
     data: bytes
     max_ts: int
-    future: asyncio.Future[None]
+    #: resolves to `base` once committed
+    future: asyncio.Future[int]
     producer_id: int = -1
     #: an abort marker: the first offset of the transaction it ends (else -1)
     aborted_first: int = -1
@@ -382,7 +383,7 @@ class Wal:
             self._on_commit(buf.key, list(obj.ranges), appends)
             for a in appends:
                 if not a.future.done():
-                    a.future.set_result(None)
+                    a.future.set_result(a.base)
 
     def _object_commit(self, buf: _Buffer, fenced: set[int]) -> ObjectCommit:
         epochs = {a.stream_id: a.epoch for a in buf.appends}

@@ -386,7 +386,17 @@ async def _respond(
     # commit completes in one write.
     pending = [s[2] for s in slots if isinstance(s[2], asyncio.Future) and not s[2].done()]
     if pending:
-        await asyncio.wait(pending, timeout=timeout)
+        # A request's appends commit in the order they were made (one WAL
+        # object after another), so its last is nearly always the last to
+        # complete: one waiter on it, not one callback on each of a fleet
+        # request's hundreds, then whatever is left (an append that waited
+        # for its stream to open).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        await asyncio.wait(pending[-1:], timeout=timeout)
+        left = [f for f in pending if not f.done()]
+        if left:
+            await asyncio.wait(left, timeout=max(deadline - loop.time(), 0.0))
     by_topic: dict[str | uuid.UUID, list[PartitionAnswer]] = {}
     for topic_name, index, fut, stream_id, append_time in slots:
         base = -1
