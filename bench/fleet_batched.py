@@ -254,7 +254,13 @@ def run(target: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"target": target, "partitions": args.topics * args.partitions}
     try:
         names = [f"fleet-{i:06d}" for i in range(args.topics)]
+        assert broker.proc is not None
+        c0, t0 = cpu_seconds(broker.proc.pid), time.perf_counter()
         create_topics(broker.bootstrap, names, args.partitions)
+        out["create"] = {
+            "seconds": round(time.perf_counter() - t0, 2),
+            "broker_cpu_s": round(cpu_seconds(broker.proc.pid) - c0, 2),
+        }
         if target != "tansu":
             broker.restart(timeout=300)  # cold: no stream opened yet
         targets = [(t, p) for t in names for p in range(args.partitions)]

@@ -323,3 +323,33 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_topics_created_together_are_spread_evenly_and_writable_at_once(cluster: Cluster) -> None:
+    """One CreateTopics of 30 topics: the broker that creates them places
+    each one's partitions on the least loaded brokers, keeping its counts
+    as it goes (ClusterMember._owner_counts), and opens those that are its
+    own without reconciling the whole catalog for each topic."""
+    names = [f"batch-{i:02d}" for i in range(30)]
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    for f in admin.create_topics([NewTopic(n, 2, 1) for n in names]).values():
+        f.result(30)
+    producer = Producer({"bootstrap.servers": cluster.bootstrap, "linger.ms": 5})
+    delivered: list[tuple[str, int, int]] = []
+    failed: list[str] = []
+
+    def done(err: Any, msg: Any) -> None:
+        if err is not None:
+            failed.append(str(err))
+        else:
+            delivered.append((msg.topic(), msg.partition(), msg.offset()))
+
+    for n in names:
+        for p in (0, 1):
+            producer.produce(n, value=b"first", partition=p, on_delivery=done)
+    assert producer.flush(60) == 0 and not failed, failed
+    assert sorted(delivered) == [(n, p, 0) for n in names for p in (0, 1)]
+    md = admin.list_topics(timeout=10)
+    leaders = [md.topics[n].partitions[p].leader for n in names for p in (0, 1)]
+    counts = {node: leaders.count(node) for node in (1, 2, 3)}
+    assert max(counts.values()) - min(counts.values()) <= 1, counts

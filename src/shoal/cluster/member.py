@@ -79,6 +79,8 @@ class ClusterMember:
         # (catalog version, incarnation) of the last reconcile that opened
         # everything it found ours: until either moves, another finds nothing
         self._settled: tuple[int, int | None] | None = None
+        #: ((catalog version, live broker ids), partitions per broker): _owner_counts
+        self._counts: tuple[tuple[int, tuple[int, ...]], dict[int, int]] | None = None
         self._adopted: set[str] = set()
         self._adopting = False
         self._live_ids: tuple[int, ...] = ()
@@ -286,8 +288,17 @@ class ClusterMember:
                 if entry is None:
                     log.info("stream %d moved away from node %d", sid, self.node_id)
         todo = [(sid, t, p) for sid, (t, p) in mine.items() if sid not in self._opened]
+        await self._open(todo, seen)
+
+    async def _open(
+        self, todo: list[tuple[int, Topic, PartitionRecord]], seen: tuple[int, int | None] | None
+    ) -> None:
+        """Open these partitions assigned here; with `seen`, the catalog
+        view they were all found in, which counts as settled if every one
+        opened."""
         if not todo:
-            self._settled = seen
+            if seen is not None:
+                self._settled = seen
             return
         incarnation = self.incarnation
         results = await asyncio.gather(
@@ -324,7 +335,7 @@ class ClusterMember:
                 p.leader_epoch,
             )
         await self.store.finish_moves(self.node_id, done)
-        if settled:
+        if settled and seen is not None:
             self._settled = seen
 
     async def assign_new(self, topic: Topic) -> None:
@@ -334,11 +345,7 @@ class ClusterMember:
         live = [b for b in self.live if not b.draining]
         if not live:
             return
-        counts = {b.node_id: 0 for b in live}
-        for t in self.catalog.all():
-            for p in t.partitions:
-                if p.owner in counts:
-                    counts[p.owner] += 1
+        counts = self._owner_counts(live)
         moves = []
         for p in topic.partitions:
             if p.owner is None:
@@ -358,8 +365,34 @@ class ClusterMember:
                 for p in view.partitions
             ]
         self.catalog.touch(topic.name)
-        if any(owner == self.node_id for owner in done.values()):
-            await self.reconcile()
+        # Only this topic's partitions: a whole reconcile (every partition
+        # of the catalog) for each topic created made creating 2,000 topics
+        # of 5 partitions take ~1 minute of the broker's loop.
+        view = views[-1]
+        await self._open(
+            [
+                (p.stream_id, view, p)
+                for p in view.partitions
+                if p.owner == self.node_id and p.stream_id not in self._opened
+            ],
+            None,
+        )
+
+    def _owner_counts(self, live: list[BrokerRow]) -> dict[int, int]:
+        """Partitions per live broker, for placing a new topic's: counted
+        over the catalog once per catalog version (and set of live brokers),
+        then kept up to date by the placements made here, which change
+        the catalog without a new version. Counting every partition for
+        each topic created was the other half of creation's quadratic cost."""
+        key = (self.catalog.version, tuple(b.node_id for b in live))
+        if self._counts is None or self._counts[0] != key:
+            counts = {b.node_id: 0 for b in live}
+            for t in self.catalog.all():
+                for p in t.partitions:
+                    if p.owner in counts:
+                        counts[p.owner] += 1
+            self._counts = (key, counts)
+        return self._counts[1]
 
     # brokers and groups --------------------------------------------------------
 
