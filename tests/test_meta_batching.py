@@ -184,6 +184,33 @@ async def test_a_producer_in_several_objects_of_a_group_keeps_its_newest_state(
     assert await meta.load_producers(sid) == [ProducerRow(sid, 7, 0, "[[2, 2, 2, 2]]", 1002)]
 
 
+async def test_a_commit_keeps_keys_and_producer_states_verbatim(meta: MetaStore) -> None:
+    """A commit binds its rows as arrays (pg_commit.py) or JSON texts
+    (sqlite_commit.py): a key or a producer's state holding what those forms
+    quote (commas, braces, quotes, backslashes, spaces, the word NULL) comes
+    back as it was sent."""
+    sids = await streams_of(meta, 3)
+    opened = await meta.open_streams(sids)
+    epochs = {sid: res.record.epoch for sid, res in opened.items() if isinstance(res, OpenedStream)}
+    states = ['[[1, 2, 3, 4]], {"a": "b,c"}', "NULL", 'x\\"y\\\\z} {w']
+    keys = ['wal/a,b{c}"d', "wal/NULL", "wal/e f\\g"]
+    objects = [
+        ObjectCommit(
+            key,
+            100,
+            [RangeCommit(sid, epochs[sid], 0, 1, 0, 100, 1)],
+            [ProducerRow(sid, 7, 0, state, 1000)],
+        )
+        for key, sid, state in zip(keys, sids, states, strict=True)
+    ]
+    await meta.commit_objects(objects, node_id=0)
+    for key, sid, state in zip(keys, sids, states, strict=True):
+        assert await meta.load_producers(sid) == [ProducerRow(sid, 7, 0, state, 1000)]
+        [r] = await meta.load_ranges(sid)
+        assert (r.object_key, r.start_offset, r.end_offset) == (key, 0, 1)
+    assert set(keys) <= set(await meta.object_keys())
+
+
 async def test_a_commit_out_of_order_or_failing_half_way_changes_nothing(meta: MetaStore) -> None:
     """A range that does not start at the stream's end is refused as fenced;
     a statement failing after the ends moved (a key already recorded) rolls
