@@ -9,6 +9,8 @@ per record, and on this two-core machine librdkafka cannot make 10,000 of
 them a second against either broker (docs/BENCHMARKS.md). This driver is a
 Java-shaped client in a few lines, so that the figures are the broker's:
 
+  create     the T topics, in CreateTopics requests of 500 (confluent-kafka's
+             AdminClient): wall time and the broker's CPU;
   each       one 200-byte record to each of T x P partitions, in requests of
              up to 1 MiB, 5 in flight (max.in.flight.requests.per.connection),
              timed from the first send to the last answer: right after a
