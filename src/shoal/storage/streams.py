@@ -670,7 +670,8 @@ class StreamEngine:
             offset,
             first,
         )
-        return _offset_when_done(fut, offset)
+        fut.add_done_callback(_retrieve)  # a caller that stops waiting logs nothing
+        return fut  # resolves to `offset`, the Append's base
 
     async def append_at(self, stream_id: int, data: bytes) -> asyncio.Future[int]:
         """Append one batch at the offset it already carries (migration links).
