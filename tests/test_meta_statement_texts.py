@@ -47,19 +47,18 @@ def texts_of(meta: MetaStore) -> set[str]:
 
 
 async def test_churned_list_lengths_reuse_a_few_statement_texts(meta: MetaStore) -> None:
-    """The cleaner's, compaction's and the transaction poller's statements
-    with every list length in the ranges above: each statement keeps to its
-    padded lengths (old code: one text per length, 200 and more here)."""
+    """The cleaner's and compaction's statements with every list length in
+    the ranges above: each statement keeps to its padded lengths (old code:
+    one text per length, 200 and more here). The transaction poller's read
+    takes no list any more (TxnRepository.pending_markers)."""
     topic = await meta.create_topic(f"t{uuid.uuid4().hex[:6]}", STREAMS, {})
     sids = [p.stream_id for p in topic.partitions]
     keys = [f"wal/k{i}.wal" for i in range(KEYS)]
-    txns = TxnRepository(meta)
     texts = texts_of(meta)
     for n in range(1, KEYS + 1):
         await meta.ranges_in_objects(keys[:n])
         await meta.forget_objects(keys[:n])
     for n in range(1, STREAMS + 1):
-        await txns.pending_markers()
         for ranges in range(1, RANGES + 1):
             runs = [
                 (sid, list(range(ranges)), [RangeCommit(sid, 0, 0, ranges, 0, 10, 0)])
@@ -70,23 +69,15 @@ async def test_churned_list_lengths_reuse_a_few_statement_texts(meta: MetaStore)
     per_statement = {
         "ranges_in_objects": [t for t in texts if "FROM stream_ranges JOIN objects" in t],
         "forget_objects": [t for t in texts if t.startswith("DELETE FROM objects")],
-        "pending_markers": [t for t in texts if "FROM txn_markers" in t],
         "replace_ranges": [
             t for t in texts if "stream_ranges" in t and ("count(*)" in t or "LEFT JOIN" in t)
         ],
     }
-    # 1..40 keys padded to 1, 2, 4, ..., 64: 7 texts (40 before); markers:
-    # every pending one is read, one text (an IN list of the streams asked
-    # for: 4 padded, 6 before); the swap's look-up: one text, a join
-    # with a temporary table filled from JSON on SQLite, two arrays on
-    # PostgreSQL (19 for the
-    # 48 cases with padded IN lists, 48 with an OR term per stream).
-    bounds = {
-        "ranges_in_objects": 7,
-        "forget_objects": 7,
-        "pending_markers": 1,
-        "replace_ranges": 1,
-    }
+    # 1..40 keys padded to 1, 2, 4, ..., 64: 7 texts (40 before); the
+    # swap's look-up: one text, a join with a temporary table filled from
+    # JSON on SQLite, two arrays on PostgreSQL (19 for the 48 cases with
+    # padded IN lists, 48 with an OR term per stream).
+    bounds = {"ranges_in_objects": 7, "forget_objects": 7, "replace_ranges": 1}
     for name, found in per_statement.items():
         assert 0 < len(found) <= bounds[name], (name, len(found))
 
