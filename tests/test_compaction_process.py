@@ -18,6 +18,7 @@ import pytest
 from confluent_kafka import Producer
 
 from harness import BrokerProcess
+from shoal.meta.range_rows import RangeRows
 from shoal.meta.store import MetaStore
 from shoal.protocol.records import validate_batches
 from shoal.storage.compaction import CompactionConfig
@@ -190,7 +191,16 @@ async def test_a_child_killed_mid_job_fails_the_job_and_is_replaced(tmp_path: Pa
     child = ChildProcess(objects.as_uri())
     row = [1, 0, 1, "wal/stuck.wal", 0, 100, 0]  # a range in the FIFO
     job = Job(
-        json.dumps([row]), ["wal/stuck.wal"], 1 << 20, None, None, 1024, 4096, None, "c/x", {}
+        RangeRows(json.dumps([row]), None, "[1]"),
+        ["wal/stuck.wal"],
+        1 << 20,
+        None,
+        None,
+        1024,
+        4096,
+        None,
+        "c/x",
+        {},
     )
     task = asyncio.ensure_future(child.run(job))
 
@@ -214,7 +224,7 @@ async def test_a_child_killed_mid_job_fails_the_job_and_is_replaced(tmp_path: Pa
             await asyncio.wait_for(task, 30)
     finally:
         os.close(fd)
-    empty = Job("[]", [], 1 << 20, None, None, 1024, 4096, None, "c/y", {})
+    empty = Job(RangeRows.empty(), [], 1 << 20, None, None, 1024, 4096, None, "c/y", {})
     assert await child.run(empty) == Round([], 0, [])
     assert child.pid not in (None, first)
     await child.close()

@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 from sqlalchemy import (
-    Text,
-    cast,
     delete,
     event,
     func,
@@ -43,6 +41,7 @@ from shoal.meta import pg_commit, pg_swap, range_swap, sqlite_swap
 from shoal.meta import schema as s
 from shoal.meta.checkpoint import Checkpointer
 from shoal.meta.params import in_
+from shoal.meta.range_rows import RangeRows
 from shoal.meta.range_swap import PreparedSwap, Swap
 from shoal.meta.sqlite_commit import (
     SqliteCommitter,
@@ -88,6 +87,18 @@ class StreamFenced(MetaError):
 
 
 log = logging.getLogger("shoal.meta")
+
+# range_rows on PostgreSQL (meta/range_rows.py): the objects' ids, their
+# ranges' streams, and the ranges, every column an integer, through COPY.
+_OBJECT_IDS = text("SELECT id, key FROM objects WHERE key = ANY(:keys)")
+_RANGE_STREAMS = text(
+    "SELECT coalesce(CAST(json_agg(DISTINCT stream_id) AS TEXT), '[]')"
+    " FROM stream_ranges WHERE object_id = ANY(:ids)"
+)
+_RANGES_COPY = (
+    "SELECT stream_id, start_offset, end_offset, object_id, position, size, max_timestamp"
+    " FROM stream_ranges WHERE object_id = ANY($1::INTEGER[])"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1294,13 +1305,14 @@ class MetaStore:
                 for x in rows
             ]
 
-    async def range_rows(self, keys: Sequence[str]) -> tuple[str, str]:
-        """The ranges in these objects as one JSON text of
-        [stream, start, end, key, position, size, max timestamp] rows (in no
-        order), and the streams they belong to as another: built inside the
-        database in one step, for compaction's child process to parse. A
-        fleet's merge round reads hundreds of thousands; as Python objects on
-        the event loop they stalled every client for a second."""
+    async def range_rows(self, keys: Sequence[str]) -> RangeRows:
+        """The ranges in these objects, and the streams they belong to, for
+        compaction's child process to parse (meta/range_rows.py: a JSON
+        text on SQLite, COPY's text on PostgreSQL). A fleet's round reads
+        hundreds of thousands; as Python objects on the event loop they
+        stalled every client for a second."""
+        if not self.is_sqlite:
+            return await self._range_rows_pg(keys)
         o, r = s.objects, s.stream_ranges
         fields = (
             r.c.stream_id,
@@ -1311,12 +1323,8 @@ class MetaStore:
             r.c.size,
             r.c.max_timestamp,
         )
-        if self.is_sqlite:
-            rows = func.json_group_array(func.json_array(*fields))
-            sids = func.json_group_array(r.c.stream_id.distinct())
-        else:
-            rows = func.coalesce(cast(func.json_agg(func.json_build_array(*fields)), Text), "[]")
-            sids = func.coalesce(cast(func.json_agg(r.c.stream_id.distinct()), Text), "[]")
+        rows = func.json_group_array(func.json_array(*fields))
+        sids = func.json_group_array(r.c.stream_id.distinct())
         async with self.engine.connect() as conn:
             result = await conn.execute(
                 select(rows, sids)
@@ -1324,7 +1332,27 @@ class MetaStore:
                 .where(in_(o.c.key, keys))
             )
             text_rows, text_sids = result.one()
-        return str(text_rows), str(text_sids)
+        return RangeRows(str(text_rows), None, str(text_sids))
+
+    async def _range_rows_pg(self, keys: Sequence[str]) -> RangeRows:
+        """Three statements on one connection: the objects' ids, their
+        streams, and the ranges through COPY, whose text arrives as a few
+        hundred buffers that are only joined here."""
+        async with self.engine.connect() as conn:
+            found = await conn.execute(_OBJECT_IDS, {"keys": list(keys)})
+            ids = {int(x.id): str(x.key) for x in found}
+            if not ids:
+                return RangeRows.empty()
+            sids = await conn.scalar(_RANGE_STREAMS, {"ids": list(ids)})
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            buffers: list[bytes] = []
+
+            async def take(data: bytes) -> None:
+                buffers.append(data)
+
+            await driver.copy_from_query(_RANGES_COPY, list(ids), output=take, format="text")
+        return RangeRows(b"".join(buffers), ids, str(sids))
 
     async def storage_summary(self) -> dict[str, Any]:
         """Objects, bytes and per-topic sizes, for `shoal storage stats`."""

@@ -232,13 +232,13 @@ class Compactor:
         swap each one's ranges in, in order. Until its swap an object is an
         upload in flight (its key's prefix is in `uploading`), which the
         cleaner leaves alone."""
-        rows, sids = await self.meta.range_rows(candidates)
+        found = await self.meta.range_rows(candidates)
         self._seq += 1
         prefix = (
             f"compacted/{self.node_id}/{int(time.time() * 1000):013d}-{os.getpid()}-{self._seq:08d}"
         )
         job = Job(
-            rows,
+            found,
             candidates,
             max_bytes,
             whole,
@@ -247,7 +247,7 @@ class Compactor:
             self.config.stream_object_bytes,
             self.meta.swap_chunk_ranges if self.meta.is_sqlite else None,
             prefix,
-            labels_of(self._label, json.loads(sids)),
+            labels_of(self._label, json.loads(found.streams)),
         )
         self.uploading.add(prefix + "-")
         try:

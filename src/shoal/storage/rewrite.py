@@ -8,8 +8,8 @@ fleet's one-record ranges make that a unit of work per record, and on the
 broker's event loop it took as much of the core as the produce path it
 competes with (docs/BENCHMARKS.md, session 16). A child process does it on
 the other core. The broker keeps what touches the metadata store or its
-own state: it lists the candidates, reads their ranges as one JSON text
-(meta's `range_rows`, built inside the database), runs the prepared swaps
+own state: it lists the candidates, reads their ranges as one text (meta's
+`range_rows`, built inside the database), runs the prepared swaps
 and updates what it serves from. Nothing per range is a Python object in
 the broker.
 """
@@ -20,7 +20,6 @@ import asyncio
 import functools
 import gc
 import itertools
-import json
 import logging
 import os
 import pickle
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
+from shoal.meta.range_rows import RangeRows, Row
 from shoal.meta.range_swap import PreparedSwap, prepare
 from shoal.protocol.records import batch_spans
 from shoal.storage.concurrency import gather_bounded
@@ -41,18 +41,16 @@ from shoal.storage.objectstore import ObjectStore
 
 log = logging.getLogger("shoal.compaction")
 
-#: a range as the metadata gives it: stream, start, end, object key, position, size, max timestamp
-Row = tuple[int, int, int, str, int, int, int]
 #: one stream's contiguous ranges
 Run = tuple[int, list[Row]]
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """A round's input: the metadata's rows of its candidate objects (a JSON
-    text, meta's `range_rows`) and how to cut them into objects."""
+    """A round's input: the metadata's rows of its candidate objects (meta's
+    `range_rows`) and how to cut them into objects."""
 
-    rows: str
+    rows: RangeRows
     candidates: list[str]  # the objects to take: oldest first
     #: a WAL round takes candidates in order while their ranges fit in this
     #: many bytes (at least one); None: a merge takes them all
@@ -92,7 +90,7 @@ async def rewrite(store: ObjectStore, job: Job) -> Round:
     errors (ObjectNotFound: a source deleted since the round was listed);
     objects written before an error are left to the cleaner as
     uncommitted uploads."""
-    rows: list[Row] = [tuple(x) for x in json.loads(job.rows)]
+    rows = job.rows.rows()
     rows.sort(key=_stream_start)
     chosen, size = _choose(rows, job.candidates, job.max_bytes)
     taken = set(chosen)
