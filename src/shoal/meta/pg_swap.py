@@ -36,15 +36,18 @@ _OLD = (
 # Only the streams to swap: a join with their ids, not an IN list per row.
 _SWAPPING = f"JOIN unnest({_array('swapped', 'INTEGER')}) AS w(sid) ON w.sid = "
 
-# How many of each stream's old ranges are still there (with sources, still
-# in one of those objects): the pairs joined on the primary key.
-_PRESENT = (
-    f"SELECT r.stream_id, count(*) FROM stream_ranges r JOIN {_OLD}"
-    " ON r.stream_id = old.sid AND r.start_offset = old.start_at"
+# Each stream's old ranges deleted (with sources, only where they still lie
+# in one of those objects), counted per stream: the swap's first statement,
+# under a savepoint, kept when every count is whole.
+_DELETE_COUNTED = (
+    f"WITH gone AS (DELETE FROM stream_ranges r USING {_OLD}"
+    " WHERE r.stream_id = old.sid AND r.start_offset = old.start_at{sources}"
+    " RETURNING r.stream_id)"
+    " SELECT stream_id, count(*) FROM gone GROUP BY stream_id"
 )
 _IN_SOURCES = " AND r.object_id IN (SELECT id FROM objects WHERE key = ANY(:sources))"
-_BY_STREAM = " GROUP BY r.stream_id"
 
+# The old ranges of the streams to swap: after a first try rolled back.
 _DELETE_OLD = (
     f"DELETE FROM stream_ranges r USING (SELECT old.sid, old.start_at FROM {_OLD}"
     f" {_SWAPPING}old.sid) AS gone"
@@ -77,15 +80,26 @@ async def swap(
     if not streams:
         return []
     old: dict[str, Any] = {"old_sid": arrays.old_sid, "old_start": arrays.old_start}
-    if sources:
-        query, params = _PRESENT + _IN_SOURCES + _BY_STREAM, {**old, "sources": list(sources)}
+    query = _DELETE_COUNTED.format(sources=_IN_SOURCES if sources else "")
+    params = {**old, "sources": list(sources)} if sources else old
+    # Optimistic: a round's ranges are almost always all still there, and
+    # checking first, then deleting, joined the 300,000 pairs of a fleet's
+    # round with the table twice (0.4 s and 0.6 s of the server's core).
+    savepoint = await conn.begin_nested()
+    gone = {int(sid): int(n) for sid, n in await conn.execute(text(query), params)}
+    whole = [sid for sid, n in zip(streams, old_counts, strict=True) if gone.get(sid, 0) == n]
+    if len(whole) == len(streams):
+        await savepoint.commit()
+        swapped = list(streams)
     else:
-        query, params = _PRESENT + _BY_STREAM, old
-    present = {int(sid): int(n) for sid, n in await conn.execute(text(query), params)}
-    swapped = [sid for sid, n in zip(streams, old_counts, strict=True) if present.get(sid, 0) == n]
+        # Some stream lost a range meanwhile (trimmed, or rewritten by key
+        # compaction): it keeps all of its ranges, the others are swapped.
+        await savepoint.rollback()
+        swapped = whole
+        if swapped:
+            await conn.execute(text(_DELETE_OLD), {**old, "swapped": array_text(swapped)})
     if swapped:
         ids = array_text(swapped)
-        await conn.execute(text(_DELETE_OLD), {**old, "swapped": ids})
         await conn.execute(
             text(_INSERT_NEW),
             {
