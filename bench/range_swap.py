@@ -21,7 +21,11 @@ commit every 5 ms, whose latencies during the swap are reported: the stall
 producers see.
 
 `postgresql` starts an embedded server (tests/cluster_harness.py; add
-`tests` to PYTHONPATH). Prints one JSON line.
+`tests` to PYTHONPATH). Before the swap, the round's range read
+(MetaStore.range_rows over the same objects) is timed too. On PostgreSQL
+each step also reports the server's CPU seconds (`server_cpu_s`: all of its
+processes, from /proc, so run it without `--busy` for the step alone): the
+work a round puts on the machine the broker shares. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -55,6 +60,23 @@ async def _commits(meta: MetaStore, sid: int, stop: asyncio.Event, out: list[flo
         out.append(time.perf_counter() - t)
         i += 1
         await asyncio.sleep(0.005)
+
+
+def _server_cpu() -> float:
+    """CPU seconds of the PostgreSQL server's processes so far (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if not f.read().startswith(b"postgres:"):
+                    continue
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 def _ms(values: list[float], q: float) -> float:
@@ -86,6 +108,12 @@ async def main(
             (sid, list(range(ranges)), [RangeCommit(sid, 0, 0, ranges, k * 1000, 1000, 0)])
             for k, sid in enumerate(sids)
         ]
+        sources = [f"wal/{i:06d}.wal" for i in range(ranges)]
+        server = metadata == "postgresql"
+        t0, s0 = time.perf_counter(), _server_cpu() if server else 0.0
+        found = await meta.range_rows(sources)
+        read_s, read_cpu = time.perf_counter() - t0, _server_cpu() - s0 if server else None
+        assert len(found.rows()) == streams * ranges
         busy_sid = (await meta.create_topic("busy", 1, {})).partitions[0].stream_id
         stop = asyncio.Event()
         latencies: list[float] = []
@@ -98,6 +126,7 @@ async def main(
             else []
         )
         t0, c0 = time.perf_counter(), time.process_time()
+        s0 = _server_cpu() if server else 0.0
         done = await meta.replace_ranges(
             "compacted/x.obj",
             1000 * len(sids),
@@ -105,9 +134,10 @@ async def main(
             "set",
             reps,
             60_000,
-            sources=[f"wal/{i:06d}.wal" for i in range(ranges)],
+            sources=sources,
         )
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        swap_cpu = _server_cpu() - s0 if server else None
         stop.set()
         await asyncio.gather(*load)
         assert len(done) == len(sids), (len(done), len(sids))
@@ -118,9 +148,13 @@ async def main(
         "streams": streams,
         "ranges_swapped": streams * ranges,
         "chunk_ranges": meta.swap_chunk_ranges,
+        "read_s": round(read_s, 3),
         "swap_s": round(wall, 3),
         "process_cpu_s": round(cpu, 3),
     }
+    if server:
+        out["read_server_cpu_s"] = round(read_cpu or 0.0, 2)
+        out["swap_server_cpu_s"] = round(swap_cpu or 0.0, 2)
     if latencies:
         out["commits_during_swap"] = len(latencies)
         out["commit_ms_p50_p99_max"] = [
