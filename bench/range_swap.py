@@ -23,8 +23,9 @@ producers see.
 `postgresql` starts an embedded server (tests/cluster_harness.py; add
 `tests` to PYTHONPATH). Before the swap, the round's range read
 (MetaStore.range_rows over the same objects) is timed too. On PostgreSQL
-each step also reports the server's CPU seconds (`server_cpu_s`: all of its
-processes, from /proc, so run it without `--busy` for the step alone): the
+each step also reports the server's CPU seconds (`server_cpu_s`: every
+`postgres:` process on the machine, its backends and background workers,
+from /proc; so run it alone, and without `--busy` for the step alone): the
 work a round puts on the machine the broker shares. Prints one JSON line.
 """
 
@@ -63,7 +64,8 @@ async def _commits(meta: MetaStore, sid: int, stop: asyncio.Event, out: list[flo
 
 
 def _server_cpu() -> float:
-    """CPU seconds of the PostgreSQL server's processes so far (Linux)."""
+    """CPU seconds so far of the PostgreSQL server's processes other than
+    the postmaster, which only forks them (Linux)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -112,7 +114,7 @@ async def main(
         server = metadata == "postgresql"
         t0, s0 = time.perf_counter(), _server_cpu() if server else 0.0
         found = await meta.range_rows(sources)
-        read_s, read_cpu = time.perf_counter() - t0, _server_cpu() - s0 if server else None
+        read_s, read_cpu = time.perf_counter() - t0, _server_cpu() - s0 if server else 0.0
         assert len(found.rows()) == streams * ranges
         busy_sid = (await meta.create_topic("busy", 1, {})).partitions[0].stream_id
         stop = asyncio.Event()
@@ -137,7 +139,7 @@ async def main(
             sources=sources,
         )
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        swap_cpu = _server_cpu() - s0 if server else None
+        swap_cpu = _server_cpu() - s0 if server else 0.0
         stop.set()
         await asyncio.gather(*load)
         assert len(done) == len(sids), (len(done), len(sids))
@@ -153,8 +155,8 @@ async def main(
         "process_cpu_s": round(cpu, 3),
     }
     if server:
-        out["read_server_cpu_s"] = round(read_cpu or 0.0, 2)
-        out["swap_server_cpu_s"] = round(swap_cpu or 0.0, 2)
+        out["read_server_cpu_s"] = round(read_cpu, 2)
+        out["swap_server_cpu_s"] = round(swap_cpu, 2)
     if latencies:
         out["commits_during_swap"] = len(latencies)
         out["commit_ms_p50_p99_max"] = [
