@@ -6,14 +6,13 @@ its range in the metadata; a write that fails commits nothing."""
 from __future__ import annotations
 
 import asyncio
-import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from harness import eventually
-from shoal.meta.store import MetaStore, RangeRecord
+from shoal.meta.store import MetaStore
 from shoal.protocol.records import read_header, validate_batches
 from shoal.storage.errors import Fenced, StorageError
 from shoal.storage.objectstore import ObjectStore
@@ -59,12 +58,7 @@ async def test_a_small_object_is_written_in_the_commit(meta: MetaStore, tmp_path
     futs = [await eng.append(sid, batch(b"v%d" % i), 0) for i in range(3)]
     assert [await asyncio.wait_for(f, 10) for f in futs] == [0, 1, 2]
     assert store.puts == []  # no upload of its own
-    # A stream keeps plain tuples, which the collector stops tracking
-    # (meta.store.Range): read them as records.
-    kept = eng._streams[sid].ranges
-    gc.collect()
-    assert kept and all(type(r) is tuple and not gc.is_tracked(r) for r in kept)
-    ranges = [RangeRecord._make(r) for r in kept]
+    ranges = eng._streams[sid].ranges.records(sid)
     assert ranges[-1].end_offset == 3
     committed = await meta.ranges_in_objects([r.object_key for r in ranges])
     assert {r.object_key for r in committed} == {r.object_key for r in ranges}

@@ -12,7 +12,6 @@ import logging
 import re
 import socket
 import time
-import typing
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -138,26 +137,11 @@ class RangeRecord(NamedTuple):
     max_timestamp: int
 
 
-#: A RangeRecord's fields in a plain tuple, as a stream's state keeps them
-#: (storage/streams.py): a stream holds one per WAL commit that touched it
-#: until compaction swaps them, 10,000 a second at a fleet's load, alive
-#: 30-60 s. The collector untracks a plain tuple of ints and a str at the
-#: first collection it survives, and never a NamedTuple (a subclass): as
-#: records, half a million of them were traversed by every middle and full
-#: collection, 60-230 ms with the event loop stopped. A RangeRecord is one.
+#: A RangeRecord's fields in a plain tuple: how compaction hands the engine a
+#: swap's new ranges (a RangeRecord is one too). The engine keeps a stream's
+#: ranges as columns, not tuples (storage/rangeindex.py).
 Range = tuple[int, int, int, str, int, int, int]
-# its fields' indices (Final: each a literal, so a field has its own type)
-R_START: Final = 1
-R_END: Final = 2
-R_KEY: Final = 3
-R_POSITION: Final = 4
-R_SIZE: Final = 5
-R_MAX_TIMESTAMP: Final = 6
-
-
-def plain_range(r: Range) -> Range:
-    """`r` as a plain tuple (the same object when it is one)."""
-    return typing.cast(Range, tuple(r))
+R_START: Final = 1  # its start offset's index
 
 
 @dataclass(frozen=True, slots=True)

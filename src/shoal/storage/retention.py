@@ -9,30 +9,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shoal.meta.store import R_END, R_MAX_TIMESTAMP, R_SIZE, Range
-
 
 def retention_point(
-    ranges: Sequence[Range],
+    ends: Sequence[int],
+    sizes: Sequence[int],
+    max_timestamps: Sequence[int],
     start_offset: int,
     now_ms: int,
     retention_ms: int,
     retention_bytes: int,
 ) -> int:
-    """The new start offset (>= start_offset) that retention allows."""
-    live = [r for r in ranges if r[R_END] > start_offset]
+    """The new start offset (>= start_offset) that retention allows, given
+    a stream's ranges in offset order as columns (see rangeindex.py)."""
+    live = [i for i, end in enumerate(ends) if end > start_offset]
     new_start = start_offset
     if retention_ms >= 0:
         cutoff = now_ms - retention_ms
-        for r in live:
-            if r[R_MAX_TIMESTAMP] >= cutoff:
+        for i in live:
+            if max_timestamps[i] >= cutoff:
                 break
-            new_start = r[R_END]
+            new_start = ends[i]
     if retention_bytes >= 0:
-        total = sum(r[R_SIZE] for r in live)
-        for r in live:
-            if total - r[R_SIZE] < retention_bytes:
+        total = sum(sizes[i] for i in live)
+        for i in live:
+            if total - sizes[i] < retention_bytes:
                 break
-            total -= r[R_SIZE]
-            new_start = max(new_start, r[R_END])
+            total -= sizes[i]
+            new_start = max(new_start, ends[i])
     return new_start

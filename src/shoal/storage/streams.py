@@ -8,7 +8,6 @@ from objects through the BlockCache, and wakes readers waiting for data.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import functools
 import logging
 import struct
@@ -19,10 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from shoal.meta.store import (
-    R_END,
-    R_KEY,
-    R_POSITION,
-    R_START,
     AbortedTxn,
     MetaStore,
     OpenedStream,
@@ -31,7 +26,6 @@ from shoal.meta.store import (
     RangeCommit,
     RangeRecord,
     StreamFenced,
-    plain_range,
 )
 from shoal.protocol.batches import ABORT_MARKER, control_batch, control_type
 from shoal.protocol.records import (
@@ -59,6 +53,7 @@ from shoal.storage.format import Labeler
 from shoal.storage.keycompaction import KeyCompactionPolicy, compact_keys
 from shoal.storage.objectstore import ObjectStore
 from shoal.storage.producers import BatchMeta, ProducerEntry
+from shoal.storage.rangeindex import BlockKey, RangeIndex
 from shoal.storage.retention import retention_point
 from shoal.storage.rewrite import child_or_in_process
 from shoal.storage.throttle import ByteRate
@@ -104,10 +99,9 @@ class StreamState:
     start_offset: int
     end_offset: int  # committed: the high watermark
     next_offset: int  # handed out to appends not yet committed
-    range_starts: list[int] = field(default_factory=list)
-    #: plain tuples, not RangeRecords: the collector lets go of them (see
-    #: meta.store.Range); a reader makes a RangeRecord of the one it reads
-    ranges: list[Range] = field(default_factory=list)
+    #: columns the collector never traverses (see rangeindex.py); a reader
+    #: makes a RangeRecord of the one it reads
+    ranges: RangeIndex = field(default_factory=RangeIndex)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     max_timestamp: int = -1
     max_timestamp_offset: int = -1
@@ -120,17 +114,14 @@ class StreamState:
     aborted: list[AbortedTxn] = field(default_factory=list)
 
     def set_ranges(self, ranges: Iterable[Range]) -> None:
-        """New lists of the ranges (plain tuples) and their starts, never
-        changed in place: a reader may hold the old ones across an await."""
-        self.ranges = [plain_range(r) for r in ranges]
-        self.range_starts = [r[R_START] for r in self.ranges]
+        """A new index, never the old one changed: a reader may hold it
+        across an await."""
+        self.ranges = RangeIndex.of(ranges)
 
-    def drop_ranges_below(self, start: int) -> list[Range]:
+    def drop_ranges_below(self, start: int) -> list[BlockKey]:
         """Forget the ranges that end at or below `start` (trimmed);
-        returns them."""
-        gone = [r for r in self.ranges if r[R_END] <= start]
-        if gone:
-            self.set_ranges(r for r in self.ranges if r[R_END] > start)
+        returns their blocks."""
+        self.ranges, gone = self.ranges.from_offset(start)
         return gone
 
     @property
@@ -408,11 +399,18 @@ class StreamEngine:
         self._reader_at[st.id] = now
         rec = await self.meta.read_stream(st.id)
         if rec.end_offset > st.end_offset:
-            known = st.ranges[-1][R_END] if st.ranges else st.start_offset
+            end = st.ranges.end
+            known = st.start_offset if end is None else end
             for r in await self.meta.load_ranges(st.id, known):
                 if r.start_offset >= known:
-                    st.ranges.append(plain_range(r))
-                    st.range_starts.append(r.start_offset)
+                    st.ranges.append(
+                        r.start_offset,
+                        r.end_offset,
+                        r.object_key,
+                        r.position,
+                        r.size,
+                        r.max_timestamp,
+                    )
             st.end_offset = st.next_offset = rec.end_offset
         if rec.start_offset > st.start_offset:
             st.start_offset = rec.start_offset
@@ -739,18 +737,7 @@ class StreamEngine:
             st = self._streams.get(r.stream_id)
             if st is None:
                 continue
-            st.ranges.append(
-                (
-                    r.stream_id,
-                    r.start_offset,
-                    r.end_offset,
-                    key,
-                    r.position,
-                    r.size,
-                    r.max_timestamp,
-                )
-            )
-            st.range_starts.append(r.start_offset)
+            st.ranges.append(r.start_offset, r.end_offset, key, r.position, r.size, r.max_timestamp)
         touched: dict[int, StreamState] = {}
         for a in appends:
             st = self._streams.get(a.stream_id)
@@ -805,14 +792,14 @@ class StreamEngine:
         st = self._streams.get(stream_id)
         if st is None:
             return
-        st.ranges, st.range_starts, gone = swap_ranges(st.ranges, st.range_starts, old_starts, new)
+        st.ranges, gone = st.ranges.swapped(old_starts, new)
         self._evict_blocks(gone)
 
-    def _evict_blocks(self, ranges: Iterable[Range]) -> None:
+    def _evict_blocks(self, blocks: Iterable[BlockKey]) -> None:
         """Cached blocks of ranges no reader can reach any more (swapped out or
         trimmed) would only push live blocks out."""
-        for r in ranges:
-            self.block_cache.evict(r[R_KEY], r[R_POSITION])
+        for key, position in blocks:
+            self.block_cache.evict(key, position)
 
     def _fenced(self, stream_id: int) -> None:
         """Another writer took the stream: forget our state; the next use reopens."""
@@ -902,12 +889,13 @@ class StreamEngine:
         out: list[bytes | memoryview] = []
         total = 0
         while offset < hw and (not out or total < max_bytes):
-            i = bisect.bisect_right(st.range_starts, offset) - 1
-            if i < 0 or st.ranges[i][R_END] <= offset:
+            index = st.ranges
+            i = index.find(offset)
+            if i < 0:
                 break
-            r = RangeRecord._make(st.ranges[i])
+            r = index.record(st.id, i)
             block = await self._block(st, r)
-            self._readahead(st, i + 1)
+            self._readahead(st, index, i + 1)
             for start, end in batch_spans(block):
                 last = (
                     _BASE_AND_DELTA.unpack_from(block, start)[0]
@@ -928,17 +916,17 @@ class StreamEngine:
                     break
         return out
 
-    def _readahead(self, st: StreamState, first: int) -> None:
+    def _readahead(self, st: StreamState, index: RangeIndex, first: int) -> None:
         """Fetch the next blocks in the background: a consumer catching up
         reads them next, and the object store's latency then overlaps."""
         tail = self.log_cache.first_offset(st.id)
-        for r in st.ranges[first : first + self.config.readahead_blocks]:
-            if tail is not None and r[R_START] >= tail:
+        for r in index.records(st.id, first, first + self.config.readahead_blocks):
+            if tail is not None and r.start_offset >= tail:
                 return  # the tail is served from the LogCache
-            k = (r[R_KEY], r[R_POSITION])
+            k = (r.object_key, r.position)
             if k in self._prefetching or self.block_cache.get(*k, count=False) is not None:
                 continue
-            task = asyncio.create_task(self._prefetch(RangeRecord._make(r)))
+            task = asyncio.create_task(self._prefetch(r))
             self._prefetching[k] = task
             task.add_done_callback(functools.partial(self._prefetched, k))
 
@@ -1050,7 +1038,15 @@ class StreamEngine:
     ) -> tuple[int, int] | None:
         """Trim by retention; returns (old start, new start) when it moved."""
         st = await self.open(stream_id)
-        point = retention_point(st.ranges, st.start_offset, now_ms, retention_ms, retention_bytes)
+        point = retention_point(
+            st.ranges.ends,
+            st.ranges.sizes,
+            st.ranges.max_timestamps,
+            st.start_offset,
+            now_ms,
+            retention_ms,
+            retention_bytes,
+        )
         point = min(point, st.end_offset)
         if point <= st.start_offset:
             return None
@@ -1072,7 +1068,7 @@ class StreamEngine:
             self.meta,
             self.config.node_id,
             st.id,
-            [RangeRecord._make(r) for r in st.ranges],
+            st.ranges.records(st.id),
             read,
             policy,
             st.cleaned_end,
@@ -1139,7 +1135,7 @@ class StreamEngine:
         """Batches of the first block (object range or cached tail) whose max
         timestamp satisfies `want`, in offset order. Not a hot path."""
         pred = want
-        for r in map(RangeRecord._make, list(st.ranges)):
+        for r in st.ranges.records(st.id):
             if r.end_offset <= st.start_offset or not pred(r.max_timestamp):
                 continue
             block = await self._block(st, r)
@@ -1182,38 +1178,3 @@ def _offset_when_done(fut: asyncio.Future[int], offset: int) -> asyncio.Future[i
     fut.add_done_callback(relay)
     out.add_done_callback(lambda f: f.cancelled() or f.exception())
     return out
-
-
-def swap_ranges(
-    ranges: list[Range], starts: list[int], old_starts: list[int], new: Sequence[Range]
-) -> tuple[list[Range], list[int], list[Range]]:
-    """A stream's ranges (sorted by start offset, and their starts) with
-    those starting at `old_starts` swapped for `new` (kept as plain tuples,
-    see meta.store.Range); also the ranges taken out. New lists, never
-    changed in place: a reader may hold the old ones across an await. The
-    usual swap is of neighbouring ranges: found by bisection and spliced
-    with list slices, for each of the thousands of streams a compaction
-    round swaps, whose lists hold as many ranges."""
-    old = sorted(old_starts)
-    fresh = sorted(map(plain_range, new), key=_start_of)
-    if old:
-        lo = bisect.bisect_left(starts, old[0])
-        hi = lo + len(old)
-        if (
-            hi <= len(starts)
-            and starts[lo:hi] == old
-            and (not fresh or lo == 0 or starts[lo - 1] < fresh[0][R_START])
-            and (not fresh or hi == len(starts) or fresh[-1][R_START] < starts[hi])
-        ):
-            return (
-                ranges[:lo] + fresh + ranges[hi:],
-                starts[:lo] + [r[R_START] for r in fresh] + starts[hi:],
-                ranges[lo:hi],
-            )
-    gone = set(old)
-    merged = sorted([r for r in ranges if r[R_START] not in gone] + fresh, key=_start_of)
-    return merged, [r[R_START] for r in merged], [r for r in ranges if r[R_START] in gone]
-
-
-def _start_of(r: Range) -> int:
-    return r[R_START]
