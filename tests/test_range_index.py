@@ -102,3 +102,15 @@ def test_ranges_leave_the_collector_nothing_to_traverse() -> None:
         assert gc.get_referents(column) == [type(column)]
     assert set(map(id, gc.get_referents(index.keys))) == {id("wal")}
     assert index.record(1, 999) == RangeRecord(1, 999, 1000, "wal", 9990, 10, 999)
+
+
+def test_empty_indexes_share_nothing_they_append_to() -> None:
+    # Empty indexes share their (empty) columns, so an idle stream holds no
+    # arrays; the first append must give the index columns of its own.
+    a, b = RangeIndex(), RangeIndex()
+    a.append(0, 1, "wal", 0, 10, 0)
+    assert len(a) == 1 and len(b) == 0 and b.end is None and b.keys == []
+    trimmed, _gone = a.from_offset(5)
+    trimmed.append(7, 8, "next", 0, 10, 0)
+    assert a.records(1) == [RangeRecord(1, 0, 1, "wal", 0, 10, 0)]
+    assert len(RangeIndex()) == 0 and list(RangeIndex().starts) == []

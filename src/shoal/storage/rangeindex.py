@@ -27,6 +27,12 @@ from shoal.meta.store import R_START, Range, RangeRecord
 #: (object key, position): a cached block's key in the BlockCache
 BlockKey = tuple[str, int]
 
+# The columns of every empty index: an opened, idle stream with no range
+# holds no arrays of its own (six empty ones were 416 bytes a stream).
+# Only `append` changes a column, and it gives the index its own first.
+_NO_INTS = array("q")
+_NO_KEYS: list[str] = []
+
 
 class RangeIndex:
     """A stream's ranges in offset order, one column per field."""
@@ -34,12 +40,8 @@ class RangeIndex:
     __slots__ = ("ends", "keys", "max_timestamps", "positions", "sizes", "starts")
 
     def __init__(self) -> None:
-        self.starts = array("q")
-        self.ends = array("q")
-        self.keys: list[str] = []
-        self.positions = array("q")
-        self.sizes = array("q")
-        self.max_timestamps = array("q")
+        self.starts = self.ends = self.positions = self.sizes = self.max_timestamps = _NO_INTS
+        self.keys = _NO_KEYS
 
     @classmethod
     def of(cls, ranges: Iterable[Range]) -> RangeIndex:
@@ -57,12 +59,22 @@ class RangeIndex:
         self, start: int, end: int, key: str, position: int, size: int, max_timestamp: int
     ) -> None:
         """A range after the last (a commit's)."""
+        if self.keys is _NO_KEYS:
+            self._own_columns()
         self.starts.append(start)
         self.ends.append(end)
         self.keys.append(key)
         self.positions.append(position)
         self.sizes.append(size)
         self.max_timestamps.append(max_timestamp)
+
+    def _own_columns(self) -> None:
+        self.starts = array("q")
+        self.ends = array("q")
+        self.keys = []
+        self.positions = array("q")
+        self.sizes = array("q")
+        self.max_timestamps = array("q")
 
     @property
     def end(self) -> int | None:
