@@ -688,3 +688,22 @@ async def test_watch_any_wakes_on_a_commit_to_any_stream(meta: MetaStore) -> Non
         w.cancel()  # the poll timed out
     assert len(quiet.waiters) <= WAITERS_SWEEP_AT
     await eng.close()
+
+
+async def test_a_reader_catches_up_with_the_owners_commits(meta: MetaStore) -> None:
+    # Another broker's view of a stream (read_only): loaded from the
+    # metadata, then extended with the ranges the owner commits later.
+    [sid] = await new_stream(meta)
+    store = FaultyStore()
+    owner = engine(store, meta)
+    reader = StreamEngine(store, meta, EngineConfig(reader_refresh_ms=0))
+    assert [await f for f in [await owner.append(sid, batch(b"a"), 0)]] == [0]
+    assert offsets_of((await reader.read_only(sid, 0, 1 << 20)).chunks) == [0]
+    futs = [await owner.append(sid, batch(b"b", b"c"), 0) for _ in range(3)]
+    assert [await f for f in futs] == [1, 3, 5]
+    result = await reader.read_only(sid, 1, 1 << 20)
+    assert offsets_of(result.chunks) == [1, 3, 5]
+    assert result.high_watermark == 7
+    assert len(reader._readers[sid].ranges) == len(owner._streams[sid].ranges)
+    await owner.close()
+    await reader.close()

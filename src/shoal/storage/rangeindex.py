@@ -48,12 +48,16 @@ class RangeIndex:
         """An index of `ranges` (RangeRecords or plain tuples), in the order
         given: sorted by start offset, as the metadata store returns them."""
         index = cls()
-        for r in ranges:
-            index.append(r[1], r[2], r[3], r[4], r[5], r[6])
+        index.extend(ranges)
         return index
 
     def __len__(self) -> int:
         return len(self.starts)
+
+    def extend(self, ranges: Iterable[Range]) -> None:
+        """Ranges after the last, in offset order (RangeRecords or tuples)."""
+        for r in ranges:
+            self.append(r[1], r[2], r[3], r[4], r[5], r[6])
 
     def append(
         self, start: int, end: int, key: str, position: int, size: int, max_timestamp: int

@@ -401,16 +401,8 @@ class StreamEngine:
         if rec.end_offset > st.end_offset:
             end = st.ranges.end
             known = st.start_offset if end is None else end
-            for r in await self.meta.load_ranges(st.id, known):
-                if r.start_offset >= known:
-                    st.ranges.append(
-                        r.start_offset,
-                        r.end_offset,
-                        r.object_key,
-                        r.position,
-                        r.size,
-                        r.max_timestamp,
-                    )
+            newer = await self.meta.load_ranges(st.id, known)
+            st.ranges.extend(r for r in newer if r.start_offset >= known)
             st.end_offset = st.next_offset = rec.end_offset
         if rec.start_offset > st.start_offset:
             st.start_offset = rec.start_offset
