@@ -4,7 +4,7 @@ A stream gains a range with every WAL commit that touches it, until
 compaction swaps them for one: at a fleet's load that is 10,000 ranges a
 second, alive 30-60 s. Kept as tuples, each range was a tracked container
 of seven references (its offsets, position and timestamp distinct int
-objects), and each young collection visited some 50,000 of them: 15-60 ms
+objects), and each young collection visited some 50,000 of them: 11-59 ms
 of CPU with the event loop stopped, every 5 s (docs/BENCHMARKS.md, session
 23). Here a stream's integers live in `array` columns of machine integers,
 whose one reference is their type; the object keys (one str per WAL object,
