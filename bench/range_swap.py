@@ -23,10 +23,10 @@ producers see.
 `postgresql` starts an embedded server (tests/cluster_harness.py; add
 `tests` to PYTHONPATH). Before the swap, the round's range read
 (MetaStore.range_rows over the same objects) is timed too. On PostgreSQL
-each step also reports the server's CPU seconds (`server_cpu_s`: every
-`postgres:` process on the machine, its backends and background workers,
-from /proc; so run it alone, and without `--busy` for the step alone): the
-work a round puts on the machine the broker shares. Prints one JSON line.
+each step also reports the server's CPU seconds (`server_cpu_s`: its
+postmaster and every process it forked, backends and background workers,
+from /proc; without `--busy` for the step alone): the work a round puts on
+the machine the broker shares. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
@@ -64,21 +63,11 @@ async def _commits(meta: MetaStore, sid: int, stop: asyncio.Event, out: list[flo
 
 
 def _server_cpu() -> float:
-    """CPU seconds so far of the PostgreSQL server's processes other than
-    the postmaster, which only forks them (Linux)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if not f.read().startswith(b"postgres:"):
-                    continue
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / tick
+    """CPU seconds so far of the embedded PostgreSQL server."""
+    from cluster_harness import postgres
+    from harness import cpu_seconds
+
+    return cpu_seconds(postgres().get_pid())
 
 
 def _ms(values: list[float], q: float) -> float:
