@@ -707,3 +707,23 @@ async def test_a_reader_catches_up_with_the_owners_commits(meta: MetaStore) -> N
     assert len(reader._readers[sid].ranges) == len(owner._streams[sid].ranges)
     await owner.close()
     await reader.close()
+
+
+async def test_a_read_from_objects_prefetches_the_next_blocks(meta: MetaStore) -> None:
+    # A consumer catching up reads block after block: after the first, the
+    # next `readahead_blocks` are fetched in the background, and no more.
+    [sid] = await new_stream(meta)
+    store = FaultyStore()
+    writer = engine(store, meta, eager=True)
+    for i in range(8):  # one commit, so one range (block), each
+        assert await (await writer.append(sid, batch(b"v%d" % i), 0)) == i
+    await writer.close()
+    reader = StreamEngine(store, meta, EngineConfig(readahead_blocks=3))
+    ranges = (await reader.open(sid)).ranges
+    assert len(ranges) == 8
+    result = await reader.read(sid, 0, 1, at_least_one=True)
+    assert offsets_of(result.chunks) == [0]
+    await asyncio.gather(*reader._prefetching.values())
+    cached = [reader.block_cache.get(k, p, count=False) is not None for k, p in ranges.blocks()]
+    assert cached == [True, True, True, True, False, False, False, False]
+    await reader.close()

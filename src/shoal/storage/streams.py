@@ -912,13 +912,13 @@ class StreamEngine:
         """Fetch the next blocks in the background: a consumer catching up
         reads them next, and the object store's latency then overlaps."""
         tail = self.log_cache.first_offset(st.id)
-        for r in index.records(st.id, first, first + self.config.readahead_blocks):
-            if tail is not None and r.start_offset >= tail:
+        for i in range(first, min(first + self.config.readahead_blocks, len(index))):
+            if tail is not None and index.starts[i] >= tail:
                 return  # the tail is served from the LogCache
-            k = (r.object_key, r.position)
+            k = (index.keys[i], index.positions[i])
             if k in self._prefetching or self.block_cache.get(*k, count=False) is not None:
                 continue
-            task = asyncio.create_task(self._prefetch(r))
+            task = asyncio.create_task(self._prefetch(index.record(st.id, i)))
             self._prefetching[k] = task
             task.add_done_callback(functools.partial(self._prefetched, k))
 
