@@ -190,6 +190,7 @@ async def sustained(
     conn = await Connection.open(bootstrap)
     lat: list[float] = []
     start = time.monotonic() + 0.2
+    started = time.time() + 0.2  # to match the timeline with a broker's log
     end = start + seconds
     waiting: deque[tuple[float, tuple[str, int]]] = deque()  # (due time, target)
     requests = 0
@@ -231,6 +232,7 @@ async def sustained(
     sent = len(lat)
     return {
         "seconds": seconds,
+        "started_utc": time.strftime("%H:%M:%S", time.gmtime(started)),
         "records_due": due_index,
         "records": sent,
         "records_per_s": round(sent / seconds),
