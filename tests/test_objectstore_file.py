@@ -132,3 +132,92 @@ async def test_get_many_on_a_file_store_names_an_unreadable_key(tmp_path: Path) 
     (root / "wal" / "0" / "dir.wal").mkdir()  # not a file: cannot be read
     with pytest.raises(ObjectStoreUnavailable, match=r"wal/0/dir\.wal"):
         await store.get_many(["wal/0/a.wal", "wal/0/dir.wal"])
+
+
+# -- spare files (storage/spares.py) ----------------------------------------
+
+
+def _spares(root: Path) -> list[Path]:
+    return sorted((root / "_spare").iterdir()) if (root / "_spare").exists() else []
+
+
+async def test_a_deleted_objects_file_takes_the_next_put(tmp_path: Path) -> None:
+    """The cleaner's delete keeps the file, emptied and out of sight; the
+    next PUT, into a directory that does not exist yet, is written into it."""
+    root = tmp_path / "objects"
+    store = ObjectStore(root.as_uri())
+    await store.put("wal/0/a.wal", os.urandom(5000))
+    inode = (root / "wal" / "0" / "a.wal").stat().st_ino
+    await store.delete_many(["wal/0/a.wal"])
+    [spare] = _spares(root)
+    assert spare.name.endswith("#0") and spare.stat().st_size == 0  # its blocks freed
+    assert await store.list("") == []
+    with pytest.raises(ObjectNotFound):
+        await store.get("wal/0/a.wal")
+    data = os.urandom(3000)
+    await store.put("compacted/0/b.obj", [data[:1000], memoryview(data)[1000:]])
+    assert await store.get("compacted/0/b.obj") == data
+    assert (root / "compacted" / "0" / "b.obj").stat().st_ino == inode
+    assert _spares(root) == []
+    assert sorted(p.name for p in (root / "compacted" / "0").iterdir()) == ["b.obj"]
+    assert [o.key for o in await store.list("")] == ["compacted/0/b.obj"]
+
+
+async def test_spares_are_bounded(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    store = ObjectStore(root.as_uri())
+    assert store._spares is not None
+    store._spares.most = 2
+    keys = [f"wal/0/{i}.wal" for i in range(5)]
+    for key in keys:
+        await store.put(key, b"x" * 100)
+    await store.delete_many(keys)
+    assert len(_spares(root)) == 2
+    assert list((root / "wal" / "0").iterdir()) == []
+
+
+async def test_two_stores_on_one_root_never_share_a_spare(tmp_path: Path) -> None:
+    """Each store writes only into the spares it kept, and no two spares of
+    one process have the same name, so one file never holds two objects."""
+    root = tmp_path / "objects"
+    one, two = ObjectStore(root.as_uri()), ObjectStore(root.as_uri())
+    for store, key in ((one, "wal/0/1.wal"), (two, "wal/0/2.wal")):
+        await store.put(key, b"x" * 100)
+        await store.delete_many([key])
+    assert len(_spares(root)) == 2
+    await one.put("wal/0/3.wal", b"three")
+    await two.put("wal/0/4.wal", b"four")
+    assert await one.get("wal/0/3.wal") == b"three"
+    assert await one.get("wal/0/4.wal") == b"four"
+    assert _spares(root) == []
+
+
+async def test_a_spare_the_cleaner_removed_is_passed_over(tmp_path: Path) -> None:
+    """Spares are `#0` files: the cleaner removes old ones as abandoned
+    uploads (a killed process's spares go that way), and a PUT then
+    creates a new file."""
+    root = tmp_path / "objects"
+    store = ObjectStore(root.as_uri())
+    await store.put("wal/0/a.wal", b"a")
+    await store.delete_many(["wal/0/a.wal"])
+    [left] = await store.staged_leftovers(older_than_ms=2**62)
+    assert left.key.startswith("_spare/")
+    await store.delete_staged(left.key)
+    await store.put("wal/0/b.wal", b"b")
+    assert await store.get("wal/0/b.wal") == b"b"
+    assert store._spares is not None and store._spares.reused == 0
+
+
+async def test_a_refused_conditional_put_into_a_spare_changes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    store = ObjectStore(root.as_uri())
+    await store.put("wal/0/a.wal", b"first")
+    await store.put("wal/0/b.wal", b"b")
+    await store.delete_many(["wal/0/b.wal"])
+    with pytest.raises(ObjectExists):
+        await store.put("wal/0/a.wal", b"second")
+    assert await store.get("wal/0/a.wal") == b"first"
+    assert sorted(p.name for p in (root / "wal" / "0").iterdir()) == ["a.wal"]
+    assert _spares(root) == []  # written into and dropped, not left half-used
+    await store.put("wal/0/a.wal", b"third", create=False)  # an overwrite takes one too
+    assert await store.get("wal/0/a.wal") == b"third"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -448,6 +449,33 @@ async def test_a_cut_short_uploads_file_is_swept(meta: MetaStore, tmp_path: Path
     assert result.orphans == 1
     assert not old.exists() and fresh.exists()
     assert [i.key for i in await store.list("wal/")] == ["wal/1/00000000000000000001.wal"]
+
+
+async def test_an_unused_spare_file_is_swept_without_a_warning(
+    meta: MetaStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file store keeps deleted objects' files as spares (storage/spares.py):
+    one left unused past the grace period goes as a cut-short upload's file
+    does, but it is no sign of a crash, so it is not logged as one."""
+    import os
+    import time
+
+    from shoal.storage.cleaner import Cleaner
+    from shoal.storage.objectstore import ObjectStore
+
+    store = ObjectStore((tmp_path / "objects").as_uri())
+    for key in ("wal/1/1.wal", "wal/1/2.wal"):
+        await store.put(key, b"compacted away")
+    await store.delete_many(["wal/1/1.wal", "wal/1/2.wal"])
+    old, fresh = sorted((tmp_path / "objects" / "_spare").iterdir())
+    hour_ago = time.time() - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    with caplog.at_level(logging.DEBUG, logger="shoal.cleaner"):
+        result = await Cleaner(store, meta, orphan_grace_ms=60_000).run_once()
+    assert result.orphans == 1
+    assert not old.exists() and fresh.exists()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("spare" in r.getMessage() for r in caplog.records)
 
 
 async def test_catch_up_rate_accounts_debt() -> None:

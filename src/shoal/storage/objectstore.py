@@ -7,6 +7,8 @@ store's own (`_write_file`), the same way obstore writes it (a staging file
 obstore each small PUT crossed four threads (the caller, tokio's runtime,
 its blocking pool, back) and cost 300-800 us of CPU under load for ~40 us of
 system calls; the WAL on a local store writes an object every few requests.
+A delete through `delete_many` keeps the file as a spare that a later PUT
+writes into (spares.py): no inode freed, none allocated.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from shoal.storage.errors import (
     ObjectStoreUnavailable,
     StorageError,
 )
+from shoal.storage.spares import Spares
 
 T = TypeVar("T")
 SCHEMES = ("file", "memory", "s3", "s3a", "gs", "az", "abfs", "abfss")
@@ -76,6 +79,7 @@ class ObjectStore:
         kwargs: dict[str, Any] = dict(options or {})
         #: a file store's directory: PUTs are written by `_write_file`
         self._root: str | None = None
+        self._spares: Spares | None = None
         self._writer: ThreadPoolExecutor | None = None
         if parsed.scheme == "file":
             if not parsed.path:
@@ -84,6 +88,7 @@ class ObjectStore:
                 Path(parsed.path).mkdir(parents=True, exist_ok=True)
                 kwargs.setdefault("mkdir", True)
                 self._root = parsed.path.rstrip("/") or "/"
+                self._spares = Spares(self._root)
             elif not Path(parsed.path).is_dir():
                 raise InvalidObjectStoreURL(f"objects directory {parsed.path} does not exist")
         try:
@@ -113,7 +118,7 @@ class ObjectStore:
 
     async def _put_file(self, key: str, data: Payload, create: bool) -> None:
         """`put` on a file store: one hop to the writer threads and back."""
-        await self._in_writer(_put_local, f"{self._root}/{key}", key, data, create)
+        await self._in_writer(_put_local, f"{self._root}/{key}", key, data, create, self._spares)
 
     def writes_locally(self, key: str) -> bool:
         """Whether a PUT of `key` is a file write of Shoal's own: a file
@@ -127,7 +132,7 @@ class ObjectStore:
         like `put`."""
         if not self.writes_locally(key):
             raise ValueError(f"{key!r} is not written locally by this store")
-        return functools.partial(_put_local, f"{self._root}/{key}", key, data, True)
+        return functools.partial(_put_local, f"{self._root}/{key}", key, data, True, self._spares)
 
     async def get(self, key: str) -> bytes:
         try:
@@ -150,7 +155,7 @@ class ObjectStore:
         """`delete` of each key (a missing one is no error); on a file store
         in one hop, as `get_many`."""
         if self._root is not None and all(self.writes_locally(k) for k in keys):
-            await self._in_writer(_delete_local_many, self._root, list(keys))
+            await self._in_writer(_delete_local_many, self._root, list(keys), self._spares)
             return
         await gather_bounded([functools.partial(self.delete, k) for k in keys])
 
@@ -251,41 +256,41 @@ def _get_local_many(root: str, keys: list[str]) -> list[bytes]:
     return out
 
 
-def _delete_local_many(root: str, keys: list[str]) -> None:
+def _delete_local_many(root: str, keys: list[str], spares: Spares | None = None) -> None:
     for key in keys:
+        path = f"{root}/{key}"
         try:
-            os.unlink(f"{root}/{key}")
+            if spares is None or not spares.keep(path):
+                os.unlink(path)
         except FileNotFoundError:
             pass
         except OSError as exc:
             raise _unavailable(key, exc) from exc
 
 
-def _put_local(path: str, key: str, data: Payload, create: bool) -> None:
+def _put_local(
+    path: str, key: str, data: Payload, create: bool, spares: Spares | None = None
+) -> None:
     """`_write_file` with the store's errors."""
     try:
-        _write_file(path, data, create)
+        _write_file(path, data, create, spares)
     except FileExistsError as exc:
         raise ObjectExists(key) from exc
     except OSError as exc:
         raise _unavailable(key, exc) from exc
 
 
-def _write_file(path: str, data: Payload, create: bool) -> None:
+def _write_file(path: str, data: Payload, create: bool, spares: Spares | None = None) -> None:
     """What obstore's LocalFileSystem does for a PUT: write a staging file
     `PATH#N` (a killed process leaves it for `staged_leftovers`), then
     hard-link it into place (fails if the object exists: a conditional
-    create) or rename it over (overwrite). No fsync, as in obstore."""
-    while True:
-        staged = f"{path}#{next(_STAGE)}"
-        try:
-            fd = os.open(staged, _CREATE, 0o666)
-        except FileExistsError:
-            continue  # another process's staging file of the same key
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            continue
-        break
+    create) or rename it over (overwrite). No fsync, as in obstore. A spare
+    file, when there is one, is the staging file (spares.py)."""
+    taken = spares.take() if spares is not None else None
+    if taken is not None:
+        staged, fd = taken
+    else:
+        staged, fd = _staging_file(path)
     try:
         try:
             if isinstance(data, list):
@@ -294,15 +299,37 @@ def _write_file(path: str, data: Payload, create: bool) -> None:
                 _write_all(fd, memoryview(data))
         finally:
             os.close(fd)
-        if create:
-            os.link(staged, path)
-        else:
-            os.replace(staged, path)
+        try:
+            _into_place(staged, path, create)
+        except FileNotFoundError:
+            # A spare is staged in its own directory: the object's may not
+            # exist yet.
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            _into_place(staged, path, create)
     finally:
         try:
             os.unlink(staged)  # after the link; gone already after a rename
         except FileNotFoundError:
             pass
+
+
+def _into_place(staged: str, path: str, create: bool) -> None:
+    if create:
+        os.link(staged, path)
+    else:
+        os.replace(staged, path)
+
+
+def _staging_file(path: str) -> tuple[str, int]:
+    """A new `PATH#N` and a descriptor open on it for writing."""
+    while True:
+        staged = f"{path}#{next(_STAGE)}"
+        try:
+            return staged, os.open(staged, _CREATE, 0o666)
+        except FileExistsError:
+            continue  # another process's staging file of the same key
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
 
 
 def _write_all(fd: int, view: memoryview) -> None:
