@@ -44,6 +44,7 @@ from shoal.protocol.records import CRC_START, batch_spans, read_header
 from shoal.storage.errors import CorruptObject
 from shoal.storage.format import BlockBuilder, BlockEntry, decode_object, encode_object
 from shoal.storage.localdirs import locked
+from shoal.storage.spares import DIRECTORY as SPARES
 
 log = logging.getLogger("shoal.edge.integrity")
 
@@ -253,8 +254,8 @@ async def _check(
             for n in names_:
                 p = Path(root) / n
                 rel = p.relative_to(objects_dir).as_posix()
-                if rel.startswith("__shoal_check__"):
-                    continue
+                if rel.startswith(("__shoal_check__", SPARES + "/")):
+                    continue  # the store's start-up probe; empty files kept to reuse
                 try:
                     files[rel] = p.stat().st_size
                 except FileNotFoundError:
