@@ -1,15 +1,17 @@
 """Spare files: a file store writes new objects into the files of deleted ones.
 
-On ext4 without a journal (common on an edge gateway's flash, and the
-machines this project is measured on), creating a file skips every inode
+On ext4 without a journal (which some gateways run on flash to spare it
+writes, and which the machines this project is measured on have), creating
+a file skips every inode
 freed in the last 60 s, 360 s while its inode table block is dirty, and
 reads that inode's table block to find out (`recently_deleted` in the
 kernel's fs/ext4/ialloc.c). A broker on a local store deletes WAL objects
 (compaction, after the grace period) about as fast as it writes them, so
 every new WAL object paid for walking past thousands of freshly freed
-inodes: 37 µs at the median but 622 µs at p90 and 187 µs on average of
-kernel CPU in the WAL commit's thread, against about 20 µs for a create on
-a quiet directory (docs/BENCHMARKS.md).
+inodes. At 10,000 records a second the object's file took 257 µs at the
+median and 852 µs at p90 of the WAL commit's thread (most of it kernel
+CPU), against about 20 µs for a create in a quiet directory; with spares,
+112 and 245 µs (docs/BENCHMARKS.md, session 24).
 
 So a file store keeps the files of objects it deletes, emptied (their
 blocks freed at once), in `_spare/`, up to `MOST` of them, and writes the
