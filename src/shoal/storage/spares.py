@@ -2,10 +2,9 @@
 
 On ext4 without a journal (which some gateways run on flash to spare it
 writes, and which the machines this project is measured on have), creating
-a file skips every inode
-freed in the last 60 s, 360 s while its inode table block is dirty, and
-reads that inode's table block to find out (`recently_deleted` in the
-kernel's fs/ext4/ialloc.c). A broker on a local store deletes WAL objects
+a file skips every inode freed in the last 60 s, 360 s while its inode
+table block is dirty, and reads that inode's table block to find out
+(`recently_deleted` in the kernel's fs/ext4/ialloc.c). A broker on a local store deletes WAL objects
 (compaction, after the grace period) about as fast as it writes them, so
 every new WAL object paid for walking past thousands of freshly freed
 inodes. At 10,000 records a second the object's file took 257 µs at the
@@ -16,8 +15,8 @@ CPU), against about 20 µs for a create in a quiet directory; with spares,
 So a file store keeps the files of objects it deletes, emptied (their
 blocks freed at once), in `_spare/`, up to `MOST` of them, and writes the
 next objects into those: no inode is freed or allocated. Each process keeps
-its own (named by its pid, listed only in its memory), so no two writers
-ever take the same file. A spare is named `…#0`, which obstore's listing
+its own (named by its pid and a process-wide sequence, listed only in its
+memory), so no two writers ever take the same file. A spare is named `…#0`, which obstore's listing
 skips like any staging file, and which the cleaner's `staged_leftovers`
 removes once old: spares a killed process left behind go the same way.
 
