@@ -44,7 +44,7 @@ from shoal.protocol.records import CRC_START, batch_spans, read_header
 from shoal.storage.errors import CorruptObject
 from shoal.storage.format import BlockBuilder, BlockEntry, decode_object, encode_object
 from shoal.storage.localdirs import locked
-from shoal.storage.spares import DIRECTORY as SPARES
+from shoal.storage.spares import is_spare
 
 log = logging.getLogger("shoal.edge.integrity")
 
@@ -254,7 +254,7 @@ async def _check(
             for n in names_:
                 p = Path(root) / n
                 rel = p.relative_to(objects_dir).as_posix()
-                if rel.startswith(("__shoal_check__", SPARES + "/")):
+                if rel.startswith("__shoal_check__") or is_spare(rel):
                     continue  # the store's start-up probe; empty files kept to reuse
                 try:
                     files[rel] = p.stat().st_size

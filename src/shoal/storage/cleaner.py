@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from shoal.meta.store import MetaStore
 from shoal.storage.caches import BlockCache
 from shoal.storage.objectstore import ObjectStore
-from shoal.storage.spares import DIRECTORY as SPARES
+from shoal.storage.spares import is_spare
 
 log = logging.getLogger("shoal.cleaner")
 
@@ -109,14 +109,15 @@ class Cleaner:
         upload of this process can still be writing one."""
         count = 0
         for info in await self.store.staged_leftovers(now - self.orphan_grace_ms):
+            if is_spare(info.key):
+                # unused that long (storage/spares.py), or a killed
+                # process's: no broker's upload, whatever `nodes` sweeps
+                log.debug("deleting spare file %s", info.key)
+                await self.store.delete_staged(info.key)
+                continue
             if nodes is not None and node_of(info.key) not in nodes:
                 continue
-            if info.key.startswith(SPARES + "/"):
-                # a spare file unused that long (storage/spares.py), or a
-                # killed process's: not an upload
-                log.debug("deleting spare file %s", info.key)
-            else:
-                log.warning("deleting a cut-short upload's file %s (%d bytes)", info.key, info.size)
+            log.warning("deleting a cut-short upload's file %s (%d bytes)", info.key, info.size)
             await self.store.delete_staged(info.key)
             count += 1
         return count

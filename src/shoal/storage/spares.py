@@ -4,21 +4,23 @@ On ext4 without a journal (which some gateways run on flash to spare it
 writes, and which the machines this project is measured on have), creating
 a file skips every inode freed in the last 60 s, 360 s while its inode
 table block is dirty, and reads that inode's table block to find out
-(`recently_deleted` in the kernel's fs/ext4/ialloc.c). A broker on a local store deletes WAL objects
-(compaction, after the grace period) about as fast as it writes them, so
-every new WAL object paid for walking past thousands of freshly freed
-inodes. At 10,000 records a second the object's file took 257 µs at the
-median and 852 µs at p90 of the WAL commit's thread (most of it kernel
-CPU), against about 20 µs for a create in a quiet directory; with spares,
-112 and 245 µs (docs/BENCHMARKS.md, session 24).
+(`recently_deleted` in the kernel's fs/ext4/ialloc.c). A broker on a local
+store deletes WAL objects (compaction, after the grace period) about as
+fast as it writes them, so every new WAL object paid for walking past
+thousands of freshly freed inodes. At 10,000 records a second the object's
+file took 257 µs at the median and 852 µs at p90 of the WAL commit's
+thread (most of it kernel CPU), against about 20 µs for a create in a
+quiet directory; with spares, 112 and 245 µs (docs/BENCHMARKS.md, session
+24).
 
 So a file store keeps the files of objects it deletes, emptied (their
 blocks freed at once), in `_spare/`, up to `MOST` of them, and writes the
-next objects into those: no inode is freed or allocated. Each process keeps
-its own (named by its pid and a process-wide sequence, listed only in its
-memory), so no two writers ever take the same file. A spare is named `…#0`, which obstore's listing
-skips like any staging file, and which the cleaner's `staged_leftovers`
-removes once old: spares a killed process left behind go the same way.
+next objects into those: no inode is freed or allocated. Each process
+keeps its own (named by its pid and a process-wide sequence, listed only
+in its memory), so no two writers ever take the same file. A spare is
+named `…#0`, which obstore's listing skips like any staging file; the
+cleaner removes one unused for object.orphan.grace.ms (`is_spare`), which
+is also how spares a killed process left behind go.
 
 An object's file is only kept after its delete, which comes after the
 object's grace period (object.delete.grace.ms): a read still holding the
@@ -43,6 +45,12 @@ MOST = 16384
 _SEQ = itertools.count(1)
 
 
+def is_spare(key: str) -> bool:
+    """Whether a key under a file store's root names a spare, not an object
+    or an upload."""
+    return key.startswith(DIRECTORY + "/")
+
+
 class Spares:
     """A file store's spare files. Thread-safe: a deque's append and popleft
     are atomic, and the writer threads share one instance."""
@@ -54,9 +62,6 @@ class Spares:
         self._prefix = f"{self.directory}/{os.getpid()}-"
         #: files written into a spare instead of a new one (for tests, stats)
         self.reused = 0
-
-    def __len__(self) -> int:
-        return len(self._names)
 
     def keep(self, path: str) -> bool:
         """Delete the file at `path` by moving it here, emptied. False if
