@@ -100,7 +100,7 @@ class TopicCatalog:
         self.version = 0
         self.cluster_mode = False
         # Cluster mode: gives a new topic's partitions owners.
-        self.on_created: Callable[[Topic], Awaitable[None]] | None = None
+        self.on_created: Callable[[list[Topic]], Awaitable[None]] | None = None
 
     async def load(self) -> None:
         self._set({t.name: _topic(t) for t in await self.meta.list_topics()})
@@ -234,6 +234,79 @@ class TopicCatalog:
         *,
         validate_only: bool = False,
     ) -> Topic:
+        (result,) = await self.create_many(
+            [(name, partitions, configs)], validate_only=validate_only
+        )
+        if isinstance(result, KafkaError):
+            raise result
+        return result
+
+    async def create_many(
+        self,
+        wanted: list[tuple[str, int, dict[str, str | None]]],
+        *,
+        validate_only: bool = False,
+    ) -> list[Topic | KafkaError]:
+        """Create the topics of one CreateTopics request (name, partitions
+        (-1: the default), configs); each one's topic or error, in order.
+
+        The valid ones are created in one metadata transaction and placed
+        (cluster mode) together: one topic after another, 2,000 topics
+        took 26 s on PostgreSQL, a few round trips per topic."""
+        out: list[str | KafkaError] = []  # a name: to be created
+        todo: dict[str, tuple[int, dict[str, str]]] = {}
+        for name, partitions, configs in wanted:
+            try:
+                count, clean = self._checked(name, partitions, configs)
+            except KafkaError as exc:
+                out.append(exc)
+                continue
+            out.append(_exists(name) if name in todo else name)
+            todo.setdefault(name, (count, clean))
+        if validate_only:
+            return [r if isinstance(r, KafkaError) else _placeholder(r, *todo[r]) for r in out]
+        async with self._lock:
+            todo = {n: v for n, v in todo.items() if n not in self._topics}
+            created = await self._insert(todo)
+            for topic in created.values():
+                self._topics[topic.name] = topic
+                self._by_id[topic.topic_uuid] = topic
+                self.touch(topic.name)
+        for topic in created.values():
+            log.info(
+                "created topic %s with %d partitions %s",
+                topic.name,
+                len(topic.partitions),
+                topic.overrides or "",
+            )
+        if created and self.on_created is not None:
+            await self.on_created(list(created.values()))
+        return [r if isinstance(r, KafkaError) else created.get(r) or _exists(r) for r in out]
+
+    async def _insert(self, todo: dict[str, tuple[int, dict[str, str]]]) -> dict[str, Topic]:
+        """Create these in the store: all in one transaction, or, if one of
+        them is there already (another broker of the cluster made it since
+        the cache last saw the store), one at a time, leaving that one out."""
+        specs = [(name, count, clean) for name, (count, clean) in todo.items()]
+        try:
+            return {t.name: _topic(t) for t in await self.meta.create_topics(specs)}
+        except TopicExists:
+            if len(specs) == 1:
+                return {}
+        created: dict[str, Topic] = {}
+        for spec in specs:
+            try:
+                (rec,) = await self.meta.create_topics([spec])
+            except TopicExists:
+                continue
+            created[rec.name] = _topic(rec)
+        return created
+
+    def _checked(
+        self, name: str, partitions: int, configs: dict[str, str | None]
+    ) -> tuple[int, dict[str, str]]:
+        """The partition count and clean configs of a topic to create, or
+        the Kafka error that says why it cannot be."""
         check_topic_name(name)
         if partitions == -1:
             partitions = int(self.config["num.partitions"])
@@ -248,32 +321,8 @@ class TopicCatalog:
             raise KafkaError(ErrorCode.invalid_config, str(exc)) from None
         self._check_combination(clean)
         if name in self._topics:
-            raise KafkaError(ErrorCode.topic_already_exists, f"topic {name!r} already exists")
-        if validate_only:
-            return Topic(
-                -1,
-                name,
-                uuid.uuid4(),
-                clean,
-                [PartitionRecord(i, -1, 0) for i in range(partitions)],
-            )
-        async with self._lock:
-            if name in self._topics:
-                raise KafkaError(ErrorCode.topic_already_exists, f"topic {name!r} already exists")
-            try:
-                rec = await self.meta.create_topic(name, partitions, clean)
-            except TopicExists:
-                raise KafkaError(
-                    ErrorCode.topic_already_exists, f"topic {name!r} already exists"
-                ) from None
-            topic = _topic(rec)
-            self._topics[name] = topic
-            self._by_id[topic.topic_uuid] = topic
-            self.touch(name)
-        log.info("created topic %s with %d partitions %s", name, partitions, clean or "")
-        if self.on_created is not None:
-            await self.on_created(topic)
-        return topic
+            raise _exists(name)
+        return partitions, clean
 
     async def get_or_create(self, name: str, allow_auto_create: bool = True) -> Topic | None:
         """The topic, auto-created on first use when the broker allows it."""
@@ -332,7 +381,7 @@ class TopicCatalog:
             self.touch(name)
         log.info("topic %s now has %d partitions", name, total)
         if self.on_created is not None:
-            await self.on_created(topic)
+            await self.on_created([topic])
         return topic
 
     async def alter_configs(
@@ -371,6 +420,17 @@ class TopicCatalog:
                 ) from None
             self.touch(name)
         log.info("topic %s configs now %s", name, topic.overrides)
+
+
+def _exists(name: str) -> KafkaError:
+    return KafkaError(ErrorCode.topic_already_exists, f"topic {name!r} already exists")
+
+
+def _placeholder(name: str, partitions: int, configs: dict[str, str]) -> Topic:
+    """What a topic would be (validate_only): no id, no streams."""
+    return Topic(
+        -1, name, uuid.uuid4(), configs, [PartitionRecord(i, -1, 0) for i in range(partitions)]
+    )
 
 
 def _topic(rec: TopicRecord) -> Topic:

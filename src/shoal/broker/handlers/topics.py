@@ -10,6 +10,7 @@ from typing import Any
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import Client
 from shoal.broker.handlers.configs import topic_config_entries
+from shoal.broker.topics import Topic
 from shoal.protocol.build import Schema
 from shoal.protocol.errors import ErrorCode, KafkaError
 from shoal.protocol.headers import RequestHeader
@@ -23,34 +24,34 @@ async def handle_create_topics(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
     s = Schema(19, header.api_version)
-    results = []
+    # Each topic's own checks first, then every topic that passed them
+    # created at once (TopicCatalog.create_many), then one result per topic
+    # in the request's order.
+    outcome: list[Topic | KafkaError | None] = []
+    wanted: list[tuple[str, int, dict[str, str | None]]] = []
     seen: set[str] = set()
     for t in body.topics:
-        code, message, topic = ErrorCode.none, None, None
         try:
-            if t.name in seen:
-                raise KafkaError(ErrorCode.invalid_request, f"topic {t.name!r} listed twice")
-            seen.add(t.name)
-            if not broker.authorize(
-                client, AclOperation.CREATE, ResourceType.CLUSTER, CLUSTER_NAME, False
-            ):
-                broker.require(client, AclOperation.CREATE, ResourceType.TOPIC, t.name)
-            if t.replication_factor == 0 or t.replication_factor < -1:
-                raise KafkaError(
-                    ErrorCode.invalid_replication_factor,
-                    f"replication factor must be -1 or at least 1, got {t.replication_factor}",
-                )
-            partitions = t.num_partitions
-            if t.assignments:
-                partitions = len(t.assignments)
-            topic = await broker.topics.create(
-                t.name,
-                partitions,
-                {c.name: c.value for c in t.configs},
-                validate_only=bool(body.validate_only),
-            )
+            _check_creatable(broker, client, t, seen)
         except KafkaError as exc:
-            code, message = exc.code, str(exc)
+            outcome.append(exc)
+            continue
+        outcome.append(None)
+        wanted.append(
+            (
+                t.name,
+                len(t.assignments) if t.assignments else t.num_partitions,
+                {c.name: c.value for c in t.configs},
+            )
+        )
+    created = iter(await broker.topics.create_many(wanted, validate_only=bool(body.validate_only)))
+    results = []
+    for t, early in zip(body.topics, outcome, strict=True):
+        result = early if early is not None else next(created)
+        topic = result if isinstance(result, Topic) else None
+        code, message = ErrorCode.none, None
+        if isinstance(result, KafkaError):
+            code, message = result.code, str(result)
             log.info("create topic %r from %s: %s", t.name, client, message)
         broker.audit.admin(
             client, "CreateTopics", "TOPIC", t.name, code.name,
@@ -80,6 +81,21 @@ async def handle_create_topics(
             )
         )
     return s.CreateTopicsResponse(throttle_time=ZERO, topics=tuple(results))
+
+
+def _check_creatable(broker: Broker, client: Client, t: Any, seen: set[str]) -> None:
+    """What CreateTopics checks of one topic before the catalog does: listed
+    once, allowed to this client, a replication factor Kafka accepts."""
+    if t.name in seen:
+        raise KafkaError(ErrorCode.invalid_request, f"topic {t.name!r} listed twice")
+    seen.add(t.name)
+    if not broker.authorize(client, AclOperation.CREATE, ResourceType.CLUSTER, CLUSTER_NAME, False):
+        broker.require(client, AclOperation.CREATE, ResourceType.TOPIC, t.name)
+    if t.replication_factor == 0 or t.replication_factor < -1:
+        raise KafkaError(
+            ErrorCode.invalid_replication_factor,
+            f"replication factor must be -1 or at least 1, got {t.replication_factor}",
+        )
 
 
 async def handle_delete_topics(

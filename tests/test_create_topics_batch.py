@@ -1,0 +1,192 @@
+"""A CreateTopics request's topics are created together (TopicCatalog.create_many:
+one metadata transaction, one placement in a cluster), yet each topic
+still gets its own answer, in the request's order, as Kafka gives it."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from kio.schema.create_topics.v7 import request as ct
+from kio.schema.errors import ErrorCode as WireCode
+
+from cluster_harness import new_database
+from harness import BrokerProcess
+from shoal.broker.topics import Topic, TopicCatalog
+from shoal.config import load_config
+from shoal.meta.store import MetaStore
+from shoal.protocol.errors import ErrorCode
+from shoal.protocol.errors import KafkaError as ShoalError
+from wire import RawClient
+
+TIMEOUT = 30
+
+
+def _outcome(future: Any) -> int:
+    """0 if the topic was created, else its Kafka error code."""
+    try:
+        future.result(TIMEOUT)
+    except KafkaException as exc:
+        return int(exc.args[0].code())
+    return 0
+
+
+def test_one_request_creates_the_valid_topics_and_answers_each(
+    broker: BrokerProcess, topic_name: str
+) -> None:
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    existing = f"{topic_name}-old"
+    assert _outcome(admin.create_topics([NewTopic(existing, 1, 1)])[existing]) == 0
+    good = [f"{topic_name}-a", f"{topic_name}-b", f"{topic_name}-c"]
+    asked = [
+        NewTopic(good[0], 3, 1, config={"retention.ms": "3600000"}),
+        NewTopic(existing, 2, 1),
+        NewTopic(f"{topic_name}/bad", 1, 1),
+        NewTopic(good[1], 1, 1),
+        NewTopic(f"{topic_name}-cfg", 1, 1, config={"no.such.config": "1"}),
+        NewTopic(good[2], 2, 1),
+    ]
+    futures = admin.create_topics(asked, operation_timeout=TIMEOUT)
+    outcomes = {name: _outcome(f) for name, f in futures.items()}
+    assert outcomes == {
+        good[0]: 0,
+        existing: KafkaError.TOPIC_ALREADY_EXISTS,
+        f"{topic_name}/bad": KafkaError.TOPIC_EXCEPTION,
+        good[1]: 0,
+        f"{topic_name}-cfg": KafkaError.INVALID_CONFIG,
+        good[2]: 0,
+    }
+    md = admin.list_topics(timeout=TIMEOUT)
+    assert {n: len(md.topics[n].partitions) for n in good} == {good[0]: 3, good[1]: 1, good[2]: 2}
+    assert len(md.topics[existing].partitions) == 1  # left as it was
+    assert f"{topic_name}-cfg" not in md.topics
+    [described] = admin.describe_configs([ConfigResource("topic", good[0])]).values()
+    assert described.result(TIMEOUT)["retention.ms"].value == "3600000"
+
+    # Every new partition is writable and reads back from offset 0.
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    wanted = [(n, p) for n in good for p in range(len(md.topics[n].partitions))]
+    for n, p in wanted:
+        producer.produce(n, value=f"{n}:{p}".encode(), partition=p)
+    assert producer.flush(TIMEOUT) == 0
+    consumer = Consumer(
+        {"bootstrap.servers": broker.bootstrap, "group.id": f"g-{uuid.uuid4().hex[:8]}"}
+    )
+    try:
+        consumer.assign([TopicPartition(n, p, 0) for n, p in wanted])
+        seen: dict[tuple[str, int], tuple[int, bytes]] = {}
+        while len(seen) < len(wanted):
+            msg = consumer.poll(TIMEOUT)
+            assert msg is not None, f"only {sorted(seen)} of {wanted}"
+            assert msg.error() is None, msg.error()
+            seen[(msg.topic(), msg.partition())] = (msg.offset(), msg.value())
+    finally:
+        consumer.close()
+    assert seen == {(n, p): (0, f"{n}:{p}".encode()) for n, p in wanted}
+
+
+def _creatable(name: str, partitions: int, replication: int = -1) -> Any:
+    return ct.CreatableTopic(
+        name=name,
+        num_partitions=partitions,
+        replication_factor=replication,
+        assignments=(),
+        configs=(),
+    )
+
+
+def _create(bootstrap: str, topics: list[Any], validate_only: bool = False) -> list[Any]:
+    body = ct.CreateTopicsRequest(
+        topics=tuple(topics),
+        timeout=datetime.timedelta(seconds=10),
+        validate_only=validate_only,
+    )
+    with RawClient(bootstrap) as c:
+        return list(c.call(19, 7, body).topics)
+
+
+def test_a_name_listed_twice_and_a_bad_count_get_their_own_errors(
+    broker: BrokerProcess, topic_name: str
+) -> None:
+    """Checks made before the catalog (listed twice, replication factor) and
+    the catalog's own (partition count) answer per topic; the others of
+    the request are created."""
+    results = _create(
+        broker.bootstrap,
+        [
+            _creatable(f"{topic_name}-x", 2),
+            _creatable(f"{topic_name}-x", 3),
+            _creatable(f"{topic_name}-zero", 0),
+            _creatable(f"{topic_name}-rf", 1, replication=0),
+            _creatable(f"{topic_name}-y", 1),
+        ],
+    )
+    assert [(r.name, r.error_code, r.num_partitions) for r in results] == [
+        (f"{topic_name}-x", WireCode.none, 2),
+        (f"{topic_name}-x", WireCode.invalid_request, -1),
+        (f"{topic_name}-zero", WireCode.invalid_partitions, -1),
+        (f"{topic_name}-rf", WireCode.invalid_replication_factor, -1),
+        (f"{topic_name}-y", WireCode.none, 1),
+    ]
+    assert results[0].topic_id != results[4].topic_id
+
+
+def test_validate_only_answers_each_topic_and_creates_none(
+    broker: BrokerProcess, topic_name: str
+) -> None:
+    results = _create(
+        broker.bootstrap,
+        [_creatable(f"{topic_name}-v1", 4), _creatable("bad name", 1), _creatable(topic_name, -1)],
+        validate_only=True,
+    )
+    assert [(r.error_code, r.num_partitions) for r in results] == [
+        (WireCode.none, 4),
+        (WireCode.invalid_topic_exception, -1),
+        (WireCode.none, 1),  # num.partitions, the broker default
+    ]
+    again = _create(broker.bootstrap, [_creatable(f"{topic_name}-v1", 4)])
+    assert again[0].error_code == WireCode.none  # validating created nothing
+
+
+@pytest.fixture
+async def two_stores() -> AsyncIterator[tuple[MetaStore, MetaStore]]:
+    """Two brokers' stores on one PostgreSQL database: ours and another's."""
+    url = new_database()
+    ours, theirs = await MetaStore.open(url), await MetaStore.open(url)
+    try:
+        yield ours, theirs
+    finally:
+        await ours.close()
+        await theirs.close()
+
+
+async def test_a_topic_another_broker_just_made_fails_alone(
+    two_stores: tuple[MetaStore, MetaStore],
+) -> None:
+    """In a cluster another broker may create a name this broker's catalog
+    has not seen yet: the batch's transaction fails on it, and the catalog
+    creates the others one by one, answering TOPIC_ALREADY_EXISTS for it."""
+    ours, theirs = two_stores
+    catalog = TopicCatalog(ours, load_config())
+    await catalog.load()
+    await theirs.create_topic("b", 4, {})  # after our catalog's load
+    placed: list[list[str]] = []
+
+    async def on_created(topics: list[Topic]) -> None:
+        placed.append([t.name for t in topics])
+
+    catalog.on_created = on_created
+    results = await catalog.create_many([("a", 2, {}), ("b", 1, {}), ("c", 3, {})])
+    assert isinstance(results[0], Topic) and isinstance(results[2], Topic)
+    assert isinstance(results[1], ShoalError)
+    assert results[1].code == ErrorCode.topic_already_exists
+    assert placed == [["a", "c"]]  # placed together, "b" not
+    stored = {t.name: len(t.partitions) for t in await ours.list_topics()}
+    assert stored == {"a": 2, "b": 4, "c": 3}
+    assert catalog.get("b") is None  # theirs: the next refresh brings it
+    assert [len(t.partitions) for t in (catalog.get("a"), catalog.get("c")) if t] == [2, 3]
