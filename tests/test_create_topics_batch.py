@@ -15,6 +15,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from kio.schema.create_topics.v7 import request as ct
 from kio.schema.errors import ErrorCode as WireCode
 
+from acl_helpers import metadata
 from cluster_harness import new_database
 from harness import BrokerProcess
 from shoal.broker.topics import Topic, TopicCatalog
@@ -190,3 +191,80 @@ async def test_a_topic_another_broker_just_made_fails_alone(
     assert stored == {"a": 2, "b": 4, "c": 3}
     assert catalog.get("b") is None  # theirs: the next refresh brings it
     assert [len(t.partitions) for t in (catalog.get("a"), catalog.get("c")) if t] == [2, 3]
+
+
+def test_one_metadata_request_auto_creates_its_new_topics(
+    broker: BrokerProcess, topic_name: str
+) -> None:
+    """A gateway's first Metadata request names all its new topics: they are
+    created together, and each name gets its own answer, in order."""
+    existing = f"{topic_name}-old"
+    assert _create(broker.bootstrap, [_creatable(existing, 2)])[0].error_code == WireCode.none
+    new = [f"{topic_name}-n{i}" for i in range(5)]
+    asked = [new[0], existing, "bad name", new[1], new[0], *new[2:]]
+    not_created = metadata(broker.bootstrap, asked, auto_create=False).topics
+    assert [(t.name, t.error_code) for t in not_created] == [
+        (n, WireCode.none if n == existing else WireCode.unknown_topic_or_partition) for n in asked
+    ]
+    answered = metadata(broker.bootstrap, asked, auto_create=True).topics
+    assert (
+        [(t.name, t.error_code, len(t.partitions)) for t in answered]
+        == [
+            (new[0], WireCode.none, 1),  # num.partitions
+            (existing, WireCode.none, 2),
+            ("bad name", WireCode.invalid_topic_exception, 0),
+            (new[1], WireCode.none, 1),
+            (new[0], WireCode.none, 1),
+            *((n, WireCode.none, 1) for n in new[2:]),
+        ]
+    )
+    assert answered[0].topic_id == answered[4].topic_id  # listed twice, made once
+    again = {t.name: t.topic_id for t in metadata(broker.bootstrap, new).topics}
+    assert again == {t.name: t.topic_id for t in answered if t.name in new}
+    # Each new topic takes records at offset 0.
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    delivered: list[tuple[Any, int | None]] = []
+    for n in new:
+        producer.produce(
+            n, b"first", partition=0, on_delivery=lambda e, m: delivered.append((e, m.offset()))
+        )
+    assert producer.flush(TIMEOUT) == 0
+    assert delivered == [(None, 0)] * len(new)
+
+
+async def test_auto_creation_reads_the_catalog_once_and_places_new_topics_together(
+    two_stores: tuple[MetaStore, MetaStore],
+) -> None:
+    """In a cluster the names this broker does not know are looked for in
+    the store once (a reload per name, after each creation, grew with the
+    square of the count), and the rest are created and placed together."""
+    ours, theirs = two_stores
+    catalog = TopicCatalog(ours, load_config())
+    catalog.cluster_mode = True
+    await catalog.load()
+    await theirs.create_topic("b", 4, {})  # after our catalog's load
+    placed: list[list[str]] = []
+
+    async def on_created(topics: list[Topic]) -> None:
+        placed.append([t.name for t in topics])
+
+    catalog.on_created = on_created
+    reads = 0
+    real = ours.topics_if_changed
+
+    async def counted(digest: str | None) -> Any:
+        nonlocal reads
+        reads += 1
+        return await real(digest)
+
+    ours.topics_if_changed = counted
+    found = await catalog.get_or_create_many(["a", "b", "bad/x", "c", "a"])
+    assert reads == 1
+    assert placed == [["a", "c"]]
+    a, b, bad, c, a2 = found
+    assert isinstance(a, Topic) and isinstance(c, Topic) and a2 is a
+    assert isinstance(b, Topic) and len(b.partitions) == 4  # theirs, found
+    assert isinstance(bad, ShoalError) and bad.code == ErrorCode.invalid_topic_exception
+    stored = {t.name: len(t.partitions) for t in await ours.list_topics()}
+    assert stored == {"a": 1, "b": 4, "c": 1}
+    assert await catalog.get_or_create_many(["d"], allow_auto_create=False) == [None]

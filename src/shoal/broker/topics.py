@@ -326,18 +326,35 @@ class TopicCatalog:
 
     async def get_or_create(self, name: str, allow_auto_create: bool = True) -> Topic | None:
         """The topic, auto-created on first use when the broker allows it."""
-        topic = self._topics.get(name) or await self._lookup(name)
-        if topic is not None:
-            return topic
-        if not (allow_auto_create and self.config["auto.create.topics.enable"]):
-            return None
-        check_topic_name(name)
-        try:
-            return await self.create(name, -1, {})
-        except KafkaError as exc:
-            if exc.code == ErrorCode.topic_already_exists:
-                return self._topics.get(name) or await self._lookup(name)
-            raise
+        (found,) = await self.get_or_create_many([name], allow_auto_create)
+        if isinstance(found, KafkaError):
+            raise found
+        return found
+
+    async def get_or_create_many(
+        self, names: list[str], allow_auto_create: bool = True
+    ) -> list[Topic | KafkaError | None]:
+        """Each topic, auto-created on first use when the broker allows it
+        (None: it does not exist and is not created), in order.
+
+        A Metadata request naming a fleet's new topics (each site's, on its
+        first connection) creates them together: one at a time, with a
+        catalog reload before each in a cluster, 2,000 topics took 48 s on
+        PostgreSQL."""
+        missing = [n for n in dict.fromkeys(names) if n not in self._topics]
+        if missing and self.cluster_mode:
+            await self.refresh()  # another broker may have created them
+            missing = [n for n in missing if n not in self._topics]
+        made: dict[str, Topic | KafkaError] = {}
+        if missing and allow_auto_create and self.config["auto.create.topics.enable"]:
+            results = await self.create_many([(n, -1, {}) for n in missing])
+            for name, result in zip(missing, results, strict=True):
+                if isinstance(result, KafkaError) and result.code == ErrorCode.topic_already_exists:
+                    # Created meanwhile, here or by another broker.
+                    made[name] = self._topics.get(name) or await self._lookup(name) or result
+                else:
+                    made[name] = result
+        return [made[n] if n in made else self._topics.get(n) for n in names]
 
     async def delete(self, name: str) -> Topic:
         if not self.config["delete.topic.enable"]:

@@ -32,26 +32,40 @@ async def handle_metadata(broker: Broker, client: Client, header: RequestHeader,
         )
         results = [_topic(broker, t, client, topic_ops) for t in topics]
     else:
+        # Each topic's own checks, then the named topics found (or
+        # auto-created) together, then one entry per topic in order.
+        entries: list[TopicEntry | str] = []  # a name: to be looked up
         for req in requested:
             name = req.name
             if name is None:  # v10+: by topic id (KIP-516)
                 by_id = broker.topics.by_id(req.topic_id)
                 if by_id is None or not _visible(broker, client, by_id.name):
-                    results.append(TopicEntry(ErrorCode.unknown_topic_id, None, req.topic_id))
+                    entries.append(TopicEntry(ErrorCode.unknown_topic_id, None, req.topic_id))
                     continue
                 name = by_id.name
             try:
                 broker.require(client, AclOperation.DESCRIBE, ResourceType.TOPIC, name)
                 if allow_auto and broker.topics.get(name) is None:
                     _require_create(broker, client, name)
-                topic = await broker.topics.get_or_create(name, allow_auto)
-                if topic is None:
-                    raise KafkaError(ErrorCode.unknown_topic_or_partition)
-                results.append(_topic(broker, topic, client, topic_ops))
             except KafkaError as exc:
-                if exc.code != ErrorCode.unknown_topic_or_partition:
-                    log.info("metadata for %r from %s: %s", name, client, exc)
-                results.append(TopicEntry(exc.code, name))
+                entries.append(_failed(client, name, exc))
+                continue
+            entries.append(name)
+        names = [e for e in entries if isinstance(e, str)]
+        found = dict(
+            zip(names, await broker.topics.get_or_create_many(names, allow_auto), strict=True)
+        )
+        for entry in entries:
+            if not isinstance(entry, str):
+                results.append(entry)
+                continue
+            topic = found[entry]
+            if isinstance(topic, Topic):
+                results.append(_topic(broker, topic, client, topic_ops))
+            elif topic is None:
+                results.append(TopicEntry(ErrorCode.unknown_topic_or_partition, entry))
+            else:
+                results.append(_failed(client, entry, topic))
     nodes = await broker.advertised.nodes(broker.live_nodes(), client.listener)
     return MetadataAnswer(
         version=version,
@@ -67,6 +81,12 @@ async def handle_metadata(broker: Broker, client: Client, header: RequestHeader,
             bool(getattr(body, "include_cluster_authorized_operations", False)),
         ),
     )
+
+
+def _failed(client: Client, name: str, exc: KafkaError) -> TopicEntry:
+    if exc.code != ErrorCode.unknown_topic_or_partition:
+        log.info("metadata for %r from %s: %s", name, client, exc)
+    return TopicEntry(exc.code, name)
 
 
 def _visible(broker: Broker, client: Client, name: str) -> bool:
