@@ -97,8 +97,9 @@ def main() -> None:
     }
     names = [f"fleet-{i:06d}" for i in range(args.topics)]
     wanted = set(names)
-    c = Cluster(Path(tempfile.mkdtemp(prefix="shoal-fleet-failover-")), env=env).start()
-    out: dict[str, Any] = {"partitions": args.topics * args.partitions}
+    root = Path(tempfile.mkdtemp(prefix="shoal-fleet-failover-"))
+    c = Cluster(root, env=env).start()
+    out: dict[str, Any] = {"partitions": args.topics * args.partitions, "logs": str(root)}
     try:
         t0 = time.monotonic()
         create(c.bootstrap, names, args.partitions)
@@ -116,6 +117,7 @@ def main() -> None:
         survivors = ",".join(b.bootstrap for n, b in c.brokers.items() if n != args.victim)
         killed = time.monotonic()
         c.brokers[args.victim].kill()
+        out["killed_utc"] = time.strftime("%H:%M:%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
         deliver(survivors, moved)
         out["last_ack_after_kill_s"] = round(time.monotonic() - killed, 2)
         now = leaders(survivors, wanted)
