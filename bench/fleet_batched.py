@@ -26,7 +26,9 @@ Java-shaped client in a few lines, so that the figures are the broker's:
              librdkafka (confluent-kafka's Producer, linger.ms 5): the topics
              are auto-created through its Metadata requests, as a fleet's
              sites create theirs on first connection; wall time from the
-             first produce() to the last delivery, and the broker's CPU.
+             first produce() to the last delivery, and the broker's CPU;
+  delete     the T topics, in DeleteTopics requests of 500 (--no-delete
+             skips it): wall time and the broker's CPU.
 
 acks=all, no idempotence, each partition's batch is one record. Frames are
 built with kio before they are needed; every answer is checked (error code
@@ -82,6 +84,16 @@ def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
     for i in range(0, len(names), 500):
         futures = admin.create_topics(
             [NewTopic(n, partitions, 1) for n in names[i : i + 500]], request_timeout=300
+        )
+        for f in futures.values():
+            f.result(timeout=600)
+
+
+def delete_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for i in range(0, len(names), 500):
+        futures = admin.delete_topics(
+            names[i : i + 500], request_timeout=300, operation_timeout=300
         )
         for f in futures.values():
             f.result(timeout=600)
@@ -331,6 +343,13 @@ def run(target: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             auto = [f"auto-{i:06d}" for i in range(args.auto_topics)]
             out["auto"] = auto_create(broker.bootstrap, auto, args.size)
             out["auto"]["broker_cpu_s"] = round(cpu_seconds(pid) - c0, 2)
+        if args.delete:
+            c0, t0 = cpu_seconds(pid), time.perf_counter()
+            delete_topics(broker.bootstrap, names)
+            out["delete"] = {
+                "seconds": round(time.perf_counter() - t0, 2),
+                "broker_cpu_s": round(cpu_seconds(pid) - c0, 2),
+            }
         out["load1"] = round(os.getloadavg()[0], 2)
     finally:
         broker.stop(timeout=120)
@@ -347,6 +366,9 @@ def main() -> None:
     ap.add_argument("--linger-ms", type=float, default=5.0)
     ap.add_argument(
         "--auto-topics", type=int, default=2000, help="auto-created topics (last phase); 0 skips"
+    )
+    ap.add_argument(
+        "--no-delete", dest="delete", action="store_false", help="skip the delete phase"
     )
     ap.add_argument(
         "--timeline", action="store_true", help="sustained: p50 and max latency of each second"

@@ -470,3 +470,58 @@ async def test_only_moves_whose_owner_is_as_expected_are_made(meta: MetaStore) -
     assert [p.leader_epoch for p in stored.partitions] == [2, 1, 1, 2, 1, 1]
     [marked] = await cluster.reassignments()
     assert marked.partition == 0 and marked.moved_ms is not None
+
+
+async def test_deleting_4_or_150_topics_costs_the_same_statements(
+    meta: MetaStore, statements: Statements
+) -> None:
+    """A DeleteTopics of 500 topics was 500 transactions of a dozen
+    statements and a scan of the objects each; the store now deletes a
+    request's topics together. What a deletion leaves behind is checked
+    too: streams marked deleted, their ranges and producer states gone,
+    the objects only they used scheduled for the cleaner."""
+
+    async def delete(n: int) -> int:
+        names = [f"d{uuid.uuid4().hex[:8]}-{i}" for i in range(n)]
+        made = await meta.create_topics([(name, 5, {"retention.ms": "1"}) for name in names])
+        sids = [p.stream_id for t in made for p in t.partitions]
+        opened = await meta.open_streams(sids)
+        epochs = {sid: r.record.epoch for sid, r in opened.items() if isinstance(r, OpenedStream)}
+        key = f"wal/{uuid.uuid4().hex}"
+        await meta.commit_objects(
+            [
+                ObjectCommit(
+                    key,
+                    100 * len(sids),
+                    [
+                        RangeCommit(sid, epochs[sid], 0, 1, 100 * i, 100, 1)
+                        for i, sid in enumerate(sids)
+                    ],
+                    [ProducerRow(sid, 7, 0, "[[0, 0, 0, 0]]", 1) for sid in sids],
+                )
+            ],
+            node_id=0,
+        )
+        assert key not in await meta.objects_due(2**62)
+        with statements:
+            gone = await meta.delete_topics([*names, "never-there"])
+        count = statements.count
+        assert sorted(t.name for t in gone) == sorted(names)
+        assert not {t.name for t in await meta.list_topics()} & set(names)
+        async with meta.engine.connect() as conn:
+            flags = (
+                await conn.execute(
+                    select(schema.streams.c.deleted).where(schema.streams.c.id.in_(sids))
+                )
+            ).scalars()
+            assert list(flags) == [True] * len(sids)
+        for sid in sids:
+            assert await meta.load_ranges(sid) == []
+            assert await meta.load_producers(sid) == []
+        assert key in await meta.objects_due(2**62)  # scheduled once unreferenced
+        return count
+
+    small = await delete(4)
+    big = await delete(150)
+    assert small > 0
+    assert big == small

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import uuid
@@ -108,26 +109,40 @@ async def handle_delete_topics(
         if header.api_version >= 6
         else [(name, None) for name in body.topic_names]
     )
-    results = []
+    # Each entry's name and permission first, then every topic that passed
+    # deleted at once (TopicCatalog.delete_many), then one result per entry.
+    resolved: list[str | KafkaError] = []
     for asked, topic_id in wanted:
-        code, message, name = ErrorCode.none, None, asked
         try:
-            name = _delete_target(broker, asked, topic_id)
-            broker.require(client, AclOperation.DELETE, ResourceType.TOPIC, name)
-            topic = await broker.topics.delete(name)
-            topic_id = topic.topic_uuid
-            for p in topic.partitions:
-                broker.engine.forget(p.stream_id)
-            await broker.groups.topic_deleted(name)
-            log.info("deleted topic %s for %s", name, client)
+            target = _delete_target(broker, asked, topic_id)
+            broker.require(client, AclOperation.DELETE, ResourceType.TOPIC, target)
         except KafkaError as exc:
-            code, message = exc.code, str(exc)
+            resolved.append(exc)
+            continue
+        resolved.append(target)
+    names = [r for r in resolved if isinstance(r, str)]
+    outcomes = iter(await broker.topics.delete_many(names))
+    deleted: list[Topic] = []
+    results = []
+    for (asked, topic_id), r in zip(wanted, resolved, strict=True):
+        outcome = next(outcomes) if isinstance(r, str) else r
+        name = r if isinstance(r, str) else asked
+        code, message = ErrorCode.none, None
+        if isinstance(outcome, KafkaError):
+            code, message = outcome.code, str(outcome)
+        else:
+            topic_id = outcome.topic_uuid
+            deleted.append(outcome)
+            for p in outcome.partitions:
+                broker.engine.forget(p.stream_id)
+            log.info("deleted topic %s for %s", name, client)
         broker.audit.admin(client, "DeleteTopics", "TOPIC", name or str(topic_id), code.name)
         results.append(
             s.DeletableTopicResult(
                 name=name, topic_id=topic_id, error_code=code, error_message=message
             )
         )
+    await asyncio.gather(*(broker.groups.topic_deleted(t.name) for t in deleted))
     return s.DeleteTopicsResponse(throttle_time=ZERO, responses=tuple(results))
 
 

@@ -1,6 +1,7 @@
-"""A CreateTopics request's topics are created together (TopicCatalog.create_many:
-one metadata transaction, one placement in a cluster), yet each topic
-still gets its own answer, in the request's order, as Kafka gives it."""
+"""A request's topics are created (CreateTopics, Metadata's auto-creation)
+or deleted (DeleteTopics) together: one metadata transaction, one
+placement in a cluster. Each topic still gets its own answer, in the
+request's order, as Kafka gives it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from kio.schema.create_topics.v7 import request as ct
 from kio.schema.errors import ErrorCode as WireCode
@@ -232,12 +240,14 @@ def test_one_metadata_request_auto_creates_its_new_topics(
     assert delivered == [(None, 0)] * len(new)
 
 
-async def test_auto_creation_reads_the_catalog_once_and_places_new_topics_together(
+async def test_auto_creation_looks_names_up_once_and_places_new_topics_together(
     two_stores: tuple[MetaStore, MetaStore],
 ) -> None:
-    """In a cluster the names this broker does not know are looked for in
-    the store once (a reload per name, after each creation, grew with the
-    square of the count), and the rest are created and placed together."""
+    """In a cluster the names this broker does not know are looked up in
+    the store, once and by name (a whole reload per name, after each
+    creation, grew with the square of the count); one another broker made
+    is adopted, for the cluster member to open, and the rest are created
+    and placed together."""
     ours, theirs = two_stores
     catalog = TopicCatalog(ours, load_config())
     catalog.cluster_mode = True
@@ -249,22 +259,93 @@ async def test_auto_creation_reads_the_catalog_once_and_places_new_topics_togeth
         placed.append([t.name for t in topics])
 
     catalog.on_created = on_created
-    reads = 0
-    real = ours.topics_if_changed
+    reloads, lookups = 0, []
+    real_reload, real_find = ours.topics_if_changed, ours.find_topics
 
-    async def counted(digest: str | None) -> Any:
-        nonlocal reads
-        reads += 1
-        return await real(digest)
+    async def reload(digest: str | None) -> Any:
+        nonlocal reloads
+        reloads += 1
+        return await real_reload(digest)
 
-    ours.topics_if_changed = counted
+    async def find(names: Any) -> Any:
+        lookups.append(list(names))
+        return await real_find(names)
+
+    ours.topics_if_changed = reload
+    ours.find_topics = find
+    version = catalog.version
     found = await catalog.get_or_create_many(["a", "b", "bad/x", "c", "a"])
-    assert reads == 1
+    assert (reloads, lookups) == (0, [["a", "b", "bad/x", "c"]])
+    assert catalog.version > version  # the member reconciles: "b" may be its
     assert placed == [["a", "c"]]
     a, b, bad, c, a2 = found
     assert isinstance(a, Topic) and isinstance(c, Topic) and a2 is a
     assert isinstance(b, Topic) and len(b.partitions) == 4  # theirs, found
+    assert catalog.get("b") is b
     assert isinstance(bad, ShoalError) and bad.code == ErrorCode.invalid_topic_exception
     stored = {t.name: len(t.partitions) for t in await ours.list_topics()}
     assert stored == {"a": 1, "b": 4, "c": 1}
     assert await catalog.get_or_create_many(["d"], allow_auto_create=False) == [None]
+    # A later refresh keeps the adopted topic as it is.
+    assert await catalog.refresh() == []
+    assert catalog.get("b") is not None and len(catalog.get("b").partitions) == 4  # type: ignore[union-attr]
+
+
+def test_one_request_deletes_its_topics_and_answers_each(
+    broker: BrokerProcess, topic_name: str
+) -> None:
+    """By name and by id, with an unknown name, an unknown id and a name
+    listed twice: each entry answered in order; the deleted topics' offsets
+    and records are gone, and a topic made again under the same name starts
+    empty."""
+    from kio.schema.delete_topics.v6 import request as dt
+
+    names = [f"{topic_name}-d{i}" for i in range(4)]
+    created = _create(broker.bootstrap, [_creatable(n, 2) for n in names])
+    ids = {r.name: r.topic_id for r in created}
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for n in names:
+        producer.produce(n, b"old", partition=1)
+    assert producer.flush(TIMEOUT) == 0
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group})
+    consumer.commit(offsets=[TopicPartition(names[0], 1, 1)], asynchronous=False)
+    consumer.close()
+    unknown_id = uuid.uuid4()
+    body = dt.DeleteTopicsRequest(
+        topics=(
+            dt.DeleteTopicState(name=names[0], topic_id=None),
+            dt.DeleteTopicState(name=None, topic_id=ids[names[1]]),
+            dt.DeleteTopicState(name=f"{topic_name}-never", topic_id=None),
+            dt.DeleteTopicState(name=names[0], topic_id=None),
+            dt.DeleteTopicState(name=None, topic_id=unknown_id),
+            dt.DeleteTopicState(name=names[2], topic_id=None),
+        ),
+        timeout=datetime.timedelta(seconds=10),
+    )
+    with RawClient(broker.bootstrap) as c:
+        answers = c.call(20, 6, body).responses
+    assert [(a.name, a.topic_id, a.error_code) for a in answers] == [
+        (names[0], ids[names[0]], WireCode.none),
+        (names[1], ids[names[1]], WireCode.none),
+        (f"{topic_name}-never", None, WireCode.unknown_topic_or_partition),
+        (names[0], None, WireCode.unknown_topic_or_partition),  # deleted by the first
+        (None, unknown_id, WireCode.unknown_topic_id),
+        (names[2], ids[names[2]], WireCode.none),
+    ]
+    left = {t.name for t in metadata(broker.bootstrap, names).topics if t.error_code == 0}
+    assert left == {names[3]}
+    # Made again, the name is a new, empty topic with no committed offsets.
+    again = _create(broker.bootstrap, [_creatable(names[0], 2)])[0]
+    assert again.error_code == WireCode.none and again.topic_id != ids[names[0]]
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    [listed] = admin.list_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group, [TopicPartition(names[0], 1)])]
+    ).values()
+    assert [tp.offset for tp in listed.result(TIMEOUT).topic_partitions] == [-1001]
+    fresh = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"{group}-2"})
+    try:
+        low, high = fresh.get_watermark_offsets(TopicPartition(names[0], 1), timeout=TIMEOUT)
+    finally:
+        fresh.close()
+    assert (low, high) == (0, 0)
