@@ -31,21 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from cluster_harness import Cluster, wait_for
+from fleet_batched import create_topics
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def create(bootstrap: str, names: list[str], partitions: int) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for i in range(0, len(names), 500):
-        futures = admin.create_topics(
-            [NewTopic(n, partitions, 1) for n in names[i : i + 500]], request_timeout=300
-        )
-        for f in futures.values():
-            f.result(timeout=600)
 
 
 def leaders(bootstrap: str, names: set[str]) -> dict[tuple[str, int], int]:
@@ -102,7 +93,7 @@ def main() -> None:
     out: dict[str, Any] = {"partitions": args.topics * args.partitions, "logs": str(root)}
     try:
         t0 = time.monotonic()
-        create(c.bootstrap, names, args.partitions)
+        create_topics(c.bootstrap, names, args.partitions)
         out["create_s"] = round(time.monotonic() - t0, 2)
         owners = wait_for(
             lambda: (lambda o: o if len(o) == out["partitions"] and -1 not in o.values() else None)(

@@ -64,3 +64,17 @@ async def meta(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     m = await MetaStore.open(url)
     yield m
     await m.close()
+
+
+@pytest.fixture
+async def two_stores() -> AsyncIterator[tuple[MetaStore, MetaStore]]:
+    """Two brokers' stores on one PostgreSQL database: ours and another's."""
+    from cluster_harness import new_database
+
+    url = new_database()
+    ours, theirs = await MetaStore.open(url), await MetaStore.open(url)
+    try:
+        yield ours, theirs
+    finally:
+        await ours.close()
+        await theirs.close()

@@ -6,29 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from sqlalchemy import event
 
-from cluster_harness import new_database
 from shoal.broker.topics import TopicCatalog
 from shoal.config import load_config
 from shoal.meta.cluster import ClusterStore, Move
 from shoal.meta.store import MetaStore, PartitionRecord
-
-
-@pytest.fixture
-async def stores() -> AsyncIterator[tuple[MetaStore, MetaStore]]:
-    """Two brokers' stores on one PostgreSQL database: ours and another's."""
-    url = new_database()
-    ours, theirs = await MetaStore.open(url), await MetaStore.open(url)
-    try:
-        yield ours, theirs
-    finally:
-        await ours.close()
-        await theirs.close()
 
 
 def _loads(meta: MetaStore) -> tuple[list[str], Callable[[], None]]:
@@ -43,8 +30,10 @@ def _loads(meta: MetaStore) -> tuple[list[str], Callable[[], None]]:
     return seen, lambda: event.remove(meta.engine.sync_engine, "before_cursor_execute", on)
 
 
-async def test_an_unchanged_catalog_is_not_read_again(stores: tuple[MetaStore, MetaStore]) -> None:
-    ours, theirs = stores
+async def test_an_unchanged_catalog_is_not_read_again(
+    two_stores: tuple[MetaStore, MetaStore],
+) -> None:
+    ours, theirs = two_stores
     await theirs.create_topic("t1", 3, {"retention.ms": "60000"})
     catalog = TopicCatalog(ours, load_config())
     await catalog.refresh()
@@ -69,8 +58,8 @@ async def _seen_after(
     assert check(catalog)
 
 
-async def test_every_kind_of_change_is_seen(stores: tuple[MetaStore, MetaStore]) -> None:
-    ours, theirs = stores
+async def test_every_kind_of_change_is_seen(two_stores: tuple[MetaStore, MetaStore]) -> None:
+    ours, theirs = two_stores
     await theirs.create_topic("t1", 2, {"cleanup.policy": "delete"})
     catalog = TopicCatalog(ours, load_config())
     await catalog.refresh()
@@ -129,9 +118,9 @@ def _owner(catalog: TopicCatalog, topic: str, partition: int) -> int | None:
 
 
 async def test_a_name_reused_by_a_new_topic_is_a_new_topic(
-    stores: tuple[MetaStore, MetaStore],
+    two_stores: tuple[MetaStore, MetaStore],
 ) -> None:
-    ours, theirs = stores
+    ours, theirs = two_stores
     name = f"t{uuid.uuid4().hex[:6]}"
     await theirs.create_topic(name, 1, {})
     catalog = TopicCatalog(ours, load_config())
@@ -175,12 +164,12 @@ def _paused_after_read(
 
 
 async def test_a_refresh_that_read_before_a_local_create_keeps_the_topic(
-    stores: tuple[MetaStore, MetaStore], monkeypatch: pytest.MonkeyPatch
+    two_stores: tuple[MetaStore, MetaStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Cluster mode: a refresh that read the store before this broker
     created a topic dropped it again (and the broker the partitions it had
     just opened) until the next refresh."""
-    ours, theirs = stores
+    ours, theirs = two_stores
     catalog = TopicCatalog(ours, load_config())
     await catalog.refresh()
     await theirs.create_topic("other", 1, {})  # so that the refresh reads the topics
@@ -196,11 +185,11 @@ async def test_a_refresh_that_read_before_a_local_create_keeps_the_topic(
 
 
 async def test_a_refresh_that_read_before_owners_were_given_keeps_them(
-    stores: tuple[MetaStore, MetaStore], monkeypatch: pytest.MonkeyPatch
+    two_stores: tuple[MetaStore, MetaStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The read saw the new topic without owners; the owners given here
     afterwards (ClusterMember.assign_new) stay."""
-    ours, _theirs = stores
+    ours, _theirs = two_stores
     catalog = TopicCatalog(ours, load_config())
     topic = await catalog.create("t1", 1, {})
     read, go = _paused_after_read(monkeypatch, ours)
@@ -218,9 +207,9 @@ async def test_a_refresh_that_read_before_owners_were_given_keeps_them(
 
 
 async def test_a_refresh_that_read_before_a_local_delete_does_not_bring_it_back(
-    stores: tuple[MetaStore, MetaStore], monkeypatch: pytest.MonkeyPatch
+    two_stores: tuple[MetaStore, MetaStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ours, _theirs = stores
+    ours, _theirs = two_stores
     catalog = TopicCatalog(ours, load_config())
     await catalog.create("t1", 1, {})
     read, go = _paused_after_read(monkeypatch, ours)
@@ -233,12 +222,12 @@ async def test_a_refresh_that_read_before_a_local_delete_does_not_bring_it_back(
 
 
 async def test_a_stream_finds_its_partitions_current_record(
-    stores: tuple[MetaStore, MetaStore],
+    two_stores: tuple[MetaStore, MetaStore],
 ) -> None:
     """by_stream (the marker poller's lookup) gives the record a topic holds
     now: owners and epochs change by replacing a topic's records, and a
     record cached from before would say the old owner."""
-    ours, theirs = stores
+    ours, theirs = two_stores
     await theirs.create_topic("t1", 2, {})
     catalog = TopicCatalog(ours, load_config())
     await catalog.refresh()

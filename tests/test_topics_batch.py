@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from confluent_kafka import (
     Consumer,
     ConsumerGroupTopicPartitions,
@@ -24,7 +22,6 @@ from kio.schema.create_topics.v7 import request as ct
 from kio.schema.errors import ErrorCode as WireCode
 
 from acl_helpers import metadata
-from cluster_harness import new_database
 from harness import BrokerProcess
 from shoal.broker.topics import Topic, TopicCatalog
 from shoal.config import load_config
@@ -162,16 +159,16 @@ def test_validate_only_answers_each_topic_and_creates_none(
     assert again[0].error_code == WireCode.none  # validating created nothing
 
 
-@pytest.fixture
-async def two_stores() -> AsyncIterator[tuple[MetaStore, MetaStore]]:
-    """Two brokers' stores on one PostgreSQL database: ours and another's."""
-    url = new_database()
-    ours, theirs = await MetaStore.open(url), await MetaStore.open(url)
-    try:
-        yield ours, theirs
-    finally:
-        await ours.close()
-        await theirs.close()
+def _placements(catalog: TopicCatalog) -> list[list[str]]:
+    """The names of each batch of new topics the catalog hands on to be
+    placed (what the cluster member's assign_new receives)."""
+    placed: list[list[str]] = []
+
+    async def on_created(topics: list[Topic]) -> None:
+        placed.append([t.name for t in topics])
+
+    catalog.on_created = on_created
+    return placed
 
 
 async def test_a_topic_another_broker_just_made_fails_alone(
@@ -184,12 +181,7 @@ async def test_a_topic_another_broker_just_made_fails_alone(
     catalog = TopicCatalog(ours, load_config())
     await catalog.load()
     await theirs.create_topic("b", 4, {})  # after our catalog's load
-    placed: list[list[str]] = []
-
-    async def on_created(topics: list[Topic]) -> None:
-        placed.append([t.name for t in topics])
-
-    catalog.on_created = on_created
+    placed = _placements(catalog)
     results = await catalog.create_many([("a", 2, {}), ("b", 1, {}), ("c", 3, {})])
     assert isinstance(results[0], Topic) and isinstance(results[2], Topic)
     assert isinstance(results[1], ShoalError)
@@ -253,12 +245,7 @@ async def test_auto_creation_looks_names_up_once_and_places_new_topics_together(
     catalog.cluster_mode = True
     await catalog.load()
     await theirs.create_topic("b", 4, {})  # after our catalog's load
-    placed: list[list[str]] = []
-
-    async def on_created(topics: list[Topic]) -> None:
-        placed.append([t.name for t in topics])
-
-    catalog.on_created = on_created
+    placed = _placements(catalog)
     reloads, lookups = 0, []
     real_reload, real_find = ours.topics_if_changed, ours.find_topics
 
