@@ -27,6 +27,9 @@ Java-shaped client in a few lines, so that the figures are the broker's:
              are auto-created through its Metadata requests, as a fleet's
              sites create theirs on first connection; wall time from the
              first produce() to the last delivery, and the broker's CPU;
+  grow       the T topics from P to P+1 partitions, in CreatePartitions
+             requests of 500 (tansu 0.6 does not support the API): wall time
+             and the broker's CPU;
   delete     the T topics, in DeleteTopics requests of 500 (--no-delete
              skips it): wall time and the broker's CPU.
 
@@ -67,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 from kio.schema.api_versions.v0.request import ApiVersionsRequest
 from kio.schema.produce.v9 import request as pr
 
@@ -84,6 +87,18 @@ def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
     for i in range(0, len(names), 500):
         futures = admin.create_topics(
             [NewTopic(n, partitions, 1) for n in names[i : i + 500]], request_timeout=300
+        )
+        for f in futures.values():
+            f.result(timeout=600)
+
+
+def grow_topics(bootstrap: str, names: list[str], total: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for i in range(0, len(names), 500):
+        futures = admin.create_partitions(
+            [NewPartitions(n, total) for n in names[i : i + 500]],
+            request_timeout=300,
+            operation_timeout=300,
         )
         for f in futures.values():
             f.result(timeout=600)
@@ -343,6 +358,13 @@ def run(target: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             auto = [f"auto-{i:06d}" for i in range(args.auto_topics)]
             out["auto"] = auto_create(broker.bootstrap, auto, args.size)
             out["auto"]["broker_cpu_s"] = round(cpu_seconds(pid) - c0, 2)
+        if target != "tansu":
+            c0, t0 = cpu_seconds(pid), time.perf_counter()
+            grow_topics(broker.bootstrap, names, args.partitions + 1)
+            out["grow"] = {
+                "seconds": round(time.perf_counter() - t0, 2),
+                "broker_cpu_s": round(cpu_seconds(pid) - c0, 2),
+            }
         if args.delete:
             c0, t0 = cpu_seconds(pid), time.perf_counter()
             delete_topics(broker.bootstrap, names)

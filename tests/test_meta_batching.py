@@ -525,3 +525,40 @@ async def test_deleting_4_or_150_topics_costs_the_same_statements(
     big = await delete(150)
     assert small > 0
     assert big == small
+
+
+async def test_growing_4_or_150_topics_costs_the_same_statements(
+    meta: MetaStore, statements: Statements
+) -> None:
+    """A CreatePartitions of 500 topics was 500 transactions; the store now
+    grows a request's topics together, each from where it stood."""
+
+    async def grow(n: int) -> int:
+        names = [f"g{uuid.uuid4().hex[:8]}-{i}" for i in range(n)]
+        made = await meta.create_topics([(name, 1 + i % 3, {}) for i, name in enumerate(names)])
+        before = {t.name: list(t.partitions) for t in made}
+        with statements:
+            grown = await meta.add_partitions_many([(name, 5) for name in names])
+        count = statements.count
+        assert [t.name for t in grown] == names
+        stored = {t.name: t for t in await meta.list_topics()}
+        for t in grown:
+            assert stored[t.name].partitions == t.partitions
+            assert [p.partition for p in t.partitions] == list(range(5))
+            assert t.partitions[: len(before[t.name])] == before[t.name]  # kept as they were
+        sids = [p.stream_id for t in grown for p in t.partitions]
+        assert len(set(sids)) == len(sids)
+        return count
+
+    small = await grow(4)
+    big = await grow(150)
+    assert small > 0
+    assert big == small
+
+
+async def test_growing_a_missing_topic_grows_none_of_the_others(meta: MetaStore) -> None:
+    await meta.create_topic("stays", 1, {})
+    with pytest.raises(MetaError):
+        await meta.add_partitions_many([("stays", 3), ("gone", 2)])
+    [stays] = [t for t in await meta.list_topics() if t.name == "stays"]
+    assert len(stays.partitions) == 1

@@ -1,7 +1,7 @@
-"""A request's topics are created (CreateTopics, Metadata's auto-creation)
-or deleted (DeleteTopics) together: one metadata transaction, one
-placement in a cluster. Each topic still gets its own answer, in the
-request's order, as Kafka gives it."""
+"""A request's topics are created (CreateTopics, Metadata's
+auto-creation), grown (CreatePartitions) or deleted (DeleteTopics)
+together: one metadata transaction, one placement in a cluster. Each topic
+still gets its own answer, in the request's order, as Kafka gives it."""
 
 from __future__ import annotations
 
@@ -336,3 +336,72 @@ def test_one_request_deletes_its_topics_and_answers_each(
     finally:
         fresh.close()
     assert (low, high) == (0, 0)
+
+
+def test_one_request_grows_its_topics_and_answers_each(
+    broker: BrokerProcess, topic_name: str
+) -> None:
+    """Unknown, not larger, listed twice: each its own error; the others
+    grow, and their new partitions take records."""
+    from kio.schema.create_partitions.v3 import request as cp
+
+    names = [f"{topic_name}-g{i}" for i in range(3)]
+    assert all(
+        r.error_code == WireCode.none
+        for r in _create(broker.bootstrap, [_creatable(n, 2) for n in names])
+    )
+
+    def grow(*wanted: tuple[str, int]) -> list[Any]:
+        body = cp.CreatePartitionsRequest(
+            topics=tuple(
+                cp.CreatePartitionsTopic(name=n, count=c, assignments=None) for n, c in wanted
+            ),
+            timeout=datetime.timedelta(seconds=10),
+            validate_only=False,
+        )
+        with RawClient(broker.bootstrap) as c:
+            return list(c.call(37, 3, body).results)
+
+    results = grow(
+        (names[0], 4),
+        (f"{topic_name}-never", 3),
+        (names[1], 2),
+        (names[0], 5),
+        (names[2], 3),
+    )
+    assert [(r.name, r.error_code) for r in results] == [
+        (names[0], WireCode.none),
+        (f"{topic_name}-never", WireCode.unknown_topic_or_partition),
+        (names[1], WireCode.invalid_partitions),
+        (names[0], WireCode.invalid_request),
+        (names[2], WireCode.none),
+    ]
+    counts = {t.name: len(t.partitions) for t in metadata(broker.bootstrap, names).topics}
+    assert counts == {names[0]: 4, names[1]: 2, names[2]: 3}
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    delivered: list[tuple[Any, int | None]] = []
+    for n, p in ((names[0], 3), (names[2], 2)):
+        producer.produce(
+            n, b"new", partition=p, on_delivery=lambda e, m: delivered.append((e, m.offset()))
+        )
+    assert producer.flush(TIMEOUT) == 0
+    assert delivered == [(None, 0), (None, 0)]
+
+
+async def test_a_topic_another_broker_just_deleted_is_not_grown(
+    two_stores: tuple[MetaStore, MetaStore],
+) -> None:
+    ours, theirs = two_stores
+    for name in ("a", "b", "c"):
+        await ours.create_topic(name, 1, {})
+    catalog = TopicCatalog(ours, load_config())
+    await catalog.load()
+    await theirs.delete_topic("b")  # after our catalog's load
+    placed = _placements(catalog)
+    a, b, c = await catalog.add_partitions_many([("a", 3), ("b", 3), ("c", 2)])
+    assert isinstance(a, Topic) and len(a.partitions) == 3
+    assert isinstance(c, Topic) and len(c.partitions) == 2
+    assert isinstance(b, ShoalError) and b.code == ErrorCode.unknown_topic_or_partition
+    assert placed == [["a", "c"]]
+    stored = {t.name: len(t.partitions) for t in await ours.list_topics()}
+    assert stored == {"a": 3, "c": 2}

@@ -406,6 +406,52 @@ class TopicCatalog:
         return out
 
     async def add_partitions(self, name: str, total: int, *, validate_only: bool = False) -> Topic:
+        (result,) = await self.add_partitions_many([(name, total)], validate_only=validate_only)
+        if isinstance(result, KafkaError):
+            raise result
+        return result
+
+    async def add_partitions_many(
+        self, wanted: list[tuple[str, int]], *, validate_only: bool = False
+    ) -> list[Topic | KafkaError]:
+        """Grow the topics of one CreatePartitions request (name, new total)
+        together: one metadata transaction, one placement in a cluster;
+        each one's topic or error, in order. One topic at a time, growing
+        2,000 topics took 26 s on PostgreSQL."""
+        out: list[str | KafkaError] = []  # a name: to be grown
+        todo: dict[str, int] = {}
+        for name, total in wanted:
+            try:
+                if name in todo:
+                    raise KafkaError(ErrorCode.invalid_request, f"topic {name!r} listed twice")
+                self._check_growth(name, total)
+            except KafkaError as exc:
+                out.append(exc)
+                continue
+            out.append(name)
+            todo[name] = total
+        grown: dict[str, Topic] = {}
+        if not validate_only and todo:
+            async with self._lock:
+                # A DeleteTopics may have run while this request waited for
+                # the lock, or another broker of the cluster may have deleted one.
+                grown = await self._grow({n: t for n, t in todo.items() if n in self._topics})
+                for name in grown:
+                    self.touch(name)
+            for name, topic in grown.items():
+                log.info("topic %s now has %d partitions", name, len(topic.partitions))
+            if grown and self.on_created is not None:
+                await self.on_created(list(grown.values()))
+        elif validate_only:
+            grown = {n: self._topics[n] for n in todo}
+        return [
+            r
+            if isinstance(r, KafkaError)
+            else grown.get(r) or KafkaError(ErrorCode.unknown_topic_or_partition, f"no topic {r!r}")
+            for r in out
+        ]
+
+    def _check_growth(self, name: str, total: int) -> None:
         topic = self._topics.get(name)
         if topic is None:
             raise KafkaError(ErrorCode.unknown_topic_or_partition, f"no topic {name!r}")
@@ -417,25 +463,27 @@ class TopicCatalog:
             )
         if total > MAX_PARTITIONS:
             raise KafkaError(ErrorCode.invalid_partitions, f"at most {MAX_PARTITIONS} partitions")
-        if validate_only:
-            return topic
-        async with self._lock:
-            # A DeleteTopics may have run while this request waited for the lock,
-            # or another broker of the cluster may have deleted the topic.
-            if name not in self._topics:
-                raise KafkaError(ErrorCode.unknown_topic_or_partition, f"no topic {name!r}")
-            try:
-                rec = await self.meta.add_partitions(name, total)
-            except TopicNotFound:
-                raise KafkaError(
-                    ErrorCode.unknown_topic_or_partition, f"no topic {name!r}"
-                ) from None
+
+    async def _grow(self, todo: dict[str, int]) -> dict[str, Topic]:
+        """Add the partitions in the store and to the cached topics: all in
+        one transaction, or, if one of them is gone from the store (another
+        broker deleted it), one at a time, leaving that one out."""
+        wanted = list(todo.items())
+        try:
+            records = await self.meta.add_partitions_many(wanted)
+        except TopicNotFound:
+            records = []
+            for one in wanted:
+                try:
+                    records.extend(await self.meta.add_partitions_many([one]))
+                except TopicNotFound:
+                    continue
+        grown: dict[str, Topic] = {}
+        for rec in records:
+            topic = self._topics[rec.name]
             topic.partitions = list(rec.partitions)
-            self.touch(name)
-        log.info("topic %s now has %d partitions", name, total)
-        if self.on_created is not None:
-            await self.on_created([topic])
-        return topic
+            grown[rec.name] = topic
+        return grown
 
     async def alter_configs(
         self,

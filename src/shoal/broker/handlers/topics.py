@@ -164,17 +164,29 @@ async def handle_create_partitions(
     broker: Broker, client: Client, header: RequestHeader, body: Any
 ) -> Any:
     s = Schema(37, header.api_version)
-    results = []
+    # Each topic's permission and assignments first, then every topic that
+    # passed grown at once (TopicCatalog.add_partitions_many), then one
+    # result per topic in the request's order.
+    checked: list[KafkaError | None] = []
+    wanted: list[tuple[str, int]] = []
     for t in body.topics:
-        code, message = ErrorCode.none, None
         try:
             broker.require(client, AclOperation.ALTER, ResourceType.TOPIC, t.name)
             _check_assignments(broker, t.name, t.count, t.assignments)
-            await broker.topics.add_partitions(
-                t.name, t.count, validate_only=bool(body.validate_only)
-            )
         except KafkaError as exc:
-            code, message = exc.code, str(exc)
+            checked.append(exc)
+            continue
+        checked.append(None)
+        wanted.append((t.name, t.count))
+    grown = iter(
+        await broker.topics.add_partitions_many(wanted, validate_only=bool(body.validate_only))
+    )
+    results = []
+    for t, early in zip(body.topics, checked, strict=True):
+        outcome = early if early is not None else next(grown)
+        code, message = ErrorCode.none, None
+        if isinstance(outcome, KafkaError):
+            code, message = outcome.code, str(outcome)
             log.info("create partitions %r from %s: %s", t.name, client, message)
         broker.audit.admin(
             client, "CreatePartitions", "TOPIC", t.name, code.name,
