@@ -17,13 +17,14 @@ The lease (`broker.session.timeout.ms`) is the floor of both; the rest is
 the controller's round, the new owners' opens and the client's retries.
 
     PYTHONPATH=src:tests .venv/bin/python bench/fleet_failover.py \
-        [--topics 2000 --partitions 5] [--session-ms 6000 --heartbeat-ms 1000]
+        [--topics 2000 --partitions 5] [--session-ms 6000 --heartbeat-ms 1000] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import tempfile
 import time
@@ -76,6 +77,7 @@ def main() -> None:
     ap.add_argument("--session-ms", default="6000")
     ap.add_argument("--heartbeat-ms", default="1000")
     ap.add_argument("--victim", type=int, default=2)
+    ap.add_argument("--keep", action="store_true", help="keep the brokers' data and logs")
     args = ap.parse_args()
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
@@ -115,6 +117,9 @@ def main() -> None:
         out["led_elsewhere"] = sum(1 for tp in moved if now[tp] not in (-1, args.victim))
     finally:
         c.stop()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+            out.pop("logs")
     print(json.dumps(out, indent=1))
 
 
