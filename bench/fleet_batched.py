@@ -30,6 +30,8 @@ Java-shaped client in a few lines, so that the figures are the broker's:
   grow       the T topics from P to P+1 partitions, in CreatePartitions
              requests of 500 (tansu 0.6 does not support the API): wall time
              and the broker's CPU;
+  alter      retention.ms set on the T topics, in IncrementalAlterConfigs
+             requests of 500: wall time and the broker's CPU;
   delete     the T topics, in DeleteTopics requests of 500 (--no-delete
              skips it): wall time and the broker's CPU.
 
@@ -70,7 +72,14 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+)
 from kio.schema.api_versions.v0.request import ApiVersionsRequest
 from kio.schema.produce.v9 import request as pr
 
@@ -99,6 +108,28 @@ def grow_topics(bootstrap: str, names: list[str], total: int) -> None:
             [NewPartitions(n, total) for n in names[i : i + 500]],
             request_timeout=300,
             operation_timeout=300,
+        )
+        for f in futures.values():
+            f.result(timeout=600)
+
+
+def alter_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for i in range(0, len(names), 500):
+        futures = admin.incremental_alter_configs(
+            [
+                ConfigResource(
+                    "topic",
+                    n,
+                    incremental_configs=[
+                        ConfigEntry(
+                            "retention.ms", "3600000", incremental_operation=AlterConfigOpType.SET
+                        )
+                    ],
+                )
+                for n in names[i : i + 500]
+            ],
+            request_timeout=300,
         )
         for f in futures.values():
             f.result(timeout=600)
@@ -365,6 +396,12 @@ def run(target: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 "seconds": round(time.perf_counter() - t0, 2),
                 "broker_cpu_s": round(cpu_seconds(pid) - c0, 2),
             }
+        c0, t0 = cpu_seconds(pid), time.perf_counter()
+        alter_topics(broker.bootstrap, names)
+        out["alter"] = {
+            "seconds": round(time.perf_counter() - t0, 2),
+            "broker_cpu_s": round(cpu_seconds(pid) - c0, 2),
+        }
         if args.delete:
             c0, t0 = cpu_seconds(pid), time.perf_counter()
             delete_topics(broker.bootstrap, names)

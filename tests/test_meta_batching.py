@@ -562,3 +562,48 @@ async def test_growing_a_missing_topic_grows_none_of_the_others(meta: MetaStore)
         await meta.add_partitions_many([("stays", 3), ("gone", 2)])
     [stays] = [t for t in await meta.list_topics() if t.name == "stays"]
     assert len(stays.partitions) == 1
+
+
+async def test_changing_4_or_150_topics_configs_costs_the_same_statements(
+    meta: MetaStore, statements: Statements
+) -> None:
+    """An AlterConfigs of 500 topics was 500 transactions; the store now
+    changes a request's topics together: set, remove, replace all."""
+
+    async def change(n: int) -> int:
+        names = [f"c{uuid.uuid4().hex[:8]}-{i}" for i in range(n)]
+        await meta.create_topics(
+            [(name, 1, {"retention.ms": "1000", "segment.ms": "2000"}) for name in names]
+        )
+        changes = [
+            (name, {"retention.ms": str(i)}, ["segment.ms"] if i % 2 else [], i % 3 == 0)
+            for i, name in enumerate(names)
+        ]
+        with statements:
+            now = await meta.set_topic_configs_many(changes)
+        count = statements.count
+        expected = [
+            {"retention.ms": str(i)}
+            if i % 3 == 0 or i % 2
+            else {"retention.ms": str(i), "segment.ms": "2000"}
+            for i in range(n)
+        ]
+        assert now == expected
+        stored = {t.name: t.configs for t in await meta.list_topics()}
+        assert [stored[name] for name in names] == expected
+        return count
+
+    small = await change(4)
+    big = await change(150)
+    assert small > 0
+    assert big == small
+
+
+async def test_changing_a_missing_topics_configs_changes_none(meta: MetaStore) -> None:
+    await meta.create_topic("kept", 1, {"retention.ms": "5"})
+    with pytest.raises(MetaError):
+        await meta.set_topic_configs_many(
+            [("kept", {"retention.ms": "6"}, [], False), ("gone", {}, [], True)]
+        )
+    [kept] = [t for t in await meta.list_topics() if t.name == "kept"]
+    assert kept.configs == {"retention.ms": "5"}

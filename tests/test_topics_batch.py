@@ -1,6 +1,6 @@
 """A request's topics are created (CreateTopics, Metadata's
-auto-creation), grown (CreatePartitions) or deleted (DeleteTopics)
-together: one metadata transaction, one placement in a cluster. Each topic
+auto-creation), grown (CreatePartitions), reconfigured (AlterConfigs,
+IncrementalAlterConfigs) or deleted (DeleteTopics) together: one metadata transaction, one placement in a cluster. Each topic
 still gets its own answer, in the request's order, as Kafka gives it."""
 
 from __future__ import annotations
@@ -405,3 +405,83 @@ async def test_a_topic_another_broker_just_deleted_is_not_grown(
     assert placed == [["a", "c"]]
     stored = {t.name: len(t.partitions) for t in await ours.list_topics()}
     assert stored == {"a": 3, "c": 2}
+
+
+def test_one_request_changes_its_topics_configs_and_answers_each(
+    broker: BrokerProcess, topic_name: str
+) -> None:
+    """IncrementalAlterConfigs with topics, an unknown topic, a bad value, a
+    topic listed twice and a broker logger among them: each answered in
+    order; the valid topics changed, the others as they were."""
+    from kio.schema.incremental_alter_configs.v1 import request as iac
+
+    names = [f"{topic_name}-c{i}" for i in range(3)]
+    assert all(
+        r.error_code == WireCode.none
+        for r in _create(broker.bootstrap, [_creatable(n, 1) for n in names])
+    )
+
+    def topic(name: str, op: int, key: str, value: str | None) -> Any:
+        return iac.AlterConfigsResource(
+            resource_type=2,
+            resource_name=name,
+            configs=(iac.AlterableConfig(name=key, config_operation=op, value=value),),
+        )
+
+    body = iac.IncrementalAlterConfigsRequest(
+        resources=(
+            topic(names[0], 0, "retention.ms", "3600000"),  # SET
+            topic(f"{topic_name}-never", 0, "retention.ms", "1"),
+            topic(names[1], 0, "retention.ms", "not-a-number"),
+            iac.AlterConfigsResource(
+                resource_type=8,  # BROKER_LOGGER
+                resource_name="0",
+                configs=(
+                    iac.AlterableConfig(name="shoal.topics", config_operation=0, value="INFO"),
+                ),
+            ),
+            topic(names[0], 0, "retention.ms", "7200000"),
+            topic(names[2], 0, "cleanup.policy", "compact"),
+        ),
+        validate_only=False,
+    )
+    with RawClient(broker.bootstrap) as c:
+        answers = c.call(44, 1, body).responses
+    assert [(a.resource_name, a.error_code) for a in answers] == [
+        (names[0], WireCode.none),
+        (f"{topic_name}-never", WireCode.unknown_topic_or_partition),
+        (names[1], WireCode.invalid_config),
+        ("0", WireCode.none),
+        (names[0], WireCode.invalid_request),  # listed twice
+        (names[2], WireCode.none),
+    ]
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    described = admin.describe_configs([ConfigResource("topic", n) for n in names])
+    values = {
+        res.name: (cfg["retention.ms"].value, cfg["cleanup.policy"].value)
+        for res, f in described.items()
+        for cfg in [f.result(TIMEOUT)]
+    }
+    assert values[names[0]] == ("3600000", "delete")
+    assert values[names[1]][0] != "not-a-number"
+    assert values[names[2]][1] == "compact"
+
+
+async def test_configs_of_a_topic_another_broker_just_deleted_are_not_set(
+    two_stores: tuple[MetaStore, MetaStore],
+) -> None:
+    ours, theirs = two_stores
+    for name in ("a", "b", "c"):
+        await ours.create_topic(name, 1, {})
+    catalog = TopicCatalog(ours, load_config())
+    await catalog.load()
+    await theirs.delete_topic("b")  # after our catalog's load
+    results = await catalog.alter_configs_many(
+        [(n, {"retention.ms": "60000"}, [], False) for n in ("a", "b", "c")]
+    )
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], ShoalError)
+    assert results[1].code == ErrorCode.unknown_topic_or_partition
+    assert [catalog.get(n).overrides for n in ("a", "c")] == [{"retention.ms": "60000"}] * 2  # type: ignore[union-attr]
+    stored = {t.name: t.configs for t in await ours.list_topics()}
+    assert stored == {"a": {"retention.ms": "60000"}, "c": {"retention.ms": "60000"}}

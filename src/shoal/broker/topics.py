@@ -494,6 +494,55 @@ class TopicCatalog:
         replace: bool,
         validate_only: bool = False,
     ) -> None:
+        (result,) = await self.alter_configs_many(
+            [(name, set_, remove, replace)], validate_only=validate_only
+        )
+        if result is not None:
+            raise result
+
+    async def alter_configs_many(
+        self,
+        wanted: list[tuple[str, dict[str, str | None], list[str], bool]],
+        *,
+        validate_only: bool = False,
+    ) -> list[KafkaError | None]:
+        """Change the configs of one AlterConfigs request's topics (name,
+        set, remove, replace all) together, in one metadata transaction;
+        each one's error or None, in order. A topic listed twice: the
+        second is INVALID_REQUEST."""
+        out: list[KafkaError | None] = []
+        todo: dict[str, tuple[dict[str, str], list[str], bool]] = {}
+        for name, set_, remove, replace in wanted:
+            try:
+                if name in todo:
+                    raise KafkaError(ErrorCode.invalid_request, f"topic {name!r} listed twice")
+                todo[name] = (self._checked_configs(name, set_, remove, replace), remove, replace)
+            except KafkaError as exc:
+                out.append(exc)
+                continue
+            out.append(None)
+        if validate_only or not todo:
+            return out
+        async with self._lock:
+            # Deleted while this request waited, here or by another broker.
+            changed = await self._set_configs({n: c for n, c in todo.items() if n in self._topics})
+            for name, overrides in changed.items():
+                self._topics[name].overrides = overrides
+                self.touch(name)
+        for name, overrides in changed.items():
+            log.info("topic %s configs now %s", name, overrides)
+        return [
+            r
+            if r is not None or name in changed
+            else KafkaError(ErrorCode.unknown_topic_or_partition, f"no topic {name!r}")
+            for r, (name, *_rest) in zip(out, wanted, strict=True)
+        ]
+
+    def _checked_configs(
+        self, name: str, set_: dict[str, str | None], remove: list[str], replace: bool
+    ) -> dict[str, str]:
+        """The clean configs to set on a topic, or the Kafka error that says
+        why they cannot be."""
         topic = self._topics.get(name)
         if topic is None:
             raise KafkaError(ErrorCode.unknown_topic_or_partition, f"no topic {name!r}")
@@ -506,21 +555,25 @@ class TopicCatalog:
             raise KafkaError(ErrorCode.invalid_config, str(exc)) from None
         merged = {} if replace else {k: v for k, v in topic.overrides.items() if k not in remove}
         self._check_combination({**merged, **clean})
-        if validate_only:
-            return
-        async with self._lock:
-            if name not in self._topics:  # deleted while this request waited
-                raise KafkaError(ErrorCode.unknown_topic_or_partition, f"no topic {name!r}")
-            try:
-                topic.overrides = await self.meta.set_topic_configs(
-                    name, clean, remove, replace=replace
-                )
-            except TopicNotFound:
-                raise KafkaError(
-                    ErrorCode.unknown_topic_or_partition, f"no topic {name!r}"
-                ) from None
-            self.touch(name)
-        log.info("topic %s configs now %s", name, topic.overrides)
+        return clean
+
+    async def _set_configs(
+        self, todo: dict[str, tuple[dict[str, str], list[str], bool]]
+    ) -> dict[str, dict[str, str]]:
+        """Set them in the store: all in one transaction, or, if one topic
+        is gone from the store (another broker deleted it), one at a time,
+        leaving that one out. Each topic's overrides now."""
+        changes = [(n, clean, remove, replace) for n, (clean, remove, replace) in todo.items()]
+        try:
+            return dict(zip(todo, await self.meta.set_topic_configs_many(changes), strict=True))
+        except TopicNotFound:
+            done: dict[str, dict[str, str]] = {}
+            for change in changes:
+                try:
+                    (done[change[0]],) = await self.meta.set_topic_configs_many([change])
+                except TopicNotFound:
+                    continue
+            return done
 
 
 def _exists(name: str) -> KafkaError:

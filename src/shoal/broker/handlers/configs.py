@@ -335,9 +335,13 @@ async def _alter(
     changes: Callable[[Any], Changes],
     what: str,
 ) -> tuple[Any, ...]:
-    out = []
+    # Loggers are set as they come; each topic's checks run first, then
+    # every topic that passed them is changed at once
+    # (TopicCatalog.alter_configs_many); one result per resource, in order.
+    outcome: list[KafkaError | None] = []
+    kinds: list[str] = []
+    wanted: list[tuple[str, dict[str, str | None], list[str], bool]] = []
     for r in body.resources:
-        code, message = ErrorCode.none, None
         kind = "TOPIC"
         try:
             if r.resource_type == BROKER_LOGGER and what.startswith("incremental"):
@@ -347,21 +351,27 @@ async def _alter(
                     client, AclOperation.ALTER_CONFIGS, ResourceType.CLUSTER, CLUSTER_NAME
                 )
                 _alter_loggers(r.configs, bool(body.validate_only), client)
+                outcome.append(None)
             else:
                 _check_topic_resource(r.resource_type)
                 broker.require(
                     client, AclOperation.ALTER_CONFIGS, ResourceType.TOPIC, r.resource_name
                 )
                 set_, remove, replace = changes(r)
-                await broker.topics.alter_configs(
-                    r.resource_name,
-                    set_,
-                    remove,
-                    replace=replace,
-                    validate_only=bool(body.validate_only),
-                )
+                wanted.append((r.resource_name, set_, remove, replace))
+                outcome.append(_PENDING)
         except KafkaError as exc:
-            code, message = exc.code, str(exc)
+            outcome.append(exc)
+        kinds.append(kind)
+    altered = iter(
+        await broker.topics.alter_configs_many(wanted, validate_only=bool(body.validate_only))
+    )
+    out = []
+    for r, kind, early in zip(body.resources, kinds, outcome, strict=True):
+        result = next(altered) if early is _PENDING else early
+        code, message = ErrorCode.none, None
+        if result is not None:
+            code, message = result.code, str(result)
             log.info("%s %r from %s: %s", what, r.resource_name, client, message)
         broker.audit.admin(
             client, what, kind, r.resource_name, code.name,
@@ -376,6 +386,10 @@ async def _alter(
             )
         )
     return tuple(out)
+
+
+# A topic resource whose change waits for alter_configs_many.
+_PENDING = KafkaError(ErrorCode.none, "pending")
 
 
 def _check_topic_resource(resource_type: int) -> None:
