@@ -1,7 +1,8 @@
 """A request's topics are created (CreateTopics, Metadata's
 auto-creation), grown (CreatePartitions), reconfigured (AlterConfigs,
-IncrementalAlterConfigs) or deleted (DeleteTopics) together: one metadata transaction, one placement in a cluster. Each topic
-still gets its own answer, in the request's order, as Kafka gives it."""
+IncrementalAlterConfigs) or deleted (DeleteTopics) together: one metadata
+transaction, one placement in a cluster. Each topic still gets its own
+answer, in the request's order, as Kafka gives it."""
 
 from __future__ import annotations
 
