@@ -389,15 +389,23 @@ def test_one_request_grows_its_topics_and_answers_each(
     assert delivered == [(None, 0), (None, 0)]
 
 
-async def test_a_topic_another_broker_just_deleted_is_not_grown(
-    two_stores: tuple[MetaStore, MetaStore],
-) -> None:
+async def _catalog_missing_b(two_stores: tuple[MetaStore, MetaStore]) -> TopicCatalog:
+    """Our catalog of topics a, b and c, loaded before another broker
+    deleted b."""
     ours, theirs = two_stores
     for name in ("a", "b", "c"):
         await ours.create_topic(name, 1, {})
     catalog = TopicCatalog(ours, load_config())
     await catalog.load()
-    await theirs.delete_topic("b")  # after our catalog's load
+    await theirs.delete_topic("b")
+    return catalog
+
+
+async def test_a_topic_another_broker_just_deleted_is_not_grown(
+    two_stores: tuple[MetaStore, MetaStore],
+) -> None:
+    ours, _theirs = two_stores
+    catalog = await _catalog_missing_b(two_stores)
     placed = _placements(catalog)
     a, b, c = await catalog.add_partitions_many([("a", 3), ("b", 3), ("c", 2)])
     assert isinstance(a, Topic) and len(a.partitions) == 3
@@ -471,12 +479,8 @@ def test_one_request_changes_its_topics_configs_and_answers_each(
 async def test_configs_of_a_topic_another_broker_just_deleted_are_not_set(
     two_stores: tuple[MetaStore, MetaStore],
 ) -> None:
-    ours, theirs = two_stores
-    for name in ("a", "b", "c"):
-        await ours.create_topic(name, 1, {})
-    catalog = TopicCatalog(ours, load_config())
-    await catalog.load()
-    await theirs.delete_topic("b")  # after our catalog's load
+    ours, _theirs = two_stores
+    catalog = await _catalog_missing_b(two_stores)
     results = await catalog.alter_configs_many(
         [(n, {"retention.ms": "60000"}, [], False) for n in ("a", "b", "c")]
     )
