@@ -15,11 +15,12 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from shoal.config import TOPIC_KEYS, BrokerConfig, ConfigError, validate_topic_configs
 from shoal.config_catalog import combination_problem
 from shoal.meta.store import (
+    MetaError,
     MetaStore,
     PartitionRecord,
     TopicExists,
@@ -29,6 +30,8 @@ from shoal.meta.store import (
 from shoal.protocol.errors import ErrorCode, KafkaError
 
 log = logging.getLogger("shoal.topics")
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 _LEGAL = re.compile(r"^[a-zA-Z0-9._-]+$")
 MAX_NAME = 249
@@ -284,23 +287,10 @@ class TopicCatalog:
         return [r if isinstance(r, KafkaError) else created.get(r) or _exists(r) for r in out]
 
     async def _insert(self, todo: dict[str, tuple[int, dict[str, str]]]) -> dict[str, Topic]:
-        """Create these in the store: all in one transaction, or, if one of
-        them is there already (another broker of the cluster made it since
-        the cache last saw the store), one at a time, leaving that one out."""
+        """Create these in the store (see _all_or_each)."""
         specs = [(name, count, clean) for name, (count, clean) in todo.items()]
-        try:
-            return {t.name: _topic(t) for t in await self.meta.create_topics(specs)}
-        except TopicExists:
-            if len(specs) == 1:
-                return {}
-        created: dict[str, Topic] = {}
-        for spec in specs:
-            try:
-                (rec,) = await self.meta.create_topics([spec])
-            except TopicExists:
-                continue
-            created[rec.name] = _topic(rec)
-        return created
+        done = await _all_or_each(specs, self.meta.create_topics, TopicExists)
+        return {rec.name: _topic(rec) for _spec, rec in done}
 
     def _checked(
         self, name: str, partitions: int, configs: dict[str, str | None]
@@ -465,21 +455,11 @@ class TopicCatalog:
             raise KafkaError(ErrorCode.invalid_partitions, f"at most {MAX_PARTITIONS} partitions")
 
     async def _grow(self, todo: dict[str, int]) -> dict[str, Topic]:
-        """Add the partitions in the store and to the cached topics: all in
-        one transaction, or, if one of them is gone from the store (another
-        broker deleted it), one at a time, leaving that one out."""
-        wanted = list(todo.items())
-        try:
-            records = await self.meta.add_partitions_many(wanted)
-        except TopicNotFound:
-            records = []
-            for one in wanted:
-                try:
-                    records.extend(await self.meta.add_partitions_many([one]))
-                except TopicNotFound:
-                    continue
+        """Add the partitions in the store (see _all_or_each) and to the
+        cached topics."""
+        done = await _all_or_each(list(todo.items()), self.meta.add_partitions_many, TopicNotFound)
         grown: dict[str, Topic] = {}
-        for rec in records:
+        for _wanted, rec in done:
             topic = self._topics[rec.name]
             topic.partitions = list(rec.partitions)
             grown[rec.name] = topic
@@ -560,20 +540,34 @@ class TopicCatalog:
     async def _set_configs(
         self, todo: dict[str, tuple[dict[str, str], list[str], bool]]
     ) -> dict[str, dict[str, str]]:
-        """Set them in the store: all in one transaction, or, if one topic
-        is gone from the store (another broker deleted it), one at a time,
-        leaving that one out. Each topic's overrides now."""
+        """Set them in the store (see _all_or_each); each topic's overrides now."""
         changes = [(n, clean, remove, replace) for n, (clean, remove, replace) in todo.items()]
+        done = await _all_or_each(changes, self.meta.set_topic_configs_many, TopicNotFound)
+        return {change[0]: overrides for change, overrides in done}
+
+
+async def _all_or_each(
+    items: list[_T],
+    run: Callable[[list[_T]], Awaitable[list[_R]]],
+    conflict: type[MetaError],
+) -> list[tuple[_T, _R]]:
+    """`run` on all the items at once (one metadata transaction); if that
+    fails with `conflict` (another broker of the cluster created or deleted
+    one of these topics since the cache last saw the store), on each alone,
+    leaving out those that fail so. Each item done, with its result."""
+    try:
+        return list(zip(items, await run(items), strict=True))
+    except conflict:
+        if len(items) == 1:
+            return []
+    done: list[tuple[_T, _R]] = []
+    for item in items:
         try:
-            return dict(zip(todo, await self.meta.set_topic_configs_many(changes), strict=True))
-        except TopicNotFound:
-            done: dict[str, dict[str, str]] = {}
-            for change in changes:
-                try:
-                    (done[change[0]],) = await self.meta.set_topic_configs_many([change])
-                except TopicNotFound:
-                    continue
-            return done
+            (result,) = await run([item])
+        except conflict:
+            continue
+        done.append((item, result))
+    return done
 
 
 def _exists(name: str) -> KafkaError:

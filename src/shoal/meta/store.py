@@ -654,24 +654,23 @@ class MetaStore:
             missing = [c[0] for c in changes if c[0] not in topics]
             if missing:
                 raise TopicNotFound(", ".join(missing))
+            now: dict[str, dict[str, str]] = {}  # a later change of a topic builds on this
             out: list[dict[str, str]] = []
             for name, set_, remove, replace in changes:
-                cfg = {} if replace else dict(topics[name].configs)
+                cfg = {} if replace else dict(now.get(name, topics[name].configs))
                 for key in remove:
                     cfg.pop(key, None)
                 cfg.update(set_)
-                topics[name].configs.clear()
-                topics[name].configs.update(cfg)  # a later change of the same topic
+                now[name] = cfg
                 out.append(cfg)
-            ids = sorted({topics[c[0]].id for c in changes})
-            for chunk in _id_chunks(ids):
+            for chunk in _id_chunks(sorted(topics[name].id for name in now)):
                 await conn.execute(
                     delete(s.topic_configs).where(in_(s.topic_configs.c.topic_id, chunk))
                 )
             rows = [
-                {"topic_id": t.id, "key": k, "value": v}
-                for t in {topics[c[0]].id: topics[c[0]] for c in changes}.values()
-                for k, v in t.configs.items()
+                {"topic_id": topics[name].id, "key": k, "value": v}
+                for name, cfg in now.items()
+                for k, v in cfg.items()
             ]
             if rows:
                 await conn.execute(insert(s.topic_configs), rows)
