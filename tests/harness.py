@@ -220,9 +220,12 @@ class BrokerProcess:
         root = self.data_dir / "objects"
         out = {}
         for p in root.rglob("*"):
+            key = str(p.relative_to(root))
+            if key.startswith("_spare/"):
+                continue  # empty files kept for the next PUTs (storage/spares.py)
             try:  # the broker's cleaner may delete a file between listing and stat
                 if p.is_file():
-                    out[str(p.relative_to(root))] = p.stat().st_size
+                    out[key] = p.stat().st_size
             except FileNotFoundError:
                 continue
         return out

@@ -248,3 +248,25 @@ async def test_puts_and_deletes_at_once_never_mix_objects(tmp_path: Path) -> Non
     assert store._spares is not None and store._spares.reused > 0
     assert sorted(o.key for o in await store.list("wal/")) == sorted(written)
     assert await store.get_many(sorted(written)) == [written[k] for k in sorted(written)]
+
+
+async def test_spares_made_ahead_never_bring_a_removed_store_back(tmp_path: Path) -> None:
+    """The thread that makes spares makes their directory, never the
+    store's root: a store removed under it (a test's, a wiped gateway)
+    stays removed, and the thread stops."""
+    import shutil
+
+    from harness import eventually
+
+    root = tmp_path / "objects"
+    store = ObjectStore(root.as_uri())
+    store.make_spares_ahead()
+    spares = store._spares
+    assert spares is not None
+    await store.put("wal/0/a.wal", b"a")  # the first PUT starts the making
+    await eventually(lambda: len(_spares(root)) == spares.ahead, "the spares made")
+    shutil.rmtree(root)
+    while spares.take() is not None:  # the made ones are gone: passed over
+        pass
+    await eventually(lambda: not spares._filling.locked(), "the thread to stop")
+    assert not root.exists()

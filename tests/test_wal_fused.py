@@ -16,6 +16,7 @@ from shoal.meta.store import MetaStore
 from shoal.protocol.records import read_header, validate_batches
 from shoal.storage.errors import Fenced, StorageError
 from shoal.storage.objectstore import ObjectStore
+from shoal.storage.spares import AHEAD
 from shoal.storage.streams import EngineConfig, StreamEngine
 from shoal.storage.wal import FUSED_MAX_BYTES, WalConfig
 from wire import make_batch
@@ -128,4 +129,44 @@ async def test_an_object_that_cannot_be_built_fails_its_appends(
     assert await asyncio.wait_for(ok, 10) == 0
     result = await eng.read(sid, 0, 1 << 20)
     assert [read_header(c).base_offset for c in result.chunks] == [0]
+    await eng.close()
+
+
+async def test_an_eager_wal_writes_into_files_made_ahead(meta: MetaStore, tmp_path: Path) -> None:
+    """Each acknowledgement waits on its object's file, so an eager WAL has
+    empty files made ahead by a thread of their own (storage/spares.py):
+    after the first append every object is written into one of them, not
+    into a file its PUT creates, and the records read back."""
+    store, eng, sid = await setup(meta, tmp_path)
+    spares = store._spares
+    assert spares is not None and spares.ahead == AHEAD
+    assert await asyncio.wait_for(await eng.append(sid, batch(b"v0"), 0), 10) == 0
+    made_dir = tmp_path / "objects" / "_spare"
+    await eventually(
+        lambda: made_dir.is_dir() and len(list(made_dir.iterdir())) == AHEAD, "the spares made"
+    )
+    made = {p.stat().st_ino for p in made_dir.iterdir()}
+    for i in range(1, 11):
+        assert await asyncio.wait_for(await eng.append(sid, batch(b"v%d" % i), 0), 10) == i
+    keys = {r.object_key for r in eng._streams[sid].ranges.records(sid)}
+    assert len(keys) == 11  # one object per append
+    written = {(tmp_path / "objects" / key).stat().st_ino for key in keys}
+    assert len(written & made) == 10  # all but the first append's
+    assert len(list(made_dir.iterdir())) == AHEAD - 10
+    result = await eng.read(sid, 0, 1 << 20)
+    assert [read_header(c).base_offset for c in result.chunks] == list(range(11))
+    await eng.close()
+
+
+async def test_a_wal_that_lingers_makes_no_files_ahead(meta: MetaStore, tmp_path: Path) -> None:
+    """Without eager flushing (a remote store's WAL, whose PUTs are not file
+    creates) nothing is made ahead."""
+    topic = await meta.create_topic("lingers", 1, {})
+    store = ObjectStore((tmp_path / "objects").as_uri())
+    eng = StreamEngine(store, meta, EngineConfig(wal=WalConfig(eager=False, linger_ms=1)))
+    sid = topic.partitions[0].stream_id
+    for i in range(3):
+        assert await asyncio.wait_for(await eng.append(sid, batch(b"v%d" % i), 0), 10) == i
+    assert store._spares is not None and store._spares.ahead == 0
+    assert not (tmp_path / "objects" / "_spare").exists()
     await eng.close()

@@ -125,6 +125,14 @@ class ObjectStore:
         store, and a key obstore keeps as it is."""
         return self._root is not None and _PLAIN_KEY.fullmatch(key) is not None
 
+    def make_spares_ahead(self) -> None:
+        """Have a file store's PUTs find a file made ahead instead of
+        creating one (spares.py); for a writer that waits on each PUT, not
+        one that writes a batch and goes (a compaction child). Nothing
+        elsewhere."""
+        if self._spares is not None:
+            self._spares.make_ahead()
+
     def local_put(self, key: str, data: Payload) -> Callable[[], None]:
         """A conditional-create PUT of `key`, for a key `writes_locally`
         accepts, to run in a thread of the caller's (the WAL writes a small

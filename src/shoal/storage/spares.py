@@ -25,13 +25,25 @@ is also how spares a killed process left behind go.
 An object's file is only kept after its delete, which comes after the
 object's grace period (object.delete.grace.ms): a read still holding the
 file open by then would have to be a minute old.
+
+A WAL that acknowledges as soon as its object is written (`make_ahead`,
+eager on a local store) also has spares made ahead of need, by a thread of
+their own, while no deleted object's file is there to reuse: a broker's
+first minutes, and a restart into a directory whose files were removed
+moments before, paid for the create on every acknowledgement (the create
+alone was 440 µs of a 1.06 ms acknowledgement in session 24's probe). The
+pool made ahead is small (`AHEAD`): it only has to outlast a refill.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import threading
 from collections import deque
+
+log = logging.getLogger("shoal.objects")
 
 #: the directory under a file store's root
 DIRECTORY = "_spare"
@@ -43,6 +55,9 @@ MOST = 16384
 #: one sequence for every store of the process: two stores on one root must
 #: never name a spare alike (a rename would put one file in both)
 _SEQ = itertools.count(1)
+#: spares made ahead by `make_ahead`'s default: about 0.2 s of WAL objects at
+#: 700 a second, refilled once half are taken
+AHEAD = 128
 
 
 def is_spare(key: str) -> bool:
@@ -62,6 +77,16 @@ class Spares:
         self._prefix = f"{self.directory}/{os.getpid()}-"
         #: files written into a spare instead of a new one (for tests, stats)
         self.reused = 0
+        #: spares to keep made ahead (0: none, the default), and how many were
+        self.ahead = 0
+        self.made = 0
+        self._filling = threading.Lock()
+
+    def make_ahead(self, count: int = AHEAD) -> None:
+        """Keep about `count` spares ready from now on, made by a thread of
+        their own whenever half of them are taken (the first at the first
+        `take`)."""
+        self.ahead = count
 
     def keep(self, path: str) -> bool:
         """Delete the file at `path` by moving it here, emptied. False if
@@ -86,6 +111,8 @@ class Spares:
         again), or None when there is none left. A spare removed meanwhile
         (by the cleaner) is passed over."""
         while True:
+            if len(self._names) * 2 <= self.ahead:
+                self._refill()
             try:
                 name = self._names.popleft()
             except IndexError:
@@ -96,3 +123,36 @@ class Spares:
                 continue
             self.reused += 1
             return name, fd
+
+    def _refill(self) -> None:
+        """Start a thread that makes spares up to `ahead`, unless one is at it."""
+        if not self._filling.acquire(blocking=False):
+            return
+        try:
+            threading.Thread(target=self._fill, name="shoal-spares", daemon=True).start()
+        except BaseException:
+            self._filling.release()
+            raise
+
+    def _fill(self) -> None:
+        try:
+            while len(self._names) < self.ahead:
+                spare = f"{self._prefix}{next(_SEQ)}#0"
+                try:
+                    os.close(os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC))
+                except FileNotFoundError:
+                    # The directory only, never its parents: a store whose
+                    # root was removed (a test's, a wiped gateway) stays gone.
+                    try:
+                        os.mkdir(self.directory)
+                    except FileExistsError:
+                        pass
+                    continue
+                self._names.append(spare)
+                self.made += 1
+        except OSError as exc:
+            # No inode or no room left, or the store is gone: a PUT creates
+            # its own file, as without spares, and the next take tries again.
+            log.debug("making spare files in %s stopped: %s", self.directory, exc)
+        finally:
+            self._filling.release()

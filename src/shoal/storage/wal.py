@@ -151,6 +151,8 @@ class Wal:
         # Small objects are written in the commit's thread (one hop): only
         # where a PUT is a local file write and the commit runs in a thread.
         self._fused = config.eager and meta.sqlite_commits is not None
+        if config.eager:
+            store.make_spares_ahead()  # each acknowledgement waits on its PUT
         self._seq = 0
         self._buffer = _Buffer(0)
         self._idle_seal = 0 if config.eager else config.idle_seal_bytes
