@@ -250,10 +250,10 @@ async def test_auto_creation_looks_names_up_once_and_places_new_topics_together(
     reloads, lookups = 0, []
     real_reload, real_find = ours.topics_if_changed, ours.find_topics
 
-    async def reload(digest: str | None) -> Any:
+    async def reload(digest: str | None, known: Any = None) -> Any:
         nonlocal reloads
         reloads += 1
-        return await real_reload(digest)
+        return await real_reload(digest, known)
 
     async def find(names: Any) -> Any:
         lookups.append(list(names))

@@ -94,6 +94,9 @@ class TopicCatalog:
         self._lock = asyncio.Lock()
         self._refreshing = asyncio.Lock()
         self._digest: str | None = None  # of the store's catalog at the last refresh
+        # Each topic's digest at the last refresh, by id: a refresh reads only
+        # the topics whose digest changed (MetaStore.topics_if_changed).
+        self._sums: dict[int, str] = {}
         # Local changes, for refreshes that read the store before them: name ->
         # the generation of its last change here (see touch).
         self._generation = 0
@@ -108,6 +111,7 @@ class TopicCatalog:
     async def load(self) -> None:
         self._set({t.name: _topic(t) for t in await self.meta.list_topics()})
         self._digest = None
+        self._sums = {}
 
     def _set(self, topics: dict[str, Topic]) -> None:
         self.version += 1
@@ -115,8 +119,8 @@ class TopicCatalog:
         self._by_id = {t.topic_uuid: t for t in topics.values()}
 
     async def refresh(self) -> list[Topic]:
-        """Reload every topic from the store, unless nothing in it changed
-        since the last reload; returns topics that went away.
+        """Read the topics that changed in the store since the last refresh
+        (every topic, on SQLite); returns topics that went away.
 
         A topic changed here after the store was read keeps its local view:
         a read made between a topic's creation and its owners' assignment
@@ -127,17 +131,25 @@ class TopicCatalog:
 
     async def _refresh(self) -> list[Topic]:
         generation = self._generation
-        digest, recs = await self.meta.topics_if_changed(self._digest)
-        if recs is None:
+        read = await self.meta.topics_if_changed(self._digest, self._sums)
+        if read is None:
             return []
         async with self._lock:
-            fresh = {t.name: _topic(t) for t in recs}
+            if read.partial:  # the rest are as they were: the same objects
+                fresh = {n: t for n, t in self._topics.items() if t.id in read.sums}
+                fresh.update((t.name, _topic(t)) for t in read.topics)
+            else:
+                fresh = {t.name: _topic(t) for t in read.topics}
+            digest, sums = read.digest, read.sums
             if self._generation != generation:
                 digest = None  # read again next time
                 for name, changed in self._touched.items():
                     if changed <= generation:
                         continue
                     local = self._topics.get(name)
+                    for kept in (fresh.get(name), local):
+                        if kept is not None:
+                            sums.pop(kept.id, None)  # and this topic with it
                     if local is None:
                         fresh.pop(name, None)
                     else:
@@ -148,6 +160,7 @@ class TopicCatalog:
             ]
             self._set(fresh)
             self._digest = digest
+            self._sums = sums
         return gone
 
     def touch(self, name: str) -> None:
