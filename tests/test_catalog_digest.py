@@ -160,6 +160,9 @@ async def test_a_refresh_reads_only_the_topics_that_changed(
         t.name: t.id for t in await theirs.list_topics()
     }
     assert await catalog.refresh() == [] and len(loaded) == 2  # nothing changed: nothing read
+    for t in catalog.all():
+        await theirs.delete_topic(t.name)
+    assert len(await catalog.refresh()) == 5 and catalog.all() == []  # none left at all
 
 
 def _owner(catalog: TopicCatalog, topic: str, partition: int) -> int | None:
