@@ -250,10 +250,11 @@ async def test_puts_and_deletes_at_once_never_mix_objects(tmp_path: Path) -> Non
     assert await store.get_many(sorted(written)) == [written[k] for k in sorted(written)]
 
 
-async def test_spares_made_ahead_never_bring_a_removed_store_back(tmp_path: Path) -> None:
-    """The thread that makes spares makes their directory, never the
-    store's root: a store removed under it (a test's, a wiped gateway)
-    stays removed, and the thread stops."""
+async def test_files_made_ahead_never_bring_a_removed_store_back(tmp_path: Path) -> None:
+    """The thread that makes nameless files ahead makes no directory: a
+    store removed under it (a test's, a wiped gateway) stays removed, and
+    the thread stops. A file made ahead and taken is written and linked
+    into place, or refused like any conditional create."""
     import shutil
 
     from harness import eventually
@@ -264,9 +265,15 @@ async def test_spares_made_ahead_never_bring_a_removed_store_back(tmp_path: Path
     spares = store._spares
     assert spares is not None
     await store.put("wal/0/a.wal", b"a")  # the first PUT starts the making
-    await eventually(lambda: len(_spares(root)) == spares.ahead, "the spares made")
+    await eventually(lambda: len(spares._made) == spares.ahead, "the files made")
+    await store.put("wal/1/b.wal", b"b")  # into a directory not made yet
+    with pytest.raises(ObjectExists):
+        await store.put("wal/0/a.wal", b"again")
+    assert [await store.get(k) for k in ("wal/0/a.wal", "wal/1/b.wal")] == [b"a", b"b"]
+    assert len(spares._made) == spares.ahead - 2 and _spares(root) == []
+    made = spares.made
     shutil.rmtree(root)
-    while spares.take() is not None:  # the made ones are gone: passed over
-        pass
+    while (taken := spares.take()) is not None:
+        os.close(taken[1])
     await eventually(lambda: not spares._filling.locked(), "the thread to stop")
-    assert not root.exists()
+    assert not root.exists() and spares.made == made

@@ -36,7 +36,7 @@ from shoal.storage.errors import (
     ObjectStoreUnavailable,
     StorageError,
 )
-from shoal.storage.spares import Spares
+from shoal.storage.spares import Spares, link_made
 
 T = TypeVar("T")
 SCHEMES = ("file", "memory", "s3", "s3a", "gs", "az", "abfs", "abfss")
@@ -127,8 +127,7 @@ class ObjectStore:
 
     def make_spares_ahead(self) -> None:
         """Have a file store's PUTs find a file made ahead instead of
-        creating one (spares.py); for a writer that waits on each PUT, not
-        one that writes a batch and goes (a compaction child). Nothing
+        creating one (spares.py); for a writer that waits on each PUT. Nothing
         elsewhere."""
         if self._spares is not None:
             self._spares.make_ahead()
@@ -294,11 +293,14 @@ def _write_file(path: str, data: Payload, create: bool, spares: Spares | None = 
     hard-link it into place (fails if the object exists: a conditional
     create) or rename it over (overwrite). No fsync, as in obstore. A spare
     file, when there is one, is the staging file (spares.py)."""
-    taken = spares.take() if spares is not None else None
-    if taken is not None:
-        staged, fd = taken
-    else:
+    name, fd = (spares.take(create) if spares is not None else None) or (None, -1)
+    if fd < 0:
         staged, fd = _staging_file(path)
+    elif name is None:
+        _write_made(fd, path, data)
+        return
+    else:
+        staged = name
     try:
         try:
             if isinstance(data, list):
@@ -319,6 +321,23 @@ def _write_file(path: str, data: Payload, create: bool, spares: Spares | None = 
             os.unlink(staged)  # after the link; gone already after a rename
         except FileNotFoundError:
             pass
+
+
+def _write_made(fd: int, path: str, data: Payload) -> None:
+    """`_write_file`'s conditional create into a nameless file made ahead
+    (spares.py): written, then linked into place; no name to remove."""
+    try:
+        if isinstance(data, list):
+            _write_parts(fd, data)
+        else:
+            _write_all(fd, memoryview(data))
+        try:
+            link_made(fd, path)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            link_made(fd, path)
+    finally:
+        os.close(fd)
 
 
 def _into_place(staged: str, path: str, create: bool) -> None:

@@ -27,12 +27,18 @@ object's grace period (object.delete.grace.ms): a read still holding the
 file open by then would have to be a minute old.
 
 A WAL that acknowledges as soon as its object is written (`make_ahead`,
-eager on a local store) also has spares made ahead of need, by a thread of
+eager on a local store) also has files made ahead of need, by a thread of
 their own, while no deleted object's file is there to reuse: a broker's
 first minutes, and a restart into a directory whose files were removed
 moments before, paid for the create on every acknowledgement (the create
-alone was 440 µs of a 1.06 ms acknowledgement in session 24's probe). The
-pool made ahead is small (`AHEAD`): it only has to outlast a refill.
+alone was 440 µs of a 1.06 ms acknowledgement in session 24's probe).
+These are nameless (`O_TMPFILE`): a descriptor on a new inode, named only
+by the link that puts the object in place. Named ones in `_spare/` made the
+commit's removal of the spare's name wait on that directory's lock while
+the thread was creating the next files there (p99 of a lone append 1.8 ->
+4.4-6.1 ms); nameless ones need no removal, and a killed process leaves
+nothing behind. The pool is small (`AHEAD`): it only has to outlast a
+refill.
 """
 
 from __future__ import annotations
@@ -77,16 +83,21 @@ class Spares:
         self._prefix = f"{self.directory}/{os.getpid()}-"
         #: files written into a spare instead of a new one (for tests, stats)
         self.reused = 0
-        #: spares to keep made ahead (0: none, the default), and how many were
+        self._root = root
+        #: nameless files to keep made ahead (0: none, the default), and how
+        #: many were made
         self.ahead = 0
         self.made = 0
+        self._made: deque[int] = deque()
         self._filling = threading.Lock()
 
     def make_ahead(self, count: int = AHEAD) -> None:
-        """Keep about `count` spares ready from now on, made by a thread of
-        their own whenever half of them are taken (the first at the first
-        `take`)."""
-        self.ahead = count
+        """Keep about `count` nameless files ready from now on, made by a
+        thread of their own whenever half of them are taken (the first at
+        the first `take`). Where the system has no `O_TMPFILE` (or no
+        /proc to link one by), nothing is made."""
+        if hasattr(os, "O_TMPFILE") and os.path.isdir(_FDS):
+            self.ahead = count
 
     def keep(self, path: str) -> bool:
         """Delete the file at `path` by moving it here, emptied. False if
@@ -106,26 +117,34 @@ class Spares:
         self._names.append(spare)
         return True
 
-    def take(self) -> tuple[str, int] | None:
-        """A spare's name and a descriptor open on it for writing (emptied
-        again), or None when there is none left. A spare removed meanwhile
-        (by the cleaner) is passed over."""
+    def take(self, create: bool = True) -> tuple[str | None, int] | None:
+        """A descriptor open for writing on an empty file, and its name: a
+        kept spare's, or None for a nameless file made ahead (only for a
+        conditional create: `link_made` puts it in place). None when there
+        is neither. A spare removed meanwhile (by the cleaner) is passed
+        over."""
         while True:
-            if len(self._names) * 2 <= self.ahead:
-                self._refill()
             try:
                 name = self._names.popleft()
             except IndexError:
-                return None
+                break
             try:
                 fd = os.open(name, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue
             self.reused += 1
             return name, fd
+        if not create or not self.ahead:
+            return None
+        if len(self._made) * 2 <= self.ahead:
+            self._refill()
+        try:
+            return None, self._made.popleft()
+        except IndexError:
+            return None
 
     def _refill(self) -> None:
-        """Start a thread that makes spares up to `ahead`, unless one is at it."""
+        """Start a thread that makes files up to `ahead`, unless one is at it."""
         if not self._filling.acquire(blocking=False):
             return
         try:
@@ -136,23 +155,28 @@ class Spares:
 
     def _fill(self) -> None:
         try:
-            while len(self._names) < self.ahead:
-                spare = f"{self._prefix}{next(_SEQ)}#0"
-                try:
-                    os.close(os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC))
-                except FileNotFoundError:
-                    # The directory only, never its parents: a store whose
-                    # root was removed (a test's, a wiped gateway) stays gone.
-                    try:
-                        os.mkdir(self.directory)
-                    except FileExistsError:
-                        pass
-                    continue
-                self._names.append(spare)
+            while len(self._made) < self.ahead:
+                self._made.append(os.open(self._root, _MADE, 0o666))
                 self.made += 1
         except OSError as exc:
-            # No inode or no room left, or the store is gone: a PUT creates
-            # its own file, as without spares, and the next take tries again.
-            log.debug("making spare files in %s stopped: %s", self.directory, exc)
+            # No inode left, or the store's root is gone (never made again
+            # here), or a file system without O_TMPFILE: a PUT creates its
+            # own file, as without spares, and the next take tries again.
+            log.debug("making files ahead in %s stopped: %s", self._root, exc)
         finally:
             self._filling.release()
+
+
+def link_made(fd: int, path: str) -> None:
+    """Give a nameless file made ahead the name `path`; FileExistsError if
+    there is one (a conditional create), as os.link."""
+    # linkat(AT_SYMLINK_FOLLOW), as open(2) shows for O_TMPFILE. Python calls
+    # plain link() unless a directory descriptor is given, and link() does
+    # not follow /proc's link to the file (EXDEV); an absolute path ignores
+    # the descriptor, so the file's own does.
+    os.link(f"{_FDS}/{fd}", path, src_dir_fd=fd)
+
+
+_FDS = "/proc/self/fd"
+#: a nameless file that a link can name later (no O_EXCL)
+_MADE = getattr(os, "O_TMPFILE", 0) | os.O_WRONLY | os.O_CLOEXEC
