@@ -303,10 +303,7 @@ def _write_file(path: str, data: Payload, create: bool, spares: Spares | None = 
         staged = name
     try:
         try:
-            if isinstance(data, list):
-                _write_parts(fd, data)
-            else:
-                _write_all(fd, memoryview(data))
+            _write_payload(fd, data)
         finally:
             os.close(fd)
         try:
@@ -323,14 +320,18 @@ def _write_file(path: str, data: Payload, create: bool, spares: Spares | None = 
             pass
 
 
+def _write_payload(fd: int, data: Payload) -> None:
+    if isinstance(data, list):
+        _write_parts(fd, data)
+    else:
+        _write_all(fd, memoryview(data))
+
+
 def _write_made(fd: int, path: str, data: Payload) -> None:
     """`_write_file`'s conditional create into a nameless file made ahead
     (spares.py): written, then linked into place; no name to remove."""
     try:
-        if isinstance(data, list):
-            _write_parts(fd, data)
-        else:
-            _write_all(fd, memoryview(data))
+        _write_payload(fd, data)
         try:
             link_made(fd, path)
         except FileNotFoundError:
