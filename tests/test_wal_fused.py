@@ -156,7 +156,12 @@ async def test_an_eager_wal_writes_into_files_made_ahead(meta: MetaStore, tmp_pa
     assert not (tmp_path / "objects" / "_spare").exists()  # nameless: nothing to sweep
     result = await eng.read(sid, 0, 1 << 20)
     assert [read_header(c).base_offset for c in result.chunks] == list(range(11))
+    unused = list(spares._made)
     await eng.close()
+    assert spares.ahead == 0 and not spares._made  # closed with the WAL, not leaked
+    for fd in unused:
+        with pytest.raises(OSError):
+            os.fstat(fd)
 
 
 async def test_a_wal_that_lingers_makes_no_files_ahead(meta: MetaStore, tmp_path: Path) -> None:

@@ -132,6 +132,12 @@ class ObjectStore:
         if self._spares is not None:
             self._spares.make_ahead()
 
+    def stop_spares_ahead(self) -> None:
+        """Undo `make_spares_ahead`, closing the files made and unused
+        (blocks while a refill finishes: call it in a thread)."""
+        if self._spares is not None:
+            self._spares.stop_ahead()
+
     def local_put(self, key: str, data: Payload) -> Callable[[], None]:
         """A conditional-create PUT of `key`, for a key `writes_locally`
         accepts, to run in a thread of the caller's (the WAL writes a small

@@ -99,6 +99,13 @@ class Spares:
         if hasattr(os, "O_TMPFILE") and os.path.isdir(_FDS):
             self.ahead = count
 
+    def stop_ahead(self) -> None:
+        """Make no more files ahead, and close those made and not taken."""
+        self.ahead = 0
+        with self._filling:  # a refill under way stops at its next file
+            while self._made:
+                os.close(self._made.popleft())
+
     def keep(self, path: str) -> bool:
         """Delete the file at `path` by moving it here, emptied. False if
         there is no room (the caller unlinks it). Raises FileNotFoundError

@@ -250,6 +250,10 @@ class Wal:
                 self._committer.cancel()
         for t in list(self._uploads):
             t.cancel()
+        if self.config.eager:
+            # Their descriptors are the process's until closed: an engine
+            # closed and made again (tests, a restarted gateway) kept 128 each.
+            await asyncio.to_thread(self.store.stop_spares_ahead)
 
     # upload --------------------------------------------------------------
 
