@@ -236,7 +236,17 @@ def bench_round(target: Target, params: dict[str, Any], harness: Any, workdir: P
         env = {}
         if target.managed == "shoal" and params["shoal_src"]:
             env["PYTHONPATH"] = params["shoal_src"]  # ahead of the installed package
-        broker = harness.BrokerProcess(workdir / f"{tag}-data", target=target.managed, env=env)
+        storage = {}
+        if params["s3"]:
+            # One moto server in this process for both; the harness gives
+            # Shoal `--objects s3://...` under a prefix of its data directory.
+            os.environ["SHOAL_TEST_STORE"] = "s3"
+            if target.managed == "tansu":
+                env |= harness.tansu_s3(tag)
+                storage = {"tansu_storage": f"s3://{tag}/"}
+        broker = harness.BrokerProcess(
+            workdir / f"{tag}-data", target=target.managed, env=env, **storage
+        )
         try:
             broker.start(timeout=60.0)
         except RuntimeError as e:
@@ -255,7 +265,7 @@ def bench_round(target: Target, params: dict[str, Any], harness: Any, workdir: P
         + params["consume_duration"]
         + (n_phases + 2) * (params["settle"] + 60)
     )
-    meter = CpuMeter(broker.proc.pid if broker is not None else None)
+    meter = CpuMeter(broker.proc.pid if broker is not None else None, store_here=params["s3"])
     try:
         proc = subprocess.run(
             [
@@ -294,24 +304,37 @@ def bench_round(target: Target, params: dict[str, Any], harness: Any, workdir: P
 class CpuMeter:
     """Splits machine CPU time over a window into broker, bench client and other work."""
 
-    def __init__(self, broker_pid: int | None) -> None:
+    def __init__(self, broker_pid: int | None, store_here: bool = False) -> None:
         self.broker_pid = broker_pid
+        self.store_here = store_here  # moto's server runs in this process (--s3)
         self.start = self._sample()
 
-    def _sample(self) -> tuple[float, float, float, float]:
+    def _sample(self) -> tuple[float, float, float, float, float]:
         busy = _machine_busy_s()
         broker = _pid_cpu_s(self.broker_pid) if self.broker_pid is not None else 0.0
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
         me = resource.getrusage(resource.RUSAGE_SELF)
-        client = kids.ru_utime + kids.ru_stime + me.ru_utime + me.ru_stime
-        return time.monotonic(), busy, broker, client
+        return (
+            time.monotonic(),
+            busy,
+            broker,
+            kids.ru_utime + kids.ru_stime,
+            me.ru_utime + me.ru_stime,
+        )
 
     def cores(self) -> dict[str, float]:
         """Average cores used since construction; call after the bench child was reaped."""
         end = self._sample()
         wall = max(end[0] - self.start[0], 1e-9)
-        busy, broker, client = (end[i] - self.start[i] for i in (1, 2, 3))
-        out = {"bench_client": client / wall, "other": max(busy - broker - client, 0.0) / wall}
+        busy, broker, kids, me = (end[i] - self.start[i] for i in (1, 2, 3, 4))
+        client = kids if self.store_here else kids + me
+        store = me if self.store_here else 0.0
+        out = {
+            "bench_client": client / wall,
+            "other": max(busy - broker - client - store, 0.0) / wall,
+        }
+        if self.store_here:
+            out["object_store"] = store / wall
         if self.broker_pid is not None:
             out["broker"] = broker / wall
         return {k: round(v, 2) for k, v in out.items()}
@@ -615,6 +638,13 @@ def _parse_bootstrap(
     show_default=True,
     help="... at most this many times; the last attempt counts regardless.",
 )
+@click.option(
+    "--s3",
+    is_flag=True,
+    help="Both managed brokers keep their data on one moto S3 server started in "
+    "this process (Shoal's objects, tansu's storage engine): durable against "
+    "durable. Its CPU is reported as object store.",
+)
 @click.option("--keep-topics", is_flag=True, help="Do not delete the bench topics afterwards.")
 @click.option("--quiet", is_flag=True, help="No live progress line.")
 def main(
@@ -640,6 +670,7 @@ def main(
     wait_quiet: float,
     max_other: float,
     redo_noisy: int,
+    s3: bool,
     keep_topics: bool,
     quiet: bool,
 ) -> None:
@@ -652,10 +683,17 @@ def main(
     targets = [Target(name, addr) for name, addr in bootstraps]
     if shoal:
         targets.append(
-            Target("shoal", None, "shoal", "file object store (durable)", _shoal_version(shoal_src))
+            Target(
+                "shoal",
+                None,
+                "shoal",
+                "S3, moto (durable)" if s3 else "file object store (durable)",
+                _shoal_version(shoal_src),
+            )
         )
     if tansu:
-        targets.append(Target("tansu", None, "tansu", "memory", _tansu_version(harness)))
+        storage = "S3, moto (durable)" if s3 else "memory"
+        targets.append(Target("tansu", None, "tansu", storage, _tansu_version(harness)))
     params = {
         "duration": duration,
         "consume_duration": consume_duration,
@@ -673,6 +711,7 @@ def main(
         "wait_quiet": wait_quiet,
         "max_other": max_other,
         "redo_noisy": redo_noisy,
+        "s3": s3,
         "shoal_src": str(shoal_src.resolve()) if shoal_src is not None else None,
         "quiet": quiet,
     }

@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BrokerProcess, free_port, s3_endpoint
+from harness import BrokerProcess, free_port, tansu_s3
 from security_bench import _cpu_seconds, rdkafka_performance
 
 
@@ -148,10 +148,6 @@ def _wal_objects(metrics: str) -> int:
 
 
 def _broker(data_dir: Path, target: str, s3: bool, metrics: str | None) -> BrokerProcess:
-    if s3:
-        import logging
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
     if target == "shoal":
         if s3:  # the harness starts moto in this process and gives --objects s3://...
             os.environ["SHOAL_TEST_STORE"] = "s3"
@@ -159,18 +155,7 @@ def _broker(data_dir: Path, target: str, s3: bool, metrics: str | None) -> Broke
         return BrokerProcess(data_dir, target=target, env=env)
     if not s3:
         return BrokerProcess(data_dir, target=target)
-    import boto3
-
-    env = s3_endpoint()  # moto, in this process (shared with Shoal's run)
-    boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name=env["AWS_REGION"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    ).create_bucket(Bucket="tansu")
-    # tansu's object_store reads AWS_ENDPOINT and AWS_DEFAULT_REGION
-    env |= {"AWS_ENDPOINT": env["AWS_ENDPOINT_URL"], "AWS_DEFAULT_REGION": env["AWS_REGION"]}
+    env = tansu_s3("tansu")  # moto, in this process (shared with Shoal's run)
     return BrokerProcess(data_dir, target=target, env=env, tansu_storage="s3://tansu/")
 
 

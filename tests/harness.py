@@ -69,8 +69,12 @@ def s3_endpoint() -> dict[str, str]:
     """A moto S3 server for this test process (started once), as the AWS
     environment variables a broker reads, plus the bucket to use."""
     if not _S3:
+        import logging
+
         import boto3
         from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's line per request
 
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
         server.start()
@@ -92,6 +96,23 @@ def s3_endpoint() -> dict[str, str]:
             aws_secret_access_key="test",
         ).create_bucket(Bucket="shoal-test")
     return dict(_S3)
+
+
+def tansu_s3(bucket: str) -> dict[str, str]:
+    """A bucket of its own on this process's moto server for one tansu
+    broker (`--storage-engine s3://BUCKET/`), as the environment it reads:
+    its object_store takes AWS_ENDPOINT and AWS_DEFAULT_REGION."""
+    import boto3
+
+    env = s3_endpoint()
+    boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=env["AWS_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    ).create_bucket(Bucket=bucket)
+    return env | {"AWS_ENDPOINT": env["AWS_ENDPOINT_URL"], "AWS_DEFAULT_REGION": env["AWS_REGION"]}
 
 
 class BrokerProcess:
