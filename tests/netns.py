@@ -328,6 +328,7 @@ class NetCluster(Cluster):
         racks: list[str] | None = None,
     ) -> None:
         self.root = root
+        self.brokers: dict[int, BrokerProcess] = {}  # before anything close() may meet
         self.net = Network().start()
         try:
             self.services = Services(self.net, root).start()
@@ -335,7 +336,6 @@ class NetCluster(Cluster):
             self.env = {**self.services.s3_env, **FAST, **(env or {})}
             self.objects = f"s3://shoal-test/{root.name}-{uuid.uuid4().hex[:6]}"
             self.racks = racks
-            self.brokers: dict[int, BrokerProcess] = {}
             for node in range(1, size + 1):
                 self.add(node, start=False)
         except BaseException:

@@ -296,16 +296,21 @@ def test_postgres_restart_under_load(tmp_path: Path) -> None:
     from cluster_harness import postgres
 
     c = Cluster(tmp_path).start()
+    server = postgres()
+    pid: int | None = None
     try:
         create_topic(c, "pg-restart")
         wait_for(lambda: agreed(c, "pg-restart", {1, 2, 3}), 20, "agreement")
         load = Load(c.bootstrap, "pg-restart").start()
         wait_for(lambda: len(load.acked) > 2000, 60, "initial load")
-        server = postgres()
+        # The server has served every earlier test in this process: its
+        # shutdown checkpoint could take longer than the wait below (it did,
+        # over 30 s, in a full suite). Flushed here, the shutdown is quick.
+        server.psql("CHECKPOINT;")
         pid = server.get_pid()
         assert pid is not None
         os.kill(pid, signal.SIGINT)  # fast shutdown: every connection is dropped
-        wait_for(lambda: server.get_pid() is None or not _alive(pid), 30, "postgres down")
+        _wait_down(server, pid)
         time.sleep(2.0)
         server.ensure_postgres_running()
         before = len(load.acked)
@@ -315,6 +320,15 @@ def test_postgres_restart_under_load(tmp_path: Path) -> None:
         check_exactly_once(load, consume_all(c.bootstrap, "pg-restart", len(load.acked)))
     finally:
         c.stop()
+        if pid is not None:
+            # Later tests in this process share the server: up again even
+            # when this one failed on the way.
+            _wait_down(server, pid)
+            server.ensure_postgres_running()
+
+
+def _wait_down(server: Any, pid: int) -> None:
+    wait_for(lambda: server.get_pid() is None or not _alive(pid), 120, "postgres down")
 
 
 def _alive(pid: int) -> bool:
