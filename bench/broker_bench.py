@@ -237,13 +237,9 @@ def bench_round(target: Target, params: dict[str, Any], harness: Any, workdir: P
         if target.managed == "shoal" and params["shoal_src"]:
             env["PYTHONPATH"] = params["shoal_src"]  # ahead of the installed package
         storage = {}
-        if params["s3"]:
-            # One moto server in this process for both; the harness gives
-            # Shoal `--objects s3://...` under a prefix of its data directory.
-            os.environ["SHOAL_TEST_STORE"] = "s3"
-            if target.managed == "tansu":
-                env |= harness.tansu_s3(tag)
-                storage = {"tansu_storage": f"s3://{tag}/"}
+        if params["s3"] and target.managed == "tansu":
+            env |= harness.tansu_s3(tag)  # a bucket per round on the bench's moto
+            storage = {"tansu_storage": f"s3://{tag}/"}
         broker = harness.BrokerProcess(
             workdir / f"{tag}-data", target=target.managed, env=env, **storage
         )
@@ -680,6 +676,10 @@ def main(
     # SIGTERM unwinds like Ctrl-C: the running bench child is killed and the broker stopped.
     signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     harness = load_harness() if (shoal or tansu) else None
+    if s3:
+        # One moto server in this process for both: the harness gives Shoal
+        # `--objects s3://...` under a prefix of its data directory.
+        os.environ["SHOAL_TEST_STORE"] = "s3"
     targets = [Target(name, addr) for name, addr in bootstraps]
     if shoal:
         targets.append(
